@@ -1,0 +1,9 @@
+"""The built-in node library, one module per family.
+
+Modules here declare node specs at top level and import torch, diffusers and
+friends only inside ``execute`` functions (or helpers called from them), so the
+GUI and the validator can read every spec without loading torch.
+"""
+
+#: Modules of this package whose top-level NodeSpec objects are registered.
+BUILTIN_MODULES: list[str] = ["utility"]

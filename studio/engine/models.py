@@ -1,0 +1,180 @@
+"""The model manager: each model file is loaded once per (file identity, dtype,
+device) and shared across nodes and workflows, within a RAM and a VRAM budget.
+
+Models are not intermediates: they live here, not in the output cache. Node
+values that carry a model (MODEL, CLIP, VAE handles) keep only a key and ask the
+manager for the weights when they compute.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def module_nbytes(obj: Any) -> int:
+    """Bytes of parameters and buffers of torch modules found in ``obj`` (or its parts)."""
+    total = 0
+    stack, seen = [obj], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if hasattr(v, "parameters") and hasattr(v, "buffers"):
+            for t in list(v.parameters()) + list(v.buffers()):
+                total += t.element_size() * t.nelement()
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+        elif hasattr(v, "__dict__") and not isinstance(v, type):
+            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+    return total
+
+
+def _device_of(obj: Any) -> str:
+    stack, seen = [obj], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if hasattr(v, "parameters"):
+            for p in v.parameters():
+                return str(p.device.type)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+        elif hasattr(v, "__dict__") and not isinstance(v, type):
+            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+    return "cpu"
+
+
+def _move(obj: Any, device: str) -> None:
+    stack, seen = [obj], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if hasattr(v, "parameters") and hasattr(v, "to"):
+            v.to(device)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+        elif hasattr(v, "__dict__") and not isinstance(v, type):
+            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+
+
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+    device: str
+    pins: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelManager:
+    """Loads models once and keeps them within budgets.
+
+    ``get(key, loader)`` returns the cached model for ``key`` or calls ``loader()``
+    once. ``key`` should hold the file identity, dtype and device (see
+    :meth:`FileFingerprinter.identity`). ``use(key, device)`` marks a model as
+    most recently used and moves it to the compute device, offloading the least
+    recently used models on that device to the CPU when the VRAM budget is
+    exceeded; models beyond the RAM budget are dropped, least recently used first.
+    """
+
+    def __init__(self, ram_budget: int = 8 * 1024**3, vram_budget: int = 0):
+        self.ram_budget = int(ram_budget)
+        self.vram_budget = int(vram_budget)
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.RLock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self.loads = 0  # how many times a loader actually ran
+        self.loaded_keys: list[Hashable] = []
+
+    def get(
+        self,
+        key: Hashable,
+        loader: Callable[[], Any],
+        *,
+        nbytes: Callable[[Any], int] = module_nbytes,
+    ) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry.value
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # two threads asking for one file load it once
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    return entry.value
+            value = loader()
+            size = nbytes(value)
+            with self._lock:
+                self._entries[key] = _Entry(value, size, _device_of(value))
+                self.loads += 1
+                self.loaded_keys.append(key)
+                self._enforce_ram(keep=key)
+            return value
+
+    def use(self, key: Hashable, device: str | None = None) -> Any:
+        """Mark ``key`` most recently used and put it on ``device`` (offloading others)."""
+        with self._lock:
+            entry = self._entries[key]
+            self._entries.move_to_end(key)
+            if device is not None and entry.device != device:
+                if device != "cpu" and self.vram_budget:
+                    self._make_room(device, entry.nbytes, keep=key)
+                _move(entry.value, device)
+                entry.device = device
+            return entry.value
+
+    def contains(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def bytes_on(self, device: str) -> int:
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values() if e.device == device)
+
+    def _make_room(self, device: str, need: int, keep: Hashable) -> None:
+        used = sum(e.nbytes for k, e in self._entries.items() if e.device == device and k != keep)
+        for k, e in list(self._entries.items()):
+            if used + need <= self.vram_budget:
+                break
+            if k == keep or e.device != device or e.pins:
+                continue
+            _move(e.value, "cpu")
+            e.device = "cpu"
+            used -= e.nbytes
+
+    def _enforce_ram(self, keep: Hashable) -> None:
+        total = sum(e.nbytes for e in self._entries.values())
+        for k in list(self._entries):
+            if total <= self.ram_budget:
+                break
+            if k == keep or self._entries[k].pins:
+                continue
+            total -= self._entries.pop(k).nbytes
+
+    def evict(self, key: Hashable) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,96 @@
+"""User settings: models root, extra model folders, output folder, device, budgets.
+
+Stored as JSON in the user's config folder (platformdirs). No Qt, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_dir, user_data_dir
+
+from studio.fsutil import atomic_write_bytes
+
+APP_NAME = "Studio"
+
+#: Subfolders of a models root, the same names ComfyUI uses.
+MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "upscale_models", "controlnet_annotators")
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("STUDIO_CONFIG_DIR") or user_config_dir(APP_NAME, appauthor=False))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("STUDIO_DATA_DIR") or user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass
+class Settings:
+    """What a user can set. Paths are strings so the file stays plain JSON."""
+
+    models_root: str = ""
+    extra_model_roots: list[str] = field(default_factory=list)
+    output_dir: str = ""
+    input_dir: str = ""
+    device: str = "auto"  # auto, cuda, mps, cpu
+    cache_bytes: int = 4 * 1024**3
+    ram_budget_bytes: int = 8 * 1024**3
+    vram_budget_bytes: int = 0  # 0: most of what the GPU has
+
+    @property
+    def models_root_path(self) -> Path:
+        return Path(self.models_root) if self.models_root else data_dir() / "models"
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else data_dir() / "output"
+
+    @property
+    def input_path(self) -> Path:
+        return Path(self.input_dir) if self.input_dir else data_dir() / "input"
+
+    def model_roots(self) -> list[Path]:
+        return [self.models_root_path, *(Path(p) for p in self.extra_model_roots)]
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Settings:
+        """Read the settings file; a missing or broken file gives the defaults."""
+        path = path or config_dir() / "settings.json"
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        defaults = cls()
+        for key, value in data.items():
+            if key in known and isinstance(value, type(getattr(defaults, key))):
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def save(self, path: Path | None = None) -> None:
+        path = path or config_dir() / "settings.json"
+        atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode("utf-8"))
+
+
+_active: Settings | None = None
+
+
+def active_settings() -> Settings:
+    """The settings in force in this process (loaded from the user's file on first use)."""
+    global _active
+    if _active is None:
+        _active = Settings.load()
+    return _active
+
+
+def set_active_settings(settings: Settings) -> None:
+    global _active
+    _active = settings
