@@ -55,11 +55,12 @@ class Plan:
     problems: list[Problem]
 
 
-def bypass_passthrough(spec: NodeSpec) -> dict[str, str | None]:
-    """For each output of a bypassed node, the input of the same type that passes through."""
+def bypass_passthrough(spec: NodeSpec, linked: set[str]) -> dict[str, str | None]:
+    """For each output of a bypassed node, the linked input of the same type that passes
+    through (one of the same name first)."""
     result: dict[str, str | None] = {}
     for out in spec.outputs:
-        same = [i for i in spec.inputs if i.type == out.type and not i.is_param]
+        same = [i for i in spec.inputs if i.type == out.type and i.name in linked]
         named = [i for i in same if i.name == out.name]
         pick = (named or same or [None])[0]
         result[out.name] = pick.name if pick is not None else None
@@ -175,7 +176,7 @@ def plan_workflow(
             continue
         feeds: list[str]
         if n.bypass:
-            passthrough = bypass_passthrough(specs[nid])
+            passthrough = bypass_passthrough(specs[nid], set(inputs[nid]))
             bypass_map[nid] = passthrough
             feeds = [i for i in passthrough.values() if i is not None]
         else:

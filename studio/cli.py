@@ -1,0 +1,245 @@
+"""The ``studio`` command.
+
+    studio                                  open the app
+    studio open WORKFLOW [--screenshot PNG] [--run]
+    studio run WORKFLOW [--set NODE.PARAM=VALUE ...] [--out DIR] [--events]
+    studio validate WORKFLOW
+    studio nodes [--markdown]
+
+Exit codes: 0 success, 1 a node failed (or the run was interrupted), 2 an invalid
+workflow or a usage mistake. A user's mistake never prints a Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_NODE_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on usage errors, as we want
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"studio: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="studio", description="Node-graph image workflows with diffusion models.")
+    sub = p.add_subparsers(dest="command")
+
+    op = sub.add_parser("open", help="open a workflow in the app")
+    op.add_argument("workflow", nargs="?")
+    op.add_argument("--screenshot", metavar="PNG", help="save a screenshot once painted, then exit")
+    op.add_argument("--run", action="store_true", help="run the workflow, then screenshot")
+
+    rp = sub.add_parser("run", help="run a workflow headless")
+    rp.add_argument("workflow")
+    rp.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="set a param before running; NODE is a node id or a unique title",
+    )
+    rp.add_argument("--out", metavar="DIR", help="folder for output images")
+    rp.add_argument("--events", action="store_true", help="print every event as a JSON line")
+
+    vp = sub.add_parser("validate", help="check a workflow and list every problem")
+    vp.add_argument("workflow")
+
+    np_ = sub.add_parser("nodes", help="list the node types")
+    np_.add_argument("--markdown", action="store_true", help="print reference docs in Markdown")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in (None, "open"):
+        from studio.app.main import run_app
+
+        if args.command is None:
+            return run_app()
+        return run_app(args.workflow, screenshot=args.screenshot, run=args.run)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.command == "run":
+        return cmd_run(args.workflow, args.sets, args.out, args.events)
+    if args.command == "validate":
+        return cmd_validate(args.workflow)
+    if args.command == "nodes":
+        return cmd_nodes(args.markdown)
+    return EXIT_INVALID
+
+
+def _err(message: str) -> None:
+    print(f"studio: {message}", file=sys.stderr)
+
+
+def _load(path: str) -> Any:
+    from studio.errors import WorkflowFileError
+    from studio.graph.fileformat import load_workflow
+
+    try:
+        return load_workflow(path)
+    except WorkflowFileError as exc:
+        _err(str(exc))
+        return None
+
+
+def parse_set(wf: Any, assignment: str) -> tuple[str, str, Any]:
+    """Split ``NODE.PARAM=VALUE`` and convert VALUE to the param's type."""
+    from studio.errors import WorkflowEditError
+    from studio.graph.types import ValueType
+
+    target, sep, raw = assignment.partition("=")
+    node_ref, dot, param = target.rpartition(".")
+    if not sep or not dot or not node_ref or not param:
+        raise WorkflowEditError(f"--set {assignment!r}: expected NODE.PARAM=VALUE")
+    node = wf.find_node(node_ref)
+    spec = wf.spec_of(node)
+    inp = spec.input(param) if spec else None
+    value: Any = raw
+    if inp is not None:
+        try:
+            if inp.type is ValueType.INT:
+                value = int(raw)
+            elif inp.type is ValueType.FLOAT:
+                value = float(raw)
+            elif inp.type is ValueType.BOOLEAN:
+                low = raw.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = low in ("true", "1", "yes", "on")
+        except ValueError:
+            raise WorkflowEditError(
+                f"--set {assignment!r}: {param!r} of {wf.display_title(node)} expects "
+                f"{inp.type.value.lower()}, got {raw!r}"
+            ) from None
+    return node.id, param, value
+
+
+def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
+    from studio.engine import Engine, WorkflowInvalid
+    from studio.errors import StudioError
+    from studio.settings import active_settings, set_active_settings
+
+    wf = _load(path)
+    if wf is None:
+        return EXIT_INVALID
+    try:
+        for assignment in sets:
+            node_id, param, value = parse_set(wf, assignment)
+            wf.set_param(node_id, param, value)
+    except StudioError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+
+    settings = active_settings()
+    if out:
+        settings.output_dir = str(Path(out).resolve())
+        set_active_settings(settings)
+
+    def on_event(event: Any) -> None:
+        if events:
+            print(json.dumps(event.to_json()), flush=True)
+
+    engine = Engine(settings=settings)
+    try:
+        result = engine.run(wf, on_event=on_event)
+    except WorkflowInvalid as exc:
+        _err(f"{path}: the workflow cannot run:")
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_NODE_FAILED
+
+    written = _write_unsaved_images(result, settings.output_path)
+    if not events:
+        for p in written:
+            print(p)
+    for node_id, message in result.errors.items():
+        title = wf.display_title(node_id) if wf.has_node(node_id) else node_id
+        _err(f"{title} ({node_id}) failed: {message}")
+    if result.interrupted:
+        _err("the run was interrupted")
+        return EXIT_NODE_FAILED
+    return EXIT_NODE_FAILED if result.errors else EXIT_OK
+
+
+def _write_unsaved_images(result: Any, folder: Path) -> list[str]:
+    """Paths of the images output nodes saved, writing those only previewed to ``folder``."""
+    from studio.fsutil import unique_path
+
+    written = []
+    for image in result.images:
+        info = getattr(image, "info", None)
+        if not isinstance(info, dict) or not hasattr(image, "save"):
+            continue
+        saved = info.get("studio_path")
+        if saved:
+            written.append(str(saved))
+            continue
+        target = unique_path(folder, "preview", ".png")
+        image.save(target)
+        written.append(str(target))
+    return written
+
+
+def cmd_validate(path: str) -> int:
+    from studio.engine.validate import plan_workflow
+
+    wf = _load(path)
+    if wf is None:
+        return EXIT_INVALID
+    problems = plan_workflow(wf, wf.registry).problems
+    if not problems:
+        print(f"{path}: ok ({len(wf.nodes)} nodes, {len(wf.links)} links)")
+        return EXIT_OK
+    for problem in problems:
+        print(problem)
+    return EXIT_INVALID
+
+
+def cmd_nodes(markdown: bool) -> int:
+    from studio.graph.registry import default_registry
+
+    reg = default_registry()
+    specs = sorted(reg, key=lambda s: (s.category, s.title))
+    for err in reg.load_errors:
+        _err(err)
+    if not markdown:
+        for s in specs:
+            print(f"{s.type_id:24} {s.category:14} {s.title}")
+        return EXIT_OK
+    print("# Node reference\n")
+    for s in specs:
+        print(f"## {s.title} (`{s.type_id}`, v{s.version})\n")
+        print(f"Category: {s.category}. {s.description}\n")
+        if s.inputs:
+            print("| input | type | default | range / choices | description |")
+            print("|---|---|---|---|---|")
+            for i in s.inputs:
+                rng = ""
+                if i.min is not None or i.max is not None:
+                    rng = f"{i.min if i.min is not None else ''} .. {i.max if i.max is not None else ''}"
+                elif i.choices is not None and not callable(i.choices):
+                    rng = ", ".join(i.choices)
+                elif i.file_kind:
+                    rng = f"a file from {i.file_kind}"
+                default = "" if i.default is None else json.dumps(i.default)
+                print(f"| `{i.name}` | {i.type} | {default} | {rng} | {i.tooltip} |")
+            print()
+        if s.outputs:
+            print("Outputs: " + ", ".join(f"`{o.name}` ({o.type})" for o in s.outputs) + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

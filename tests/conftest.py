@@ -1,0 +1,35 @@
+"""Test setup: offline, headless, and isolated from the user's own settings and files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub, Qt or Studio's settings.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+_home = Path(tempfile.mkdtemp(prefix="studio-tests-"))
+os.environ["STUDIO_CONFIG_DIR"] = str(_home / "config")
+os.environ["STUDIO_DATA_DIR"] = str(_home / "data")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def stub_registry():
+    from stubs import CALLS, stub_registry
+
+    CALLS.clear()
+    return stub_registry()
+
+
+@pytest.fixture
+def calls():
+    from stubs import CALLS
+
+    return CALLS
