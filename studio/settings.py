@@ -18,7 +18,14 @@ from studio.fsutil import atomic_write_bytes
 APP_NAME = "Studio"
 
 #: Subfolders of a models root, the same names ComfyUI uses.
-MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "upscale_models", "controlnet_annotators")
+MODEL_FOLDERS = (
+    "checkpoints",
+    "loras",
+    "controlnet",
+    "vae",
+    "upscale_models",
+    "controlnet_annotators",
+)
 
 
 def config_dir() -> Path:

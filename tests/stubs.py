@@ -153,3 +153,28 @@ SPECS = [
 
 def stub_registry() -> Registry:
     return Registry(SPECS)
+
+
+def _paint(ctx, value: int) -> dict:
+    from PIL import Image
+
+    CALLS["paint"] += 1
+    ctx.show([Image.new("RGB", (8, 8), (value % 256, 0, 0))])
+    return {}
+
+
+SPECS.append(
+    NodeSpec(
+        "paint",
+        "Paint",
+        "test",
+        _paint,
+        inputs=(InputSpec("value", T.INT, default=0),),
+        output_node=True,
+    )
+)
+
+
+def stub_specs() -> list[NodeSpec]:
+    """Entry point of the stub node pack (the CLI tests install it on sys.path)."""
+    return list(SPECS)

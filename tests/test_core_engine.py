@@ -179,7 +179,9 @@ def test_cycle_is_reported_with_the_nodes_on_it(stub_registry):
     problems = Engine(stub_registry).validate(wf2)
     on_cycle = {p.node_id for p in problems if "cycle" in p.message}
     assert on_cycle == {a.id, b.id}
-    assert all("First" in p.message and "Second" in p.message for p in problems if "cycle" in p.message)
+    assert all(
+        "First" in p.message and "Second" in p.message for p in problems if "cycle" in p.message
+    )
 
 
 def test_failure_fails_only_descendants(stub_registry, calls):

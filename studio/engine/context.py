@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studio.errors import Interrupted
 from studio.engine.events import PROGRESS, Event
+from studio.errors import Interrupted
 
 if TYPE_CHECKING:
     from studio.engine.fingerprint import FileFingerprinter

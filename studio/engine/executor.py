@@ -33,7 +33,7 @@ from studio.engine.events import (
 )
 from studio.engine.fingerprint import FileFingerprinter
 from studio.engine.models import ModelManager
-from studio.engine.validate import Plan, Problem, WorkflowInvalid, plan_workflow
+from studio.engine.validate import Problem, WorkflowInvalid, plan_workflow
 from studio.errors import Interrupted, StudioError
 from studio.graph.registry import Registry, default_registry
 from studio.graph.workflow import Workflow
@@ -103,7 +103,9 @@ class Engine:
     ):
         self._registry = registry
         self.settings = settings or active_settings()
-        self.cache = OutputCache(cache_bytes if cache_bytes is not None else self.settings.cache_bytes)
+        self.cache = OutputCache(
+            cache_bytes if cache_bytes is not None else self.settings.cache_bytes
+        )
         self.models = models or ModelManager(
             self.settings.ram_budget_bytes, self.settings.vram_budget_bytes
         )
@@ -177,7 +179,9 @@ class Engine:
             if n.bypass:
                 for out_name, in_name in plan.bypass_map.get(nid, {}).items():
                     lk = plan.inputs[nid].get(in_name) if in_name else None
-                    refs[(nid, out_name)] = refs.get((lk.source, lk.output), _MISSING) if lk else _MISSING
+                    refs[(nid, out_name)] = (
+                        refs.get((lk.source, lk.output), _MISSING) if lk else _MISSING
+                    )
                 continue
 
             kwargs: dict[str, Any] = {}
@@ -278,7 +282,13 @@ class Engine:
                 result.node_images[nid] = list(entry.images)
 
         result.seconds = time.perf_counter() - t0
-        emit(Event(RUN_FINISHED, seconds=result.seconds, message="interrupted" if result.interrupted else None))
+        emit(
+            Event(
+                RUN_FINISHED,
+                seconds=result.seconds,
+                message="interrupted" if result.interrupted else None,
+            )
+        )
         return result
 
     def _fail(
@@ -336,7 +346,11 @@ def _short(v: Any) -> str:
 
 
 def _signature(
-    type_id: str, version: int, params: dict[str, Any], inputs: dict[str, str], fingerprint: str | None
+    type_id: str,
+    version: int,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    fingerprint: str | None,
 ) -> str:
     payload = json.dumps(
         [type_id, version, params, inputs, fingerprint],

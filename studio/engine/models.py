@@ -32,7 +32,11 @@ def module_nbytes(obj: Any) -> int:
         elif isinstance(v, list | tuple):
             stack.extend(v)
         elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+            stack.extend(
+                x
+                for x in vars(v).values()
+                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
+            )
     return total
 
 
@@ -51,7 +55,11 @@ def _device_of(obj: Any) -> str:
         elif isinstance(v, list | tuple):
             stack.extend(v)
         elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+            stack.extend(
+                x
+                for x in vars(v).values()
+                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
+            )
     return "cpu"
 
 
@@ -69,7 +77,11 @@ def _move(obj: Any, device: str) -> None:
         elif isinstance(v, list | tuple):
             stack.extend(v)
         elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(x for x in vars(v).values() if hasattr(x, "parameters") or isinstance(x, dict | list | tuple))
+            stack.extend(
+                x
+                for x in vars(v).values()
+                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
+            )
 
 
 @dataclass

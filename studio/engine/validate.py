@@ -67,9 +67,7 @@ def bypass_passthrough(spec: NodeSpec, linked: set[str]) -> dict[str, str | None
     return result
 
 
-def plan_workflow(
-    wf: Workflow, registry: Registry, targets: list[str] | None = None
-) -> Plan:
+def plan_workflow(wf: Workflow, registry: Registry, targets: list[str] | None = None) -> Plan:
     """Validate ``wf`` and work out what runs, in which order."""
     nodes: dict[str, Node] = {n.id: n for n in wf.nodes}
     index = {nid: i for i, nid in enumerate(nodes)}
@@ -121,7 +119,11 @@ def plan_workflow(
                 continue  # reported on the source node
             out_spec = src_spec.output(lk.output)
             if out_spec is None:
-                add(n, f"input {name!r} is linked to {title(src)}.{lk.output}, which does not exist", name)
+                add(
+                    n,
+                    f"input {name!r} is linked to {title(src)}.{lk.output}, which does not exist",
+                    name,
+                )
             elif not can_connect(out_spec.type, in_spec.type):
                 add(
                     n,
@@ -186,9 +188,7 @@ def plan_workflow(
             if lk is not None and lk.source not in needed:
                 queue.append(lk.source)
 
-    order = list(
-        nx.lexicographical_topological_sort(g.subgraph(needed), key=index.__getitem__)
-    )
+    order = list(nx.lexicographical_topological_sort(g.subgraph(needed), key=index.__getitem__))
     return Plan(g, specs, order, needed, outputs, inputs, bypass_map, problems)
 
 

@@ -53,7 +53,13 @@ def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
         d.update(n.extra)
         nodes.append(d)
     links = [
-        {"id": lk.id, "source": lk.source, "output": lk.output, "target": lk.target, "input": lk.input}
+        {
+            "id": lk.id,
+            "source": lk.source,
+            "output": lk.output,
+            "target": lk.target,
+            "input": lk.input,
+        }
         for lk in wf.links
     ]
     lay = wf.layout
@@ -62,12 +68,14 @@ def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
             nid: _node_layout_to_dict(nl) for nid, nl in lay.nodes.items() if wf.has_node(nid)
         },
         "frames": [
-            {"id": f.id, "title": f.title, "rect": list(f.rect), "color": f.color} for f in lay.frames
+            {"id": f.id, "title": f.title, "rect": _floats(f.rect), "color": f.color}
+            for f in lay.frames
         ],
         "notes": [
-            {"id": n.id, "text": n.text, "pos": list(n.pos), "size": list(n.size)} for n in lay.notes
+            {"id": n.id, "text": n.text, "pos": _floats(n.pos), "size": _floats(n.size)}
+            for n in lay.notes
         ],
-        "reroutes": {lid: [list(p) for p in pts] for lid, pts in lay.reroutes.items() if pts},
+        "reroutes": {lid: [_floats(p) for p in pts] for lid, pts in lay.reroutes.items() if pts},
         "viewport": dict(lay.viewport),
     }
     data: dict[str, Any] = {
@@ -82,8 +90,13 @@ def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
     return data
 
 
+def _floats(values: Any) -> list[float]:
+    # Geometry is always written as floats, so load-then-save gives the same bytes.
+    return [float(v) for v in values]
+
+
 def _node_layout_to_dict(nl: NodeLayout) -> dict[str, Any]:
-    d: dict[str, Any] = {"pos": [nl.pos[0], nl.pos[1]]}
+    d: dict[str, Any] = {"pos": _floats(nl.pos)}
     if nl.collapsed:
         d["collapsed"] = True
     if nl.color:
@@ -91,7 +104,7 @@ def _node_layout_to_dict(nl: NodeLayout) -> dict[str, Any]:
     if nl.pinned:
         d["pinned"] = True
     if nl.width is not None:
-        d["width"] = nl.width
+        d["width"] = float(nl.width)
     return d
 
 
@@ -127,7 +140,9 @@ def load_workflow(path: str | Path, registry: Registry | None = None) -> Workflo
     return wf
 
 
-def loads_workflow(text: str, *, path: str = "<text>", registry: Registry | None = None) -> Workflow:
+def loads_workflow(
+    text: str, *, path: str = "<text>", registry: Registry | None = None
+) -> Workflow:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -186,12 +201,16 @@ def _from_dict(data: Any, registry: Registry | None) -> Workflow:
         link = _parse_link(ld, i)
         for end, port in ((link.source, "source"), (link.target, "target")):
             if not wf.has_node(end):
-                raise _Bad(f"link {i + 1} ({link.id}) has a {port} node {end!r} that is not in the file")
+                raise _Bad(
+                    f"link {i + 1} ({link.id}) has a {port} node {end!r} that is not in the file"
+                )
         if link.id in wf._links:
             raise _Bad(f"has two links with id {link.id!r}")
         key = (link.target, link.input)
         if key in wf._link_by_input:
-            raise _Bad(f"link {i + 1} ({link.id}) feeds input {link.input!r}, which is already linked")
+            raise _Bad(
+                f"link {i + 1} ({link.id}) feeds input {link.input!r}, which is already linked"
+            )
         wf._links[link.id] = link
         wf._link_by_input[key] = link.id
 
@@ -216,11 +235,21 @@ def _get(d: dict[str, Any], key: str, kind: type, where: str, default: Any = ...
     if kind is int and isinstance(value, bool):
         raise _Bad(f'{where}: "{key}" is not a whole number')
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise _Bad(f'{where}: "{key}" is not a number')
         return float(value)
     if not isinstance(value, kind):
-        names = {list: "a list", dict: "an object", str: "text", int: "a whole number", bool: "true/false"}
+        names = {
+            list: "a list",
+            dict: "an object",
+            str: "text",
+            int: "a whole number",
+            bool: "true/false",
+        }
         raise _Bad(f'{where}: "{key}" is not {names.get(kind, kind.__name__)}')
     return value
 

@@ -353,7 +353,9 @@ class Workflow:
         n.params[name] = value
         self._notify(Change("param_changed", node_id=node_id, name=name, old=old, new=value))
 
-    def set_flags(self, node_id: str, *, mute: bool | None = None, bypass: bool | None = None) -> None:
+    def set_flags(
+        self, node_id: str, *, mute: bool | None = None, bypass: bool | None = None
+    ) -> None:
         n = self.get_node(node_id)
         old = (n.mute, n.bypass)
         if mute is not None:
@@ -409,7 +411,9 @@ class Workflow:
         keep = set(node_ids)
         data = workflow_to_dict(self)
         data["nodes"] = [n for n in data["nodes"] if n["id"] in keep]
-        data["links"] = [lk for lk in data["links"] if lk["source"] in keep and lk["target"] in keep]
+        data["links"] = [
+            lk for lk in data["links"] if lk["source"] in keep and lk["target"] in keep
+        ]
         data["layout"]["nodes"] = {k: v for k, v in data["layout"]["nodes"].items() if k in keep}
         data["layout"]["reroutes"] = {}
         data["layout"]["frames"] = []
