@@ -6,4 +6,4 @@ GUI and the validator can read every spec without loading torch.
 """
 
 #: Modules of this package whose top-level NodeSpec objects are registered.
-BUILTIN_MODULES: list[str] = ["utility"]
+BUILTIN_MODULES: list[str] = ["utility", "mask", "upscale"]

@@ -1,0 +1,376 @@
+"""Upscaling: upscale models through spandrel (tiled), Scale Image, Latent Upscale.
+
+spandrel reads the upscaler architectures artists use (ESRGAN, Real-ESRGAN and its compact
+variant, SwinIR, HAT, DAT, OmniSR, ...) from a state dict; we read the file ourselves so
+that pickled files only ever go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.errors import NodeError
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+from studio.modelfiles import list_models, resolve_model
+
+
+@dataclass(frozen=True)
+class UpscaleModel:
+    """An UPSCALE_MODEL value: a handle; the weights live in the model manager."""
+
+    key: tuple
+    path: str
+    scale: int
+    architecture: str
+
+    def __studio_nbytes__(self) -> int:
+        return 256
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """Weights from safetensors, or from a pickle only through torch.load(weights_only=True)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".safetensors", ".sft"):
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        import torch
+
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                raise NodeError(
+                    f"{path.name}: this pickled file holds more than weights, and Studio does not "
+                    "run code from model files; convert it to .safetensors"
+                ) from None
+            raise
+    except NodeError:
+        raise
+    except Exception as exc:
+        raise NodeError(
+            f"{path.name}: cannot read the file ({type(exc).__name__}: {exc})"
+        ) from None
+    for wrapper in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+            break
+    if not isinstance(data, dict):
+        raise NodeError(f"{path.name}: not a model state dict")
+    return data
+
+
+def _upscaler_fingerprint(params: dict[str, Any], files: Any) -> str | None:
+    try:
+        return files.of(resolve_model("upscale_models", params.get("model_name", "")))
+    except NodeError:
+        return None
+
+
+@node(
+    "load_upscale_model",
+    title="Load Upscale Model",
+    category="upscale",
+    description="Loads an upscaler (ESRGAN, Real-ESRGAN, SwinIR, HAT, ... anything spandrel reads).",
+    inputs=[
+        InputSpec(
+            "model_name",
+            T.CHOICE,
+            choices=lambda: list_models("upscale_models"),
+            file_kind="upscale_models",
+            tooltip="A file from the upscale_models folder.",
+        )
+    ],
+    outputs=[OutputSpec("upscale_model", T.UPSCALE_MODEL)],
+    fingerprint=_upscaler_fingerprint,
+)
+def load_upscale_model(ctx, model_name: str) -> UpscaleModel:
+    path = resolve_model("upscale_models", model_name)
+    key = ("upscale", *ctx.files.identity(path))
+
+    def load() -> Any:
+        from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+
+        state = read_state_dict(path)
+        try:
+            descriptor = ModelLoader().load_from_state_dict(state)
+        except UnsupportedModelError:
+            raise NodeError(
+                f"{path.name}: not an upscale model architecture Studio can read "
+                "(spandrel knows ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, OmniSR, and more)"
+            ) from None
+        except Exception as exc:
+            raise NodeError(f"{path.name}: cannot build the model ({exc})") from None
+        if not isinstance(descriptor, ImageModelDescriptor):
+            raise NodeError(f"{path.name}: is not an image-to-image upscale model")
+        descriptor.model.eval()
+        return descriptor
+
+    descriptor = ctx.models.get(key, load, nbytes=lambda d: _descriptor_nbytes(d))
+    return UpscaleModel(key, str(path), int(descriptor.scale), str(descriptor.architecture.name))
+
+
+def _descriptor_nbytes(descriptor: Any) -> int:
+    return sum(p.element_size() * p.nelement() for p in descriptor.model.parameters())
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    # Evenly spread, so every overlap is at least ``overlap`` and (with overlap <= tile / 2)
+    # only neighbouring tiles overlap.
+    count = -(-(length - overlap) // (tile - overlap))
+    count = max(count, 2)
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def blend_weights(starts: list[int], tile: int, length: int, scale: int) -> list[Any]:
+    """1-D weights per tile (output pixels) that sum to exactly one everywhere.
+
+    Neighbouring tiles cross-fade over the middle half of their overlap: the outer quarter
+    at each tile edge, where zero padding disturbs the model's output, gets no weight. The
+    weights are normalised per axis, so no weight accumulator the size of the output is needed.
+    """
+    import torch
+
+    out = []
+    n = len(starts)
+    for i, s in enumerate(starts):
+        a, b = s * scale, min(s + tile, length) * scale
+        w = torch.ones(b - a)
+        if i > 0:
+            prev_end = min(starts[i - 1] + tile, length) * scale
+            if prev_end > a:
+                w[: prev_end - a] = _fade(prev_end - a)
+        if i < n - 1:
+            next_start = starts[i + 1] * scale
+            if b > next_start:
+                w[next_start - a :] = 1.0 - _fade(b - next_start)
+        out.append(w)
+    # Normalise so the weights sum to one even where more than two tiles overlap.
+    total = torch.zeros(length * scale)
+    for s, w in zip(starts, out, strict=True):
+        total[s * scale : s * scale + len(w)] += w
+    return [w / total[s * scale : s * scale + len(w)] for s, w in zip(starts, out, strict=True)]
+
+
+def _fade(length: int) -> Any:
+    """0 over the first quarter, a linear rise over the middle half, 1 over the last quarter."""
+    import torch
+
+    x = (torch.arange(length, dtype=torch.float32) + 0.5) / length
+    return ((x - 0.25) * 2.0).clamp(0.0, 1.0)
+
+
+@node(
+    "upscale_image",
+    title="Upscale Image",
+    category="upscale",
+    description=(
+        "Upscales an image with an upscale model, tile by tile with overlapping cross-fades, "
+        "so memory stays bounded for large images."
+    ),
+    inputs=[
+        InputSpec("upscale_model", T.UPSCALE_MODEL),
+        InputSpec("image", T.IMAGE),
+        InputSpec(
+            "tile_size",
+            T.INT,
+            default=512,
+            min=0,
+            max=4096,
+            step=32,
+            tooltip="Tile size in input pixels; 0 upscales the whole image at once.",
+        ),
+        InputSpec(
+            "overlap",
+            T.INT,
+            default=32,
+            min=0,
+            max=512,
+            step=8,
+            tooltip="Overlap between neighbouring tiles, cross-faded to hide seams.",
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def upscale_image(ctx, upscale_model: UpscaleModel, image, tile_size: int, overlap: int):
+    import torch
+
+    if not ctx.models.contains(upscale_model.key):
+        load_upscale_model.execute(ctx, model_name=upscale_model.path)
+    descriptor = ctx.models.use(upscale_model.key, ctx.device)
+    return upscale_tiled(
+        descriptor, image, upscale_model.scale, tile_size, overlap, ctx.device, ctx.progress, torch
+    )
+
+
+def upscale_tiled(
+    model: Any,
+    image: Any,
+    scale: int,
+    tile: int,
+    overlap: int,
+    device: str,
+    progress: Any,
+    torch: Any,
+) -> Any:
+    """Upscale [B, H, W, C] in tiles; ``model`` maps [1, C, h, w] to [1, C, h*s, w*s]."""
+    b, h, w, c = image.shape
+    if tile <= 0:
+        tile = max(h, w)
+    tile = max(tile, 8)
+    overlap = min(overlap, tile // 2)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    wy, wx = blend_weights(ys, tile, h, scale), blend_weights(xs, tile, w, scale)
+    out = torch.zeros((b, h * scale, w * scale, c), dtype=torch.float32)
+    total, done = b * len(ys) * len(xs), 0
+    with torch.inference_mode():
+        for bi in range(b):
+            for iy, y in enumerate(ys):
+                for ix, x in enumerate(xs):
+                    patch = image[bi : bi + 1, y : y + tile, x : x + tile, :].movedim(-1, 1)
+                    result = model(patch.to(device)).float().clamp(0, 1).cpu()[0].movedim(0, -1)
+                    th, tw = result.shape[0], result.shape[1]
+                    weight = (wy[iy][:th, None] * wx[ix][None, :tw]).unsqueeze(-1)
+                    oy, ox = y * scale, x * scale
+                    out[bi, oy : oy + th, ox : ox + tw, :] += result * weight
+                    done += 1
+                    progress(done, total)
+    return out
+
+
+# -- Scale Image and Latent Upscale ---------------------------------------------------------
+
+SCALE_METHODS = ("lanczos", "bicubic", "bilinear", "nearest", "area")
+
+
+def target_size(
+    w: int, h: int, mode: str, factor: float, width: int, height: int, keep_aspect: bool
+) -> tuple[int, int]:
+    if mode == "factor":
+        return max(1, round(w * factor)), max(1, round(h * factor))
+    if width == 0 and height == 0:
+        raise NodeError("give a width, a height, or both (or use mode 'factor')")
+    if width == 0:
+        return max(1, round(w * height / h)), height
+    if height == 0:
+        return width, max(1, round(h * width / w))
+    if keep_aspect:
+        s = min(width / w, height / h)
+        return max(1, round(w * s)), max(1, round(h * s))
+    return width, height
+
+
+def resize_image(image: Any, size: tuple[int, int], method: str) -> Any:
+    """Resize [B, H, W, C] to (width, height) with one of SCALE_METHODS."""
+    import torch
+    import torch.nn.functional as F
+
+    tw, th = size
+    if method == "lanczos":
+        import numpy as np
+        from PIL import Image
+
+        frames = []
+        for frame in image.cpu().numpy():
+            chans = [
+                np.asarray(Image.fromarray(frame[..., k], mode="F").resize((tw, th), Image.LANCZOS))
+                for k in range(frame.shape[-1])
+            ]
+            frames.append(np.stack(chans, -1))
+        return torch.from_numpy(np.stack(frames)).clamp(0, 1)
+    x = image.movedim(-1, 1)
+    if method == "nearest":
+        y = F.interpolate(x, size=(th, tw), mode="nearest-exact")
+    elif method == "area":
+        y = F.interpolate(x, size=(th, tw), mode="area")
+    else:
+        y = F.interpolate(x, size=(th, tw), mode=method, align_corners=False, antialias=True)
+    return y.movedim(1, -1).clamp(0, 1)
+
+
+@node(
+    "scale_image",
+    title="Scale Image",
+    category="upscale",
+    description="Resizes an image by a factor or to a size (lanczos, bicubic, bilinear, nearest, area).",
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec(
+            "mode",
+            T.CHOICE,
+            default="factor",
+            choices=("factor", "size"),
+            tooltip="Scale by a factor, or to a width and height.",
+        ),
+        InputSpec("factor", T.FLOAT, default=2.0, min=0.01, max=16.0, step=0.05),
+        InputSpec(
+            "width",
+            T.INT,
+            default=0,
+            min=0,
+            max=16384,
+            step=8,
+            tooltip="Target width (0: from the height, keeping the aspect).",
+        ),
+        InputSpec(
+            "height",
+            T.INT,
+            default=0,
+            min=0,
+            max=16384,
+            step=8,
+            tooltip="Target height (0: from the width, keeping the aspect).",
+        ),
+        InputSpec(
+            "keep_aspect",
+            T.BOOLEAN,
+            default=True,
+            tooltip="With both width and height: fit inside them without distorting.",
+        ),
+        InputSpec("method", T.CHOICE, default="lanczos", choices=SCALE_METHODS),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def scale_image(ctx, image, mode, factor, width, height, keep_aspect, method):
+    size = target_size(image.shape[2], image.shape[1], mode, factor, width, height, keep_aspect)
+    return resize_image(image, size, method)
+
+
+@node(
+    "latent_upscale",
+    title="Latent Upscale",
+    category="upscale",
+    description="Scales a latent (for a hires-fix second pass: upscale, then sample at denoise < 1).",
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec("scale_by", T.FLOAT, default=1.5, min=0.1, max=8.0, step=0.05),
+        InputSpec(
+            "method",
+            T.CHOICE,
+            default="nearest-exact",
+            choices=("nearest-exact", "bilinear", "bicubic", "area"),
+        ),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def latent_upscale(ctx, latent: dict, scale_by: float, method: str):
+    import torch.nn.functional as F
+
+    samples = latent["samples"]
+    h, w = samples.shape[-2:]
+    size = (max(1, round(h * scale_by)), max(1, round(w * scale_by)))
+    kwargs = {"align_corners": False} if method in ("bilinear", "bicubic") else {}
+    out = dict(latent)
+    out["samples"] = F.interpolate(samples, size=size, mode=method, **kwargs)
+    mask = latent.get("noise_mask")
+    if mask is not None:
+        m = mask if mask.dim() == 4 else mask.reshape(-1, 1, *mask.shape[-2:])
+        out["noise_mask"] = F.interpolate(m.float(), size=size, mode="bilinear")
+    return out
