@@ -6,4 +6,13 @@ GUI and the validator can read every spec without loading torch.
 """
 
 #: Modules of this package whose top-level NodeSpec objects are registered.
-BUILTIN_MODULES: list[str] = ["utility", "mask", "upscale"]
+BUILTIN_MODULES: list[str] = [
+    "utility",
+    "mask",
+    "upscale",
+    "loaders",
+    "conditioning",
+    "latent",
+    "sampling",
+    "image",
+]

@@ -1,0 +1,276 @@
+"""The denoising loop behind the Sampler node, on diffusers schedulers.
+
+It follows StableDiffusionPipeline / StableDiffusionImg2ImgPipeline /
+StableDiffusionXLPipeline step for step (same order of random draws from one
+CPU generator, same batching of negative and positive), so a graph equals the
+pipeline number for number. Imported lazily (imports torch and diffusers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from nodes.sdload import get_module, with_oom_advice
+from nodes.values import SAMPLERS, SCHEDULERS, Cond, ModelHandle
+from studio.errors import NodeError
+
+#: Latent -> RGB projections for the live preview (no model; a 4x3 matrix).
+SD_RGB = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+]
+SDXL_RGB = [
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+]
+SDXL_RGB_BIAS = [0.1084, -0.0175, -0.0011]
+
+
+def make_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
+    """A fresh diffusers scheduler for ``sampler`` with sigma ``schedule``."""
+    import diffusers
+
+    if sampler not in SAMPLERS:
+        raise NodeError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if schedule not in SCHEDULERS:
+        raise NodeError(f"unknown scheduler {schedule!r}; known: {', '.join(SCHEDULERS)}")
+    class_name, sampler_kwargs = SAMPLERS[sampler]
+    cls = getattr(diffusers, class_name)
+    overrides = dict(sampler_kwargs)
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    for key, value in SCHEDULERS[schedule].items():
+        if key not in accepted:
+            raise NodeError(f"the {schedule!r} scheduler is not available with sampler {sampler!r}")
+        overrides[key] = value
+    try:
+        return cls.from_config(config, **overrides)
+    except ImportError as exc:
+        raise NodeError(f"sampler {sampler!r} needs a missing package: {exc}") from None
+
+
+def _single(cond: list[Cond], name: str) -> Cond:
+    if not cond:
+        raise NodeError(f"the {name} conditioning is empty")
+    if len(cond) > 1:
+        raise NodeError(
+            f"the {name} conditioning holds {len(cond)} prompts; combine is not supported yet"
+        )
+    return cond[0]
+
+
+def _check_cond(c: Cond, name: str, model: ModelHandle, unet: Any) -> None:
+    width = unet.config.cross_attention_dim
+    if c.embeds.shape[-1] != width:
+        raise NodeError(
+            f"the {name} prompt was encoded by a {c.family or 'different'} text encoder "
+            f"({c.embeds.shape[-1]} wide), but this {model.family} model expects {width}: "
+            "connect the CLIP output of the same checkpoint to Text Encode"
+        )
+    if unet.config.addition_embed_type == "text_time" and c.pooled is None:
+        raise NodeError(
+            f"the {name} prompt has no pooled embedding, which an SDXL model needs: encode it "
+            "with the CLIP of an SDXL checkpoint"
+        )
+
+
+def _match_lengths(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Prompts of different chunk counts: repeat each to a common length (77-token chunks).
+    if a.shape[1] == b.shape[1]:
+        return a, b
+    import math
+
+    n = math.lcm(a.shape[1], b.shape[1])
+    return a.repeat(1, n // a.shape[1], 1), b.repeat(1, n // b.shape[1], 1)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """LCM's guidance-scale embedding (as diffusers' pipelines compute it)."""
+    w = w * 1000.0
+    half = dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
+    emb = torch.exp(torch.arange(half, dtype=dtype) * -emb)
+    emb = w.to(dtype)[:, None] * emb[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def preview_image(latents: torch.Tensor, family: str) -> Any:
+    """A cheap latent -> RGB picture of the first image of the batch (PIL, latent size)."""
+    from PIL import Image
+
+    x = latents[0].detach().float().cpu()
+    if x.shape[0] == 4:
+        m = torch.tensor(SDXL_RGB if family == "sdxl" else SD_RGB)
+        rgb = torch.einsum("chw,cr->hwr", x, m)
+        if family == "sdxl":
+            rgb = rgb + torch.tensor(SDXL_RGB_BIAS)
+        rgb = (rgb + 1.0) * 0.5
+    else:
+        rgb = x[:3].permute(1, 2, 0)
+        lo, hi = rgb.min(), rgb.max()
+        rgb = (rgb - lo) / (hi - lo + 1e-6)
+    arr = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def sample(
+    ctx: Any,
+    model: ModelHandle,
+    positive: list[Cond],
+    negative: list[Cond],
+    latent: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler: str,
+    scheduler: str,
+    denoise: float,
+) -> dict[str, Any]:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    pos, neg = _single(positive, "positive"), _single(negative, "negative")
+    unet = get_module(ctx, model.source, "unet")
+    _check_cond(pos, "positive", model, unet)
+    _check_cond(neg, "negative", model, unet)
+    samples = latent["samples"]
+    if samples.ndim != 4 or samples.shape[1] != unet.config.out_channels:
+        raise NodeError(
+            f"the latent has shape {tuple(samples.shape)}, but this model works on "
+            f"{unet.config.out_channels}-channel latents"
+        )
+    sched = make_scheduler(model.scheduler_config, sampler, scheduler)
+    device, dtype = torch.device(ctx.device), unet.dtype
+    batch = samples.shape[0]
+    time_cond_dim = unet.config.time_cond_proj_dim
+    do_cfg = cfg > 1.0 and time_cond_dim is None
+
+    pe, ne = pos.embeds, neg.embeds
+    if do_cfg:
+        pe, ne = _match_lengths(pe, ne)
+        embeds = torch.cat([ne.repeat(batch, 1, 1), pe.repeat(batch, 1, 1)])
+    else:
+        embeds = pe.repeat(batch, 1, 1)
+    embeds = embeds.to(device=device, dtype=dtype)
+
+    added: dict[str, torch.Tensor] | None = None
+    if unet.config.addition_embed_type == "text_time":
+        h, w = samples.shape[-2] * 8, samples.shape[-1] * 8
+
+        def time_ids(c: Cond) -> torch.Tensor:
+            return torch.tensor([list(c.size or (h, w, 0, 0, h, w))], dtype=dtype)
+
+        if do_cfg:
+            pooled = torch.cat([neg.pooled.repeat(batch, 1), pos.pooled.repeat(batch, 1)])
+            ids = torch.cat([time_ids(neg).repeat(batch, 1), time_ids(pos).repeat(batch, 1)])
+        else:
+            pooled, ids = pos.pooled.repeat(batch, 1), time_ids(pos).repeat(batch, 1)
+        added = {
+            "text_embeds": pooled.to(device=device, dtype=dtype),
+            "time_ids": ids.to(device=device),
+        }
+    timestep_cond = None
+    if time_cond_dim is not None:
+        w_vec = torch.tensor(cfg - 1).repeat(batch)
+        timestep_cond = guidance_embedding(w_vec, time_cond_dim, dtype).to(
+            device=device, dtype=dtype
+        )
+
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    sched.set_timesteps(steps, device=device)
+    timesteps = sched.timesteps
+    init = samples.to(device=device, dtype=dtype)
+    mask = latent.get("noise_mask")
+    if denoise < 1.0:
+        # diffusers img2img: keep the last int(steps * denoise) steps.
+        init_steps = min(int(steps * denoise), steps)
+        t_start = max(steps - init_steps, 0)
+        timesteps = timesteps[t_start * sched.order :]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        if len(timesteps) == 0:
+            raise NodeError(
+                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+            )
+        std = latent.get("posterior_std")
+        # A node that resized the samples but kept an old spread: use the mean alone.
+        if std is not None and tuple(std.shape) == tuple(init.shape):  # VAE Encode's sample, drawn first as the pipeline does
+            init = init + std.to(device=device, dtype=dtype) * randn_tensor(
+                init.shape, generator=generator, device=device, dtype=dtype
+            )
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        latents = sched.add_noise(init, noise, timesteps[:1].repeat(batch))
+    else:
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        latents = noise * sched.init_noise_sigma
+    if mask is not None:
+        mask = _latent_mask(mask, latents).to(device=device, dtype=dtype)
+
+    step_params = set(inspect.signature(sched.step).parameters)
+    extra: dict[str, Any] = {}
+    if "eta" in step_params:
+        extra["eta"] = 0.0
+    if "generator" in step_params:
+        extra["generator"] = generator
+
+    total = len(timesteps)
+
+    def loop() -> torch.Tensor:
+        nonlocal latents
+        with torch.no_grad():
+            for i, t in enumerate(timesteps):
+                ctx.check_interrupt()
+                x = torch.cat([latents] * 2) if do_cfg else latents
+                x = sched.scale_model_input(x, t)
+                pred = unet(
+                    x,
+                    t,
+                    encoder_hidden_states=embeds,
+                    timestep_cond=timestep_cond,
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )[0]
+                if do_cfg:
+                    uncond, cond = pred.chunk(2)
+                    pred = uncond + cfg * (cond - uncond)
+                out = sched.step(pred, t, latents, **extra, return_dict=True)
+                latents = out.prev_sample.to(dtype)
+                if mask is not None:
+                    keep = init
+                    if i < total - 1:
+                        keep = sched.add_noise(init, noise, timesteps[i + 1 : i + 2])
+                    latents = (1 - mask) * keep + mask * latents
+                x0 = getattr(out, "pred_original_sample", None)
+                if x0 is None:
+                    x0 = getattr(out, "denoised", None)
+                ctx.progress(
+                    i + 1, total, preview_image(x0 if x0 is not None else latents, model.family)
+                )
+        return latents
+
+    result = with_oom_advice(loop, "sampling")
+    out_latent: dict[str, Any] = {"samples": result.detach().float().cpu()}
+    if mask is not None:
+        out_latent["noise_mask"] = latent["noise_mask"]
+    return out_latent
+
+
+def _latent_mask(mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    m = torch.nn.functional.interpolate(m, size=latents.shape[-2:])
+    if m.shape[0] != latents.shape[0]:
+        m = m[:1].expand(latents.shape[0], -1, -1, -1)
+    return m

@@ -1,0 +1,90 @@
+"""Loaders: checkpoints (MODEL, CLIP, VAE) and separate VAE files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+from studio.modelfiles import list_models, resolve_model
+
+
+def _file_fingerprint(kind: str, param: str):
+    def fingerprint(params: dict[str, Any], files: Any) -> str:
+        return files.of(resolve_model(kind, params.get(param, "")))
+
+    return fingerprint
+
+
+@node(
+    "load_checkpoint",
+    title="Load Checkpoint",
+    category="loaders",
+    description=(
+        "Loads a Stable Diffusion checkpoint (SD 1.x, 2.x, SDXL): a single .safetensors file "
+        "or a diffusers folder. Gives the denoising model, the text encoder and the VAE."
+    ),
+    inputs=[
+        InputSpec(
+            "ckpt_name",
+            T.CHOICE,
+            choices=lambda: list_models("checkpoints"),
+            file_kind="checkpoints",
+            tooltip="A checkpoint from the models folder's checkpoints subfolder.",
+        )
+    ],
+    outputs=[
+        OutputSpec("model", T.MODEL, tooltip="The denoising UNet, for the Sampler."),
+        OutputSpec("clip", T.CLIP, tooltip="The text encoder(s), for Text Encode."),
+        OutputSpec("vae", T.VAE, tooltip="The autoencoder, for VAE Encode and VAE Decode."),
+    ],
+    fingerprint=_file_fingerprint("checkpoints", "ckpt_name"),
+)
+def load_checkpoint(ctx, ckpt_name: str) -> tuple:
+    from nodes import sdload
+
+    path = resolve_model("checkpoints", ckpt_name)
+    source = sdload.inspect_checkpoint(Path(path), ckpt_name, ctx.files.identity(path))
+    model, clip, vae = sdload.handles_for(source)
+    # Load now, so a damaged file fails here (naming it) and not in the Sampler.
+    components = ["unet", "vae", *clip.encoders]
+    for component in components:
+        sdload.get_module(ctx, source, component)
+    return model, clip, vae
+
+
+@node(
+    "load_vae",
+    title="Load VAE",
+    category="loaders",
+    description="Loads a separate VAE file (or diffusers VAE folder) to use instead of a checkpoint's own.",
+    inputs=[
+        InputSpec(
+            "vae_name",
+            T.CHOICE,
+            choices=lambda: list_models("vae"),
+            file_kind="vae",
+            tooltip="A VAE from the models folder's vae subfolder.",
+        ),
+        InputSpec(
+            "latent_scale",
+            T.CHOICE,
+            choices=("auto", "sd", "sdxl"),
+            default="auto",
+            tooltip=(
+                "Which models' latents it serves: SD 1.x/2.x (0.18215) or SDXL (0.13025). "
+                "Auto picks SDXL when the file name contains 'xl'."
+            ),
+        ),
+    ],
+    outputs=[OutputSpec("vae", T.VAE)],
+    fingerprint=_file_fingerprint("vae", "vae_name"),
+)
+def load_vae(ctx, vae_name: str, latent_scale: str = "auto") -> Any:
+    from nodes import sdload
+
+    path = resolve_model("vae", vae_name)
+    vae = sdload.inspect_vae(Path(path), vae_name, ctx.files.identity(path), latent_scale)
+    sdload.get_module(ctx, vae.source, "vae")
+    return vae

@@ -1,0 +1,203 @@
+"""The values that flow between the diffusion nodes (see docs/VALUES.md).
+
+MODEL, CLIP and VAE are small frozen handles: they name where the weights come
+from and how to configure them, while the engine's model manager owns the
+weights themselves (``ctx.models.get(key, loader)``). A LoRA (a later issue) adds
+``(patch, strength)`` entries to ``patches``; patches are applied when the model
+is used, never by copying weights, so two branches on one checkpoint stay apart.
+
+No torch at module level: the GUI imports node modules before torch loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: Families Studio knows how to condition and sample. ``custom`` is a diffusers
+#: model with one CLIP text encoder and a non-standard UNet (the embedded tiny
+#: model, test models): it is conditioned like SD1.
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "custom")
+
+#: Where a model's weights live: a diffusers folder, or one file in the original
+#: (LDM) key layout.
+LAYOUT_DIFFUSERS = "diffusers"
+LAYOUT_SINGLE_FILE = "single_file"
+
+#: A handle reports this many bytes to the output cache: the weights are not its.
+HANDLE_NBYTES = 512
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """A model file or folder and the identity it had when it was read.
+
+    ``identity`` is ``ctx.files.identity(path)`` (resolved path, size, mtime): a
+    changed file gets a new identity and therefore new model-manager keys.
+    ``configs`` holds the diffusers/transformers config of each component
+    (``unet``, ``vae``, ``text_encoder``, ``text_encoder_2``, ``scheduler``).
+    """
+
+    path: str
+    identity: tuple[Any, ...]
+    layout: str
+    family: str
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
+    #: Key prefixes of the components inside a single file (``unet``: ``model.diffusion_model.``).
+    prefixes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    #: The checkpoint's name as the user chose it (for the PNG's parameters text).
+    name: str = ""
+
+    def key(self, component: str, dtype: Any, device: str) -> tuple[Any, ...]:
+        """The model-manager key of one component of these weights."""
+        return (self.identity, component, str(dtype), device)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: the denoising UNet of a checkpoint, with its sampling configuration."""
+
+    source: WeightsSource
+    family: str
+    #: The checkpoint's scheduler config (diffusers ``scheduler_config.json``).
+    scheduler_config: dict[str, Any] = field(compare=False, hash=False, default_factory=dict)
+    prediction_type: str = "epsilon"
+    patches: tuple[tuple[Any, float], ...] = ()
+
+    @property
+    def unet_config(self) -> dict[str, Any]:
+        return self.source.configs.get("unet", {})
+
+    def with_patch(self, patch: Any, strength: float) -> ModelHandle:
+        return replace(self, patches=(*self.patches, (patch, strength)))
+
+    def __studio_nbytes__(self) -> int:
+        return HANDLE_NBYTES
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: the text encoder(s) and tokenizer(s) of a checkpoint.
+
+    ``encoders`` names the components in order (``("text_encoder",)`` for SD1/SD2,
+    ``("text_encoder", "text_encoder_2")`` for SDXL). ``tokenizers`` gives, for
+    each, a folder holding a CLIP tokenizer and the pad token to use.
+    """
+
+    source: WeightsSource
+    family: str
+    encoders: tuple[str, ...]
+    tokenizers: tuple[tuple[str, str | None], ...]
+    patches: tuple[tuple[Any, float], ...] = ()
+
+    @property
+    def is_sdxl(self) -> bool:
+        return len(self.encoders) == 2
+
+    def with_patch(self, patch: Any, strength: float) -> ClipHandle:
+        return replace(self, patches=(*self.patches, (patch, strength)))
+
+    def __studio_nbytes__(self) -> int:
+        return HANDLE_NBYTES
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    """VAE: the autoencoder between pixels and latents.
+
+    ``scaling_factor`` (and ``shift_factor``) turn the VAE's own latents into the
+    space the UNet sees: ``unet_latent = (vae_latent - shift) * scale``.
+    """
+
+    source: WeightsSource
+    component: str = "vae"
+    scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
+    patches: tuple[tuple[Any, float], ...] = ()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.source.configs.get(self.component, {})
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent cell (8 for every Stable Diffusion VAE)."""
+        return 2 ** (len(self.config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+
+    def __studio_nbytes__(self) -> int:
+        return HANDLE_NBYTES
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One entry of a CONDITIONING list: a prompt's embeddings.
+
+    ``embeds`` is a float32 CPU tensor [1, tokens, width] (tokens is 77 times the
+    number of 75-token chunks); ``pooled`` the SDXL pooled embedding [1, width] or
+    None. ``size`` is SDXL's (original height, width, crop top, crop left, target
+    height, width) or None to take them from the latent at sampling time.
+    ``extra`` leaves room for other conditioning (ControlNet entries, areas).
+    """
+
+    embeds: Any
+    pooled: Any = None
+    family: str = ""
+    text: str = ""
+    size: tuple[int, int, int, int, int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __studio_nbytes__(self) -> int:
+        n = 256
+        for t in (self.embeds, self.pooled):
+            if t is not None:
+                n += int(t.element_size() * t.nelement())
+        return n
+
+
+def conditioning_text(cond: list[Cond] | None) -> str:
+    """The prompt text of a CONDITIONING value (for the PNG's parameters text)."""
+    if not cond:
+        return ""
+    return " ".join(c.text for c in cond if c.text)
+
+
+#: Sampler names (ComfyUI's, where diffusers has the scheduler) -> diffusers scheduler
+#: class and the config values that make it that sampler.
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_3m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+    ),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "uni_pc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+#: Scheduler (sigma schedule) names -> config values; ``normal`` keeps the
+#: checkpoint's own scheduler config. A schedule a sampler's diffusers class does
+#: not offer is refused with a clear error.
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "normal": {},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+}
