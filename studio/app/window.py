@@ -1,0 +1,556 @@
+"""The main window: canvas in the middle, library and inspector docks, files, recovery."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QMimeData, QPointF, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QWidget,
+)
+
+from studio.app.canvas.scene import GraphScene
+from studio.app.canvas.view import GraphView
+from studio.app.controller import CLIPBOARD_MIME, Controller
+from studio.app.inspector import Inspector
+from studio.app.library import LibraryPanel
+from studio.app.recovery import RecoveryFile, RecoveryStore
+from studio.errors import StudioError
+from studio.graph.fileformat import load_workflow, save_workflow
+from studio.graph.registry import Registry
+from studio.graph.workflow import Workflow
+
+ORG_NAME = "Studio"
+APP_NAME = "Studio"
+AUTOSAVE_MS = 4000
+MAX_RECENT = 10
+FILE_FILTER = "Studio workflows (*.json);;All files (*)"
+
+
+def app_settings() -> QSettings:
+    return QSettings(QSettings.defaultFormat(), QSettings.Scope.UserScope, ORG_NAME, APP_NAME)
+
+
+class MainWindow(QMainWindow):
+    def __init__(
+        self,
+        registry: Registry,
+        workflow: Workflow | None = None,
+        *,
+        settings: QSettings | None = None,
+        recovery: RecoveryStore | None = None,
+        autosave: bool = True,
+    ):
+        super().__init__()
+        self.registry = registry
+        self.settings = settings or app_settings()
+        self.recovery = recovery or RecoveryStore()
+        self.path: Path | None = None
+        self.interactive = True  # False: report errors on stderr, never block on a dialog
+        self._restored_dirty = False  # a restored recovery file is unsaved work
+        self._changes = 0
+        self._autosaved_at = -1
+        wf = workflow or Workflow(registry)
+        self.controller = Controller(wf, registry, self)
+        self.scene = GraphScene(self.controller)
+        self.view = GraphView(self.scene, self)
+        self.setCentralWidget(self.view)
+        self.setAcceptDrops(True)
+        self.setDockOptions(
+            QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
+        )
+        self._unsubscribe = wf.subscribe(self._count_change)
+
+        self.library = LibraryPanel(registry)
+        self.library.add_requested.connect(self.add_node_at_center)
+        self.library_dock = self._dock(
+            "Library", "libraryDock", self.library, Qt.DockWidgetArea.LeftDockWidgetArea
+        )
+        self.inspector = Inspector(self.controller, self.scene)
+        self.inspector_dock = self._dock(
+            "Inspector", "inspectorDock", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea
+        )
+        self.resizeDocks(
+            [self.library_dock, self.inspector_dock], [230, 300], Qt.Orientation.Horizontal
+        )
+
+        self.problems_label = QLabel()
+        self.zoom_label = QLabel()
+        self.statusBar().addPermanentWidget(self.problems_label)
+        self.statusBar().addPermanentWidget(self.zoom_label)
+        self.controller.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.controller.problems_changed.connect(self._show_problem_count)
+        self.view.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{round(z * 100)}%"))
+        self.view.open_file_requested.connect(self.open_path_asking)
+        self.controller.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
+        self.controller.undo_stack.indexChanged.connect(lambda _i: self._update_title())
+
+        self._build_actions()
+        self._restore_layout()
+        self._update_title()
+        self.zoom_label.setText("100%")
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        if autosave:
+            self._autosave_timer.start()
+        self.controller._validate_timer.start()
+
+    # -- construction -----------------------------------------------------------------------
+
+    def _dock(self, title: str, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetMovable
+            | QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+        )
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, menu, text: str, slot, shortcut: Any = None) -> QAction:
+        act = QAction(text, self)
+        if shortcut is not None:
+            if isinstance(shortcut, list):
+                act.setShortcuts(shortcut)
+            else:
+                act.setShortcut(shortcut)
+        act.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(act)
+        return act
+
+    def _build_actions(self) -> None:
+        bar = self.menuBar()
+        S = QKeySequence.StandardKey
+        file = bar.addMenu("&File")
+        self._action(file, "&New", self.new_file, S.New)
+        self._action(file, "&Open…", self.open_dialog, S.Open)
+        self.recent_menu = file.addMenu("Open &Recent")
+        self._fill_recent()
+        file.addSeparator()
+        self._action(file, "&Save", self.save, S.Save)
+        self._action(file, "Save &As…", self.save_as, QKeySequence("Ctrl+Shift+S"))
+        file.addSeparator()
+        self._action(file, "&Quit", self.close, S.Quit)
+
+        edit = bar.addMenu("&Edit")
+        stack = self.controller.undo_stack
+        undo = stack.createUndoAction(self, "Undo")
+        undo.setShortcuts([QKeySequence(S.Undo)])
+        redo = stack.createRedoAction(self, "Redo")
+        redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        edit.addAction(undo)
+        edit.addAction(redo)
+        self.undo_action, self.redo_action = undo, redo
+        edit.addSeparator()
+        self._action(edit, "Cu&t", self.cut, S.Cut)
+        self._action(edit, "&Copy", self.copy, S.Copy)
+        self._action(edit, "&Paste", lambda: self.paste(keep_links=False), S.Paste)
+        self._action(
+            edit,
+            "Paste with &Links",
+            lambda: self.paste(keep_links=True),
+            QKeySequence("Ctrl+Shift+V"),
+        )
+        self._action(edit, "&Duplicate", self.duplicate, QKeySequence("Ctrl+D"))
+        self._action(
+            edit,
+            "De&lete",
+            self.delete_selection,
+            [QKeySequence(Qt.Key.Key_Delete), QKeySequence(Qt.Key.Key_Backspace)],
+        )
+        self._action(edit, "Select &All", self.select_all, S.SelectAll)
+        edit.addSeparator()
+        self._action(
+            edit,
+            "&Mute",
+            lambda: self.controller.toggle_mute(self.scene.selected_node_ids()),
+            QKeySequence("Ctrl+M"),
+        )
+        self._action(
+            edit,
+            "&Bypass",
+            lambda: self.controller.toggle_bypass(self.scene.selected_node_ids()),
+            QKeySequence("Ctrl+B"),
+        )
+        self._action(
+            edit,
+            "C&ollapse",
+            lambda: self.controller.toggle_collapse(self.scene.selected_node_ids()),
+            QKeySequence("Ctrl+Shift+C"),
+        )
+        edit.addSeparator()
+        self._action(
+            edit, "Add &Frame", self.view.add_frame_around_selection, QKeySequence("Ctrl+G")
+        )
+        self._action(
+            edit,
+            "Add &Note",
+            lambda: self.controller.add_note(
+                (self.view.last_scene_pos.x(), self.view.last_scene_pos.y())
+            ),
+        )
+        self._action(
+            edit,
+            "Add No&de…",
+            lambda: self.view.open_search(self.view.last_scene_pos),
+            QKeySequence("Ctrl+Space"),
+        )
+
+        view = bar.addMenu("&View")
+        self._action(view, "Fit &All\tHome", self.view.fit_items)
+        self._action(view, "Fit &Selection\t.", self.view.fit_selection)
+        self._action(view, "Actual Size", lambda: self.view.set_zoom(1.0), QKeySequence("Ctrl+0"))
+        view.addSeparator()
+        view.addAction(self.library_dock.toggleViewAction())
+        view.addAction(self.inspector_dock.toggleViewAction())
+        self._action(view, "Reset Panels", self.reset_layout)
+
+    # -- title and state ------------------------------------------------------------------
+
+    @property
+    def is_dirty(self) -> bool:
+        return self._restored_dirty or not self.controller.undo_stack.isClean()
+
+    def _update_title(self) -> None:
+        name = self.path.name if self.path else "Untitled"
+        self.setWindowTitle(f"{name}[*] — Studio")
+        self.setWindowModified(self.is_dirty)
+
+    def _show_problem_count(self, problems: list) -> None:
+        n = len(problems)
+        nodes = len({p.node_id for p in problems})
+        self.problems_label.setText(
+            f"⚠ {n} problem{'s' if n != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}"
+            if n
+            else "✓ ready"
+        )
+        self.problems_label.setStyleSheet("color: #ff8a80;" if n else "color: #9ccc65;")
+
+    def _count_change(self, _change: Any) -> None:
+        self._changes += 1
+
+    # -- documents ------------------------------------------------------------------------
+
+    def set_document(self, wf: Workflow, path: Path | None, *, dirty: bool = False) -> None:
+        self._unsubscribe()
+        self.controller.set_workflow(wf)
+        self._unsubscribe = wf.subscribe(self._count_change)
+        self.path = path
+        self._restored_dirty = dirty
+        self.controller.undo_stack.setClean()
+        self.recovery.clear()
+        self._update_title()
+        QTimer.singleShot(0, self.show_whole_workflow)
+        self.show_whole_workflow()
+
+    def show_whole_workflow(self) -> None:
+        vp = self.controller.wf.layout.viewport
+        if not (vp and self.view.apply_viewport_state(vp)):
+            self.view.fit_items()
+
+    def open_path(self, path: str | Path, *, as_template: bool = False) -> bool:
+        """Open a workflow file (no question asked); False with a message when it cannot be read."""
+        try:
+            wf = load_workflow(path, self.registry)
+        except StudioError as exc:
+            self.show_error("Cannot open the workflow", str(exc))
+            return False
+        self.set_document(wf, None if as_template else Path(path))
+        if not as_template:
+            self._add_recent(Path(path))
+        return True
+
+    def open_path_asking(self, path: str) -> None:
+        if self.maybe_save():
+            self.open_path(path)
+
+    def open_dialog(self) -> None:
+        if not self.maybe_save():
+            return
+        start = str(self.path.parent) if self.path else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Open workflow", start, FILE_FILTER)
+        if path:
+            self.open_path(path)
+
+    def new_file(self) -> None:
+        if self.maybe_save():
+            self.set_document(Workflow(self.registry), None)
+
+    def save(self) -> bool:
+        if self.path is None:
+            return self.save_as()
+        return self.save_to(self.path)
+
+    def save_as(self) -> bool:
+        path = self.ask_save_path()
+        if not path:
+            return False
+        if not path.lower().endswith(".json"):
+            path += ".json"
+        return self.save_to(Path(path))
+
+    def save_to(self, path: Path) -> bool:
+        wf = self.controller.wf
+        wf.layout.viewport = self.view.viewport_state()
+        try:
+            save_workflow(wf, path)
+        except OSError as exc:
+            self.show_error("Cannot save the workflow", f"{path}: {exc.strerror or exc}")
+            return False
+        wf.path = path
+        self.path = path
+        self._restored_dirty = False
+        self.controller.undo_stack.setClean()
+        self.recovery.clear()
+        self._add_recent(path)
+        self._update_title()
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return True
+
+    def maybe_save(self) -> bool:
+        """True when it is fine to drop the current document (saved, discarded or clean)."""
+        if not self.is_dirty:
+            return True
+        answer = self.ask_unsaved()
+        if answer == "save":
+            return self.save()
+        return answer == "discard"
+
+    # Dialogs are methods so tests can answer them.
+    def ask_unsaved(self) -> str:
+        name = self.path.name if self.path else "Untitled"
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Unsaved changes",
+            f"{name} has changes that are not saved.",
+            QMessageBox.StandardButton.Save
+            | QMessageBox.StandardButton.Discard
+            | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setInformativeText("Save them before closing?")
+        result = box.exec()
+        return {
+            QMessageBox.StandardButton.Save: "save",
+            QMessageBox.StandardButton.Discard: "discard",
+        }.get(QMessageBox.StandardButton(result), "cancel")
+
+    def ask_save_path(self) -> str:
+        start = str(self.path) if self.path else "workflow.json"
+        path, _ = QFileDialog.getSaveFileName(self, "Save workflow", start, FILE_FILTER)
+        return path
+
+    def ask_restore(self, found: RecoveryFile) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Restore unsaved work?",
+            f"Studio closed without saving {found.describe()}.\n\nRestore it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.Yes,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def show_error(self, title: str, message: str) -> None:
+        self.statusBar().showMessage(message, 10000)
+        if self.interactive:
+            QMessageBox.warning(self, title, message)
+        else:
+            print(f"studio: {message}", file=sys.stderr)
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def autosave_now(self) -> None:
+        if not self.is_dirty:
+            self.recovery.clear()
+            return
+        if self._autosaved_at == self._changes:
+            return
+        try:
+            self.recovery.write(self.controller.wf, self.path)
+            self._autosaved_at = self._changes
+        except OSError as exc:
+            self.statusBar().showMessage(f"could not write the recovery file: {exc}", 8000)
+
+    def offer_recovery(self) -> bool:
+        """Offer the newest recovery file a crashed session left; True if restored."""
+        for found in self.recovery.pending():
+            if self.ask_restore(found):
+                try:
+                    wf = found.load(self.registry)
+                except (StudioError, OSError, ValueError, KeyError) as exc:
+                    self.show_error("Cannot restore", str(exc))
+                    found.discard()
+                    continue
+                self.set_document(wf, wf.path, dirty=True)
+                self._autosaved_at = -1
+                self.autosave_now()  # our own recovery file now holds it
+                found.discard()
+                return True
+            found.discard()
+        return False
+
+    # -- editing --------------------------------------------------------------------------
+
+    def add_node_at_center(self, type_id: str) -> None:
+        c = self.view.mapToScene(self.view.viewport().rect().center())
+        node_id = self.controller.add_node(type_id, (c.x() - 110, c.y() - 40))
+        if node_id:
+            self.scene.select_nodes([node_id])
+
+    def select_all(self) -> None:
+        for item in (
+            *self.scene.nodes.values(),
+            *self.scene.frames.values(),
+            *self.scene.notes.values(),
+        ):
+            item.setSelected(True)
+
+    def _selected(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        from studio.app.canvas.decor import FrameItem, NoteItem
+        from studio.app.canvas.link_item import LinkItem
+
+        items = self.scene.selectedItems()
+        return (
+            self.scene.selected_node_ids(),
+            [i.link_id for i in items if isinstance(i, LinkItem)],
+            [i.frame_id for i in items if isinstance(i, FrameItem)],
+            [i.note_id for i in items if isinstance(i, NoteItem)],
+        )
+
+    def delete_selection(self) -> None:
+        from studio.app.canvas.link_item import RerouteItem
+
+        nodes, links, frames, notes = self._selected()
+        reroutes = [i for i in self.scene.selectedItems() if isinstance(i, RerouteItem)]
+        if nodes or links or frames or notes:
+            self.controller.delete(nodes, links, frames, notes)
+        elif reroutes:
+            r = reroutes[0]
+            self.controller.remove_reroute(r.link_item.link_id, r.index)
+
+    def copy(self) -> bool:
+        ids = self.scene.selected_node_ids()
+        if not ids:
+            return False
+        data = self.controller.copy_data(ids)
+        md = QMimeData()
+        text = json.dumps(data)
+        md.setData(CLIPBOARD_MIME, QByteArray(text.encode("utf-8")))
+        md.setText(text)
+        QApplication.clipboard().setMimeData(md)
+        return True
+
+    def cut(self) -> None:
+        if self.copy():
+            self.controller.delete(self.scene.selected_node_ids())
+
+    def paste(self, *, keep_links: bool) -> list[str]:
+        md = QApplication.clipboard().mimeData()
+        if md is None:
+            return []
+        raw = (
+            bytes(md.data(CLIPBOARD_MIME).data()).decode("utf-8")
+            if md.hasFormat(CLIPBOARD_MIME)
+            else md.text()
+        )
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return []
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            return []
+        at: QPointF | None = self.view.last_scene_pos
+        view_rect = self.view.mapToScene(self.view.viewport().rect()).boundingRect()
+        if at is None or not view_rect.contains(at):
+            at = view_rect.center()
+        ids = self.controller.paste(data, (at.x(), at.y()), keep_links=keep_links)
+        self.scene.select_nodes(ids)
+        return ids
+
+    def duplicate(self) -> None:
+        ids = self.controller.duplicate(self.scene.selected_node_ids())
+        self.scene.select_nodes(ids)
+
+    # -- recent files and layout ----------------------------------------------------------
+
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recentFiles", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _add_recent(self, path: Path) -> None:
+        p = str(path.resolve())
+        files = [p, *(f for f in self.recent_files() if f != p)][:MAX_RECENT]
+        self.settings.setValue("recentFiles", files)
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        files = self.recent_files()
+        for f in files:
+            self.recent_menu.addAction(
+                Path(f).name, lambda p=f: self.open_path_asking(p)
+            ).setToolTip(f)
+        if not files:
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def _restore_layout(self) -> None:
+        geom = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geom is not None:
+            self.restoreGeometry(geom)
+        else:
+            self.resize(1440, 880)
+        if state is not None:
+            self.restoreState(state)
+
+    def save_layout(self) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        self.settings.sync()
+
+    def reset_layout(self) -> None:
+        for dock, area in (
+            (self.library_dock, Qt.DockWidgetArea.LeftDockWidgetArea),
+            (self.inspector_dock, Qt.DockWidgetArea.RightDockWidgetArea),
+        ):
+            dock.setFloating(False)
+            self.addDockWidget(area, dock)
+            dock.show()
+
+    # -- window events --------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.maybe_save():
+            event.ignore()
+            return
+        self.save_layout()
+        self._autosave_timer.stop()
+        self.recovery.close()
+        event.accept()
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(u.toLocalFile().lower().endswith(".json") for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        for url in event.mimeData().urls():
+            path = url.toLocalFile()
+            if path.lower().endswith(".json"):
+                self.open_path_asking(path)
+                event.acceptProposedAction()
+                return
