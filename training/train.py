@@ -1,0 +1,578 @@
+"""Train studio-tiny from a seed: the VAE first, then the text encoder and UNet together.
+
+    python -m training.train            # start from scratch (refuses to overwrite a checkpoint)
+    python -m training.train --resume   # go on from training/checkpoints/
+
+Phases: ``vae`` (until the held-in PSNR reaches ``--vae-target-psnr``, then a short polish
+at a tenth of the learning rate), then ``unet`` (text encoder + UNet on the frozen VAE's
+latents, min-SNR-weighted epsilon loss, caption dropout for classifier-free guidance, EMA).
+
+Every batch, every noise draw and every timestep is a pure function of (seed, step), so a
+run is reproducible and a resumed run sees the same data it would have seen. The checkpoint
+(``training/checkpoints/``) is small enough to commit: the trained weights in fp32, Adam's
+second moments in bf16 (the first moments re-warm in a few steps and are not kept), the EMA
+weights in fp16, and the step, seed, metrics and RNG state in ``state.json``.
+
+Every ``--eval-every`` steps the EMA model draws the held-out evaluation captions with 20
+Euler steps at cfg 7 and ``training.evaluate`` scores them; when the mean adherence
+improves, the model is exported as a diffusers folder to
+``resources/models/checkpoints/studio-tiny/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import data
+from training import models as M
+
+REPO = Path(__file__).resolve().parent.parent
+CKPT_DIR = REPO / "training" / "checkpoints"
+EXPORT_DIR = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """The torch generator for ``step`` of a run: noise, timesteps, dropout, posterior draws."""
+    return torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, stream, step]).generate_state(1, np.uint64)[0] >> 1)
+    )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two [-1, 1] image batches, after quantizing both to 8 bits."""
+    qa = ((a.clamp(-1, 1) + 1) * 127.5).round()
+    qb = ((b.clamp(-1, 1) + 1) * 127.5).round()
+    mse = ((qa - qb) ** 2).mean().item()
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+# ----------------------------------------------------------------------------- checkpoint io
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def optimizer_moments(
+    opt: torch.optim.Optimizer, named: list[tuple[str, torch.nn.Parameter]], keep_first: bool
+) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in named:
+        st = opt.state.get(p)
+        if not st:
+            continue
+        out[f"v.{name}"] = st["exp_avg_sq"].to(torch.bfloat16)
+        if keep_first:
+            out[f"m.{name}"] = st["exp_avg"].to(torch.bfloat16)
+    return out
+
+
+def restore_moments(
+    opt: torch.optim.Optimizer,
+    named: list[tuple[str, torch.nn.Parameter]],
+    tensors: dict[str, torch.Tensor],
+    step: int,
+) -> None:
+    for name, p in named:
+        if f"v.{name}" not in tensors:
+            continue
+        m = tensors.get(f"m.{name}")
+        opt.state[p] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": m.float() if m is not None else torch.zeros_like(p),
+            "exp_avg_sq": tensors[f"v.{name}"].float(),
+        }
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.ckpt = Path(args.checkpoint_dir)
+        self.export_dir = Path(args.export_dir)
+        self.state: dict[str, Any] = {}
+        self.stop = False
+        self.last_ckpt = time.time()
+        self.last_commit = time.time()
+
+    # --- state -------------------------------------------------------------------------
+
+    def fresh_state(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "seed": a.seed,
+            "phase": "vae",
+            "step": 0,
+            "hparams": {
+                "vae_batch": a.vae_batch,
+                "vae_lr": a.vae_lr,
+                "vae_target_psnr": a.vae_target_psnr,
+                "vae_max_steps": a.vae_max_steps,
+                "vae_polish_steps": a.vae_polish_steps,
+                "batch": a.batch,
+                "lr": a.lr,
+                "warmup": a.warmup,
+                "ema_decay": a.ema_decay,
+                "caption_dropout": a.caption_dropout,
+                "min_snr_gamma": a.min_snr_gamma,
+                "models": {
+                    "vae": M.VAE_CONFIG,
+                    "text": M.TEXT_CONFIG,
+                    "unet": M.UNET_CONFIG,
+                    "scheduler": M.SCHEDULER_CONFIG,
+                },
+            },
+            "seconds": {"vae": 0.0, "unet": 0.0},
+            "vae": {},
+            "history": [],
+            "best": None,
+        }
+
+    def hp(self, key: str) -> Any:
+        return self.state["hparams"][key]
+
+    def run(self) -> None:
+        torch.set_num_threads(self.args.threads)
+        state_file = self.ckpt / "state.json"
+        if self.args.resume:
+            if not state_file.exists():
+                sys.exit(f"--resume: no checkpoint in {self.ckpt}")
+            self.state = json.loads(state_file.read_text())
+            log(f"resuming phase {self.state['phase']} at step {self.state['step']}")
+        else:
+            if state_file.exists() and not self.args.overwrite:
+                sys.exit(f"{state_file} exists: pass --resume (or --overwrite to start over)")
+            if self.ckpt.exists():
+                shutil.rmtree(self.ckpt)
+            self.state = self.fresh_state()
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        (self.ckpt / "tokenizer").mkdir(exist_ok=True)
+        from training.tokenizer import load_tokenizer, save_tokenizer
+
+        save_tokenizer(self.ckpt / "tokenizer")
+        self.tokenizer = load_tokenizer(self.ckpt / "tokenizer")
+        if self.state["phase"] == "vae":
+            self.train_vae()
+        if self.state["phase"] == "unet" and not self.stop:
+            self.train_unet()
+        log("stopped" if self.stop else "finished")
+
+    def _on_signal(self, signum, frame) -> None:
+        log(f"signal {signum}: saving and stopping after this step")
+        self.stop = True
+
+    # --- VAE ---------------------------------------------------------------------------
+
+    def vae_eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = self.state["seed"]
+        held_in = data.sample_scenes(data.batch_rng(seed, 0, stream=90), 128, "train")
+        held_out = data.sample_scenes(data.batch_rng(seed, 0, stream=91), 128, "heldout")
+        return data.to_tensor(data.render_batch(held_in)), data.to_tensor(
+            data.render_batch(held_out)
+        )
+
+    @torch.no_grad()
+    def vae_psnr(self, vae, images: torch.Tensor) -> float:
+        vae.eval()
+        recs = [vae.decode(vae.encode(x).latent_dist.mode()).sample for x in images.split(64)]
+        vae.train()
+        return psnr(torch.cat(recs), images)
+
+    def train_vae(self) -> None:
+        seed = self.state["seed"]
+        torch.manual_seed(seed)
+        vae = M.make_vae()
+        named = list(vae.named_parameters())
+        opt = torch.optim.Adam(vae.parameters(), lr=self.hp("vae_lr"))
+        if (self.ckpt / "vae.safetensors").exists():
+            vae.load_state_dict(_load_tensors(self.ckpt / "vae.safetensors"))
+            if (self.ckpt / "vae_optim.safetensors").exists():
+                restore_moments(
+                    opt,
+                    named,
+                    _load_tensors(self.ckpt / "vae_optim.safetensors"),
+                    self.state["step"],
+                )
+        held_in, held_out = self.vae_eval_set()
+        vst = self.state["vae"]
+        batch = self.hp("vae_batch")
+        t_phase = time.time()
+        t0, n0, losses = time.time(), self.state["step"], []
+        while not self.stop:
+            step = self.state["step"]
+            polish_from = vst.get("polish_from")
+            if polish_from is not None and step >= polish_from + self.hp("vae_polish_steps"):
+                break
+            if polish_from is None and step >= self.hp("vae_max_steps"):
+                break
+            lr = self.hp("vae_lr") * (
+                0.1 if polish_from is not None else min(1.0, (step + 1) / 100)
+            )
+            for group in opt.param_groups:
+                group["lr"] = lr
+            imgs, _ = data.training_batch(seed, step, batch, stream=1)
+            x = data.to_tensor(imgs)
+            g = step_generator(seed, step, 1)
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=g)).sample
+            mse = torch.nn.functional.mse_loss(rec, x)
+            loss = mse + 0.1 * (rec - x).abs().mean() + self.args.vae_kl * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            losses.append(mse.item())
+            self.state["step"] = step = step + 1
+            if step % 25 == 0:
+                sps = (step - n0) / (time.time() - t0)
+                log(f"vae step {step} mse {np.mean(losses):.5f} lr {lr:.2e} {sps:.2f} steps/s")
+                t0, n0, losses = time.time(), step, []
+            if step % self.args.vae_eval_every == 0:
+                p_in, p_out = self.vae_psnr(vae, held_in), self.vae_psnr(vae, held_out)
+                vst.update(psnr_held_in=p_in, psnr_held_out=p_out, psnr_step=step)
+                self.state["history"].append(
+                    {"phase": "vae", "step": step, "psnr_held_in": p_in, "psnr_held_out": p_out}
+                )
+                log(f"vae step {step} PSNR held-in {p_in:.2f} dB held-out {p_out:.2f} dB")
+                if polish_from is None and p_in >= self.hp("vae_target_psnr"):
+                    vst["polish_from"] = step
+                    log(f"target PSNR reached; polishing {self.hp('vae_polish_steps')} steps")
+            if time.time() - self.last_ckpt > self.args.checkpoint_every:
+                self.state["seconds"]["vae"] += time.time() - t_phase
+                t_phase = time.time()
+                self.save_vae(vae, opt, named)
+        self.state["seconds"]["vae"] += time.time() - t_phase
+        if self.stop:
+            self.save_vae(vae, opt, named)
+            return
+        p_in, p_out = self.vae_psnr(vae, held_in), self.vae_psnr(vae, held_out)
+        vst.update(
+            psnr_held_in=p_in,
+            psnr_held_out=p_out,
+            psnr_step=self.state["step"],
+            steps=self.state["step"],
+        )
+        # SD's convention: latents * scaling_factor have unit variance
+        with torch.no_grad():
+            imgs, _ = data.training_batch(seed, 0, 512, stream=92)
+            z = torch.cat(
+                [
+                    vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+                    for x in data.to_tensor(imgs).split(64)
+                ]
+            )
+        vst["scaling_factor"] = float(1.0 / z.std())
+        log(
+            f"VAE done: PSNR held-in {p_in:.2f} dB, held-out {p_out:.2f} dB, "
+            f"scaling factor {vst['scaling_factor']:.4f}, {self.state['seconds']['vae']:.0f} s"
+        )
+        self.state["phase"] = "unet"
+        self.state["step"] = 0
+        (self.ckpt / "vae_optim.safetensors").unlink(missing_ok=True)
+        self.save_vae(vae, None, named)
+
+    def save_vae(self, vae, opt, named) -> None:
+        _save_tensors(self.ckpt / "vae.safetensors", vae.state_dict())
+        if opt is not None:
+            _save_tensors(self.ckpt / "vae_optim.safetensors", optimizer_moments(opt, named, True))
+        self.save_state()
+
+    def save_state(self) -> None:
+        _write_json(self.ckpt / "state.json", self.state)
+        self.last_ckpt = time.time()
+        log(f"checkpoint saved: phase {self.state['phase']} step {self.state['step']}")
+        self.maybe_commit()
+
+    def load_vae(self):
+        vae = M.make_vae()
+        vae.load_state_dict(_load_tensors(self.ckpt / "vae.safetensors"))
+        vae.register_to_config(scaling_factor=self.state["vae"]["scaling_factor"])
+        vae.eval().requires_grad_(False)
+        return vae
+
+    # --- text encoder + UNet -----------------------------------------------------------
+
+    def train_unet(self) -> None:
+        seed = self.state["seed"]
+        torch.manual_seed(seed + 1)
+        vae = self.load_vae()
+        sf = vae.config.scaling_factor
+        te = M.make_text_encoder(self.tokenizer)
+        unet = M.make_unet()
+        named = [(f"te.{k}", p) for k, p in te.named_parameters()] + [
+            (f"unet.{k}", p) for k, p in unet.named_parameters()
+        ]
+        params = [p for _, p in named]
+        opt = torch.optim.AdamW(params, lr=self.hp("lr"), weight_decay=0.01)
+        ema = [p.detach().clone() for p in params]
+        wfile = self.ckpt / "unet_te.safetensors"
+        if wfile.exists():
+            w = _load_tensors(wfile)
+            te.load_state_dict({k[3:]: v for k, v in w.items() if k.startswith("te.")})
+            unet.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith("unet.")})
+            e = _load_tensors(self.ckpt / "ema.safetensors")
+            ema = [e[n].float() for n, _ in named]
+            restore_moments(
+                opt,
+                named,
+                _load_tensors(self.ckpt / "unet_te_optim.safetensors"),
+                self.state["step"],
+            )
+            log(f"loaded text encoder + UNet at step {self.state['step']}")
+        log(f"params: vae {M.n_params(vae)} text {M.n_params(te)} unet {M.n_params(unet)}")
+        sched = M.make_scheduler()
+        alphas = sched.alphas_cumprod
+        snr_all = alphas / (1 - alphas)
+        eval_scenes = data.eval_scenes(self.args.eval_count)
+        eval_caps = [s.caption for s in eval_scenes]
+        batch, gamma, p_drop = (
+            self.hp("batch"),
+            self.hp("min_snr_gamma"),
+            self.hp("caption_dropout"),
+        )
+        uncond_ids = self.tokenize([""])
+        t_phase = time.time()
+        t0, n0, losses = time.time(), self.state["step"], []
+        while not self.stop and self.state["step"] < self.args.max_steps:
+            step = self.state["step"]
+            lr = self.hp("lr") * min(1.0, (step + 1) / self.hp("warmup"))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            imgs, caps = data.training_batch(seed, step, batch)
+            g = step_generator(seed, step, 2)
+            drop = torch.rand(batch, generator=g) < p_drop
+            ids = self.tokenize(caps)
+            ids[drop] = uncond_ids
+            with torch.no_grad():
+                lat = vae.encode(data.to_tensor(imgs)).latent_dist.sample(generator=g) * sf
+            noise = torch.randn(lat.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+            noisy = sched.add_noise(lat, noise, t)
+            hidden = te(ids)[0]
+            pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+            per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+            snr = snr_all[t]
+            weight = torch.clamp(snr, max=gamma) / snr  # min-SNR-gamma for epsilon prediction
+            loss = (weight * per).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            d = min(self.hp("ema_decay"), (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+            losses.append(loss.item())
+            self.state["step"] = step = step + 1
+            if step % 25 == 0:
+                sps = (step - n0) / (time.time() - t0)
+                log(f"unet step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
+                self.state["steps_per_second"] = sps
+                t0, n0, losses = time.time(), step, []
+            if step % self.args.eval_every == 0:
+                self.state["seconds"]["unet"] += time.time() - t_phase
+                t_phase = time.time()
+                self.evaluate(te, unet, named, ema, vae, eval_caps)
+                t0 = time.time()
+            if time.time() - self.last_ckpt > self.args.checkpoint_every:
+                self.state["seconds"]["unet"] += time.time() - t_phase
+                t_phase = time.time()
+                self.save_unet(named, opt, ema)
+        self.state["seconds"]["unet"] += time.time() - t_phase
+        self.save_unet(named, opt, ema)
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    def ema_models(self, named, ema):
+        """Fresh text encoder and UNet holding the EMA weights."""
+        te, unet = M.make_text_encoder(self.tokenizer), M.make_unet()
+        sd = {n: e for (n, _), e in zip(named, ema, strict=True)}
+        te.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("te.")})
+        unet.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("unet.")})
+        return te.eval(), unet.eval()
+
+    def evaluate(self, te, unet, named, ema, vae, eval_caps) -> None:
+        from training.evaluate import evaluate_models
+
+        t = time.time()
+        ete, eunet = self.ema_models(named, ema)
+        rates = evaluate_models(
+            eunet, ete, vae, self.tokenizer, eval_caps, seeds=(0,), steps=20, guidance=7.0
+        )
+        step = self.state["step"]
+        rec = {
+            "phase": "unet",
+            "step": step,
+            **{k: round(v, 4) for k, v in rates.items()},
+            "seconds": round(self.state["seconds"]["unet"]),
+            "eval_seconds": round(time.time() - t),
+        }
+        self.state["history"].append(rec)
+        log("eval " + json.dumps(rec))
+        best = self.state.get("best")
+        if best is None or rates["mean"] > best["mean"]:
+            self.state["best"] = rec
+            self.export(ete, eunet, vae)
+
+    def export(self, te, unet, vae) -> None:
+        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=self.tokenizer,
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_config(M.SCHEDULER_CONFIG),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        self.export_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.export_dir.parent, prefix=".studio-tiny-"))
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        info = {
+            "name": "studio-tiny",
+            "trained_by": "python -m training.train",
+            "step": self.state["step"],
+            "metrics": self.state["best"],
+            "vae": self.state["vae"],
+        }
+        (tmp / "studio_tiny.json").write_text(json.dumps(info, indent=1) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        old = self.export_dir.with_name(".studio-tiny-old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.export_dir.exists():
+            self.export_dir.rename(old)
+        tmp.rename(self.export_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        log(f"exported to {self.export_dir}")
+
+    def save_unet(self, named, opt, ema) -> None:
+        _save_tensors(self.ckpt / "unet_te.safetensors", {n: p for n, p in named})
+        _save_tensors(
+            self.ckpt / "ema.safetensors",
+            {n: e.to(torch.float16) for (n, _), e in zip(named, ema, strict=True)},
+        )
+        _save_tensors(self.ckpt / "unet_te_optim.safetensors", optimizer_moments(opt, named, False))
+        self.save_state()
+
+    # --- git -----------------------------------------------------------------------------
+
+    def maybe_commit(self) -> None:
+        every = self.args.git_commit_every
+        if every <= 0 or time.time() - self.last_commit < every:
+            return
+        self.last_commit = time.time()
+        paths = [str(self.ckpt.relative_to(REPO))]
+        if self.export_dir.exists():
+            paths.append(str(self.export_dir.relative_to(REPO)))
+        msg = f"studio-tiny training checkpoint: phase {self.state['phase']} step {self.state['step']}"
+        for _ in range(20):
+            add = subprocess.run(
+                ["git", "add", "--", *paths], cwd=REPO, capture_output=True, text=True
+            )
+            if add.returncode == 0:
+                # --only: commit just these paths, whatever else others have staged
+                c = subprocess.run(
+                    ["git", "commit", "-q", "-m", msg, "--only", "--", *paths],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                )
+                if c.returncode == 0 or "nothing" in c.stdout + c.stderr:
+                    log(f"git: {msg}")
+                    return
+                err = c.stderr
+            else:
+                err = add.stderr
+            if "index.lock" not in err:
+                log(f"git commit failed: {err.strip()}")
+                return
+            time.sleep(3)
+        log("git commit gave up: index stayed locked")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--resume", action="store_true", help="go on from the checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over, deleting the checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-dir", default=str(CKPT_DIR))
+    p.add_argument("--export-dir", default=str(EXPORT_DIR))
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds")
+    p.add_argument(
+        "--git-commit-every",
+        type=float,
+        default=0.0,
+        help="seconds; commit the checkpoint and export (only those paths); 0: never",
+    )
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-6)
+    p.add_argument("--vae-target-psnr", type=float, default=31.0)
+    p.add_argument("--vae-max-steps", type=int, default=6000)
+    p.add_argument("--vae-polish-steps", type=int, default=300)
+    p.add_argument("--vae-eval-every", type=int, default=250)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=250)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0)
+    p.add_argument("--max-steps", type=int, default=1_000_000, help="UNet steps")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-count", type=int, default=60)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    Trainer(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()
