@@ -10,6 +10,7 @@ BUILTIN_MODULES: list[str] = [
     "utility",
     "mask",
     "upscale",
+    "preprocess",
     "loaders",
     "conditioning",
     "latent",
