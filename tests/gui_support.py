@@ -42,7 +42,11 @@ GUI_SPECS = [
                 file_kind="checkpoints",
             ),
         ),
-        outputs=(OutputSpec("model", T.MODEL), OutputSpec("clip", T.CLIP), OutputSpec("vae", T.VAE)),
+        outputs=(
+            OutputSpec("model", T.MODEL),
+            OutputSpec("clip", T.CLIP),
+            OutputSpec("vae", T.VAE),
+        ),
         description="Loads a Stable Diffusion checkpoint file.",
     ),
     NodeSpec(
@@ -204,3 +208,62 @@ def big_workflow(registry: Registry, n: int = 1000, columns: int = 40) -> Workfl
             wf.connect(prev, "image", node.id, "image")
         prev = node.id
     return wf
+
+
+# -- fixtures (imported by the GUI test modules) ----------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # benchmarks import this module without pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def isolated_settings(tmp_path):
+        """QSettings in a temp folder, so tests never touch the user's layout or recent files."""
+        from PySide6.QtCore import QSettings
+
+        QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+        QSettings.setPath(
+            QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "qsettings")
+        )
+        return tmp_path / "qsettings"
+
+    @pytest.fixture
+    def make_window(qtbot, tmp_path, isolated_settings):
+        """Build a shown main window around a workflow, with dialogs answered for tests."""
+        from PySide6.QtCore import QPointF
+
+        from studio.app.recovery import RecoveryStore
+        from studio.app.theme import apply_theme
+        from studio.app.window import MainWindow
+
+        made = []
+
+        def make(wf=None, *, registry=None, recovery_dir=None, size=(1200, 800)):
+            reg = registry or (wf.registry if wf is not None else gui_registry())
+            store = RecoveryStore(recovery_dir or tmp_path / "recovery")
+            w = MainWindow(reg, autosave=False, recovery=store)
+            w.interactive = False
+            w.ask_unsaved = lambda: "discard"
+            if wf is not None:
+                w.set_document(wf, None)
+            qtbot.addWidget(w)
+            w.resize(*size)
+            w.show()
+            qtbot.waitExposed(w)
+            w.activateWindow()
+            w.view.setFocus()
+            qtbot.wait(1)  # let the deferred fit-to-window run before fixing the zoom
+            w.view.set_zoom(1.0, QPointF(300, 200))
+            made.append(w)
+            return w
+
+        from PySide6.QtWidgets import QApplication
+
+        apply_theme(QApplication.instance())
+        yield make
+        for w in made:
+            w.ask_unsaved = lambda: "discard"
+            w.recovery.close()

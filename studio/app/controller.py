@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 
 from studio.app import commands as c
+from studio.app.binding import follow
 from studio.graph.registry import Registry
 from studio.graph.spec import NodeSpec
 from studio.graph.types import ValueType, can_connect
@@ -49,14 +50,14 @@ class Controller(QObject):
         self._validate_timer.setSingleShot(True)
         self._validate_timer.setInterval(VALIDATE_DELAY_MS)
         self._validate_timer.timeout.connect(self.validate_now)
-        self._unsubscribe = workflow.subscribe(self._on_change)
+        self._unsubscribe = follow(workflow, self, self._on_change)
 
     # -- document ---------------------------------------------------------------------------
 
     def set_workflow(self, workflow: Workflow) -> None:
         self._unsubscribe()
         self.wf = workflow
-        self._unsubscribe = workflow.subscribe(self._on_change)
+        self._unsubscribe = follow(workflow, self, self._on_change)
         self.undo_stack.clear()
         self.workflow_replaced.emit()
         self.validate_now()

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.app.binding import follow
 from studio.app.canvas.scene import GraphScene
 from studio.app.controller import Controller
 from studio.graph.spec import InputSpec
@@ -215,7 +216,7 @@ class Inspector(QScrollArea):
 
     def _resubscribe(self) -> None:
         self._unsubscribe()
-        self._unsubscribe = self.controller.wf.subscribe(self._on_change)
+        self._unsubscribe = follow(self.controller.wf, self, self._on_change)
         self.refresh()
 
     def _on_change(self, ch: Change) -> None:

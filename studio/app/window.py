@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.app.binding import follow
 from studio.app.canvas.scene import GraphScene
 from studio.app.canvas.view import GraphView
 from studio.app.controller import CLIPBOARD_MIME, Controller
@@ -69,7 +70,7 @@ class MainWindow(QMainWindow):
         self.setDockOptions(
             QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
         )
-        self._unsubscribe = wf.subscribe(self._count_change)
+        self._unsubscribe = follow(wf, self, self._count_change)
 
         self.library = LibraryPanel(registry)
         self.library.add_requested.connect(self.add_node_at_center)
@@ -88,12 +89,12 @@ class MainWindow(QMainWindow):
         self.zoom_label = QLabel()
         self.statusBar().addPermanentWidget(self.problems_label)
         self.statusBar().addPermanentWidget(self.zoom_label)
-        self.controller.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.controller.message.connect(self._show_message)
         self.controller.problems_changed.connect(self._show_problem_count)
-        self.view.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{round(z * 100)}%"))
+        self.view.zoom_changed.connect(self._show_zoom)
         self.view.open_file_requested.connect(self.open_path_asking)
-        self.controller.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
-        self.controller.undo_stack.indexChanged.connect(lambda _i: self._update_title())
+        self.controller.undo_stack.cleanChanged.connect(self._update_title)
+        self.controller.undo_stack.indexChanged.connect(self._update_title)
 
         self._build_actions()
         self._restore_layout()
@@ -224,7 +225,13 @@ class MainWindow(QMainWindow):
     def is_dirty(self) -> bool:
         return self._restored_dirty or not self.controller.undo_stack.isClean()
 
-    def _update_title(self) -> None:
+    def _show_message(self, message: str) -> None:
+        self.statusBar().showMessage(message, 6000)
+
+    def _show_zoom(self, zoom: float) -> None:
+        self.zoom_label.setText(f"{round(zoom * 100)}%")
+
+    def _update_title(self, *_args: object) -> None:
         name = self.path.name if self.path else "Untitled"
         self.setWindowTitle(f"{name}[*] — Studio")
         self.setWindowModified(self.is_dirty)
@@ -247,7 +254,7 @@ class MainWindow(QMainWindow):
     def set_document(self, wf: Workflow, path: Path | None, *, dirty: bool = False) -> None:
         self._unsubscribe()
         self.controller.set_workflow(wf)
-        self._unsubscribe = wf.subscribe(self._count_change)
+        self._unsubscribe = follow(wf, self, self._count_change)
         self.path = path
         self._restored_dirty = dirty
         self.controller.undo_stack.setClean()

@@ -49,10 +49,10 @@ class InlineEditor(QObject):
             " border-radius: 4px; padding: 0 4px;"
         )
         widget.setGeometry(rect)
+        self.widget = widget
         widget.installEventFilter(self)
         widget.show()
         widget.setFocus(Qt.FocusReason.MouseFocusReason)
-        self.widget = widget
 
     def text(self) -> str:
         w = self.widget

@@ -433,9 +433,10 @@ class NodeItem(QGraphicsItem):
         painter.drawRoundedRect(r, 4, 4)
         t = spec.type
         label_rect = r.adjusted(8, 0, -8, 0)
+        label = name.replace("_", " ")
         if linked:
             painter.setPen(_Style.dim)
-            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, f"{name}  ← linked")
+            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, f"{label}  ← linked")
             return
         if t in (ValueType.INT, ValueType.FLOAT):
             lo, hi = spec.min, spec.max
@@ -467,7 +468,7 @@ class NodeItem(QGraphicsItem):
             if spec.seed:
                 self._paint_dice(painter, QRectF(r.right() - DICE_W, r.top(), DICE_W, r.height()))
             painter.setPen(_Style.dim)
-            painter.drawText(inner.adjusted(2, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, name)
+            painter.drawText(inner.adjusted(2, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
             painter.setPen(_Style.text)
             painter.drawText(
                 inner.adjusted(0, 0, -2, 0),
@@ -476,7 +477,7 @@ class NodeItem(QGraphicsItem):
             )
         elif t is ValueType.BOOLEAN:
             painter.setPen(_Style.dim)
-            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, name)
+            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, label)
             sw = QRectF(r.right() - 34, r.center().y() - 7, 26, 14)
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(QColor(theme.ACCENT) if value else QColor("#454a52"))
@@ -486,7 +487,7 @@ class NodeItem(QGraphicsItem):
             painter.drawEllipse(QPointF(knob_x, sw.center().y()), 5, 5)
         elif t is ValueType.STRING and spec.multiline:
             painter.setPen(_Style.text if value else _Style.dim)
-            text = str(value) if value else name
+            text = str(value) if value else label
             painter.drawText(
                 r.adjusted(6, 4, -6, -4),
                 Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
@@ -494,8 +495,8 @@ class NodeItem(QGraphicsItem):
             )
         else:
             painter.setPen(_Style.dim)
-            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, name)
-            label_w = _Style.label_metrics.horizontalAdvance(name) + 12
+            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, label)
+            label_w = _Style.label_metrics.horizontalAdvance(label) + 12
             shown = format_value(spec, value)
             if t is ValueType.CHOICE:
                 shown += "  ▾"

@@ -7,6 +7,7 @@ from collections import defaultdict
 from PySide6.QtCore import QPointF, QRectF
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene
 
+from studio.app.binding import follow
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.link_item import LinkItem, RerouteItem
 from studio.app.canvas.node_item import NodeItem
@@ -55,7 +56,7 @@ class GraphScene(QGraphicsScene):
             self._add_link_item(lk.id)
         self._rebuild_frames()
         self._rebuild_notes()
-        self._unsubscribe = wf.subscribe(self._on_change)
+        self._unsubscribe = follow(wf, self, self._on_change)
         self.show_problems(self.controller.problems)
 
     def _add_node_item(self, node_id: str, links: list | None = None) -> NodeItem:
