@@ -33,3 +33,7 @@ def calls():
     from stubs import CALLS
 
     return CALLS
+
+
+# Qt fixtures for the GUI tests (make_window, isolated_settings); PySide6 loads only when used.
+pytest_plugins = ["gui_support"]

@@ -6,14 +6,14 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from gui_support import RAN, gui_registry, isolated_settings, make_window  # noqa: E402, F401
-from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
+from gui_support import RAN, gui_registry
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtTest import QTest
 
-from studio.app.canvas.node_item import _Style  # noqa: E402
-from studio.engine import Engine  # noqa: E402
-from studio.graph.types import ValueType  # noqa: E402
-from studio.graph.workflow import Workflow  # noqa: E402
+from studio.app.canvas.node_item import _Style
+from studio.engine import Engine
+from studio.graph.types import ValueType
+from studio.graph.workflow import Workflow
 
 L = Qt.MouseButton.LeftButton
 NO = Qt.KeyboardModifier.NoModifier
