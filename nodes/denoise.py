@@ -203,7 +203,9 @@ def sample(
             )
         std = latent.get("posterior_std")
         # A node that resized the samples but kept an old spread: use the mean alone.
-        if std is not None and tuple(std.shape) == tuple(init.shape):  # VAE Encode's sample, drawn first as the pipeline does
+        if std is not None and tuple(std.shape) == tuple(
+            init.shape
+        ):  # VAE Encode's sample, drawn first as the pipeline does
             init = init + std.to(device=device, dtype=dtype) * randn_tensor(
                 init.shape, generator=generator, device=device, dtype=dtype
             )

@@ -562,8 +562,18 @@ def get_module(ctx: Any, source: WeightsSource, component: str) -> Any:
     return ctx.models.use(key, device)
 
 
+class _Box:
+    """Holds a tokenizer for the model manager, which walks a value's attributes to find
+    torch modules: a tokenizer's 49k-entry vocabulary is not worth walking."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 def get_tokenizer(ctx: Any, folder: str, pad: str | None) -> Any:
-    def load() -> Any:
+    def load() -> _Box:
         from transformers import CLIPTokenizer
 
         kwargs = {"pad_token": pad} if pad else {}
@@ -573,9 +583,10 @@ def get_tokenizer(ctx: Any, folder: str, pad: str | None) -> Any:
             raise NodeError(f"cannot read the tokenizer in {folder}: {exc}") from exc
         if not tok.model_max_length or tok.model_max_length > 1000:
             tok.model_max_length = 77
-        return tok
+        return _Box(tok)
 
-    return ctx.models.get(("tokenizer", folder, pad), load, nbytes=lambda t: 4 * 1024**2)
+    box = ctx.models.get(("tokenizer", folder, pad), load, nbytes=lambda t: 4 * 1024**2)
+    return box.value
 
 
 def with_oom_advice(fn: Callable[[], Any], what: str) -> Any:

@@ -223,7 +223,10 @@ def unet_to_ldm(sd: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str
             move(f"up_blocks.{i}.attentions.{j}", f"output_blocks.{idx}.1")
         has_attn = any(k.startswith(f"up_blocks.{i}.attentions.") for k in sd)
         up_idx = i * (per + 1) + per
-        move(f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{up_idx}.{2 if has_attn else 1}.conv")
+        move(
+            f"up_blocks.{i}.upsamplers.0.conv",
+            f"output_blocks.{up_idx}.{2 if has_attn else 1}.conv",
+        )
     left = set(sd) - used
     if left:
         raise ValueError(f"unmapped UNet keys: {sorted(left)[:5]}")
@@ -299,7 +302,11 @@ def open_clip_to_ldm(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
             parts = k.split(".")
             i, rest = parts[2], ".".join(parts[3:])
             base = f"transformer.resblocks.{i}."
-            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+            if rest.startswith("self_attn.") and rest.split(".")[1] in (
+                "q_proj",
+                "k_proj",
+                "v_proj",
+            ):
                 proj, kind = rest.split(".")[1], rest.split(".")[2]
                 qkv.setdefault(f"{base}attn.in_proj_{kind}", {})[proj] = v
                 continue
@@ -351,4 +358,61 @@ def write_ldm_checkpoint(parts: dict[str, Any], path: Path, *, sidecar: bool = T
 
 
 def _plain(cfg: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {}, default=list))
+    return json.loads(
+        json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {}, default=list)
+    )
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+def txt2img(
+    ckpt: str,
+    *,
+    prompt: str = "a photo of a cat",
+    negative: str = "blurry",
+    seed: int = 0,
+    steps: int = 4,
+    cfg: float = 7.5,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+    width: int = 64,
+    height: int = 64,
+    output: str = "preview_image",
+) -> tuple[Any, dict[str, str]]:
+    """A text-to-image workflow; returns it and its node ids by role."""
+    from studio.graph.workflow import Workflow
+
+    wf = Workflow()
+    ids = {
+        "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id,
+        "pos": wf.add_node("text_encode", {"text": prompt}).id,
+        "neg": wf.add_node("text_encode", {"text": negative}).id,
+        "latent": wf.add_node(
+            "empty_latent", {"width": width, "height": height, "batch_size": 1}
+        ).id,
+        "sampler": wf.add_node(
+            "sampler",
+            {
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler": sampler,
+                "scheduler": scheduler,
+                "denoise": 1.0,
+            },
+        ).id,
+        "decode": wf.add_node("vae_decode").id,
+        "out": wf.add_node(output).id,
+    }
+    c = wf.connect
+    c(ids["ckpt"], "clip", ids["pos"], "clip")
+    c(ids["ckpt"], "clip", ids["neg"], "clip")
+    c(ids["ckpt"], "model", ids["sampler"], "model")
+    c(ids["pos"], "conditioning", ids["sampler"], "positive")
+    c(ids["neg"], "conditioning", ids["sampler"], "negative")
+    c(ids["latent"], "latent", ids["sampler"], "latent")
+    c(ids["sampler"], "latent", ids["decode"], "latent")
+    c(ids["ckpt"], "vae", ids["decode"], "vae")
+    c(ids["decode"], "image", ids["out"], "images")
+    return wf, ids
