@@ -83,6 +83,10 @@ def test_layout_change_does_not_touch_the_graph(stub_registry):
             "not in the file",
         ),
         ('{"last_node_id": 3, "nodes": [], "links": []}', "ComfyUI workflow"),
+        (
+            '{"format": "studio.workflow", "version": 1, "nodes": [], "links": [], "extra": {"x": NaN}}',
+            "NaN is not a JSON number",
+        ),
     ],
 )
 def test_bad_files_get_clear_errors_naming_the_file(tmp_path, text, expected):
@@ -247,3 +251,58 @@ def test_mutated_workflow_raises_only_the_documented_error(stub_registry, where,
 def test_deeply_nested_json_is_a_clear_error(stub_registry):
     with pytest.raises(WorkflowFileError):
         loads_workflow("[" * 100_000 + "]" * 100_000, registry=stub_registry)
+
+
+# -- workflows inside PNG files --------------------------------------------------------------
+
+
+def _png_with_text(path, chunks):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value, compressed in chunks:
+        if compressed:
+            info.add_itxt(key, value, zip=True)
+        else:
+            info.add_text(key, value)
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(path, pnginfo=info)
+
+
+def test_png_that_carries_a_workflow_opens(stub_registry, tmp_path):
+    wf = rich_workflow(stub_registry)
+    text = dumps_workflow(wf)
+    for compressed in (False, True):
+        path = tmp_path / f"image{compressed}.png"
+        _png_with_text(
+            path,
+            [
+                ("parameters", "a red circle\nSteps: 20", False),
+                ("studio_workflow", text, compressed),
+            ],
+        )
+        loaded = load_workflow(path, registry=stub_registry)
+        assert dumps_workflow(loaded) == text
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([("workflow", "{}", False)], "ComfyUI workflow"),
+        ([("parameters", "a cat\nSteps: 20, Seed: 1", False)], "Automatic1111"),
+        ([], "without a workflow"),
+    ],
+)
+def test_png_without_a_studio_workflow_says_what_it_is(tmp_path, chunks, expected):
+    path = tmp_path / "other.png"
+    _png_with_text(path, chunks)
+    with pytest.raises(WorkflowFileError, match=expected):
+        load_workflow(path)
+
+
+def test_truncated_png_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.png"
+    _png_with_text(path, [("studio_workflow", "x" * 1000, False)])
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(WorkflowFileError, match="cut.png"):
+        load_workflow(path)

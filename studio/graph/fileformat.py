@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from studio.errors import WorkflowFileError
 from studio.fsutil import atomic_write_bytes
+from studio.graph.pngmeta import PNG_SIGNATURE, WORKFLOW_KEY, PngError, read_png_text
 from studio.graph.workflow import Frame, Link, Node, NodeLayout, Note, Workflow
 
 if TYPE_CHECKING:
@@ -131,20 +132,46 @@ def load_workflow(path: str | Path, registry: Registry | None = None) -> Workflo
         raise WorkflowFileError(str(p), "is a folder, not a workflow file") from None
     except OSError as exc:
         raise WorkflowFileError(str(p), f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise WorkflowFileError(str(p), "is not a text file (not UTF-8)") from None
+    if raw.startswith(PNG_SIGNATURE):
+        text = _workflow_text_from_png(raw, str(p))
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise WorkflowFileError(str(p), "is not a text file (not UTF-8)") from None
     wf = loads_workflow(text, path=str(p), registry=registry)
     wf.path = p
     return wf
+
+
+def _workflow_text_from_png(raw: bytes, path: str) -> str:
+    """The Studio workflow a PNG carries (a saved image is also its recipe)."""
+    try:
+        chunks = read_png_text(raw)
+    except PngError as exc:
+        raise WorkflowFileError(path, f"is not a readable PNG ({exc})") from None
+    if WORKFLOW_KEY in chunks:
+        return chunks[WORKFLOW_KEY]
+    if "workflow" in chunks or "prompt" in chunks:
+        raise WorkflowFileError(
+            path, "carries a ComfyUI workflow; Studio does not import ComfyUI workflows yet"
+        )
+    if "parameters" in chunks:
+        raise WorkflowFileError(
+            path,
+            "carries Automatic1111 generation parameters, not a Studio workflow; "
+            "Studio does not import those yet",
+        )
+    raise WorkflowFileError(path, "is an image without a workflow inside")
 
 
 def loads_workflow(
     text: str, *, path: str = "<text>", registry: Registry | None = None
 ) -> Workflow:
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except _Bad as exc:
+        raise WorkflowFileError(path, str(exc)) from None
     except json.JSONDecodeError as exc:
         raise WorkflowFileError(
             path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
@@ -152,6 +179,11 @@ def loads_workflow(
     except RecursionError:
         raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
     return workflow_from_dict(data, path=path, registry=registry)
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, but they are not JSON and could not be saved again.
+    raise _Bad(f"is not valid JSON ({name} is not a JSON number)")
 
 
 def workflow_from_dict(
