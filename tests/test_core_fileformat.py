@@ -304,5 +304,5 @@ def test_truncated_png_is_a_clear_error(tmp_path):
     path = tmp_path / "cut.png"
     _png_with_text(path, [("studio_workflow", "x" * 1000, False)])
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(WorkflowFileError, match="cut.png"):
+    with pytest.raises(WorkflowFileError, match=r"cut\.png"):
         load_workflow(path)
