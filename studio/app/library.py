@@ -47,7 +47,6 @@ class LibraryPanel(QWidget):
         lay.addWidget(self.tree)
         self.search.textChanged.connect(self.refresh)
         self.tree.itemActivated.connect(self._activated)
-        self.tree.itemDoubleClicked.connect(self._activated)
         self.refresh()
 
     def refresh(self) -> None:
