@@ -147,3 +147,41 @@ def test_tokenizer_maps_caption_words_to_single_tokens(tmp_path):
     assert len(tok("zebra").input_ids) > 3
     padded = tok([""], padding="max_length", max_length=77).input_ids[0]
     assert len(padded) == 77 and padded[1:] == [tok.eos_token_id] * 76
+
+
+def test_tiny_components_load_as_a_stable_diffusion_pipeline(tmp_path):
+    """The configs are stock diffusers/transformers classes: a saved folder loads offline
+    through StableDiffusionPipeline (the text embedding added to the time embedding needs no
+    extra pipeline inputs) and gives a 64x64 image."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from training import models
+    from training.tokenizer import load_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(save_tokenizer(tmp_path / "tok"))
+    pipe = StableDiffusionPipeline(
+        vae=models.make_vae(),
+        text_encoder=models.make_text_encoder(tok),
+        tokenizer=tok,
+        unet=models.make_unet(),
+        scheduler=EulerDiscreteScheduler.from_config(models.SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    assert pipe.unet.config.addition_embed_type == "text"
+    pipe.save_pretrained(tmp_path / "studio-tiny", safe_serialization=True)
+    loaded = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "studio-tiny", local_files_only=True, safety_checker=None
+    )
+    out = loaded(
+        "a small red circle on a blue background, left",
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert out.shape == (1, 64, 64, 3)
+    total = sum(f.stat().st_size for f in (tmp_path / "studio-tiny").rglob("*.safetensors"))
+    assert total < 20 * 2**20
