@@ -11,6 +11,7 @@ BUILTIN_MODULES: list[str] = [
     "mask",
     "upscale",
     "preprocess",
+    "lora",
     "loaders",
     "conditioning",
     "latent",

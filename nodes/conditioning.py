@@ -40,7 +40,7 @@ from studio.graph.types import ValueType as T
     outputs=[OutputSpec("conditioning", T.CONDITIONING)],
 )
 def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
-    from nodes import prompts, sdload
+    from nodes import lora, prompts, sdload
     from nodes.values import ClipHandle, Cond
 
     if not isinstance(clip, ClipHandle):
@@ -48,6 +48,8 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
 
         raise NodeError(f"the clip input is not a text encoder (got {type(clip).__name__})")
     encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
+    for name, encoder in zip(clip.encoders, encoders, strict=True):
+        lora.activate(ctx, encoder, name, clip.patches, clip.family)
     tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
     embeds, pooled = sdload.with_oom_advice(
         lambda: prompts.encode_prompt(encoders, tokenizers, text, clip_skip), "encoding the prompt"

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from nodes import lora
 from nodes.sdload import get_module, with_oom_advice
 from nodes.values import SAMPLERS, SCHEDULERS, Cond, ModelHandle
 from studio.errors import NodeError
@@ -140,6 +141,7 @@ def sample(
 
     pos, neg = _single(positive, "positive"), _single(negative, "negative")
     unet = get_module(ctx, model.source, "unet")
+    lora.activate(ctx, unet, "unet", model.patches, model.family)
     _check_cond(pos, "positive", model, unet)
     _check_cond(neg, "negative", model, unet)
     samples = latent["samples"]

@@ -1,0 +1,268 @@
+"""LoRA: Load LoRA, and activating a model handle's LoRAs on a shared module (peft).
+
+A LoRA never copies weights. Load LoRA returns MODEL and CLIP handles with one more
+``(LoraPatch, strength)`` entry; the modules in the model manager get each LoRA once
+as a peft adapter, and right before a module computes, :func:`activate` turns on
+exactly the adapters of the handle at hand with their strengths (and turns every
+other one off). Two branches with different LoRAs on one checkpoint therefore each
+get exactly their own, in any order, and changing a strength never reloads anything.
+
+Files in the kohya/A1111 layout and in the diffusers/peft layout are read with
+diffusers' own LoRA loaders (the same code ``pipeline.load_lora_weights`` runs), so
+a graph with a LoRA equals the pipeline with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from studio.errors import NodeError
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+from studio.modelfiles import list_models, resolve_model
+
+#: Module attribute remembering which adapters were injected into a loaded module.
+_INJECTED = "_studio_lora_adapters"
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """One LoRA file, known by its identity (path, size, mtime)."""
+
+    name: str
+    path: str
+    identity: tuple[Any, ...]
+
+    @property
+    def adapter(self) -> str:
+        """A peft adapter name that is stable for this file version."""
+        return "lora_" + hashlib.sha1(repr(self.identity).encode()).hexdigest()[:16]
+
+
+@dataclass
+class _LoraState:
+    """A LoRA file read into diffusers' layout (kept by the model manager)."""
+
+    state_dict: dict[str, Any]
+    network_alphas: dict[str, float] | None
+    metadata: Any
+    cross_attention_dim: int | None
+
+
+def _pipeline_class(family: str) -> Any:
+    if family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
+def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
+    """The LoRA in diffusers' layout, read once per file version and family."""
+    key = ("lora", patch.identity, "sdxl" if family == "sdxl" else "sd")
+
+    def load() -> _LoraState:
+        pipe_cls = _pipeline_class(family)
+        raw = _read_file(patch)
+        try:
+            state, alphas, metadata = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
+        except Exception as exc:
+            raise NodeError(f"{patch.name}: not a LoRA Studio can read ({exc})") from None
+        if not state or not all("lora" in k for k in state):
+            raise NodeError(f"{patch.name}: not a LoRA file (no LoRA layers inside)")
+        return _LoraState(dict(state), alphas, metadata, _cross_attention_dim(state))
+
+    return ctx.models.get(key, load, nbytes=lambda s: _tensor_bytes(s.state_dict))
+
+
+def _read_file(patch: LoraPatch) -> dict[str, Any]:
+    from pathlib import Path
+
+    from nodes.upscale import read_state_dict  # safetensors, or weights-only pickles
+
+    return read_state_dict(Path(patch.path))
+
+
+def _tensor_bytes(state: dict[str, Any]) -> int:
+    return sum(t.element_size() * t.nelement() for t in state.values() if hasattr(t, "nelement"))
+
+
+def _cross_attention_dim(state: dict[str, Any]) -> int | None:
+    """The text width a UNet LoRA was trained for, from a cross-attention key projection."""
+    for key, tensor in state.items():
+        if (
+            ".attn2.to_k." in key
+            and ("lora_A" in key or "lora.down" in key)
+            and key.startswith("unet")
+        ):
+            return int(tensor.shape[-1])
+    return None
+
+
+_FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+
+
+def check_family(patch: LoraPatch, state: _LoraState, model: Any) -> None:
+    """A clear error when a LoRA was made for another model family than the checkpoint."""
+    want = model.unet_config.get("cross_attention_dim")
+    got = state.cross_attention_dim
+    if isinstance(want, list | tuple):
+        want = want[0]
+    if got is not None and want is not None and got != want:
+        theirs = _FAMILY_WIDTH.get(got, f"a model with {got}-wide text")
+        ours = _FAMILY_WIDTH.get(want, f"a model with {want}-wide text")
+        raise NodeError(
+            f"LoRA {patch.name!r} is for {theirs}, but the checkpoint is {ours}: "
+            "choose a LoRA made for this checkpoint's family"
+        )
+
+
+def _lora_fingerprint(params: dict[str, Any], files: Any) -> str | None:
+    try:
+        return files.of(resolve_model("loras", params.get("lora_name", "")))
+    except NodeError:
+        return None
+
+
+@node(
+    "load_lora",
+    title="Load LoRA",
+    category="loaders",
+    description=(
+        "Adds a LoRA to a model and its text encoder, each with its own strength. Chain several "
+        "to combine them. Reads kohya/A1111 and diffusers/peft LoRA files."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec("clip", T.CLIP),
+        InputSpec(
+            "lora_name",
+            T.CHOICE,
+            choices=lambda: list_models("loras"),
+            file_kind="loras",
+            tooltip="A file from the loras folder.",
+        ),
+        InputSpec(
+            "strength_model",
+            T.FLOAT,
+            default=1.0,
+            min=-10.0,
+            max=10.0,
+            step=0.05,
+            tooltip="How strongly the LoRA changes the denoising model (0: not at all).",
+        ),
+        InputSpec(
+            "strength_clip",
+            T.FLOAT,
+            default=1.0,
+            min=-10.0,
+            max=10.0,
+            step=0.05,
+            tooltip="How strongly the LoRA changes the text encoder (0: not at all).",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL), OutputSpec("clip", T.CLIP)],
+    fingerprint=_lora_fingerprint,
+)
+def load_lora(
+    ctx, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+) -> tuple[Any, Any]:
+    path = resolve_model("loras", lora_name)
+    patch = LoraPatch(name=lora_name, path=str(path), identity=ctx.files.identity(path))
+    state = read_lora(ctx, patch, model.family)
+    check_family(patch, state, model)
+    if clip.family != model.family:
+        raise NodeError(
+            f"the model is {model.family} but the clip is {clip.family}: give Load LoRA the MODEL "
+            "and CLIP of one checkpoint"
+        )
+    new_model = model.with_patch(patch, strength_model) if strength_model else model
+    new_clip = clip.with_patch(patch, strength_clip) if strength_clip else clip
+    return new_model, new_clip
+
+
+def activate(
+    ctx: Any, module: Any, component: str, patches: tuple[tuple[Any, float], ...], family: str
+) -> None:
+    """Make ``module`` (unet, text_encoder or text_encoder_2) compute with exactly these
+    LoRAs at these strengths. Call it right before every use of a shared module."""
+    loras = [(p, s) for p, s in patches if isinstance(p, LoraPatch) and s != 0]
+    injected: set[str] = getattr(module, _INJECTED, set())
+    if not loras and not injected:
+        return
+    active: dict[str, float] = {}
+    for patch, strength in loras:
+        if patch.adapter not in injected:
+            _inject(ctx, module, component, patch, family)
+            injected = getattr(module, _INJECTED, set())
+        if patch.adapter in injected and patch.adapter in _adapters_of(module):
+            active[patch.adapter] = active.get(patch.adapter, 0.0) + float(strength)
+    _set_active(module, component, active)
+
+
+def _adapters_of(module: Any) -> set[str]:
+    return set(getattr(module, "peft_config", {}) or {})
+
+
+def _inject(ctx: Any, module: Any, component: str, patch: LoraPatch, family: str) -> None:
+    state = read_lora(ctx, patch, family)
+    pipe_cls = _pipeline_class(family)
+    sd = dict(state.state_dict)
+    try:
+        with warnings.catch_warnings():
+            # Several LoRAs on one module are several adapters: that is the design here.
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            if component == "unet":
+                pipe_cls.load_lora_into_unet(
+                    sd,
+                    state.network_alphas,
+                    module,
+                    adapter_name=patch.adapter,
+                    metadata=state.metadata,
+                )
+            else:
+                pipe_cls.load_lora_into_text_encoder(
+                    sd,
+                    state.network_alphas,
+                    module,
+                    prefix=component,
+                    adapter_name=patch.adapter,
+                    metadata=state.metadata,
+                )
+    except NodeError:
+        raise
+    except Exception as exc:
+        raise NodeError(
+            f"LoRA {patch.name!r} does not fit this checkpoint's {component} ({exc}); "
+            "is it made for another model family?"
+        ) from None
+    injected = set(getattr(module, _INJECTED, set()))
+    injected.add(patch.adapter)  # also when the LoRA has no layers for this component
+    setattr(module, _INJECTED, injected)
+
+
+def _set_active(module: Any, component: str, active: dict[str, float]) -> None:
+    if component == "unet":
+        if not active:
+            module.disable_lora()
+            return
+        module.enable_lora()
+        module.set_adapters(list(active), list(active.values()))
+        return
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
+
+    if not active:
+        if _adapters_of(module):
+            disable_lora_for_text_encoder(module)
+        return
+    enable_lora_for_text_encoder(module)
+    set_adapters_for_text_encoder(list(active), module, list(active.values()))

@@ -1,0 +1,204 @@
+"""LoRA: a graph with Load LoRA equals the pipeline after load_lora_weights (tiny models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import diffusion_fixtures as fx  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from studio.engine import Engine  # noqa: E402
+from studio.settings import Settings, set_active_settings  # noqa: E402
+
+PROMPT, NEGATIVE, SEED, STEPS, CFG = "a red circle", "blurry", 7, 3, 6.0
+RANK = 4
+
+
+def _lora_targets(parts):
+    unet_mods = [
+        (name, mod)
+        for name, mod in parts["unet"].named_modules()
+        if name.endswith(("attn1.to_q", "attn2.to_k", "attn2.to_v", "attn1.to_out.0"))
+    ]
+    te_mods = [
+        (name, mod)
+        for name, mod in parts["text_encoder"].named_modules()
+        if name.endswith(
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+        )
+    ]
+    return unet_mods, te_mods
+
+
+def write_peft_lora(parts, path, seed, width=None):
+    """A LoRA in the diffusers/peft layout (lora_A / lora_B keys with component prefixes)."""
+    g = torch.Generator().manual_seed(seed)
+    unet_mods, te_mods = _lora_targets(parts)
+    sd = {}
+    for prefix, mods in (("unet", unet_mods), ("text_encoder", te_mods)):
+        for name, mod in mods:
+            fan_in = mod.in_features
+            if width is not None and name.endswith("attn2.to_k"):
+                fan_in = width
+            sd[f"{prefix}.{name}.lora_A.weight"] = torch.randn(RANK, fan_in, generator=g) * 0.3
+            sd[f"{prefix}.{name}.lora_B.weight"] = (
+                torch.randn(mod.out_features, RANK, generator=g) * 0.3
+            )
+    save_file(sd, str(path))
+
+
+def write_kohya_lora(parts, path, seed):
+    """A LoRA in the kohya/A1111 layout (lora_down / lora_up / alpha, underscored names)."""
+    g = torch.Generator().manual_seed(seed)
+    unet_mods, te_mods = _lora_targets(parts)
+    sd = {}
+    for prefix, mods in (("lora_unet", unet_mods), ("lora_te", te_mods)):
+        for name, mod in mods:
+            key = f"{prefix}_{name.replace('.', '_')}"
+            sd[f"{key}.lora_down.weight"] = torch.randn(RANK, mod.in_features, generator=g) * 0.3
+            sd[f"{key}.lora_up.weight"] = torch.randn(mod.out_features, RANK, generator=g) * 0.3
+            sd[f"{key}.alpha"] = torch.tensor(float(RANK) / 2)
+    save_file(sd, str(path))
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    parts = fx.tiny_sd1()
+    fx.save_folder(fx.sd1_pipeline(parts), root / "checkpoints" / "tiny-sd1")
+    (root / "loras").mkdir()
+    write_peft_lora(parts, root / "loras" / "peft-style.safetensors", seed=1)
+    write_kohya_lora(parts, root / "loras" / "kohya-style.safetensors", seed=2)
+    write_peft_lora(parts, root / "loras" / "wide-text.safetensors", seed=3, width=64)
+    return root
+
+
+@pytest.fixture
+def engine(models_root, tmp_path):
+    settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
+    set_active_settings(settings)
+    yield Engine(settings=settings)
+    set_active_settings(Settings())
+
+
+def lora_graph(loras, *, wf_ids=None):
+    """txt2img with a chain of Load LoRA nodes between the checkpoint and its users."""
+    wf, ids = wf_ids or fx.txt2img(
+        "tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+    )
+    model_src, clip_src = (ids["ckpt"], "model"), (ids["ckpt"], "clip")
+    for i, (name, sm, sc) in enumerate(loras):
+        node = wf.add_node(
+            "load_lora",
+            {"lora_name": name, "strength_model": sm, "strength_clip": sc},
+            title=f"LoRA {i}",
+        )
+        wf.connect(*model_src, node.id, "model")
+        wf.connect(*clip_src, node.id, "clip")
+        model_src, clip_src = (node.id, "model"), (node.id, "clip")
+        ids[f"lora{i}"] = node.id
+    wf.connect(*model_src, ids["sampler"], "model")
+    wf.connect(*clip_src, ids["pos"], "clip")
+    wf.connect(*clip_src, ids["neg"], "clip")
+    return wf, ids
+
+
+def graph_image(engine, loras):
+    wf, ids = lora_graph(loras)
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    return result.outputs[ids["decode"]]["image"].numpy(), result, ids
+
+
+def pipeline_image(models_root, loras):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(models_root / "checkpoints" / "tiny-sd1"), safety_checker=None
+    )
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    names = []
+    for i, (name, strength) in enumerate(loras):
+        pipe.load_lora_weights(str(models_root / "loras" / name), adapter_name=f"l{i}")
+        names.append((f"l{i}", strength))
+    if names:
+        pipe.set_adapters([n for n, _ in names], [s for _, s in names])
+    return pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        height=64,
+        width=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images
+
+
+@pytest.mark.parametrize("name", ["peft-style.safetensors", "kohya-style.safetensors"])
+def test_lora_graph_equals_pipeline_load_lora_weights(engine, models_root, name):
+    got, *_ = graph_image(engine, [(name, 0.8, 0.8)])
+    want = pipeline_image(models_root, [(name, 0.8)])
+    base = pipeline_image(models_root, [])
+    assert np.abs(want - base).max() > 1e-2  # the LoRA visibly changes the image
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_chained_loras_add_up(engine, models_root):
+    loras = [("peft-style.safetensors", 0.5, 0.5), ("kohya-style.safetensors", 0.7, 0.7)]
+    got, *_ = graph_image(engine, loras)
+    want = pipeline_image(models_root, [(n, s) for n, s, _ in loras])
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_strength_zero_equals_no_lora_and_strength_change_never_reloads(engine, models_root):
+    plain_wf, plain_ids = fx.txt2img(
+        "tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+    )
+    plain = engine.run(plain_wf).outputs[plain_ids["decode"]]["image"].numpy()
+    zero, *_ = graph_image(engine, [("peft-style.safetensors", 0.0, 0.0)])
+    assert np.array_equal(zero, plain)
+    loads = engine.models.loads
+    graph_image(engine, [("peft-style.safetensors", 1.0, 1.0)])
+    after_first = engine.models.loads
+    graph_image(engine, [("peft-style.safetensors", 0.3, 1.0)])
+    assert engine.models.loads == after_first  # a new strength loads nothing
+    assert after_first - loads <= 1  # at most the LoRA file itself, never the checkpoint
+
+
+def test_two_branches_with_different_loras_stay_apart(engine, models_root):
+    a_alone, *_ = graph_image(engine, [("peft-style.safetensors", 1.0, 1.0)])
+    b_alone, *_ = graph_image(engine, [("kohya-style.safetensors", 1.0, 1.0)])
+    # One workflow, one checkpoint, two branches: A, then B, then plain.
+    wf, ids = lora_graph([("peft-style.safetensors", 1.0, 1.0)])
+    ckpt = ids["ckpt"]
+    _, ids_b = fx.txt2img(
+        "tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+    )
+    wf_b, ids_b = lora_graph([("kohya-style.safetensors", 1.0, 1.0)])
+    from studio.graph.fileformat import workflow_to_dict
+
+    merged = workflow_to_dict(wf)
+    extra = workflow_to_dict(wf_b)
+    merged["nodes"] += [n for n in extra["nodes"] if n["type"] != "load_checkpoint"]
+    for link in extra["links"]:
+        if link["source"] == ids_b["ckpt"]:
+            link["source"] = ckpt
+        merged["links"].append(link)
+    from studio.graph.fileformat import workflow_from_dict
+
+    both = workflow_from_dict(merged)
+    engine2 = Engine(settings=engine.settings)
+    result = engine2.run(both)
+    assert result.ok, result.errors
+    assert np.abs(result.outputs[ids["decode"]]["image"].numpy() - a_alone).max() <= 1e-5
+    assert np.abs(result.outputs[ids_b["decode"]]["image"].numpy() - b_alone).max() <= 1e-5
+
+
+def test_lora_for_another_family_is_a_clear_error(engine):
+    wf, ids = lora_graph([("wide-text.safetensors", 1.0, 1.0)])
+    result = engine.run(wf)
+    message = result.errors[ids["lora0"]]
+    assert "wide-text.safetensors" in message and "family" in message
