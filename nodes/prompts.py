@@ -151,7 +151,7 @@ def encode_prompt(
                     pooled = p
                 if empty is not None and any(w != 1.0 for w in ws):
                     w = torch.tensor(ws, dtype=z.dtype, device=z.device)[None, :, None]
-                    z = empty + (z - empty) * w
+                    z = torch.where(w != 1.0, empty + (z - empty) * w, z)
                 encoded.append(z)
             parts.append(torch.cat(encoded, dim=1))
     embeds = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

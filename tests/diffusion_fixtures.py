@@ -416,3 +416,42 @@ def txt2img(
     c(ids["ckpt"], "vae", ids["decode"], "vae")
     c(ids["decode"], "image", ids["out"], "images")
     return wf, ids
+
+
+# -- pytest fixtures shared by the test_diffusion_* files (import them by name) ---------------
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_parts() -> dict[str, dict[str, Any]]:
+    return {"sd1": tiny_sd1(), "sdxl": tiny_sdxl()}
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory, tiny_parts) -> Path:
+    """A models root holding the tiny models as diffusers folders and as LDM single files."""
+    root = tmp_path_factory.mktemp("models")
+    ckpts = root / "checkpoints"
+    ckpts.mkdir()
+    save_folder(sd1_pipeline(tiny_parts["sd1"]), ckpts / "tiny-sd1")
+    save_folder(sdxl_pipeline(tiny_parts["sdxl"]), ckpts / "tiny-sdxl")
+    write_ldm_checkpoint(tiny_parts["sd1"], ckpts / "tiny-sd1-ldm.safetensors")
+    write_ldm_checkpoint(tiny_parts["sdxl"], ckpts / "tiny-sdxl-ldm.safetensors")
+    return root
+
+
+@pytest.fixture
+def engine(models_root, tmp_path):
+    """An engine whose settings point at the tiny models and a fresh output folder."""
+    from studio.engine import Engine
+    from studio.settings import Settings, set_active_settings
+
+    settings = Settings(
+        models_root=str(models_root),
+        output_dir=str(tmp_path / "out"),
+        input_dir=str(tmp_path / "in"),
+    )
+    set_active_settings(settings)
+    yield Engine(settings=settings)
+    set_active_settings(Settings())

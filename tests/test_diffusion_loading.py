@@ -8,35 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import diffusion_fixtures as fx  # noqa: E402
+from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
 
-from studio.engine import Engine  # noqa: E402
 from studio.errors import NodeError  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return {"sd1": fx.tiny_sd1(), "sdxl": fx.tiny_sdxl()}
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory, parts):
-    root = tmp_path_factory.mktemp("models")
-    ckpts = root / "checkpoints"
-    ckpts.mkdir()
-    fx.save_folder(fx.sd1_pipeline(parts["sd1"]), ckpts / "tiny-sd1")
-    fx.write_ldm_checkpoint(parts["sd1"], ckpts / "tiny-sd1-ldm.safetensors")
-    fx.write_ldm_checkpoint(parts["sdxl"], ckpts / "tiny-sdxl-ldm.safetensors")
-    return root
-
-
-@pytest.fixture
-def engine(models_root, tmp_path):
-    settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
 
 
 def _loader_only(ckpt: str) -> tuple[Workflow, str]:
@@ -54,7 +29,7 @@ def _loaded(engine, handle, component):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_single_file_loads_to_the_same_tensors(engine, parts, family):
+def test_single_file_loads_to_the_same_tensors(engine, tiny_parts, family):
     wf, ck = _loader_only(f"tiny-{family}-ldm.safetensors")
     result = engine.run(wf, targets=[ck])
     assert result.ok, result.errors
@@ -64,7 +39,7 @@ def test_single_file_loads_to_the_same_tensors(engine, parts, family):
     handles = {"unet": out["model"], "vae": out["vae"]}
     for comp in components:
         module = _loaded(engine, handles.get(comp, out["clip"]), comp)
-        want = parts[family][comp].state_dict()
+        want = tiny_parts[family][comp].state_dict()
         got = module.state_dict()
         assert set(got) == set(want), comp
         for k, v in want.items():
@@ -106,7 +81,7 @@ def test_a_second_workflow_naming_the_same_checkpoint_does_not_load_it_again(eng
     assert engine.models.loads == loads
 
 
-def test_a_changed_checkpoint_file_reruns_its_loader(engine, models_root, parts, tmp_path):
+def test_a_changed_checkpoint_file_reruns_its_loader(engine, models_root, tiny_parts, tmp_path):
     import shutil
 
     path = models_root / "checkpoints" / "changing.safetensors"
@@ -117,12 +92,12 @@ def test_a_changed_checkpoint_file_reruns_its_loader(engine, models_root, parts,
     assert ck in engine.run(wf, targets=[ck]).ran
     assert ck in engine.run(wf, targets=[ck]).cached
     with torch.no_grad():
-        parts["sd1"]["unet"].conv_in.bias.add_(1.0)
+        tiny_parts["sd1"]["unet"].conv_in.bias.add_(1.0)
     try:
-        fx.write_ldm_checkpoint(parts["sd1"], path)
+        fx.write_ldm_checkpoint(tiny_parts["sd1"], path)
     finally:
         with torch.no_grad():
-            parts["sd1"]["unet"].conv_in.bias.sub_(1.0)
+            tiny_parts["sd1"]["unet"].conv_in.bias.sub_(1.0)
     again = engine.run(wf, targets=[ck])
     assert ck in again.ran
     assert "file" in again.reasons[ck]
@@ -163,11 +138,11 @@ def test_truncated_checkpoint_is_a_node_error(engine, models_root):
     assert "cut.safetensors" in message and "incomplete" in message
 
 
-def test_unknown_family_is_a_node_error(engine, parts, models_root):
+def test_unknown_family_is_a_node_error(engine, tiny_parts, models_root):
     # The tiny model in the original layout but without its config: its shapes match
     # no known family.
     fx.write_ldm_checkpoint(
-        parts["sd1"], models_root / "checkpoints" / "odd.safetensors", sidecar=False
+        tiny_parts["sd1"], models_root / "checkpoints" / "odd.safetensors", sidecar=False
     )
     wf, ck = _loader_only("odd.safetensors")
     message = _error_of(engine, wf, ck)

@@ -9,32 +9,14 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import diffusion_fixtures as fx  # noqa: E402
+from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
 
-from studio.engine import Engine  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse"
 NEGATIVE = "blurry, low quality"
 SEED = 1234
 STEPS = 4
 CFG = 7.5
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    ckpts = root / "checkpoints"
-    fx.save_folder(fx.sd1_pipeline(fx.tiny_sd1()), ckpts / "tiny-sd1")
-    fx.save_folder(fx.sdxl_pipeline(fx.tiny_sdxl()), ckpts / "tiny-sdxl")
-    return root
-
-
-@pytest.fixture
-def engine(models_root, tmp_path):
-    settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
 
 
 def _graph_image(engine, ckpt, **kw) -> np.ndarray:

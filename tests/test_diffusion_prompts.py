@@ -1,0 +1,117 @@
+"""Text Encode: prompt weighting syntax, long prompts, clip skip, and exact equality
+with diffusers' prompt encoding for a plain prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import diffusion_fixtures as fx  # noqa: E402
+from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
+
+from nodes.prompts import encode_prompt, parse_weights, tokenize_weighted  # noqa: E402
+from studio.graph.workflow import Workflow  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        ("a photo: a cat", [("a photo: a cat", 1.0)]),
+        ("a (cat:1.3) on [mat]", [("a ", 1.0), ("cat", 1.3), (" on ", 1.0), ("mat", 1 / 1.1)]),
+        ("((big)) dog", [("big", 1.1 * 1.1), (" dog", 1.0)]),
+        ("(red (hat:2))", [("red ", 1.1), ("hat", 2 * 1.1)]),
+        (r"\(not weighted\) \[either\]", [("(not weighted) [either]", 1.0)]),
+        ("unclosed (paren", [("unclosed ", 1.0), ("paren", 1.1)]),
+        ("", [("", 1.0)]),
+    ],
+)
+def test_weight_syntax(text, pieces):
+    got = parse_weights(text)
+    assert [p for p, _ in got] == [p for p, _ in pieces]
+    assert [w for _, w in got] == pytest.approx([w for _, w in pieces])
+
+
+def _encode(engine, ckpt: str, text: str, clip_skip: int = 1):
+    wf = Workflow()
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+    enc = wf.add_node("text_encode", {"text": text, "clip_skip": clip_skip}).id
+    wf.connect(ck, "clip", enc, "clip")
+    result = engine.run(wf, targets=[enc])
+    assert result.ok, result.errors
+    (cond,) = result.outputs[enc]["conditioning"]
+    return cond
+
+
+PROMPT = "a photo of an astronaut riding a horse on mars"
+
+
+def test_plain_prompt_equals_stable_diffusion_pipeline_embeddings(engine, tiny_parts):
+    pipe = fx.sd1_pipeline(tiny_parts["sd1"])
+    want, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+    got = _encode(engine, "tiny-sd1", PROMPT).embeds
+    assert torch.equal(got, want)
+
+
+def test_clip_skip_2_is_the_penultimate_layer_as_diffusers_computes_it(engine, tiny_parts):
+    # diffusers' encode_prompt(clip_skip=1) reaches for text_encoder.text_model, which
+    # transformers 5 flattened away; this is its formula: hidden_states[-(1 + 1)] through
+    # the final layer norm.
+    parts = tiny_parts["sd1"]
+    ids = parts["tokenizer"](
+        PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        out = parts["text_encoder"](ids, output_hidden_states=True)
+        want = parts["text_encoder"].final_layer_norm(out.hidden_states[-2])
+    got = _encode(engine, "tiny-sd1", PROMPT, clip_skip=2).embeds
+    assert torch.equal(got, want)
+
+
+def test_plain_prompt_equals_sdxl_pipeline_embeddings(engine, models_root):
+    from diffusers import StableDiffusionXLPipeline
+
+    # From the same folder: transformers picks its attention kernel when loading.
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(models_root / "checkpoints" / "tiny-sdxl"))
+    want, _, want_pooled, _ = pipe.encode_prompt(
+        PROMPT, device="cpu", do_classifier_free_guidance=False
+    )
+    cond = _encode(engine, "tiny-sdxl", PROMPT)
+    assert torch.equal(cond.embeds, want)
+    assert torch.equal(cond.pooled, want_pooled)
+
+
+def test_clip_skip_changes_the_embeddings(engine):
+    a = _encode(engine, "tiny-sd1", PROMPT, 1).embeds
+    b = _encode(engine, "tiny-sd1", PROMPT, 2).embeds
+    assert not torch.allclose(a, b)
+
+
+def test_weights_change_only_the_weighted_tokens(engine):
+    plain = _encode(engine, "tiny-sd1", "a red cat").embeds
+    neutral = _encode(engine, "tiny-sd1", "a (red:1.0) cat").embeds
+    heavy = _encode(engine, "tiny-sd1", "a (red:1.5) cat").embeds
+    assert torch.equal(plain, neutral)
+    changed = (heavy - plain).abs().amax(dim=-1)[0]
+    # Token 0 is the start token; "a" is 1, "red" is 2, "cat" is 3.
+    assert changed[2] > 1e-3
+    assert changed[[0, 1, 3]].max() == 0
+
+
+def test_long_prompts_are_encoded_in_chunks_of_75_tokens(engine, tiny_parts):
+    words = " ".join(f"word{i}" for i in range(60))  # well over 75 tokens
+    tok = tiny_parts["sd1"]["tokenizer"]
+    chunks, _ = tokenize_weighted(tok, words)
+    assert len(chunks) >= 2 and all(len(c) == 77 for c in chunks)
+    cond = _encode(engine, "tiny-sd1", words)
+    assert cond.embeds.shape == (1, 77 * len(chunks), 32)
+    # The first chunk is what the first 75 tokens alone encode to.
+    first = tok.decode(chunks[0][1:76])
+    alone = encode_prompt([tiny_parts["sd1"]["text_encoder"]], [tok], first, 1)[0]
+    assert torch.allclose(cond.embeds[:, :77], alone, atol=1e-5)
+
+
+def test_long_negative_and_short_positive_sample_together(engine):
+    wf, ids = fx.txt2img("tiny-sd1", steps=1, negative=" ".join(["ugly"] * 100))
+    result = engine.run(wf)
+    assert result.ok, result.errors
