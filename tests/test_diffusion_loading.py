@@ -8,10 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import diffusion_fixtures as fx  # noqa: E402
-from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
 
 from studio.errors import NodeError  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+
+# Shared fixtures (a session's tiny models on disk, an engine pointed at them).
+engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
 
 
 def _loader_only(ckpt: str) -> tuple[Workflow, str]:

@@ -9,7 +9,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import diffusion_fixtures as fx  # noqa: E402
-from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
+
+# Shared fixtures (a session's tiny models on disk, an engine pointed at them).
+engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
 
 
 PROMPT = "a photo of an astronaut riding a horse"

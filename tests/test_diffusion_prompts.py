@@ -8,10 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import diffusion_fixtures as fx  # noqa: E402
-from diffusion_fixtures import engine, models_root, tiny_parts  # noqa: E402, F401
 
 from nodes.prompts import encode_prompt, parse_weights, tokenize_weighted  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+
+# Shared fixtures (a session's tiny models on disk, an engine pointed at them).
+engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
 
 
 @pytest.mark.parametrize(
@@ -112,6 +114,6 @@ def test_long_prompts_are_encoded_in_chunks_of_75_tokens(engine, tiny_parts):
 
 
 def test_long_negative_and_short_positive_sample_together(engine):
-    wf, ids = fx.txt2img("tiny-sd1", steps=1, negative=" ".join(["ugly"] * 100))
+    wf, _ = fx.txt2img("tiny-sd1", steps=1, negative=" ".join(["ugly"] * 100))
     result = engine.run(wf)
     assert result.ok, result.errors
