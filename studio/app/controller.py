@@ -59,8 +59,9 @@ class Controller(QObject):
         self.wf = workflow
         self._unsubscribe = follow(workflow, self, self._on_change)
         self.undo_stack.clear()
+        self.problems = []
         self.workflow_replaced.emit()
-        self.validate_now()
+        self._validate_timer.start()  # after the canvas has painted
 
     def _on_change(self, change: Change) -> None:
         if change.kind not in ("layout_changed", "frames_changed", "notes_changed"):

@@ -6,7 +6,9 @@ the engine loads later, when a workflow runs.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 
 from studio.modelfiles import RESOURCES
@@ -50,11 +52,18 @@ def run_app(
         )
     window.show()
 
+    threading.Thread(target=_warm_up, name="studio-warm-up", daemon=True).start()
     if screenshot is not None:
         return _screenshot_and_quit(app, window, Path(screenshot))
     if not workflow_path:
         QTimer.singleShot(300, window.offer_recovery)
     return app.exec()
+
+
+def _warm_up() -> None:
+    """Import the validator's dependencies off the GUI thread, before the first check needs them."""
+    with contextlib.suppress(Exception):  # the check reports its own errors when it runs
+        import studio.engine.validate  # noqa: F401
 
 
 def _screenshot_and_quit(app, window, path: Path) -> int:

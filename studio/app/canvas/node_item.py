@@ -30,8 +30,9 @@ from studio.graph.workflow import Node, NodeLayout
 if TYPE_CHECKING:
     from studio.app.canvas.scene import GraphScene
 
-#: Below this zoom a node is drawn as plain rectangles.
-LOD_SIMPLE = 0.45
+#: Below this zoom a node is drawn as plain rectangles; below LOD_TEXT, without small text.
+LOD_SIMPLE = 0.4
+LOD_TEXT = 0.6
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,13 @@ class _Style:
         if cls.ready:
             return
         cls.body = QBrush(QColor(theme.NODE_BODY))
-        cls.border = QPen(QColor(theme.NODE_BORDER), 1.0)
+        cls.border = QPen(QColor(theme.NODE_BORDER), 1.2)
         cls.selected = QPen(QColor(theme.NODE_SELECTED), 2.0)
         cls.error_pen = QPen(QColor(theme.ERROR), 2.0)
         cls.text = QPen(QColor(theme.TEXT))
         cls.dim = QPen(QColor(theme.TEXT_DIM))
         cls.field = QBrush(QColor(theme.FIELD_BG))
         cls.field_fill = QBrush(QColor(theme.FIELD_FILL))
-        cls.field_border = QPen(QColor("#33373e"), 1.0)
-        cls.shadow = QBrush(QColor(0, 0, 0, 70))
         cls.port_border = QPen(QColor("#15171a"), 1.5)
         cls.type_brushes = {t: QBrush(QColor(c)) for t, c in TYPE_COLORS.items()}
         cls.dim_brush = QBrush(QColor("#3a3d42"))
@@ -84,6 +83,24 @@ class _Style:
             "error": QPen(QColor(theme.ERROR), 2.5),
         }
         cls.ready = True
+
+
+_title_paths: dict[tuple[float, bool], QPainterPath] = {}
+
+
+def _title_path(width: float, collapsed: bool) -> QPainterPath:
+    """The title bar: rounded on top (and below too when collapsed)."""
+    key = (width, collapsed)
+    path = _title_paths.get(key)
+    if path is None:
+        path = QPainterPath()
+        path.setFillRule(Qt.FillRule.WindingFill)
+        path.addRoundedRect(QRectF(0, 0, width, TITLE_H), 7, 7)
+        if not collapsed:
+            path.addRect(QRectF(0, TITLE_H / 2, width, TITLE_H / 2))
+        path = path.simplified()
+        _title_paths[key] = path
+    return path
 
 
 def format_value(spec: InputSpec, value: Any) -> str:
@@ -123,12 +140,21 @@ class NodeItem(QGraphicsItem):
             | QGraphicsItem.GraphicsItemFlag.ItemSendsGeometryChanges
         )
         self.setAcceptHoverEvents(False)
+        # Panning then blits cached pixmaps instead of repainting nodes in Python.
+        self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.setPos(*layout.pos)
 
     # -- geometry -------------------------------------------------------------------------
 
     def _make_shape(self, links: Any = ()) -> NodeShape:
+        shape = self._compute_shape(links)
         self.shape_key = (self.layout.width, self.layout.collapsed)
+        self._bounds = QRectF(-PORT_R - 2, -4, shape.width + 2 * PORT_R + 8, shape.height + 10)
+        self._shape_path = QPainterPath()
+        self._shape_path.addRect(QRectF(-PORT_R - 2, 0, shape.width + 2 * PORT_R + 4, shape.height))
+        return shape
+
+    def _compute_shape(self, links: Any = ()) -> NodeShape:
         if self.spec is not None:
             return shape_for_spec(self.spec, self.layout.width, self.layout.collapsed)
         # An unknown type: show the ports its links use, so nothing looks lost.
@@ -149,13 +175,10 @@ class NodeItem(QGraphicsItem):
         self.update()
 
     def boundingRect(self) -> QRectF:
-        s = self.shape_
-        return QRectF(-PORT_R - 2, -4, s.width + 2 * PORT_R + 8, s.height + 10)
+        return self._bounds  # asked for constantly by the scene index: computed once
 
     def shape(self) -> QPainterPath:
-        path = QPainterPath()
-        path.addRect(QRectF(-PORT_R - 2, 0, self.shape_.width + 2 * PORT_R + 4, self.shape_.height))
-        return path
+        return self._shape_path
 
     def port_scene_pos(self, name: str, is_output: bool) -> QPointF:
         ports = self.shape_.outputs if is_output else self.shape_.inputs
@@ -277,22 +300,16 @@ class NodeItem(QGraphicsItem):
             self._paint_simple(painter, s)
             return
         rect = s.rect
+        # Outline as a filled rect behind the body: antialiased strokes cost twice a fill.
+        outline = self._outline_pen()
+        ow = outline.widthF()
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(_Style.shadow)
-        painter.drawRoundedRect(rect.translated(2, 3), 7, 7)
+        painter.setBrush(outline.color())
+        painter.drawRoundedRect(rect.adjusted(-ow, -ow, ow, ow), 7 + ow, 7 + ow)
         painter.setBrush(_Style.body)
-        painter.setPen(self._outline_pen())
         painter.drawRoundedRect(rect, 7, 7)
-        # Title bar: rounded on top only.
-        title = QPainterPath()
-        title.setFillRule(Qt.FillRule.WindingFill)
-        bar = QRectF(0.5, 0.5, s.width - 1, TITLE_H - 0.5)
-        title.addRoundedRect(bar, 6.5, 6.5)
-        if not self.layout.collapsed:
-            title.addRect(QRectF(0.5, TITLE_H / 2, s.width - 1, TITLE_H / 2))
-        painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(self.title_color())
-        painter.drawPath(title)
+        painter.drawPath(_title_path(s.width, self.layout.collapsed))
         if node.bypass:
             painter.setBrush(_Style.bypass_brush)
             painter.drawRoundedRect(rect, 7, 7)
@@ -331,9 +348,15 @@ class NodeItem(QGraphicsItem):
             self._paint_collapsed_ports(painter, s)
             return
         self._paint_ports(painter, s, lod)
-        painter.setFont(_Style.label_font)
-        for name, f in s.params.items():
-            self._paint_param(painter, f.spec, f.rect, name)
+        if lod < LOD_TEXT:  # text this small cannot be read: show where the fields are
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(_Style.field)
+            for f in s.params.values():
+                painter.drawRoundedRect(f.rect, 4, 4)
+        else:
+            painter.setFont(_Style.label_font)
+            for name, f in s.params.items():
+                self._paint_param(painter, f.spec, f.rect, name)
         if self.run_message and self.run_state in ("done", "error", "cached"):
             painter.setFont(_Style.small_font)
             painter.setPen(QColor(theme.ERROR) if self.run_state == "error" else _Style.dim.color())
@@ -386,10 +409,13 @@ class NodeItem(QGraphicsItem):
     def _paint_ports(self, painter: QPainter, s: NodeShape, lod: float) -> None:
         painter.setFont(_Style.label_font)
         w = s.width
+        labels = lod >= LOD_TEXT
         for port in s.outputs.values():
             painter.setPen(_Style.port_border)
             painter.setBrush(self._port_brush(port.type, True))
             painter.drawEllipse(port.pos, PORT_R, PORT_R)
+            if not labels:
+                continue
             painter.setPen(_Style.text)
             painter.drawText(
                 QRectF(w / 2, port.pos.y() - 9, w / 2 - 12, 18),
@@ -403,7 +429,7 @@ class NodeItem(QGraphicsItem):
             painter.setBrush(self._port_brush(port.type, False))
             r = PORT_R if not port.is_param else PORT_R - 1
             painter.drawEllipse(port.pos, r, r)
-            if port.is_param:
+            if port.is_param or not labels:
                 continue
             painter.setPen(_Style.text)
             text = port.name
@@ -428,7 +454,7 @@ class NodeItem(QGraphicsItem):
     def _paint_param(self, painter: QPainter, spec: InputSpec, r: QRectF, name: str) -> None:
         value = self.node.params.get(name, spec.default)
         linked = name in self.linked
-        painter.setPen(_Style.field_border)
+        painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(_Style.field)
         painter.drawRoundedRect(r, 4, 4)
         t = spec.type

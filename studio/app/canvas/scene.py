@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from PySide6.QtCore import QPointF, QRectF
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import QBrush, QColor, QPainter
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene
 
+from studio.app import theme
 from studio.app.binding import follow
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.link_item import LinkItem, RerouteItem
@@ -28,6 +30,9 @@ class GraphScene(QGraphicsScene):
         self.notes: dict[str, NoteItem] = {}
         self._links_of: dict[str, set[str]] = defaultdict(set)
         self._unsubscribe = lambda: None
+        self._overview_on = False
+        self._overview: list | None = None
+        self.selectionChanged.connect(self.invalidate_overview)
         # A fixed, huge rect: Qt would otherwise recompute the items' bounds on every change.
         self.setSceneRect(QRectF(-SCENE_EXTENT, -SCENE_EXTENT, 2 * SCENE_EXTENT, 2 * SCENE_EXTENT))
         controller.workflow_replaced.connect(self.rebuild)
@@ -65,6 +70,9 @@ class GraphScene(QGraphicsScene):
         layout = wf.layout.nodes[node_id]
         spec = self.controller.registry.get(node.type)
         item = NodeItem(node, spec, layout, links if spec is None else ())
+        if self._overview_on:
+            item.setOpacity(0.0)
+        self._overview = None
         self.nodes[node_id] = item
         self.addItem(item)
         return item
@@ -124,6 +132,7 @@ class GraphScene(QGraphicsScene):
 
     def _on_change(self, ch: Change) -> None:
         kind = ch.kind
+        self._overview = None
         if kind == "node_added":
             self._add_node_item(ch.node_id)  # type: ignore[arg-type]
         elif kind == "node_removed":
@@ -193,6 +202,7 @@ class GraphScene(QGraphicsScene):
         item.set_points(points)
 
     def node_item_moved(self, item: NodeItem) -> None:
+        self._overview = None
         for lid in self._links_of.get(item.node_id, ()):
             self.update_link(lid)
 
@@ -220,6 +230,55 @@ class GraphScene(QGraphicsScene):
                 inside.append(note)
         return inside
 
+    def set_overview(self, on: bool) -> None:
+        """Far zoomed out, nodes are drawn all at once as plain rectangles by the view
+        (``paint_overview``); their items stay, transparent, for selecting and dragging."""
+        if on == self._overview_on:
+            return
+        self._overview_on = on
+        for item in self.nodes.values():
+            item.setOpacity(0.0 if on else 1.0)
+        self._overview = None
+
+    def invalidate_overview(self) -> None:
+        self._overview = None
+
+    def paint_overview(self, painter: QPainter) -> None:
+        if self._overview is None:
+            self._overview = self._build_overview()
+        painter.setPen(Qt.PenStyle.NoPen)
+        for brush, rects in self._overview:
+            painter.setBrush(brush)
+            painter.drawRects(rects)
+
+    def _build_overview(self) -> list[tuple[QBrush, list[QRectF]]]:
+        halo: list[QRectF] = []
+        errors: list[QRectF] = []
+        bodies: list[QRectF] = []
+        titles: dict[str, list[QRectF]] = defaultdict(list)
+        muted: list[QRectF] = []
+        for item in self.nodes.values():
+            p = item.pos()
+            w, h = item.shape_.width, item.shape_.height
+            body = QRectF(p.x(), p.y(), w, h)
+            if item.isSelected():
+                halo.append(body.adjusted(-6, -6, 6, 6))
+            elif item.problems:
+                errors.append(body.adjusted(-6, -6, 6, 6))
+            if item.node.mute:
+                muted.append(body)
+                continue
+            bodies.append(body)
+            titles[item.title_color().name()].append(QRectF(p.x(), p.y(), w, min(h, 28.0)))
+        out: list[tuple[QBrush, list[QRectF]]] = [
+            (QBrush(QColor(theme.NODE_SELECTED)), halo),
+            (QBrush(QColor(theme.ERROR)), errors),
+            (QBrush(QColor(theme.NODE_BODY)), bodies),
+            (QBrush(QColor("#3a3d42")), muted),
+        ]
+        out += [(QBrush(QColor(color)), rects) for color, rects in titles.items()]
+        return [(b, r) for b, r in out if r]
+
     # -- feedback -----------------------------------------------------------------------
 
     def show_problems(self, problems: list) -> None:
@@ -228,6 +287,9 @@ class GraphScene(QGraphicsScene):
             by_node[p.node_id].append(p.message)
         for nid, item in self.nodes.items():
             item.set_problems(by_node.get(nid, []))
+        self._overview = None
+        if self._overview_on:
+            self.update()
 
     def set_drag_hint(self, hint: tuple[ValueType, bool] | None) -> None:
         """While a wire is dragged, ports that cannot take it dim (None ends it)."""

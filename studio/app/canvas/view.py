@@ -30,7 +30,7 @@ from studio.app import theme
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.editors import InlineEditor, parse_number
 from studio.app.canvas.link_item import CutLine, DragWire, LinkItem, RerouteItem, wire_path
-from studio.app.canvas.node_item import NodeItem
+from studio.app.canvas.node_item import LOD_SIMPLE, NodeItem
 from studio.app.canvas.scene import GraphScene
 from studio.app.canvas.shape import ARROW_W, DICE_W, TITLE_H
 from studio.app.search import NodeSearchPopup
@@ -140,6 +140,7 @@ class GraphView(QGraphicsView):
     def _zoom_applied(self) -> None:
         # Antialiasing costs most and shows least when zoomed far out.
         self.setRenderHint(QPainter.RenderHint.Antialiasing, self.zoom > 0.3)
+        self.graph.set_overview(self.zoom < LOD_SIMPLE)
         self.zoom_changed.emit(self.zoom)
 
     def wheelEvent(self, event: QWheelEvent) -> None:
@@ -187,6 +188,10 @@ class GraphView(QGraphicsView):
             return False
         self.set_zoom(z, QPointF(cx, cy))
         return True
+
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+        if self.graph._overview_on:
+            self.graph.paint_overview(painter)
 
     def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
         painter.fillRect(rect, self._bg)
