@@ -433,3 +433,33 @@ def test_frame_carries_its_nodes(chain):
 def test_add_note(window):
     window.controller.add_note((10, 10), "remember the seed")
     assert window.scene.notes and window.controller.wf.layout.notes[0].text == "remember the seed"
+
+
+def test_drop_a_node_type_from_the_library_on_the_canvas(window):
+    from PySide6.QtCore import QByteArray, QMimeData
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    from studio.app.canvas.view import NODE_TYPE_MIME
+
+    md = QMimeData()
+    md.setData(NODE_TYPE_MIME, QByteArray(b"vae_decode"))
+    target = vp(window)
+    drop_at = at(window, QPointF(250, 120))
+    enter = QDragEnterEvent(drop_at, Qt.DropAction.CopyAction, md, L, NO)
+    QApplication.sendEvent(target, enter)
+    assert enter.isAccepted()
+    QApplication.sendEvent(
+        target, QDropEvent(QPointF(drop_at), Qt.DropAction.CopyAction, md, L, NO)
+    )
+    nodes = window.controller.wf.nodes
+    assert [n.type for n in nodes] == ["vae_decode"]
+    assert window.controller.wf.layout.nodes[nodes[0].id].pos == pytest.approx((250, 120), abs=2)
+
+
+def test_pinned_nodes_do_not_move(chain):
+    w = chain
+    w.controller.set_layout(["img"], "Pin", pinned=True)
+    a = title(w, "img")
+    drag(vp(w), a, a + QPoint(80, 80))
+    assert w.controller.wf.layout.nodes["img"].pos == (0, 0)

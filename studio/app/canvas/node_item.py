@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 #: Below this zoom a node is drawn as plain rectangles; below LOD_TEXT, without small text.
 LOD_SIMPLE = 0.4
-LOD_TEXT = 0.6
+LOD_TEXT = 0.5
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class NodeItem(QGraphicsItem):
             | QGraphicsItem.GraphicsItemFlag.ItemIsMovable
             | QGraphicsItem.GraphicsItemFlag.ItemSendsGeometryChanges
         )
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsMovable, not layout.pinned)
         self.setAcceptHoverEvents(False)
         # Panning then blits cached pixmaps instead of repainting nodes in Python.
         self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)

@@ -168,6 +168,7 @@ class GraphScene(QGraphicsScene):
             return
         lay = self.wf.layout.nodes[node_id]
         item.layout = lay
+        item.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsMovable, not lay.pinned)
         if (item.pos().x(), item.pos().y()) != lay.pos:
             item.setPos(*lay.pos)
         if item.shape_key != (lay.width, lay.collapsed):
