@@ -134,7 +134,8 @@ def vae_decode(ctx, latent: Any, vae: Any, tiled: bool = False, tile_size: int =
 
     def decode() -> Any:
         with torch.no_grad():
-            if not tiled:
+            fits = max(z.shape[-2:]) * vae.downscale <= tile_size
+            if not tiled or fits:
                 return model.decode(z, return_dict=False)[0]
             saved = (model.tile_sample_min_size, model.tile_latent_min_size)
             model.tile_sample_min_size = tile_size
