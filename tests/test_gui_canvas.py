@@ -440,7 +440,7 @@ def test_drop_a_node_type_from_the_library_on_the_canvas(window):
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
-    from studio.app.canvas.view import NODE_TYPE_MIME
+    from studio.app.canvas.view_menus import NODE_TYPE_MIME
 
     md = QMimeData()
     md.setData(NODE_TYPE_MIME, QByteArray(b"vae_decode"))

@@ -7,7 +7,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from studio.app import theme
-from studio.app.canvas.view import NODE_TYPE_MIME
+from studio.app.canvas.view_menus import NODE_TYPE_MIME
 from studio.graph.registry import Registry
 
 TYPE_ROLE = Qt.ItemDataRole.UserRole

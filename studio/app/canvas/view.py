@@ -7,16 +7,13 @@ moves items live during a drag and reports the end result.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QLineF, QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QContextMenuEvent,
-    QDragEnterEvent,
     QDropEvent,
     QKeyEvent,
     QMouseEvent,
@@ -24,32 +21,22 @@ from PySide6.QtGui import (
     QPen,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsView, QMenu, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsView, QWidget
 
 from studio.app import theme
 from studio.app.canvas.decor import FrameItem, NoteItem
-from studio.app.canvas.editors import InlineEditor, parse_number
+from studio.app.canvas.editors import InlineEditor
 from studio.app.canvas.link_item import CutLine, DragWire, LinkItem, RerouteItem, wire_path
 from studio.app.canvas.node_item import LOD_SIMPLE, NodeItem
 from studio.app.canvas.scene import GraphScene
-from studio.app.canvas.shape import ARROW_W, DICE_W, TITLE_H
+from studio.app.canvas.view_editing import EditingMixin, _ParamDrag
+from studio.app.canvas.view_menus import NODE_TYPE_MIME, MenusMixin
 from studio.app.search import NodeSearchPopup
 from studio.graph.types import ValueType, can_connect
 
-NODE_TYPE_MIME = "application/x-studio-node-type"
+__all__ = ["NODE_TYPE_MIME", "GraphView"]
+
 MIN_ZOOM, MAX_ZOOM = 0.08, 3.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-SEED_MAX = 2**32 - 1
-NODE_COLORS = {
-    "Red": "#8a3232",
-    "Orange": "#8a5a2b",
-    "Yellow": "#7d6d22",
-    "Green": "#3f6e3f",
-    "Teal": "#2b6b6e",
-    "Blue": "#2d5a8a",
-    "Purple": "#5b4a8a",
-    "Grey": "#4a525c",
-}
 
 
 @dataclass
@@ -63,24 +50,12 @@ class _WireDrag:
 
 
 @dataclass
-class _ParamDrag:
-    node_id: str
-    name: str
-    zone: str
-    press_x: float
-    start: Any
-    gesture: int
-    field_width: float
-    moved: bool = False
-
-
-@dataclass
 class _MoveDrag:
     start: dict[QGraphicsItem, QPointF] = field(default_factory=dict)
     insert_link: str | None = None
 
 
-class GraphView(QGraphicsView):
+class GraphView(EditingMixin, MenusMixin, QGraphicsView):
     open_file_requested = Signal(str)
     zoom_changed = Signal(float)
 
@@ -618,183 +593,6 @@ class GraphView(QGraphicsView):
         if hit:
             self.controller.disconnect(hit, label=f"Cut {len(hit)} wire(s)")
 
-    # -- params -----------------------------------------------------------------------------
-
-    def _begin_param(self, item: NodeItem, name: str, zone: str, pos: QPointF) -> None:
-        f = item.shape_.params[name]
-        value = item.node.params.get(name, f.spec.default)
-        self._param = _ParamDrag(
-            item.node_id, name, zone, pos.x(), value, self.controller.new_gesture(), f.rect.width()
-        )
-
-    def _drag_param(self, pos: QPointF) -> None:
-        p = self._param
-        assert p is not None
-        spec = self.controller.spec(p.node_id)
-        inp = spec.input(p.name) if spec else None
-        if inp is None or inp.type not in (ValueType.INT, ValueType.FLOAT):
-            return
-        dx = (pos.x() - p.press_x) * self.zoom
-        if not p.moved and abs(dx) < 4:
-            return
-        p.moved = True
-        start = p.start if isinstance(p.start, int | float) else 0
-        lo, hi = inp.min, inp.max
-        if lo is not None and hi is not None and 0 < hi - lo <= 10_000:
-            value = start + (pos.x() - p.press_x) / max(p.field_width, 1) * (hi - lo)
-        else:
-            step = inp.step or (1 if inp.type is ValueType.INT else 0.01)
-            value = start + round(dx / 4) * step
-        self.controller.set_param(p.node_id, p.name, _fit(inp, value), gesture=p.gesture)
-
-    def _finish_param(self) -> None:
-        p, self._param = self._param, None
-        assert p is not None
-        if p.moved:
-            return
-        item = self.graph.nodes.get(p.node_id)
-        spec = self.controller.spec(p.node_id)
-        inp = spec.input(p.name) if spec else None
-        if item is None or inp is None:
-            return
-        value = item.node.params.get(p.name, inp.default)
-        t = inp.type
-        if t is ValueType.BOOLEAN:
-            self.controller.set_param(p.node_id, p.name, not bool(value))
-        elif t is ValueType.CHOICE:
-            self._choose(item, p.name)
-        elif t in (ValueType.INT, ValueType.FLOAT):
-            step = inp.step or (1 if t is ValueType.INT else 0.01)
-            base = value if isinstance(value, int | float) else 0
-            if p.zone == "dice":
-                self.controller.set_param(p.node_id, p.name, _fit(inp, random.randint(0, SEED_MAX)))
-            elif p.zone == "dec":
-                self.controller.set_param(p.node_id, p.name, _fit(inp, base - step))
-            elif p.zone == "inc":
-                self.controller.set_param(p.node_id, p.name, _fit(inp, base + step))
-            else:
-                self._edit_param_text(item, p.name)
-        else:
-            self._edit_param_text(item, p.name)
-
-    def _field_rect_in_view(self, item: NodeItem, name: str):
-        f = item.shape_.params[name]
-        return self.mapFromScene(item.mapToScene(f.rect)).boundingRect()
-
-    def _edit_param_text(self, item: NodeItem, name: str) -> None:
-        spec = self.controller.spec(item.node_id)
-        inp = spec.input(name) if spec else None
-        if inp is None or name in item.linked or inp.type in (ValueType.BOOLEAN, ValueType.CHOICE):
-            return
-        value = item.node.params.get(name, inp.default)
-        rect = self._field_rect_in_view(item, name)
-        node_id = item.node_id
-        if inp.type in (ValueType.INT, ValueType.FLOAT):
-            rect = rect.adjusted(round(ARROW_W * self.zoom), 0, -round(ARROW_W * self.zoom), 0)
-            if inp.seed:
-                rect.adjust(0, 0, -round(DICE_W * self.zoom), 0)
-
-            def commit(text: str) -> None:
-                v = parse_number(text, inp.type is ValueType.INT)
-                if v is None:
-                    self.controller.message.emit(f"{text!r} is not a number")
-                    return
-                self.controller.set_param(node_id, name, _fit(inp, v))
-
-            self._open_editor(rect, str(value if value is not None else ""), commit)
-        else:
-            self._open_editor(
-                rect,
-                str(value or ""),
-                lambda text: self.controller.set_param(node_id, name, text),
-                multiline=inp.multiline,
-            )
-
-    def _choose(self, item: NodeItem, name: str) -> None:
-        spec = self.controller.spec(item.node_id)
-        inp = spec.input(name) if spec else None
-        if inp is None:
-            return
-        menu = QMenu(self)
-        current = item.node.params.get(name, inp.default)
-        choices = inp.choice_list()
-        if not choices:
-            act = menu.addAction("(nothing to choose from)")
-            act.setEnabled(False)
-        for choice in choices:
-            act = menu.addAction(choice)
-            act.setCheckable(True)
-            act.setChecked(choice == current)
-            act.triggered.connect(
-                lambda _=False, v=choice: self.controller.set_param(item.node_id, name, v)
-            )
-        rect = self._field_rect_in_view(item, name)
-        menu.setMinimumWidth(rect.width())
-        menu.exec(self.viewport().mapToGlobal(rect.bottomLeft()))
-
-    def _open_editor(self, rect, text: str, on_commit, multiline: bool = False) -> None:
-        self._close_editor()
-        if multiline:
-            rect = rect.adjusted(0, 0, 0, round(80 * self.zoom))
-        self.editor = InlineEditor(
-            self.viewport(), rect, text, on_commit, multiline=multiline, zoom=self.zoom
-        )
-
-    def _close_editor(self, commit: bool = True) -> None:
-        ed, self.editor = self.editor, None
-        if ed is not None and not ed.closed:
-            ed.commit() if commit else ed.cancel()
-
-    def rename_node(self, item: NodeItem) -> None:
-        rect = self.mapFromScene(
-            item.mapToScene(QRectF(20, 2, item.shape_.width - 24, TITLE_H - 4))
-        )
-        self._open_editor(
-            rect.boundingRect(),
-            item.title_text(),
-            lambda text: self.controller.set_title(
-                item.node_id,
-                "" if text.strip() == (item.spec.title if item.spec else "") else text.strip(),
-            ),
-        )
-
-    def rename_frame(self, item: FrameItem) -> None:
-        rect = self.mapFromScene(item.mapToScene(QRectF(6, 2, item.size[0] - 12, 26)))
-        self._open_editor(
-            rect.boundingRect(),
-            item.frame.title,
-            lambda text: self.controller.edit_frame(item.frame_id, "Rename frame", title=text),
-        )
-
-    def edit_note(self, item: NoteItem) -> None:
-        rect = self.mapFromScene(item.mapToScene(item.rect())).boundingRect()
-        note_id = item.note_id
-        self._open_editor(
-            rect.adjusted(0, 0, 0, -round(80 * self.zoom)),
-            item.note.text,
-            lambda text: self.controller.edit_note(note_id, "Edit note", text=text),
-            multiline=True,
-        )
-
-    def add_reroute(self, link: LinkItem, pos: QPointF) -> None:
-        lk = self.controller.wf.get_link(link.link_id)
-        if lk is None:
-            return
-        pts = [(h.pos().x(), h.pos().y()) for h in link.reroute_items]
-        src = self.graph.nodes[lk.source].port_scene_pos(lk.output, True)
-        dst = self.graph.nodes[lk.target].port_scene_pos(lk.input, False)
-        chain = [(src.x(), src.y()), *pts, (dst.x(), dst.y())]
-        p = (pos.x(), pos.y())
-        best = min(
-            range(len(chain) - 1),
-            key=lambda i: (
-                math.dist(chain[i], p)
-                + math.dist(p, chain[i + 1])
-                - math.dist(chain[i], chain[i + 1])
-            ),
-        )
-        self.controller.add_reroute(link.link_id, p, best)
-
     # -- search -------------------------------------------------------------------------------
 
     def open_search(
@@ -821,152 +619,6 @@ class GraphView(QGraphicsView):
         node_id = self.controller.add_node(type_id, (x, y), **kwargs)
         if node_id is not None:
             self.graph.select_nodes([node_id])
-
-    # -- context menus ------------------------------------------------------------------------
-
-    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
-        if self._suppress_menu or event.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            self._suppress_menu = False
-            return
-        pos = self.mapToScene(event.pos())
-        self.last_scene_pos = pos
-        item = self._item_at(pos)
-        menu = QMenu(self)
-        c = self.controller
-        if isinstance(item, NodeItem):
-            if not item.isSelected():
-                self.graph.clearSelection()
-                item.setSelected(True)
-            ids = self.graph.selected_node_ids()
-            menu.addAction("Rename…", lambda: self.rename_node(item))
-            menu.addAction("Collapse / Expand", lambda: c.toggle_collapse(ids))
-            menu.addAction("Bypass\tCtrl+B", lambda: c.toggle_bypass(ids))
-            menu.addAction("Mute\tCtrl+M", lambda: c.toggle_mute(ids))
-            pinned = item.layout.pinned
-            menu.addAction(
-                "Unpin" if pinned else "Pin", lambda: c.set_layout(ids, "Pin", pinned=not pinned)
-            )
-            colors = menu.addMenu("Colour")
-            colors.addAction("Default", lambda: c.set_layout(ids, "Colour", color=None))
-            for label, hexcolor in NODE_COLORS.items():
-                colors.addAction(label, lambda h=hexcolor: c.set_layout(ids, "Colour", color=h))
-            menu.addSeparator()
-            menu.addAction("Duplicate\tCtrl+D", lambda: self.graph.select_nodes(c.duplicate(ids)))
-            menu.addAction("Delete\tDel", lambda: c.delete(ids))
-        elif isinstance(item, RerouteItem):
-            menu.addAction(
-                "Remove reroute", lambda: c.remove_reroute(item.link_item.link_id, item.index)
-            )
-        elif isinstance(item, LinkItem):
-            menu.addAction("Add reroute here", lambda: self.add_reroute(item, pos))
-            menu.addAction("Delete wire", lambda: c.disconnect([item.link_id], "Delete wire"))
-        elif isinstance(item, FrameItem):
-            menu.addAction("Rename frame…", lambda: self.rename_frame(item))
-            colors = menu.addMenu("Colour")
-            for label, hexcolor in NODE_COLORS.items():
-                colors.addAction(
-                    label, lambda h=hexcolor: c.edit_frame(item.frame_id, "Frame colour", color=h)
-                )
-            menu.addAction("Delete frame", lambda: c.delete(frame_ids=[item.frame_id]))
-        elif isinstance(item, NoteItem):
-            menu.addAction("Edit note…", lambda: self.edit_note(item))
-            menu.addAction("Delete note", lambda: c.delete(note_ids=[item.note_id]))
-        else:
-            add = menu.addMenu("Add node")
-            reg = c.registry
-            for cat in reg.categories():
-                sub = add.addMenu(cat.capitalize())
-                for spec in sorted((s for s in reg if s.category == cat), key=lambda s: s.title):
-                    sub.addAction(
-                        spec.title,
-                        lambda t=spec.type_id: self.graph.select_nodes(
-                            [n] if (n := c.add_node(t, (pos.x(), pos.y()))) else []
-                        ),
-                    )
-            menu.addAction("Search nodes…\tTab", lambda: self.open_search(pos))
-            menu.addSeparator()
-            menu.addAction("Add frame", lambda: self.add_frame_around_selection(pos))
-            menu.addAction("Add note", lambda: c.add_note((pos.x(), pos.y())))
-            menu.addSeparator()
-            menu.addAction("Fit all\tHome", self.fit_items)
-        menu.exec(event.globalPos())
-
-    def add_frame_around_selection(self, pos: QPointF | None = None) -> None:
-        sel = [i for i in self.graph.selectedItems() if isinstance(i, NodeItem | NoteItem)]
-        if sel:
-            r = self.graph.items_bounds(sel).adjusted(-24, -50, 24, 24)
-        else:
-            p = pos or self.last_scene_pos
-            r = QRectF(p.x(), p.y(), 420, 300)
-        self.controller.add_frame((r.x(), r.y(), r.width(), r.height()))
-
-    # -- drops ------------------------------------------------------------------------------
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        md = event.mimeData()
-        if md.hasFormat(NODE_TYPE_MIME) or md.hasUrls():
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dragMoveEvent(self, event: Any) -> None:
-        event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        md = event.mimeData()
-        pos = self._scene_pos(event)
-        if md.hasFormat(NODE_TYPE_MIME):
-            type_id = bytes(md.data(NODE_TYPE_MIME).data()).decode()
-            node_id = self.controller.add_node(type_id, (pos.x(), pos.y()))
-            if node_id:
-                self.graph.select_nodes([node_id])
-            event.acceptProposedAction()
-            return
-        for url in md.urls():
-            path = url.toLocalFile()
-            if not path:
-                continue
-            if path.lower().endswith(".json"):
-                self.open_file_requested.emit(path)
-            elif path.lower().endswith(IMAGE_SUFFIXES):
-                self.drop_image(path, pos)
-        event.acceptProposedAction()
-
-    def drop_image(self, path: str, pos: QPointF) -> None:
-        """An image dropped on an image-loading node replaces its image; elsewhere adds one."""
-        reg = self.controller.registry
-
-        def image_param(type_id: str) -> str | None:
-            spec = reg.get(type_id)
-            if spec is None:
-                return None
-            return next((i.name for i in spec.params if i.file_kind == "image"), None)
-
-        node = self.graph.node_at(pos)
-        if node is not None and (name := image_param(node.node.type)):
-            self.controller.set_param(node.node_id, name, path)
-            return
-        loader = next((s for s in reg if image_param(s.type_id)), None)
-        if loader is None:
-            self.controller.message.emit("no node type here loads images")
-            return
-        name = image_param(loader.type_id)
-        assert name is not None
-        self.controller.add_node(loader.type_id, (pos.x(), pos.y()), params={name: str(Path(path))})
-
-
-def _fit(inp: Any, value: float) -> int | float:
-    """Clamp to the spec's range and snap to its step."""
-    if inp.min is not None:
-        value = max(inp.min, value)
-    if inp.max is not None:
-        value = min(inp.max, value)
-    if inp.type is ValueType.INT:
-        return round(value)
-    step = inp.step
-    if step:
-        value = round(round(value / step) * step, 6)
-    return float(value)
 
 
 def _thin(a: QPointF, b: QPointF):

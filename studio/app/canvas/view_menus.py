@@ -1,0 +1,164 @@
+"""Context menus and drops on the canvas.
+
+Part of :class:`~studio.app.canvas.view.GraphView` (a mixin over its state).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import QContextMenuEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QMenu
+
+from studio.app.canvas.decor import FrameItem, NoteItem
+from studio.app.canvas.link_item import LinkItem, RerouteItem
+from studio.app.canvas.node_item import NodeItem
+
+NODE_TYPE_MIME = "application/x-studio-node-type"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+NODE_COLORS = {
+    "Red": "#8a3232",
+    "Orange": "#8a5a2b",
+    "Yellow": "#7d6d22",
+    "Green": "#3f6e3f",
+    "Teal": "#2b6b6e",
+    "Blue": "#2d5a8a",
+    "Purple": "#5b4a8a",
+    "Grey": "#4a525c",
+}
+
+
+class MenusMixin:
+    # -- context menus ------------------------------------------------------------------------
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        if self._suppress_menu or event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self._suppress_menu = False
+            return
+        pos = self.mapToScene(event.pos())
+        self.last_scene_pos = pos
+        item = self._item_at(pos)
+        menu = QMenu(self)
+        c = self.controller
+        if isinstance(item, NodeItem):
+            if not item.isSelected():
+                self.graph.clearSelection()
+                item.setSelected(True)
+            ids = self.graph.selected_node_ids()
+            menu.addAction("Rename…", lambda: self.rename_node(item))
+            menu.addAction("Collapse / Expand", lambda: c.toggle_collapse(ids))
+            menu.addAction("Bypass\tCtrl+B", lambda: c.toggle_bypass(ids))
+            menu.addAction("Mute\tCtrl+M", lambda: c.toggle_mute(ids))
+            pinned = item.layout.pinned
+            menu.addAction(
+                "Unpin" if pinned else "Pin", lambda: c.set_layout(ids, "Pin", pinned=not pinned)
+            )
+            colors = menu.addMenu("Colour")
+            colors.addAction("Default", lambda: c.set_layout(ids, "Colour", color=None))
+            for label, hexcolor in NODE_COLORS.items():
+                colors.addAction(label, lambda h=hexcolor: c.set_layout(ids, "Colour", color=h))
+            menu.addSeparator()
+            menu.addAction("Duplicate\tCtrl+D", lambda: self.graph.select_nodes(c.duplicate(ids)))
+            menu.addAction("Delete\tDel", lambda: c.delete(ids))
+        elif isinstance(item, RerouteItem):
+            menu.addAction(
+                "Remove reroute", lambda: c.remove_reroute(item.link_item.link_id, item.index)
+            )
+        elif isinstance(item, LinkItem):
+            menu.addAction("Add reroute here", lambda: self.add_reroute(item, pos))
+            menu.addAction("Delete wire", lambda: c.disconnect([item.link_id], "Delete wire"))
+        elif isinstance(item, FrameItem):
+            menu.addAction("Rename frame…", lambda: self.rename_frame(item))
+            colors = menu.addMenu("Colour")
+            for label, hexcolor in NODE_COLORS.items():
+                colors.addAction(
+                    label, lambda h=hexcolor: c.edit_frame(item.frame_id, "Frame colour", color=h)
+                )
+            menu.addAction("Delete frame", lambda: c.delete(frame_ids=[item.frame_id]))
+        elif isinstance(item, NoteItem):
+            menu.addAction("Edit note…", lambda: self.edit_note(item))
+            menu.addAction("Delete note", lambda: c.delete(note_ids=[item.note_id]))
+        else:
+            add = menu.addMenu("Add node")
+            reg = c.registry
+            for cat in reg.categories():
+                sub = add.addMenu(cat.capitalize())
+                for spec in sorted((s for s in reg if s.category == cat), key=lambda s: s.title):
+                    sub.addAction(
+                        spec.title,
+                        lambda t=spec.type_id: self.graph.select_nodes(
+                            [n] if (n := c.add_node(t, (pos.x(), pos.y()))) else []
+                        ),
+                    )
+            menu.addAction("Search nodes…\tTab", lambda: self.open_search(pos))
+            menu.addSeparator()
+            menu.addAction("Add frame", lambda: self.add_frame_around_selection(pos))
+            menu.addAction("Add note", lambda: c.add_note((pos.x(), pos.y())))
+            menu.addSeparator()
+            menu.addAction("Fit all\tHome", self.fit_items)
+        menu.exec(event.globalPos())
+
+    def add_frame_around_selection(self, pos: QPointF | None = None) -> None:
+        sel = [i for i in self.graph.selectedItems() if isinstance(i, NodeItem | NoteItem)]
+        if sel:
+            r = self.graph.items_bounds(sel).adjusted(-24, -50, 24, 24)
+        else:
+            p = pos or self.last_scene_pos
+            r = QRectF(p.x(), p.y(), 420, 300)
+        self.controller.add_frame((r.x(), r.y(), r.width(), r.height()))
+
+    # -- drops ------------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        md = event.mimeData()
+        if md.hasFormat(NODE_TYPE_MIME) or md.hasUrls():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: Any) -> None:
+        event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        md = event.mimeData()
+        pos = self._scene_pos(event)
+        if md.hasFormat(NODE_TYPE_MIME):
+            type_id = bytes(md.data(NODE_TYPE_MIME).data()).decode()
+            node_id = self.controller.add_node(type_id, (pos.x(), pos.y()))
+            if node_id:
+                self.graph.select_nodes([node_id])
+            event.acceptProposedAction()
+            return
+        for url in md.urls():
+            path = url.toLocalFile()
+            if not path:
+                continue
+            if path.lower().endswith(".json"):
+                self.open_file_requested.emit(path)
+            elif path.lower().endswith(IMAGE_SUFFIXES):
+                self.drop_image(path, pos)
+        event.acceptProposedAction()
+
+    def drop_image(self, path: str, pos: QPointF) -> None:
+        """An image dropped on an image-loading node replaces its image; elsewhere adds one."""
+        reg = self.controller.registry
+
+        def image_param(type_id: str) -> str | None:
+            spec = reg.get(type_id)
+            if spec is None:
+                return None
+            return next((i.name for i in spec.params if i.file_kind == "image"), None)
+
+        node = self.graph.node_at(pos)
+        if node is not None and (name := image_param(node.node.type)):
+            self.controller.set_param(node.node_id, name, path)
+            return
+        loader = next((s for s in reg if image_param(s.type_id)), None)
+        if loader is None:
+            self.controller.message.emit("no node type here loads images")
+            return
+        name = image_param(loader.type_id)
+        assert name is not None
+        self.controller.add_node(loader.type_id, (pos.x(), pos.y()), params={name: str(Path(path))})
