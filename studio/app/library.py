@@ -43,6 +43,7 @@ class LibraryPanel(QWidget):
         self.tree.setDragDropMode(QTreeWidget.DragDropMode.DragOnly)
         self.tree.setIndentation(14)
         self.tree.setRootIsDecorated(True)
+        self.tree.setUniformRowHeights(True)
         lay.addWidget(self.search)
         lay.addWidget(self.tree)
         self.search.textChanged.connect(self.refresh)
