@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from nodes import lora
+from nodes.controlnet import ControlPlan
 from nodes.sdload import get_module, with_oom_advice
 from nodes.values import SAMPLERS, SCHEDULERS, Cond, ModelHandle
 from studio.errors import NodeError
@@ -144,7 +145,7 @@ def sample(
     lora.activate(ctx, unet, "unet", model.patches, model.family)
     _check_cond(pos, "positive", model, unet)
     _check_cond(neg, "negative", model, unet)
-    samples = latent["samples"]
+    samples = _fit_empty_latent(latent, model, unet)
     if samples.ndim != 4 or samples.shape[1] != unet.config.out_channels:
         raise NodeError(
             f"the latent has shape {tuple(samples.shape)}, but this model works on "
@@ -166,7 +167,7 @@ def sample(
 
     added: dict[str, torch.Tensor] | None = None
     if unet.config.addition_embed_type == "text_time":
-        h, w = samples.shape[-2] * 8, samples.shape[-1] * 8
+        h, w = samples.shape[-2] * model.vae_downscale, samples.shape[-1] * model.vae_downscale
 
         def time_ids(c: Cond) -> torch.Tensor:
             return torch.tensor([list(c.size or (h, w, 0, 0, h, w))], dtype=dtype)
@@ -227,6 +228,17 @@ def sample(
         extra["generator"] = generator
 
     total = len(timesteps)
+    control = ControlPlan(
+        ctx,
+        unet,
+        pos,
+        neg,
+        do_cfg=do_cfg,
+        batch=batch,
+        latent_size=tuple(samples.shape[-2:]),
+        dtype=dtype,
+        device=device,
+    )
 
     def loop() -> torch.Tensor:
         nonlocal latents
@@ -235,6 +247,13 @@ def sample(
                 ctx.check_interrupt()
                 x = torch.cat([latents] * 2) if do_cfg else latents
                 x = sched.scale_model_input(x, t)
+                residuals: dict[str, Any] = {}
+                if control:
+                    down, mid = control.residuals(x, t, embeds, i, total, added)
+                    residuals = {
+                        "down_block_additional_residuals": down,
+                        "mid_block_additional_residual": mid,
+                    }
                 pred = unet(
                     x,
                     t,
@@ -242,6 +261,7 @@ def sample(
                     timestep_cond=timestep_cond,
                     added_cond_kwargs=added,
                     return_dict=False,
+                    **residuals,
                 )[0]
                 if do_cfg:
                     uncond, cond = pred.chunk(2)
@@ -266,6 +286,22 @@ def sample(
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
     return out_latent
+
+
+def _fit_empty_latent(latent: dict[str, Any], model: ModelHandle, unet: Any) -> torch.Tensor:
+    """An Empty Latent remade for a model whose VAE is not 8x or not 4 channels."""
+    samples = latent["samples"]
+    size = latent.get("pixel_size")
+    if size is None or samples.ndim != 4 or bool(samples.any()):
+        return samples
+    height, width = size
+    if tuple(samples.shape[-2:]) != (height // 8, width // 8):
+        return samples  # resized since: not the Empty Latent it was
+    f = model.vae_downscale
+    shape = (samples.shape[0], unet.config.out_channels, height // f, width // f)
+    if tuple(samples.shape) == shape:
+        return samples
+    return torch.zeros(shape, dtype=samples.dtype)
 
 
 def _latent_mask(mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:

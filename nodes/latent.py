@@ -47,7 +47,9 @@ def empty_latent(ctx, width: int = 512, height: int = 512, batch_size: int = 1) 
     if bad:
         raise NodeError(f"{' and '.join(bad)} must be a multiple of {DOWNSCALE}")
     shape = (batch_size, LATENT_CHANNELS, height // DOWNSCALE, width // DOWNSCALE)
-    return {"samples": torch.zeros(shape, dtype=torch.float32)}
+    # pixel_size lets the Sampler start a model whose VAE is not 8x (the embedded tiny
+    # model's is 4x) at the size asked for; see docs/VALUES.md.
+    return {"samples": torch.zeros(shape, dtype=torch.float32), "pixel_size": (height, width)}
 
 
 def _check_vae(vae: Any) -> None:

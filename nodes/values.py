@@ -68,6 +68,12 @@ class ModelHandle:
     def unet_config(self) -> dict[str, Any]:
         return self.source.configs.get("unet", {})
 
+    @property
+    def vae_downscale(self) -> int:
+        """Pixels per latent cell of the checkpoint's own VAE (8 for Stable Diffusion)."""
+        blocks = self.source.configs.get("vae", {}).get("block_out_channels")
+        return 2 ** (len(blocks) - 1) if blocks else 8
+
     def with_patch(self, patch: Any, strength: float) -> ModelHandle:
         return replace(self, patches=(*self.patches, (patch, strength)))
 

@@ -145,6 +145,50 @@ def tiny_sdxl() -> dict[str, Any]:
     }
 
 
+def tiny_custom() -> dict[str, Any]:
+    """Like the embedded studio-tiny model: a 4x VAE, a UNet with a pooled-text embedding
+    (``addition_embed_type="text"``), a DDPM scheduler config."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+    ).eval()
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=1.7,
+        mid_block_add_attention=False,
+    ).eval()
+    torch.manual_seed(2)
+    sched = {**SCHEDULER_CONFIG, "_class_name": "DDPMScheduler"}
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(_clip_config()).eval(),
+        "tokenizer": tokenizer(),
+        "scheduler": DDPMScheduler.from_config(sched),
+    }
+
+
 def sd1_pipeline(parts: dict[str, Any], scheduler: Any = None) -> Any:
     from diffusers import StableDiffusionPipeline
 
@@ -425,7 +469,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_parts() -> dict[str, dict[str, Any]]:
-    return {"sd1": tiny_sd1(), "sdxl": tiny_sdxl()}
+    return {"sd1": tiny_sd1(), "sdxl": tiny_sdxl(), "custom": tiny_custom()}
 
 
 @pytest.fixture(scope="session")
@@ -436,6 +480,7 @@ def models_root(tmp_path_factory, tiny_parts) -> Path:
     ckpts.mkdir()
     save_folder(sd1_pipeline(tiny_parts["sd1"]), ckpts / "tiny-sd1")
     save_folder(sdxl_pipeline(tiny_parts["sdxl"]), ckpts / "tiny-sdxl")
+    save_folder(sd1_pipeline(tiny_parts["custom"]), ckpts / "tiny-custom")
     write_ldm_checkpoint(tiny_parts["sd1"], ckpts / "tiny-sd1-ldm.safetensors")
     write_ldm_checkpoint(tiny_parts["sdxl"], ckpts / "tiny-sdxl-ldm.safetensors")
     return root

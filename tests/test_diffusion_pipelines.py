@@ -141,3 +141,29 @@ def test_img2img_equals_img2img_pipeline(engine, models_root, tmp_path):
     # It really is img2img: the result keeps something of the photo.
     txt = _graph_image(engine, "tiny-sd1", sampler="euler")
     assert np.abs(got - txt).max() > 1e-2
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "uni_pc"])
+def test_custom_model_with_a_4x_vae_equals_the_pipeline(engine, models_root, sampler):
+    # The embedded studio-tiny model is of this kind: Empty Latent's 64x64 becomes 16x16.
+    got = _graph_image(engine, "tiny-custom", sampler=sampler)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(models_root / "checkpoints" / "tiny-custom"), safety_checker=None
+    )
+    cls = {
+        "euler_ancestral": "EulerAncestralDiscreteScheduler",
+        "uni_pc": "UniPCMultistepScheduler",
+    }
+    pipe.scheduler = getattr(diffusers, cls[sampler]).from_config(pipe.scheduler.config)
+    want = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        height=64,
+        width=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images
+    assert got.shape == want.shape == (1, 64, 64, 3)
+    assert np.abs(got - want).max() <= 1e-4
