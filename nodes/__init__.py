@@ -12,6 +12,7 @@ BUILTIN_MODULES: list[str] = [
     "upscale",
     "preprocess",
     "lora",
+    "controlnet",
     "loaders",
     "conditioning",
     "latent",

@@ -1,0 +1,406 @@
+"""ControlNet: Load ControlNet and Apply ControlNet; the sampler asks :func:`residuals`
+at each step for the sum of the applied ControlNets' residuals.
+
+Apply ControlNet adds a :class:`ControlEntry` to the positive and negative
+conditioning (in ``Cond.extra["controls"]``); several applications stack. With the
+same entry on both, a graph equals ``StableDiffusionControlNetPipeline`` number for
+number (same control image preparation, conditioning scale and guidance window).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from studio.errors import NodeError
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+from studio.modelfiles import list_models, resolve_model
+
+CONTROLS = "controls"
+_FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+
+
+@dataclass(frozen=True)
+class ControlNetHandle:
+    """CONTROL_NET: a ControlNet file; the model manager holds the weights."""
+
+    name: str
+    path: str
+    identity: tuple[Any, ...]
+    config: dict[str, Any]
+    single_file: bool
+
+    @property
+    def cross_attention_dim(self) -> int | None:
+        dim = self.config.get("cross_attention_dim")
+        return int(dim) if isinstance(dim, int) else None
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.identity))
+
+    def __studio_nbytes__(self) -> int:
+        return 512
+
+
+@dataclass(frozen=True)
+class ControlEntry:
+    """One application of a ControlNet: the control image and its strength window."""
+
+    net: ControlNetHandle
+    image: Any  # IMAGE tensor [B, H, W, C] in 0..1
+    strength: float
+    start: float
+    end: float
+
+    def __studio_nbytes__(self) -> int:
+        return int(self.image.element_size() * self.image.nelement()) + 256
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def _controlnet_fingerprint(params: dict[str, Any], files: Any) -> str | None:
+    try:
+        return files.of(resolve_model("controlnet", params.get("control_net_name", "")))
+    except NodeError:
+        return None
+
+
+def _single_file_config(path: Path) -> dict[str, Any]:
+    """The diffusers config of a single-file ControlNet: a sidecar ``<stem>.json`` if there is
+    one, else derived from the UNet config of the family its keys show."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text("utf-8"))
+        except ValueError as exc:
+            raise NodeError(f"{sidecar.name}: not valid JSON ({exc})") from None
+    from safetensors import safe_open
+
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        raise NodeError(f"{path.name}: single-file ControlNets must be .safetensors")
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            probe = next((k for k in keys if k.endswith("attn2.to_k.weight")), None)
+            width = f.get_slice(probe).get_shape()[-1] if probe else None
+    except Exception as exc:
+        raise NodeError(f"{path.name}: cannot read the file ({exc})") from None
+    if not any(k.startswith(("control_model.", "controlnet_")) or "zero_convs" in k for k in keys):
+        raise NodeError(f"{path.name}: not a ControlNet (no ControlNet layers inside)")
+    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(width or 0))
+    if family is None:
+        raise NodeError(
+            f"{path.name}: cannot tell which model family this ControlNet is for; put its "
+            f"diffusers config next to it as {path.stem}.json"
+        )
+    from nodes.sdload import family_configs
+
+    return controlnet_config_from_unet(family_configs(family)["unet"])
+
+
+def controlnet_config_from_unet(unet: dict[str, Any]) -> dict[str, Any]:
+    """A ControlNet config mirroring a UNet config's encoder (as ControlNetModel.from_unet)."""
+    keep = (
+        "in_channels",
+        "flip_sin_to_cos",
+        "freq_shift",
+        "down_block_types",
+        "only_cross_attention",
+        "block_out_channels",
+        "layers_per_block",
+        "downsample_padding",
+        "mid_block_scale_factor",
+        "act_fn",
+        "norm_num_groups",
+        "norm_eps",
+        "cross_attention_dim",
+        "transformer_layers_per_block",
+        "encoder_hid_dim",
+        "encoder_hid_dim_type",
+        "attention_head_dim",
+        "num_attention_heads",
+        "use_linear_projection",
+        "class_embed_type",
+        "addition_embed_type",
+        "addition_time_embed_dim",
+        "num_class_embeds",
+        "upcast_attention",
+        "resnet_time_scale_shift",
+        "projection_class_embeddings_input_dim",
+    )
+    cfg = {k: unet[k] for k in keep if k in unet}
+    cfg["_class_name"] = "ControlNetModel"
+    cfg["conditioning_embedding_out_channels"] = [16, 32, 96, 256]
+    return cfg
+
+
+@node(
+    "load_controlnet",
+    title="Load ControlNet",
+    category="loaders",
+    description="Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1 and SDXL).",
+    inputs=[
+        InputSpec(
+            "control_net_name",
+            T.CHOICE,
+            choices=lambda: list_models("controlnet"),
+            file_kind="controlnet",
+            tooltip="A file or folder from the controlnet folder.",
+        )
+    ],
+    outputs=[OutputSpec("control_net", T.CONTROL_NET)],
+    fingerprint=_controlnet_fingerprint,
+)
+def load_controlnet(ctx, control_net_name: str) -> ControlNetHandle:
+    path = resolve_model("controlnet", control_net_name)
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise NodeError(f"{control_net_name}: the folder has no config.json")
+        try:
+            config = json.loads(cfg_path.read_text("utf-8"))
+        except ValueError as exc:
+            raise NodeError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if config.get("_class_name") not in (None, "ControlNetModel"):
+            raise NodeError(f"{control_net_name}: not a ControlNet ({config.get('_class_name')})")
+        handle = ControlNetHandle(
+            control_net_name, str(path), ctx.files.identity(path), config, False
+        )
+    else:
+        config = _single_file_config(path)
+        handle = ControlNetHandle(
+            control_net_name, str(path), ctx.files.identity(path), config, True
+        )
+    get_module(ctx, handle)  # load now: a broken file fails here, on the loader node
+    return handle
+
+
+def get_module(ctx: Any, handle: ControlNetHandle) -> Any:
+    dtype, device = ctx.dtype, ctx.device
+    key = (handle.identity, "controlnet", str(dtype), device)
+
+    def load() -> Any:
+        from diffusers import ControlNetModel
+
+        try:
+            if not handle.single_file:
+                model = ControlNetModel.from_pretrained(
+                    handle.path, torch_dtype=dtype, local_files_only=True
+                )
+            else:
+                model = _load_single_file(handle, dtype)
+        except NodeError:
+            raise
+        except Exception as exc:
+            raise NodeError(f"{handle.name}: cannot load the ControlNet ({exc})") from None
+        return model.eval()
+
+    ctx.models.get(key, load)
+    return ctx.models.use(key, device)
+
+
+def _load_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
+    import tempfile
+
+    from diffusers import ControlNetModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(handle.config))
+        return ControlNetModel.from_single_file(
+            handle.path, config=tmp, torch_dtype=dtype, local_files_only=True
+        )
+
+
+# -- applying -------------------------------------------------------------------------------
+
+
+@node(
+    "apply_controlnet",
+    title="Apply ControlNet",
+    category="conditioning",
+    description=(
+        "Guides sampling with a ControlNet and a control image (edges, depth, pose, ...), with a "
+        "strength and the part of the steps it acts in. Chain several to stack ControlNets."
+    ),
+    inputs=[
+        InputSpec("positive", T.CONDITIONING),
+        InputSpec("negative", T.CONDITIONING),
+        InputSpec("control_net", T.CONTROL_NET),
+        InputSpec("image", T.IMAGE, tooltip="The control image, e.g. from a preprocessor."),
+        InputSpec(
+            "strength",
+            T.FLOAT,
+            default=1.0,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="How strongly the ControlNet steers (its conditioning scale).",
+        ),
+        InputSpec(
+            "start_percent",
+            T.FLOAT,
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Fraction of the steps after which it starts acting.",
+        ),
+        InputSpec(
+            "end_percent",
+            T.FLOAT,
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Fraction of the steps after which it stops acting.",
+        ),
+    ],
+    outputs=[OutputSpec("positive", T.CONDITIONING), OutputSpec("negative", T.CONDITIONING)],
+)
+def apply_controlnet(
+    ctx,
+    positive,
+    negative,
+    control_net: ControlNetHandle,
+    image,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+):
+    if end_percent < start_percent:
+        raise NodeError(f"end_percent ({end_percent}) is before start_percent ({start_percent})")
+    entry = ControlEntry(
+        control_net, image, float(strength), float(start_percent), float(end_percent)
+    )
+    return add_control(positive, entry), add_control(negative, entry)
+
+
+def add_control(conditioning: list[Any], entry: ControlEntry) -> list[Any]:
+    out = []
+    for cond in conditioning:
+        extra = dict(cond.extra)
+        extra[CONTROLS] = (*extra.get(CONTROLS, ()), entry)
+        out.append(replace(cond, extra=extra))
+    return out
+
+
+def controls_of(cond: Any) -> tuple[ControlEntry, ...]:
+    return tuple(cond.extra.get(CONTROLS, ()))
+
+
+class ControlPlan:
+    """The ControlNets a sampler run uses, prepared once before the first step."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        unet: Any,
+        pos: Any,
+        neg: Any,
+        *,
+        do_cfg: bool,
+        batch: int,
+        latent_size: tuple[int, int],
+        dtype: Any,
+        device: Any,
+    ):
+        import torch
+
+        pos_entries, neg_entries = controls_of(pos), controls_of(neg)
+        ordered: list[ControlEntry] = []
+        for e in (*neg_entries, *pos_entries):
+            if not any(e is o for o in ordered):
+                ordered.append(e)
+        self.items: list[tuple[ControlEntry, Any, Any, Any]] = []
+        unet_width = unet.config.cross_attention_dim
+        for e in ordered:
+            cn_width = e.net.cross_attention_dim
+            if cn_width is not None and unet_width is not None and cn_width != unet_width:
+                theirs = _FAMILY_WIDTH.get(cn_width, f"a model with {cn_width}-wide text")
+                ours = _FAMILY_WIDTH.get(unet_width, f"a model with {unet_width}-wide text")
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} is for {theirs}, but the model is {ours}: "
+                    "choose a ControlNet made for this model's family"
+                )
+            module = get_module(ctx, e.net)
+            # The control image is the latent size times the ControlNet's own downsampling.
+            factor = 2 ** (
+                len(e.net.config.get("conditioning_embedding_out_channels", (0,) * 4)) - 1
+            )
+            height, width = latent_size[0] * factor, latent_size[1] * factor
+            image = prepare_image(e.image, width, height, batch, dtype, device)
+            if do_cfg:
+                image = torch.cat([image] * 2)
+                on_neg = any(e is n for n in neg_entries)
+                on_pos = any(e is p for p in pos_entries)
+                half = torch.tensor([float(on_neg)] * batch + [float(on_pos)] * batch)
+                gate = None if on_neg and on_pos else half.to(device=device, dtype=dtype)
+            else:
+                gate = None
+            self.items.append((e, module, image, gate))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def residuals(
+        self, x: Any, t: Any, embeds: Any, step: int, total: int, added: Any
+    ) -> tuple[Any, Any]:
+        """Summed (down residuals, mid residual) for this step, or (None, None)."""
+        down_sum, mid_sum = None, None
+        for e, module, image, gate in self.items:
+            # diffusers' guidance window: active while start <= i/n and (i+1)/n <= end.
+            keep = 1.0 - float(step / total < e.start or (step + 1) / total > e.end)
+            scale = e.strength * keep
+            kwargs = {}
+            if added is not None:
+                kwargs["added_cond_kwargs"] = added
+            down, mid = module(
+                x,
+                t,
+                encoder_hidden_states=embeds,
+                controlnet_cond=image,
+                conditioning_scale=scale,
+                guess_mode=False,
+                return_dict=False,
+                **kwargs,
+            )
+            if gate is not None:
+                down = [d * gate.view(-1, 1, 1, 1) for d in down]
+                mid = mid * gate.view(-1, 1, 1, 1)
+            if down_sum is None:
+                down_sum, mid_sum = list(down), mid
+            else:
+                down_sum = [a + b for a, b in zip(down_sum, down, strict=True)]
+                mid_sum = mid_sum + mid
+        return down_sum, mid_sum
+
+
+def prepare_image(image: Any, width: int, height: int, batch: int, dtype: Any, device: Any) -> Any:
+    """The control image as StableDiffusionControlNetPipeline prepares it: resized to the
+    output size, in 0..1, repeated to the batch."""
+    import numpy as np
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
+    frames = [
+        _to_pil((frame.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for frame in image
+    ]
+    tensor = processor.preprocess(frames, height=height, width=width).to(dtype=torch.float32)
+    if tensor.shape[0] == 1:
+        tensor = tensor.repeat_interleave(batch, dim=0)
+    elif tensor.shape[0] != batch:
+        raise NodeError(
+            f"the control image batch ({tensor.shape[0]}) differs from the latent batch ({batch})"
+        )
+    return tensor.to(device=device, dtype=dtype)
+
+
+def _to_pil(arr: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(arr[..., :3])
