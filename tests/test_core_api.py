@@ -194,3 +194,34 @@ def test_layers_do_not_import_qt():
                 if stripped.startswith(("import PySide6", "from PySide6", "import shiboken6")):
                     offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_layout_and_param_edits_for_the_gui(stub_registry):
+    from studio.graph.workflow import Frame, Note
+
+    wf = Workflow(stub_registry)
+    n = wf.add_node("number")
+    a = wf.add_node("add")
+    link = wf.connect(n.id, "value", a.id, "a")
+    seen = []
+    wf.subscribe(seen.append)
+    assert wf.would_cycle(a.id, n.id) and not wf.would_cycle(n.id, a.id)
+    wf.set_reroutes(link.id, [(1, 2), (3, 4)])
+    assert wf.layout.reroutes[link.id] == [(1.0, 2.0), (3.0, 4.0)]
+    wf.set_reroutes(link.id, [])
+    assert link.id not in wf.layout.reroutes
+    wf.set_frames([Frame("f", "Inputs")])
+    wf.set_notes([Note("n", "hello")])
+    wf.set_param(a.id, "offset", 5)
+    wf.remove_param(a.id, "offset")
+    assert "offset" not in a.params
+    kinds = [c.kind for c in seen]
+    assert kinds == [
+        "layout_changed",
+        "layout_changed",
+        "frames_changed",
+        "notes_changed",
+        "param_changed",
+        "param_changed",
+    ]
+    assert seen[-1].new == 0  # the type's default applies again

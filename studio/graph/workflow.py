@@ -288,7 +288,7 @@ class Workflow:
                     f"cannot connect {src_spec.title}.{output} ({out_spec.type}) to "
                     f"{dst_spec.title}.{input} ({in_spec.type})"
                 )
-        if source == target or self._reaches(target, source):
+        if self.would_cycle(source, target):
             raise WorkflowEditError("that link would make a cycle")
         old = self.link_into(target, input)
         if old is not None:
@@ -311,6 +311,10 @@ class Workflow:
         self.layout.reroutes.pop(link_id, None)
         self._notify(Change("link_removed", link_id=link_id, node_id=link.target, old=link))
         return link
+
+    def would_cycle(self, source: str, target: str) -> bool:
+        """Whether a link from ``source`` to ``target`` would close a cycle."""
+        return source == target or self._reaches(target, source)
 
     def _reaches(self, start: str, goal: str) -> bool:
         """Whether ``goal`` is downstream of ``start`` (iterative, no recursion)."""
@@ -379,6 +383,25 @@ class Workflow:
                 value = (float(value[0]), float(value[1]))
             setattr(lay, key, value)
         self._notify(Change("layout_changed", node_id=node_id, new=changes))
+
+    def set_reroutes(self, link_id: str, points: list[tuple[float, float]]) -> None:
+        """Set the reroute points along a link (an empty list removes them)."""
+        if link_id not in self._links:
+            raise WorkflowEditError(f"no link with id {link_id!r}")
+        pts = [(float(x), float(y)) for x, y in points]
+        if pts:
+            self.layout.reroutes[link_id] = pts
+        else:
+            self.layout.reroutes.pop(link_id, None)
+        self._notify(Change("layout_changed", link_id=link_id, new=pts))
+
+    def set_frames(self, frames: list[Frame]) -> None:
+        self.layout.frames = list(frames)
+        self._notify(Change("frames_changed"))
+
+    def set_notes(self, notes: list[Note]) -> None:
+        self.layout.notes = list(notes)
+        self._notify(Change("notes_changed"))
 
     def notify_frames_changed(self) -> None:
         self._notify(Change("frames_changed"))
