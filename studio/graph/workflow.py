@@ -357,6 +357,17 @@ class Workflow:
         n.params[name] = value
         self._notify(Change("param_changed", node_id=node_id, name=name, old=old, new=value))
 
+    def remove_param(self, node_id: str, name: str) -> None:
+        """Forget a stored param, so the type's default applies (undo of a first edit)."""
+        n = self.get_node(node_id)
+        if name not in n.params:
+            return
+        old = n.params.pop(name)
+        spec = self.registry.get(n.type)
+        inp = spec.input(name) if spec else None
+        new = inp.default if inp is not None else None
+        self._notify(Change("param_changed", node_id=node_id, name=name, old=old, new=new))
+
     def set_flags(
         self, node_id: str, *, mute: bool | None = None, bypass: bool | None = None
     ) -> None:
