@@ -13,6 +13,7 @@ BUILTIN_MODULES: list[str] = [
     "preprocess",
     "lora",
     "controlnet",
+    "inpaint",
     "loaders",
     "conditioning",
     "latent",

@@ -15,6 +15,7 @@ import torch
 
 from nodes import lora
 from nodes.controlnet import ControlPlan
+from nodes.inpaint import unet_inpaint_inputs
 from nodes.sdload import get_module, with_oom_advice
 from nodes.values import SAMPLERS, SCHEDULERS, Cond, ModelHandle
 from studio.errors import NodeError
@@ -217,6 +218,11 @@ def sample(
     else:
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
         latents = noise * sched.init_noise_sigma
+    # A 9-channel inpainting UNet takes the mask and masked image as input (drawn after the
+    # noise, as the pipeline does) and needs no latent blending.
+    inpaint_inputs = unet_inpaint_inputs(latent, unet, generator, batch, do_cfg, device, dtype)
+    if inpaint_inputs is not None:
+        mask = None
     if mask is not None:
         mask = _latent_mask(mask, latents).to(device=device, dtype=dtype)
 
@@ -254,6 +260,8 @@ def sample(
                         "down_block_additional_residuals": down,
                         "mid_block_additional_residual": mid,
                     }
+                if inpaint_inputs is not None:
+                    x = torch.cat([x, *inpaint_inputs], dim=1)
                 pred = unet(
                     x,
                     t,

@@ -1,0 +1,142 @@
+"""Inpainting: Set Latent Noise Mask (any checkpoint) and VAE Encode for Inpaint (with
+mask growing; also feeds 9-channel inpainting checkpoints their extra inputs).
+
+A LATENT may carry:
+  ``noise_mask``  [B, H, W] in 0..1: the sampler keeps the latent outside it at every step.
+  ``inpaint``     for 9-channel UNets: the (pixel-space) mask and the masked image's
+                  latent distribution (scaled mean and std); the sampler draws the masked
+                  latent with its seed after the noise, as StableDiffusionInpaintPipeline does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodes.mask import _as_batch, check_same_size
+from studio.errors import NodeError
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+
+
+@node(
+    "set_latent_noise_mask",
+    title="Set Latent Noise Mask",
+    category="inpaint",
+    description=(
+        "Limits sampling to the masked area: outside the mask the latent is kept as it is at "
+        "every step. Works with any checkpoint (use a VAE Encode of the image as the latent)."
+    ),
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec("mask", T.MASK, tooltip="1 where the image may change."),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def set_latent_noise_mask(ctx, latent: dict, mask: Any) -> dict:
+    out = dict(latent)
+    out["noise_mask"] = _as_batch(mask).float()
+    return out
+
+
+@node(
+    "vae_encode_inpaint",
+    title="VAE Encode for Inpaint",
+    category="inpaint",
+    description=(
+        "Encodes an image for inpainting: the masked area is blanked to grey, the mask grown a "
+        "little to blend the seam, and the latent keeps the mask. Inpainting checkpoints "
+        "(9-channel UNets) also get the masked image and the mask as extra inputs."
+    ),
+    inputs=[
+        InputSpec("pixels", T.IMAGE, tooltip="The image to inpaint."),
+        InputSpec("vae", T.VAE),
+        InputSpec("mask", T.MASK, tooltip="1 where the image will be repainted."),
+        InputSpec(
+            "grow_mask_by",
+            T.INT,
+            default=6,
+            min=0,
+            max=64,
+            tooltip="Pixels to grow the mask by, so the repainted area blends in.",
+        ),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def vae_encode_inpaint(ctx, pixels: Any, vae: Any, mask: Any, grow_mask_by: int) -> dict:
+    import torch
+
+    from nodes import sdload
+    from nodes.latent import _check_vae
+    from nodes.mask import grow_mask
+
+    _check_vae(vae)
+    mask = _as_batch(mask).float()
+    check_same_size(pixels, mask)
+    f = vae.downscale
+    if pixels.shape[1] % f or pixels.shape[2] % f:
+        raise NodeError(
+            f"the image is {pixels.shape[2]}x{pixels.shape[1]}; inpainting needs both sides to be "
+            f"multiples of {f} (crop or scale it first)"
+        )
+    # Binarise as diffusers' mask processor does, then grow.
+    hard = (mask >= 0.5).float()
+    if grow_mask_by:
+        hard = grow_mask.execute(ctx, mask=hard, pixels=grow_mask_by)
+    if hard.shape[0] != pixels.shape[0]:
+        hard = hard[:1].expand(pixels.shape[0], -1, -1)
+    keep = (hard < 0.5).unsqueeze(-1).to(pixels.dtype)
+    # The masked area becomes 0 in [-1, 1] (mid grey), as in the inpaint pipeline.
+    x = (pixels[..., :3] * 2.0 - 1.0) * keep
+    model = sdload.get_module(ctx, vae.source, vae.component)
+    x = x.permute(0, 3, 1, 2).to(device=model.device, dtype=model.dtype)
+
+    def encode() -> Any:
+        with torch.no_grad():
+            return model.encode(x).latent_dist
+
+    dist = sdload.with_oom_advice(encode, "encoding the image")
+    mean = ((dist.mean - vae.shift_factor) * vae.scaling_factor).float().cpu()
+    std = (dist.std * vae.scaling_factor).float().cpu()
+    return {
+        "samples": mean,
+        "posterior_std": std,
+        "noise_mask": hard,
+        "inpaint": {"mask": hard, "masked_mean": mean, "masked_std": std},
+    }
+
+
+def unet_inpaint_inputs(
+    latent: dict, unet: Any, generator: Any, batch: int, do_cfg: bool, device: Any, dtype: Any
+) -> tuple[Any, Any] | None:
+    """(mask, masked latents) for a 9-channel UNet, drawn as the inpaint pipeline does;
+    None for an ordinary 4-channel UNet. Call it after the initial noise is drawn."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    extra = unet.config.in_channels - unet.config.out_channels
+    if extra <= 0:
+        return None
+    info = latent.get("inpaint")
+    if info is None:
+        raise NodeError(
+            "this is an inpainting checkpoint (its UNet takes the masked image too): give the "
+            "Sampler a latent from VAE Encode for Inpaint"
+        )
+    mean, std = info["masked_mean"], info["masked_std"]
+    if extra != 1 + mean.shape[1]:
+        raise NodeError(
+            f"this UNet takes {extra} extra input channels; Studio knows 1 + {mean.shape[1]}"
+        )
+    mean = mean.to(device=device, dtype=dtype)
+    masked = mean + std.to(device=device, dtype=dtype) * randn_tensor(
+        mean.shape, generator=generator, device=device, dtype=dtype
+    )
+    m = info["mask"].unsqueeze(1).to(dtype=dtype)
+    m = torch.nn.functional.interpolate(m, size=mean.shape[-2:]).to(device=device)
+    if masked.shape[0] != batch:
+        masked = masked[:1].repeat(batch, 1, 1, 1)
+    if m.shape[0] != batch:
+        m = m[:1].repeat(batch, 1, 1, 1)
+    if do_cfg:
+        m, masked = torch.cat([m] * 2), torch.cat([masked] * 2)
+    return m, masked
