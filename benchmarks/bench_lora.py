@@ -36,7 +36,7 @@ def main() -> None:
         set_active_settings(settings)
 
         def timed(engine, strength):
-            wf, ids = lora_graph([("style.safetensors", strength, strength)])
+            wf, _ = lora_graph([("style.safetensors", strength, strength)])
             loads = engine.models.loads
             t = time.perf_counter()
             result = engine.run(wf)
