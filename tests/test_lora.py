@@ -169,32 +169,31 @@ def test_strength_zero_equals_no_lora_and_strength_change_never_reloads(engine, 
 
 
 def test_two_branches_with_different_loras_stay_apart(engine, models_root):
+    from studio.graph.fileformat import workflow_from_dict, workflow_to_dict
+
     a_alone, *_ = graph_image(engine, [("peft-style.safetensors", 1.0, 1.0)])
     b_alone, *_ = graph_image(engine, [("kohya-style.safetensors", 1.0, 1.0)])
-    # One workflow, one checkpoint, two branches: A, then B, then plain.
-    wf, ids = lora_graph([("peft-style.safetensors", 1.0, 1.0)])
-    ckpt = ids["ckpt"]
-    _, ids_b = fx.txt2img(
-        "tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
-    )
-    wf_b, ids_b = lora_graph([("kohya-style.safetensors", 1.0, 1.0)])
-    from studio.graph.fileformat import workflow_to_dict
-
-    merged = workflow_to_dict(wf)
-    extra = workflow_to_dict(wf_b)
-    merged["nodes"] += [n for n in extra["nodes"] if n["type"] != "load_checkpoint"]
-    for link in extra["links"]:
-        if link["source"] == ids_b["ckpt"]:
-            link["source"] = ckpt
-        merged["links"].append(link)
-    from studio.graph.fileformat import workflow_from_dict
-
-    both = workflow_from_dict(merged)
-    engine2 = Engine(settings=engine.settings)
-    result = engine2.run(both)
+    plain_alone, *_ = graph_image(engine, [])
+    # One workflow, one checkpoint, three branches: LoRA A, LoRA B, and none.
+    branches = [
+        lora_graph([("peft-style.safetensors", 1.0, 1.0)]),
+        lora_graph([("kohya-style.safetensors", 1.0, 1.0)]),
+        lora_graph([]),
+    ]
+    merged = workflow_to_dict(branches[0][0])
+    ckpt = branches[0][1]["ckpt"]
+    for wf_x, ids_x in branches[1:]:
+        data = workflow_to_dict(wf_x)
+        merged["nodes"] += [n for n in data["nodes"] if n["id"] != ids_x["ckpt"]]
+        for link in data["links"]:
+            if link["source"] == ids_x["ckpt"]:
+                link["source"] = ckpt
+            merged["links"].append(link)
+    result = Engine(settings=engine.settings).run(workflow_from_dict(merged))
     assert result.ok, result.errors
-    assert np.abs(result.outputs[ids["decode"]]["image"].numpy() - a_alone).max() <= 1e-5
-    assert np.abs(result.outputs[ids_b["decode"]]["image"].numpy() - b_alone).max() <= 1e-5
+    for (_, ids_x), alone in zip(branches, (a_alone, b_alone, plain_alone), strict=True):
+        got = result.outputs[ids_x["decode"]]["image"].numpy()
+        assert np.abs(got - alone).max() <= 1e-5
 
 
 def test_lora_for_another_family_is_a_clear_error(engine):
