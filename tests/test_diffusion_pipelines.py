@@ -167,3 +167,23 @@ def test_custom_model_with_a_4x_vae_equals_the_pipeline(engine, models_root, sam
     ).images
     assert got.shape == want.shape == (1, 64, 64, 3)
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_every_sampler_runs(engine):
+    from nodes.values import SAMPLERS
+
+    wf, ids = fx.txt2img("tiny-sd1", steps=2)
+    for name in SAMPLERS:
+        wf.set_param(ids["sampler"], "sampler", name)
+        result = engine.run(wf)
+        assert result.ok, (name, result.errors)
+        image = result.outputs[ids["decode"]]["image"]
+        assert torch.isfinite(image).all(), name
+
+
+def test_a_schedule_the_sampler_lacks_is_a_clear_error(engine):
+    wf, ids = fx.txt2img("tiny-sd1", steps=2, sampler="ddim", scheduler="karras")
+    result = engine.run(wf)
+    assert (
+        "'karras' scheduler is not available with sampler 'ddim'" in result.errors[ids["sampler"]]
+    )
