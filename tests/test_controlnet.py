@@ -168,3 +168,61 @@ def test_folder_that_is_not_a_controlnet(engine, models_root):
     wf, ids = controlnet_graph(models_root, [("not-a-controlnet", "left.png", 1.0, 0.0, 1.0)])
     result = engine.run(wf)
     assert "not-a-controlnet: not a ControlNet" in result.errors[ids["cn0"]]
+
+
+def test_sdxl_controlnet_graph_equals_pipeline(tmp_path):
+    parts = fx.tiny_sdxl()
+    root = tmp_path / "models"
+    fx.save_folder(fx.sdxl_pipeline(parts), root / "checkpoints" / "tiny-sdxl")
+    tiny_controlnet(parts["unet"], 4).save_pretrained(root / "controlnet" / "xl-edges")
+    control_picture(root / "left.png", 8)
+    settings = Settings(models_root=str(root), output_dir=str(tmp_path / "out"))
+    set_active_settings(settings)
+    try:
+        wf, ids = fx.txt2img(
+            "tiny-sdxl", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+        )
+        loader = wf.add_node("load_controlnet", {"control_net_name": "xl-edges"})
+        image = wf.add_node("load_image", {"image": str(root / "left.png")})
+        apply = wf.add_node(
+            "apply_controlnet", {"strength": 0.9, "start_percent": 0.0, "end_percent": 0.75}
+        )
+        wf.connect(ids["pos"], "conditioning", apply.id, "positive")
+        wf.connect(ids["neg"], "conditioning", apply.id, "negative")
+        wf.connect(loader.id, "control_net", apply.id, "control_net")
+        wf.connect(image.id, "image", apply.id, "image")
+        wf.connect(apply.id, "positive", ids["sampler"], "positive")
+        wf.connect(apply.id, "negative", ids["sampler"], "negative")
+        result = Engine(settings=settings).run(wf)
+        assert result.ok, result.errors
+        got = result.outputs[ids["decode"]]["image"].numpy()
+    finally:
+        set_active_settings(Settings())
+    base = diffusers.StableDiffusionXLPipeline.from_pretrained(
+        str(root / "checkpoints" / "tiny-sdxl")
+    )
+    pipe = diffusers.StableDiffusionXLControlNetPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=base.tokenizer,
+        tokenizer_2=base.tokenizer_2,
+        unet=base.unet,
+        controlnet=diffusers.ControlNetModel.from_pretrained(str(root / "controlnet" / "xl-edges")),
+        scheduler=diffusers.EulerDiscreteScheduler.from_config(base.scheduler.config),
+    )
+    want = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        image=Image.open(root / "left.png").convert("RGB"),
+        height=64,
+        width=64,
+        num_inference_steps=STEPS,
+        guidance_scale=CFG,
+        controlnet_conditioning_scale=0.9,
+        control_guidance_start=0.0,
+        control_guidance_end=0.75,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images
+    assert np.abs(got - want).max() <= 1e-4
