@@ -160,3 +160,18 @@ def test_node_reading_a_file_reruns_when_the_file_changes(tmp_path):
     result = engine.run(wf)
     assert result.images == ["a blue square"] and len(reads) == 2
     assert result.reasons[r.id] == "a file it reads changed"
+
+
+def test_size_walk_finds_modules_inside_plain_objects():
+    from studio.engine.models import module_nbytes
+
+    class Tokenizerish:
+        def __init__(self):
+            self.vocab = {f"tok{i}": i for i in range(200_000)}
+            self.encoder = FakeModule(10)
+
+    t = time.perf_counter()
+    assert module_nbytes(Tokenizerish()) == 40
+    assert (
+        time.perf_counter() - t < 5
+    )  # a sanity bound, not a benchmark: it used to walk every entry

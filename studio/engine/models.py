@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 
-def module_nbytes(obj: Any) -> int:
-    """Bytes of parameters and buffers of torch modules found in ``obj`` (or its parts)."""
-    total = 0
+def _modules_in(obj: Any) -> Iterator[Any]:
+    """The torch modules inside ``obj``: itself, or found through containers and attributes.
+
+    Only modules, containers and plain objects are walked into; scalars and strings are
+    skipped without a look, so a tokenizer's 49k-entry vocabulary costs next to nothing.
+    Iterative, and each module is yielded once (its own submodules are not walked).
+    """
     stack, seen = [obj], set()
     while stack:
         v = stack.pop()
@@ -25,63 +29,42 @@ def module_nbytes(obj: Any) -> int:
             continue
         seen.add(id(v))
         if hasattr(v, "parameters") and hasattr(v, "buffers"):
-            for t in list(v.parameters()) + list(v.buffers()):
-                total += t.element_size() * t.nelement()
-        elif isinstance(v, dict):
-            stack.extend(v.values())
+            yield v
+            continue
+        if isinstance(v, dict):
+            children = v.values()
         elif isinstance(v, list | tuple):
-            stack.extend(v)
+            children = v
         elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(
-                x
-                for x in vars(v).values()
-                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
-            )
+            children = vars(v).values()
+        else:
+            continue
+        stack.extend(c for c in children if not isinstance(c, _LEAVES))
+
+
+_LEAVES = (str, bytes, int, float, bool, type(None))
+
+
+def module_nbytes(obj: Any) -> int:
+    """Bytes of parameters and buffers of torch modules found in ``obj`` (or its parts)."""
+    total = 0
+    for module in _modules_in(obj):
+        for t in list(module.parameters()) + list(module.buffers()):
+            total += t.element_size() * t.nelement()
     return total
 
 
 def _device_of(obj: Any) -> str:
-    stack, seen = [obj], set()
-    while stack:
-        v = stack.pop()
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        if hasattr(v, "parameters"):
-            for p in v.parameters():
-                return str(p.device.type)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list | tuple):
-            stack.extend(v)
-        elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(
-                x
-                for x in vars(v).values()
-                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
-            )
+    for module in _modules_in(obj):
+        for p in module.parameters():
+            return str(p.device.type)
     return "cpu"
 
 
 def _move(obj: Any, device: str) -> None:
-    stack, seen = [obj], set()
-    while stack:
-        v = stack.pop()
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        if hasattr(v, "parameters") and hasattr(v, "to"):
-            v.to(device)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list | tuple):
-            stack.extend(v)
-        elif hasattr(v, "__dict__") and not isinstance(v, type):
-            stack.extend(
-                x
-                for x in vars(v).values()
-                if hasattr(x, "parameters") or isinstance(x, dict | list | tuple)
-            )
+    for module in _modules_in(obj):
+        if hasattr(module, "to"):
+            module.to(device)
 
 
 @dataclass
