@@ -251,3 +251,52 @@ def evaluate_pipeline(
             caps.append(cap)
             images.append(pipe_fn(cap, seed))
     return adherence(caps, images)
+
+
+def load_folder(path):
+    """(unet, text_encoder, vae, tokenizer) of a diffusers folder such as studio-tiny's."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    p = str(path)
+    return (
+        UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True).eval(),
+        CLIPTextModel.from_pretrained(p, subfolder="text_encoder", local_files_only=True).eval(),
+        AutoencoderKL.from_pretrained(p, subfolder="vae", local_files_only=True).eval(),
+        CLIPTokenizer.from_pretrained(f"{p}/tokenizer", model_max_length=77),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the adherence of a model folder on the held-out captions as JSON."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from training.data import eval_scenes
+
+    default = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny"
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=main.__doc__)
+    ap.add_argument("--model", default=str(default))
+    ap.add_argument("--count", type=int, default=60, help="held-out captions")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cfg", type=float, nargs="+", default=[7.0, 1.0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    unet, te, vae, tok = load_folder(args.model)
+    caps = [s.caption for s in eval_scenes(args.count)]
+    out = {"model": args.model, "captions": len(caps), "seeds": args.seeds, "steps": args.steps}
+    for cfg in args.cfg:
+        rates = evaluate_models(
+            unet, te, vae, tok, caps, seeds=args.seeds, steps=args.steps, guidance=cfg
+        )
+        out[f"cfg {cfg:g}"] = {k: round(v, 4) for k, v in rates.items()}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -143,6 +143,8 @@ class Trainer:
                 "vae_lr": a.vae_lr,
                 "vae_target_psnr": a.vae_target_psnr,
                 "vae_max_steps": a.vae_max_steps,
+                "vae_decay_start": 1500,
+                "vae_half_life": 750,
                 "vae_polish_steps": a.vae_polish_steps,
                 "batch": a.batch,
                 "lr": a.lr,
@@ -215,6 +217,18 @@ class Trainer:
         vae.train()
         return psnr(torch.cat(recs), images)
 
+    def vae_lr(self, step: int, polishing: bool) -> float:
+        """Warm-up over 100 steps, constant, then halving every ``vae_half_life`` steps after
+        ``vae_decay_start`` (at a constant 1e-3 the PSNR swung by 3 dB between evaluations);
+        never below a tenth, which is also the polish rate."""
+        base = self.hp("vae_lr")
+        if polishing:
+            return 0.1 * base
+        start = self.state["hparams"].get("vae_decay_start", 1500)
+        half = self.state["hparams"].get("vae_half_life", 750)
+        decay = max(0.1, 0.5 ** (max(0, step - start) / half))
+        return base * min(1.0, (step + 1) / 100) * decay
+
     def train_vae(self) -> None:
         seed = self.state["seed"]
         torch.manual_seed(seed)
@@ -242,9 +256,7 @@ class Trainer:
                 break
             if polish_from is None and step >= self.hp("vae_max_steps"):
                 break
-            lr = self.hp("vae_lr") * (
-                0.1 if polish_from is not None else min(1.0, (step + 1) / 100)
-            )
+            lr = self.vae_lr(step, polish_from is not None)
             for group in opt.param_groups:
                 group["lr"] = lr
             imgs, _ = data.training_batch(seed, step, batch, stream=1)
