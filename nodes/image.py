@@ -60,7 +60,10 @@ def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
     "load_image",
     title="Load Image",
     category="image",
-    description="Loads a PNG, JPEG or WebP image. Its transparency becomes a mask (transparent = 1).",
+    description=(
+        "Loads a PNG, JPEG or WebP image. Its transparency becomes the mask (transparent = 1), "
+        "unless a mask is painted on it in the app."
+    ),
     inputs=[
         InputSpec(
             "image",
@@ -68,15 +71,29 @@ def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
             default="",
             file_kind="image",
             tooltip="The image file (a path, or a name in the input folder).",
-        )
+        ),
+        InputSpec(
+            "mask",
+            T.STRING,
+            default="",
+            file_kind="mask",
+            tooltip=(
+                "A mask painted in the app (a PNG, base64), kept inside the workflow; "
+                "when set it is the mask output instead of the transparency."
+            ),
+        ),
     ],
     outputs=[
         OutputSpec("image", T.IMAGE),
-        OutputSpec("mask", T.MASK, tooltip="1 where the image is transparent, else 0."),
+        OutputSpec(
+            "mask",
+            T.MASK,
+            tooltip="The painted mask if there is one, else 1 where the image is transparent.",
+        ),
     ],
     fingerprint=_image_fingerprint,
 )
-def load_image(ctx, image: str) -> tuple:
+def load_image(ctx, image: str, mask: str = "") -> tuple:
     import numpy as np
     import torch
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -94,11 +111,39 @@ def load_image(ctx, image: str) -> tuple:
         raise NodeError(f"cannot read image {path.name}: {exc}") from None
     arr = np.asarray(rgba, dtype=np.float32) / 255.0
     pixels = torch.from_numpy(arr[..., :3].copy())[None]
+    if mask:
+        return pixels, decode_mask(mask, (arr.shape[1], arr.shape[0]))
     if has_alpha:
-        mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
+        alpha_mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
     else:
-        mask = torch.zeros(pixels.shape[:3], dtype=torch.float32)
-    return pixels, mask
+        alpha_mask = torch.zeros(pixels.shape[:3], dtype=torch.float32)
+    return pixels, alpha_mask
+
+
+def decode_mask(data: str, size: tuple[int, int]) -> Any:
+    """A painted mask (base64 PNG, white = 1) as a MASK [1, H, W]; it must match ``size``."""
+    import base64
+    import binascii
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            gray = im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("L")
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+        raise NodeError(f"the painted mask cannot be read ({exc}); paint it again") from None
+    if gray.size != size:
+        raise NodeError(
+            f"the painted mask is {gray.size[0]}x{gray.size[1]} but the image is "
+            f"{size[0]}x{size[1]}; paint the mask again for this image"
+        )
+    arr = np.asarray(gray, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy())[None]
 
 
 def to_pil(images: Any) -> list[Any]:
@@ -171,6 +216,7 @@ def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
         target = _reserve(folder, stem)
         atomic_write_bytes(target, buf.getvalue())
         saved.append(str(target))
+        im.info["studio_path"] = str(target)  # where it went (the CLI lists saved files)
     ctx.run_info.setdefault("saved", []).extend(saved)
     ctx.show(pils)
     return {}

@@ -118,6 +118,47 @@ class SetParam:
 
 
 @dataclass
+class SetExtra:
+    """A value kept with a node in the file but outside its params (seed control)."""
+
+    node_id: str
+    key: str
+    old: Any
+    new: Any
+
+    def apply(self, wf: Workflow) -> None:
+        _put_extra(wf, self.node_id, self.key, self.new)
+
+    def revert(self, wf: Workflow) -> None:
+        _put_extra(wf, self.node_id, self.key, self.old)
+
+
+def _put_extra(wf: Workflow, node_id: str, key: str, value: Any) -> None:
+    node = wf.get_node(node_id)
+    old = node.extra.get(key)
+    if value is None:
+        node.extra.pop(key, None)
+    else:
+        node.extra[key] = copy.deepcopy(value)
+    # The model has no public edit for a node's extra fields yet; notify like its edits.
+    wf._notify(Change("extra_changed", node_id=node_id, name=key, old=old, new=value))
+
+
+@dataclass
+class ReplaceWorkflow:
+    """The whole document replaced by another workflow (restoring one from the history)."""
+
+    old: Workflow
+    new: Workflow
+
+    def apply(self, wf: Workflow) -> None:
+        wf.replace_with(self.new.copy())
+
+    def revert(self, wf: Workflow) -> None:
+        wf.replace_with(self.old.copy())
+
+
+@dataclass
 class SetFlags:
     node_id: str
     old: tuple[bool, bool]

@@ -17,6 +17,8 @@ from PySide6.QtGui import QUndoStack
 from studio.app import commands as c
 from studio.app.binding import follow
 from studio.graph.registry import Registry
+from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
+from studio.graph.seeds import SEED_CONTROLS, advance_seeds, seed_control
 from studio.graph.spec import NodeSpec
 from studio.graph.types import ValueType, can_connect
 from studio.graph.workflow import Change, Frame, Link, Node, NodeLayout, Note, Workflow, new_id
@@ -25,11 +27,20 @@ CLIPBOARD_MIME = "application/x-studio-nodes"
 VALIDATE_DELAY_MS = 250
 
 
+#: Seed control of seed params on nodes made in the app (files keep what they store).
+NEW_SEED_CONTROL = "randomize"
+
+
 def make_node(registry: Registry, type_id: str, params: dict[str, Any] | None = None) -> Node:
     spec = registry.get(type_id)
     merged = spec.default_params() if spec else {}
     merged.update(params or {})
-    return Node(id=new_id(), type=type_id, version=spec.version if spec else 1, params=merged)
+    node = Node(id=new_id(), type=type_id, version=spec.version if spec else 1, params=merged)
+    seeds = [i.name for i in spec.params if i.seed] if spec else []
+    if seeds:
+        # ComfyUI's habit: a new sampler gives a new image on every run.
+        node.extra[SEED_EXTRA_KEY] = {name: NEW_SEED_CONTROL for name in seeds}
+    return node
 
 
 class Controller(QObject):
@@ -174,6 +185,53 @@ class Controller(QObject):
         self.push(
             f"Set {name} of {self.title(node_id)}", [c.SetParam(node_id, name, old, value)], key
         )
+
+    def seed_control(self, node_id: str, param: str) -> str:
+        return seed_control(self.wf, node_id, param)
+
+    def set_seed_control(self, node_id: str, param: str, mode: str) -> None:
+        """What happens to a seed after each run: fixed, increment, decrement, randomize."""
+        if mode not in SEED_CONTROLS or self.seed_control(node_id, param) == mode:
+            return
+        old = self.wf.get_node(node_id).extra.get(SEED_EXTRA_KEY)
+        new = {**(old if isinstance(old, dict) else {}), param: mode}
+        self.push(
+            f"Seed {mode} on {self.title(node_id)}",
+            [c.SetExtra(node_id, SEED_EXTRA_KEY, copy.deepcopy(old), new)],
+        )
+
+    def advance_seeds(self) -> int:
+        """Apply the seed controls once (after a run is queued); returns how many changed.
+
+        One undo step; consecutive runs fold into it, so one undo goes back to the seeds
+        before the runs.
+        """
+        scratch = self.wf.copy()
+        changes = advance_seeds(scratch)
+        ops = [
+            c.SetParam(
+                ch.node_id, ch.param, self.wf.get_node(ch.node_id).params.get(ch.param), ch.new
+            )
+            for ch in changes
+        ]
+        self.push("Next seeds", ops, merge_key=("seeds",))
+        return len(ops)
+
+    def replace_workflow(self, workflow: Workflow, label: str = "Restore workflow") -> None:
+        """Replace the whole document by ``workflow`` in one undoable step."""
+        self.push(label, [c.ReplaceWorkflow(self.wf.copy(), workflow.copy())])
+
+    def set_params(self, node_id: str, values: dict[str, Any], label: str) -> None:
+        """Several params of one node in one step (an image and its mask)."""
+        node = self.wf.get_node(node_id)
+        spec = self.registry.get(node.type)
+        ops = []
+        for name, value in values.items():
+            inp = spec.input(name) if spec else None
+            old = node.params.get(name, inp.default if inp else None)
+            if old != value or name not in node.params:
+                ops.append(c.SetParam(node_id, name, old, value))
+        self.push(label, ops)
 
     def toggle_mute(self, node_ids: Iterable[str]) -> None:
         self._toggle_flag(list(node_ids), "mute")

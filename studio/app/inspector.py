@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -200,6 +200,8 @@ def _decimals(step: float | None) -> int:
 
 
 class Inspector(QScrollArea):
+    paint_mask_requested = Signal(str)  # node id
+
     def __init__(self, controller: Controller, scene: GraphScene, parent: QWidget | None = None):
         super().__init__(parent)
         self.controller = controller
@@ -228,6 +230,8 @@ class Inspector(QScrollArea):
         elif ch.node_id == self.node_id:
             if ch.kind == "param_changed" and ch.name in self.editors:
                 self.editors[ch.name].set_value(ch.new)
+            elif ch.kind == "param_changed" and ch.name is not None:
+                self.refresh()  # a param without an editor (a painted mask)
             elif ch.kind in ("flags_changed", "title_changed", "link_added", "link_removed"):
                 self.refresh()
 
@@ -305,6 +309,11 @@ class Inspector(QScrollArea):
             linked = {lk.input for lk in wf.links_into(node_id)}
             for inp in spec.params:
                 value = node.params.get(inp.name, inp.default)
+                if inp.file_kind == "mask":
+                    form.addRow(
+                        QLabel(inp.name.replace("_", " ")), self._mask_row(node_id, inp, value)
+                    )
+                    continue
                 editor = ParamEditor(
                     inp,
                     value,
@@ -321,6 +330,27 @@ class Inspector(QScrollArea):
                 form.addRow(label, editor)
             outer.addLayout(form)
         outer.addStretch(1)
+
+    def _mask_row(self, node_id: str, inp: InputSpec, value: Any) -> QWidget:
+        """A painted mask is edited in the painter, never as its raw text."""
+        row = QWidget()
+        lay = QHBoxLayout(row)
+        lay.setContentsMargins(0, 0, 0, 0)
+        paint = QToolButton()
+        paint.setText("Paint mask…")
+        paint.setToolTip(inp.tooltip)
+        paint.clicked.connect(lambda: self.paint_mask_requested.emit(node_id))
+        clear = QToolButton()
+        clear.setText("Clear")
+        clear.setEnabled(bool(value))
+        clear.clicked.connect(lambda: self.controller.set_param(node_id, inp.name, ""))
+        state = QLabel("painted" if value else "none")
+        state.setObjectName("dim")
+        lay.addWidget(paint)
+        lay.addWidget(clear)
+        lay.addWidget(state, 1)
+        self.mask_row = row
+        return row
 
     def _show_problems(self) -> None:
         if self.node_id is None:

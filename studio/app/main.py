@@ -22,7 +22,10 @@ def run_app(
     """Open the main window with ``workflow_path`` (or the default workflow).
 
     With ``screenshot``, wait until the window is painted, save it as a PNG and return 0
-    (2 when the workflow cannot be opened). Returns the app's exit code otherwise.
+    (2 when the workflow cannot be opened). With ``run``, queue one run of the workflow
+    once the window shows; with both, the screenshot waits for the run to finish (3 when
+    the run did not succeed; the screenshot is still saved). Returns the app's exit code
+    otherwise.
     """
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -46,15 +49,13 @@ def run_app(
             return 2
     elif DEFAULT_WORKFLOW.is_file():
         window.open_path(DEFAULT_WORKFLOW, as_template=True)
-    if run:
-        print(
-            "studio: running from the app comes in a later version; opening only", file=sys.stderr
-        )
     window.show()
+    if run:
+        QTimer.singleShot(0, window.run_workflow)
 
     threading.Thread(target=_warm_up, name="studio-warm-up", daemon=True).start()
     if screenshot is not None:
-        return _screenshot_and_quit(app, window, Path(screenshot))
+        return _screenshot_and_quit(app, window, Path(screenshot), wait_for_run=run)
     if not workflow_path:
         QTimer.singleShot(300, window.offer_recovery)
     return app.exec()
@@ -66,10 +67,11 @@ def _warm_up() -> None:
         import studio.engine.validate  # noqa: F401
 
 
-def _screenshot_and_quit(app, window, path: Path) -> int:
+def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False) -> int:
     from PySide6.QtCore import QTimer
 
     result = {"code": 1}
+    run_ok = {"ok": True}
 
     def grab() -> None:
         window.show_whole_workflow()
@@ -80,10 +82,26 @@ def _screenshot_and_quit(app, window, path: Path) -> int:
         result["code"] = 0 if window.grab().save(str(path)) else 1
         if result["code"]:
             print(f"studio: could not write the screenshot {path}", file=sys.stderr)
+        elif not run_ok["ok"]:
+            result["code"] = 3
         window.recovery.close()
+        window.shutdown_runs()
         window.hide()
         app.quit()
 
-    QTimer.singleShot(150, grab)
+    def run_finished(job) -> None:
+        if window.bridge.busy():
+            return
+        if job.state != "done":
+            run_ok["ok"] = False
+            errors = job.result.errors if job.result is not None else {}
+            why = "; ".join(errors.values()) or job.message or ""
+            print(f"studio: run {job.id} {job.state}: {why}".rstrip(": "), file=sys.stderr)
+        QTimer.singleShot(150, grab)
+
+    if wait_for_run:
+        window.runs.finished.connect(run_finished)
+    else:
+        QTimer.singleShot(150, grab)
     app.exec()
     return result["code"]

@@ -26,6 +26,7 @@ from studio.app.controller import CLIPBOARD_MIME, Controller
 from studio.app.inspector import Inspector
 from studio.app.library import LibraryPanel
 from studio.app.recovery import RecoveryFile, RecoveryStore
+from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
 from studio.graph.fileformat import load_workflow, save_workflow
 from studio.graph.registry import Registry
@@ -42,7 +43,7 @@ def app_settings() -> QSettings:
     return QSettings(QSettings.defaultFormat(), QSettings.Scope.UserScope, ORG_NAME, APP_NAME)
 
 
-class MainWindow(QMainWindow):
+class MainWindow(RunWindowMixin, QMainWindow):
     def __init__(
         self,
         registry: Registry,
@@ -81,6 +82,8 @@ class MainWindow(QMainWindow):
         self.inspector_dock = self._dock(
             "Inspector", "inspectorDock", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea
         )
+        self.inspector.paint_mask_requested.connect(self.paint_mask)
+        self._build_run_parts()
         self.resizeDocks(
             [self.library_dock, self.inspector_dock], [230, 300], Qt.Orientation.Horizontal
         )
@@ -210,7 +213,7 @@ class MainWindow(QMainWindow):
             QKeySequence("Ctrl+Space"),
         )
 
-        view = bar.addMenu("&View")
+        view = self._view_menu = bar.addMenu("&View")
         self._action(view, "Fit &All\tHome", self.view.fit_items)
         self._action(view, "Fit &Selection\t.", self.view.fit_selection)
         self._action(view, "Actual Size", lambda: self.view.set_zoom(1.0), QKeySequence("Ctrl+0"))
@@ -218,6 +221,7 @@ class MainWindow(QMainWindow):
         view.addAction(self.library_dock.toggleViewAction())
         view.addAction(self.inspector_dock.toggleViewAction())
         self._action(view, "Reset Panels", self.reset_layout)
+        self._build_run_menu()
 
     # -- title and state ------------------------------------------------------------------
 
@@ -468,6 +472,9 @@ class MainWindow(QMainWindow):
         md = QApplication.clipboard().mimeData()
         if md is None:
             return []
+        if not md.hasFormat(CLIPBOARD_MIME) and (md.hasImage() or md.hasUrls()):
+            self.paste_image(md)
+            return []
         raw = (
             bytes(md.data(CLIPBOARD_MIME).data()).decode("utf-8")
             if md.hasFormat(CLIPBOARD_MIME)
@@ -547,17 +554,26 @@ class MainWindow(QMainWindow):
             return
         self.save_layout()
         self._autosave_timer.stop()
+        self.shutdown_runs()
         self.recovery.close()
         event.accept()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if any(u.toLocalFile().lower().endswith(".json") for u in event.mimeData().urls()):
+        from studio.app.canvas.view_menus import IMAGE_SUFFIXES
+
+        suffixes = (".json", *IMAGE_SUFFIXES)
+        if any(u.toLocalFile().lower().endswith(suffixes) for u in event.mimeData().urls()):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
+        from studio.app.canvas.view_menus import carries_workflow
+
         for url in event.mimeData().urls():
             path = url.toLocalFile()
-            if path.lower().endswith(".json"):
+            lower = path.lower()
+            if lower.endswith(".json") or (lower.endswith(".png") and carries_workflow(path)):
                 self.open_path_asking(path)
                 event.acceptProposedAction()
                 return
+        if self.paste_image(event.mimeData()):
+            event.acceptProposedAction()

@@ -6,17 +6,28 @@ When zoomed out, a node is drawn as two rectangles (level of detail).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QPainter, QPainterPath, QPen
+from PySide6.QtGui import (
+    QBrush,
+    QColor,
+    QFont,
+    QFontMetricsF,
+    QImage,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import QGraphicsItem, QStyleOptionGraphicsItem, QWidget
 
 from studio.app import theme
 from studio.app.canvas.shape import (
     ARROW_W,
     DICE_W,
+    PAD,
     PORT_R,
     TITLE_H,
     NodeShape,
@@ -33,13 +44,17 @@ if TYPE_CHECKING:
 #: Below this zoom a node is drawn as plain rectangles; below LOD_TEXT, without small text.
 LOD_SIMPLE = 0.4
 LOD_TEXT = 0.5
+#: Room under a node for its run message (time, error), inside its bounds.
+MESSAGE_H = 46.0
+#: Short marks for seed controls, shown beside the seed's name.
+SEED_MARKS = {"increment": "+1", "decrement": "−1", "randomize": "random"}
 
 
 @dataclass(frozen=True)
 class Hit:
     """What a point on a node is: a port, a param field (and which zone of it), the title."""
 
-    kind: str  # port_in, port_out, param, collapse, badge, title, body
+    kind: str  # port_in, port_out, param, collapse, badge, title, image, body
     name: str | None = None
     zone: str | None = None  # for params: dec, inc, dice, field
 
@@ -81,6 +96,8 @@ class _Style:
             "cached": QPen(QColor("#8bc34a"), 1.5),
             "done": QPen(QColor("#8bc34a"), 2.0),
             "error": QPen(QColor(theme.ERROR), 2.5),
+            "skipped": QPen(QColor("#8a6d3b"), 1.5, Qt.PenStyle.DashLine),
+            "stopped": QPen(QColor("#ffb74d"), 2.0),
         }
         cls.ready = True
 
@@ -131,6 +148,9 @@ class NodeItem(QGraphicsItem):
         self.run_state = ""  # waiting, running, cached, done, error (issue 7)
         self.progress: float | None = None
         self.run_message = ""
+        self.run_reason = ""  # why it re-ran in the last run (shown on hover)
+        self.image: QPixmap | None = None
+        self.image_rect = QRectF()
         self.highlight = False
         self._elided: dict[tuple[str, float], str] = {}
         self.shape_: NodeShape = self._make_shape(links)
@@ -150,7 +170,19 @@ class NodeItem(QGraphicsItem):
     def _make_shape(self, links: Any = ()) -> NodeShape:
         shape = self._compute_shape(links)
         self.shape_key = (self.layout.width, self.layout.collapsed)
-        self._bounds = QRectF(-PORT_R - 2, -4, shape.width + 2 * PORT_R + 8, shape.height + 10)
+        self.image_rect = QRectF()
+        if self.image is not None and not self.layout.collapsed:
+            w = shape.width - 2 * PAD
+            iw, ih = max(self.image.width(), 1), max(self.image.height(), 1)
+            h = min(w * ih / iw, w * 1.5)
+            fit_w = min(w, h * iw / ih)
+            top = shape.height
+            self.image_rect = QRectF(PAD + (w - fit_w) / 2, top, fit_w, h)
+            # The shared per-type shape stays as it is; this node gets a taller copy.
+            shape = replace(shape, height=top + h + PAD)
+        self._bounds = QRectF(
+            -PORT_R - 2, -4, shape.width + 2 * PORT_R + 8, shape.height + 10 + MESSAGE_H
+        )
         self._shape_path = QPainterPath()
         self._shape_path.addRect(QRectF(-PORT_R - 2, 0, shape.width + 2 * PORT_R + 4, shape.height))
         return shape
@@ -207,6 +239,8 @@ class NodeItem(QGraphicsItem):
                 continue
             if abs(x - port.pos.x()) <= reach and abs(y - port.pos.y()) <= reach:
                 return Hit("port_in", port.name)
+        if not self.image_rect.isEmpty() and self.image_rect.contains(local):
+            return Hit("image")
         if y < TITLE_H:
             if x < 22:
                 return Hit("collapse")
@@ -242,7 +276,31 @@ class NodeItem(QGraphicsItem):
     def set_problems(self, messages: list[str]) -> None:
         if messages != self.problems:
             self.problems = messages
-            self.setToolTip("\n".join(messages))
+            self._update_tooltip()
+            self.update()
+
+    def set_run_reason(self, reason: str) -> None:
+        if reason != self.run_reason:
+            self.run_reason = reason
+            self._update_tooltip()
+
+    def _update_tooltip(self) -> None:
+        lines = list(self.problems)
+        if self.run_reason:
+            lines.append(f"Re-ran: {self.run_reason}")
+        if self.run_state == "error" and self.run_message:
+            lines.append(f"Failed: {self.run_message}")
+        self.setToolTip("\n".join(lines))
+
+    def set_image(self, image: QImage | None) -> None:
+        """Show ``image`` under the params (None removes it)."""
+        old_size = self.image.size() if self.image is not None else None
+        self.image = QPixmap.fromImage(image) if image is not None and not image.isNull() else None
+        new_size = self.image.size() if self.image is not None else None
+        if old_size != new_size:
+            # A thumbnail the node's width cannot show larger is all that needs keeping.
+            self.relayout()
+        else:
             self.update()
 
     def set_drag_hint(self, hint: tuple[ValueType, bool] | None) -> None:
@@ -251,7 +309,10 @@ class NodeItem(QGraphicsItem):
             self.update()
 
     def set_run_state(self, state: str, progress: float | None = None, message: str = "") -> None:
+        changed = (state, message) != (self.run_state, self.run_message)
         self.run_state, self.progress, self.run_message = state, progress, message
+        if changed:
+            self._update_tooltip()
         self.update()
 
     def itemChange(self, change: QGraphicsItem.GraphicsItemChange, value: Any) -> Any:
@@ -358,12 +419,20 @@ class NodeItem(QGraphicsItem):
             painter.setFont(_Style.label_font)
             for name, f in s.params.items():
                 self._paint_param(painter, f.spec, f.rect, name)
-        if self.run_message and self.run_state in ("done", "error", "cached"):
+        if self.image is not None and not self.image_rect.isEmpty():
+            painter.drawPixmap(self.image_rect, self.image, QRectF(self.image.rect()))
+        if self.run_message and self.run_state in (
+            "done",
+            "error",
+            "cached",
+            "skipped",
+            "stopped",
+        ):
             painter.setFont(_Style.small_font)
             painter.setPen(QColor(theme.ERROR) if self.run_state == "error" else _Style.dim.color())
             painter.drawText(
-                QRectF(2, s.height + 2, s.width * 2, 16),
-                Qt.AlignmentFlag.AlignLeft,
+                QRectF(2, s.height + 3, s.width - 4, MESSAGE_H - 4),
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
                 self.run_message,
             )
 
@@ -461,6 +530,11 @@ class NodeItem(QGraphicsItem):
         t = spec.type
         label_rect = r.adjusted(8, 0, -8, 0)
         label = name.replace("_", " ")
+        if spec.seed:
+            modes = self.node.extra.get("seed_control")
+            mark = SEED_MARKS.get(modes.get(name, "") if isinstance(modes, dict) else "")
+            if mark:
+                label = f"{label} · {mark}"
         if linked:
             painter.setPen(_Style.dim)
             painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, f"{label}  ← linked")
@@ -512,6 +586,15 @@ class NodeItem(QGraphicsItem):
             painter.setBrush(QColor("#f2f2f2"))
             knob_x = sw.right() - 7 if value else sw.left() + 7
             painter.drawEllipse(QPointF(knob_x, sw.center().y()), 5, 5)
+        elif spec.file_kind == "mask":
+            painter.setPen(_Style.dim)
+            painter.drawText(label_rect, Qt.AlignmentFlag.AlignVCenter, label)
+            painter.setPen(_Style.text if value else _Style.dim)
+            painter.drawText(
+                label_rect,
+                Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
+                "painted  ✎" if value else "paint…  ✎",
+            )
         elif t is ValueType.STRING and spec.multiline:
             painter.setPen(_Style.text if value else _Style.dim)
             text = str(value) if value else label

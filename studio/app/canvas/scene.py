@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QBrush, QColor, QPainter
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene
 
 from studio.app import theme
@@ -145,7 +145,7 @@ class GraphScene(QGraphicsScene):
         elif kind == "link_removed":
             old = ch.old
             self._remove_link_item(ch.link_id, old.target, old.input)  # type: ignore[arg-type]
-        elif kind in ("param_changed", "flags_changed", "title_changed"):
+        elif kind in ("param_changed", "flags_changed", "title_changed", "extra_changed"):
             item = self.nodes.get(ch.node_id)  # type: ignore[arg-type]
             if item is not None:
                 item._elided.clear()
@@ -307,8 +307,16 @@ class GraphScene(QGraphicsScene):
 
     def clear_run_states(self) -> None:
         for item in self.nodes.values():
-            if item.run_state:
+            if item.run_state or item.run_reason:
                 item.set_run_state("")
+                item.set_run_reason("")
+
+    def set_node_image(self, node_id: str, image: QImage | None) -> None:
+        """Show an image on a node (an output, the sampler's live preview, a loaded file)."""
+        item = self.nodes.get(node_id)
+        if item is not None:
+            item.set_image(image)
+            self.node_item_moved(item)  # links below an image that grew follow it
 
     def selected_node_ids(self) -> list[str]:
         return [i.node_id for i in self.selectedItems() if isinstance(i, NodeItem)]

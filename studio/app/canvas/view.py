@@ -58,6 +58,8 @@ class _MoveDrag:
 class GraphView(EditingMixin, MenusMixin, QGraphicsView):
     open_file_requested = Signal(str)
     zoom_changed = Signal(float)
+    paint_mask_requested = Signal(str)  # a node id
+    image_activated = Signal(str)  # the image on a node was double-clicked
 
     def __init__(self, scene: GraphScene, parent: QWidget | None = None):
         super().__init__(scene, parent)
@@ -360,6 +362,8 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
             hit = item.hit(item.mapFromScene(pos))
             if hit.kind == "title":
                 self.rename_node(item)
+            elif hit.kind == "image":
+                self.image_activated.emit(item.node_id)
             elif hit.kind == "param":
                 self._edit_param_text(item, hit.name)  # type: ignore[arg-type]
             return

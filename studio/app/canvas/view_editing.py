@@ -81,6 +81,9 @@ class EditingMixin:
             return
         value = item.node.params.get(p.name, inp.default)
         t = inp.type
+        if inp.file_kind == "mask":
+            self.paint_mask_requested.emit(p.node_id)
+            return
         if t is ValueType.BOOLEAN:
             self.controller.set_param(p.node_id, p.name, not bool(value))
         elif t is ValueType.CHOICE:
@@ -107,6 +110,9 @@ class EditingMixin:
         spec = self.controller.spec(item.node_id)
         inp = spec.input(name) if spec else None
         if inp is None or name in item.linked or inp.type in (ValueType.BOOLEAN, ValueType.CHOICE):
+            return
+        if inp.file_kind == "mask":
+            self.paint_mask_requested.emit(item.node_id)
             return
         value = item.node.params.get(name, inp.default)
         rect = self._field_rect_in_view(item, name)

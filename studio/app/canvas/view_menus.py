@@ -48,6 +48,7 @@ class MenusMixin:
                 item.setSelected(True)
             ids = self.graph.selected_node_ids()
             menu.addAction("Rename…", lambda: self.rename_node(item))
+            self._run_menu_items(menu, item)
             menu.addAction("Collapse / Expand", lambda: c.toggle_collapse(ids))
             menu.addAction("Bypass\tCtrl+B", lambda: c.toggle_bypass(ids))
             menu.addAction("Mute\tCtrl+M", lambda: c.toggle_mute(ids))
@@ -100,6 +101,32 @@ class MenusMixin:
             menu.addAction("Fit all\tHome", self.fit_items)
         menu.exec(event.globalPos())
 
+    def _run_menu_items(self, menu: QMenu, item: NodeItem) -> None:
+        """Entries about images and seeds: paint a mask, view the image, seed control."""
+        c = self.controller
+        spec = item.spec
+        if spec is None:
+            return
+        node_id = item.node_id
+        if any(i.file_kind == "mask" for i in spec.params):
+            menu.addAction("Paint mask…", lambda: self.paint_mask_requested.emit(node_id))
+        if item.image is not None:
+            menu.addAction("Show in viewer", lambda: self.image_activated.emit(node_id))
+        from studio.graph.seeds import SEED_CONTROLS
+
+        for inp in spec.params:
+            if not inp.seed:
+                continue
+            sub = menu.addMenu(f"After each run, {inp.name.replace('_', ' ')}")
+            current = c.seed_control(node_id, inp.name)
+            for mode in SEED_CONTROLS:
+                act = sub.addAction(
+                    mode, lambda m=mode, n=inp.name: c.set_seed_control(node_id, n, m)
+                )
+                act.setCheckable(True)
+                act.setChecked(mode == current)
+        menu.addSeparator()
+
     def add_frame_around_selection(self, pos: QPointF | None = None) -> None:
         sel = [i for i in self.graph.selectedItems() if isinstance(i, NodeItem | NoteItem)]
         if sel:
@@ -131,34 +158,71 @@ class MenusMixin:
                 self.graph.select_nodes([node_id])
             event.acceptProposedAction()
             return
+        added: list[str] = []
         for url in md.urls():
             path = url.toLocalFile()
             if not path:
                 continue
-            if path.lower().endswith(".json"):
+            lower = path.lower()
+            at = QPointF(pos.x() + 30 * len(added), pos.y() + 30 * len(added))
+            if lower.endswith(".json"):
                 self.open_file_requested.emit(path)
-            elif path.lower().endswith(IMAGE_SUFFIXES):
-                self.drop_image(path, pos)
+            elif lower.endswith(IMAGE_SUFFIXES):
+                on_node = self.graph.node_at(pos)
+                if (
+                    on_node is None
+                    and lower.endswith(".png")
+                    and not added
+                    and carries_workflow(path)
+                ):
+                    self.open_file_requested.emit(path)  # an image that is also its recipe
+                    break
+                node_id = self.drop_image(path, at)
+                if node_id:
+                    added.append(node_id)
+        if added:
+            self.graph.select_nodes(added)
         event.acceptProposedAction()
 
-    def drop_image(self, path: str, pos: QPointF) -> None:
-        """An image dropped on an image-loading node replaces its image; elsewhere adds one."""
+    def image_param(self, type_id: str) -> str | None:
+        spec = self.controller.registry.get(type_id)
+        if spec is None:
+            return None
+        return next((i.name for i in spec.params if i.file_kind == "image"), None)
+
+    def drop_image(self, path: str, pos: QPointF) -> str | None:
+        """An image dropped on an image-loading node replaces its image (and its painted
+        mask, which was for the old image); elsewhere it adds a Load Image node."""
         reg = self.controller.registry
-
-        def image_param(type_id: str) -> str | None:
-            spec = reg.get(type_id)
-            if spec is None:
-                return None
-            return next((i.name for i in spec.params if i.file_kind == "image"), None)
-
         node = self.graph.node_at(pos)
-        if node is not None and (name := image_param(node.node.type)):
-            self.controller.set_param(node.node_id, name, path)
-            return
-        loader = next((s for s in reg if image_param(s.type_id)), None)
+        if node is not None and (name := self.image_param(node.node.type)):
+            values: dict[str, Any] = {name: str(Path(path))}
+            if node.spec is not None:
+                for inp in node.spec.params:
+                    if inp.file_kind == "mask" and node.node.params.get(inp.name):
+                        values[inp.name] = ""
+            self.controller.set_params(
+                node.node_id, values, f"Replace the image of {self.controller.title(node.node_id)}"
+            )
+            return node.node_id
+        loader = next((s for s in reg if self.image_param(s.type_id)), None)
         if loader is None:
             self.controller.message.emit("no node type here loads images")
-            return
-        name = image_param(loader.type_id)
+            return None
+        name = self.image_param(loader.type_id)
         assert name is not None
-        self.controller.add_node(loader.type_id, (pos.x(), pos.y()), params={name: str(Path(path))})
+        return self.controller.add_node(
+            loader.type_id, (pos.x(), pos.y()), params={name: str(Path(path))}
+        )
+
+
+def carries_workflow(path: str) -> bool:
+    """Whether a PNG holds a Studio workflow (read from its text chunks, not decoded)."""
+    from studio.graph.pngmeta import WORKFLOW_KEY, PngError, read_png_text
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return WORKFLOW_KEY in read_png_text(data)
+    except (OSError, PngError):
+        return False
