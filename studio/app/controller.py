@@ -79,7 +79,10 @@ class Controller(QObject):
             self._validate_timer.start()
 
     def validate_now(self) -> None:
-        from studio.engine.validate import plan_workflow
+        from studio.app.runner import ENGINE_IMPORT_LOCK
+
+        with ENGINE_IMPORT_LOCK:
+            from studio.engine.validate import plan_workflow
 
         self._validate_timer.stop()
         try:

@@ -63,8 +63,12 @@ def run_app(
 
 def _warm_up() -> None:
     """Import the validator's dependencies off the GUI thread, before the first check needs them."""
-    with contextlib.suppress(Exception):  # the check reports its own errors when it runs
-        import studio.engine.validate  # noqa: F401
+    from studio.app.runner import ENGINE_IMPORT_LOCK
+
+    with ENGINE_IMPORT_LOCK, contextlib.suppress(Exception):
+        # The check reports its own errors when it runs.
+        import studio.engine.executor
+        import studio.engine.queue  # noqa: F401
 
 
 def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False) -> int:

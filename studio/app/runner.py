@@ -9,6 +9,7 @@ before any of it loads.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from studio.graph.registry import Registry
     from studio.graph.workflow import Workflow
     from studio.settings import Settings
+
+
+#: Held while a thread imports the engine: two threads importing one package's
+#: modules at once can deadlock in Python's import locks.
+ENGINE_IMPORT_LOCK = threading.Lock()
 
 
 def pil_to_qimage(im: Any) -> QImage:
@@ -76,8 +82,9 @@ class RunBridge(QObject):
     @property
     def queue(self) -> RunQueue:
         if self._queue is None:
-            from studio.engine.executor import Engine
-            from studio.engine.queue import RunQueue
+            with ENGINE_IMPORT_LOCK:
+                from studio.engine.executor import Engine
+                from studio.engine.queue import RunQueue
 
             engine = Engine(self.registry, settings=self.settings)
             self._queue = RunQueue(engine, on_event=self._on_event, on_job=self._on_job)

@@ -54,7 +54,7 @@ class RunWindowMixin:
         )
         self.tabifyDockWidget(self.inspector_dock, self.queue_dock)
         self.inspector_dock.raise_()
-        self.history_dock.setMinimumHeight(120)
+        self.resizeDocks([self.history_dock], [130], Qt.Orientation.Vertical)
 
         qp = self.queue_panel
         qp.run_requested.connect(self.run_workflow)
@@ -227,7 +227,7 @@ class RunWindowMixin:
             at = view_rect.center()
         ids = []
         for i, f in enumerate(files):
-            nid = self.view.drop_image(f, QPointF(at.x() + 30 * i, at.y() + 30 * i))
+            nid = self.view.drop_image(f, QPointF(at.x() + 260 * i, at.y()), onto=False)
             if nid:
                 ids.append(nid)
         self.scene.select_nodes(ids)

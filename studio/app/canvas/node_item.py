@@ -420,6 +420,7 @@ class NodeItem(QGraphicsItem):
             for name, f in s.params.items():
                 self._paint_param(painter, f.spec, f.rect, name)
         if self.image is not None and not self.image_rect.isEmpty():
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawPixmap(self.image_rect, self.image, QRectF(self.image.rect()))
         if self.run_message and self.run_state in (
             "done",

@@ -159,16 +159,17 @@ class MenusMixin:
             event.acceptProposedAction()
             return
         added: list[str] = []
+        on_node = self.graph.node_at(pos)
         for url in md.urls():
             path = url.toLocalFile()
             if not path:
                 continue
             lower = path.lower()
-            at = QPointF(pos.x() + 30 * len(added), pos.y() + 30 * len(added))
+            # Several images: side by side; only the first may land on a node.
+            at = QPointF(pos.x() + 260 * len(added), pos.y())
             if lower.endswith(".json"):
                 self.open_file_requested.emit(path)
             elif lower.endswith(IMAGE_SUFFIXES):
-                on_node = self.graph.node_at(pos)
                 if (
                     on_node is None
                     and lower.endswith(".png")
@@ -177,7 +178,7 @@ class MenusMixin:
                 ):
                     self.open_file_requested.emit(path)  # an image that is also its recipe
                     break
-                node_id = self.drop_image(path, at)
+                node_id = self.drop_image(path, at, onto=not added)
                 if node_id:
                     added.append(node_id)
         if added:
@@ -190,11 +191,11 @@ class MenusMixin:
             return None
         return next((i.name for i in spec.params if i.file_kind == "image"), None)
 
-    def drop_image(self, path: str, pos: QPointF) -> str | None:
+    def drop_image(self, path: str, pos: QPointF, *, onto: bool = True) -> str | None:
         """An image dropped on an image-loading node replaces its image (and its painted
         mask, which was for the old image); elsewhere it adds a Load Image node."""
         reg = self.controller.registry
-        node = self.graph.node_at(pos)
+        node = self.graph.node_at(pos) if onto else None
         if node is not None and (name := self.image_param(node.node.type)):
             values: dict[str, Any] = {name: str(Path(path))}
             if node.spec is not None:
