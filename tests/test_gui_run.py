@@ -137,7 +137,9 @@ def test_seed_control_advances_after_each_queued_run_and_the_image_keeps_the_use
 ):
     wf, ids = txt2img(output="save_image", seed=7)
     w = run_window(wf)
-    w.controller.set_seed_control(ids["sampler"], "seed", "increment")
+    w.scene.select_nodes([ids["sampler"]])
+    w.inspector.seed_controls["seed"].setCurrentText("increment")
+    assert w.controller.seed_control(ids["sampler"], "seed") == "increment"
     w.queue_panel.batch.setValue(2)
     QTest.mouseClick(w.queue_panel.run_button, Qt.MouseButton.LeftButton)
     # Both runs are queued at once; the seed moved on after each.

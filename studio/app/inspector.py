@@ -232,7 +232,13 @@ class Inspector(QScrollArea):
                 self.editors[ch.name].set_value(ch.new)
             elif ch.kind == "param_changed" and ch.name is not None:
                 self.refresh()  # a param without an editor (a painted mask)
-            elif ch.kind in ("flags_changed", "title_changed", "link_added", "link_removed"):
+            elif ch.kind in (
+                "flags_changed",
+                "title_changed",
+                "link_added",
+                "link_removed",
+                "extra_changed",
+            ):
                 self.refresh()
 
     def refresh(self) -> None:
@@ -242,6 +248,7 @@ class Inspector(QScrollArea):
             return
         self.node_id = ids[0] if len(ids) == 1 else None
         self.editors = {}
+        self.seed_controls: dict[str, QComboBox] = {}
         page = QWidget()
         outer = QVBoxLayout(page)
         outer.setContentsMargins(10, 10, 10, 10)
@@ -323,6 +330,8 @@ class Inspector(QScrollArea):
                 if inp.name in linked:
                     editor.setEnabled(False)
                     editor.setToolTip("Set by the link into this input")
+                if inp.seed:
+                    editor.layout().addWidget(self._seed_control(node_id, inp.name))
                 self.editors[inp.name] = editor
                 label = QLabel(inp.name.replace("_", " "))
                 if inp.tooltip:
@@ -330,6 +339,19 @@ class Inspector(QScrollArea):
                 form.addRow(label, editor)
             outer.addLayout(form)
         outer.addStretch(1)
+
+    def _seed_control(self, node_id: str, name: str) -> QComboBox:
+        from studio.graph.seeds import SEED_CONTROLS
+
+        combo = QComboBox()
+        combo.addItems(SEED_CONTROLS)
+        combo.setCurrentText(self.controller.seed_control(node_id, name))
+        combo.setToolTip("What happens to the seed after each run")
+        combo.currentTextChanged.connect(
+            lambda mode: self.controller.set_seed_control(node_id, name, mode)
+        )
+        self.seed_controls[name] = combo
+        return combo
 
     def _mask_row(self, node_id: str, inp: InputSpec, value: Any) -> QWidget:
         """A painted mask is edited in the painter, never as its raw text."""

@@ -241,18 +241,25 @@ class ViewerPanel(QWidget):
         one = QToolButton()
         one.setText("1:1")
         one.clicked.connect(lambda: self.view.set_zoom(1.0))
+        mask = QToolButton()
+        mask.setText("Mask…")
+        mask.setToolTip("Inpaint: load this image in a Load Image node and paint a mask on it")
+        mask.clicked.connect(lambda: self.output and self.paint_requested.emit(self.output))
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 4)
         bar.addWidget(self.caption, 1)
         bar.addWidget(self.compare_box)
         bar.addWidget(fit)
         bar.addWidget(one)
+        bar.addWidget(mask)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         lay.addLayout(bar)
         lay.addWidget(self.view, 1)
-        self.view.drag_out.connect(lambda: self.output and self.drag_requested.emit(self.output))
+        self.view.drag_out.connect(
+            lambda: self.output and not self.live and self.drag_requested.emit(self.output)
+        )
         self.live = False
 
     def show_output(self, output: Output) -> None:

@@ -70,6 +70,7 @@ class RunWindowMixin:
         self.history.compare_requested.connect(self.viewer.compare_with)
         self.history.paint_requested.connect(self.paint_on_output)
         self.history.drag_requested.connect(lambda out: self.dragout.start(self.history, out))
+        self.viewer.paint_requested.connect(self.paint_on_output)
         self.viewer.drag_requested.connect(lambda out: self.dragout.start(self.viewer, out))
         self.view.paint_mask_requested.connect(self.paint_mask)
         self.view.image_activated.connect(self.show_node_image)
