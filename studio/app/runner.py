@@ -10,7 +10,7 @@ before any of it loads.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
@@ -50,7 +50,6 @@ class Output:
     job_id: int
     workflow: Workflow
     index: int = 0
-    seeds: dict[str, int] = field(default_factory=dict)
 
 
 class RunBridge(QObject):
@@ -137,10 +136,6 @@ class RunBridge(QObject):
         result = job.result
         assert result is not None
         wf = job.workflow
-        seeds = {}
-        for n in wf.nodes:
-            if "seed" in n.params and isinstance(n.params["seed"], int):
-                seeds[n.id] = n.params["seed"]
         out = []
         for node_id, images in result.node_images.items():
             title = wf.display_title(node_id) if wf.has_node(node_id) else node_id
@@ -149,5 +144,5 @@ class RunBridge(QObject):
                     q = pil_to_qimage(im)
                 except Exception:
                     continue
-                out.append(Output(q, im, node_id, title, job.id, wf, i, seeds))
+                out.append(Output(q, im, node_id, title, job.id, wf, i))
         return out
