@@ -2,8 +2,10 @@
 
 The renderer's palette is known, so an image is read back as: the background colour (the
 commonest palette colour along the border), the shape (the largest connected region that
-differs from the background), its colour, its centroid, its area and how much of its
-bounding box it fills (square ~1.0, circle ~0.79, triangle ~0.5).
+differs from the background), its colour, its outline (pixels over half-way from the
+background to the shape's colour), its centroid, its area, and which ideal shape of that
+area and centroid overlaps the outline best (a region filling under 60 % of its bounding box
+is a triangle).
 
 ``score(caption, image)`` says, per attribute, whether the image matches; ``adherence`` sums
 that over many images. The lead's tests reuse these to check that nodes really act.
@@ -52,14 +54,6 @@ def nearest_colors(pixels: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-def classify_shape(fill: float) -> str:
-    if fill > 0.9:
-        return "square"
-    if fill > 0.64:
-        return "circle"
-    return "triangle"
-
-
 def analyze(image: np.ndarray) -> Analysis:
     """Read an H x W x 3 uint8 image back into the attributes the captions talk about."""
     import cv2
@@ -78,33 +72,67 @@ def analyze(image: np.ndarray) -> Analysis:
     # measured against the image's own border colour, so a slightly-off background still
     # separates from the shape
     bg_rgb = np.median(border.astype(np.float32), axis=0)
-    dist = np.sqrt(((img.astype(np.float32) - bg_rgb) ** 2).sum(-1))
-    mask = (dist > SHAPE_THRESHOLD).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    pixels = img.astype(np.float32)
+    dist = np.sqrt(((pixels - bg_rgb) ** 2).sum(-1))
     background = COLOR_NAMES[bg_idx]
-    if n <= 1:
+    region = _largest_region((dist > SHAPE_THRESHOLD).astype(np.uint8))
+    if region is None:
         return Analysis(background, None, None, 0.5, 0.5, 0.0, 0.0)
-    k = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-    region = labels == k
-    ys, xs = np.nonzero(region)
-    area = float(region.sum())
-    bw = stats[k, cv2.CC_STAT_WIDTH]
-    bh = stats[k, cv2.CC_STAT_HEIGHT]
-    fill = area / float(bw * bh)
     # colour from the inner pixels: the anti-aliased rim mixes in the background
     inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     pix = img[inner] if inner.sum() >= 4 else img[region]
     counts = np.bincount(nearest_colors(pix), minlength=len(COLOR_NAMES))
     color = COLOR_NAMES[int(counts.argmax())]
+    # The outline: pixels more than half-way from the background to the shape's colour
+    # (what anti-aliasing means), so a faint halo or a blurred rim does not count.
+    fg = np.median(pix.astype(np.float32), axis=0)
+    axis = fg - bg_rgb
+    t = ((pixels - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6)
+    region = _largest_region((t > 0.5).astype(np.uint8)) if (t > 0.5).any() else region
+    if region is None:
+        return Analysis(background, color, None, 0.5, 0.5, 0.0, 0.0)
+    ys, xs = np.nonzero(region)
+    bw, bh = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    area = float(region.sum())
+    fill = area / float(bw * bh)
+    cx, cy = float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+    # a region filling under 60 % of its box is a triangle whatever the pixel grid did to it
+    shape = "triangle" if fill < 0.6 else classify_region(region, cx, cy)
     return Analysis(
         background=background,
         color=color,
-        shape=classify_shape(fill),
-        cx=float((xs.mean() + 0.5) / w),
-        cy=float((ys.mean() + 0.5) / h),
+        shape=shape,
+        cx=cx / w,
+        cy=cy / h,
         area=area / float(h * w),
         fill=fill,
     )
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray | None:
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
+def classify_region(region: np.ndarray, cx: float, cy: float) -> str:
+    """The shape whose ideal outline (same area, same centroid, the renderer's orientation)
+    overlaps the region best (intersection over union)."""
+    from training.data import SHAPES, Scene, render
+
+    h, w = region.shape
+    r = float(np.sqrt(region.sum() / np.pi)) / w
+    best, best_iou = SHAPES[0], -1.0
+    for shape in SHAPES:
+        scene = Scene(shape, "white", "black", None, None, r, cx / w, cy / h)
+        ideal = render(scene, size=w)[..., 0] > 128
+        iou = (ideal & region).sum() / max((ideal | region).sum(), 1)
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
 
 
 def position_ok(position: str, cx: float, cy: float) -> bool:

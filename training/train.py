@@ -145,6 +145,8 @@ class Trainer:
                 "vae_max_steps": a.vae_max_steps,
                 "vae_decay_start": 1500,
                 "vae_half_life": 750,
+                "decoder_lr": 1e-4,
+                "decoder_every": 4,
                 "vae_polish_steps": a.vae_polish_steps,
                 "batch": a.batch,
                 "lr": a.lr,
@@ -346,6 +348,24 @@ class Trainer:
         torch.manual_seed(seed + 1)
         vae = self.load_vae()
         sf = vae.config.scaling_factor
+        # The decoder (and post_quant_conv) keeps training on the frozen encoder's latents, so
+        # the latent space the UNet learns stays fixed while the decoded images sharpen.
+        dec_named = [
+            (f"vae.{k}", p)
+            for k, p in vae.named_parameters()
+            if k.startswith(("decoder.", "post_quant_conv."))
+        ]
+        dec_params = [p.requires_grad_(True) for _, p in dec_named]
+        dec_opt = torch.optim.Adam(dec_params, lr=self.state["hparams"].get("decoder_lr", 1e-4))
+        dec_every = self.state["hparams"].get("decoder_every", 4)
+        if (self.ckpt / "vae_dec_optim.safetensors").exists():
+            restore_moments(
+                dec_opt,
+                dec_named,
+                _load_tensors(self.ckpt / "vae_dec_optim.safetensors"),
+                self.state["step"] // max(dec_every, 1),
+            )
+        self.vae_sets = self.vae_eval_set()
         te = M.make_text_encoder(self.tokenizer)
         unet = M.make_unet()
         named = [(f"te.{k}", p) for k, p in te.named_parameters()] + [
@@ -382,6 +402,8 @@ class Trainer:
         uncond_ids = self.tokenize([""])
         t_phase = time.time()
         t0, n0, losses = time.time(), self.state["step"], []
+        dec_losses: list[float] = []
+        self.vae, self.dec_named, self.dec_opt = vae, dec_named, dec_opt
         while not self.stop and self.state["step"] < self.args.max_steps:
             step = self.state["step"]
             lr = self.hp("lr") * min(1.0, (step + 1) / self.hp("warmup"))
@@ -411,9 +433,14 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
             losses.append(loss.item())
+            if dec_every > 0 and step % dec_every == 0:
+                dec_losses.append(self.decoder_step(vae, dec_opt, dec_params, step))
             self.state["step"] = step = step + 1
             if step % 25 == 0:
                 sps = (step - n0) / (time.time() - t0)
+                if dec_losses:
+                    log(f"decoder mse {np.mean(dec_losses):.5f}")
+                    dec_losses = []
                 log(f"unet step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
                 self.state["steps_per_second"] = sps
                 t0, n0, losses = time.time(), step, []
@@ -428,6 +455,28 @@ class Trainer:
                 self.save_unet(named, opt, ema)
         self.state["seconds"]["unet"] += time.time() - t_phase
         self.save_unet(named, opt, ema)
+
+    def decoder_step(self, vae, opt, params, step: int) -> float:
+        seed = self.state["seed"]
+        imgs, _ = data.training_batch(seed, step, self.hp("vae_batch"), stream=3)
+        x = data.to_tensor(imgs)
+        g = step_generator(seed, step, 3)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=g)
+        rec = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        loss = mse + 0.1 * (rec - x).abs().mean()
+        # warm up: Adam's first steps move every weight by about the full rate
+        start = self.state.setdefault("decoder_from", step)
+        for group in opt.param_groups:
+            group["lr"] = self.state["hparams"].get("decoder_lr", 1e-4) * min(
+                1.0, (step - start + 1) / 400
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return mse.item()
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         return self.tokenizer(
@@ -451,10 +500,13 @@ class Trainer:
             eunet, ete, vae, self.tokenizer, eval_caps, seeds=(0,), steps=20, guidance=7.0
         )
         step = self.state["step"]
+        held_in, held_out = self.vae_sets
         rec = {
             "phase": "unet",
             "step": step,
             **{k: round(v, 4) for k, v in rates.items()},
+            "vae_psnr_held_in": round(self.vae_psnr(vae, held_in), 2),
+            "vae_psnr_held_out": round(self.vae_psnr(vae, held_out), 2),
             "seconds": round(self.state["seconds"]["unet"]),
             "eval_seconds": round(time.time() - t),
         }
@@ -500,6 +552,11 @@ class Trainer:
         log(f"exported to {self.export_dir}")
 
     def save_unet(self, named, opt, ema) -> None:
+        _save_tensors(self.ckpt / "vae.safetensors", self.vae.state_dict())
+        _save_tensors(
+            self.ckpt / "vae_dec_optim.safetensors",
+            optimizer_moments(self.dec_opt, self.dec_named, True),
+        )
         _save_tensors(self.ckpt / "unet_te.safetensors", {n: p for n, p in named})
         _save_tensors(
             self.ckpt / "ema.safetensors",
