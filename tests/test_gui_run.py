@@ -267,15 +267,21 @@ def test_an_erroring_node_shows_its_message_and_the_app_stays_usable(run_window,
 
 
 def test_the_queue_lists_runs_and_cancels_a_pending_one(run_window, qtbot):
-    wf, _ids = _chain("slow", steps=100000)
+    wf, ids = _chain("slow", steps=100000)
     w = run_window(wf, registry=wf.registry)
+    slow = w.scene.nodes[ids["mid"]]
+
+    def sampling(job) -> bool:
+        # Stop only once the run is sampling: the engine clears a stop asked for earlier.
+        return w.runs.current is job and (slow.progress or 0) > 0
+
     first, second, third = w.run_workflow(3)
-    qtbot.waitUntil(lambda: first.state == "running", timeout=20_000)
+    qtbot.waitUntil(lambda: sampling(first), timeout=20_000)
     assert w.queue_panel.list.count() == 3
     assert "2 waiting" in w.queue_panel.status.text()
     w.queue_panel.cancel_requested.emit(third.id)
     w.stop_run()  # the first stops; the second runs next
-    qtbot.waitUntil(lambda: second.state == "running", timeout=20_000)
+    qtbot.waitUntil(lambda: sampling(second), timeout=20_000)
     w.stop_run()
     jobs = wait_runs(qtbot, w, 3)
     assert [j.state for j in jobs] == ["interrupted", "interrupted", "cancelled"]
