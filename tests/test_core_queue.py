@@ -10,7 +10,7 @@ from studio.engine.queue import CANCELLED, DONE, FAILED, INTERRUPTED, INVALID, R
 from studio.graph import Workflow
 from studio.graph.fileformat import dumps_workflow, loads_workflow
 from studio.graph.registry import Registry
-from studio.graph.seeds import advance_seeds, seed_control, set_seed_control
+from studio.graph.seeds import advance_seeds, next_seeds, seed_control, set_seed_control
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
 
@@ -66,6 +66,40 @@ def test_cancel_pending_and_interrupt_running(stub_registry):
     q.shutdown()
 
 
+def test_interrupt_by_job_id_stops_only_that_job(stub_registry):
+    started = threading.Event()
+
+    def on_event(job, event):
+        if event.event == "progress":
+            started.set()
+
+    q = RunQueue(Engine(stub_registry), on_event=on_event)
+    running = q.submit(chain(stub_registry, steps=10**7)[0])
+    waiting = q.submit(chain(stub_registry, 5)[0])
+    assert started.wait(10)
+    assert q.interrupt(waiting.id)  # a pending job is dropped, the running one goes on
+    assert waiting.state == CANCELLED and q.current is running
+    assert not q.interrupt(9999)
+    assert q.interrupt(running.id)
+    assert q.wait_idle(10)
+    assert running.state == INTERRUPTED
+    assert not q.interrupt()  # nothing runs
+    q.shutdown()
+
+
+def test_stop_asked_as_a_run_begins_still_stops_it(stub_registry):
+    def on_job(job):
+        # Stop lands after the queue picked the job, before the engine's run began.
+        if job.state == "running":
+            q.interrupt(job.id)
+
+    q = RunQueue(Engine(stub_registry), on_job=on_job)
+    job = q.submit(chain(stub_registry, steps=10**7)[0])
+    assert q.wait_idle(10)
+    assert job.state == INTERRUPTED
+    q.shutdown()
+
+
 def test_invalid_and_failing_jobs_do_not_stop_the_queue(stub_registry):
     q = RunQueue(Engine(stub_registry))
     bad = Workflow(stub_registry)
@@ -107,7 +141,10 @@ def test_seed_controls_after_each_run():
     set_seed_control(wf, dec.id, "seed", "decrement")
     set_seed_control(wf, rnd.id, "seed", "randomize")
     assert seed_control(wf, fixed.id, "seed") == "fixed"
+    preview = next_seeds(wf, random.Random(0))
+    assert inc.params["seed"] == 10  # asking what would change changes nothing
     changes = advance_seeds(wf, random.Random(0))
+    assert changes == preview
     assert {c.node_id for c in changes} == {inc.id, dec.id, rnd.id}
     assert fixed.params["seed"] == 5
     assert inc.params["seed"] == 0  # wraps at the maximum

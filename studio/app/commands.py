@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from PySide6.QtGui import QUndoCommand
 
-from studio.graph.workflow import Change, Frame, Link, Node, NodeLayout, Note, Workflow
+from studio.graph.workflow import Frame, Link, Node, NodeLayout, Note, Workflow
 
 
 class Op(Protocol):
@@ -22,12 +22,10 @@ class Op(Protocol):
 
 
 def _set_reroutes(wf: Workflow, link_id: str, points: list[tuple[float, float]]) -> None:
-    if points:
-        wf.layout.reroutes[link_id] = list(points)
-    else:
+    if wf.get_link(link_id) is None:  # undoing past the link's removal: nothing to draw
         wf.layout.reroutes.pop(link_id, None)
-    # The model has no public edit for reroutes yet; notify like its other layout edits.
-    wf._notify(Change("layout_changed", link_id=link_id, new={"reroutes": list(points)}))
+        return
+    wf.set_reroutes(link_id, points)
 
 
 @dataclass
@@ -134,14 +132,7 @@ class SetExtra:
 
 
 def _put_extra(wf: Workflow, node_id: str, key: str, value: Any) -> None:
-    node = wf.get_node(node_id)
-    old = node.extra.get(key)
-    if value is None:
-        node.extra.pop(key, None)
-    else:
-        node.extra[key] = copy.deepcopy(value)
-    # The model has no public edit for a node's extra fields yet; notify like its edits.
-    wf._notify(Change("extra_changed", node_id=node_id, name=key, old=old, new=value))
+    wf.set_node_extra(node_id, key, value)
 
 
 @dataclass

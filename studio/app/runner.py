@@ -96,9 +96,9 @@ class RunBridge(QObject):
     def submit(self, workflow: Workflow, *, label: str = "", meta: dict | None = None) -> Job:
         return self.queue.submit(workflow, label=label, meta=meta)
 
-    def interrupt(self) -> None:
+    def interrupt(self, job_id: int | None = None) -> None:
         if self._queue is not None:
-            self._queue.interrupt()
+            self._queue.interrupt(job_id)
 
     def cancel(self, job_id: int) -> bool:
         return self._queue.cancel(job_id) if self._queue is not None else False

@@ -38,7 +38,6 @@ class RunView(QObject):
         self.bridge = bridge
         self.current: Job | None = None
         self.ended: list[Job] = []  # finished runs, as the window has shown them
-        self._stopping: int | None = None
         bridge.event.connect(self._on_event)
         bridge.job_changed.connect(self._on_job)
 
@@ -59,8 +58,9 @@ class RunView(QObject):
     def stop(self) -> None:
         q = self.bridge.queue if self.bridge.started else None
         job = q.current if q is not None else None
-        self._stopping = job.id if job is not None else None
-        self.bridge.interrupt()
+        # By id: a stop pressed just as the run begins still stops that run (the queue
+        # sees to it), and never the next one.
+        self.bridge.interrupt(job.id if job is not None else None)
 
     # -- following the runs ---------------------------------------------------------------
 
@@ -79,8 +79,6 @@ class RunView(QObject):
             return
         if self.current is job:
             self.current = None
-        if self._stopping == job.id:
-            self._stopping = None
         self.ended.append(job)
         del self.ended[:-100]
         if self._mine(job):
@@ -132,10 +130,6 @@ class RunView(QObject):
 
     def _on_event(self, job: Job, event: Event, image: QImage | None) -> None:
         kind = event.event
-        if job.id == self._stopping and kind in ("run_started", "node_started", "progress"):
-            # Stop was pressed as this run began: the engine clears the stop flag when a
-            # run starts, so ask again.
-            self.bridge.interrupt()
         if kind == "progress":
             text = f"{event.title} {event.step}/{event.total}"
             self.job_updated.emit(job, "running", text)

@@ -47,6 +47,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    stop_requested: bool = False
 
 
 EventCallback = Callable[[Job, Event], None]
@@ -115,9 +116,24 @@ class RunQueue:
         for job_id in ids:
             self.cancel(job_id)
 
-    def interrupt(self) -> None:
-        """Stop the running job at its next step."""
+    def interrupt(self, job_id: int | None = None) -> bool:
+        """Stop the running job at its next step; with ``job_id``, only that job (a
+        pending one is cancelled). False when there was nothing to stop.
+
+        A stop asked for just as the job starts still stops it (the engine clears its
+        stop flag when a run begins, so the queue asks again once the run has started).
+        """
+        with self._cond:
+            job = self._current
+            other = job_id is not None and (job is None or job.id != job_id)
+            if not other:
+                if job is None:
+                    return False
+                job.stop_requested = True
+        if other:
+            return self.cancel(job_id)  # type: ignore[arg-type]
         self.engine.interrupt()
+        return True
 
     @property
     def pending(self) -> list[Job]:
@@ -152,6 +168,14 @@ class RunQueue:
         self.engine.interrupt()
         self._thread.join(timeout)
 
+    def _forward(self, job: Job) -> Callable[[Event], None]:
+        def forward(event: Event) -> None:
+            if job.stop_requested and event.event in ("run_started", "node_started", "progress"):
+                self.engine.interrupt()
+            self.on_event(job, event)
+
+        return forward
+
     def _work(self) -> None:
         while True:
             with self._cond:
@@ -165,9 +189,7 @@ class RunQueue:
             job.started = time.time()
             self.on_job(job)
             try:
-                job.result = self.engine.run(
-                    job.workflow, on_event=lambda e, j=job: self.on_event(j, e)
-                )
+                job.result = self.engine.run(job.workflow, on_event=self._forward(job))
                 if job.result.interrupted:
                     job.state = INTERRUPTED
                 elif job.result.errors:

@@ -55,6 +55,15 @@ def set_seed_control(wf: Workflow, node_id: str, param: str, mode: str) -> None:
 
 def advance_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedChange]:
     """Apply every seed param's control once (after a run is queued); returns the changes."""
+    changes = next_seeds(wf, rng)
+    for ch in changes:
+        wf.put_param(ch.node_id, ch.param, ch.new)
+    return changes
+
+
+def next_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedChange]:
+    """The seed changes :func:`advance_seeds` would make, without making them (so a front
+    end can apply them through its own undoable edits)."""
     rng = rng or random.Random()
     changes = []
     for node_id, param in seed_params(wf):
@@ -75,6 +84,5 @@ def advance_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedCh
             new = old - 1 if old > lo else hi
         else:
             new = rng.randint(lo, hi)
-        wf.put_param(node_id, param, new)
         changes.append(SeedChange(node_id, param, old, new))
     return changes

@@ -39,7 +39,9 @@ class InputSpec:
         optional: the node runs without it (only meaningful for linked types).
         multiline: a STRING edited in a multi-line editor (prompts).
         file_kind: the models-root subfolder a CHOICE of files comes from
-            (``checkpoints``, ``loras``, ...), or ``"image"`` for input images.
+            (``checkpoints``, ``loras``, ...), ``"image"`` for input images, or
+            ``"mask"`` for a STRING holding a painted mask (a base64 PNG the GUI's mask
+            painter edits; no choices).
         seed: an INT that gets a seed control (fixed / increment / randomize) in the GUI.
     """
 

@@ -97,8 +97,8 @@ class Change:
     """A notification sent to subscribers after every edit.
 
     ``kind`` is one of: node_added, node_removed, link_added, link_removed,
-    param_changed, flags_changed, title_changed, layout_changed, frames_changed,
-    notes_changed, reset.
+    param_changed, flags_changed, title_changed, extra_changed (``name`` is the key),
+    layout_changed, frames_changed, notes_changed, reset.
     """
 
     kind: str
@@ -385,6 +385,18 @@ class Workflow:
         old, n.title = n.title, title
         if old != title:
             self._notify(Change("title_changed", node_id=node_id, old=old, new=title))
+
+    def set_node_extra(self, node_id: str, key: str, value: Any) -> None:
+        """Set (or, with ``None``, remove) one of a node's extra fields: data a front end
+        keeps with the node and saves with the workflow (the engine ignores it)."""
+        node = self.get_node(node_id)
+        old = node.extra.get(key)
+        if value is None:
+            node.extra.pop(key, None)
+        else:
+            node.extra[key] = copy.deepcopy(value)
+        if old != value:
+            self._notify(Change("extra_changed", node_id=node_id, name=key, old=old, new=value))
 
     def set_node_layout(self, node_id: str, **changes: Any) -> None:
         """Change a node's layout fields (pos, collapsed, color, pinned, width)."""
