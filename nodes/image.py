@@ -11,6 +11,10 @@ from typing import Any
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
+from studio.modelfiles import RESOURCES
+
+#: Example images shipped with Studio (the default workflows load them by name).
+EMBEDDED_IMAGES = RESOURCES / "images"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -35,25 +39,39 @@ A1111_SAMPLER_NAMES = {
 }
 
 
+def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Path:
+    """Where Load Image finds ``name``: a path as it is; a relative name in the input
+    folder (``settings.input_path``), else among the example images shipped in
+    ``resources/images`` (as the embedded models are found beside the user's). A name
+    found nowhere gives its place in the input folder."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return p
+    if input_folder is None:
+        from studio.settings import active_settings
+
+        input_folder = active_settings().input_path
+    user = Path(input_folder) / p
+    if user.is_file():
+        return user
+    example = EMBEDDED_IMAGES / p
+    return example if example.is_file() else user
+
+
 def image_path(ctx_settings: Any, name: str) -> Path:
     if not name:
         raise NodeError("no image chosen")
-    p = Path(name).expanduser()
-    if not p.is_absolute():
-        p = Path(ctx_settings.input_path) / p
+    p = resolve_image_path(name, ctx_settings.input_path)
     if not p.is_file():
-        raise NodeError(f"image file not found: {p}")
+        where = "" if Path(name).expanduser().is_absolute() else f" (nor in {EMBEDDED_IMAGES})"
+        raise NodeError(f"image file not found: {p}{where}")
     return p
 
 
 def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
-    from studio.settings import active_settings
-
-    name = params.get("image", "")
-    p = Path(name).expanduser()
-    if not p.is_absolute():
-        p = active_settings().input_path / p
-    return files.of(p)
+    # The same file the node will read, so a user image that appears with an example's
+    # name re-runs the node.
+    return files.of(resolve_image_path(params.get("image", "")))
 
 
 @node(
@@ -70,7 +88,10 @@ def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
             T.STRING,
             default="",
             file_kind="image",
-            tooltip="The image file (a path, or a name in the input folder).",
+            tooltip=(
+                "The image file: a path, or a name in the input folder or among the "
+                "example images shipped with Studio."
+            ),
         ),
         InputSpec(
             "mask",

@@ -21,13 +21,11 @@ THUMB = 320
 
 
 def resolve_image_path(name: str) -> Path:
-    """Where Load Image finds ``name``: a path, or a name in the input folder."""
-    p = Path(name).expanduser()
-    if not p.is_absolute():
-        from studio.settings import active_settings
+    """Where Load Image finds ``name``: a path, a name in the input folder, or an example
+    image shipped with Studio (the node's own rule)."""
+    from nodes.image import resolve_image_path as node_rule
 
-        p = active_settings().input_path / p
-    return p
+    return node_rule(name)
 
 
 def read_image(path: Path, max_side: int | None = None) -> QImage:

@@ -1,0 +1,387 @@
+"""Write the default workflows (``resources/workflows/*.json``) and the example images they
+load (``resources/images/*.png``).
+
+Every workflow runs on the embedded model studio-tiny (64x64 images). Node ids are derived
+from the workflow and the node's role (uuid5), so running this again gives the same bytes;
+a test checks that the committed files equal what this script writes. Run it after
+changing a default (or a companion model's name):
+
+    .venv/bin/python resources/workflows/make_workflows.py
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from studio.graph.fileformat import dumps_workflow  # noqa: E402
+from studio.graph.workflow import Note, Workflow  # noqa: E402
+
+IMAGES = ROOT / "resources" / "images"
+NAMESPACE = uuid.UUID("5d3c6a0e-7f1b-4c1e-9a57-0c2a4f6b9d10")
+
+CHECKPOINT = "studio-tiny"
+SIZE = 64
+STEPS = 20
+CFG = 7.0
+SAMPLER = "euler"
+SCHEDULER = "normal"
+NEGATIVE = ""  # studio-tiny learned guidance against the empty prompt
+
+#: The example image the img2img, inpaint and ControlNet workflows load, and its scene.
+EXAMPLE_IMAGE = "example_red_circle_left.png"
+EXAMPLE_CAPTION = "a large red circle on a blue background, left"
+#: White (1) over the left half: the area inpaint.json repaints.
+EXAMPLE_MASK = "example_mask_left_half.png"
+
+#: Companion models, written by training/train_controlnet.py, train_lora.py and
+#: train_upscaler.py. Fixed names (not whatever is on disk), so this script's output does not
+#: depend on which models a checkout has; a workflow whose model is missing says so when run.
+CONTROLNET = "studio-tiny-canny"
+LORA = "studio-tiny-outline.safetensors"
+UPSCALER = "studio-tiny-x4.safetensors"
+
+# Layout: columns left to right, nodes stacked in a column. Heights follow the canvas's
+# node geometry (studio/app/canvas/shape.py) plus room for the picture some nodes show
+# after a run and the status line under every node, so nothing overlaps once it has run.
+COLUMN = 300.0
+GAP = 60.0
+NODE_WIDTH = 230.0
+TITLE_H, ROW_H = 28.0, 22.0
+IMAGE_ROOM = NODE_WIDTH - 16.0 + 8.0
+MESSAGE_ROOM = 56.0
+SHOWS_IMAGE = {"load_image", "sampler", "save_image", "preview_image"}
+NOTE_SIZE = (560.0, 110.0)
+
+
+def node_height(wf: Workflow, type_id: str) -> float:
+    """The node's height on the canvas once it has run (image and status line included)."""
+    spec = wf.registry[type_id]
+    links = [i for i in spec.inputs if not i.is_param]
+    h = TITLE_H + 4.0 + ROW_H * max(len(links), len(spec.outputs))
+    params = list(spec.params)
+    if params and (links or spec.outputs):
+        h += 4.0
+    for p in params:
+        h += ROW_H * (4 if getattr(p, "multiline", False) else 1)
+    h += 6.0
+    if type_id in SHOWS_IMAGE:
+        h += IMAGE_ROOM
+    return h + MESSAGE_ROOM
+
+
+@dataclass
+class Builder:
+    """Adds nodes by role into columns and links them by role."""
+
+    name: str
+    wf: Workflow = field(default_factory=Workflow)
+    ids: dict[str, str] = field(default_factory=dict)
+    column_y: dict[int, float] = field(default_factory=dict)
+
+    def add(
+        self, role: str, type_id: str, col: int, params: dict[str, Any] | None = None, title=""
+    ) -> str:
+        node_id = str(uuid.uuid5(NAMESPACE, f"{self.name}/{role}"))
+        y = self.column_y.get(col, 0.0)
+        self.wf.add_node(type_id, params, title=title, id=node_id, pos=(col * COLUMN, y))
+        self.column_y[col] = y + node_height(self.wf, type_id) + GAP
+        self.ids[role] = node_id
+        return node_id
+
+    def link(self, source: str, output: str, target: str, input: str) -> None:
+        link_id = str(uuid.uuid5(NAMESPACE, f"{self.name}/{source}.{output}->{target}.{input}"))
+        self.wf.connect(self.ids[source], output, self.ids[target], input, id=link_id)
+
+    def note(self, text: str) -> None:
+        w, h = NOTE_SIZE
+        note_id = str(uuid.uuid5(NAMESPACE, f"{self.name}/note"))
+        self.wf.set_notes([Note(id=note_id, text=text, pos=(0.0, -h - GAP), size=(w, h))])
+
+
+def sampler_params(seed: int, denoise: float = 1.0, steps: int = STEPS, cfg: float = CFG) -> dict:
+    return {
+        "seed": seed,
+        "steps": steps,
+        "cfg": cfg,
+        "sampler": SAMPLER,
+        "scheduler": SCHEDULER,
+        "denoise": denoise,
+    }
+
+
+def prompts(b: Builder, col: int, text: str) -> None:
+    b.add("positive", "text_encode", col, {"text": text}, title="Prompt")
+    b.add("negative", "text_encode", col, {"text": NEGATIVE}, title="Negative prompt")
+    b.link("checkpoint", "clip", "positive", "clip")
+    b.link("checkpoint", "clip", "negative", "clip")
+
+
+def sample(b: Builder, role: str, col: int, latent: str, params: dict, model="checkpoint"):
+    b.add(role, "sampler", col, params)
+    b.link(model, "model", role, "model")
+    b.link("positive", "conditioning", role, "positive")
+    b.link("negative", "conditioning", role, "negative")
+    b.link(latent, "latent", role, "latent")
+
+
+def decode_and_save(b: Builder, col: int, latent: str, prefix: str, decode="decode") -> None:
+    b.add(decode, "vae_decode", col)
+    b.link(latent, "latent", decode, "latent")
+    b.link("checkpoint", "vae", decode, "vae")
+    b.add("save", "save_image", col + 1, {"filename_prefix": prefix})
+    b.link(decode, "image", "save", "images")
+
+
+# -- the workflows --------------------------------------------------------------------------
+
+
+def txt2img() -> Workflow:
+    b = Builder("txt2img")
+    b.note(
+        "Text to image: the prompt is encoded, the sampler denoises an empty 64x64 latent "
+        "for 20 steps, and the VAE decodes it. studio-tiny knows captions like "
+        "'a [small|large] <colour> <circle|square|triangle> on a <colour> background, "
+        "<left|right|top|bottom|center>'."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    prompts(b, 1, "a large yellow triangle on a purple background, right")
+    b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    sample(b, "sampler", 2, "latent", sampler_params(seed=0))
+    decode_and_save(b, 3, "sampler", "txt2img")
+    return b.wf
+
+
+def img2img() -> Workflow:
+    b = Builder("img2img")
+    b.note(
+        "Image to image: the example picture (a red circle) is encoded, noised part of the "
+        "way (denoise 0.6) and sampled again with a new prompt: the colours and the layout "
+        "stay, the circle becomes a square. Lower denoise keeps more of the picture."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    b.add("image", "load_image", 0, {"image": EXAMPLE_IMAGE})
+    prompts(b, 1, "a large red square on a blue background, left")
+    b.add("encode", "vae_encode", 1)
+    b.link("image", "image", "encode", "image")
+    b.link("checkpoint", "vae", "encode", "vae")
+    sample(b, "sampler", 2, "encode", sampler_params(seed=0, denoise=0.6))
+    decode_and_save(b, 3, "sampler", "img2img")
+    return b.wf
+
+
+def inpaint() -> Workflow:
+    b = Builder("inpaint")
+    b.note(
+        "Inpainting: the sampler only changes the latent under the white part of the mask "
+        "(the left half), following the new prompt; Composite then puts the right half back "
+        "pixel for pixel. To paint your own mask, right-click the picture's Load Image node, "
+        "Paint mask, and link its mask output instead."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    b.add("image", "load_image", 0, {"image": EXAMPLE_IMAGE}, title="Load Image (picture)")
+    b.add("mask_image", "load_image", 0, {"image": EXAMPLE_MASK}, title="Load Image (mask)")
+    prompts(b, 1, "a large yellow circle on a blue background, left")
+    b.add("mask", "mask_from_image", 1, {"channel": "luminance"})
+    b.link("mask_image", "image", "mask", "image")
+    b.add("encode", "vae_encode", 2)
+    b.link("image", "image", "encode", "image")
+    b.link("checkpoint", "vae", "encode", "vae")
+    b.add("noise_mask", "set_latent_noise_mask", 2)
+    b.link("encode", "latent", "noise_mask", "latent")
+    b.link("mask", "mask", "noise_mask", "mask")
+    # Below 1, the masked area starts from the picture's own latent: studio-tiny is not an
+    # inpainting model, and from pure noise it tends to centre a new shape on the seam.
+    sample(b, "sampler", 3, "noise_mask", sampler_params(seed=0, denoise=0.9))
+    b.add("decode", "vae_decode", 4)
+    b.link("sampler", "latent", "decode", "latent")
+    b.link("checkpoint", "vae", "decode", "vae")
+    b.add("composite", "composite_masked", 4)
+    b.link("image", "image", "composite", "original")
+    b.link("decode", "image", "composite", "changed")
+    b.link("mask", "mask", "composite", "mask")
+    b.add("save", "save_image", 5, {"filename_prefix": "inpaint"})
+    b.link("composite", "image", "save", "images")
+    return b.wf
+
+
+def controlnet() -> Workflow:
+    b = Builder("controlnet")
+    b.note(
+        "ControlNet: the canny edges of the example picture steer where the shape goes and "
+        "what outline it has, while the prompt (with no position word) chooses the colours. "
+        "Try another picture, or lower the strength."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    b.add("image", "load_image", 0, {"image": EXAMPLE_IMAGE})
+    b.add(
+        "controlnet",
+        "load_controlnet",
+        0,
+        {"control_net_name": CONTROLNET},
+    )
+    prompts(b, 1, "a large green circle on a white background")
+    b.add("canny", "canny", 1, {"low_threshold": 100, "high_threshold": 200, "resolution": SIZE})
+    b.link("image", "image", "canny", "image")
+    b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    b.add(
+        "apply", "apply_controlnet", 2, {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}
+    )
+    b.link("positive", "conditioning", "apply", "positive")
+    b.link("negative", "conditioning", "apply", "negative")
+    b.link("controlnet", "control_net", "apply", "control_net")
+    b.link("canny", "image", "apply", "image")
+    b.add("edges", "preview_image", 2, title="Preview Image (edges)")
+    b.link("canny", "image", "edges", "images")
+    b.add("sampler", "sampler", 3, sampler_params(seed=0))
+    b.link("checkpoint", "model", "sampler", "model")
+    b.link("apply", "positive", "sampler", "positive")
+    b.link("apply", "negative", "sampler", "negative")
+    b.link("latent", "latent", "sampler", "latent")
+    decode_and_save(b, 4, "sampler", "controlnet")
+    return b.wf
+
+
+def lora() -> Workflow:
+    b = Builder("lora")
+    b.note(
+        "LoRA: Load LoRA patches the model and the text encoder with the tiny 'outline' LoRA "
+        "(its trigger word is in the prompt): shapes are drawn as outlines. Set its strengths "
+        "to 0 to compare with the plain model."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    b.add(
+        "lora",
+        "load_lora",
+        1,
+        {
+            "lora_name": LORA,
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    )
+    b.link("checkpoint", "model", "lora", "model")
+    b.link("checkpoint", "clip", "lora", "clip")
+    b.add(
+        "positive",
+        "text_encode",
+        2,
+        {"text": "a large outline red circle on a blue background"},
+        title="Prompt",
+    )
+    b.add("negative", "text_encode", 2, {"text": NEGATIVE}, title="Negative prompt")
+    b.link("lora", "clip", "positive", "clip")
+    b.link("lora", "clip", "negative", "clip")
+    b.add("latent", "empty_latent", 2, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    sample(b, "sampler", 3, "latent", sampler_params(seed=0), model="lora")
+    decode_and_save(b, 4, "sampler", "lora")
+    return b.wf
+
+
+def hires_upscale() -> Workflow:
+    b = Builder("hires_upscale")
+    b.note(
+        "Hires fix: a first 64x64 pass; the tiny x4 upscale model enlarges the picture and "
+        "Scale Image halves it to 128x128 (studio-tiny draws best near its own size); then a "
+        "second sampler pass at denoise 0.5 redraws the edges sharp at the larger size."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    prompts(b, 1, "a large white square on a green background, center")
+    b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    sample(b, "first", 2, "latent", sampler_params(seed=0))
+    b.wf.set_title(b.ids["first"], "Sampler (first pass)")
+    b.add("first_decode", "vae_decode", 3)
+    b.link("first", "latent", "first_decode", "latent")
+    b.link("checkpoint", "vae", "first_decode", "vae")
+    b.add("upscaler", "load_upscale_model", 3, {"model_name": UPSCALER})
+    b.add("upscale", "upscale_image", 4, {"tile_size": 0, "overlap": 0})
+    b.link("upscaler", "upscale_model", "upscale", "upscale_model")
+    b.link("first_decode", "image", "upscale", "image")
+    b.add("resize", "scale_image", 4, {"mode": "factor", "factor": 0.5, "method": "lanczos"})
+    b.link("upscale", "image", "resize", "image")
+    b.add("encode", "vae_encode", 5)
+    b.link("resize", "image", "encode", "image")
+    b.link("checkpoint", "vae", "encode", "vae")
+    sample(b, "second", 6, "encode", sampler_params(seed=0, denoise=0.5))
+    b.wf.set_title(b.ids["second"], "Sampler (second pass)")
+    decode_and_save(b, 7, "second", "hires")
+    return b.wf
+
+
+WORKFLOWS: dict[str, Callable[[], Workflow]] = {
+    "txt2img": txt2img,
+    "img2img": img2img,
+    "inpaint": inpaint,
+    "controlnet": controlnet,
+    "lora": lora,
+    "hires_upscale": hires_upscale,
+}
+
+
+# -- the example images ---------------------------------------------------------------------
+
+
+def example_images() -> dict[str, Any]:
+    """PIL images by file name: the example picture (rendered like the training data) and
+    the left-half mask."""
+    from PIL import Image
+
+    from training.data import Scene, render
+
+    scene = Scene(
+        shape="circle",
+        color="red",
+        background="blue",
+        size_word="large",
+        position="left",
+        radius=0.22,
+        cx=0.27,
+        cy=0.5,
+    )
+    assert scene.caption == EXAMPLE_CAPTION
+    picture = Image.fromarray(render(scene, SIZE), "RGB")
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, SIZE // 2, SIZE))
+    return {EXAMPLE_IMAGE: picture, EXAMPLE_MASK: mask}
+
+
+def png_bytes(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=9)
+    return buf.getvalue()
+
+
+def outputs() -> dict[Path, bytes]:
+    """Every file this script writes, by path, with its bytes."""
+    files = {
+        HERE / f"{name}.json": dumps_workflow(build()).encode("utf-8")
+        for name, build in WORKFLOWS.items()
+    }
+    for name, image in example_images().items():
+        files[IMAGES / name] = png_bytes(image)
+    return files
+
+
+def main() -> None:
+    from studio.fsutil import atomic_write_bytes
+
+    for path, data in outputs().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+            print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
