@@ -436,6 +436,17 @@ def load_component(source: WeightsSource, component: str, dtype: Any) -> Any:
     return module
 
 
+def preload() -> None:
+    """Import what loading a checkpoint and sampling need (several seconds on a small CPU),
+    so a front end can do it in the background before the first run asks for it."""
+    import diffusers
+    import transformers
+
+    # The libraries import these lazily, on first attribute access.
+    _ = diffusers.UNet2DConditionModel, diffusers.AutoencoderKL, diffusers.EulerDiscreteScheduler
+    _ = transformers.CLIPTextModel, transformers.CLIPTokenizer
+
+
 def _component_class(component: str, config: dict[str, Any]) -> Any:
     if component == "unet":
         from diffusers import UNet2DConditionModel
