@@ -48,6 +48,11 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Metadata key in a safetensors header (or a ``<stem>.json`` file beside it) holding
 #: the diffusers configs of a custom model: {"family", "unet", "vae", "text_encoder", ...}.
 SIDECAR_METADATA_KEY = "studio"
+#: The entry of that metadata holding a model's own CLIP BPE tokenizer: {"vocab": {token:
+#: id}, "merges": ["a b", ...], "bos_token", "eos_token", "pad_token", "unk_token",
+#: "model_max_length"}. Needed when the text encoder's vocabulary is not CLIP's.
+TOKENIZER_KEY = "tokenizer"
+CLIP_VOCAB_SIZE = 49408
 
 
 # -- reading files -----------------------------------------------------------------------
@@ -250,6 +255,14 @@ def inspect_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> Weig
     missing = [c for c in ("unet", "vae", "text_encoder", "scheduler") if c not in configs]
     if missing:
         raise NodeError(f"{label}: its model config lacks {', '.join(missing)}")
+    vocab = configs["text_encoder"].get("vocab_size")
+    if side is not None and TOKENIZER_KEY not in configs and vocab not in (None, CLIP_VOCAB_SIZE):
+        raise NodeError(
+            f"{label}: its text encoder has a vocabulary of {vocab} tokens, not CLIP's "
+            f"{CLIP_VOCAB_SIZE}, and the file carries no tokenizer; its '{SIDECAR_METADATA_KEY}' "
+            f"metadata needs a '{TOKENIZER_KEY}' entry with 'vocab' and 'merges' "
+            "(see docs/VALUES.md)"
+        )
     keys = weights.shapes
     prefixes = {"unet": UNET_PREFIX, "vae": _vae_prefix(keys)}
     if any(k.startswith(SDXL_CLIP_G_PREFIX) for k in keys):
@@ -343,6 +356,8 @@ def handles_for(source: WeightsSource) -> tuple[ModelHandle, ClipHandle, VaeHand
         tok_dir = Path(source.path) / ("tokenizer" if i == 0 else "tokenizer_2")
         if source.layout == LAYOUT_DIFFUSERS and tok_dir.is_dir():
             tokenizers.append((str(tok_dir), None))
+        elif i == 0 and TOKENIZER_KEY in configs:  # carried in the file's metadata
+            tokenizers.append((source.path, None))
         else:
             open_clip = source.prefixes.get(enc, "").endswith(".model.")
             tokenizers.append((str(CLIP_TOKENIZER), OPEN_CLIP_PAD if open_clip else None))
@@ -483,6 +498,8 @@ def _load_single_file_component(
         convert_open_clip_checkpoint,
     )
 
+    from nodes.ldm_keys import unet_extras_from_ldm
+
     weights = WeightsFile(Path(source.path), label)
     config = source.configs[component]
     cls = _component_class(component, config)
@@ -499,6 +516,7 @@ def _load_single_file_component(
         raise NodeError(f"the file holds no weights for the {label} (keys {prefix}*)")
     if component == "unet":
         state = convert_ldm_unet_checkpoint(raw, config)
+        state.update(unet_extras_from_ldm(raw, config))
     elif component == "vae":
         if any("down_blocks." in k for k in raw):  # already diffusers layout
             state = {k[len(prefix) :]: v for k, v in raw.items()}
@@ -584,6 +602,17 @@ class _Box:
 
 
 def get_tokenizer(ctx: Any, folder: str, pad: str | None) -> Any:
+    """The CLIP tokenizer in ``folder``, or carried by the single-file checkpoint
+    ``folder`` names (its ``tokenizer`` metadata entry), shared through ``ctx.models``."""
+    if Path(folder).is_file():
+        path = Path(folder)
+        box = ctx.models.get(
+            ("tokenizer", ctx.files.identity(path), pad),
+            lambda: _Box(tokenizer_from_file(path, pad)),
+            nbytes=lambda t: 4 * 1024**2,
+        )
+        return box.value
+
     def load() -> _Box:
         from transformers import CLIPTokenizer
 
@@ -598,6 +627,45 @@ def get_tokenizer(ctx: Any, folder: str, pad: str | None) -> Any:
 
     box = ctx.models.get(("tokenizer", folder, pad), load, nbytes=lambda t: 4 * 1024**2)
     return box.value
+
+
+def tokenizer_from_file(path: Path, pad: str | None = None) -> Any:
+    """The tokenizer a single-file checkpoint carries in its metadata (or ``.json`` beside it)."""
+    label = f"checkpoint {path.name!r}"
+    side = _sidecar(WeightsFile(path, label)) or {}
+    entry = side.get(TOKENIZER_KEY)
+    if not isinstance(entry, dict):
+        raise NodeError(f"{label}: the file carries no tokenizer ('{TOKENIZER_KEY}' metadata)")
+    return tokenizer_from_entry(entry, pad, label)
+
+
+def tokenizer_from_entry(entry: dict[str, Any], pad: str | None, label: str) -> Any:
+    """A CLIPTokenizer from a ``tokenizer`` metadata entry (vocab and merges)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = entry.get("vocab"), entry.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list) or not vocab:
+        raise NodeError(f"{label}: its tokenizer entry needs a 'vocab' object and a 'merges' list")
+    try:
+        pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("each merge is two symbols")
+        specials = {
+            k: entry[k]
+            for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+            if isinstance(entry.get(k), str)
+        }
+        if pad:
+            specials["pad_token"] = pad
+        tok = CLIPTokenizer(
+            vocab=vocab,
+            merges=pairs,
+            model_max_length=int(entry.get("model_max_length") or 77),
+            **specials,
+        )
+    except (TypeError, ValueError) as exc:
+        raise NodeError(f"{label}: its tokenizer cannot be built ({exc})") from None
+    return tok
 
 
 def with_oom_advice(fn: Callable[[], Any], what: str) -> Any:

@@ -87,7 +87,8 @@ class ClipHandle:
 
     ``encoders`` names the components in order (``("text_encoder",)`` for SD1/SD2,
     ``("text_encoder", "text_encoder_2")`` for SDXL). ``tokenizers`` gives, for
-    each, a folder holding a CLIP tokenizer and the pad token to use.
+    each, a folder holding a CLIP tokenizer (or a single-file checkpoint that carries its
+    own in its metadata) and the pad token to use.
     """
 
     source: WeightsSource

@@ -1,0 +1,152 @@
+"""Export studio-tiny as one ``.safetensors`` in the original (LDM) key layout.
+
+    .venv/bin/python -m training.export_single_file
+
+reads the diffusers folder ``resources/models/checkpoints/studio-tiny`` and writes
+``resources/models/checkpoints/studio-tiny.safetensors`` (fp16, ~7 MB), so Studio's
+single-file loading path runs on a real, trained model. Run it again whenever the folder is
+re-exported by ``training.train``; the same folder always gives the same bytes.
+
+The file holds:
+
+- the weights under the LDM prefixes (``model.diffusion_model.*``, ``first_stage_model.*``,
+  ``cond_stage_model.transformer.*``), converted by :mod:`nodes.ldm_keys`. The UNet's
+  text-pooling embedding (``addition_embed_type="text"``) has no LDM name and keeps its
+  diffusers one, ``model.diffusion_model.add_embedding.*``;
+- in the safetensors metadata entry ``studio`` (what ``nodes/sdload.py`` reads): the family
+  (``custom``), the folder's diffusers configs of the unet, vae, text_encoder and scheduler,
+  and the tokenizer (its own 653-token BPE vocabulary and merges: studio-tiny's text encoder
+  does not use CLIP's).
+
+After writing, every weight is loaded back through the single-file loader and compared with
+the folder's (equal up to fp16 rounding), so a broken mapping fails here, not in the app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDER = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
+OUT = REPO / "resources" / "models" / "checkpoints" / "studio-tiny.safetensors"
+COMPONENTS = ("unet", "vae", "text_encoder")
+WEIGHT_FILES = {
+    "unet": "diffusion_pytorch_model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+    "text_encoder": "model.safetensors",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text("utf-8"))
+
+
+def folder_configs(folder: Path) -> dict[str, dict[str, Any]]:
+    configs = {c: read_json(folder / c / "config.json") for c in COMPONENTS}
+    configs["scheduler"] = read_json(folder / "scheduler" / "scheduler_config.json")
+    return configs
+
+
+def tokenizer_entry(folder: Path) -> dict[str, Any]:
+    """The folder's tokenizer as vocab and merges (what ``sdload.tokenizer_from_entry`` reads)."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return {
+        "vocab": dict(sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+        "merges": merges,
+        "bos_token": str(tok.bos_token),
+        "eos_token": str(tok.eos_token),
+        "pad_token": str(tok.pad_token),
+        "unk_token": str(tok.unk_token),
+        "model_max_length": int(tok.model_max_length),
+    }
+
+
+def ldm_state(folder: Path, configs: dict[str, dict[str, Any]], dtype: Any) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from nodes.ldm_keys import checkpoint_to_ldm
+
+    sd = {c: load_file(str(folder / c / WEIGHT_FILES[c])) for c in COMPONENTS}
+    state = checkpoint_to_ldm(
+        sd["unet"], configs["unet"], sd["vae"], configs["vae"], sd["text_encoder"]
+    )
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def export(folder: Path = FOLDER, out: Path = OUT, *, fp16: bool = True) -> Path:
+    """Write the single file for ``folder`` at ``out`` (atomically); returns ``out``."""
+    import torch
+    from safetensors.torch import save
+
+    from nodes.sdload import SIDECAR_METADATA_KEY, TOKENIZER_KEY
+    from studio.fsutil import atomic_write_bytes
+
+    configs = folder_configs(folder)
+    state = ldm_state(folder, configs, torch.float16 if fp16 else torch.float32)
+    meta = {"family": "custom", **configs, TOKENIZER_KEY: tokenizer_entry(folder)}
+    # One metadata entry only: safetensors writes the metadata from a hash map, so the order
+    # of two entries changes from run to run and the bytes would too.
+    metadata = {SIDECAR_METADATA_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))}
+    atomic_write_bytes(Path(out), save(state, metadata=metadata))
+    return Path(out)
+
+
+def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
+    """Load every component back from the single file through Studio's loader and compare
+    it with the folder's; returns the largest difference per component. Raises
+    AssertionError when a weight is missing or differs by more than fp16 rounding."""
+    import torch
+
+    from nodes import sdload
+
+    source = sdload.inspect_checkpoint(Path(out), Path(out).name, ("verify",))
+    folder_source = sdload.inspect_checkpoint(Path(folder), Path(folder).name, ("verify",))
+    worst: dict[str, float] = {}
+    for comp in COMPONENTS:
+        a = sdload.load_component(source, comp, torch.float32).state_dict()
+        b = sdload.load_component(folder_source, comp, torch.float32).state_dict()
+        b = {k: v for k, v in b.items() if not k.endswith("position_ids")}
+        a = {k: v for k, v in a.items() if not k.endswith("position_ids")}
+        assert a.keys() == b.keys(), f"{comp}: keys differ: {sorted(a.keys() ^ b.keys())[:5]}"
+        diff = 0.0
+        for k, v in b.items():
+            # fp16 keeps 11 significant bits: half an ulp is 2**-11 of the value.
+            tol = v.abs() * 2.0**-11 + 2.0**-24
+            assert ((a[k] - v).abs() <= tol).all(), f"{comp}: {k} differs beyond fp16 rounding"
+            diff = max(diff, float((a[k] - v).abs().max()))
+        worst[comp] = diff
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--folder", default=str(FOLDER), help="the diffusers folder to export")
+    p.add_argument("--out", default=str(OUT), help="the .safetensors file to write")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
+    p.add_argument("--no-verify", action="store_true", help="skip loading it back")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
+    report: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size}
+    if not args.no_verify:
+        report["max_abs_diff"] = verify(out, Path(args.folder))
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
