@@ -54,9 +54,9 @@ def run_app(
         QTimer.singleShot(0, window.run_workflow)
 
     threading.Thread(target=_warm_up, name="studio-warm-up", daemon=True).start()
-    if screenshot is None or run:
+    if screenshot is None:
         # After the first paint: the libraries a run needs take seconds to import.
-        QTimer.singleShot(1000, _start_library_preload)
+        QTimer.singleShot(1000, window.bridge.start)
     if screenshot is not None:
         return _screenshot_and_quit(app, window, Path(screenshot), wait_for_run=run)
     if not workflow_path:
@@ -72,21 +72,6 @@ def _warm_up() -> None:
         # The check reports its own errors when it runs.
         import studio.engine.executor
         import studio.engine.queue  # noqa: F401
-
-
-def _start_library_preload() -> None:
-    threading.Thread(target=_preload_libraries, name="studio-preload", daemon=True).start()
-
-
-def _preload_libraries() -> None:
-    """Import torch, diffusers and transformers before the first Run needs them."""
-    from studio.app.runner import ENGINE_IMPORT_LOCK
-
-    with ENGINE_IMPORT_LOCK, contextlib.suppress(Exception):
-        # A broken install shows its error when a run needs the library.
-        from nodes.sdload import preload
-
-        preload()
 
 
 def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False) -> int:

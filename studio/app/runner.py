@@ -52,6 +52,12 @@ class Output:
     index: int = 0
 
 
+def _preload() -> None:
+    from nodes.sdload import preload
+
+    preload()
+
+
 class RunBridge(QObject):
     """Owns the run queue; re-emits its callbacks as signals on the GUI thread.
 
@@ -86,8 +92,15 @@ class RunBridge(QObject):
                 from studio.engine.queue import RunQueue
 
             engine = Engine(self.registry, settings=self.settings)
-            self._queue = RunQueue(engine, on_event=self._on_event, on_job=self._on_job)
+            self._queue = RunQueue(
+                engine, on_event=self._on_event, on_job=self._on_job, prepare=_preload
+            )
         return self._queue
+
+    def start(self) -> None:
+        """Start the engine's thread now (it imports torch and diffusers before the first
+        run needs them)."""
+        _ = self.queue
 
     @property
     def started(self) -> bool:

@@ -5,6 +5,7 @@ Qt signals.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -57,6 +58,8 @@ JobCallback = Callable[[Job], None]
 class RunQueue:
     """Runs submitted workflows in order on one worker thread.
 
+    ``prepare()``, when given, runs first on that thread (imports that take seconds).
+
     ``on_event(job, event)`` is called for every engine event and ``on_job(job)``
     whenever a job changes state; both are called on the worker thread (or the
     caller's, for cancellation).
@@ -68,8 +71,10 @@ class RunQueue:
         *,
         on_event: EventCallback | None = None,
         on_job: JobCallback | None = None,
+        prepare: Callable[[], None] | None = None,
     ):
         self.engine = engine
+        self._prepare = prepare
         self.on_event = on_event or (lambda job, event: None)
         self.on_job = on_job or (lambda job: None)
         self._pending: deque[Job] = deque()
@@ -177,6 +182,11 @@ class RunQueue:
         return forward
 
     def _work(self) -> None:
+        if self._prepare is not None:
+            # On this thread, before any job: importing the libraries a run needs here
+            # means no run ever imports them at the same time from another thread.
+            with contextlib.suppress(Exception):  # a broken install errors in the run
+                self._prepare()
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
