@@ -146,6 +146,32 @@ def test_img2img_keeps_the_layout_and_changes_the_picture(engine, fresh_settings
     assert abs(out[:, 48:].mean((0, 1)) - original[:, 48:].mean((0, 1))).max() < 40
 
 
+def test_controlnet_puts_the_shape_where_the_example_pictures_edges_are(engine, fresh_settings):
+    from training.evaluate import analyze
+
+    wf = open_default("controlnet")
+    prompt = next(n for n in wf.nodes if n.title == "Prompt")
+    assert "left" not in prompt.params["text"]  # only the control image says where
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    (png,) = saved_pngs(fresh_settings.output_path)
+    drawn = analyze(pixels(png).astype("uint8"))
+    assert drawn.color is not None and drawn.cx < 0.45  # the example's circle is on the left
+
+
+def test_lora_changes_the_picture_and_strength_0_is_the_plain_model(engine, fresh_settings):
+    wf = open_default("lora")
+    lora = next(n for n in wf.nodes if n.type == "load_lora")
+    with_lora = engine.run(wf)
+    assert with_lora.ok, with_lora.errors
+    wf.set_param(lora.id, "strength_model", 0.0)
+    wf.set_param(lora.id, "strength_clip", 0.0)
+    without = engine.run(wf)
+    assert without.ok, without.errors
+    a, b = pixels(with_lora.images[-1]), pixels(without.images[-1])
+    assert abs(a - b).mean() > 3
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 

@@ -254,9 +254,9 @@ def controlnet() -> Workflow:
 def lora() -> Workflow:
     b = Builder("lora")
     b.note(
-        "LoRA: Load LoRA patches the model and the text encoder with the tiny 'outline' LoRA "
-        "(its trigger word is in the prompt): shapes are drawn as outlines. Set its strengths "
-        "to 0 to compare with the plain model."
+        "LoRA: Load LoRA patches the model with the tiny 'outline' LoRA (kohya layout), so "
+        "shapes are drawn as outlines; it needs no trigger word. Set strength_model to 0 to "
+        "see the plain model's filled shape, or to 0.5 for something between."
     )
     b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
     b.add(
@@ -275,7 +275,7 @@ def lora() -> Workflow:
         "positive",
         "text_encode",
         2,
-        {"text": "a large outline red circle on a blue background"},
+        {"text": "a large red circle on a blue background, left"},
         title="Prompt",
     )
     b.add("negative", "text_encode", 2, {"text": NEGATIVE}, title="Negative prompt")
