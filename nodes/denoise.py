@@ -17,10 +17,11 @@ from nodes import lora
 from nodes.controlnet import ControlPlan
 from nodes.inpaint import unet_inpaint_inputs
 from nodes.sdload import get_module, with_oom_advice
-from nodes.values import SAMPLERS, SCHEDULERS, Cond, ModelHandle
+from nodes.values import SAMPLERS, SCHEDULERS, Cond, LatentRgb, ModelHandle
 from studio.errors import NodeError
 
-#: Latent -> RGB projections for the live preview (no model; a 4x3 matrix).
+#: Latent -> RGB projections for the live preview (no model; a 4x3 matrix giving -1..1),
+#: used for a model that carries no factors of its own (``ModelHandle.latent_rgb``).
 SD_RGB = [
     [0.3512, 0.2297, 0.3227],
     [0.3250, 0.4974, 0.2350],
@@ -106,12 +107,19 @@ def guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.T
     return emb
 
 
-def preview_image(latents: torch.Tensor, family: str) -> Any:
-    """A cheap latent -> RGB picture of the first image of the batch (PIL, latent size)."""
+def preview_image(latents: torch.Tensor, family: str, factors: LatentRgb | None = None) -> Any:
+    """A cheap latent -> RGB picture of the first image of the batch (PIL, latent size).
+
+    ``factors``: the model's own projection (to 0..1), used when it has a row per latent
+    channel; otherwise the family's fixed Stable Diffusion factors.
+    """
     from PIL import Image
 
     x = latents[0].detach().float().cpu()
-    if x.shape[0] == 4:
+    if factors is not None and len(factors.matrix) == x.shape[0]:
+        rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors.matrix))
+        rgb = rgb + torch.tensor(factors.bias)
+    elif x.shape[0] == 4:
         m = torch.tensor(SDXL_RGB if family == "sdxl" else SD_RGB)
         rgb = torch.einsum("chw,cr->hwr", x, m)
         if family == "sdxl":
@@ -284,9 +292,8 @@ def sample(
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
                     x0 = getattr(out, "denoised", None)
-                ctx.progress(
-                    i + 1, total, preview_image(x0 if x0 is not None else latents, model.family)
-                )
+                shown = x0 if x0 is not None else latents
+                ctx.progress(i + 1, total, preview_image(shown, model.family, model.latent_rgb))
         return latents
 
     result = with_oom_advice(loop, "sampling")

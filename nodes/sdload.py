@@ -21,6 +21,7 @@ from nodes.values import (
     LAYOUT_DIFFUSERS,
     LAYOUT_SINGLE_FILE,
     ClipHandle,
+    LatentRgb,
     ModelHandle,
     VaeHandle,
     WeightsSource,
@@ -52,6 +53,12 @@ SIDECAR_METADATA_KEY = "studio"
 #: id}, "merges": ["a b", ...], "bos_token", "eos_token", "pad_token", "unk_token",
 #: "model_max_length"}. Needed when the text encoder's vocabulary is not CLIP's.
 TOKENIZER_KEY = "tokenizer"
+#: The entry of that metadata holding the model's own latent -> RGB preview factors,
+#: ``{"matrix": [[r, g, b]] * latent channels, "bias": [r, g, b]}`` (``values.LatentRgb``).
+LATENT_RGB_KEY = "latent_rgb"
+#: The same factors in a diffusers folder: a private key of ``model_index.json``
+#: (diffusers drops keys starting with "_" when it builds a pipeline from that file).
+FOLDER_LATENT_RGB_KEY = "_studio_latent_rgb"
 CLIP_VOCAB_SIZE = 49408
 
 
@@ -246,7 +253,9 @@ def inspect_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> Weig
     if side is not None:
         family = str(side.get("family", "custom"))
         configs = family_configs(family) if (CONFIGS / family).is_dir() else {}
-        configs.update({k: v for k, v in side.items() if isinstance(v, dict)})
+        configs.update(
+            {k: v for k, v in side.items() if isinstance(v, dict) and k != LATENT_RGB_KEY}
+        )
     else:
         family = detect_family(weights.shapes, label)
         if family == "sd2" and _is_v_prediction(weights):
@@ -282,6 +291,7 @@ def inspect_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> Weig
         configs=configs,
         prefixes=prefixes,
         name=name,
+        latent_rgb=LatentRgb.from_json((side or {}).get(LATENT_RGB_KEY)),
     )
 
 
@@ -307,6 +317,7 @@ def _inspect_diffusers_folder(
         raise NodeError(
             f"{label}: a folder without model_index.json is not a diffusers pipeline folder"
         )
+    index = _read_json(path / "model_index.json", label)
     configs: dict[str, dict[str, Any]] = {}
     for comp in ("unet", "vae", "text_encoder", "text_encoder_2"):
         cfg = path / comp / "config.json"
@@ -334,6 +345,9 @@ def _inspect_diffusers_folder(
     return WeightsSource(
         path=str(path), identity=identity, layout=LAYOUT_DIFFUSERS, family=family,
         configs=configs, name=name,
+        latent_rgb=LatentRgb.from_json(
+            index.get(FOLDER_LATENT_RGB_KEY) if isinstance(index, dict) else None
+        ),
     )  # fmt: skip
 
 
@@ -347,6 +361,7 @@ def handles_for(source: WeightsSource) -> tuple[ModelHandle, ClipHandle, VaeHand
         family=source.family,
         scheduler_config=sched,
         prediction_type=sched.get("prediction_type", "epsilon"),
+        latent_rgb=source.latent_rgb,
     )
     encoders = (
         ("text_encoder", "text_encoder_2") if "text_encoder_2" in configs else ("text_encoder",)

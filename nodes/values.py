@@ -29,6 +29,44 @@ HANDLE_NBYTES = 512
 
 
 @dataclass(frozen=True)
+class LatentRgb:
+    """A model's own latent -> RGB projection for the Sampler's live preview.
+
+    ``rgb = sum_c latent[c] * matrix[c] + bias`` per latent cell gives RGB in **0..1**
+    (IMAGE's range), from the latent in the space the UNet sees (the VAE's latent times
+    its ``scaling_factor``). One row of three per latent channel. A model that carries
+    none gets its family's fixed Stable Diffusion factors.
+    """
+
+    matrix: tuple[tuple[float, float, float], ...]
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LatentRgb | None:
+        """The factors from ``{"matrix": [[r, g, b], ...], "bias": [r, g, b]}``, or None
+        when ``data`` is missing or malformed (the preview then falls back; a broken
+        preview entry is no reason to refuse a model)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            matrix = tuple(_rgb(row) for row in data["matrix"])
+            bias = _rgb(data.get("bias", (0.0, 0.0, 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(matrix, bias) if matrix else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"matrix": [list(r) for r in self.matrix], "bias": list(self.bias)}
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    if not all(abs(v) < 1e6 for v in (r, g, b)):  # also refuses nan
+        raise ValueError("not a finite number")
+    return r, g, b
+
+
+@dataclass(frozen=True)
 class WeightsSource:
     """A model file or folder and the identity it had when it was read.
 
@@ -47,6 +85,8 @@ class WeightsSource:
     prefixes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     #: The checkpoint's name as the user chose it (for the PNG's parameters text).
     name: str = ""
+    #: The model's own latent -> RGB preview factors, when its files carry them.
+    latent_rgb: LatentRgb | None = field(default=None, compare=False, hash=False)
 
     def key(self, component: str, dtype: Any, device: str) -> tuple[Any, ...]:
         """The model-manager key of one component of these weights."""
@@ -63,6 +103,8 @@ class ModelHandle:
     scheduler_config: dict[str, Any] = field(compare=False, hash=False, default_factory=dict)
     prediction_type: str = "epsilon"
     patches: tuple[tuple[Any, float], ...] = ()
+    #: The live preview's latent -> RGB factors; None: the family's fixed SD factors.
+    latent_rgb: LatentRgb | None = field(default=None, compare=False, hash=False)
 
     @property
     def unet_config(self) -> dict[str, Any]:

@@ -16,7 +16,9 @@ The file holds:
 - in the safetensors metadata entry ``studio`` (what ``nodes/sdload.py`` reads): the family
   (``custom``), the folder's diffusers configs of the unet, vae, text_encoder and scheduler,
   and the tokenizer (its own 653-token BPE vocabulary and merges: studio-tiny's text encoder
-  does not use CLIP's).
+  does not use CLIP's), and the model's latent -> RGB preview factors (``latent_rgb``, from
+  the folder's ``model_index.json`` key ``_studio_latent_rgb``, written by
+  ``training.preview_factors``), when the folder has them.
 
 After writing, every weight is loaded back through the single-file loader and compared with
 the folder's (equal up to fp16 rounding), so a broken mapping fails here, not in the app.
@@ -87,12 +89,20 @@ def export(folder: Path = FOLDER, out: Path = OUT, *, fp16: bool = True) -> Path
     import torch
     from safetensors.torch import save
 
-    from nodes.sdload import SIDECAR_METADATA_KEY, TOKENIZER_KEY
+    from nodes.sdload import (
+        FOLDER_LATENT_RGB_KEY,
+        LATENT_RGB_KEY,
+        SIDECAR_METADATA_KEY,
+        TOKENIZER_KEY,
+    )
     from studio.fsutil import atomic_write_bytes
 
     configs = folder_configs(folder)
     state = ldm_state(folder, configs, torch.float16 if fp16 else torch.float32)
     meta = {"family": "custom", **configs, TOKENIZER_KEY: tokenizer_entry(folder)}
+    preview = read_json(folder / "model_index.json").get(FOLDER_LATENT_RGB_KEY)
+    if preview is not None:
+        meta[LATENT_RGB_KEY] = preview
     # One metadata entry only: safetensors writes the metadata from a hash map, so the order
     # of two entries changes from run to run and the bytes would too.
     metadata = {SIDECAR_METADATA_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))}
@@ -110,6 +120,7 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
 
     source = sdload.inspect_checkpoint(Path(out), Path(out).name, ("verify",))
     folder_source = sdload.inspect_checkpoint(Path(folder), Path(folder).name, ("verify",))
+    assert source.latent_rgb == folder_source.latent_rgb, "preview factors differ"
     worst: dict[str, float] = {}
     for comp in COMPONENTS:
         a = sdload.load_component(source, comp, torch.float32).state_dict()

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import data
+from training import data, preview_factors
 from training import models as M
 
 REPO = Path(__file__).resolve().parent.parent
@@ -541,6 +541,7 @@ class Trainer:
             "vae": self.state["vae"],
         }
         (tmp / "studio_tiny.json").write_text(json.dumps(info, indent=1) + "\n")
+        preview_factors.write_factors(tmp, vae)  # the Sampler preview's latent -> RGB
         tmp.chmod(0o755)  # mkdtemp makes it private
         old = self.export_dir.with_name(".studio-tiny-old")
         if old.exists():
