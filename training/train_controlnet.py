@@ -1,0 +1,366 @@
+"""Train studio-tiny-canny: a ControlNet for studio-tiny on canny edge maps.
+
+    python -m training.train_controlnet            # from scratch, seed 0
+    python -m training.train_controlnet --resume   # go on from training/companions/controlnet/
+
+Standard ControlNet training: ``ControlNetModel.from_unet`` copies the base UNet's encoder
+(the zero convolutions start at zero, so at step 0 the base is unchanged); the base
+(``resources/models/checkpoints/studio-tiny``: its VAE, text encoder and EMA UNet, as
+exported when the run starts) stays frozen; the loss is the base trainer's min-SNR-weighted
+epsilon loss of the frozen UNet given the ControlNet's residuals. The control image is
+``data.canny_map(data.render(scene))`` (64x64, so the conditioning embedding downsamples
+4x, to the 16x16 latents); the caption never names the position (the edges say where), and
+10 % of captions are dropped for classifier-free guidance, as in the base trainer.
+
+Every ``--eval-every`` steps the ControlNet draws held-out scenes whose shape sits on the
+left or on the right (edges from ``canny_map``, captions without a position word; 20 Euler
+steps, cfg 7) and ``training.evaluate.analyze`` reads where the shape came out; the best
+model so far (by that side rate) is exported in fp16 as a diffusers folder to
+``resources/models/controlnet/studio-tiny-canny/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import data
+from training import models as M
+from training import train as base_train
+from training.companion import (
+    BASE_MODEL,
+    EMBEDDED,
+    CompanionRun,
+    add_common_args,
+    base_fingerprint,
+    log,
+)
+from training.evaluate import analyze, encode_prompts, load_folder, position_ok, score
+
+EXPORT = EMBEDDED / "controlnet" / "studio-tiny-canny"
+#: The conditioning embedding downsamples 64 -> 16 (two stride-2 convs), like the VAE.
+COND_CHANNELS = (16, 32, 64)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def make_controlnet(unet) -> Any:
+    """``ControlNetModel.from_unet``, keeping the pooled-text attention's head count (which
+    from_unet does not copy: it would fall back to 64 heads and pool differently)."""
+    from diffusers import ControlNetModel
+
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
+    heads = unet.config.get("addition_embed_type_num_heads")
+    if heads is not None and cn.config.get("addition_embed_type_num_heads") != heads:
+        fixed = ControlNetModel.from_config({**cn.config, "addition_embed_type_num_heads": heads})
+        fixed.load_state_dict(cn.state_dict())
+        cn = fixed
+    return cn
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def control_image(scene: data.Scene) -> np.ndarray:
+    return data.canny_map(data.render(scene))
+
+
+def control_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1] (as the ControlNet pipeline prepares it)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def no_position(scene: data.Scene) -> str:
+    return data.make_caption(scene.shape, scene.color, scene.background, scene.size_word, None)
+
+
+def training_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images, their canny maps, and captions without the position word."""
+    scenes = data.sample_scenes(data.batch_rng(seed, step, stream=30), n, "train")
+    images = data.render_batch(scenes)
+    controls = np.stack([data.canny_map(im) for im in images])
+    return images, controls, [no_position(s) for s in scenes]
+
+
+def side_scenes(n: int, seed: int = 77) -> list[tuple[data.Scene, str]]:
+    """``n`` held-out scenes, alternately on the right and on the left (mid height)."""
+    rng = np.random.default_rng(seed)
+    combos = sorted(data.heldout_combos())
+    out = []
+    for i in range(n):
+        side = ("right", "left")[i % 2]
+        combo = combos[(i * 7) % len(combos)]
+        scene = data.sample_scene(rng, combo, size_word=data.SIZES[(i // 2) % 2], position=side)
+        out.append((scene, side))
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def generate(
+    unet,
+    text_encoder,
+    vae,
+    tokenizer,
+    captions: list[str],
+    controls: np.ndarray | None,
+    controlnet=None,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 7.0,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """Like ``training.evaluate.generate`` (Euler, CFG), with a ControlNet whose residuals
+    go to both halves of the guidance batch (as StableDiffusionControlNetPipeline does)."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = EulerDiscreteScheduler.from_config(M.SCHEDULER_CONFIG)
+    sched.set_timesteps(steps)
+    n = len(captions)
+    cond = encode_prompts(tokenizer, text_encoder, captions)
+    uncond = encode_prompts(tokenizer, text_encoder, [""]).expand(n, -1, -1)
+    hidden = torch.cat([uncond, cond])
+    size = unet.config.sample_size
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(n, unet.config.in_channels, size, size, generator=g)
+    latents = latents * sched.init_noise_sigma
+    image = None
+    if controlnet is not None and controls is not None:
+        image = torch.cat([control_tensor(controls)] * 2)
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+        kwargs = {}
+        if image is not None:
+            down, mid = controlnet(
+                inp,
+                t,
+                encoder_hidden_states=hidden,
+                controlnet_cond=image,
+                conditioning_scale=scale,
+                return_dict=False,
+            )
+            kwargs = {
+                "down_block_additional_residuals": down,
+                "mid_block_additional_residual": mid,
+            }
+        eps = unet(inp, t, encoder_hidden_states=hidden, **kwargs).sample
+        e_u, e_c = eps.chunk(2)
+        latents = sched.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
+    img = vae.decode(latents / vae.config.scaling_factor).sample
+    img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.permute(0, 2, 3, 1).numpy()
+
+
+def side_rates(
+    images: np.ndarray, cases: list[tuple[data.Scene, str]], captions: list[str]
+) -> dict[str, float]:
+    """Fraction of images whose shape's centroid is on the control's side, and how often
+    colour/background/shape still follow the caption."""
+    side, attrs = [], {"color": [], "background": [], "shape": []}
+    for img, (_, want), cap in zip(images, cases, captions, strict=True):
+        a = analyze(img)
+        side.append(a.color is not None and position_ok(want, a.cx, a.cy))
+        for k, v in score(cap, img).items():
+            if k in attrs:
+                attrs[k].append(v)
+    return {"side": float(np.mean(side)), **{k: float(np.mean(v)) for k, v in attrs.items()}}
+
+
+def evaluate(unet, te, vae, tok, controlnet, cases, seeds=(0,)) -> dict[str, float]:
+    caps = [no_position(s) for s, _ in cases]
+    controls = np.stack([control_image(s) for s, _ in cases])
+    images, all_cases, all_caps = [], [], []
+    for seed in seeds:
+        images.extend(generate(unet, te, vae, tok, caps, controls, controlnet, seed=seed))
+        all_cases.extend(cases)
+        all_caps.extend(caps)
+    return side_rates(np.stack(images), all_cases, all_caps)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(controlnet, folder: Path, info: dict[str, Any]) -> None:
+    """The ControlNet as a diffusers folder with fp16 weights (a quarter of the size of the
+    fp32 training weights, loaded back as fp32 by ``from_pretrained(torch_dtype=...)``)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    half = copy.deepcopy(controlnet).to(torch.float16)
+    half.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "studio_tiny_canny.json").write_text(json.dumps(info, indent=1) + "\n")
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    old = folder.with_name(f".{folder.name}-old")
+    if old.exists():
+        shutil.rmtree(old)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    log(f"exported to {folder} ({size / 1e6:.2f} MB)")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train_controlnet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(p, "controlnet")
+    # the base trainer's defaults for the loss weighting and the caption dropout
+    base_defaults = base_train.parse_args([])
+    p.add_argument("--base", default=str(BASE_MODEL), help="the frozen base model folder")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--caption-dropout", type=float, default=base_defaults.caption_dropout)
+    p.add_argument("--min-snr-gamma", type=float, default=base_defaults.min_snr_gamma)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-count", type=int, default=40)
+    p.add_argument("--export", default=str(EXPORT))
+    args = p.parse_args(argv)
+
+    hp = {
+        k: getattr(args, k)
+        for k in ("steps", "batch", "lr", "warmup", "caption_dropout", "min_snr_gamma")
+    }
+    base_dir = Path(args.base)
+    run = CompanionRun(args, {"seed": args.seed, "hparams": hp, "base": base_fingerprint(base_dir)})
+    hp, seed = run.state["hparams"], run.state["seed"]
+    now = base_fingerprint(base_dir)
+    if now["unet_sha1"] != run.state["base"]["unet_sha1"]:
+        log(
+            f"note: the base model changed since this run started (step {run.state['base']['step']}"
+            f" -> {now['step']}); going on against the current one"
+        )
+        run.state["base"] = now
+    unet, te, vae, tok = load_folder(base_dir)
+    for m in (unet, te, vae):
+        m.requires_grad_(False).eval()
+    torch.manual_seed(seed)
+    cn = make_controlnet(unet)
+    named = list(cn.named_parameters())
+    opt = torch.optim.AdamW(cn.parameters(), lr=hp["lr"], weight_decay=0.01)
+    if run.has("controlnet"):
+        cn.load_state_dict(run.load("controlnet"))
+        base_train.restore_moments(opt, named, run.load("optim"), run.step)
+        log(f"loaded the ControlNet at step {run.step}")
+    cn.train()
+    log(f"params: controlnet {M.n_params(cn)} (frozen unet {M.n_params(unet)})")
+
+    sched = M.make_scheduler()
+    snr_all = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    sf = vae.config.scaling_factor
+    uncond = encode_prompts(tok, te, [""])
+    cases = side_scenes(args.eval_count)
+    if "baseline" not in run.state:
+        # the same scenes without the ControlNet: how often the shape lands on that side anyway
+        run.state["baseline"] = evaluate(unet, te, vae, tok, None, cases)
+        log(f"baseline without the ControlNet: {json.dumps(run.state['baseline'])}")
+
+    def checkpoint() -> None:
+        run.save(
+            {
+                "controlnet": cn.state_dict(),
+                "optim": base_train.optimizer_moments(opt, named, keep_first=False),
+            }
+        )
+
+    def do_eval(step: int) -> None:
+        run.tick()
+        t = time.time()
+        cn.eval()
+        rates = evaluate(unet, te, vae, tok, cn, cases)
+        cn.train()
+        rec = {"step": step, **{k: round(v, 3) for k, v in rates.items()}}
+        rec["seconds"], rec["eval_seconds"] = round(run.state["seconds"]), round(time.time() - t)
+        run.state["history"].append(rec)
+        log("eval " + json.dumps(rec))
+        best = run.state["best"]
+        key = lambda r: (r["side"], r["color"] + r["shape"] + r["background"])  # noqa: E731
+        if best is None or key(rec) > key(best):
+            run.state["best"] = rec
+            info = {
+                "name": "studio-tiny-canny",
+                "trained_by": "python -m training.train_controlnet",
+                "base": run.state["base"],
+                "seed": seed,
+                "hparams": hp,
+                "metrics": rec,
+                "baseline_without_controlnet": run.state["baseline"],
+            }
+            export(cn, Path(args.export), info)
+        checkpoint()
+
+    t0, n0, losses = time.time(), run.step, []
+    while not run.stop and run.step < hp["steps"]:
+        step = run.step
+        lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        imgs, controls, caps = training_batch(seed, step, hp["batch"])
+        g = base_train.step_generator(seed, step, 30)
+        drop = torch.rand(len(caps), generator=g) < hp["caption_dropout"]
+        with torch.no_grad():
+            hidden = encode_prompts(tok, te, caps)
+            hidden[drop] = uncond[0]
+            lat = vae.encode(data.to_tensor(imgs)).latent_dist.sample(generator=g) * sf
+        noise = torch.randn(lat.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(caps),), generator=g)
+        noisy = sched.add_noise(lat, noise, t)
+        down, mid = cn(
+            noisy,
+            t,
+            encoder_hidden_states=hidden,
+            controlnet_cond=control_tensor(controls),
+            return_dict=False,
+        )
+        pred = unet(
+            noisy,
+            t,
+            encoder_hidden_states=hidden,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        snr = snr_all[t]
+        loss = (torch.clamp(snr, max=hp["min_snr_gamma"]) / snr * per).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        run.state["step"] = step = step + 1
+        if step % 25 == 0:
+            sps = (step - n0) / (time.time() - t0)
+            log(f"step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
+            t0, n0, losses = time.time(), step, []
+        if step % args.eval_every == 0 or step == hp["steps"]:
+            do_eval(step)
+            t0 = time.time()
+        elif run.due():
+            checkpoint()
+    checkpoint()
+    log(f"stopped at step {run.step}" if run.stop else f"finished: best {run.state['best']}")
+
+
+if __name__ == "__main__":
+    main()
