@@ -236,28 +236,48 @@ def batch_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 # ----------------------------------------------------------------------------- rendering
 
 
-def render(scene: Scene, size: int = 64, supersample: int = 4) -> np.ndarray:
-    """The scene as an ``size x size x 3`` uint8 array, anti-aliased by supersampling."""
+def render(scene: Scene, size: int = 64, supersample: int = 4, outline: float = 0.0) -> np.ndarray:
+    """The scene as an ``size x size x 3`` uint8 array, anti-aliased by supersampling.
+
+    ``outline`` > 0 draws the shape as an outline of that width (a fraction of the image
+    side, drawn inwards from the filled shape's edge) instead of filled: what the
+    studio-tiny-outline LoRA learns. The default draws exactly what it always did.
+    """
     big = size * supersample
     img = Image.new("RGB", (big, big), COLORS[scene.background])
     draw = ImageDraw.Draw(img)
-    fill = COLORS[scene.color]
     cx, cy, r = scene.cx * big, scene.cy * big, scene.radius * big
-    if scene.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif scene.shape == "square":
-        h = r * math.sqrt(math.pi) / 2
-        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    else:
-        big_r = _triangle_circumradius(r)
-        pts = [
-            (cx + big_r * math.cos(a), cy - big_r * math.sin(a))
-            for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)
-        ]
-        draw.polygon(pts, fill=fill)
+    _draw_shape(draw, scene.shape, cx, cy, r, 0.0, COLORS[scene.color])
+    if outline > 0:
+        _draw_shape(draw, scene.shape, cx, cy, r, outline * big, COLORS[scene.background])
     if supersample > 1:
         img = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, inset: float, fill) -> None:
+    """Draw ``shape`` (equal-area radius ``r``) shrunk so its edges move ``inset`` inwards."""
+    if shape == "circle":
+        ri = r - inset
+        if ri > 0:
+            draw.ellipse((cx - ri, cy - ri, cx + ri, cy + ri), fill=fill)
+    elif shape == "square":
+        h = r * math.sqrt(math.pi) / 2 - inset
+        if h > 0:
+            draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
+    else:
+        # an equilateral triangle's inradius is half its circumradius
+        big_r = _triangle_circumradius(r) - 2 * inset
+        if big_r > 0:
+            pts = [
+                (cx + big_r * math.cos(a), cy - big_r * math.sin(a))
+                for a in (
+                    math.pi / 2,
+                    math.pi / 2 + 2 * math.pi / 3,
+                    math.pi / 2 + 4 * math.pi / 3,
+                )
+            ]
+            draw.polygon(pts, fill=fill)
 
 
 def render_highres(scene: Scene, size: int = 256) -> np.ndarray:
