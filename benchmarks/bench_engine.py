@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from stubs import stub_registry  # noqa: E402
+from stubs import stub_registry
 
-from studio.engine import Engine  # noqa: E402
-from studio.graph import Workflow  # noqa: E402
-from studio.graph.workflow import Link  # noqa: E402
+from studio.engine import Engine
+from studio.graph import Workflow
+from studio.graph.workflow import Link
 
 
 def wide(reg, nodes: int = 1000) -> Workflow:

@@ -25,9 +25,9 @@ def child(model_path: str, size: int, tile: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from nodes.upscale import upscale_tiled
     from spandrel import ModelLoader
 
+    from nodes.upscale import upscale_tiled
     from studio.engine.models import ModelManager  # noqa: F401  (same import cost as the app)
 
     torch.set_num_threads(2)
@@ -36,16 +36,22 @@ def child(model_path: str, size: int, tile: int) -> None:
     image = torch.rand((1, size, size, 3))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    out = upscale_tiled(descriptor, image, descriptor.scale, tile, 32, "cpu", lambda *a: None, torch)
+    out = upscale_tiled(
+        descriptor, image, descriptor.scale, tile, 32, "cpu", lambda *a: None, torch
+    )
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "tile": tile,
-        "output": list(out.shape),
-        "seconds": round(seconds, 2),
-        "peak_rss_mb": round(peak / 1024, 1),
-        "rss_before_mb": round(base / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "tile": tile,
+                "output": list(out.shape),
+                "seconds": round(seconds, 2),
+                "peak_rss_mb": round(peak / 1024, 1),
+                "rss_before_mb": round(base / 1024, 1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -69,7 +75,9 @@ def main() -> None:
         for name, tile in (("tiled_512", 512), ("untiled", 0)):
             proc = subprocess.run(
                 [sys.executable, __file__, "--size", str(args.size), "--child", path, str(tile)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     report = {

@@ -1,0 +1,67 @@
+"""What studio-tiny's images show, drawn through Studio's own txt2img graph.
+
+Captions come from the held-out colour x shape x background combinations (never drawn
+in training); every rate is measured on the images with training.evaluate's pixel
+statistics. ``python benchmarks/bench_tiny.py`` prints the same figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from studio.modelfiles import list_models
+from training.data import eval_scenes, heldout_combos
+from training.studio_run import MODEL, StudioTxt2Img, held_out_adherence
+
+pytestmark = pytest.mark.skipif(
+    MODEL not in list_models("checkpoints"), reason=f"{MODEL} is not in resources/models"
+)
+
+CAPTIONS = 60  # held-out captions, each naming a size and a position
+PER_CAPTION = 3  # images per caption (one seeded batch each)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    import torch
+
+    from studio.engine import Engine
+
+    torch.set_num_threads(2)
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def rates_cfg7(engine) -> dict[str, float]:
+    return held_out_adherence(StudioTxt2Img(cfg=7.0, engine=engine), CAPTIONS, 0, PER_CAPTION)
+
+
+def test_the_captions_are_held_out_combinations():
+    scenes = eval_scenes(CAPTIONS)
+    assert len(scenes) >= 50
+    held = heldout_combos()
+    assert all((s.color, s.shape, s.background) in held for s in scenes)
+
+
+def test_shape_colour_background_and_shape_follow_the_prompt(rates_cfg7):
+    assert rates_cfg7["n"] == CAPTIONS * PER_CAPTION
+    assert rates_cfg7["color"] >= 0.90, rates_cfg7
+    assert rates_cfg7["background"] >= 0.90, rates_cfg7
+    assert rates_cfg7["shape"] >= 0.80, rates_cfg7
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="studio-tiny has not learnt the position words yet (near chance, see "
+    "training/README.md); remove this mark when the exported model reaches the goal",
+)
+def test_position_word_puts_the_shape_there(rates_cfg7):
+    assert rates_cfg7["position"] >= 0.90, rates_cfg7
+
+
+def test_guidance_1_adheres_less_than_guidance_7(engine, rates_cfg7):
+    rates_cfg1 = held_out_adherence(StudioTxt2Img(cfg=1.0, engine=engine), 20, 0, PER_CAPTION)
+    for attr in ("color", "background", "shape"):
+        assert rates_cfg1[attr] < rates_cfg7[attr] - 0.1, (attr, rates_cfg1, rates_cfg7)
