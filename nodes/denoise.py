@@ -59,6 +59,32 @@ def make_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
         raise NodeError(f"sampler {sampler!r} needs a missing package: {exc}") from None
 
 
+#: Latents up to this many pixels (32x32: images up to 256x256) are "small" on a CPU.
+SMALL_LATENT_PIXELS = 32 * 32
+
+
+def small_conv_backend(latents: torch.Tensor, device: torch.device) -> Any:
+    """On a CPU, run the convolutions of a small latent without oneDNN: setting up a oneDNN
+    convolution costs more than computing a 16x16 one (studio-tiny's UNet: 29 ms a step
+    without, 36 ms with, on 2 cores). Larger latents keep oneDNN, which wins there."""
+    import contextlib
+
+    small = latents.shape[-2] * latents.shape[-1] <= SMALL_LATENT_PIXELS
+    if device.type != "cpu" or not small:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def without_onednn():
+        was = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = was
+
+    return without_onednn()
+
+
 def _single(cond: list[Cond], name: str) -> Cond:
     if not cond:
         raise NodeError(f"the {name} conditioning is empty")
@@ -256,7 +282,7 @@ def sample(
 
     def loop() -> torch.Tensor:
         nonlocal latents
-        with torch.no_grad():
+        with torch.no_grad(), small_conv_backend(latents, device):
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
                 x = torch.cat([latents] * 2) if do_cfg else latents
