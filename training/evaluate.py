@@ -248,6 +248,7 @@ def evaluate_models(
     steps: int = 20,
     guidance: float = 7.0,
     batch: int = 64,
+    scheduler_config: dict | None = None,
 ) -> dict[str, float]:
     images, caps = [], []
     for seed in seeds:
@@ -263,6 +264,7 @@ def evaluate_models(
                     seed=seed + i,
                     steps=steps,
                     guidance=guidance,
+                    scheduler_config=scheduler_config,
                 )
             )
             caps.extend(chunk)
@@ -304,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from training.data import eval_scenes
+    from training.models import folder_scheduler_config
 
     default = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny"
     ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=main.__doc__)
@@ -320,7 +323,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = {"model": args.model, "captions": len(caps), "seeds": args.seeds, "steps": args.steps}
     for cfg in args.cfg:
         rates = evaluate_models(
-            unet, te, vae, tok, caps, seeds=args.seeds, steps=args.steps, guidance=cfg
+            unet,
+            te,
+            vae,
+            tok,
+            caps,
+            seeds=args.seeds,
+            steps=args.steps,
+            guidance=cfg,
+            scheduler_config=folder_scheduler_config(args.model),
         )
         out[f"cfg {cfg:g}"] = {k: round(v, 4) for k, v in rates.items()}
     print(json.dumps(out, indent=1))

@@ -170,6 +170,11 @@ class Trainer:
     def hp(self, key: str) -> Any:
         return self.state["hparams"][key]
 
+    @property
+    def sched_config(self) -> dict[str, Any]:
+        """The noise schedule and objective the UNet is trained (and exported) with."""
+        return self.state["hparams"]["models"]["scheduler"]
+
     def run(self) -> None:
         torch.set_num_threads(self.args.threads)
         state_file = self.ckpt / "state.json"
@@ -178,6 +183,19 @@ class Trainer:
                 sys.exit(f"--resume: no checkpoint in {self.ckpt}")
             self.state = json.loads(state_file.read_text())
             log(f"resuming phase {self.state['phase']} at step {self.state['step']}")
+            if self.args.t_power is not None:
+                self.state["hparams"]["t_power"] = self.args.t_power
+                self.state.setdefault("changes", []).append(
+                    {"step": self.state["step"], "t_power": self.args.t_power}
+                )
+            sched_cfg = self.state["hparams"]["models"]["scheduler"]
+            if self.args.v_zero_snr and sched_cfg != M.SCHEDULER_CONFIG:
+                # switch the objective (epsilon -> v-prediction at zero terminal SNR), going on
+                # from the weights learnt so far; the EMA restarts from them
+                self.state["hparams"]["models"]["scheduler"] = M.SCHEDULER_CONFIG
+                self.state["objective_from_step"] = self.state["step"]
+                self.state["ema_restart"] = True
+                log(f"objective: v-prediction at zero terminal SNR from step {self.state['step']}")
         else:
             if state_file.exists() and not self.args.overwrite:
                 sys.exit(f"{state_file} exists: pass --resume (or --overwrite to start over)")
@@ -381,6 +399,8 @@ class Trainer:
             unet.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith("unet.")})
             e = _load_tensors(self.ckpt / "ema.safetensors")
             ema = [e[n].float() for n, _ in named]
+            if self.state.pop("ema_restart", False):
+                ema = [p.detach().clone() for p in params]
             restore_moments(
                 opt,
                 named,
@@ -389,9 +409,7 @@ class Trainer:
             )
             log(f"loaded text encoder + UNet at step {self.state['step']}")
         log(f"params: vae {M.n_params(vae)} text {M.n_params(te)} unet {M.n_params(unet)}")
-        sched = M.make_scheduler()
-        alphas = sched.alphas_cumprod
-        snr_all = alphas / (1 - alphas)
+        sched = M.make_scheduler(self.sched_config)
         eval_scenes = data.eval_scenes(self.args.eval_count)
         eval_caps = [s.caption for s in eval_scenes]
         batch, gamma, p_drop = (
@@ -406,7 +424,8 @@ class Trainer:
         self.vae, self.dec_named, self.dec_opt = vae, dec_named, dec_opt
         while not self.stop and self.state["step"] < self.args.max_steps:
             step = self.state["step"]
-            lr = self.hp("lr") * min(1.0, (step + 1) / self.hp("warmup"))
+            since = step - self.state.get("objective_from_step", 0)
+            lr = self.hp("lr") * min(1.0, (since + 1) / self.hp("warmup"))
             for group in opt.param_groups:
                 group["lr"] = lr
             imgs, caps = data.training_batch(seed, step, batch)
@@ -417,19 +436,23 @@ class Trainer:
             with torch.no_grad():
                 lat = vae.encode(data.to_tensor(imgs)).latent_dist.sample(generator=g) * sf
             noise = torch.randn(lat.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+            n_t = sched.config.num_train_timesteps
+            t_power = self.state["hparams"].get("t_power", 1.0)
+            if t_power == 1.0:
+                t = torch.randint(0, n_t, (batch,), generator=g)
+            else:
+                # more of the noisiest steps, where the layout (the position) is decided
+                u = torch.rand(batch, generator=g) ** (1.0 / t_power)
+                t = (u * n_t).long().clamp(max=n_t - 1)
             noisy = sched.add_noise(lat, noise, t)
             hidden = te(ids)[0]
             pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-            per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-            snr = snr_all[t]
-            weight = torch.clamp(snr, max=gamma) / snr  # min-SNR-gamma for epsilon prediction
-            loss = (weight * per).mean()
+            loss = M.diffusion_loss(sched, pred, lat, noise, t, gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            d = min(self.hp("ema_decay"), (1 + step) / (10 + step))
+            d = min(self.hp("ema_decay"), (1 + since) / (10 + since))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
             losses.append(loss.item())
@@ -497,7 +520,15 @@ class Trainer:
         t = time.time()
         ete, eunet = self.ema_models(named, ema)
         rates = evaluate_models(
-            eunet, ete, vae, self.tokenizer, eval_caps, seeds=(0,), steps=20, guidance=7.0
+            eunet,
+            ete,
+            vae,
+            self.tokenizer,
+            eval_caps,
+            seeds=(0,),
+            steps=20,
+            guidance=7.0,
+            scheduler_config=self.sched_config,
         )
         step = self.state["step"]
         held_in, held_out = self.vae_sets
@@ -525,7 +556,7 @@ class Trainer:
             text_encoder=te,
             tokenizer=self.tokenizer,
             unet=unet,
-            scheduler=EulerDiscreteScheduler.from_config(M.SCHEDULER_CONFIG),
+            scheduler=EulerDiscreteScheduler.from_config(self.sched_config),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -574,8 +605,8 @@ class Trainer:
             return
         self.last_commit = time.time()
         paths = [str(self.ckpt.relative_to(REPO))]
-        if self.export_dir.exists():
-            paths.append(str(self.export_dir.relative_to(REPO)))
+        if self.export_dir.exists() and self.export_dir.resolve().is_relative_to(REPO):
+            paths.append(str(self.export_dir.resolve().relative_to(REPO)))
         msg = f"studio-tiny training checkpoint: phase {self.state['phase']} step {self.state['step']}"
         for _ in range(20):
             add = subprocess.run(
@@ -635,6 +666,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--max-steps", type=int, default=1_000_000, help="UNet steps")
+    p.add_argument(
+        "--t-power",
+        type=float,
+        default=None,
+        help="with --resume: draw timesteps as T * u^(1/p) from now on (p > 1: more of the "
+        "noisiest steps); recorded in the checkpoint",
+    )
+    p.add_argument(
+        "--v-zero-snr",
+        action="store_true",
+        help="with --resume: switch a run trained for epsilon to v-prediction at zero "
+        "terminal SNR (models.SCHEDULER_CONFIG), going on from its weights",
+    )
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-count", type=int, default=60)
     return p.parse_args(argv)

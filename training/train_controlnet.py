@@ -121,12 +121,13 @@ def generate(
     steps: int = 20,
     guidance: float = 7.0,
     scale: float = 1.0,
+    scheduler_config: dict | None = None,
 ) -> np.ndarray:
     """Like ``training.evaluate.generate`` (Euler, CFG), with a ControlNet whose residuals
     go to both halves of the guidance batch (as StableDiffusionControlNetPipeline does)."""
     from diffusers import EulerDiscreteScheduler
 
-    sched = EulerDiscreteScheduler.from_config(M.SCHEDULER_CONFIG)
+    sched = EulerDiscreteScheduler.from_config(scheduler_config or M.SCHEDULER_CONFIG)
     sched.set_timesteps(steps)
     n = len(captions)
     cond = encode_prompts(tokenizer, text_encoder, captions)
@@ -178,12 +179,26 @@ def side_rates(
     return {"side": float(np.mean(side)), **{k: float(np.mean(v)) for k, v in attrs.items()}}
 
 
-def evaluate(unet, te, vae, tok, controlnet, cases, seeds=(0,)) -> dict[str, float]:
+def evaluate(
+    unet, te, vae, tok, controlnet, cases, seeds=(0,), scheduler_config=None
+) -> dict[str, float]:
     caps = [no_position(s) for s, _ in cases]
     controls = np.stack([control_image(s) for s, _ in cases])
     images, all_cases, all_caps = [], [], []
     for seed in seeds:
-        images.extend(generate(unet, te, vae, tok, caps, controls, controlnet, seed=seed))
+        images.extend(
+            generate(
+                unet,
+                te,
+                vae,
+                tok,
+                caps,
+                controls,
+                controlnet,
+                seed=seed,
+                scheduler_config=scheduler_config,
+            )
+        )
         all_cases.extend(cases)
         all_caps.extend(caps)
     return side_rates(np.stack(images), all_cases, all_caps)
@@ -266,14 +281,16 @@ def main(argv: list[str] | None = None) -> None:
     cn.train()
     log(f"params: controlnet {M.n_params(cn)} (frozen unet {M.n_params(unet)})")
 
-    sched = M.make_scheduler()
-    snr_all = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    sched_cfg = M.folder_scheduler_config(base_dir)
+    sched = M.make_scheduler(sched_cfg)
     sf = vae.config.scaling_factor
     uncond = encode_prompts(tok, te, [""])
     cases = side_scenes(args.eval_count)
     if "baseline" not in run.state:
         # the same scenes without the ControlNet: how often the shape lands on that side anyway
-        run.state["baseline"] = evaluate(unet, te, vae, tok, None, cases)
+        run.state["baseline"] = evaluate(
+            unet, te, vae, tok, None, cases, scheduler_config=sched_cfg
+        )
         log(f"baseline without the ControlNet: {json.dumps(run.state['baseline'])}")
 
     def checkpoint() -> None:
@@ -288,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         run.tick()
         t = time.time()
         cn.eval()
-        rates = evaluate(unet, te, vae, tok, cn, cases)
+        rates = evaluate(unet, te, vae, tok, cn, cases, scheduler_config=sched_cfg)
         cn.train()
         rec = {"step": step, **{k: round(v, 3) for k, v in rates.items()}}
         rec["seconds"], rec["eval_seconds"] = round(run.state["seconds"]), round(time.time() - t)
@@ -340,9 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        snr = snr_all[t]
-        loss = (torch.clamp(snr, max=hp["min_snr_gamma"]) / snr * per).mean()
+        loss = M.diffusion_loss(sched, pred, lat, noise, t, hp["min_snr_gamma"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)

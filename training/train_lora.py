@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"loaded the LoRA at step {run.step}")
     log(f"LoRA params {sum(prm.numel() for prm in params)} in {len(named) // 2} layers")
 
-    sched = M.make_scheduler()
-    snr_all = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    sched_cfg = M.folder_scheduler_config(base_dir)
+    sched = M.make_scheduler(sched_cfg)
     sf = vae.config.scaling_factor
     uncond = encode_prompts(tok, te, [""])
     caps_eval = [s.caption for s in data.eval_scenes(args.eval_count)]
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             unet.disable_adapters()
         try:
-            return generate(unet, te, vae, tok, caps_eval, seed=0)
+            return generate(unet, te, vae, tok, caps_eval, seed=0, scheduler_config=sched_cfg)
         finally:
             unet.enable_adapters()
             unet.set_adapters([ADAPTER], [1.0])
@@ -306,9 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         t = torch.randint(0, sched.config.num_train_timesteps, (len(caps),), generator=g)
         noisy = sched.add_noise(lat, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        snr = snr_all[t]
-        loss = (torch.clamp(snr, max=hp["min_snr_gamma"]) / snr * per).mean()
+        loss = M.diffusion_loss(sched, pred, lat, noise, t, hp["min_snr_gamma"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
