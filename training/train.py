@@ -44,6 +44,12 @@ CKPT_DIR = REPO / "training" / "checkpoints"
 EXPORT_DIR = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
 
 
+def position_label(caption: str) -> int:
+    """The index of a caption's position word in ``data.POSITIONS``; no word: the last."""
+    pos = data.parse_caption(caption)["position"] if caption else None
+    return data.POSITIONS.index(pos) if pos else len(data.POSITIONS)
+
+
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
@@ -154,6 +160,9 @@ class Trainer:
                 "ema_decay": a.ema_decay,
                 "caption_dropout": a.caption_dropout,
                 "min_snr_gamma": a.min_snr_gamma,
+                # what the first run switched to on the way (see training/README.md)
+                "t_power": 2.0 if a.t_power is None else a.t_power,
+                "position_probe": 0.2 if a.position_probe is None else a.position_probe,
                 "models": {
                     "vae": M.VAE_CONFIG,
                     "text": M.TEXT_CONFIG,
@@ -183,6 +192,11 @@ class Trainer:
                 sys.exit(f"--resume: no checkpoint in {self.ckpt}")
             self.state = json.loads(state_file.read_text())
             log(f"resuming phase {self.state['phase']} at step {self.state['step']}")
+            if self.args.position_probe is not None:
+                self.state["hparams"]["position_probe"] = self.args.position_probe
+                self.state.setdefault("changes", []).append(
+                    {"step": self.state["step"], "position_probe": self.args.position_probe}
+                )
             if self.args.t_power is not None:
                 self.state["hparams"]["t_power"] = self.args.t_power
                 self.state.setdefault("changes", []).append(
@@ -418,6 +432,8 @@ class Trainer:
             self.hp("caption_dropout"),
         )
         uncond_ids = self.tokenize([""])
+        probe, probe_opt, probe_w = self.position_probe()
+        probe_hits: list[float] = []
         t_phase = time.time()
         t0, n0, losses = time.time(), self.state["step"], []
         dec_losses: list[float] = []
@@ -448,10 +464,20 @@ class Trainer:
             hidden = te(ids)[0]
             pred = unet(noisy, t, encoder_hidden_states=hidden).sample
             loss = M.diffusion_loss(sched, pred, lat, noise, t, gamma)
+            total = loss
+            if probe is not None:
+                labels = torch.tensor([position_label(c) for c in caps])
+                keep = ~drop
+                logits = probe(hidden.mean(dim=1)[keep])
+                total = loss + probe_w * torch.nn.functional.cross_entropy(logits, labels[keep])
+                probe_hits.append(float((logits.argmax(-1) == labels[keep]).float().mean()))
+                probe_opt.zero_grad(set_to_none=True)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if probe is not None:
+                probe_opt.step()
             d = min(self.hp("ema_decay"), (1 + since) / (10 + since))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
@@ -465,6 +491,9 @@ class Trainer:
                     log(f"decoder mse {np.mean(dec_losses):.5f}")
                     dec_losses = []
                 log(f"unet step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
+                if probe_hits:
+                    log(f"position probe accuracy {np.mean(probe_hits):.3f}")
+                    probe_hits = []
                 self.state["steps_per_second"] = sps
                 t0, n0, losses = time.time(), step, []
             if step % self.args.eval_every == 0:
@@ -583,7 +612,24 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         log(f"exported to {self.export_dir}")
 
+    def position_probe(self):
+        """An auxiliary linear classifier of the caption's position word (or none) from the
+        text encoder's token states, averaged: its loss pushes the position into every token
+        the UNet attends to. Training only; the exported text encoder is unchanged."""
+        weight = self.state["hparams"].get("position_probe", 0.0)
+        self.probe = None
+        if not weight:
+            return None, None, 0.0
+        probe = torch.nn.Linear(M.TEXT_DIM, len(data.POSITIONS) + 1)
+        f = self.ckpt / "position_probe.safetensors"
+        if f.exists():
+            probe.load_state_dict(_load_tensors(f))
+        self.probe = probe
+        return probe, torch.optim.Adam(probe.parameters(), lr=1e-3), weight
+
     def save_unet(self, named, opt, ema) -> None:
+        if getattr(self, "probe", None) is not None:
+            _save_tensors(self.ckpt / "position_probe.safetensors", self.probe.state_dict())
         _save_tensors(self.ckpt / "vae.safetensors", self.vae.state_dict())
         _save_tensors(
             self.ckpt / "vae_dec_optim.safetensors",
@@ -666,6 +712,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--max-steps", type=int, default=1_000_000, help="UNet steps")
+    p.add_argument(
+        "--position-probe",
+        type=float,
+        default=None,
+        help="with --resume: weight of an auxiliary loss that makes the text encoder carry "
+        "the position word into all its tokens (0: off); recorded in the checkpoint",
+    )
     p.add_argument(
         "--t-power",
         type=float,
