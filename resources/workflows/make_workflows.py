@@ -150,11 +150,11 @@ def txt2img() -> Workflow:
     b.note(
         "Text to image: the prompt is encoded, the sampler denoises an empty 64x64 latent "
         "for 20 steps, and the VAE decodes it. studio-tiny knows captions like "
-        "'a [small|large] <colour> <circle|square|triangle> on a <colour> background' "
-        "(it has not learnt the position words yet: the seed places the shape)."
+        "'a [small|large] <colour> <circle|square|triangle> on a <colour> background, "
+        "<left|right|top|bottom|center>'."
     )
     b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
-    prompts(b, 1, "a large yellow triangle on a purple background")
+    prompts(b, 1, "a large yellow triangle on a purple background, right")
     b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
     sample(b, "sampler", 2, "latent", sampler_params(seed=0))
     decode_and_save(b, 3, "sampler", "txt2img")
