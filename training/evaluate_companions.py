@@ -31,18 +31,13 @@ from typing import Any
 import numpy as np
 
 from training import data
+from training.studio_run import to_uint8, txt2img_workflow
 
 BASE = "studio-tiny"
 UPSCALER = "studio-tiny-x4.safetensors"
 CONTROLNET = "studio-tiny-canny"
 LORA = "studio-tiny-outline.safetensors"
 SIDES = ("right", "left")
-
-
-def to_uint8(image: Any) -> list[np.ndarray]:
-    """An IMAGE value (B x H x W x 3 floats in 0..1) as H x W x 3 uint8 arrays."""
-    arr = image.detach().cpu().float().numpy()
-    return list((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
 def save_png(array: np.ndarray, path: Path) -> str:
@@ -120,37 +115,7 @@ def txt2img(
     prompt: str, seed: int, batch: int, steps: int = 20, cfg: float = 7.0
 ) -> tuple[Any, dict[str, str]]:
     """The default txt2img graph on studio-tiny (64x64, euler), ``batch`` images."""
-    from studio.graph.workflow import Workflow
-
-    wf = Workflow()
-    ids = {
-        "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": BASE}).id,
-        "pos": wf.add_node("text_encode", {"text": prompt}).id,
-        "neg": wf.add_node("text_encode", {"text": ""}).id,
-        "latent": wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": batch}).id,
-        "sampler": wf.add_node(
-            "sampler",
-            {
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-            },
-        ).id,
-        "decode": wf.add_node("vae_decode").id,
-    }
-    c = wf.connect
-    c(ids["ckpt"], "clip", ids["pos"], "clip")
-    c(ids["ckpt"], "clip", ids["neg"], "clip")
-    c(ids["ckpt"], "model", ids["sampler"], "model")
-    c(ids["pos"], "conditioning", ids["sampler"], "positive")
-    c(ids["neg"], "conditioning", ids["sampler"], "negative")
-    c(ids["latent"], "latent", ids["sampler"], "latent")
-    c(ids["sampler"], "latent", ids["decode"], "latent")
-    c(ids["ckpt"], "vae", ids["decode"], "vae")
-    return wf, ids
+    return txt2img_workflow(prompt, model=BASE, seed=seed, steps=steps, cfg=cfg, batch_size=batch)
 
 
 # ----------------------------------------------------------------------------- ControlNet
