@@ -36,3 +36,32 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
     while f"{stem}_{i:05d}{suffix}" in existing or (folder / f"{stem}_{i:05d}{suffix}").exists():
         i += 1
     return folder / f"{stem}_{i:05d}{suffix}"
+
+
+def regular_file(path: str | Path, *, what: str, max_bytes: int | None = None) -> os.stat_result:
+    """Check that ``path`` is a regular file (after links) no larger than ``max_bytes``.
+
+    Called before any file is read or hashed, so that a workflow naming ``/dev/zero``,
+    a FIFO, a folder or a socket gets a clear error instead of a read that never ends.
+    Returns the file's ``stat``. Raises :class:`~studio.errors.StudioError` naming
+    ``what`` (for example "checkpoint file") and the path.
+    """
+    import stat
+
+    from studio.errors import StudioError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise StudioError(f"{what} not found: {p} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StudioError(f"{what} is a folder, not a file: {p}")
+    if not stat.S_ISREG(st.st_mode):
+        raise StudioError(f"{what} is not a regular file (a device, pipe or socket): {p}")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise StudioError(
+            f"{what} is too large ({st.st_size / 2**20:.0f} MiB, the limit is "
+            f"{max_bytes / 2**20:.0f} MiB): {p}"
+        )
+    return st
