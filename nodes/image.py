@@ -39,7 +39,7 @@ A1111_SAMPLER_NAMES = {
 }
 
 
-def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Path:
+def resolve_image_path(name: str, input_folder: Path | str) -> Path:
     """Where Load Image finds ``name``: a path as it is; a relative name in the input
     folder (``settings.input_path``), else among the example images shipped in
     ``resources/images`` (as the embedded models are found beside the user's). A name
@@ -47,10 +47,6 @@ def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Pat
     p = Path(name).expanduser()
     if p.is_absolute():
         return p
-    if input_folder is None:
-        from studio.settings import active_settings
-
-        input_folder = active_settings().input_path
     user = Path(input_folder) / p
     if user.is_file():
         return user
@@ -68,10 +64,11 @@ def image_path(ctx_settings: Any, name: str) -> Path:
     return p
 
 
-def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
+def _image_fingerprint(params: dict[str, Any], ctx: Any) -> str:
     # The same file the node will read, so a user image that appears with an example's
     # name re-runs the node.
-    return files.of(resolve_image_path(params.get("image", "")))
+    path = resolve_image_path(params.get("image", ""), ctx.settings.input_path)
+    return ctx.files.of(path, ctx.check_interrupt)
 
 
 @node(

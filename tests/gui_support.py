@@ -241,10 +241,12 @@ if pytest is not None:
 
         made = []
 
-        def make(wf=None, *, registry=None, recovery_dir=None, size=(1200, 800)):
+        def make(
+            wf=None, *, registry=None, recovery_dir=None, size=(1200, 800), studio_settings=None
+        ):
             reg = registry or (wf.registry if wf is not None else gui_registry())
             store = RecoveryStore(recovery_dir or tmp_path / "recovery")
-            w = MainWindow(reg, autosave=False, recovery=store)
+            w = MainWindow(reg, autosave=False, recovery=store, studio_settings=studio_settings)
             w.interactive = False
             w.ask_unsaved = lambda: "discard"
             if wf is not None:

@@ -12,7 +12,7 @@ import pytest
 import studio
 from studio.errors import WorkflowEditError
 from studio.graph import Workflow
-from studio.graph.registry import Registry, _load_entry_points
+from studio.graph.registry import Registry, load_entry_points
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ def test_node_packs_from_entry_points(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[studio.nodes]\nmypack = mypack\nbroken = brokenpack\n")
     monkeypatch.syspath_prepend(str(pkg))
     reg = Registry()
-    _load_entry_points(reg)
+    load_entry_points(reg)
     assert reg.get("mypack.double").title == "Double"
     assert len(reg.load_errors) == 1 and "broken" in reg.load_errors[0]
     assert "missing" in reg.load_errors[0]
@@ -171,9 +171,9 @@ def test_core_imports_without_qt_or_torch(tmp_path):
     code = BLOCKER + textwrap.dedent(
         """
         import studio.graph, studio.engine, studio.cli
-        from studio.graph import default_registry
+        from studio.library import installed_registry
         from studio.engine import Engine
-        reg = default_registry()
+        reg = installed_registry()
         print(len(reg), 'node types')
         assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6')]
         """

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from studio.graph.fileformat import load_workflow
-from studio.modelfiles import RESOURCES, resolve_model
+from studio.library import installed_registry
+from studio.modelfiles import RESOURCES, ModelFiles
+from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
 NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale")
@@ -43,14 +45,14 @@ def missing_models(wf) -> list[str]:
         for inp in spec.params if spec else ():
             if inp.file_kind in ("checkpoints", "controlnet", "loras", "upscale_models"):
                 try:
-                    resolve_model(inp.file_kind, n.params[inp.name])
+                    ModelFiles(Settings()).resolve(inp.file_kind, n.params[inp.name])
                 except NodeError:
                     missing.append(f"resources/models/{inp.file_kind}/{n.params[inp.name]}")
     return missing
 
 
 def open_default(name: str):
-    wf = load_workflow(WORKFLOWS / f"{name}.json")
+    wf = load_workflow(WORKFLOWS / f"{name}.json", installed_registry())
     missing = missing_models(wf)
     if missing:
         pytest.skip(f"{name}.json: {', '.join(missing)} does not exist yet")
@@ -60,14 +62,12 @@ def open_default(name: str):
 @pytest.fixture
 def fresh_settings(tmp_path):
     """A fresh install: no models root of the user's, an empty input folder."""
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     settings = Settings(
         output_dir=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), device="cpu"
     )
-    set_active_settings(settings)
     yield settings
-    set_active_settings(Settings())
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def engine(fresh_settings):
     from studio.engine import Engine
 
     torch.set_num_threads(1)
-    return Engine(settings=fresh_settings)
+    return Engine(installed_registry(), settings=fresh_settings)
 
 
 def saved_pngs(folder: Path) -> list[Path]:
@@ -216,7 +216,7 @@ def test_layout_reads_left_to_right_without_overlaps(name):
     from studio.app.canvas.shape import PAD, shape_for_spec
 
     gen = generator()
-    wf = load_workflow(WORKFLOWS / f"{name}.json")
+    wf = load_workflow(WORKFLOWS / f"{name}.json", installed_registry())
     rects = {}
     for n in wf.nodes:
         lay = wf.layout.nodes[n.id]
@@ -250,7 +250,7 @@ def test_layout_reads_left_to_right_without_overlaps(name):
 def load_image_workflow(name: str):
     from studio.graph.workflow import Workflow
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     load = wf.add_node("load_image", {"image": name})
     out = wf.add_node("preview_image")
     wf.connect(load.id, "image", out.id, "images")
@@ -302,10 +302,10 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
     from PySide6.QtTest import QTest
 
     from studio.app.main import DEFAULT_WORKFLOW
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     assert DEFAULT_WORKFLOW == WORKFLOWS / "txt2img.json"
-    w = make_window(None, registry=default_registry())
+    w = make_window(None, registry=installed_registry())
     try:
         assert w.open_path(DEFAULT_WORKFLOW, as_template=True)
         wf = w.controller.wf

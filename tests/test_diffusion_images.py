@@ -13,6 +13,7 @@ from PIL import Image  # noqa: E402
 from studio.engine.events import PROGRESS  # noqa: E402
 from studio.graph.fileformat import loads_workflow  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 # Shared fixtures (a session's tiny models on disk, an engine pointed at them).
 engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
@@ -34,7 +35,7 @@ def test_save_image_writes_a_png_with_the_workflow_and_parameters(engine):
         assert im.size == (64, 64)
         text = dict(im.text)
         pixels = np.asarray(im.convert("RGB"))
-    restored = loads_workflow(text["studio_workflow"])
+    restored = loads_workflow(text["studio_workflow"], registry=installed_registry())
     assert {n.id for n in restored.nodes} == {n.id for n in wf.nodes}
     params = text["parameters"]
     assert params.startswith("a red fox\nNegative prompt: blurry\n")
@@ -64,7 +65,7 @@ def test_load_image_gives_pixels_and_a_mask_from_alpha(engine, tmp_path):
     rgba[..., 0] = 255
     rgba[:, 12:, 3] = 255  # right half opaque, left half transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     node = wf.add_node("load_image", {"image": str(tmp_path / "cut.png")}).id
     result = engine.run(wf, targets=[node])
     assert result.ok, result.errors
@@ -76,7 +77,7 @@ def test_load_image_gives_pixels_and_a_mask_from_alpha(engine, tmp_path):
 
 
 def test_load_image_missing_file_is_a_node_error(engine, tmp_path):
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     node = wf.add_node("load_image", {"image": str(tmp_path / "nothing.png")}).id
     result = engine.run(wf, targets=[node])
     assert "nothing.png" in result.errors[node]

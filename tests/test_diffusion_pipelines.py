@@ -89,12 +89,13 @@ def test_img2img_equals_img2img_pipeline(engine, models_root, tmp_path):
     from PIL import Image
 
     from studio.graph.workflow import Workflow
+    from studio.library import installed_registry
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
     photo.save(tmp_path / "photo.png")
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
     img = wf.add_node("load_image", {"image": str(tmp_path / "photo.png")}).id
     enc = wf.add_node("vae_encode").id

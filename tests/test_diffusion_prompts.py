@@ -11,6 +11,7 @@ import diffusion_fixtures as fx  # noqa: E402
 
 from nodes.prompts import encode_prompt, parse_weights, tokenize_weighted  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 # Shared fixtures (a session's tiny models on disk, an engine pointed at them).
 engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
@@ -35,7 +36,7 @@ def test_weight_syntax(text, pieces):
 
 
 def _encode(engine, ckpt: str, text: str, clip_skip: int = 1):
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
     enc = wf.add_node("text_encode", {"text": text, "clip_skip": clip_skip}).id
     wf.connect(ck, "clip", enc, "clip")

@@ -20,6 +20,7 @@ from studio.graph.registry import Registry
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
 from studio.graph.workflow import Workflow
+from studio.library import installed_registry
 
 CTRL = Qt.KeyboardModifier.ControlModifier
 ALT = Qt.KeyboardModifier.AltModifier
@@ -39,7 +40,7 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture
 def studio_settings(tiny_models, tmp_path):
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     settings = Settings(
         models_root=str(tiny_models),
@@ -47,20 +48,19 @@ def studio_settings(tiny_models, tmp_path):
         input_dir=str(tmp_path / "in"),
         device="cpu",
     )
-    set_active_settings(settings)
     yield settings
-    set_active_settings(Settings())
 
 
 @pytest.fixture
 def run_window(make_window, studio_settings):
     """A main window over the real node library, with runs on the tiny model."""
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     made = []
 
     def make(wf: Workflow | None = None, **kw):
-        w = make_window(wf, registry=kw.pop("registry", None) or default_registry(), **kw)
+        reg = kw.pop("registry", None) or installed_registry()
+        w = make_window(wf, registry=reg, studio_settings=studio_settings, **kw)
         made.append(w)
         return w
 
@@ -153,7 +153,7 @@ def test_seed_control_advances_after_each_queued_run_and_the_image_keeps_the_use
         text = read_png_text(path.read_bytes())
         from studio.graph.fileformat import loads_workflow
 
-        embedded = loads_workflow(text[WORKFLOW_KEY])
+        embedded = loads_workflow(text[WORKFLOW_KEY], registry=installed_registry())
         used.append(embedded.get_node(ids["sampler"]).params["seed"])
         assert "Seed: " + str(used[-1]) in text["parameters"]
     assert used == [7, 8]

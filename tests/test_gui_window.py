@@ -296,9 +296,9 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", code)
 
 
 def test_screenshot_entry_point_without_torch(tmp_path):
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
-    wf = Workflow(default_registry())
+    wf = Workflow(installed_registry())
     a = wf.add_node("primitive_int", {"value": 7}, pos=(0, 0))
     b = wf.add_node("primitive_string", {"value": "hello"}, pos=(300, 0))
     del a, b

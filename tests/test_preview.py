@@ -20,6 +20,7 @@ from nodes import sdload  # noqa: E402
 from nodes.denoise import SD_RGB, preview_image  # noqa: E402
 from nodes.values import LatentRgb  # noqa: E402
 from studio.engine.events import PROGRESS  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 from studio.modelfiles import EMBEDDED_MODELS  # noqa: E402
 
 FOLDER = EMBEDDED_MODELS / "checkpoints" / "studio-tiny"
@@ -49,7 +50,7 @@ def models_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine(models_root, tmp_path_factory):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("preview-out")
@@ -59,9 +60,7 @@ def engine(models_root, tmp_path_factory):
         input_dir=str(out / "in"),
         device="cpu",
     )
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def run(engine, ckpt: str, caption: str, seed: int):

@@ -105,7 +105,7 @@ class ParamEditor(QWidget):
             lay.addWidget(box)
         elif t is ValueType.CHOICE:
             combo = QComboBox()
-            combo.addItems(spec.choice_list())
+            combo.addItems(spec.choice_list(controller.model_files.list))
             combo.currentTextChanged.connect(self._send)
             self.widget = combo
             lay.addWidget(combo)

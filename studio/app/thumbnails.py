@@ -20,12 +20,12 @@ from studio.graph.workflow import Change
 THUMB = 320
 
 
-def resolve_image_path(name: str) -> Path:
-    """Where Load Image finds ``name``: a path, a name in the input folder, or an example
+def resolve_image_path(name: str, input_folder: Path) -> Path:
+    """Where Load Image finds ``name``: a path, a name in ``input_folder``, or an example
     image shipped with Studio (the node's own rule)."""
     from nodes.image import resolve_image_path as node_rule
 
-    return node_rule(name)
+    return node_rule(name, input_folder)
 
 
 def read_image(path: Path, max_side: int | None = None) -> QImage:
@@ -121,7 +121,7 @@ class LoadImageThumbnails(QObject):
 
     def _load(self, node_id: str, key: tuple[str, str]) -> None:
         try:
-            img = thumbnail(resolve_image_path(key[0]), key[1])
+            img = thumbnail(resolve_image_path(key[0], self.controller.settings.input_path), key[1])
         except Exception:  # a missing or broken file shows no picture; the run says why
             img = QImage()
         with contextlib.suppress(RuntimeError):  # the window closed meanwhile

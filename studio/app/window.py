@@ -31,6 +31,7 @@ from studio.errors import StudioError
 from studio.graph.fileformat import load_workflow, save_workflow
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
+from studio.settings import Settings as StudioSettings
 
 ORG_NAME = "Studio"
 APP_NAME = "Studio"
@@ -50,6 +51,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         workflow: Workflow | None = None,
         *,
         settings: QSettings | None = None,
+        studio_settings: StudioSettings | None = None,
         recovery: RecoveryStore | None = None,
         autosave: bool = True,
     ):
@@ -63,7 +65,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         self._changes = 0
         self._autosaved_at = -1
         wf = workflow or Workflow(registry)
-        self.controller = Controller(wf, registry, self)
+        self.controller = Controller(wf, registry, self, settings=studio_settings)
         self.scene = GraphScene(self.controller)
         self.view = GraphView(self.scene, self)
         self.setCentralWidget(self.view)

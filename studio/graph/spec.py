@@ -22,6 +22,9 @@ from typing import Any
 from studio.graph.types import PARAM_TYPES, ValueType
 
 ChoicesSource = Sequence[str] | Callable[[], Sequence[str]]
+#: Lists the files of a kind (``checkpoints``, ``loras``, ...) under the settings in force:
+#: ``studio.modelfiles.ModelFiles.list``. Passed in by whoever holds the settings.
+FileLister = Callable[[str], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class InputSpec:
         default: value used when the param is not set (param types only).
         min, max, step: numeric range and slider step (INT, FLOAT).
         choices: allowed values of a CHOICE input, or a callable that lists them
-            now (model files found on disk, for example).
+            now. Model-file inputs declare ``file_kind`` instead: their choices are the
+            files of that kind under the settings in force (see :meth:`choice_list`).
         tooltip: shown in the GUI and in generated docs.
         optional: the node runs without it (only meaningful for linked types).
         multiline: a STRING edited in a multi-line editor (prompts).
@@ -62,8 +66,11 @@ class InputSpec:
     def is_param(self) -> bool:
         return self.type in PARAM_TYPES
 
-    def choice_list(self) -> list[str]:
+    def choice_list(self, files: FileLister | None = None) -> list[str]:
+        """The allowed values now; a model-file input lists ``files(file_kind)``."""
         if self.choices is None:
+            if self.file_kind is not None and files is not None and self.type is ValueType.CHOICE:
+                return list(files(self.file_kind))
             return []
         items = self.choices() if callable(self.choices) else self.choices
         return list(items)
@@ -148,9 +155,12 @@ class NodeSpec:
             output order, or a single value for a one-output node.
         output_node: an output (Save Image, Preview Image): what the engine runs toward.
         deterministic: False opts out of caching (the node re-runs every time).
-        fingerprint: ``fingerprint(params, files) -> str | None``, for nodes that read
-            files: folds the identity of what they read into the cache signature.
-            ``files`` is the engine's file fingerprinter (``files.of(path)``).
+        fingerprint: ``fingerprint(params, ctx) -> str | None``, for nodes that read
+            files other than their model-file params: folds the identity of what they
+            read into the cache signature. ``ctx`` is the node's context
+            (``ctx.files.of(path)``, ``ctx.settings``, ``ctx.model_files``). Model-file
+            params (``file_kind`` ``checkpoints``, ``loras``, ...) need none: the engine
+            resolves and fingerprints them itself.
         migrate: ``migrate(from_version, params) -> params`` for one version step.
         frontend_only: carries no computation (notes); never executed.
     """
@@ -191,13 +201,15 @@ class NodeSpec:
     def params(self) -> tuple[InputSpec, ...]:
         return tuple(i for i in self.inputs if i.is_param)
 
-    def default_params(self) -> dict[str, Any]:
+    def default_params(self, files: FileLister | None = None) -> dict[str, Any]:
+        """Values of a new node: each param's default; a choice's first choice (a
+        model-file choice's first file, when ``files`` lists them)."""
         out: dict[str, Any] = {}
         for i in self.params:
             if i.default is not None:
                 out[i.name] = i.default
             elif i.type is ValueType.CHOICE:
-                choices = i.choice_list()
+                choices = i.choice_list(files)
                 out[i.name] = choices[0] if choices else ""
         return out
 

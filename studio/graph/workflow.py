@@ -115,11 +115,11 @@ Listener = Callable[[Change], None]
 class Workflow:
     """A workflow: nodes, links between their ports, and layout.
 
-    ``registry`` resolves node types (for defaults, titles and checks); when
-    omitted, the built-in registry is used on first need.
+    ``registry`` resolves node types (for defaults, titles and checks): the app's
+    (:func:`studio.library.installed_registry`) or a test's own.
     """
 
-    def __init__(self, registry: Registry | None = None):
+    def __init__(self, registry: Registry):
         self._registry = registry
         self._nodes: dict[str, Node] = {}
         self._links: dict[str, Link] = {}
@@ -133,10 +133,6 @@ class Workflow:
 
     @property
     def registry(self) -> Registry:
-        if self._registry is None:
-            from studio.graph.registry import default_registry
-
-            self._registry = default_registry()
         return self._registry
 
     @property

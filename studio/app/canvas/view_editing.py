@@ -145,7 +145,7 @@ class EditingMixin:
             return
         menu = QMenu(self)
         current = item.node.params.get(name, inp.default)
-        choices = inp.choice_list()
+        choices = inp.choice_list(self.controller.model_files.list)
         if not choices:
             act = menu.addAction("(nothing to choose from)")
             act.setEnabled(False)
