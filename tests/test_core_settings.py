@@ -78,12 +78,11 @@ def test_two_engines_with_different_settings_in_one_process(registry, tmp_path):
     ra, rb = a.run(wf), b.run(wf)
     assert ra.ok and rb.ok
     assert ra.outputs[read]["size"] == 10 and rb.outputs[read]["size"] == 25
-    assert READS == [str(tmp_path / d / "checkpoints" / "mine.safetensors") for d in "ab"]
+    expected = [str(tmp_path / d / "checkpoints" / "mine.safetensors") for d in "ab"]
+    assert READS == expected
 
 
-def test_a_changed_model_file_reruns_its_loader_and_an_unchanged_one_is_cached(
-    registry, tmp_path
-):
+def test_a_changed_model_file_reruns_its_loader_and_an_unchanged_one_is_cached(registry, tmp_path):
     settings = models_root(tmp_path, "a", 10)
     engine = Engine(registry, settings=settings)
     wf, read = size_workflow(registry)
@@ -98,9 +97,7 @@ def test_a_changed_model_file_reruns_its_loader_and_an_unchanged_one_is_cached(
     assert changed.reasons[read] == "a file it reads changed"
 
 
-def test_a_missing_model_file_is_a_problem_naming_the_file(
-    registry, tmp_path
-):
+def test_a_missing_model_file_is_a_problem_naming_the_file(registry, tmp_path):
     settings = models_root(tmp_path, "a", 10)
     wf, read = size_workflow(registry)
     wf.set_param(read, "ckpt_name", "gone.safetensors")

@@ -60,14 +60,14 @@ def open_default(name: str):
 
 
 @pytest.fixture
-def fresh_settings(tmp_path):
-    """A fresh install: no models root of the user's, an empty input folder."""
+def fresh_settings(tmp_path, user_settings_file):
+    """A fresh install: no models root of the user's, an empty input folder (also written as
+    the user's settings file, which the app reads)."""
     from studio.settings import Settings
 
-    settings = Settings(
-        output_dir=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), device="cpu"
+    return user_settings_file(
+        Settings(output_dir=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), device="cpu")
     )
-    yield settings
 
 
 @pytest.fixture
@@ -287,7 +287,8 @@ def test_the_app_thumbnail_finds_the_example_too(fresh_settings):
     from studio.app.thumbnails import resolve_image_path
 
     gen = generator()
-    assert resolve_image_path(gen.EXAMPLE_IMAGE) == gen.IMAGES / gen.EXAMPLE_IMAGE
+    found = resolve_image_path(gen.EXAMPLE_IMAGE, fresh_settings.input_path)
+    assert found == gen.IMAGES / gen.EXAMPLE_IMAGE
 
 
 # -- the app ------------------------------------------------------------------------------------

@@ -39,16 +39,18 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture
-def studio_settings(tiny_models, tmp_path):
+def studio_settings(tiny_models, tmp_path, user_settings_file):
+    """The tiny models' settings, also as the user's settings file (what `studio open` reads)."""
     from studio.settings import Settings
 
-    settings = Settings(
-        models_root=str(tiny_models),
-        output_dir=str(tmp_path / "out"),
-        input_dir=str(tmp_path / "in"),
-        device="cpu",
+    return user_settings_file(
+        Settings(
+            models_root=str(tiny_models),
+            output_dir=str(tmp_path / "out"),
+            input_dir=str(tmp_path / "in"),
+            device="cpu",
+        )
     )
-    yield settings
 
 
 @pytest.fixture
