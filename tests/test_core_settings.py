@@ -79,7 +79,7 @@ def test_two_engines_with_different_settings_in_one_process(registry, tmp_path):
     assert ra.ok and rb.ok
     assert ra.outputs[read]["size"] == 10 and rb.outputs[read]["size"] == 25
     expected = [str(tmp_path / d / "checkpoints" / "mine.safetensors") for d in "ab"]
-    assert READS == expected
+    assert expected == READS
 
 
 def test_a_changed_model_file_reruns_its_loader_and_an_unchanged_one_is_cached(registry, tmp_path):
