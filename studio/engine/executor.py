@@ -20,17 +20,7 @@ from typing import Any
 from studio.engine.cache import CacheEntry, OutputCache, estimate_nbytes
 from studio.engine.context import NodeContext
 from studio.engine.devices import is_out_of_memory
-from studio.engine.events import (
-    INTERRUPTED,
-    NODE_CACHED,
-    NODE_ERROR,
-    NODE_FINISHED,
-    NODE_SKIPPED,
-    NODE_STARTED,
-    RUN_FINISHED,
-    RUN_STARTED,
-    Event,
-)
+from studio.engine.events import Event, EventKind
 from studio.engine.fingerprint import FileFingerprinter
 from studio.engine.models import ModelManager
 from studio.engine.validate import Problem, WorkflowInvalid, plan_workflow
@@ -158,7 +148,7 @@ class Engine:
         blocking = [p for p in plan.problems if p.node_id in plan.needed or not plan.order]
         if blocking:
             raise WorkflowInvalid(blocking)
-        emit(Event(RUN_STARTED))
+        emit(Event(EventKind.RUN_STARTED))
         result = RunResult()
         nodes = {n.id: n for n in wf.nodes}
         # (node, output) -> (signature, value) or a marker.
@@ -218,7 +208,9 @@ class Engine:
                     refs[(nid, out.name)] = _FAILED if failed_upstream else _MISSING
                 if failed_upstream:
                     result.errors[nid] = skip
-                emit(Event(NODE_SKIPPED, node=nid, type=n.type, title=title, message=skip))
+                emit(
+                    Event(EventKind.NODE_SKIPPED, node=nid, type=n.type, title=title, message=skip)
+                )
                 continue
 
             fingerprint: str | None = None
@@ -237,11 +229,15 @@ class Engine:
             if entry is not None:
                 self._records[nid] = record
                 result.cached.add(nid)
-                emit(Event(NODE_CACHED, node=nid, type=n.type, title=title))
+                emit(Event(EventKind.NODE_CACHED, node=nid, type=n.type, title=title))
             else:
                 reason = self._explain(nid, record, spec.deterministic)
                 result.reasons[nid] = reason
-                emit(Event(NODE_STARTED, node=nid, type=n.type, title=title, message=reason))
+                emit(
+                    Event(
+                        EventKind.NODE_STARTED, node=nid, type=n.type, title=title, message=reason
+                    )
+                )
                 ctx = NodeContext(
                     node_id=nid,
                     node_type=n.type,
@@ -261,7 +257,7 @@ class Engine:
                     outputs = _normalise_outputs(spec, raw)
                 except Interrupted:
                     result.interrupted = True
-                    emit(Event(INTERRUPTED, node=nid, type=n.type, title=title))
+                    emit(Event(EventKind.INTERRUPTED, node=nid, type=n.type, title=title))
                     break
                 except Exception as exc:
                     self._fail(result, emit, nid, n.type, title, exc, spec, refs)
@@ -272,7 +268,11 @@ class Engine:
                 self.cache.put(signature, entry)
                 self._records[nid] = record
                 result.ran.add(nid)
-                emit(Event(NODE_FINISHED, node=nid, type=n.type, title=title, seconds=seconds))
+                emit(
+                    Event(
+                        EventKind.NODE_FINISHED, node=nid, type=n.type, title=title, seconds=seconds
+                    )
+                )
 
             for out in spec.outputs:
                 refs[(nid, out.name)] = (f"{signature}:{out.name}", entry.outputs.get(out.name))
@@ -284,7 +284,7 @@ class Engine:
         result.seconds = time.perf_counter() - t0
         emit(
             Event(
-                RUN_FINISHED,
+                EventKind.RUN_FINISHED,
                 seconds=result.seconds,
                 message="interrupted" if result.interrupted else None,
             )
@@ -308,7 +308,7 @@ class Engine:
             refs[(nid, out.name)] = _FAILED
         emit(
             Event(
-                NODE_ERROR,
+                EventKind.NODE_ERROR,
                 node=nid,
                 type=ntype,
                 title=title,
