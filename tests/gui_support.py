@@ -237,7 +237,7 @@ if pytest is not None:
 
         from studio.app.recovery import RecoveryStore
         from studio.app.theme import apply_theme
-        from studio.app.window import MainWindow
+        from studio.app.window import MainWindow, UnsavedAnswer
 
         made = []
 
@@ -248,7 +248,7 @@ if pytest is not None:
             store = RecoveryStore(recovery_dir or tmp_path / "recovery")
             w = MainWindow(reg, autosave=False, recovery=store, studio_settings=studio_settings)
             w.interactive = False
-            w.ask_unsaved = lambda: "discard"
+            w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
             if wf is not None:
                 w.set_document(wf, None)
             qtbot.addWidget(w)
@@ -267,5 +267,5 @@ if pytest is not None:
         apply_theme(QApplication.instance())
         yield make
         for w in made:
-            w.ask_unsaved = lambda: "discard"
+            w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
             w.recovery.close()

@@ -302,7 +302,9 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
+    from studio.app.canvas.node_item import RunState
     from studio.app.main import DEFAULT_WORKFLOW
+    from studio.engine.queue import JobState
     from studio.library import installed_registry
 
     assert DEFAULT_WORKFLOW == WORKFLOWS / "txt2img.json"
@@ -314,7 +316,7 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
         QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
         qtbot.waitUntil(lambda: len(w.runs.ended) >= 1, timeout=120_000)
         (first,) = w.runs.ended
-        assert first.state == "done", first.message or first.result.errors
+        assert first.state == JobState.DONE, first.message or first.result.errors
         save = w.scene.nodes[role["save_image"]]
         assert save.image is not None and (save.image.width(), save.image.height()) == (64, 64)
         assert len(saved_pngs(fresh_settings.output_path)) == 1
@@ -324,16 +326,16 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
         QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
         qtbot.waitUntil(lambda: len(w.runs.ended) >= 2, timeout=120_000)
         second = sorted(w.runs.ended, key=lambda j: j.id)[1]
-        assert second.state == "done", second.message or second.result.errors
+        assert second.state == JobState.DONE, second.message or second.result.errors
         states = {n.type + ":" + n.title: w.scene.nodes[n.id].run_state for n in wf.nodes}
         assert states == {
-            "load_checkpoint:": "cached",
-            "text_encode:Prompt": "cached",
-            "text_encode:Negative prompt": "cached",
-            "empty_latent:": "cached",
-            "sampler:": "done",
-            "vae_decode:": "done",
-            "save_image:": "done",
+            "load_checkpoint:": RunState.CACHED,
+            "text_encode:Prompt": RunState.CACHED,
+            "text_encode:Negative prompt": RunState.CACHED,
+            "empty_latent:": RunState.CACHED,
+            "sampler:": RunState.DONE,
+            "vae_decode:": RunState.DONE,
+            "save_image:": RunState.DONE,
         }
         a, b = (o.pil for o in w.history.outputs)
         assert a.size == b.size == (64, 64) and a.tobytes() != b.tobytes()

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import diffusion_fixtures as fx  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from studio.engine.events import PROGRESS  # noqa: E402
+from studio.engine.events import EventKind  # noqa: E402
 from studio.graph.fileformat import loads_workflow  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
 from studio.library import installed_registry  # noqa: E402
@@ -88,7 +88,7 @@ def test_sampler_reports_progress_with_previews_every_step(engine):
     events = []
     result = engine.run(wf, on_event=events.append)
     assert result.ok, result.errors
-    progress = [e for e in events if e.event == PROGRESS and e.node == ids["sampler"]]
+    progress = [e for e in events if e.event == EventKind.PROGRESS and e.node == ids["sampler"]]
     assert [(e.step, e.total) for e in progress] == [(1, 3), (2, 3), (3, 3)]
     assert all(isinstance(e.preview, Image.Image) and e.preview.size == (8, 8) for e in progress)
 
@@ -98,7 +98,7 @@ def test_interrupt_stops_the_sampler_at_the_next_step(engine):
     steps_seen = []
 
     def on_event(e):
-        if e.event == PROGRESS and e.node == ids["sampler"]:
+        if e.event == EventKind.PROGRESS and e.node == ids["sampler"]:
             steps_seen.append(e.step)
             if e.step == 2:
                 engine.interrupt()

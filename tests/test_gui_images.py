@@ -19,6 +19,7 @@ from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QToolButton
 
+from studio.engine.queue import JobState
 from studio.graph.fileformat import dumps_workflow, load_workflow
 from studio.graph.workflow import Workflow
 from studio.library import installed_registry
@@ -285,7 +286,7 @@ def test_inpaint_run_keeps_the_unmasked_area(run_window, qtbot, tmp_path):
         assert c.connect(load.id, "mask", ids[dst], "mask")
     w.run_workflow()
     (job,) = wait_runs(qtbot, w, 1)
-    assert job.state == "done", job.message or job.result.errors
+    assert job.state == JobState.DONE, job.message or job.result.errors
     result = np.asarray(w.history.outputs[0].pil.convert("RGB")).astype(int)
     original = np.asarray(Image.open(pic).convert("RGB")).astype(int)
     mask = decode(load.params["mask"])

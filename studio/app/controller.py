@@ -18,7 +18,7 @@ from studio.app import commands as c
 from studio.app.binding import follow
 from studio.graph.registry import Registry
 from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
-from studio.graph.seeds import SEED_CONTROLS, advance_seeds, seed_control
+from studio.graph.seeds import SEED_CONTROLS, SeedControl, advance_seeds, seed_control
 from studio.graph.spec import FileLister, NodeSpec
 from studio.graph.types import ValueType, can_connect
 from studio.graph.workflow import Change, Frame, Link, Node, NodeLayout, Note, Workflow, new_id
@@ -30,7 +30,7 @@ VALIDATE_DELAY_MS = 250
 
 
 #: Seed control of seed params on nodes made in the app (files keep what they store).
-NEW_SEED_CONTROL = "randomize"
+NEW_SEED_CONTROL = SeedControl.RANDOMIZE
 
 
 def make_node(
@@ -43,12 +43,11 @@ def make_node(
     spec = registry.get(type_id)
     merged = spec.default_params(files) if spec else {}
     merged.update(params or {})
-    node = Node(id=new_id(), type=type_id, version=spec.version if spec else 1, params=merged)
     seeds = [i.name for i in spec.params if i.seed] if spec else []
-    if seeds:
-        # ComfyUI's habit: a new sampler gives a new image on every run.
-        node.extra[SEED_EXTRA_KEY] = {name: NEW_SEED_CONTROL for name in seeds}
-    return node
+    # ComfyUI's habit: a new sampler gives a new image on every run.
+    extra = {SEED_EXTRA_KEY: {name: NEW_SEED_CONTROL for name in seeds}} if seeds else {}
+    version = spec.version if spec else 1
+    return Node(id=new_id(), type=type_id, version=version, params=merged, extra=extra)
 
 
 class Controller(QObject):
@@ -93,7 +92,7 @@ class Controller(QObject):
         self._validate_timer.start()  # after the canvas has painted
 
     def _on_change(self, change: Change) -> None:
-        if change.kind not in ("layout_changed", "frames_changed", "notes_changed"):
+        if not change.kind.is_layout:
             self._validate_timer.start()
 
     def validate_now(self) -> None:
@@ -209,13 +208,14 @@ class Controller(QObject):
             f"Set {name} of {self.title(node_id)}", [c.SetParam(node_id, name, old, value)], key
         )
 
-    def seed_control(self, node_id: str, param: str) -> str:
+    def seed_control(self, node_id: str, param: str) -> SeedControl:
         return seed_control(self.wf, node_id, param)
 
     def set_seed_control(self, node_id: str, param: str, mode: str) -> None:
         """What happens to a seed after each run: fixed, increment, decrement, randomize."""
         if mode not in SEED_CONTROLS or self.seed_control(node_id, param) == mode:
             return
+        mode = SeedControl(mode)
         old = self.wf.get_node(node_id).extra.get(SEED_EXTRA_KEY)
         new = {**(old if isinstance(old, dict) else {}), param: mode}
         self.push(

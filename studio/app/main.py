@@ -97,9 +97,11 @@ def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False)
         app.quit()
 
     def run_finished(job) -> None:
+        from studio.engine.queue import JobState
+
         if window.bridge.busy():
             return
-        if job.state != "done":
+        if job.state is not JobState.DONE:
             run_ok["ok"] = False
             errors = job.result.errors if job.result is not None else {}
             why = "; ".join(errors.values()) or job.message or ""

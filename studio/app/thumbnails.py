@@ -15,7 +15,7 @@ from PySide6.QtGui import QImage, QImageReader, QPainter
 
 from studio.app.binding import follow
 from studio.app.controller import Controller
-from studio.graph.workflow import Change
+from studio.graph.workflow import Change, ChangeKind
 
 THUMB = 320
 
@@ -92,11 +92,11 @@ class LoadImageThumbnails(QObject):
             self.refresh(n.id)
 
     def _on_change(self, ch: Change) -> None:
-        if ch.kind == "reset":
+        if ch.kind is ChangeKind.RESET:
             self.refresh_all()
-        elif ch.kind in ("node_added", "param_changed") and ch.node_id:
+        elif ch.kind in (ChangeKind.NODE_ADDED, ChangeKind.PARAM_CHANGED) and ch.node_id:
             self.refresh(ch.node_id)
-        elif ch.kind == "node_removed" and ch.node_id:
+        elif ch.kind is ChangeKind.NODE_REMOVED and ch.node_id:
             self.wanted.pop(ch.node_id, None)
 
     def refresh(self, node_id: str) -> None:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studio.engine.events import PROGRESS, Event
+from studio.engine.events import Event, EventKind
 from studio.errors import Interrupted
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class NodeContext:
         self.check_interrupt()
         self._emit(
             Event(
-                PROGRESS,
+                EventKind.PROGRESS,
                 node=self.node_id,
                 type=self.node_type,
                 title=self.title,

@@ -20,17 +20,7 @@ from typing import Any
 from studio.engine.cache import CacheEntry, OutputCache, estimate_nbytes
 from studio.engine.context import NodeContext
 from studio.engine.devices import is_out_of_memory
-from studio.engine.events import (
-    INTERRUPTED,
-    NODE_CACHED,
-    NODE_ERROR,
-    NODE_FINISHED,
-    NODE_SKIPPED,
-    NODE_STARTED,
-    RUN_FINISHED,
-    RUN_STARTED,
-    Event,
-)
+from studio.engine.events import Event, EventKind
 from studio.engine.fingerprint import FileFingerprinter
 from studio.engine.models import ModelManager
 from studio.engine.validate import Plan, Problem, WorkflowInvalid, plan_workflow
@@ -160,7 +150,7 @@ class Engine:
         blocking = [p for p in plan.problems if p.node_id in plan.needed or not plan.order]
         if blocking:
             raise WorkflowInvalid(blocking)
-        emit(Event(RUN_STARTED))
+        emit(Event(EventKind.RUN_STARTED))
         run = _RunState(wf, plan, emit)
         for nid in plan.order:
             if self._interrupt.is_set() or not self._run_node(run, nid):
@@ -169,7 +159,7 @@ class Engine:
         run.result.seconds = time.perf_counter() - t0
         emit(
             Event(
-                RUN_FINISHED,
+                EventKind.RUN_FINISHED,
                 seconds=run.result.seconds,
                 message="interrupted" if run.result.interrupted else None,
             )
@@ -195,11 +185,11 @@ class Engine:
             entry = self.cache.get(record.signature)
             if entry is not None:
                 run.result.cached.add(nid)
-                run.emit(Event(NODE_CACHED, node=nid, type=n.type, title=ctx.title))
+                run.emit(Event(EventKind.NODE_CACHED, node=nid, type=n.type, title=ctx.title))
             else:
                 entry = self._execute(run, nid, record, inputs, ctx)
         except Interrupted:
-            run.emit(Event(INTERRUPTED, node=nid, type=n.type, title=ctx.title))
+            run.emit(Event(EventKind.INTERRUPTED, node=nid, type=n.type, title=ctx.title))
             return False
         except Exception as exc:
             run.fail(nid, exc)
@@ -248,7 +238,15 @@ class Engine:
         spec = run.plan.specs[nid]
         reason = self._explain(nid, record, spec.deterministic)
         run.result.reasons[nid] = reason
-        run.emit(Event(NODE_STARTED, node=nid, type=ctx.node_type, title=ctx.title, message=reason))
+        run.emit(
+            Event(
+                EventKind.NODE_STARTED,
+                node=nid,
+                type=ctx.node_type,
+                title=ctx.title,
+                message=reason,
+            )
+        )
         started = time.perf_counter()
         raw = spec.execute(ctx, **inputs.kwargs) if spec.execute else {}
         outputs = _normalise_outputs(spec, raw)
@@ -258,7 +256,13 @@ class Engine:
         self.cache.put(record.signature, entry)
         run.result.ran.add(nid)
         run.emit(
-            Event(NODE_FINISHED, node=nid, type=ctx.node_type, title=ctx.title, seconds=seconds)
+            Event(
+                EventKind.NODE_FINISHED,
+                node=nid,
+                type=ctx.node_type,
+                title=ctx.title,
+                seconds=seconds,
+            )
         )
         return entry
 
@@ -366,7 +370,13 @@ class _RunState:
         if skip.failed_upstream:
             self.result.errors[nid] = skip.message
         self.emit(
-            Event(NODE_SKIPPED, node=nid, type=n.type, title=self.title(nid), message=skip.message)
+            Event(
+                EventKind.NODE_SKIPPED,
+                node=nid,
+                type=n.type,
+                title=self.title(nid),
+                message=skip.message,
+            )
         )
 
     def fail(self, nid: str, exc: Exception) -> None:
@@ -375,7 +385,7 @@ class _RunState:
         self.set_outputs(nid, _FAILED)
         self.emit(
             Event(
-                NODE_ERROR,
+                EventKind.NODE_ERROR,
                 node=nid,
                 type=self._nodes[nid].type,
                 title=self.title(nid),
