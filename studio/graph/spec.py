@@ -14,6 +14,7 @@ by the GUI before torch is loaded. Import heavy libraries inside ``execute``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,10 @@ class NodeSpec:
         execute: ``execute(ctx, **inputs) -> dict | tuple | value``. ``ctx`` is the
             engine's :class:`~studio.engine.context.NodeContext` (progress,
             interrupt, models, settings). Return a dict by output name, a tuple in
-            output order, or a single value for a one-output node.
+            output order, or a single value for a one-output node. Checked when the
+            spec is made: ``ctx`` first, then a parameter named after each input (or
+            ``**kwargs``), a default for each optional input, no other required
+            parameter; a mismatch is a ValueError naming the node type.
         output_node: an output (Save Image, Preview Image): what the engine runs toward.
         deterministic: False opts out of caching (the node re-runs every time).
         fingerprint: ``fingerprint(params, ctx) -> str | None``, for nodes that read
@@ -190,6 +194,13 @@ class NodeSpec:
             raise ValueError(f"node type {self.type_id}: duplicate output names")
         self._input_index.update({i.name: i for i in self.inputs})
         self._output_index.update({o.name: o for o in self.outputs})
+        if self.execute is not None and not self.frontend_only:
+            problems = _signature_problems(self.execute, self.inputs)
+            if problems:
+                raise ValueError(
+                    f"node type {self.type_id}: its execute function does not match its "
+                    f"inputs: {'; '.join(problems)}"
+                )
 
     def input(self, name: str) -> InputSpec | None:
         return self._input_index.get(name)
@@ -212,6 +223,50 @@ class NodeSpec:
                 choices = i.choice_list(files)
                 out[i.name] = choices[0] if choices else ""
         return out
+
+
+def _signature_problems(fn: Executor, inputs: Sequence[InputSpec]) -> list[str]:
+    """What keeps ``fn(ctx, **inputs)`` from working the way the engine calls it.
+
+    The engine passes ``ctx`` first, then each input by name; an optional input that is
+    unconnected (or a param left unset) is not passed at all, so it needs a default.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []  # a callable Python cannot describe (a builtin): nothing to compare
+    params = list(sig.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].name != "ctx" or params[0].kind not in positional:
+        return ["its first parameter must be ctx"]
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = {p.name: p for p in params[1:] if p.kind in by_keyword}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    declared = {i.name for i in inputs}
+    problems = []
+    missing = [i.name for i in inputs if i.name not in named]
+    if missing and not takes_any:
+        problems.append(f"no parameter for input(s) {', '.join(missing)}")
+    unknown = [
+        p.name
+        for p in params[1:]
+        if p.name not in declared
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if unknown:
+        problems.append(f"required parameter(s) {', '.join(unknown)} are not declared inputs")
+    undefaulted = [
+        i.name
+        for i in inputs
+        if i.optional and i.name in named and named[i.name].default is inspect.Parameter.empty
+    ]
+    if undefaulted:
+        problems.append(
+            f"optional input(s) {', '.join(undefaulted)} need a default (they are left out "
+            "when unconnected)"
+        )
+    return problems
 
 
 def node(
