@@ -165,7 +165,7 @@ def test_up_to_2400_tokens_encode_and_more_is_a_clear_error(engine):
     # "cat" is one token: 2,400 of them fill the 32 chunks of 75 a prompt may have.
     cond = _encode(engine, "tiny-sd1", "cat " * 2400)
     assert cond.embeds.shape == (1, 77 * prompts.MAX_PROMPT_CHUNKS, 32)
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
     enc = wf.add_node("text_encode", {"text": "cat " * 2401}).id
     wf.connect(ck, "clip", enc, "clip")
@@ -185,7 +185,7 @@ def test_interrupt_takes_effect_while_a_long_prompt_is_encoded(engine, monkeypat
         return encode_chunk(*args)
 
     monkeypatch.setattr(prompts, "encode_chunk", counting)
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
     enc = wf.add_node("text_encode", {"text": "cat " * 2400}).id  # 32 chunks
     wf.connect(ck, "clip", enc, "clip")

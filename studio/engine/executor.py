@@ -19,7 +19,7 @@ from typing import Any
 
 from studio.engine.cache import CacheEntry, OutputCache, estimate_nbytes
 from studio.engine.context import NodeContext
-from studio.engine.devices import is_out_of_memory
+from studio.engine.devices import is_out_of_memory, out_of_memory_message
 from studio.engine.events import Event, EventKind
 from studio.engine.fingerprint import FileFingerprinter
 from studio.engine.models import ModelManager
@@ -453,10 +453,7 @@ def _normalise_outputs(spec: Any, raw: Any) -> dict[str, Any]:
 
 def _user_message(exc: BaseException) -> str:
     if is_out_of_memory(exc):
-        return (
-            "out of memory: try a smaller image or batch, tiled VAE decode, or set the "
-            "device to CPU in the settings"
-        )
+        return out_of_memory_message(exc)
     if isinstance(exc, StudioError):
         return str(exc)
     text = str(exc).strip()
