@@ -38,8 +38,14 @@ SDXL_RGB = [
 SDXL_RGB_BIAS = [0.1084, -0.0175, -0.0011]
 
 
-def make_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
-    """A fresh diffusers scheduler for ``sampler`` with sigma ``schedule``."""
+def make_scheduler(
+    config: dict[str, Any], sampler: str, schedule: str, seed: int | None = None
+) -> Any:
+    """A fresh diffusers scheduler for ``sampler`` with sigma ``schedule``.
+
+    ``seed`` also seeds a scheduler's own noise (DPM++ SDE's Brownian tree), which
+    diffusers otherwise draws from torch's global generator: one seed, one image.
+    """
     import diffusers
 
     if sampler not in SAMPLERS:
@@ -54,6 +60,8 @@ def make_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
         if key not in accepted:
             raise NodeError(f"the {schedule!r} scheduler is not available with sampler {sampler!r}")
         overrides[key] = value
+    if seed is not None and "noise_sampler_seed" in accepted:
+        overrides["noise_sampler_seed"] = int(seed)
     try:
         return cls.from_config(config, **overrides)
     except ImportError as exc:
@@ -185,7 +193,7 @@ def sample(
     _check_cond(neg, "negative", model, unet)
     samples = _fit_empty_latent(latent, model, unet)
     _check_latent(samples, unet)
-    sched = make_scheduler(model.scheduler_config, sampler, scheduler)
+    sched = make_scheduler(model.scheduler_config, sampler, scheduler, seed)
     device, dtype = torch.device(ctx.device), unet.dtype
     batch = samples.shape[0]
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None

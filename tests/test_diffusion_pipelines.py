@@ -169,7 +169,7 @@ def test_custom_model_with_a_4x_vae_equals_the_pipeline(engine, models_root, sam
     assert np.abs(got - want).max() <= 1e-4
 
 
-def test_every_sampler_runs(engine):
+def test_every_sampler_runs_and_a_seed_gives_the_same_image_twice(engine):
     from nodes.values import SAMPLERS
 
     wf, ids = fx.txt2img("tiny-sd1", steps=2)
@@ -179,6 +179,9 @@ def test_every_sampler_runs(engine):
         assert result.ok, (name, result.errors)
         image = result.outputs[ids["decode"]]["image"]
         assert torch.isfinite(image).all(), name
+        engine.cache.clear()
+        again = engine.run(wf).outputs[ids["decode"]]["image"]
+        assert torch.equal(image, again), f"{name}: the same seed gave another image"
 
 
 def test_a_schedule_the_sampler_lacks_is_a_clear_error(engine):
