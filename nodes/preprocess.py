@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodes.weightfiles import code_refusal
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
@@ -112,11 +113,9 @@ def load_annotator(ctx: Any, name: str, files: tuple[str, ...], build: Callable[
             with weights_only_loading():
                 return build(str(folder))
         except Exception as exc:
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                raise NodeError(
-                    f"{', '.join(files)}: the file holds more than weights, and Studio does not "
-                    "run code from model files"
-                ) from None
+            refusal = code_refusal(exc, ", ".join(files))
+            if refusal is not None:
+                raise refusal from None
             raise NodeError(
                 f"cannot load {', '.join(files)}: {type(exc).__name__}: {exc}"
             ) from None
