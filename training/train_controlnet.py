@@ -50,7 +50,8 @@ from training.companion import (
     log,
     noised_batch,
 )
-from training.evaluate import analyze, encode_prompts, position_ok, score
+from training.evaluate import analyze, position_ok, score
+from training.evaluate import generate as evaluate_generate
 
 EXPORT = EMBEDDED / "controlnet" / "studio-tiny-canny"
 #: The conditioning embedding downsamples 64 -> 16 (two stride-2 convs), like the VAE.
@@ -114,7 +115,34 @@ def side_scenes(n: int, seed: int = 77) -> list[tuple[data.Scene, str]]:
 # ----------------------------------------------------------------------------- sampling
 
 
-@torch.no_grad()
+class ControlledUNet:
+    """The UNet with a ControlNet's residuals added, for ``training.evaluate.generate``: the
+    control image goes to both halves of the guidance batch (as
+    StableDiffusionControlNetPipeline does)."""
+
+    def __init__(self, unet, controlnet, controls: np.ndarray, scale: float = 1.0):
+        self.unet, self.controlnet, self.scale = unet, controlnet, scale
+        self.config = unet.config
+        self.image = torch.cat([control_tensor(controls)] * 2)
+
+    def __call__(self, inp, t, encoder_hidden_states):
+        down, mid = self.controlnet(
+            inp,
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=self.image,
+            conditioning_scale=self.scale,
+            return_dict=False,
+        )
+        return self.unet(
+            inp,
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        )
+
+
 def generate(
     unet,
     text_encoder,
@@ -129,45 +157,20 @@ def generate(
     scale: float = 1.0,
     scheduler_config: dict | None = None,
 ) -> np.ndarray:
-    """Like ``training.evaluate.generate`` (Euler, CFG), with a ControlNet whose residuals
-    go to both halves of the guidance batch (as StableDiffusionControlNetPipeline does)."""
-    from diffusers import EulerDiscreteScheduler
-
-    sched = EulerDiscreteScheduler.from_config(scheduler_config or M.SCHEDULER_CONFIG)
-    sched.set_timesteps(steps)
-    n = len(captions)
-    cond = encode_prompts(tokenizer, text_encoder, captions)
-    uncond = encode_prompts(tokenizer, text_encoder, [""]).expand(n, -1, -1)
-    hidden = torch.cat([uncond, cond])
-    size = unet.config.sample_size
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(n, unet.config.in_channels, size, size, generator=g)
-    latents = latents * sched.init_noise_sigma
-    image = None
+    """``training.evaluate.generate`` (Euler, CFG), with the ControlNet when there is one."""
     if controlnet is not None and controls is not None:
-        image = torch.cat([control_tensor(controls)] * 2)
-    for t in sched.timesteps:
-        inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-        kwargs = {}
-        if image is not None:
-            down, mid = controlnet(
-                inp,
-                t,
-                encoder_hidden_states=hidden,
-                controlnet_cond=image,
-                conditioning_scale=scale,
-                return_dict=False,
-            )
-            kwargs = {
-                "down_block_additional_residuals": down,
-                "mid_block_additional_residual": mid,
-            }
-        eps = unet(inp, t, encoder_hidden_states=hidden, **kwargs).sample
-        e_u, e_c = eps.chunk(2)
-        latents = sched.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
-    img = vae.decode(latents / vae.config.scaling_factor).sample
-    img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return img.permute(0, 2, 3, 1).numpy()
+        unet = ControlledUNet(unet, controlnet, controls, scale)
+    return evaluate_generate(
+        unet,
+        text_encoder,
+        vae,
+        tokenizer,
+        captions,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler_config=scheduler_config,
+    )
 
 
 def side_rates(
