@@ -274,14 +274,14 @@ class Annotator:
 
     type_id: str
     title: str
-    does: str
+    summary: str
     files: tuple[str, ...]
     build: Callable[[str], Any]
     options: tuple[tuple[InputSpec, str], ...] = ()
 
     @property
     def description(self) -> str:
-        return f"{self.does} Weights: {', '.join(self.files)}."
+        return f"{self.summary} Weights: {', '.join(self.files)}."
 
 
 def from_pretrained(
