@@ -95,30 +95,19 @@ def build_model(folder: Path) -> None:
 
 
 def workflow(prompt: str, negative: str, seed: int, size: int, steps: int):
-    from studio.graph.workflow import Workflow
+    from studio import recipes
     from studio.library import installed_registry
 
-    wf = Workflow(installed_registry())
-    ck = wf.add_node("load_checkpoint", {"ckpt_name": "bench-sd1"}).id
-    pos = wf.add_node("text_encode", {"text": prompt}).id
-    neg = wf.add_node("text_encode", {"text": negative}).id
-    lat = wf.add_node("empty_latent", {"width": size, "height": size, "batch_size": 1}).id
-    params = {"seed": seed, "steps": steps, "cfg": 7.0, "sampler": "euler", "scheduler": "normal"}
-    smp = wf.add_node("sampler", params).id
-    dec = wf.add_node("vae_decode").id
-    out = wf.add_node("preview_image").id
-    for a, b, c, d in [
-        (ck, "clip", pos, "clip"),
-        (ck, "clip", neg, "clip"),
-        (ck, "model", smp, "model"),
-        (pos, "conditioning", smp, "positive"),
-        (neg, "conditioning", smp, "negative"),
-        (lat, "latent", smp, "latent"),
-        (smp, "latent", dec, "latent"),
-        (ck, "vae", dec, "vae"),
-        (dec, "image", out, "images"),
-    ]:
-        wf.connect(a, b, c, d)
+    wf, _ = recipes.txt2img(
+        installed_registry(),
+        "bench-sd1",
+        prompt,
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        width=size,
+        height=size,
+    )
     return wf
 
 

@@ -82,7 +82,7 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
 def _read_file(patch: LoraPatch) -> dict[str, Any]:
     from pathlib import Path
 
-    from nodes.upscale import read_state_dict  # safetensors, or weights-only pickles
+    from nodes.weightfiles import read_state_dict  # safetensors, or weights-only pickles
 
     return read_state_dict(Path(patch.path))
 

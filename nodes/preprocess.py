@@ -10,13 +10,16 @@ Pickled annotator weights are only ever read with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodes.weightfiles import code_refusal
 from studio.errors import NodeError
-from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.spec import InputSpec, NodeSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
 
 ANNOTATOR_FOLDER = "controlnet_annotators"
@@ -110,11 +113,9 @@ def load_annotator(ctx: Any, name: str, files: tuple[str, ...], build: Callable[
             with weights_only_loading():
                 return build(str(folder))
         except Exception as exc:
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                raise NodeError(
-                    f"{', '.join(files)}: the file holds more than weights, and Studio does not "
-                    "run code from model files"
-                ) from None
+            refusal = code_refusal(exc, ", ".join(files))
+            if refusal is not None:
+                raise refusal from None
             raise NodeError(
                 f"cannot load {', '.join(files)}: {type(exc).__name__}: {exc}"
             ) from None
@@ -127,17 +128,6 @@ def _detector_nbytes(detector: Any) -> int:
     from studio.engine.models import module_nbytes
 
     return module_nbytes(detector)
-
-
-def _annotator_fingerprint(files: tuple[str, ...]) -> Callable[[dict[str, Any], Any], str | None]:
-    def fingerprint(params: dict[str, Any], ctx: Any) -> str | None:
-        try:
-            folder = annotator_folder(ctx, files)
-        except NodeError:
-            return None
-        return "|".join(ctx.files.of(folder / f, ctx.check_interrupt) for f in files)
-
-    return fingerprint
 
 
 # -- no weights ---------------------------------------------------------------------------
@@ -273,156 +263,135 @@ def content_shuffle(ctx, image, seed: int, resolution: int):
 
 # -- with weights from controlnet_annotators ----------------------------------------------
 
-MIDAS_FILES = ("dpt_hybrid-midas-501f0c75.pt",)
-ZOE_FILES = ("ZoeD_M12_N.pt",)
-OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
-HED_FILES = ("ControlNetHED.pth",)
-LINEART_FILES = ("sk_model.pth", "sk_model2.pth")
-NORMAL_FILES = ("scannet.pt",)
+
+@dataclass(frozen=True)
+class Annotator:
+    """One row of the annotator table: a node type whose detector reads weights files.
+
+    ``options`` are the node's inputs between ``image`` and ``resolution``, each with the
+    detector keyword it is passed as.
+    """
+
+    type_id: str
+    title: str
+    summary: str
+    files: tuple[str, ...]
+    build: Callable[[str], Any]
+    options: tuple[tuple[InputSpec, str], ...] = ()
+
+    @property
+    def description(self) -> str:
+        return f"{self.summary} Weights: {', '.join(self.files)}."
 
 
-def _detect_with(ctx: Any, image: Any, detector: Any, **kwargs: Any) -> Any:
-    detector.to(ctx.device)
-    return run_detector(image, lambda im: detector(im, output_type="pil", **kwargs))
+def from_pretrained(
+    module: str, detector: str, filename: str | None = None
+) -> Callable[[str], Any]:
+    """A builder: ``controlnet_aux.<module>.<detector>.from_pretrained(folder)``, imported
+    when it runs (node modules do not import torch at load time)."""
 
-
-@node(
-    "depth_midas",
-    title="Depth (MiDaS)",
-    category="preprocess",
-    description="Depth map with MiDaS (DPT hybrid). Weights: dpt_hybrid-midas-501f0c75.pt.",
-    inputs=[IMAGE_IN, RESOLUTION],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(MIDAS_FILES),
-)
-def depth_midas(ctx, image, resolution: int):
     def build(folder: str) -> Any:
-        from controlnet_aux.midas import MidasDetector
+        cls = getattr(importlib.import_module(f"controlnet_aux.{module}"), detector)
+        return cls.from_pretrained(folder, **({"filename": filename} if filename else {}))
 
-        return MidasDetector.from_pretrained(folder, filename=MIDAS_FILES[0])
-
-    det = load_annotator(ctx, "midas", MIDAS_FILES, build)
-    return _detect_with(ctx, image, det, detect_resolution=resolution, image_resolution=resolution)
+    return build
 
 
-@node(
-    "depth_zoe",
-    title="Depth (Zoe)",
-    category="preprocess",
-    description="Metric depth map with ZoeDepth. Weights: ZoeD_M12_N.pt.",
-    inputs=[IMAGE_IN, RESOLUTION],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(ZOE_FILES),
-)
-def depth_zoe(ctx, image, resolution: int):
-    def build(folder: str) -> Any:
-        from controlnet_aux.zoe import ZoeDetector
-
-        return ZoeDetector.from_pretrained(folder, filename=ZOE_FILES[0])
-
-    det = load_annotator(ctx, "zoe", ZOE_FILES, build)
-    return _detect_with(ctx, image, det, detect_resolution=resolution, image_resolution=resolution)
+def switch(name: str, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.BOOLEAN, default=False, tooltip=tooltip)
 
 
-@node(
-    "openpose",
-    title="OpenPose",
-    category="preprocess",
-    description=(
-        "Body (and optionally hand and face) pose skeletons. Weights: body_pose_model.pth, "
-        "hand_pose_model.pth, facenet.pth."
+ANNOTATORS: tuple[Annotator, ...] = (
+    Annotator(
+        "depth_midas",
+        "Depth (MiDaS)",
+        "Depth map with MiDaS (DPT hybrid).",
+        ("dpt_hybrid-midas-501f0c75.pt",),
+        from_pretrained("midas", "MidasDetector", "dpt_hybrid-midas-501f0c75.pt"),
     ),
-    inputs=[
-        IMAGE_IN,
-        InputSpec("hands", T.BOOLEAN, default=False, tooltip="Also detect hands."),
-        InputSpec("face", T.BOOLEAN, default=False, tooltip="Also detect faces."),
-        RESOLUTION,
-    ],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(OPENPOSE_FILES),
+    Annotator(
+        "depth_zoe",
+        "Depth (Zoe)",
+        "Metric depth map with ZoeDepth.",
+        ("ZoeD_M12_N.pt",),
+        from_pretrained("zoe", "ZoeDetector", "ZoeD_M12_N.pt"),
+    ),
+    Annotator(
+        "openpose",
+        "OpenPose",
+        "Body (and optionally hand and face) pose skeletons.",
+        ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+        from_pretrained("open_pose", "OpenposeDetector"),
+        options=(
+            (switch("hands", "Also detect hands."), "include_hand"),
+            (switch("face", "Also detect faces."), "include_face"),
+        ),
+    ),
+    Annotator(
+        "softedge_hed",
+        "Soft Edges (HED)",
+        "Soft edge map with HED.",
+        ("ControlNetHED.pth",),
+        from_pretrained("hed", "HEDdetector", "ControlNetHED.pth"),
+        options=((switch("safe", "Quantise edges (the 'safe' variant)."), "safe"),),
+    ),
+    Annotator(
+        "lineart_realistic",
+        "Lineart (realistic)",
+        "Line drawing with the lineart model.",
+        ("sk_model.pth", "sk_model2.pth"),
+        from_pretrained("lineart", "LineartDetector"),
+        options=((switch("coarse", "Use the coarse model."), "coarse"),),
+    ),
+    Annotator(
+        "normal_bae",
+        "Normal Map (BAE)",
+        "Surface normal map with NormalBae.",
+        ("scannet.pt",),
+        from_pretrained("normalbae", "NormalBaeDetector", "scannet.pt"),
+    ),
 )
-def openpose(ctx, image, hands: bool, face: bool, resolution: int):
-    def build(folder: str) -> Any:
-        from controlnet_aux.open_pose import OpenposeDetector
 
-        return OpenposeDetector.from_pretrained(folder)
 
-    det = load_annotator(ctx, "openpose", OPENPOSE_FILES, build)
-    return _detect_with(
-        ctx,
-        image,
-        det,
-        detect_resolution=resolution,
-        image_resolution=resolution,
-        include_hand=hands,
-        include_face=face,
+def annotator_node(a: Annotator) -> NodeSpec:
+    """The node type of one table row: load the detector once, run it on every image."""
+    keywords = {spec.name: keyword for spec, keyword in a.options}
+
+    def execute(ctx: Any, image: Any, resolution: int, **options: Any) -> Any:
+        detector = load_annotator(ctx, a.type_id, a.files, a.build)
+        detector.to(ctx.device)
+        kwargs = {keywords[name]: value for name, value in options.items()}
+        return run_detector(
+            image,
+            lambda im: detector(
+                im,
+                output_type="pil",
+                detect_resolution=resolution,
+                image_resolution=resolution,
+                **kwargs,
+            ),
+        )
+
+    def fingerprint(params: Mapping[str, Any], ctx: Any) -> str | None:
+        try:
+            folder = annotator_folder(ctx, a.files)
+        except NodeError:
+            return None
+        return "|".join(ctx.files.of(folder / f, ctx.check_interrupt) for f in a.files)
+
+    return NodeSpec(
+        type_id=a.type_id,
+        title=a.title,
+        category="preprocess",
+        execute=execute,
+        inputs=(IMAGE_IN, *(spec for spec, _ in a.options), RESOLUTION),
+        outputs=tuple(IMAGE_OUT),
+        description=a.description,
+        fingerprint=fingerprint,
     )
 
 
-@node(
-    "softedge_hed",
-    title="Soft Edges (HED)",
-    category="preprocess",
-    description="Soft edge map with HED. Weights: ControlNetHED.pth.",
-    inputs=[
-        IMAGE_IN,
-        InputSpec("safe", T.BOOLEAN, default=False, tooltip="Quantise edges (the 'safe' variant)."),
-        RESOLUTION,
-    ],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(HED_FILES),
+# Module-level names: the registry registers the NodeSpecs it finds at the top level.
+depth_midas, depth_zoe, openpose, softedge_hed, lineart_realistic, normal_bae = (
+    annotator_node(a) for a in ANNOTATORS
 )
-def softedge_hed(ctx, image, safe: bool, resolution: int):
-    def build(folder: str) -> Any:
-        from controlnet_aux.hed import HEDdetector
-
-        return HEDdetector.from_pretrained(folder, filename=HED_FILES[0])
-
-    det = load_annotator(ctx, "hed", HED_FILES, build)
-    return _detect_with(
-        ctx, image, det, detect_resolution=resolution, image_resolution=resolution, safe=safe
-    )
-
-
-@node(
-    "lineart_realistic",
-    title="Lineart (realistic)",
-    category="preprocess",
-    description="Line drawing with the lineart model. Weights: sk_model.pth, sk_model2.pth.",
-    inputs=[
-        IMAGE_IN,
-        InputSpec("coarse", T.BOOLEAN, default=False, tooltip="Use the coarse model."),
-        RESOLUTION,
-    ],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(LINEART_FILES),
-)
-def lineart_realistic(ctx, image, coarse: bool, resolution: int):
-    def build(folder: str) -> Any:
-        from controlnet_aux.lineart import LineartDetector
-
-        return LineartDetector.from_pretrained(folder)
-
-    det = load_annotator(ctx, "lineart", LINEART_FILES, build)
-    return _detect_with(
-        ctx, image, det, detect_resolution=resolution, image_resolution=resolution, coarse=coarse
-    )
-
-
-@node(
-    "normal_bae",
-    title="Normal Map (BAE)",
-    category="preprocess",
-    description="Surface normal map with NormalBae. Weights: scannet.pt.",
-    inputs=[IMAGE_IN, RESOLUTION],
-    outputs=IMAGE_OUT,
-    fingerprint=_annotator_fingerprint(NORMAL_FILES),
-)
-def normal_bae(ctx, image, resolution: int):
-    def build(folder: str) -> Any:
-        from controlnet_aux.normalbae import NormalBaeDetector
-
-        return NormalBaeDetector.from_pretrained(folder, filename=NORMAL_FILES[0])
-
-    det = load_annotator(ctx, "normal_bae", NORMAL_FILES, build)
-    return _detect_with(ctx, image, det, detect_resolution=resolution, image_resolution=resolution)

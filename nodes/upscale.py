@@ -8,9 +8,9 @@ that pickled files only ever go through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from nodes.weightfiles import read_state_dict
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
@@ -27,40 +27,6 @@ class UpscaleModel:
 
     def __studio_nbytes__(self) -> int:
         return 256
-
-
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """Weights from safetensors, or from a pickle only through torch.load(weights_only=True)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".safetensors", ".sft"):
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        import torch
-
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-                raise NodeError(
-                    f"{path.name}: this pickled file holds more than weights, and Studio does not "
-                    "run code from model files; convert it to .safetensors"
-                ) from None
-            raise
-    except NodeError:
-        raise
-    except Exception as exc:
-        raise NodeError(
-            f"{path.name}: cannot read the file ({type(exc).__name__}: {exc})"
-        ) from None
-    for wrapper in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-            data = data[wrapper]
-            break
-    if not isinstance(data, dict):
-        raise NodeError(f"{path.name}: not a model state dict")
-    return data
 
 
 @node(

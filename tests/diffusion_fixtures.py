@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from studio import recipes
 from studio.library import installed_registry
 from studio.modelfiles import RESOURCES
 
@@ -279,41 +280,20 @@ def txt2img(
     output: str = "preview_image",
 ) -> tuple[Any, dict[str, str]]:
     """A text-to-image workflow; returns it and its node ids by role."""
-    from studio.graph.workflow import Workflow
-
-    wf = Workflow(installed_registry())
-    ids = {
-        "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id,
-        "pos": wf.add_node("text_encode", {"text": prompt}).id,
-        "neg": wf.add_node("text_encode", {"text": negative}).id,
-        "latent": wf.add_node(
-            "empty_latent", {"width": width, "height": height, "batch_size": 1}
-        ).id,
-        "sampler": wf.add_node(
-            "sampler",
-            {
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler": sampler,
-                "scheduler": scheduler,
-                "denoise": 1.0,
-            },
-        ).id,
-        "decode": wf.add_node("vae_decode").id,
-        "out": wf.add_node(output).id,
-    }
-    c = wf.connect
-    c(ids["ckpt"], "clip", ids["pos"], "clip")
-    c(ids["ckpt"], "clip", ids["neg"], "clip")
-    c(ids["ckpt"], "model", ids["sampler"], "model")
-    c(ids["pos"], "conditioning", ids["sampler"], "positive")
-    c(ids["neg"], "conditioning", ids["sampler"], "negative")
-    c(ids["latent"], "latent", ids["sampler"], "latent")
-    c(ids["sampler"], "latent", ids["decode"], "latent")
-    c(ids["ckpt"], "vae", ids["decode"], "vae")
-    c(ids["decode"], "image", ids["out"], "images")
-    return wf, ids
+    return recipes.txt2img(
+        installed_registry(),
+        ckpt,
+        prompt,
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler=sampler,
+        scheduler=scheduler,
+        width=width,
+        height=height,
+        output=output,
+    )
 
 
 # -- pytest fixtures shared by the test_diffusion_* files (import them by name) ---------------

@@ -1,5 +1,7 @@
 """What the companion-model trainers (upscaler, ControlNet, LoRA) share: a small resumable
-run with a JSON state, a stop flag set by SIGTERM/SIGINT, and timed checkpoints.
+run with a JSON state, a stop flag set by SIGTERM/SIGINT, timed checkpoints, the step loop
+with its evaluations (the best so far is exported), and, for the two that train against the
+frozen base model, loading that base and drawing a noised training batch from it.
 
 Each trainer keeps its checkpoint in ``training/companions/<name>/`` (small, committed), so
 ``python -m training.train_<name> --resume`` goes on where an interrupted run stopped. The
@@ -11,14 +13,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
-import signal
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from training.train import REPO, _load_tensors, _save_tensors, _write_json, log
+from training.common import (
+    REPO,
+    LossMeter,
+    StopSignal,
+    add_run_args,
+    load_tensors,
+    log,
+    open_state,
+    save_tensors,
+    script_parser,
+    write_json,
+)
 
 COMPANIONS = REPO / "training" / "companions"
 EMBEDDED = REPO / "resources" / "models"
@@ -30,61 +41,103 @@ __all__ = [
     "EMBEDDED",
     "REPO",
     "CompanionRun",
-    "add_common_args",
+    "FrozenBase",
     "base_fingerprint",
+    "companion_parser",
     "load_tensors",
     "log",
+    "noised_batch",
     "save_tensors",
 ]
 
-save_tensors = _save_tensors
-load_tensors = _load_tensors
 
+def companion_parser(
+    name: str,
+    doc: str,
+    *,
+    export: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    eval_every: int,
+    eval_count: int,
+    warmup: int | None = None,
+) -> argparse.ArgumentParser:
+    """The options every companion trainer has; with ``warmup``, also those of one trained
+    against the frozen base model (``--base``, ``--warmup``, and the base trainer's caption
+    dropout and min-SNR gamma as defaults)."""
+    p = script_parser(f"python -m training.train_{name}", doc)
+    add_run_args(p, COMPANIONS / name, 180.0)
+    if warmup is not None:
+        from training.train import parse_args
 
-def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--resume", action="store_true", help="go on from the checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over, deleting the checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--checkpoint-dir", default=str(COMPANIONS / name))
-    p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
+        base_defaults = parse_args([])
+        p.add_argument("--base", default=str(BASE_MODEL), help="the frozen base model folder")
+        p.add_argument("--warmup", type=int, default=warmup)
+        p.add_argument("--caption-dropout", type=float, default=base_defaults.caption_dropout)
+        p.add_argument("--min-snr-gamma", type=float, default=base_defaults.min_snr_gamma)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--eval-every", type=int, default=eval_every)
+    p.add_argument("--eval-count", type=int, default=eval_count)
+    p.add_argument("--export", default=str(export))
+    return p
 
 
 class CompanionRun:
-    """The state of one training run: ``state.json`` plus tensors files in ``ckpt``."""
+    """The state of one training run: ``state.json`` plus tensors files in ``ckpt``.
 
-    def __init__(self, args: argparse.Namespace, fresh: dict[str, Any]):
+    A fresh run records ``hparams``, the seed and, with ``base``, which export of the base
+    model it trains against; a resumed run keeps its own (``run.hp``, ``run.seed``) and
+    notes a base model that changed since.
+    """
+
+    def __init__(self, args: argparse.Namespace, hparams: dict[str, Any], base: Path | None = None):
         import torch
 
         torch.set_num_threads(args.threads)
         self.ckpt = Path(args.checkpoint_dir)
-        self.stop = False
-        state_file = self.ckpt / "state.json"
+
+        def fresh() -> dict[str, Any]:
+            state = {"step": 0, "seconds": 0.0, "history": [], "best": None}
+            state |= {"seed": args.seed, "hparams": hparams}
+            if base is not None:
+                state["base"] = base_fingerprint(base)
+            return state
+
+        self.state: dict[str, Any] = open_state(self.ckpt, args, fresh)
         if args.resume:
-            if not state_file.exists():
-                sys.exit(f"--resume: no checkpoint in {self.ckpt}")
-            self.state: dict[str, Any] = json.loads(state_file.read_text())
             log(f"resuming at step {self.state['step']}")
-        else:
-            if state_file.exists() and not args.overwrite:
-                sys.exit(f"{state_file} exists: pass --resume (or --overwrite to start over)")
-            if self.ckpt.exists():
-                shutil.rmtree(self.ckpt)
-            self.state = {"step": 0, "seconds": 0.0, "history": [], "best": None, **fresh}
-        self.ckpt.mkdir(parents=True, exist_ok=True)
         self.every = args.checkpoint_every
         self.last_save = time.time()
         self._t = time.time()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        self._signal = StopSignal()
+        if base is not None:
+            now = base_fingerprint(base)
+            if now["unet_sha1"] != self.state["base"]["unet_sha1"]:
+                log(
+                    "note: the base model changed since this run started (step "
+                    f"{self.state['base']['step']} -> {now['step']}); going on against the "
+                    "current one"
+                )
+                self.state["base"] = now
 
-    def _on_signal(self, signum, frame) -> None:
-        log(f"signal {signum}: saving and stopping after this step")
-        self.stop = True
+    @property
+    def stop(self) -> bool:
+        return self._signal.requested
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        return self.state["hparams"]
+
+    @property
+    def seed(self) -> int:
+        return self.state["seed"]
 
     def tick(self) -> None:
         """Account the time since the last tick to the run (resumed runs add up)."""
@@ -101,7 +154,7 @@ class CompanionRun:
         self.tick()
         for stem, sd in tensors.items():
             save_tensors(self.ckpt / f"{stem}.safetensors", sd)
-        _write_json(self.ckpt / "state.json", self.state)
+        write_json(self.ckpt / "state.json", self.state)
         self.last_save = time.time()
         log(f"checkpoint saved at step {self.step}")
 
@@ -110,6 +163,58 @@ class CompanionRun:
 
     def load(self, stem: str) -> dict[str, Any]:
         return load_tensors(self.ckpt / f"{stem}.safetensors")
+
+    def evaluate(
+        self,
+        step: int,
+        measure: Callable[[], dict[str, float]],
+        rank: Callable[[dict[str, Any]], Any],
+        export: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """Record ``measure()`` in the history; when it ranks above the best so far, it
+        becomes the best and ``export(record)`` runs."""
+        self.tick()
+        t = time.time()
+        rates = measure()
+        rec = {"step": step, **{k: round(v, 3) for k, v in rates.items()}}
+        rec["seconds"], rec["eval_seconds"] = round(self.state["seconds"]), round(time.time() - t)
+        self.state["history"].append(rec)
+        log("eval " + json.dumps(rec))
+        best = self.state["best"]
+        if best is None or rank(rec) > rank(best):
+            self.state["best"] = rec
+            export(rec)
+
+    def train(
+        self,
+        train_step: Callable[[int], tuple[float, float]],
+        *,
+        eval_every: int,
+        measure: Callable[[], dict[str, float]],
+        rank: Callable[[dict[str, Any]], Any],
+        export: Callable[[dict[str, Any]], None],
+        checkpoint: Callable[[], None],
+        meter: LossMeter,
+        log_every: int = 25,
+    ) -> None:
+        """Run ``train_step(step) -> (loss, lr)`` up to ``hp["steps"]`` (or a stop signal):
+        log every ``log_every`` steps, evaluate every ``eval_every`` and at the last step
+        (then checkpoint), checkpoint when one is due, and once more at the end."""
+        steps = self.hp["steps"]
+        while not self.stop and self.step < steps:
+            loss, lr = train_step(self.step)
+            meter.add(loss)
+            self.state["step"] = step = self.step + 1
+            if step % log_every == 0:
+                meter.report(step, lr)
+            if step % eval_every == 0 or step == steps:
+                self.evaluate(step, measure, rank, export)
+                checkpoint()
+                meter.restart_clock()
+            elif self.due():
+                checkpoint()
+        checkpoint()
+        log(f"stopped at step {self.step}" if self.stop else f"finished: best {self.state['best']}")
 
 
 def base_fingerprint(folder: Path) -> dict[str, Any]:
@@ -122,3 +227,69 @@ def base_fingerprint(folder: Path) -> dict[str, Any]:
         "step": info.get("step"),
         "unet_sha1": hashlib.sha1(unet_file.read_bytes()).hexdigest()[:16],
     }
+
+
+# ----------------------------------------------------------------------------- frozen base
+
+
+class FrozenBase(NamedTuple):
+    """The base model a ControlNet or LoRA trains against, frozen, with its noise schedule
+    and the empty prompt's encoding (what dropped captions become)."""
+
+    unet: Any
+    text_encoder: Any
+    vae: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    scheduler: Any
+    uncond: Any
+
+    @classmethod
+    def load(cls, folder: Path) -> FrozenBase:
+        from training import models as M
+        from training.evaluate import encode_prompts, load_folder
+
+        unet, te, vae, tok = load_folder(folder)
+        for m in (unet, te, vae):
+            m.requires_grad_(False).eval()
+        sched_cfg = M.folder_scheduler_config(folder)
+        return cls(
+            unet,
+            te,
+            vae,
+            tok,
+            sched_cfg,
+            M.make_scheduler(sched_cfg),
+            encode_prompts(tok, te, [""]),
+        )
+
+
+class NoisedBatch(NamedTuple):
+    noisy: Any
+    t: Any
+    hidden: Any
+    latents: Any
+    noise: Any
+
+
+def noised_batch(
+    base: FrozenBase, images: Any, captions: list[str], g: Any, caption_dropout: float
+) -> NoisedBatch:
+    """The base trainer's diffusion batch: captions encoded (a ``caption_dropout`` share
+    replaced by the empty prompt), images encoded by the VAE, noised at uniform timesteps.
+    Every draw comes from ``g``, in this order: dropout, posterior, noise, timesteps."""
+    import torch
+
+    from training import data
+    from training.evaluate import encode_prompts
+
+    drop = torch.rand(len(captions), generator=g) < caption_dropout
+    with torch.no_grad():
+        hidden = encode_prompts(base.tokenizer, base.text_encoder, captions)
+        hidden[drop] = base.uncond[0]
+        posterior = base.vae.encode(data.to_tensor(images)).latent_dist
+        latents = posterior.sample(generator=g) * base.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=g)
+    n_t = base.scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_t, (len(captions),), generator=g)
+    return NoisedBatch(base.scheduler.add_noise(latents, noise, t), t, hidden, latents, noise)

@@ -13,6 +13,7 @@ that over many images. The lead's tests reuse these to check that nodes really a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -297,27 +298,26 @@ def load_folder(path):
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the adherence of a model folder on the held-out captions as JSON."""
-    import argparse
-    import json
     from pathlib import Path
 
-    import torch
-
-    from training.data import eval_scenes
-    from training.models import folder_scheduler_config
+    from training.common import run_report, script_parser
 
     default = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny"
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=main.__doc__)
+    ap = script_parser("python -m training.evaluate", main.__doc__)
     ap.add_argument("--model", default=str(default))
     ap.add_argument("--count", type=int, default=60, help="held-out captions")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cfg", type=float, nargs="+", default=[7.0, 1.0])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return run_report(ap, argv, report)
+
+
+def report(args) -> dict:
+    from training.data import eval_scenes
+    from training.models import folder_scheduler_config
+
     unet, te, vae, tok = load_folder(args.model)
     caps = [s.caption for s in eval_scenes(args.count)]
     out = {"model": args.model, "captions": len(caps), "seeds": args.seeds, "steps": args.steps}
@@ -334,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             scheduler_config=folder_scheduler_config(args.model),
         )
         out[f"cfg {cfg:g}"] = {k: round(v, 4) for k, v in rates.items()}
-    print(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,6 +23,7 @@ The tests in ``tests/test_tiny_companions.py`` assert on these same measurements
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,26 +258,27 @@ def measure_lora(engine: Any, captions: int, per_caption: int, seed: int = 0) ->
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the measured rates of the three companion models as JSON."""
     import argparse
-    import json
     import os
-    import time
+
+    from training.common import run_report
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate_companions", description=__doc__)
+    ap.add_argument("--scenes", type=int, default=16, help="upscaler: held-out scenes")
+    ap.add_argument("--captions", type=int, default=8, help="ControlNet and LoRA: captions")
+    ap.add_argument("--per-caption", type=int, default=4, help="images per caption (one batch)")
+    return run_report(ap, argv, report)
+
+
+def report(args) -> dict[str, Any]:
+    import time
 
     from studio.engine import Engine
     from studio.library import installed_registry
 
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate_companions", description=__doc__)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--scenes", type=int, default=16, help="upscaler: held-out scenes")
-    ap.add_argument("--captions", type=int, default=8, help="ControlNet and LoRA: captions")
-    ap.add_argument("--per-caption", type=int, default=4, help="images per caption (one batch)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     engine = Engine(installed_registry())
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -292,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             t = time.perf_counter()
             out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in fn().items()}
             out[name]["seconds"] = round(time.perf_counter() - t, 1)
-    print(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -139,24 +139,24 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.common import run_report
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", default=str(FOLDER), help="the diffusers folder to export")
     p.add_argument("--out", default=str(OUT), help="the .safetensors file to write")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
     p.add_argument("--no-verify", action="store_true", help="skip loading it back")
-    args = p.parse_args(argv)
+    return run_report(p, argv, report, indent=2)
 
-    import torch
 
-    torch.set_num_threads(1)
+def report(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
-    report: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size}
+    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size}
     if not args.no_verify:
-        report["max_abs_diff"] = verify(out, Path(args.folder))
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(report, indent=2))
-    return 0
+        result["max_abs_diff"] = verify(out, Path(args.folder))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
 
 
 if __name__ == "__main__":

@@ -181,16 +181,13 @@ def write_factors(folder: Path, vae: Any = None) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.common import run_report
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", default=str(FOLDER), help="the diffusers folder to update")
-    args = p.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(1)
-    report = write_factors(Path(args.folder))
-    print(json.dumps({"folder": args.folder, **report}, indent=2))
-    return 0
+    return run_report(
+        p, argv, lambda args: {"folder": args.folder, **write_factors(Path(args.folder))}, indent=2
+    )
 
 
 if __name__ == "__main__":

@@ -29,42 +29,23 @@ def txt2img_workflow(
     batch_size: int = 1,
 ) -> tuple[Any, dict[str, str]]:
     """A text-to-image workflow on ``model``; returns it and its node ids by role."""
-    from studio.graph.workflow import Workflow
+    from studio import recipes
     from studio.library import installed_registry
 
-    wf = Workflow(installed_registry())
-    ids = {
-        "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": model}).id,
-        "pos": wf.add_node("text_encode", {"text": prompt}).id,
-        "neg": wf.add_node("text_encode", {"text": negative}).id,
-        "latent": wf.add_node(
-            "empty_latent", {"width": size, "height": size, "batch_size": batch_size}
-        ).id,
-        "sampler": wf.add_node(
-            "sampler",
-            {
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler": sampler,
-                "scheduler": scheduler,
-                "denoise": 1.0,
-            },
-        ).id,
-        "decode": wf.add_node("vae_decode").id,
-        "out": wf.add_node("preview_image").id,
-    }
-    c = wf.connect
-    c(ids["ckpt"], "clip", ids["pos"], "clip")
-    c(ids["ckpt"], "clip", ids["neg"], "clip")
-    c(ids["ckpt"], "model", ids["sampler"], "model")
-    c(ids["pos"], "conditioning", ids["sampler"], "positive")
-    c(ids["neg"], "conditioning", ids["sampler"], "negative")
-    c(ids["latent"], "latent", ids["sampler"], "latent")
-    c(ids["sampler"], "latent", ids["decode"], "latent")
-    c(ids["ckpt"], "vae", ids["decode"], "vae")
-    c(ids["decode"], "image", ids["out"], "images")
-    return wf, ids
+    return recipes.txt2img(
+        installed_registry(),
+        model,
+        prompt,
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler=sampler,
+        scheduler=scheduler,
+        width=size,
+        height=size,
+        batch_size=batch_size,
+    )
 
 
 def to_uint8(image: Any) -> list[np.ndarray]:

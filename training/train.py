@@ -25,9 +25,7 @@ import argparse
 import json
 import math
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +36,25 @@ import torch
 
 from training import data, preview_factors
 from training import models as M
+from training.common import (
+    REPO,
+    LossMeter,
+    StopSignal,
+    add_run_args,
+    load_tensors,
+    log,
+    open_state,
+    optimizer_moments,
+    optimizer_step,
+    restore_moments,
+    save_tensors,
+    script_parser,
+    set_lr,
+    step_generator,
+    warmup,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 CKPT_DIR = REPO / "training" / "checkpoints"
 EXPORT_DIR = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
 
@@ -50,77 +65,12 @@ def position_label(caption: str) -> int:
     return data.POSITIONS.index(pos) if pos else len(data.POSITIONS)
 
 
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """The torch generator for ``step`` of a run: noise, timesteps, dropout, posterior draws."""
-    return torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, stream, step]).generate_state(1, np.uint64)[0] >> 1)
-    )
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two [-1, 1] image batches, after quantizing both to 8 bits."""
     qa = ((a.clamp(-1, 1) + 1) * 127.5).round()
     qb = ((b.clamp(-1, 1) + 1) * 127.5).round()
     mse = ((qa - qb) ** 2).mean().item()
     return 10 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
-# ----------------------------------------------------------------------------- checkpoint io
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def optimizer_moments(
-    opt: torch.optim.Optimizer, named: list[tuple[str, torch.nn.Parameter]], keep_first: bool
-) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in named:
-        st = opt.state.get(p)
-        if not st:
-            continue
-        out[f"v.{name}"] = st["exp_avg_sq"].to(torch.bfloat16)
-        if keep_first:
-            out[f"m.{name}"] = st["exp_avg"].to(torch.bfloat16)
-    return out
-
-
-def restore_moments(
-    opt: torch.optim.Optimizer,
-    named: list[tuple[str, torch.nn.Parameter]],
-    tensors: dict[str, torch.Tensor],
-    step: int,
-) -> None:
-    for name, p in named:
-        if f"v.{name}" not in tensors:
-            continue
-        m = tensors.get(f"m.{name}")
-        opt.state[p] = {
-            "step": torch.tensor(float(step)),
-            "exp_avg": m.float() if m is not None else torch.zeros_like(p),
-            "exp_avg_sq": tensors[f"v.{name}"].float(),
-        }
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -132,7 +82,7 @@ class Trainer:
         self.ckpt = Path(args.checkpoint_dir)
         self.export_dir = Path(args.export_dir)
         self.state: dict[str, Any] = {}
-        self.stop = False
+        self.signal: StopSignal | None = None
         self.last_ckpt = time.time()
         self.last_commit = time.time()
 
@@ -184,41 +134,17 @@ class Trainer:
         """The noise schedule and objective the UNet is trained (and exported) with."""
         return self.state["hparams"]["models"]["scheduler"]
 
+    @property
+    def stop(self) -> bool:
+        return self.signal is not None and self.signal.requested
+
     def run(self) -> None:
         torch.set_num_threads(self.args.threads)
-        state_file = self.ckpt / "state.json"
+        self.state = open_state(self.ckpt, self.args, self.fresh_state)
         if self.args.resume:
-            if not state_file.exists():
-                sys.exit(f"--resume: no checkpoint in {self.ckpt}")
-            self.state = json.loads(state_file.read_text())
             log(f"resuming phase {self.state['phase']} at step {self.state['step']}")
-            if self.args.position_probe is not None:
-                self.state["hparams"]["position_probe"] = self.args.position_probe
-                self.state.setdefault("changes", []).append(
-                    {"step": self.state["step"], "position_probe": self.args.position_probe}
-                )
-            if self.args.t_power is not None:
-                self.state["hparams"]["t_power"] = self.args.t_power
-                self.state.setdefault("changes", []).append(
-                    {"step": self.state["step"], "t_power": self.args.t_power}
-                )
-            sched_cfg = self.state["hparams"]["models"]["scheduler"]
-            if self.args.v_zero_snr and sched_cfg != M.SCHEDULER_CONFIG:
-                # switch the objective (epsilon -> v-prediction at zero terminal SNR), going on
-                # from the weights learnt so far; the EMA restarts from them
-                self.state["hparams"]["models"]["scheduler"] = M.SCHEDULER_CONFIG
-                self.state["objective_from_step"] = self.state["step"]
-                self.state["ema_restart"] = True
-                log(f"objective: v-prediction at zero terminal SNR from step {self.state['step']}")
-        else:
-            if state_file.exists() and not self.args.overwrite:
-                sys.exit(f"{state_file} exists: pass --resume (or --overwrite to start over)")
-            if self.ckpt.exists():
-                shutil.rmtree(self.ckpt)
-            self.state = self.fresh_state()
-        self.ckpt.mkdir(parents=True, exist_ok=True)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+            self.apply_changes()
+        self.signal = StopSignal()
         (self.ckpt / "tokenizer").mkdir(exist_ok=True)
         from training.tokenizer import load_tokenizer, save_tokenizer
 
@@ -230,9 +156,26 @@ class Trainer:
             self.train_unet()
         log("stopped" if self.stop else "finished")
 
-    def _on_signal(self, signum, frame) -> None:
-        log(f"signal {signum}: saving and stopping after this step")
-        self.stop = True
+    def apply_changes(self) -> None:
+        """Recipe changes asked for on resuming, recorded in the state."""
+        if self.args.position_probe is not None:
+            self.state["hparams"]["position_probe"] = self.args.position_probe
+            self.state.setdefault("changes", []).append(
+                {"step": self.state["step"], "position_probe": self.args.position_probe}
+            )
+        if self.args.t_power is not None:
+            self.state["hparams"]["t_power"] = self.args.t_power
+            self.state.setdefault("changes", []).append(
+                {"step": self.state["step"], "t_power": self.args.t_power}
+            )
+        sched_cfg = self.state["hparams"]["models"]["scheduler"]
+        if self.args.v_zero_snr and sched_cfg != M.SCHEDULER_CONFIG:
+            # switch the objective (epsilon -> v-prediction at zero terminal SNR), going on
+            # from the weights learnt so far; the EMA restarts from them
+            self.state["hparams"]["models"]["scheduler"] = M.SCHEDULER_CONFIG
+            self.state["objective_from_step"] = self.state["step"]
+            self.state["ema_restart"] = True
+            log(f"objective: v-prediction at zero terminal SNR from step {self.state['step']}")
 
     # --- VAE ---------------------------------------------------------------------------
 
@@ -270,19 +213,19 @@ class Trainer:
         named = list(vae.named_parameters())
         opt = torch.optim.Adam(vae.parameters(), lr=self.hp("vae_lr"))
         if (self.ckpt / "vae.safetensors").exists():
-            vae.load_state_dict(_load_tensors(self.ckpt / "vae.safetensors"))
+            vae.load_state_dict(load_tensors(self.ckpt / "vae.safetensors"))
             if (self.ckpt / "vae_optim.safetensors").exists():
                 restore_moments(
                     opt,
                     named,
-                    _load_tensors(self.ckpt / "vae_optim.safetensors"),
+                    load_tensors(self.ckpt / "vae_optim.safetensors"),
                     self.state["step"],
                 )
         held_in, held_out = self.vae_eval_set()
         vst = self.state["vae"]
         batch = self.hp("vae_batch")
         t_phase = time.time()
-        t0, n0, losses = time.time(), self.state["step"], []
+        meter = LossMeter(self.state["step"], name="mse", digits=5, prefix="vae ")
         while not self.stop:
             step = self.state["step"]
             polish_from = vst.get("polish_from")
@@ -291,8 +234,7 @@ class Trainer:
             if polish_from is None and step >= self.hp("vae_max_steps"):
                 break
             lr = self.vae_lr(step, polish_from is not None)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            set_lr(opt, lr)
             imgs, _ = data.training_batch(seed, step, batch, stream=1)
             x = data.to_tensor(imgs)
             g = step_generator(seed, step, 1)
@@ -300,16 +242,11 @@ class Trainer:
             rec = vae.decode(post.sample(generator=g)).sample
             mse = torch.nn.functional.mse_loss(rec, x)
             loss = mse + 0.1 * (rec - x).abs().mean() + self.args.vae_kl * post.kl().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            losses.append(mse.item())
+            optimizer_step(opt, loss, vae.parameters())
+            meter.add(mse.item())
             self.state["step"] = step = step + 1
             if step % 25 == 0:
-                sps = (step - n0) / (time.time() - t0)
-                log(f"vae step {step} mse {np.mean(losses):.5f} lr {lr:.2e} {sps:.2f} steps/s")
-                t0, n0, losses = time.time(), step, []
+                meter.report(step, lr)
             if step % self.args.vae_eval_every == 0:
                 p_in, p_out = self.vae_psnr(vae, held_in), self.vae_psnr(vae, held_out)
                 vst.update(psnr_held_in=p_in, psnr_held_out=p_out, psnr_step=step)
@@ -355,20 +292,20 @@ class Trainer:
         self.save_vae(vae, None, named)
 
     def save_vae(self, vae, opt, named) -> None:
-        _save_tensors(self.ckpt / "vae.safetensors", vae.state_dict())
+        save_tensors(self.ckpt / "vae.safetensors", vae.state_dict())
         if opt is not None:
-            _save_tensors(self.ckpt / "vae_optim.safetensors", optimizer_moments(opt, named, True))
+            save_tensors(self.ckpt / "vae_optim.safetensors", optimizer_moments(opt, named, True))
         self.save_state()
 
     def save_state(self) -> None:
-        _write_json(self.ckpt / "state.json", self.state)
+        write_json(self.ckpt / "state.json", self.state)
         self.last_ckpt = time.time()
         log(f"checkpoint saved: phase {self.state['phase']} step {self.state['step']}")
         self.maybe_commit()
 
     def load_vae(self):
         vae = M.make_vae()
-        vae.load_state_dict(_load_tensors(self.ckpt / "vae.safetensors"))
+        vae.load_state_dict(load_tensors(self.ckpt / "vae.safetensors"))
         vae.register_to_config(scaling_factor=self.state["vae"]["scaling_factor"])
         vae.eval().requires_grad_(False)
         return vae
@@ -394,7 +331,7 @@ class Trainer:
             restore_moments(
                 dec_opt,
                 dec_named,
-                _load_tensors(self.ckpt / "vae_dec_optim.safetensors"),
+                load_tensors(self.ckpt / "vae_dec_optim.safetensors"),
                 self.state["step"] // max(dec_every, 1),
             )
         self.vae_sets = self.vae_eval_set()
@@ -408,17 +345,17 @@ class Trainer:
         ema = [p.detach().clone() for p in params]
         wfile = self.ckpt / "unet_te.safetensors"
         if wfile.exists():
-            w = _load_tensors(wfile)
+            w = load_tensors(wfile)
             te.load_state_dict({k[3:]: v for k, v in w.items() if k.startswith("te.")})
             unet.load_state_dict({k[5:]: v for k, v in w.items() if k.startswith("unet.")})
-            e = _load_tensors(self.ckpt / "ema.safetensors")
+            e = load_tensors(self.ckpt / "ema.safetensors")
             ema = [e[n].float() for n, _ in named]
             if self.state.pop("ema_restart", False):
                 ema = [p.detach().clone() for p in params]
             restore_moments(
                 opt,
                 named,
-                _load_tensors(self.ckpt / "unet_te_optim.safetensors"),
+                load_tensors(self.ckpt / "unet_te_optim.safetensors"),
                 self.state["step"],
             )
             log(f"loaded text encoder + UNet at step {self.state['step']}")
@@ -435,15 +372,14 @@ class Trainer:
         probe, probe_opt, probe_w = self.position_probe()
         probe_hits: list[float] = []
         t_phase = time.time()
-        t0, n0, losses = time.time(), self.state["step"], []
+        meter = LossMeter(self.state["step"], prefix="unet ")
         dec_losses: list[float] = []
         self.vae, self.dec_named, self.dec_opt = vae, dec_named, dec_opt
         while not self.stop and self.state["step"] < self.args.max_steps:
             step = self.state["step"]
             since = step - self.state.get("objective_from_step", 0)
-            lr = self.hp("lr") * min(1.0, (since + 1) / self.hp("warmup"))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = self.hp("lr") * warmup(since, self.hp("warmup"))
+            set_lr(opt, lr)
             imgs, caps = data.training_batch(seed, step, batch)
             g = step_generator(seed, step, 2)
             drop = torch.rand(batch, generator=g) < p_drop
@@ -472,35 +408,30 @@ class Trainer:
                 total = loss + probe_w * torch.nn.functional.cross_entropy(logits, labels[keep])
                 probe_hits.append(float((logits.argmax(-1) == labels[keep]).float().mean()))
                 probe_opt.zero_grad(set_to_none=True)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            optimizer_step(opt, total, params)
             if probe is not None:
                 probe_opt.step()
             d = min(self.hp("ema_decay"), (1 + since) / (10 + since))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
-            losses.append(loss.item())
+            meter.add(loss.item())
             if dec_every > 0 and step % dec_every == 0:
                 dec_losses.append(self.decoder_step(vae, dec_opt, dec_params, step))
             self.state["step"] = step = step + 1
             if step % 25 == 0:
-                sps = (step - n0) / (time.time() - t0)
                 if dec_losses:
                     log(f"decoder mse {np.mean(dec_losses):.5f}")
                     dec_losses = []
-                log(f"unet step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
+                sps = meter.report(step, lr)
                 if probe_hits:
                     log(f"position probe accuracy {np.mean(probe_hits):.3f}")
                     probe_hits = []
                 self.state["steps_per_second"] = sps
-                t0, n0, losses = time.time(), step, []
             if step % self.args.eval_every == 0:
                 self.state["seconds"]["unet"] += time.time() - t_phase
                 t_phase = time.time()
                 self.evaluate(te, unet, named, ema, vae, eval_caps)
-                t0 = time.time()
+                meter.restart_clock()
             if time.time() - self.last_ckpt > self.args.checkpoint_every:
                 self.state["seconds"]["unet"] += time.time() - t_phase
                 t_phase = time.time()
@@ -520,14 +451,8 @@ class Trainer:
         loss = mse + 0.1 * (rec - x).abs().mean()
         # warm up: Adam's first steps move every weight by about the full rate
         start = self.state.setdefault("decoder_from", step)
-        for group in opt.param_groups:
-            group["lr"] = self.state["hparams"].get("decoder_lr", 1e-4) * min(
-                1.0, (step - start + 1) / 400
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        set_lr(opt, self.state["hparams"].get("decoder_lr", 1e-4) * warmup(step - start, 400))
+        optimizer_step(opt, loss, params)
         return mse.item()
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
@@ -623,24 +548,24 @@ class Trainer:
         probe = torch.nn.Linear(M.TEXT_DIM, len(data.POSITIONS) + 1)
         f = self.ckpt / "position_probe.safetensors"
         if f.exists():
-            probe.load_state_dict(_load_tensors(f))
+            probe.load_state_dict(load_tensors(f))
         self.probe = probe
         return probe, torch.optim.Adam(probe.parameters(), lr=1e-3), weight
 
     def save_unet(self, named, opt, ema) -> None:
         if getattr(self, "probe", None) is not None:
-            _save_tensors(self.ckpt / "position_probe.safetensors", self.probe.state_dict())
-        _save_tensors(self.ckpt / "vae.safetensors", self.vae.state_dict())
-        _save_tensors(
+            save_tensors(self.ckpt / "position_probe.safetensors", self.probe.state_dict())
+        save_tensors(self.ckpt / "vae.safetensors", self.vae.state_dict())
+        save_tensors(
             self.ckpt / "vae_dec_optim.safetensors",
             optimizer_moments(self.dec_opt, self.dec_named, True),
         )
-        _save_tensors(self.ckpt / "unet_te.safetensors", {n: p for n, p in named})
-        _save_tensors(
+        save_tensors(self.ckpt / "unet_te.safetensors", {n: p for n, p in named})
+        save_tensors(
             self.ckpt / "ema.safetensors",
             {n: e.to(torch.float16) for (n, _), e in zip(named, ema, strict=True)},
         )
-        _save_tensors(self.ckpt / "unet_te_optim.safetensors", optimizer_moments(opt, named, False))
+        save_tensors(self.ckpt / "unet_te_optim.safetensors", optimizer_moments(opt, named, False))
         self.save_state()
 
     # --- git -----------------------------------------------------------------------------
@@ -680,18 +605,9 @@ class Trainer:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--resume", action="store_true", help="go on from the checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over, deleting the checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--checkpoint-dir", default=str(CKPT_DIR))
+    p = script_parser("python -m training.train", __doc__)
+    add_run_args(p, CKPT_DIR, 300.0)
     p.add_argument("--export-dir", default=str(EXPORT_DIR))
-    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds")
     p.add_argument(
         "--git-commit-every",
         type=float,

@@ -21,12 +21,10 @@ model so far (by that side rate) is exported in fp16 as a diffusers folder to
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +33,25 @@ import torch
 
 from training import data
 from training import models as M
-from training import train as base_train
+from training.common import (
+    LossMeter,
+    optimizer_moments,
+    optimizer_step,
+    restore_moments,
+    set_lr,
+    step_generator,
+    warmup,
+)
 from training.companion import (
-    BASE_MODEL,
     EMBEDDED,
     CompanionRun,
-    add_common_args,
-    base_fingerprint,
+    FrozenBase,
+    companion_parser,
     log,
+    noised_batch,
 )
-from training.evaluate import analyze, encode_prompts, load_folder, position_ok, score
+from training.evaluate import analyze, position_ok, score
+from training.evaluate import generate as evaluate_generate
 
 EXPORT = EMBEDDED / "controlnet" / "studio-tiny-canny"
 #: The conditioning embedding downsamples 64 -> 16 (two stride-2 convs), like the VAE.
@@ -108,7 +115,34 @@ def side_scenes(n: int, seed: int = 77) -> list[tuple[data.Scene, str]]:
 # ----------------------------------------------------------------------------- sampling
 
 
-@torch.no_grad()
+class ControlledUNet:
+    """The UNet with a ControlNet's residuals added, for ``training.evaluate.generate``: the
+    control image goes to both halves of the guidance batch (as
+    StableDiffusionControlNetPipeline does)."""
+
+    def __init__(self, unet, controlnet, controls: np.ndarray, scale: float = 1.0):
+        self.unet, self.controlnet, self.scale = unet, controlnet, scale
+        self.config = unet.config
+        self.image = torch.cat([control_tensor(controls)] * 2)
+
+    def __call__(self, inp, t, encoder_hidden_states):
+        down, mid = self.controlnet(
+            inp,
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=self.image,
+            conditioning_scale=self.scale,
+            return_dict=False,
+        )
+        return self.unet(
+            inp,
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        )
+
+
 def generate(
     unet,
     text_encoder,
@@ -123,45 +157,20 @@ def generate(
     scale: float = 1.0,
     scheduler_config: dict | None = None,
 ) -> np.ndarray:
-    """Like ``training.evaluate.generate`` (Euler, CFG), with a ControlNet whose residuals
-    go to both halves of the guidance batch (as StableDiffusionControlNetPipeline does)."""
-    from diffusers import EulerDiscreteScheduler
-
-    sched = EulerDiscreteScheduler.from_config(scheduler_config or M.SCHEDULER_CONFIG)
-    sched.set_timesteps(steps)
-    n = len(captions)
-    cond = encode_prompts(tokenizer, text_encoder, captions)
-    uncond = encode_prompts(tokenizer, text_encoder, [""]).expand(n, -1, -1)
-    hidden = torch.cat([uncond, cond])
-    size = unet.config.sample_size
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(n, unet.config.in_channels, size, size, generator=g)
-    latents = latents * sched.init_noise_sigma
-    image = None
+    """``training.evaluate.generate`` (Euler, CFG), with the ControlNet when there is one."""
     if controlnet is not None and controls is not None:
-        image = torch.cat([control_tensor(controls)] * 2)
-    for t in sched.timesteps:
-        inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-        kwargs = {}
-        if image is not None:
-            down, mid = controlnet(
-                inp,
-                t,
-                encoder_hidden_states=hidden,
-                controlnet_cond=image,
-                conditioning_scale=scale,
-                return_dict=False,
-            )
-            kwargs = {
-                "down_block_additional_residuals": down,
-                "mid_block_additional_residual": mid,
-            }
-        eps = unet(inp, t, encoder_hidden_states=hidden, **kwargs).sample
-        e_u, e_c = eps.chunk(2)
-        latents = sched.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
-    img = vae.decode(latents / vae.config.scaling_factor).sample
-    img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return img.permute(0, 2, 3, 1).numpy()
+        unet = ControlledUNet(unet, controlnet, controls, scale)
+    return evaluate_generate(
+        unet,
+        text_encoder,
+        vae,
+        tokenizer,
+        captions,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler_config=scheduler_config,
+    )
 
 
 def side_rates(
@@ -233,58 +242,36 @@ def export(controlnet, folder: Path, info: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train_controlnet",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = companion_parser(
+        "controlnet",
+        __doc__,
+        export=EXPORT,
+        steps=1500,
+        batch=16,
+        lr=5e-4,
+        warmup=100,
+        eval_every=250,
+        eval_count=40,
     )
-    add_common_args(p, "controlnet")
-    # the base trainer's defaults for the loss weighting and the caption dropout
-    base_defaults = base_train.parse_args([])
-    p.add_argument("--base", default=str(BASE_MODEL), help="the frozen base model folder")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--caption-dropout", type=float, default=base_defaults.caption_dropout)
-    p.add_argument("--min-snr-gamma", type=float, default=base_defaults.min_snr_gamma)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-count", type=int, default=40)
-    p.add_argument("--export", default=str(EXPORT))
     args = p.parse_args(argv)
-
-    hp = {
-        k: getattr(args, k)
-        for k in ("steps", "batch", "lr", "warmup", "caption_dropout", "min_snr_gamma")
-    }
+    keys = ("steps", "batch", "lr", "warmup", "caption_dropout", "min_snr_gamma")
     base_dir = Path(args.base)
-    run = CompanionRun(args, {"seed": args.seed, "hparams": hp, "base": base_fingerprint(base_dir)})
-    hp, seed = run.state["hparams"], run.state["seed"]
-    now = base_fingerprint(base_dir)
-    if now["unet_sha1"] != run.state["base"]["unet_sha1"]:
-        log(
-            f"note: the base model changed since this run started (step {run.state['base']['step']}"
-            f" -> {now['step']}); going on against the current one"
-        )
-        run.state["base"] = now
-    unet, te, vae, tok = load_folder(base_dir)
-    for m in (unet, te, vae):
-        m.requires_grad_(False).eval()
+    run = CompanionRun(args, {k: getattr(args, k) for k in keys}, base=base_dir)
+    hp, seed = run.hp, run.seed
+    base = FrozenBase.load(base_dir)
+    unet, te, vae, tok = base.unet, base.text_encoder, base.vae, base.tokenizer
     torch.manual_seed(seed)
     cn = make_controlnet(unet)
     named = list(cn.named_parameters())
     opt = torch.optim.AdamW(cn.parameters(), lr=hp["lr"], weight_decay=0.01)
     if run.has("controlnet"):
         cn.load_state_dict(run.load("controlnet"))
-        base_train.restore_moments(opt, named, run.load("optim"), run.step)
+        restore_moments(opt, named, run.load("optim"), run.step)
         log(f"loaded the ControlNet at step {run.step}")
     cn.train()
     log(f"params: controlnet {M.n_params(cn)} (frozen unet {M.n_params(unet)})")
 
-    sched_cfg = M.folder_scheduler_config(base_dir)
-    sched = M.make_scheduler(sched_cfg)
-    sf = vae.config.scaling_factor
-    uncond = encode_prompts(tok, te, [""])
+    sched_cfg = base.scheduler_config
     cases = side_scenes(args.eval_count)
     if "baseline" not in run.state:
         # the same scenes without the ControlNet: how often the shape lands on that side anyway
@@ -293,88 +280,66 @@ def main(argv: list[str] | None = None) -> None:
         )
         log(f"baseline without the ControlNet: {json.dumps(run.state['baseline'])}")
 
-    def checkpoint() -> None:
-        run.save(
-            {
-                "controlnet": cn.state_dict(),
-                "optim": base_train.optimizer_moments(opt, named, keep_first=False),
-            }
-        )
-
-    def do_eval(step: int) -> None:
-        run.tick()
-        t = time.time()
-        cn.eval()
-        rates = evaluate(unet, te, vae, tok, cn, cases, scheduler_config=sched_cfg)
-        cn.train()
-        rec = {"step": step, **{k: round(v, 3) for k, v in rates.items()}}
-        rec["seconds"], rec["eval_seconds"] = round(run.state["seconds"]), round(time.time() - t)
-        run.state["history"].append(rec)
-        log("eval " + json.dumps(rec))
-        best = run.state["best"]
-        key = lambda r: (r["side"], r["color"] + r["shape"] + r["background"])  # noqa: E731
-        if best is None or key(rec) > key(best):
-            run.state["best"] = rec
-            info = {
-                "name": "studio-tiny-canny",
-                "trained_by": "python -m training.train_controlnet",
-                "base": run.state["base"],
-                "seed": seed,
-                "hparams": hp,
-                "metrics": rec,
-                "baseline_without_controlnet": run.state["baseline"],
-            }
-            export(cn, Path(args.export), info)
-        checkpoint()
-
-    t0, n0, losses = time.time(), run.step, []
-    while not run.stop and run.step < hp["steps"]:
-        step = run.step
-        lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"])
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def train_step(step: int) -> tuple[float, float]:
+        lr = hp["lr"] * warmup(step, hp["warmup"])
+        set_lr(opt, lr)
         imgs, controls, caps = training_batch(seed, step, hp["batch"])
-        g = base_train.step_generator(seed, step, 30)
-        drop = torch.rand(len(caps), generator=g) < hp["caption_dropout"]
-        with torch.no_grad():
-            hidden = encode_prompts(tok, te, caps)
-            hidden[drop] = uncond[0]
-            lat = vae.encode(data.to_tensor(imgs)).latent_dist.sample(generator=g) * sf
-        noise = torch.randn(lat.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(caps),), generator=g)
-        noisy = sched.add_noise(lat, noise, t)
+        g = step_generator(seed, step, 30)
+        b = noised_batch(base, imgs, caps, g, hp["caption_dropout"])
         down, mid = cn(
-            noisy,
-            t,
-            encoder_hidden_states=hidden,
+            b.noisy,
+            b.t,
+            encoder_hidden_states=b.hidden,
             controlnet_cond=control_tensor(controls),
             return_dict=False,
         )
         pred = unet(
-            noisy,
-            t,
-            encoder_hidden_states=hidden,
+            b.noisy,
+            b.t,
+            encoder_hidden_states=b.hidden,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
-        loss = M.diffusion_loss(sched, pred, lat, noise, t, hp["min_snr_gamma"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        run.state["step"] = step = step + 1
-        if step % 25 == 0:
-            sps = (step - n0) / (time.time() - t0)
-            log(f"step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
-            t0, n0, losses = time.time(), step, []
-        if step % args.eval_every == 0 or step == hp["steps"]:
-            do_eval(step)
-            t0 = time.time()
-        elif run.due():
-            checkpoint()
-    checkpoint()
-    log(f"stopped at step {run.step}" if run.stop else f"finished: best {run.state['best']}")
+        loss = M.diffusion_loss(base.scheduler, pred, b.latents, b.noise, b.t, hp["min_snr_gamma"])
+        optimizer_step(opt, loss, cn.parameters())
+        return loss.item(), lr
+
+    def measure() -> dict[str, float]:
+        cn.eval()
+        try:
+            return evaluate(unet, te, vae, tok, cn, cases, scheduler_config=sched_cfg)
+        finally:
+            cn.train()
+
+    def export_best(rec: dict[str, Any]) -> None:
+        info = {
+            "name": "studio-tiny-canny",
+            "trained_by": "python -m training.train_controlnet",
+            "base": run.state["base"],
+            "seed": seed,
+            "hparams": hp,
+            "metrics": rec,
+            "baseline_without_controlnet": run.state["baseline"],
+        }
+        export(cn, Path(args.export), info)
+
+    def checkpoint() -> None:
+        run.save(
+            {
+                "controlnet": cn.state_dict(),
+                "optim": optimizer_moments(opt, named, keep_first=False),
+            }
+        )
+
+    run.train(
+        train_step,
+        eval_every=args.eval_every,
+        measure=measure,
+        rank=lambda r: (r["side"], r["color"] + r["shape"] + r["background"]),
+        export=export_best,
+        checkpoint=checkpoint,
+        meter=LossMeter(run.step),
+    )
 
 
 if __name__ == "__main__":

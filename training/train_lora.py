@@ -23,9 +23,7 @@ runs) and comparing the UNet's output with the trained one.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +32,24 @@ import torch
 
 from training import data
 from training import models as M
-from training import train as base_train
+from training.common import (
+    LossMeter,
+    optimizer_moments,
+    optimizer_step,
+    restore_moments,
+    set_lr,
+    step_generator,
+    warmup,
+)
 from training.companion import (
-    BASE_MODEL,
     EMBEDDED,
     CompanionRun,
-    add_common_args,
-    base_fingerprint,
+    FrozenBase,
+    companion_parser,
     log,
+    noised_batch,
 )
-from training.evaluate import analyze, encode_prompts, generate, load_folder, score
+from training.evaluate import analyze, generate, score
 
 EXPORT = EMBEDDED / "loras" / "studio-tiny-outline.safetensors"
 #: Outline width as a fraction of the image side (2.6 pixels at 64): thinner lines do not
@@ -177,43 +183,27 @@ def training_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, list[str]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train_lora",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = companion_parser(
+        "lora",
+        __doc__,
+        export=EXPORT,
+        steps=1500,
+        batch=16,
+        lr=1e-3,
+        warmup=50,
+        eval_every=250,
+        eval_count=40,
     )
-    add_common_args(p, "lora")
-    base_defaults = base_train.parse_args([])
-    p.add_argument("--base", default=str(BASE_MODEL), help="the frozen base model folder")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=8.0)
-    p.add_argument("--caption-dropout", type=float, default=base_defaults.caption_dropout)
-    p.add_argument("--min-snr-gamma", type=float, default=base_defaults.min_snr_gamma)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-count", type=int, default=40)
-    p.add_argument("--export", default=str(EXPORT))
     args = p.parse_args(argv)
-
     keys = ("steps", "batch", "lr", "warmup", "rank", "alpha", "caption_dropout", "min_snr_gamma")
-    hp = {k: getattr(args, k) for k in keys}
-    hp["outline"] = OUTLINE
     base_dir = Path(args.base)
-    run = CompanionRun(args, {"seed": args.seed, "hparams": hp, "base": base_fingerprint(base_dir)})
-    hp, seed = run.state["hparams"], run.state["seed"]
-    now = base_fingerprint(base_dir)
-    if now["unet_sha1"] != run.state["base"]["unet_sha1"]:
-        log(
-            f"note: the base model changed since this run started (step {run.state['base']['step']}"
-            f" -> {now['step']}); going on against the current one"
-        )
-        run.state["base"] = now
-    unet, te, vae, tok = load_folder(base_dir)
-    for m in (unet, te, vae):
-        m.requires_grad_(False).eval()
+    hparams = {**{k: getattr(args, k) for k in keys}, "outline": OUTLINE}
+    run = CompanionRun(args, hparams, base=base_dir)
+    hp, seed = run.hp, run.seed
+    base = FrozenBase.load(base_dir)
+    unet, te, vae, tok = base.unet, base.text_encoder, base.vae, base.tokenizer
     torch.manual_seed(seed)
     add_lora(unet, hp["rank"], hp["alpha"])
     named = lora_params(unet)
@@ -224,14 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             for n, prm in named:
                 prm.copy_(w[n])
-        base_train.restore_moments(opt, named, run.load("optim"), run.step)
+        restore_moments(opt, named, run.load("optim"), run.step)
         log(f"loaded the LoRA at step {run.step}")
     log(f"LoRA params {sum(prm.numel() for prm in params)} in {len(named) // 2} layers")
 
-    sched_cfg = M.folder_scheduler_config(base_dir)
-    sched = M.make_scheduler(sched_cfg)
-    sf = vae.config.scaling_factor
-    uncond = encode_prompts(tok, te, [""])
+    sched_cfg = base.scheduler_config
     caps_eval = [s.caption for s in data.eval_scenes(args.eval_count)]
 
     def draw(strength: float) -> np.ndarray:
@@ -249,83 +236,65 @@ def main(argv: list[str] | None = None) -> None:
     if "baseline" not in run.state:
         run.state["baseline"] = outline_stats(draw(0.0), caps_eval)
         log(f"baseline (strength 0): {json.dumps(run.state['baseline'])}")
+    baseline = run.state["baseline"]
+
+    def train_step(step: int) -> tuple[float, float]:
+        lr = hp["lr"] * warmup(step, hp["warmup"])
+        set_lr(opt, lr)
+        imgs, caps = training_batch(seed, step, hp["batch"])
+        g = step_generator(seed, step, 40)
+        b = noised_batch(base, imgs, caps, g, hp["caption_dropout"])
+        pred = unet(b.noisy, b.t, encoder_hidden_states=b.hidden).sample
+        loss = M.diffusion_loss(base.scheduler, pred, b.latents, b.noise, b.t, hp["min_snr_gamma"])
+        optimizer_step(opt, loss, params)
+        return loss.item(), lr
+
+    def measure() -> dict[str, float]:
+        unet.eval()
+        try:
+            return outline_stats(draw(1.0), caps_eval)
+        finally:
+            unet.train()
+
+    def rank(r: dict[str, Any]) -> tuple[bool, float]:
+        # keep colour and background (mostly) right, then the emptiest boxes
+        kept = r["color"] + r["background"] >= 0.8 * (baseline["color"] + baseline["background"])
+        return kept, r["hollow"] - r["fill"]
+
+    def export_best(rec: dict[str, Any]) -> None:
+        info = {
+            "name": "studio-tiny-outline",
+            "trained_by": "python -m training.train_lora",
+            "base": run.state["base"],
+            "seed": seed,
+            "hparams": hp,
+            "metrics": rec,
+            "baseline_strength_0": baseline,
+        }
+        unet.eval()  # the export is checked against the trained UNet's output
+        try:
+            export(unet, Path(args.export), hp["alpha"], base_dir, info)
+        finally:
+            unet.train()
 
     def checkpoint() -> None:
         run.save(
             {
                 "lora": {n: prm for n, prm in named},
-                "optim": base_train.optimizer_moments(opt, named, keep_first=True),
+                "optim": optimizer_moments(opt, named, keep_first=True),
             }
         )
 
-    def do_eval(step: int) -> None:
-        run.tick()
-        t = time.time()
-        rates = outline_stats(draw(1.0), caps_eval)
-        rec = {"step": step, **{k: round(v, 3) for k, v in rates.items()}}
-        rec["seconds"], rec["eval_seconds"] = round(run.state["seconds"]), round(time.time() - t)
-        run.state["history"].append(rec)
-        log("eval " + json.dumps(rec))
-        base = run.state["baseline"]
-
-        def key(r: dict[str, Any]) -> tuple[bool, float]:
-            # keep colour and background (mostly) right, then the emptiest boxes
-            kept = r["color"] + r["background"] >= 0.8 * (base["color"] + base["background"])
-            return kept, r["hollow"] - r["fill"]
-
-        best = run.state["best"]
-        if best is None or key(rec) > key(best):
-            run.state["best"] = rec
-            info = {
-                "name": "studio-tiny-outline",
-                "trained_by": "python -m training.train_lora",
-                "base": run.state["base"],
-                "seed": seed,
-                "hparams": hp,
-                "metrics": rec,
-                "baseline_strength_0": base,
-            }
-            export(unet, Path(args.export), hp["alpha"], base_dir, info)
-        checkpoint()
-
     unet.train()
-    t0, n0, losses = time.time(), run.step, []
-    while not run.stop and run.step < hp["steps"]:
-        step = run.step
-        lr = hp["lr"] * min(1.0, (step + 1) / hp["warmup"])
-        for group in opt.param_groups:
-            group["lr"] = lr
-        imgs, caps = training_batch(seed, step, hp["batch"])
-        g = base_train.step_generator(seed, step, 40)
-        drop = torch.rand(len(caps), generator=g) < hp["caption_dropout"]
-        with torch.no_grad():
-            hidden = encode_prompts(tok, te, caps)
-            hidden[drop] = uncond[0]
-            lat = vae.encode(data.to_tensor(imgs)).latent_dist.sample(generator=g) * sf
-        noise = torch.randn(lat.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(caps),), generator=g)
-        noisy = sched.add_noise(lat, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        loss = M.diffusion_loss(sched, pred, lat, noise, t, hp["min_snr_gamma"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        run.state["step"] = step = step + 1
-        if step % 25 == 0:
-            sps = (step - n0) / (time.time() - t0)
-            log(f"step {step} loss {np.mean(losses):.4f} lr {lr:.2e} {sps:.2f} steps/s")
-            t0, n0, losses = time.time(), step, []
-        if step % args.eval_every == 0 or step == hp["steps"]:
-            unet.eval()
-            do_eval(step)
-            unet.train()
-            t0 = time.time()
-        elif run.due():
-            checkpoint()
-    checkpoint()
-    log(f"stopped at step {run.step}" if run.stop else f"finished: best {run.state['best']}")
+    run.train(
+        train_step,
+        eval_every=args.eval_every,
+        measure=measure,
+        rank=rank,
+        export=export_best,
+        checkpoint=checkpoint,
+        meter=LossMeter(run.step),
+    )
 
 
 if __name__ == "__main__":

@@ -18,17 +18,23 @@ to ``resources/models/upscale_models/studio-tiny-x4.safetensors``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from training import data
-from training.companion import EMBEDDED, CompanionRun, add_common_args, log
+from training.common import (
+    LossMeter,
+    optimizer_moments,
+    optimizer_step,
+    restore_moments,
+    set_lr,
+    warmup,
+)
+from training.companion import EMBEDDED, CompanionRun, companion_parser, log
 
 EXPORT = EMBEDDED / "upscale_models" / "studio-tiny-x4.safetensors"
 LR_SIZE, SCALE = 64, 4
@@ -124,89 +130,61 @@ def export(model, path: Path, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train_upscaler",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = companion_parser(
+        "upscaler",
+        __doc__,
+        export=EXPORT,
+        steps=3000,
+        batch=16,
+        lr=2e-3,
+        eval_every=250,
+        eval_count=64,
     )
-    add_common_args(p, "upscaler")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=32, help="low-resolution crop size")
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--num-feat", type=int, default=32)
     p.add_argument("--num-conv", type=int, default=6)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-count", type=int, default=64)
-    p.add_argument("--export", default=str(EXPORT))
     args = p.parse_args(argv)
-
-    hp = {k: getattr(args, k) for k in ("steps", "batch", "crop", "lr", "num_feat", "num_conv")}
-    run = CompanionRun(args, {"seed": args.seed, "hparams": hp})
-    hp, seed = run.state["hparams"], run.state["seed"]
+    keys = ("steps", "batch", "crop", "lr", "num_feat", "num_conv")
+    run = CompanionRun(args, {k: getattr(args, k) for k in keys})
+    hp, seed = run.hp, run.seed
     torch.manual_seed(seed)
     model = make_model(hp["num_feat"], hp["num_conv"])
+    named = list(model.named_parameters())
     opt = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     if run.has("model"):
         model.load_state_dict(run.load("model"))
-        opt_sd = run.load("optim")
-        for name, prm in model.named_parameters():
-            opt.state[prm] = {
-                "step": torch.tensor(float(run.step)),
-                "exp_avg": opt_sd[f"m.{name}"],
-                "exp_avg_sq": opt_sd[f"v.{name}"],
-            }
+        restore_moments(opt, named, run.load("optim"), run.step)
     log(f"params {sum(p.numel() for p in model.parameters())}")
     low_eval, high_eval = eval_set(seed, args.eval_count)
 
-    def checkpoint() -> None:
-        moments = {}
-        for name, prm in model.named_parameters():
-            st = opt.state.get(prm)
-            if st:
-                moments[f"m.{name}"], moments[f"v.{name}"] = st["exp_avg"], st["exp_avg_sq"]
-        run.save({"model": model.state_dict(), "optim": moments})
-
-    t0, n0, losses = time.time(), run.step, []
-    while not run.stop and run.step < hp["steps"]:
-        step = run.step
-        warm = min(1.0, (step + 1) / 100)
-        lr = hp["lr"] * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / hp["steps"])))
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def train_step(step: int) -> tuple[float, float]:
+        cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / hp["steps"]))
+        lr = hp["lr"] * warmup(step, 100) * cosine
+        set_lr(opt, lr)
         x, y = training_batch(seed, step, hp["batch"], hp["crop"])
         loss = ((model(x) - y) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        run.state["step"] = step = step + 1
-        if step % 50 == 0:
-            sps = (step - n0) / (time.time() - t0)
-            log(f"step {step} mse {np.mean(losses):.6f} lr {lr:.2e} {sps:.2f} steps/s")
-            t0, n0, losses = time.time(), step, []
-        if step % args.eval_every == 0 or step == hp["steps"]:
-            run.tick()
-            rec = {
-                "step": step,
-                **{k: round(v, 3) for k, v in evaluate(model, low_eval, high_eval).items()},
-            }
-            rec["seconds"] = round(run.state["seconds"])
-            run.state["history"].append(rec)
-            log("eval " + json.dumps(rec))
-            best = run.state["best"]
-            if best is None or rec["psnr"] > best["psnr"]:
-                run.state["best"] = rec
-                export(
-                    model,
-                    Path(args.export),
-                    {"trained_by": "python -m training.train_upscaler", **hp, "seed": seed, **rec},
-                )
-            checkpoint()
-        elif run.due():
-            checkpoint()
-    checkpoint()
-    log(f"stopped at step {run.step}" if run.stop else f"finished: best {run.state['best']}")
+        optimizer_step(opt, loss, model.parameters(), max_norm=None)
+        return loss.item(), lr
+
+    def export_best(rec: dict[str, Any]) -> None:
+        info = {"trained_by": "python -m training.train_upscaler", **hp, "seed": seed, **rec}
+        export(model, Path(args.export), info)
+
+    def checkpoint() -> None:
+        # full-precision moments, both of them (the model is small)
+        moments = optimizer_moments(opt, named, keep_first=True, dtype=torch.float32)
+        run.save({"model": model.state_dict(), "optim": moments})
+
+    run.train(
+        train_step,
+        eval_every=args.eval_every,
+        measure=lambda: evaluate(model, low_eval, high_eval),
+        rank=lambda r: r["psnr"],
+        export=export_best,
+        checkpoint=checkpoint,
+        meter=LossMeter(run.step, name="mse", digits=6),
+        log_every=50,
+    )
 
 
 if __name__ == "__main__":

@@ -17,24 +17,19 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "clip"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
 
+from training.tokenizer import bytes_to_unicode  # noqa: E402
 
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1))
-    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+OUT = HERE / "clip"
 
 
 def main(bpe_path: str) -> None:
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]
