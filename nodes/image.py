@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -219,7 +218,7 @@ def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
 
     from PIL.PngImagePlugin import PngInfo
 
-    from studio.fsutil import atomic_write_bytes
+    from studio.fsutil import write_numbered
 
     folder, stem = _output_target(Path(ctx.settings.output_path), filename_prefix)
     pils = to_pil(images)
@@ -234,8 +233,8 @@ def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
             info.add_text("parameters", params)
         buf = io.BytesIO()
         im.save(buf, format="PNG", pnginfo=info, compress_level=4)
-        target = _reserve(folder, stem)
-        atomic_write_bytes(target, buf.getvalue())
+        # Never an empty, partial or replaced file, even when the process is killed.
+        target = write_numbered(folder, stem, ".png", buf.getvalue())
         saved.append(str(target))
         im.info["studio_path"] = str(target)  # where it went (the CLI lists saved files)
     ctx.run_info.setdefault("saved", []).extend(saved)
@@ -251,27 +250,6 @@ def _output_target(root: Path, prefix: str) -> tuple[Path, str]:
     folder = root.joinpath(*parts[:-1])
     folder.mkdir(parents=True, exist_ok=True)
     return folder, parts[-1]
-
-
-def _reserve(folder: Path, stem: str) -> Path:
-    # O_EXCL claims a name no other writer (or a second Studio) can also claim; the
-    # atomic write then replaces the empty claim, so an existing file is never replaced.
-    existing = [p.name for p in folder.glob(f"{stem}_*.png")]
-    nums = []
-    for name in existing:
-        tail = name[len(stem) + 1 : -4]
-        if tail.isdigit():
-            nums.append(int(tail))
-    i = max(nums, default=0) + 1
-    while True:
-        target = folder / f"{stem}_{i:05d}.png"
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            i += 1
-            continue
-        os.close(fd)
-        return target
 
 
 def _workflow_json(ctx: Any) -> str:
