@@ -96,8 +96,9 @@ def build_model(folder: Path) -> None:
 
 def workflow(prompt: str, negative: str, seed: int, size: int, steps: int):
     from studio.graph.workflow import Workflow
+    from studio.library import installed_registry
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "bench-sd1"}).id
     pos = wf.add_node("text_encode", {"text": prompt}).id
     neg = wf.add_node("text_encode", {"text": negative}).id
@@ -123,11 +124,11 @@ def workflow(prompt: str, negative: str, seed: int, size: int, steps: int):
 
 def make_engine(root: Path):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.library import installed_registry
+    from studio.settings import Settings
 
     settings = Settings(models_root=str(root), output_dir=str(root / "out"))
-    set_active_settings(settings)
-    return Engine(settings=settings)
+    return Engine(installed_registry(), settings=settings)
 
 
 def run_pipeline(pipe, prompt: str, negative: str, seed: int, size: int, steps: int):
@@ -193,9 +194,9 @@ def child(mode: str, root: str, size: int, steps: int) -> None:
     import torch
     import transformers  # noqa: F401
 
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
-    default_registry()
+    installed_registry()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     proc = psutil.Process()
     base = proc.memory_info().rss

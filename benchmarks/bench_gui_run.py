@@ -81,8 +81,8 @@ def main() -> None:
     from studio.app.theme import apply_theme
     from studio.app.window import MainWindow
     from studio.engine import Engine
-    from studio.graph.registry import default_registry
-    from studio.settings import Settings, set_active_settings
+    from studio.library import installed_registry
+    from studio.settings import Settings
 
     models = TMP / "models"
     fx.save_folder(fx.sd1_pipeline(small_sd1()), models / "checkpoints" / "small-sd1")
@@ -92,14 +92,13 @@ def main() -> None:
         input_dir=str(TMP / "in"),
         device="cpu",
     )
-    set_active_settings(settings)
     wf, ids = fx.txt2img(
         "small-sd1", steps=args.steps, width=args.size, height=args.size, output="preview_image"
     )
 
     app = QApplication.instance() or QApplication([])
     apply_theme(app)
-    w = MainWindow(default_registry(), autosave=False, recovery=RecoveryStore(TMP / "recovery"))
+    w = MainWindow(installed_registry(), autosave=False, recovery=RecoveryStore(TMP / "recovery"))
     w.interactive = False
     w.resize(1440, 880)
     w.set_document(wf, None)
@@ -138,7 +137,7 @@ def main() -> None:
         preview = marks.get("preview")
         return t1 - t0, (preview - t0) if preview is not None else None, gaps
 
-    engine = Engine(settings=settings)
+    engine = Engine(installed_registry(), settings=settings)
 
     def headless_run(seed: int) -> float:
         run_wf = wf.copy()

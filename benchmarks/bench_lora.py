@@ -24,7 +24,8 @@ def main() -> None:
     from test_lora import lora_graph, write_peft_lora
 
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.library import installed_registry
+    from studio.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -33,7 +34,6 @@ def main() -> None:
         (root / "loras").mkdir()
         write_peft_lora(parts, root / "loras" / "style.safetensors", seed=1)
         settings = Settings(models_root=str(root), output_dir=str(root / "out"))
-        set_active_settings(settings)
 
         def timed(engine, strength):
             wf, _ = lora_graph([("style.safetensors", strength, strength)])
@@ -43,10 +43,12 @@ def main() -> None:
             assert result.ok, result.errors
             return time.perf_counter() - t, engine.models.loads - loads, result
 
-        engine = Engine(settings=settings)
+        engine = Engine(installed_registry(), settings=settings)
         first, first_loads, _ = timed(engine, 1.0)
         switches = [timed(engine, s) for s in (0.5, 0.8, 0.2)]
-        fresh_times = [timed(Engine(settings=settings), 0.5) for _ in range(3)]
+        fresh_times = [
+            timed(Engine(installed_registry(), settings=settings), 0.5) for _ in range(3)
+        ]
         report = {
             "model": "tiny SD1 (64x64, 4 steps), peft-layout LoRA",
             "first_run_s": round(first, 3),

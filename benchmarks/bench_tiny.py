@@ -41,11 +41,12 @@ def speed_child(threads: int | None, launched: float) -> None:
         torch.set_num_threads(threads)
     from nodes.sdload import preload
     from studio.engine import Engine
+    from studio.library import installed_registry
 
     preload()  # what the app does in the background as its window opens
     from training.studio_run import StudioTxt2Img
 
-    engine = Engine()
+    engine = Engine(installed_registry())
     t1 = time.perf_counter()
     gen = StudioTxt2Img(engine=engine)
     gen(PROMPT, 0)
@@ -85,9 +86,10 @@ def adherence(count: int, per_caption: int, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     from studio.engine import Engine
+    from studio.library import installed_registry
     from training.studio_run import StudioTxt2Img, held_out_adherence
 
-    engine = Engine()
+    engine = Engine(installed_registry())
     out = {"captions": count, "images_per_caption": per_caption}
     for cfg in (7.0, 1.0):
         t = time.perf_counter()

@@ -14,7 +14,7 @@ from studio.graph.types import ValueType as T
     category="conditioning",
     description=(
         "Turns a prompt into conditioning for the Sampler. Understands (word:1.3), (word), "
-        "[word] weights and prompts longer than 75 tokens."
+        "[word] weights and prompts longer than 75 tokens (up to 2,400)."
     ),
     inputs=[
         InputSpec("clip", T.CLIP, tooltip="The text encoder from Load Checkpoint."),
@@ -43,6 +43,7 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
     from nodes import lora, prompts, sdload
     from nodes.values import ClipHandle, Cond
 
+    prompts.check_prompt_length(text)  # before anything loads: a pasted megabyte fails at once
     if not isinstance(clip, ClipHandle):
         from studio.errors import NodeError
 
@@ -52,7 +53,8 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
         lora.activate(ctx, encoder, name, clip.patches, clip.family)
     tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
     embeds, pooled = sdload.with_oom_advice(
-        lambda: prompts.encode_prompt(encoders, tokenizers, text, clip_skip), "encoding the prompt"
+        lambda: prompts.encode_prompt(encoders, tokenizers, text, clip_skip, ctx.check_interrupt),
+        "encoding the prompt",
     )
     return [
         Cond(

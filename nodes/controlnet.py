@@ -17,7 +17,6 @@ from typing import Any
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
-from studio.modelfiles import list_models, resolve_model
 
 CONTROLS = "controls"
 _FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
@@ -60,13 +59,6 @@ class ControlEntry:
 
 
 # -- loading --------------------------------------------------------------------------------
-
-
-def _controlnet_fingerprint(params: dict[str, Any], files: Any) -> str | None:
-    try:
-        return files.of(resolve_model("controlnet", params.get("control_net_name", "")))
-    except NodeError:
-        return None
 
 
 def _single_file_config(path: Path) -> dict[str, Any]:
@@ -150,16 +142,14 @@ def controlnet_config_from_unet(unet: dict[str, Any]) -> dict[str, Any]:
         InputSpec(
             "control_net_name",
             T.CHOICE,
-            choices=lambda: list_models("controlnet"),
             file_kind="controlnet",
             tooltip="A file or folder from the controlnet folder.",
         )
     ],
     outputs=[OutputSpec("control_net", T.CONTROL_NET)],
-    fingerprint=_controlnet_fingerprint,
 )
 def load_controlnet(ctx, control_net_name: str) -> ControlNetHandle:
-    path = resolve_model("controlnet", control_net_name)
+    path = ctx.model_files.resolve("controlnet", control_net_name)
     if path.is_dir():
         cfg_path = path / "config.json"
         if not cfg_path.is_file():

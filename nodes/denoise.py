@@ -9,6 +9,7 @@ pipeline number for number. Imported lazily (imports torch and diffusers).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -173,101 +174,33 @@ def sample(
     scheduler: str,
     denoise: float,
 ) -> dict[str, Any]:
-    from diffusers.utils.torch_utils import randn_tensor
+    """The Sampler node's work: ``latent`` denoised by ``model``, guided by the prompts.
 
+    Returns a LATENT (``samples``, and the ``noise_mask`` it was given, if it used one).
+    """
     pos, neg = _single(positive, "positive"), _single(negative, "negative")
     unet = get_module(ctx, model.source, "unet")
     lora.activate(ctx, unet, "unet", model.patches, model.family)
     _check_cond(pos, "positive", model, unet)
     _check_cond(neg, "negative", model, unet)
     samples = _fit_empty_latent(latent, model, unet)
-    if samples.ndim != 4 or samples.shape[1] != unet.config.out_channels:
-        raise NodeError(
-            f"the latent has shape {tuple(samples.shape)}, but this model works on "
-            f"{unet.config.out_channels}-channel latents"
-        )
+    _check_latent(samples, unet)
     sched = make_scheduler(model.scheduler_config, sampler, scheduler)
     device, dtype = torch.device(ctx.device), unet.dtype
     batch = samples.shape[0]
-    time_cond_dim = unet.config.time_cond_proj_dim
-    do_cfg = cfg > 1.0 and time_cond_dim is None
-
-    pe, ne = pos.embeds, neg.embeds
-    if do_cfg:
-        pe, ne = _match_lengths(pe, ne)
-        embeds = torch.cat([ne.repeat(batch, 1, 1), pe.repeat(batch, 1, 1)])
-    else:
-        embeds = pe.repeat(batch, 1, 1)
-    embeds = embeds.to(device=device, dtype=dtype)
-
-    added: dict[str, torch.Tensor] | None = None
-    if unet.config.addition_embed_type == "text_time":
-        h, w = samples.shape[-2] * model.vae_downscale, samples.shape[-1] * model.vae_downscale
-
-        def time_ids(c: Cond) -> torch.Tensor:
-            return torch.tensor([list(c.size or (h, w, 0, 0, h, w))], dtype=dtype)
-
-        if do_cfg:
-            pooled = torch.cat([neg.pooled.repeat(batch, 1), pos.pooled.repeat(batch, 1)])
-            ids = torch.cat([time_ids(neg).repeat(batch, 1), time_ids(pos).repeat(batch, 1)])
-        else:
-            pooled, ids = pos.pooled.repeat(batch, 1), time_ids(pos).repeat(batch, 1)
-        added = {
-            "text_embeds": pooled.to(device=device, dtype=dtype),
-            "time_ids": ids.to(device=device),
-        }
-    timestep_cond = None
-    if time_cond_dim is not None:
-        w_vec = torch.tensor(cfg - 1).repeat(batch)
-        timestep_cond = guidance_embedding(w_vec, time_cond_dim, dtype).to(
-            device=device, dtype=dtype
-        )
+    do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
+    text = _text_conditioning(unet, model, pos, neg, samples, cfg, do_cfg, device, dtype)
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    sched.set_timesteps(steps, device=device)
-    timesteps = sched.timesteps
-    init = samples.to(device=device, dtype=dtype)
-    mask = latent.get("noise_mask")
-    if denoise < 1.0:
-        # diffusers img2img: keep the last int(steps * denoise) steps.
-        init_steps = min(int(steps * denoise), steps)
-        t_start = max(steps - init_steps, 0)
-        timesteps = timesteps[t_start * sched.order :]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(t_start * sched.order)
-        if len(timesteps) == 0:
-            raise NodeError(
-                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
-            )
-        std = latent.get("posterior_std")
-        # A node that resized the samples but kept an old spread: use the mean alone.
-        if std is not None and tuple(std.shape) == tuple(
-            init.shape
-        ):  # VAE Encode's sample, drawn first as the pipeline does
-            init = init + std.to(device=device, dtype=dtype) * randn_tensor(
-                init.shape, generator=generator, device=device, dtype=dtype
-            )
-        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-        latents = sched.add_noise(init, noise, timesteps[:1].repeat(batch))
-    else:
-        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-        latents = noise * sched.init_noise_sigma
+    timesteps = _timesteps(sched, steps, denoise, device)
+    start = _start_latents(sched, samples, latent, timesteps, generator, denoise, device, dtype)
     # A 9-channel inpainting UNet takes the mask and masked image as input (drawn after the
     # noise, as the pipeline does) and needs no latent blending.
     inpaint_inputs = unet_inpaint_inputs(latent, unet, generator, batch, do_cfg, device, dtype)
-    if inpaint_inputs is not None:
-        mask = None
+    mask = latent.get("noise_mask") if inpaint_inputs is None else None
     if mask is not None:
-        mask = _latent_mask(mask, latents).to(device=device, dtype=dtype)
+        mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
 
-    step_params = set(inspect.signature(sched.step).parameters)
-    extra: dict[str, Any] = {}
-    if "eta" in step_params:
-        extra["eta"] = 0.0
-    if "generator" in step_params:
-        extra["generator"] = generator
-
-    total = len(timesteps)
     control = ControlPlan(
         ctx,
         unet,
@@ -279,54 +212,256 @@ def sample(
         dtype=dtype,
         device=device,
     )
-
-    def loop() -> torch.Tensor:
-        nonlocal latents
-        with torch.no_grad(), small_conv_backend(latents, device):
-            for i, t in enumerate(timesteps):
-                ctx.check_interrupt()
-                x = torch.cat([latents] * 2) if do_cfg else latents
-                x = sched.scale_model_input(x, t)
-                residuals: dict[str, Any] = {}
-                if control:
-                    down, mid = control.residuals(x, t, embeds, i, total, added)
-                    residuals = {
-                        "down_block_additional_residuals": down,
-                        "mid_block_additional_residual": mid,
-                    }
-                if inpaint_inputs is not None:
-                    x = torch.cat([x, *inpaint_inputs], dim=1)
-                pred = unet(
-                    x,
-                    t,
-                    encoder_hidden_states=embeds,
-                    timestep_cond=timestep_cond,
-                    added_cond_kwargs=added,
-                    return_dict=False,
-                    **residuals,
-                )[0]
-                if do_cfg:
-                    uncond, cond = pred.chunk(2)
-                    pred = uncond + cfg * (cond - uncond)
-                out = sched.step(pred, t, latents, **extra, return_dict=True)
-                latents = out.prev_sample.to(dtype)
-                if mask is not None:
-                    keep = init
-                    if i < total - 1:
-                        keep = sched.add_noise(init, noise, timesteps[i + 1 : i + 2])
-                    latents = (1 - mask) * keep + mask * latents
-                x0 = getattr(out, "pred_original_sample", None)
-                if x0 is None:
-                    x0 = getattr(out, "denoised", None)
-                shown = x0 if x0 is not None else latents
-                ctx.progress(i + 1, total, preview_image(shown, model.family, model.latent_rgb))
-        return latents
-
-    result = with_oom_advice(loop, "sampling")
+    predict = _NoisePrediction(
+        unet, sched, text, cfg, do_cfg, control, inpaint_inputs, total=len(timesteps)
+    )
+    step_kwargs = _step_kwargs(sched, generator)
+    result = with_oom_advice(
+        lambda: _run_steps(ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype),
+        "sampling",
+    )
     out_latent: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
     return out_latent
+
+
+def _check_latent(samples: torch.Tensor, unet: Any) -> None:
+    if samples.ndim != 4 or samples.shape[1] != unet.config.out_channels:
+        raise NodeError(
+            f"the latent has shape {tuple(samples.shape)}, but this model works on "
+            f"{unet.config.out_channels}-channel latents"
+        )
+
+
+@dataclass(frozen=True)
+class _TextConditioning:
+    """What the UNet is conditioned on besides the latent, batched for guidance."""
+
+    embeds: torch.Tensor  # [negative batch, positive batch] with cfg, else positive only
+    added: dict[str, torch.Tensor] | None  # SDXL's pooled embedding and size ids
+    timestep_cond: torch.Tensor | None  # LCM-style UNets: the guidance scale embedded
+
+
+def _text_conditioning(
+    unet: Any,
+    model: ModelHandle,
+    pos: Cond,
+    neg: Cond,
+    samples: torch.Tensor,
+    cfg: float,
+    do_cfg: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _TextConditioning:
+    batch = samples.shape[0]
+    pe, ne = pos.embeds, neg.embeds
+    if do_cfg:
+        pe, ne = _match_lengths(pe, ne)
+        embeds = torch.cat([ne.repeat(batch, 1, 1), pe.repeat(batch, 1, 1)])
+    else:
+        embeds = pe.repeat(batch, 1, 1)
+    embeds = embeds.to(device=device, dtype=dtype)
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        added = _sdxl_added_cond(model, pos, neg, samples, do_cfg, device, dtype)
+    timestep_cond = None
+    time_cond_dim = unet.config.time_cond_proj_dim
+    if time_cond_dim is not None:
+        w_vec = torch.tensor(cfg - 1).repeat(batch)
+        timestep_cond = guidance_embedding(w_vec, time_cond_dim, dtype).to(
+            device=device, dtype=dtype
+        )
+    return _TextConditioning(embeds, added, timestep_cond)
+
+
+def _sdxl_added_cond(
+    model: ModelHandle,
+    pos: Cond,
+    neg: Cond,
+    samples: torch.Tensor,
+    do_cfg: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """SDXL's pooled prompt embeddings and size/crop ids (the latent's pixel size, no crop,
+    unless the conditioning names a size)."""
+    batch = samples.shape[0]
+    h, w = samples.shape[-2] * model.vae_downscale, samples.shape[-1] * model.vae_downscale
+
+    def time_ids(c: Cond) -> torch.Tensor:
+        return torch.tensor([list(c.size or (h, w, 0, 0, h, w))], dtype=dtype)
+
+    if do_cfg:
+        pooled = torch.cat([neg.pooled.repeat(batch, 1), pos.pooled.repeat(batch, 1)])
+        ids = torch.cat([time_ids(neg).repeat(batch, 1), time_ids(pos).repeat(batch, 1)])
+    else:
+        pooled, ids = pos.pooled.repeat(batch, 1), time_ids(pos).repeat(batch, 1)
+    return {
+        "text_embeds": pooled.to(device=device, dtype=dtype),
+        "time_ids": ids.to(device=device),
+    }
+
+
+def _timesteps(sched: Any, steps: int, denoise: float, device: torch.device) -> torch.Tensor:
+    """The timesteps to run: all of them, or with denoise < 1 the last ones, as diffusers'
+    img2img keeps the last ``int(steps * denoise)``."""
+    sched.set_timesteps(steps, device=device)
+    timesteps = sched.timesteps
+    if denoise >= 1.0:
+        return timesteps
+    init_steps = min(int(steps * denoise), steps)
+    t_start = max(steps - init_steps, 0)
+    timesteps = timesteps[t_start * sched.order :]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(t_start * sched.order)
+    if len(timesteps) == 0:
+        raise NodeError(
+            f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+        )
+    return timesteps
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where the steps begin: the input latent, the noise drawn, the noised latent."""
+
+    init: torch.Tensor
+    noise: torch.Tensor
+    latents: torch.Tensor
+
+
+def _start_latents(
+    sched: Any,
+    samples: torch.Tensor,
+    latent: dict[str, Any],
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    denoise: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _Start:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    init = samples.to(device=device, dtype=dtype)
+    if denoise >= 1.0:
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        return _Start(init, noise, noise * sched.init_noise_sigma)
+    std = latent.get("posterior_std")
+    # VAE Encode's sample, drawn first as the pipeline does. A node that resized the
+    # samples but kept an old spread: use the mean alone.
+    if std is not None and tuple(std.shape) == tuple(init.shape):
+        init = init + std.to(device=device, dtype=dtype) * randn_tensor(
+            init.shape, generator=generator, device=device, dtype=dtype
+        )
+    noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+    batch = samples.shape[0]
+    return _Start(init, noise, sched.add_noise(init, noise, timesteps[:1].repeat(batch)))
+
+
+@dataclass(frozen=True)
+class _NoisePrediction:
+    """One model call: the UNet (with ControlNet residuals and a 9-channel UNet's inpainting
+    inputs) on the scheduler-scaled latents, negative and positive combined by cfg."""
+
+    unet: Any
+    sched: Any
+    text: _TextConditioning
+    cfg: float
+    do_cfg: bool
+    control: ControlPlan
+    inpaint_inputs: tuple[torch.Tensor, torch.Tensor] | None
+    total: int
+
+    def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+        text = self.text
+        x = torch.cat([latents] * 2) if self.do_cfg else latents
+        x = self.sched.scale_model_input(x, t)
+        residuals: dict[str, Any] = {}
+        if self.control:
+            down, mid = self.control.residuals(x, t, text.embeds, i, self.total, text.added)
+            residuals = {
+                "down_block_additional_residuals": down,
+                "mid_block_additional_residual": mid,
+            }
+        if self.inpaint_inputs is not None:
+            x = torch.cat([x, *self.inpaint_inputs], dim=1)
+        pred = self.unet(
+            x,
+            t,
+            encoder_hidden_states=text.embeds,
+            timestep_cond=text.timestep_cond,
+            added_cond_kwargs=text.added,
+            return_dict=False,
+            **residuals,
+        )[0]
+        if self.do_cfg:
+            uncond, cond = pred.chunk(2)
+            pred = uncond + self.cfg * (cond - uncond)
+        return pred
+
+
+def _step_kwargs(sched: Any, generator: torch.Generator) -> dict[str, Any]:
+    """``eta`` (DDIM's: 0, as the pipelines) and the seeded generator, where ``step`` takes them."""
+    step_params = set(inspect.signature(sched.step).parameters)
+    extra: dict[str, Any] = {}
+    if "eta" in step_params:
+        extra["eta"] = 0.0
+    if "generator" in step_params:
+        extra["generator"] = generator
+    return extra
+
+
+def _run_steps(
+    ctx: Any,
+    model: ModelHandle,
+    sched: Any,
+    timesteps: torch.Tensor,
+    start: _Start,
+    predict: _NoisePrediction,
+    mask: torch.Tensor | None,
+    step_kwargs: dict[str, Any],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The denoising steps, each checking for interrupt and reporting progress with a preview."""
+    latents = start.latents
+    total = len(timesteps)
+    with torch.no_grad(), small_conv_backend(latents, latents.device):
+        for i, t in enumerate(timesteps):
+            ctx.check_interrupt()
+            pred = predict(latents, i, t)
+            out = sched.step(pred, t, latents, **step_kwargs, return_dict=True)
+            latents = out.prev_sample.to(dtype)
+            if mask is not None:
+                latents = _keep_unmasked(sched, start, timesteps, i, mask, latents)
+            ctx.progress(
+                i + 1, total, preview_image(_shown(out, latents), model.family, model.latent_rgb)
+            )
+    return latents
+
+
+def _keep_unmasked(
+    sched: Any,
+    start: _Start,
+    timesteps: torch.Tensor,
+    i: int,
+    mask: torch.Tensor,
+    latents: torch.Tensor,
+) -> torch.Tensor:
+    """Outside the noise mask, the input latent noised to the next step's level (diffusers'
+    inpainting blend), or the input latent itself after the last step."""
+    keep = start.init
+    if i < len(timesteps) - 1:
+        keep = sched.add_noise(start.init, start.noise, timesteps[i + 1 : i + 2])
+    return (1 - mask) * keep + mask * latents
+
+
+def _shown(out: Any, latents: torch.Tensor) -> torch.Tensor:
+    """What the preview shows: the scheduler's predicted clean latent where it gives one."""
+    x0 = getattr(out, "pred_original_sample", None)
+    if x0 is None:
+        x0 = getattr(out, "denoised", None)
+    return x0 if x0 is not None else latents
 
 
 def _fit_empty_latent(latent: dict[str, Any], model: ModelHandle, unet: Any) -> torch.Tensor:

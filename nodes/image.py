@@ -67,7 +67,7 @@ def inside_folder(folder: Path | str, name: str | Path) -> Path:
     return joined
 
 
-def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Path:
+def resolve_image_path(name: str, input_folder: Path | str) -> Path:
     """Where Load Image finds ``name``: a path as it is; a relative name in the input
     folder (``settings.input_path``), else among the example images shipped in
     ``resources/images`` (as the embedded models are found beside the user's). A name
@@ -76,10 +76,6 @@ def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Pat
     p = Path(name).expanduser()
     if p.is_absolute():
         return p
-    if input_folder is None:
-        from studio.settings import active_settings
-
-        input_folder = active_settings().input_path
     user = inside_folder(input_folder, p)
     if user.is_file():
         return user
@@ -87,7 +83,7 @@ def resolve_image_path(name: str, input_folder: Path | str | None = None) -> Pat
     return example if example.is_file() else user
 
 
-def checked_image_file(name: str, input_folder: Path | str | None) -> Path:
+def checked_image_file(name: str, input_folder: Path | str) -> Path:
     """The image file Load Image reads for ``name``, once it is known to be a regular file
     of a sane size: what both its fingerprint and its run read, so neither ever opens a
     device, a pipe or a file outside the folder a relative name is relative to."""
@@ -108,10 +104,11 @@ def image_path(ctx_settings: Any, name: str) -> Path:
     return checked_image_file(name, ctx_settings.input_path)
 
 
-def _image_fingerprint(params: dict[str, Any], files: Any) -> str:
+def _image_fingerprint(params: dict[str, Any], ctx: Any) -> str:
     # The same file the node will read, so a user image that appears with an example's
     # name re-runs the node.
-    return files.of(checked_image_file(params.get("image", ""), None))
+    path = checked_image_file(params.get("image", ""), ctx.settings.input_path)
+    return ctx.files.of(path, ctx.check_interrupt)
 
 
 def _too_large(what: str, pixels: str) -> NodeError:

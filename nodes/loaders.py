@@ -7,14 +7,6 @@ from typing import Any
 
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
-from studio.modelfiles import list_models, resolve_model
-
-
-def _file_fingerprint(kind: str, param: str):
-    def fingerprint(params: dict[str, Any], files: Any) -> str:
-        return files.of(resolve_model(kind, params.get(param, "")))
-
-    return fingerprint
 
 
 @node(
@@ -29,7 +21,6 @@ def _file_fingerprint(kind: str, param: str):
         InputSpec(
             "ckpt_name",
             T.CHOICE,
-            choices=lambda: list_models("checkpoints"),
             file_kind="checkpoints",
             tooltip="A checkpoint from the models folder's checkpoints subfolder.",
         )
@@ -39,12 +30,11 @@ def _file_fingerprint(kind: str, param: str):
         OutputSpec("clip", T.CLIP, tooltip="The text encoder(s), for Text Encode."),
         OutputSpec("vae", T.VAE, tooltip="The autoencoder, for VAE Encode and VAE Decode."),
     ],
-    fingerprint=_file_fingerprint("checkpoints", "ckpt_name"),
 )
 def load_checkpoint(ctx, ckpt_name: str) -> tuple:
     from nodes import sdload
 
-    path = resolve_model("checkpoints", ckpt_name)
+    path = ctx.model_files.resolve("checkpoints", ckpt_name)
     source = sdload.inspect_checkpoint(Path(path), ckpt_name, ctx.files.identity(path))
     model, clip, vae = sdload.handles_for(source)
     # Load now, so a damaged file fails here (naming it) and not in the Sampler.
@@ -63,7 +53,6 @@ def load_checkpoint(ctx, ckpt_name: str) -> tuple:
         InputSpec(
             "vae_name",
             T.CHOICE,
-            choices=lambda: list_models("vae"),
             file_kind="vae",
             tooltip="A VAE from the models folder's vae subfolder.",
         ),
@@ -79,12 +68,11 @@ def load_checkpoint(ctx, ckpt_name: str) -> tuple:
         ),
     ],
     outputs=[OutputSpec("vae", T.VAE)],
-    fingerprint=_file_fingerprint("vae", "vae_name"),
 )
 def load_vae(ctx, vae_name: str, latent_scale: str = "auto") -> Any:
     from nodes import sdload
 
-    path = resolve_model("vae", vae_name)
+    path = ctx.model_files.resolve("vae", vae_name)
     vae = sdload.inspect_vae(Path(path), vae_name, ctx.files.identity(path), latent_scale)
     sdload.get_module(ctx, vae.source, "vae")
     return vae

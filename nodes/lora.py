@@ -22,7 +22,6 @@ from typing import Any
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
-from studio.modelfiles import list_models, resolve_model
 
 #: Module attribute remembering which adapters were injected into a loaded module.
 _INJECTED = "_studio_lora_adapters"
@@ -122,13 +121,6 @@ def check_family(patch: LoraPatch, state: _LoraState, model: Any) -> None:
         )
 
 
-def _lora_fingerprint(params: dict[str, Any], files: Any) -> str | None:
-    try:
-        return files.of(resolve_model("loras", params.get("lora_name", "")))
-    except NodeError:
-        return None
-
-
 @node(
     "load_lora",
     title="Load LoRA",
@@ -143,7 +135,6 @@ def _lora_fingerprint(params: dict[str, Any], files: Any) -> str | None:
         InputSpec(
             "lora_name",
             T.CHOICE,
-            choices=lambda: list_models("loras"),
             file_kind="loras",
             tooltip="A file from the loras folder.",
         ),
@@ -167,12 +158,11 @@ def _lora_fingerprint(params: dict[str, Any], files: Any) -> str | None:
         ),
     ],
     outputs=[OutputSpec("model", T.MODEL), OutputSpec("clip", T.CLIP)],
-    fingerprint=_lora_fingerprint,
 )
 def load_lora(
     ctx, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
 ) -> tuple[Any, Any]:
-    path = resolve_model("loras", lora_name)
+    path = ctx.model_files.resolve("loras", lora_name)
     patch = LoraPatch(name=lora_name, path=str(path), identity=ctx.files.identity(path))
     state = read_lora(ctx, patch, model.family)
     check_family(patch, state, model)

@@ -18,7 +18,6 @@ from typing import Any
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
-from studio.settings import active_settings
 
 ANNOTATOR_FOLDER = "controlnet_annotators"
 _numpy_rng_lock = threading.Lock()
@@ -86,9 +85,9 @@ def weights_only_loading() -> Iterator[None]:
             torch.load = original
 
 
-def annotator_folder(files: tuple[str, ...]) -> Path:
+def annotator_folder(ctx: Any, files: tuple[str, ...]) -> Path:
     """The first controlnet_annotators folder holding all ``files``; a clear error otherwise."""
-    folders = [root / ANNOTATOR_FOLDER for root in active_settings().model_roots()]
+    folders = ctx.model_files.folders(ANNOTATOR_FOLDER)
     for folder in folders:
         if all((folder / f).is_file() for f in files):
             return folder
@@ -103,7 +102,7 @@ def annotator_folder(files: tuple[str, ...]) -> Path:
 
 def load_annotator(ctx: Any, name: str, files: tuple[str, ...], build: Callable[[str], Any]) -> Any:
     """Load (once, through the model manager) a detector whose weights are ``files``."""
-    folder = annotator_folder(files)
+    folder = annotator_folder(ctx, files)
     key = ("annotator", name, *(ctx.files.identity(folder / f) for f in files))
 
     def load() -> Any:
@@ -131,12 +130,12 @@ def _detector_nbytes(detector: Any) -> int:
 
 
 def _annotator_fingerprint(files: tuple[str, ...]) -> Callable[[dict[str, Any], Any], str | None]:
-    def fingerprint(params: dict[str, Any], fp: Any) -> str | None:
+    def fingerprint(params: dict[str, Any], ctx: Any) -> str | None:
         try:
-            folder = annotator_folder(files)
+            folder = annotator_folder(ctx, files)
         except NodeError:
             return None
-        return "|".join(fp.of(folder / f) for f in files)
+        return "|".join(ctx.files.of(folder / f, ctx.check_interrupt) for f in files)
 
     return fingerprint
 

@@ -14,7 +14,10 @@ own 77-token sequence (start, 75 tokens, end or padding) and concatenated.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
+
+from studio.errors import NodeError
 
 _ATTENTION = re.compile(
     r"""
@@ -28,49 +31,87 @@ _ATTENTION = re.compile(
 )
 
 
+#: The longest prompt Text Encode takes, in characters: far beyond what a prompt needs
+#: (32 chunks of 75 tokens are about 10,000 characters of English), and checked before the
+#: prompt is parsed or tokenised, so a pasted megabyte fails at once.
+MAX_PROMPT_CHARS = 20_000
+#: The most 75-token chunks a prompt may fill (2,400 tokens); each is one text encoder call
+#: and makes every Sampler step attend to 77 more tokens.
+MAX_PROMPT_CHUNKS = 32
+
+
+def check_prompt_length(text: str) -> None:
+    """A NodeError naming Text Encode's ``text`` param when ``text`` is longer than
+    :data:`MAX_PROMPT_CHARS`."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise NodeError(
+            f"the text param holds {len(text):,} characters; a prompt can have at most "
+            f"{MAX_PROMPT_CHARS:,}"
+        )
+
+
 def parse_weights(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) pieces; equal neighbours are merged."""
-    res: list[list[Any]] = []
+    """Split a prompt into (text, weight) pieces; equal neighbours are merged.
+
+    Linear in the length of the text however the brackets nest: a first pass pairs each
+    opening bracket with what closes it, learning its factor (1.1, 1/1.1, or the number
+    in ``(word:1.3)``; an unclosed bracket counts as closed at the end); a second gives
+    each piece the product of the factors of the brackets open around it.
+    """
+    tokens = [(m.group(0), m.group(1)) for m in _ATTENTION.finditer(text)]
+    factor: dict[int, float] = {}  # opening bracket's token index -> its factor
+    closing: set[int] = set()  # token indices of the brackets that close one
     round_open: list[int] = []
     square_open: list[int] = []
-
-    def multiply(start: int, factor: float) -> None:
-        for p in range(start, len(res)):
-            res[p][1] *= factor
-
-    for m in _ATTENTION.finditer(text):
-        piece, weight = m.group(0), m.group(1)
-        if piece.startswith("\\"):
-            res.append([piece[1:], 1.0])
-        elif piece == "(":
-            round_open.append(len(res))
+    for k, (piece, weight) in enumerate(tokens):
+        if piece == "(":
+            round_open.append(k)
         elif piece == "[":
-            square_open.append(len(res))
+            square_open.append(k)
         elif weight is not None and round_open:
-            try:
-                factor = float(weight)
-            except ValueError:
-                factor = 1.0
-            multiply(round_open.pop(), factor)
+            factor[round_open.pop()] = _number(weight)
+            closing.add(k)
         elif piece == ")" and round_open:
-            multiply(round_open.pop(), 1.1)
+            factor[round_open.pop()] = 1.1
+            closing.add(k)
         elif piece == "]" and square_open:
-            multiply(square_open.pop(), 1 / 1.1)
-        elif weight is not None:  # ":1.2)" with no "(" before it: plain text
-            res.append([piece, 1.0])
+            factor[square_open.pop()] = 1 / 1.1
+            closing.add(k)
+    factor.update(dict.fromkeys(round_open, 1.1))
+    factor.update(dict.fromkeys(square_open, 1 / 1.1))
+
+    # The products of the open brackets' factors, innermost last, round and square apart.
+    round_w, square_w = [1.0], [1.0]
+    pieces: list[tuple[str, float]] = []
+    for k, (piece, _) in enumerate(tokens):
+        if piece == "(":
+            round_w.append(round_w[-1] * factor[k])
+        elif piece == "[":
+            square_w.append(square_w[-1] * factor[k])
+        elif k in closing:
+            (square_w if piece == "]" else round_w).pop()
+        else:  # text, an escaped bracket, or a bracket that closes nothing
+            pieces.append(
+                (piece[1:] if piece.startswith("\\") else piece, round_w[-1] * square_w[-1])
+            )
+    return _merge_equal_weights(pieces) or [("", 1.0)]
+
+
+def _number(weight: str) -> float:
+    try:
+        return float(weight)
+    except ValueError:  # "1.2.3" matches the pattern
+        return 1.0
+
+
+def _merge_equal_weights(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    runs: list[tuple[list[str], float]] = []
+    for piece, w in pieces:
+        if runs and runs[-1][1] == w:
+            runs[-1][0].append(piece)
         else:
-            res.append([piece, 1.0])
-    for pos in round_open:
-        multiply(pos, 1.1)
-    for pos in square_open:
-        multiply(pos, 1 / 1.1)
-    merged: list[tuple[str, float]] = []
-    for piece, w in res:
-        if merged and merged[-1][1] == w:
-            merged[-1] = (merged[-1][0] + piece, w)
-        else:
-            merged.append((piece, w))
-    return merged or [("", 1.0)]
+            runs.append(([piece], w))
+    return [("".join(texts), w) for texts, w in runs]
 
 
 def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[list[int]], list[list[float]]]:
@@ -125,14 +166,28 @@ def encode_chunk(encoder: Any, ids: list[int], clip_skip: int, sdxl: bool) -> tu
 
 
 def encode_prompt(
-    encoders: list[Any], tokenizers: list[Any], text: str, clip_skip: int
+    encoders: list[Any],
+    tokenizers: list[Any],
+    text: str,
+    clip_skip: int,
+    check_interrupt: Callable[[], None] = lambda: None,
 ) -> tuple[Any, Any]:
-    """Embeddings [1, 77 * chunks, width] and pooled output (SDXL) of a prompt."""
+    """Embeddings [1, 77 * chunks, width] and pooled output (SDXL) of a prompt.
+
+    A prompt over :data:`MAX_PROMPT_CHARS` characters or :data:`MAX_PROMPT_CHUNKS` chunks
+    is a NodeError; ``check_interrupt`` is called before each chunk is encoded.
+    """
     import torch
 
+    check_prompt_length(text)
     sdxl = len(encoders) == 2
     tokenized = [tokenize_weighted(t, text) for t in tokenizers]
     n_chunks = max(len(c) for c, _ in tokenized)
+    if n_chunks > MAX_PROMPT_CHUNKS:
+        raise NodeError(
+            f"the text param's prompt fills {n_chunks} chunks of 75 tokens; a prompt can have "
+            f"at most {MAX_PROMPT_CHUNKS} ({MAX_PROMPT_CHUNKS * 75:,} tokens)"
+        )
     parts, pooled = [], None
     with torch.no_grad():
         for e_index, (encoder, tok) in enumerate(zip(encoders, tokenizers, strict=True)):
@@ -141,11 +196,13 @@ def encode_prompt(
                 chunks.append(empty_chunk(tok))
                 weights.append([1.0] * len(chunks[-1]))
             weighted = any(w != 1.0 for ws in weights for w in ws)
-            empty = (
-                encode_chunk(encoder, empty_chunk(tok), clip_skip, sdxl)[0] if weighted else None
-            )
+            empty = None
+            if weighted:
+                check_interrupt()
+                empty = encode_chunk(encoder, empty_chunk(tok), clip_skip, sdxl)[0]
             encoded = []
             for c_index, (ids, ws) in enumerate(zip(chunks, weights, strict=True)):
+                check_interrupt()
                 z, p = encode_chunk(encoder, ids, clip_skip, sdxl)
                 if c_index == 0 and p is not None:
                     pooled = p

@@ -14,7 +14,6 @@ from typing import Any
 from studio.errors import NodeError
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
-from studio.modelfiles import list_models, resolve_model
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,6 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return data
 
 
-def _upscaler_fingerprint(params: dict[str, Any], files: Any) -> str | None:
-    try:
-        return files.of(resolve_model("upscale_models", params.get("model_name", "")))
-    except NodeError:
-        return None
-
-
 @node(
     "load_upscale_model",
     title="Load Upscale Model",
@@ -83,16 +75,14 @@ def _upscaler_fingerprint(params: dict[str, Any], files: Any) -> str | None:
         InputSpec(
             "model_name",
             T.CHOICE,
-            choices=lambda: list_models("upscale_models"),
             file_kind="upscale_models",
             tooltip="A file from the upscale_models folder.",
         )
     ],
     outputs=[OutputSpec("upscale_model", T.UPSCALE_MODEL)],
-    fingerprint=_upscaler_fingerprint,
 )
 def load_upscale_model(ctx, model_name: str) -> UpscaleModel:
-    path = resolve_model("upscale_models", model_name)
+    path = ctx.model_files.resolve("upscale_models", model_name)
     key = ("upscale", *ctx.files.identity(path))
 
     def load() -> Any:

@@ -5,9 +5,14 @@ The Python API::
     import studio
     wf = studio.load_workflow("resources/workflows/txt2img.json")
     wf.set_param("Sampler", "seed", 7)
-    engine = studio.Engine()
+    engine = studio.Engine(wf.registry)  # with the user's settings file
     result = engine.run(wf)
     result.images[0].save("out.png")
+
+An engine takes its own settings (``studio.Engine(registry, settings=studio.Settings(
+models_root="/models"))``); several engines with different settings live side by side.
+``studio.installed_registry()`` gives the node types (the built-in nodes and installed
+packs) for workflows built in code: ``studio.Workflow(studio.installed_registry())``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,23 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from studio.engine import Engine, RunResult
-    from studio.graph import Workflow
+    from studio.graph import Registry, Workflow
+    from studio.settings import Settings
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    """Read a Studio workflow file (raises WorkflowFileError naming the file on problems)."""
+def installed_registry() -> Registry:
+    """The node types of this installation: the built-in nodes and every node pack."""
+    from studio.library import installed_registry as _installed
+
+    return _installed()
+
+
+def load_workflow(path: str | Path, registry: Registry | None = None) -> Workflow:
+    """Read a Studio workflow file (raises WorkflowFileError naming the file on problems),
+    with ``registry``'s node types (default: :func:`installed_registry`)."""
     from studio.graph.fileformat import load_workflow as _load
 
-    return _load(path)
+    return _load(path, registry if registry is not None else installed_registry())
 
 
 def __getattr__(name: str) -> Any:
@@ -40,6 +54,10 @@ def __getattr__(name: str) -> Any:
         from studio.graph import Workflow
 
         return Workflow
+    if name == "Settings":
+        from studio.settings import Settings
+
+        return Settings
     raise AttributeError(f"module 'studio' has no attribute {name!r}")
 
 
@@ -47,9 +65,11 @@ __all__ = [
     "Engine",
     "NodeError",
     "RunResult",
+    "Settings",
     "StudioError",
     "Workflow",
     "WorkflowEditError",
     "WorkflowFileError",
+    "installed_registry",
     "load_workflow",
 ]

@@ -83,9 +83,10 @@ def _err(message: str) -> None:
 def _load(path: str) -> Any:
     from studio.errors import WorkflowFileError
     from studio.graph.fileformat import load_workflow
+    from studio.library import installed_registry
 
     try:
-        return load_workflow(path)
+        return load_workflow(path, installed_registry())
     except WorkflowFileError as exc:
         _err(str(exc))
         return None
@@ -126,7 +127,7 @@ def parse_set(wf: Any, assignment: str) -> tuple[str, str, Any]:
 def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
     from studio.engine import Engine, WorkflowInvalid
     from studio.errors import StudioError
-    from studio.settings import active_settings, set_active_settings
+    from studio.settings import Settings
 
     wf = _load(path)
     if wf is None:
@@ -139,16 +140,15 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
         _err(str(exc))
         return EXIT_INVALID
 
-    settings = active_settings()
+    settings = Settings.load()
     if out:
         settings.output_dir = str(Path(out).resolve())
-        set_active_settings(settings)
 
     def on_event(event: Any) -> None:
         if events:
             print(json.dumps(event.to_json()), flush=True)
 
-    engine = Engine(settings=settings)
+    engine = Engine(wf.registry, settings=settings)
     try:
         result = engine.run(wf, on_event=on_event)
     except WorkflowInvalid as exc:
@@ -194,11 +194,13 @@ def _write_unsaved_images(result: Any, folder: Path) -> list[str]:
 
 def cmd_validate(path: str) -> int:
     from studio.engine.validate import plan_workflow
+    from studio.modelfiles import ModelFiles
+    from studio.settings import Settings
 
     wf = _load(path)
     if wf is None:
         return EXIT_INVALID
-    problems = plan_workflow(wf, wf.registry).problems
+    problems = plan_workflow(wf, wf.registry, model_files=ModelFiles(Settings.load())).problems
     if not problems:
         print(f"{path}: ok ({len(wf.nodes)} nodes, {len(wf.links)} links)")
         return EXIT_OK
@@ -208,9 +210,9 @@ def cmd_validate(path: str) -> int:
 
 
 def cmd_nodes(markdown: bool) -> int:
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
-    reg = default_registry()
+    reg = installed_registry()
     specs = sorted(reg, key=lambda s: (s.category, s.title))
     for err in reg.load_errors:
         _err(err)

@@ -85,19 +85,3 @@ class Settings:
     def save(self, path: Path | None = None) -> None:
         path = path or config_dir() / "settings.json"
         atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode("utf-8"))
-
-
-_active: Settings | None = None
-
-
-def active_settings() -> Settings:
-    """The settings in force in this process (loaded from the user's file on first use)."""
-    global _active
-    if _active is None:
-        _active = Settings.load()
-    return _active
-
-
-def set_active_settings(settings: Settings) -> None:
-    global _active
-    _active = settings

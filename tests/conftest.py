@@ -21,6 +21,22 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def user_settings_file():
+    """Write Studio settings as the user's settings file (what the app and the CLI read),
+    and remove it afterwards."""
+    from studio.settings import config_dir
+
+    path = config_dir() / "settings.json"
+
+    def write(settings):
+        settings.save(path)
+        return settings
+
+    yield write
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def stub_registry():
     from stubs import CALLS, stub_registry
 

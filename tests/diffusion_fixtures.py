@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from studio.library import installed_registry
 from studio.modelfiles import RESOURCES
 
 TOKENIZER_DIR = RESOURCES / "tokenizers" / "clip"
@@ -280,7 +281,7 @@ def txt2img(
     """A text-to-image workflow; returns it and its node ids by role."""
     from studio.graph.workflow import Workflow
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ids = {
         "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id,
         "pos": wf.add_node("text_encode", {"text": prompt}).id,
@@ -343,13 +344,11 @@ def models_root(tmp_path_factory, tiny_parts) -> Path:
 def engine(models_root, tmp_path):
     """An engine whose settings point at the tiny models and a fresh output folder."""
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     settings = Settings(
         models_root=str(models_root),
         output_dir=str(tmp_path / "out"),
         input_dir=str(tmp_path / "in"),
     )
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)

@@ -237,16 +237,18 @@ if pytest is not None:
 
         from studio.app.recovery import RecoveryStore
         from studio.app.theme import apply_theme
-        from studio.app.window import MainWindow
+        from studio.app.window import MainWindow, UnsavedAnswer
 
         made = []
 
-        def make(wf=None, *, registry=None, recovery_dir=None, size=(1200, 800)):
+        def make(
+            wf=None, *, registry=None, recovery_dir=None, size=(1200, 800), studio_settings=None
+        ):
             reg = registry or (wf.registry if wf is not None else gui_registry())
             store = RecoveryStore(recovery_dir or tmp_path / "recovery")
-            w = MainWindow(reg, autosave=False, recovery=store)
+            w = MainWindow(reg, autosave=False, recovery=store, studio_settings=studio_settings)
             w.interactive = False
-            w.ask_unsaved = lambda: "discard"
+            w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
             if wf is not None:
                 w.set_document(wf, None)
             qtbot.addWidget(w)
@@ -265,5 +267,5 @@ if pytest is not None:
         apply_theme(QApplication.instance())
         yield make
         for w in made:
-            w.ask_unsaved = lambda: "discard"
+            w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
             w.recovery.close()

@@ -12,7 +12,8 @@ import diffusion_fixtures as fx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from studio.engine import Engine  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
 
 PROMPT, NEGATIVE, SEED, STEPS, CFG = "a red circle", "blurry", 3, 4, 6.0
 
@@ -60,9 +61,7 @@ def models_root(tmp_path_factory):
 @pytest.fixture
 def engine(models_root, tmp_path):
     settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def controlnet_graph(models_root, nets):
@@ -177,27 +176,23 @@ def test_sdxl_controlnet_graph_equals_pipeline(tmp_path):
     tiny_controlnet(parts["unet"], 4).save_pretrained(root / "controlnet" / "xl-edges")
     control_picture(root / "left.png", 8)
     settings = Settings(models_root=str(root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    try:
-        wf, ids = fx.txt2img(
-            "tiny-sdxl", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
-        )
-        loader = wf.add_node("load_controlnet", {"control_net_name": "xl-edges"})
-        image = wf.add_node("load_image", {"image": str(root / "left.png")})
-        apply = wf.add_node(
-            "apply_controlnet", {"strength": 0.9, "start_percent": 0.0, "end_percent": 0.75}
-        )
-        wf.connect(ids["pos"], "conditioning", apply.id, "positive")
-        wf.connect(ids["neg"], "conditioning", apply.id, "negative")
-        wf.connect(loader.id, "control_net", apply.id, "control_net")
-        wf.connect(image.id, "image", apply.id, "image")
-        wf.connect(apply.id, "positive", ids["sampler"], "positive")
-        wf.connect(apply.id, "negative", ids["sampler"], "negative")
-        result = Engine(settings=settings).run(wf)
-        assert result.ok, result.errors
-        got = result.outputs[ids["decode"]]["image"].numpy()
-    finally:
-        set_active_settings(Settings())
+    wf, ids = fx.txt2img(
+        "tiny-sdxl", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+    )
+    loader = wf.add_node("load_controlnet", {"control_net_name": "xl-edges"})
+    image = wf.add_node("load_image", {"image": str(root / "left.png")})
+    apply = wf.add_node(
+        "apply_controlnet", {"strength": 0.9, "start_percent": 0.0, "end_percent": 0.75}
+    )
+    wf.connect(ids["pos"], "conditioning", apply.id, "positive")
+    wf.connect(ids["neg"], "conditioning", apply.id, "negative")
+    wf.connect(loader.id, "control_net", apply.id, "control_net")
+    wf.connect(image.id, "image", apply.id, "image")
+    wf.connect(apply.id, "positive", ids["sampler"], "positive")
+    wf.connect(apply.id, "negative", ids["sampler"], "negative")
+    result = Engine(installed_registry(), settings=settings).run(wf)
+    assert result.ok, result.errors
+    got = result.outputs[ids["decode"]]["image"].numpy()
     base = diffusers.StableDiffusionXLPipeline.from_pretrained(
         str(root / "checkpoints" / "tiny-sdxl")
     )

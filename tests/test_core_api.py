@@ -12,7 +12,8 @@ import pytest
 import studio
 from studio.errors import WorkflowEditError
 from studio.graph import Workflow
-from studio.graph.registry import Registry, _load_entry_points
+from studio.graph.registry import Registry, load_entry_points
+from studio.graph.workflow import ChangeKind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,14 +106,14 @@ def test_subscribers_hear_every_edit(stub_registry):
     unsubscribe()
     wf.add_node("number")
     assert seen == [
-        "node_added",
-        "node_added",
-        "link_added",
-        "param_changed",
-        "flags_changed",
-        "layout_changed",
-        "link_removed",
-        "node_removed",
+        ChangeKind.NODE_ADDED,
+        ChangeKind.NODE_ADDED,
+        ChangeKind.LINK_ADDED,
+        ChangeKind.PARAM_CHANGED,
+        ChangeKind.FLAGS_CHANGED,
+        ChangeKind.LAYOUT_CHANGED,
+        ChangeKind.LINK_REMOVED,
+        ChangeKind.NODE_REMOVED,
     ]
 
 
@@ -151,7 +152,7 @@ def test_node_packs_from_entry_points(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[studio.nodes]\nmypack = mypack\nbroken = brokenpack\n")
     monkeypatch.syspath_prepend(str(pkg))
     reg = Registry()
-    _load_entry_points(reg)
+    load_entry_points(reg)
     assert reg.get("mypack.double").title == "Double"
     assert len(reg.load_errors) == 1 and "broken" in reg.load_errors[0]
     assert "missing" in reg.load_errors[0]
@@ -171,9 +172,9 @@ def test_core_imports_without_qt_or_torch(tmp_path):
     code = BLOCKER + textwrap.dedent(
         """
         import studio.graph, studio.engine, studio.cli
-        from studio.graph import default_registry
+        from studio.library import installed_registry
         from studio.engine import Engine
-        reg = default_registry()
+        reg = installed_registry()
         print(len(reg), 'node types')
         assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6')]
         """
@@ -217,11 +218,30 @@ def test_layout_and_param_edits_for_the_gui(stub_registry):
     assert "offset" not in a.params
     kinds = [c.kind for c in seen]
     assert kinds == [
-        "layout_changed",
-        "layout_changed",
-        "frames_changed",
-        "notes_changed",
-        "param_changed",
-        "param_changed",
+        ChangeKind.LAYOUT_CHANGED,
+        ChangeKind.LAYOUT_CHANGED,
+        ChangeKind.FRAMES_CHANGED,
+        ChangeKind.NOTES_CHANGED,
+        ChangeKind.PARAM_CHANGED,
+        ChangeKind.PARAM_CHANGED,
     ]
     assert seen[-1].new == 0  # the type's default applies again
+
+
+def test_the_viewport_changes_through_the_workflow_and_notifies(stub_registry):
+    wf = Workflow(stub_registry)
+    n = wf.add_node("number")
+    a = wf.add_node("add")
+    link = wf.connect(n.id, "value", a.id, "a")
+    wf.remove_link(link.id)
+    seen = []
+    wf.subscribe(seen.append)
+    wf.set_viewport({"center": [1, 2], "zoom": 2.0})
+    wf.set_viewport({"center": [1, 2], "zoom": 2.0})  # the same view: nothing to hear
+    assert wf.layout.viewport == {"center": [1, 2], "zoom": 2.0}
+    assert [c.kind for c in seen] == [ChangeKind.VIEWPORT_CHANGED]
+    # Layout only: the editor does not re-check the graph for it.
+    assert ChangeKind.VIEWPORT_CHANGED.is_layout and not ChangeKind.PARAM_CHANGED.is_layout
+    wf.set_reroutes(link.id, [])  # undo may clear the reroutes of a link that is gone
+    with pytest.raises(WorkflowEditError):
+        wf.set_reroutes(link.id, [(1, 2)])

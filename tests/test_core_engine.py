@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from studio.engine import Engine, WorkflowInvalid
-from studio.engine.events import NODE_CACHED, NODE_ERROR, NODE_STARTED, PROGRESS
+from studio.engine.events import EventKind
 from studio.graph import Workflow
 
 
@@ -204,7 +204,7 @@ def test_failure_fails_only_descendants(stub_registry, calls):
     assert after.id in result.errors and out_bad.id in result.errors
     assert result.images == [("image", 3)]
     assert calls["add"] == 1
-    err = [e for e in events if e.event == NODE_ERROR]
+    err = [e for e in events if e.event == EventKind.NODE_ERROR]
     assert len(err) == 1 and err[0].node == bad.id and "NodeError" in err[0].traceback
     # results computed before the failure stay cached
     calls.clear()
@@ -223,7 +223,7 @@ def test_interrupt_stops_at_next_step_and_keeps_cache_consistent(stub_registry, 
     steps = []
 
     def on_event(e):
-        if e.event == PROGRESS:
+        if e.event == EventKind.PROGRESS:
             steps.append(e.step)
             if e.step == 5:
                 engine.interrupt()
@@ -298,14 +298,14 @@ def test_events_for_every_node(stub_registry):
     engine = Engine(stub_registry)
     events = []
     engine.run(wf, on_event=events.append)
-    started = {e.node for e in events if e.event == NODE_STARTED}
-    finished = [e for e in events if e.event == "node_finished"]
+    started = {e.node for e in events if e.event == EventKind.NODE_STARTED}
+    finished = [e for e in events if e.event == EventKind.NODE_FINISHED]
     assert started == {na.id, nb.id, add.id, out.id}
     assert all(e.seconds is not None and e.seconds >= 0 for e in finished)
-    assert events[0].event == "run_started" and events[-1].event == "run_finished"
+    assert events[0].event == EventKind.RUN_STARTED and events[-1].event == EventKind.RUN_FINISHED
     events.clear()
     engine.run(wf, on_event=events.append)
-    assert {e.node for e in events if e.event == NODE_CACHED} == started
+    assert {e.node for e in events if e.event == EventKind.NODE_CACHED} == started
 
 
 def test_deep_chain_of_ten_thousand_nodes(stub_registry):

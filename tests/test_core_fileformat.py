@@ -89,21 +89,21 @@ def test_layout_change_does_not_touch_the_graph(stub_registry):
         ),
     ],
 )
-def test_bad_files_get_clear_errors_naming_the_file(tmp_path, text, expected):
+def test_bad_files_get_clear_errors_naming_the_file(stub_registry, tmp_path, text, expected):
     path = tmp_path / "broken.json"
     path.write_text(text)
     with pytest.raises(WorkflowFileError) as info:
-        load_workflow(path)
+        load_workflow(path, stub_registry)
     assert str(path) in str(info.value)
     assert expected in str(info.value)
 
 
-def test_missing_and_binary_files(tmp_path):
+def test_missing_and_binary_files(stub_registry, tmp_path):
     with pytest.raises(WorkflowFileError, match="no such file"):
-        load_workflow(tmp_path / "nope.json")
+        load_workflow(tmp_path / "nope.json", stub_registry)
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage\x81")
     with pytest.raises(WorkflowFileError, match="not UTF-8"):
-        load_workflow(tmp_path / "bin.json")
+        load_workflow(tmp_path / "bin.json", stub_registry)
 
 
 def test_unknown_node_types_are_kept_as_placeholders(stub_registry, tmp_path):
@@ -293,16 +293,16 @@ def test_png_that_carries_a_workflow_opens(stub_registry, tmp_path):
         ([], "without a workflow"),
     ],
 )
-def test_png_without_a_studio_workflow_says_what_it_is(tmp_path, chunks, expected):
+def test_png_without_a_studio_workflow_says_what_it_is(stub_registry, tmp_path, chunks, expected):
     path = tmp_path / "other.png"
     _png_with_text(path, chunks)
     with pytest.raises(WorkflowFileError, match=expected):
-        load_workflow(path)
+        load_workflow(path, stub_registry)
 
 
-def test_truncated_png_is_a_clear_error(tmp_path):
+def test_truncated_png_is_a_clear_error(stub_registry, tmp_path):
     path = tmp_path / "cut.png"
     _png_with_text(path, [("studio_workflow", "x" * 1000, False)])
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(WorkflowFileError, match=r"cut\.png"):
-        load_workflow(path)
+        load_workflow(path, stub_registry)

@@ -135,7 +135,7 @@ def test_node_reading_a_file_reruns_when_the_file_changes(tmp_path):
                 read,
                 inputs=(InputSpec("path", T.STRING, default=""),),
                 outputs=(OutputSpec("text", T.STRING),),
-                fingerprint=lambda params, files: files.of(params["path"]),
+                fingerprint=lambda params, ctx: ctx.files.of(params["path"]),
             ),
             NodeSpec(
                 "show",

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from studio.graph.fileformat import load_workflow
-from studio.modelfiles import RESOURCES, resolve_model
+from studio.library import installed_registry
+from studio.modelfiles import RESOURCES, ModelFiles
+from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
 NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale")
@@ -43,14 +45,14 @@ def missing_models(wf) -> list[str]:
         for inp in spec.params if spec else ():
             if inp.file_kind in ("checkpoints", "controlnet", "loras", "upscale_models"):
                 try:
-                    resolve_model(inp.file_kind, n.params[inp.name])
+                    ModelFiles(Settings()).resolve(inp.file_kind, n.params[inp.name])
                 except NodeError:
                     missing.append(f"resources/models/{inp.file_kind}/{n.params[inp.name]}")
     return missing
 
 
 def open_default(name: str):
-    wf = load_workflow(WORKFLOWS / f"{name}.json")
+    wf = load_workflow(WORKFLOWS / f"{name}.json", installed_registry())
     missing = missing_models(wf)
     if missing:
         pytest.skip(f"{name}.json: {', '.join(missing)} does not exist yet")
@@ -58,16 +60,14 @@ def open_default(name: str):
 
 
 @pytest.fixture
-def fresh_settings(tmp_path):
-    """A fresh install: no models root of the user's, an empty input folder."""
-    from studio.settings import Settings, set_active_settings
+def fresh_settings(tmp_path, user_settings_file):
+    """A fresh install: no models root of the user's, an empty input folder (also written as
+    the user's settings file, which the app reads)."""
+    from studio.settings import Settings
 
-    settings = Settings(
-        output_dir=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), device="cpu"
+    return user_settings_file(
+        Settings(output_dir=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), device="cpu")
     )
-    set_active_settings(settings)
-    yield settings
-    set_active_settings(Settings())
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def engine(fresh_settings):
     from studio.engine import Engine
 
     torch.set_num_threads(1)
-    return Engine(settings=fresh_settings)
+    return Engine(installed_registry(), settings=fresh_settings)
 
 
 def saved_pngs(folder: Path) -> list[Path]:
@@ -216,7 +216,7 @@ def test_layout_reads_left_to_right_without_overlaps(name):
     from studio.app.canvas.shape import PAD, shape_for_spec
 
     gen = generator()
-    wf = load_workflow(WORKFLOWS / f"{name}.json")
+    wf = load_workflow(WORKFLOWS / f"{name}.json", installed_registry())
     rects = {}
     for n in wf.nodes:
         lay = wf.layout.nodes[n.id]
@@ -250,7 +250,7 @@ def test_layout_reads_left_to_right_without_overlaps(name):
 def load_image_workflow(name: str):
     from studio.graph.workflow import Workflow
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     load = wf.add_node("load_image", {"image": name})
     out = wf.add_node("preview_image")
     wf.connect(load.id, "image", out.id, "images")
@@ -287,7 +287,8 @@ def test_the_app_thumbnail_finds_the_example_too(fresh_settings):
     from studio.app.thumbnails import resolve_image_path
 
     gen = generator()
-    assert resolve_image_path(gen.EXAMPLE_IMAGE) == gen.IMAGES / gen.EXAMPLE_IMAGE
+    found = resolve_image_path(gen.EXAMPLE_IMAGE, fresh_settings.input_path)
+    assert found == gen.IMAGES / gen.EXAMPLE_IMAGE
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -301,11 +302,13 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
+    from studio.app.canvas.node_item import RunState
     from studio.app.main import DEFAULT_WORKFLOW
-    from studio.graph.registry import default_registry
+    from studio.engine.queue import JobState
+    from studio.library import installed_registry
 
     assert DEFAULT_WORKFLOW == WORKFLOWS / "txt2img.json"
-    w = make_window(None, registry=default_registry())
+    w = make_window(None, registry=installed_registry())
     try:
         assert w.open_path(DEFAULT_WORKFLOW, as_template=True)
         wf = w.controller.wf
@@ -313,7 +316,7 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
         QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
         qtbot.waitUntil(lambda: len(w.runs.ended) >= 1, timeout=120_000)
         (first,) = w.runs.ended
-        assert first.state == "done", first.message or first.result.errors
+        assert first.state == JobState.DONE, first.message or first.result.errors
         save = w.scene.nodes[role["save_image"]]
         assert save.image is not None and (save.image.width(), save.image.height()) == (64, 64)
         assert len(saved_pngs(fresh_settings.output_path)) == 1
@@ -323,16 +326,16 @@ def test_the_app_opens_txt2img_runs_it_and_a_new_seed_reruns_only_the_sampler_on
         QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
         qtbot.waitUntil(lambda: len(w.runs.ended) >= 2, timeout=120_000)
         second = sorted(w.runs.ended, key=lambda j: j.id)[1]
-        assert second.state == "done", second.message or second.result.errors
+        assert second.state == JobState.DONE, second.message or second.result.errors
         states = {n.type + ":" + n.title: w.scene.nodes[n.id].run_state for n in wf.nodes}
         assert states == {
-            "load_checkpoint:": "cached",
-            "text_encode:Prompt": "cached",
-            "text_encode:Negative prompt": "cached",
-            "empty_latent:": "cached",
-            "sampler:": "done",
-            "vae_decode:": "done",
-            "save_image:": "done",
+            "load_checkpoint:": RunState.CACHED,
+            "text_encode:Prompt": RunState.CACHED,
+            "text_encode:Negative prompt": RunState.CACHED,
+            "empty_latent:": RunState.CACHED,
+            "sampler:": RunState.DONE,
+            "vae_decode:": RunState.DONE,
+            "save_image:": RunState.DONE,
         }
         a, b = (o.pil for o in w.history.outputs)
         assert a.size == b.size == (64, 64) and a.tobytes() != b.tobytes()

@@ -10,9 +10,10 @@ torch = pytest.importorskip("torch")
 import diffusion_fixtures as fx  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from studio.engine.events import PROGRESS  # noqa: E402
+from studio.engine.events import EventKind  # noqa: E402
 from studio.graph.fileformat import loads_workflow  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 # Shared fixtures (a session's tiny models on disk, an engine pointed at them).
 engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
@@ -34,7 +35,7 @@ def test_save_image_writes_a_png_with_the_workflow_and_parameters(engine):
         assert im.size == (64, 64)
         text = dict(im.text)
         pixels = np.asarray(im.convert("RGB"))
-    restored = loads_workflow(text["studio_workflow"])
+    restored = loads_workflow(text["studio_workflow"], registry=installed_registry())
     assert {n.id for n in restored.nodes} == {n.id for n in wf.nodes}
     params = text["parameters"]
     assert params.startswith("a red fox\nNegative prompt: blurry\n")
@@ -64,7 +65,7 @@ def test_load_image_gives_pixels_and_a_mask_from_alpha(engine, tmp_path):
     rgba[..., 0] = 255
     rgba[:, 12:, 3] = 255  # right half opaque, left half transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     node = wf.add_node("load_image", {"image": str(tmp_path / "cut.png")}).id
     result = engine.run(wf, targets=[node])
     assert result.ok, result.errors
@@ -76,7 +77,7 @@ def test_load_image_gives_pixels_and_a_mask_from_alpha(engine, tmp_path):
 
 
 def test_load_image_missing_file_is_a_node_error(engine, tmp_path):
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     node = wf.add_node("load_image", {"image": str(tmp_path / "nothing.png")}).id
     result = engine.run(wf, targets=[node])
     assert "nothing.png" in result.errors[node]
@@ -87,7 +88,7 @@ def test_sampler_reports_progress_with_previews_every_step(engine):
     events = []
     result = engine.run(wf, on_event=events.append)
     assert result.ok, result.errors
-    progress = [e for e in events if e.event == PROGRESS and e.node == ids["sampler"]]
+    progress = [e for e in events if e.event == EventKind.PROGRESS and e.node == ids["sampler"]]
     assert [(e.step, e.total) for e in progress] == [(1, 3), (2, 3), (3, 3)]
     assert all(isinstance(e.preview, Image.Image) and e.preview.size == (8, 8) for e in progress)
 
@@ -97,7 +98,7 @@ def test_interrupt_stops_the_sampler_at_the_next_step(engine):
     steps_seen = []
 
     def on_event(e):
-        if e.event == PROGRESS and e.node == ids["sampler"]:
+        if e.event == EventKind.PROGRESS and e.node == ids["sampler"]:
             steps_seen.append(e.step)
             if e.step == 2:
                 engine.interrupt()

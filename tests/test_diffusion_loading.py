@@ -11,13 +11,14 @@ import diffusion_fixtures as fx  # noqa: E402
 
 from studio.errors import NodeError  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 # Shared fixtures (a session's tiny models on disk, an engine pointed at them).
 engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
 
 
 def _loader_only(ckpt: str) -> tuple[Workflow, str]:
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
     return wf, ck
 

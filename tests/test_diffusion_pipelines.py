@@ -22,9 +22,8 @@ CFG = 7.5
 
 
 def _graph_image(engine, ckpt, **kw) -> np.ndarray:
-    wf, ids = fx.txt2img(
-        ckpt, prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG, **kw
-    )
+    kw = {"seed": SEED, "steps": STEPS, "cfg": CFG, **kw}
+    wf, ids = fx.txt2img(ckpt, prompt=PROMPT, negative=NEGATIVE, **kw)
     result = engine.run(wf)
     assert result.ok, result.errors
     return result.outputs[ids["decode"]]["image"].numpy()
@@ -89,12 +88,13 @@ def test_img2img_equals_img2img_pipeline(engine, models_root, tmp_path):
     from PIL import Image
 
     from studio.graph.workflow import Workflow
+    from studio.library import installed_registry
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
     photo.save(tmp_path / "photo.png")
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
     img = wf.add_node("load_image", {"image": str(tmp_path / "photo.png")}).id
     enc = wf.add_node("vae_encode").id
@@ -187,3 +187,26 @@ def test_a_schedule_the_sampler_lacks_is_a_clear_error(engine):
     assert (
         "'karras' scheduler is not available with sampler 'ddim'" in result.errors[ids["sampler"]]
     )
+
+
+def test_cfg_steers_the_image_as_the_pipelines_guidance_scale_does(engine, models_root):
+    # The same seed with and without guidance gives another image...
+    unguided = _graph_image(engine, "tiny-sd1", steps=2, cfg=1.0)
+    guided = _graph_image(engine, "tiny-sd1", steps=2, cfg=3.0)
+    assert np.abs(guided - unguided).max() > 0.05
+    # ...and cfg is exactly the pipeline's guidance_scale (not a fixed or default one).
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(models_root / "checkpoints" / "tiny-sd1"), safety_checker=None
+    )
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    want = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images
+    assert np.abs(guided - want).max() <= 1e-4

@@ -3,14 +3,19 @@ with diffusers' prompt encoding for a plain prompt."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import diffusion_fixtures as fx  # noqa: E402
 
+from nodes import prompts  # noqa: E402
 from nodes.prompts import encode_prompt, parse_weights, tokenize_weighted  # noqa: E402
+from studio.errors import NodeError  # noqa: E402
 from studio.graph.workflow import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 # Shared fixtures (a session's tiny models on disk, an engine pointed at them).
 engine, models_root, tiny_parts = fx.engine, fx.models_root, fx.tiny_parts
@@ -35,7 +40,7 @@ def test_weight_syntax(text, pieces):
 
 
 def _encode(engine, ckpt: str, text: str, clip_skip: int = 1):
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ck = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
     enc = wf.add_node("text_encode", {"text": text, "clip_skip": clip_skip}).id
     wf.connect(ck, "clip", enc, "clip")
@@ -117,3 +122,74 @@ def test_long_negative_and_short_positive_sample_together(engine):
     wf, _ = fx.txt2img("tiny-sd1", steps=1, negative=" ".join(["ugly"] * 100))
     result = engine.run(wf)
     assert result.ok, result.errors
+
+
+def _unbracketed(text: str) -> str:
+    return text.translate(str.maketrans("", "", "()[]"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 1_000_000,
+        "(" * 100_000 + "cat" + ")" * 100_000,
+        # Every closing bracket reweights all the pieces inside it: quadratic, done naively.
+        "(a" * 25_000 + ")" * 25_000,
+        "[a(" * 20_000 + ")]" * 20_000,
+    ],
+    ids=["1MB-of-open", "100k-nested", "25k-nested-pieces", "20k-crossed"],
+)
+def test_the_weight_parser_takes_hostile_prompts_in_linear_time(text):
+    started = time.perf_counter()
+    pieces = parse_weights(text)
+    assert time.perf_counter() - started < 10  # fails fast rather than hangs (minutes)
+    assert "".join(p for p, _ in pieces) == _unbracketed(text)
+
+
+def test_prompt_length_limit_is_in_characters_before_parsing():
+    prompts.check_prompt_length("x" * prompts.MAX_PROMPT_CHARS)
+    with pytest.raises(NodeError, match="text param holds 20,001 characters"):
+        prompts.check_prompt_length("x" * (prompts.MAX_PROMPT_CHARS + 1))
+
+
+def test_a_megabyte_prompt_fails_at_once_naming_the_text_param(engine):
+    wf, ids = fx.txt2img("tiny-sd1", prompt="a cat, " * 150_000, steps=1)
+    started = time.perf_counter()
+    result = engine.run(wf)
+    assert time.perf_counter() - started < 10  # not the minutes it took to encode
+    assert "text param holds 1,050,000 characters" in result.errors[ids["pos"]]
+    assert ids["sampler"] in result.errors and not result.images
+
+
+def test_up_to_2400_tokens_encode_and_more_is_a_clear_error(engine):
+    # "cat" is one token: 2,400 of them fill the 32 chunks of 75 a prompt may have.
+    cond = _encode(engine, "tiny-sd1", "cat " * 2400)
+    assert cond.embeds.shape == (1, 77 * prompts.MAX_PROMPT_CHUNKS, 32)
+    wf = Workflow()
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
+    enc = wf.add_node("text_encode", {"text": "cat " * 2401}).id
+    wf.connect(ck, "clip", enc, "clip")
+    message = engine.run(wf, targets=[enc]).errors.get(enc, "")
+    assert "text param's prompt fills 33 chunks" in message
+    assert "at most 32 (2,400 tokens)" in message
+
+
+def test_interrupt_takes_effect_while_a_long_prompt_is_encoded(engine, monkeypatch):
+    encoded = []
+    encode_chunk = prompts.encode_chunk
+
+    def counting(*args):
+        encoded.append(args[1])
+        if len(encoded) == 2:
+            engine.interrupt()  # the artist presses Stop while the prompt is being encoded
+        return encode_chunk(*args)
+
+    monkeypatch.setattr(prompts, "encode_chunk", counting)
+    wf = Workflow()
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
+    enc = wf.add_node("text_encode", {"text": "cat " * 2400}).id  # 32 chunks
+    wf.connect(ck, "clip", enc, "clip")
+    result = engine.run(wf, targets=[enc])
+    assert result.interrupted
+    assert enc not in result.ran and enc not in result.errors
+    assert len(encoded) == 2  # the third of 32 chunks never started

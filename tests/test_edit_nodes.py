@@ -12,7 +12,7 @@ from studio.graph import Workflow
 from studio.graph.registry import Registry
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
-from studio.settings import Settings, set_active_settings
+from studio.settings import Settings
 
 IMAGES: dict[str, torch.Tensor] = {}
 MASKS: dict[str, torch.Tensor] = {}
@@ -65,9 +65,7 @@ def reg():
 @pytest.fixture
 def models_root(tmp_path):
     settings = Settings(models_root=str(tmp_path / "models"))
-    set_active_settings(settings)
     yield settings
-    set_active_settings(Settings())
 
 
 def noise_image(h=48, w=64, seed=0):

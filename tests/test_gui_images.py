@@ -19,8 +19,10 @@ from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QToolButton
 
+from studio.engine.queue import JobState
 from studio.graph.fileformat import dumps_workflow, load_workflow
 from studio.graph.workflow import Workflow
+from studio.library import installed_registry
 
 # Shared fixtures: the tiny model on disk, settings pointing at it, a window that runs.
 tiny_models, studio_settings, run_window = runs.tiny_models, runs.studio_settings, runs.run_window
@@ -66,12 +68,12 @@ def image_nodes(w) -> list:
 
 @pytest.fixture
 def image_window(make_window, studio_settings):
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     made = []
 
     def make(wf=None):
-        w = make_window(wf, registry=default_registry())
+        w = make_window(wf, registry=installed_registry())
         made.append(w)
         return w
 
@@ -129,9 +131,9 @@ def test_pasting_an_image_from_the_clipboard_adds_a_load_image_node(
 
 
 def test_a_png_that_carries_a_workflow_opens_it(image_window, tmp_path):
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
-    wf = Workflow(default_registry())
+    wf = Workflow(installed_registry())
     wf.add_node("empty_latent", {"width": 320}, pos=(0, 0))
     wf.add_node("load_image", pos=(300, 0))
     recipe = write_png(tmp_path / "recipe.png", text={"studio_workflow": dumps_workflow(wf)})
@@ -141,7 +143,9 @@ def test_a_png_that_carries_a_workflow_opens_it(image_window, tmp_path):
     assert len(image_nodes(w)) == 1 and w.path is None
     drop(w, [recipe], QPointF(600, 500))
     assert w.path == recipe
-    assert dumps_workflow(w.controller.wf) == dumps_workflow(load_workflow(recipe))
+    assert dumps_workflow(w.controller.wf) == dumps_workflow(
+        load_workflow(recipe, installed_registry())
+    )
 
 
 # -- the mask painter ---------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def test_inpaint_run_keeps_the_unmasked_area(run_window, qtbot, tmp_path):
     from PIL import Image
 
     pic = write_png(tmp_path / "photo.png", size=(64, 64))
-    w = run_window(Workflow())
+    w = run_window(Workflow(installed_registry()))
     drop(w, [pic], QPointF(150, 150))
     (load,) = image_nodes(w)
 
@@ -282,7 +286,7 @@ def test_inpaint_run_keeps_the_unmasked_area(run_window, qtbot, tmp_path):
         assert c.connect(load.id, "mask", ids[dst], "mask")
     w.run_workflow()
     (job,) = wait_runs(qtbot, w, 1)
-    assert job.state == "done", job.message or job.result.errors
+    assert job.state == JobState.DONE, job.message or job.result.errors
     result = np.asarray(w.history.outputs[0].pil.convert("RGB")).astype(int)
     original = np.asarray(Image.open(pic).convert("RGB")).astype(int)
     mask = decode(load.params["mask"])
@@ -365,10 +369,10 @@ def test_an_output_drags_out_as_a_png_that_carries_its_workflow(make_window, qtb
 
 
 def test_painting_on_an_output_makes_a_load_image_node(image_window, qtbot, studio_settings):
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     w = image_window()
-    out = solid_output("#808080", 4, Workflow(default_registry()))
+    out = solid_output("#808080", 4, Workflow(installed_registry()))
 
     def gesture(d):
         stroke(d.canvas, [(40, 30)])

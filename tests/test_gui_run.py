@@ -14,12 +14,16 @@ from gui_support import GUI_SPECS
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
+from studio.app.canvas.node_item import RunState
+from studio.engine.queue import JobState
 from studio.errors import NodeError
 from studio.graph.pngmeta import WORKFLOW_KEY, read_png_text
 from studio.graph.registry import Registry
+from studio.graph.seeds import SeedControl
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
 from studio.graph.workflow import Workflow
+from studio.library import installed_registry
 
 CTRL = Qt.KeyboardModifier.ControlModifier
 ALT = Qt.KeyboardModifier.AltModifier
@@ -38,29 +42,30 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture
-def studio_settings(tiny_models, tmp_path):
-    from studio.settings import Settings, set_active_settings
+def studio_settings(tiny_models, tmp_path, user_settings_file):
+    """The tiny models' settings, also as the user's settings file (what `studio open` reads)."""
+    from studio.settings import Settings
 
-    settings = Settings(
-        models_root=str(tiny_models),
-        output_dir=str(tmp_path / "out"),
-        input_dir=str(tmp_path / "in"),
-        device="cpu",
+    return user_settings_file(
+        Settings(
+            models_root=str(tiny_models),
+            output_dir=str(tmp_path / "out"),
+            input_dir=str(tmp_path / "in"),
+            device="cpu",
+        )
     )
-    set_active_settings(settings)
-    yield settings
-    set_active_settings(Settings())
 
 
 @pytest.fixture
 def run_window(make_window, studio_settings):
     """A main window over the real node library, with runs on the tiny model."""
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     made = []
 
     def make(wf: Workflow | None = None, **kw):
-        w = make_window(wf, registry=kw.pop("registry", None) or default_registry(), **kw)
+        reg = kw.pop("registry", None) or installed_registry()
+        w = make_window(wf, registry=reg, studio_settings=studio_settings, **kw)
         made.append(w)
         return w
 
@@ -75,7 +80,7 @@ def wait_runs(qtbot, w, n: int = 1) -> list:
     return sorted(w.runs.ended, key=lambda j: j.id)
 
 
-def states(w, ids: dict[str, str]) -> dict[str, str]:
+def states(w, ids: dict[str, str]) -> dict[str, RunState]:
     return {role: w.scene.nodes[nid].run_state for role, nid in ids.items()}
 
 
@@ -98,8 +103,8 @@ def test_run_then_change_the_seed_reruns_only_the_sampler_and_what_follows(run_w
     w.runs.preview.connect(lambda image, title: previews.append(title))
     QTest.keyClick(w.view, Qt.Key.Key_Return, CTRL)
     (first,) = wait_runs(qtbot, w, 1)
-    assert first.state == "done", first.message or first.result.errors
-    assert set(states(w, ids).values()) == {"done"}
+    assert first.state == JobState.DONE, first.message or first.result.errors
+    assert set(states(w, ids).values()) == {RunState.DONE}
     assert w.scene.nodes[ids["out"]].image is not None  # the image shows on the preview node
     assert previews and w.scene.nodes[ids["sampler"]].image is not None  # live preview
     assert "first run" in w.scene.nodes[ids["sampler"]].toolTip()
@@ -110,15 +115,15 @@ def test_run_then_change_the_seed_reruns_only_the_sampler_and_what_follows(run_w
     w.controller.set_param(ids["sampler"], "seed", 5)
     QTest.keyClick(w.view, Qt.Key.Key_Return, CTRL)
     second = wait_runs(qtbot, w, 2)[1]
-    assert second.state == "done"
+    assert second.state == JobState.DONE
     assert states(w, ids) == {
-        "ckpt": "cached",
-        "pos": "cached",
-        "neg": "cached",
-        "latent": "cached",
-        "sampler": "done",
-        "decode": "done",
-        "out": "done",
+        "ckpt": RunState.CACHED,
+        "pos": RunState.CACHED,
+        "neg": RunState.CACHED,
+        "latent": RunState.CACHED,
+        "sampler": RunState.DONE,
+        "decode": RunState.DONE,
+        "out": RunState.DONE,
     }
     assert "param 'seed' changed from 0 to 5" in w.scene.nodes[ids["sampler"]].toolTip()
     assert w.scene.nodes[ids["ckpt"]].run_message == "cached"
@@ -139,13 +144,13 @@ def test_seed_control_advances_after_each_queued_run_and_the_image_keeps_the_use
     w = run_window(wf)
     w.scene.select_nodes([ids["sampler"]])
     w.inspector.seed_controls["seed"].setCurrentText("increment")
-    assert w.controller.seed_control(ids["sampler"], "seed") == "increment"
+    assert w.controller.seed_control(ids["sampler"], "seed") == SeedControl.INCREMENT
     w.queue_panel.batch.setValue(2)
     QTest.mouseClick(w.queue_panel.run_button, Qt.MouseButton.LeftButton)
     # Both runs are queued at once; the seed moved on after each.
     assert w.controller.wf.get_node(ids["sampler"]).params["seed"] == 9
     jobs = wait_runs(qtbot, w, 2)
-    assert [j.state for j in jobs] == ["done", "done"]
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
     saved = sorted(Path(studio_settings.output_dir).glob("*.png"))
     assert len(saved) == 2
     used = []
@@ -153,7 +158,7 @@ def test_seed_control_advances_after_each_queued_run_and_the_image_keeps_the_use
         text = read_png_text(path.read_bytes())
         from studio.graph.fileformat import loads_workflow
 
-        embedded = loads_workflow(text[WORKFLOW_KEY])
+        embedded = loads_workflow(text[WORKFLOW_KEY], registry=installed_registry())
         used.append(embedded.get_node(ids["sampler"]).params["seed"])
         assert "Seed: " + str(used[-1]) in text["parameters"]
     assert used == [7, 8]
@@ -165,13 +170,13 @@ def test_seed_control_advances_after_each_queued_run_and_the_image_keeps_the_use
 def test_new_samplers_made_in_the_app_randomize_files_keep_theirs(run_window, qtbot):
     wf, ids = txt2img()
     w = run_window(wf)
-    assert w.controller.seed_control(ids["sampler"], "seed") == "fixed"
+    assert w.controller.seed_control(ids["sampler"], "seed") == SeedControl.FIXED
     new = w.controller.add_node("sampler", (0, 400))
-    assert w.controller.seed_control(new, "seed") == "randomize"
-    w.controller.set_seed_control(new, "seed", "decrement")
+    assert w.controller.seed_control(new, "seed") == SeedControl.RANDOMIZE
+    w.controller.set_seed_control(new, "seed", SeedControl.DECREMENT)
     assert w.controller.wf.copy().get_node(new).extra["seed_control"] == {"seed": "decrement"}
     w.undo_action.trigger()
-    assert w.controller.seed_control(new, "seed") == "randomize"
+    assert w.controller.seed_control(new, "seed") == SeedControl.RANDOMIZE
 
 
 # -- stub nodes: a slow one, a failing one ----------------------------------------------------
@@ -231,20 +236,20 @@ def test_stop_interrupts_a_long_run_and_the_app_goes_on(run_window, qtbot):
     w = run_window(wf, registry=wf.registry)
     QTest.keyClick(w.view, Qt.Key.Key_Return, CTRL)
     qtbot.waitUntil(lambda: (w.scene.nodes[ids["mid"]].progress or 0) > 0, timeout=20_000)
-    assert w.scene.nodes[ids["mid"]].run_state == "running"
+    assert w.scene.nodes[ids["mid"]].run_state == RunState.RUNNING
     assert w.queue_panel.stop_button.isEnabled()
     QTest.keyClick(w.view, Qt.Key.Key_Return, CTRL | ALT)
     (job,) = wait_runs(qtbot, w, 1)
-    assert job.state == "interrupted"
-    assert w.scene.nodes[ids["mid"]].run_state == "stopped"
-    assert w.scene.nodes[ids["show"]].run_state == "stopped"  # it never ran
+    assert job.state == JobState.INTERRUPTED
+    assert w.scene.nodes[ids["mid"]].run_state == RunState.STOPPED
+    assert w.scene.nodes[ids["show"]].run_state == RunState.STOPPED  # it never ran
     assert not w.queue_panel.stop_button.isEnabled()
     # Still usable: edit, and run again to the end.
     w.controller.set_param(ids["mid"], "steps", 3)
     w.run_workflow()
     job2 = wait_runs(qtbot, w, 2)[1]
-    assert job2.state == "done"
-    assert states(w, ids) == {"make": "cached", "mid": "done", "show": "done"}
+    assert job2.state == JobState.DONE
+    assert states(w, ids) == {"make": RunState.CACHED, "mid": RunState.DONE, "show": RunState.DONE}
 
 
 def test_an_erroring_node_shows_its_message_and_the_app_stays_usable(run_window, qtbot):
@@ -252,18 +257,18 @@ def test_an_erroring_node_shows_its_message_and_the_app_stays_usable(run_window,
     w = run_window(wf, registry=wf.registry)
     w.run_workflow()
     (job,) = wait_runs(qtbot, w, 1)
-    assert job.state == "failed"
+    assert job.state == JobState.FAILED
     failing = w.scene.nodes[ids["mid"]]
-    assert failing.run_state == "error"
+    assert failing.run_state == RunState.ERROR
     assert "the brush is dry" in failing.run_message
     assert "the brush is dry" in failing.toolTip()
-    assert w.scene.nodes[ids["show"]].run_state == "skipped"
+    assert w.scene.nodes[ids["show"]].run_state == RunState.SKIPPED
     assert "failed" in w.queue_panel.list.item(0).text()
     assert w.isVisible()
     w.controller.set_param(ids["mid"], "fail", False)
     w.run_workflow()
-    assert wait_runs(qtbot, w, 2)[1].state == "done"
-    assert w.scene.nodes[ids["mid"]].run_state == "done"
+    assert wait_runs(qtbot, w, 2)[1].state == JobState.DONE
+    assert w.scene.nodes[ids["mid"]].run_state == RunState.DONE
 
 
 def test_the_queue_lists_runs_and_cancels_a_pending_one(run_window, qtbot):
@@ -284,7 +289,11 @@ def test_the_queue_lists_runs_and_cancels_a_pending_one(run_window, qtbot):
     qtbot.waitUntil(lambda: sampling(second), timeout=20_000)
     w.stop_run()
     jobs = wait_runs(qtbot, w, 3)
-    assert [j.state for j in jobs] == ["interrupted", "interrupted", "cancelled"]
+    assert [j.state for j in jobs] == [
+        JobState.INTERRUPTED,
+        JobState.INTERRUPTED,
+        JobState.CANCELLED,
+    ]
     assert all(item.text() for item in map(w.queue_panel.list.item, range(3)))
 
 
@@ -294,8 +303,8 @@ def test_an_invalid_workflow_says_why_on_the_node(run_window, qtbot):
     w = run_window(wf, registry=wf.registry)
     w.run_workflow()
     (job,) = wait_runs(qtbot, w, 1)
-    assert job.state == "invalid"
-    assert w.scene.nodes[show].run_state == "error" and w.scene.nodes[show].run_message
+    assert job.state == JobState.INVALID
+    assert w.scene.nodes[show].run_state == RunState.ERROR and w.scene.nodes[show].run_message
 
 
 # -- the command line: studio open WORKFLOW --run --screenshot PNG ----------------------------

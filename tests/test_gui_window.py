@@ -19,8 +19,9 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QLineEdit, QSlider, QStyle, QStyleOptionSlider
 
 from studio.app.recovery import RecoveryStore
+from studio.app.window import UnsavedAnswer
 from studio.graph.fileformat import dumps_workflow, load_workflow
-from studio.graph.workflow import Workflow
+from studio.graph.workflow import ChangeKind, Workflow
 
 L = Qt.MouseButton.LeftButton
 NO = Qt.KeyboardModifier.NoModifier
@@ -90,19 +91,30 @@ def test_closing_with_unsaved_changes_asks(make_window, reg, tmp_path):
     w = make_window(txt2img(reg))
     w.controller.set_param("sampler", "steps", 5)
     answers = []
-    w.ask_unsaved = lambda: answers.append("asked") or "cancel"
+    w.ask_unsaved = lambda: answers.append("asked") or UnsavedAnswer.CANCEL
     assert not w.close()
     assert answers == ["asked"] and w.isVisible()
-    w.ask_unsaved = lambda: "save"
+    w.ask_unsaved = lambda: UnsavedAnswer.SAVE
     w.ask_save_path = lambda: str(tmp_path / "closing.json")
     assert w.close()
     assert load_workflow(tmp_path / "closing.json", reg).get_node("sampler").params["steps"] == 5
 
 
+def test_saving_keeps_the_view_with_the_workflow(make_window, reg, tmp_path):
+    w = make_window(txt2img(reg))
+    seen = []
+    w.controller.wf.subscribe(seen.append)
+    w.view.set_zoom(1.5, QPointF(40, 30))
+    assert w.save_to(tmp_path / "view.json")
+    assert [c.kind for c in seen] == [ChangeKind.VIEWPORT_CHANGED]
+    saved = load_workflow(tmp_path / "view.json", reg).layout.viewport
+    assert saved == w.view.viewport_state() and not w.is_dirty
+
+
 def test_new_file_asks_and_empties(make_window, reg):
     w = make_window(txt2img(reg))
     w.controller.set_param("sampler", "steps", 5)
-    w.ask_unsaved = lambda: "discard"
+    w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
     QTest.keyClick(w.view, Qt.Key.Key_N, CTRL)
     assert w.controller.wf.nodes == [] and w.scene.nodes == {} and w.path is None
 
@@ -296,9 +308,9 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", code)
 
 
 def test_screenshot_entry_point_without_torch(tmp_path):
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
-    wf = Workflow(default_registry())
+    wf = Workflow(installed_registry())
     a = wf.add_node("primitive_int", {"value": 7}, pos=(0, 0))
     b = wf.add_node("primitive_string", {"value": "hello"}, pos=(300, 0))
     del a, b

@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 import diffusion_fixtures as fx  # noqa: E402
 
 from studio.engine import Engine  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,7 @@ def models_root(tmp_path_factory):
 @pytest.fixture
 def engine(models_root, tmp_path):
     settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def second_pass(wf, ids, latent_source):

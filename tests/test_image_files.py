@@ -22,6 +22,7 @@ import nodes.image as image_nodes
 from studio.errors import NodeError
 from studio.fsutil import STALE_TEMP_SECONDS, TEMP_SUFFIX, remove_stale_temps, write_numbered
 from studio.graph.workflow import Workflow
+from studio.library import installed_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def engine(tmp_path):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     settings = Settings(
         models_root=str(tmp_path / "models"),
@@ -37,9 +38,7 @@ def engine(tmp_path):
         input_dir=str(tmp_path / "in"),
     )
     settings.input_path.mkdir()
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    return Engine(installed_registry(), settings=settings)
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def _bomb_png(path: Path, width: int, height: int) -> Path:
 
 def _run_load(engine, name: str, timeout: float = 20.0) -> tuple[dict, float]:
     """Run a Load Image node in a thread, so that a read that never ends fails the test."""
-    wf = Workflow()
+    wf = Workflow(engine.registry)
     node = wf.add_node("load_image", {"image": name}).id
     out: dict = {}
     start = time.monotonic()
@@ -224,7 +223,7 @@ def test_a_folder_or_an_oversized_file_as_the_image_is_refused(engine):
 
 
 def _save_workflow(engine, picture: Path) -> tuple[Workflow, str]:
-    wf = Workflow()
+    wf = Workflow(engine.registry)
     load = wf.add_node("load_image", {"image": str(picture)}).id
     save = wf.add_node("save_image", {"filename_prefix": "Studio"}).id
     wf.connect(load, "image", save, "images")

@@ -14,7 +14,8 @@ from PIL import Image  # noqa: E402
 
 from studio.engine import Engine  # noqa: E402
 from studio.graph import Workflow  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
 
 PROMPT, NEGATIVE, SEED, STEPS, CFG = "a blue square", "blurry", 11, 3, 5.0
 
@@ -45,13 +46,11 @@ def models_root(tmp_path_factory):
 @pytest.fixture
 def engine(models_root, tmp_path):
     settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def inpaint_graph(models_root, ckpt, *, how="encode_for_inpaint", grow=0, mask_file="mask.png"):
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     add = wf.add_node
     ids = {
         "ckpt": add("load_checkpoint", {"ckpt_name": ckpt}).id,

@@ -12,7 +12,8 @@ import diffusion_fixtures as fx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from studio.engine import Engine  # noqa: E402
-from studio.settings import Settings, set_active_settings  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
 
 PROMPT, NEGATIVE, SEED, STEPS, CFG = "a red circle", "blurry", 7, 3, 6.0
 RANK = 4
@@ -80,9 +81,7 @@ def models_root(tmp_path_factory):
 @pytest.fixture
 def engine(models_root, tmp_path):
     settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def lora_graph(loras, *, wf_ids=None):
@@ -189,7 +188,9 @@ def test_two_branches_with_different_loras_stay_apart(engine, models_root):
             if link["source"] == ids_x["ckpt"]:
                 link["source"] = ckpt
             merged["links"].append(link)
-    result = Engine(settings=engine.settings).run(workflow_from_dict(merged))
+    result = Engine(installed_registry(), settings=engine.settings).run(
+        workflow_from_dict(merged, registry=installed_registry())
+    )
     assert result.ok, result.errors
     for (_, ids_x), alone in zip(branches, (a_alone, b_alone, plain_alone), strict=True):
         got = result.outputs[ids_x["decode"]]["image"].numpy()

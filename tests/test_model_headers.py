@@ -33,17 +33,16 @@ def _file(path: Path, header: bytes | str, data: bytes = b"", length: int | None
 @pytest.fixture
 def engine(tmp_path):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.library import installed_registry
+    from studio.settings import Settings
 
     settings = Settings(models_root=str(tmp_path / "models"), output_dir=str(tmp_path / "out"))
     (settings.models_root_path / "checkpoints").mkdir(parents=True)
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    return Engine(installed_registry(), settings=settings)
 
 
 def _checkpoint_error(engine, name: str) -> str:
-    wf = Workflow()
+    wf = Workflow(engine.registry)
     node = wf.add_node("load_checkpoint", {"ckpt_name": name}).id
     result = engine.run(wf, targets=[node])
     return result.errors[node]

@@ -14,7 +14,7 @@ from studio.graph import Workflow
 from studio.graph.registry import Registry
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
-from studio.settings import Settings, set_active_settings
+from studio.settings import Settings
 
 SOURCE: dict[str, torch.Tensor] = {}
 
@@ -47,9 +47,7 @@ def reg():
 @pytest.fixture
 def settings(tmp_path):
     s = Settings(models_root=str(tmp_path / "models"))
-    set_active_settings(s)
     yield s
-    set_active_settings(Settings())
 
 
 def square_image(size=96):

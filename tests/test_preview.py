@@ -19,7 +19,8 @@ import diffusion_fixtures as fx  # noqa: E402
 from nodes import sdload  # noqa: E402
 from nodes.denoise import SD_RGB, preview_image  # noqa: E402
 from nodes.values import LatentRgb  # noqa: E402
-from studio.engine.events import PROGRESS  # noqa: E402
+from studio.engine.events import EventKind  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 from studio.modelfiles import EMBEDDED_MODELS  # noqa: E402
 
 FOLDER = EMBEDDED_MODELS / "checkpoints" / "studio-tiny"
@@ -49,7 +50,7 @@ def models_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine(models_root, tmp_path_factory):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("preview-out")
@@ -59,9 +60,7 @@ def engine(models_root, tmp_path_factory):
         input_dir=str(out / "in"),
         device="cpu",
     )
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def run(engine, ckpt: str, caption: str, seed: int):
@@ -71,7 +70,7 @@ def run(engine, ckpt: str, caption: str, seed: int):
     events = []
     result = engine.run(wf, on_event=events.append)
     assert result.ok, result.errors
-    previews = [e for e in events if e.event == PROGRESS and e.node == ids["sampler"]]
+    previews = [e for e in events if e.event == EventKind.PROGRESS and e.node == ids["sampler"]]
     assert [e.step for e in previews] == list(range(1, 21))
     preview = np.asarray(previews[-1].preview.convert("RGB")).astype(np.float64)
     image = result.outputs[ids["decode"]]["image"]

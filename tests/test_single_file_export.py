@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from nodes import sdload  # noqa: E402
 from studio.graph.fileformat import load_workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 from studio.modelfiles import EMBEDDED_MODELS, RESOURCES  # noqa: E402
 from training import export_single_file as exporter  # noqa: E402
 
@@ -43,7 +44,7 @@ def exported(folder):
 @pytest.fixture
 def engine(exported, tmp_path):
     from studio.engine import Engine
-    from studio.settings import Settings, set_active_settings
+    from studio.settings import Settings
 
     settings = Settings(
         models_root=str(exported.parent.parent),
@@ -51,9 +52,7 @@ def engine(exported, tmp_path):
         input_dir=str(tmp_path / "in"),
         device="cpu",
     )
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 def header(path):
@@ -114,7 +113,7 @@ def test_the_files_tokenizer_splits_prompts_like_the_folders(folder, exported):
 def run_txt2img(engine, ckpt: str, caption: str, seed: int):
     import numpy as np
 
-    wf = load_workflow(RESOURCES / "workflows" / "txt2img.json")
+    wf = load_workflow(RESOURCES / "workflows" / "txt2img.json", installed_registry())
     for n in wf.nodes:
         if n.type == "load_checkpoint":
             wf.set_param(n.id, "ckpt_name", ckpt)
@@ -151,7 +150,7 @@ def test_a_custom_file_without_its_tokenizer_is_a_clear_error(engine, exported):
     try:
         from studio.graph.workflow import Workflow
 
-        wf = Workflow()
+        wf = Workflow(installed_registry())
         ck = wf.add_node("load_checkpoint", {"ckpt_name": broken.name}).id
         message = engine.run(wf, targets=[ck]).errors[ck]
     finally:

@@ -11,12 +11,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from studio.modelfiles import list_models
+from studio.library import installed_registry
+from studio.modelfiles import ModelFiles
+from studio.settings import Settings
 from training.data import eval_scenes, heldout_combos
 from training.studio_run import MODEL, StudioTxt2Img, held_out_adherence
 
 pytestmark = pytest.mark.skipif(
-    MODEL not in list_models("checkpoints"), reason=f"{MODEL} is not in resources/models"
+    MODEL not in ModelFiles(Settings()).list("checkpoints"),
+    reason=f"{MODEL} is not in resources/models",
 )
 
 CAPTIONS = 60  # held-out captions, each naming a size and a position
@@ -30,7 +33,7 @@ def engine():
     from studio.engine import Engine
 
     torch.set_num_threads(2)
-    return Engine()
+    return Engine(installed_registry())
 
 
 @pytest.fixture(scope="module")

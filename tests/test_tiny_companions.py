@@ -22,8 +22,9 @@ pytest.importorskip("torch")
 # training/ is a repo-root package, not part of the installed app
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from studio.modelfiles import list_models
-from studio.settings import Settings, set_active_settings
+from studio.library import installed_registry
+from studio.modelfiles import ModelFiles
+from studio.settings import Settings
 from training import evaluate_companions as ec
 
 CAPTIONS = 4  # held-out colour x shape x background combinations
@@ -40,9 +41,7 @@ def engine(tmp_path_factory):
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("companions")
     settings = Settings(models_root=str(root / "models"), output_dir=str(root / "out"))
-    set_active_settings(settings)
-    yield Engine(settings=settings)
-    set_active_settings(Settings())
+    yield Engine(installed_registry(), settings=settings)
 
 
 @pytest.fixture
@@ -51,10 +50,10 @@ def workdir(tmp_path) -> Path:
 
 
 def test_the_companion_models_are_listed_next_to_the_users(engine):
-    assert ec.BASE in list_models("checkpoints")
-    assert ec.UPSCALER in list_models("upscale_models")
-    assert ec.CONTROLNET in list_models("controlnet")
-    assert ec.LORA in list_models("loras")
+    assert ec.BASE in ModelFiles(Settings()).list("checkpoints")
+    assert ec.UPSCALER in ModelFiles(Settings()).list("upscale_models")
+    assert ec.CONTROLNET in ModelFiles(Settings()).list("controlnet")
+    assert ec.LORA in ModelFiles(Settings()).list("loras")
 
 
 def test_the_upscaler_is_x4_and_closer_to_the_high_resolution_render_than_bicubic(engine, workdir):

@@ -72,8 +72,9 @@ def measure_upscaler(engine: Any, scenes: Sequence[data.Scene], workdir: Path) -
     """One workflow: per scene Load Image -> Upscale Image (the model) and -> Scale Image
     (bicubic x4); the outputs compared with ``data.render_highres``."""
     from studio.graph.workflow import Workflow
+    from studio.library import installed_registry
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     model = wf.add_node("load_upscale_model", {"model_name": UPSCALER}).id
     branches = []
     for i, scene in enumerate(scenes):
@@ -267,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from studio.engine import Engine
+    from studio.library import installed_registry
 
     ap = argparse.ArgumentParser(prog="python -m training.evaluate_companions", description=__doc__)
     ap.add_argument("--threads", type=int, default=1)
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--per-caption", type=int, default=4, help="images per caption (one batch)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    engine = Engine()
+    engine = Engine(installed_registry())
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

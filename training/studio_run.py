@@ -30,8 +30,9 @@ def txt2img_workflow(
 ) -> tuple[Any, dict[str, str]]:
     """A text-to-image workflow on ``model``; returns it and its node ids by role."""
     from studio.graph.workflow import Workflow
+    from studio.library import installed_registry
 
-    wf = Workflow()
+    wf = Workflow(installed_registry())
     ids = {
         "ckpt": wf.add_node("load_checkpoint", {"ckpt_name": model}).id,
         "pos": wf.add_node("text_encode", {"text": prompt}).id,
@@ -88,8 +89,9 @@ class StudioTxt2Img:
     def __post_init__(self) -> None:
         if self.engine is None:
             from studio.engine import Engine
+            from studio.library import installed_registry
 
-            self.engine = Engine()
+            self.engine = Engine(installed_registry())
 
     def __call__(self, caption: str, seed: int) -> np.ndarray:
         return self.batch(caption, seed, 1)[0]

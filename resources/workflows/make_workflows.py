@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from studio.graph.fileformat import dumps_workflow  # noqa: E402
 from studio.graph.workflow import Note, Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
 
 IMAGES = ROOT / "resources" / "images"
 NAMESPACE = uuid.UUID("5d3c6a0e-7f1b-4c1e-9a57-0c2a4f6b9d10")
@@ -84,7 +85,7 @@ class Builder:
     """Adds nodes by role into columns and links them by role."""
 
     name: str
-    wf: Workflow = field(default_factory=Workflow)
+    wf: Workflow = field(default_factory=lambda: Workflow(installed_registry()))
     ids: dict[str, str] = field(default_factory=dict)
     column_y: dict[int, float] = field(default_factory=dict)
 

@@ -22,10 +22,8 @@ class Op(Protocol):
 
 
 def _set_reroutes(wf: Workflow, link_id: str, points: list[tuple[float, float]]) -> None:
-    if wf.get_link(link_id) is None:  # undoing past the link's removal: nothing to draw
-        wf.layout.reroutes.pop(link_id, None)
-        return
-    wf.set_reroutes(link_id, points)
+    # Undoing past the link's removal: nothing to draw.
+    wf.set_reroutes(link_id, points if wf.get_link(link_id) is not None else [])
 
 
 @dataclass
@@ -194,12 +192,10 @@ class SetFrames:
     new: list[Frame]
 
     def apply(self, wf: Workflow) -> None:
-        wf.layout.frames = copy.deepcopy(self.new)
-        wf.notify_frames_changed()
+        wf.set_frames(copy.deepcopy(self.new))
 
     def revert(self, wf: Workflow) -> None:
-        wf.layout.frames = copy.deepcopy(self.old)
-        wf.notify_frames_changed()
+        wf.set_frames(copy.deepcopy(self.old))
 
 
 @dataclass
@@ -208,12 +204,10 @@ class SetNotes:
     new: list[Note]
 
     def apply(self, wf: Workflow) -> None:
-        wf.layout.notes = copy.deepcopy(self.new)
-        wf.notify_notes_changed()
+        wf.set_notes(copy.deepcopy(self.new))
 
     def revert(self, wf: Workflow) -> None:
-        wf.layout.notes = copy.deepcopy(self.old)
-        wf.notify_notes_changed()
+        wf.set_notes(copy.deepcopy(self.old))
 
 
 @dataclass

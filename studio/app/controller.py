@@ -18,29 +18,36 @@ from studio.app import commands as c
 from studio.app.binding import follow
 from studio.graph.registry import Registry
 from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
-from studio.graph.seeds import SEED_CONTROLS, advance_seeds, seed_control
-from studio.graph.spec import NodeSpec
+from studio.graph.seeds import SEED_CONTROLS, SeedControl, advance_seeds, seed_control
+from studio.graph.spec import FileLister, NodeSpec
 from studio.graph.types import ValueType, can_connect
 from studio.graph.workflow import Change, Frame, Link, Node, NodeLayout, Note, Workflow, new_id
+from studio.modelfiles import ModelFiles
+from studio.settings import Settings
 
 CLIPBOARD_MIME = "application/x-studio-nodes"
 VALIDATE_DELAY_MS = 250
 
 
 #: Seed control of seed params on nodes made in the app (files keep what they store).
-NEW_SEED_CONTROL = "randomize"
+NEW_SEED_CONTROL = SeedControl.RANDOMIZE
 
 
-def make_node(registry: Registry, type_id: str, params: dict[str, Any] | None = None) -> Node:
+def make_node(
+    registry: Registry,
+    type_id: str,
+    params: dict[str, Any] | None = None,
+    *,
+    files: FileLister | None = None,
+) -> Node:
     spec = registry.get(type_id)
-    merged = spec.default_params() if spec else {}
+    merged = spec.default_params(files) if spec else {}
     merged.update(params or {})
-    node = Node(id=new_id(), type=type_id, version=spec.version if spec else 1, params=merged)
     seeds = [i.name for i in spec.params if i.seed] if spec else []
-    if seeds:
-        # ComfyUI's habit: a new sampler gives a new image on every run.
-        node.extra[SEED_EXTRA_KEY] = {name: NEW_SEED_CONTROL for name in seeds}
-    return node
+    # ComfyUI's habit: a new sampler gives a new image on every run.
+    extra = {SEED_EXTRA_KEY: {name: NEW_SEED_CONTROL for name in seeds}} if seeds else {}
+    version = spec.version if spec else 1
+    return Node(id=new_id(), type=type_id, version=version, params=merged, extra=extra)
 
 
 class Controller(QObject):
@@ -50,9 +57,19 @@ class Controller(QObject):
     message = Signal(str)  # a short note for the status bar (a refused link, ...)
     workflow_replaced = Signal()
 
-    def __init__(self, workflow: Workflow, registry: Registry, parent: QObject | None = None):
+    def __init__(
+        self,
+        workflow: Workflow,
+        registry: Registry,
+        parent: QObject | None = None,
+        *,
+        settings: Settings | None = None,
+    ):
         super().__init__(parent)
         self.registry = registry
+        #: Studio's settings for this window (model folders, input folder), never global.
+        self.settings = settings if settings is not None else Settings.load()
+        self.model_files = ModelFiles(self.settings)
         self.wf = workflow
         self.undo_stack = QUndoStack(self)
         self.problems: list[Any] = []
@@ -75,7 +92,7 @@ class Controller(QObject):
         self._validate_timer.start()  # after the canvas has painted
 
     def _on_change(self, change: Change) -> None:
-        if change.kind not in ("layout_changed", "frames_changed", "notes_changed"):
+        if not change.kind.is_layout:
             self._validate_timer.start()
 
     def validate_now(self) -> None:
@@ -86,7 +103,9 @@ class Controller(QObject):
 
         self._validate_timer.stop()
         try:
-            self.problems = plan_workflow(self.wf, self.registry).problems
+            self.problems = plan_workflow(
+                self.wf, self.registry, model_files=self.model_files
+            ).problems
         except Exception as exc:  # validation must never take the editor down
             self.message.emit(f"could not check the workflow: {exc}")
             self.problems = []
@@ -129,7 +148,7 @@ class Controller(QObject):
         if spec is None:
             self.message.emit(f"unknown node type {type_id!r}")
             return None
-        node = make_node(self.registry, type_id, params)
+        node = make_node(self.registry, type_id, params, files=self.model_files.list)
         ops: list[Any] = [c.AddNode(node, NodeLayout(pos=(float(pos[0]), float(pos[1]))))]
         if link_from is not None:
             out_t = self._port_type(link_from[0], link_from[1], True)
@@ -189,13 +208,14 @@ class Controller(QObject):
             f"Set {name} of {self.title(node_id)}", [c.SetParam(node_id, name, old, value)], key
         )
 
-    def seed_control(self, node_id: str, param: str) -> str:
+    def seed_control(self, node_id: str, param: str) -> SeedControl:
         return seed_control(self.wf, node_id, param)
 
     def set_seed_control(self, node_id: str, param: str, mode: str) -> None:
         """What happens to a seed after each run: fixed, increment, decrement, randomize."""
         if mode not in SEED_CONTROLS or self.seed_control(node_id, param) == mode:
             return
+        mode = SeedControl(mode)
         old = self.wf.get_node(node_id).extra.get(SEED_EXTRA_KEY)
         new = {**(old if isinstance(old, dict) else {}), param: mode}
         self.push(

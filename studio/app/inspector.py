@@ -28,7 +28,7 @@ from studio.app.canvas.scene import GraphScene
 from studio.app.controller import Controller
 from studio.graph.spec import InputSpec
 from studio.graph.types import ValueType
-from studio.graph.workflow import Change
+from studio.graph.workflow import Change, ChangeKind
 
 SEED_MAX = 2**32 - 1
 SLIDER_STEPS = 1000
@@ -105,7 +105,7 @@ class ParamEditor(QWidget):
             lay.addWidget(box)
         elif t is ValueType.CHOICE:
             combo = QComboBox()
-            combo.addItems(spec.choice_list())
+            combo.addItems(spec.choice_list(controller.model_files.list))
             combo.currentTextChanged.connect(self._send)
             self.widget = combo
             lay.addWidget(combo)
@@ -224,20 +224,20 @@ class Inspector(QScrollArea):
     def _on_change(self, ch: Change) -> None:
         if self.node_id is None:
             return
-        if ch.kind == "node_removed" and ch.node_id == self.node_id:
+        if ch.kind is ChangeKind.NODE_REMOVED and ch.node_id == self.node_id:
             self.node_id = None
             self.refresh()
         elif ch.node_id == self.node_id:
-            if ch.kind == "param_changed" and ch.name in self.editors:
+            if ch.kind is ChangeKind.PARAM_CHANGED and ch.name in self.editors:
                 self.editors[ch.name].set_value(ch.new)
-            elif ch.kind == "param_changed" and ch.name is not None:
+            elif ch.kind is ChangeKind.PARAM_CHANGED and ch.name is not None:
                 self.refresh()  # a param without an editor (a painted mask)
             elif ch.kind in (
-                "flags_changed",
-                "title_changed",
-                "link_added",
-                "link_removed",
-                "extra_changed",
+                ChangeKind.FLAGS_CHANGED,
+                ChangeKind.TITLE_CHANGED,
+                ChangeKind.LINK_ADDED,
+                ChangeKind.LINK_REMOVED,
+                ChangeKind.EXTRA_CHANGED,
             ):
                 self.refresh()
 

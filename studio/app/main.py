@@ -32,14 +32,14 @@ def run_app(
 
     from studio.app.theme import apply_theme
     from studio.app.window import APP_NAME, ORG_NAME, MainWindow
-    from studio.graph.registry import default_registry
+    from studio.library import installed_registry
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setOrganizationName(ORG_NAME)
     app.setApplicationName(APP_NAME)
     apply_theme(app)
-    registry = default_registry()
+    registry = installed_registry()
     window = MainWindow(registry, autosave=screenshot is None)
     if screenshot is not None:
         window.resize(1440, 880)
@@ -97,9 +97,11 @@ def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False)
         app.quit()
 
     def run_finished(job) -> None:
+        from studio.engine.queue import JobState
+
         if window.bridge.busy():
             return
-        if job.state != "done":
+        if job.state is not JobState.DONE:
             run_ok["ok"] = False
             errors = job.result.errors if job.result is not None else {}
             why = "; ".join(errors.values()) or job.message or ""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -17,31 +18,45 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+if TYPE_CHECKING:
+    from studio.engine.queue import JobState
+
 MAX_FINISHED = 40
-STATE_MARKS = {
-    "pending": "⏳",
-    "running": "▶",
-    "done": "✓",
-    "failed": "✗",
-    "invalid": "⚠",
-    "interrupted": "■",
-    "cancelled": "–",
-}
+
+# JobState is imported where jobs arrive, never at import: the window shows before the
+# engine loads, and a job exists only once it has.
 
 
-def describe(job: Any, state: str, progress: str = "") -> str:
-    mark = STATE_MARKS.get(state, "·")
+@functools.cache
+def _marks() -> dict[JobState, str]:
+    from studio.engine.queue import JobState
+
+    return {
+        JobState.PENDING: "⏳",
+        JobState.RUNNING: "▶",
+        JobState.DONE: "✓",
+        JobState.FAILED: "✗",
+        JobState.INVALID: "⚠",
+        JobState.INTERRUPTED: "■",
+        JobState.CANCELLED: "–",
+    }
+
+
+def describe(job: Any, state: JobState, progress: str = "") -> str:
+    from studio.engine.queue import JobState
+
+    mark = _marks().get(state, "·")
     text = f"{mark} Run {job.id}"
     if job.label:
         text += f" · {job.label}"
-    if state == "running":
+    if state is JobState.RUNNING:
         text += f" · {progress or 'starting'}"
-    elif state == "done" and job.started and job.finished:
+    elif state is JobState.DONE and job.started and job.finished:
         text += f" · {job.finished - job.started:.1f} s"
-    elif state == "failed":
+    elif state is JobState.FAILED:
         errors = job.result.errors if job.result is not None else {}
         text += f" · {len(errors)} node(s) failed" if errors else f" · {job.message}"
-    elif state == "invalid":
+    elif state is JobState.INVALID:
         text += f" · {len(job.problems)} problem(s)"
     else:
         text += f" · {state}"
@@ -58,7 +73,7 @@ class QueuePanel(QWidget):
         super().__init__(parent)
         self.items: dict[int, QListWidgetItem] = {}
         self.jobs: dict[int, Any] = {}
-        self.states: dict[int, str] = {}  # as last shown
+        self.states: dict[int, JobState] = {}  # as last shown
         self.run_button = QPushButton("▶  Run")
         self.run_button.setToolTip("Queue the workflow (Ctrl+Enter)")
         self.run_button.clicked.connect(lambda: self.run_requested.emit(self.batch.value()))
@@ -89,8 +104,11 @@ class QueuePanel(QWidget):
         lay.addWidget(self.list, 1)
         lay.addWidget(clear)
 
-    def update_job(self, job: Any, state: str, progress: str = "") -> None:
-        if self.states.get(job.id) not in (None, "pending", "running"):
+    def update_job(self, job: Any, state: JobState, progress: str = "") -> None:
+        from studio.engine.queue import JobState
+
+        shown = self.states.get(job.id)
+        if shown is not None and shown.ended:
             return  # a progress event that was still queued when the run ended
         self.jobs[job.id] = job
         self.states[job.id] = state
@@ -103,15 +121,15 @@ class QueuePanel(QWidget):
         item.setText(describe(job, state, progress))
         item.setToolTip(job.message or "")
         self._trim()
-        running = "running" in self.states.values()
-        pending = sum(s == "pending" for s in self.states.values())
+        running = JobState.RUNNING in self.states.values()
+        pending = sum(s is JobState.PENDING for s in self.states.values())
         self.stop_button.setEnabled(running)
         self.status.setText(
             ("Running" if running else "Idle") + (f" · {pending} waiting" if pending else "")
         )
 
     def _trim(self) -> None:
-        finished = [jid for jid, s in self.states.items() if s not in ("pending", "running")]
+        finished = [jid for jid, s in self.states.items() if s.ended]
         for jid in sorted(finished)[:-MAX_FINISHED] if len(finished) > MAX_FINISHED else []:
             item = self.items.pop(jid)
             self.list.takeItem(self.list.row(item))
@@ -119,15 +137,17 @@ class QueuePanel(QWidget):
             del self.states[jid]
 
     def _menu(self, pos) -> None:
+        from studio.engine.queue import JobState
+
         item = self.list.itemAt(pos)
         if item is None:
             return
         jid = item.data(Qt.ItemDataRole.UserRole)
         state = self.states.get(jid)
         menu = QMenu(self)
-        if state == "pending":
+        if state is JobState.PENDING:
             menu.addAction("Cancel", lambda: self.cancel_requested.emit(jid))
-        elif state == "running":
+        elif state is JobState.RUNNING:
             menu.addAction("Stop", self.stop_requested.emit)
         else:
             return

@@ -71,7 +71,7 @@ class RunBridge(QObject):
     """
 
     event = Signal(object, object, object)
-    job_changed = Signal(object, str)
+    job_changed = Signal(object, object)  # job, its JobState then
 
     def __init__(
         self,

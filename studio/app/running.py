@@ -13,13 +13,18 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
+from studio.app.canvas.node_item import RunState
 from studio.app.runner import Output, RunBridge
 
 if TYPE_CHECKING:
     from studio.app.canvas.scene import GraphScene
     from studio.app.controller import Controller
     from studio.engine.events import Event
-    from studio.engine.queue import Job
+    from studio.engine.queue import Job, JobState
+
+# The engine's modules (EventKind, JobState) are imported where a run's signals arrive,
+# never at import: the window shows before the engine loads, and by the time a run
+# reports anything they are loaded.
 
 
 class RunView(QObject):
@@ -27,7 +32,7 @@ class RunView(QObject):
 
     outputs_ready = Signal(object)  # list[Output], a finished job's images
     preview = Signal(object, str)  # QImage, node title
-    job_updated = Signal(object, str, str)  # job, its state, progress text
+    job_updated = Signal(object, object, str)  # job, its JobState, progress text
     finished = Signal(object)  # job (done, failed, invalid, interrupted or cancelled)
     message = Signal(str)
 
@@ -67,15 +72,17 @@ class RunView(QObject):
     def _mine(self, job: Job) -> bool:
         return job.meta.get("doc") == id(self.controller.wf)
 
-    def _on_job(self, job: Job, state: str) -> None:
-        if state == "running":
+    def _on_job(self, job: Job, state: JobState) -> None:
+        from studio.engine.queue import JobState
+
+        if state is JobState.RUNNING:
             self.current = job
             if self._mine(job):
                 self._start_states(job)
             self.job_updated.emit(job, state, "")
             return
         self.job_updated.emit(job, state, "")
-        if state == "pending":
+        if state is JobState.PENDING:
             return
         if self.current is job:
             self.current = None
@@ -92,17 +99,17 @@ class RunView(QObject):
                 for node_id, image in by_node.items():
                     self.scene.set_node_image(node_id, image)
             self.outputs_ready.emit(outputs)
-        if state == "invalid":
+        if state is JobState.INVALID:
             for p in job.problems:
-                self.scene.set_run_state(p.node_id, "error", None, p.message)
+                self.scene.set_run_state(p.node_id, RunState.ERROR, None, p.message)
             self.message.emit(f"Run {job.id} cannot start: {job.message}")
-        elif state == "failed":
+        elif state is JobState.FAILED:
             errors = job.result.errors if job.result is not None else {}
             first = next(iter(errors.values()), job.message)
             self.message.emit(f"Run {job.id} failed: {first}")
-        elif state == "interrupted":
+        elif state is JobState.INTERRUPTED:
             self.message.emit(f"Run {job.id} stopped")
-        elif state == "done" and job.result is not None:
+        elif state is JobState.DONE and job.result is not None:
             self.message.emit(f"Run {job.id} finished in {job.result.seconds:.2f} s")
         self.finished.emit(job)
 
@@ -118,49 +125,57 @@ class RunView(QObject):
         for nid in plan.order:
             n = nodes.get(nid)
             if n is not None and not n.mute and not n.bypass:
-                self.scene.set_run_state(nid, "waiting")
+                self.scene.set_run_state(nid, RunState.WAITING)
 
-    def _end_states(self, state: str) -> None:
-        stopped = state == "interrupted"
+    def _end_states(self, state: JobState) -> None:
+        from studio.engine.queue import JobState
+
+        stopped = state is JobState.INTERRUPTED
         for item in self.scene.nodes.values():
-            if item.run_state == "waiting":
-                item.set_run_state("stopped" if stopped else "", None, "not run" if stopped else "")
-            elif item.run_state == "running":
-                item.set_run_state("stopped", None, "stopped" if stopped else "")
+            if item.run_state is RunState.WAITING:
+                if stopped:
+                    item.set_run_state(RunState.STOPPED, None, "not run")
+                else:
+                    item.set_run_state(RunState.IDLE)
+            elif item.run_state is RunState.RUNNING:
+                item.set_run_state(RunState.STOPPED, None, "stopped" if stopped else "")
 
     def _on_event(self, job: Job, event: Event, image: QImage | None) -> None:
+        from studio.engine.events import EventKind
+        from studio.engine.queue import JobState
+
         kind = event.event
-        if kind == "progress":
+        if kind is EventKind.PROGRESS:
             text = f"{event.title} {event.step}/{event.total}"
-            self.job_updated.emit(job, "running", text)
+            self.job_updated.emit(job, JobState.RUNNING, text)
         if not self._mine(job) or event.node is None:
             return
         nid = event.node
         sc = self.scene
         item = sc.nodes.get(nid)
-        if kind == "node_started":
-            sc.set_run_state(nid, "running", 0.0)
+        if kind is EventKind.NODE_STARTED:
+            sc.set_run_state(nid, RunState.RUNNING, 0.0)
             if item is not None:
                 item.set_run_reason(event.message or "")
-        elif kind == "progress":
+        elif kind is EventKind.PROGRESS:
             total = max(event.total or 1, 1)
-            sc.set_run_state(nid, "running", (event.step or 0) / total)
+            sc.set_run_state(nid, RunState.RUNNING, (event.step or 0) / total)
             if image is not None:
                 sc.set_node_image(nid, image)
                 self.preview.emit(image, event.title or "")
-        elif kind == "node_cached":
-            sc.set_run_state(nid, "cached", None, "cached")
+        elif kind is EventKind.NODE_CACHED:
+            sc.set_run_state(nid, RunState.CACHED, None, "cached")
             if item is not None:
                 item.set_run_reason("")
-        elif kind == "node_finished":
-            sc.set_run_state(nid, "done", None, _seconds(event.seconds))
-        elif kind == "node_error":
-            sc.set_run_state(nid, "error", None, event.message or "failed")
+        elif kind is EventKind.NODE_FINISHED:
+            sc.set_run_state(nid, RunState.DONE, None, _seconds(event.seconds))
+        elif kind is EventKind.NODE_ERROR:
+            sc.set_run_state(nid, RunState.ERROR, None, event.message or "failed")
             self.message.emit(f"{event.title}: {event.message}")
-        elif kind == "node_skipped":
-            sc.set_run_state(nid, "skipped", None, event.message or "skipped")
-        elif kind == "interrupted":
-            sc.set_run_state(nid, "stopped", None, "stopped")
+        elif kind is EventKind.NODE_SKIPPED:
+            sc.set_run_state(nid, RunState.SKIPPED, None, event.message or "skipped")
+        elif kind is EventKind.INTERRUPTED:
+            sc.set_run_state(nid, RunState.STOPPED, None, "stopped")
 
 
 def _seconds(s: Any) -> str:

@@ -15,17 +15,17 @@ from PySide6.QtGui import QImage, QImageReader, QPainter
 
 from studio.app.binding import follow
 from studio.app.controller import Controller
-from studio.graph.workflow import Change
+from studio.graph.workflow import Change, ChangeKind
 
 THUMB = 320
 
 
-def resolve_image_path(name: str) -> Path:
-    """Where Load Image finds ``name``: a path, a name in the input folder, or an example
+def resolve_image_path(name: str, input_folder: Path) -> Path:
+    """Where Load Image finds ``name``: a path, a name in ``input_folder``, or an example
     image shipped with Studio (the node's own rule)."""
     from nodes.image import resolve_image_path as node_rule
 
-    return node_rule(name)
+    return node_rule(name, input_folder)
 
 
 def read_image(path: Path, max_side: int | None = None) -> QImage:
@@ -92,11 +92,11 @@ class LoadImageThumbnails(QObject):
             self.refresh(n.id)
 
     def _on_change(self, ch: Change) -> None:
-        if ch.kind == "reset":
+        if ch.kind is ChangeKind.RESET:
             self.refresh_all()
-        elif ch.kind in ("node_added", "param_changed") and ch.node_id:
+        elif ch.kind in (ChangeKind.NODE_ADDED, ChangeKind.PARAM_CHANGED) and ch.node_id:
             self.refresh(ch.node_id)
-        elif ch.kind == "node_removed" and ch.node_id:
+        elif ch.kind is ChangeKind.NODE_REMOVED and ch.node_id:
             self.wanted.pop(ch.node_id, None)
 
     def refresh(self, node_id: str) -> None:
@@ -121,7 +121,7 @@ class LoadImageThumbnails(QObject):
 
     def _load(self, node_id: str, key: tuple[str, str]) -> None:
         try:
-            img = thumbnail(resolve_image_path(key[0]), key[1])
+            img = thumbnail(resolve_image_path(key[0], self.controller.settings.input_path), key[1])
         except Exception:  # a missing or broken file shows no picture; the run says why
             img = QImage()
         with contextlib.suppress(RuntimeError):  # the window closed meanwhile

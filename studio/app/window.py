@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,21 @@ from studio.errors import StudioError
 from studio.graph.fileformat import load_workflow, save_workflow
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
+from studio.settings import Settings as StudioSettings
 
 ORG_NAME = "Studio"
 APP_NAME = "Studio"
 AUTOSAVE_MS = 4000
 MAX_RECENT = 10
 FILE_FILTER = "Studio workflows (*.json);;All files (*)"
+
+
+class UnsavedAnswer(StrEnum):
+    """What to do with unsaved changes before the document goes."""
+
+    SAVE = "save"
+    DISCARD = "discard"
+    CANCEL = "cancel"
 
 
 def app_settings() -> QSettings:
@@ -50,6 +60,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         workflow: Workflow | None = None,
         *,
         settings: QSettings | None = None,
+        studio_settings: StudioSettings | None = None,
         recovery: RecoveryStore | None = None,
         autosave: bool = True,
     ):
@@ -63,7 +74,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         self._changes = 0
         self._autosaved_at = -1
         wf = workflow or Workflow(registry)
-        self.controller = Controller(wf, registry, self)
+        self.controller = Controller(wf, registry, self, settings=studio_settings)
         self.scene = GraphScene(self.controller)
         self.view = GraphView(self.scene, self)
         self.setCentralWidget(self.view)
@@ -315,7 +326,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
 
     def save_to(self, path: Path) -> bool:
         wf = self.controller.wf
-        wf.layout.viewport = self.view.viewport_state()
+        wf.set_viewport(self.view.viewport_state())
         try:
             save_workflow(wf, path)
         except OSError as exc:
@@ -335,13 +346,13 @@ class MainWindow(RunWindowMixin, QMainWindow):
         """True when it is fine to drop the current document (saved, discarded or clean)."""
         if not self.is_dirty:
             return True
-        answer = self.ask_unsaved()
-        if answer == "save":
+        answer = UnsavedAnswer(self.ask_unsaved())
+        if answer is UnsavedAnswer.SAVE:
             return self.save()
-        return answer == "discard"
+        return answer is UnsavedAnswer.DISCARD
 
     # Dialogs are methods so tests can answer them.
-    def ask_unsaved(self) -> str:
+    def ask_unsaved(self) -> UnsavedAnswer:
         name = self.path.name if self.path else "Untitled"
         box = QMessageBox(
             QMessageBox.Icon.Warning,
@@ -355,9 +366,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
         box.setInformativeText("Save them before closing?")
         result = box.exec()
         return {
-            QMessageBox.StandardButton.Save: "save",
-            QMessageBox.StandardButton.Discard: "discard",
-        }.get(QMessageBox.StandardButton(result), "cancel")
+            QMessageBox.StandardButton.Save: UnsavedAnswer.SAVE,
+            QMessageBox.StandardButton.Discard: UnsavedAnswer.DISCARD,
+        }.get(QMessageBox.StandardButton(result), UnsavedAnswer.CANCEL)
 
     def ask_save_path(self) -> str:
         start = str(self.path) if self.path else "workflow.json"

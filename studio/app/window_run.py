@@ -6,7 +6,6 @@ Part of :class:`~studio.app.window.MainWindow` (a mixin over its state).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QMimeData, QPointF, Qt
@@ -26,17 +25,11 @@ if TYPE_CHECKING:
     from studio.engine.queue import Job
 
 
-def input_folder() -> Path:
-    from studio.settings import active_settings
-
-    return active_settings().input_path
-
-
 class RunWindowMixin:
     # -- construction -------------------------------------------------------------------------
 
     def _build_run_parts(self) -> None:
-        self.bridge = RunBridge(self.registry, parent=self)
+        self.bridge = RunBridge(self.registry, self.controller.settings, parent=self)
         self.runs = RunView(self.controller, self.scene, self.bridge)
         self.thumbnails = LoadImageThumbnails(self.controller, self.scene)
         self.dragout = DragOut()
@@ -148,7 +141,11 @@ class RunWindowMixin:
             return False
         node = self.controller.wf.get_node(node_id)
         name = str(node.params.get(names[0]) or "")
-        image = read_image(resolve_image_path(name)) if name else QImage()
+        image = (
+            read_image(resolve_image_path(name, self.controller.settings.input_path))
+            if name
+            else QImage()
+        )
         if image.isNull():
             self.show_error("Cannot paint a mask", "Choose an image for this node first.")
             return False
@@ -177,7 +174,9 @@ class RunWindowMixin:
         from studio.app.dragout import png_bytes
         from studio.fsutil import atomic_write_bytes
 
-        path = unique_path(input_folder() / "from_history", f"run{output.job_id}", ".png")
+        path = unique_path(
+            self.controller.settings.input_path / "from_history", f"run{output.job_id}", ".png"
+        )
         atomic_write_bytes(path, png_bytes(output))
         node_id = self._add_image_node(str(path))
         if node_id:
@@ -206,7 +205,7 @@ class RunWindowMixin:
             image = md.imageData()
             if not isinstance(image, QImage) or image.isNull():
                 return False
-            path = unique_path(input_folder() / "pasted", "clipboard", ".png")
+            path = unique_path(self.controller.settings.input_path / "pasted", "clipboard", ".png")
             if not image.save(str(path), "PNG"):
                 self.show_error("Cannot paste the image", f"could not write {path}")
                 return False

@@ -6,13 +6,14 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studio.engine.events import PROGRESS, Event
+from studio.engine.events import Event, EventKind
 from studio.errors import Interrupted
 
 if TYPE_CHECKING:
     from studio.engine.fingerprint import FileFingerprinter
     from studio.engine.models import ModelManager
     from studio.graph.workflow import Workflow
+    from studio.modelfiles import ModelFiles
     from studio.settings import Settings
 
 
@@ -21,7 +22,9 @@ class NodeContext:
 
     Attributes:
         node_id, node_type, title: the node being run.
-        settings: the user's settings (models root, output folder, device).
+        settings: the engine's settings (models root, output folder, device).
+        model_files: the engine's :class:`~studio.modelfiles.ModelFiles` for those
+            settings (``ctx.model_files.resolve("checkpoints", name)``).
         models: the shared :class:`~studio.engine.models.ModelManager`.
         files: the engine's :class:`~studio.engine.fingerprint.FileFingerprinter`.
         workflow: the workflow being run (Save Image embeds it in the PNG).
@@ -35,24 +38,24 @@ class NodeContext:
         node_type: str,
         title: str,
         settings: Settings,
+        model_files: ModelFiles,
         models: ModelManager,
         files: FileFingerprinter,
         workflow: Workflow | None,
         interrupt_flag: threading.Event,
         emit: Callable[[Event], None],
-        device_setting: str = "auto",
         run_info: dict[str, Any] | None = None,
     ):
         self.node_id = node_id
         self.node_type = node_type
         self.title = title
         self.settings = settings
+        self.model_files = model_files
         self.models = models
         self.files = files
         self.workflow = workflow
         self._interrupt = interrupt_flag
         self._emit = emit
-        self._device_setting = device_setting
         self._device: str | None = None
         self.images: list[Any] = []
         self.run_info = run_info if run_info is not None else {}
@@ -63,7 +66,7 @@ class NodeContext:
         if self._device is None:
             from studio.engine.devices import pick_device
 
-            self._device = pick_device(self._device_setting)
+            self._device = pick_device(self.settings.device)
         return self._device
 
     @property
@@ -82,7 +85,7 @@ class NodeContext:
         self.check_interrupt()
         self._emit(
             Event(
-                PROGRESS,
+                EventKind.PROGRESS,
                 node=self.node_id,
                 type=self.node_type,
                 title=self.title,

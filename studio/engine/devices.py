@@ -40,8 +40,36 @@ def default_dtype(device: str) -> Any:
     return torch.float32
 
 
+#: What to try when the GPU (CUDA, MPS) runs out of memory.
+GPU_OUT_OF_MEMORY = (
+    "out of memory: try a smaller image or batch, tiled VAE decode, or set the device to CPU "
+    "in the settings"
+)
+#: What to try when the computer's own memory runs out (on the CPU there is no smaller device).
+CPU_OUT_OF_MEMORY = (
+    "out of memory (the computer's RAM): try a smaller image or batch, tiled VAE decode, "
+    "or close other programs to free memory"
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
+    """Whether ``exc`` means the GPU or the computer ran out of memory."""
+    if is_cpu_out_of_memory(exc):
         return True
     name = type(exc).__name__
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def is_cpu_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's CPU allocator failing (a plain RuntimeError:
+    "DefaultCPUAllocator: can't allocate memory" on Linux and macOS, "DefaultCPUAllocator:
+    not enough memory" on Windows)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return "DefaultCPUAllocator" in text or "can't allocate memory" in text.lower()
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """The advice for an error :func:`is_out_of_memory` accepts, fitting where it ran out."""
+    return CPU_OUT_OF_MEMORY if is_cpu_out_of_memory(exc) else GPU_OUT_OF_MEMORY

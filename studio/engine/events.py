@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-#: Event kinds, in the order they usually happen.
-RUN_STARTED = "run_started"
-NODE_STARTED = "node_started"
-NODE_CACHED = "node_cached"
-PROGRESS = "progress"
-NODE_FINISHED = "node_finished"
-NODE_ERROR = "node_error"
-NODE_SKIPPED = "node_skipped"
-INTERRUPTED = "interrupted"
-RUN_FINISHED = "run_finished"
+
+class EventKind(StrEnum):
+    """What an :class:`Event` reports, in the order they usually happen. The values are
+    what ``Event.to_json()`` and ``studio run --events`` write."""
+
+    RUN_STARTED = "run_started"
+    NODE_STARTED = "node_started"
+    NODE_CACHED = "node_cached"
+    PROGRESS = "progress"
+    NODE_FINISHED = "node_finished"
+    NODE_ERROR = "node_error"
+    NODE_SKIPPED = "node_skipped"
+    INTERRUPTED = "interrupted"
+    RUN_FINISHED = "run_finished"
 
 
 @dataclass(frozen=True)
@@ -22,9 +27,7 @@ class Event:
     """One thing that happened during a run.
 
     Attributes:
-        event: the kind (``node_started``, ``node_cached``, ``progress``,
-            ``node_finished``, ``node_error``, ``node_skipped``, ``interrupted``,
-            ``run_started``, ``run_finished``).
+        event: the kind, an :class:`EventKind`.
         node, type, title: the node concerned (None for run events).
         seconds: for node_finished (the node's time) and run_finished (the run's).
         step, total: for progress.
@@ -34,7 +37,7 @@ class Event:
             the main message).
     """
 
-    event: str
+    event: EventKind
     node: str | None = None
     type: str | None = None
     title: str | None = None
@@ -47,7 +50,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (without the preview image); absent fields are left out."""
-        out: dict[str, Any] = {"event": self.event}
+        out: dict[str, Any] = {"event": str(self.event)}
         for key in ("node", "type", "title", "seconds", "step", "total", "message", "traceback"):
             value = getattr(self, key)
             if value is not None:

@@ -20,24 +20,16 @@ from typing import Any
 from studio.engine.cache import CacheEntry, OutputCache, estimate_nbytes
 from studio.engine.context import NodeContext
 from studio.engine.devices import is_out_of_memory
-from studio.engine.events import (
-    INTERRUPTED,
-    NODE_CACHED,
-    NODE_ERROR,
-    NODE_FINISHED,
-    NODE_SKIPPED,
-    NODE_STARTED,
-    RUN_FINISHED,
-    RUN_STARTED,
-    Event,
-)
+from studio.engine.events import Event, EventKind
 from studio.engine.fingerprint import FileFingerprinter
 from studio.engine.models import ModelManager
-from studio.engine.validate import Problem, WorkflowInvalid, plan_workflow
+from studio.engine.validate import Plan, Problem, WorkflowInvalid, plan_workflow
 from studio.errors import Interrupted, StudioError
-from studio.graph.registry import Registry, default_registry
-from studio.graph.workflow import Workflow
-from studio.settings import Settings, active_settings
+from studio.graph.registry import Registry
+from studio.graph.spec import NodeSpec
+from studio.graph.workflow import Node, Workflow
+from studio.modelfiles import ModelFiles, is_model_kind
+from studio.settings import Settings
 
 EventSink = Callable[[Event], None]
 
@@ -89,20 +81,26 @@ class _Record:
 class Engine:
     """Runs workflows, keeping caches and loaded models between runs.
 
+    ``registry`` gives the node types (the app's: :func:`studio.library.installed_registry`);
+    ``settings`` (default: the user's settings file, read now) give the model folders,
+    the output folder, the device and the budgets. Both belong to this engine alone, so
+    several engines with different settings can live in one process.
+
     Safe to drive from another thread: runs are serialised, and :meth:`interrupt`
     may be called from any thread.
     """
 
     def __init__(
         self,
-        registry: Registry | None = None,
+        registry: Registry,
         *,
         settings: Settings | None = None,
         cache_bytes: int | None = None,
         models: ModelManager | None = None,
     ):
-        self._registry = registry
-        self.settings = settings or active_settings()
+        self.registry = registry
+        self.settings = settings if settings is not None else Settings.load()
+        self.model_files = ModelFiles(self.settings)
         self.cache = OutputCache(
             cache_bytes if cache_bytes is not None else self.settings.cache_bytes
         )
@@ -114,17 +112,11 @@ class Engine:
         self._run_lock = threading.Lock()
         self._records: dict[str, _Record] = {}
 
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = default_registry()
-        return self._registry
-
     # -- public API ---------------------------------------------------------------------
 
     def validate(self, workflow: Workflow) -> list[Problem]:
         """Every problem of the workflow, each naming its node (empty when it can run)."""
-        return plan_workflow(workflow, self.registry).problems
+        return plan_workflow(workflow, self.registry, model_files=self.model_files).problems
 
     def interrupt(self) -> None:
         """Stop the current run at the next progress step (or before the next node)."""
@@ -150,172 +142,129 @@ class Engine:
             finally:
                 self._interrupt.clear()
 
-    # -- internals ----------------------------------------------------------------------
+    # -- one run ------------------------------------------------------------------------
 
     def _run(self, wf: Workflow, emit: EventSink, targets: list[str] | None) -> RunResult:
         t0 = time.perf_counter()
-        plan = plan_workflow(wf, self.registry, targets)
+        plan = plan_workflow(wf, self.registry, targets, model_files=self.model_files)
         blocking = [p for p in plan.problems if p.node_id in plan.needed or not plan.order]
         if blocking:
             raise WorkflowInvalid(blocking)
-        emit(Event(RUN_STARTED))
-        result = RunResult()
-        nodes = {n.id: n for n in wf.nodes}
-        # (node, output) -> (signature, value) or a marker.
-        refs: dict[tuple[str, str], tuple[str, Any] | object] = {}
-        run_info: dict[str, Any] = {}
-
+        emit(Event(EventKind.RUN_STARTED))
+        run = _RunState(wf, plan, emit)
         for nid in plan.order:
-            n = nodes[nid]
-            spec = plan.specs[nid]
-            title = n.title or spec.title
-            if self._interrupt.is_set():
-                result.interrupted = True
+            if self._interrupt.is_set() or not self._run_node(run, nid):
+                run.result.interrupted = True
                 break
-            if n.mute:
-                for out in spec.outputs:
-                    refs[(nid, out.name)] = _MISSING
-                continue
-            if n.bypass:
-                for out_name, in_name in plan.bypass_map.get(nid, {}).items():
-                    lk = plan.inputs[nid].get(in_name) if in_name else None
-                    refs[(nid, out_name)] = (
-                        refs.get((lk.source, lk.output), _MISSING) if lk else _MISSING
-                    )
-                continue
+        run.result.seconds = time.perf_counter() - t0
+        emit(
+            Event(
+                EventKind.RUN_FINISHED,
+                seconds=run.result.seconds,
+                message="interrupted" if run.result.interrupted else None,
+            )
+        )
+        return run.result
 
-            kwargs: dict[str, Any] = {}
-            params: dict[str, Any] = {}
-            input_sigs: dict[str, str] = {}
-            skip: str | None = None
-            failed_upstream = False
-            for inp in spec.inputs:
-                lk = plan.inputs[nid].get(inp.name)
-                if lk is not None:
-                    ref = refs.get((lk.source, lk.output), _MISSING)
-                    if ref is _FAILED:
-                        failed_upstream = True
-                        src = nodes[lk.source]
-                        skip = f"input {inp.name!r} failed upstream ({src.title or plan.specs[src.id].title})"
-                        break
-                    if ref is _MISSING:
-                        if inp.optional:
-                            continue
-                        skip = f"input {inp.name!r} comes from a muted or bypassed node"
-                        break
-                    sig, value = ref  # type: ignore[misc]
-                    kwargs[inp.name] = value
-                    input_sigs[inp.name] = sig
-                elif inp.is_param:
-                    value = n.params.get(inp.name, inp.default)
-                    if value is None and inp.optional:
-                        continue
-                    value = inp.coerce(value)
-                    kwargs[inp.name] = value
-                    params[inp.name] = value
-            if skip is not None:
-                for out in spec.outputs:
-                    refs[(nid, out.name)] = _FAILED if failed_upstream else _MISSING
-                if failed_upstream:
-                    result.errors[nid] = skip
-                emit(Event(NODE_SKIPPED, node=nid, type=n.type, title=title, message=skip))
-                continue
-
-            fingerprint: str | None = None
-            try:
-                if spec.fingerprint is not None:
-                    fingerprint = spec.fingerprint(params, self.files)
-            except Exception as exc:
-                self._fail(result, emit, nid, n.type, title, exc, spec, refs)
-                continue
-            signature = _signature(n.type, spec.version, params, input_sigs, fingerprint)
-            if not spec.deterministic:
-                signature = _signature(n.type, spec.version, params, input_sigs, uuid.uuid4().hex)
-            record = _Record(signature, params, input_sigs, fingerprint)
-
-            entry = self.cache.get(signature)
+    def _run_node(self, run: _RunState, nid: str) -> bool:
+        """Serve one node from the cache or execute it; False when the user stopped the run."""
+        n, spec = run.node(nid), run.plan.specs[nid]
+        if n.mute:
+            run.set_outputs(nid, _MISSING)
+            return True
+        if n.bypass:
+            run.pass_through(nid)
+            return True
+        inputs = run.gather_inputs(nid)
+        if isinstance(inputs, _Skip):
+            run.skip(nid, inputs)
+            return True
+        ctx = self._context(run, nid)
+        try:
+            record = self._sign(spec, inputs, ctx)
+            entry = self.cache.get(record.signature)
             if entry is not None:
-                self._records[nid] = record
-                result.cached.add(nid)
-                emit(Event(NODE_CACHED, node=nid, type=n.type, title=title))
+                run.result.cached.add(nid)
+                run.emit(Event(EventKind.NODE_CACHED, node=nid, type=n.type, title=ctx.title))
             else:
-                reason = self._explain(nid, record, spec.deterministic)
-                result.reasons[nid] = reason
-                emit(Event(NODE_STARTED, node=nid, type=n.type, title=title, message=reason))
-                ctx = NodeContext(
-                    node_id=nid,
-                    node_type=n.type,
-                    title=title,
-                    settings=self.settings,
-                    models=self.models,
-                    files=self.files,
-                    workflow=wf,
-                    interrupt_flag=self._interrupt,
-                    emit=emit,
-                    device_setting=self.settings.device,
-                    run_info=run_info,
-                )
-                started = time.perf_counter()
-                try:
-                    raw = spec.execute(ctx, **kwargs) if spec.execute else {}
-                    outputs = _normalise_outputs(spec, raw)
-                except Interrupted:
-                    result.interrupted = True
-                    emit(Event(INTERRUPTED, node=nid, type=n.type, title=title))
-                    break
-                except Exception as exc:
-                    self._fail(result, emit, nid, n.type, title, exc, spec, refs)
-                    continue
-                seconds = time.perf_counter() - started
-                entry = CacheEntry(outputs, list(ctx.images))
-                entry.nbytes = estimate_nbytes(outputs) + estimate_nbytes(entry.images)
-                self.cache.put(signature, entry)
-                self._records[nid] = record
-                result.ran.add(nid)
-                emit(Event(NODE_FINISHED, node=nid, type=n.type, title=title, seconds=seconds))
+                entry = self._execute(run, nid, record, inputs, ctx)
+        except Interrupted:
+            run.emit(Event(EventKind.INTERRUPTED, node=nid, type=n.type, title=ctx.title))
+            return False
+        except Exception as exc:
+            run.fail(nid, exc)
+            return True
+        self._records[nid] = record
+        run.publish(nid, record.signature, entry)
+        return True
 
-            for out in spec.outputs:
-                refs[(nid, out.name)] = (f"{signature}:{out.name}", entry.outputs.get(out.name))
-            result.outputs[nid] = entry.outputs
-            if spec.output_node and entry.images:
-                result.images.extend(entry.images)
-                result.node_images[nid] = list(entry.images)
-
-        result.seconds = time.perf_counter() - t0
-        emit(
-            Event(
-                RUN_FINISHED,
-                seconds=result.seconds,
-                message="interrupted" if result.interrupted else None,
-            )
+    def _context(self, run: _RunState, nid: str) -> NodeContext:
+        n = run.node(nid)
+        return NodeContext(
+            node_id=nid,
+            node_type=n.type,
+            title=run.title(nid),
+            settings=self.settings,
+            model_files=self.model_files,
+            models=self.models,
+            files=self.files,
+            workflow=run.wf,
+            interrupt_flag=self._interrupt,
+            emit=run.emit,
+            run_info=run.run_info,
         )
-        return result
 
-    def _fail(
-        self,
-        result: RunResult,
-        emit: EventSink,
-        nid: str,
-        ntype: str,
-        title: str,
-        exc: Exception,
-        spec: Any,
-        refs: dict[tuple[str, str], Any],
-    ) -> None:
-        message = _user_message(exc)
-        result.errors[nid] = message
-        for out in spec.outputs:
-            refs[(nid, out.name)] = _FAILED
-        emit(
+    def _sign(self, spec: NodeSpec, inputs: _Inputs, ctx: NodeContext) -> _Record:
+        """The node's cache signature: its type, params, inputs' signatures and the
+        fingerprint of the files it reads (a fresh salt for a non-deterministic node)."""
+        parts: list[str] = []
+        for inp in spec.params:
+            value = inputs.kwargs.get(inp.name)
+            if is_model_kind(inp.file_kind) and isinstance(value, str):
+                path = self.model_files.resolve(inp.file_kind, value)
+                parts.append(self.files.of(path, ctx.check_interrupt))
+        if spec.fingerprint is not None:
+            parts.append(spec.fingerprint(inputs.params, ctx) or "")
+        fingerprint = "|".join(parts) if parts else None
+        salt = None if spec.deterministic else uuid.uuid4().hex
+        signature = _signature(
+            spec.type_id, spec.version, inputs.params, inputs.signatures, fingerprint, salt
+        )
+        return _Record(signature, inputs.params, inputs.signatures, fingerprint)
+
+    def _execute(
+        self, run: _RunState, nid: str, record: _Record, inputs: _Inputs, ctx: NodeContext
+    ) -> CacheEntry:
+        spec = run.plan.specs[nid]
+        reason = self._explain(nid, record, spec.deterministic)
+        run.result.reasons[nid] = reason
+        run.emit(
             Event(
-                NODE_ERROR,
+                EventKind.NODE_STARTED,
                 node=nid,
-                type=ntype,
-                title=title,
-                message=message,
-                traceback="".join(traceback.format_exception(exc)),
+                type=ctx.node_type,
+                title=ctx.title,
+                message=reason,
             )
         )
+        started = time.perf_counter()
+        raw = spec.execute(ctx, **inputs.kwargs) if spec.execute else {}
+        outputs = _normalise_outputs(spec, raw)
+        seconds = time.perf_counter() - started
+        entry = CacheEntry(outputs, list(ctx.images))
+        entry.nbytes = estimate_nbytes(outputs) + estimate_nbytes(entry.images)
+        self.cache.put(record.signature, entry)
+        run.result.ran.add(nid)
+        run.emit(
+            Event(
+                EventKind.NODE_FINISHED,
+                node=nid,
+                type=ctx.node_type,
+                title=ctx.title,
+                seconds=seconds,
+            )
+        )
+        return entry
 
     def _explain(self, nid: str, record: _Record, deterministic: bool) -> str:
         if not deterministic:
@@ -338,6 +287,124 @@ class Engine:
         return "; ".join(reasons)
 
 
+@dataclass
+class _Inputs:
+    """What a node gets: ``kwargs`` for execute, of which ``params`` are its own values,
+    and the signatures of the linked values."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Skip:
+    """A node that cannot run: an input failed upstream, or comes from a muted node."""
+
+    message: str
+    failed_upstream: bool
+
+
+class _RunState:
+    """One run's bookkeeping: each (node, output)'s (signature, value) or marker, the
+    result being built, and the values the run's nodes share."""
+
+    def __init__(self, wf: Workflow, plan: Plan, emit: EventSink):
+        self.wf = wf
+        self.plan = plan
+        self.emit = emit
+        self.result = RunResult()
+        self.run_info: dict[str, Any] = {}
+        self._nodes = {n.id: n for n in wf.nodes}
+        self._refs: dict[tuple[str, str], tuple[str, Any] | object] = {}
+
+    def node(self, nid: str) -> Node:
+        return self._nodes[nid]
+
+    def title(self, nid: str) -> str:
+        return self._nodes[nid].title or self.plan.specs[nid].title
+
+    def set_outputs(self, nid: str, marker: object) -> None:
+        for out in self.plan.specs[nid].outputs:
+            self._refs[(nid, out.name)] = marker
+
+    def pass_through(self, nid: str) -> None:
+        """A bypassed node: each output is the value of its input of the same type."""
+        for out_name, in_name in self.plan.bypass_map.get(nid, {}).items():
+            lk = self.plan.inputs[nid].get(in_name) if in_name else None
+            self._refs[(nid, out_name)] = (
+                self._refs.get((lk.source, lk.output), _MISSING) if lk else _MISSING
+            )
+
+    def gather_inputs(self, nid: str) -> _Inputs | _Skip:
+        """The node's linked values and params (coerced), or why it cannot run."""
+        n, spec = self._nodes[nid], self.plan.specs[nid]
+        got = _Inputs()
+        for inp in spec.inputs:
+            lk = self.plan.inputs[nid].get(inp.name)
+            if lk is not None:
+                ref = self._refs.get((lk.source, lk.output), _MISSING)
+                if ref is _FAILED:
+                    return _Skip(
+                        f"input {inp.name!r} failed upstream ({self.title(lk.source)})", True
+                    )
+                if ref is _MISSING:
+                    if inp.optional:
+                        continue
+                    return _Skip(f"input {inp.name!r} comes from a muted or bypassed node", False)
+                sig, value = ref  # type: ignore[misc]
+                got.kwargs[inp.name] = value
+                got.signatures[inp.name] = sig
+            elif inp.is_param:
+                value = n.params.get(inp.name, inp.default)
+                if value is None and inp.optional:
+                    continue
+                value = inp.coerce(value)
+                got.kwargs[inp.name] = value
+                got.params[inp.name] = value
+        return got
+
+    def skip(self, nid: str, skip: _Skip) -> None:
+        n = self._nodes[nid]
+        self.set_outputs(nid, _FAILED if skip.failed_upstream else _MISSING)
+        if skip.failed_upstream:
+            self.result.errors[nid] = skip.message
+        self.emit(
+            Event(
+                EventKind.NODE_SKIPPED,
+                node=nid,
+                type=n.type,
+                title=self.title(nid),
+                message=skip.message,
+            )
+        )
+
+    def fail(self, nid: str, exc: Exception) -> None:
+        message = _user_message(exc)
+        self.result.errors[nid] = message
+        self.set_outputs(nid, _FAILED)
+        self.emit(
+            Event(
+                EventKind.NODE_ERROR,
+                node=nid,
+                type=self._nodes[nid].type,
+                title=self.title(nid),
+                message=message,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+        )
+
+    def publish(self, nid: str, signature: str, entry: CacheEntry) -> None:
+        """Make a node's outputs (run or cached) available downstream and in the result."""
+        spec = self.plan.specs[nid]
+        for out in spec.outputs:
+            self._refs[(nid, out.name)] = (f"{signature}:{out.name}", entry.outputs.get(out.name))
+        self.result.outputs[nid] = entry.outputs
+        if spec.output_node and entry.images:
+            self.result.images.extend(entry.images)
+            self.result.node_images[nid] = list(entry.images)
+
+
 def _short(v: Any) -> str:
     if v is _MISSING:
         return "unset"
@@ -351,9 +418,10 @@ def _signature(
     params: dict[str, Any],
     inputs: dict[str, str],
     fingerprint: str | None,
+    salt: str | None = None,
 ) -> str:
     payload = json.dumps(
-        [type_id, version, params, inputs, fingerprint],
+        [type_id, version, params, inputs, fingerprint, salt],
         sort_keys=True,
         separators=(",", ":"),
         default=repr,

@@ -13,24 +13,32 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from studio.engine.events import Event
+from studio.engine.events import Event, EventKind
 from studio.engine.validate import Problem, WorkflowInvalid
 
 if TYPE_CHECKING:
     from studio.engine.executor import Engine, RunResult
     from studio.graph.workflow import Workflow
 
-PENDING, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED, INVALID = (
-    "pending",
-    "running",
-    "done",
-    "failed",
-    "interrupted",
-    "cancelled",
-    "invalid",
-)
+
+class JobState(StrEnum):
+    """Where a :class:`Job` is: waiting, running, or one of the ways a job ends."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    INVALID = "invalid"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job has ended (it will not change again)."""
+        return self not in (JobState.PENDING, JobState.RUNNING)
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Job:
     id: int
     workflow: Workflow
     label: str = ""
-    state: str = PENDING
+    state: JobState = JobState.PENDING
     result: RunResult | None = None
     problems: list[Problem] = field(default_factory=list)
     message: str = ""
@@ -50,6 +58,9 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
 
+
+#: Events after which a stop asked for before the run began is asked for again.
+_STOPPABLE = (EventKind.RUN_STARTED, EventKind.NODE_STARTED, EventKind.PROGRESS)
 
 EventCallback = Callable[[Job, Event], None]
 JobCallback = Callable[[Job], None]
@@ -105,7 +116,7 @@ class RunQueue:
             for job in self._pending:
                 if job.id == job_id:
                     self._pending.remove(job)
-                    job.state = CANCELLED
+                    job.state = JobState.CANCELLED
                     job.finished = time.time()
                     self._history.append(job)
                     break
@@ -175,7 +186,7 @@ class RunQueue:
 
     def _forward(self, job: Job) -> Callable[[Event], None]:
         def forward(event: Event) -> None:
-            if job.stop_requested and event.event in ("run_started", "node_started", "progress"):
+            if job.stop_requested and event.event in _STOPPABLE:
                 self.engine.interrupt()
             self.on_event(job, event)
 
@@ -195,23 +206,23 @@ class RunQueue:
                     return
                 job = self._pending.popleft()
                 self._current = job
-            job.state = RUNNING
+            job.state = JobState.RUNNING
             job.started = time.time()
             self.on_job(job)
             try:
                 job.result = self.engine.run(job.workflow, on_event=self._forward(job))
                 if job.result.interrupted:
-                    job.state = INTERRUPTED
+                    job.state = JobState.INTERRUPTED
                 elif job.result.errors:
-                    job.state = FAILED
+                    job.state = JobState.FAILED
                 else:
-                    job.state = DONE
+                    job.state = JobState.DONE
             except WorkflowInvalid as exc:
-                job.state = INVALID
+                job.state = JobState.INVALID
                 job.problems = exc.problems
                 job.message = str(exc)
             except Exception as exc:  # an engine bug must not kill the queue
-                job.state = FAILED
+                job.state = JobState.FAILED
                 job.message = "".join(traceback.format_exception_only(exc)).strip()
             job.finished = time.time()
             with self._cond:

@@ -13,11 +13,12 @@ from typing import Any
 
 import networkx as nx
 
-from studio.errors import StudioError
+from studio.errors import NodeError, StudioError
 from studio.graph.registry import Registry
 from studio.graph.spec import NodeSpec
 from studio.graph.types import ValueType, can_connect
 from studio.graph.workflow import Link, Node, Workflow
+from studio.modelfiles import ModelFiles, is_model_kind
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,18 @@ def bypass_passthrough(spec: NodeSpec, linked: set[str]) -> dict[str, str | None
     return result
 
 
-def plan_workflow(wf: Workflow, registry: Registry, targets: list[str] | None = None) -> Plan:
-    """Validate ``wf`` and work out what runs, in which order."""
+def plan_workflow(
+    wf: Workflow,
+    registry: Registry,
+    targets: list[str] | None = None,
+    *,
+    model_files: ModelFiles | None = None,
+) -> Plan:
+    """Validate ``wf`` and work out what runs, in which order.
+
+    ``model_files`` (the engine's or the window's, for their settings) checks that each
+    model-file param names a file that is there; without it those are not checked.
+    """
     nodes: dict[str, Node] = {n.id: n for n in wf.nodes}
     index = {nid: i for i, nid in enumerate(nodes)}
     g: nx.DiGraph = nx.DiGraph()
@@ -143,7 +154,7 @@ def plan_workflow(wf: Workflow, registry: Registry, targets: list[str] | None = 
                 if not inp.optional:
                     add(n, f"param {inp.name!r} has no value", inp.name)
                 continue
-            problem = check_param(inp, value)
+            problem = check_param(inp, value, model_files)
             if problem:
                 add(n, f"param {inp.name!r}: {problem}", inp.name)
 
@@ -192,14 +203,19 @@ def plan_workflow(wf: Workflow, registry: Registry, targets: list[str] | None = 
     return Plan(g, specs, order, needed, outputs, inputs, bypass_map, problems)
 
 
-def check_param(inp: Any, value: Any) -> str | None:
-    """InputSpec.check, plus: a file choice may also be an absolute path that exists."""
-    if inp.type is ValueType.CHOICE and inp.file_kind is not None and isinstance(value, str):
-        if value in inp.choice_list():
-            return None
-        if value and Path(value).expanduser().is_absolute() and Path(value).expanduser().exists():
-            return None
+def check_param(inp: Any, value: Any, model_files: ModelFiles | None = None) -> str | None:
+    """InputSpec.check, plus: a model-file choice names a weights file or a diffusers
+    folder under the settings' model folders, or by an absolute path."""
+    if inp.type is ValueType.CHOICE and is_model_kind(inp.file_kind) and isinstance(value, str):
         if not value:
             return "no file chosen"
-        return f"file {value!r} not found among the {inp.file_kind} files"
+        if model_files is None:
+            return None
+        try:
+            model_files.resolve(inp.file_kind, value)
+        except NodeError as exc:
+            if Path(value).expanduser().is_absolute():
+                return str(exc)
+            return f"file {value!r} not found among the {inp.file_kind} files"
+        return None
     return inp.check(value)

@@ -121,7 +121,7 @@ def save_workflow(wf: Workflow, path: str | Path) -> None:
 # -- reading ------------------------------------------------------------------------------
 
 
-def load_workflow(path: str | Path, registry: Registry | None = None) -> Workflow:
+def load_workflow(path: str | Path, registry: Registry) -> Workflow:
     """Read a workflow file. Raises WorkflowFileError naming the file on any problem."""
     p = Path(path)
     try:
@@ -165,9 +165,7 @@ def _workflow_text_from_png(raw: bytes, path: str) -> str:
     raise WorkflowFileError(path, "is an image without a workflow inside")
 
 
-def loads_workflow(
-    text: str, *, path: str = "<text>", registry: Registry | None = None
-) -> Workflow:
+def loads_workflow(text: str, *, registry: Registry, path: str = "<text>") -> Workflow:
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except _Bad as exc:
@@ -186,9 +184,7 @@ def _refuse_constant(name: str) -> Any:
     raise _Bad(f"is not valid JSON ({name} is not a JSON number)")
 
 
-def workflow_from_dict(
-    data: Any, *, path: str = "<data>", registry: Registry | None = None
-) -> Workflow:
+def workflow_from_dict(data: Any, *, registry: Registry, path: str = "<data>") -> Workflow:
     try:
         return _from_dict(data, registry)
     except _Bad as exc:
@@ -197,7 +193,7 @@ def workflow_from_dict(
         raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
 
 
-def _from_dict(data: Any, registry: Registry | None) -> Workflow:
+def _from_dict(data: Any, registry: Registry) -> Workflow:
     if not isinstance(data, dict):
         raise _Bad("is not a Studio workflow (expected a JSON object at the top)")
     if data.get("format") != FORMAT_NAME:
@@ -404,14 +400,7 @@ def _parse_layout(layout: dict[str, Any], wf: Workflow) -> None:
 
 def _migrate_node_versions(wf: Workflow) -> None:
     """Bring nodes saved with an older version of their type up to date, step by step."""
-    reg = wf._registry
-    if reg is None:
-        from studio.graph.registry import default_registry
-
-        try:
-            reg = default_registry()
-        except Exception:  # the node library failed to import; keep nodes as they are
-            return
+    reg = wf.registry
     for n in wf._nodes.values():
         spec = reg.get(n.type)
         if spec is None or n.version >= spec.version or spec.migrate is None:

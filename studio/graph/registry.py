@@ -1,4 +1,8 @@
-"""The registry of node types: built-ins from ``nodes/`` and third-party packs.
+"""The registry of node types, and the loading of third-party node packs into one.
+
+This layer knows no node module: the application builds its registry from above
+(:func:`studio.library.installed_registry`: the built-in ``nodes`` package plus every
+pack) and passes it to the workflows and engines that need it.
 
 A third-party node pack is a Python package that declares an entry point in the
 group ``studio.nodes``; the entry point names a module (every :class:`NodeSpec`
@@ -9,8 +13,6 @@ never stops Studio from starting.
 
 from __future__ import annotations
 
-import importlib
-import threading
 from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -126,29 +128,12 @@ def _is_subsequence(needle: str, hay: str) -> bool:
     return all(ch in it for ch in needle)
 
 
-# -- the default registry -------------------------------------------------------------
-
-_default: Registry | None = None
-_default_lock = threading.Lock()
+# -- node packs -----------------------------------------------------------------------
 
 
-def default_registry() -> Registry:
-    """The built-in nodes plus every installed node pack, loaded once."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            reg = Registry()
-            import nodes
-
-            for name in nodes.BUILTIN_MODULES:
-                reg.register_module(importlib.import_module(f"nodes.{name}"))
-            _load_entry_points(reg)
-            _default = reg
-        return _default
-
-
-def _load_entry_points(reg: Registry) -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+def load_entry_points(reg: Registry, group: str = ENTRY_POINT_GROUP) -> None:
+    """Register every installed node pack's specs into ``reg`` (errors into ``load_errors``)."""
+    for ep in entry_points(group=group):
         try:
             target = ep.load()
             if isinstance(target, ModuleType):

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from studio.graph.workflow import Workflow
 
-SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
+
+class SeedControl(StrEnum):
+    """What happens to a seed param after each run."""
+
+    FIXED = "fixed"
+    INCREMENT = "increment"
+    DECREMENT = "decrement"
+    RANDOMIZE = "randomize"
+
+
+SEED_CONTROLS = tuple(SeedControl)
 EXTRA_KEY = "seed_control"
 
 
@@ -37,20 +48,19 @@ def seed_params(wf: Workflow) -> list[tuple[str, str]]:
     return found
 
 
-def seed_control(wf: Workflow, node_id: str, param: str) -> str:
+def seed_control(wf: Workflow, node_id: str, param: str) -> SeedControl:
     modes = wf.get_node(node_id).extra.get(EXTRA_KEY)
     mode = modes.get(param) if isinstance(modes, dict) else None
-    return mode if mode in SEED_CONTROLS else "fixed"
+    return SeedControl(mode) if mode in SEED_CONTROLS else SeedControl.FIXED
 
 
 def set_seed_control(wf: Workflow, node_id: str, param: str, mode: str) -> None:
     if mode not in SEED_CONTROLS:
         raise ValueError(f"seed control must be one of {', '.join(SEED_CONTROLS)}")
-    node = wf.get_node(node_id)
-    modes = node.extra.get(EXTRA_KEY)
+    modes = wf.get_node(node_id).extra.get(EXTRA_KEY)
     modes = dict(modes) if isinstance(modes, dict) else {}
-    modes[param] = mode
-    node.extra[EXTRA_KEY] = modes
+    modes[param] = SeedControl(mode)
+    wf.set_node_extra(node_id, EXTRA_KEY, modes)
 
 
 def advance_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedChange]:
@@ -68,7 +78,7 @@ def next_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedChang
     changes = []
     for node_id, param in seed_params(wf):
         mode = seed_control(wf, node_id, param)
-        if mode == "fixed":
+        if mode is SeedControl.FIXED:
             continue
         node = wf.get_node(node_id)
         spec = wf.registry[node.type]
@@ -78,9 +88,9 @@ def next_seeds(wf: Workflow, rng: random.Random | None = None) -> list[SeedChang
         lo = int(inp.min) if inp.min is not None else 0
         hi = int(inp.max) if inp.max is not None else 2**32 - 1
         old = int(node.params.get(param, inp.default or 0))
-        if mode == "increment":
+        if mode is SeedControl.INCREMENT:
             new = old + 1 if old < hi else lo
-        elif mode == "decrement":
+        elif mode is SeedControl.DECREMENT:
             new = old - 1 if old > lo else hi
         else:
             new = rng.randint(lo, hi)

@@ -14,6 +14,7 @@ by the GUI before torch is loaded. Import heavy libraries inside ``execute``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from typing import Any
 from studio.graph.types import PARAM_TYPES, ValueType
 
 ChoicesSource = Sequence[str] | Callable[[], Sequence[str]]
+#: Lists the files of a kind (``checkpoints``, ``loras``, ...) under the settings in force:
+#: ``studio.modelfiles.ModelFiles.list``. Passed in by whoever holds the settings.
+FileLister = Callable[[str], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class InputSpec:
         default: value used when the param is not set (param types only).
         min, max, step: numeric range and slider step (INT, FLOAT).
         choices: allowed values of a CHOICE input, or a callable that lists them
-            now (model files found on disk, for example).
+            now. Model-file inputs declare ``file_kind`` instead: their choices are the
+            files of that kind under the settings in force (see :meth:`choice_list`).
         tooltip: shown in the GUI and in generated docs.
         optional: the node runs without it (only meaningful for linked types).
         multiline: a STRING edited in a multi-line editor (prompts).
@@ -62,8 +67,11 @@ class InputSpec:
     def is_param(self) -> bool:
         return self.type in PARAM_TYPES
 
-    def choice_list(self) -> list[str]:
+    def choice_list(self, files: FileLister | None = None) -> list[str]:
+        """The allowed values now; a model-file input lists ``files(file_kind)``."""
         if self.choices is None:
+            if self.file_kind is not None and files is not None and self.type is ValueType.CHOICE:
+                return list(files(self.file_kind))
             return []
         items = self.choices() if callable(self.choices) else self.choices
         return list(items)
@@ -145,12 +153,18 @@ class NodeSpec:
         execute: ``execute(ctx, **inputs) -> dict | tuple | value``. ``ctx`` is the
             engine's :class:`~studio.engine.context.NodeContext` (progress,
             interrupt, models, settings). Return a dict by output name, a tuple in
-            output order, or a single value for a one-output node.
+            output order, or a single value for a one-output node. Checked when the
+            spec is made: ``ctx`` first, then a parameter named after each input (or
+            ``**kwargs``), a default for each optional input, no other required
+            parameter; a mismatch is a ValueError naming the node type.
         output_node: an output (Save Image, Preview Image): what the engine runs toward.
         deterministic: False opts out of caching (the node re-runs every time).
-        fingerprint: ``fingerprint(params, files) -> str | None``, for nodes that read
-            files: folds the identity of what they read into the cache signature.
-            ``files`` is the engine's file fingerprinter (``files.of(path)``).
+        fingerprint: ``fingerprint(params, ctx) -> str | None``, for nodes that read
+            files other than their model-file params: folds the identity of what they
+            read into the cache signature. ``ctx`` is the node's context
+            (``ctx.files.of(path)``, ``ctx.settings``, ``ctx.model_files``). Model-file
+            params (``file_kind`` ``checkpoints``, ``loras``, ...) need none: the engine
+            resolves and fingerprints them itself.
         migrate: ``migrate(from_version, params) -> params`` for one version step.
         frontend_only: carries no computation (notes); never executed.
     """
@@ -180,6 +194,13 @@ class NodeSpec:
             raise ValueError(f"node type {self.type_id}: duplicate output names")
         self._input_index.update({i.name: i for i in self.inputs})
         self._output_index.update({o.name: o for o in self.outputs})
+        if self.execute is not None and not self.frontend_only:
+            problems = _signature_problems(self.execute, self.inputs)
+            if problems:
+                raise ValueError(
+                    f"node type {self.type_id}: its execute function does not match its "
+                    f"inputs: {'; '.join(problems)}"
+                )
 
     def input(self, name: str) -> InputSpec | None:
         return self._input_index.get(name)
@@ -191,15 +212,61 @@ class NodeSpec:
     def params(self) -> tuple[InputSpec, ...]:
         return tuple(i for i in self.inputs if i.is_param)
 
-    def default_params(self) -> dict[str, Any]:
+    def default_params(self, files: FileLister | None = None) -> dict[str, Any]:
+        """Values of a new node: each param's default; a choice's first choice (a
+        model-file choice's first file, when ``files`` lists them)."""
         out: dict[str, Any] = {}
         for i in self.params:
             if i.default is not None:
                 out[i.name] = i.default
             elif i.type is ValueType.CHOICE:
-                choices = i.choice_list()
+                choices = i.choice_list(files)
                 out[i.name] = choices[0] if choices else ""
         return out
+
+
+def _signature_problems(fn: Executor, inputs: Sequence[InputSpec]) -> list[str]:
+    """What keeps ``fn(ctx, **inputs)`` from working the way the engine calls it.
+
+    The engine passes ``ctx`` first, then each input by name; an optional input that is
+    unconnected (or a param left unset) is not passed at all, so it needs a default.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []  # a callable Python cannot describe (a builtin): nothing to compare
+    params = list(sig.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].name != "ctx" or params[0].kind not in positional:
+        return ["its first parameter must be ctx"]
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = {p.name: p for p in params[1:] if p.kind in by_keyword}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    declared = {i.name for i in inputs}
+    problems = []
+    missing = [i.name for i in inputs if i.name not in named]
+    if missing and not takes_any:
+        problems.append(f"no parameter for input(s) {', '.join(missing)}")
+    unknown = [
+        p.name
+        for p in params[1:]
+        if p.name not in declared
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if unknown:
+        problems.append(f"required parameter(s) {', '.join(unknown)} are not declared inputs")
+    undefaulted = [
+        i.name
+        for i in inputs
+        if i.optional and i.name in named and named[i.name].default is inspect.Parameter.empty
+    ]
+    if undefaulted:
+        problems.append(
+            f"optional input(s) {', '.join(undefaulted)} need a default (they are left out "
+            "when unconnected)"
+        )
+    return problems
 
 
 def node(

@@ -12,6 +12,7 @@ import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,16 +93,48 @@ class Layout:
     viewport: dict[str, Any] = field(default_factory=dict)
 
 
+class ChangeKind(StrEnum):
+    """What a :class:`Change` reports."""
+
+    NODE_ADDED = "node_added"
+    NODE_REMOVED = "node_removed"
+    LINK_ADDED = "link_added"
+    LINK_REMOVED = "link_removed"
+    PARAM_CHANGED = "param_changed"
+    FLAGS_CHANGED = "flags_changed"
+    TITLE_CHANGED = "title_changed"
+    #: A node's extra field (``name`` is the key, ``node_id`` the node).
+    EXTRA_CHANGED = "extra_changed"
+    #: A node's layout (``node_id``) or a link's reroutes (``link_id``).
+    LAYOUT_CHANGED = "layout_changed"
+    FRAMES_CHANGED = "frames_changed"
+    NOTES_CHANGED = "notes_changed"
+    #: The saved view of the canvas (not an edit: never undone, never re-validated).
+    VIEWPORT_CHANGED = "viewport_changed"
+    #: The whole content was replaced.
+    RESET = "reset"
+
+    @property
+    def is_layout(self) -> bool:
+        """Whether only the layout changed (nothing the engine reads)."""
+        return self in _LAYOUT_KINDS
+
+
+_LAYOUT_KINDS = frozenset(
+    {
+        ChangeKind.LAYOUT_CHANGED,
+        ChangeKind.FRAMES_CHANGED,
+        ChangeKind.NOTES_CHANGED,
+        ChangeKind.VIEWPORT_CHANGED,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Change:
-    """A notification sent to subscribers after every edit.
+    """A notification sent to subscribers after every edit."""
 
-    ``kind`` is one of: node_added, node_removed, link_added, link_removed,
-    param_changed, flags_changed, title_changed, extra_changed (``name`` is the key),
-    layout_changed, frames_changed, notes_changed, reset.
-    """
-
-    kind: str
+    kind: ChangeKind
     node_id: str | None = None
     link_id: str | None = None
     name: str | None = None
@@ -115,11 +148,11 @@ Listener = Callable[[Change], None]
 class Workflow:
     """A workflow: nodes, links between their ports, and layout.
 
-    ``registry`` resolves node types (for defaults, titles and checks); when
-    omitted, the built-in registry is used on first need.
+    ``registry`` resolves node types (for defaults, titles and checks): the app's
+    (:func:`studio.library.installed_registry`) or a test's own.
     """
 
-    def __init__(self, registry: Registry | None = None):
+    def __init__(self, registry: Registry):
         self._registry = registry
         self._nodes: dict[str, Node] = {}
         self._links: dict[str, Link] = {}
@@ -133,10 +166,6 @@ class Workflow:
 
     @property
     def registry(self) -> Registry:
-        if self._registry is None:
-            from studio.graph.registry import default_registry
-
-            self._registry = default_registry()
         return self._registry
 
     @property
@@ -254,7 +283,7 @@ class Workflow:
             raise WorkflowEditError(f"a node with id {node.id!r} already exists")
         self._nodes[node.id] = node
         self.layout.nodes[node.id] = layout or NodeLayout()
-        self._notify(Change("node_added", node_id=node.id))
+        self._notify(Change(ChangeKind.NODE_ADDED, node_id=node.id))
 
     def remove_node(self, node_id: str) -> tuple[Node, NodeLayout, list[Link]]:
         """Remove a node and its links; returns what was removed (for undo)."""
@@ -264,7 +293,7 @@ class Workflow:
             self.remove_link(lk.id)
         del self._nodes[node_id]
         layout = self.layout.nodes.pop(node_id, NodeLayout())
-        self._notify(Change("node_removed", node_id=node_id, old=node))
+        self._notify(Change(ChangeKind.NODE_REMOVED, node_id=node_id, old=node))
         return node, layout, removed_links
 
     def connect(
@@ -303,13 +332,15 @@ class Workflow:
             raise WorkflowEditError(f"input {link.input!r} of node {link.target} is already linked")
         self._links[link.id] = link
         self._link_by_input[key] = link.id
-        self._notify(Change("link_added", link_id=link.id, node_id=link.target))
+        self._notify(Change(ChangeKind.LINK_ADDED, link_id=link.id, node_id=link.target))
 
     def remove_link(self, link_id: str) -> Link:
         link = self._links.pop(link_id)
         del self._link_by_input[(link.target, link.input)]
         self.layout.reroutes.pop(link_id, None)
-        self._notify(Change("link_removed", link_id=link_id, node_id=link.target, old=link))
+        self._notify(
+            Change(ChangeKind.LINK_REMOVED, link_id=link_id, node_id=link.target, old=link)
+        )
         return link
 
     def would_cycle(self, source: str, target: str) -> bool:
@@ -355,7 +386,9 @@ class Workflow:
         if name in n.params and old == value and type(old) is type(value):
             return
         n.params[name] = value
-        self._notify(Change("param_changed", node_id=node_id, name=name, old=old, new=value))
+        self._notify(
+            Change(ChangeKind.PARAM_CHANGED, node_id=node_id, name=name, old=old, new=value)
+        )
 
     def remove_param(self, node_id: str, name: str) -> None:
         """Forget a stored param, so the type's default applies (undo of a first edit)."""
@@ -366,7 +399,7 @@ class Workflow:
         spec = self.registry.get(n.type)
         inp = spec.input(name) if spec else None
         new = inp.default if inp is not None else None
-        self._notify(Change("param_changed", node_id=node_id, name=name, old=old, new=new))
+        self._notify(Change(ChangeKind.PARAM_CHANGED, node_id=node_id, name=name, old=old, new=new))
 
     def set_flags(
         self, node_id: str, *, mute: bool | None = None, bypass: bool | None = None
@@ -378,13 +411,15 @@ class Workflow:
         if bypass is not None:
             n.bypass = bypass
         if (n.mute, n.bypass) != old:
-            self._notify(Change("flags_changed", node_id=node_id, old=old, new=(n.mute, n.bypass)))
+            self._notify(
+                Change(ChangeKind.FLAGS_CHANGED, node_id=node_id, old=old, new=(n.mute, n.bypass))
+            )
 
     def set_title(self, node_id: str, title: str) -> None:
         n = self.get_node(node_id)
         old, n.title = n.title, title
         if old != title:
-            self._notify(Change("title_changed", node_id=node_id, old=old, new=title))
+            self._notify(Change(ChangeKind.TITLE_CHANGED, node_id=node_id, old=old, new=title))
 
     def set_node_extra(self, node_id: str, key: str, value: Any) -> None:
         """Set (or, with ``None``, remove) one of a node's extra fields: data a front end
@@ -396,7 +431,9 @@ class Workflow:
         else:
             node.extra[key] = copy.deepcopy(value)
         if old != value:
-            self._notify(Change("extra_changed", node_id=node_id, name=key, old=old, new=value))
+            self._notify(
+                Change(ChangeKind.EXTRA_CHANGED, node_id=node_id, name=key, old=old, new=value)
+            )
 
     def set_node_layout(self, node_id: str, **changes: Any) -> None:
         """Change a node's layout fields (pos, collapsed, color, pinned, width)."""
@@ -405,32 +442,33 @@ class Workflow:
             if key == "pos":
                 value = (float(value[0]), float(value[1]))
             setattr(lay, key, value)
-        self._notify(Change("layout_changed", node_id=node_id, new=changes))
+        self._notify(Change(ChangeKind.LAYOUT_CHANGED, node_id=node_id, new=changes))
 
     def set_reroutes(self, link_id: str, points: list[tuple[float, float]]) -> None:
-        """Set the reroute points along a link (an empty list removes them)."""
-        if link_id not in self._links:
-            raise WorkflowEditError(f"no link with id {link_id!r}")
+        """Set the reroute points along a link (an empty list removes them, also those of
+        a link that is gone)."""
         pts = [(float(x), float(y)) for x, y in points]
+        if link_id not in self._links and pts:
+            raise WorkflowEditError(f"no link with id {link_id!r}")
         if pts:
             self.layout.reroutes[link_id] = pts
         else:
             self.layout.reroutes.pop(link_id, None)
-        self._notify(Change("layout_changed", link_id=link_id, new=pts))
+        self._notify(Change(ChangeKind.LAYOUT_CHANGED, link_id=link_id, new=pts))
 
     def set_frames(self, frames: list[Frame]) -> None:
         self.layout.frames = list(frames)
-        self._notify(Change("frames_changed"))
+        self._notify(Change(ChangeKind.FRAMES_CHANGED))
 
     def set_notes(self, notes: list[Note]) -> None:
         self.layout.notes = list(notes)
-        self._notify(Change("notes_changed"))
+        self._notify(Change(ChangeKind.NOTES_CHANGED))
 
-    def notify_frames_changed(self) -> None:
-        self._notify(Change("frames_changed"))
-
-    def notify_notes_changed(self) -> None:
-        self._notify(Change("notes_changed"))
+    def set_viewport(self, viewport: dict[str, Any]) -> None:
+        """Remember how the canvas was looking at the workflow (saved with it)."""
+        old, self.layout.viewport = self.layout.viewport, dict(viewport)
+        if old != self.layout.viewport:
+            self._notify(Change(ChangeKind.VIEWPORT_CHANGED, old=old, new=dict(viewport)))
 
     # -- whole-document operations --------------------------------------------------------
 
@@ -441,7 +479,7 @@ class Workflow:
         self._link_by_input = other._link_by_input
         self.layout = other.layout
         self.extra = other.extra
-        self._notify(Change("reset"))
+        self._notify(Change(ChangeKind.RESET))
 
     def copy(self) -> Workflow:
         from studio.graph.fileformat import workflow_from_dict, workflow_to_dict
@@ -486,6 +524,7 @@ def param_value(node: Node, spec: NodeSpec, name: str) -> Any:
 
 __all__ = [
     "Change",
+    "ChangeKind",
     "Frame",
     "Layout",
     "Link",

@@ -7,6 +7,7 @@ When zoomed out, a node is drawn as two rectangles (level of detail).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QPointF, QRectF, Qt
@@ -34,6 +35,8 @@ from studio.app.canvas.shape import (
     build_shape,
     shape_for_spec,
 )
+from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
+from studio.graph.seeds import SeedControl
 from studio.graph.spec import InputSpec, NodeSpec
 from studio.graph.types import TYPE_COLORS, ValueType, can_connect
 from studio.graph.workflow import Node, NodeLayout
@@ -47,16 +50,65 @@ LOD_TEXT = 0.5
 #: Room under a node for its run message (time, error), inside its bounds.
 MESSAGE_H = 46.0
 #: Short marks for seed controls, shown beside the seed's name.
-SEED_MARKS = {"increment": "+1", "decrement": "−1", "randomize": "random"}
+SEED_MARKS = {
+    SeedControl.INCREMENT: "+1",
+    SeedControl.DECREMENT: "−1",
+    SeedControl.RANDOMIZE: "random",
+}
+
+
+class HitKind(StrEnum):
+    """The part of a node a point is on."""
+
+    PORT_IN = "port_in"
+    PORT_OUT = "port_out"
+    PARAM = "param"
+    COLLAPSE = "collapse"
+    BADGE = "badge"
+    TITLE = "title"
+    IMAGE = "image"
+    BODY = "body"
+
+
+class ParamZone(StrEnum):
+    """The part of a param field a point is on: its arrows, its dice, or the field itself."""
+
+    FIELD = "field"
+    DEC = "dec"
+    INC = "inc"
+    DICE = "dice"
+
+
+class RunState(StrEnum):
+    """A node's part in the last run, as its outline shows it."""
+
+    IDLE = ""  # not part of a run
+    WAITING = "waiting"
+    RUNNING = "running"
+    CACHED = "cached"
+    DONE = "done"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    STOPPED = "stopped"
+
+
+#: States whose message (time, error, reason) is written under the node.
+_STATES_WITH_MESSAGE = (
+    RunState.DONE,
+    RunState.ERROR,
+    RunState.CACHED,
+    RunState.SKIPPED,
+    RunState.STOPPED,
+)
 
 
 @dataclass(frozen=True)
 class Hit:
     """What a point on a node is: a port, a param field (and which zone of it), the title."""
 
-    kind: str  # port_in, port_out, param, collapse, badge, title, image, body
+    kind: HitKind
     name: str | None = None
-    zone: str | None = None  # for params: dec, inc, dice, field
+    zone: ParamZone | None = None  # for params
 
 
 class _Style:
@@ -91,13 +143,13 @@ class _Style:
         cls.badge = QBrush(QColor(theme.ERROR))
         cls.bypass_brush = QBrush(QColor(160, 92, 200, 70))
         cls.state_pens = {
-            "running": QPen(QColor("#4fc3f7"), 2.5),
-            "waiting": QPen(QColor("#6b7785"), 1.5, Qt.PenStyle.DashLine),
-            "cached": QPen(QColor("#8bc34a"), 1.5),
-            "done": QPen(QColor("#8bc34a"), 2.0),
-            "error": QPen(QColor(theme.ERROR), 2.5),
-            "skipped": QPen(QColor("#8a6d3b"), 1.5, Qt.PenStyle.DashLine),
-            "stopped": QPen(QColor("#ffb74d"), 2.0),
+            RunState.RUNNING: QPen(QColor("#4fc3f7"), 2.5),
+            RunState.WAITING: QPen(QColor("#6b7785"), 1.5, Qt.PenStyle.DashLine),
+            RunState.CACHED: QPen(QColor("#8bc34a"), 1.5),
+            RunState.DONE: QPen(QColor("#8bc34a"), 2.0),
+            RunState.ERROR: QPen(QColor(theme.ERROR), 2.5),
+            RunState.SKIPPED: QPen(QColor("#8a6d3b"), 1.5, Qt.PenStyle.DashLine),
+            RunState.STOPPED: QPen(QColor("#ffb74d"), 2.0),
         }
         cls.ready = True
 
@@ -145,7 +197,7 @@ class NodeItem(QGraphicsItem):
         self.linked: set[str] = set()
         self.problems: list[str] = []
         self.drag_hint: tuple[ValueType, bool] | None = None
-        self.run_state = ""  # waiting, running, cached, done, error (issue 7)
+        self.run_state = RunState.IDLE
         self.progress: float | None = None
         self.run_message = ""
         self.run_reason = ""  # why it re-ran in the last run (shown on hover)
@@ -232,35 +284,35 @@ class NodeItem(QGraphicsItem):
         reach = PORT_R + 5
         for port in s.outputs.values():
             if abs(x - port.pos.x()) <= reach and abs(y - port.pos.y()) <= reach:
-                return Hit("port_out", port.name)
+                return Hit(HitKind.PORT_OUT, port.name)
         for port in s.inputs.values():
             hidden = port.is_param and not self._shows_param_port(port.name)
             if hidden and not self.layout.collapsed and x > reach:
                 continue
             if abs(x - port.pos.x()) <= reach and abs(y - port.pos.y()) <= reach:
-                return Hit("port_in", port.name)
+                return Hit(HitKind.PORT_IN, port.name)
         if not self.image_rect.isEmpty() and self.image_rect.contains(local):
-            return Hit("image")
+            return Hit(HitKind.IMAGE)
         if y < TITLE_H:
             if x < 22:
-                return Hit("collapse")
+                return Hit(HitKind.COLLAPSE)
             if self.problems and x > s.width - 24:
-                return Hit("badge")
-            return Hit("title")
+                return Hit(HitKind.BADGE)
+            return Hit(HitKind.TITLE)
         for name, f in s.params.items():
             if f.rect.contains(local):
                 if name in self.linked:
-                    return Hit("body")
-                zone = "field"
+                    return Hit(HitKind.BODY)
+                zone = ParamZone.FIELD
                 if f.spec.type in (ValueType.INT, ValueType.FLOAT):
                     if f.spec.seed and x > f.rect.right() - DICE_W:
-                        zone = "dice"
+                        zone = ParamZone.DICE
                     elif x < f.rect.left() + ARROW_W:
-                        zone = "dec"
+                        zone = ParamZone.DEC
                     elif x > f.rect.right() - ARROW_W - (DICE_W if f.spec.seed else 0):
-                        zone = "inc"
-                return Hit("param", name, zone)
-        return Hit("body")
+                        zone = ParamZone.INC
+                return Hit(HitKind.PARAM, name, zone)
+        return Hit(HitKind.BODY)
 
     def _shows_param_port(self, name: str) -> bool:
         if name in self.linked:
@@ -288,7 +340,7 @@ class NodeItem(QGraphicsItem):
         lines = list(self.problems)
         if self.run_reason:
             lines.append(f"Re-ran: {self.run_reason}")
-        if self.run_state == "error" and self.run_message:
+        if self.run_state is RunState.ERROR and self.run_message:
             lines.append(f"Failed: {self.run_message}")
         self.setToolTip("\n".join(lines))
 
@@ -308,7 +360,9 @@ class NodeItem(QGraphicsItem):
             self.drag_hint = hint
             self.update()
 
-    def set_run_state(self, state: str, progress: float | None = None, message: str = "") -> None:
+    def set_run_state(
+        self, state: RunState, progress: float | None = None, message: str = ""
+    ) -> None:
         changed = (state, message) != (self.run_state, self.run_message)
         self.run_state, self.progress, self.run_message = state, progress, message
         if changed:
@@ -400,7 +454,7 @@ class NodeItem(QGraphicsItem):
         )
         if self.problems:
             self._paint_badge(painter, QPointF(s.width - 13, TITLE_H / 2))
-        if self.progress is not None and self.run_state == "running":
+        if self.progress is not None and self.run_state is RunState.RUNNING:
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(QColor("#4fc3f7"))
             painter.drawRect(
@@ -422,15 +476,10 @@ class NodeItem(QGraphicsItem):
         if self.image is not None and not self.image_rect.isEmpty():
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawPixmap(self.image_rect, self.image, QRectF(self.image.rect()))
-        if self.run_message and self.run_state in (
-            "done",
-            "error",
-            "cached",
-            "skipped",
-            "stopped",
-        ):
+        if self.run_message and self.run_state in _STATES_WITH_MESSAGE:
             painter.setFont(_Style.small_font)
-            painter.setPen(QColor(theme.ERROR) if self.run_state == "error" else _Style.dim.color())
+            error = self.run_state is RunState.ERROR
+            painter.setPen(QColor(theme.ERROR) if error else _Style.dim.color())
             painter.drawText(
                 QRectF(2, s.height + 3, s.width - 4, MESSAGE_H - 4),
                 Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
@@ -532,7 +581,7 @@ class NodeItem(QGraphicsItem):
         label_rect = r.adjusted(8, 0, -8, 0)
         label = name.replace("_", " ")
         if spec.seed:
-            modes = self.node.extra.get("seed_control")
+            modes = self.node.extra.get(SEED_EXTRA_KEY)
             mark = SEED_MARKS.get(modes.get(name, "") if isinstance(modes, dict) else "")
             if mark:
                 label = f"{label} · {mark}"

@@ -12,10 +12,10 @@ from studio.app import theme
 from studio.app.binding import follow
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.link_item import LinkItem, RerouteItem
-from studio.app.canvas.node_item import NodeItem
+from studio.app.canvas.node_item import NodeItem, RunState
 from studio.app.controller import Controller
 from studio.graph.types import ValueType
-from studio.graph.workflow import Change, Workflow
+from studio.graph.workflow import Change, ChangeKind, Workflow
 
 SCENE_EXTENT = 200_000.0
 
@@ -133,33 +133,38 @@ class GraphScene(QGraphicsScene):
     def _on_change(self, ch: Change) -> None:
         kind = ch.kind
         self._overview = None
-        if kind == "node_added":
+        if kind is ChangeKind.NODE_ADDED:
             self._add_node_item(ch.node_id)  # type: ignore[arg-type]
-        elif kind == "node_removed":
+        elif kind is ChangeKind.NODE_REMOVED:
             item = self.nodes.pop(ch.node_id, None)  # type: ignore[arg-type]
             if item is not None:
                 self.removeItem(item)
             self._links_of.pop(ch.node_id, None)  # type: ignore[arg-type]
-        elif kind == "link_added":
+        elif kind is ChangeKind.LINK_ADDED:
             self._add_link_item(ch.link_id)  # type: ignore[arg-type]
-        elif kind == "link_removed":
+        elif kind is ChangeKind.LINK_REMOVED:
             old = ch.old
             self._remove_link_item(ch.link_id, old.target, old.input)  # type: ignore[arg-type]
-        elif kind in ("param_changed", "flags_changed", "title_changed", "extra_changed"):
+        elif kind in (
+            ChangeKind.PARAM_CHANGED,
+            ChangeKind.FLAGS_CHANGED,
+            ChangeKind.TITLE_CHANGED,
+            ChangeKind.EXTRA_CHANGED,
+        ):
             item = self.nodes.get(ch.node_id)  # type: ignore[arg-type]
             if item is not None:
                 item._elided.clear()
                 item.update()
-        elif kind == "layout_changed":
+        elif kind is ChangeKind.LAYOUT_CHANGED:
             if ch.node_id is not None:
                 self._apply_node_layout(ch.node_id)
             elif ch.link_id is not None:
                 self._sync_reroutes(ch.link_id)
-        elif kind == "frames_changed":
+        elif kind is ChangeKind.FRAMES_CHANGED:
             self._rebuild_frames()
-        elif kind == "notes_changed":
+        elif kind is ChangeKind.NOTES_CHANGED:
             self._rebuild_notes()
-        elif kind == "reset":
+        elif kind is ChangeKind.RESET:
             self.rebuild()
 
     def _apply_node_layout(self, node_id: str) -> None:
@@ -298,17 +303,17 @@ class GraphScene(QGraphicsScene):
             item.set_drag_hint(hint)
 
     def set_run_state(
-        self, node_id: str, state: str, progress: float | None = None, message: str = ""
+        self, node_id: str, state: RunState, progress: float | None = None, message: str = ""
     ) -> None:
-        """Show a node's run state (waiting, running, cached, done, error); for runs."""
+        """Show a node's part in a run (waiting, running, cached, done, error, ...)."""
         item = self.nodes.get(node_id)
         if item is not None:
             item.set_run_state(state, progress, message)
 
     def clear_run_states(self) -> None:
         for item in self.nodes.values():
-            if item.run_state or item.run_reason:
-                item.set_run_state("")
+            if item.run_state is not RunState.IDLE or item.run_reason:
+                item.set_run_state(RunState.IDLE)
                 item.set_run_reason("")
 
     def set_node_image(self, node_id: str, image: QImage | None) -> None:

@@ -27,7 +27,7 @@ from studio.app import theme
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.editors import InlineEditor
 from studio.app.canvas.link_item import CutLine, DragWire, LinkItem, RerouteItem, wire_path
-from studio.app.canvas.node_item import LOD_SIMPLE, NodeItem
+from studio.app.canvas.node_item import LOD_SIMPLE, HitKind, NodeItem, ParamZone
 from studio.app.canvas.scene import GraphScene
 from studio.app.canvas.view_editing import EditingMixin, _ParamDrag
 from studio.app.canvas.view_menus import NODE_TYPE_MIME, MenusMixin
@@ -272,19 +272,20 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
             item = self._item_at(pos)
             if isinstance(item, NodeItem):
                 hit = item.hit(item.mapFromScene(pos))
-                if hit.kind == "port_out":
+                if hit.kind is HitKind.PORT_OUT:
                     self._begin_wire(item, hit.name, True, pos)  # type: ignore[arg-type]
                     return
-                if hit.kind == "port_in":
+                if hit.kind is HitKind.PORT_IN:
                     self._begin_wire_from_input(item, hit.name, pos)  # type: ignore[arg-type]
                     return
-                if hit.kind == "param":
+                if hit.kind is HitKind.PARAM:
                     if not item.isSelected():
                         self.graph.clearSelection()
                         item.setSelected(True)
-                    self._begin_param(item, hit.name, hit.zone or "field", pos)  # type: ignore[arg-type]
+                    zone = hit.zone or ParamZone.FIELD
+                    self._begin_param(item, hit.name, zone, pos)  # type: ignore[arg-type]
                     return
-                if hit.kind == "collapse":
+                if hit.kind is HitKind.COLLAPSE:
                     self.controller.toggle_collapse([item.node_id])
                     return
                 if mods & Qt.KeyboardModifier.ShiftModifier:
@@ -360,11 +361,11 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         item = self._item_at(pos)
         if isinstance(item, NodeItem):
             hit = item.hit(item.mapFromScene(pos))
-            if hit.kind == "title":
+            if hit.kind is HitKind.TITLE:
                 self.rename_node(item)
-            elif hit.kind == "image":
+            elif hit.kind is HitKind.IMAGE:
                 self.image_activated.emit(item.node_id)
-            elif hit.kind == "param":
+            elif hit.kind is HitKind.PARAM:
                 self._edit_param_text(item, hit.name)  # type: ignore[arg-type]
             return
         if isinstance(item, RerouteItem):
@@ -509,10 +510,10 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         if node is None or node.node_id == w.node_id:
             return None
         hit = node.hit(node.mapFromScene(pos))
-        want = "port_in" if w.from_output else "port_out"
-        if hit.kind == want:
+        want = HitKind.PORT_IN if w.from_output else HitKind.PORT_OUT
+        if hit.kind is want:
             return node, hit.name  # type: ignore[return-value]
-        if hit.kind.startswith("port"):
+        if hit.kind in (HitKind.PORT_IN, HitKind.PORT_OUT):
             return None
         # Released on a node's body: take its first port that fits, a free one first.
         ports = node.shape_.inputs if w.from_output else node.shape_.outputs
@@ -554,11 +555,11 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
             self._wire = None
             if target is None:
                 hit = node.hit(node.mapFromScene(pos))
-                if hit.kind in ("port_in", "port_out") and hit.name:
+                if hit.kind in (HitKind.PORT_IN, HitKind.PORT_OUT) and hit.name:
                     # An explicit port of the wrong type: say why nothing happened.
-                    if w.from_output and hit.kind == "port_in":
+                    if w.from_output and hit.kind is HitKind.PORT_IN:
                         self.controller.connect(w.node_id, w.port, node.node_id, hit.name)
-                    elif not w.from_output and hit.kind == "port_out":
+                    elif not w.from_output and hit.kind is HitKind.PORT_OUT:
                         self.controller.connect(node.node_id, hit.name, w.node_id, w.port)
                 else:
                     self.controller.message.emit(

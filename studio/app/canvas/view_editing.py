@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QMenu
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.editors import InlineEditor, parse_number
 from studio.app.canvas.link_item import LinkItem
-from studio.app.canvas.node_item import NodeItem
+from studio.app.canvas.node_item import NodeItem, ParamZone
 from studio.app.canvas.shape import ARROW_W, DICE_W, TITLE_H
 from studio.graph.types import ValueType
 
@@ -27,7 +27,7 @@ class _ParamDrag:
         self,
         node_id: str,
         name: str,
-        zone: str,
+        zone: ParamZone,
         press_x: float,
         start: Any,
         gesture: int,
@@ -42,7 +42,7 @@ class _ParamDrag:
 class EditingMixin:
     # -- params -----------------------------------------------------------------------------
 
-    def _begin_param(self, item: NodeItem, name: str, zone: str, pos: QPointF) -> None:
+    def _begin_param(self, item: NodeItem, name: str, zone: ParamZone, pos: QPointF) -> None:
         f = item.shape_.params[name]
         value = item.node.params.get(name, f.spec.default)
         self._param = _ParamDrag(
@@ -91,11 +91,11 @@ class EditingMixin:
         elif t in (ValueType.INT, ValueType.FLOAT):
             step = inp.step or (1 if t is ValueType.INT else 0.01)
             base = value if isinstance(value, int | float) else 0
-            if p.zone == "dice":
+            if p.zone is ParamZone.DICE:
                 self.controller.set_param(p.node_id, p.name, _fit(inp, random.randint(0, SEED_MAX)))
-            elif p.zone == "dec":
+            elif p.zone is ParamZone.DEC:
                 self.controller.set_param(p.node_id, p.name, _fit(inp, base - step))
-            elif p.zone == "inc":
+            elif p.zone is ParamZone.INC:
                 self.controller.set_param(p.node_id, p.name, _fit(inp, base + step))
             else:
                 self._edit_param_text(item, p.name)
@@ -145,7 +145,7 @@ class EditingMixin:
             return
         menu = QMenu(self)
         current = item.node.params.get(name, inp.default)
-        choices = inp.choice_list()
+        choices = inp.choice_list(self.controller.model_files.list)
         if not choices:
             act = menu.addAction("(nothing to choose from)")
             act.setEnabled(False)
