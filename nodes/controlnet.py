@@ -74,6 +74,9 @@ def _single_file_config(path: Path) -> dict[str, Any]:
 
     if path.suffix.lower() not in (".safetensors", ".sft"):
         raise NodeError(f"{path.name}: single-file ControlNets must be .safetensors")
+    from nodes.sdload import read_safetensors_header
+
+    read_safetensors_header(path, path.name)  # a damaged file: a clear message
     try:
         with safe_open(str(path), "pt") as f:
             keys = list(f.keys())

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
+import math
+import re
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from studio.errors import NodeError
+from studio.errors import NodeError, StudioError
+from studio.fsutil import regular_file
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
 from studio.modelfiles import RESOURCES
 
 #: Example images shipped with Studio (the default workflows load them by name).
 EMBEDDED_IMAGES = RESOURCES / "images"
+
+#: The most pixels an image may have to be decoded (as many as 8192 x 8192: a 45 Mpx
+#: camera's photos fit), checked from the file's header first. A PNG of one colour that
+#: size is a few kB on disk, and Load Image needs ~24 bytes a pixel (RGB) to ~44 (RGBA)
+#: while it converts one: 1.6 to 3 GiB at this limit.
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: The largest image file Load Image reads or hashes (an uncompressed 8192 x 8192 RGBA
+#: TIFF is 256 MiB).
+MAX_IMAGE_FILE_BYTES = 512 * 2**20
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -39,36 +51,95 @@ A1111_SAMPLER_NAMES = {
 }
 
 
+def inside_folder(folder: Path | str, name: str | Path) -> Path:
+    """``folder / name``, for a relative ``name`` that must stay inside ``folder``.
+
+    Raises NodeError when ``..`` or a symbolic link leads out of the folder.
+    """
+    base = Path(folder).expanduser()
+    joined = base / name
+    root = base.resolve()
+    if not joined.resolve().is_relative_to(root):
+        raise NodeError(
+            f"image {str(name)!r} leads out of the folder it is relative to ({base}); "
+            "name a file inside that folder, or give an absolute path"
+        )
+    return joined
+
+
 def resolve_image_path(name: str, input_folder: Path | str) -> Path:
     """Where Load Image finds ``name``: a path as it is; a relative name in the input
     folder (``settings.input_path``), else among the example images shipped in
     ``resources/images`` (as the embedded models are found beside the user's). A name
-    found nowhere gives its place in the input folder."""
+    found nowhere gives its place in the input folder. A relative name that leads out
+    of its folder raises NodeError."""
     p = Path(name).expanduser()
     if p.is_absolute():
         return p
-    user = Path(input_folder) / p
+    user = inside_folder(input_folder, p)
     if user.is_file():
         return user
-    example = EMBEDDED_IMAGES / p
+    example = inside_folder(EMBEDDED_IMAGES, p)
     return example if example.is_file() else user
 
 
-def image_path(ctx_settings: Any, name: str) -> Path:
+def checked_image_file(name: str, input_folder: Path | str) -> Path:
+    """The image file Load Image reads for ``name``, once it is known to be a regular file
+    of a sane size: what both its fingerprint and its run read, so neither ever opens a
+    device, a pipe or a file outside the folder a relative name is relative to."""
     if not name:
         raise NodeError("no image chosen")
-    p = resolve_image_path(name, ctx_settings.input_path)
-    if not p.is_file():
+    p = resolve_image_path(name, input_folder)
+    if not p.exists():
         where = "" if Path(name).expanduser().is_absolute() else f" (nor in {EMBEDDED_IMAGES})"
         raise NodeError(f"image file not found: {p}{where}")
+    try:
+        regular_file(p, what="image file", max_bytes=MAX_IMAGE_FILE_BYTES)
+    except StudioError as exc:
+        raise NodeError(f"image {name!r}: {exc}") from None
     return p
+
+
+def image_path(ctx_settings: Any, name: str) -> Path:
+    return checked_image_file(name, ctx_settings.input_path)
 
 
 def _image_fingerprint(params: dict[str, Any], ctx: Any) -> str:
     # The same file the node will read, so a user image that appears with an example's
     # name re-runs the node.
-    path = resolve_image_path(params.get("image", ""), ctx.settings.input_path)
+    path = checked_image_file(params.get("image", ""), ctx.settings.input_path)
     return ctx.files.of(path, ctx.check_interrupt)
+
+
+def _too_large(what: str, pixels: str) -> NodeError:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    return NodeError(
+        f"{what} is {pixels}; Studio reads images of at most {MAX_IMAGE_PIXELS:,} pixels "
+        f"(as many as {side}x{side}). Scale it down first"
+    )
+
+
+def open_image(source: Any, what: str) -> Any:
+    """``PIL.Image.open(source)``, refused with a NodeError naming ``what`` when the header
+    gives more than :data:`MAX_IMAGE_PIXELS`, before any pixel is decoded. Use it as a
+    context manager, as ``Image.open``; its decoding errors pass through."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Studio's own limit decides below; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(
+            what, f"{int(found[1]):,} pixels" if found else "too large to decode"
+        ) from None
+    width, height = im.size
+    if width * height > MAX_IMAGE_PIXELS:
+        im.close()
+        raise _too_large(what, f"{width}x{height} ({width * height:,} pixels)")
+    return im
 
 
 @node(
@@ -114,11 +185,11 @@ def _image_fingerprint(params: dict[str, Any], ctx: Any) -> str:
 def load_image(ctx, image: str, mask: str = "") -> tuple:
     import numpy as np
     import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     path = image_path(ctx.settings, image)
     try:
-        with Image.open(path) as im:
+        with open_image(path, f"image {image!r}: {path.name}") as im:
             im.seek(0)
             im = ImageOps.exif_transpose(im)
             has_alpha = im.mode in ("RGBA", "LA", "PA") or (
@@ -127,8 +198,10 @@ def load_image(ctx, image: str, mask: str = "") -> tuple:
             rgba = im.convert("RGBA") if has_alpha else im.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise NodeError(f"cannot read image {path.name}: {exc}") from None
-    arr = np.asarray(rgba, dtype=np.float32) / 255.0
-    pixels = torch.from_numpy(arr[..., :3].copy())[None]
+    # In place and without a copy where there is no alpha: a large image's peak memory.
+    arr = np.asarray(rgba, dtype=np.float32)
+    arr /= 255.0
+    pixels = torch.from_numpy(np.ascontiguousarray(arr[..., :3]))[None]
     if mask:
         return pixels, decode_mask(mask, (arr.shape[1], arr.shape[0]))
     if has_alpha:
@@ -146,20 +219,21 @@ def decode_mask(data: str, size: tuple[int, int]) -> Any:
 
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as im:
+        with open_image(io.BytesIO(raw), "the painted mask") as im:
+            # Compared before decoding: a mask's size can only be its image's.
+            if im.size != size:
+                raise NodeError(
+                    f"the painted mask is {im.size[0]}x{im.size[1]} but the image is "
+                    f"{size[0]}x{size[1]}; paint the mask again for this image"
+                )
             im.load()
             gray = im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("L")
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
         raise NodeError(f"the painted mask cannot be read ({exc}); paint it again") from None
-    if gray.size != size:
-        raise NodeError(
-            f"the painted mask is {gray.size[0]}x{gray.size[1]} but the image is "
-            f"{size[0]}x{size[1]}; paint the mask again for this image"
-        )
     arr = np.asarray(gray, dtype=np.float32) / 255.0
     return torch.from_numpy(arr.copy())[None]
 
@@ -216,7 +290,7 @@ def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
 
     from PIL.PngImagePlugin import PngInfo
 
-    from studio.fsutil import atomic_write_bytes
+    from studio.fsutil import write_numbered
 
     folder, stem = _output_target(Path(ctx.settings.output_path), filename_prefix)
     pils = to_pil(images)
@@ -231,8 +305,8 @@ def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
             info.add_text("parameters", params)
         buf = io.BytesIO()
         im.save(buf, format="PNG", pnginfo=info, compress_level=4)
-        target = _reserve(folder, stem)
-        atomic_write_bytes(target, buf.getvalue())
+        # Never an empty, partial or replaced file, even when the process is killed.
+        target = write_numbered(folder, stem, ".png", buf.getvalue())
         saved.append(str(target))
         im.info["studio_path"] = str(target)  # where it went (the CLI lists saved files)
     ctx.run_info.setdefault("saved", []).extend(saved)
@@ -248,27 +322,6 @@ def _output_target(root: Path, prefix: str) -> tuple[Path, str]:
     folder = root.joinpath(*parts[:-1])
     folder.mkdir(parents=True, exist_ok=True)
     return folder, parts[-1]
-
-
-def _reserve(folder: Path, stem: str) -> Path:
-    # O_EXCL claims a name no other writer (or a second Studio) can also claim; the
-    # atomic write then replaces the empty claim, so an existing file is never replaced.
-    existing = [p.name for p in folder.glob(f"{stem}_*.png")]
-    nums = []
-    for name in existing:
-        tail = name[len(stem) + 1 : -4]
-        if tail.isdigit():
-            nums.append(int(tail))
-    i = max(nums, default=0) + 1
-    while True:
-        target = folder / f"{stem}_{i:05d}.png"
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            i += 1
-            continue
-        os.close(fd)
-        return target
 
 
 def _workflow_json(ctx: Any) -> str:

@@ -10,6 +10,7 @@ tokenizers come from the folder or ``resources/tokenizers``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,7 +27,8 @@ from nodes.values import (
     VaeHandle,
     WeightsSource,
 )
-from studio.errors import NodeError
+from studio.errors import NodeError, StudioError
+from studio.fsutil import regular_file
 from studio.modelfiles import RESOURCES
 
 CONFIGS = RESOURCES / "configs"
@@ -61,6 +63,37 @@ LATENT_RGB_KEY = "latent_rgb"
 FOLDER_LATENT_RGB_KEY = "_studio_latent_rgb"
 CLIP_VOCAB_SIZE = 49408
 
+#: The largest safetensors header read (the safetensors library's own limit).
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
+#: More dimensions than this is no weight tensor but a damaged header.
+MAX_TENSOR_RANK = 16
+_U64_MAX = 2**64 - 1
+#: Bits per element of the safetensors dtypes, to check each tensor's byte range.
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+}
+
 
 # -- reading files -----------------------------------------------------------------------
 
@@ -85,31 +118,7 @@ class WeightsFile:
             raise NodeError(f"{label}: unsupported file type {suffix!r} (use .safetensors)")
 
     def _safetensors_header(self) -> dict[str, tuple[int, ...]]:
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(8)
-                if len(head) != 8:
-                    raise ValueError("file too short")
-                n = int.from_bytes(head, "little")
-                if n <= 1 or n > 100_000_000:
-                    raise ValueError("bad header length")
-                header = json.loads(f.read(n))
-            size = self.path.stat().st_size
-            end = 0
-            shapes: dict[str, tuple[int, ...]] = {}
-            for key, info in header.items():
-                if key == "__metadata__":
-                    self.metadata = dict(info or {})
-                    continue
-                shapes[key] = tuple(info["shape"])
-                end = max(end, int(info["data_offsets"][1]))
-            if 8 + n + end > size:
-                raise ValueError("file is shorter than its header says")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise NodeError(
-                f"{self.label}: not a readable safetensors file ({exc}); it may be damaged "
-                "or an incomplete download"
-            ) from None
+        shapes, self.metadata = read_safetensors_header(self.path, self.label)
         return shapes
 
     def get(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -128,9 +137,151 @@ class WeightsFile:
         return self.get(k for k in self.shapes if k.startswith(prefixes))
 
 
+class _BadHeader(ValueError):
+    """What is wrong with a safetensors header, in a few words."""
+
+
+def read_safetensors_header(
+    path: Path, label: str
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and the metadata of a safetensors file, from its header alone.
+
+    Every field is checked before it is used, as the safetensors library checks them
+    (length, JSON object, dtypes, shapes, byte ranges that tile the data exactly), so a
+    damaged or hostile file gives a NodeError naming ``label`` and what is wrong, never a
+    raw exception, and a file that passes is one the library can read.
+    """
+    try:
+        regular_file(path, what=label)
+    except StudioError as exc:
+        raise NodeError(str(exc)) from None
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = _header_length(f.read(8), size)
+            raw = f.read(length)
+    except _BadHeader as exc:
+        raise _not_safetensors(label, exc) from None
+    except OSError as exc:
+        raise NodeError(f"{label}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        return _parse_safetensors_header(raw, length, size - 8 - length)
+    except _BadHeader as exc:
+        raise _not_safetensors(label, exc) from None
+
+
+def _not_safetensors(label: str, exc: Exception) -> NodeError:
+    return NodeError(
+        f"{label}: not a valid safetensors file ({exc}); it may be damaged or an "
+        "incomplete download"
+    )
+
+
+def _header_length(head: bytes, size: int) -> int:
+    if len(head) != 8:
+        raise _BadHeader(f"file too short: {size} bytes")
+    n = int.from_bytes(head, "little")
+    if n < 2:
+        raise _BadHeader(f"header length {n} is too small")
+    if n > MAX_SAFETENSORS_HEADER_BYTES:
+        raise _BadHeader(
+            f"header length {n:,} bytes is over the limit of {MAX_SAFETENSORS_HEADER_BYTES:,}"
+        )
+    if 8 + n > size:
+        raise _BadHeader(f"header length {n:,} bytes is beyond the end of the file")
+    return n
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadHeader(f"the header holds {name}, which JSON does not allow")
+
+
+def _parse_safetensors_header(
+    raw: bytes, length: int, data_size: int
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    if len(raw) != length:
+        raise _BadHeader("the file ends inside its header")
+    if not raw.startswith(b"{"):
+        raise _BadHeader("the header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except _BadHeader:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _BadHeader(f"the header is not valid JSON: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise _BadHeader("the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _BadHeader("__metadata__ is not an object of strings")
+    shapes: dict[str, tuple[int, ...]] = {}
+    ranges = []
+    for key, info in header.items():
+        shapes[key] = _tensor_shape(key, info, data_size)
+        ranges.append((info["data_offsets"][0], info["data_offsets"][1], key))
+    end = 0
+    for begin, stop, key in sorted(ranges):
+        if begin != end:
+            what = "overlaps another" if begin < end else "leaves a gap before it"
+            raise _BadHeader(f"tensor {_shown(key)}'s data {what}")
+        end = stop
+    if end != data_size:
+        raise _BadHeader(f"{data_size - end:,} bytes after the last tensor")
+    return shapes, metadata
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shown(text: str) -> str:
+    # A hostile header's names can be megabytes long.
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _tensor_shape(key: str, info: Any, data_size: int) -> tuple[int, ...]:
+    if not isinstance(info, dict):
+        raise _BadHeader(f"entry {_shown(key)} is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    key = _shown(key)
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
+        shown = _shown(dtype) if isinstance(dtype, str) else f"of type {type(dtype).__name__}"
+        raise _BadHeader(f"tensor {key} has an unknown dtype {shown}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_TENSOR_RANK
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise _BadHeader(f"tensor {key} has no valid shape")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _BadHeader(f"tensor {key}'s data_offsets are not two increasing offsets")
+    if offsets[1] > data_size:
+        raise _BadHeader("the file is shorter than its header says")
+    # The running product stays within 64 bits, as in the safetensors library.
+    bits = SAFETENSORS_DTYPE_BITS[dtype]
+    for d in (*shape, 1):
+        if bits > _U64_MAX:
+            raise _BadHeader(f"tensor {key}'s shape is too large")
+        bits *= d
+    if bits != 8 * (offsets[1] - offsets[0]):
+        raise _BadHeader(f"tensor {key}'s shape and dtype do not match its byte size")
+    return tuple(shape)
+
+
 def _torch_load_weights(path: Path, label: str) -> dict[str, Any]:
     import pickle
 
+    try:
+        regular_file(path, what=label)
+    except StudioError as exc:
+        raise NodeError(str(exc)) from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

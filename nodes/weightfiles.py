@@ -32,6 +32,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         if suffix in (".safetensors", ".sft"):
             from safetensors.torch import load_file
 
+            from nodes.sdload import read_safetensors_header
+
+            read_safetensors_header(path, path.name)  # a damaged file: a clear message
             return load_file(str(path), device="cpu")
         import torch
 
