@@ -276,7 +276,7 @@ def _tensor_shape(key: str, info: Any, data_size: int) -> tuple[int, ...]:
 
 
 def _torch_load_weights(path: Path, label: str) -> dict[str, Any]:
-    import pickle
+    from nodes.weightfiles import code_refusal
 
     try:
         regular_file(path, what=label)
@@ -284,12 +284,12 @@ def _torch_load_weights(path: Path, label: str) -> dict[str, Any]:
         raise NodeError(str(exc)) from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise NodeError(
-            f"{label}: refused - this pickled file holds more than plain weights, and loading "
-            "it could run code. Convert it to .safetensors, or use a .safetensors download."
-        ) from None
     except Exception as exc:
+        refusal = code_refusal(
+            exc, label, ". Convert it to .safetensors, or use a .safetensors download"
+        )
+        if refusal is not None:
+            raise refusal from None
         raise NodeError(
             f"{label}: not a readable checkpoint ({type(exc).__name__}: {exc})"
         ) from None
@@ -375,11 +375,17 @@ def _is_v_prediction(weights: WeightsFile) -> bool:
     return float(torch.std(weights.get([key])[key].float(), unbiased=False)) > 0.09
 
 
-def _sidecar(weights: WeightsFile) -> dict[str, Any] | None:
+def _sidecar_text(weights: WeightsFile) -> str | None:
+    """The model config a single file carries in its metadata, or beside it as ``.json``."""
     raw = weights.metadata.get(SIDECAR_METADATA_KEY)
     side = weights.path.with_suffix(".json")
     if raw is None and side.is_file():
         raw = side.read_text("utf-8")
+    return raw
+
+
+def _sidecar(weights: WeightsFile) -> dict[str, Any] | None:
+    raw = _sidecar_text(weights)
     if raw is None:
         return None
     try:
@@ -582,10 +588,7 @@ def inspect_vae(path: Path, name: str, identity: tuple[Any, ...], scale: str) ->
 
 
 def _sidecar_vae(weights: WeightsFile) -> dict[str, Any] | None:
-    raw = weights.metadata.get(SIDECAR_METADATA_KEY)
-    side = weights.path.with_suffix(".json")
-    if raw is None and side.is_file():
-        raw = side.read_text("utf-8")
+    raw = _sidecar_text(weights)
     if raw is None:
         return None
     try:
@@ -835,7 +838,7 @@ def tokenizer_from_entry(entry: dict[str, Any], pad: str | None, label: str) -> 
 
 
 def with_oom_advice(fn: Callable[[], Any], what: str) -> Any:
-    """Run ``fn``; out of GPU memory becomes a NodeError saying what to try."""
+    """Run ``fn``; running out of GPU or CPU memory becomes a NodeError saying what to try."""
     try:
         return fn()
     except torch.OutOfMemoryError:
@@ -844,4 +847,13 @@ def with_oom_advice(fn: Callable[[], Any], what: str) -> Any:
         raise NodeError(
             f"out of GPU memory while {what}: try a smaller size or batch, tiled VAE decode, "
             "or set the device to CPU in the settings"
+        ) from None
+    except (RuntimeError, MemoryError) as exc:
+        from studio.engine.devices import is_cpu_out_of_memory
+
+        if not is_cpu_out_of_memory(exc):
+            raise
+        raise NodeError(
+            f"out of memory while {what}: try a smaller size or batch, tiled VAE decode, "
+            "or close other programs to free memory"
         ) from None

@@ -20,7 +20,7 @@ def code_refusal(exc: BaseException, what: str, advice: str = "") -> NodeError |
     if "weights_only" not in text and "Unsupported global" not in text:
         return None
     return NodeError(
-        f"{what}: this pickled file holds more than weights, and Studio does not run code "
+        f"{what}: refused, this pickled file holds more than weights, and Studio does not run code "
         f"from model files{advice}"
     )
 

@@ -11,6 +11,7 @@ from studio.engine.devices import (
     is_out_of_memory,
     out_of_memory_message,
 )
+from studio.errors import NodeError
 from studio.graph.registry import Registry
 from studio.graph.spec import InputSpec, NodeSpec, OutputSpec
 from studio.graph.types import ValueType as T
@@ -85,3 +86,37 @@ def test_a_node_running_out_of_cpu_memory_reports_out_of_memory_not_the_allocato
     message = result.errors[huge]
     assert message.startswith("out of memory")
     assert "DefaultCPUAllocator" not in message and "enforce fail" not in message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        ),
+        MemoryError(),
+    ],
+)
+def test_a_node_out_of_cpu_memory_says_what_it_was_doing_and_what_to_try(error):
+    pytest.importorskip("torch")
+    from nodes.sdload import with_oom_advice
+
+    def decode():
+        raise error
+
+    with pytest.raises(NodeError) as info:
+        with_oom_advice(decode, "decoding the image")
+    message = str(info.value)
+    assert message.startswith("out of memory while decoding the image")
+    assert "close other programs" in message and "DefaultCPUAllocator" not in message
+
+
+def test_other_runtime_errors_pass_through_unchanged():
+    pytest.importorskip("torch")
+    from nodes.sdload import with_oom_advice
+
+    def broken():
+        raise RuntimeError("shapes do not match")
+
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        with_oom_advice(broken, "sampling")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,24 @@ def test_painting_on_an_output_makes_a_load_image_node(image_window, qtbot, stud
     node = w.controller.wf.get_node(node_id)
     assert Path(node.params["image"]).is_relative_to(Path(studio_settings.input_dir))
     assert decode(node.params["mask"])[30, 40] == 255
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_painting_on_a_pipe_or_an_escaping_name_says_why_and_never_blocks(
+    image_window, qtbot, tmp_path, studio_settings
+):
+    from studio.library import installed_registry
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    wf = Workflow(installed_registry())
+    piped = wf.add_node("load_image", {"image": str(fifo)})
+    escaping = wf.add_node("load_image", {"image": "../../outside.png"})
+    w = image_window(wf)
+    opened = []
+    w.exec_dialog = lambda d: opened.append(d) or True
+    assert not w.paint_mask(piped.id)
+    assert "not a regular file" in w.statusBar().currentMessage()
+    assert not w.paint_mask(escaping.id)
+    assert "leads out of the folder" in w.statusBar().currentMessage()
+    assert opened == []

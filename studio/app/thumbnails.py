@@ -22,10 +22,11 @@ THUMB = 320
 
 def resolve_image_path(name: str, input_folder: Path) -> Path:
     """Where Load Image finds ``name``: a path, a name in ``input_folder``, or an example
-    image shipped with Studio (the node's own rule)."""
-    from nodes.image import resolve_image_path as node_rule
+    image shipped with Studio (the node's own rule, with its checks: a regular file of a
+    sane size, a relative name inside its folder). Raises StudioError otherwise."""
+    from nodes.image import checked_image_file
 
-    return node_rule(name, input_folder)
+    return checked_image_file(name, input_folder)
 
 
 def read_image(path: Path, max_side: int | None = None) -> QImage:

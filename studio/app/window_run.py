@@ -19,6 +19,7 @@ from studio.app.runner import Output, RunBridge
 from studio.app.running import RunView
 from studio.app.thumbnails import LoadImageThumbnails, read_image, resolve_image_path
 from studio.app.viewer import ViewerPanel
+from studio.errors import StudioError
 from studio.fsutil import unique_path
 
 if TYPE_CHECKING:
@@ -141,11 +142,14 @@ class RunWindowMixin:
             return False
         node = self.controller.wf.get_node(node_id)
         name = str(node.params.get(names[0]) or "")
-        image = (
-            read_image(resolve_image_path(name, self.controller.settings.input_path))
-            if name
-            else QImage()
-        )
+        if not name:
+            self.show_error("Cannot paint a mask", "Choose an image for this node first.")
+            return False
+        try:
+            image = read_image(resolve_image_path(name, self.controller.settings.input_path))
+        except StudioError as exc:
+            self.show_error("Cannot paint a mask", str(exc))
+            return False
         if image.isNull():
             self.show_error("Cannot paint a mask", "Choose an image for this node first.")
             return False
