@@ -185,11 +185,11 @@ class Engine:
             entry = self.cache.get(record.signature)
             if entry is not None:
                 run.result.cached.add(nid)
-                run.emit(Event(EventKind.NODE_CACHED, node=nid, type=n.type, title=ctx.title))
+                run.emit(run.node_event(EventKind.NODE_CACHED, nid))
             else:
                 entry = self._execute(run, nid, record, inputs, ctx)
         except Interrupted:
-            run.emit(Event(EventKind.INTERRUPTED, node=nid, type=n.type, title=ctx.title))
+            run.emit(run.node_event(EventKind.INTERRUPTED, nid))
             return False
         except Exception as exc:
             run.fail(nid, exc)
@@ -238,15 +238,7 @@ class Engine:
         spec = run.plan.specs[nid]
         reason = self._explain(nid, record, spec.deterministic)
         run.result.reasons[nid] = reason
-        run.emit(
-            Event(
-                EventKind.NODE_STARTED,
-                node=nid,
-                type=ctx.node_type,
-                title=ctx.title,
-                message=reason,
-            )
-        )
+        run.emit(run.node_event(EventKind.NODE_STARTED, nid, message=reason))
         started = time.perf_counter()
         raw = spec.execute(ctx, **inputs.kwargs) if spec.execute else {}
         outputs = _normalise_outputs(spec, raw)
@@ -255,15 +247,7 @@ class Engine:
         entry.nbytes = estimate_nbytes(outputs) + estimate_nbytes(entry.images)
         self.cache.put(record.signature, entry)
         run.result.ran.add(nid)
-        run.emit(
-            Event(
-                EventKind.NODE_FINISHED,
-                node=nid,
-                type=ctx.node_type,
-                title=ctx.title,
-                seconds=seconds,
-            )
-        )
+        run.emit(run.node_event(EventKind.NODE_FINISHED, nid, seconds=seconds))
         return entry
 
     def _explain(self, nid: str, record: _Record, deterministic: bool) -> str:
@@ -324,6 +308,9 @@ class _RunState:
     def title(self, nid: str) -> str:
         return self._nodes[nid].title or self.plan.specs[nid].title
 
+    def node_event(self, kind: EventKind, nid: str, **fields: Any) -> Event:
+        return Event(kind, node=nid, type=self._nodes[nid].type, title=self.title(nid), **fields)
+
     def set_outputs(self, nid: str, marker: object) -> None:
         for out in self.plan.specs[nid].outputs:
             self._refs[(nid, out.name)] = marker
@@ -365,34 +352,17 @@ class _RunState:
         return got
 
     def skip(self, nid: str, skip: _Skip) -> None:
-        n = self._nodes[nid]
         self.set_outputs(nid, _FAILED if skip.failed_upstream else _MISSING)
         if skip.failed_upstream:
             self.result.errors[nid] = skip.message
-        self.emit(
-            Event(
-                EventKind.NODE_SKIPPED,
-                node=nid,
-                type=n.type,
-                title=self.title(nid),
-                message=skip.message,
-            )
-        )
+        self.emit(self.node_event(EventKind.NODE_SKIPPED, nid, message=skip.message))
 
     def fail(self, nid: str, exc: Exception) -> None:
         message = _user_message(exc)
         self.result.errors[nid] = message
         self.set_outputs(nid, _FAILED)
-        self.emit(
-            Event(
-                EventKind.NODE_ERROR,
-                node=nid,
-                type=self._nodes[nid].type,
-                title=self.title(nid),
-                message=message,
-                traceback="".join(traceback.format_exception(exc)),
-            )
-        )
+        trace = "".join(traceback.format_exception(exc))
+        self.emit(self.node_event(EventKind.NODE_ERROR, nid, message=message, traceback=trace))
 
     def publish(self, nid: str, signature: str, entry: CacheEntry) -> None:
         """Make a node's outputs (run or cached) available downstream and in the result."""
