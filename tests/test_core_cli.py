@@ -220,3 +220,23 @@ def test_open_with_an_impossible_screenshot_path_fails_at_once(stub_registry, pa
         proc = studio_cmd(env, "open", str(wf_path), "--screenshot", str(shot), timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_names_the_nodes_of_a_cycle_in_a_file(stub_registry, pack_env, tmp_path):
+    wf = Workflow(stub_registry)
+    a = wf.add_node("add", title="Alpha")
+    b = wf.add_node("add", title="Beta")
+    out = wf.add_node("output", title="Out")
+    wf.connect(a.id, "sum", b.id, "a")
+    wf.connect(b.id, "sum", out.id, "value")
+    path = tmp_path / "cyclic.json"
+    wf.save(path)
+    data = json.loads(path.read_text("utf-8"))  # closed by hand: the app would refuse it
+    data["links"].append({"id": "x", "source": b.id, "output": "sum", "target": a.id, "input": "a"})
+    path.write_text(json.dumps(data), "utf-8")
+    for command in ("validate", "run"):
+        proc = studio_cmd(pack_env, command, str(path))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "is on a cycle" in ln]
+        assert len(lines) == 2
+        assert all(f"Alpha ({a.id}) -> Beta ({b.id})" in ln for ln in lines)
