@@ -232,3 +232,34 @@ def test_writable_folder_reports_a_folder_it_cannot_write(tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     with pytest.raises(StudioError, match=r"the output folder is not writable: .*Read-only"):
         writable_folder(tmp_path / "out", what="the output folder")
+
+
+# -- found by the fuzz tests: file names validation cannot even look up ---------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["~nosuchuser/model.safetensors", "/" + "a" * 300, "b" * 300, "a\x00b"]
+)
+def test_a_file_name_the_system_cannot_look_up_is_a_problem_not_a_crash(name, tmp_path):
+    from studio.engine.validate import plan_workflow
+    from studio.modelfiles import ModelFiles
+    from studio.settings import Settings
+
+    loader = NodeSpec(
+        "load_model",
+        "Load Model",
+        "test",
+        lambda ctx, ckpt_name: ckpt_name,
+        inputs=(
+            InputSpec("ckpt_name", T.CHOICE, choices=("a.safetensors",), file_kind="checkpoints"),
+        ),
+        outputs=(OutputSpec("value", T.STRING),),
+    )
+    reg = Registry([loader])
+    wf = Workflow(reg)
+    node = wf.add_node("load_model", {"ckpt_name": name})
+    files = ModelFiles(Settings(models_root=str(tmp_path)))
+    # before: RuntimeError ("~nosuchuser") or OSError (name too long) escaped validation
+    problems = plan_workflow(wf, reg, model_files=files).problems
+    assert [p.node_id for p in problems] == [node.id]
+    assert "not found" in problems[0].message
