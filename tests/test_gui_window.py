@@ -427,3 +427,17 @@ def test_undo_of_a_seed_the_file_never_stored_gives_the_file_back(make_window, r
     assert wf.get_node("sampler").params["seed"] == rolled
     w.undo_action.trigger()
     assert dumps_workflow(wf) == original and not w.isWindowModified()
+
+
+def test_opening_a_file_with_a_number_past_the_digit_limit_says_why(make_window, reg, tmp_path):
+    path = tmp_path / "huge.json"
+    txt2img(reg).save(path)
+    path.write_text(
+        path.read_text("utf-8").replace('"seed": 1234', '"seed": ' + "9" * 5000), "utf-8"
+    )
+    w = make_window(txt2img(reg))
+    assert not w.open_path(path)  # before: a ValueError traceback from the slot
+    shown = w.statusBar().currentMessage()
+    assert str(path) in shown and 'node 5 (sampler): "params.seed"' in shown
+    assert "(5000 digits), too large" in shown
+    assert w.controller.wf.has_node("sampler") and w.path is None  # the old document stays
