@@ -263,3 +263,20 @@ def test_a_file_name_the_system_cannot_look_up_is_a_problem_not_a_crash(name, tm
     problems = plan_workflow(wf, reg, model_files=files).problems
     assert [p.node_id for p in problems] == [node.id]
     assert "not found" in problems[0].message
+
+
+# -- Save Image: an image never lost over its metadata, but the loss is said -----------------
+
+
+def test_save_image_says_when_it_cannot_embed_the_workflow(reg, caplog):
+    from types import SimpleNamespace
+
+    from nodes.image import _workflow_json
+
+    wf, noise, _ = noise_graph(reg, seed=1)
+    ctx = SimpleNamespace(workflow=wf)
+    assert '"seed": 1' in _workflow_json(ctx)
+    wf.put_param(noise.id, "scale", float("inf"))  # unchecked, as a node pack could
+    with caplog.at_level("WARNING", logger="studio"):
+        assert _workflow_json(ctx) == ""
+    assert "saved without its workflow" in caplog.text and '"params.scale" is inf' in caplog.text
