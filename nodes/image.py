@@ -331,7 +331,10 @@ def _workflow_json(ctx: Any) -> str:
 
     try:
         return dumps_workflow(ctx.workflow)
-    except Exception:  # never lose an image over its metadata
+    except Exception as exc:  # never lose an image over its metadata, but say so
+        import logging
+
+        logging.getLogger("studio").warning("the image is saved without its workflow: %s", exc)
         return ""
 
 

@@ -127,6 +127,8 @@ def parse_set(wf: Any, assignment: str) -> tuple[str, str, Any]:
 def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
     from studio.engine import Engine, WorkflowInvalid
     from studio.errors import StudioError
+    from studio.fsutil import writable_folder
+    from studio.graph.fileformat import dumps_workflow
     from studio.settings import Settings
 
     wf = _load(path)
@@ -140,9 +142,22 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
         _err(str(exc))
         return EXIT_INVALID
 
+    try:
+        # What the run would save must be writable as a file: refuse it now, not after
+        # the run (Save Image embeds the workflow in every PNG).
+        dumps_workflow(wf, path=path)
+    except StudioError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+
     settings = Settings.load()
     if out:
         settings.output_dir = str(Path(out).resolve())
+    try:
+        writable_folder(settings.output_path, what="the output folder")
+    except StudioError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
 
     def on_event(event: Any) -> None:
         if events:
@@ -160,7 +175,11 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
         _err("interrupted")
         return EXIT_NODE_FAILED
 
-    written = _write_unsaved_images(result, settings.output_path)
+    try:
+        written = _write_unsaved_images(result, settings.output_path)
+    except OSError as exc:
+        _err(f"cannot write the images to {settings.output_path}: {exc.strerror or exc}")
+        return EXIT_NODE_FAILED
     if not events:
         for p in written:
             print(p)

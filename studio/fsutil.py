@@ -181,3 +181,29 @@ def regular_file(path: str | Path, *, what: str, max_bytes: int | None = None) -
             f"{max_bytes / 2**20:.0f} MiB): {p}"
         )
     return st
+
+
+def writable_folder(folder: str | Path, *, what: str) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it.
+
+    Called before work whose result goes there (a run's output folder, a screenshot),
+    so that a read-only or impossible path is reported at once, not after minutes of
+    work. Returns the folder. Raises :class:`~studio.errors.StudioError` naming ``what``
+    (for example "output folder") and the path.
+    """
+    from studio.errors import StudioError
+
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise StudioError(f"{what} is a file, not a folder: {p}")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudioError(f"{what} cannot be created: {p} ({exc.strerror or exc})") from None
+    try:  # os.access misses read-only mounts and ACLs; a real file tells the truth
+        fd, probe = tempfile.mkstemp(prefix=".studio-write-check-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StudioError(f"{what} is not writable: {p} ({exc.strerror or exc})") from None
+    return p

@@ -129,3 +129,114 @@ def test_exit_codes_and_no_tracebacks(stub_registry, pack_env, tmp_path):
 
     proc = studio_cmd(pack_env, "frobnicate")
     assert proc.returncode == 2
+
+
+# -- issue 17: files and folders the command cannot use are refused up front -----------------
+
+
+def test_a_number_past_the_digit_limit_is_a_clear_error_everywhere(
+    stub_registry, pack_env, tmp_path
+):
+    wf_path = tmp_path / "paint.json"
+    paint_workflow(stub_registry, wf_path)
+    text = wf_path.read_text("utf-8").replace('"value": 3', '"value": ' + "7" * 5000)
+    wf_path.write_text(text, "utf-8")
+    for args in (["validate", str(wf_path)], ["run", str(wf_path), "--out", str(tmp_path)]):
+        proc = studio_cmd(pack_env, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert str(wf_path) in proc.stderr and '"params.value"' in proc.stderr
+        assert "(5000 digits), too large" in proc.stderr
+
+
+def test_run_refuses_a_workflow_it_could_not_save_into_the_image(stub_registry, pack_env, tmp_path):
+    wf = Workflow(stub_registry)
+    n = wf.add_node("number", {"value": 3}, title="Level")
+    o = wf.add_node("output", title="Out")
+    wf.connect(n.id, "value", o.id, "value")
+    path = tmp_path / "labelled.json"
+    wf.save(path)
+    # A byte that is not UTF-8 on the command line arrives as a lone surrogate.
+    env = {**pack_env, "PYTHONIOENCODING": "utf-8"}
+    label = b"Out.label=caf\xff".decode("utf-8", "surrogateescape")
+    proc = subprocess.run(
+        [sys.executable, "-m", "studio.cli", "run", str(path), "--events", "--set", label],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    stderr = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, stderr
+    assert "cannot be saved" in stderr and '"params.label"' in stderr
+    assert "broken character" in stderr and "Traceback" not in stderr
+    assert b"run_started" not in proc.stdout  # refused before anything ran
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_run(
+    stub_registry, pack_env, tmp_path
+):
+    wf_path = tmp_path / "paint.json"
+    paint_workflow(stub_registry, wf_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for out, fragment in [
+        (blocker / "out", "cannot be created"),
+        (blocker, "is a file, not a folder"),
+    ]:
+        proc = studio_cmd(pack_env, "run", str(wf_path), "--out", str(out), "--events")
+        assert proc.returncode == 2, proc.stderr
+        assert f"the output folder {fragment}: {out}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "run_started" not in proc.stdout  # nothing ran before the refusal
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_the_run(stub_registry, pack_env, tmp_path):
+    wf_path = tmp_path / "paint.json"
+    paint_workflow(stub_registry, wf_path)
+    out = tmp_path / "read-only"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        proc = studio_cmd(pack_env, "run", str(wf_path), "--out", str(out), "--events")
+    finally:
+        out.chmod(0o700)
+    assert proc.returncode == 2 and "the output folder is not writable" in proc.stderr
+    assert "run_started" not in proc.stdout
+
+
+def test_open_with_an_impossible_screenshot_path_fails_at_once(stub_registry, pack_env, tmp_path):
+    wf_path = tmp_path / "paint.json"
+    paint_workflow(stub_registry, wf_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**pack_env, "QT_QPA_PLATFORM": "offscreen"}
+    for shot, fragment in [
+        (blocker / "sub" / "shot.png", "the screenshot's folder cannot be created"),
+        (tmp_path, "the screenshot path is a folder"),
+        (tmp_path / "shot.txt", "the screenshot must be a .png, .jpg, .jpeg, .bmp file"),
+    ]:
+        proc = studio_cmd(env, "open", str(wf_path), "--screenshot", str(shot), timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_names_the_nodes_of_a_cycle_in_a_file(stub_registry, pack_env, tmp_path):
+    wf = Workflow(stub_registry)
+    a = wf.add_node("add", title="Alpha")
+    b = wf.add_node("add", title="Beta")
+    out = wf.add_node("output", title="Out")
+    wf.connect(a.id, "sum", b.id, "a")
+    wf.connect(b.id, "sum", out.id, "value")
+    path = tmp_path / "cyclic.json"
+    wf.save(path)
+    data = json.loads(path.read_text("utf-8"))  # closed by hand: the app would refuse it
+    data["links"].append({"id": "x", "source": b.id, "output": "sum", "target": a.id, "input": "a"})
+    path.write_text(json.dumps(data), "utf-8")
+    for command in ("validate", "run"):
+        proc = studio_cmd(pack_env, command, str(path))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "is on a cycle" in ln]
+        assert len(lines) == 2
+        assert all(f"Alpha ({a.id}) -> Beta ({b.id})" in ln for ln in lines)

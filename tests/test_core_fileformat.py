@@ -85,7 +85,7 @@ def test_layout_change_does_not_touch_the_graph(stub_registry):
         ('{"last_node_id": 3, "nodes": [], "links": []}', "ComfyUI workflow"),
         (
             '{"format": "studio.workflow", "version": 1, "nodes": [], "links": [], "extra": {"x": NaN}}',
-            "NaN is not a JSON number",
+            "is NaN, which is not a JSON number",
         ),
     ],
 )
@@ -306,3 +306,238 @@ def test_truncated_png_is_a_clear_error(stub_registry, tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(WorkflowFileError, match=r"cut\.png"):
         load_workflow(path, stub_registry)
+
+
+# -- numbers, text and nesting a file cannot carry back (issue 17) ----------------------------
+
+HUGE_INT = "9" * 5000  # past Python's 4,300-digit limit for int("...")
+
+
+def _saved_text(reg) -> str:
+    return dumps_workflow(rich_workflow(reg))
+
+
+def _with(reg, old: str, new: str, count: int = 1) -> str:
+    text = _saved_text(reg)
+    assert old in text
+    return text.replace(old, new, count)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "what"),
+    [
+        ('"offset": -2', f'"offset": {HUGE_INT}', '"params.offset"', "(5000 digits), too large"),
+        ('"offset": -2', '"offset": -1' + "0" * 400, '"params.offset"', "too large"),
+        ('"offset": -2', '"offset": 1e400', '"params.offset"', "1e400, too large"),
+        ('"offset": -2', '"offset": NaN', '"params.offset"', "NaN, which is not a JSON number"),
+        ('"offset": -2', '"offset": [[1e999]]', '"params.offset[0][0]"', "1e999"),
+        ('"pos": [\n', f'"pos": [\n{HUGE_INT},', '"pos[0]"', "too large"),
+        ('"pos": [\n', '"pos": [\n1' + "0" * 400 + ",", '"pos[0]"', "too large"),
+        ('"zoom": 0.75', '"zoom": 1e400', '"viewport.zoom"', "1e400, too large"),
+        ('"zoom": 0.75', '"zoom": -Infinity', '"viewport.zoom"', "-Infinity"),
+    ],
+)
+def test_numbers_json_cannot_carry_back_are_refused_naming_node_and_field(
+    stub_registry, tmp_path, old, new, where, what
+):
+    path = tmp_path / "numbers.json"
+    path.write_text(_with(stub_registry, old, new), "utf-8")
+    with pytest.raises(WorkflowFileError) as info:
+        load_workflow(path, registry=stub_registry)
+    message = str(info.value)
+    assert str(path) in message and where in message and what in message
+    if "params" in where:
+        assert "node 2 (" in message  # the Add node, by its place and id
+    assert len(message) < 400  # the number is shortened, not printed whole
+
+
+def test_a_png_carrying_a_huge_number_is_refused_naming_the_png(stub_registry, tmp_path):
+    text = _with(stub_registry, '"offset": -2', f'"offset": {HUGE_INT}')
+    path = tmp_path / "recipe.png"
+    _png_with_text(path, [("studio_workflow", text, True)])
+    with pytest.raises(WorkflowFileError, match=r"recipe\.png: node 2 .*params\.offset"):
+        load_workflow(path, registry=stub_registry)
+
+
+def test_large_numbers_inside_the_range_are_kept_exactly(stub_registry):
+    seed = 2**64 - 1
+    text = _with(stub_registry, '"offset": -2', f'"offset": {seed}')
+    text = text.replace('"zoom": 0.75', '"zoom": 1e+300')
+    wf = loads_workflow(text, registry=stub_registry)
+    assert wf.nodes[1].params["offset"] == seed
+    assert dumps_workflow(wf) == text
+
+
+def test_text_with_a_lone_surrogate_is_refused_naming_node_and_field(stub_registry, tmp_path):
+    # JSON can spell "\ud800", but no UTF-8 file can hold it: refused, not guessed at.
+    text = _with(stub_registry, '"title": "Seed source"', '"title": "Seed \\ud800source"')
+    path = tmp_path / "surrogate.json"
+    path.write_text(text, "utf-8")
+    with pytest.raises(WorkflowFileError) as info:
+        load_workflow(path, registry=stub_registry)
+    message = str(info.value)
+    assert str(path) in message and "node 1 (" in message and '"title"' in message
+    assert "lone UTF-16 surrogate, \\ud800, at character 6" in message
+    message.encode("utf-8")  # the message itself can be printed
+    key = _with(stub_registry, '"offset": -2', '"off\\udfffset": -2')
+    with pytest.raises(WorkflowFileError, match=r"params\.off\\udfffset\" is a name with a broken"):
+        loads_workflow(key, registry=stub_registry)
+
+
+def test_deep_nesting_is_refused_before_it_breaks_saving(stub_registry):
+    deep = "[" * 70 + "]" * 70
+    text = _with(stub_registry, '"offset": -2', f'"offset": {deep}')
+    with pytest.raises(WorkflowFileError, match=r"node 2 .*nested more than 64 levels deep"):
+        loads_workflow(text, registry=stub_registry)
+    ok = _with(stub_registry, '"offset": -2', '"offset": ' + "[" * 40 + "]" * 40)
+    wf = loads_workflow(ok, registry=stub_registry)
+    assert loads_workflow(dumps_workflow(wf), registry=stub_registry).nodes[1].params == (
+        wf.nodes[1].params
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (float("inf"), "is inf, which is not a JSON number"),
+        (float("nan"), "is nan, which is not a JSON number"),
+        (10**400, "a whole number of about 401 digits, too large"),
+        ("half \udc80 a pair", "lone UTF-16 surrogate, \\udc80"),
+        ({1, 2}, "is a set, which a workflow file cannot store"),
+    ],
+)
+def test_saving_a_value_no_file_can_hold_is_refused_and_the_old_file_kept(
+    stub_registry, tmp_path, value, what
+):
+    wf = rich_workflow(stub_registry)
+    path = tmp_path / "flow.json"
+    wf.save(path)
+    before = path.read_bytes()
+    wf.put_param(wf.nodes[1].id, "offset", value)  # unchecked, as the Python API allows
+    with pytest.raises(WorkflowFileError) as info:
+        wf.save(path)
+    message = str(info.value)
+    assert str(path) in message and "cannot be saved" in message
+    assert "node 2 (" in message and '"params.offset"' in message and what in message
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["flow.json"]
+
+
+def test_oversized_and_special_files_are_refused_before_reading(
+    stub_registry, tmp_path, monkeypatch
+):
+    import os
+
+    import studio.graph.fileformat as ff
+
+    path = tmp_path / "big.json"
+    path.write_text(_saved_text(stub_registry), "utf-8")
+    monkeypatch.setattr(ff, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(WorkflowFileError, match=r"big\.json: is too large for a workflow file"):
+        load_workflow(path, registry=stub_registry)
+    monkeypatch.undo()
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(WorkflowFileError, match=r"pipe\.json: is not a regular file"):
+        load_workflow(fifo, stub_registry)  # would block forever if it were opened
+    with pytest.raises(WorkflowFileError, match="is a folder"):
+        load_workflow(tmp_path, stub_registry)
+
+
+# -- the bounded PNG text reader (issue 17) ---------------------------------------------------
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _png(*chunks: bytes) -> bytes:
+    import struct
+
+    from studio.graph.pngmeta import PNG_SIGNATURE
+
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    return PNG_SIGNATURE + ihdr + b"".join(chunks) + _chunk(b"IEND", b"")
+
+
+def _ztxt(key: str, raw: bytes) -> bytes:
+    import zlib
+
+    return _chunk(b"zTXt", key.encode("latin-1") + b"\0\0" + zlib.compress(raw, 9))
+
+
+def test_png_text_that_inflates_past_the_total_budget_is_refused_quickly(stub_registry, tmp_path):
+    import time
+    import tracemalloc
+
+    from studio.graph.pngmeta import MAX_TEXT_TOTAL
+
+    # Each chunk stays under the budget (the old per-chunk cap let all of them through:
+    # 6 GB of text from a 6 MB file); together they do not.
+    bomb = b"x" * (MAX_TEXT_TOTAL - 2**20)
+    keys = ["studio_workflow", "parameters", "prompt", "workflow"]
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(*(_ztxt(k, bomb) for k in keys)))
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(WorkflowFileError) as info:
+        load_workflow(path, stub_registry)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(path) in str(info.value) and "more than 64 MiB of text" in str(info.value)
+    assert seconds < 10 and peak < 3 * MAX_TEXT_TOTAL
+
+
+def test_png_reader_keeps_the_first_of_a_keyword_and_never_inflates_the_rest(monkeypatch):
+    import time
+    import zlib
+
+    from studio.graph import pngmeta
+
+    calls = []
+    real = zlib.decompressobj
+    monkeypatch.setattr(pngmeta.zlib, "decompressobj", lambda: calls.append(1) or real())
+    bomb = _ztxt("studio_workflow", b"y" * (60 * 2**20))
+    data = _png(_chunk(b"tEXt", b"studio_workflow\0first"), *([bomb] * 100))
+    started = time.perf_counter()
+    assert pngmeta.read_png_text(data) == {"studio_workflow": "first"}
+    assert time.perf_counter() - started < 5 and calls == []  # before: 92 s, 100 inflations
+    # Keywords the caller does not ask for are not inflated either.
+    other = _png(_ztxt("junk", b"z" * 1000), _chunk(b"tEXt", b"parameters\0a cat"))
+    assert pngmeta.read_png_text(other, keys=("parameters",)) == {"parameters": "a cat"}
+    assert calls == []
+    assert pngmeta.read_png_text(other) == {"junk": "z" * 1000, "parameters": "a cat"}
+
+
+def test_png_reader_limits_the_number_of_text_chunks():
+    from studio.graph.pngmeta import MAX_TEXT_CHUNKS, PngError, read_png_text
+
+    many = [_chunk(b"tEXt", f"k{i}\0v".encode()) for i in range(MAX_TEXT_CHUNKS + 1)]
+    with pytest.raises(PngError, match=f"more than {MAX_TEXT_CHUNKS} text chunks"):
+        read_png_text(_png(*many))
+    assert len(read_png_text(_png(*many[:MAX_TEXT_CHUNKS]))) == MAX_TEXT_CHUNKS
+
+
+def test_png_reader_skips_broken_chunks_and_image_data(tmp_path):
+    import zlib
+
+    from studio.graph.pngmeta import read_png_text_file
+
+    cut_stream = zlib.compress(b'{"a": 1}' * 100)[:-10]
+    path = tmp_path / "mixed.png"
+    path.write_bytes(
+        _png(
+            _chunk(b"zTXt", b"studio_workflow\0\0" + cut_stream),  # inflates only partly
+            _chunk(b"IDAT", b"\0" * 100_000),
+            _ztxt("studio_workflow", b"whole"),
+            _chunk(b"iTXt", b"parameters\0\0\0\0\0caf\xc3\xa9"),
+            _chunk(b"iTXt", b"bad\0\0\0\0\0\xff\xfe"),  # not UTF-8
+        )
+    )
+    assert read_png_text_file(path) == {"studio_workflow": "whole", "parameters": "café"}

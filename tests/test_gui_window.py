@@ -359,3 +359,85 @@ def test_pyside6_setters_survive_many_calls(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0 and b"survived" in proc.stdout, proc.stderr.decode()[-2000:]
+
+
+# -- issue 17: saving what cannot be saved, undoing a param the file never stored ------------
+
+
+def test_a_save_that_fails_says_why_and_keeps_the_document_unsaved(make_window, reg, tmp_path):
+    target = tmp_path / "mine.json"
+    txt2img(reg).save(target)
+    before = target.read_bytes()
+    w = make_window(registry=reg)
+    assert w.open_path(target)
+    # A value no file can hold (the Python API and node packs do not check what they put).
+    w.controller.wf.put_param("sampler", "cfg", float("inf"))
+    w.controller.set_param("sampler", "steps", 31)
+    assert w.isWindowModified()
+    QTest.keyClick(w.view, Qt.Key.Key_S, CTRL)
+    shown = w.statusBar().currentMessage()
+    assert "cannot be saved" in shown and "mine.json" in shown
+    assert '(sampler): "params.cfg" is inf, which is not a JSON number' in shown
+    assert w.isWindowModified() and w.windowTitle() == "mine.json[*] — Studio"
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["mine.json"]
+    # Fixed, the same shortcut saves.
+    w.controller.set_param("sampler", "cfg", 6.5)
+    QTest.keyClick(w.view, Qt.Key.Key_S, CTRL)
+    assert not w.isWindowModified()
+    assert load_workflow(target, reg).get_node("sampler").params["cfg"] == 6.5
+
+
+def _without_seed(reg, tmp_path) -> Path:
+    """A file whose sampler never stored its seed (the type's default applies)."""
+    wf = txt2img(reg)
+    del wf.get_node("sampler").params["seed"]
+    wf.get_node("sampler").extra["seed_control"] = {"seed": "increment"}
+    path = tmp_path / "no-seed.json"
+    wf.save(path)
+    return path
+
+
+def _seed_problems(w) -> list[str]:
+    w.controller.validate_now()
+    return [str(p) for p in w.controller.problems if "seed" in str(p)]
+
+
+def test_undo_of_a_seed_the_file_never_stored_gives_the_file_back(make_window, reg, tmp_path):
+    path = _without_seed(reg, tmp_path)
+    original = path.read_text("utf-8")
+    w = make_window(registry=reg)
+    assert w.open_path(path)
+    wf = w.controller.wf
+    # The seed control moves the seed on after a queued run; undo goes back.
+    assert w.controller.advance_seeds() == 1
+    assert wf.get_node("sampler").params["seed"] == 1  # the default 0, incremented
+    w.undo_action.trigger()
+    assert "seed" not in wf.get_node("sampler").params
+    assert _seed_problems(w) == []  # before: "param 'seed' has no value"
+    assert dumps_workflow(wf) == original and not w.isWindowModified()
+    # The inspector's dice, undo, redo, undo.
+    w.scene.select_nodes(["sampler"])
+    QTest.mouseClick(w.inspector.editors["seed"].dice, L)
+    rolled = wf.get_node("sampler").params["seed"]
+    w.undo_action.trigger()
+    assert "seed" not in wf.get_node("sampler").params and _seed_problems(w) == []
+    assert w.inspector.editors["seed"].widget.value() == 0  # the default shows again
+    w.redo_action.trigger()
+    assert wf.get_node("sampler").params["seed"] == rolled
+    w.undo_action.trigger()
+    assert dumps_workflow(wf) == original and not w.isWindowModified()
+
+
+def test_opening_a_file_with_a_number_past_the_digit_limit_says_why(make_window, reg, tmp_path):
+    path = tmp_path / "huge.json"
+    txt2img(reg).save(path)
+    path.write_text(
+        path.read_text("utf-8").replace('"seed": 1234', '"seed": ' + "9" * 5000), "utf-8"
+    )
+    w = make_window(txt2img(reg))
+    assert not w.open_path(path)  # before: a ValueError traceback from the slot
+    shown = w.statusBar().currentMessage()
+    assert str(path) in shown and 'node 5 (sampler): "params.seed"' in shown
+    assert "(5000 digits), too large" in shown
+    assert w.controller.wf.has_node("sampler") and w.path is None  # the old document stays

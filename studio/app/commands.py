@@ -99,6 +99,16 @@ class RemoveLink:
             _set_reroutes(wf, link.id, points)
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: ``SetParam.old`` of a param the node did not store: undo forgets it again, so the
+#: type's default applies and the file is as it was.
+ABSENT: Any = _Absent()
+
+
 @dataclass
 class SetParam:
     node_id: str
@@ -110,7 +120,10 @@ class SetParam:
         wf.put_param(self.node_id, self.name, self.new)
 
     def revert(self, wf: Workflow) -> None:
-        wf.put_param(self.node_id, self.name, self.old)
+        if self.old is ABSENT:
+            wf.remove_param(self.node_id, self.name)
+        else:
+            wf.put_param(self.node_id, self.name, self.old)
 
 
 @dataclass

@@ -205,7 +205,9 @@ class Controller(QObject):
             return
         key = ("param", node_id, name, gesture) if gesture is not None else None
         self.push(
-            f"Set {name} of {self.title(node_id)}", [c.SetParam(node_id, name, old, value)], key
+            f"Set {name} of {self.title(node_id)}",
+            [c.SetParam(node_id, name, _stored(node, name), value)],
+            key,
         )
 
     def seed_control(self, node_id: str, param: str) -> SeedControl:
@@ -233,7 +235,7 @@ class Controller(QObject):
         changes = advance_seeds(scratch)
         ops = [
             c.SetParam(
-                ch.node_id, ch.param, self.wf.get_node(ch.node_id).params.get(ch.param), ch.new
+                ch.node_id, ch.param, _stored(self.wf.get_node(ch.node_id), ch.param), ch.new
             )
             for ch in changes
         ]
@@ -253,7 +255,7 @@ class Controller(QObject):
             inp = spec.input(name) if spec else None
             old = node.params.get(name, inp.default if inp else None)
             if old != value or name not in node.params:
-                ops.append(c.SetParam(node_id, name, old, value))
+                ops.append(c.SetParam(node_id, name, _stored(node, name), value))
         self.push(label, ops)
 
     def toggle_mute(self, node_ids: Iterable[str]) -> None:
@@ -540,6 +542,12 @@ class Controller(QObject):
     def duplicate(self, node_ids: Iterable[str]) -> list[str]:
         data = self.copy_data(node_ids)
         return self.paste(data, None, keep_links=True)
+
+
+def _stored(node: Node, name: str) -> Any:
+    """What undo must put back: the stored value, or ABSENT when the node had none (undo
+    then forgets the param, so the default applies again and the file is as it was)."""
+    return copy.deepcopy(node.params[name]) if name in node.params else c.ABSENT
 
 
 def _first_fit(

@@ -14,6 +14,7 @@ from pathlib import Path
 from studio.modelfiles import RESOURCES
 
 DEFAULT_WORKFLOW = RESOURCES / "workflows" / "txt2img.json"
+SCREENSHOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def run_app(
@@ -24,9 +25,16 @@ def run_app(
     With ``screenshot``, wait until the window is painted, save it as a PNG and return 0
     (2 when the workflow cannot be opened). With ``run``, queue one run of the workflow
     once the window shows; with both, the screenshot waits for the run to finish (3 when
-    the run did not succeed; the screenshot is still saved). Returns the app's exit code
-    otherwise.
+    the run did not succeed; the screenshot is still saved). A screenshot path that
+    cannot be written is refused (2) before the window opens. Returns the app's exit
+    code otherwise.
     """
+    if screenshot is not None:
+        problem = screenshot_problem(screenshot)
+        if problem is not None:  # before any window opens: nothing to hang on
+            print(f"studio: {problem}", file=sys.stderr)
+            return 2
+
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -64,6 +72,24 @@ def run_app(
     return app.exec()
 
 
+def screenshot_problem(path: str | Path) -> str | None:
+    """Why a screenshot cannot be written to ``path``, or None (its folder is created)."""
+    from studio.errors import StudioError
+    from studio.fsutil import writable_folder
+
+    p = Path(path)
+    if p.is_dir():
+        return f"the screenshot path is a folder, not a file: {p}"
+    if p.suffix.lower() not in SCREENSHOT_SUFFIXES:
+        kinds = ", ".join(SCREENSHOT_SUFFIXES)
+        return f"the screenshot must be a {kinds} file: {p}"
+    try:
+        writable_folder(p.parent, what="the screenshot's folder")
+    except StudioError as exc:
+        return str(exc)
+    return None
+
+
 def _warm_up() -> None:
     """Import the validator's dependencies off the GUI thread, before the first check needs them."""
     from studio.app.runner import ENGINE_IMPORT_LOCK
@@ -81,20 +107,21 @@ def _screenshot_and_quit(app, window, path: Path, *, wait_for_run: bool = False)
     run_ok = {"ok": True}
 
     def grab() -> None:
-        window.show_whole_workflow()
-        window.controller.validate_now()
-        app.processEvents()
-        window.view.viewport().repaint()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result["code"] = 0 if window.grab().save(str(path)) else 1
-        if result["code"]:
-            print(f"studio: could not write the screenshot {path}", file=sys.stderr)
-        elif not run_ok["ok"]:
-            result["code"] = 3
-        window.recovery.close()
-        window.shutdown_runs()
-        window.hide()
-        app.quit()
+        try:
+            window.show_whole_workflow()
+            window.controller.validate_now()
+            app.processEvents()
+            window.view.viewport().repaint()
+            result["code"] = 0 if window.grab().save(str(path)) else 1
+            if result["code"]:
+                print(f"studio: could not write the screenshot {path}", file=sys.stderr)
+            elif not run_ok["ok"]:
+                result["code"] = 3
+        finally:  # whatever happened, the app ends: a screenshot run never hangs
+            window.recovery.close()
+            window.shutdown_runs()
+            window.hide()
+            app.quit()
 
     def run_finished(job) -> None:
         from studio.engine.queue import JobState

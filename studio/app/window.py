@@ -332,6 +332,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
         except OSError as exc:
             self.show_error("Cannot save the workflow", f"{path}: {exc.strerror or exc}")
             return False
+        except StudioError as exc:  # a value no file can hold; the document stays unsaved
+            self.show_error("Cannot save the workflow", str(exc))
+            return False
         wf.path = path
         self.path = path
         self._restored_dirty = False
@@ -403,7 +406,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         try:
             self.recovery.write(self.controller.wf, self.path)
             self._autosaved_at = self._changes
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a value JSON cannot hold
             self.statusBar().showMessage(f"could not write the recovery file: {exc}", 8000)
 
     def offer_recovery(self) -> bool:

@@ -214,8 +214,18 @@ def check_param(inp: Any, value: Any, model_files: ModelFiles | None = None) -> 
         try:
             model_files.resolve(inp.file_kind, value)
         except NodeError as exc:
-            if Path(value).expanduser().is_absolute():
+            if _is_absolute_path(value):
                 return str(exc)
+            return f"file {value!r} not found among the {inp.file_kind} files"
+        except (OSError, RuntimeError, ValueError):
+            # A file's text can be anything: "~nobody/x", a name too long for the system.
             return f"file {value!r} not found among the {inp.file_kind} files"
         return None
     return inp.check(value)
+
+
+def _is_absolute_path(value: str) -> bool:
+    try:
+        return Path(value).expanduser().is_absolute()
+    except RuntimeError:  # "~nobody/x": no such user
+        return False

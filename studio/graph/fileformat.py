@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import stat
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from studio.errors import WorkflowFileError
 from studio.fsutil import atomic_write_bytes
-from studio.graph.pngmeta import PNG_SIGNATURE, WORKFLOW_KEY, PngError, read_png_text
+from studio.graph.pngmeta import (
+    PNG_SIGNATURE,
+    WORKFLOW_KEY,
+    PngError,
+    read_png_text_from,
+)
 from studio.graph.workflow import Frame, Link, Node, NodeLayout, Note, Workflow
 
 if TYPE_CHECKING:
@@ -30,6 +37,16 @@ FORMAT_VERSION = 1
 FILE_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 _NODE_KEYS = ("id", "type", "version", "title", "params", "mute", "bypass")
+
+#: A workflow file (JSON) larger than this is refused before it is read. A PNG may be
+#: larger: only its text chunks are read (bounded by ``pngmeta.MAX_TEXT_TOTAL``).
+MAX_FILE_BYTES = 64 * 2**20
+#: Lists and objects inside one another, counted from the top of the file.
+MAX_DEPTH = 64
+#: Numbers must be finite and fit a 64-bit float: the engine and the canvas turn them into
+#: floats, and JSON cannot carry NaN or infinity back. Integers inside this range stay exact.
+MAX_NUMBER = sys.float_info.max
+_MAX_INT_DIGITS = len(str(int(MAX_NUMBER)))  # 309; Python refuses to parse > 4,300
 
 
 class _Bad(Exception):
@@ -109,45 +126,90 @@ def _node_layout_to_dict(nl: NodeLayout) -> dict[str, Any]:
     return d
 
 
-def dumps_workflow(wf: Workflow) -> str:
-    """The file text of a workflow: stable, so load-then-save gives the same bytes."""
-    return json.dumps(workflow_to_dict(wf), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+def dumps_workflow(wf: Workflow, *, path: str | Path = "the workflow") -> str:
+    """The file text of a workflow: stable, so load-then-save gives the same bytes.
+
+    Raises :class:`~studio.errors.WorkflowFileError` (naming ``path``, the node and the
+    field) when the workflow holds a value the loader would refuse: a number that is not
+    finite or too large, text with a lone surrogate, nesting deeper than ``MAX_DEPTH``,
+    or a value that is not JSON. So what saves, loads again, and what loads, saves.
+    """
+    try:
+        data = workflow_to_dict(wf)
+    except (TypeError, ValueError, OverflowError) as exc:  # geometry that is not numbers
+        raise WorkflowFileError(
+            str(path), f"cannot be saved: the layout is broken ({exc})"
+        ) from None
+    problem = find_unsaveable(data)
+    if problem is not None:
+        raise WorkflowFileError(str(path), f"cannot be saved: {problem}")
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def save_workflow(wf: Workflow, path: str | Path) -> None:
-    atomic_write_bytes(Path(path), dumps_workflow(wf).encode("utf-8"))
+    """Write ``wf`` to ``path`` atomically: a failure leaves the old file as it was.
+
+    Raises :class:`~studio.errors.WorkflowFileError` when the workflow cannot be saved
+    (see :func:`dumps_workflow`) and ``OSError`` when the file cannot be written.
+    """
+    text = dumps_workflow(wf, path=path)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 # -- reading ------------------------------------------------------------------------------
 
 
 def load_workflow(path: str | Path, registry: Registry) -> Workflow:
-    """Read a workflow file. Raises WorkflowFileError naming the file on any problem."""
+    """Read a workflow file, or the workflow inside a PNG Studio saved.
+
+    Raises WorkflowFileError naming the file on any problem (docs/LIMITS.md lists the
+    limits a file must keep).
+    """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        st = p.stat()
     except FileNotFoundError:
         raise WorkflowFileError(str(p), "no such file") from None
-    except IsADirectoryError:
-        raise WorkflowFileError(str(p), "is a folder, not a workflow file") from None
     except OSError as exc:
         raise WorkflowFileError(str(p), f"cannot be read ({exc.strerror or exc})") from None
-    if raw.startswith(PNG_SIGNATURE):
-        text = _workflow_text_from_png(raw, str(p))
-    else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise WorkflowFileError(str(p), "is not a text file (not UTF-8)") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WorkflowFileError(str(p), "is a folder, not a workflow file")
+    if not stat.S_ISREG(st.st_mode):
+        # Reading a FIFO or /dev/zero would block or never end.
+        raise WorkflowFileError(str(p), "is not a regular file (a device, pipe or socket)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+            if head == PNG_SIGNATURE:
+                text = _workflow_text_from_png(f, str(p))
+            else:
+                if st.st_size > MAX_FILE_BYTES:
+                    raise WorkflowFileError(
+                        str(p),
+                        f"is too large for a workflow file ({st.st_size / 2**20:.0f} MiB; "
+                        f"the limit is {MAX_FILE_BYTES // 2**20} MiB)",
+                    )
+                raw = head + f.read(MAX_FILE_BYTES + 1 - len(head))
+                if len(raw) > MAX_FILE_BYTES:  # it grew while we read it
+                    raise WorkflowFileError(str(p), f"is larger than {MAX_FILE_BYTES // 2**20} MiB")
+                try:
+                    text = raw.decode("utf-8-sig")
+                except UnicodeDecodeError:
+                    raise WorkflowFileError(str(p), "is not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise WorkflowFileError(str(p), f"cannot be read ({exc.strerror or exc})") from None
     wf = loads_workflow(text, path=str(p), registry=registry)
     wf.path = p
     return wf
 
 
-def _workflow_text_from_png(raw: bytes, path: str) -> str:
+_PNG_KEYS = frozenset({WORKFLOW_KEY, "workflow", "prompt", "parameters"})
+
+
+def _workflow_text_from_png(f: BinaryIO, path: str) -> str:
     """The Studio workflow a PNG carries (a saved image is also its recipe)."""
     try:
-        chunks = read_png_text(raw)
+        chunks = read_png_text_from(f, keys=_PNG_KEYS)
     except PngError as exc:
         raise WorkflowFileError(path, f"is not a readable PNG ({exc})") from None
     if WORKFLOW_KEY in chunks:
@@ -166,10 +228,14 @@ def _workflow_text_from_png(raw: bytes, path: str) -> str:
 
 
 def loads_workflow(text: str, *, registry: Registry, path: str = "<text>") -> Workflow:
+    """Parse workflow file text. Raises WorkflowFileError naming ``path`` on any problem."""
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except _Bad as exc:
-        raise WorkflowFileError(path, str(exc)) from None
+        data = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_BadNumber,
+        )
     except json.JSONDecodeError as exc:
         raise WorkflowFileError(
             path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
@@ -179,18 +245,168 @@ def loads_workflow(text: str, *, registry: Registry, path: str = "<text>") -> Wo
     return workflow_from_dict(data, path=path, registry=registry)
 
 
-def _refuse_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity, but they are not JSON and could not be saved again.
-    raise _Bad(f"is not valid JSON ({name} is not a JSON number)")
-
-
 def workflow_from_dict(data: Any, *, registry: Registry, path: str = "<data>") -> Workflow:
+    """A workflow from file data (parsed JSON). Raises WorkflowFileError naming ``path``."""
+    problem = find_unsaveable(data)
+    if problem is not None:
+        raise WorkflowFileError(path, problem)
     try:
         return _from_dict(data, registry)
     except _Bad as exc:
         raise WorkflowFileError(path, str(exc)) from None
     except RecursionError:
         raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
+
+
+# -- the one rule for values: what loads must save again, byte for byte ---------------------
+
+
+class _BadNumber:
+    """A number JSON cannot carry back, kept as its text until its place is known."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def problem(self) -> str:
+        t = self.text
+        if t in ("NaN", "Infinity", "-Infinity"):
+            return f"is {t}, which is not a JSON number"
+        if len(t) > 24:
+            digits = sum(c.isdigit() for c in t)
+            t = f"{t[:12]}...{t[-6:]} ({digits} digits)"
+        return f"is the number {t}, {_RANGE}"
+
+
+_RANGE = "too large (numbers must be finite, within ±1.8e308)"
+
+
+def _parse_int(text: str) -> int | _BadNumber:
+    # Checked before int(): Python refuses to parse more than 4,300 digits with a ValueError.
+    if len(text) > _MAX_INT_DIGITS + 1:
+        return _BadNumber(text)
+    value = int(text)
+    return value if abs(value) <= MAX_NUMBER else _BadNumber(text)
+
+
+def _parse_float(text: str) -> float | _BadNumber:
+    value = float(text)  # 1e400 is inf
+    return value if math.isfinite(value) else _BadNumber(text)
+
+
+class _Key:
+    """A dict key met by the walk: keys must be text that UTF-8 can write."""
+
+    def __init__(self, name: Any):
+        self.name = name
+
+
+def find_unsaveable(data: Any) -> str | None:
+    """The first value in file data that a workflow file cannot hold, said for a person
+    (``node 3 (id): "params.cfg" is the number 1e400, too large ...``), or None.
+
+    Refused: numbers that are not finite or beyond ±1.8e308 (JSON cannot carry them back,
+    and the engine and the canvas turn numbers into floats), text with a lone UTF-16
+    surrogate (it cannot be written as UTF-8, and no guess is made at what it should have
+    been), lists and objects nested deeper than ``MAX_DEPTH``, and values that are not JSON.
+    """
+    for value, where, depth in _walk(data):
+        problem = _value_problem(value, depth)
+        if problem is not None:
+            return _describe_place(data, where, problem)
+    return None
+
+
+def _value_problem(value: Any, depth: int) -> str | None:
+    if isinstance(value, str):
+        return None if value.isascii() else _surrogate_problem(value)
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if abs(value) <= MAX_NUMBER:
+            return None
+        return (
+            f"is a whole number of about {int(value.bit_length() * 0.30103) + 1} digits, {_RANGE}"
+        )
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"is {value}, which is not a JSON number"
+    if isinstance(value, dict | list | tuple):
+        return f"is nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else None
+    if isinstance(value, _BadNumber):
+        return value.problem()
+    if isinstance(value, _Key):
+        if not isinstance(value.name, str):
+            return f"has a name that is not text ({value.name!r})"
+        return _surrogate_problem(value.name, "is a name with")
+    return f"is a {type(value).__name__}, which a workflow file cannot store"
+
+
+def _walk(data: Any) -> Iterator[tuple[Any, tuple[Any, ...], int]]:
+    """Every value (and unusual key) in ``data`` with its path and depth, in file order.
+
+    Iterative, so deep data gets a message, not a RecursionError; nothing below
+    ``MAX_DEPTH`` is visited, so a list that holds itself ends too.
+    """
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(data, (), 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        yield value, where, depth
+        if depth > MAX_DEPTH:
+            continue
+        if isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                path = (*where, key)
+                if not isinstance(key, str) or not key.isascii():
+                    yield _Key(key), path, depth + 1
+                stack.append((item, path, depth + 1))
+        elif isinstance(value, list | tuple):
+            for i in range(len(value) - 1, -1, -1):
+                stack.append((value[i], (*where, i), depth + 1))
+
+
+def _surrogate_problem(text: str, what: str = "has") -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"{what} a broken character (a lone UTF-16 surrogate, \\u{ord(text[exc.start]):04x}, "
+            f"at character {exc.start + 1}), which cannot be written as UTF-8"
+        )
+    return None
+
+
+def _describe_place(data: Any, where: tuple[Any, ...], problem: str) -> str:
+    """``node 3 (id): "params.cfg" <problem>`` for a path into file data."""
+    prefix, rest = "", where
+    if len(where) >= 2 and where[0] in ("nodes", "links") and isinstance(where[1], int):
+        item = _at(data, where[:2])
+        ident = item.get("id") if isinstance(item, dict) else None
+        prefix = f"{where[0][:-1]} {where[1] + 1}"
+        if isinstance(ident, str):
+            prefix += f" ({_show(ident)})"
+        rest = where[2:]
+    elif len(where) >= 3 and where[:2] == ("layout", "nodes"):
+        prefix, rest = f"layout of node {_show(str(where[2]))}", where[3:]
+    elif where and where[0] == "layout":
+        prefix, rest = "layout", where[1:]
+    field = "".join(f"[{k}]" if isinstance(k, int) else f".{_show(str(k))}" for k in rest)
+    field = field.lstrip(".")
+    if len(field) > 80:
+        field = field[:77] + "..."
+    if not prefix:  # the message follows the file name: "x.json: "extra.zoom" is ..."
+        return f'"{field}" {problem}' if field else problem
+    return f'{prefix}: "{field}" {problem}' if field else f"{prefix} {problem}"
+
+
+def _at(data: Any, where: tuple[Any, ...]) -> Any:
+    for key in where:
+        data = data[key]
+    return data
+
+
+def _show(text: str) -> str:
+    """Text for a message: broken characters escaped, so the message itself can be printed."""
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _from_dict(data: Any, registry: Registry) -> Workflow:

@@ -219,11 +219,9 @@ class MenusMixin:
 
 def carries_workflow(path: str) -> bool:
     """Whether a PNG holds a Studio workflow (read from its text chunks, not decoded)."""
-    from studio.graph.pngmeta import WORKFLOW_KEY, PngError, read_png_text
+    from studio.graph.pngmeta import WORKFLOW_KEY, PngError, read_png_text_file
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        return WORKFLOW_KEY in read_png_text(data)
+        return WORKFLOW_KEY in read_png_text_file(path, keys=(WORKFLOW_KEY,))
     except (OSError, PngError):
         return False
