@@ -111,17 +111,28 @@ class ModelFiles:
         """
         if not name:
             raise NodeError(f"no {kind} file chosen")
-        p = Path(name).expanduser()
+        try:
+            p = Path(name).expanduser()
+        except RuntimeError:  # "~nobody/x": no such user
+            p = Path(name)
         if p.is_absolute():
-            if not p.exists():
+            if not _exists(p):
                 raise NodeError(f"model file not found: {p}")
             return _checked(kind, p)
         for folder in self.folders(kind):
             cand = folder / name
-            if cand.exists():
+            if _exists(cand):
                 return _checked(kind, cand)
         searched = ", ".join(str(f) for f in self.folders(kind))
         raise NodeError(f"{kind} file {name!r} not found; looked in: {searched}")
+
+
+def _exists(p: Path) -> bool:
+    # A name from a file can be anything: too long for the system, a NUL byte, ...
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _checked(kind: str, p: Path) -> Path:

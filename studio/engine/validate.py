@@ -217,9 +217,6 @@ def check_param(inp: Any, value: Any, model_files: ModelFiles | None = None) -> 
             if _is_absolute_path(value):
                 return str(exc)
             return f"file {value!r} not found among the {inp.file_kind} files"
-        except (OSError, RuntimeError, ValueError):
-            # A file's text can be anything: "~nobody/x", a name too long for the system.
-            return f"file {value!r} not found among the {inp.file_kind} files"
         return None
     return inp.check(value)
 
