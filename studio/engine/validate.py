@@ -80,102 +80,134 @@ def plan_workflow(
     ``model_files`` (the engine's or the window's, for their settings) checks that each
     model-file param names a file that is there; without it those are not checked.
     """
-    nodes: dict[str, Node] = {n.id: n for n in wf.nodes}
-    index = {nid: i for i, nid in enumerate(nodes)}
-    g: nx.DiGraph = nx.DiGraph()
-    g.add_nodes_from(nodes)
-    inputs: dict[str, dict[str, Link]] = {nid: {} for nid in nodes}
-    for lk in wf.links:
-        g.add_edge(lk.source, lk.target)
-        inputs[lk.target][lk.input] = lk
+    checker = _Checker(wf, registry, model_files)
+    for n in checker.nodes.values():
+        checker.check_node(n)
+    g, index = checker.graph, checker.index
+    if not nx.is_directed_acyclic_graph(g):
+        checker.report_cycles()
+        return Plan(g, checker.specs, [], set(), [], checker.inputs, {}, checker.problems)
+    outputs = _outputs(checker, targets)
+    needed, bypass_map = _needed(checker, outputs)
+    order = list(nx.lexicographical_topological_sort(g.subgraph(needed), key=index.__getitem__))
+    return Plan(
+        g, checker.specs, order, needed, outputs, checker.inputs, bypass_map, checker.problems
+    )
 
-    specs: dict[str, NodeSpec] = {}
-    problems: list[Problem] = []
 
-    def title(n: Node) -> str:
-        spec = specs.get(n.id)
+class _Checker:
+    """The workflow as a graph, and every problem found in it, each naming its node."""
+
+    def __init__(self, wf: Workflow, registry: Registry, model_files: ModelFiles | None):
+        self.nodes: dict[str, Node] = {n.id: n for n in wf.nodes}
+        self.index = {nid: i for i, nid in enumerate(self.nodes)}
+        self.graph: nx.DiGraph = nx.DiGraph()
+        self.graph.add_nodes_from(self.nodes)
+        self.inputs: dict[str, dict[str, Link]] = {nid: {} for nid in self.nodes}
+        for lk in wf.links:
+            self.graph.add_edge(lk.source, lk.target)
+            self.inputs[lk.target][lk.input] = lk
+        self.specs: dict[str, NodeSpec] = {}
+        for n in self.nodes.values():
+            spec = registry.get(n.type)
+            if spec is not None:
+                self.specs[n.id] = spec
+        self.model_files = model_files
+        self.problems: list[Problem] = []
+
+    def title(self, n: Node) -> str:
+        spec = self.specs.get(n.id)
         return n.title or (spec.title if spec else n.type)
 
-    def add(n: Node, message: str, param: str | None = None) -> None:
-        problems.append(Problem(n.id, n.type, title(n), message, param))
+    def add(self, n: Node, message: str, param: str | None = None) -> None:
+        self.problems.append(Problem(n.id, n.type, self.title(n), message, param))
 
-    for n in nodes.values():
-        spec = registry.get(n.type)
-        if spec is not None:
-            specs[n.id] = spec
-
-    for n in nodes.values():
+    def check_node(self, n: Node) -> None:
         if n.mute:
-            continue
-        spec = specs.get(n.id)
+            return
+        spec = self.specs.get(n.id)
         if spec is None:
-            add(n, f"unknown node type {n.type!r} (is a node pack missing?)")
-            continue
+            self.add(n, f"unknown node type {n.type!r} (is a node pack missing?)")
+            return
         if spec.frontend_only:
-            continue
+            return
         if n.version > spec.version:
-            add(
+            self.add(
                 n,
                 f"was saved by a newer version of {spec.title} (version {n.version}; "
                 f"this Studio has version {spec.version})",
             )
-        for name, lk in inputs[n.id].items():
+        self.check_links(n, spec)
+        self.check_unlinked_inputs(n, spec)
+
+    def check_links(self, n: Node, spec: NodeSpec) -> None:
+        """Each link into ``n`` ends at an input it has, from an output of a fitting type."""
+        for name, lk in self.inputs[n.id].items():
             in_spec = spec.input(name)
             if in_spec is None:
-                add(n, f"has a link into {name!r}, which {spec.title} does not have", name)
+                self.add(n, f"has a link into {name!r}, which {spec.title} does not have", name)
                 continue
-            src = nodes[lk.source]
-            src_spec = specs.get(src.id)
+            src = self.nodes[lk.source]
+            src_spec = self.specs.get(src.id)
             if src_spec is None:
                 continue  # reported on the source node
             out_spec = src_spec.output(lk.output)
+            where = f"{self.title(src)}.{lk.output}"
             if out_spec is None:
-                add(
-                    n,
-                    f"input {name!r} is linked to {title(src)}.{lk.output}, which does not exist",
-                    name,
-                )
+                self.add(n, f"input {name!r} is linked to {where}, which does not exist", name)
             elif not can_connect(out_spec.type, in_spec.type):
-                add(
+                self.add(
                     n,
                     f"input {name!r} expects {in_spec.type} but is linked to "
-                    f"{title(src)}.{lk.output} ({out_spec.type})",
+                    f"{where} ({out_spec.type})",
                     name,
                 )
+
+    def check_unlinked_inputs(self, n: Node, spec: NodeSpec) -> None:
+        """Required inputs are linked; params hold acceptable values."""
         for inp in spec.inputs:
-            if inp.name in inputs[n.id]:
+            if inp.name in self.inputs[n.id]:
                 continue
             if not inp.is_param:
                 if not inp.optional and not n.bypass:
-                    add(n, f"missing required input {inp.name!r} ({inp.type})", inp.name)
+                    self.add(n, f"missing required input {inp.name!r} ({inp.type})", inp.name)
                 continue
             value = n.params.get(inp.name, inp.default)
             if value is None:
                 if not inp.optional:
-                    add(n, f"param {inp.name!r} has no value", inp.name)
+                    self.add(n, f"param {inp.name!r} has no value", inp.name)
                 continue
-            problem = check_param(inp, value, model_files)
+            problem = check_param(inp, value, self.model_files)
             if problem:
-                add(n, f"param {inp.name!r}: {problem}", inp.name)
+                self.add(n, f"param {inp.name!r}: {problem}", inp.name)
 
-    if not nx.is_directed_acyclic_graph(g):
+    def report_cycles(self) -> None:
+        """Every node on a cycle, naming the whole cycle."""
+        g = self.graph
         for comp in nx.strongly_connected_components(g):
             if len(comp) > 1 or any(g.has_edge(c, c) for c in comp):
-                members = sorted(comp, key=index.__getitem__)
-                names = " -> ".join(f"{title(nodes[m])} ({m})" for m in members)
+                members = sorted(comp, key=self.index.__getitem__)
+                names = " -> ".join(f"{self.title(self.nodes[m])} ({m})" for m in members)
                 for m in members:
-                    add(nodes[m], f"is on a cycle: {names}")
-        return Plan(g, specs, [], set(), [], inputs, {}, problems)
+                    self.add(self.nodes[m], f"is on a cycle: {names}")
 
-    # What runs: output nodes and what feeds them, not through muted nodes.
+
+def _outputs(checker: _Checker, targets: list[str] | None) -> list[str]:
+    """What the run aims at: ``targets``, or every output node that is not muted."""
+    nodes, specs = checker.nodes, checker.specs
     if targets is not None:
-        outputs = [t for t in targets if t in nodes and not nodes[t].mute]
-    else:
-        outputs = [
-            nid
-            for nid, n in nodes.items()
-            if not n.mute and nid in specs and specs[nid].output_node
-        ]
+        return [t for t in targets if t in nodes and not nodes[t].mute]
+    return [
+        nid for nid, n in nodes.items() if not n.mute and nid in specs and specs[nid].output_node
+    ]
+
+
+def _needed(
+    checker: _Checker, outputs: list[str]
+) -> tuple[set[str], dict[str, dict[str, str | None]]]:
+    """The nodes that feed ``outputs`` (not through muted nodes; through a bypassed node only
+    along its pass-through inputs), and each bypassed node's pass-through map."""
+    nodes, specs, inputs = checker.nodes, checker.specs, checker.inputs
     bypass_map: dict[str, dict[str, str | None]] = {}
     needed: set[str] = set()
     queue = deque(outputs)
@@ -198,9 +230,7 @@ def plan_workflow(
             lk = inputs[nid].get(name)
             if lk is not None and lk.source not in needed:
                 queue.append(lk.source)
-
-    order = list(nx.lexicographical_topological_sort(g.subgraph(needed), key=index.__getitem__))
-    return Plan(g, specs, order, needed, outputs, inputs, bypass_map, problems)
+    return needed, bypass_map
 
 
 def check_param(inp: Any, value: Any, model_files: ModelFiles | None = None) -> str | None:
