@@ -362,6 +362,25 @@ def test_copy_paste_and_paste_keeping_links(chain):
     assert len(wf.nodes) == 5 and len(wf.links) == 2
 
 
+@pytest.mark.parametrize(
+    "clipboard",
+    [
+        '{"nodes": [{"id": "a", "type": "number", "params": {"value": 1e400}}]}',
+        '{"nodes": [{"id": "a", "type": "number", "version": "x"}]}',
+        '{"nodes": [{"id": "a", "type": "number"}], "layout": {"nodes": {"a": {"pos": 5}}}}',
+        '{"nodes": [{"id": "a", "type": "number", "title": "\\ud800"}]}',
+    ],
+)
+def test_pasting_text_that_is_not_studio_nodes_pastes_nothing_and_says_why(chain, clipboard):
+    from PySide6.QtWidgets import QApplication
+
+    w = chain
+    QApplication.clipboard().setText(clipboard)
+    key(w, Qt.Key.Key_V, CTRL)
+    assert len(w.controller.wf.nodes) == 5
+    assert w.statusBar().currentMessage().startswith("nothing pasted")
+
+
 def test_duplicate(chain):
     w = chain
     QTest.mouseClick(vp(w), L, NO, title(w, "bright"))

@@ -16,6 +16,7 @@ from PySide6.QtGui import QUndoStack
 
 from studio.app import commands as c
 from studio.app.binding import follow
+from studio.graph.fileformat import find_unsaveable
 from studio.graph.registry import Registry
 from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
 from studio.graph.seeds import SEED_CONTROLS, SeedControl, advance_seeds, seed_control
@@ -472,7 +473,24 @@ class Controller(QObject):
     def paste(
         self, data: dict[str, Any], at: tuple[float, float] | None, *, keep_links: bool = False
     ) -> list[str]:
-        """Paste clipboard data as new nodes (fresh ids) in one step; returns their ids."""
+        """Paste clipboard data as new nodes (fresh ids) in one step; returns their ids.
+
+        The clipboard is text any program can put there: data a workflow file could not
+        hold, or that is not shaped as Studio copies it, pastes nothing and says why.
+        """
+        problem = find_unsaveable(data)
+        if problem is not None:
+            self.message.emit(f"nothing pasted: the clipboard holds {problem}")
+            return []
+        try:
+            return self._paste(data, at, keep_links)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
+            self.message.emit("nothing pasted: the clipboard does not hold Studio nodes")
+            return []
+
+    def _paste(
+        self, data: dict[str, Any], at: tuple[float, float] | None, keep_links: bool
+    ) -> list[str]:
         nodes = [nd for nd in data.get("nodes", []) if isinstance(nd, dict) and "type" in nd]
         if not nodes:
             return []
