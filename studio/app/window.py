@@ -157,6 +157,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         file.addSeparator()
         self._action(file, "&Save", self.save, S.Save)
         self._action(file, "Save &As…", self.save_as, QKeySequence("Ctrl+Shift+S"))
+        self._action(file, "&Export as ComfyUI API…", self.export_comfyui_api)
         file.addSeparator()
         self._action(file, "&Quit", self.close, S.Quit)
 
@@ -290,9 +291,32 @@ class MainWindow(RunWindowMixin, QMainWindow):
         except StudioError as exc:
             self.show_error("Cannot open the workflow", str(exc))
             return False
-        self.set_document(wf, None if as_template else Path(path))
+        # An imported file (ComfyUI, A1111, a PNG) has no path: saving asks where, so the
+        # other tool's file is never overwritten.
+        self.set_document(wf, None if as_template else wf.path, dirty=wf.path is None)
         if not as_template:
             self._add_recent(Path(path))
+        return True
+
+    def export_comfyui_api(self) -> bool:
+        """Write the workflow as a ComfyUI prompt (API format) where the user says."""
+        from studio.graph.importers.comfyui_export import write_comfyui_api
+
+        start = str(self.path.with_suffix(".api.json")) if self.path else ""
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export as ComfyUI API", start, "ComfyUI prompt (*.json)"
+        )
+        if not path:
+            return False
+        try:
+            write_comfyui_api(self.controller.wf, path, path=str(self.path or "the workflow"))
+        except OSError as exc:
+            self.show_error("Cannot export the workflow", f"{path}: {exc.strerror or exc}")
+            return False
+        except StudioError as exc:
+            self.show_error("Cannot export the workflow", str(exc))
+            return False
+        self.statusBar().showMessage(f"Exported {path}", 4000)
         return True
 
     def open_path_asking(self, path: str) -> None:
