@@ -577,3 +577,43 @@ def test_the_importer_needs_neither_qt_nor_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert "7 nodes" in proc.stdout
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def test_the_app_opens_a_dropped_comfyui_png_and_exports_comfyui_api(
+    make_window, reg, tmp_path, monkeypatch
+):
+    pytest.importorskip("PySide6")
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    import studio.app.window as window_module
+
+    png = tmp_path / "ComfyUI_00002_.png"
+    write_png(png, {"workflow": json.dumps(txt2img_ui(seed=8))})
+    w = make_window(registry=reg)
+    md = QMimeData()
+    md.setUrls([QUrl.fromLocalFile(str(png))])
+    left, none = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    target = w.view.viewport()
+    enter = QDragEnterEvent(QPoint(200, 200), Qt.DropAction.CopyAction, md, left, none)
+    QApplication.sendEvent(target, enter)
+    QApplication.sendEvent(
+        target, QDropEvent(QPointF(200, 200), Qt.DropAction.CopyAction, md, left, none)
+    )
+    wf = w.controller.wf
+    assert wf.get_node("3").params["seed"] == 8  # the workflow, not a Load Image of the PNG
+    assert not [n for n in wf.nodes if n.type == "load_image"]
+    assert w.path is None  # saving asks where
+
+    out = tmp_path / "exported.json"
+    monkeypatch.setattr(
+        window_module.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), "")
+    )
+    (action,) = [a for a in w.menuBar().actions()[0].menu().actions() if "ComfyUI API" in a.text()]
+    action.trigger()
+    prompt = json.loads(out.read_text())
+    assert prompt["3"]["class_type"] == "KSampler" and prompt["3"]["inputs"]["seed"] == 8

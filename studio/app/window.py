@@ -291,9 +291,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
         except StudioError as exc:
             self.show_error("Cannot open the workflow", str(exc))
             return False
-        # An imported file (ComfyUI, A1111, a PNG) has no path: saving asks where, so the
-        # other tool's file is never overwritten.
-        self.set_document(wf, None if as_template else wf.path, dirty=wf.path is None)
+        # A workflow from a PNG or another tool's file (ComfyUI, A1111) has no path:
+        # saving asks where, so that file is never overwritten.
+        self.set_document(wf, None if as_template else wf.path)
         if not as_template:
             self._add_recent(Path(path))
         return True
