@@ -367,6 +367,8 @@ def test_a_comfyui_png_opens_its_workflow_chunk_before_its_prompt(reg, tmp_path)
     write_png(broken, {"workflow": "{not json", "prompt": json.dumps(api)})
     result = open_any(broken, reg)
     assert result.kind == "comfyui-api" and "prompt chunk was imported" in result.report[0]
+    (note,) = [n for n in result.workflow.layout.notes if n.id == "import-report"]
+    assert "prompt chunk was imported" in note.text
 
 
 def test_studio_validate_reads_a_comfyui_png(tmp_path, capsys):
@@ -577,6 +579,101 @@ def test_the_importer_needs_neither_qt_nor_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert "7 nodes" in proc.stdout
+
+
+# -- whatever comes in, only the documented error comes out ----------------------------------
+
+
+def _v1_file() -> dict:
+    data = txt2img_ui()
+    data["version"] = 1
+    data["links"] = [
+        {
+            "id": lk[0],
+            "origin_id": lk[1],
+            "origin_slot": lk[2],
+            "target_id": lk[3],
+            "target_slot": lk[4],
+            "type": lk[5],
+            "parentId": 1,
+        }
+        for lk in data["links"]
+    ]
+    data["extra"] = {"reroutes": [{"id": 1, "pos": [10, 20]}]}
+    data["definitions"] = {"subgraphs": [{"id": "s", "nodes": [], "links": [], "inputs": []}]}
+    data["nodes"].append(ui_node(60, "s", [], inputs=[("x", "LATENT", None)]))
+    return data
+
+
+def _widgets(data, where, value):
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if isinstance(nodes, list) and nodes and isinstance(nodes[where % len(nodes)], dict):
+        wv = nodes[where % len(nodes)].setdefault("widgets_values", [])
+        if isinstance(wv, list) and wv:
+            wv[(where // 3) % len(wv)] = value
+    elif isinstance(data, dict) and data:
+        node = data[sorted(data)[where % len(data)]]
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict) and node["inputs"]:
+            inputs = node["inputs"]
+            inputs[sorted(inputs)[(where // 3) % len(inputs)]] = value
+
+
+def _comfy_link(data, where, value):
+    links = data.get("links") if isinstance(data, dict) else None
+    if isinstance(links, list) and links:
+        lk = links[where % len(links)]
+        if isinstance(lk, list):
+            lk[(where // 5) % len(lk)] = value
+        elif isinstance(lk, dict):
+            lk[sorted(lk)[(where // 5) % len(lk)]] = value
+
+
+def test_mutated_comfyui_files_import_or_raise_the_documented_error(reg):
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from test_core_fuzz import FUZZ, _add_key, _delete, _duplicate, _put_literals, _replace, values
+
+    from studio.engine.validate import plan_workflow
+
+    files = [rich_ui(), _v1_file(), txt2img_api()]
+    mutations = [
+        _widgets,
+        _widgets,
+        _comfy_link,
+        _comfy_link,
+        _replace,
+        _delete,
+        _add_key,
+        _duplicate,
+    ]
+
+    @FUZZ
+    @given(
+        st.sampled_from(range(len(files))),
+        st.lists(
+            st.tuples(st.sampled_from(mutations), st.integers(0, 10**6), values),
+            min_size=1,
+            max_size=3,
+        ),
+    )
+    def check(which, steps):
+        data = copy.deepcopy(files[which])
+        for mutate, where, value in steps:
+            mutate(data, where, value)
+        try:
+            text = _put_literals(json.dumps(data, ensure_ascii=False))
+        except (UnicodeEncodeError, ValueError, RecursionError):
+            return
+        try:
+            wf = loads_workflow(text, registry=reg, path="fuzz.json")
+        except WorkflowFileError as exc:
+            assert "fuzz.json" in str(exc)
+            return
+        plan_workflow(wf, reg)
+        saved = dumps_workflow(wf)
+        assert dumps_workflow(loads_workflow(saved, registry=reg)) == saved
+
+    check()
 
 
 # -- the app ----------------------------------------------------------------------------------

@@ -250,18 +250,16 @@ def _workflow_from_png(f: BinaryIO, path: str, registry: Registry) -> ImportResu
     for key in ("workflow", "prompt"):
         if key not in chunks:
             continue
+        preface = []
+        if failed is not None:
+            preface.append(
+                f"its ComfyUI workflow chunk could not be read ({failed.reason}); "
+                "the prompt chunk was imported instead"
+            )
         try:
-            result = _from_text(chunks[key], registry, path, comfy_only=True)
+            return _from_text(chunks[key], registry, path, comfy_preface=preface)
         except WorkflowFileError as exc:
             failed = failed or exc
-            continue
-        if failed is not None:
-            result.report.insert(
-                0,
-                f"its ComfyUI workflow chunk could not be read ({failed.reason}); "
-                "the prompt chunk was imported instead",
-            )
-        return result
     if failed is not None:
         raise failed
     if "parameters" in chunks:
@@ -288,8 +286,11 @@ def _from_text(
     path: str,
     *,
     studio_only: bool = False,
-    comfy_only: bool = False,
+    comfy_preface: list[str] | None = None,
 ) -> ImportResult:
+    """The workflow in file text. With ``studio_only`` the text must be Studio's format
+    (a ``studio_workflow`` chunk); with ``comfy_preface`` (a PNG's ComfyUI chunk) it must
+    be ComfyUI's, and those lines start the import report."""
     try:
         data = json.loads(
             text,
@@ -311,10 +312,10 @@ def _from_text(
         if problem is not None:
             raise WorkflowFileError(path, problem)
         try:
-            return import_comfyui(data, registry, source=path)
+            return import_comfyui(data, registry, source=path, preface=comfy_preface)
         except RecursionError:
             raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
-    if comfy_only:
+    if comfy_preface is not None:
         raise WorkflowFileError(path, "carries text that is not a ComfyUI workflow")
     return ImportResult(workflow_from_dict(data, path=path, registry=registry))
 

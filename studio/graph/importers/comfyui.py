@@ -54,18 +54,22 @@ def looks_like_comfyui(data: Any) -> str | None:
     return None
 
 
-def import_comfyui(data: dict[str, Any], registry: Registry, *, source: str) -> ImportResult:
+def import_comfyui(
+    data: dict[str, Any], registry: Registry, *, source: str, preface: list[str] | None = None
+) -> ImportResult:
     """A Studio workflow from a ComfyUI workflow (UI format) or prompt (API format).
 
     ``source`` names the file in messages and in the note the workflow gets. Raises
     :class:`~studio.errors.WorkflowFileError` (naming ``source`` and the node) for data
     that is neither format or is broken: a link to a missing node, a ``widgets_values``
-    list of the wrong length for a known node type, ...
+    list of the wrong length for a known node type, ... ``preface`` lines start the report
+    (what the caller already noticed about the file).
     """
     kind = looks_like_comfyui(data)
     if kind is None:
         raise WorkflowFileError(source, "is neither a Studio workflow nor a ComfyUI workflow")
     reader = _Reader(source)
+    reader.report.extend(preface or ())
     if kind == "comfyui-ui":
         graph = reader.read_ui(data)
         version = data.get("version")
@@ -128,6 +132,7 @@ class _Reader:
     def __init__(self, source: str):
         self.source = source
         self.report: list[str] = []
+        self._link_parents: dict[str, Any] = {}
 
     def fail(self, message: str) -> WorkflowFileError:
         return WorkflowFileError(self.source, message)
@@ -168,7 +173,11 @@ class _Reader:
         links = [self._raw_link(lk, i) for i, lk in enumerate(data["links"]) if lk is not None]
         nodes, links = self._flatten(nodes, links, defs, 0)
         g = _Graph()
-        raw = {str(n["id"]): n for n in nodes}
+        raw: dict[str, dict[str, Any]] = {}
+        for n in nodes:
+            if str(n["id"]) in raw:
+                raise self.fail(f"has two nodes with id {n['id']!r}")
+            raw[str(n["id"])] = n
         for lk in links:
             for end, slot in ((lk.origin, lk.origin_slot), (lk.target, lk.target_slot)):
                 if end not in raw:
@@ -207,7 +216,7 @@ class _Reader:
         return out
 
     def _check_node(self, nd: Any) -> bool:
-        if not isinstance(nd, dict) or "id" not in nd:
+        if not isinstance(nd, dict) or not _is_id(nd.get("id")):
             raise self.fail("a node is not an object with an id")
         if not isinstance(nd.get("type"), str) or not nd["type"]:
             raise self.fail(f"node {nd['id']} has no type")
@@ -215,19 +224,24 @@ class _Reader:
 
     def _raw_link(self, lk: Any, i: int) -> _RawLink:
         if isinstance(lk, list) and len(lk) >= 5:
-            return _RawLink(str(lk[0]), str(lk[1]), lk[2], str(lk[3]), lk[4])
-        if isinstance(lk, dict) and all(
+            parts, parent = lk[:5], None
+        elif isinstance(lk, dict) and all(
             k in lk for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot")
         ):
-            return _RawLink(
-                str(lk["id"]),
-                str(lk["origin_id"]),
-                lk["origin_slot"],
-                str(lk["target_id"]),
-                lk["target_slot"],
-                lk.get("parentId"),
-            )
-        raise self.fail(f"link {i + 1} is neither a ComfyUI link list nor a link object")
+            parts = [lk[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot")]
+            parent = lk.get("parentId")
+        else:
+            raise self.fail(f"link {i + 1} is neither a ComfyUI link list nor a link object")
+        lid, origin, oslot, target, tslot = parts
+        for value in (lid, origin, target):
+            if not _is_id(value):
+                raise self.fail(f"link {i + 1} has a broken id {value!r}")
+        for slot in (oslot, tslot):
+            if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+                raise self.fail(f"link {lid} has a broken slot number {slot!r}")
+        return _RawLink(
+            str(lid), str(origin), oslot, str(target), tslot, parent if _is_id(parent) else None
+        )
 
     def _flatten(
         self,
@@ -265,7 +279,7 @@ class _Reader:
     def _instance(
         self, nd: dict[str, Any], sg: dict[str, Any], inst: str
     ) -> tuple[list[dict[str, Any]], list[_RawLink]]:
-        inner = [n for n in sg.get("nodes", []) if self._check_node(n)]
+        inner = [n for n in _items(sg.get("nodes")) if self._check_node(n)]
         xs = [n["pos"][0] for n in inner if _is_pair(n.get("pos"))]
         ys = [n["pos"][1] for n in inner if _is_pair(n.get("pos"))]
         base = nd.get("pos") if _is_pair(nd.get("pos")) else (0.0, 0.0)
@@ -283,7 +297,7 @@ class _Reader:
             return x if x in (_SUBGRAPH_IN, _SUBGRAPH_OUT) else f"{inst}:{x}"
 
         links = []
-        for i, lk in enumerate(sg.get("links", [])):
+        for i, lk in enumerate(_items(sg.get("links"))):
             r = self._raw_link(lk, i)
             links.append(
                 _RawLink(
@@ -302,10 +316,10 @@ class _Reader:
         mode = nd.get("mode", 0)
         cn = _CNode(nid, ct, title=title or "", mode=mode if isinstance(mode, int) else 0)
         cn.layout = _ui_layout(nd)
-        cn.ui_inputs = [_input_name(i) for i in nd.get("inputs") or [] if isinstance(i, dict)]
+        cn.ui_inputs = [_input_name(i) for i in _items(nd.get("inputs")) if isinstance(i, dict)]
         cn.ui_outputs = [
             str(o.get("name", i))
-            for i, o in enumerate(nd.get("outputs") or [])
+            for i, o in enumerate(_items(nd.get("outputs")))
             if isinstance(o, dict)
         ]
         wv = nd.get("widgets_values", [])
@@ -361,13 +375,14 @@ class _Reader:
         items = extra.get("reroutes") if isinstance(extra, dict) else None
         out = {}
         for r in items if isinstance(items, list) else []:
-            if isinstance(r, dict) and "id" in r and _is_pair(r.get("pos")):
-                out[r["id"]] = (r.get("parentId"), (float(r["pos"][0]), float(r["pos"][1])))
+            if isinstance(r, dict) and _is_id(r.get("id")) and _is_pair(r.get("pos")):
+                parent = r.get("parentId") if _is_id(r.get("parentId")) else None
+                out[r["id"]] = (parent, (float(r["pos"][0]), float(r["pos"][1])))
         if isinstance(extra, dict) and isinstance(extra.get("linkExtensions"), list):
             self._link_parents = {
                 str(e["id"]): e.get("parentId")
                 for e in extra["linkExtensions"]
-                if isinstance(e, dict) and "id" in e
+                if isinstance(e, dict) and _is_id(e.get("id")) and _is_id(e.get("parentId"))
             }
         else:
             self._link_parents = {}
@@ -383,7 +398,7 @@ class _Reader:
     ) -> None:
         """A link into a real node, followed back through Reroute nodes to its source."""
         target = g.nodes[lk.target]
-        inputs = raw[lk.target].get("inputs") or []
+        inputs = _items(raw[lk.target].get("inputs"))
         if lk.target_slot >= len(inputs) or not isinstance(inputs[lk.target_slot], dict):
             raise self.fail(
                 f"link {lk.id} goes into input slot {lk.target_slot} of node {lk.target} "
@@ -498,6 +513,14 @@ def _is_api_link(value: Any) -> bool:
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
     )
+
+
+def _items(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, str | int) and not isinstance(x, bool)
 
 
 def _is_num(x: Any) -> bool:
