@@ -705,6 +705,7 @@ def test_the_app_opens_a_dropped_comfyui_png_and_exports_comfyui_api(
     assert wf.get_node("3").params["seed"] == 8  # the workflow, not a Load Image of the PNG
     assert not [n for n in wf.nodes if n.type == "load_image"]
     assert w.path is None  # saving asks where
+    assert "Imported ComfyUI_00002_.png: 1 thing(s) did not map" in w.statusBar().currentMessage()
 
     out = tmp_path / "exported.json"
     monkeypatch.setattr(

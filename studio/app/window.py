@@ -29,7 +29,7 @@ from studio.app.library import LibraryPanel
 from studio.app.recovery import RecoveryFile, RecoveryStore
 from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
-from studio.graph.fileformat import load_workflow, save_workflow
+from studio.graph.fileformat import open_any, save_workflow
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
 from studio.settings import Settings as StudioSettings
@@ -287,15 +287,23 @@ class MainWindow(RunWindowMixin, QMainWindow):
     def open_path(self, path: str | Path, *, as_template: bool = False) -> bool:
         """Open a workflow file (no question asked); False with a message when it cannot be read."""
         try:
-            wf = load_workflow(path, self.registry)
+            opened = open_any(path, self.registry)
         except StudioError as exc:
             self.show_error("Cannot open the workflow", str(exc))
             return False
+        wf = opened.workflow
         # A workflow from a PNG or another tool's file (ComfyUI, A1111) has no path:
         # saving asks where, so that file is never overwritten.
         self.set_document(wf, None if as_template else wf.path)
         if not as_template:
             self._add_recent(Path(path))
+        if opened.imported:
+            what = (
+                f"{len(opened.report)} thing(s) did not map exactly (see the note)"
+                if opened.report
+                else "every node mapped"
+            )
+            self.statusBar().showMessage(f"Imported {Path(path).name}: {what}", 10000)
         return True
 
     def export_comfyui_api(self) -> bool:
