@@ -715,3 +715,23 @@ def test_the_app_opens_a_dropped_comfyui_png_and_exports_comfyui_api(
     action.trigger()
     prompt = json.loads(out.read_text())
     assert prompt["3"]["class_type"] == "KSampler" and prompt["3"]["inputs"]["seed"] == 8
+
+
+def test_core_types_studio_lacks_say_why_and_gpu_samplers_are_reported(reg):
+    data = txt2img_api()
+    data["3"]["inputs"]["sampler_name"] = "dpmpp_2m_sde_gpu"
+    data["20"] = {"class_type": "KSamplerAdvanced", "inputs": {"model": ["4", 0]}}
+    result = import_comfyui(data, reg, source="x.json")
+    wf = result.workflow
+    assert wf.get_node("3").params["sampler"] == "dpmpp_2m_sde"
+    assert any("'dpmpp_2m_sde_gpu' became 'dpmpp_2m_sde'" in r for r in result.report)
+    assert any(
+        "'KSamplerAdvanced' is a ComfyUI node Studio does not map: start/end steps" in p
+        for p in problems_of(wf)
+    )
+    del data["20"]
+    wf = import_comfyui(data, reg, source="x.json").workflow
+    assert export_comfyui_api(wf)["3"]["inputs"]["sampler_name"] == "dpmpp_2m_sde"
+    wf.get_node("3").params["sampler"] = "pndm"
+    with pytest.raises(WorkflowFileError, match="sampler 'pndm' is not one ComfyUI has"):
+        export_comfyui_api(wf)

@@ -122,8 +122,10 @@ class _Exporter:
             studio = nm.params.get(comfy, comfy)
             covered.add(studio)
             value = param_value(n, spec, studio)
-            back = {v: k for k, v in nm.values.get(comfy, {}).items()}
+            back = {v: k for k, v in nm.values.get(comfy, {}).items() if k not in _LOSSY}
             inputs[comfy] = back.get(value, value) if _hashable(value) else value
+            if _hashable(value) and value in nm.comfy_lacks.get(studio, ()):
+                self.problems.append(f"{self._label(n)}: {studio} {value!r} is not one ComfyUI has")
         for name, value in nm.fixed.items():
             if param_value(n, spec, name) != value and not self._fixed_ok(n, spec, name):
                 self.problems.append(
@@ -193,6 +195,11 @@ class _Exporter:
             "_meta": {"title": "CLIP Set Last Layer"},
         }
         inputs["clip"] = [csl, 0]
+
+
+#: ComfyUI values that map onto a Studio value another ComfyUI value also maps onto:
+#: an export writes the plain one.
+_LOSSY = frozenset({"dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu"})
 
 
 def _hashable(value: Any) -> bool:

@@ -56,6 +56,8 @@ class NodeMap:
     trailing: int = 0
     #: Studio params that need not be at their default for an export (ComfyUI decides them).
     export_free: tuple[str, ...] = ()
+    #: Studio param -> values ComfyUI does not have (an export refuses them).
+    comfy_lacks: dict[str, frozenset[Any]] = field(default_factory=dict)
 
     def studio_input(self, comfy_name: str) -> str:
         """The Studio input or param a ComfyUI input or widget name is."""
@@ -70,6 +72,13 @@ class NodeMap:
 
 
 _IMAGE_METHODS = {"nearest-exact": "nearest"}
+#: ComfyUI's samplers that draw their SDE noise on the GPU; Studio draws noise on the CPU.
+_GPU_SAMPLERS = {
+    "dpmpp_sde_gpu": "dpmpp_sde",
+    "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+    "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+}
+_GPU_NOTE = "sampler {!r} became {!r}: Studio draws noise on the CPU, so the image differs"
 _NEAREST_NOTE = "'nearest-exact' scaling became Studio's 'nearest' (pixels may differ slightly)"
 
 NODE_MAPS: dict[str, NodeMap] = {
@@ -89,7 +98,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         params={"sampler_name": "sampler"},
         inputs={"latent_image": "latent"},
         outputs=("latent",),
-        notes={("scheduler", "normal"): _SCHEDULE_NOTE},
+        values={"sampler_name": _GPU_SAMPLERS},
+        notes={
+            ("scheduler", "normal"): _SCHEDULE_NOTE,
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+        comfy_lacks={"sampler": frozenset({"pndm"})},
     ),
     "VAEDecode": NodeMap(
         "vae_decode", "VAE Decode", inputs={"samples": "latent"}, outputs=("image",)
