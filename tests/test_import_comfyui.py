@@ -735,3 +735,12 @@ def test_core_types_studio_lacks_say_why_and_gpu_samplers_are_reported(reg):
     wf.get_node("3").params["sampler"] = "pndm"
     with pytest.raises(WorkflowFileError, match="sampler 'pndm' is not one ComfyUI has"):
         export_comfyui_api(wf)
+
+
+def test_a_ui_workflow_exports_as_the_prompt_comfyui_queues_for_it(reg):
+    ui = txt2img_ui(seed=5, steps=12, cfg=6.5, text="a cat")
+    api = txt2img_api(seed=5, steps=12, cfg=6.5)
+    out = export_comfyui_api(import_comfyui(ui, reg, source="x.json").workflow)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in out.items()} == {
+        k: (v["class_type"], v["inputs"]) for k, v in api.items()
+    }
