@@ -151,6 +151,10 @@ def test_a_ui_v04_workflow_opens_with_ids_flags_layout_and_placeholders(reg, tmp
     texts = [n.text for n in wf.layout.notes]
     assert "remember the seed" in texts
     (report_note,) = [t for t in texts if t.startswith("Imported from comfy.json")]
+    (note,) = [n for n in wf.layout.notes if n.id == "import-report"]
+    tops = [n.pos[1] for n in wf.layout.notes if n is not note]
+    tops += [f.rect[1] for f in wf.layout.frames] + [nl.pos[1] for nl in wf.layout.nodes.values()]
+    assert note.pos[1] + note.size[1] <= min(tops)  # above everything: it hides nothing
     assert "IPAdapterApply" in report_note and "schedule differs from ComfyUI's" in report_note
     assert any("'seed' = 1234 written in from 'Seed'" in r for r in result.report)
     # The placeholder keeps what ComfyUI wrote, and validation says where it came from.

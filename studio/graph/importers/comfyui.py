@@ -843,7 +843,10 @@ def _add_import_note(wf: Workflow, source: str, label: str, report: list[str]) -
         lines.extend(f"- {r}" for r in report)
     else:
         lines.append("Every node mapped onto a Studio node.")
+    # Above everything else, so it hides nothing.
     positions = [nl.pos for nid, nl in wf.layout.nodes.items() if wf.has_node(nid)]
+    positions += [n.pos for n in wf.layout.notes]
+    positions += [(f.rect[0], f.rect[1]) for f in wf.layout.frames]
     x = min((p[0] for p in positions), default=0.0)
     y = min((p[1] for p in positions), default=0.0)
     height = 80.0 + 18.0 * len(lines)
