@@ -748,3 +748,27 @@ def test_a_ui_workflow_exports_as_the_prompt_comfyui_queues_for_it(reg):
     assert {k: (v["class_type"], v["inputs"]) for k, v in out.items()} == {
         k: (v["class_type"], v["inputs"]) for k, v in api.items()
     }
+
+
+def test_studio_run_sets_a_param_of_an_imported_workflow_by_comfyuis_id(
+    tmp_path, user_settings_file, capsys
+):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from studio.cli import main
+    from studio.settings import Settings
+
+    user_settings_file(Settings(input_dir=str(tmp_path / "in"), device="cpu"))
+    path = tmp_path / "comfy.json"
+    path.write_text(json.dumps(txt2img_ui(steps=2)))
+    out = tmp_path / "out"
+    assert (
+        main(["run", str(path), "--set", "3.seed=7", "--set", "5.width=32", "--out", str(out)]) == 0
+    )
+    (png,) = out.rglob("*.png")
+    with Image.open(png) as im:
+        assert im.size == (32, 64)
+        saved = json.loads(im.info["studio_workflow"])
+    assert {n["id"]: n["params"].get("seed") for n in saved["nodes"]}["3"] == 7
+    assert path.read_text() == json.dumps(txt2img_ui(steps=2))  # the ComfyUI file is untouched

@@ -723,6 +723,11 @@ class _Builder:
         reason = NOT_MAPPED.get(cn.class_type)
         if cn.class_type in NODE_MAPS:
             reason = f"Studio's {NODE_MAPS[cn.class_type].studio!r} node type is not installed"
+        elif cn.class_type.startswith(("workflow>", "workflow/")):
+            reason = (
+                "it is a group node of older ComfyUI versions; convert it to nodes in "
+                "ComfyUI and save again"
+            )
         used = sorted(
             {slot for c in self.g.nodes.values() for s, slot in c.links.values() if s == cn.id}
         )
