@@ -772,3 +772,80 @@ def test_studio_run_sets_a_param_of_an_imported_workflow_by_comfyuis_id(
         saved = json.loads(im.info["studio_workflow"])
     assert {n["id"]: n["params"].get("seed") for n in saved["nodes"]}["3"] == 7
     assert path.read_text() == json.dumps(txt2img_ui(steps=2))  # the ComfyUI file is untouched
+
+
+def test_nested_subgraphs_with_outputs_are_flattened(reg):
+    """Decode lives in subgraph B inside subgraph A; A's output feeds the outer Save Image."""
+    data = txt2img_ui()
+    data["nodes"] = [n for n in data["nodes"] if n["id"] != 8]
+    data["links"] = [lk for lk in data["links"] if 8 not in (lk[1], lk[3])]
+    data["nodes"].append(
+        ui_node(
+            70,
+            "A",
+            [],
+            inputs=[("samples", "LATENT", 7), ("vae", "VAE", 8)],
+            outputs=[("IMAGE", "IMAGE", [9])],
+            pos=(1200, 200),
+        )
+    )
+    data["links"] += [
+        [7, 3, 0, 70, 0, "LATENT"],
+        [8, 4, 2, 70, 1, "VAE"],
+        [9, 70, 0, 9, 0, "IMAGE"],
+    ]
+
+    def link(i, o, os_, t, ts):
+        return {
+            "id": i,
+            "origin_id": o,
+            "origin_slot": os_,
+            "target_id": t,
+            "target_slot": ts,
+            "type": "*",
+        }
+
+    a = {
+        "id": "A",
+        "inputs": [{"name": "samples"}, {"name": "vae"}],
+        "outputs": [{"name": "IMAGE"}],
+        "nodes": [
+            ui_node(
+                1,
+                "B",
+                [],
+                inputs=[("samples", "LATENT", 1), ("vae", "VAE", 2)],
+                outputs=[("IMAGE", "IMAGE", [3])],
+                pos=(0, 0),
+            )
+        ],
+        "links": [link(1, -10, 0, 1, 0), link(2, -10, 1, 1, 1), link(3, 1, 0, -20, 0)],
+    }
+    b = {
+        "id": "B",
+        "inputs": [{"name": "samples"}, {"name": "vae"}],
+        "outputs": [{"name": "IMAGE"}],
+        "nodes": [
+            ui_node(
+                5,
+                "VAEDecode",
+                [],
+                inputs=[("samples", "LATENT", 1), ("vae", "VAE", 2)],
+                outputs=[("IMAGE", "IMAGE", [3])],
+                pos=(0, 0),
+            )
+        ],
+        "links": [link(1, -10, 0, 5, 0), link(2, -10, 1, 5, 1), link(3, 5, 0, -20, 0)],
+    }
+    data["definitions"] = {"subgraphs": [a, b]}
+    wf = import_comfyui(data, reg, source="nested.json").workflow
+    assert wf.get_node("70:1:5").type == "vae_decode"
+    assert (wf.link_into("70:1:5", "latent").source, wf.link_into("70:1:5", "vae").source) == (
+        "3",
+        "4",
+    )
+    assert wf.link_into("9", "images").source == "70:1:5"
+    assert problems_of(wf) == []
+    a["nodes"][0]["type"] = "A"  # A inside A: refused, not a hang
+    with pytest.raises(WorkflowFileError, match="nested more than 16 deep"):
+        import_comfyui(data, reg, source="nested.json")
