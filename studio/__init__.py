@@ -38,8 +38,11 @@ def installed_registry() -> Registry:
 
 
 def load_workflow(path: str | Path, registry: Registry | None = None) -> Workflow:
-    """Read a Studio workflow file (raises WorkflowFileError naming the file on problems),
-    with ``registry``'s node types (default: :func:`installed_registry`)."""
+    """Read a workflow file (raises WorkflowFileError naming the file on problems), with
+    ``registry``'s node types (default: :func:`installed_registry`).
+
+    Besides Studio's own files, ComfyUI workflows and prompts and PNGs carrying a workflow
+    are read (imported: see docs/importing.md); those come back without a ``path``."""
     from studio.graph.fileformat import load_workflow as _load
 
     return _load(path, registry if registry is not None else installed_registry())

@@ -4,7 +4,10 @@
     studio open WORKFLOW [--screenshot PNG] [--run]
     studio run WORKFLOW [--set NODE.PARAM=VALUE ...] [--out DIR] [--events]
     studio validate WORKFLOW
+    studio export WORKFLOW --to comfyui-api OUT.json
     studio nodes [--markdown]
+
+WORKFLOW may also be a ComfyUI workflow or prompt (JSON), or a PNG carrying one.
 
 Exit codes: 0 success, 1 a node failed (or the run was interrupted), 2 an invalid
 workflow or a usage mistake. A user's mistake never prints a Python traceback.
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     vp = sub.add_parser("validate", help="check a workflow and list every problem")
     vp.add_argument("workflow")
 
+    ep = sub.add_parser("export", help="write a workflow in another tool's format")
+    ep.add_argument("workflow")
+    ep.add_argument("--to", required=True, choices=["comfyui-api"], help="the format to write")
+    ep.add_argument("out", metavar="OUT.json")
+
     np_ = sub.add_parser("nodes", help="list the node types")
     np_.add_argument("--markdown", action="store_true", help="print reference docs in Markdown")
     return p
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args.workflow, args.sets, args.out, args.events)
     if args.command == "validate":
         return cmd_validate(args.workflow)
+    if args.command == "export":
+        return cmd_export(args.workflow, args.to, args.out)
     if args.command == "nodes":
         return cmd_nodes(args.markdown)
     return EXIT_INVALID
@@ -226,6 +236,25 @@ def cmd_validate(path: str) -> int:
     for problem in problems:
         print(problem)
     return EXIT_INVALID
+
+
+def cmd_export(path: str, to: str, out: str) -> int:
+    from studio.errors import StudioError
+    from studio.graph.importers.comfyui_export import write_comfyui_api
+
+    wf = _load(path)
+    if wf is None:
+        return EXIT_INVALID
+    try:
+        write_comfyui_api(wf, out, path=path)
+    except StudioError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    except OSError as exc:
+        _err(f"cannot write {out}: {exc.strerror or exc}")
+        return EXIT_INVALID
+    print(out)
+    return EXIT_OK
 
 
 def cmd_nodes(markdown: bool) -> int:

@@ -82,7 +82,11 @@ def test_layout_change_does_not_touch_the_graph(stub_registry):
             '"links": [{"id": "l", "source": "a", "output": "o", "target": "b", "input": "i"}]}',
             "not in the file",
         ),
-        ('{"last_node_id": 3, "nodes": [], "links": []}', "ComfyUI workflow"),
+        (
+            '{"last_node_id": 3, "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [1]}], '
+            '"links": []}',
+            "node 3 (KSampler) has 1 widget values",
+        ),
         (
             '{"format": "studio.workflow", "version": 1, "nodes": [], "links": [], "extra": {"x": NaN}}',
             "is NaN, which is not a JSON number",

@@ -29,7 +29,7 @@ from studio.app.library import LibraryPanel
 from studio.app.recovery import RecoveryFile, RecoveryStore
 from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
-from studio.graph.fileformat import load_workflow, save_workflow
+from studio.graph.fileformat import open_any, save_workflow
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
 from studio.settings import Settings as StudioSettings
@@ -157,6 +157,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         file.addSeparator()
         self._action(file, "&Save", self.save, S.Save)
         self._action(file, "Save &As…", self.save_as, QKeySequence("Ctrl+Shift+S"))
+        self._action(file, "&Export as ComfyUI API…", self.export_comfyui_api)
         file.addSeparator()
         self._action(file, "&Quit", self.close, S.Quit)
 
@@ -286,13 +287,44 @@ class MainWindow(RunWindowMixin, QMainWindow):
     def open_path(self, path: str | Path, *, as_template: bool = False) -> bool:
         """Open a workflow file (no question asked); False with a message when it cannot be read."""
         try:
-            wf = load_workflow(path, self.registry)
+            opened = open_any(path, self.registry)
         except StudioError as exc:
             self.show_error("Cannot open the workflow", str(exc))
             return False
-        self.set_document(wf, None if as_template else Path(path))
+        wf = opened.workflow
+        # A workflow from a PNG or another tool's file (ComfyUI, A1111) has no path:
+        # saving asks where, so that file is never overwritten.
+        self.set_document(wf, None if as_template else wf.path)
         if not as_template:
             self._add_recent(Path(path))
+        if opened.imported:
+            what = (
+                f"{len(opened.report)} thing(s) did not map exactly (see the note)"
+                if opened.report
+                else "every node mapped"
+            )
+            self.statusBar().showMessage(f"Imported {Path(path).name}: {what}", 10000)
+        return True
+
+    def export_comfyui_api(self) -> bool:
+        """Write the workflow as a ComfyUI prompt (API format) where the user says."""
+        from studio.graph.importers.comfyui_export import write_comfyui_api
+
+        start = str(self.path.with_suffix(".api.json")) if self.path else ""
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export as ComfyUI API", start, "ComfyUI prompt (*.json)"
+        )
+        if not path:
+            return False
+        try:
+            write_comfyui_api(self.controller.wf, path, path=str(self.path or "the workflow"))
+        except OSError as exc:
+            self.show_error("Cannot export the workflow", f"{path}: {exc.strerror or exc}")
+            return False
+        except StudioError as exc:
+            self.show_error("Cannot export the workflow", str(exc))
+            return False
+        self.statusBar().showMessage(f"Exported {path}", 4000)
         return True
 
     def open_path_asking(self, path: str) -> None:

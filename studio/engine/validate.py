@@ -127,7 +127,14 @@ class _Checker:
             return
         spec = self.specs.get(n.id)
         if spec is None:
-            self.add(n, f"unknown node type {n.type!r} (is a node pack missing?)")
+            comfy = n.extra.get("comfyui")
+            if isinstance(comfy, dict) and isinstance(comfy.get("class_type"), str):
+                problem = comfy.get("problem") or (
+                    f"{comfy['class_type']!r} comes from a ComfyUI extension Studio does not have"
+                )
+                self.add(n, str(problem))
+            else:
+                self.add(n, f"unknown node type {n.type!r} (is a node pack missing?)")
             return
         if spec.frontend_only:
             return

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from studio.errors import WorkflowFileError
 from studio.fsutil import atomic_write_bytes
+from studio.graph.importers import ImportResult
 from studio.graph.pngmeta import (
     PNG_SIGNATURE,
     WORKFLOW_KEY,
@@ -160,10 +161,23 @@ def save_workflow(wf: Workflow, path: str | Path) -> None:
 
 
 def load_workflow(path: str | Path, registry: Registry) -> Workflow:
-    """Read a workflow file, or the workflow inside a PNG Studio saved.
+    """Read a workflow file, or the workflow inside a PNG; ComfyUI workflows and prompts
+    (and their PNGs) are imported (see :func:`open_any`).
 
     Raises WorkflowFileError naming the file on any problem (docs/LIMITS.md lists the
     limits a file must keep).
+    """
+    return open_any(path, registry).workflow
+
+
+def open_any(path: str | Path, registry: Registry) -> ImportResult:
+    """Read a Studio workflow file, a ComfyUI workflow or prompt (JSON), or a PNG that
+    carries one of them (or A1111 parameters), with what did not map.
+
+    A PNG's ``studio_workflow`` chunk wins, then ComfyUI's ``workflow`` (UI format), then
+    its ``prompt`` (API format), then A1111's ``parameters``. Only a Studio workflow file
+    sets the workflow's ``path``: a workflow from a PNG or another tool's file is saved
+    under a new name, never over the file it came from. Raises WorkflowFileError naming the file on any problem.
     """
     p = Path(path)
     try:
@@ -181,7 +195,7 @@ def load_workflow(path: str | Path, registry: Registry) -> Workflow:
         with open(p, "rb") as f:
             head = f.read(len(PNG_SIGNATURE))
             if head == PNG_SIGNATURE:
-                text = _workflow_text_from_png(f, str(p))
+                result = _workflow_from_png(f, str(p), registry)
             else:
                 if st.st_size > MAX_FILE_BYTES:
                     raise WorkflowFileError(
@@ -196,29 +210,62 @@ def load_workflow(path: str | Path, registry: Registry) -> Workflow:
                     text = raw.decode("utf-8-sig")
                 except UnicodeDecodeError:
                     raise WorkflowFileError(str(p), "is not a text file (not UTF-8)") from None
+                result = _from_text(text, registry, str(p))
     except OSError as exc:
         raise WorkflowFileError(str(p), f"cannot be read ({exc.strerror or exc})") from None
-    wf = loads_workflow(text, path=str(p), registry=registry)
-    wf.path = p
-    return wf
+    # Saving over a PNG or another tool's file would destroy it: those have no path.
+    result.workflow.path = None if result.imported or head == PNG_SIGNATURE else p
+    return result
 
 
-_PNG_KEYS = frozenset({WORKFLOW_KEY, "workflow", "prompt", "parameters"})
+#: PNG text chunks that carry a workflow, in the order they are preferred.
+PNG_WORKFLOW_KEYS = (WORKFLOW_KEY, "workflow", "prompt", "parameters")
 
 
-def _workflow_text_from_png(f: BinaryIO, path: str) -> str:
-    """The Studio workflow a PNG carries (a saved image is also its recipe)."""
+def _a1111_importer() -> Callable[..., ImportResult] | None:
     try:
-        chunks = read_png_text_from(f, keys=_PNG_KEYS)
+        from studio.graph.importers.a1111 import import_infotext
+    except ImportError:
+        return None
+    return import_infotext
+
+
+def png_workflow_keys() -> tuple[str, ...]:
+    """The text chunks that make a PNG open as a workflow (A1111's only when Studio can
+    import it), for a front end deciding between "open" and "add a Load Image"."""
+    if _a1111_importer() is None:
+        return PNG_WORKFLOW_KEYS[:-1]
+    return PNG_WORKFLOW_KEYS
+
+
+def _workflow_from_png(f: BinaryIO, path: str, registry: Registry) -> ImportResult:
+    """The workflow a PNG carries (a saved image is also its recipe)."""
+    try:
+        chunks = read_png_text_from(f, keys=frozenset(PNG_WORKFLOW_KEYS))
     except PngError as exc:
         raise WorkflowFileError(path, f"is not a readable PNG ({exc})") from None
     if WORKFLOW_KEY in chunks:
-        return chunks[WORKFLOW_KEY]
-    if "workflow" in chunks or "prompt" in chunks:
-        raise WorkflowFileError(
-            path, "carries a ComfyUI workflow; Studio does not import ComfyUI workflows yet"
-        )
+        return _from_text(chunks[WORKFLOW_KEY], registry, path, studio_only=True)
+    failed: WorkflowFileError | None = None
+    for key in ("workflow", "prompt"):
+        if key not in chunks:
+            continue
+        preface = []
+        if failed is not None:
+            preface.append(
+                f"its ComfyUI workflow chunk could not be read ({failed.reason}); "
+                "the prompt chunk was imported instead"
+            )
+        try:
+            return _from_text(chunks[key], registry, path, comfy_preface=preface)
+        except WorkflowFileError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
     if "parameters" in chunks:
+        importer = _a1111_importer()
+        if importer is not None:
+            return importer(chunks["parameters"], registry, source=path)
         raise WorkflowFileError(
             path,
             "carries Automatic1111 generation parameters, not a Studio workflow; "
@@ -228,7 +275,22 @@ def _workflow_text_from_png(f: BinaryIO, path: str) -> str:
 
 
 def loads_workflow(text: str, *, registry: Registry, path: str = "<text>") -> Workflow:
-    """Parse workflow file text. Raises WorkflowFileError naming ``path`` on any problem."""
+    """Parse workflow file text (Studio's format, or a ComfyUI workflow or prompt, which
+    is imported). Raises WorkflowFileError naming ``path`` on any problem."""
+    return _from_text(text, registry, path).workflow
+
+
+def _from_text(
+    text: str,
+    registry: Registry,
+    path: str,
+    *,
+    studio_only: bool = False,
+    comfy_preface: list[str] | None = None,
+) -> ImportResult:
+    """The workflow in file text. With ``studio_only`` the text must be Studio's format
+    (a ``studio_workflow`` chunk); with ``comfy_preface`` (a PNG's ComfyUI chunk) it must
+    be ComfyUI's, and those lines start the import report."""
     try:
         data = json.loads(
             text,
@@ -242,7 +304,20 @@ def loads_workflow(text: str, *, registry: Registry, path: str = "<text>") -> Wo
         ) from None
     except RecursionError:
         raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
-    return workflow_from_dict(data, path=path, registry=registry)
+    from studio.graph.importers.comfyui import import_comfyui, looks_like_comfyui
+
+    is_studio = isinstance(data, dict) and data.get("format") == FORMAT_NAME
+    if not is_studio and not studio_only and looks_like_comfyui(data):
+        problem = find_unsaveable(data)
+        if problem is not None:
+            raise WorkflowFileError(path, problem)
+        try:
+            return import_comfyui(data, registry, source=path, preface=comfy_preface)
+        except RecursionError:
+            raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
+    if comfy_preface is not None:
+        raise WorkflowFileError(path, "carries text that is not a ComfyUI workflow")
+    return ImportResult(workflow_from_dict(data, path=path, registry=registry))
 
 
 def workflow_from_dict(data: Any, *, registry: Registry, path: str = "<data>") -> Workflow:
@@ -417,7 +492,10 @@ def _from_dict(data: Any, registry: Registry) -> Workflow:
             raise _Bad("is a ComfyUI workflow, not a Studio workflow")
         if data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
             raise _Bad("is a ComfyUI API prompt, not a Studio workflow")
-        raise _Bad(f'is not a Studio workflow (no "format": "{FORMAT_NAME}")')
+        raise _Bad(
+            f'is not a Studio workflow (no "format": "{FORMAT_NAME}"), '
+            "nor a ComfyUI workflow or prompt"
+        )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise _Bad('has no valid "version" number')

@@ -218,10 +218,13 @@ class MenusMixin:
 
 
 def carries_workflow(path: str) -> bool:
-    """Whether a PNG holds a Studio workflow (read from its text chunks, not decoded)."""
-    from studio.graph.pngmeta import WORKFLOW_KEY, PngError, read_png_text_file
+    """Whether a PNG holds a workflow Studio opens: its own, ComfyUI's, or A1111's
+    parameters when that importer is there (read from its text chunks, not decoded)."""
+    from studio.graph.fileformat import png_workflow_keys
+    from studio.graph.pngmeta import PngError, read_png_text_file
 
+    keys = png_workflow_keys()
     try:
-        return WORKFLOW_KEY in read_png_text_file(path, keys=(WORKFLOW_KEY,))
+        return any(k in keys for k in read_png_text_file(path, keys=keys))
     except (OSError, PngError):
         return False

@@ -1,0 +1,255 @@
+"""The table between ComfyUI's core node types and Studio's, both ways.
+
+Each :class:`NodeMap` says, for one ComfyUI class_type, which Studio node type it is,
+the order of its ``widgets_values`` (the UI format stores widget values by position),
+which ComfyUI widget and input names are which Studio params and ports, and what the
+output slots are called in Studio. docs/importing.md is written from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Widgets that ComfyUI's frontend follows with a hidden "control after generate" value.
+SEED_WIDGETS = frozenset({"seed", "noise_seed"})
+
+#: Frontend-only node types: they compute nothing and are turned into layout or values.
+FRONTEND_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
+
+#: Placeholder type ids of imported nodes Studio cannot run start with this.
+PLACEHOLDER_PREFIX = "comfyui."
+
+_SCHEDULE_NOTE = (
+    "schedule differs from ComfyUI's: Studio's 'normal' is the checkpoint's own "
+    "(diffusers) schedule, so the image may differ slightly from ComfyUI's"
+)
+
+
+@dataclass(frozen=True)
+class NodeMap:
+    """How one ComfyUI class_type maps onto one Studio node type."""
+
+    studio: str
+    #: ComfyUI's title for the type (``_meta.title`` in the API format).
+    comfy_title: str
+    #: ComfyUI widget names, in ``widgets_values`` order (seed controls not counted).
+    widgets: tuple[str, ...] = ()
+    #: ComfyUI widget name -> Studio param name, where they differ.
+    params: dict[str, str] = field(default_factory=dict)
+    #: ComfyUI input name -> Studio input name, where they differ.
+    inputs: dict[str, str] = field(default_factory=dict)
+    #: Studio output name of each ComfyUI output slot, in slot order.
+    outputs: tuple[str, ...] = ()
+    #: Studio params this mapping sets whatever the file says.
+    fixed: dict[str, Any] = field(default_factory=dict)
+    #: Per ComfyUI widget: ComfyUI value -> Studio value, where they differ.
+    values: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    #: (ComfyUI widget, ComfyUI value) -> the report line that value gets.
+    notes: dict[tuple[str, Any], str] = field(default_factory=dict)
+    #: ComfyUI widgets Studio has no param for: name -> (the value Studio behaves as,
+    #: what a different value would lose).
+    unsupported: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: ComfyUI inputs Studio has no port for: name -> what a link into it loses.
+    dropped_inputs: dict[str, str] = field(default_factory=dict)
+    #: Frontend-only values that may follow the widgets (Load Image's upload button).
+    trailing: int = 0
+    #: Studio params that need not be at their default for an export (ComfyUI decides them).
+    export_free: tuple[str, ...] = ()
+    #: Studio param -> values ComfyUI does not have (an export refuses them).
+    comfy_lacks: dict[str, frozenset[Any]] = field(default_factory=dict)
+
+    def studio_input(self, comfy_name: str) -> str:
+        """The Studio input or param a ComfyUI input or widget name is."""
+        return self.inputs.get(comfy_name) or self.params.get(comfy_name) or comfy_name
+
+    def comfy_input(self, studio_name: str) -> str:
+        for table in (self.inputs, self.params):
+            for comfy, studio in table.items():
+                if studio == studio_name:
+                    return comfy
+        return studio_name
+
+
+_IMAGE_METHODS = {"nearest-exact": "nearest"}
+#: ComfyUI's samplers that draw their SDE noise on the GPU; Studio draws noise on the CPU.
+_GPU_SAMPLERS = {
+    "dpmpp_sde_gpu": "dpmpp_sde",
+    "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+    "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+}
+_GPU_NOTE = "sampler {!r} became {!r}: Studio draws noise on the CPU, so the image differs"
+_NEAREST_NOTE = "'nearest-exact' scaling became Studio's 'nearest' (pixels may differ slightly)"
+
+NODE_MAPS: dict[str, NodeMap] = {
+    "CheckpointLoaderSimple": NodeMap(
+        "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
+    ),
+    "CLIPTextEncode": NodeMap(
+        "text_encode", "CLIP Text Encode (Prompt)", ("text",), outputs=("conditioning",)
+    ),
+    "EmptyLatentImage": NodeMap(
+        "empty_latent", "Empty Latent Image", ("width", "height", "batch_size"), outputs=("latent",)
+    ),
+    "KSampler": NodeMap(
+        "sampler",
+        "KSampler",
+        ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+        params={"sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent",),
+        values={"sampler_name": _GPU_SAMPLERS},
+        notes={
+            ("scheduler", "normal"): _SCHEDULE_NOTE,
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+        comfy_lacks={"sampler": frozenset({"pndm"})},
+    ),
+    "VAEDecode": NodeMap(
+        "vae_decode", "VAE Decode", inputs={"samples": "latent"}, outputs=("image",)
+    ),
+    "VAEEncode": NodeMap(
+        "vae_encode", "VAE Encode", inputs={"pixels": "image"}, outputs=("latent",)
+    ),
+    "SaveImage": NodeMap("save_image", "Save Image", ("filename_prefix",)),
+    "PreviewImage": NodeMap("preview_image", "Preview Image"),
+    "LoadImage": NodeMap(
+        "load_image", "Load Image", ("image",), outputs=("image", "mask"), trailing=1
+    ),
+    "LoraLoader": NodeMap(
+        "load_lora",
+        "Load LoRA",
+        ("lora_name", "strength_model", "strength_clip"),
+        outputs=("model", "clip"),
+    ),
+    "VAELoader": NodeMap(
+        "load_vae", "Load VAE", ("vae_name",), outputs=("vae",), export_free=("latent_scale",)
+    ),
+    "ControlNetLoader": NodeMap(
+        "load_controlnet", "Load ControlNet Model", ("control_net_name",), outputs=("control_net",)
+    ),
+    "ControlNetApplyAdvanced": NodeMap(
+        "apply_controlnet",
+        "Apply ControlNet",
+        ("strength", "start_percent", "end_percent"),
+        outputs=("positive", "negative"),
+        dropped_inputs={
+            "vae": "its 'vae' input was dropped (Studio's Apply ControlNet does not take one; "
+            "SD1.x and SDXL ControlNets do not need it)"
+        },
+    ),
+    "UpscaleModelLoader": NodeMap(
+        "load_upscale_model", "Load Upscale Model", ("model_name",), outputs=("upscale_model",)
+    ),
+    "ImageUpscaleWithModel": NodeMap(
+        "upscale_image",
+        "Upscale Image (using Model)",
+        outputs=("image",),
+        export_free=("tile_size", "overlap"),
+    ),
+    "LatentUpscaleBy": NodeMap(
+        "latent_upscale",
+        "Upscale Latent By",
+        ("upscale_method", "scale_by"),
+        params={"upscale_method": "method"},
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "ImageScale": NodeMap(
+        "scale_image",
+        "Upscale Image",
+        ("upscale_method", "width", "height", "crop"),
+        params={"upscale_method": "method"},
+        outputs=("image",),
+        fixed={"mode": "size", "keep_aspect": False},
+        values={"upscale_method": _IMAGE_METHODS},
+        notes={("upscale_method", "nearest-exact"): _NEAREST_NOTE},
+        unsupported={
+            "crop": (
+                "disabled",
+                "'crop: center' was dropped: Studio's Scale Image stretches to "
+                "the size instead of cropping",
+            )
+        },
+        export_free=("factor",),
+    ),
+    "ImageScaleBy": NodeMap(
+        "scale_image",
+        "Upscale Image By",
+        ("upscale_method", "scale_by"),
+        params={"upscale_method": "method", "scale_by": "factor"},
+        outputs=("image",),
+        fixed={"mode": "factor"},
+        values={"upscale_method": _IMAGE_METHODS},
+        notes={("upscale_method", "nearest-exact"): _NEAREST_NOTE},
+        export_free=("width", "height", "keep_aspect"),
+    ),
+    "VAEEncodeForInpaint": NodeMap(
+        "vae_encode_inpaint", "VAE Encode (for Inpainting)", ("grow_mask_by",), outputs=("latent",)
+    ),
+    "SetLatentNoiseMask": NodeMap(
+        "set_latent_noise_mask",
+        "Set Latent Noise Mask",
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "InvertMask": NodeMap("invert_mask", "InvertMask", outputs=("mask",)),
+    "ImageToMask": NodeMap(
+        "mask_from_image", "Convert Image to Mask", ("channel",), outputs=("mask",)
+    ),
+    "SolidMask": NodeMap(
+        "solid_mask", "SolidMask", ("value", "width", "height"), outputs=("mask",)
+    ),
+    "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
+    "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
+    "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
+    "PrimitiveStringMultiline": NodeMap(
+        "primitive_string", "String (Multiline)", ("value",), outputs=("value",)
+    ),
+}
+
+#: The ComfyUI type each Studio type exports as (Scale Image picks by its mode).
+EXPORT_TYPES: dict[str, str] = {}
+for _ct, _nm in NODE_MAPS.items():
+    EXPORT_TYPES.setdefault(_nm.studio, _ct)
+EXPORT_TYPES["primitive_string"] = "PrimitiveStringMultiline"
+
+#: CLIPSetLastLayer is folded into the Text Encodes it feeds (their clip skip).
+CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
+
+#: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
+NOT_MAPPED: dict[str, str] = {
+    "KSamplerAdvanced": "start/end steps and leftover noise: Studio's Sampler has none yet",
+    "LatentUpscale": "scales to a width and height; Studio's Latent Upscale scales by a factor",
+    "ControlNetApply": "applies to one conditioning; Studio's Apply ControlNet takes the "
+    "positive and negative together, so the mapping would not be exact",
+    "LoraLoaderModelOnly": "Studio's Load LoRA needs a text encoder (clip) input",
+    "ConditioningCombine": "not in Studio yet",
+    "ConditioningConcat": "not in Studio yet",
+    "ConditioningAverage": "not in Studio yet",
+    "ConditioningZeroOut": "not in Studio yet",
+    "ConditioningSetArea": "not in Studio yet",
+    "ConditioningSetMask": "not in Studio yet",
+    "ConditioningSetTimestepRange": "not in Studio yet",
+    "ImagePadForOutpaint": "not in Studio yet",
+    "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
+    "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
+    "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",
+    "DualCLIPLoader": "loads model parts on their own; Studio loads whole checkpoints",
+    "VAEDecodeTiled": "its tile overlap has no Studio param (VAE Decode has a tiled mode)",
+    "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
+    "LoadImageMask": "Studio: Load Image followed by Mask from Image",
+    "GrowMask": "its tapered corners differ from Studio's Grow Mask",
+    "FeatherMask": "feathers each side by its own amount; Studio's Feather Mask blurs by a radius",
+    "ThresholdMask": "ComfyUI keeps values above the threshold, Studio at or above it",
+    "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
+    "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
+    "ImageInvert": "not in Studio yet",
+    "ImageBlur": "not in Studio yet",
+    "ImageCrop": "not in Studio yet",
+    "LatentComposite": "not in Studio yet",
+    "EmptySD3LatentImage": "not in Studio yet",
+    "FluxGuidance": "not in Studio yet",
+    CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
+    "become their clip skip",
+}
