@@ -30,6 +30,7 @@ from studio.app.recovery import RecoveryFile, RecoveryStore
 from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
 from studio.graph.fileformat import load_workflow, save_workflow
+from studio.graph.importers.a1111 import import_infotext, looks_like_infotext, model_finder
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
 from studio.settings import Settings as StudioSettings
@@ -295,6 +296,32 @@ class MainWindow(RunWindowMixin, QMainWindow):
             self._add_recent(Path(path))
         return True
 
+    def open_infotext(self, text: str, *, source: str) -> bool:
+        """Open A1111/Forge generation parameters as a new, unsaved document (asking to save
+        the current one first); False when cancelled or when the text cannot be read."""
+        if not self.maybe_save():
+            return False
+        files = self.controller.model_files
+        try:
+            result = import_infotext(
+                text,
+                self.registry,
+                source=source,
+                find_model=model_finder(files),
+                embedding_names=files.list("embeddings"),
+            )
+        except StudioError as exc:
+            self.show_error("Cannot import the generation parameters", str(exc))
+            return False
+        self.set_document(result.workflow, None, dirty=True)
+        n = len(result.report)
+        self.statusBar().showMessage(
+            "Imported A1111 generation parameters"
+            + (f"; {n} difference{'s' if n != 1 else ''}: see the note" if n else ""),
+            8000,
+        )
+        return True
+
     def open_path_asking(self, path: str) -> None:
         if self.maybe_save():
             self.open_path(path)
@@ -485,6 +512,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
     def paste(self, *, keep_links: bool) -> list[str]:
         md = QApplication.clipboard().mimeData()
         if md is None:
+            return []
+        if not md.hasFormat(CLIPBOARD_MIME) and md.hasText() and looks_like_infotext(md.text()):
+            self.open_infotext(md.text(), source="the clipboard")
             return []
         if not md.hasFormat(CLIPBOARD_MIME) and (md.hasImage() or md.hasUrls()):
             self.paste_image(md)
