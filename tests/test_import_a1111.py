@@ -473,3 +473,79 @@ def test_imported_studio_tiny_infotext_gives_the_txt2img_image(registry, tmp_pat
     wf.set_param(ids["sampler"], "seed", 43)
     other = Engine(registry, settings=settings).run(wf)
     assert not torch.equal(other.outputs[ids["decode"]]["image"], a)
+
+
+# -- the app: Ctrl+V of an infotext -------------------------------------------------------------
+
+PASTED = (
+    "a large red circle on a blue background, left <lora:studio-tiny-outline:0.5>\n"
+    "Negative prompt: blurry\n"
+    "Steps: 12, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: 77, Size: 64x64, "
+    "Model: studio-tiny, Face restoration: CodeFormer"
+)
+
+
+@pytest.fixture
+def app_window(make_window, registry, tmp_path):
+    pytest.importorskip("PySide6")
+    from studio.graph.workflow import Workflow
+
+    settings = Settings(models_root=str(tmp_path / "models"), output_dir=str(tmp_path / "out"))
+    wf = Workflow(registry)
+    wf.add_node("empty_latent")
+    return make_window(wf, studio_settings=settings)
+
+
+def paste_text(w, text):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.clipboard().setText(text)
+    QTest.keyClick(w.view, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+
+
+def test_pasting_an_infotext_opens_it_as_a_new_unsaved_document(app_window, tmp_path):
+    w = app_window
+    w.path = tmp_path / "mine.json"  # the current document had a file
+    paste_text(w, PASTED)
+    wf = w.controller.wf
+    assert one(wf, "load_checkpoint").params["ckpt_name"] == "studio-tiny"
+    assert one(wf, "load_lora").params["lora_name"] == "studio-tiny-outline.safetensors"
+    sampler = one(wf, "sampler")
+    assert (sampler.params["seed"], sampler.params["sampler"], sampler.params["scheduler"]) == (
+        77,
+        "dpmpp_2m",
+        "karras",
+    )
+    assert "Face restoration: CodeFormer" in wf.layout.notes[0].text
+    assert "clipboard" in wf.layout.notes[0].text
+    assert w.path is None and w.is_dirty  # closing asks to save it
+    assert "note" in w.statusBar().currentMessage()
+    assert w.scene is not None and len(w.scene.items()) > 0
+
+
+def test_pasting_an_infotext_asks_about_unsaved_changes_first(app_window):
+    from studio.app.window import UnsavedAnswer
+
+    w = app_window
+    before = w.controller.wf
+    w.controller.add_node("empty_latent", (100.0, 100.0))
+    assert w.is_dirty
+    asked = []
+    w.ask_unsaved = lambda: asked.append(1) or UnsavedAnswer.CANCEL
+    paste_text(w, PASTED)
+    assert asked and w.controller.wf is before  # cancelled: the document stays
+    assert not nodes_of(w.controller.wf, "load_checkpoint")
+    w.ask_unsaved = lambda: UnsavedAnswer.DISCARD
+    paste_text(w, PASTED)
+    assert nodes_of(w.controller.wf, "load_checkpoint")
+
+
+def test_pasting_other_text_changes_nothing(app_window):
+    w = app_window
+    before = w.controller.wf
+    n = len(before.nodes)
+    paste_text(w, "a cat\nSteps: 20")  # no Seed: not taken for parameters
+    paste_text(w, "just some words")
+    assert w.controller.wf is before and len(before.nodes) == n
