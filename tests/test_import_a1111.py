@@ -283,8 +283,17 @@ def test_unsupported_prompt_syntax_is_reported(registry):
     assert any("AND" in r for r in report)
     assert any("prompt editing" in r for r in report)
     assert any("alternating" in r for r in report)
-    plain = import_infotext("a (cat:1.2) [dog]\nSteps: 20, Seed: 1, RNG: CPU", registry, source="x")
-    assert plain.report == [] or all("BREAK" not in r for r in plain.report)
+    plain = import_infotext(
+        "a (cat:1.2) [dog] \\(literal\\)\nNegative prompt: plain words\nSteps: 20, Seed: 1, RNG: CPU, Model: m",
+        registry,
+        source="x",
+    )
+    # weights are read, only their strength differs from A1111's: said once, for the prompt
+    assert len(plain.report) == 1 and plain.report[0].startswith("Prompt: weights")
+    escaped = import_infotext(
+        "a \\(cat\\)\nSteps: 20, Seed: 1, RNG: CPU, Model: m", registry, source="x"
+    )
+    assert escaped.report == []
 
 
 # -- hires with an upscale model ----------------------------------------------------------------
@@ -549,3 +558,28 @@ def test_pasting_other_text_changes_nothing(app_window):
     paste_text(w, "a cat\nSteps: 20")  # no Seed: not taken for parameters
     paste_text(w, "just some words")
     assert w.controller.wf is before and len(before.nodes) == n
+
+
+def test_importer_needs_neither_qt_nor_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('PySide6', 'shiboken6', 'torch', 'diffusers'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from studio.graph.importers.a1111 import import_infotext\n"
+        "from studio.library import installed_registry\n"
+        "r = import_infotext('a cat\\nSteps: 3, Seed: 1', installed_registry(), source='x')\n"
+        "print(len(r.workflow.nodes), 'nodes')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "7 nodes" in proc.stdout

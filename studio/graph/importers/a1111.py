@@ -289,6 +289,12 @@ def prompt_syntax_problems(text: str, which: str) -> list[str]:
         found.append(
             f"{which}: prompt editing [from:to:when] is not supported; it is read as plain text"
         )
+    if re.search(r"(?<!\\)[(\[]", text):
+        found.append(
+            f"{which}: weights like (word:1.3) are applied as ComfyUI does (blended from the "
+            "empty prompt), not A1111's way (scaled, then the mean restored): weighted words "
+            "may come out somewhat stronger or weaker"
+        )
     if _ALTERNATING.search(text):
         found.append(f"{which}: alternating words [a|b] are not supported; read as plain text")
     return found
