@@ -118,7 +118,14 @@ def test_looks_like_infotext():
         ("Euler", None, ("euler", "normal")),
         ("DPM++ 2M Karras", None, ("dpmpp_2m", "karras")),
         ("DPM++ 2M", "Karras", ("dpmpp_2m", "karras")),
-        ("DPM++ 2M", "Automatic", ("dpmpp_2m", "normal")),
+        # "Automatic" is the sampler's own default schedule (A1111 1.9 and later) ...
+        ("DPM++ 2M", "Automatic", ("dpmpp_2m", "karras")),
+        ("DPM++ 2M SDE", "Automatic", ("dpmpp_2m_sde", "exponential")),
+        ("Euler a", "Automatic", ("euler_ancestral", "normal")),
+        # ... while a name without a Schedule type (before 1.9) meant the plain schedule
+        ("DPM++ 2M", None, ("dpmpp_2m", "normal")),
+        ("LMS Karras", "Automatic", ("lms", "karras")),
+        ("DPM++ 2M Karras", "Exponential", ("dpmpp_2m", "karras")),
         ("DPM++ SDE Karras", None, ("dpmpp_sde", "karras")),
         ("DPM++ 2M SDE", None, ("dpmpp_2m_sde", "normal")),
         ("DPM++ 2M SDE", "Exponential", ("dpmpp_2m_sde", "exponential")),

@@ -41,6 +41,8 @@ class SamplerMapping(NamedTuple):
     sampler: str
     scheduler: str | None = None  # None: the Schedule type (or the default) decides
     note: str = ""
+    #: The schedule A1111 (1.9 and later) uses for this sampler with "Schedule type: Automatic".
+    automatic: str = "normal"
 
 
 #: A1111 / Forge sampler names (lower case) -> Studio. Older A1111 (before 1.9) folds the
@@ -50,19 +52,22 @@ SAMPLERS: dict[str, SamplerMapping] = {
     "euler": SamplerMapping("euler"),
     "lms": SamplerMapping("lms"),
     "heun": SamplerMapping("heun"),
-    "dpm2": SamplerMapping("dpm_2"),
-    "dpm2 a": SamplerMapping("dpm_2_ancestral"),
+    "dpm2": SamplerMapping("dpm_2", automatic="karras"),
+    "dpm2 a": SamplerMapping("dpm_2_ancestral", automatic="karras"),
     "dpm++ 2s a": SamplerMapping(
-        "dpm_2_ancestral", note="Studio has no DPM++ 2S a; DPM2 a (dpm_2_ancestral) is nearest"
+        "dpm_2_ancestral",
+        note="Studio has no DPM++ 2S a; DPM2 a (dpm_2_ancestral) is nearest",
+        automatic="karras",
     ),
-    "dpm++ 2m": SamplerMapping("dpmpp_2m"),
-    "dpm++ sde": SamplerMapping("dpmpp_sde"),
-    "dpm++ 2m sde": SamplerMapping("dpmpp_2m_sde"),
-    "dpm++ 2m sde gpu": SamplerMapping("dpmpp_2m_sde"),
+    "dpm++ 2m": SamplerMapping("dpmpp_2m", automatic="karras"),
+    "dpm++ sde": SamplerMapping("dpmpp_sde", automatic="karras"),
+    "dpm++ 2m sde": SamplerMapping("dpmpp_2m_sde", automatic="exponential"),
     "dpm++ 2m sde heun": SamplerMapping(
-        "dpmpp_2m_sde", note="Studio has no DPM++ 2M SDE Heun; DPM++ 2M SDE is nearest"
+        "dpmpp_2m_sde",
+        note="Studio has no DPM++ 2M SDE Heun; DPM++ 2M SDE is nearest",
+        automatic="exponential",
     ),
-    "dpm++ 3m sde": SamplerMapping("dpmpp_3m_sde"),
+    "dpm++ 3m sde": SamplerMapping("dpmpp_3m_sde", automatic="exponential"),
     "dpm fast": SamplerMapping(
         "dpmpp_2m", note="Studio has no DPM fast; DPM++ 2M (dpmpp_2m) is nearest"
     ),
@@ -114,13 +119,14 @@ def map_sampler(name: str, schedule: str | None = None) -> tuple[str, str, list[
     notes: list[str] = []
     key = _norm(name)
     scheduler = "normal"
+    in_name: str | None = None  # a schedule named in the sampler's name wins, as in A1111
     mapping = SAMPLERS.get(key)
     if mapping is None:
         # Old combined names: "DPM++ 2M Karras", "DPM++ 3M SDE Exponential", "LMS Karras".
         for suffix in sorted(SCHEDULES, key=len, reverse=True):
             base = key.removesuffix(" " + suffix)
             if base != key and base in SAMPLERS:
-                mapping, scheduler = SAMPLERS[base], SCHEDULES[suffix].scheduler or "normal"
+                mapping, in_name = SAMPLERS[base], SCHEDULES[suffix].scheduler or "normal"
                 if SCHEDULES[suffix].note:
                     notes.append(SCHEDULES[suffix].note)
                 break
@@ -129,7 +135,13 @@ def map_sampler(name: str, schedule: str | None = None) -> tuple[str, str, list[
         mapping = SamplerMapping("euler")
     if mapping.note:
         notes.append(mapping.note)
-    if schedule is not None and _norm(schedule) not in ("", "automatic"):
+    if in_name is not None:
+        scheduler = in_name
+    elif schedule is not None and _norm(schedule) == "automatic":
+        # The sampler's own default; an infotext without a Schedule type is older than
+        # A1111 1.9, where a name without a schedule suffix meant the plain schedule.
+        scheduler = mapping.automatic
+    elif schedule is not None and _norm(schedule):
         sched = SCHEDULES.get(_norm(schedule))
         if sched is None:
             notes.append(f"Studio has no schedule type {schedule!r}; normal is used")
