@@ -590,3 +590,52 @@ def test_importer_needs_neither_qt_nor_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert "7 nodes" in proc.stdout
+
+
+def test_safetensors_lora_found_by_the_hash_a1111_writes(registry, tmp_path):
+    # A1111 hashes a .safetensors LoRA without its header (metadata edits keep the hash)
+    header = b'{"__metadata__": {"ss_output_name": "style"}}  '
+    data = bytes(range(200))
+    write_model(
+        tmp_path,
+        "loras",
+        "downloaded_style.safetensors",
+        len(header).to_bytes(8, "little") + header + data,
+    )
+    short = hashlib.sha256(data).hexdigest()[:12]
+    find = model_finder(ModelFiles(Settings(models_root=str(tmp_path))))
+    text = f'a cat <lora:style:0.9>\nSteps: 20, Seed: 1, Lora hashes: "style: {short}"'
+    result = import_infotext(text, registry, source="x", find_model=find)
+    lora = one(result.workflow, "load_lora")
+    assert lora.params["lora_name"] == "downloaded_style.safetensors" and not lora.bypass
+    assert lora.params["strength_model"] == 0.9 and lora.params["strength_clip"] == 0.9
+
+
+def test_vae_found_is_used_for_decoding_and_a_missing_one_is_reported(registry, tmp_path):
+    write_model(tmp_path, "vae", "vae-ft-mse-840000.safetensors", b"v" * 20)
+    find = model_finder(ModelFiles(Settings(models_root=str(tmp_path))))
+    text = "a cat\nSteps: 20, Seed: 1, Model: m, VAE: vae-ft-mse-840000.safetensors"
+    wf = import_infotext(text, registry, source="x", find_model=find).workflow
+    vae = one(wf, "load_vae")
+    assert vae.params["vae_name"] == "vae-ft-mse-840000.safetensors"
+    assert source_of(wf, one(wf, "vae_decode"), "vae").id == vae.id
+
+    result = import_infotext(text.replace("vae-ft", "other"), registry, source="x", find_model=find)
+    assert not nodes_of(result.workflow, "load_vae")
+    decode = one(result.workflow, "vae_decode")
+    assert source_of(result.workflow, decode, "vae").type == "load_checkpoint"
+    assert any("VAE" in r and "not found" in r for r in result.report)
+    assert "VAE: other-mse-840000.safetensors" in result.workflow.layout.notes[0].text
+
+
+def test_values_that_are_not_numbers_are_reported_not_fatal(registry):
+    text = "a cat\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1, Size: big, Clip skip: 40"
+    result = import_infotext(text, registry, source="x")
+    sampler = one(result.workflow, "sampler")
+    assert sampler.params["steps"] == 20
+    latent = one(result.workflow, "empty_latent")
+    assert (latent.params["width"], latent.params["height"]) == (512, 512)
+    assert any("Steps" in r for r in result.report)
+    assert any("Size" in r for r in result.report)
+    assert any("Clip skip 40" in r for r in result.report)
+    assert "Steps: many" in result.workflow.layout.notes[0].text

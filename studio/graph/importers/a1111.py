@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -358,6 +359,20 @@ def legacy_hash(path: Path) -> str:
         return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
 
 
+def addnet_hash(path: Path) -> str:
+    """SHA-256 of a .safetensors file's tensor data (what follows its JSON header): the hash
+    A1111 writes for a .safetensors LoRA, so editing the metadata does not change it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = f.read(8)
+        if len(header) < 8:
+            raise ValueError(f"{path} is too short for a safetensors file")
+        f.seek(8 + int.from_bytes(header, "little"))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 #: A1111's names of its built-in upscalers -> the file names they download.
 UPSCALER_FILES = {
     "r-esrgan 4x+": "RealESRGAN_x4plus",
@@ -368,15 +383,27 @@ UPSCALER_FILES = {
 }
 
 
+class HashKind(StrEnum):
+    """The hashes A1111 writes into infotexts."""
+
+    #: SHA-256 of the whole file (``Model hash``: 10 digits; ``Lora hashes`` of .pt files).
+    FULL = "full"
+    #: SHA-256 of a .safetensors file after its header (``Lora hashes``: 12 digits).
+    ADDNET = "addnet"
+    #: A1111's old 8-digit ``Model hash``.
+    LEGACY = "legacy"
+
+
 class ModelFinder:
     """Finds a model by name, then (only when that fails) by A1111's short hash: the first
-    10 (checkpoints) or 12 (LoRAs) hex digits of the file's SHA-256, or the old 8-digit hash.
-    Lists each kind once and hashes files lazily, remembering each file's hash."""
+    10 (checkpoints) or 12 (LoRAs) hex digits of the file's SHA-256 (for a .safetensors LoRA,
+    of what follows its header), or the old 8-digit hash. Lists each kind once and hashes
+    files lazily, remembering each file's hash."""
 
     def __init__(self, model_files: ModelFiles):
         self.model_files = model_files
         self._lists: dict[str, list[str]] = {}
-        self._hashes: dict[tuple[str, int, int, bool], str] = {}
+        self._hashes: dict[tuple[str, int, int, HashKind], str] = {}
 
     def names(self, kind: str) -> list[str]:
         if kind not in self._lists:
@@ -394,12 +421,19 @@ class ModelFinder:
         want = short_hash.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{8,64}", want):
             return None
+        if len(want) == 8:
+            modes = [HashKind.LEGACY]
+        else:
+            modes = [HashKind.FULL, HashKind.ADDNET] if kind == "loras" else [HashKind.FULL]
         for candidate in names:
-            if self._hash_of(kind, candidate, legacy=len(want) == 8).startswith(want):
-                return candidate
+            for mode in modes:
+                if mode is HashKind.ADDNET and not candidate.lower().endswith(".safetensors"):
+                    continue
+                if self._hash_of(kind, candidate, mode).startswith(want):
+                    return candidate
         return None
 
-    def _hash_of(self, kind: str, name: str, *, legacy: bool) -> str:
+    def _hash_of(self, kind: str, name: str, mode: HashKind) -> str:
         try:
             path = self.model_files.resolve(kind, name)
             st = path.stat()
@@ -407,11 +441,16 @@ class ModelFinder:
             return ""
         if path.is_dir():
             return ""
-        key = (str(path), st.st_size, st.st_mtime_ns, legacy)
+        key = (str(path), st.st_size, st.st_mtime_ns, mode)
         if key not in self._hashes:
+            hasher = {
+                HashKind.FULL: file_sha256,
+                HashKind.ADDNET: addnet_hash,
+                HashKind.LEGACY: legacy_hash,
+            }[mode]
             try:
-                self._hashes[key] = legacy_hash(path) if legacy else file_sha256(path)
-            except OSError:
+                self._hashes[key] = hasher(path)
+            except (OSError, ValueError):
                 return ""
         return self._hashes[key]
 
