@@ -639,3 +639,20 @@ def test_values_that_are_not_numbers_are_reported_not_fatal(registry):
     assert any("Size" in r for r in result.report)
     assert any("Clip skip 40" in r for r in result.report)
     assert "Steps: many" in result.workflow.layout.notes[0].text
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos", "4x-UltraSharp"])
+def test_imported_nodes_do_not_overlap_on_the_canvas(registry, tmp_path, upscaler):
+    write_model(tmp_path, "upscale_models", "4x-UltraSharp.pth", b"u" * 10)
+    find = model_finder(ModelFiles(Settings(models_root=str(tmp_path))))
+    text = "a cat <lora:a:1> <lora:b:1>\n" + HIRES_MODEL.format(upscaler).split("\n")[1]
+    wf = import_infotext(text, registry, source="x", find_model=find).workflow
+    spots = [tuple(wf.layout.nodes[n.id].pos) for n in wf.nodes]
+    assert len(set(spots)) == len(spots)
+    # left to right: every link goes to a column at or after its source's
+    for link in wf.links:
+        assert wf.layout.nodes[link.source].pos[0] <= wf.layout.nodes[link.target].pos[0]
+    # a sampler (tall: it shows its picture) has its column to itself
+    for s in nodes_of(wf, "sampler"):
+        x = wf.layout.nodes[s.id].pos[0]
+        assert [n.id for n in wf.nodes if wf.layout.nodes[n.id].pos[0] == x] == [s.id]

@@ -628,10 +628,11 @@ class _Import:
                 )
                 self.unused["Denoising strength"] = p["Denoising strength"]
             out = first
-        decode = b.add(enc_col + 5, "vae_decode")
+        last = max(b.rows) + 1  # the column after the last sampler
+        decode = b.add(last, "vae_decode")
         wf.connect(out, "latent", decode, "latent")
         wf.connect(*vae, decode, "vae")
-        save = b.add(enc_col + 6, "save_image", {"filename_prefix": "a1111"})
+        save = b.add(last + 1, "save_image", {"filename_prefix": "a1111"})
         wf.connect(decode, "image", save, "images")
         self.rng()
         self.note()
