@@ -656,3 +656,31 @@ def test_imported_nodes_do_not_overlap_on_the_canvas(registry, tmp_path, upscale
     for s in nodes_of(wf, "sampler"):
         x = wf.layout.nodes[s.id].pos[0]
         assert [n.id for n in wf.nodes if wf.layout.nodes[n.id].pos[0] == x] == [s.id]
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "studio-tiny-x4"])
+def test_imported_hires_fix_runs_on_studio_tiny(registry, tmp_path, upscaler):
+    pytest.importorskip("torch")
+    from studio.engine import Engine
+
+    settings = Settings(models_root=str(tmp_path / "models"), output_dir=str(tmp_path / "out"))
+    text = (
+        "a large white square on a green background, center\n"
+        "Steps: 4, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Model: studio-tiny, "
+        f"Denoising strength: 0.5, Hires upscale: 2, Hires steps: 2, Hires upscaler: {upscaler}"
+    )
+    find = model_finder(ModelFiles(settings))
+    result = import_infotext(text, registry, source="x", find_model=find)
+    if upscaler != "Latent" and nodes_of(result.workflow, "latent_upscale"):
+        pytest.skip("the studio-tiny-x4 upscale model is not in resources/models")
+    run = Engine(registry, settings=settings).run(result.workflow)
+    assert run.ok, run.errors
+    decodes = nodes_of(result.workflow, "vae_decode")
+    final = next(
+        d
+        for d in decodes
+        if source_of(result.workflow, d, "latent").type == "sampler"
+        and source_of(result.workflow, d, "latent").params["denoise"] < 1
+    )
+    image = run.outputs[final.id]["image"]
+    assert image.shape == (1, 128, 128, 3)

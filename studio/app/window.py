@@ -302,6 +302,8 @@ class MainWindow(RunWindowMixin, QMainWindow):
         if not self.maybe_save():
             return False
         files = self.controller.model_files
+        # A renamed model is found by hashing model files: that can take a while.
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             result = import_infotext(
                 text,
@@ -311,8 +313,10 @@ class MainWindow(RunWindowMixin, QMainWindow):
                 embedding_names=files.list("embeddings"),
             )
         except StudioError as exc:
+            QApplication.restoreOverrideCursor()
             self.show_error("Cannot import the generation parameters", str(exc))
             return False
+        QApplication.restoreOverrideCursor()
         self.set_document(result.workflow, None, dirty=True)
         n = len(result.report)
         self.statusBar().showMessage(

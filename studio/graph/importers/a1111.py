@@ -848,3 +848,17 @@ def import_infotext(
     job = _Import(info, registry, source, find_model, embedding_names)
     wf = job.build()
     return ImportResult(workflow=wf, kind=KIND, report=job.report)
+
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "Infotext",
+    "Lora",
+    "ModelFinder",
+    "import_infotext",
+    "looks_like_infotext",
+    "map_sampler",
+    "model_finder",
+    "parse_infotext",
+]
