@@ -684,3 +684,10 @@ def test_imported_hires_fix_runs_on_studio_tiny(registry, tmp_path, upscaler):
     )
     image = run.outputs[final.id]["image"]
     assert image.shape == (1, 128, 128, 3)
+
+
+def test_a_prompt_without_tags_is_kept_exactly():
+    text = "a  cat ,\n  (on a mat) ,\nNegative prompt:  dog ,,\nSteps: 20, Seed: 1"
+    info = parse_infotext(text)
+    assert info.prompt == "a  cat ,\n  (on a mat) ,"
+    assert info.negative == "dog ,,"

@@ -234,9 +234,9 @@ def parse_infotext(text: str, *, source: str = "<text>") -> Infotext:
     negative: list[str] = []
     into = prompt
     for line in lines[:-1]:
-        if line.startswith(_NEGATIVE):
+        if line.lstrip().startswith(_NEGATIVE) and into is prompt:
             into = negative
-            line = line[len(_NEGATIVE) :].lstrip()
+            line = line.lstrip()[len(_NEGATIVE) :].lstrip()
         into.append(line)
     info = Infotext("\n".join(prompt).strip(), "\n".join(negative).strip(), params)
     info.prompt = _take_networks(info.prompt, info, negative=False)
@@ -264,7 +264,9 @@ def _take_networks(text: str, info: Infotext, *, negative: bool) -> str:
         info.loras.append(Lora(args[0].strip(), unet, te))
         return ""
 
-    out = _NETWORK.sub(take, text)
+    out, taken = _NETWORK.subn(take, text)
+    if not taken:
+        return text
     # Tags usually sit between commas: tidy the leftovers (", , " and trailing commas).
     out = re.sub(r"[ \t]*,(?:[ \t]*,)+", ",", out)
     out = re.sub(r"[ \t]+,", ",", out)
