@@ -691,3 +691,14 @@ def test_a_prompt_without_tags_is_kept_exactly():
     info = parse_infotext(text)
     assert info.prompt == "a  cat ,\n  (on a mat) ,"
     assert info.negative == "dog ,,"
+
+
+def test_a_long_line_of_words_is_refused_quickly():
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(WorkflowFileError):
+        parse_infotext("a cat\nSteps: 20, Seed: 1, " + "word " * 40_000)
+    assert time.monotonic() - start < 2.0
+    info = parse_infotext('a cat\nSteps: 20, X: "a, b: c", Y: 2 ')
+    assert info.params == {"Steps": "20", "X": "a, b: c", "Y": "2"}

@@ -156,9 +156,9 @@ def map_sampler(name: str, schedule: str | None = None) -> tuple[str, str, list[
 
 # -- parsing -----------------------------------------------------------------------------------
 
-# A1111's own pattern for the last line (modules/infotext_utils.py).
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+# A1111's pattern for the last line (modules/infotext_utils.py), keys of one letter allowed.
+_PARAM = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_NETWORK = re.compile(r"<(\w+):([^<>]+)>")
 _NEGATIVE = "Negative prompt:"
 
 
@@ -207,14 +207,15 @@ def parse_params_line(line: str) -> dict[str, str] | None:
     """The ``Key: value`` pairs of a parameters line, in order; None when it is not one."""
     params: dict[str, str] = {}
     pos = 0
-    for m in _PARAM.finditer(line):
-        if line[pos : m.start()].strip():
-            return None  # text between pairs: not a parameters line
+    # Pair after pair from where the last ended (searching instead would be quadratic in
+    # the length of a line of words without colons).
+    while line[pos:].strip():
+        m = _PARAM.match(line, pos)
+        if m is None or m.end() == pos:
+            return None  # text that is not a pair: not a parameters line
         params[m.group(1).strip()] = _unquote(m.group(2))
         pos = m.end()
-    if line[pos:].strip() or "Steps" not in params:
-        return None
-    return params
+    return params if "Steps" in params else None
 
 
 def parse_infotext(text: str, *, source: str = "<text>") -> Infotext:
