@@ -316,6 +316,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
             QApplication.restoreOverrideCursor()
             self.show_error("Cannot import the generation parameters", str(exc))
             return False
+        except BaseException:
+            QApplication.restoreOverrideCursor()
+            raise
         QApplication.restoreOverrideCursor()
         self.set_document(result.workflow, None, dirty=True)
         n = len(result.report)
