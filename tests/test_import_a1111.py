@@ -558,6 +558,15 @@ def test_pasting_an_infotext_asks_about_unsaved_changes_first(app_window):
     assert nodes_of(w.controller.wf, "load_checkpoint")
 
 
+def test_pasting_parameters_that_cannot_be_read_says_why(app_window):
+    w = app_window
+    before = w.controller.wf
+    paste_text(w, "a cat\nSteps: 20, Seed: 1, and then some words")
+    assert w.controller.wf is before
+    message = w.statusBar().currentMessage()
+    assert "clipboard" in message and "generation parameters" in message
+
+
 def test_pasting_other_text_changes_nothing(app_window):
     w = app_window
     before = w.controller.wf
