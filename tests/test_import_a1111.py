@@ -207,6 +207,7 @@ def test_full_infotext_maps_every_field(registry):
     assert (latent.params["width"], latent.params["height"]) == (512, 768)
 
     first, second = sorted(nodes_of(wf, "sampler"), key=lambda n: n.params["denoise"])[::-1]
+    assert second.title == "Sampler (hires pass)"
     assert source_of(wf, first, "latent").id == latent.id
     assert {k: first.params[k] for k in ("seed", "steps", "cfg", "sampler", "scheduler")} == {
         "seed": 1234,
@@ -222,7 +223,10 @@ def test_full_infotext_maps_every_field(registry):
     assert up.type == "latent_upscale"
     assert up.params == {"scale_by": 2.0, "method": "bicubic"}
     assert source_of(wf, up, "latent").id == first.id
-    assert second.params["steps"] == 10 and second.params["denoise"] == 0.45
+    # A1111 runs 10 steps, the last of a 10 / 0.45 = 22-step schedule: so does Studio
+    assert second.params["steps"] == 22
+    assert int(second.params["steps"] * second.params["denoise"]) == 10
+    assert "runs the same 10" in wf.layout.notes[0].text
     assert second.params["seed"] == 1234 and second.params["sampler"] == "dpmpp_2m"
     decode = one(wf, "vae_decode")
     assert source_of(wf, decode, "latent").id == second.id
@@ -711,3 +715,12 @@ def test_a_long_line_of_words_is_refused_quickly():
     assert time.monotonic() - start < 2.0
     info = parse_infotext('a cat\nSteps: 20, X: "a, b: c", Y: 2 ')
     assert info.params == {"Steps": "20", "X": "a, b: c", "Y": "2"}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 10, 20, 30, 50])
+@pytest.mark.parametrize("denoise", [0.05, 0.2, 0.3, 0.33, 0.45, 0.5, 0.55, 0.7, 0.99, 1.0])
+def test_hires_schedule_runs_exactly_the_hires_steps(steps, denoise):
+    total, fraction = a1111.hires_schedule(steps, denoise)
+    assert 0 < fraction <= 1
+    assert min(int(total * fraction), total) == steps  # what Studio's Sampler runs
+    assert total == int(steps / min(denoise, 0.999))  # A1111's schedule length

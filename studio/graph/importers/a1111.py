@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -507,6 +508,23 @@ IMAGE_RESIZERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "nearest"}
 COLUMN, ROW = 300.0, 300.0
 
 
+def hires_schedule(steps: int, denoise: float) -> tuple[int, float]:
+    """Studio Sampler (steps, denoise) for A1111's hires pass of ``steps`` at ``denoise``.
+
+    A1111 runs exactly ``steps`` steps: the last ones of a schedule of ``steps / denoise``
+    steps. Studio's Sampler runs the last ``int(steps * denoise)`` of its ``steps``, so it
+    gets the longer schedule and the denoise that leaves exactly ``steps`` of it.
+    """
+    strength = min(denoise, 0.999)
+    if strength <= 0 or steps <= 0:
+        return steps, denoise
+    total = max(int(steps / strength), steps)
+    fraction = steps / total
+    while int(total * fraction) < steps:  # 10 / 22 * 22 may come out as 9.999...
+        fraction = math.nextafter(fraction, 2.0)
+    return total, min(fraction, 1.0)
+
+
 class _Builder:
     def __init__(self, wf: Workflow):
         self.wf = wf
@@ -535,6 +553,8 @@ class _Import:
         self.b = _Builder(self.wf)
         self.report: list[str] = list(info.problems)
         self.unused: dict[str, str] = {k: v for k, v in info.params.items() if k not in MAPPED_KEYS}
+        #: How a value that looks different maps (shown in the note, not a difference).
+        self.explained: list[str] = []
 
     # values
 
@@ -773,7 +793,15 @@ class _Import:
                 src = latent_upscale("bilinear")
             else:
                 src = pixels((found, "lanczos"))
-        second_params = {**common, "steps": hires_steps, "denoise": denoise}
+        total, denoise = hires_schedule(hires_steps, denoise)
+        if total != hires_steps:
+            self.explained.append(
+                f"A1111's hires pass runs {hires_steps} steps, the last of a {total}-step "
+                f"schedule at denoising strength {p.get('Denoising strength', '0.7')}: the "
+                f"second Sampler has steps {total} and denoise {denoise:.4f}, which runs the "
+                f"same {hires_steps}"
+            )
+        second_params = {**common, "steps": total, "denoise": denoise}
         if "Hires sampler" in p or "Hires schedule type" in p:
             name = p.get("Hires sampler", p.get("Sampler", "Euler a"))
             sched = p.get("Hires schedule type", p.get("Schedule type"))
@@ -817,6 +845,9 @@ class _Import:
         if shown:
             lines += ["", "Parameters Studio does not use:"]
             lines.extend(f"{k}: {v}" for k, v in shown.items())
+        if self.explained:
+            lines += ["", "How it maps:"]
+            lines.extend(f"- {e}" for e in self.explained)
         if self.report:
             lines += ["", "Differences:"]
             lines.extend(f"- {r}" for r in self.report)
