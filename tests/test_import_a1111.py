@@ -724,3 +724,28 @@ def test_hires_schedule_runs_exactly_the_hires_steps(steps, denoise):
     assert 0 < fraction <= 1
     assert min(int(total * fraction), total) == steps  # what Studio's Sampler runs
     assert total == int(steps / min(denoise, 0.999))  # A1111's schedule length
+
+
+def test_hires_pass_with_its_own_prompts(registry):
+    text = (
+        "a cat\nNegative prompt: dog\n"
+        "Steps: 20, Seed: 1, Model: m, Denoising strength: 0.5, Hires upscale: 1.5, "
+        'Hires upscaler: Latent, Hires prompt: "a cat, (sharp details:1.1)", '
+        'Hires negative prompt: "dog", Hires sampler: DPM++ 2M, Hires schedule type: Karras, '
+        "Hires CFG Scale: 4"
+    )
+    result = import_infotext(text, registry, source="x")
+    wf = result.workflow
+    first, second = sorted(nodes_of(wf, "sampler"), key=lambda n: n.params["denoise"])[::-1]
+    hr = source_of(wf, second, "positive")
+    assert hr.title == "Hires prompt" and hr.params["text"] == "a cat, (sharp details:1.1)"
+    # the same negative prompt as the first pass: the first pass's encoder serves both
+    assert source_of(wf, second, "negative").id == source_of(wf, first, "negative").id
+    assert source_of(wf, first, "positive").params["text"] == "a cat"
+    assert (second.params["sampler"], second.params["scheduler"], second.params["cfg"]) == (
+        "dpmpp_2m",
+        "karras",
+        4.0,
+    )
+    assert (first.params["sampler"], first.params["cfg"]) == ("euler_ancestral", 7.0)
+    assert not any("Hires prompt" in r and "not used" in r for r in result.report)

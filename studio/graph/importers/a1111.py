@@ -488,6 +488,8 @@ MAPPED_KEYS = frozenset(
         "Hires sampler",
         "Hires schedule type",
         "Hires CFG Scale",
+        "Hires prompt",
+        "Hires negative prompt",
         "Lora hashes",
         "TI hashes",
         "RNG",
@@ -555,6 +557,9 @@ class _Import:
         self.unused: dict[str, str] = {k: v for k, v in info.params.items() if k not in MAPPED_KEYS}
         #: How a value that looks different maps (shown in the note, not a difference).
         self.explained: list[str] = []
+        #: Where the prompts' text encoder comes from (after the LoRAs), and its clip skip.
+        self.clip_src: tuple[str, str] = ("", "clip")
+        self.clip_skip = 1
 
     # values
 
@@ -617,6 +622,7 @@ class _Import:
         )
         wf.connect(*clip_src, pos, "clip")
         wf.connect(*clip_src, neg, "clip")
+        self.clip_src, self.clip_skip = clip_src, clip_skip
         self.report.extend(prompt_syntax_problems(self.info.prompt, "Prompt"))
         self.report.extend(prompt_syntax_problems(self.info.negative, "Negative prompt"))
         self.embeddings()
@@ -643,6 +649,9 @@ class _Import:
             first, (width, height), common, steps, model_src, vae, pos, neg, enc_col + 2
         )
         if out is None:
+            for key in ("Hires prompt", "Hires negative prompt"):
+                if p.get(key):
+                    self.unused[key] = p[key]
             if "Denoising strength" in p:
                 self.report.append(
                     f"Denoising strength {p['Denoising strength']} without hires fix means an "
@@ -821,10 +830,28 @@ class _Import:
         )
         set_seed_control(wf, second, "seed", SeedControl.FIXED)
         wf.connect(*model_src, second, "model")
-        wf.connect(pos, "conditioning", second, "positive")
-        wf.connect(neg, "conditioning", second, "negative")
+        hr_pos = self.hires_text("Hires prompt", self.info.prompt, col + 2) or pos
+        hr_neg = self.hires_text("Hires negative prompt", self.info.negative, col + 2) or neg
+        wf.connect(hr_pos, "conditioning", second, "positive")
+        wf.connect(hr_neg, "conditioning", second, "negative")
         wf.connect(*src, second, "latent")
         return second
+
+    def hires_text(self, key: str, first_pass: str, col: int) -> str | None:
+        """A Text Encode for the hires pass's own prompt, when it has one."""
+        raw = self.info.params.get(key, "")
+        text = _NETWORK.sub("", raw).strip()
+        if text != raw.strip():
+            self.report.append(
+                f"{key}: LoRA and other <...> tags of the hires pass are not applied"
+            )
+        if not text or text == first_pass:
+            return None
+        which = "Hires prompt" if key == "Hires prompt" else "Hires negative prompt"
+        self.report.extend(prompt_syntax_problems(text, which))
+        node = self.b.add(col, "text_encode", {"text": text, "clip_skip": self.clip_skip}, which)
+        self.wf.connect(*self.clip_src, node, "clip")
+        return node
 
     def rng(self) -> None:
         rng = self.info.params.get("RNG")
