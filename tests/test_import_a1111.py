@@ -749,3 +749,19 @@ def test_hires_pass_with_its_own_prompts(registry):
     )
     assert (first.params["sampler"], first.params["cfg"]) == ("euler_ancestral", 7.0)
     assert not any("Hires prompt" in r and "not used" in r for r in result.report)
+
+
+def test_finder_refresh_sees_new_files_and_keeps_hashes(tmp_path, monkeypatch):
+    digest = write_model(tmp_path, "checkpoints", "a.safetensors", b"a" * 10)
+    find = model_finder(ModelFiles(Settings(models_root=str(tmp_path))))
+    assert find("checkpoints", "b", None) is None
+    assert find("checkpoints", "renamed", digest[:10]) == "a.safetensors"
+    write_model(tmp_path, "checkpoints", "b.safetensors", b"b" * 10)
+    assert find("checkpoints", "b", None) is None  # listed once ...
+    find.refresh()
+    assert find("checkpoints", "b", None) == "b.safetensors"  # ... until refreshed
+    calls = []
+    real = a1111.file_sha256
+    monkeypatch.setattr(a1111, "file_sha256", lambda p: calls.append(p.name) or real(p))
+    assert find("checkpoints", "renamed", digest[:10]) == "a.safetensors"
+    assert calls == []  # a.safetensors was hashed before the refresh

@@ -30,7 +30,12 @@ from studio.app.recovery import RecoveryFile, RecoveryStore
 from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
 from studio.graph.fileformat import load_workflow, save_workflow
-from studio.graph.importers.a1111 import import_infotext, looks_like_infotext, model_finder
+from studio.graph.importers.a1111 import (
+    ModelFinder,
+    import_infotext,
+    looks_like_infotext,
+    model_finder,
+)
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
 from studio.settings import Settings as StudioSettings
@@ -72,6 +77,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         self.path: Path | None = None
         self.interactive = True  # False: report errors on stderr, never block on a dialog
         self._restored_dirty = False  # a restored recovery file is unsaved work
+        self._model_finder: ModelFinder | None = None  # remembers hashes between pastes
         self._changes = 0
         self._autosaved_at = -1
         wf = workflow or Workflow(registry)
@@ -302,14 +308,19 @@ class MainWindow(RunWindowMixin, QMainWindow):
         if not self.maybe_save():
             return False
         files = self.controller.model_files
-        # A renamed model is found by hashing model files: that can take a while.
+        finder = self._model_finder
+        if finder is None or finder.model_files is not files:
+            finder = self._model_finder = model_finder(files)
+        finder.refresh()
+        # A renamed model is found by hashing model files (each once per window): that can
+        # take a while.
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             result = import_infotext(
                 text,
                 self.registry,
                 source=source,
-                find_model=model_finder(files),
+                find_model=finder,
                 embedding_names=files.list("embeddings"),
             )
         except StudioError as exc:

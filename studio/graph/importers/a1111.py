@@ -409,6 +409,11 @@ class ModelFinder:
         self._lists: dict[str, list[str]] = {}
         self._hashes: dict[tuple[str, int, int, HashKind], str] = {}
 
+    def refresh(self) -> None:
+        """List the folders again on the next lookup (hashes stay remembered: they are kept
+        by path, size and modification time)."""
+        self._lists.clear()
+
     def names(self, kind: str) -> list[str]:
         if kind not in self._lists:
             self._lists[kind] = self.model_files.list(kind)
