@@ -765,3 +765,58 @@ def test_finder_refresh_sees_new_files_and_keeps_hashes(tmp_path, monkeypatch):
     monkeypatch.setattr(a1111, "file_sha256", lambda p: calls.append(p.name) or real(p))
     assert find("checkpoints", "renamed", digest[:10]) == "a.safetensors"
     assert calls == []  # a.safetensors was hashed before the refresh
+
+
+# -- Studio's own images: the parameters Save Image writes come back as the same graph -----------
+
+
+def _studio_parameters(registry, sampler, scheduler):
+    from types import SimpleNamespace
+
+    from nodes.image import generation_parameters
+    from studio.recipes import txt2img
+
+    wf, ids = txt2img(
+        registry,
+        "studio-tiny",
+        "a large red circle,\non a blue background: left",
+        negative="blurry, dark",
+        seed=123,
+        steps=9,
+        cfg=5.5,
+        sampler=sampler,
+        scheduler=scheduler,
+        output="save_image",
+    )
+    wf.set_param(ids["pos"], "clip_skip", 2)
+    wf.set_param(ids["neg"], "clip_skip", 2)
+    ctx = SimpleNamespace(workflow=wf, node_id=ids["out"], run_info={})
+    return wf, ids, generation_parameters(ctx, (64, 64))
+
+
+def test_studio_parameters_come_back_with_every_sampler_and_scheduler(registry):
+    spec = registry["sampler"]
+    for sampler in spec.input("sampler").choices:
+        for scheduler in spec.input("scheduler").choices:
+            _, _, text = _studio_parameters(registry, sampler, scheduler)
+            result = import_infotext(text, registry, source="studio.png")
+            got = one(result.workflow, "sampler").params
+            assert (got["sampler"], got["scheduler"]) == (sampler, scheduler), text
+            assert not any("Studio has no" in r for r in result.report), text
+
+
+def test_studio_parameters_come_back_as_the_same_graph(registry):
+    wf, ids, text = _studio_parameters(registry, "dpmpp_2m", "karras")
+    result = import_infotext(text, registry, source="studio.png")
+    back = result.workflow
+    want = wf.get_node(ids["sampler"]).params
+    got = one(back, "sampler").params
+    assert got == want
+    assert one(back, "load_checkpoint").params["ckpt_name"] == "studio-tiny"
+    texts = {n.title: n.params for n in nodes_of(back, "text_encode")}
+    assert texts["Prompt"] == {
+        "text": "a large red circle,\non a blue background: left",
+        "clip_skip": 2,
+    }
+    assert texts["Negative prompt"] == {"text": "blurry, dark", "clip_skip": 2}
+    assert result.report == []  # Studio's own noise is Studio's: nothing to warn about
