@@ -820,3 +820,15 @@ def test_studio_parameters_come_back_as_the_same_graph(registry):
     }
     assert texts["Negative prompt"] == {"text": "blurry, dark", "clip_skip": 2}
     assert result.report == []  # Studio's own noise is Studio's: nothing to warn about
+
+
+def test_a_hires_schedule_too_long_for_the_sampler_is_reported(registry):
+    text = (
+        "a cat\nSteps: 20, Seed: 1, Model: m, Denoising strength: 0.01, Hires upscale: 2, "
+        "Hires steps: 30, Hires upscaler: Latent"
+    )
+    result = import_infotext(text, registry, source="x")
+    second = next(n for n in nodes_of(result.workflow, "sampler") if n.params["denoise"] < 1)
+    assert second.params["steps"] == 30 and second.params["denoise"] == 0.01
+    assert any("3000-step schedule" in r for r in result.report)
+    assert registry["sampler"].input("steps").max == a1111.MAX_STEPS

@@ -513,6 +513,8 @@ LATENT_UPSCALERS = {
 IMAGE_RESIZERS = {"none": "lanczos", "lanczos": "lanczos", "nearest": "nearest"}
 
 COLUMN, ROW = 300.0, 300.0
+#: The Sampler's largest steps value.
+MAX_STEPS = 1000
 
 
 def hires_schedule(steps: int, denoise: float) -> tuple[int, float]:
@@ -807,15 +809,21 @@ class _Import:
                 src = latent_upscale("bilinear")
             else:
                 src = pixels((found, "lanczos"))
-        total, denoise = hires_schedule(hires_steps, denoise)
-        if total != hires_steps:
+        total, fraction = hires_schedule(hires_steps, denoise)
+        if total > MAX_STEPS:
+            self.report.append(
+                f"the hires pass would need a {total}-step schedule (more than {MAX_STEPS}); "
+                f"it runs {int(hires_steps * denoise)} steps of {hires_steps} instead"
+            )
+            total, fraction = hires_steps, denoise
+        elif total != hires_steps:
             self.explained.append(
                 f"A1111's hires pass runs {hires_steps} steps, the last of a {total}-step "
                 f"schedule at denoising strength {p.get('Denoising strength', '0.7')}: the "
-                f"second Sampler has steps {total} and denoise {denoise:.4f}, which runs the "
+                f"second Sampler has steps {total} and denoise {fraction:.4f}, which runs the "
                 f"same {hires_steps}"
             )
-        second_params = {**common, "steps": total, "denoise": denoise}
+        second_params = {**common, "steps": total, "denoise": fraction}
         if "Hires sampler" in p or "Hires schedule type" in p:
             name = p.get("Hires sampler", p.get("Sampler", "Euler a"))
             sched = p.get("Hires schedule type", p.get("Schedule type"))
