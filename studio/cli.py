@@ -92,11 +92,15 @@ def _err(message: str) -> None:
 
 def _load(path: str) -> Any:
     from studio.errors import WorkflowFileError
-    from studio.graph.fileformat import load_workflow
+    from studio.graph.fileformat import open_any
+    from studio.graph.importers.a1111 import model_finder
     from studio.library import installed_registry
+    from studio.modelfiles import ModelFiles
+    from studio.settings import Settings
 
     try:
-        return load_workflow(path, installed_registry())
+        finder = model_finder(ModelFiles(Settings.load()))
+        return open_any(path, installed_registry(), find_model=finder).workflow
     except WorkflowFileError as exc:
         _err(str(exc))
         return None

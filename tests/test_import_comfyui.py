@@ -386,15 +386,16 @@ def test_studio_validate_reads_a_comfyui_png(tmp_path, capsys):
     assert "'IPAdapterApply' comes from a ComfyUI extension Studio does not have" in out
 
 
-def test_a_png_with_a1111_parameters_says_what_it_carries(reg, tmp_path):
-    from studio.graph.fileformat import _a1111_importer
+def test_a_png_with_a1111_parameters_opens_as_their_workflow(reg, tmp_path):
+    from studio.graph.fileformat import open_any
 
-    if _a1111_importer() is not None:
-        pytest.skip("the A1111 importer is installed; its own tests cover this")
     path = tmp_path / "a1111.png"
-    write_png(path, {"parameters": "a cat\nSteps: 20, Seed: 1"})
-    with pytest.raises(WorkflowFileError, match="Automatic1111"):
-        load_workflow(path, reg)
+    write_png(path, {"parameters": "a cat\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 64x64"})
+    opened = open_any(path, reg)
+    assert opened.kind == "a1111" and opened.workflow.path is None
+    (sampler,) = [n for n in opened.workflow.nodes if n.type == "sampler"]
+    assert sampler.params["seed"] == 1 and sampler.params["steps"] == 20
+    assert sampler.params["sampler"] == "euler_ancestral"
 
 
 # -- bad input ------------------------------------------------------------------------------

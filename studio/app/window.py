@@ -30,6 +30,12 @@ from studio.app.recovery import RecoveryFile, RecoveryStore
 from studio.app.window_run import RunWindowMixin
 from studio.errors import StudioError
 from studio.graph.fileformat import open_any, save_workflow
+from studio.graph.importers.a1111 import (
+    ModelFinder,
+    import_infotext,
+    looks_like_infotext,
+    model_finder,
+)
 from studio.graph.registry import Registry
 from studio.graph.workflow import Workflow
 from studio.settings import Settings as StudioSettings
@@ -71,6 +77,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
         self.path: Path | None = None
         self.interactive = True  # False: report errors on stderr, never block on a dialog
         self._restored_dirty = False  # a restored recovery file is unsaved work
+        self._model_finder: ModelFinder | None = None  # remembers hashes between pastes
         self._changes = 0
         self._autosaved_at = -1
         wf = workflow or Workflow(registry)
@@ -287,7 +294,7 @@ class MainWindow(RunWindowMixin, QMainWindow):
     def open_path(self, path: str | Path, *, as_template: bool = False) -> bool:
         """Open a workflow file (no question asked); False with a message when it cannot be read."""
         try:
-            opened = open_any(path, self.registry)
+            opened = open_any(path, self.registry, find_model=self.model_finder())
         except StudioError as exc:
             self.show_error("Cannot open the workflow", str(exc))
             return False
@@ -325,6 +332,51 @@ class MainWindow(RunWindowMixin, QMainWindow):
             self.show_error("Cannot export the workflow", str(exc))
             return False
         self.statusBar().showMessage(f"Exported {path}", 4000)
+        return True
+
+    def model_finder(self) -> ModelFinder:
+        """Finds the models A1111 parameters name, in this window's model folders (each
+        file hashed at most once per window)."""
+        files = self.controller.model_files
+        finder = self._model_finder
+        if finder is None or finder.model_files is not files:
+            finder = self._model_finder = model_finder(files)
+        finder.refresh()
+        return finder
+
+    def open_infotext(self, text: str, *, source: str) -> bool:
+        """Open A1111/Forge generation parameters as a new, unsaved document (asking to save
+        the current one first); False when cancelled or when the text cannot be read."""
+        if not self.maybe_save():
+            return False
+        files = self.controller.model_files
+        finder = self.model_finder()
+        # A renamed model is found by hashing model files (each once per window): that can
+        # take a while.
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            result = import_infotext(
+                text,
+                self.registry,
+                source=source,
+                find_model=finder,
+                embedding_names=files.list("embeddings"),
+            )
+        except StudioError as exc:
+            QApplication.restoreOverrideCursor()
+            self.show_error("Cannot import the generation parameters", str(exc))
+            return False
+        except BaseException:
+            QApplication.restoreOverrideCursor()
+            raise
+        QApplication.restoreOverrideCursor()
+        self.set_document(result.workflow, None, dirty=True)
+        n = len(result.report)
+        self.statusBar().showMessage(
+            "Imported A1111 generation parameters"
+            + (f"; {n} difference{'s' if n != 1 else ''}: see the note" if n else ""),
+            8000,
+        )
         return True
 
     def open_path_asking(self, path: str) -> None:
@@ -517,6 +569,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
     def paste(self, *, keep_links: bool) -> list[str]:
         md = QApplication.clipboard().mimeData()
         if md is None:
+            return []
+        if not md.hasFormat(CLIPBOARD_MIME) and md.hasText() and looks_like_infotext(md.text()):
+            self.open_infotext(md.text(), source="the clipboard")
             return []
         if not md.hasFormat(CLIPBOARD_MIME) and (md.hasImage() or md.hasUrls()):
             self.paste_image(md)

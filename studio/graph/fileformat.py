@@ -29,6 +29,7 @@ from studio.graph.pngmeta import (
 from studio.graph.workflow import Frame, Link, Node, NodeLayout, Note, Workflow
 
 if TYPE_CHECKING:
+    from studio.graph.importers.a1111 import FindModel
     from studio.graph.registry import Registry
 
 FORMAT_NAME = "studio.workflow"
@@ -170,9 +171,15 @@ def load_workflow(path: str | Path, registry: Registry) -> Workflow:
     return open_any(path, registry).workflow
 
 
-def open_any(path: str | Path, registry: Registry) -> ImportResult:
+def open_any(
+    path: str | Path, registry: Registry, *, find_model: FindModel | None = None
+) -> ImportResult:
     """Read a Studio workflow file, a ComfyUI workflow or prompt (JSON), or a PNG that
     carries one of them (or A1111 parameters), with what did not map.
+
+    ``find_model(kind, name, hash)`` looks up the models A1111 parameters name (the
+    caller holds the settings: ``importers.a1111.model_finder(ModelFiles(settings))``);
+    without it their names are kept as written.
 
     A PNG's ``studio_workflow`` chunk wins, then ComfyUI's ``workflow`` (UI format), then
     its ``prompt`` (API format), then A1111's ``parameters``. Only a Studio workflow file
@@ -195,7 +202,7 @@ def open_any(path: str | Path, registry: Registry) -> ImportResult:
         with open(p, "rb") as f:
             head = f.read(len(PNG_SIGNATURE))
             if head == PNG_SIGNATURE:
-                result = _workflow_from_png(f, str(p), registry)
+                result = _workflow_from_png(f, str(p), registry, find_model)
             else:
                 if st.st_size > MAX_FILE_BYTES:
                     raise WorkflowFileError(
@@ -222,23 +229,15 @@ def open_any(path: str | Path, registry: Registry) -> ImportResult:
 PNG_WORKFLOW_KEYS = (WORKFLOW_KEY, "workflow", "prompt", "parameters")
 
 
-def _a1111_importer() -> Callable[..., ImportResult] | None:
-    try:
-        from studio.graph.importers.a1111 import import_infotext
-    except ImportError:
-        return None
-    return import_infotext
-
-
 def png_workflow_keys() -> tuple[str, ...]:
-    """The text chunks that make a PNG open as a workflow (A1111's only when Studio can
-    import it), for a front end deciding between "open" and "add a Load Image"."""
-    if _a1111_importer() is None:
-        return PNG_WORKFLOW_KEYS[:-1]
+    """The text chunks that make a PNG open as a workflow, for a front end deciding
+    between "open" and "add a Load Image"."""
     return PNG_WORKFLOW_KEYS
 
 
-def _workflow_from_png(f: BinaryIO, path: str, registry: Registry) -> ImportResult:
+def _workflow_from_png(
+    f: BinaryIO, path: str, registry: Registry, find_model: FindModel | None = None
+) -> ImportResult:
     """The workflow a PNG carries (a saved image is also its recipe)."""
     try:
         chunks = read_png_text_from(f, keys=frozenset(PNG_WORKFLOW_KEYS))
@@ -263,14 +262,9 @@ def _workflow_from_png(f: BinaryIO, path: str, registry: Registry) -> ImportResu
     if failed is not None:
         raise failed
     if "parameters" in chunks:
-        importer = _a1111_importer()
-        if importer is not None:
-            return importer(chunks["parameters"], registry, source=path)
-        raise WorkflowFileError(
-            path,
-            "carries Automatic1111 generation parameters, not a Studio workflow; "
-            "Studio does not import those yet",
-        )
+        from studio.graph.importers.a1111 import import_infotext
+
+        return import_infotext(chunks["parameters"], registry, source=path, find_model=find_model)
     raise WorkflowFileError(path, "is an image without a workflow inside")
 
 
