@@ -102,6 +102,7 @@ def test_average_pooled_when_only_one_side_has_it():
 def models_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     fx.save_folder(fx.sd1_pipeline(fx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
+    fx.save_folder(fx.sdxl_pipeline(fx.tiny_sdxl()), root / "checkpoints" / "tiny-sdxl")
     return root
 
 
@@ -111,10 +112,12 @@ def engine(models_root, tmp_path):
     yield Engine(installed_registry(), settings=settings)
 
 
-def generate(engine, positive, negative=None, *, cfg=5.0, extra_prompts=("a green tree",)):
+def generate(
+    engine, positive, negative=None, *, cfg=5.0, extra_prompts=("a green tree",), ckpt="tiny-sd1"
+):
     """A tiny txt2img run whose positive (and negative) comes from ``positive(wf, pos, other)``:
     ``pos`` and ``other`` are Text Encode nodes ("a red fox" and ``extra_prompts[0]``)."""
-    wf, ids = fx.txt2img("tiny-sd1", prompt="a red fox", steps=3, cfg=cfg, seed=7)
+    wf, ids = fx.txt2img(ckpt, prompt="a red fox", steps=3, cfg=cfg, seed=7)
     other = wf.add_node("text_encode", {"text": extra_prompts[0]}).id
     wf.connect(ids["ckpt"], "clip", other, "clip")
     wf.connect(*positive(wf, ids["pos"], other), ids["sampler"], "positive")
@@ -232,3 +235,24 @@ def test_average_at_full_strength_is_the_to_prompt(engine):
         ),
     )
     assert (half - alone).abs().max() > 1e-3
+
+
+def test_sdxl_prompts_combine_with_their_pooled_embeddings(engine):
+    """SDXL conditions on each prompt's pooled embedding too: combining a prompt with itself
+    is that prompt, combining two is neither, and zeroing the pooled embedding counts."""
+    alone = generate(engine, plain, ckpt="tiny-sdxl")
+    twice = generate(
+        engine, node_of("conditioning_combine", "conditioning_1", "same"), ckpt="tiny-sdxl"
+    )
+    assert torch.allclose(twice, alone, atol=1e-5)
+    ab = generate(
+        engine, node_of("conditioning_combine", "conditioning_1", "other"), ckpt="tiny-sdxl"
+    )
+    ba = generate(
+        engine,
+        node_of("conditioning_combine", "conditioning_1", "other", swap=True),
+        ckpt="tiny-sdxl",
+    )
+    assert torch.allclose(ab, ba, atol=1e-5) and (ab - alone).abs().max() > 1e-3
+    zeroed = generate(engine, node_of("conditioning_zero_out", "conditioning"), ckpt="tiny-sdxl")
+    assert (zeroed - alone).abs().max() > 1e-3
