@@ -214,7 +214,8 @@ def sample(
     device, dtype = torch.device(ctx.device), unet.dtype
     batch = samples.shape[0]
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
-    single = len(pos) == 1 and len(neg) == 1
+    masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
+    single = len(pos) == 1 and len(neg) == 1 and not masked
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
     if window is None:
@@ -256,10 +257,13 @@ def sample(
     if single:
         predict: Any = prediction(pos[0], neg[0], do_cfg)
     else:
+        size = tuple(samples.shape[-2:])
         predict = _AveragedPrediction(
             positive=tuple(prediction(c, c, False) for c in pos),
             negative=tuple(prediction(c, c, False) for c in neg) if do_cfg else (),
             cfg=cfg,
+            positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
+            negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
         )
     step_kwargs = _step_kwargs(sched, generator)
     result, last = with_oom_advice(
@@ -493,20 +497,58 @@ class _AveragedPrediction:
     positive: tuple[_NoisePrediction, ...]
     negative: tuple[_NoisePrediction, ...]  # empty without guidance
     cfg: float
+    #: Per prompt: None (weight 1 everywhere) or Conditioning Set Mask's mask * strength.
+    positive_weights: tuple[torch.Tensor | None, ...] = ()
+    negative_weights: tuple[torch.Tensor | None, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-        cond = _mean([p(latents, i, t) for p in self.positive])
+        cond = _mean([p(latents, i, t) for p in self.positive], self.positive_weights)
         if not self.negative:
             return cond
-        uncond = _mean([p(latents, i, t) for p in self.negative])
+        uncond = _mean([p(latents, i, t) for p in self.negative], self.negative_weights)
         return uncond + self.cfg * (cond - uncond)
 
 
-def _mean(preds: list[torch.Tensor]) -> torch.Tensor:
-    total = preds[0]
-    for p in preds[1:]:
-        total = total + p
-    return total / len(preds)
+def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:
+    """The predictions averaged; with masks, weighted per latent cell as ComfyUI does:
+    ``sum(pred * w) / (1e-37 + sum(w))`` (a cell no prompt covers predicts 0)."""
+    if not any(w is not None for w in weights):
+        total = preds[0]
+        for p in preds[1:]:
+            total = total + p
+        return total / len(preds)
+    num = torch.zeros_like(preds[0])
+    den = torch.full_like(preds[0], 1e-37)
+    for p, w in zip(preds, weights, strict=True):
+        if w is None:
+            num, den = num + p, den + 1.0
+        else:
+            num, den = num + p * w, den + w
+    return num / den
+
+
+def _prompt_weight(
+    c: Cond, size: tuple[int, ...], batch: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """A masked prompt's weight per latent cell, ``[batch, 1, h, w]``: its mask resized to the
+    latent (bilinear, as ComfyUI) times its strength; None for an unmasked prompt."""
+    entry = c.extra.get("mask")
+    if entry is None:
+        return None
+    mask, strength = entry
+    m = mask.float()
+    m = m[None] if m.ndim == 2 else m
+    if m.shape[0] not in (1, batch):
+        raise NodeError(
+            f"a prompt's mask holds {m.shape[0]} masks for a batch of {batch}: give one mask, "
+            "or one per image"
+        )
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(
+            m[:, None], size=size, mode="bilinear", align_corners=False
+        )[:, 0]
+    m = m.expand(batch, -1, -1) if m.shape[0] == 1 else m
+    return (m[:, None] * float(strength)).to(device=device, dtype=dtype)
 
 
 #: Samplers whose diffusers step gives no clean-latent prediction, so they cannot end early
