@@ -266,8 +266,13 @@ def sample(
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
         )
     step_kwargs = _step_kwargs(sched, generator)
+    after = None
+    if window is not None and window.leftover_noise and window.end < steps:
+        after = sched.timesteps[window.end * sched.order]
     result, last = with_oom_advice(
-        lambda: _run_steps(ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype),
+        lambda: _run_steps(
+            ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype, after
+        ),
         "sampling",
     )
     if window is not None and not window.leftover_noise and window.end < steps:
@@ -594,9 +599,11 @@ def _run_steps(
     mask: torch.Tensor | None,
     step_kwargs: dict[str, Any],
     dtype: torch.dtype,
+    after: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """The denoising steps, each checking for interrupt and reporting progress with a preview.
-    Returns the latents and the last step's scheduler output."""
+    Returns the latents and the last step's scheduler output. ``after``: the timestep that
+    follows the last one run, when the run stops there with its leftover noise."""
     latents = start.latents
     out = None
     total = len(timesteps)
@@ -607,7 +614,7 @@ def _run_steps(
             out = sched.step(pred, t, latents, **step_kwargs, return_dict=True)
             latents = out.prev_sample.to(dtype)
             if mask is not None:
-                latents = _keep_unmasked(sched, start, timesteps, i, mask, latents)
+                latents = _keep_unmasked(sched, start, timesteps, i, mask, latents, after)
             ctx.progress(
                 i + 1, total, preview_image(_shown(out, latents), model.family, model.latent_rgb)
             )
@@ -621,12 +628,15 @@ def _keep_unmasked(
     i: int,
     mask: torch.Tensor,
     latents: torch.Tensor,
+    after: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Outside the noise mask, the input latent noised to the next step's level (diffusers'
-    inpainting blend), or the input latent itself after the last step."""
+    inpainting blend), or the input latent itself after the schedule's last step."""
     keep = start.init
     if i < len(timesteps) - 1:
         keep = sched.add_noise(start.init, start.noise, timesteps[i + 1 : i + 2])
+    elif after is not None:
+        keep = sched.add_noise(start.init, start.noise, after.reshape(1))
     return (1 - mask) * keep + mask * latents
 
 

@@ -128,3 +128,35 @@ def test_a_sampler_without_a_clean_prediction_cannot_stop_early_clean(engine):
     assert "return_with_leftover_noise" in result.errors[node]
     wf.set_param(node, "return_with_leftover_noise", True)
     assert engine.run(wf, targets=[node]).ok
+
+
+def test_leftover_noise_outside_a_noise_mask_is_at_the_stop_steps_level(engine, tmp_path):
+    """With a noise mask, the part kept from the input must carry the same leftover noise as
+    the part denoised (noise at the level of the step the pass stops at), not be clean."""
+    import numpy as np
+    from PIL import Image
+
+    from nodes.denoise import make_scheduler
+
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[:, 32:, 3] = 255  # the mask (transparent = 1) is the left half
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "left.png")
+    wf, ids = txt2img()
+    mask = wf.add_node("load_image", {"image": str(tmp_path / "left.png")}).id
+    masked = wf.add_node("set_latent_noise_mask").id
+    wf.connect(ids["latent"], "latent", masked, "latent")
+    wf.connect(mask, "mask", masked, "mask")
+    out = {
+        end: run(
+            engine,
+            wf,
+            advanced(wf, ids, (masked, "latent"), end_at_step=end, return_with_leftover_noise=True),
+        )
+        for end in (2, 3)
+    }
+    sched = make_scheduler(fx.SCHEDULER_CONFIG, "euler", "normal")
+    sched.set_timesteps(STEPS)
+    kept2, kept3 = out[2][..., 4:], out[3][..., 4:]  # the right half: the (empty) input
+    assert kept3.abs().max() > 0.1
+    ratio = float(sched.sigmas[2] / sched.sigmas[3])
+    assert torch.allclose(kept2, kept3 * ratio, atol=1e-4, rtol=1e-4)
