@@ -65,3 +65,221 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
             extra={"clip_skip": clip_skip} if clip_skip != 1 else {},
         )
     ]
+
+
+# -- Combining prompts (ComfyUI's ConditioningZeroOut / Combine / Concat / Average) -----------
+
+
+def _conds(value: Any, name: str) -> list:
+    """A CONDITIONING input as its list of Cond, refused with a message naming the input."""
+    from nodes.values import Cond
+    from studio.errors import NodeError
+
+    if not isinstance(value, list) or not all(isinstance(c, Cond) for c in value):
+        raise NodeError(f"the {name} input is not conditioning (got {type(value).__name__})")
+    if not value:
+        raise NodeError(f"the {name} conditioning is empty")
+    return value
+
+
+def _one(value: Any, name: str) -> Any:
+    """The single prompt of ``value``: several (from Conditioning Combine) are refused rather
+    than silently using the first, as ComfyUI does."""
+    from studio.errors import NodeError
+
+    conds = _conds(value, name)
+    if len(conds) > 1:
+        raise NodeError(
+            f"the {name} conditioning holds {len(conds)} combined prompts; connect a single "
+            "prompt (before Conditioning Combine)"
+        )
+    return conds[0]
+
+
+def _same_width(to: Any, frm: Any) -> None:
+    from studio.errors import NodeError
+
+    if to.embeds.shape[-1] != frm.embeds.shape[-1]:
+        raise NodeError(
+            f"the prompts come from different text encoders ({to.embeds.shape[-1]} and "
+            f"{frm.embeds.shape[-1]} wide): encode both with the same checkpoint's CLIP"
+        )
+
+
+@node(
+    "conditioning_zero_out",
+    title="Conditioning Zero Out",
+    category="conditioning",
+    description=(
+        "Replaces a prompt's embeddings (and SDXL's pooled embedding) with zeros: the "
+        "'nothing at all' negative some models (SDXL Turbo, SD3-style workflows) expect."
+    ),
+    inputs=[InputSpec("conditioning", T.CONDITIONING, tooltip="The prompt to zero out.")],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_zero_out(ctx, conditioning: Any) -> list:
+    import dataclasses
+
+    import torch
+
+    return [
+        dataclasses.replace(
+            c,
+            embeds=torch.zeros_like(c.embeds),
+            pooled=None if c.pooled is None else torch.zeros_like(c.pooled),
+            text="",
+            extra=dict(c.extra),
+        )
+        for c in _conds(conditioning, "conditioning")
+    ]
+
+
+@node(
+    "conditioning_combine",
+    title="Conditioning Combine",
+    category="conditioning",
+    description=(
+        "Uses both prompts: the Sampler denoises with each and averages the two predictions "
+        "at every step (both weigh the same). Unlike joining the texts, neither prompt's "
+        "words crowd out the other's."
+    ),
+    inputs=[
+        InputSpec("conditioning_1", T.CONDITIONING, tooltip="A prompt (or combined prompts)."),
+        InputSpec("conditioning_2", T.CONDITIONING, tooltip="Another prompt to use as well."),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_combine(ctx, conditioning_1: Any, conditioning_2: Any) -> list:
+    return [*_conds(conditioning_1, "conditioning_1"), *_conds(conditioning_2, "conditioning_2")]
+
+
+@node(
+    "conditioning_concat",
+    title="Conditioning Concat",
+    category="conditioning",
+    description=(
+        "Appends the tokens of one prompt after another's, as one longer prompt the model "
+        "reads at once (like A1111's BREAK). The pooled embedding stays the first prompt's."
+    ),
+    inputs=[
+        InputSpec("conditioning_to", T.CONDITIONING, tooltip="The prompt that comes first."),
+        InputSpec(
+            "conditioning_from",
+            T.CONDITIONING,
+            tooltip="The prompt whose tokens are appended (a single prompt).",
+        ),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_concat(ctx, conditioning_to: Any, conditioning_from: Any) -> list:
+    import dataclasses
+
+    import torch
+
+    frm = _one(conditioning_from, "conditioning_from")
+    out = []
+    for c in _conds(conditioning_to, "conditioning_to"):
+        _same_width(c, frm)
+        out.append(
+            dataclasses.replace(
+                c,
+                embeds=torch.cat([c.embeds, frm.embeds], dim=1),
+                text=" BREAK ".join(t for t in (c.text, frm.text) if t),
+                extra=dict(c.extra),
+            )
+        )
+    return out
+
+
+@node(
+    "conditioning_average",
+    title="Conditioning Average",
+    category="conditioning",
+    description=(
+        "Blends two prompts into one: to x strength + from x (1 - strength), token by token "
+        "(a longer 'from' is cut to 'to''s length, a shorter one counts as zeros beyond its "
+        "end), and the pooled embeddings likewise."
+    ),
+    inputs=[
+        InputSpec("conditioning_to", T.CONDITIONING, tooltip="The prompt blended towards."),
+        InputSpec(
+            "conditioning_from",
+            T.CONDITIONING,
+            tooltip="The prompt blended in (a single prompt).",
+        ),
+        InputSpec(
+            "conditioning_to_strength",
+            T.FLOAT,
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="1 = only 'to', 0 = only 'from', 0.5 = half of each.",
+        ),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_average(
+    ctx, conditioning_to: Any, conditioning_from: Any, conditioning_to_strength: float = 1.0
+) -> list:
+    import dataclasses
+
+    import torch
+
+    w = float(conditioning_to_strength)
+    frm = _one(conditioning_from, "conditioning_from")
+    out = []
+    for c in _conds(conditioning_to, "conditioning_to"):
+        _same_width(c, frm)
+        tokens = c.embeds.shape[1]
+        f = frm.embeds[:, :tokens]
+        if f.shape[1] < tokens:  # ComfyUI's rule: the missing tokens count as zeros
+            pad = torch.zeros((f.shape[0], tokens - f.shape[1], f.shape[2]), dtype=f.dtype)
+            f = torch.cat([f, pad], dim=1)
+        pooled = c.pooled
+        if frm.pooled is not None:
+            pooled = frm.pooled if c.pooled is None else c.pooled * w + frm.pooled * (1.0 - w)
+        out.append(
+            dataclasses.replace(
+                c, embeds=c.embeds * w + f * (1.0 - w), pooled=pooled, extra=dict(c.extra)
+            )
+        )
+    return out
+
+
+@node(
+    "conditioning_set_mask",
+    title="Conditioning Set Mask",
+    category="conditioning",
+    description=(
+        "Limits a prompt to the masked part of the image (regional prompting): combine it "
+        "with other prompts; each one's prediction counts where its mask is, blended where "
+        "masks overlap. A part no prompt covers gets no guidance."
+    ),
+    inputs=[
+        InputSpec("conditioning", T.CONDITIONING, tooltip="The prompt to place."),
+        InputSpec("mask", T.MASK, tooltip="Where the prompt applies (1), at any size."),
+        InputSpec(
+            "strength",
+            T.FLOAT,
+            default=1.0,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="The prompt's weight inside its mask against the prompts it is combined with.",
+        ),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_set_mask(ctx, conditioning: Any, mask: Any, strength: float = 1.0) -> list:
+    import dataclasses
+
+    from studio.errors import NodeError
+
+    if getattr(mask, "ndim", 0) not in (2, 3):
+        raise NodeError(f"the mask input is not a mask (got {type(mask).__name__})")
+    m = mask.float().cpu()
+    return [
+        dataclasses.replace(c, extra={**c.extra, "mask": (m, float(strength))})
+        for c in _conds(conditioning, "conditioning")
+    ]

@@ -94,14 +94,25 @@ def small_conv_backend(latents: torch.Tensor, device: torch.device) -> Any:
     return without_onednn()
 
 
-def _single(cond: list[Cond], name: str) -> Cond:
+def _prompts(cond: list[Cond], name: str) -> list[Cond]:
     if not cond:
         raise NodeError(f"the {name} conditioning is empty")
-    if len(cond) > 1:
-        raise NodeError(
-            f"the {name} conditioning holds {len(cond)} prompts; combine is not supported yet"
-        )
-    return cond[0]
+    return list(cond)
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Sampler (Advanced)'s part of the schedule: steps ``start`` up to ``end`` of ``steps``.
+
+    ``add_noise`` off: the input latent already holds the noise of step ``start`` (the
+    leftover of an earlier pass). ``leftover_noise`` on: stop at step ``end``'s noise level
+    instead of finishing with the model's clean prediction there (ComfyUI's KSamplerAdvanced).
+    """
+
+    start: int = 0
+    end: int = 10000
+    add_noise: bool = True
+    leftover_noise: bool = False
 
 
 def _check_cond(c: Cond, name: str, model: ModelHandle, unet: Any) -> None:
@@ -181,53 +192,91 @@ def sample(
     sampler: str,
     scheduler: str,
     denoise: float,
+    window: StepWindow | None = None,
 ) -> dict[str, Any]:
     """The Sampler node's work: ``latent`` denoised by ``model``, guided by the prompts.
 
+    Several prompts in a conditioning (Conditioning Combine) are each predicted and their
+    predictions averaged, as ComfyUI does for prompts without areas. ``window``: Sampler
+    (Advanced)'s steps and noise handling (``denoise`` is then ignored).
+
     Returns a LATENT (``samples``, and the ``noise_mask`` it was given, if it used one).
     """
-    pos, neg = _single(positive, "positive"), _single(negative, "negative")
+    pos, neg = _prompts(positive, "positive"), _prompts(negative, "negative")
     unet = get_module(ctx, model.source, "unet")
     lora.activate(ctx, unet, "unet", model.patches, model.family)
-    _check_cond(pos, "positive", model, unet)
-    _check_cond(neg, "negative", model, unet)
+    for name, conds in (("positive", pos), ("negative", neg)):
+        for c in conds:
+            _check_cond(c, name, model, unet)
     samples = _fit_empty_latent(latent, model, unet)
     _check_latent(samples, unet)
     sched = make_scheduler(model.scheduler_config, sampler, scheduler, seed)
     device, dtype = torch.device(ctx.device), unet.dtype
     batch = samples.shape[0]
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
-    text = _text_conditioning(unet, model, pos, neg, samples, cfg, do_cfg, device, dtype)
+    masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
+    single = len(pos) == 1 and len(neg) == 1 and not masked
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    timesteps = _timesteps(sched, steps, denoise, device)
-    start = _start_latents(sched, samples, latent, timesteps, generator, denoise, device, dtype)
+    if window is None:
+        timesteps = _timesteps(sched, steps, denoise, device)
+        start = _start_latents(
+            sched, samples, latent, timesteps, generator, denoise >= 1.0, device, dtype
+        )
+    else:
+        timesteps = _window_timesteps(sched, steps, window, device)
+        if len(timesteps) == 0:  # nothing to run: the latent as it came (ComfyUI does so)
+            return dict(latent)
+        start = _window_start(sched, samples, latent, timesteps, generator, window, device, dtype)
     # A 9-channel inpainting UNet takes the mask and masked image as input (drawn after the
     # noise, as the pipeline does) and needs no latent blending.
-    inpaint_inputs = unet_inpaint_inputs(latent, unet, generator, batch, do_cfg, device, dtype)
+    inpaint_inputs = unet_inpaint_inputs(
+        latent, unet, generator, batch, do_cfg and single, device, dtype
+    )
     mask = latent.get("noise_mask") if inpaint_inputs is None else None
     if mask is not None:
         mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
 
-    control = ControlPlan(
-        ctx,
-        unet,
-        pos,
-        neg,
-        do_cfg=do_cfg,
-        batch=batch,
-        latent_size=tuple(samples.shape[-2:]),
-        dtype=dtype,
-        device=device,
-    )
-    predict = _NoisePrediction(
-        unet, sched, text, cfg, do_cfg, control, inpaint_inputs, total=len(timesteps)
-    )
+    def prediction(p: Cond, n: Cond, guided: bool) -> _NoisePrediction:
+        text = _text_conditioning(unet, model, p, n, samples, cfg, guided, device, dtype)
+        control = ControlPlan(
+            ctx,
+            unet,
+            p,
+            n,
+            do_cfg=guided,
+            batch=batch,
+            latent_size=tuple(samples.shape[-2:]),
+            dtype=dtype,
+            device=device,
+        )
+        return _NoisePrediction(
+            unet, sched, text, cfg, guided, control, inpaint_inputs, total=len(timesteps)
+        )
+
+    if single:
+        predict: Any = prediction(pos[0], neg[0], do_cfg)
+    else:
+        size = tuple(samples.shape[-2:])
+        predict = _AveragedPrediction(
+            positive=tuple(prediction(c, c, False) for c in pos),
+            negative=tuple(prediction(c, c, False) for c in neg) if do_cfg else (),
+            cfg=cfg,
+            positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
+            negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
+        )
     step_kwargs = _step_kwargs(sched, generator)
-    result = with_oom_advice(
-        lambda: _run_steps(ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype),
+    after = None
+    if window is not None and window.leftover_noise and window.end < steps:
+        after = sched.timesteps[window.end * sched.order]
+    result, last = with_oom_advice(
+        lambda: _run_steps(
+            ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype, after
+        ),
         "sampling",
     )
+    if window is not None and not window.leftover_noise and window.end < steps:
+        result = _finish_early(last, start, mask, sampler)
     out_latent: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
@@ -330,6 +379,40 @@ def _timesteps(sched: Any, steps: int, denoise: float, device: torch.device) -> 
     return timesteps
 
 
+def _window_timesteps(
+    sched: Any, steps: int, window: StepWindow, device: torch.device
+) -> torch.Tensor:
+    """Steps ``start`` up to ``end`` of a ``steps``-step schedule (empty when none is left)."""
+    sched.set_timesteps(steps, device=device)
+    order = sched.order
+    end = min(window.end, steps)
+    if window.start >= end:
+        return sched.timesteps[:0]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(window.start * order)
+    return sched.timesteps[window.start * order : end * order]
+
+
+def _window_start(
+    sched: Any,
+    samples: torch.Tensor,
+    latent: dict[str, Any],
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    window: StepWindow,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _Start:
+    """Sampler (Advanced)'s start: the input as it is (add_noise off: it carries an earlier
+    pass's leftover noise), pure noise (step 0 from an Empty Latent: exactly the Sampler's
+    start), or the input noised to the first step's level."""
+    if not window.add_noise:
+        init = samples.to(device=device, dtype=dtype)
+        return _Start(init, torch.zeros_like(init), init)
+    from_noise = window.start == 0 and not bool(samples.any())
+    return _start_latents(sched, samples, latent, timesteps, generator, from_noise, device, dtype)
+
+
 @dataclass(frozen=True)
 class _Start:
     """Where the steps begin: the input latent, the noise drawn, the noised latent."""
@@ -345,14 +428,16 @@ def _start_latents(
     latent: dict[str, Any],
     timesteps: torch.Tensor,
     generator: torch.Generator,
-    denoise: float,
+    from_noise: bool,
     device: torch.device,
     dtype: torch.dtype,
 ) -> _Start:
+    """``from_noise``: pure noise (txt2img, the input's content ignored); otherwise the input
+    latent noised to the first timestep's level (img2img)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     init = samples.to(device=device, dtype=dtype)
-    if denoise >= 1.0:
+    if from_noise:
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
         return _Start(init, noise, noise * sched.init_noise_sigma)
     std = latent.get("posterior_std")
@@ -409,6 +494,90 @@ class _NoisePrediction:
         return pred
 
 
+@dataclass(frozen=True)
+class _AveragedPrediction:
+    """Several prompts (Conditioning Combine): each prompt's prediction, averaged with equal
+    weights per side, then guided (ComfyUI's way for prompts without areas or masks)."""
+
+    positive: tuple[_NoisePrediction, ...]
+    negative: tuple[_NoisePrediction, ...]  # empty without guidance
+    cfg: float
+    #: Per prompt: None (weight 1 everywhere) or Conditioning Set Mask's mask * strength.
+    positive_weights: tuple[torch.Tensor | None, ...] = ()
+    negative_weights: tuple[torch.Tensor | None, ...] = ()
+
+    def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+        cond = _mean([p(latents, i, t) for p in self.positive], self.positive_weights)
+        if not self.negative:
+            return cond
+        uncond = _mean([p(latents, i, t) for p in self.negative], self.negative_weights)
+        return uncond + self.cfg * (cond - uncond)
+
+
+def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:
+    """The predictions averaged; with masks, weighted per latent cell as ComfyUI does:
+    ``sum(pred * w) / (1e-37 + sum(w))`` (a cell no prompt covers predicts 0)."""
+    if not any(w is not None for w in weights):
+        total = preds[0]
+        for p in preds[1:]:
+            total = total + p
+        return total / len(preds)
+    num = torch.zeros_like(preds[0])
+    den = torch.full_like(preds[0], 1e-37)
+    for p, w in zip(preds, weights, strict=True):
+        if w is None:
+            num, den = num + p, den + 1.0
+        else:
+            num, den = num + p * w, den + w
+    return num / den
+
+
+def _prompt_weight(
+    c: Cond, size: tuple[int, ...], batch: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """A masked prompt's weight per latent cell, ``[batch, 1, h, w]``: its mask resized to the
+    latent (bilinear, as ComfyUI) times its strength; None for an unmasked prompt."""
+    entry = c.extra.get("mask")
+    if entry is None:
+        return None
+    mask, strength = entry
+    m = mask.float()
+    m = m[None] if m.ndim == 2 else m
+    if m.shape[0] not in (1, batch):
+        raise NodeError(
+            f"a prompt's mask holds {m.shape[0]} masks for a batch of {batch}: give one mask, "
+            "or one per image"
+        )
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(
+            m[:, None], size=size, mode="bilinear", align_corners=False
+        )[:, 0]
+    m = m.expand(batch, -1, -1) if m.shape[0] == 1 else m
+    return (m[:, None] * float(strength)).to(device=device, dtype=dtype)
+
+
+#: Samplers whose diffusers step gives no clean-latent prediction, so they cannot end early
+#: without leftover noise (ComfyUI's last step down to noise level 0).
+NO_CLEAN_PREDICTION = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "pndm", "deis", "uni_pc")
+
+
+def _finish_early(
+    last: Any, start: _Start, mask: torch.Tensor | None, sampler: str
+) -> torch.Tensor:
+    """Ending before the schedule's last step without leftover noise: the model's clean
+    prediction at the last step run, which is what ComfyUI's final step to noise level 0
+    gives (exactly so for euler)."""
+    x0 = _shown(last, None) if last is not None else None
+    if x0 is None:
+        raise NodeError(
+            f"sampler {sampler!r} cannot stop early without leftover noise: turn on "
+            "return_with_leftover_noise, or choose another sampler (euler, heun, lms, ddim, ...)"
+        )
+    if mask is not None:
+        x0 = (1 - mask) * start.init + mask * x0
+    return x0
+
+
 def _step_kwargs(sched: Any, generator: torch.Generator) -> dict[str, Any]:
     """``eta`` (DDIM's: 0, as the pipelines) and the seeded generator, where ``step`` takes them."""
     step_params = set(inspect.signature(sched.step).parameters)
@@ -430,9 +599,13 @@ def _run_steps(
     mask: torch.Tensor | None,
     step_kwargs: dict[str, Any],
     dtype: torch.dtype,
-) -> torch.Tensor:
-    """The denoising steps, each checking for interrupt and reporting progress with a preview."""
+    after: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """The denoising steps, each checking for interrupt and reporting progress with a preview.
+    Returns the latents and the last step's scheduler output. ``after``: the timestep that
+    follows the last one run, when the run stops there with its leftover noise."""
     latents = start.latents
+    out = None
     total = len(timesteps)
     with torch.no_grad(), small_conv_backend(latents, latents.device):
         for i, t in enumerate(timesteps):
@@ -441,11 +614,11 @@ def _run_steps(
             out = sched.step(pred, t, latents, **step_kwargs, return_dict=True)
             latents = out.prev_sample.to(dtype)
             if mask is not None:
-                latents = _keep_unmasked(sched, start, timesteps, i, mask, latents)
+                latents = _keep_unmasked(sched, start, timesteps, i, mask, latents, after)
             ctx.progress(
                 i + 1, total, preview_image(_shown(out, latents), model.family, model.latent_rgb)
             )
-    return latents
+    return latents, out
 
 
 def _keep_unmasked(
@@ -455,16 +628,19 @@ def _keep_unmasked(
     i: int,
     mask: torch.Tensor,
     latents: torch.Tensor,
+    after: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Outside the noise mask, the input latent noised to the next step's level (diffusers'
-    inpainting blend), or the input latent itself after the last step."""
+    inpainting blend), or the input latent itself after the schedule's last step."""
     keep = start.init
     if i < len(timesteps) - 1:
         keep = sched.add_noise(start.init, start.noise, timesteps[i + 1 : i + 2])
+    elif after is not None:
+        keep = sched.add_noise(start.init, start.noise, after.reshape(1))
     return (1 - mask) * keep + mask * latents
 
 
-def _shown(out: Any, latents: torch.Tensor) -> torch.Tensor:
+def _shown(out: Any, latents: torch.Tensor | None) -> torch.Tensor | None:
     """What the preview shows: the scheduler's predicted clean latent where it gives one."""
     x0 = getattr(out, "pred_original_sample", None)
     if x0 is None:

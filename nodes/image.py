@@ -430,3 +430,86 @@ def generation_parameters(ctx: Any, size: tuple[int, int], index: int = 0) -> st
         lines.append(f"Negative prompt: {texts['negative']}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)
+
+
+# -- Pad Image for Outpainting (ComfyUI's ImagePadForOutpaint) -------------------------------
+
+
+def _pad_input(name: str, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.INT, default=0, min=0, max=16384, step=8, tooltip=tooltip)
+
+
+def outpaint_feather(
+    height: int, width: int, left: int, top: int, right: int, bottom: int, feathering: int
+) -> Any:
+    """The mask over the original image's area: ``((feathering - d) / feathering) ** 2`` within
+    ``feathering`` pixels of a padded side (d: the distance to it), 0 elsewhere. Sides without
+    padding do not feather, and nothing feathers unless ``2 * feathering`` is less than the
+    image's width and height (ComfyUI's rule)."""
+    import torch
+
+    t = torch.zeros((height, width), dtype=torch.float32)
+    if not (feathering > 0 and 2 * feathering < height and 2 * feathering < width):
+        return t
+    i = torch.arange(height, dtype=torch.float64)[:, None].expand(height, width)
+    j = torch.arange(width, dtype=torch.float64)[None, :].expand(height, width)
+    far_h = torch.full_like(i, float(height))
+    far_w = torch.full_like(j, float(width))
+    d = torch.minimum(
+        torch.minimum(i if top else far_h, height - i if bottom else far_h),
+        torch.minimum(j if left else far_w, width - j if right else far_w),
+    )
+    v = (feathering - d) / feathering
+    return torch.where(d < feathering, v * v, 0.0).to(torch.float32)
+
+
+@node(
+    "pad_for_outpaint",
+    title="Pad Image for Outpainting",
+    category="image",
+    description=(
+        "Adds room around an image to paint into: the new border is mid grey and the mask "
+        "marks it (1), fading into the image's edge over 'feathering' pixels so the new "
+        "content blends in. Feed both to VAE Encode for Inpaint."
+    ),
+    inputs=[
+        InputSpec("image", T.IMAGE, tooltip="The image to extend."),
+        _pad_input("left", "Pixels added on the left."),
+        _pad_input("top", "Pixels added at the top."),
+        _pad_input("right", "Pixels added on the right."),
+        _pad_input("bottom", "Pixels added at the bottom."),
+        InputSpec(
+            "feathering",
+            T.INT,
+            default=40,
+            min=0,
+            max=16384,
+            tooltip=(
+                "How far (pixels) the mask reaches into the image from each padded side, "
+                "fading out. 0: a hard edge. Ignored when twice it exceeds the image's size."
+            ),
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE), OutputSpec("mask", T.MASK)],
+)
+def pad_for_outpaint(
+    ctx,
+    image: Any,
+    left: int = 0,
+    top: int = 0,
+    right: int = 0,
+    bottom: int = 0,
+    feathering: int = 40,
+) -> tuple:
+    import torch
+
+    if min(left, top, right, bottom, feathering) < 0:
+        raise NodeError("padding and feathering cannot be negative")
+    b, h, w, c = image.shape
+    out = torch.full((b, h + top + bottom, w + left + right, c), 0.5, dtype=torch.float32)
+    out[:, top : top + h, left : left + w, :] = image
+    mask = torch.ones((1, h + top + bottom, w + left + right), dtype=torch.float32)
+    mask[0, top : top + h, left : left + w] = outpaint_feather(
+        h, w, left, top, right, bottom, feathering
+    )
+    return out, mask

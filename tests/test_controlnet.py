@@ -81,7 +81,7 @@ def controlnet_graph(models_root, nets):
         wf.connect(loader.id, "control_net", apply.id, "control_net")
         wf.connect(image.id, "image", apply.id, "image")
         pos, neg = (apply.id, "positive"), (apply.id, "negative")
-        ids[f"cn{i}"] = loader.id
+        ids[f"cn{i}"], ids[f"apply{i}"] = loader.id, apply.id
     wf.connect(*pos, ids["sampler"], "positive")
     wf.connect(*neg, ids["sampler"], "negative")
     return wf, ids
@@ -221,3 +221,26 @@ def test_sdxl_controlnet_graph_equals_pipeline(tmp_path):
         output_type="np",
     ).images
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_combined_prompts_keep_their_controlnet(engine, models_root):
+    """Conditioning Combine: each prompt is predicted with its own ControlNet; a prompt
+    combined with itself gives the image it gives alone, with the ControlNet still acting."""
+    nets = [("edges", "left.png", 1.0, 0.0, 1.0)]
+    alone = graph_image(engine, models_root, nets, what="latent")
+    wf, ids = controlnet_graph(models_root, nets)
+    combine = wf.add_node("conditioning_combine").id
+    wf.connect(ids["apply0"], "positive", combine, "conditioning_1")
+    wf.connect(ids["apply0"], "positive", combine, "conditioning_2")
+    wf.connect(combine, "conditioning", ids["sampler"], "positive")
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    twice = result.outputs[ids["sampler"]]["latent"]["samples"].numpy()
+    assert np.allclose(twice, alone, atol=1e-5)
+    plain = fx.txt2img(
+        "tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS, cfg=CFG
+    )
+    result = engine.run(plain[0])
+    assert result.ok, result.errors
+    without = result.outputs[plain[1]["sampler"]]["latent"]["samples"].numpy()
+    assert np.abs(twice - without).max() > 1e-3
