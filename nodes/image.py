@@ -341,8 +341,10 @@ def _workflow_json(ctx: Any) -> str:
 # -- the A1111-style parameters text --------------------------------------------------------
 
 
-def _upstream(wf: Any, start: str, type_id: str) -> Any:
-    """The nearest node of ``type_id`` feeding ``start`` (breadth first), or None."""
+def _upstream(wf: Any, start: str, type_id: str | tuple[str, ...]) -> Any:
+    """The nearest node of ``type_id`` (or of one of them) feeding ``start`` (breadth
+    first), or None."""
+    wanted = (type_id,) if isinstance(type_id, str) else type_id
     seen, queue = {start}, deque([start])
     while queue:
         cur = queue.popleft()
@@ -351,7 +353,7 @@ def _upstream(wf: Any, start: str, type_id: str) -> Any:
                 continue
             seen.add(lk.source)
             src = wf.get_node(lk.source)
-            if src.type == type_id:
+            if src.type in wanted:
                 return src
             queue.append(lk.source)
     return None
@@ -380,7 +382,7 @@ def generation_parameters(ctx: Any, size: tuple[int, int], index: int = 0) -> st
     if wf is None:
         return ""
     try:
-        sampler = _upstream(wf, ctx.node_id, "sampler")
+        sampler = _upstream(wf, ctx.node_id, ("sampler", "sampler_advanced"))
     except Exception:
         return ""
     if sampler is None:

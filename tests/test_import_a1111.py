@@ -832,3 +832,37 @@ def test_a_hires_schedule_too_long_for_the_sampler_is_reported(registry):
     assert second.params["steps"] == 30 and second.params["denoise"] == 0.01
     assert any("3000-step schedule" in r for r in result.report)
     assert registry["sampler"].input("steps").max == a1111.MAX_STEPS
+
+
+def test_an_image_from_the_advanced_sampler_carries_its_parameters_too(registry):
+    from types import SimpleNamespace
+
+    from nodes.image import generation_parameters
+    from studio.graph.workflow import Workflow
+
+    wf = Workflow(registry)
+    ckpt = wf.add_node("load_checkpoint", {"ckpt_name": "studio-tiny"})
+    pos = wf.add_node("text_encode", {"text": "a red circle"})
+    neg = wf.add_node("text_encode", {"text": ""})
+    latent = wf.add_node("empty_latent", {"width": 64, "height": 64})
+    sampler = wf.add_node(
+        "sampler_advanced", {"seed": 77, "steps": 12, "cfg": 4.0, "sampler": "heun"}
+    )
+    out = wf.add_node("save_image")
+    for src, port, dst, inp in [
+        (ckpt, "clip", pos, "clip"),
+        (ckpt, "clip", neg, "clip"),
+        (ckpt, "model", sampler, "model"),
+        (pos, "conditioning", sampler, "positive"),
+        (neg, "conditioning", sampler, "negative"),
+        (latent, "latent", sampler, "latent"),
+    ]:
+        wf.connect(src.id, port, dst.id, inp)
+    decode = wf.add_node("vae_decode")
+    wf.connect(sampler.id, "latent", decode.id, "latent")
+    wf.connect(ckpt.id, "vae", decode.id, "vae")
+    wf.connect(decode.id, "image", out.id, "images")
+    ctx = SimpleNamespace(workflow=wf, node_id=out.id, run_info={})
+    text = generation_parameters(ctx, (64, 64))
+    assert text.startswith("a red circle\n")
+    assert "Steps: 12" in text and "Seed: 77" in text and "Sampler: Heun" in text

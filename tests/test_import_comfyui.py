@@ -850,3 +850,79 @@ def test_nested_subgraphs_with_outputs_are_flattened(reg):
     a["nodes"][0]["type"] = "A"  # A inside A: refused, not a hang
     with pytest.raises(WorkflowFileError, match="nested more than 16 deep"):
         import_comfyui(data, reg, source="nested.json")
+
+
+def test_the_advanced_sampler_conditioning_and_outpaint_nodes_map_both_ways(reg):
+    api = txt2img_api(seed=5, steps=8)
+    del api["3"]
+    advanced = {
+        "add_noise": "enable",
+        "noise_seed": 5,
+        "steps": 8,
+        "cfg": 7.0,
+        "sampler_name": "euler",
+        "scheduler": "karras",
+        "model": ["4", 0],
+        "positive": ["21", 0],
+        "negative": ["22", 0],
+    }
+    api["30"] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            **advanced,
+            "start_at_step": 0,
+            "end_at_step": 5,
+            "return_with_leftover_noise": "enable",
+            "latent_image": ["5", 0],
+        },
+    }
+    api["3"] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            **advanced,
+            "add_noise": "disable",
+            "start_at_step": 5,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+            "latent_image": ["30", 0],
+        },
+    }
+    api["20"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": ["4", 1]}}
+    api["21"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["23", 0]},
+    }
+    api["23"] = {
+        "class_type": "ConditioningAverage",
+        "inputs": {
+            "conditioning_to_strength": 0.25,
+            "conditioning_to": ["20", 0],
+            "conditioning_from": ["6", 0],
+        },
+    }
+    api["22"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}}
+    api["24"] = {
+        "class_type": "ImagePadForOutpaint",
+        "inputs": {
+            "left": 16,
+            "top": 0,
+            "right": 16,
+            "bottom": 8,
+            "feathering": 12,
+            "image": ["8", 0],
+        },
+    }
+    api["25"] = {"class_type": "PreviewImage", "inputs": {"images": ["24", 0]}}
+    result = import_comfyui(copy.deepcopy(api), reg, source="p.json")
+    wf = result.workflow
+    assert problems_of(wf) == []
+    first, second = wf.get_node("30"), wf.get_node("3")
+    assert first.type == second.type == "sampler_advanced"
+    assert first.params["add_noise"] is True and first.params["return_with_leftover_noise"] is True
+    assert second.params["add_noise"] is False and second.params["start_at_step"] == 5
+    assert wf.get_node("23").params["conditioning_to_strength"] == 0.25
+    assert wf.get_node("24").params["feathering"] == 12
+    out = export_comfyui_api(wf)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in out.items()} == {
+        k: (v["class_type"], v["inputs"]) for k, v in api.items()
+    }

@@ -79,6 +79,7 @@ _GPU_SAMPLERS = {
     "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
 }
 _GPU_NOTE = "sampler {!r} became {!r}: Studio draws noise on the CPU, so the image differs"
+_ENABLE = {"enable": True, "disable": False}
 _NEAREST_NOTE = "'nearest-exact' scaling became Studio's 'nearest' (pixels may differ slightly)"
 
 NODE_MAPS: dict[str, NodeMap] = {
@@ -200,6 +201,68 @@ NODE_MAPS: dict[str, NodeMap] = {
     "SolidMask": NodeMap(
         "solid_mask", "SolidMask", ("value", "width", "height"), outputs=("mask",)
     ),
+    "KSamplerAdvanced": NodeMap(
+        "sampler_advanced",
+        "KSampler (Advanced)",
+        (
+            "add_noise",
+            "noise_seed",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "start_at_step",
+            "end_at_step",
+            "return_with_leftover_noise",
+        ),
+        params={"noise_seed": "seed", "sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent",),
+        values={
+            "add_noise": _ENABLE,
+            "return_with_leftover_noise": _ENABLE,
+            "sampler_name": _GPU_SAMPLERS,
+        },
+        notes={
+            ("scheduler", "normal"): _SCHEDULE_NOTE,
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+        comfy_lacks={"sampler": frozenset({"pndm"})},
+    ),
+    "ConditioningZeroOut": NodeMap(
+        "conditioning_zero_out", "ConditioningZeroOut", outputs=("conditioning",)
+    ),
+    "ConditioningCombine": NodeMap(
+        "conditioning_combine", "Conditioning (Combine)", outputs=("conditioning",)
+    ),
+    "ConditioningConcat": NodeMap(
+        "conditioning_concat", "Conditioning (Concat)", outputs=("conditioning",)
+    ),
+    "ConditioningAverage": NodeMap(
+        "conditioning_average",
+        "ConditioningAverage",
+        ("conditioning_to_strength",),
+        outputs=("conditioning",),
+    ),
+    "ConditioningSetMask": NodeMap(
+        "conditioning_set_mask",
+        "Conditioning (Set Mask)",
+        ("strength", "set_cond_area"),
+        outputs=("conditioning",),
+        unsupported={
+            "set_cond_area": (
+                "default",
+                "'set_cond_area: mask bounds' became 'default': Studio predicts a masked "
+                "prompt on the whole image, not on the mask's bounding box",
+            )
+        },
+    ),
+    "ImagePadForOutpaint": NodeMap(
+        "pad_for_outpaint",
+        "Pad Image for Outpainting",
+        ("left", "top", "right", "bottom", "feathering"),
+        outputs=("image", "mask"),
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -219,19 +282,12 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
-    "KSamplerAdvanced": "start/end steps and leftover noise: Studio's Sampler has none yet",
     "LatentUpscale": "scales to a width and height; Studio's Latent Upscale scales by a factor",
     "ControlNetApply": "applies to one conditioning; Studio's Apply ControlNet takes the "
     "positive and negative together, so the mapping would not be exact",
     "LoraLoaderModelOnly": "Studio's Load LoRA needs a text encoder (clip) input",
-    "ConditioningCombine": "not in Studio yet",
-    "ConditioningConcat": "not in Studio yet",
-    "ConditioningAverage": "not in Studio yet",
-    "ConditioningZeroOut": "not in Studio yet",
     "ConditioningSetArea": "not in Studio yet",
-    "ConditioningSetMask": "not in Studio yet",
     "ConditioningSetTimestepRange": "not in Studio yet",
-    "ImagePadForOutpaint": "not in Studio yet",
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
     "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",
