@@ -293,7 +293,6 @@ def test_png_that_carries_a_workflow_opens(stub_registry, tmp_path):
     ("chunks", "expected"),
     [
         ([("workflow", "{}", False)], "ComfyUI workflow"),
-        ([("parameters", "a cat\nSteps: 20, Seed: 1", False)], "Automatic1111"),
         ([], "without a workflow"),
     ],
 )
