@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 _home = Path(tempfile.mkdtemp(prefix="studio-tests-"))
+atexit.register(shutil.rmtree, _home, ignore_errors=True)
 os.environ["STUDIO_CONFIG_DIR"] = str(_home / "config")
 os.environ["STUDIO_DATA_DIR"] = str(_home / "data")
 
