@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from studio.errors import WorkflowFileError
 from studio.graph.importers import a1111
@@ -866,3 +868,71 @@ def test_an_image_from_the_advanced_sampler_carries_its_parameters_too(registry)
     text = generation_parameters(ctx, (64, 64))
     assert text.startswith("a red circle\n")
     assert "Steps: 12" in text and "Seed: 77" in text and "Sampler: Heun" in text
+
+
+# -- hostile text: only the documented error, a saveable workflow, bounded time ------------------
+
+_FUZZ_BASE = (
+    "a (red:1.2) circle <lora:outline:0.8>\nNegative prompt: blurry\n"
+    "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 64x64, Model: m, "
+    "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0.5, "
+    'Lora hashes: "outline: 0123456789ab", Clip skip: 2'
+)
+_FUZZ_VALUES = [
+    "9" * 5000,
+    "1e400",
+    "-1e400",
+    "nan",
+    "inf",
+    "-0",
+    "0x10",
+    "",
+    '"',
+    '"a,b:c"',
+    "\ud800",
+    "99999999999x99999999999",
+    "18446744073709551615",
+    "-5",
+    "1.5e308",
+    "<lora:x:inf>",
+]
+
+
+def _mutate(data, text: str) -> str:
+    lines = text.split("\n")
+    fields = lines[-1].split(", ")
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(fields) - 1))
+        key = fields[i].split(": ", 1)[0]
+        value = data.draw(st.sampled_from(_FUZZ_VALUES) | st.text(max_size=40))
+        fields[i] = f"{key}: {value}"
+    lines[-1] = ", ".join(fields)
+    if data.draw(st.booleans()):
+        lines[0] = data.draw(st.text(max_size=200))
+    return "\n".join(lines)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_parameters_import_saveably_or_raise_the_documented_error(data):
+    from studio.graph.fileformat import dumps_workflow
+
+    text = _mutate(data, _FUZZ_BASE)
+    try:
+        result = import_infotext(text, _FUZZ_REGISTRY, source="x.png")
+    except WorkflowFileError:
+        return
+    dumps_workflow(result.workflow)  # whatever imports can be saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_random_text_imports_or_raises_the_documented_error(text):
+    try:
+        import_infotext(text + "\nSteps: 20, Seed: 1", _FUZZ_REGISTRY, source="x")
+        import_infotext(text, _FUZZ_REGISTRY, source="x")
+    except WorkflowFileError:
+        pass
+
+
+_FUZZ_REGISTRY = installed_registry()

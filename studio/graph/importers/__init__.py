@@ -35,4 +35,17 @@ class ImportResult:
         return self.kind != "studio"
 
 
-__all__ = ["ImportResult"]
+def saveable(result: ImportResult, source: str) -> ImportResult:
+    """``result``, once its workflow is known to hold only values a workflow file can
+    (the file format's one rule); a WorkflowFileError naming ``source`` otherwise, so an
+    import never gives a document that cannot be saved."""
+    from studio.errors import WorkflowFileError
+    from studio.graph.fileformat import find_unsaveable, workflow_to_dict
+
+    problem = find_unsaveable(workflow_to_dict(result.workflow))
+    if problem is not None:
+        raise WorkflowFileError(source, f"holds a value Studio cannot keep: {problem}")
+    return result
+
+
+__all__ = ["ImportResult", "saveable"]

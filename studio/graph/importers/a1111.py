@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from studio.errors import StudioError, WorkflowFileError
-from studio.graph.importers import ImportResult
+from studio.graph.importers import ImportResult, saveable
 from studio.graph.seeds import SeedControl, set_seed_control
 from studio.graph.workflow import Note, Workflow, new_id
 
@@ -247,6 +247,19 @@ def parse_infotext(text: str, *, source: str = "<text>") -> Infotext:
     return info
 
 
+def _whole(raw: str) -> int:
+    """A whole number as A1111 writes it ("20", "20.0"), exactly (a 64-bit seed loses
+    digits through a float); ValueError for text, infinities and numbers with over
+    4,300 digits."""
+    text = raw.strip()
+    if re.fullmatch(r"[+-]?\d{1,4300}", text):
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return int(value)
+
+
 def _take_networks(text: str, info: Infotext, *, negative: bool) -> str:
     """``text`` without its ``<kind:...>`` tags; LoRAs go to ``info.loras``."""
 
@@ -260,6 +273,8 @@ def _take_networks(text: str, info: Infotext, *, negative: bool) -> str:
         try:
             te = float(named.get("te", plain[0] if plain else 1.0))
             unet = float(named.get("unet", plain[1] if len(plain) > 1 else te))
+            if not (math.isfinite(te) and math.isfinite(unet)):
+                raise ValueError
         except ValueError:
             info.problems.append(f"LoRA tag {m.group(0)} has a weight that is not a number; 1 used")
             te = unet = 1.0
@@ -575,11 +590,16 @@ class _Import:
         if raw is None:
             return default
         try:
-            return kind(float(raw)) if kind is int else kind(raw)
+            value = _whole(raw) if kind is int else kind(raw)
         except ValueError:
             self.report.append(f"{key}: {raw!r} is not a number; {default} is used")
             self.unused[key] = raw
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.report.append(f"{key}: {raw!r} is not a finite number; {default} is used")
+            self.unused[key] = raw
+            return default
+        return value
 
     def size(self, key: str) -> tuple[int, int] | None:
         raw = self.info.params.get(key)
@@ -921,7 +941,7 @@ def import_infotext(
     info = parse_infotext(text, source=source)
     job = _Import(info, registry, source, find_model, embedding_names)
     wf = job.build()
-    return ImportResult(workflow=wf, kind=KIND, report=job.report)
+    return saveable(ImportResult(workflow=wf, kind=KIND, report=job.report), source)
 
 
 __all__ = [

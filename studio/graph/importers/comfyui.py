@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.errors import WorkflowFileError
-from studio.graph.importers import ImportResult
+from studio.graph.importers import ImportResult, saveable
 from studio.graph.importers.comfyui_map import (
     CLIP_SET_LAST_LAYER,
     FRONTEND_TYPES,
@@ -82,7 +82,7 @@ def import_comfyui(
     if kind == "comfyui-api":
         layout_layers(wf)
     _add_import_note(wf, source, label, reader.report)
-    return ImportResult(wf, list(reader.report), kind)
+    return saveable(ImportResult(wf, list(reader.report), kind), source)
 
 
 # -- one plain form for both formats --------------------------------------------------------
