@@ -247,6 +247,10 @@ def parse_infotext(text: str, *, source: str = "<text>") -> Infotext:
     return info
 
 
+#: The largest hires-fix scale taken from parameters (Studio's Latent Upscale goes to 16).
+MAX_HIRES_FACTOR = 16.0
+
+
 def _whole(raw: str) -> int:
     """A whole number as A1111 writes it ("20", "20.0"), exactly (a 64-bit seed loses
     digits through a float); ValueError for text, infinities and numbers with over
@@ -595,8 +599,10 @@ class _Import:
             self.report.append(f"{key}: {raw!r} is not a number; {default} is used")
             self.unused[key] = raw
             return default
-        if isinstance(value, float) and not math.isfinite(value):
-            self.report.append(f"{key}: {raw!r} is not a finite number; {default} is used")
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) >= 2**64:
+            self.report.append(
+                f"{key}: {raw[:40]!r} is not a number Studio can use; {default} is used"
+            )
             self.unused[key] = raw
             return default
         return value
@@ -765,7 +771,16 @@ class _Import:
             return None
         width, height = size
         factor = self.number("Hires upscale", 2.0, float)
+        if not 0 < factor <= MAX_HIRES_FACTOR:
+            self.report.append(
+                f"Hires upscale: {factor:g} is not a scale Studio can use "
+                f"(0 to {MAX_HIRES_FACTOR:g}); 2 is used"
+            )
+            factor = 2.0
         resize = self.size("Hires resize")
+        if resize is not None and min(width, height, *resize) <= 0:
+            self.report.append(f"Hires resize {resize[0]}x{resize[1]}: not a size; ignored")
+            resize = None
         if resize is not None:
             target = resize
             factor = resize[0] / width
