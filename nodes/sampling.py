@@ -8,6 +8,36 @@ from nodes.values import SAMPLERS, SCHEDULERS
 from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
 
+#: Params the Sampler and the Sampler (Advanced) share.
+SEED = InputSpec(
+    "seed",
+    T.INT,
+    default=0,
+    min=0,
+    max=2**64 - 1,
+    seed=True,
+    tooltip="The noise seed: the same seed and settings give the same image.",
+)
+CFG = InputSpec(
+    "cfg",
+    T.FLOAT,
+    default=7.0,
+    min=0.0,
+    max=100.0,
+    step=0.1,
+    tooltip="Guidance scale: how strongly the prompt steers (1 = no negative prompt).",
+)
+SAMPLER = InputSpec(
+    "sampler", T.CHOICE, choices=tuple(SAMPLERS), default="euler", tooltip="The sampling method."
+)
+SCHEDULER = InputSpec(
+    "scheduler",
+    T.CHOICE,
+    choices=tuple(SCHEDULERS),
+    default="normal",
+    tooltip="The noise schedule; normal is the checkpoint's own.",
+)
+
 
 @node(
     "sampler",
@@ -22,39 +52,11 @@ from studio.graph.types import ValueType as T
         InputSpec("positive", T.CONDITIONING, tooltip="What the image should show."),
         InputSpec("negative", T.CONDITIONING, tooltip="What the image should not show."),
         InputSpec("latent", T.LATENT, tooltip="Empty Latent for a new image, or VAE Encode."),
-        InputSpec(
-            "seed",
-            T.INT,
-            default=0,
-            min=0,
-            max=2**64 - 1,
-            seed=True,
-            tooltip="The noise seed: the same seed and settings give the same image.",
-        ),
+        SEED,
         InputSpec("steps", T.INT, default=20, min=1, max=1000, tooltip="Denoising steps."),
-        InputSpec(
-            "cfg",
-            T.FLOAT,
-            default=7.0,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            tooltip="Guidance scale: how strongly the prompt steers (1 = no negative prompt).",
-        ),
-        InputSpec(
-            "sampler",
-            T.CHOICE,
-            choices=tuple(SAMPLERS),
-            default="euler",
-            tooltip="The sampling method.",
-        ),
-        InputSpec(
-            "scheduler",
-            T.CHOICE,
-            choices=tuple(SCHEDULERS),
-            default="normal",
-            tooltip="The noise schedule; normal is the checkpoint's own.",
-        ),
+        CFG,
+        SAMPLER,
+        SCHEDULER,
         InputSpec(
             "denoise",
             T.FLOAT,
@@ -126,15 +128,7 @@ def sampler(
                 "carries leftover noise from an earlier pass."
             ),
         ),
-        InputSpec(
-            "seed",
-            T.INT,
-            default=0,
-            min=0,
-            max=2**64 - 1,
-            seed=True,
-            tooltip="The noise seed: the same seed and settings give the same image.",
-        ),
+        SEED,
         InputSpec(
             "steps",
             T.INT,
@@ -143,29 +137,9 @@ def sampler(
             max=1000,
             tooltip="Steps of the whole schedule (both passes of a split generation).",
         ),
-        InputSpec(
-            "cfg",
-            T.FLOAT,
-            default=7.0,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            tooltip="Guidance scale: how strongly the prompt steers (1 = no negative prompt).",
-        ),
-        InputSpec(
-            "sampler",
-            T.CHOICE,
-            choices=tuple(SAMPLERS),
-            default="euler",
-            tooltip="The sampling method.",
-        ),
-        InputSpec(
-            "scheduler",
-            T.CHOICE,
-            choices=tuple(SCHEDULERS),
-            default="normal",
-            tooltip="The noise schedule; normal is the checkpoint's own.",
-        ),
+        CFG,
+        SAMPLER,
+        SCHEDULER,
         InputSpec(
             "start_at_step",
             T.INT,
