@@ -835,7 +835,11 @@ def _height(wf: Workflow, node_id: str) -> float:
             len(wf.links_into(node_id)), len(node.extra.get("comfyui", {}).get("outputs", []))
         )
     else:
-        rows = max(len(spec.inputs), len(spec.outputs))
+        # Ports side by side, then a row per param (a prompt editor takes four).
+        links = [i for i in spec.inputs if not i.is_param]
+        rows = max(len(links), len(spec.outputs)) + sum(
+            4 if i.multiline else 1 for i in spec.params
+        )
     return 40.0 + 26.0 * max(rows, 1)
 
 
