@@ -45,6 +45,8 @@ class Settings:
     output_dir: str = ""
     input_dir: str = ""
     device: str = "auto"  # auto, cuda, mps, cpu
+    # auto (bf16 on CUDA where supported, else fp16; fp32 on the CPU), fp32, fp16, bf16
+    precision: str = "auto"
     cache_bytes: int = 4 * 1024**3
     ram_budget_bytes: int = 8 * 1024**3
     vram_budget_bytes: int = 0  # 0: most of what the GPU has

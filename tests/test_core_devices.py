@@ -120,3 +120,17 @@ def test_other_runtime_errors_pass_through_unchanged():
 
     with pytest.raises(RuntimeError, match="shapes do not match"):
         with_oom_advice(broken, "sampling")
+
+
+def test_the_precision_setting_chooses_the_gpu_dtype_and_the_cpu_stays_fp32(monkeypatch):
+    import torch
+
+    from studio.engine.devices import default_dtype
+
+    monkeypatch.delenv("STUDIO_PRECISION", raising=False)
+    assert default_dtype("cuda", "fp16") == torch.float16
+    assert default_dtype("cuda", "fp32") == torch.float32
+    assert default_dtype("mps", "bf16") == torch.bfloat16
+    assert default_dtype("cpu", "fp16") == torch.float32  # half precision is slow on a CPU
+    monkeypatch.setenv("STUDIO_PRECISION", "fp32")
+    assert default_dtype("cuda", "bf16") == torch.float32  # the environment wins, as for devices

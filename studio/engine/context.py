@@ -73,7 +73,7 @@ class NodeContext:
     def dtype(self) -> Any:
         from studio.engine.devices import default_dtype
 
-        return default_dtype(self.device)
+        return default_dtype(self.device, getattr(self.settings, "precision", "auto"))
 
     def check_interrupt(self) -> None:
         """Raise :class:`~studio.errors.Interrupted` if the user asked to stop."""

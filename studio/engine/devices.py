@@ -29,10 +29,22 @@ def pick_device(setting: str = "auto") -> str:
     return "cpu"
 
 
-def default_dtype(device: str) -> Any:
-    """fp32 on CPU; bf16 on CUDA where supported (else fp16); fp16 on MPS."""
+#: The precisions a user can choose (Settings.precision, or STUDIO_PRECISION).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def default_dtype(device: str, precision: str = "auto") -> Any:
+    """fp32 on CPU; bf16 on CUDA where supported (else fp16); fp16 on MPS.
+
+    ``precision`` (a setting; the environment variable STUDIO_PRECISION overrides it) forces
+    fp32, fp16 or bf16 on a GPU; the CPU always computes in fp32, where half precision is
+    slower and unsupported by many kernels.
+    """
     import torch
 
+    choice = os.environ.get("STUDIO_PRECISION", precision or "auto").lower()
+    if device != "cpu" and choice in ("fp32", "fp16", "bf16"):
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":

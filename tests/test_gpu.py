@@ -1,0 +1,138 @@
+"""The GPU paths, on a CUDA device (marked ``gpu``: skipped where there is none, as in CI).
+
+``benchmarks/gpu_check.sh`` runs these first on a lent GPU machine. What a user would notice:
+every default workflow makes the same picture on the GPU as on the CPU, in each precision
+the settings offer (fp32, fp16, bf16); a VRAM budget smaller than the model still makes
+the picture, the same one, with the other models moved off the GPU. The measured
+differences go to ``$GPU_CHECK_OUT/gpu_tests.json`` when that variable is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+from studio.graph.fileformat import load_workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.modelfiles import RESOURCES  # noqa: E402
+from studio.settings import Settings  # noqa: E402
+
+WORKFLOWS = RESOURCES / "workflows"
+NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale")
+#: Mean difference (0-255 scale) between the CPU's fp32 picture and the GPU's that still
+#: reads as the same picture. The sampler's noise is drawn on the CPU in both, so what is
+#: left is rounding: small in fp32, larger in half precision over 20 steps.
+SAME_PICTURE = {"fp32": 2.0, "fp16": 8.0, "bf16": 12.0}
+FIGURES: dict[str, float] = {}
+
+
+def _record(name: str, value: float) -> None:
+    FIGURES[name] = round(float(value), 3)
+    out = os.environ.get("GPU_CHECK_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "gpu_tests.json").write_text(json.dumps(FIGURES, indent=1))
+
+
+def _engine(tmp: Path, **settings):
+    from studio.engine import Engine
+
+    s = Settings(output_dir=str(tmp / "out"), input_dir=str(tmp / "in"), **settings)
+    return Engine(installed_registry(), settings=s)
+
+
+def _picture(result):
+    import numpy as np
+
+    assert result.ok, result.errors
+    return np.asarray(result.images[-1].convert("RGB")).astype(float)
+
+
+@functools.cache
+def _cpu_picture(name: str):
+    import tempfile
+
+    torch.set_num_threads(4)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = _engine(Path(tmp), device="cpu")
+        return _picture(engine.run(load_workflow(WORKFLOWS / f"{name}.json", engine.registry)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_default_workflow_on_cuda_is_the_cpu_picture(name, precision, tmp_path):
+    engine = _engine(tmp_path, device="cuda", precision=precision)
+    wf = load_workflow(WORKFLOWS / f"{name}.json", engine.registry)
+    result = engine.run(wf)
+    gpu = _picture(result)
+    cpu = _cpu_picture(name)
+    assert gpu.shape == cpu.shape
+    diff = abs(gpu - cpu).mean()
+    _record(f"{name}.{precision}.mean_abs_diff_vs_cpu_fp32", diff)
+    assert diff < SAME_PICTURE[precision], f"{name} in {precision}: {diff:.2f}/255 from the CPU's"
+    # The models really ran on the GPU, in the precision asked for.
+    want = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtypes = {
+        p.dtype
+        for e in engine.models._entries.values()
+        for m in _modules(e.value)
+        for p in m.parameters()
+    }
+    assert want in dtypes, dtypes
+    assert engine.models.bytes_on("cuda") > 0
+
+
+def _modules(value):
+    from studio.engine.models import _modules_in
+
+    return list(_modules_in(value))
+
+
+def test_a_vram_budget_smaller_than_the_model_gives_the_same_picture(tmp_path):
+    from studio.engine.models import module_nbytes
+
+    name = "controlnet"  # the most models at once: UNet, ControlNet, VAE, text encoder
+    free = _engine(tmp_path / "free", device="cuda", precision="fp32")
+    wf = load_workflow(WORKFLOWS / f"{name}.json", free.registry)
+    torch.cuda.reset_peak_memory_stats()
+    unbudgeted = _picture(free.run(wf))
+    peak_free = torch.cuda.max_memory_allocated()
+    largest = max(module_nbytes(e.value) for e in free.models._entries.values())
+    del free
+    torch.cuda.empty_cache()
+
+    budget = largest // 2  # smaller than the largest model: it still runs, alone on the GPU
+    tight = _engine(tmp_path / "tight", device="cuda", precision="fp32", vram_budget_bytes=budget)
+    torch.cuda.reset_peak_memory_stats()
+    budgeted = _picture(tight.run(load_workflow(WORKFLOWS / f"{name}.json", tight.registry)))
+    peak_tight = torch.cuda.max_memory_allocated()
+    _record("vram_budget.peak_unbudgeted_bytes", peak_free)
+    _record("vram_budget.peak_budgeted_bytes", peak_tight)
+    _record("vram_budget.mean_abs_diff", abs(budgeted - unbudgeted).mean())
+    assert abs(budgeted - unbudgeted).max() == 0  # moving weights does not change them
+    on_gpu = [k for k, e in tight.models._entries.items() if e.device.startswith("cuda")]
+    assert len(on_gpu) <= 1, on_gpu  # the others were moved off to keep within the budget
+
+
+def test_the_sampler_preview_and_progress_work_on_cuda(tmp_path):
+    from studio import recipes
+    from studio.engine.events import EventKind
+
+    engine = _engine(tmp_path, device="cuda")
+    wf, ids = recipes.txt2img(engine.registry, "studio-tiny", "a red circle", steps=6)
+    events = []
+    result = engine.run(wf, on_event=events.append)
+    assert result.ok, result.errors
+    steps = [e for e in events if e.event == EventKind.PROGRESS and e.node == ids["sampler"]]
+    assert len(steps) == 6
