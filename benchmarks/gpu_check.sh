@@ -47,8 +47,9 @@ print("device:", torch.cuda.get_device_name(), "| bf16:", torch.cuda.is_bf16_sup
 EOF
 
 section "CUDA-marked tests (every default workflow on CUDA in fp32/fp16/bf16, VRAM budget)"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -rfE 2>&1 | tail -30
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -rfE --tb=short \
+    -W ignore::UserWarning >"$GPU_CHECK_OUT/gpu_tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR|E  )|passed|failed" "$GPU_CHECK_OUT/gpu_tests.log" | tail -25
 [ -f "$GPU_CHECK_OUT/gpu_tests.json" ] && cat "$GPU_CHECK_OUT/gpu_tests.json"
 
 if [ "${1:-}" != "--quick" ]; then
