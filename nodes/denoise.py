@@ -607,6 +607,7 @@ def _run_steps(
     latents = start.latents
     out = None
     total = len(timesteps)
+    previews = _Previews(latents.device, model)
     with torch.no_grad(), small_conv_backend(latents, latents.device):
         for i, t in enumerate(timesteps):
             ctx.check_interrupt()
@@ -615,10 +616,40 @@ def _run_steps(
             latents = out.prev_sample.to(dtype)
             if mask is not None:
                 latents = _keep_unmasked(sched, start, timesteps, i, mask, latents, after)
-            ctx.progress(
-                i + 1, total, preview_image(_shown(out, latents), model.family, model.latent_rgb)
-            )
+            ctx.progress(i + 1, total, previews.next(_shown(out, latents)))
     return latents, out
+
+
+class _Previews:
+    """The live preview of each step, without making a GPU wait for it.
+
+    On the CPU each step's preview is made at once. On a GPU, reading the latents back at
+    every step would stall the queue of kernels the next step launches (measured on an H200:
+    the graph 6 % behind diffusers' pipeline, which shows no preview); so the latent is
+    copied out without blocking and shown once the copy has landed, a step or so late.
+    """
+
+    def __init__(self, device: torch.device, model: Any):
+        self.family, self.factors = model.family, model.latent_rgb
+        self.asynchronous = device.type == "cuda"
+        self.pending: tuple[torch.Tensor, Any] | None = None
+
+    def next(self, latents: torch.Tensor | None) -> Any:
+        if latents is None:
+            return None
+        if not self.asynchronous:
+            return preview_image(latents, self.family, self.factors)
+        shown = None
+        if self.pending is not None and self.pending[1].query():
+            shown = preview_image(self.pending[0], self.family, self.factors)
+            self.pending = None
+        if self.pending is None:
+            copy = torch.empty(latents[:1].shape, dtype=latents.dtype, pin_memory=True)
+            copy.copy_(latents[:1], non_blocking=True)
+            landed = torch.cuda.Event()
+            landed.record()
+            self.pending = (copy, landed)
+        return shown
 
 
 def _keep_unmasked(

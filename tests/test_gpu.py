@@ -151,4 +151,6 @@ def test_the_sampler_preview_and_progress_work_on_cuda(tmp_path):
     result = engine.run(wf, on_event=events.append)
     assert result.ok, result.errors
     steps = [e for e in events if e.event == EventKind.PROGRESS and e.node == ids["sampler"]]
-    assert len(steps) == 6
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
+    # The previews arrive without stalling the GPU: a step or so late, but they arrive.
+    assert sum(e.preview is not None for e in steps) >= 2
