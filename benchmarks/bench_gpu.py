@@ -12,6 +12,8 @@ engine uses on that device):
   interleaved repetitions in one process (goal <= 1.05);
 - ``peak_vram_graph_bytes`` / ``peak_vram_pipeline_bytes``: the most GPU memory allocated
   while a fresh process loads the model and makes one image (each in its own process);
+- ``fresh_first_image_*_seconds``: in a fresh process, loading the model from disk and making
+  the first image (imports and the CUDA context not counted);
 - ``budget``: the same graph under a VRAM budget half the UNet's size: the peak, and whether
   the image is the same as without a budget (offloading moves weights, it must not change them).
 
@@ -229,7 +231,9 @@ def child(args) -> None:
     models, device = Path(args.root), args.device
     torch.manual_seed(0)
     if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # the CUDA context: paid by both before the clock
         torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     if args.child == "pipeline":
         pipe = load_pipeline(
             models / "checkpoints" / args.family, args.family, device, default_dtype(device)
@@ -244,9 +248,10 @@ def child(args) -> None:
         )
         assert result.ok, result.errors
         image, loads = result.images[-1], engine.models.loads
+    seconds = time.perf_counter() - started
     np.save(models / f"{args.child}.npy", np.asarray(image.convert("RGB")))
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    print(json.dumps({"peak_vram_bytes": peak, "loads": loads}))
+    print(json.dumps({"peak_vram_bytes": peak, "loads": loads, "seconds": seconds}))
 
 
 def measure(family: str, args, tmp: Path) -> dict:
@@ -288,6 +293,8 @@ def measure(family: str, args, tmp: Path) -> dict:
             continue
         line = json.loads(out.stdout.strip().splitlines()[-1])
         report[f"peak_vram_{mode.replace('-', '_')}_bytes"] = line["peak_vram_bytes"]
+        # A fresh process: load the model from disk and make the first image (imports not counted).
+        report[f"fresh_first_image_{mode.replace('-', '_')}_seconds"] = round(line["seconds"], 3)
         if line["loads"] is not None:
             report[f"loads_{mode.replace('-', '_')}"] = line["loads"]
     if (models / "graph.npy").exists() and (models / "graph-budget.npy").exists():
