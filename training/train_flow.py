@@ -199,8 +199,7 @@ class FlowTrainer:
         a = self.args
         torch.set_num_threads(a.threads)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")
         self.state = open_state(self.ckpt, a, self.fresh_state)
         self.build()
         params = [p for _, p in self.named]
