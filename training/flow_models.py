@@ -14,6 +14,7 @@ beyond them (the GPU machine has no Studio GUI).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 LATENT_SIZE = 16
@@ -24,6 +25,12 @@ T5_TOKENS = 256
 CLIP_TOKENS = 77
 #: The timestep shift (training and the exported scheduler). SD3 uses 3.0 at 1024 px.
 SHIFT = 3.0
+
+#: The shipped folder.
+FOLDER = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny-flow"
+#: Sampling defaults (what the tests and benchmark use, and what its workflow should set).
+DEFAULT_STEPS = 8
+DEFAULT_CFG = 5.0
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "sample_size": LATENT_SIZE,
@@ -103,6 +110,17 @@ def encode_text(text_encoders, ids, t5_tokens: int = T5_TOKENS):
     clip = torch.cat(hidden, dim=-1)
     zeros = clip.new_zeros(clip.shape[0], t5_tokens, clip.shape[-1])
     return torch.cat([clip, zeros], dim=1), torch.cat(pooled, dim=-1)
+
+
+def load_pipeline(folder=FOLDER):
+    """``StableDiffusion3Pipeline`` of an exported folder, offline (T5 passed as absent)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        str(folder), text_encoder_3=None, tokenizer_3=None, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def n_params(model) -> int:

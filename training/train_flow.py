@@ -230,7 +230,7 @@ class FlowTrainer:
         self.train(opt, params, ema, run_rec)
         self.save(opt, ema)
         if not a.no_final_eval:
-            self.evaluate(ema)
+            self.evaluate(ema, final=True)
             self.save(opt, ema)
         log("stopped" if self.stop else "finished")
 
@@ -382,7 +382,7 @@ class FlowTrainer:
                 p.copy_(e)
         return te1, te2, tr
 
-    def evaluate(self, ema) -> None:
+    def evaluate(self, ema, final: bool = False) -> None:
         from training.evaluate import adherence
 
         a = self.args
@@ -419,6 +419,9 @@ class FlowTrainer:
         if best is None or rates["mean"] >= best["mean"]:
             self.state["best"] = rec
             self.export(te1, te2, tr)
+        elif final and self.args.tar:
+            # the end of the run also ships, beside the best, for a closer look
+            self.export(te1, te2, tr, name=f"{NAME}-final")
 
     def load_folder_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -433,7 +436,7 @@ class FlowTrainer:
             tensors.update({f"{prefix}.{k}": v for k, v in load_file(str(f)).items()})
         self.load_weights(tensors)
 
-    def export(self, te1, te2, tr) -> None:
+    def export(self, te1, te2, tr, name: str = NAME) -> None:
         """The EMA model as a diffusers folder (``--tar``: one tar file) in ``--out``."""
         info = {
             "name": NAME,
@@ -441,16 +444,21 @@ class FlowTrainer:
             "step": self.state["step"],
             "seconds": round(self.state["seconds"]),
             "runs": self.state["runs"],
-            "metrics": self.state["best"],
+            "metrics": self.state["history"][-1],
+            "best": self.state["best"],
             "history": self.state["history"],
             "hparams": {k: v for k, v in self.state["hparams"].items() if k != "models"},
         }
-        export_folder(self.out, te1, te2, tr, self.vae, self.tokenizer, info, tar=self.args.tar)
-        log(f"exported step {self.state['step']} to {self.out}")
+        export_folder(
+            self.out, te1, te2, tr, self.vae, self.tokenizer, info, tar=self.args.tar, name=name
+        )
+        log(f"exported step {self.state['step']} to {self.out / name}")
 
 
-def export_folder(out: Path, te1, te2, tr, vae, tokenizer, info: dict, tar: bool = False) -> Path:
-    """Write ``out/studio-tiny-flow`` (or ``out/studio-tiny-flow.tar``), replacing it whole.
+def export_folder(
+    out: Path, te1, te2, tr, vae, tokenizer, info: dict, tar: bool = False, name: str = NAME
+) -> Path:
+    """Write ``out/<name>`` (or ``out/<name>.tar``), replacing it whole.
     Transformer weights in fp16 (the rest fp32): under 16 MB in all."""
     import copy
 
@@ -468,23 +476,23 @@ def export_folder(out: Path, te1, te2, tr, vae, tokenizer, info: dict, tar: bool
         text_encoder_3=None,
         tokenizer_3=None,
     )
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{NAME}-"))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "studio_tiny_flow.json").write_text(json.dumps(info, indent=1) + "\n")
     tmp.chmod(0o755)
     if tar:
-        target = out / f"{NAME}.tar"
-        part = out / f".{NAME}.tar.part"
+        target = out / f"{name}.tar"
+        part = out / f".{name}.tar.part"
         with tarfile.open(part, "w") as tf:
             for f in sorted(tmp.rglob("*")):
                 if f.is_file():
-                    tf.add(f, arcname=f"{NAME}/{f.relative_to(tmp)}")
+                    tf.add(f, arcname=f"{name}/{f.relative_to(tmp)}")
         part.replace(target)
-        shutil.copy(tmp / "studio_tiny_flow.json", out / "studio_tiny_flow.json")
+        shutil.copy(tmp / "studio_tiny_flow.json", out / f"{name}.json")
         shutil.rmtree(tmp)
         return target
-    target = out / NAME
-    old = out / f".{NAME}-old"
+    target = out / name
+    old = out / f".{name}-old"
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
