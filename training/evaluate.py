@@ -57,8 +57,6 @@ def nearest_colors(pixels: np.ndarray) -> np.ndarray:
 
 def analyze(image: np.ndarray) -> Analysis:
     """Read an H x W x 3 uint8 image back into the attributes the captions talk about."""
-    import cv2
-
     img = np.asarray(image)[..., :3]
     h, w = img.shape[:2]
     border = np.concatenate(
@@ -80,7 +78,7 @@ def analyze(image: np.ndarray) -> Analysis:
     if region is None:
         return Analysis(background, None, None, 0.5, 0.5, 0.0, 0.0)
     # colour from the inner pixels: the anti-aliased rim mixes in the background
-    inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    inner = _erode3(region)
     pix = img[inner] if inner.sum() >= 4 else img[region]
     counts = np.bincount(nearest_colors(pix), minlength=len(COLOR_NAMES))
     color = COLOR_NAMES[int(counts.argmax())]
@@ -110,13 +108,52 @@ def analyze(image: np.ndarray) -> Analysis:
     )
 
 
-def _largest_region(mask: np.ndarray) -> np.ndarray | None:
-    import cv2
+def _erode3(region: np.ndarray) -> np.ndarray:
+    """``region`` eroded by a 3x3 square (outside the image counts as inside the region, as
+    cv2.erode's default border does)."""
+    padded = np.pad(region.astype(bool), 1, constant_values=True)
+    h, w = region.shape
+    out = np.ones((h, w), bool)
+    for dy in range(3):
+        for dx in range(3):
+            out &= padded[dy : dy + h, dx : dx + w]
+    return out
 
+
+def _largest_region(mask: np.ndarray) -> np.ndarray | None:
+    try:
+        import cv2
+    except ImportError:  # the training machine may lack OpenCV: same result, in numpy
+        return _largest_region_numpy(mask)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return None
     return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
+def _largest_region_numpy(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 8-connected region of ``mask`` (the first in raster order on a tie)."""
+    h, w = mask.shape
+    labels = np.zeros((h, w), np.int32)
+    sizes = [0]
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if labels[y0, x0]:
+            continue
+        lab = len(sizes)
+        labels[y0, x0] = lab
+        stack, n = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            n += 1
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = lab
+                        stack.append((ny, nx))
+        sizes.append(n)
+    if len(sizes) == 1:
+        return None
+    return labels == int(np.argmax(sizes[1:])) + 1
 
 
 def classify_region(region: np.ndarray, cx: float, cy: float) -> str:

@@ -1,0 +1,210 @@
+"""studio-tiny-flow beside studio-tiny: adherence by step count, clean pictures, seed variety,
+speed. Prints JSON.
+
+    python benchmarks/bench_tiny_flow.py [--threads 2] [--count 60] [--parts curve,clean,variety,speed]
+
+- ``curve``: adherence (training.evaluate's pixel reading) on ``--count`` held-out captions,
+  one image each, at 2, 4, 8 and 20 steps: studio-tiny-flow through diffusers'
+  ``StableDiffusion3Pipeline`` (cfg ``flow_models.DEFAULT_CFG``), studio-tiny through
+  Studio's own txt2img graph (euler, cfg 7 and 3). Goal for studio-tiny-flow in <= 8 steps:
+  colour, background, position >= 0.9, shape >= 0.8.
+- ``clean``: on the same images at each model's own step count (8 / 20): the shape mask's
+  IoU with the best-fitting ideal shape the caption names (goal >= 0.85), the fraction of
+  images whose shape is one colour (>= 95 % of its inner pixels within 40 RGB of their mean),
+  see ``training/cleanliness.py``. studio-tiny at cfg 7, 5 and 3.
+- ``variety``: 8 seeds of each of ``--variety-prompts`` held-out captions: the mean pairwise
+  pixel difference (0-255) and the spread of centroid and radius, against the training
+  data's 8 renders of the same captions.
+- ``speed``: warm txt2img, 64x64, one image, median of 5: studio-tiny-flow (8 steps,
+  pipeline), studio-tiny (20 steps) through Studio's graph and through diffusers'
+  ``StableDiffusionPipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+STEPS = (2, 4, 8, 20)
+TINY_CFGS = (7.0, 3.0)
+PROMPT = "a large red circle on a blue background, left"
+
+
+def flow_images(pipe, captions, steps, cfg, seed=0):
+    import torch
+
+    out = []
+    for i in range(0, len(captions), 30):
+        imgs = pipe(
+            list(captions[i : i + 30]),
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            generator=torch.Generator().manual_seed(seed + i),
+            output_type="np",
+        ).images
+        out += list((imgs * 255).round().astype(np.uint8))
+    return out
+
+
+def tiny_images(engine, captions, steps, cfg, seed=0):
+    from training.studio_run import StudioTxt2Img
+
+    gen = StudioTxt2Img(steps=steps, cfg=cfg, engine=engine)
+    return [gen(c, seed + i) for i, c in enumerate(captions)]
+
+
+def rates(captions, images):
+    from training.evaluate import adherence
+
+    return {k: round(v, 3) for k, v in adherence(captions, images).items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--count", type=int, default=60, help="held-out captions")
+    ap.add_argument("--variety-prompts", type=int, default=6)
+    ap.add_argument("--parts", default="curve,clean,variety,speed")
+    ap.add_argument("--folder", default=None, help="a studio-tiny-flow folder (default: shipped)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from studio.engine import Engine
+    from studio.library import installed_registry
+    from training import cleanliness
+    from training import flow_models as F
+    from training.data import eval_scenes
+
+    folder = Path(args.folder) if args.folder else F.FOLDER
+    parts = set(args.parts.split(","))
+    pipe = F.load_pipeline(folder)
+    engine = Engine(installed_registry())
+    caps = [s.caption for s in eval_scenes(args.count)]
+    report: dict = {
+        "folder": str(folder),
+        "threads": args.threads,
+        "captions": len(caps),
+        "flow_cfg": F.DEFAULT_CFG,
+        "flow_steps": F.DEFAULT_STEPS,
+    }
+    meta = folder / "studio_tiny_flow.json"
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        report["trained"] = {"step": info.get("step"), "seconds": info.get("seconds")}
+    drawn: dict = {}
+    if "curve" in parts:
+        curve: dict = {"studio-tiny-flow": {}}
+        for steps in STEPS:
+            t = time.perf_counter()
+            imgs = flow_images(pipe, caps, steps, F.DEFAULT_CFG)
+            drawn[("flow", steps)] = imgs
+            curve["studio-tiny-flow"][steps] = rates(caps, imgs)
+            curve["studio-tiny-flow"][steps]["seconds"] = round(time.perf_counter() - t, 1)
+        for cfg in TINY_CFGS:
+            key = f"studio-tiny cfg {cfg:g}"
+            curve[key] = {}
+            for steps in STEPS:
+                t = time.perf_counter()
+                imgs = tiny_images(engine, caps, steps, cfg)
+                drawn[(cfg, steps)] = imgs
+                curve[key][steps] = rates(caps, imgs)
+                curve[key][steps]["seconds"] = round(time.perf_counter() - t, 1)
+        report["curve"] = curve
+        print(json.dumps({"curve": curve}), file=sys.stderr, flush=True)
+    if "clean" in parts:
+        clean = {}
+        imgs = drawn.get(("flow", F.DEFAULT_STEPS)) or flow_images(
+            pipe, caps, F.DEFAULT_STEPS, F.DEFAULT_CFG
+        )
+        clean[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = (
+            cleanliness.clean_figures(caps, imgs)
+        )
+        for cfg in (7.0, 5.0, 3.0):
+            imgs = drawn.get((cfg, 20)) or tiny_images(engine, caps, 20, cfg)
+            fig = cleanliness.clean_figures(caps, imgs)
+            fig["adherence"] = rates(caps, imgs)
+            clean[f"studio-tiny 20 steps cfg {cfg:g}"] = fig
+        report["clean"] = clean
+        print(json.dumps({"clean": clean}), file=sys.stderr, flush=True)
+    if "variety" in parts:
+        prompts = caps[: args.variety_prompts]
+        var: dict = {}
+
+        def mean_of(dicts):
+            return {k: round(float(np.mean([d[k] for d in dicts])), 4) for k in dicts[0]}
+
+        var["data"] = mean_of([cleanliness.data_variety(p) for p in prompts])
+        var["studio-tiny-flow"] = mean_of(
+            [
+                cleanliness.seed_variety(
+                    [flow_images(pipe, [p], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)[0] for s in range(8)]
+                )
+                for p in prompts
+            ]
+        )
+        for cfg in (7.0, 3.0):
+            var[f"studio-tiny cfg {cfg:g}"] = mean_of(
+                [
+                    cleanliness.seed_variety(tiny_images(engine, [p] * 8, 20, cfg, 0))
+                    for p in prompts
+                ]
+            )
+        var["prompts"] = prompts
+        report["variety"] = var
+    if "speed" in parts:
+        from diffusers import StableDiffusionPipeline
+
+        from training.studio_run import StudioTxt2Img
+
+        def median_time(fn, n=5):
+            fn(0)
+            ts = []
+            for seed in range(1, n + 1):
+                t = time.perf_counter()
+                fn(seed)
+                ts.append(time.perf_counter() - t)
+            return round(statistics.median(ts), 3)
+
+        sd = StableDiffusionPipeline.from_pretrained(
+            str(ROOT / "resources/models/checkpoints/studio-tiny"),
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+        )
+        sd.set_progress_bar_config(disable=True)
+        graph = StudioTxt2Img(steps=20, cfg=7.0, engine=engine)
+        report["speed_warm_s"] = {
+            f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps": median_time(
+                lambda s: flow_images(pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)
+            ),
+            "studio-tiny-flow pipeline 4 steps": median_time(
+                lambda s: flow_images(pipe, [PROMPT], 4, F.DEFAULT_CFG, s)
+            ),
+            "studio-tiny graph 20 steps": median_time(lambda s: graph(PROMPT, s)),
+            "studio-tiny pipeline 20 steps": median_time(
+                lambda s: sd(
+                    PROMPT,
+                    num_inference_steps=20,
+                    guidance_scale=7.0,
+                    generator=torch.Generator().manual_seed(s),
+                    output_type="np",
+                )
+            ),
+        }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

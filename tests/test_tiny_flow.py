@@ -1,0 +1,78 @@
+"""What studio-tiny-flow's images show, drawn by diffusers' StableDiffusion3Pipeline from the
+shipped folder in 8 steps (the held-out captions, training.evaluate's pixel reading, as
+test_tiny_adherence does for studio-tiny). ``benchmarks/bench_tiny_flow.py`` prints the
+same figures and more (steps curve, clean-picture figures, speed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from training.data import eval_scenes, heldout_combos  # noqa: E402
+from training.evaluate import adherence  # noqa: E402
+from training.flow_models import DEFAULT_CFG, DEFAULT_STEPS, FOLDER, load_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{FOLDER} is not there")
+
+CAPTIONS = 60  # held-out captions, each naming a size and a position
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import torch
+
+    torch.set_num_threads(2)
+    return load_pipeline(FOLDER)
+
+
+def draw(pipe, captions, steps, cfg, seed=0):
+    import torch
+
+    return pipe(
+        list(captions),
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def rates(pipe):
+    caps = [s.caption for s in eval_scenes(CAPTIONS)]
+    images = (draw(pipe, caps, DEFAULT_STEPS, DEFAULT_CFG) * 255).round().astype("uint8")
+    return adherence(caps, list(images))
+
+
+def test_the_folder_is_small_and_sd3_without_t5():
+    size = sum(f.stat().st_size for f in FOLDER.rglob("*") if f.is_file())
+    assert size < 30_000_000
+    index = json.loads((FOLDER / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert index["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    assert index["text_encoder_3"] == [None, None]
+    tokenizer = json.loads((FOLDER / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tokenizer["tokenizer_class"] == "CLIPTokenizer"
+
+
+def test_the_captions_are_held_out_combinations():
+    held = heldout_combos()
+    assert all((s.color, s.shape, s.background) in held for s in eval_scenes(CAPTIONS))
+
+
+def test_held_out_captions_in_8_steps_follow_the_prompt(rates):
+    assert DEFAULT_STEPS <= 8
+    assert rates["n"] == CAPTIONS
+    assert rates["color"] >= 0.90, rates
+    assert rates["background"] >= 0.90, rates
+    assert rates["position"] >= 0.90, rates
+    assert rates["shape"] >= 0.80, rates

@@ -1,0 +1,598 @@
+"""Train studio-tiny-flow: a tiny Stable-Diffusion-3-layout MMDiT, by flow matching.
+
+    python -m training.train_flow                 # from scratch, CPU, one thread
+    python -m training.train_flow --resume        # go on from the checkpoint
+    python -m training.train_flow --device cuda --batch 512 --workers 14 --minutes 5 \\
+        --out "$OUT" --tar                       # a big GPU, ~5 minutes
+
+The transformer (``SD3Transformer2DModel``) and two tiny CLIP text encoders
+(``CLIPTextModelWithProjection``, the first initialised from studio-tiny's text encoder)
+are trained together on studio-tiny's shapes data (``training.data``: the same captions,
+the held-out combinations never drawn) in the latent space of studio-tiny's VAE, which is
+reused frozen. Objective: rectified flow as SD3 trains it: ``x_t = (1 - s) x0 + s e``, the
+transformer predicts ``e - x0`` (plain MSE), ``s`` drawn logit-normal(0, 1) and then shifted
+like the scheduler (``shift``). 10 % of captions are dropped to ``""`` for classifier-free
+guidance; an EMA of the weights is what gets evaluated and exported.
+
+The text goes in exactly as ``StableDiffusion3Pipeline`` gives it without T5: both CLIPs'
+penultimate hidden states side by side plus 256 zero tokens, and their pooled outputs.
+
+Every batch (images and captions: ``data.training_batch``), noise draw, timestep and caption
+dropout is a pure function of ``(seed, step)``, so a resumed run sees the data it would have
+seen; ``--max-steps`` runs are reproducible (the learning rate depends on the step only);
+``--minutes`` runs stop (and decay the learning rate) by the clock. SIGTERM/SIGINT: save
+and stop after the current step.
+
+Every ``--eval-every`` steps the EMA model draws the held-out evaluation captions
+(``data.eval_scenes``) with ``--eval-steps`` Euler steps at cfg ``--eval-cfg`` and
+``training.evaluate`` reads the pixels; when the mean adherence improves the model is
+exported (a diffusers folder ``<out>/studio-tiny-flow``, or with ``--tar`` one
+``<out>/studio-tiny-flow.tar``) with ``studio_tiny_flow.json`` holding its metrics.
+At the end (``--max-steps``, ``--minutes`` or a signal) a last evaluation runs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from training import data
+from training import flow_models as F
+from training.common import (
+    REPO,
+    StopSignal,
+    add_run_args,
+    load_tensors,
+    log,
+    open_state,
+    optimizer_moments,
+    restore_moments,
+    save_tensors,
+    script_parser,
+    step_generator,
+    warmup,
+    write_json,
+)
+
+NAME = "studio-tiny-flow"
+TINY = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
+CKPT_DIR = REPO / "training" / "checkpoints-flow"
+OUT_DIR = REPO / "resources" / "models" / "checkpoints"
+
+
+class Batches(torch.utils.data.Dataset):
+    """Item ``step``: batch ``step`` of the run (uint8 images N x 64 x 64 x 3, token ids N x 77,
+    position labels). A pure function of (seed, step): DataLoader workers can make them."""
+
+    def __init__(self, seed: int, batch: int, tokenizer_dir: str):
+        self.seed, self.batch, self.tokenizer_dir = seed, batch, tokenizer_dir
+        self._tok = None
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, step: int):
+        if self._tok is None:
+            from transformers import CLIPTokenizer
+
+            self._tok = CLIPTokenizer.from_pretrained(self.tokenizer_dir, model_max_length=77)
+        imgs, caps = data.training_batch(self.seed, int(step), self.batch)
+        ids = self._tok(
+            caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        return torch.from_numpy(imgs), ids
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield step
+            step += 1
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+
+class FlowTrainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.ckpt = Path(args.checkpoint_dir)
+        self.out = Path(args.out)
+        self.device = torch.device(args.device)
+        self.state: dict[str, Any] = {}
+        self.signal: StopSignal | None = None
+
+    def fresh_state(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "name": NAME,
+            "seed": a.seed,
+            "step": 0,
+            "hparams": {
+                "batch": a.batch,
+                "lr": a.lr,
+                "warmup": a.warmup,
+                "weight_decay": a.weight_decay,
+                "ema_decay": a.ema_decay,
+                "caption_dropout": a.caption_dropout,
+                "logit_mean": 0.0,
+                "logit_std": 1.0,
+                "shift": F.SHIFT,
+                "decay_from": a.decay_from,
+                "init_text_from": "studio-tiny" if a.init_text else None,
+                "models": {
+                    "transformer": {**F.TRANSFORMER_CONFIG, "num_layers": a.num_layers},
+                    "text": F.TEXT_CONFIG,
+                    "scheduler": F.SCHEDULER_CONFIG,
+                },
+            },
+            "seconds": 0.0,
+            "runs": [],
+            "history": [],
+            "best": None,
+        }
+
+    def hp(self, key: str) -> Any:
+        return self.state["hparams"][key]
+
+    @property
+    def stop(self) -> bool:
+        return self.signal is not None and self.signal.requested
+
+    # --- models --------------------------------------------------------------------------
+
+    def build(self):
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTokenizer
+
+        torch.manual_seed(self.state["seed"])
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(TINY / "tokenizer"), model_max_length=77)
+        models = self.hp("models")
+        te1 = F.make_text_encoder(self.tokenizer, models["text"])
+        te2 = F.make_text_encoder(self.tokenizer, models["text"])
+        tr = F.make_transformer(models["transformer"])
+        if self.hp("init_text_from"):
+            # studio-tiny's trained text encoder (same tokenizer, same width) as a head start
+            w = load_tensors(TINY / "text_encoder" / "model.safetensors")
+            w = {k.removeprefix("text_model."): v for k, v in w.items()}
+            te1.text_model.load_state_dict(w)
+        vae = AutoencoderKL.from_pretrained(str(TINY / "vae"), local_files_only=True)
+        vae.register_to_config(shift_factor=0.0)
+        vae.eval().requires_grad_(False)
+        self.te1, self.te2, self.tr, self.vae = te1, te2, tr, vae
+        self.named = (
+            [(f"te1.{k}", p) for k, p in te1.named_parameters()]
+            + [(f"te2.{k}", p) for k, p in te2.named_parameters()]
+            + [(f"tr.{k}", p) for k, p in tr.named_parameters()]
+        )
+        for m in (te1, te2, tr, vae):
+            m.to(self.device)
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(tensors[n].to(p.dtype))
+
+    # --- run -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        a = self.args
+        torch.set_num_threads(a.threads)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+        self.state = open_state(self.ckpt, a, self.fresh_state)
+        self.build()
+        params = [p for _, p in self.named]
+        opt = torch.optim.AdamW(params, lr=self.hp("lr"), weight_decay=self.hp("weight_decay"))
+        ema = [p.detach().clone().float() for p in params]
+        if (self.ckpt / "weights.safetensors").exists():
+            self.load_weights(load_tensors(self.ckpt / "weights.safetensors"))
+            e = load_tensors(self.ckpt / "ema.safetensors")
+            ema = [e[n].float().to(self.device) for n, _ in self.named]
+            moments = {
+                k: v.to(self.device)
+                for k, v in load_tensors(self.ckpt / "optim.safetensors").items()
+            }
+            restore_moments(opt, self.named, moments, self.state["step"])
+            log(f"resumed at step {self.state['step']}")
+        elif a.init_from:
+            self.load_folder_weights(Path(a.init_from))
+            ema = [p.detach().clone().float() for p in params]
+            self.state["hparams"]["init_from"] = str(a.init_from)
+            log(f"initialised from {a.init_from}")
+        log(
+            f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} x2 "
+            f"vae {F.n_params(self.vae)} (frozen); device {self.device}"
+        )
+        run_rec = {"from_step": self.state["step"], "device": str(self.device), "batch": None}
+        self.state["runs"].append(run_rec)
+        self.signal = StopSignal()
+        self.train(opt, params, ema, run_rec)
+        self.save(opt, ema)
+        if not a.no_final_eval:
+            self.evaluate(ema, final=True)
+            self.save(opt, ema)
+        log("stopped" if self.stop else "finished")
+
+    def progress(self, step: int, t_start: float) -> float:
+        """How far through the run (0..1): by steps with --max-steps, by the clock with
+        --minutes (whichever is further)."""
+        a = self.args
+        p = 0.0
+        if a.max_steps:
+            p = max(p, step / a.max_steps)
+        if a.minutes:
+            p = max(p, (time.time() - t_start) / (60 * a.minutes))
+        return min(p, 1.0)
+
+    def lr_at(self, step: int, p: float) -> float:
+        """Linear warm-up, constant, then (from progress ``decay_from``) linear decay to a
+        tenth at the end."""
+        lr = self.hp("lr") * warmup(step, self.hp("warmup"))
+        start = self.hp("decay_from")
+        if start < 1.0 and p > start:
+            lr *= 1.0 - 0.9 * (p - start) / (1.0 - start)
+        return lr
+
+    def train(self, opt, params, ema, run_rec) -> None:
+        a = self.args
+        seed = self.state["seed"]
+        batch = self.hp("batch")
+        run_rec["batch"] = batch
+        dev = self.device
+        cuda = dev.type == "cuda"
+        sf = self.vae.config.scaling_factor
+        uncond = self.tokenizer(
+            [""], padding="max_length", max_length=77, return_tensors="pt"
+        ).input_ids.to(dev)
+        loader = torch.utils.data.DataLoader(
+            Batches(seed, batch, str(TINY / "tokenizer")),
+            batch_size=None,
+            sampler=StepSampler(self.state["step"]),
+            num_workers=a.workers,
+            pin_memory=cuda,
+            prefetch_factor=4 if a.workers else None,
+            persistent_workers=False,
+            worker_init_fn=_worker_init,
+        )
+        t_start = time.time()
+        t_last = time.time()
+        t_ckpt = time.time()
+        losses: list[float] = []
+        n_log = self.state["step"]
+        it = iter(loader)
+        try:
+            while not self.stop:
+                step = self.state["step"]
+                p = self.progress(step, t_start)
+                if (a.max_steps and step >= a.max_steps) or (a.minutes and p >= 1.0):
+                    break
+                lr = self.lr_at(step, p)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                imgs, ids = next(it)
+                g = step_generator(seed, step, 2)
+                drop = torch.rand(batch, generator=g) < self.hp("caption_dropout")
+                u = torch.sigmoid(
+                    self.hp("logit_mean") + self.hp("logit_std") * torch.randn(batch, generator=g)
+                )
+                sigma = F.shift_sigma(u, self.hp("shift"))
+                noise = torch.randn(
+                    batch, F.LATENT_CHANNELS, F.LATENT_SIZE, F.LATENT_SIZE, generator=g
+                )
+                post_eps = torch.randn(noise.shape, generator=g)
+                imgs, ids = imgs.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
+                ids = torch.where(drop.to(dev)[:, None], uncond.expand_as(ids), ids)
+                sigma, noise, post_eps = sigma.to(dev), noise.to(dev), post_eps.to(dev)
+                with torch.no_grad():
+                    x = imgs.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+                    post = self.vae.encode(x).latent_dist
+                    x0 = (post.mean + post.std * post_eps) * sf
+                s = sigma[:, None, None, None]
+                xt = (1 - s) * x0 + s * noise
+                target = noise - x0
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                    ctx, pooled = F.encode_text((self.te1, self.te2), ids)
+                    pred = self.tr(
+                        hidden_states=xt,
+                        timestep=sigma * 1000,
+                        encoder_hidden_states=ctx,
+                        pooled_projections=pooled,
+                        return_dict=False,
+                    )[0]
+                loss = ((pred.float() - target) ** 2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                d = min(self.hp("ema_decay"), (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [q.detach().float() for q in params], 1 - d)
+                losses.append(loss.detach())
+                self.state["step"] = step = step + 1
+                if step % a.log_every == 0:
+                    dt = time.time() - t_last
+                    self.state["seconds"] += dt
+                    sps = (step - n_log) / dt
+                    mean = float(torch.stack(losses).mean())
+                    log(f"step {step} loss {mean:.4f} lr {lr:.2e} {sps:.2f} steps/s")
+                    self.state["steps_per_second"] = round(sps, 3)
+                    losses, n_log, t_last = [], step, time.time()
+                if a.eval_every and step % a.eval_every == 0:
+                    self.state["seconds"] += time.time() - t_last
+                    self.evaluate(ema)
+                    t_last = time.time()
+                if time.time() - t_ckpt > a.checkpoint_every:
+                    self.state["seconds"] += time.time() - t_last
+                    self.save(opt, ema)
+                    t_last = t_ckpt = time.time()
+        finally:
+            self.state["seconds"] += time.time() - t_last
+            del it, loader
+
+    # --- checkpoint ----------------------------------------------------------------------
+
+    def save(self, opt, ema) -> None:
+        save_tensors(self.ckpt / "weights.safetensors", {n: p for n, p in self.named})
+        save_tensors(
+            self.ckpt / "ema.safetensors",
+            {n: e for (n, _), e in zip(self.named, ema, strict=True)},
+        )
+        save_tensors(
+            self.ckpt / "optim.safetensors",
+            optimizer_moments(opt, self.named, True, dtype=torch.float32),
+        )
+        write_json(self.ckpt / "state.json", self.state)
+        log(f"checkpoint saved: step {self.state['step']}")
+
+    # --- evaluation and export -----------------------------------------------------------
+
+    def ema_models(self, ema):
+        """Copies of the text encoders and transformer holding the EMA weights (fp32)."""
+        import copy
+
+        te1, te2, tr = (copy.deepcopy(m).float().eval() for m in (self.te1, self.te2, self.tr))
+        named = (
+            [(f"te1.{k}", p) for k, p in te1.named_parameters()]
+            + [(f"te2.{k}", p) for k, p in te2.named_parameters()]
+            + [(f"tr.{k}", p) for k, p in tr.named_parameters()]
+        )
+        with torch.no_grad():
+            for (_, p), e in zip(named, ema, strict=True):
+                p.copy_(e)
+        return te1, te2, tr
+
+    def evaluate(self, ema, final: bool = False) -> None:
+        from training.evaluate import adherence
+
+        a = self.args
+        t = time.time()
+        te1, te2, tr = self.ema_models(ema)
+        caps = [s.caption for s in data.eval_scenes(a.eval_count)]
+        images = generate(
+            tr,
+            (te1, te2),
+            self.vae,
+            self.tokenizer,
+            caps,
+            seed=0,
+            steps=a.eval_steps,
+            guidance=a.eval_cfg,
+            shift=self.hp("shift"),
+        )
+        try:
+            rates = adherence(caps, images)
+        except Exception as exc:  # never lose a run to the scoring: export it unscored
+            log(f"evaluation failed: {exc!r}")
+            rates = {"mean": -1.0}
+        rec = {
+            "step": self.state["step"],
+            **{k: round(v, 4) for k, v in rates.items()},
+            "steps": a.eval_steps,
+            "cfg": a.eval_cfg,
+            "seconds": round(self.state["seconds"]),
+            "eval_seconds": round(time.time() - t, 1),
+        }
+        self.state["history"].append(rec)
+        log("eval " + json.dumps(rec))
+        best = self.state.get("best")
+        if best is None or rates["mean"] >= best["mean"]:
+            self.state["best"] = rec
+            self.export(te1, te2, tr)
+        elif final and self.args.tar:
+            # the end of the run also ships, beside the best, for a closer look
+            self.export(te1, te2, tr, name=f"{NAME}-final")
+
+    def load_folder_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        parts = {
+            "te1": folder / "text_encoder" / "model.safetensors",
+            "te2": folder / "text_encoder_2" / "model.safetensors",
+            "tr": folder / "transformer" / "diffusion_pytorch_model.safetensors",
+        }
+        tensors = {}
+        for prefix, f in parts.items():
+            tensors.update({f"{prefix}.{k}": v for k, v in load_file(str(f)).items()})
+        self.load_weights(tensors)
+
+    def export(self, te1, te2, tr, name: str = NAME) -> None:
+        """The EMA model as a diffusers folder (``--tar``: one tar file) in ``--out``."""
+        info = {
+            "name": NAME,
+            "trained_by": "python -m training.train_flow",
+            "step": self.state["step"],
+            "seconds": round(self.state["seconds"]),
+            "runs": self.state["runs"],
+            "metrics": self.state["history"][-1],
+            "best": self.state["best"],
+            "history": self.state["history"],
+            "hparams": {k: v for k, v in self.state["hparams"].items() if k != "models"},
+        }
+        export_folder(
+            self.out, te1, te2, tr, self.vae, self.tokenizer, info, tar=self.args.tar, name=name
+        )
+        log(f"exported step {self.state['step']} to {self.out / name}")
+
+
+def export_folder(
+    out: Path, te1, te2, tr, vae, tokenizer, info: dict, tar: bool = False, name: str = NAME
+) -> Path:
+    """Write ``out/<name>`` (or ``out/<name>.tar``), replacing it whole.
+    Transformer weights in fp16 (the rest fp32): under 16 MB in all."""
+    import copy
+
+    from diffusers import StableDiffusion3Pipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusion3Pipeline(
+        transformer=copy.deepcopy(tr).cpu().to(torch.float16),
+        scheduler=F.make_scheduler(),
+        vae=copy.deepcopy(vae).cpu().float(),
+        text_encoder=copy.deepcopy(te1).cpu().float(),
+        tokenizer=tokenizer,
+        text_encoder_2=copy.deepcopy(te2).cpu().float(),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "studio_tiny_flow.json").write_text(json.dumps(info, indent=1) + "\n")
+    tmp.chmod(0o755)
+    if tar:
+        target = out / f"{name}.tar"
+        part = out / f".{name}.tar.part"
+        with tarfile.open(part, "w") as tf:
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    tf.add(f, arcname=f"{name}/{f.relative_to(tmp)}")
+        part.replace(target)
+        shutil.copy(tmp / "studio_tiny_flow.json", out / f"{name}.json")
+        shutil.rmtree(tmp)
+        return target
+    target = out / name
+    old = out / f".{name}-old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@torch.no_grad()
+def generate(
+    transformer,
+    text_encoders,
+    vae,
+    tokenizer,
+    captions,
+    seed: int = 0,
+    steps: int = 8,
+    guidance: float = 5.0,
+    shift: float = F.SHIFT,
+    batch: int = 64,
+) -> np.ndarray:
+    """Images (N x 64 x 64 x 3 uint8) as StableDiffusion3Pipeline draws them (Euler,
+    FlowMatchEulerDiscreteScheduler, CFG against ""), noise from a CPU generator per chunk
+    (seeded ``seed + chunk start``)."""
+    dev = next(transformer.parameters()).device
+    dtype = next(transformer.parameters()).dtype
+    out = []
+    for i in range(0, len(captions), batch):
+        chunk = list(captions[i : i + batch])
+        n = len(chunk)
+        ids = tokenizer(
+            [*chunk, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids.to(dev)
+        ctx, pooled = F.encode_text(text_encoders, ids)
+        ctx = torch.cat([ctx[n:].expand(n, -1, -1), ctx[:n]]).to(dtype)
+        pooled = torch.cat([pooled[n:].expand(n, -1), pooled[:n]]).to(dtype)
+        sched = F.make_scheduler({**F.SCHEDULER_CONFIG, "shift": shift})
+        sched.set_timesteps(steps, device=dev)
+        g = torch.Generator().manual_seed(seed + i)
+        lat = torch.randn(n, F.LATENT_CHANNELS, F.LATENT_SIZE, F.LATENT_SIZE, generator=g).to(dev)
+        for t in sched.timesteps:
+            v = transformer(
+                hidden_states=torch.cat([lat, lat]).to(dtype),
+                timestep=t.expand(2 * n),
+                encoder_hidden_states=ctx,
+                pooled_projections=pooled,
+                return_dict=False,
+            )[0].float()
+            vu, vc = v.chunk(2)
+            lat = sched.step(vu + guidance * (vc - vu), t, lat, return_dict=False)[0]
+        sh = vae.config.shift_factor or 0.0
+        img = vae.decode(lat / vae.config.scaling_factor + sh).sample
+        img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        out.append(img.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = script_parser("python -m training.train_flow", __doc__)
+    add_run_args(p, CKPT_DIR, 300.0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes drawing data")
+    p.add_argument("--out", default=str(OUT_DIR), help=f"where {NAME} is exported")
+    p.add_argument("--tar", action="store_true", help=f"export as one {NAME}.tar")
+    p.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: never)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop at this step (0: never)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument(
+        "--decay-from",
+        type=float,
+        default=0.7,
+        help="progress (0..1 of --max-steps or --minutes) from which the learning rate "
+        "decays linearly to a tenth (1: never)",
+    )
+    p.add_argument("--no-init-text", dest="init_text", action="store_false")
+    p.add_argument("--init-from", default=None, help=f"start from an exported {NAME} folder")
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=F.TRANSFORMER_CONFIG["num_layers"],
+        help="joint blocks (fewer only for quick tests)",
+    )
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=500, help="steps (0: only at the end)")
+    p.add_argument("--eval-count", type=int, default=60)
+    p.add_argument("--eval-steps", type=int, default=8)
+    p.add_argument("--eval-cfg", type=float, default=5.0)
+    p.add_argument("--no-final-eval", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    FlowTrainer(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()
