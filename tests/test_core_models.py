@@ -175,3 +175,18 @@ def test_size_walk_finds_modules_inside_plain_objects():
     assert (
         time.perf_counter() - t < 5
     )  # a sanity bound, not a benchmark: it used to walk every entry
+
+
+def test_a_node_keeps_the_models_it_uses_on_the_gpu_even_over_the_budget():
+    # A Sampler with a ControlNet: both must be on the GPU while it computes, even when the
+    # VRAM budget holds only one (the H200 run found the UNet moved off under its feet).
+    mm = ModelManager(ram_budget=10**9, vram_budget=1000 * 4)
+    models = {k: mm.get(k, lambda: FakeModule(1000)) for k in ("unet", "controlnet", "vae")}
+    with mm.node_scope():
+        mm.use("unet", "cuda")
+        mm.use("controlnet", "cuda")
+        assert models["unet"].moves == ["cuda"]  # still there while the node runs
+    with mm.node_scope():  # the next node (VAE Decode) may move them off to make room
+        mm.use("vae", "cuda")
+    assert models["unet"].moves == ["cuda", "cpu"] and models["controlnet"].moves[-1] == "cpu"
+    assert mm.bytes_on("cuda") == 4000

@@ -240,7 +240,8 @@ class Engine:
         run.result.reasons[nid] = reason
         run.emit(run.node_event(EventKind.NODE_STARTED, nid, message=reason))
         started = time.perf_counter()
-        raw = spec.execute(ctx, **inputs.kwargs) if spec.execute else {}
+        with self.models.node_scope():  # what this node puts on the GPU stays there till it ends
+            raw = spec.execute(ctx, **inputs.kwargs) if spec.execute else {}
         outputs = _normalise_outputs(spec, raw)
         seconds = time.perf_counter() - started
         entry = CacheEntry(outputs, list(ctx.images))

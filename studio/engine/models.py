@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,22 @@ class ModelManager:
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # how many times a loader actually ran
         self.loaded_keys: list[Hashable] = []
+        self._node_keys: set[Hashable] | None = None
+
+    @contextmanager
+    def node_scope(self) -> Iterator[None]:
+        """One node's execution: the models it puts on a device stay there until it ends.
+
+        A node that uses two models (a UNet and a ControlNet) must not see the first moved
+        off the GPU to make room for the second while it still computes with both; found
+        on an H200 with a VRAM budget smaller than the UNet."""
+        with self._lock:
+            outer, self._node_keys = self._node_keys, set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._node_keys = outer
 
     def get(
         self,
@@ -128,6 +145,8 @@ class ModelManager:
         with self._lock:
             entry = self._entries[key]
             self._entries.move_to_end(key)
+            if self._node_keys is not None:
+                self._node_keys.add(key)
             if device is not None and entry.device != device:
                 if device != "cpu" and self.vram_budget:
                     self._make_room(device, entry.nbytes, keep=key)
@@ -148,7 +167,7 @@ class ModelManager:
         for k, e in list(self._entries.items()):
             if used + need <= self.vram_budget:
                 break
-            if k == keep or e.device != device or e.pins:
+            if k == keep or e.device != device or e.pins or k in (self._node_keys or ()):
                 continue
             _move(e.value, "cpu")
             e.device = "cpu"
