@@ -52,7 +52,7 @@ def png_of(parts: list[tuple[bytes, bytes]]) -> bytes:
 def with_pixels(data: bytes, pixels: np.ndarray) -> bytes:
     """The PNG ``data`` with its image data replaced by ``pixels`` (every chunk else kept)."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=4)  # as Save Image
     idat = [c for c in chunks(buf.getvalue()) if c[0] == b"IDAT"]
     old = chunks(data)
     first = next(i for i, c in enumerate(old) if c[0] == b"IDAT")
@@ -162,7 +162,7 @@ def test_one_changed_pixel_reads_as_tampered(made, capsys, tmp_path):
     assert report.status == "tampered" and "assertion.dataHash.mismatch" in report.failures
     code, text = run_verify(capsys, changed)
     assert code == 1 and "tampered: changed after it was signed" in text
-    # The same surgery without a change keeps it valid: the test tells the two apart.
+    # The same surgery without the change keeps it valid: the test tells the two apart.
     same = tmp_path / "same.png"
     same.write_bytes(with_pixels(data, np.asarray(Image.open(made.up_png).convert("RGB"))))
     assert verify(same).status == "signed"

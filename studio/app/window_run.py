@@ -68,6 +68,7 @@ class RunWindowMixin:
         self.viewer.drag_requested.connect(lambda out: self.dragout.start(self.viewer, out))
         self.view.paint_mask_requested.connect(self.paint_mask)
         self.view.image_activated.connect(self.show_node_image)
+        self.view.image_dropped.connect(self.viewer.show_file)
 
     def _build_run_menu(self) -> None:
         run = self.menuBar().addMenu("&Run")
