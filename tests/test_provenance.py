@@ -306,3 +306,24 @@ def test_verify_says_clearly_what_is_wrong_with_bad_input(made, capsys, tmp_path
     code, text = run_verify(capsys, "--json", made.gen, text_file)
     rows = json.loads(text)
     assert code == 2 and [r["status"] for r in rows] == ["signed", "unreadable"]
+
+
+def test_studio_run_out_signs_the_images_it_writes(made, capsys, tmp_path):
+    from studio.graph.fileformat import save_workflow
+    from studio.graph.workflow import Workflow
+
+    wf = Workflow(made.engine.registry)
+    load = wf.add_node("load_image", {"image": str(made.gen)})
+    scale = wf.add_node("scale_image", {"factor": 4.0})
+    preview = wf.add_node("preview_image")
+    wf.connect(load.id, "image", scale.id, "image")
+    wf.connect(scale.id, "image", preview.id, "images")
+    path = tmp_path / "upscale.json"
+    save_workflow(wf, path)
+    assert studio(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    (written,) = capsys.readouterr().out.split()
+    report = verify(written)
+    assert report.valid and report.ingredients[0]["title"] == made.gen.name
+    assert report.watermark.found
+    with Image.open(written) as im:
+        assert "studio_workflow" in im.text

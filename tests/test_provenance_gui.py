@@ -106,3 +106,28 @@ def test_an_image_dropped_on_the_canvas_shows_its_provenance(make_window, qtbot,
     assert [n.type for n in w.controller.wf.nodes if n.id not in before] == ["load_image"]
     assert w.viewer.badge.text() == "No provenance"
     assert "photo.png" in w.viewer.caption.text()
+
+
+def test_an_output_dragged_out_is_signed_and_marked(qtbot, tmp_path):
+    from gui_support import txt2img
+
+    from studio.app.dragout import DragOut
+    from studio.app.runner import Output
+    from studio.provenance.reading import verify
+    from studio.settings import Settings
+
+    reg = gui_registry()
+    wf = txt2img(reg)
+    rng = np.random.default_rng(5)
+    small = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    pil = small.resize((256, 256), Image.Resampling.BICUBIC)
+    out = Output(QImage(8, 8, QImage.Format.Format_RGB32), pil, "out", "Preview", 2, wf)
+    for metadata, status in (("everything", "signed"), ("nothing", "watermarked")):
+        drag = DragOut(Settings(image_metadata=metadata))
+        path = drag.file_for(out)
+        report = verify(path)
+        assert report.status == status
+        if metadata == "everything":
+            assert report.actions[0]["action"] == "c2pa.created"
+            assert "studio_workflow" in Image.open(path).text
+        drag.cleanup()
