@@ -271,8 +271,10 @@ def preview_image(ctx, images: Any) -> dict:
     title="Save Image",
     category="image",
     description=(
-        "Saves images as PNG files in the output folder, with the workflow and the "
-        "generation parameters inside, so dropping one back in restores the workflow."
+        "Saves images as PNG, JPEG or WebP files in the output folder. By default each "
+        "carries the workflow and the generation parameters (dropping a PNG back in "
+        "restores the workflow), a signed C2PA manifest saying it was generated and with "
+        "which models, and an invisible watermark; the settings choose what goes in."
     ),
     inputs=[
         InputSpec("images", T.IMAGE),
@@ -282,31 +284,57 @@ def preview_image(ctx, images: Any) -> dict:
             default="Studio",
             tooltip="File names start with this; a/b puts files in subfolder a of the output folder.",
         ),
+        InputSpec(
+            "format",
+            T.CHOICE,
+            default="png",
+            choices=("png", "jpeg", "webp"),
+            tooltip=(
+                "PNG keeps every pixel and the whole workflow; JPEG and WebP are smaller "
+                "and carry the generation parameters (as A1111 writes them) but not the "
+                "workflow."
+            ),
+        ),
+        InputSpec(
+            "quality",
+            T.INT,
+            default=95,
+            min=1,
+            max=100,
+            tooltip="JPEG and WebP quality (higher: larger files, fewer artefacts).",
+        ),
     ],
     output_node=True,
 )
-def save_image(ctx, images: Any, filename_prefix: str = "Studio") -> dict:
-    import io
-
-    from PIL.PngImagePlugin import PngInfo
-
+def save_image(
+    ctx, images: Any, filename_prefix: str = "Studio", format: str = "png", quality: int = 95
+) -> dict:
     from studio.fsutil import write_numbered
+    from studio.provenance import SUFFIX, encode_image, recipe_of
 
+    if format not in SUFFIX:
+        raise NodeError(f"format {format!r} is not one of {', '.join(SUFFIX)}")
     folder, stem = _output_target(Path(ctx.settings.output_path), filename_prefix)
     pils = to_pil(images)
     workflow_json = _workflow_json(ctx)
+    recipe = recipe_of(
+        ctx.workflow, ctx.node_id, getattr(ctx, "model_files", None), getattr(ctx, "files", None)
+    )
     saved = []
     for index, im in enumerate(pils):
-        info = PngInfo()
-        if workflow_json:
-            info.add_text("studio_workflow", workflow_json)
-        params = generation_parameters(ctx, im.size, index)
-        if params:
-            info.add_text("parameters", params)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", pnginfo=info, compress_level=4)
+        texts = {"studio_workflow": workflow_json}
+        texts["parameters"] = generation_parameters(ctx, im.size, index)
+        data = encode_image(
+            im,
+            format,
+            settings=ctx.settings,
+            recipe=recipe,
+            texts=texts,
+            quality=quality,
+            title=f"{stem}{SUFFIX[format]}",
+        )
         # Never an empty, partial or replaced file, even when the process is killed.
-        target = write_numbered(folder, stem, ".png", buf.getvalue())
+        target = write_numbered(folder, stem, SUFFIX[format], data)
         saved.append(str(target))
         im.info["studio_path"] = str(target)  # where it went (the CLI lists saved files)
     ctx.run_info.setdefault("saved", []).extend(saved)

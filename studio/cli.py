@@ -6,11 +6,14 @@
     studio validate WORKFLOW
     studio export WORKFLOW --to comfyui-api OUT.json
     studio nodes [--markdown]
+    studio verify IMAGE... [--json] [--trust CA.pem]
 
 WORKFLOW may also be a ComfyUI workflow or prompt (JSON), or a PNG carrying one.
 
 Exit codes: 0 success, 1 a node failed (or the run was interrupted), 2 an invalid
 workflow or a usage mistake. A user's mistake never prints a Python traceback.
+``studio verify``: 0 every image has a valid C2PA manifest, 1 one has none or an invalid
+one, 2 one is not an image.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--to", required=True, choices=["comfyui-api"], help="the format to write")
     ep.add_argument("out", metavar="OUT.json")
 
+    vf = sub.add_parser("verify", help="check images' provenance (C2PA manifest, watermark)")
+    vf.add_argument("images", nargs="+", metavar="IMAGE")
+    vf.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    vf.add_argument("--trust", metavar="CA.pem", help="trust this CA (e.g. Studio's local CA)")
+
     np_ = sub.add_parser("nodes", help="list the node types")
     np_.add_argument("--markdown", action="store_true", help="print reference docs in Markdown")
     return p
@@ -83,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_export(args.workflow, args.to, args.out)
     if args.command == "nodes":
         return cmd_nodes(args.markdown)
+    if args.command == "verify":
+        from studio.provenance.cli import cmd_verify
+
+        return cmd_verify(args.images, as_json=args.json, trust=args.trust)
     return EXIT_INVALID
 
 
@@ -190,7 +202,7 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
         return EXIT_NODE_FAILED
 
     try:
-        written = _write_unsaved_images(result, settings.output_path)
+        written = _write_unsaved_images(result, settings.output_path, wf, settings, engine.files)
     except OSError as exc:
         _err(f"cannot write the images to {settings.output_path}: {exc.strerror or exc}")
         return EXIT_NODE_FAILED
@@ -206,9 +218,13 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
     return EXIT_NODE_FAILED if result.errors else EXIT_OK
 
 
-def _write_unsaved_images(result: Any, folder: Path) -> list[str]:
-    """Paths of the images output nodes saved, writing those only previewed to ``folder``."""
-    from studio.fsutil import unique_path
+def _write_unsaved_images(
+    result: Any, folder: Path, workflow: Any = None, settings: Any = None, files: Any = None
+) -> list[str]:
+    """Paths of the images output nodes saved, writing those only previewed to ``folder``
+    (as Save Image would: with the workflow and the provenance the settings ask for)."""
+    from studio.fsutil import atomic_write_bytes, unique_path
+    from studio.provenance.cli import preview_bytes
 
     written = []
     for image in result.images:
@@ -220,7 +236,7 @@ def _write_unsaved_images(result: Any, folder: Path) -> list[str]:
             written.append(str(saved))
             continue
         target = unique_path(folder, "preview", ".png")
-        image.save(target)
+        atomic_write_bytes(target, preview_bytes(image, result, workflow, settings, files))
         written.append(str(target))
     return written
 

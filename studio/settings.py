@@ -50,6 +50,14 @@ class Settings:
     cache_bytes: int = 4 * 1024**3
     ram_budget_bytes: int = 8 * 1024**3
     vram_budget_bytes: int = 0  # 0: most of what the GPU has
+    # Provenance of saved images (studio/provenance): what a shared image carries
+    # ("everything": workflow, parameters and a signed C2PA manifest; "manifest": the
+    # manifest without workflow or prompts; "nothing"), the invisible watermark, and the
+    # artist's own certificate chain and key (PEM files) instead of the local one.
+    image_metadata: str = "everything"
+    watermark: bool = True
+    signing_cert: str = ""
+    signing_key: str = ""
 
     @property
     def models_root_path(self) -> Path:

@@ -335,7 +335,9 @@ os.fsync = slow_fsync
 picture = Image.effect_noise((256, 256), 64).convert("RGB")
 image_nodes.to_pil = lambda images: [picture]  # the images, without importing torch
 ctx = SimpleNamespace(
-    settings=SimpleNamespace(output_path=Path(sys.argv[1])),
+    # Only the writing is under test: no signing or watermark (their first use imports
+    # c2pa and numpy, which a save in the app has loaded long before).
+    settings=SimpleNamespace(output_path=Path(sys.argv[1]), image_metadata="nothing", watermark=False),
     workflow=None, node_id="save", run_info={}, show=lambda images: None,
 )
 print("ready", flush=True)

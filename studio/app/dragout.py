@@ -7,11 +7,10 @@ go along too, for applications that take images and not files.
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtGui import QDrag, QPixmap
@@ -23,32 +22,32 @@ from studio.fsutil import atomic_write_bytes
 THUMB = 96
 
 
-def png_bytes(output: Output) -> bytes:
-    """The output as PNG bytes with ``studio_workflow`` and A1111 ``parameters`` text."""
-    from PIL.PngImagePlugin import PngInfo
+def png_bytes(output: Output, settings: Any = None, files: Any = None) -> bytes:
+    """The output as PNG bytes, as Save Image writes them: ``studio_workflow`` and A1111
+    ``parameters`` text, a signed C2PA manifest and the watermark, as the settings ask
+    (:mod:`studio.provenance`; the user's settings when none are given)."""
+    from studio.provenance.outputs import output_bytes
+    from studio.settings import Settings
 
-    from nodes.image import generation_parameters
-    from studio.graph.fileformat import dumps_workflow
-
-    info = PngInfo()
-    info.add_text("studio_workflow", dumps_workflow(output.workflow))
-    # The same text Save Image writes; its node id is where it looks for the sampler.
-    ctx = SimpleNamespace(workflow=output.workflow, node_id=output.node_id, run_info={})
-    try:
-        params = generation_parameters(ctx, output.pil.size, output.index)
-    except Exception:  # never lose an image over its metadata
-        params = ""
-    if params:
-        info.add_text("parameters", params)
-    buf = io.BytesIO()
-    output.pil.save(buf, format="PNG", pnginfo=info, compress_level=4)
-    return buf.getvalue()
+    return output_bytes(
+        output.pil,
+        output.workflow,
+        output.node_id,
+        output.index,
+        settings=settings or Settings.load(),
+        files=files,
+        title=f"studio_run{output.job_id}.png",
+    )
 
 
 class DragOut:
     """Writes outputs as PNG files in a session folder and starts drags with them."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
+        from studio.engine.fingerprint import FileFingerprinter
+
+        self.settings = settings
+        self.files = FileFingerprinter()  # hashes each model once, for the manifests
         self._dir: Path | None = None
         self._written: dict[int, Path] = {}
 
@@ -64,7 +63,7 @@ class DragOut:
             safe = "".join(ch if ch.isalnum() else "_" for ch in output.node_title)[:40]
             n = f"_{output.index + 1}" if output.index else ""
             path = self.folder() / f"studio_run{output.job_id}_{safe}{n}.png"
-            atomic_write_bytes(path, png_bytes(output))
+            atomic_write_bytes(path, png_bytes(output, self.settings, self.files))
             self._written[key] = path
         return path
 

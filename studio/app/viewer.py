@@ -7,6 +7,8 @@ In compare mode the divider follows a left drag instead: left of it is "before".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
@@ -30,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.app import theme
+from studio.app.provenance_badge import ProvenanceBadge
 from studio.app.runner import Output
 
 MIN_ZOOM, MAX_ZOOM = 0.05, 32.0
@@ -245,9 +248,11 @@ class ViewerPanel(QWidget):
         mask.setText("Mask…")
         mask.setToolTip("Inpaint: load this image in a Load Image node and paint a mask on it")
         mask.clicked.connect(lambda: self.output and self.paint_requested.emit(self.output))
+        self.badge = ProvenanceBadge()
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 4)
         bar.addWidget(self.caption, 1)
+        bar.addWidget(self.badge)
         bar.addWidget(self.compare_box)
         bar.addWidget(fit)
         bar.addWidget(one)
@@ -271,6 +276,31 @@ class ViewerPanel(QWidget):
         self.view.set_image(output.image, keep_view=True)
         n = f" #{output.index + 1}" if output.index else ""
         self.caption.setText(f"{output.node_title}{n} · run {output.job_id}")
+        saved = getattr(output.pil, "info", {}).get("studio_path")
+        if saved:
+            self.badge.check(str(saved))
+        else:
+            self.badge.clear(
+                "Not saved",
+                "Saved or dragged out, it carries what the settings ask for "
+                "(C2PA manifest, watermark)",
+            )
+
+    def show_file(self, path: str) -> bool:
+        """Show an image file (one dropped on the canvas) with its provenance."""
+        from studio.app.thumbnails import read_image
+
+        image = read_image(Path(path))
+        if image.isNull():
+            return False
+        if self.output is not None and not self.live:
+            self.set_before(self.output)
+        self.live = False
+        self.output = None  # a file, not an output: nothing to drag out or paint on
+        self.view.set_image(image)
+        self.caption.setText(f"{Path(path).name} · dropped")
+        self.badge.check(path)
+        return True
 
     def show_preview(self, image: QImage, title: str) -> None:
         """The sampler's live preview (until the run's images arrive)."""
@@ -279,6 +309,7 @@ class ViewerPanel(QWidget):
         self.live = True
         self.view.set_image(image, keep_view=True)
         self.caption.setText(f"{title} · preview")
+        self.badge.clear()
 
     def set_before(self, output: Output) -> None:
         self.before = output

@@ -33,7 +33,7 @@ class RunWindowMixin:
         self.bridge = RunBridge(self.registry, self.controller.settings, parent=self)
         self.runs = RunView(self.controller, self.scene, self.bridge)
         self.thumbnails = LoadImageThumbnails(self.controller, self.scene)
-        self.dragout = DragOut()
+        self.dragout = DragOut(self.controller.settings)
         self.queue_panel = QueuePanel()
         self.viewer = ViewerPanel()
         self.history = HistoryPanel()
@@ -68,6 +68,7 @@ class RunWindowMixin:
         self.viewer.drag_requested.connect(lambda out: self.dragout.start(self.viewer, out))
         self.view.paint_mask_requested.connect(self.paint_mask)
         self.view.image_activated.connect(self.show_node_image)
+        self.view.image_dropped.connect(self.viewer.show_file)
 
     def _build_run_menu(self) -> None:
         run = self.menuBar().addMenu("&Run")
@@ -181,7 +182,7 @@ class RunWindowMixin:
         path = unique_path(
             self.controller.settings.input_path / "from_history", f"run{output.job_id}", ".png"
         )
-        atomic_write_bytes(path, png_bytes(output))
+        atomic_write_bytes(path, png_bytes(output, self.controller.settings, self.dragout.files))
         node_id = self._add_image_node(str(path))
         if node_id:
             self.paint_mask(node_id)

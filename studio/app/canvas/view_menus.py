@@ -181,6 +181,8 @@ class MenusMixin:
                 node_id = self.drop_image(path, at, onto=not added)
                 if node_id:
                     added.append(node_id)
+                    if len(added) == 1:
+                        self.image_dropped.emit(path)
         if added:
             self.graph.select_nodes(added)
         event.acceptProposedAction()
