@@ -116,6 +116,7 @@ class Batch:
         ray: str | None = None,
         on_event: EventSink | None = None,
         progress: bool = False,
+        stop: Any = None,
     ) -> list[JobRecord]:
         """Run the jobs not done yet into ``out``; one record per job, in job order.
 
@@ -123,9 +124,12 @@ class Batch:
         of Ray actors. ``ray``: ``"local"`` (start Ray here), ``"auto"`` or a cluster
         address. Raises :class:`BatchError` before any image is made when the workflow
         cannot run or a worker lacks a model file. Ctrl+C stops: finished images stay and
-        the record says where it stopped (the rest have status ``stopped``).
+        the record says where it stopped (the rest have status ``stopped``); so does
+        ``stop`` (a :class:`threading.Event`) once set, from another thread.
         """
-        return _Driver(self, Path(out), workers, ray, on_event, progress).run()
+        driver = _Driver(self, Path(out), workers, ray, on_event, progress)
+        driver.stop = stop
+        return driver.run()
 
 
 class _Driver:
@@ -153,6 +157,7 @@ class _Driver:
         self.show_progress = progress
         self.settings = batch.settings if batch.settings is not None else Settings.load()
         self.record = BatchRecord(out)
+        self.stop: Any = None
 
     # -- before any work -----------------------------------------------------------------
 
@@ -324,6 +329,8 @@ class _Driver:
         failed = 0
         remaining = set(by_id)
         while remaining:
+            if self.stop is not None and self.stop.is_set():
+                return "stopped"
             alive = pool.alive()
             for w in alive:
                 held = inflight.setdefault(w, [])
