@@ -337,7 +337,7 @@ class _Driver:
                 while len(held) < DEPTH and (job := sched.next_for(w)) is not None:
                     pool.submit(w, job.wire())
                     held.append(job.id)
-            if not alive and not any(inflight.values()):
+            if not alive and not any(inflight.values()) and not pool.starting():
                 for jid in list(remaining):
                     j = by_id[jid]
                     records[jid] = JobRecord(

@@ -54,6 +54,7 @@ class LocalPool:
         self.held: dict[int, list[str]] = {}
         self.respawns: dict[int, int] = dict.fromkeys(range(workers), 0)
         self.ready: set[int] = set()
+        self.broken: set[int] = set()
         gpus = gpu_count()
         threads = max(1, (os.cpu_count() or 1) // workers)
         self.env = {
@@ -105,6 +106,10 @@ class LocalPool:
     def alive(self) -> list[int]:
         return sorted(self.ready)
 
+    def starting(self) -> bool:
+        """A worker is being started again (after one died) and may yet take jobs."""
+        return bool(set(self.procs) - self.ready - self.broken)
+
     def submit(self, w: int, job: dict[str, Any]) -> None:
         self.held[w].append(job["id"])
         # A process that is gone is reported by poll() with the job it held.
@@ -138,6 +143,7 @@ class LocalPool:
             _, _, name, error = msg
             self.names[i] = name
             if error:
+                self.broken.add(i)
                 return ("init_error", i, error)
             self.ready.add(i)
             return ("ready", i, name)
@@ -272,6 +278,9 @@ class RayPool:
     def alive(self) -> list[int]:
         return sorted(self.actors)
 
+    def starting(self) -> bool:
+        return False  # Ray restarts actors itself; a call to one waits for it
+
     def name(self, w: int) -> str:
         return self.names.get(w, f"ray{w}")
 
@@ -284,9 +293,10 @@ class RayPool:
         if not self.refs:
             time.sleep(min(timeout, 0.1))
             return []
-        done, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
-        if not done:
-            done, _ = ray.wait(list(self.refs), num_returns=1, timeout=0)
+        done, rest = ray.wait(list(self.refs), num_returns=1, timeout=timeout)
+        if done and rest:  # and whatever else is ready now, without waiting
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
         out: list[tuple[Any, ...]] = []
         for ref in done:
             w, jid = self.refs.pop(ref)
