@@ -42,6 +42,14 @@ def gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def _visible_gpus() -> list[str]:
+    """The CUDA device names a worker may be given (the ones this process may see)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(gpu_count())]
+
+
 class LocalPool:
     """Worker processes on this machine (spawned, so each has its own torch)."""
 
@@ -55,13 +63,13 @@ class LocalPool:
         self.respawns: dict[int, int] = dict.fromkeys(range(workers), 0)
         self.ready: set[int] = set()
         self.broken: set[int] = set()
-        gpus = gpu_count()
+        gpus = _visible_gpus()
         threads = max(1, (os.cpu_count() or 1) // workers)
         self.env = {
             i: {
                 "OMP_NUM_THREADS": str(threads),
                 "MKL_NUM_THREADS": str(threads),
-                **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}),
+                **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}),
             }
             for i in range(workers)
         }
