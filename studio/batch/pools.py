@@ -260,8 +260,9 @@ class RayPool:
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         if gpus:
-            n, opts = self.workers or gpus, {"num_gpus": 1}
-            threads = 4
+            n = self.workers or gpus
+            # More actors than GPUs asked for: they share them (Ray's fractional GPUs).
+            opts, threads = {"num_gpus": min(1.0, gpus / n), "num_cpus": 1}, 4
         else:
             n = self.workers or max(1, int(res.get("CPU", 1)))
             opts, threads = {"num_cpus": 1}, 1
