@@ -64,6 +64,9 @@ def test_sweeps_multiply_and_ranges_include_their_end():
     from studio.batch.jobs import numeric_range
 
     assert numeric_range("0.1:0.5:0.1", "x") == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+    # Texts keep their commas; the same param given again adds a value.
+    texts = expand(wf, sweeps=["Nap.gate=a, b", "Nap.gate=c"]).jobs
+    assert sorted(j.params["Nap.gate"] for j in texts) == ["a, b", "c"]
 
 
 def test_job_ids_depend_only_on_the_resulting_workflow():

@@ -330,6 +330,8 @@ def expand(
         node_id, param, inp = _resolve(base, ref, "--sweep")
         if isinstance(raw, str):
             values = sweep_values(inp, raw, where)
+        elif isinstance(raw, _Pieces):
+            values = [v for piece in raw for v in sweep_values(inp, piece, where)]
         elif isinstance(raw, Iterable):
             values = [convert(inp, v, where) for v in raw]
         else:
@@ -431,8 +433,18 @@ def _check(wf: Any, a: Assignment) -> None:
             node.params[a.param] = old
 
 
-def _split_sweeps(texts: Iterable[str]) -> list[tuple[str, str]]:
-    return [split_assignment(t) for t in texts]
+def _split_sweeps(texts: Iterable[str]) -> list[tuple[str, Any]]:
+    # The same NODE.PARAM given again adds values: the way to sweep texts, which are not
+    # split at commas (a prompt has commas).
+    merged: dict[str, list[str]] = {}
+    for t in texts:
+        ref, raw = split_assignment(t)
+        merged.setdefault(ref, []).append(raw)
+    return [(ref, raws[0] if len(raws) == 1 else _Pieces(raws)) for ref, raws in merged.items()]
+
+
+class _Pieces(list):
+    """Several ``--sweep`` texts of one param, each expanded as if given alone."""
 
 
 def _locality_key(job: Job, order: dict[str, int]) -> tuple[str, ...]:
