@@ -15,7 +15,9 @@ For each: ``seconds`` (process start to the end, all cold-start work included),
 ``images_per_s`` over that, and for batches ``steady_images_per_s`` (from the first image
 to the last: the warm workers' rate, without the start). ``ray_overhead_ms_per_job``: what
 a Ray job costs beyond the worker's own time for it (wall time x actors / jobs - mean job
-seconds). Goals: ``workers_1`` steady within 1.1x of the floor; ``workers_2`` not slower
+seconds), and exactly in ``overhead_100_trivial_jobs``: 100 jobs that do almost nothing
+(an example image saved under a new name), one worker, local and on Ray, against a warm
+``Engine.run`` loop of the same. Goals: ``workers_1`` steady within 1.1x of the floor; ``workers_2`` not slower
 than ``workers_1``; Ray's overhead under 50 ms a job.
 """
 
@@ -112,6 +114,56 @@ def floor(jobs: int, steps: int, tmp: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+OVERHEAD_CHILD = """
+import json, sys, time
+import studio
+from studio.graph import Workflow
+from studio.settings import Settings
+jobs, out, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+wf = Workflow(studio.installed_registry())
+load = wf.add_node("load_image", {"image": "example_red_circle_left.png"})
+save = wf.add_node("save_image", title="Save")
+wf.connect(load.id, "image", save.id, "images")
+prefixes = [f"p{i}" for i in range(jobs)]
+done = []
+def on_event(e):
+    if e["event"] == "job_finished":
+        done.append((time.perf_counter(), e["seconds"]))
+if mode == "floor":
+    engine = studio.Engine(wf.registry, settings=Settings(output_dir=out))
+    engine.run(wf)
+    t = time.perf_counter()
+    for p in prefixes:
+        wf.set_param(save.id, "filename_prefix", p)
+        engine.run(wf)
+    print(json.dumps({"ms_per_job": round((time.perf_counter() - t) / jobs * 1000, 2)}))
+    sys.exit()
+b = studio.Batch(wf, sweeps={"Save.filename_prefix": prefixes}, settings=Settings())
+b.run(out, workers=1, ray="local" if mode == "ray" else None, on_event=on_event)
+steady = (done[-1][0] - done[0][0]) / (len(done) - 1)
+print(json.dumps({"ms_per_job": round(steady * 1000, 2),
+                  "worker_ms_per_job_median": round(1000 * sorted(s for _, s in done)[len(done) // 2], 2)}))
+"""
+
+
+def overhead(jobs: int, tmp: Path) -> dict:
+    """Per-job cost of the batch machinery on a job that does almost nothing (an example
+    image loaded once and cached, saved under a new name): one worker, local and Ray,
+    against a warm Engine.run loop."""
+    out = {}
+    for mode in ("floor", "local", "ray"):
+        proc = subprocess.run(
+            [sys.executable, "-c", OVERHEAD_CHILD, str(jobs), str(tmp / f"over-{mode}"), mode],
+            cwd=ROOT, env=_env(), check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["local_overhead_ms_per_job"] = round(
+        out["local"]["ms_per_job"] - out["floor"]["ms_per_job"], 2
+    )
+    out["ray_overhead_ms_per_job"] = round(out["ray"]["ms_per_job"] - out["floor"]["ms_per_job"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=40)
@@ -143,6 +195,8 @@ def main() -> None:
                 max(0.0, 2 / r["steady_images_per_s"] - r["mean_job_s"]) * 1000, 1
             )
             report["ray_local_2"] = r
+    if "overhead" not in skip:
+        report["overhead_100_trivial_jobs"] = overhead(100, tmp)
     if "shell" not in skip:
         report["shell_loop"] = shell_loop(args.jobs, args.steps, tmp)
     if "floor" in report and "workers_1" in report:
