@@ -30,6 +30,14 @@ def _model(ctx, ckpt: str) -> int:
     return 1
 
 
+def _image_value(ctx, image: str) -> int:
+    from PIL import Image
+
+    path = Path(ctx.settings.input_path) / image
+    with Image.open(path) as im:
+        return im.convert("RGB").getpixel((0, 0))[0]
+
+
 SPECS = [
     NodeSpec(
         "nap",
@@ -50,6 +58,14 @@ SPECS = [
         _paint,
         inputs=(InputSpec("value", T.INT, default=0), InputSpec("green", T.INT, default=0)),
         output_node=True,
+    ),
+    NodeSpec(
+        "image_value",
+        "Image Value",
+        "test",
+        _image_value,
+        inputs=(InputSpec("image", T.STRING, default="", file_kind="image"),),
+        outputs=(OutputSpec("value", T.INT),),
     ),
     NodeSpec(
         "model_user",

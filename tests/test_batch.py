@@ -353,3 +353,29 @@ def test_ray_worker_without_the_model_is_named(tmp_path, ray_session):
             tmp_path / "out", ray="auto", workers=2
         )
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_input_images_travel_with_the_jobs_to_ray_workers(tmp_path, ray_session):
+    from batch_nodes import registry
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, level in (("dark.png", 40), ("light.png", 220)):
+        Image.new("RGB", (4, 4), (level, 0, 0)).save(inputs / name)
+    wf = Workflow(registry())
+    src = wf.add_node("image_value", {"image": "dark.png"}, title="Source")
+    paint = wf.add_node("paint2", title="Paint")
+    wf.connect(src.id, "value", paint.id, "value")
+    # Only the driver's input folder has the images; the workers get them with the jobs.
+    driver = Settings(input_dir=str(inputs))
+    b = Batch(
+        wf,
+        sweeps=["Source.image=dark.png", "Source.image=light.png"],
+        registry=REG,
+        settings=driver,
+    )
+    records = b.run(tmp_path / "out", ray="auto", workers=2)
+    assert {r.params["Source.image"]: red(tmp_path / "out" / r.files[0])[0] for r in records} == {
+        "dark.png": 40,
+        "light.png": 220,
+    }
