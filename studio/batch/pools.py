@@ -255,7 +255,18 @@ class RayPool:
                     log_to_driver=False,
                 )
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                try:
+                    ray.init(address=self.address, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    where = (
+                        "this machine's Ray cluster"
+                        if self.address == "auto"
+                        else (f"the Ray cluster at {self.address}")
+                    )
+                    raise BatchError(
+                        f"cannot join {where}: {_first_line(exc)} "
+                        "(start one with 'ray start --head', or use --ray local)"
+                    ) from None
             self.started_ray = True
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
