@@ -168,6 +168,12 @@ def test_local_batch_writes_images_and_resumes(tmp_path):
     assert red(path)[0] == victim.params["Nap.value"]
 
 
+def test_a_warm_worker_reuses_what_a_downstream_sweep_does_not_change(tmp_path):
+    b = Batch(nap_workflow(ms=1), sweeps=["Paint.green=0:3:1"], registry=REG, settings=Settings())
+    records = b.run(tmp_path / "out", workers=1)
+    assert [(r.ran, r.cached) for r in records] == [(2, 0)] + [(1, 1)] * 3
+
+
 def test_count_records_its_seeds_and_a_rerun_keeps_them(tmp_path):
     from stubs import stub_registry  # noqa: F401  (the stub pack has no seed param)
 

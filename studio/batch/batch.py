@@ -420,6 +420,8 @@ class _Driver:
             res.get("worker", ""),
             error,
             attempts,
+            res.get("ran"),
+            res.get("cached"),
         )
         self.record.append({"record": "job", **rec.to_json(), "outputs": outputs})
         self.emit(

@@ -24,7 +24,8 @@ class JobRecord:
     ``status``: ``ok`` (its images are in ``files``), ``failed`` (``error`` says why),
     ``skipped`` (done by an earlier run of the same batch; its files are there) or
     ``stopped`` (not run: the batch was interrupted). ``attempts`` > 1 means it was
-    retried after its worker died.
+    retried after its worker died. ``cached``: nodes its worker did not have to run again
+    (a warm engine: the checkpoint, an unchanged prompt).
     """
 
     job: str
@@ -36,6 +37,9 @@ class JobRecord:
     worker: str = ""
     error: str | None = None
     attempts: int = 1
+    #: nodes the worker ran, and served from its warm engine's cache, for this job
+    ran: int | None = None
+    cached: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

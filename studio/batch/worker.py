@@ -127,7 +127,12 @@ class WorkerCore:
                 f"{wf.display_title(nid) if wf.has_node(nid) else nid}: {msg}"
                 for nid, msg in result.errors.items()
             ]
-            out.update(images=self._collect(result.images), error="; ".join(errors) or None)
+            out.update(
+                images=self._collect(result.images),
+                error="; ".join(errors) or None,
+                ran=len(result.ran),
+                cached=len(result.cached),
+            )
         out["seconds"] = time.perf_counter() - t0
         return out
 
