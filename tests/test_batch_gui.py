@@ -40,10 +40,11 @@ def test_a_batch_runs_shows_progress_and_its_grid_picks_into_history(make_window
         wf, sweeps={"Nap.value": "1:3:1", "Paint.green": "0,200"}, registry=REG,
         settings=Settings(),
     )  # fmt: skip
-    start_batch(window, batch, Path(tmp_path / "b"), 1)
-    qtbot.waitUntil(lambda: getattr(window, "_batch_grid", None) is not None, timeout=90_000)
-    grid = window._batch_grid
-    assert (grid.table.rowCount(), grid.table.columnCount()) == (3, 2)
+    run = start_batch(window, batch, Path(tmp_path / "b"), 1)
+    grid = run.grid
+    assert (grid.table.rowCount(), grid.table.columnCount()) == (3, 2)  # at once, empty
+    qtbot.waitUntil(lambda: not grid.stop_button.isEnabled(), timeout=90_000)
+    assert grid.status.text().startswith("6 of 6 images")
     line = window.queue_panel.list.item(0).text()
     assert "6/6 images" in line and line.startswith("✓")
     before = len(window.history.outputs)
@@ -51,3 +52,19 @@ def test_a_batch_runs_shows_progress_and_its_grid_picks_into_history(make_window
     assert len(window.history.outputs) == before + 1
     picked = window.history.outputs[-1]
     assert picked.pil.getpixel((0, 0)) == (3, 200, 0)  # row Nap.value=3, column green=200
+
+
+def test_stop_in_the_grid_ends_the_batch_and_keeps_its_images(make_window, qtbot, tmp_path):
+    from studio.app.batch_panel import start_batch
+
+    wf = nap_workflow(ms=300)
+    window = make_window(wf)
+    batch = Batch(wf, sweeps={"Nap.value": "1:8:1"}, registry=REG, settings=Settings())
+    run = start_batch(window, batch, Path(tmp_path / "b"), 1)
+    qtbot.waitUntil(lambda: bool(run.grid.files), timeout=90_000)
+    run.grid.stop_button.click()
+    qtbot.waitUntil(lambda: not run.grid.stop_button.isEnabled(), timeout=30_000)
+    assert window.queue_panel.list.item(0).text().startswith("■")
+    made = sorted((tmp_path / "b").glob("*.png"))
+    assert 1 <= len(made) < 8
+    assert len(run.grid.files) == len(made)

@@ -216,15 +216,17 @@ class QueueLine(QObject):
 
 
 class BatchGrid(QDialog):
-    """A batch's images as a grid: rows by the first param that varies, columns by the
-    rest. Clicking shows an image; Pick (or a double-click) puts it in the history."""
+    """A batch's images as a grid, filled as they arrive: rows by the first param that
+    varies, columns by the rest. Clicking shows an image in the viewer; Pick (or a
+    double-click) puts it in the history; Stop ends the batch (finished images stay)."""
 
     chosen = Signal(object)  # an Output
     picked = Signal(object)  # an Output
+    stop_requested = Signal()
 
     def __init__(
         self,
-        records: list[Any],
+        jobs: list[Any],
         out: Path,
         registry: Any,
         fallback: Any = None,
@@ -233,39 +235,41 @@ class BatchGrid(QDialog):
         super().__init__(parent)
         self.setWindowTitle(f"Batch · {Path(out).name}")
         self.out, self.registry, self.fallback = Path(out), registry, fallback
-        shown = [r for r in records if r.status in ("ok", "skipped") and r.files]
-        keys = [k for k in _varying(shown)]
+        keys = _varying(jobs)
         row_key, col_keys = (keys[0], keys[1:]) if keys else (None, [])
-        rows = list(dict.fromkeys(_fmt(r.params.get(row_key)) for r in shown)) if row_key else [""]
-        cols = list(dict.fromkeys(_combo(r, col_keys) for r in shown)) or [""]
+        rows = list(dict.fromkeys(_fmt(j.params.get(row_key)) for j in jobs)) if row_key else [""]
+        cols = list(dict.fromkeys(_combo(j, col_keys) for j in jobs)) or [""]
         self.table = QTableWidget(len(rows), len(cols))
         self.table.setIconSize(QSize(CELL, CELL))
         self.table.setVerticalHeaderLabels([f"{row_key}={v}" if row_key else "" for v in rows])
         self.table.setHorizontalHeaderLabels(cols)
-        self.records: dict[tuple[int, int], Any] = {}
-        for r in shown:
-            i = rows.index(_fmt(r.params.get(row_key)) if row_key else "")
-            j = cols.index(_combo(r, col_keys))
-            if (i, j) in self.records:  # more than two axes collide: keep them all visible
+        self.cells: dict[str, tuple[int, int]] = {}
+        self.files: dict[tuple[int, int], tuple[str, str]] = {}  # cell -> (job id, file)
+        for job in jobs:
+            i = rows.index(_fmt(job.params.get(row_key)) if row_key else "")
+            j = cols.index(_combo(job, col_keys))
+            if (i, j) in self.cells.values():  # a third axis: one more row, all visible
                 self.table.insertRow(self.table.rowCount())
                 i = self.table.rowCount() - 1
-            pix = QPixmap(str(self.out / r.files[0]))
-            item = QTableWidgetItem(
-                QIcon(pix.scaled(CELL, CELL, Qt.AspectRatioMode.KeepAspectRatio)), ""
-            )
-            item.setToolTip("\n".join(f"{k} = {v}" for k, v in r.params.items()))
+            item = QTableWidgetItem("…")
+            item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            item.setToolTip("\n".join(f"{k} = {v}" for k, v in job.params.items()))
             self.table.setItem(i, j, item)
-            self.records[(i, j)] = r
+            self.cells[job.id] = (i, j)
         for j in range(self.table.columnCount()):
             self.table.setColumnWidth(j, CELL + 12)
         for i in range(self.table.rowCount()):
             self.table.setRowHeight(i, CELL + 12)
         self.table.cellClicked.connect(lambda i, j: self._emit(self.chosen, i, j))
         self.table.cellDoubleClicked.connect(lambda i, j: self._emit(self.picked, i, j))
+        self.status = QLabel(f"{len(jobs)} images to make, in {self.out}")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(self.stop_requested.emit)
         pick = QPushButton("Pick into history")
         pick.clicked.connect(self._pick_selected)
         bottom = QHBoxLayout()
-        bottom.addWidget(QLabel(f"{len(shown)} images in {self.out}"), 1)
+        bottom.addWidget(self.status, 1)
+        bottom.addWidget(self.stop_button)
         bottom.addWidget(pick)
         lay = QVBoxLayout(self)
         lay.addWidget(self.table, 1)
@@ -274,30 +278,59 @@ class BatchGrid(QDialog):
             min(1200, 160 + len(cols) * (CELL + 14)), min(900, 120 + len(rows) * (CELL + 14))
         )
 
+    @Slot(dict)
+    def on_event(self, e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        if kind == "job_finished" and e.get("files"):
+            self._show(e["job"], e["files"][0])
+        elif kind == "job_failed" and e.get("job") in self.cells:
+            item = self.table.item(*self.cells[e["job"]])
+            item.setText("✗")
+            item.setToolTip(f"{item.toolTip()}\n\n{e.get('error')}")
+
+    @Slot(list)
+    def finish(self, records: list[Any]) -> None:
+        for r in records:
+            if r.status == "skipped" and r.files:
+                self._show(r.job, r.files[0])
+        done = sum(r.status in ("ok", "skipped") for r in records)
+        self.status.setText(f"{done} of {len(records)} images in {self.out}")
+        self.stop_button.setEnabled(False)
+
+    def _show(self, job_id: str, name: str) -> None:
+        cell = self.cells.get(job_id)
+        if cell is None:
+            return
+        pix = QPixmap(str(self.out / name))
+        item = self.table.item(*cell)
+        item.setText("")
+        item.setIcon(QIcon(pix.scaled(CELL, CELL, Qt.AspectRatioMode.KeepAspectRatio)))
+        self.files[cell] = (job_id, name)
+
     def _pick_selected(self) -> None:
         for idx in self.table.selectedIndexes():
             self._emit(self.picked, idx.row(), idx.column())
 
     def _emit(self, signal: Any, i: int, j: int) -> None:
-        r = self.records.get((i, j))
-        if r is not None:
-            signal.emit(self.output_of(r))
+        found = self.files.get((i, j))
+        if found is not None:
+            signal.emit(self.output_of(*found))
 
-    def output_of(self, r: Any) -> Any:
-        """The record's image as a history Output, with the workflow it carries."""
+    def output_of(self, job_id: str, name: str) -> Any:
+        """An image of the grid as a history Output, with the workflow it carries."""
         from PIL import Image
 
         from studio.app.runner import Output
         from studio.graph.fileformat import open_any
 
-        path = self.out / r.files[0]
+        path = self.out / name
         try:
             wf = open_any(path, self.registry).workflow
         except Exception:  # a previewed image carries no workflow: the batch's own
             wf = self.fallback
         with Image.open(path) as im:
             pil = im.convert("RGB")
-        return Output(QImage(str(path)), pil, "", f"Batch {r.job}", 0, wf)
+        return Output(QImage(str(path)), pil, "", f"Batch {job_id}", 0, wf)
 
 
 def _varying(records: list[Any]) -> list[str]:
@@ -328,36 +361,24 @@ def open_batch_dialog(window: Any) -> BatchRun | None:
     return start_batch(window, dlg.make_batch(), Path(dlg.out.text()), dlg.workers.value())
 
 
-class _Session(QObject):
-    """Receives a batch's end on the GUI thread: the error dialog, or the grid."""
-
-    def __init__(self, window: Any, batch: Any, out: Path):
-        super().__init__(window)
-        self.window, self.batch, self.out = window, batch, out
-
-    @Slot(str)
-    def failed(self, message: str) -> None:
-        self.window.show_error("The batch cannot run", message)
-
-    @Slot(list)
-    def finished(self, records: list[Any]) -> None:
-        w = self.window
-        grid = BatchGrid(records, self.out, w.registry, self.batch.workflow, w)
-        grid.chosen.connect(w.viewer.show_output)
-        grid.picked.connect(lambda o: (w.history.add_outputs([o]), w.viewer.show_output(o)))
-        w._batch_grid = grid
-        grid.show()
-
-
 def start_batch(window: Any, batch: Any, out: Path, workers: int) -> BatchRun:
+    """Run ``batch`` into ``out`` on local workers: a line in the queue panel, and the grid
+    window at once, filling as images arrive."""
     run = BatchRun(batch, out, workers, window.controller.settings)
     run.line = QueueLine(window.queue_panel, out.name)
-    run.session = _Session(window, batch, out)
+    grid = BatchGrid(batch.expand(out).jobs, out, window.registry, batch.workflow, window)
+    grid.chosen.connect(window.viewer.show_output)
+    grid.picked.connect(lambda o: (window.history.add_outputs([o]), window.viewer.show_output(o)))
+    grid.stop_requested.connect(run.stop)
     run.event.connect(run.line.on_event)
+    run.event.connect(grid.on_event)
+    run.finished.connect(grid.finish)
     run.failed.connect(run.line.fail)
-    run.failed.connect(run.session.failed)
-    run.finished.connect(run.session.finished)
+    run.failed.connect(grid.close)
+    run.failed.connect(lambda msg: window.show_error("The batch cannot run", msg))
+    run.grid = window._batch_grid = grid
     window._batch_runs = [*getattr(window, "_batch_runs", []), run]
     window.queue_dock.raise_()
+    grid.show()
     run.start()
     return run

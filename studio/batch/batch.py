@@ -97,13 +97,16 @@ class Batch:
         self.sets = list(sets)
         self.registry = registry
         self.settings = settings
+        self._drawn: list[int] = []
 
     def expand(self, out: str | Path | None = None) -> Expansion:
         """The jobs (``out``: the folder whose record keeps the seeds drawn for ``count``)."""
         seeds = self.seeds
         if self.count is not None:
+            # The seeds recorded in ``out`` by an earlier run, else those drawn before.
             header = BatchRecord(Path(out)).header() if out else None
-            seeds = new_seeds(self.count, (header or {}).get("seeds", []))
+            seeds = new_seeds(self.count, (header or {}).get("seeds") or self._drawn)
+            self._drawn = seeds
         return expand(
             self.workflow, sets=self.sets, sweeps=self.sweeps, prompts=self.prompts, seeds=seeds
         )
