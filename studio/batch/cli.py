@@ -110,10 +110,11 @@ def _summary(records: list[Any], out: str) -> None:
     count: dict[str, int] = {}
     for r in records:
         count[r.status] = count.get(r.status, 0) + 1
-    retried = sum(r.attempts > 1 for r in records)
+    retried = [r for r in records if r.attempts > 1]
     parts = [f"{count.get(s, 0)} {s}" for s in ("ok", "failed", "skipped", "stopped")]
     line = f"{len(records)} jobs: " + ", ".join(parts)
     if retried:
-        line += f", {retried} retried after a worker died"
+        shown = ", ".join(r.job for r in retried[:10]) + (" ..." if len(retried) > 10 else "")
+        line += f"; {len(retried)} retried after a worker died ({shown})"
     print(line, file=sys.stderr)
     print(f"images and record (batch.jsonl) in {out}", file=sys.stderr)
