@@ -57,6 +57,10 @@ def __getattr__(name: str) -> Any:
         from studio.graph import Workflow
 
         return Workflow
+    if name == "Batch":
+        from studio.batch import Batch
+
+        return Batch
     if name == "Settings":
         from studio.settings import Settings
 
@@ -65,6 +69,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Batch",
     "Engine",
     "NodeError",
     "RunResult",

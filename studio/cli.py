@@ -3,6 +3,7 @@
     studio                                  open the app
     studio open WORKFLOW [--screenshot PNG] [--run]
     studio run WORKFLOW [--set NODE.PARAM=VALUE ...] [--out DIR] [--events]
+    studio batch WORKFLOW --out DIR [--sweep NODE.PARAM=a,b] [--prompts FILE] [--seeds 1-9]
     studio validate WORKFLOW
     studio export WORKFLOW --to comfyui-api OUT.json
     studio nodes [--markdown]
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="DIR", help="folder for output images")
     rp.add_argument("--events", action="store_true", help="print every event as a JSON line")
 
+    from studio.batch.cli import add_batch_parser
+
+    add_batch_parser(sub)
+
     vp = sub.add_parser("validate", help="check a workflow and list every problem")
     vp.add_argument("workflow")
 
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "run":
         return cmd_run(args.workflow, args.sets, args.out, args.events)
+    if args.command == "batch":
+        from studio.batch.cli import cmd_batch
+
+        return cmd_batch(args)
     if args.command == "validate":
         return cmd_validate(args.workflow)
     if args.command == "export":

@@ -85,6 +85,7 @@ class RunWindowMixin:
             [QKeySequence("Ctrl+Alt+Return"), QKeySequence("Ctrl+Alt+Enter")],
         )
         self._action(run, "&Clear Queue", self.bridge.clear)
+        self._action(run, "&Batch…", self.open_batch_dialog)
         view = self._view_menu
         view.addSeparator()
         for dock in (self.queue_dock, self.viewer_dock, self.history_dock):
@@ -97,6 +98,11 @@ class RunWindowMixin:
         n = len(jobs)
         self.statusBar().showMessage(f"Queued {n} run{'s' if n != 1 else ''}", 3000)
         return jobs
+
+    def open_batch_dialog(self) -> None:
+        from studio.app.batch_panel import open_batch_dialog
+
+        open_batch_dialog(self)
 
     def stop_run(self) -> None:
         self.runs.stop()
