@@ -33,6 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="studio", description="Node-graph image workflows with diffusion models.")
+    from studio.about import version_line
+
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command")
 
     op = sub.add_parser("open", help="open a workflow in the app")
