@@ -41,7 +41,12 @@ def run_app(
     from studio.app.theme import apply_theme
     from studio.app.window import APP_NAME, ORG_NAME, MainWindow
     from studio.library import installed_registry
+    from studio.logs import install_qt_message_handler, setup_logging
+    from studio.settings import config_dir
 
+    first_start = not (config_dir() / "settings.json").exists()
+    setup_logging()
+    install_qt_message_handler()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setOrganizationName(ORG_NAME)
@@ -69,6 +74,10 @@ def run_app(
         return _screenshot_and_quit(app, window, Path(screenshot), wait_for_run=run)
     if not workflow_path:
         QTimer.singleShot(300, window.offer_recovery)
+    if first_start and screenshot is None:
+        from studio.app.first_start import welcome
+
+        QTimer.singleShot(400, lambda: welcome(window))
     return app.exec()
 
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build the bundled Studio app with PyInstaller: a folder that runs without Python.
+#
+#   bash packaging/build_app.sh                 # CPU torch (the default: small, runs anywhere)
+#   bash packaging/build_app.sh --cuda          # the CUDA build of torch (NVIDIA GPUs; ~3 GB more)
+#   bash packaging/build_app.sh --torch-wheels DIR   # torch from local wheel files (offline)
+#
+# Output (Linux): dist/Studio/ (run dist/Studio/studio) and dist/Studio-<version>-linux-x86_64.tar.gz.
+# On Windows (Git Bash) and macOS the same command uses packaging/studio-windows.spec or
+# packaging/studio-macos.spec (see packaging/README.md). The build uses its own virtual
+# environment, build/app-venv, so the bundle holds only Studio's dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH=cpu
+TORCH_WHEELS=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cuda) TORCH=cuda ;;
+        --cpu) TORCH=cpu ;;
+        --torch-wheels) TORCH_WHEELS=$2; shift ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        *) echo "build_app.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+case "$(uname -s)" in
+    Linux) SPEC=packaging/studio-linux.spec; PLAT=linux ;;
+    Darwin) SPEC=packaging/studio-macos.spec; PLAT=macos ;;
+    MINGW*|MSYS*|CYGWIN*) SPEC=packaging/studio-windows.spec; PLAT=windows ;;
+    *) echo "build_app.sh: unsupported system $(uname -s)" >&2; exit 2 ;;
+esac
+
+VENV=build/app-venv-$TORCH
+if [ ! -x "$VENV/bin/python" ] && [ ! -x "$VENV/Scripts/python.exe" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY=$VENV/bin/python
+[ -x "$PY" ] || PY=$VENV/Scripts/python.exe
+PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
+
+# torch first, from where the chosen build lives; the rest as the constraints pin it, with
+# torch held at the version just installed (so no dependency swaps in another build).
+mkdir -p build
+if [ -n "$TORCH_WHEELS" ]; then
+    "${PIP[@]}" "$(ls "$TORCH_WHEELS"/torch-*.whl | sort -V | tail -1)"
+elif [ "$TORCH" = cpu ] && [ "$PLAT" != macos ]; then
+    # PyPI's Linux and Windows torch is the CUDA build; the CPU build has its own index.
+    "${PIP[@]}" --index-url https://download.pytorch.org/whl/cpu \
+        "$(grep '^torch==' packaging/constraints.txt)" "$(grep '^torchvision==' packaging/constraints.txt)"
+else
+    # --cuda (Linux: PyPI's default build; Windows: see packaging/README.md), or macOS,
+    # where PyPI's torch is the CPU + MPS build.
+    "${PIP[@]}" -c packaging/constraints.txt torch torchvision
+fi
+{
+    grep -v '^torch' packaging/constraints.txt
+    echo "torch==$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+} > build/constraints-app.txt
+"${PIP[@]}" -c build/constraints-app.txt torchvision . 'pyinstaller>=6.10'
+
+# The modules Studio imports by name at run time (lazy diffusers/transformers modules, the
+# node library): traced by running every default workflow, read by the spec.
+"$PY" packaging/trace_imports.py build/traced-modules.txt
+
+"$PY" -m PyInstaller --noconfirm --clean --log-level WARN \
+    --distpath dist --workpath build/pyinstaller "$SPEC"
+
+VERSION=$("$PY" -c 'from studio.about import version; print(version())')
+if [ "$PLAT" = linux ]; then
+    ARCHIVE=dist/Studio-$VERSION-linux-x86_64.tar.gz
+    tar -C dist -czf "$ARCHIVE" Studio
+    echo "built dist/Studio ($(du -sh dist/Studio | cut -f1)), $ARCHIVE ($(du -sh "$ARCHIVE" | cut -f1))"
+else
+    echo "built $(ls -d dist/Studio*)"
+fi
