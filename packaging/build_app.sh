@@ -70,6 +70,10 @@ fi
 
 VERSION=$("$PY" -c 'from studio.about import version; print(version())')
 if [ "$PLAT" = linux ]; then
+    mkdir -p dist/Studio/share/icons
+    cp packaging/linux/studio.desktop packaging/linux/studio-mime.xml \
+        packaging/linux/install-desktop.sh dist/Studio/share/
+    cp -r packaging/icons/studio.svg packaging/icons/png dist/Studio/share/icons/
     ARCHIVE=dist/Studio-$VERSION-linux-x86_64.tar.gz
     tar -C dist -czf "$ARCHIVE" Studio
     echo "built dist/Studio ($(du -sh dist/Studio | cut -f1)), $ARCHIVE ($(du -sh "$ARCHIVE" | cut -f1))"

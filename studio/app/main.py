@@ -7,6 +7,7 @@ the engine loads later, when a workflow runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -63,6 +64,8 @@ def run_app(
     elif DEFAULT_WORKFLOW.is_file():
         window.open_path(DEFAULT_WORKFLOW, as_template=True)
     window.show()
+    if os.environ.get("STUDIO_REPORT_FIRST_PAINT"):  # benchmarks/bench_bundle.py
+        _report_first_paint(app, window, Path(os.environ["STUDIO_REPORT_FIRST_PAINT"]))
     if run:
         QTimer.singleShot(0, window.run_workflow)
 
@@ -79,6 +82,26 @@ def run_app(
 
         QTimer.singleShot(400, lambda: welcome(window))
     return app.exec()
+
+
+def _report_first_paint(app, window, out: Path) -> None:
+    """Write the time of the canvas's first paint to ``out`` and quit (launch benchmarks
+    of a bundle, where no code can be injected)."""
+    import time
+
+    from PySide6.QtCore import QEvent, QObject
+
+    class FirstPaint(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint and obj is window.view.viewport():
+                out.write_text(f"{time.time()}\n")
+                app.removeEventFilter(self)
+                window.recovery.close()
+                app.quit()
+            return False
+
+    window._first_paint_spy = FirstPaint(window)
+    app.installEventFilter(window._first_paint_spy)
 
 
 def screenshot_problem(path: str | Path) -> str | None:
