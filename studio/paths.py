@@ -2,7 +2,7 @@
 
 =============  ==========================================================================
 settings       ``config_dir()/settings.json``
-signing keys   ``config_dir()/keys`` (secret: only the user may read it)
+signing keys   ``config_dir()/provenance`` (the local signing key; secret)
 recovery       ``data_dir()/recovery``
 models         ``data_dir()/models`` (a setting may point elsewhere; ComfyUI's subfolders)
 outputs        the user's Pictures folder ``/Studio`` (a setting may point elsewhere)
@@ -54,9 +54,9 @@ def log_file() -> Path:
 
 
 def keys_dir() -> Path:
-    """Where secret keys live (the provenance signing key): in the config folder, never
-    in a workflow or beside the images."""
-    return config_dir() / "keys"
+    """Where secret keys live (the provenance signing key and its certificates): in the
+    config folder, never in a workflow or beside the images."""
+    return config_dir() / "provenance"
 
 
 def recovery_dir() -> Path:

@@ -26,7 +26,7 @@ from typing import Any
 from studio.settings import Settings
 
 #: Editors the dialog knows. "auto" chooses from the field's type.
-KINDS = ("folder", "folders", "choice", "bytes", "bool", "int", "float", "text", "auto")
+KINDS = ("folder", "file", "folders", "choice", "bytes", "bool", "int", "float", "text", "auto")
 
 Check = Callable[[Any], "str | None"]
 
@@ -87,6 +87,15 @@ def check_existing_folder(value: str) -> str | None:
         return f"the folder {p} does not exist"
     if not p.is_dir():
         return f"{p} is a file, not a folder"
+    return None
+
+
+def check_existing_file(value: str) -> str | None:
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_file():
+        return f"the file {p} does not exist" if not p.exists() else f"{p} is not a file"
     return None
 
 
@@ -230,6 +239,40 @@ PREFERENCES: list[Pref] = [
         "0: most of what the GPU has.",
         check=check_vram_budget,
     ),
+    # Provenance (studio/provenance): rows for fields that branch adds to Settings; a row
+    # whose field does not exist is not shown.
+    Pref(
+        "image_metadata",
+        "Saved images carry",
+        "Provenance",
+        "choice",
+        "everything: the workflow, the parameters and a signed manifest; manifest: the "
+        "signed manifest without workflow or prompts; nothing.",
+        choices=("everything", "manifest", "nothing"),
+    ),
+    Pref(
+        "watermark",
+        "Invisible watermark",
+        "Provenance",
+        "bool",
+        "Mark saved images as made with Studio, invisibly.",
+    ),
+    Pref(
+        "signing_cert",
+        "Your certificate",
+        "Provenance",
+        "file",
+        "A PEM certificate chain to sign with instead of Studio's local one (with its key).",
+        check=check_existing_file,
+    ),
+    Pref(
+        "signing_key",
+        "Your signing key",
+        "Provenance",
+        "file",
+        "The PEM private key of that certificate.",
+        check=check_existing_file,
+    ),
 ]
 
 
@@ -258,14 +301,14 @@ def rows(settings: Settings | None = None) -> list[Pref]:
     """Every row the dialog shows, in order: the declared ones whose field exists, then
     the other :class:`Settings` fields (section "Other"), each with a concrete kind."""
     s = settings if settings is not None else Settings()
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in fields(s)}
     out: list[Pref] = []
     for p in PREFERENCES:
         if p.key in names:
             kind = p.kind if p.kind != "auto" else _kind_for(getattr(s, p.key))
             out.append(Pref(**{**p.__dict__, "kind": kind}))
     declared = {p.key for p in out}
-    for f in fields(Settings):
+    for f in fields(s):
         if f.name not in declared:
             value = getattr(s, f.name)
             label = f.name.replace("_", " ").capitalize()
@@ -280,10 +323,10 @@ def sections(settings: Settings | None = None) -> list[str]:
     return list(seen)
 
 
-def problems(values: dict[str, Any]) -> dict[str, str]:
+def problems(values: dict[str, Any], settings: Settings | None = None) -> dict[str, str]:
     """Field name -> what is wrong with its value, for every row with a check."""
     out: dict[str, str] = {}
-    for p in rows():
+    for p in rows(settings):
         if p.key in values and p.check is not None:
             message = p.check(values[p.key])
             if message:

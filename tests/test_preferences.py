@@ -129,6 +129,37 @@ def test_a_setting_without_a_row_still_appears(make_window, monkeypatch):
     assert (row.label, row.section, row.kind) == ("Pasted images", "Output", "folder")
 
 
+def test_fields_of_later_features_get_their_rows(qtbot, tmp_path):
+    # The provenance fields (another branch adds them to Settings) have declared rows; a
+    # field nobody declared gets an editor from its type.
+    from dataclasses import dataclass
+
+    from studio.app.preferences_dialog import PreferencesDialog
+
+    @dataclass
+    class Later(Settings):
+        image_metadata: str = "everything"
+        watermark: bool = True
+        signing_key: str = ""
+        tiles_per_batch: int = 4
+
+    s = Later()
+    dialog = PreferencesDialog(s, path=tmp_path / "settings.json")
+    qtbot.addWidget(dialog)
+    assert "Provenance" in dialog.section_names() and "Other" in dialog.section_names()
+    dialog.set_value("watermark", False)
+    dialog.set_value("image_metadata", "manifest")
+    dialog.set_value("tiles_per_batch", 9)
+    dialog.set_value("signing_key", str(tmp_path / "missing.pem"))
+    assert not dialog.apply()
+    assert "missing.pem" in dialog.visible_problems()["signing_key"]
+    dialog.set_value("signing_key", "")
+    assert dialog.apply()
+    assert (s.watermark, s.image_metadata, s.tiles_per_batch) == (False, "manifest", 9)
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert saved["watermark"] is False and saved["tiles_per_batch"] == 9
+
+
 def test_first_start_prepares_models_folder_and_offers_other_tools(make_window, tmp_path):
     from studio.app.first_start import welcome
     from studio.paths import README_NAME

@@ -2,7 +2,7 @@
 
 The rows come from :mod:`studio.preferences` (one :class:`~studio.preferences.Pref` per
 setting, grouped in sections); this module only knows how to build an editor for each kind
-(folder, folders, choice, bytes, bool, int, float, text). Apply checks every value first
+(folder, file, folders, choice, bytes, bool, int, float, text). Apply checks every value first
 (a folder that does not exist, a budget larger than the machine) and shows each problem
 under its row; nothing changes until all are right. Changes apply at once: the window,
 its engine and the model lists share the one Settings object.
@@ -66,11 +66,15 @@ def subfolders_found(root: str | Path) -> str:
 
 
 class FolderEdit(QWidget):
-    """A path with a Browse button; shows the model subfolders found when asked to."""
+    """A path with a Browse button (a folder, or a file with ``files``); shows the model
+    subfolders found when asked to."""
 
-    def __init__(self, pref: prefs.Pref, *, show_subfolders: bool, parent=None):
+    def __init__(
+        self, pref: prefs.Pref, *, show_subfolders: bool, files: bool = False, parent=None
+    ):
         super().__init__(parent)
         self.pref = pref
+        self.files = files
         self.line = QLineEdit()
         if pref.placeholder is not None:
             self.line.setPlaceholderText(pref.placeholder())
@@ -96,7 +100,10 @@ class FolderEdit(QWidget):
 
     def browse(self) -> None:
         start = self.line.text() or self.line.placeholderText() or str(Path.home())
-        chosen = QFileDialog.getExistingDirectory(self, self.pref.label, start)
+        if self.files:
+            chosen, _filter = QFileDialog.getOpenFileName(self, self.pref.label, start)
+        else:
+            chosen = QFileDialog.getExistingDirectory(self, self.pref.label, start)
         if chosen:
             self.line.setText(chosen)
 
@@ -224,6 +231,8 @@ class _Simple(QWidget):
 def make_editor(pref: prefs.Pref) -> QWidget:
     if pref.kind == "folder":
         return FolderEdit(pref, show_subfolders=pref.section == "Model folders")
+    if pref.kind == "file":
+        return FolderEdit(pref, show_subfolders=False, files=True)
     if pref.kind == "folders":
         return FolderListEdit(pref)
     return _Simple(pref)
@@ -314,7 +323,7 @@ class PreferencesDialog(QDialog):
     def apply(self) -> bool:
         """Check everything; when all is right, apply and save. Returns whether it did."""
         values = self.values()
-        problems = prefs.problems(values)
+        problems = prefs.problems(values, self.settings)
         first_bad = None
         for key, label in self.errors.items():
             message = problems.get(key)
