@@ -262,3 +262,18 @@ def test_log_file_rotates_and_records_errors(tmp_path, monkeypatch):
 
         sys.excepthook = sys.__excepthook__
         threading.excepthook = threading.__excepthook__
+
+
+def test_open_with_studio_on_a_plain_png_starts_img2img(make_window, tmp_path):
+    from PIL import Image
+
+    from studio.app.main import open_file
+    from studio.library import installed_registry
+
+    png = tmp_path / "holiday.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(png)
+    w = make_window(registry=installed_registry())
+    assert open_file(w, png)
+    loads = [n for n in w.controller.wf.nodes if n.type == "load_image"]
+    assert [n.params["image"] for n in loads] == [str(png.resolve())]
+    assert any(n.type == "vae_encode" for n in w.controller.wf.nodes)  # img2img, on it

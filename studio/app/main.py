@@ -59,7 +59,7 @@ def run_app(
         window.resize(1440, 880)
         window.interactive = False
     if workflow_path:
-        if not window.open_path(workflow_path) and screenshot is not None:
+        if not open_file(window, workflow_path) and screenshot is not None:
             return 2
     elif DEFAULT_WORKFLOW.is_file():
         window.open_path(DEFAULT_WORKFLOW, as_template=True)
@@ -82,6 +82,29 @@ def run_app(
 
         QTimer.singleShot(400, lambda: welcome(window))
     return app.exec()
+
+
+def open_file(window, path: str | Path) -> bool:
+    """Open a workflow file or an image that carries one; an image without a workflow (a
+    PNG opened with Studio from a file manager) starts the default img2img workflow on it."""
+    from studio.app.canvas.view_menus import IMAGE_SUFFIXES, carries_workflow
+
+    p = Path(path)
+    img2img = RESOURCES / "workflows" / "img2img.json"
+    if (
+        p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and img2img.is_file()
+        and not carries_workflow(str(p))
+    ):
+        if not window.open_path(img2img, as_template=True):
+            return False
+        controller = window.controller
+        for node in controller.wf.nodes:
+            if node.type == "load_image":
+                controller.set_param(node.id, "image", str(p.resolve()))
+        return True
+    return window.open_path(path)
 
 
 def _report_first_paint(app, window, out: Path) -> None:
