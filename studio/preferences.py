@@ -215,6 +215,14 @@ PREFERENCES: list[Pref] = [
         choices=("auto", "cuda", "mps", "cpu"),
         check=check_device,
     ),
+    Pref(  # shown once main's precision setting is merged
+        "precision",
+        "Precision",
+        "Device and memory",
+        "choice",
+        "auto: bf16 on CUDA where supported, else fp16; fp32 on the CPU.",
+        choices=("auto", "fp32", "fp16", "bf16"),
+    ),
     Pref(
         "cache_bytes",
         "Result cache",
