@@ -188,4 +188,7 @@ def test_installed_wheel_runs_and_validates_offline(installed):
         cwd=work,
     )
     assert version.returncode == 0, version.stderr
-    assert version.stdout.startswith("studio 0.") or version.stdout.startswith("Studio 0.")
+    import tomllib
+
+    want = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert version.stdout.strip() == f"studio {want}"
