@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.studio-setup
-want=$(cat pyproject.toml packaging/constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py packaging/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing Studio and its dependencies into .venv (first time: a few minutes)..." >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \

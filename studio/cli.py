@@ -37,6 +37,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="studio", description="Node-graph image workflows with diffusion models.")
+    from studio.about import version_line
+
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command")
 
     op = sub.add_parser("open", help="open a workflow in the app")
@@ -80,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    if argv and argv[0] not in commands and not argv[0].startswith("-") and os.path.isfile(argv[0]):
+        argv = ["open", *argv]  # `studio FILE`: how file managers and the Dock open a file
+    args = parser.parse_args(argv)
     if args.command in (None, "open"):
         from studio.app.main import run_app
 

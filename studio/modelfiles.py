@@ -12,13 +12,39 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 from studio.errors import NodeError, StudioError
 from studio.fsutil import regular_file
 from studio.settings import MODEL_FOLDERS, Settings
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+def _find_resources() -> Path:
+    """The folder of Studio's shipped files (models, configs, tokenizers, workflows).
+
+    In a source checkout it is ``<checkout>/resources`` (so a worktree uses its own
+    files); an installed wheel or a bundled app carries the same folder as the package
+    ``studio_resources``, found through :mod:`importlib.resources`.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "resources").is_dir():
+        return checkout / "resources"
+    try:
+        import importlib.resources
+
+        found = Path(str(importlib.resources.files("studio_resources")))
+        if found.is_dir():
+            return found
+    except (ImportError, TypeError, ValueError):
+        pass
+    frozen = getattr(sys, "_MEIPASS", None)  # a PyInstaller bundle
+    if frozen and (Path(frozen) / "studio_resources").is_dir():
+        return Path(frozen) / "studio_resources"
+    return checkout / "resources"
+
+
+RESOURCES = _find_resources()
 EMBEDDED_MODELS = RESOURCES / "models"
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")

@@ -65,7 +65,9 @@ class Settings:
 
     @property
     def output_path(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else data_dir() / "output"
+        from studio.paths import default_output_dir  # Pictures/Studio (studio/paths.py)
+
+        return Path(self.output_dir) if self.output_dir else default_output_dir()
 
     @property
     def input_path(self) -> Path:

@@ -7,6 +7,7 @@ the engine loads later, when a workflow runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -41,7 +42,12 @@ def run_app(
     from studio.app.theme import apply_theme
     from studio.app.window import APP_NAME, ORG_NAME, MainWindow
     from studio.library import installed_registry
+    from studio.logs import install_qt_message_handler, setup_logging
+    from studio.settings import config_dir
 
+    first_start = not (config_dir() / "settings.json").exists()
+    setup_logging()
+    install_qt_message_handler()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setOrganizationName(ORG_NAME)
@@ -53,11 +59,13 @@ def run_app(
         window.resize(1440, 880)
         window.interactive = False
     if workflow_path:
-        if not window.open_path(workflow_path) and screenshot is not None:
+        if not open_file(window, workflow_path) and screenshot is not None:
             return 2
     elif DEFAULT_WORKFLOW.is_file():
         window.open_path(DEFAULT_WORKFLOW, as_template=True)
     window.show()
+    if os.environ.get("STUDIO_REPORT_FIRST_PAINT"):  # benchmarks/bench_bundle.py
+        _report_first_paint(app, window, Path(os.environ["STUDIO_REPORT_FIRST_PAINT"]))
     if run:
         QTimer.singleShot(0, window.run_workflow)
 
@@ -69,7 +77,54 @@ def run_app(
         return _screenshot_and_quit(app, window, Path(screenshot), wait_for_run=run)
     if not workflow_path:
         QTimer.singleShot(300, window.offer_recovery)
+    if first_start and screenshot is None:
+        from studio.app.first_start import welcome
+
+        QTimer.singleShot(400, lambda: welcome(window))
     return app.exec()
+
+
+def open_file(window, path: str | Path) -> bool:
+    """Open a workflow file or an image that carries one; an image without a workflow (a
+    PNG opened with Studio from a file manager) starts the default img2img workflow on it."""
+    from studio.app.canvas.view_menus import IMAGE_SUFFIXES, carries_workflow
+
+    p = Path(path)
+    img2img = RESOURCES / "workflows" / "img2img.json"
+    if (
+        p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and img2img.is_file()
+        and not carries_workflow(str(p))
+    ):
+        if not window.open_path(img2img, as_template=True):
+            return False
+        controller = window.controller
+        for node in controller.wf.nodes:
+            if node.type == "load_image":
+                controller.set_param(node.id, "image", str(p.resolve()))
+        return True
+    return window.open_path(path)
+
+
+def _report_first_paint(app, window, out: Path) -> None:
+    """Write the time of the canvas's first paint to ``out`` and quit (launch benchmarks
+    of a bundle, where no code can be injected)."""
+    import time
+
+    from PySide6.QtCore import QEvent, QObject
+
+    class FirstPaint(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint and obj is window.view.viewport():
+                out.write_text(f"{time.time()}\n")
+                app.removeEventFilter(self)
+                window.recovery.close()
+                app.quit()
+            return False
+
+    window._first_paint_spy = FirstPaint(window)
+    app.installEventFilter(window._first_paint_spy)
 
 
 def screenshot_problem(path: str | Path) -> str | None:

@@ -241,6 +241,9 @@ class MainWindow(RunWindowMixin, QMainWindow):
         view.addAction(self.inspector_dock.toggleViewAction())
         self._action(view, "Reset Panels", self.reset_layout)
         self._build_run_menu()
+        from studio.app.app_menus import install_app_menus  # Preferences, Help (About, logs)
+
+        install_app_menus(self)
 
     # -- title and state ------------------------------------------------------------------
 
