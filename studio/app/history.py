@@ -79,7 +79,7 @@ class HistoryPanel(QListWidget):
         menu.addAction("Show", lambda: self.chosen.emit(out))
         menu.addAction("Restore its workflow", lambda: self.restore_requested.emit(out))
         menu.addAction("Compare with the viewer's image", lambda: self.compare_requested.emit(out))
-        menu.addAction("Paint a mask on it…", lambda: self.paint_requested.emit(out))
+        menu.addAction("Inpaint it…", lambda: self.paint_requested.emit(out))
         menu.exec(self.viewport().mapToGlobal(pos))
 
     # A drag out of the list carries a PNG file, not the list's own item data.

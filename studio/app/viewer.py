@@ -242,8 +242,11 @@ class ViewerPanel(QWidget):
         one.setText("1:1")
         one.clicked.connect(lambda: self.view.set_zoom(1.0))
         mask = QToolButton()
-        mask.setText("Mask…")
-        mask.setToolTip("Inpaint: load this image in a Load Image node and paint a mask on it")
+        mask.setText("Inpaint…")
+        mask.setToolTip(
+            "Inpaint this image: the workflow becomes an inpaint of it and the mask painter "
+            "opens; paint, OK, then Ctrl+Enter"
+        )
         mask.clicked.connect(lambda: self.output and self.paint_requested.emit(self.output))
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 4)

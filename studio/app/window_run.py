@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QApplication, QDialog
 
 from studio.app.dragout import DragOut
 from studio.app.history import HistoryPanel
+from studio.app.inpaint_action import inpaint_image, inpaint_node
 from studio.app.queue_panel import QueuePanel
 from studio.app.runner import Output, RunBridge
 from studio.app.running import RunView
@@ -67,6 +68,7 @@ class RunWindowMixin:
         self.viewer.paint_requested.connect(self.paint_on_output)
         self.viewer.drag_requested.connect(lambda out: self.dragout.start(self.viewer, out))
         self.view.paint_mask_requested.connect(self.paint_mask)
+        self.view.inpaint_requested.connect(lambda nid: inpaint_node(self, nid))
         self.view.image_activated.connect(self.show_node_image)
 
     def _build_run_menu(self) -> None:
@@ -173,8 +175,8 @@ class RunWindowMixin:
         return dialog.exec() == QDialog.DialogCode.Accepted
 
     def paint_on_output(self, output: Output) -> str | None:
-        """An output becomes a Load Image node (its PNG in the input folder), then its mask
-        is painted: the start of an inpaint."""
+        """Inpaint an output: its PNG goes to the input folder, the workflow becomes (or
+        already is) an inpaint of it, and the mask painter opens on it."""
         from studio.app.dragout import png_bytes
         from studio.fsutil import atomic_write_bytes
 
@@ -182,10 +184,7 @@ class RunWindowMixin:
             self.controller.settings.input_path / "from_history", f"run{output.job_id}", ".png"
         )
         atomic_write_bytes(path, png_bytes(output))
-        node_id = self._add_image_node(str(path))
-        if node_id:
-            self.paint_mask(node_id)
-        return node_id
+        return inpaint_image(self, str(path))
 
     # -- images in ----------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
     zoom_changed = Signal(float)
     paint_mask_requested = Signal(str)  # a node id
     image_activated = Signal(str)  # the image on a node was double-clicked
+    inpaint_requested = Signal(str)  # a Load Image node's "Inpaint…"
 
     def __init__(self, scene: GraphScene, parent: QWidget | None = None):
         super().__init__(scene, parent)

@@ -109,6 +109,7 @@ class MenusMixin:
             return
         node_id = item.node_id
         if any(i.file_kind == "mask" for i in spec.params):
+            menu.addAction("Inpaint…", lambda: self.inpaint_requested.emit(node_id))
             menu.addAction("Paint mask…", lambda: self.paint_mask_requested.emit(node_id))
         if item.image is not None:
             menu.addAction("Show in viewer", lambda: self.image_activated.emit(node_id))

@@ -1,0 +1,177 @@
+"""An artist's day in the app (issue 20), driving the real widgets (pytest-qt, offscreen):
+inpainting in one action, nodes that land where you look and link themselves, Insert LoRA,
+a legible overview, a history that lasts, messages that name nodes by their titles."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QToolButton
+
+from studio.graph.fileformat import load_workflow
+from studio.library import installed_registry
+from studio.modelfiles import RESOURCES
+from studio.settings import Settings
+
+L = Qt.MouseButton.LeftButton
+NO = Qt.KeyboardModifier.NoModifier
+WORKFLOWS = RESOURCES / "workflows"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return installed_registry()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(
+        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), device="cpu"
+    )
+
+
+@pytest.fixture
+def window(make_window, registry, settings):
+    def make(name: str | None = "txt2img", **kw):
+        wf = load_workflow(WORKFLOWS / f"{name}.json", registry) if name else None
+        return make_window(wf, registry=registry, studio_settings=settings, **kw)
+
+    return make
+
+
+def decode(data: str):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+
+
+def write_png(path: Path, size=(64, 64)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (40, 90, 200)).save(path)
+    return path
+
+
+def stroke(canvas, points) -> None:
+    def at(p):
+        return QPoint(
+            round(canvas.offset.x() + p[0] * canvas.zoom),
+            round(canvas.offset.y() + p[1] * canvas.zoom),
+        )
+
+    QTest.mousePress(canvas, L, NO, at(points[0]))
+    for p in points[1:]:
+        QTest.mouseMove(canvas, at(p))
+    QTest.mouseRelease(canvas, L, NO, at(points[-1]))
+
+
+def zigzag_left_half(size: int, brush: float) -> list[tuple[float, float]]:
+    """One stroke that covers the left half of a square picture with a brush of ``brush``."""
+    pts: list[tuple[float, float]] = []
+    y = brush / 4
+    while y < size:
+        pts += [(1.0, y), (size / 2 - brush / 2, y)]
+        y += brush / 3
+    return pts
+
+
+# -- inpainting in one action -------------------------------------------------------------------
+
+
+def test_the_inpaint_template_uses_the_mask_painted_on_its_picture(registry):
+    from studio.inpainting import inpaint_source
+
+    wf = load_workflow(WORKFLOWS / "inpaint.json", registry)
+    source = inpaint_source(wf)
+    assert source is not None
+    picture = wf.get_node(source)
+    mask = decode(picture.params["mask"])
+    assert mask[:, :32].min() == 255 and mask[:, 32:].max() == 0  # the left half, painted
+    # No second Load Image for the mask: painting on the picture is the whole story.
+    assert [n.type for n in wf.nodes].count("load_image") == 1
+    users = {wf.get_node(lk.target).type for lk in wf.links if lk.source == source}
+    assert {"set_latent_noise_mask", "composite_masked"} <= users
+
+
+def test_inpaint_from_the_viewer_is_paint_then_ctrl_enter(window, qtbot, tmp_path, settings):
+    from PIL import Image
+
+    from studio.app.runner import Output, pil_to_qimage
+    from studio.engine.validate import plan_workflow
+
+    w = window("txt2img")
+    before = w.controller.wf
+    prompt = next(n for n in before.nodes if n.title == "Prompt").params["text"]
+    pil = Image.new("RGB", (64, 64), (200, 30, 30))
+    out = Output(pil_to_qimage(pil), pil, "save", "Save Image", 7, before.copy())
+    w.viewer.show_output(out)
+    brushes = []
+
+    def paint(dialog) -> bool:
+        dialog.show()
+        qtbot.waitExposed(dialog)
+        dialog.canvas.fit()
+        brushes.append(dialog.canvas.brush.size)
+        stroke(dialog.canvas, zigzag_left_half(64, dialog.canvas.brush.size))
+        return True
+
+    w.exec_dialog = paint
+    # The viewer's one button: the workflow becomes an inpaint of the image, painter open.
+    inpaint = next(b for b in w.viewer.findChildren(QToolButton) if b.text() == "Inpaint…")
+    QTest.mouseClick(inpaint, L)
+    assert brushes == [8.0]  # an eighth of the 64 px picture, not two thirds of it
+    wf = w.controller.wf
+    (load,) = [n for n in wf.nodes if n.type == "load_image"]
+    assert Path(load.params["image"]).is_relative_to(Path(settings.input_dir))
+    mask = decode(load.params["mask"])
+    assert mask[:, :28].mean() > 250 and mask[:, 40:].max() == 0
+    # The document's prompt came along; the graph is ready: Ctrl+Enter is all that is left.
+    assert any(n.params.get("text") == prompt for n in wf.nodes if n.type == "text_encode")
+    assert plan_workflow(wf, registry=w.registry).problems == []
+    submitted = []
+    w.runs.run = lambda count=1: submitted.append(w.controller.wf.copy()) or []
+    QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert len(submitted) == 1 and any(n.type == "set_latent_noise_mask" for n in submitted[0].nodes)
+    # Inpainting another image reuses the graph: only the picture (and its mask) change.
+    n_nodes = len(wf.nodes)
+    pil2 = Image.new("RGB", (64, 64), (10, 200, 30))
+    w.viewer.show_output(Output(pil_to_qimage(pil2), pil2, "save", "Save Image", 8, wf.copy()))
+    w.exec_dialog = lambda d: False  # cancelled painting keeps the mask empty
+    QTest.mouseClick(inpaint, L)
+    assert len(w.controller.wf.nodes) == n_nodes
+    (load2,) = [n for n in w.controller.wf.nodes if n.type == "load_image"]
+    assert load2.id == load.id
+    assert "run8" in Path(load2.params["image"]).name and load2.params["mask"] == ""
+    # Undo, step by step, goes back to txt2img.
+    while w.controller.undo_stack.canUndo():
+        w.undo_action.trigger()
+    assert not any(n.type == "load_image" for n in w.controller.wf.nodes)
+
+
+def test_inpaint_on_a_load_image_node_builds_the_graph_around_it(window, qtbot, tmp_path):
+    pic = write_png(tmp_path / "photo.png")
+    w = window("img2img")
+    (load,) = [n for n in w.controller.wf.nodes if n.type == "load_image"]
+    w.controller.set_params(load.id, {"image": str(pic)}, "pick")
+    painted = []
+    w.exec_dialog = lambda d: painted.append(d.canvas.brush.size) or False
+    w.view.inpaint_requested.emit(load.id)
+    wf = w.controller.wf
+    assert painted == [8.0]
+    assert any(n.type == "set_latent_noise_mask" for n in wf.nodes)
+    (picture,) = [n for n in wf.nodes if n.type == "load_image"]
+    assert picture.params["image"] == str(pic)
+    # Asked again on the inpaint graph's own picture: the graph is kept as it is.
+    ids = sorted(n.id for n in wf.nodes)
+    w.view.inpaint_requested.emit(picture.id)
+    assert sorted(n.id for n in w.controller.wf.nodes) == ids
