@@ -11,7 +11,12 @@ from studio.graph.workflow import Node, Workflow
 
 #: Node types that take the mask that says where to repaint.
 MASK_USERS = frozenset(
-    {"set_latent_noise_mask", "vae_encode_inpaint", "composite_masked", "inpaint_model_conditioning"}
+    {
+        "set_latent_noise_mask",
+        "vae_encode_inpaint",
+        "composite_masked",
+        "inpaint_model_conditioning",
+    }
 )
 #: The picture loader whose painted mask is its ``mask`` output.
 LOADER = "load_image"
@@ -24,9 +29,9 @@ def inpaint_source(wf: Workflow, prefer: str | None = None) -> str | None:
     for lk in wf.links:
         if lk.output != "mask" or not wf.has_node(lk.target) or not wf.has_node(lk.source):
             continue
-        if wf.get_node(lk.target).type in MASK_USERS and wf.get_node(lk.source).type == LOADER:
-            if lk.source not in sources:
-                sources.append(lk.source)
+        feeds = wf.get_node(lk.target).type in MASK_USERS
+        if feeds and wf.get_node(lk.source).type == LOADER and lk.source not in sources:
+            sources.append(lk.source)
     if prefer in sources:
         return prefer
     return sources[0] if sources else None
@@ -50,7 +55,9 @@ def _prompt_texts(wf: Workflow) -> tuple[str | None, str | None]:
     return texts[0], texts[1]
 
 
-def inpaint_workflow(template: Workflow, current: Workflow | None, image: str) -> tuple[Workflow, str]:
+def inpaint_workflow(
+    template: Workflow, current: Workflow | None, image: str
+) -> tuple[Workflow, str]:
     """The inpaint template with ``image`` as its picture (and no mask yet), carrying over
     the current document's checkpoint, prompts and seed where it has them.
 

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QToolButton
 
@@ -33,9 +33,7 @@ def registry():
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(
-        input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), device="cpu"
-    )
+    return Settings(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"), device="cpu")
 
 
 @pytest.fixture
@@ -141,7 +139,9 @@ def test_inpaint_from_the_viewer_is_paint_then_ctrl_enter(window, qtbot, tmp_pat
     submitted = []
     w.runs.run = lambda count=1: submitted.append(w.controller.wf.copy()) or []
     QTest.keyClick(w.view, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    assert len(submitted) == 1 and any(n.type == "set_latent_noise_mask" for n in submitted[0].nodes)
+    assert len(submitted) == 1 and any(
+        n.type == "set_latent_noise_mask" for n in submitted[0].nodes
+    )
     # Inpainting another image reuses the graph: only the picture (and its mask) change.
     n_nodes = len(wf.nodes)
     pil2 = Image.new("RGB", (64, 64), (10, 200, 30))

@@ -56,7 +56,7 @@ def inpaint_image(window: MainWindow, image: str, *, node_id: str | None = None)
 
 
 def inpaint_node(window: MainWindow, node_id: str) -> str | None:
-    """"Inpaint" on a Load Image node: its picture, in this workflow's inpaint part or in
+    """ "Inpaint" on a Load Image node: its picture, in this workflow's inpaint part or in
     one built around it."""
     node = window.controller.wf.get_node(node_id)
     image = str(node.params.get("image") or "")
