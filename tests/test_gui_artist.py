@@ -175,3 +175,130 @@ def test_inpaint_on_a_load_image_node_builds_the_graph_around_it(window, qtbot, 
     ids = sorted(n.id for n in wf.nodes)
     w.view.inpaint_requested.emit(picture.id)
     assert sorted(n.id for n in w.controller.wf.nodes) == ids
+
+
+# -- nodes that land where you look -------------------------------------------------------------
+
+
+def node_rects(w) -> dict[str, object]:
+    from PySide6.QtCore import QRectF
+
+    return {
+        nid: QRectF(item.pos().x(), item.pos().y(), item.shape_.width, item.shape_.height)
+        for nid, item in w.scene.nodes.items()
+    }
+
+
+def overlapping(w) -> list[tuple[str, str]]:
+    rects = list(node_rects(w).items())
+    return [
+        (w.controller.title(a), w.controller.title(b))
+        for i, (a, ra) in enumerate(rects)
+        for b, rb in rects[i + 1 :]
+        if ra.intersects(rb)
+    ]
+
+
+def by_type(w, type_id: str) -> list:
+    return [n for n in w.controller.wf.nodes if n.type == type_id]
+
+
+def test_a_node_added_from_the_keyboard_lands_beside_the_selection_and_links_to_it(window):
+    from PySide6.QtGui import QCursor
+
+    w = window("txt2img")
+    assert overlapping(w) == []
+    (decode,) = by_type(w, "vae_decode")
+    w.scene.select_nodes([decode.id])
+    # The cursor is away from the canvas (on a panel): Tab, type, Enter.
+    QCursor.setPos(w.mapToGlobal(QPoint(5, 5)))
+    w.view.setFocus()
+    QTest.keyClick(w.view, Qt.Key.Key_Tab)
+    popup = w.view.search
+    assert popup.isVisible()
+    QTest.keyClicks(popup.edit, "preview image")
+    QTest.keyClick(popup.edit, Qt.Key.Key_Return)
+    (preview,) = by_type(w, "preview_image")
+    wf = w.controller.wf
+    assert wf.link_into(preview.id, "images").source == decode.id  # linked, no drag
+    assert overlapping(w) == []  # Save Image was right there: it went below it
+    rects = node_rects(w)
+    assert rects[preview.id].left() > rects[decode.id].right()  # downstream goes right
+    assert w.undo_action.text() == "Undo Add Preview Image"
+    w.undo_action.trigger()
+    assert by_type(w, "preview_image") == []
+
+
+def test_a_node_added_at_the_cursor_over_a_node_moves_off_it(window):
+    from PySide6.QtGui import QCursor
+
+    w = window("txt2img")
+    (ckpt,) = by_type(w, "load_checkpoint")
+    item = w.scene.nodes[ckpt.id]
+    w.scene.clearSelection()
+    over = w.view.mapFromScene(item.sceneBoundingRect().center())
+    QCursor.setPos(w.view.viewport().mapToGlobal(over))
+    QTest.mouseMove(w.view.viewport(), over)
+    QTest.keyClick(w.view, Qt.Key.Key_Tab)
+    QTest.keyClicks(w.view.search.edit, "empty latent")
+    QTest.keyClick(w.view.search.edit, Qt.Key.Key_Return)
+    assert len(by_type(w, "empty_latent")) == 2
+    assert overlapping(w) == []
+
+
+def test_insert_lora_puts_it_on_model_and_clip_in_one_step(window):
+    w = window("txt2img")
+    wf = w.controller.wf
+    (ckpt,) = by_type(w, "load_checkpoint")
+    before = {(lk.source, lk.output, lk.target, lk.input) for lk in wf.links}
+    users = {(lk.output, lk.target, lk.input) for lk in wf.links if lk.source == ckpt.id}
+    menu_texts = []
+
+    def choose() -> None:  # the node's context menu, as it shows
+        from PySide6.QtWidgets import QApplication
+
+        menu = QApplication.activePopupWidget()
+        menu_texts.extend(a.text() for a in menu.actions())
+        act = next(a for a in menu.actions() if a.text() == "Insert LoRA")
+        menu.hide()
+        act.trigger()
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtGui import QContextMenuEvent
+
+    item = w.scene.nodes[ckpt.id]
+    p = w.view.mapFromScene(item.sceneBoundingRect().center())
+    QTimer.singleShot(50, choose)
+    ev = QContextMenuEvent(QContextMenuEvent.Reason.Mouse, p, w.view.viewport().mapToGlobal(p))
+    w.view.contextMenuEvent(ev)
+    assert "Insert LoRA" in menu_texts
+    (lora,) = by_type(w, "load_lora")
+    # Everything that used the checkpoint's model and clip now uses the LoRA's.
+    assert {lk.output for lk in wf.links if lk.source == ckpt.id} == {"model", "clip", "vae"}
+    assert wf.link_into(lora.id, "model").source == ckpt.id
+    assert wf.link_into(lora.id, "clip").source == ckpt.id
+    for out, target, inp in users:
+        if out in ("model", "clip"):
+            assert (wf.link_into(target, inp).source, wf.link_into(target, inp).output) == (
+                lora.id,
+                out,
+            )
+    assert overlapping(w) == []  # it touches nothing
+    # Its file name shows whole.
+    from studio.app.canvas.node_item import format_value
+
+    field = w.scene.nodes[lora.id].shape_.params["lora_name"]
+    name = format_value(field.spec, lora.params["lora_name"]) + "  ▾"
+    from PySide6.QtGui import QFont, QFontMetricsF
+
+    from studio.app import theme
+
+    font = QFont(theme.ui_font())
+    font.setPixelSize(11)
+    m = QFontMetricsF(font)
+    room = field.rect.width() - 16 - m.horizontalAdvance("lora name") - 12
+    assert lora.params["lora_name"] and m.horizontalAdvance(name) <= room
+    assert w.undo_action.text() == f"Undo Insert LoRA after {w.controller.title(ckpt.id)}"
+    w.undo_action.trigger()  # one step
+    assert {(lk.source, lk.output, lk.target, lk.input) for lk in wf.links} == before
+    assert by_type(w, "load_lora") == []

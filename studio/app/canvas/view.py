@@ -14,6 +14,7 @@ from PySide6.QtCore import QEvent, QLineF, QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QContextMenuEvent,
+    QCursor,
     QDropEvent,
     QKeyEvent,
     QMouseEvent,
@@ -88,6 +89,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         self.search = NodeSearchPopup(self.controller.registry, self)
         self.search.chosen.connect(self._search_chosen)
         self._search_pos = QPointF()
+        self._search_at_cursor = False
         self._search_link: dict[str, tuple[str, str]] = {}
         self._wire: _WireDrag | None = None
         self._param: _ParamDrag | None = None
@@ -612,17 +614,17 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         if not keep_link:
             self._search_link = {}
         self._search_pos = scene_pos
+        cursor = self.viewport().mapFromGlobal(QCursor.pos())
+        self._search_at_cursor = self.viewport().rect().contains(cursor)
         global_pos = self.viewport().mapToGlobal(self.mapFromScene(scene_pos))
         self.search.open_at(global_pos, accepts=accepts, gives=gives)
 
     def _search_chosen(self, type_id: str) -> None:
-        pos = self._search_pos
+        from studio.app.canvas.placement import add_from_search
+
         kwargs, self._search_link = self._search_link, {}
-        spec = self.controller.registry.get(type_id)
-        x, y = pos.x(), pos.y()
-        if spec is not None and "link_to" in kwargs:
-            x -= 230  # a node feeding an input goes to the left of the cursor
-        node_id = self.controller.add_node(type_id, (x, y), **kwargs)
+        at_cursor = bool(kwargs) or self._search_at_cursor
+        node_id = add_from_search(self, type_id, self._search_pos, kwargs, at_cursor=at_cursor)
         if node_id is not None:
             self.graph.select_nodes([node_id])
 
