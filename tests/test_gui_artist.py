@@ -302,3 +302,48 @@ def test_insert_lora_puts_it_on_model_and_clip_in_one_step(window):
     w.undo_action.trigger()  # one step
     assert {(lk.source, lk.output, lk.target, lk.input) for lk in wf.links} == before
     assert by_type(w, "load_lora") == []
+
+
+# -- a legible overview -------------------------------------------------------------------------
+
+
+def render_node(w, node_id: str, lod: float):
+    """The node as its item paints itself at zoom ``lod`` (an image, for comparing)."""
+    from PySide6.QtGui import QImage, QPainter
+    from PySide6.QtWidgets import QStyleOptionGraphicsItem
+
+    item = w.scene.nodes[node_id]
+    r = item.boundingRect()
+    img = QImage(int(r.width() * lod) + 2, int(r.height() * lod) + 2, QImage.Format.Format_RGB32)
+    img.fill(0)
+    p = QPainter(img)
+    p.scale(lod, lod)
+    p.translate(-r.topLeft())
+    item.paint(p, QStyleOptionGraphicsItem(), None)
+    p.end()
+    return img
+
+
+def test_zoomed_out_nodes_show_their_values_then_their_titles(window):
+    from studio.app.canvas.node_item import LOD_SIMPLE, LOD_TEXT, LOD_VALUES
+
+    w = window("txt2img")
+    (sampler,) = by_type(w, "sampler")
+    c = w.controller
+    fit = (LOD_VALUES + LOD_TEXT) / 2  # about where fit-all lands on the default workflows
+    a = render_node(w, sampler.id, fit)
+    c.set_param(sampler.id, "steps", 150)
+    b = render_node(w, sampler.id, fit)
+    assert a != b  # the value is drawn, not an empty bar
+    far = (LOD_SIMPLE + LOD_VALUES) / 2
+    a = render_node(w, sampler.id, far)
+    c.set_param(sampler.id, "steps", 20)
+    assert render_node(w, sampler.id, far) == a  # farther out: no values ...
+    c.set_title(sampler.id, "Second pass")
+    assert render_node(w, sampler.id, far) != a  # ... but the title, still
+    # Fit-all shows every node whole with a margin, and at that zoom values are drawn.
+    w.view.fit_items()
+    vp = w.view.viewport().rect().adjusted(20, 20, -20, -20)
+    for item in w.scene.nodes.values():
+        shown = w.view.mapFromScene(item.sceneBoundingRect()).boundingRect()
+        assert vp.contains(shown), item.title_text()

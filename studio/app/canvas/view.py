@@ -38,6 +38,7 @@ from studio.graph.types import ValueType, can_connect
 __all__ = ["NODE_TYPE_MIME", "GraphView"]
 
 MIN_ZOOM, MAX_ZOOM = 0.08, 3.0
+FIT_MARGIN_PX = 40
 
 
 @dataclass
@@ -140,9 +141,11 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         if r.isEmpty():
             self.set_zoom(1.0, QPointF(0, 0))
             return
-        r = r.adjusted(-60, -60, 60, 60)
-        vw, vh = max(self.viewport().width(), 1), max(self.viewport().height(), 1)
-        z = min(vw / r.width(), vh / r.height(), 1.0)
+        # A margin on screen (not in scene units, which shrink with the zoom): nothing
+        # touches or crosses the edge, whatever the zoom comes out as.
+        m = FIT_MARGIN_PX
+        vw, vh = max(self.viewport().width() - 2 * m, 1), max(self.viewport().height() - 2 * m, 1)
+        z = min(vw / max(r.width(), 1.0), vh / max(r.height(), 1.0), 1.0)
         self.set_zoom(z, r.center())
 
     def fit_selection(self) -> None:
