@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QToolButton
 
@@ -347,3 +347,153 @@ def test_zoomed_out_nodes_show_their_values_then_their_titles(window):
     for item in w.scene.nodes.values():
         shown = w.view.mapFromScene(item.sceneBoundingRect()).boundingRect()
         assert vp.contains(shown), item.title_text()
+
+
+# -- a history that lasts and explains ----------------------------------------------------------
+
+
+def save_studio_png(path: Path, color, prompt: str, seed: int, wf_json: str = "") -> Path:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if wf_json:
+        info.add_text("studio_workflow", wf_json)
+    info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler, Seed: {seed}, Size: 64x64")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), color).save(path, pnginfo=info)
+    return path
+
+
+def test_the_history_is_rebuilt_from_the_output_folder_and_filters(
+    window, qtbot, settings, registry
+):
+    import os
+    import time
+
+    from studio.graph.fileformat import dumps_workflow
+
+    out = Path(settings.output_dir)
+    wf_json = dumps_workflow(load_workflow(WORKFLOWS / "txt2img.json", registry))
+    fox = save_studio_png(
+        out / "fox_00001.png", (200, 80, 20), "a red fox in the snow at dawn", 4242, wf_json
+    )
+    cat = save_studio_png(out / "sub" / "cat_00001.png", (20, 80, 200), "a blue cat", 7)
+    os.utime(cat, (time.time() + 5, time.time() + 5))  # the newer one
+    write_png(out / "not_ours.png")  # no metadata: not Studio's, not shown
+    w = window("txt2img")
+    qtbot.waitUntil(lambda: len(w.history.outputs) == 2)
+    h = w.history
+    texts = [h.item(i).text() for i in range(h.count())]
+    assert texts[0].startswith("cat_00001 · seed 7") and "a blue cat" in texts[0]
+    assert "seed 4242" in texts[1] and "a red fox in the …" in texts[1]  # first words
+    # The filter keeps those whose caption has every word typed.
+    box = w.history_dock.widget()
+    QTest.keyClicks(box.filter, "fox snow")
+    assert [h.item(i).isHidden() for i in range(h.count())] == [True, False]
+    box.filter.clear()
+    # An image of an earlier session restores its workflow like one of this session.
+    h.restore_requested.emit(h.outputs[1])
+    assert any(n.type == "sampler" for n in w.controller.wf.nodes)
+    # A file deleted from the folder drops out (now, and in the next session).
+    fox.unlink()
+    assert h.drop_missing() == 1 and [o.path for o in h.outputs] == [str(cat)]
+    w2 = window("txt2img")
+    qtbot.waitUntil(lambda: len(w2.history.outputs) == 1)
+    assert w2.history.outputs[0].path == str(cat)
+
+
+def click_item(h, row: int, mods=NO) -> None:
+    rect = h.visualItemRect(h.item(row))
+    QTest.mouseClick(h.viewport(), L, mods, rect.center())
+
+
+def test_compare_the_last_four_images_side_by_side_then_larger(window, qtbot):
+    from PIL import Image
+
+    from studio.app.runner import Output, pil_to_qimage
+
+    w = window("txt2img")
+    wf = w.controller.wf.copy()
+    (save,) = [n.id for n in wf.nodes if n.type == "save_image"]
+    colors = ["#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ffffff"]
+    outs = []
+    for i, c in enumerate(colors):
+        pil = Image.new("RGB", (64, 64), c)
+        outs.append(Output(pil_to_qimage(pil), pil, save, "Save Image", i + 1, wf))
+    w.history.add_outputs(outs)  # run 5 is the newest, first
+    h = w.history
+    assert h.item(0).text().startswith("run 5 · seed 0")
+    assert "a large yellow triangle on …" in h.item(0).text()
+    # Click the newest, Shift+click the fourth, press C: four side by side.
+    click_item(h, 0)
+    click_item(h, 3, Qt.KeyboardModifier.ShiftModifier)
+    QTest.keyClick(h, Qt.Key.Key_C)
+    v = w.viewer
+    assert [o.job_id for o in v.comparing] == [5, 4, 3, 2]
+    grid = v.grid
+    assert len(grid.views) == 4 and all(view.isVisible() for view in grid.views)
+    assert grid.captions[0].text().startswith("run 5")
+    # One zoom, every image: the same detail under the cursor in all four.
+    first = grid.views[0]
+    first.set_zoom(first.zoom * 3, QPointF(10, 10))
+    assert {round(view.zoom, 4) for view in grid.views} == {round(first.zoom, 4)}
+    assert len({(view.offset.x(), view.offset.y()) for view in grid.views}) == 1
+    # Larger: a window of its own, the same compare in it; then full screen.
+    small = w.viewer_dock.size()
+    QTest.mouseClick(next(b for b in v.findChildren(QToolButton) if b.text() == "Window"), L)
+    assert w.viewer_dock.isFloating()
+    assert w.viewer_dock.width() > small.width() and w.viewer_dock.height() > small.height()
+    assert v.comparing and len(grid.views) == 4
+    QTest.mouseClick(next(b for b in v.findChildren(QToolButton) if b.text() == "Window"), L)
+    assert not w.viewer_dock.isFloating()
+    v.full_screen()
+    assert (
+        w.viewer_dock.isFloating() and w.viewer_dock.windowState() & Qt.WindowState.WindowFullScreen
+    )
+    QTest.keyClick(v, Qt.Key.Key_Escape)
+    assert not w.viewer_dock.isFloating()
+    # Clicking a single thumbnail shows it alone again.
+    click_item(h, 4)
+    assert v.comparing == [] and v.output is outs[0]
+
+
+# -- messages name nodes by title ---------------------------------------------------------------
+
+
+def test_messages_name_nodes_by_title_and_the_port_at_fault_is_drawn(window, qtbot):
+    from studio.engine.queue import Job, JobState
+
+    w = window("txt2img")
+    c = w.controller
+    wf = c.wf
+    (ckpt,) = by_type(w, "load_checkpoint")
+    (sampler,) = by_type(w, "sampler")
+    (decode,) = by_type(w, "vae_decode")
+    c.set_param(ckpt.id, "ckpt_name", "gone.safetensors")
+    c.disconnect([wf.link_into(decode.id, "vae").id])
+    c.validate_now()
+    texts = [str(p) for p in c.problems]
+    assert any(t.startswith("Load Checkpoint: param 'ckpt_name'") for t in texts), texts
+    assert any(t.startswith("VAE Decode: missing required input 'vae'") for t in texts), texts
+    assert not any(ckpt.id in t or decode.id in t for t in texts)  # no UUIDs
+    # The port at fault is drawn as such: the vae input and the ckpt_name field.
+    assert w.scene.nodes[decode.id].bad_ports == {"vae"}
+    assert w.scene.nodes[ckpt.id].bad_ports == {"ckpt_name"}
+    drawn = render_node(w, decode.id, 1.0)
+    w.scene.nodes[decode.id].set_problems(w.scene.nodes[decode.id].problems, set())
+    assert render_node(w, decode.id, 1.0) != drawn
+    c.validate_now()
+    # Two nodes with one title: the short id tells them apart, only there.
+    other = c.add_node("load_checkpoint", (0, 900), params={"ckpt_name": "gone2.safetensors"})
+    c.validate_now()
+    names = {p.node_id: str(p) for p in c.problems if p.node_type == "load_checkpoint"}
+    assert names[other].startswith(f"Load Checkpoint #{other[:8]}: ")
+    assert names[ckpt.id].startswith(f"Load Checkpoint #{ckpt.id[:8]}: ")
+    assert not any(str(p).startswith("VAE Decode #") for p in c.problems)
+    # The status bar says it the same way when a run is refused.
+    job = Job(3, wf.copy(), state=JobState.INVALID, problems=list(c.problems))
+    w.runs._on_job(job, JobState.INVALID)
+    msg = w.statusBar().currentMessage()
+    assert msg.startswith("Run 3 cannot start: ") and "more" in msg
+    assert sampler.id not in msg and decode.id not in msg

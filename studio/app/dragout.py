@@ -25,6 +25,8 @@ THUMB = 96
 
 def png_bytes(output: Output) -> bytes:
     """The output as PNG bytes with ``studio_workflow`` and A1111 ``parameters`` text."""
+    if output.pil is None and output.path:  # an earlier session's image: its own file
+        return Path(output.path).read_bytes()
     from PIL.PngImagePlugin import PngInfo
 
     from nodes.image import generation_parameters

@@ -13,7 +13,7 @@ from PySide6.QtGui import QImage, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog
 
 from studio.app.dragout import DragOut
-from studio.app.history import HistoryPanel
+from studio.app.history import HistoryBox, HistoryPanel
 from studio.app.inpaint_action import inpaint_image, inpaint_node
 from studio.app.queue_panel import QueuePanel
 from studio.app.runner import Output, RunBridge
@@ -45,11 +45,14 @@ class RunWindowMixin:
             "Viewer", "viewerDock", self.viewer, Qt.DockWidgetArea.RightDockWidgetArea
         )
         self.history_dock = self._dock(
-            "History", "historyDock", self.history, Qt.DockWidgetArea.BottomDockWidgetArea
+            "History",
+            "historyDock",
+            HistoryBox(self.history),
+            Qt.DockWidgetArea.BottomDockWidgetArea,
         )
         self.tabifyDockWidget(self.inspector_dock, self.queue_dock)
         self.inspector_dock.raise_()
-        self.resizeDocks([self.history_dock], [130], Qt.Orientation.Vertical)
+        self.resizeDocks([self.history_dock], [170], Qt.Orientation.Vertical)
 
         qp = self.queue_panel
         qp.run_requested.connect(self.run_workflow)
@@ -63,6 +66,9 @@ class RunWindowMixin:
         self.history.chosen.connect(self.viewer.show_output)
         self.history.restore_requested.connect(self.restore_output)
         self.history.compare_requested.connect(self.viewer.compare_with)
+        self.history.compare_many_requested.connect(self.compare_outputs)
+        # The history lasts: earlier sessions' images, read back from the output folder.
+        self.history.load_saved(self.controller.settings.output_path, self.registry)
         self.history.paint_requested.connect(self.paint_on_output)
         self.history.drag_requested.connect(lambda out: self.dragout.start(self.history, out))
         self.viewer.paint_requested.connect(self.paint_on_output)
@@ -107,8 +113,16 @@ class RunWindowMixin:
         self.history.add_outputs(outputs)
         self.viewer.show_output(outputs[0])
 
+    def compare_outputs(self, outputs: list[Output], captions: list[str]) -> None:
+        self.viewer.compare_outputs(outputs, captions)
+        self.viewer_dock.show()
+        self.viewer_dock.raise_()
+
     def restore_output(self, output: Output) -> None:
         """Put back the workflow that made an output (one undoable step)."""
+        if output.workflow is None:
+            self.show_error("Cannot restore", f"{output.path or 'this image'} carries no workflow")
+            return
         self.controller.replace_workflow(
             output.workflow, f"Restore the workflow of run {output.job_id}"
         )

@@ -131,6 +131,7 @@ class _Style:
         cls.border = QPen(QColor(theme.NODE_BORDER), 1.2)
         cls.selected = QPen(QColor(theme.NODE_SELECTED), 2.0)
         cls.error_pen = QPen(QColor(theme.ERROR), 2.0)
+        cls.fault_pen = QPen(QColor(theme.ERROR), 2.5)
         cls.text = QPen(QColor(theme.TEXT))
         cls.dim = QPen(QColor(theme.TEXT_DIM))
         cls.field = QBrush(QColor(theme.FIELD_BG))
@@ -219,6 +220,7 @@ class NodeItem(QGraphicsItem):
         self.layout = layout
         self.linked: set[str] = set()
         self.problems: list[str] = []
+        self.bad_ports: frozenset[str] = frozenset()
         self.drag_hint: tuple[ValueType, bool] | None = None
         self.run_state = RunState.IDLE
         self.progress: float | None = None
@@ -348,9 +350,12 @@ class NodeItem(QGraphicsItem):
 
     # -- state ----------------------------------------------------------------------------
 
-    def set_problems(self, messages: list[str]) -> None:
-        if messages != self.problems:
+    def set_problems(self, messages: list[str], ports: set[str] | frozenset = frozenset()) -> None:
+        """Show a node's problems: the badge, the tooltip, and the ports (inputs or param
+        fields) at fault ringed in red."""
+        if messages != self.problems or ports != self.bad_ports:
             self.problems = messages
+            self.bad_ports = frozenset(ports)
             self._update_tooltip()
             self.update()
 
@@ -616,6 +621,8 @@ class NodeItem(QGraphicsItem):
                 port.name,
             )
         for port in s.inputs.values():
+            if port.name in self.bad_ports:
+                self._paint_fault(painter, port)
             if port.is_param and not self._shows_param_port(port.name):
                 continue
             painter.setPen(_Style.port_border)
@@ -629,11 +636,24 @@ class NodeItem(QGraphicsItem):
             spec = self.spec.input(port.name) if self.spec else None
             if spec is not None and spec.optional:
                 painter.setPen(_Style.dim)
+            if port.name in self.bad_ports:
+                painter.setPen(_Style.error_pen.color())
+                text = f"{text}  ⚠"
             painter.drawText(
                 QRectF(12, port.pos.y() - 9, w / 2 - 12, 18),
                 Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
                 text,
             )
+
+    def _paint_fault(self, painter: QPainter, port: Any) -> None:
+        """A red ring around an input at fault (a red frame around a param's field)."""
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.setPen(_Style.fault_pen)
+        field = self.shape_.params.get(port.name)
+        if field is not None and port.name not in self.linked:
+            painter.drawRoundedRect(field.rect.adjusted(-2, -2, 2, 2), 5, 5)
+        else:
+            painter.drawEllipse(port.pos, PORT_R + 3.5, PORT_R + 3.5)
 
     def _paint_collapsed_ports(self, painter: QPainter, s: NodeShape) -> None:
         painter.setPen(_Style.port_border)
