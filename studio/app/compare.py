@@ -22,6 +22,7 @@ class SyncedImageView(ImageView):
     def __init__(self, grid: CompareGrid):
         super().__init__()
         self.grid = grid
+        self.setMinimumSize(80, 60)  # four fit in the viewer dock too
 
     def set_zoom(self, z: float, anchor: QPointF | None = None) -> None:
         super().set_zoom(z, anchor)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 MAX_OUTPUTS = 100
 THUMB = 88
-CAPTION_H = 40
+CAPTION_W = 150
 MAX_COMPARED = 4
 
 
@@ -54,10 +54,14 @@ class HistoryPanel(QListWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.outputs: list[Output] = []  # newest first, as shown
-        self.setViewMode(QListWidget.ViewMode.IconMode)
+        # Thumbnails in rows, each with its caption beside it (room for three lines).
+        self.setViewMode(QListWidget.ViewMode.ListMode)
+        self.setFlow(QListWidget.Flow.LeftToRight)
+        self.setWrapping(True)
         self.setIconSize(QSize(THUMB, THUMB))
-        self.setGridSize(QSize(THUMB + 40, THUMB + CAPTION_H))
+        self.setGridSize(QSize(THUMB + CAPTION_W, THUMB + 8))
         self.setWordWrap(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.setMovement(QListWidget.Movement.Static)
         self.setUniformItemSizes(True)
