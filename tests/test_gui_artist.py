@@ -352,7 +352,9 @@ def test_zoomed_out_nodes_show_their_values_then_their_titles(window):
 # -- a history that lasts and explains ----------------------------------------------------------
 
 
-def save_studio_png(path: Path, color, prompt: str, seed: int, wf_json: str = "") -> Path:
+def save_studio_png(
+    path: Path, color, prompt: str, seed: int, wf_json: str = "", size=(64, 64)
+) -> Path:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -361,7 +363,7 @@ def save_studio_png(path: Path, color, prompt: str, seed: int, wf_json: str = ""
         info.add_text("studio_workflow", wf_json)
     info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler, Seed: {seed}, Size: 64x64")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (64, 64), color).save(path, pnginfo=info)
+    Image.new("RGB", size, color).save(path, pnginfo=info)
     return path
 
 
@@ -376,7 +378,12 @@ def test_the_history_is_rebuilt_from_the_output_folder_and_filters(
     out = Path(settings.output_dir)
     wf_json = dumps_workflow(load_workflow(WORKFLOWS / "txt2img.json", registry))
     fox = save_studio_png(
-        out / "fox_00001.png", (200, 80, 20), "a red fox in the snow at dawn", 4242, wf_json
+        out / "fox_00001.png",
+        (200, 80, 20),
+        "a red fox in the snow at dawn",
+        4242,
+        wf_json,
+        (600, 400),
     )
     cat = save_studio_png(out / "sub" / "cat_00001.png", (20, 80, 200), "a blue cat", 7)
     os.utime(cat, (time.time() + 5, time.time() + 5))  # the newer one
@@ -392,6 +399,10 @@ def test_the_history_is_rebuilt_from_the_output_folder_and_filters(
     QTest.keyClicks(box.filter, "fox snow")
     assert [h.item(i).isHidden() for i in range(h.count())] == [True, False]
     box.filter.clear()
+    # Shown in the viewer at its full size (the history keeps a small copy until then).
+    assert h.outputs[1].image.width() < 600
+    click_item(h, 1)
+    assert w.viewer.output is h.outputs[1] and w.viewer.output.image.width() == 600
     # An image of an earlier session restores its workflow like one of this session.
     h.restore_requested.emit(h.outputs[1])
     assert any(n.type == "sampler" for n in w.controller.wf.nodes)

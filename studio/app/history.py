@@ -40,6 +40,8 @@ MAX_OUTPUTS = 100
 THUMB = 88
 CAPTION_W = 150
 MAX_COMPARED = 4
+#: Longest side of an earlier session's image until it is shown in the viewer.
+SAVED_PREVIEW = 256
 
 
 class HistoryPanel(QListWidget):
@@ -162,7 +164,8 @@ class HistoryPanel(QListWidget):
         chosen = self.selected_outputs()[:MAX_COMPARED]
         if len(chosen) < 2:
             return False
-        self.compare_many_requested.emit(chosen, [self.caption_of(o) for o in chosen])
+        captions = [self.caption_of(o) for o in chosen]
+        self.compare_many_requested.emit([full_size(o) for o in chosen], captions)
         return True
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
@@ -176,7 +179,7 @@ class HistoryPanel(QListWidget):
     def _row_changed(self, row: int) -> None:
         out = self.output_at(row)
         if out is not None:
-            self.chosen.emit(out)
+            self.chosen.emit(full_size(out))
 
     def _menu(self, pos: QPoint) -> None:
         item = self.itemAt(pos)
@@ -189,7 +192,7 @@ class HistoryPanel(QListWidget):
             menu.addAction(
                 f"Compare side by side ({min(n, MAX_COMPARED)})\tC", self.compare_selected
             )
-        menu.addAction("Show", lambda: self.chosen.emit(out))
+        menu.addAction("Show", lambda: self.chosen.emit(full_size(out)))
         menu.addAction("Restore its workflow", lambda: self.restore_requested.emit(out))
         menu.addAction("Compare with the viewer's image", lambda: self.compare_requested.emit(out))
         menu.addAction("Inpaint it…", lambda: self.paint_requested.emit(out))
@@ -220,6 +223,20 @@ class HistoryPanel(QListWidget):
         super().mouseReleaseEvent(event)
 
 
+def full_size(out: Output) -> Output:
+    """The output with its full picture (an earlier session's is read from its file now)."""
+    if out.pil is None and out.path:
+        from PySide6.QtGui import QImageReader
+
+        from studio.app.thumbnails import read_image
+
+        if QImageReader(out.path).size() != out.image.size():
+            full = read_image(Path(out.path))
+            if not full.isNull():
+                out.image = full
+    return out
+
+
 def _describe(out: Output) -> tuple[int | None, str]:
     seed, prompt = describe(out.workflow, out.node_id) if out.workflow else (None, "")
     return (out.seed if seed is None else seed), (prompt or out.prompt)
@@ -239,7 +256,8 @@ def read_saved_outputs(folder: Path, registry: Registry) -> list[Output]:
 
     outputs = []
     for saved in scan_outputs(folder, MAX_OUTPUTS):
-        image = read_image(saved.path, 2048)
+        # A small picture until it is shown (100 full images would take gigabytes).
+        image = read_image(saved.path, SAVED_PREVIEW)
         if image.isNull():
             continue
         wf = None
