@@ -157,9 +157,14 @@ def insert_lora(view: GraphView, node_id: str, model_output: str | None = None) 
     width = width_for_value(lora_spec, "lora_name", name.replace("\\", "/").rsplit("/", 1)[-1])
     size = node_size(lora_spec, width)
     src = view.graph.nodes[node_id]
-    # Right of the source, in the gap before what it feeds: what is in the way moves down.
-    start = QPointF(src.pos().x() + src.shape_.width + GAP * 1.5, src.pos().y())
-    spot = free_spot(occupied(view.graph), start, size)
+    # Right of the source or under it, whichever is free nearer: wires stay short.
+    taken = occupied(view.graph)
+    starts = [
+        QPointF(src.pos().x() + src.shape_.width + GAP * 1.5, src.pos().y()),
+        QPointF(src.pos().x(), src.pos().y() + src.shape_.height + MESSAGE_H + GAP / 2),
+    ]
+    spots = [(free_spot(taken, p, size), p) for p in starts]
+    spot = min(spots, key=lambda sp: (sp[0] - sp[1]).manhattanLength())[0]
     ops: list[Any] = [c.AddNode(node, NodeLayout(pos=(spot.x(), spot.y()), width=width))]
     lora_in = {ValueType.MODEL: "model", ValueType.CLIP: "clip"}
     for out_name, t in ((model_out, ValueType.MODEL), (clip_out, ValueType.CLIP)):
