@@ -226,9 +226,10 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
     if not events:
         for p in written:
             print(p)
+    from studio.graph.naming import node_name
+
     for node_id, message in result.errors.items():
-        title = wf.display_title(node_id) if wf.has_node(node_id) else node_id
-        _err(f"{title} ({node_id}) failed: {message}")
+        _err(f"{node_name(wf, node_id)} failed: {message}")
     if result.interrupted:
         _err("the run was interrupted")
         return EXIT_NODE_FAILED

@@ -98,7 +98,12 @@ UNET_SD1 = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ],
     "downsample_padding": 1,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
@@ -151,7 +156,11 @@ FAMILIES = {
         "unet": {**UNET_SD2, "sample_size": 96},
         "vae": {**VAE, "sample_size": 768},
         "text_encoder": CLIP_H,
-        "scheduler": {"_class_name": "DDIMScheduler", **SCHED_BASE, "prediction_type": "v_prediction"},
+        "scheduler": {
+            "_class_name": "DDIMScheduler",
+            **SCHED_BASE,
+            "prediction_type": "v_prediction",
+        },
     },
     "sdxl": {
         "unet": UNET_SDXL,

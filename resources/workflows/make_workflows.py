@@ -183,23 +183,28 @@ def img2img() -> Workflow:
 def inpaint() -> Workflow:
     b = Builder("inpaint")
     b.note(
-        "Inpainting: the sampler only changes the latent under the white part of the mask "
-        "(the left half), following the new prompt; Composite then puts the right half back "
-        "pixel for pixel. To paint your own mask, right-click the picture's Load Image node, "
-        "Paint mask, and link its mask output instead."
+        "Inpainting: the sampler only changes the latent under the mask painted on the "
+        "picture (here the left half), following the new prompt; Composite then puts the rest "
+        "back pixel for pixel. Right-click the picture, Paint mask (or Inpaint in the viewer), "
+        "paint where the picture should change, then Ctrl+Enter."
     )
     b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
-    b.add("image", "load_image", 0, {"image": EXAMPLE_IMAGE}, title="Load Image (picture)")
-    b.add("mask_image", "load_image", 0, {"image": EXAMPLE_MASK}, title="Load Image (mask)")
+    b.add(
+        "image",
+        "load_image",
+        0,
+        {"image": EXAMPLE_IMAGE, "mask": example_mask_data()},
+        title="Load Image (picture)",
+    )
     prompts(b, 1, "a large yellow circle on a blue background, left")
-    b.add("mask", "mask_from_image", 1, {"channel": "luminance"})
-    b.link("mask_image", "image", "mask", "image")
     b.add("encode", "vae_encode", 2)
     b.link("image", "image", "encode", "image")
     b.link("checkpoint", "vae", "encode", "vae")
     b.add("noise_mask", "set_latent_noise_mask", 2)
     b.link("encode", "latent", "noise_mask", "latent")
-    b.link("mask", "mask", "noise_mask", "mask")
+    # The mask painted on the picture (Load Image's mask output) is the one used: painting a
+    # new one is all it takes to inpaint somewhere else.
+    b.link("image", "mask", "noise_mask", "mask")
     # Below 1, the masked area starts from the picture's own latent: studio-tiny is not an
     # inpainting model, and from pure noise it tends to centre a new shape on the seam.
     sample(b, "sampler", 3, "noise_mask", sampler_params(seed=0, denoise=0.9))
@@ -209,10 +214,17 @@ def inpaint() -> Workflow:
     b.add("composite", "composite_masked", 4)
     b.link("image", "image", "composite", "original")
     b.link("decode", "image", "composite", "changed")
-    b.link("mask", "mask", "composite", "mask")
+    b.link("image", "mask", "composite", "mask")
     b.add("save", "save_image", 5, {"filename_prefix": "inpaint"})
     b.link("composite", "image", "save", "images")
     return b.wf
+
+
+def example_mask_data() -> str:
+    """The left-half mask as Load Image stores a painted mask (a base64 grayscale PNG)."""
+    import base64
+
+    return base64.b64encode(png_bytes(example_images()[EXAMPLE_MASK])).decode("ascii")
 
 
 def controlnet() -> Workflow:

@@ -25,7 +25,10 @@ THUMB = 96
 def png_bytes(output: Output, settings: Any = None, files: Any = None) -> bytes:
     """The output as PNG bytes, as Save Image writes them: ``studio_workflow`` and A1111
     ``parameters`` text, a signed C2PA manifest and the watermark, as the settings ask
-    (:mod:`studio.provenance`; the user's settings when none are given)."""
+    (:mod:`studio.provenance`; the user's settings when none are given). An earlier
+    session's image (from the history) is its own file, as it was saved."""
+    if output.pil is None and output.path:
+        return Path(output.path).read_bytes()
     from studio.provenance.outputs import output_bytes
     from studio.settings import Settings
 

@@ -113,6 +113,12 @@ class Brush:
     erase: bool = False
 
 
+def brush_size_for(width: int, height: int) -> float:
+    """A first brush that suits the picture: an eighth of its shorter side (8 px on a 64 px
+    image, 64 px on a 512 px one), so a stroke never covers most of a small image."""
+    return float(max(2, round(min(width, height) / 8)))
+
+
 class MaskCanvas(QWidget):
     """Shows the picture with the mask over it, and paints into the mask."""
 
@@ -127,7 +133,7 @@ class MaskCanvas(QWidget):
             mask.fill(0)
         self.mask = mask.convertToFormat(QImage.Format.Format_Alpha8)
         self.overlay = tinted(self.mask)
-        self.brush = Brush()
+        self.brush = Brush(size=brush_size_for(image.width(), image.height()))
         self.undo_stack: list[QImage] = []
         self.redo_stack: list[QImage] = []
         self.zoom = 1.0
@@ -375,7 +381,10 @@ class MaskPainter(QDialog):
         self.brush_button = self._tool("Brush", "B", lambda: self.set_erase(False), True)
         self.eraser_button = self._tool("Eraser", "E", lambda: self.set_erase(True), True)
         self.brush_button.setChecked(True)
-        self.size_slider = self._slider(1, 512, round(self.canvas.brush.size), self._size)
+        longest = max(image.width(), image.height(), 8)
+        self.size_slider = self._slider(
+            1, min(512, longest), round(self.canvas.brush.size), self._size
+        )
         self.hard_slider = self._slider(0, 100, round(self.canvas.brush.hardness * 100), self._hard)
         bar = QHBoxLayout()
         bar.addWidget(self.brush_button)

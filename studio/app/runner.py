@@ -48,8 +48,15 @@ class Output:
     node_id: str
     node_title: str
     job_id: int
-    workflow: Workflow
+    workflow: Workflow | None
     index: int = 0
+    #: The saved file (Save Image's), when there is one; the history reads these back.
+    path: str | None = None
+    #: A caption's run label for an image of an earlier session (its file's name).
+    run_label: str = ""
+    #: What an earlier session's image says made it (its PNG metadata).
+    seed: int | None = None
+    prompt: str = ""
 
 
 def _preload() -> None:
@@ -157,5 +164,6 @@ class RunBridge(QObject):
                     q = pil_to_qimage(im)
                 except Exception:
                     continue
-                out.append(Output(q, im, node_id, title, job.id, wf, i))
+                path = getattr(im, "info", {}).get("studio_path")  # Save Image's file
+                out.append(Output(q, im, node_id, title, job.id, wf, i, path=path))
         return out

@@ -15,6 +15,7 @@ from PySide6.QtGui import QImage
 
 from studio.app.canvas.node_item import RunState
 from studio.app.runner import Output, RunBridge
+from studio.graph.naming import node_name
 
 if TYPE_CHECKING:
     from studio.app.canvas.scene import GraphScene
@@ -102,10 +103,13 @@ class RunView(QObject):
         if state is JobState.INVALID:
             for p in job.problems:
                 self.scene.set_run_state(p.node_id, RunState.ERROR, None, p.message)
-            self.message.emit(f"Run {job.id} cannot start: {job.message}")
+            self.message.emit(f"Run {job.id} cannot start: {_first_problem(job)}")
         elif state is JobState.FAILED:
             errors = job.result.errors if job.result is not None else {}
-            first = next(iter(errors.values()), job.message)
+            first = job.message
+            if errors:
+                nid, msg = next(iter(errors.items()))
+                first = f"{node_name(job.workflow, nid)}: {msg}"
             self.message.emit(f"Run {job.id} failed: {first}")
         elif state is JobState.INTERRUPTED:
             self.message.emit(f"Run {job.id} stopped")
@@ -171,11 +175,20 @@ class RunView(QObject):
             sc.set_run_state(nid, RunState.DONE, None, _seconds(event.seconds))
         elif kind is EventKind.NODE_ERROR:
             sc.set_run_state(nid, RunState.ERROR, None, event.message or "failed")
-            self.message.emit(f"{event.title}: {event.message}")
+            self.message.emit(f"{node_name(job.workflow, nid)}: {event.message}")
         elif kind is EventKind.NODE_SKIPPED:
             sc.set_run_state(nid, RunState.SKIPPED, None, event.message or "skipped")
         elif kind is EventKind.INTERRUPTED:
             sc.set_run_state(nid, RunState.STOPPED, None, "stopped")
+
+
+def _first_problem(job: Job) -> str:
+    """The first problem (naming its node by title), and how many more there are."""
+    problems = list(job.problems or [])
+    if not problems:
+        return job.message or "the workflow is not valid"
+    more = len(problems) - 1
+    return str(problems[0]) + (f" (and {more} more: see the nodes)" if more else "")
 
 
 def _seconds(s: Any) -> str:

@@ -24,8 +24,10 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
+    QDockWidget,
     QHBoxLayout,
     QLabel,
+    QStackedWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -245,8 +247,11 @@ class ViewerPanel(QWidget):
         one.setText("1:1")
         one.clicked.connect(lambda: self.view.set_zoom(1.0))
         mask = QToolButton()
-        mask.setText("Mask…")
-        mask.setToolTip("Inpaint: load this image in a Load Image node and paint a mask on it")
+        mask.setText("Inpaint…")
+        mask.setToolTip(
+            "Inpaint this image: the workflow becomes an inpaint of it and the mask painter "
+            "opens; paint, OK, then Ctrl+Enter"
+        )
         mask.clicked.connect(lambda: self.output and self.paint_requested.emit(self.output))
         self.badge = ProvenanceBadge()
         bar = QHBoxLayout()
@@ -257,11 +262,19 @@ class ViewerPanel(QWidget):
         bar.addWidget(fit)
         bar.addWidget(one)
         bar.addWidget(mask)
+        self._add_large_view_buttons(bar)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         lay.addLayout(bar)
-        lay.addWidget(self.view, 1)
+        # One image, or (after "Compare" in the history) up to four side by side.
+        from studio.app.compare import CompareGrid
+
+        self.grid = CompareGrid()
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.view)
+        self.stack.addWidget(self.grid)
+        lay.addWidget(self.stack, 1)
         self.view.drag_out.connect(
             lambda: self.output and not self.live and self.drag_requested.emit(self.output)
         )
@@ -273,6 +286,7 @@ class ViewerPanel(QWidget):
             self.set_before(self.output)
         self.live = False
         self.output = output
+        self.stack.setCurrentWidget(self.view)
         self.view.set_image(output.image, keep_view=True)
         n = f" #{output.index + 1}" if output.index else ""
         self.caption.setText(f"{output.node_title}{n} · run {output.job_id}")
@@ -307,6 +321,7 @@ class ViewerPanel(QWidget):
         if not self.live and self.output is not None:
             self.set_before(self.output)
         self.live = True
+        self.stack.setCurrentWidget(self.view)
         self.view.set_image(image, keep_view=True)
         self.caption.setText(f"{title} · preview")
         self.badge.clear()
@@ -321,3 +336,81 @@ class ViewerPanel(QWidget):
 
     def _toggle_compare(self, on: bool) -> None:
         self.view.set_compare(on)
+
+    # -- side by side, and larger --------------------------------------------------------------
+
+    def compare_outputs(self, outputs: list[Output], captions: list[str]) -> None:
+        """Two to four images side by side, zoomed and panned together (one shows alone)."""
+        if len(outputs) < 2:
+            if outputs:
+                self.show_output(outputs[0])
+            return
+        self.grid.set_outputs(outputs, captions)
+        self.stack.setCurrentWidget(self.grid)
+        self.caption.setText(f"Comparing {len(self.grid.outputs)} images")
+
+    @property
+    def comparing(self) -> list[Output]:
+        return self.grid.outputs if self.stack.currentWidget() is self.grid else []
+
+    def _add_large_view_buttons(self, bar: QHBoxLayout) -> None:
+        for text, tip, slot in (
+            (
+                "Window",
+                "Show the viewer in its own large window (again: back in its dock)",
+                self.detach,
+            ),
+            ("Full screen", "Show the viewer full screen (F11 or Esc: back)", self.full_screen),
+        ):
+            b = QToolButton()
+            b.setText(text)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, f=slot: f())
+            bar.addWidget(b)
+
+    def _dock(self) -> QDockWidget | None:
+        parent = self.parentWidget()
+        return parent if isinstance(parent, QDockWidget) else None
+
+    def detach(self) -> None:
+        """The viewer (with its zoom and compare as they are) in a window of its own, large;
+        asked again, back in its dock."""
+        dock = self._dock()
+        if dock is None:
+            return
+        if dock.isFloating():
+            dock.showNormal()
+            dock.setFloating(False)
+            return
+        dock.setFloating(True)
+        screen = (dock.screen() or QApplication.primaryScreen()).availableGeometry()
+        dock.setGeometry(
+            screen.adjusted(
+                screen.width() // 10,
+                screen.height() // 10,
+                -screen.width() // 10,
+                -screen.height() // 10,
+            )
+        )
+        dock.show()
+        dock.raise_()
+
+    def full_screen(self) -> None:
+        dock = self._dock()
+        if dock is None:
+            return
+        if dock.isFullScreen():
+            dock.showNormal()
+            dock.setFloating(False)
+            return
+        dock.setFloating(True)
+        dock.showFullScreen()
+        dock.raise_()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        dock = self._dock()
+        full = dock is not None and dock.isFullScreen()
+        if event.key() == Qt.Key.Key_F11 or (event.key() == Qt.Key.Key_Escape and full):
+            self.full_screen()
+            return
+        super().keyPressEvent(event)

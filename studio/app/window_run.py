@@ -13,7 +13,8 @@ from PySide6.QtGui import QImage, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog
 
 from studio.app.dragout import DragOut
-from studio.app.history import HistoryPanel
+from studio.app.history import HistoryBox, HistoryPanel
+from studio.app.inpaint_action import inpaint_image, inpaint_node
 from studio.app.queue_panel import QueuePanel
 from studio.app.runner import Output, RunBridge
 from studio.app.running import RunView
@@ -44,11 +45,14 @@ class RunWindowMixin:
             "Viewer", "viewerDock", self.viewer, Qt.DockWidgetArea.RightDockWidgetArea
         )
         self.history_dock = self._dock(
-            "History", "historyDock", self.history, Qt.DockWidgetArea.BottomDockWidgetArea
+            "History",
+            "historyDock",
+            HistoryBox(self.history),
+            Qt.DockWidgetArea.BottomDockWidgetArea,
         )
         self.tabifyDockWidget(self.inspector_dock, self.queue_dock)
         self.inspector_dock.raise_()
-        self.resizeDocks([self.history_dock], [130], Qt.Orientation.Vertical)
+        self.resizeDocks([self.history_dock], [170], Qt.Orientation.Vertical)
 
         qp = self.queue_panel
         qp.run_requested.connect(self.run_workflow)
@@ -62,11 +66,15 @@ class RunWindowMixin:
         self.history.chosen.connect(self.viewer.show_output)
         self.history.restore_requested.connect(self.restore_output)
         self.history.compare_requested.connect(self.viewer.compare_with)
+        self.history.compare_many_requested.connect(self.compare_outputs)
+        # The history lasts: earlier sessions' images, read back from the output folder.
+        self.history.load_saved(self.controller.settings.output_path, self.registry)
         self.history.paint_requested.connect(self.paint_on_output)
         self.history.drag_requested.connect(lambda out: self.dragout.start(self.history, out))
         self.viewer.paint_requested.connect(self.paint_on_output)
         self.viewer.drag_requested.connect(lambda out: self.dragout.start(self.viewer, out))
         self.view.paint_mask_requested.connect(self.paint_mask)
+        self.view.inpaint_requested.connect(lambda nid: inpaint_node(self, nid))
         self.view.image_activated.connect(self.show_node_image)
         self.view.image_dropped.connect(self.viewer.show_file)
 
@@ -112,8 +120,16 @@ class RunWindowMixin:
         self.history.add_outputs(outputs)
         self.viewer.show_output(outputs[0])
 
+    def compare_outputs(self, outputs: list[Output], captions: list[str]) -> None:
+        self.viewer.compare_outputs(outputs, captions)
+        self.viewer_dock.show()
+        self.viewer_dock.raise_()
+
     def restore_output(self, output: Output) -> None:
         """Put back the workflow that made an output (one undoable step)."""
+        if output.workflow is None:
+            self.show_error("Cannot restore", f"{output.path or 'this image'} carries no workflow")
+            return
         self.controller.replace_workflow(
             output.workflow, f"Restore the workflow of run {output.job_id}"
         )
@@ -180,8 +196,8 @@ class RunWindowMixin:
         return dialog.exec() == QDialog.DialogCode.Accepted
 
     def paint_on_output(self, output: Output) -> str | None:
-        """An output becomes a Load Image node (its PNG in the input folder), then its mask
-        is painted: the start of an inpaint."""
+        """Inpaint an output: its PNG goes to the input folder, the workflow becomes (or
+        already is) an inpaint of it, and the mask painter opens on it."""
         from studio.app.dragout import png_bytes
         from studio.fsutil import atomic_write_bytes
 
@@ -189,10 +205,7 @@ class RunWindowMixin:
             self.controller.settings.input_path / "from_history", f"run{output.job_id}", ".png"
         )
         atomic_write_bytes(path, png_bytes(output, self.controller.settings, self.dragout.files))
-        node_id = self._add_image_node(str(path))
-        if node_id:
-            self.paint_mask(node_id)
-        return node_id
+        return inpaint_image(self, str(path))
 
     # -- images in ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 import networkx as nx
 
 from studio.errors import NodeError, StudioError
+from studio.graph.naming import node_names
 from studio.graph.registry import Registry
 from studio.graph.spec import NodeSpec
 from studio.graph.types import ValueType, can_connect
@@ -30,9 +31,11 @@ class Problem:
     title: str
     message: str
     param: str | None = None
+    #: The node's name in messages: its title, with a short id only where titles repeat.
+    name: str = ""
 
     def __str__(self) -> str:
-        return f"{self.title} ({self.node_id}): {self.message}"
+        return f"{self.name or self.title}: {self.message}"
 
 
 class WorkflowInvalid(StudioError):
@@ -114,13 +117,17 @@ class _Checker:
                 self.specs[n.id] = spec
         self.model_files = model_files
         self.problems: list[Problem] = []
+        self.names = node_names(wf)
 
     def title(self, n: Node) -> str:
         spec = self.specs.get(n.id)
         return n.title or (spec.title if spec else n.type)
 
+    def name(self, n: Node) -> str:
+        return self.names.get(n.id) or self.title(n)
+
     def add(self, n: Node, message: str, param: str | None = None) -> None:
-        self.problems.append(Problem(n.id, n.type, self.title(n), message, param))
+        self.problems.append(Problem(n.id, n.type, self.title(n), message, param, self.name(n)))
 
     def check_node(self, n: Node) -> None:
         if n.mute:
@@ -159,7 +166,7 @@ class _Checker:
             if src_spec is None:
                 continue  # reported on the source node
             out_spec = src_spec.output(lk.output)
-            where = f"{self.title(src)}.{lk.output}"
+            where = f"{self.name(src)}.{lk.output}"
             if out_spec is None:
                 self.add(n, f"input {name!r} is linked to {where}, which does not exist", name)
             elif not can_connect(out_spec.type, in_spec.type):
@@ -194,7 +201,7 @@ class _Checker:
         for comp in nx.strongly_connected_components(g):
             if len(comp) > 1 or any(g.has_edge(c, c) for c in comp):
                 members = sorted(comp, key=self.index.__getitem__)
-                names = " -> ".join(f"{self.title(self.nodes[m])} ({m})" for m in members)
+                names = " -> ".join(self.name(self.nodes[m]) for m in members)
                 for m in members:
                     self.add(self.nodes[m], f"is on a cycle: {names}")
 

@@ -30,6 +30,7 @@ from studio.app.canvas.shape import (
     DICE_W,
     PAD,
     PORT_R,
+    ROW_H,
     TITLE_H,
     NodeShape,
     build_shape,
@@ -44,9 +45,15 @@ from studio.graph.workflow import Node, NodeLayout
 if TYPE_CHECKING:
     from studio.app.canvas.scene import GraphScene
 
-#: Below this zoom a node is drawn as plain rectangles; below LOD_TEXT, without small text.
-LOD_SIMPLE = 0.4
-LOD_TEXT = 0.5
+#: Levels of detail, by zoom. From LOD_TEXT up: everything. From LOD_VALUES: the title and
+#: each param's value in a larger font (still about 7 px on screen), no small labels. From
+#: LOD_SIMPLE: the title only, as large as the node allows. Below: plain rectangles (drawn
+#: all at once by the scene's overview).
+LOD_TEXT = 0.6
+LOD_VALUES = 0.38
+LOD_SIMPLE = 0.2
+#: The smallest text on screen (pixels) that the zoomed-out levels aim for.
+MIN_SCREEN_PX = 8.0
 #: Room under a node for its run message (time, error), inside its bounds.
 MESSAGE_H = 46.0
 #: Short marks for seed controls, shown beside the seed's name.
@@ -124,6 +131,7 @@ class _Style:
         cls.border = QPen(QColor(theme.NODE_BORDER), 1.2)
         cls.selected = QPen(QColor(theme.NODE_SELECTED), 2.0)
         cls.error_pen = QPen(QColor(theme.ERROR), 2.0)
+        cls.fault_pen = QPen(QColor(theme.ERROR), 2.5)
         cls.text = QPen(QColor(theme.TEXT))
         cls.dim = QPen(QColor(theme.TEXT_DIM))
         cls.field = QBrush(QColor(theme.FIELD_BG))
@@ -186,6 +194,22 @@ def format_value(spec: InputSpec, value: Any) -> str:
     return str(value)
 
 
+_scaled_fonts: dict[tuple[str, int, int], QFont] = {}
+
+
+def _scaled(base: QFont, lod: float, max_px: float = TITLE_H - 8) -> QFont:
+    """``base`` enlarged so that it is about MIN_SCREEN_PX on screen at ``lod`` (never
+    beyond ``max_px`` scene pixels, the room it has)."""
+    px = round(max(base.pixelSize(), min(max_px, MIN_SCREEN_PX / max(lod, 0.01))))
+    key = (base.family(), px, int(base.bold()))
+    font = _scaled_fonts.get(key)
+    if font is None:
+        font = QFont(base)
+        font.setPixelSize(px)
+        _scaled_fonts[key] = font
+    return font
+
+
 class NodeItem(QGraphicsItem):
     def __init__(self, node: Node, spec: NodeSpec | None, layout: NodeLayout, links: Any = ()):
         super().__init__()
@@ -196,6 +220,7 @@ class NodeItem(QGraphicsItem):
         self.layout = layout
         self.linked: set[str] = set()
         self.problems: list[str] = []
+        self.bad_ports: frozenset[str] = frozenset()
         self.drag_hint: tuple[ValueType, bool] | None = None
         self.run_state = RunState.IDLE
         self.progress: float | None = None
@@ -325,9 +350,12 @@ class NodeItem(QGraphicsItem):
 
     # -- state ----------------------------------------------------------------------------
 
-    def set_problems(self, messages: list[str]) -> None:
-        if messages != self.problems:
+    def set_problems(self, messages: list[str], ports: set[str] | frozenset = frozenset()) -> None:
+        """Show a node's problems: the badge, the tooltip, and the ports (inputs or param
+        fields) at fault ringed in red."""
+        if messages != self.problems or ports != self.bad_ports:
             self.problems = messages
+            self.bad_ports = frozenset(ports)
             self._update_tooltip()
             self.update()
 
@@ -415,6 +443,10 @@ class NodeItem(QGraphicsItem):
         if lod < LOD_SIMPLE:
             self._paint_simple(painter, s)
             return
+        if lod < LOD_VALUES and not self.layout.collapsed:
+            self._paint_simple(painter, s)
+            self._paint_big_title(painter, s, lod)
+            return
         rect = s.rect
         # Outline as a filled rect behind the body: antialiased strokes cost twice a fill.
         outline = self._outline_pen()
@@ -438,7 +470,7 @@ class NodeItem(QGraphicsItem):
             tri = [QPointF(cx - 4.5, cy - 2.5), QPointF(cx + 4.5, cy - 2.5), QPointF(cx, cy + 3.5)]
         painter.drawPolygon(tri)
         # Title text.
-        painter.setFont(_Style.title_font)
+        painter.setFont(_Style.title_font if lod >= LOD_TEXT else _scaled(_Style.title_font, lod))
         painter.setPen(_Style.text)
         label = self.title_text()
         if node.bypass:
@@ -450,7 +482,9 @@ class NodeItem(QGraphicsItem):
         painter.drawText(
             text_rect,
             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-            self._elide(label, text_rect.width(), _Style.title_metrics),
+            self._elide(label, text_rect.width(), QFontMetricsF(painter.font()))
+            if lod < LOD_TEXT
+            else self._elide(label, text_rect.width(), _Style.title_metrics),
         )
         if self.problems:
             self._paint_badge(painter, QPointF(s.width - 13, TITLE_H / 2))
@@ -464,11 +498,11 @@ class NodeItem(QGraphicsItem):
             self._paint_collapsed_ports(painter, s)
             return
         self._paint_ports(painter, s, lod)
-        if lod < LOD_TEXT:  # text this small cannot be read: show where the fields are
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(_Style.field)
-            for f in s.params.values():
-                painter.drawRoundedRect(f.rect, 4, 4)
+        if lod < LOD_TEXT:  # labels this small cannot be read: the values, larger
+            font = _scaled(_Style.label_font, lod, max_px=ROW_H - 4)
+            painter.setFont(font)
+            for name, f in s.params.items():
+                self._paint_value_only(painter, f.spec, f.rect, name, font)
         else:
             painter.setFont(_Style.label_font)
             for name, f in s.params.items():
@@ -507,6 +541,50 @@ class NodeItem(QGraphicsItem):
         painter.setBrush(self.title_color())
         painter.drawRect(QRectF(0, 0, s.width, TITLE_H))
 
+    def _paint_big_title(self, painter: QPainter, s: NodeShape, lod: float) -> None:
+        """Far out: the title alone, in letters that stay legible, over the whole node."""
+        font = _scaled(_Style.title_font, lod, max_px=min(64.0, s.height / 2.5))
+        painter.setFont(font)
+        painter.setPen(_Style.text)
+        painter.drawText(
+            s.rect.adjusted(6, 2, -6, -2),
+            Qt.AlignmentFlag.AlignHCenter
+            | Qt.AlignmentFlag.AlignVCenter
+            | Qt.TextFlag.TextWordWrap,
+            self.title_text(),
+        )
+
+    def _paint_value_only(
+        self, painter: QPainter, spec: InputSpec, r: QRectF, name: str, font: QFont
+    ) -> None:
+        """A param as its value alone (a prompt as its text), in a font read at this zoom."""
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(_Style.field)
+        painter.drawRoundedRect(r, 4, 4)
+        if name in self.linked:
+            text, pen = "← linked", _Style.dim
+        elif spec.file_kind == "mask":
+            value = self.node.params.get(name)
+            text, pen = ("mask painted" if value else "no mask"), _Style.dim
+        else:
+            text, pen = format_value(spec, self.node.params.get(name, spec.default)), _Style.text
+            if not spec.file_kind and not spec.multiline:
+                text = f"{name.replace('_', ' ')}  {text}"
+        painter.setPen(pen)
+        inner = r.adjusted(4, 0, -4, 0)
+        if spec.type is ValueType.STRING and spec.multiline:
+            painter.drawText(
+                inner,
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
+                text,
+            )
+            return
+        painter.drawText(
+            inner,
+            Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignHCenter,
+            QFontMetricsF(font).elidedText(text, Qt.TextElideMode.ElideMiddle, inner.width()),
+        )
+
     def _paint_badge(self, painter: QPainter, c: QPointF) -> None:
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(_Style.badge)
@@ -543,6 +621,8 @@ class NodeItem(QGraphicsItem):
                 port.name,
             )
         for port in s.inputs.values():
+            if port.name in self.bad_ports:
+                self._paint_fault(painter, port)
             if port.is_param and not self._shows_param_port(port.name):
                 continue
             painter.setPen(_Style.port_border)
@@ -556,11 +636,24 @@ class NodeItem(QGraphicsItem):
             spec = self.spec.input(port.name) if self.spec else None
             if spec is not None and spec.optional:
                 painter.setPen(_Style.dim)
+            if port.name in self.bad_ports:
+                painter.setPen(_Style.error_pen.color())
+                text = f"{text}  ⚠"
             painter.drawText(
                 QRectF(12, port.pos.y() - 9, w / 2 - 12, 18),
                 Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
                 text,
             )
+
+    def _paint_fault(self, painter: QPainter, port: Any) -> None:
+        """A red ring around an input at fault (a red frame around a param's field)."""
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.setPen(_Style.fault_pen)
+        field = self.shape_.params.get(port.name)
+        if field is not None and port.name not in self.linked:
+            painter.drawRoundedRect(field.rect.adjusted(-2, -2, 2, 2), 5, 5)
+        else:
+            painter.drawEllipse(port.pos, PORT_R + 3.5, PORT_R + 3.5)
 
     def _paint_collapsed_ports(self, painter: QPainter, s: NodeShape) -> None:
         painter.setPen(_Style.port_border)

@@ -289,10 +289,13 @@ class GraphScene(QGraphicsScene):
 
     def show_problems(self, problems: list) -> None:
         by_node: dict[str, list[str]] = defaultdict(list)
+        ports: dict[str, set[str]] = defaultdict(set)  # the inputs or params at fault
         for p in problems:
             by_node[p.node_id].append(p.message)
+            if p.param:
+                ports[p.node_id].add(p.param)
         for nid, item in self.nodes.items():
-            item.set_problems(by_node.get(nid, []))
+            item.set_problems(by_node.get(nid, []), ports.get(nid, set()))
         self._overview = None
         if self._overview_on:
             self.update()

@@ -14,6 +14,7 @@ from PySide6.QtCore import QEvent, QLineF, QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QContextMenuEvent,
+    QCursor,
     QDropEvent,
     QKeyEvent,
     QMouseEvent,
@@ -37,6 +38,7 @@ from studio.graph.types import ValueType, can_connect
 __all__ = ["NODE_TYPE_MIME", "GraphView"]
 
 MIN_ZOOM, MAX_ZOOM = 0.08, 3.0
+FIT_MARGIN_PX = 40
 
 
 @dataclass
@@ -61,6 +63,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
     paint_mask_requested = Signal(str)  # a node id
     image_activated = Signal(str)  # the image on a node was double-clicked
     image_dropped = Signal(str)  # an image file was dropped (the viewer shows its provenance)
+    inpaint_requested = Signal(str)  # a Load Image node's "Inpaint…"
 
     def __init__(self, scene: GraphScene, parent: QWidget | None = None):
         super().__init__(scene, parent)
@@ -88,6 +91,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         self.search = NodeSearchPopup(self.controller.registry, self)
         self.search.chosen.connect(self._search_chosen)
         self._search_pos = QPointF()
+        self._search_at_cursor = False
         self._search_link: dict[str, tuple[str, str]] = {}
         self._wire: _WireDrag | None = None
         self._param: _ParamDrag | None = None
@@ -138,9 +142,11 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         if r.isEmpty():
             self.set_zoom(1.0, QPointF(0, 0))
             return
-        r = r.adjusted(-60, -60, 60, 60)
-        vw, vh = max(self.viewport().width(), 1), max(self.viewport().height(), 1)
-        z = min(vw / r.width(), vh / r.height(), 1.0)
+        # A margin on screen (not in scene units, which shrink with the zoom): nothing
+        # touches or crosses the edge, whatever the zoom comes out as.
+        m = FIT_MARGIN_PX
+        vw, vh = max(self.viewport().width() - 2 * m, 1), max(self.viewport().height() - 2 * m, 1)
+        z = min(vw / max(r.width(), 1.0), vh / max(r.height(), 1.0), 1.0)
         self.set_zoom(z, r.center())
 
     def fit_selection(self) -> None:
@@ -612,17 +618,17 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         if not keep_link:
             self._search_link = {}
         self._search_pos = scene_pos
+        cursor = self.viewport().mapFromGlobal(QCursor.pos())
+        self._search_at_cursor = self.viewport().rect().contains(cursor)
         global_pos = self.viewport().mapToGlobal(self.mapFromScene(scene_pos))
         self.search.open_at(global_pos, accepts=accepts, gives=gives)
 
     def _search_chosen(self, type_id: str) -> None:
-        pos = self._search_pos
+        from studio.app.canvas.placement import add_from_search
+
         kwargs, self._search_link = self._search_link, {}
-        spec = self.controller.registry.get(type_id)
-        x, y = pos.x(), pos.y()
-        if spec is not None and "link_to" in kwargs:
-            x -= 230  # a node feeding an input goes to the left of the cursor
-        node_id = self.controller.add_node(type_id, (x, y), **kwargs)
+        at_cursor = bool(kwargs) or self._search_at_cursor
+        node_id = add_from_search(self, type_id, self._search_pos, kwargs, at_cursor=at_cursor)
         if node_id is not None:
             self.graph.select_nodes([node_id])
 

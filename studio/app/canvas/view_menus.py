@@ -15,6 +15,8 @@ from PySide6.QtWidgets import QMenu
 from studio.app.canvas.decor import FrameItem, NoteItem
 from studio.app.canvas.link_item import LinkItem, RerouteItem
 from studio.app.canvas.node_item import NodeItem
+from studio.app.canvas.placement import insert_lora
+from studio.graph.types import ValueType
 
 NODE_TYPE_MIME = "application/x-studio-node-type"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -69,6 +71,9 @@ class MenusMixin:
             )
         elif isinstance(item, LinkItem):
             menu.addAction("Add reroute here", lambda: self.add_reroute(item, pos))
+            lk = c.wf.get_link(item.link_id)
+            if lk is not None and c._port_type(lk.source, lk.output, True) is ValueType.MODEL:
+                menu.addAction("Insert LoRA", lambda: insert_lora(self, lk.source, lk.output))
             menu.addAction("Delete wire", lambda: c.disconnect([item.link_id], "Delete wire"))
         elif isinstance(item, FrameItem):
             menu.addAction("Rename frame…", lambda: self.rename_frame(item))
@@ -109,9 +114,12 @@ class MenusMixin:
             return
         node_id = item.node_id
         if any(i.file_kind == "mask" for i in spec.params):
+            menu.addAction("Inpaint…", lambda: self.inpaint_requested.emit(node_id))
             menu.addAction("Paint mask…", lambda: self.paint_mask_requested.emit(node_id))
         if item.image is not None:
             menu.addAction("Show in viewer", lambda: self.image_activated.emit(node_id))
+        if any(o.type is ValueType.MODEL for o in spec.outputs):
+            menu.addAction("Insert LoRA", lambda: insert_lora(self, node_id))
         from studio.graph.seeds import SEED_CONTROLS
 
         for inp in spec.params:
