@@ -20,10 +20,49 @@ FRONTEND_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
 #: Placeholder type ids of imported nodes Studio cannot run start with this.
 PLACEHOLDER_PREFIX = "comfyui."
 
-_SCHEDULE_NOTE = (
-    "schedule differs from ComfyUI's: Studio's 'normal' is the checkpoint's own "
-    "(diffusers) schedule, so the image may differ slightly from ComfyUI's"
-)
+#: ComfyUI's schedules -> Studio's ``comfy_*`` schedules, which compute ComfyUI's sigmas and
+#: noise (nodes/ksampling.py): the same seed gives ComfyUI's picture.
+COMFY_SCHEDULES = {
+    name: f"comfy_{name}"
+    for name in (
+        "normal",
+        "karras",
+        "exponential",
+        "simple",
+        "sgm_uniform",
+        "ddim_uniform",
+        "kl_optimal",
+    )
+}
+#: The samplers the ``comfy_*`` schedules run with (nodes.values.COMFY_SAMPLERS; a test
+#: keeps the two equal: studio/graph does not import the node modules).
+COMFY_EXACT_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+#: With another sampler, the Studio (diffusers) schedule nearest to ComfyUI's.
+SCHEDULE_FALLBACK = {
+    "comfy_normal": "normal",
+    "comfy_karras": "karras",
+    "comfy_exponential": "exponential",
+    "comfy_sgm_uniform": "sgm_uniform",
+    "comfy_simple": "normal",
+    "comfy_ddim_uniform": "normal",
+    "comfy_kl_optimal": "normal",
+}
+#: Studio node types whose (sampler, scheduler) params are checked against the above.
+SAMPLER_TYPES = frozenset({"sampler", "sampler_advanced"})
+
+
+def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
+    """The Studio schedule an imported (sampler, ``comfy_*`` schedule) pair runs with, and the
+    report line when it is not ComfyUI's own (Studio reproduces ComfyUI's sampling only for
+    euler, euler_ancestral and dpmpp_2m)."""
+    if scheduler not in SCHEDULE_FALLBACK or sampler in COMFY_EXACT_SAMPLERS:
+        return scheduler, None
+    near = SCHEDULE_FALLBACK[scheduler]
+    return near, (
+        f"schedule {scheduler.removeprefix('comfy_')!r} with sampler {sampler!r} became "
+        f"Studio's {near!r} (diffusers): Studio reproduces ComfyUI's sampling only for "
+        f"{', '.join(COMFY_EXACT_SAMPLERS)}, so the image differs from ComfyUI's"
+    )
 
 
 @dataclass(frozen=True)
@@ -99,9 +138,8 @@ NODE_MAPS: dict[str, NodeMap] = {
         params={"sampler_name": "sampler"},
         inputs={"latent_image": "latent"},
         outputs=("latent",),
-        values={"sampler_name": _GPU_SAMPLERS},
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
         notes={
-            ("scheduler", "normal"): _SCHEDULE_NOTE,
             **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
         },
         comfy_lacks={"sampler": frozenset({"pndm"})},
@@ -222,9 +260,9 @@ NODE_MAPS: dict[str, NodeMap] = {
             "add_noise": _ENABLE,
             "return_with_leftover_noise": _ENABLE,
             "sampler_name": _GPU_SAMPLERS,
+            "scheduler": COMFY_SCHEDULES,
         },
         notes={
-            ("scheduler", "normal"): _SCHEDULE_NOTE,
             **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
         },
         comfy_lacks={"sampler": frozenset({"pndm"})},
