@@ -222,7 +222,8 @@ def sample(
     batch = samples.shape[0]
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
     masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
-    single = len(pos) == 1 and len(neg) == 1 and not masked
+    ranged = any("timestep_range" in c.extra for c in (*pos, *neg))
+    single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
     if isinstance(sched, ksampling.KSchedule):
@@ -274,6 +275,8 @@ def sample(
             cfg=cfg,
             positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
+            positive_conds=tuple(pos),
+            negative_conds=tuple(neg),
         )
     if isinstance(sched, ksampling.KSchedule):
         return _comfy_run(ctx, model, sched, start, predict, mask, latent)
@@ -588,13 +591,29 @@ class _AveragedPrediction:
     #: Per prompt: None (weight 1 everywhere) or Conditioning Set Mask's mask * strength.
     positive_weights: tuple[torch.Tensor | None, ...] = ()
     negative_weights: tuple[torch.Tensor | None, ...] = ()
+    #: The prompts themselves: one with a timestep range (Conditioning Set Timestep
+    #: Range) is left out of the steps outside it.
+    positive_conds: tuple[Cond, ...] = ()
+    negative_conds: tuple[Cond, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-        cond = _mean([p(latents, i, t) for p in self.positive], self.positive_weights)
+        cond = self._side(self.positive, self.positive_weights, self.positive_conds, latents, i, t)
         if not self.negative:
             return cond
-        uncond = _mean([p(latents, i, t) for p in self.negative], self.negative_weights)
+        uncond = self._side(
+            self.negative, self.negative_weights, self.negative_conds, latents, i, t
+        )
         return uncond + self.cfg * (cond - uncond)
+
+    @staticmethod
+    def _side(preds, weights, conds, latents, i, t) -> torch.Tensor:
+        from nodes.comfycore import in_range
+
+        active = [k for k in range(len(preds)) if not conds or in_range(conds[k], float(t))]
+        if not active:  # no prompt acts at this step: ComfyUI's prediction is then zero
+            return torch.zeros_like(latents)
+        ws = tuple(weights[k] for k in active) if weights else ()
+        return _mean([preds[k](latents, i, t) for k in active], ws)
 
 
 def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:

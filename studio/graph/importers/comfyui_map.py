@@ -301,6 +301,32 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("left", "top", "right", "bottom", "feathering"),
         outputs=("image", "mask"),
     ),
+    "LatentUpscale": NodeMap(
+        "latent_upscale_to",
+        "Upscale Latent",
+        ("upscale_method", "width", "height", "crop"),
+        params={"upscale_method": "method"},
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "LoraLoaderModelOnly": NodeMap(
+        "load_lora_model_only",
+        "LoraLoaderModelOnly",
+        ("lora_name", "strength_model"),
+        outputs=("model",),
+    ),
+    "ControlNetApply": NodeMap(
+        "apply_controlnet_one",
+        "Apply ControlNet (OLD)",
+        ("strength",),
+        outputs=("conditioning",),
+    ),
+    "ConditioningSetTimestepRange": NodeMap(
+        "conditioning_set_timestep_range",
+        "ConditioningSetTimestepRange",
+        ("start", "end"),
+        outputs=("conditioning",),
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -320,12 +346,8 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
-    "LatentUpscale": "scales to a width and height; Studio's Latent Upscale scales by a factor",
-    "ControlNetApply": "applies to one conditioning; Studio's Apply ControlNet takes the "
-    "positive and negative together, so the mapping would not be exact",
-    "LoraLoaderModelOnly": "Studio's Load LoRA needs a text encoder (clip) input",
-    "ConditioningSetArea": "not in Studio yet",
-    "ConditioningSetTimestepRange": "not in Studio yet",
+    "ConditioningSetArea": "not in Studio yet (an area prompt is predicted on a cropped "
+    "latent, with ControlNet images and SDXL size ids cropped to match)",
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
     "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",
