@@ -19,4 +19,5 @@ BUILTIN_MODULES: list[str] = [
     "latent",
     "sampling",
     "image",
+    "comfycore",
 ]

@@ -304,6 +304,11 @@ class ControlPlan:
         import torch
 
         pos_entries, neg_entries = controls_of(pos), controls_of(neg)
+        if pos_entries and not neg_entries:
+            # A negative prompt without ControlNets takes the positive's (ComfyUI's
+            # apply_empty_x_to_equal_area), so Apply ControlNet (One Prompt) on the
+            # positive acts as ComfyUI's old ControlNetApply does.
+            neg_entries = pos_entries
         ordered: list[ControlEntry] = []
         for e in (*neg_entries, *pos_entries):
             if not any(e is o for o in ordered):

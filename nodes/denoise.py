@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nodes import lora
+from nodes import ksampling, lora
 from nodes.controlnet import ControlPlan
 from nodes.inpaint import unet_inpaint_inputs
 from nodes.sdload import get_module, with_oom_advice
@@ -57,6 +57,8 @@ def make_scheduler(
     overrides = dict(sampler_kwargs)
     accepted = set(inspect.signature(cls.__init__).parameters)
     for key, value in SCHEDULERS[schedule].items():
+        if key == "comfy":
+            raise NodeError(f"the {schedule!r} schedule is ComfyUI's, not a diffusers scheduler")
         if key not in accepted:
             raise NodeError(f"the {schedule!r} scheduler is not available with sampler {sampler!r}")
         overrides[key] = value
@@ -210,15 +212,24 @@ def sample(
             _check_cond(c, name, model, unet)
     samples = _fit_empty_latent(latent, model, unet)
     _check_latent(samples, unet)
-    sched = make_scheduler(model.scheduler_config, sampler, scheduler, seed)
     device, dtype = torch.device(ctx.device), unet.dtype
+    if ksampling.is_comfy(scheduler):
+        sched: Any = _comfy_schedule(model, sampler, scheduler, seed, steps, denoise, window, dtype)
+        if len(sched.sigmas) < 2:  # nothing to run: the latent as it came (ComfyUI does so)
+            return dict(latent)
+    else:
+        sched = make_scheduler(model.scheduler_config, sampler, scheduler, seed)
     batch = samples.shape[0]
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
     masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
-    single = len(pos) == 1 and len(neg) == 1 and not masked
+    ranged = any("timestep_range" in c.extra for c in (*pos, *neg))
+    single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    if window is None:
+    if isinstance(sched, ksampling.KSchedule):
+        timesteps = sched.timesteps
+        start = _comfy_start(sched, samples, window, device)
+    elif window is None:
         timesteps = _timesteps(sched, steps, denoise, device)
         start = _start_latents(
             sched, samples, latent, timesteps, generator, denoise >= 1.0, device, dtype
@@ -264,7 +275,11 @@ def sample(
             cfg=cfg,
             positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
+            positive_conds=tuple(pos),
+            negative_conds=tuple(neg),
         )
+    if isinstance(sched, ksampling.KSchedule):
+        return _comfy_run(ctx, model, sched, start, predict, mask, latent)
     step_kwargs = _step_kwargs(sched, generator)
     after = None
     if window is not None and window.leftover_noise and window.end < steps:
@@ -281,6 +296,77 @@ def sample(
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
     return out_latent
+
+
+def _comfy_schedule(
+    model: ModelHandle,
+    sampler: str,
+    scheduler: str,
+    seed: int,
+    steps: int,
+    denoise: float,
+    window: StepWindow | None,
+    dtype: torch.dtype,
+) -> ksampling.KSchedule:
+    """A ComfyUI schedule's sigmas for the Sampler (``denoise``) or Sampler (Advanced)."""
+    config = model.scheduler_config
+    ms = ksampling.ModelSampling(config, config.get("prediction_type", model.prediction_type))
+    if window is None:
+        sigmas = ksampling.ksampler_sigmas(ms, scheduler, steps, denoise)
+    else:
+        sigmas = ksampling.ksampler_sigmas(
+            ms,
+            scheduler,
+            steps,
+            start=window.start,
+            end=window.end,
+            full_denoise=not window.leftover_noise,
+        )
+    return ksampling.KSchedule(ms, sampler, sigmas, seed, dtype)
+
+
+def _comfy_start(
+    ks: ksampling.KSchedule, samples: torch.Tensor, window: StepWindow | None, device: Any
+) -> _Start:
+    """ComfyUI's start: its noise (none with add_noise off) at the first sigma, added to the
+    input latent (an Empty Latent is zeros), all in float32."""
+    init = samples.to(device=device, dtype=torch.float32)
+    if window is not None and not window.add_noise:
+        drawn = torch.zeros_like(init)
+    else:
+        drawn = ksampling.noise(tuple(init.shape), ks.seed).to(device)
+    return _Start(init, drawn, ksampling.noise_scaling(ks.ms, ks.sigmas[0].to(device), drawn, init))
+
+
+def _comfy_run(
+    ctx: Any,
+    model: ModelHandle,
+    ks: ksampling.KSchedule,
+    start: _Start,
+    predict: Any,
+    mask: torch.Tensor | None,
+    latent: dict[str, Any],
+) -> dict[str, Any]:
+    x = start.latents
+    keep = None
+    if mask is not None:
+        mask = mask.float()
+        keep = (mask, start.init, start.noise)
+        first = start.init + start.noise * ks.sigmas[0].to(x.device)
+        x = (1 - mask) * first + mask * x
+
+    def on_step(i: int, total: int, den: torch.Tensor) -> None:
+        ctx.progress(i + 1, total, preview_image(den, model.family, model.latent_rgb))
+
+    def steps() -> torch.Tensor:
+        with small_conv_backend(x, x.device):
+            return ksampling.run(ctx, ks, x, predict, keep, on_step)
+
+    result = with_oom_advice(steps, "sampling")
+    out: dict[str, Any] = {"samples": result.detach().float().cpu()}
+    if mask is not None:
+        out["noise_mask"] = latent["noise_mask"]
+    return out
 
 
 def _check_latent(samples: torch.Tensor, unet: Any) -> None:
@@ -505,13 +591,29 @@ class _AveragedPrediction:
     #: Per prompt: None (weight 1 everywhere) or Conditioning Set Mask's mask * strength.
     positive_weights: tuple[torch.Tensor | None, ...] = ()
     negative_weights: tuple[torch.Tensor | None, ...] = ()
+    #: The prompts themselves: one with a timestep range (Conditioning Set Timestep
+    #: Range) is left out of the steps outside it.
+    positive_conds: tuple[Cond, ...] = ()
+    negative_conds: tuple[Cond, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-        cond = _mean([p(latents, i, t) for p in self.positive], self.positive_weights)
+        cond = self._side(self.positive, self.positive_weights, self.positive_conds, latents, i, t)
         if not self.negative:
             return cond
-        uncond = _mean([p(latents, i, t) for p in self.negative], self.negative_weights)
+        uncond = self._side(
+            self.negative, self.negative_weights, self.negative_conds, latents, i, t
+        )
         return uncond + self.cfg * (cond - uncond)
+
+    @staticmethod
+    def _side(preds, weights, conds, latents, i, t) -> torch.Tensor:
+        from nodes.comfycore import in_range
+
+        active = [k for k in range(len(preds)) if not conds or in_range(conds[k], float(t))]
+        if not active:  # no prompt acts at this step: ComfyUI's prediction is then zero
+            return torch.zeros_like(latents)
+        ws = tuple(weights[k] for k in active) if weights else ()
+        return _mean([preds[k](latents, i, t) for k in active], ws)
 
 
 def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:

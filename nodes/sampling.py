@@ -35,7 +35,11 @@ SCHEDULER = InputSpec(
     T.CHOICE,
     choices=tuple(SCHEDULERS),
     default="normal",
-    tooltip="The noise schedule; normal is the checkpoint's own.",
+    tooltip=(
+        "The noise schedule; normal is the checkpoint's own (diffusers). comfy_* are "
+        "ComfyUI's schedules and noise (with euler, euler_ancestral, dpmpp_2m): the same "
+        "seed gives ComfyUI's picture."
+    ),
 )
 
 

@@ -250,3 +250,19 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
     "beta": {"use_beta_sigmas": True},
     "sgm_uniform": {"timestep_spacing": "trailing"},
 }
+
+#: ComfyUI's own schedules (``comfy_<ComfyUI name>``): ComfyUI's sigmas and noise, computed
+#: by nodes/ksampling.py (not diffusers), so an imported ComfyUI workflow gives ComfyUI's
+#: picture for the same seed. Studio's ``normal`` stays the checkpoint's diffusers spacing.
+COMFY_SCHEDULES: dict[str, str] = {
+    "comfy_normal": "normal",
+    "comfy_karras": "karras",
+    "comfy_exponential": "exponential",
+    "comfy_simple": "simple",
+    "comfy_sgm_uniform": "sgm_uniform",
+    "comfy_ddim_uniform": "ddim_uniform",
+    "comfy_kl_optimal": "kl_optimal",
+}
+#: The samplers the ComfyUI schedules run with (ComfyUI's k-diffusion steps).
+COMFY_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+SCHEDULERS.update({name: {"comfy": base} for name, base in COMFY_SCHEDULES.items()})

@@ -670,12 +670,14 @@ class MainWindow(RunWindowMixin, QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        from studio.app.canvas.view_menus import carries_workflow
+        from studio.app.canvas.view_menus import RECIPE_SUFFIXES, carries_workflow
 
         for url in event.mimeData().urls():
             path = url.toLocalFile()
             lower = path.lower()
-            if lower.endswith(".json") or (lower.endswith(".png") and carries_workflow(path)):
+            if lower.endswith(".json") or (
+                lower.endswith(RECIPE_SUFFIXES) and carries_workflow(path)
+            ):
                 self.open_path_asking(path)
                 event.acceptProposedAction()
                 return

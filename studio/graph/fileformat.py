@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from studio.errors import WorkflowFileError
 from studio.fsutil import atomic_write_bytes
+from studio.graph.exifmeta import ExifError, image_kind, read_exif_text_from
 from studio.graph.importers import ImportResult
 from studio.graph.pngmeta import (
     PNG_SIGNATURE,
@@ -201,8 +202,12 @@ def open_any(
     try:
         with open(p, "rb") as f:
             head = f.read(len(PNG_SIGNATURE))
+            image = head == PNG_SIGNATURE or image_kind(head + f.read(4)) is not None
+            f.seek(len(head))
             if head == PNG_SIGNATURE:
                 result = _workflow_from_png(f, str(p), registry, find_model)
+            elif image:
+                result = _workflow_from_exif(f, str(p), registry, find_model)
             else:
                 if st.st_size > MAX_FILE_BYTES:
                     raise WorkflowFileError(
@@ -221,7 +226,7 @@ def open_any(
     except OSError as exc:
         raise WorkflowFileError(str(p), f"cannot be read ({exc.strerror or exc})") from None
     # Saving over a PNG or another tool's file would destroy it: those have no path.
-    result.workflow.path = None if result.imported or head == PNG_SIGNATURE else p
+    result.workflow.path = None if result.imported or image else p
     return result
 
 
@@ -243,6 +248,24 @@ def _workflow_from_png(
         chunks = read_png_text_from(f, keys=frozenset(PNG_WORKFLOW_KEYS))
     except PngError as exc:
         raise WorkflowFileError(path, f"is not a readable PNG ({exc})") from None
+    return _workflow_from_texts(chunks, path, registry, find_model)
+
+
+def _workflow_from_exif(
+    f: BinaryIO, path: str, registry: Registry, find_model: FindModel | None = None
+) -> ImportResult:
+    """The workflow a JPEG's or WebP's EXIF carries: A1111's UserComment, ComfyUI's
+    workflow or prompt."""
+    try:
+        texts = read_exif_text_from(f)
+    except ExifError as exc:
+        raise WorkflowFileError(path, f"is not a readable image ({exc})") from None
+    return _workflow_from_texts(texts, path, registry, find_model)
+
+
+def _workflow_from_texts(
+    chunks: dict[str, str], path: str, registry: Registry, find_model: FindModel | None
+) -> ImportResult:
     if WORKFLOW_KEY in chunks:
         return _from_text(chunks[WORKFLOW_KEY], registry, path, studio_only=True)
     failed: WorkflowFileError | None = None

@@ -180,7 +180,7 @@ class MenusMixin:
             elif lower.endswith(IMAGE_SUFFIXES):
                 if (
                     on_node is None
-                    and lower.endswith(".png")
+                    and lower.endswith(RECIPE_SUFFIXES)
                     and not added
                     and carries_workflow(path)
                 ):
@@ -227,14 +227,22 @@ class MenusMixin:
         )
 
 
+#: Images that may carry the workflow that made them (PNG text chunks, JPEG / WebP EXIF).
+RECIPE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def carries_workflow(path: str) -> bool:
-    """Whether a PNG holds a workflow Studio opens: its own, ComfyUI's, or A1111's
-    parameters when that importer is there (read from its text chunks, not decoded)."""
+    """Whether a PNG, JPEG or WebP holds a workflow Studio opens: its own, ComfyUI's, or
+    A1111's parameters (read from its text chunks or EXIF, not decoded)."""
+    from studio.graph.exifmeta import ExifError, read_exif_text_from
     from studio.graph.fileformat import png_workflow_keys
-    from studio.graph.pngmeta import PngError, read_png_text_file
+    from studio.graph.pngmeta import PngError, is_png, read_png_text_file
 
     keys = png_workflow_keys()
     try:
-        return any(k in keys for k in read_png_text_file(path, keys=keys))
-    except (OSError, PngError):
+        if is_png(path):
+            return any(k in keys for k in read_png_text_file(path, keys=keys))
+        with open(path, "rb") as f:
+            return any(k in keys for k in read_exif_text_from(f))
+    except (OSError, PngError, ExifError):
         return False

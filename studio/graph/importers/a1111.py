@@ -108,6 +108,19 @@ SCHEDULES: dict[str, SamplerMapping] = {
     "simple": SamplerMapping("", "normal", "Studio has no Simple schedule; normal used"),
     "ddim": SamplerMapping("", "normal", "Studio has no DDIM schedule; normal used"),
     "turbo": SamplerMapping("", "normal", "Studio has no Turbo schedule; normal used"),
+    # Studio's ComfyUI schedules, as Studio's Save Image writes them ("Comfy karras")
+    **{
+        f"comfy {name}": SamplerMapping("", "comfy_" + name.replace(" ", "_"))
+        for name in (
+            "normal",
+            "karras",
+            "exponential",
+            "simple",
+            "sgm uniform",
+            "ddim uniform",
+            "kl optimal",
+        )
+    },
 }
 
 

@@ -26,8 +26,10 @@ from studio.graph.importers.comfyui_map import (
     NODE_MAPS,
     NOT_MAPPED,
     PLACEHOLDER_PREFIX,
+    SAMPLER_TYPES,
     SEED_WIDGETS,
     NodeMap,
+    sampler_schedule,
 )
 from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
 from studio.graph.seeds import SeedControl
@@ -685,6 +687,12 @@ class _Builder:
                 value = table[value]
             params[studio] = value
         params.update(cn.studio_params)
+        if nm.studio in SAMPLER_TYPES:
+            params["scheduler"], note = sampler_schedule(
+                params.get("sampler"), params.get("scheduler")
+            )
+            if note:
+                self.report.append(f"{_label(cn)}: {note}")
         for name, value in list(params.items()):
             inp = spec.input(name)
             problem = inp.check(value) if inp is not None else None

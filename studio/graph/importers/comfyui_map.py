@@ -20,10 +20,49 @@ FRONTEND_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
 #: Placeholder type ids of imported nodes Studio cannot run start with this.
 PLACEHOLDER_PREFIX = "comfyui."
 
-_SCHEDULE_NOTE = (
-    "schedule differs from ComfyUI's: Studio's 'normal' is the checkpoint's own "
-    "(diffusers) schedule, so the image may differ slightly from ComfyUI's"
-)
+#: ComfyUI's schedules -> Studio's ``comfy_*`` schedules, which compute ComfyUI's sigmas and
+#: noise (nodes/ksampling.py): the same seed gives ComfyUI's picture.
+COMFY_SCHEDULES = {
+    name: f"comfy_{name}"
+    for name in (
+        "normal",
+        "karras",
+        "exponential",
+        "simple",
+        "sgm_uniform",
+        "ddim_uniform",
+        "kl_optimal",
+    )
+}
+#: The samplers the ``comfy_*`` schedules run with (nodes.values.COMFY_SAMPLERS; a test
+#: keeps the two equal: studio/graph does not import the node modules).
+COMFY_EXACT_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+#: With another sampler, the Studio (diffusers) schedule nearest to ComfyUI's.
+SCHEDULE_FALLBACK = {
+    "comfy_normal": "normal",
+    "comfy_karras": "karras",
+    "comfy_exponential": "exponential",
+    "comfy_sgm_uniform": "sgm_uniform",
+    "comfy_simple": "normal",
+    "comfy_ddim_uniform": "normal",
+    "comfy_kl_optimal": "normal",
+}
+#: Studio node types whose (sampler, scheduler) params are checked against the above.
+SAMPLER_TYPES = frozenset({"sampler", "sampler_advanced"})
+
+
+def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
+    """The Studio schedule an imported (sampler, ``comfy_*`` schedule) pair runs with, and the
+    report line when it is not ComfyUI's own (Studio reproduces ComfyUI's sampling only for
+    euler, euler_ancestral and dpmpp_2m)."""
+    if scheduler not in SCHEDULE_FALLBACK or sampler in COMFY_EXACT_SAMPLERS:
+        return scheduler, None
+    near = SCHEDULE_FALLBACK[scheduler]
+    return near, (
+        f"schedule {scheduler.removeprefix('comfy_')!r} with sampler {sampler!r} became "
+        f"Studio's {near!r} (diffusers): Studio reproduces ComfyUI's sampling only for "
+        f"{', '.join(COMFY_EXACT_SAMPLERS)}, so the image differs from ComfyUI's"
+    )
 
 
 @dataclass(frozen=True)
@@ -99,9 +138,8 @@ NODE_MAPS: dict[str, NodeMap] = {
         params={"sampler_name": "sampler"},
         inputs={"latent_image": "latent"},
         outputs=("latent",),
-        values={"sampler_name": _GPU_SAMPLERS},
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
         notes={
-            ("scheduler", "normal"): _SCHEDULE_NOTE,
             **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
         },
         comfy_lacks={"sampler": frozenset({"pndm"})},
@@ -222,9 +260,9 @@ NODE_MAPS: dict[str, NodeMap] = {
             "add_noise": _ENABLE,
             "return_with_leftover_noise": _ENABLE,
             "sampler_name": _GPU_SAMPLERS,
+            "scheduler": COMFY_SCHEDULES,
         },
         notes={
-            ("scheduler", "normal"): _SCHEDULE_NOTE,
             **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
         },
         comfy_lacks={"sampler": frozenset({"pndm"})},
@@ -263,6 +301,32 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("left", "top", "right", "bottom", "feathering"),
         outputs=("image", "mask"),
     ),
+    "LatentUpscale": NodeMap(
+        "latent_upscale_to",
+        "Upscale Latent",
+        ("upscale_method", "width", "height", "crop"),
+        params={"upscale_method": "method"},
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "LoraLoaderModelOnly": NodeMap(
+        "load_lora_model_only",
+        "LoraLoaderModelOnly",
+        ("lora_name", "strength_model"),
+        outputs=("model",),
+    ),
+    "ControlNetApply": NodeMap(
+        "apply_controlnet_one",
+        "Apply ControlNet (OLD)",
+        ("strength",),
+        outputs=("conditioning",),
+    ),
+    "ConditioningSetTimestepRange": NodeMap(
+        "conditioning_set_timestep_range",
+        "ConditioningSetTimestepRange",
+        ("start", "end"),
+        outputs=("conditioning",),
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -282,12 +346,8 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
-    "LatentUpscale": "scales to a width and height; Studio's Latent Upscale scales by a factor",
-    "ControlNetApply": "applies to one conditioning; Studio's Apply ControlNet takes the "
-    "positive and negative together, so the mapping would not be exact",
-    "LoraLoaderModelOnly": "Studio's Load LoRA needs a text encoder (clip) input",
-    "ConditioningSetArea": "not in Studio yet",
-    "ConditioningSetTimestepRange": "not in Studio yet",
+    "ConditioningSetArea": "not in Studio yet (an area prompt is predicted on a cropped "
+    "latent, with ControlNet images and SDXL size ids cropped to match)",
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
     "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",

@@ -1,0 +1,332 @@
+"""ComfyUI's sigma schedules and samplers, for the Sampler's ``comfy_*`` schedules.
+
+Studio's other schedules are diffusers' (so a graph equals a diffusers pipeline). An
+imported ComfyUI workflow should instead give ComfyUI's picture for the same seed, which
+needs ComfyUI's way of sampling: k-diffusion style, in sigma space, with the model's
+1,000 discrete sigmas built from the checkpoint's betas, schedules computed from them,
+the UNet fed the timestep whose sigma is nearest (in log sigma), the first noise drawn
+on the CPU in float32 from ``torch.manual_seed(seed)`` and scaled by ``sqrt(1 + sigma^2)``
+at full denoise (by ``sigma`` otherwise), and the ancestral noise from a second CPU
+generator seeded with ``seed + 1``.
+
+Written from ComfyUI's published formulas (comfy/samplers.py: calculate_sigmas,
+normal_scheduler, simple_scheduler, ddim_scheduler, KSampler.set_steps and sample;
+comfy/model_sampling.py: ModelSamplingDiscrete, EPS, V_PREDICTION; comfy/k_diffusion/
+sampling.py: get_sigmas_karras, get_sigmas_exponential, sample_euler,
+sample_euler_ancestral, sample_dpmpp_2m, default_noise_sampler; comfy/sample.py:
+prepare_noise). Imported lazily (imports torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nodes.values import COMFY_SAMPLERS, COMFY_SCHEDULES
+from studio.errors import NodeError
+
+#: ComfyUI's alpha_cumprod for the last step of a zero-terminal-SNR model (its
+#: rescale_zero_terminal_snr_sigmas keeps sigma finite).
+ZSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
+
+
+def is_comfy(schedule: str) -> bool:
+    """Whether ``schedule`` is one of the Sampler's ComfyUI schedules."""
+    return schedule in COMFY_SCHEDULES
+
+
+def betas(config: dict[str, Any]) -> torch.Tensor:
+    """The training betas of a diffusers scheduler config, in float64 as ComfyUI builds them
+    (diffusers' ``scaled_linear`` is ComfyUI's ``linear``, diffusers' ``linear`` its
+    ``sqrt_linear``)."""
+    n = int(config.get("num_train_timesteps") or 1000)
+    trained = config.get("trained_betas")
+    if trained:
+        return torch.tensor(trained, dtype=torch.float64)
+    start = float(config.get("beta_start", 0.00085))
+    end = float(config.get("beta_end", 0.012))
+    kind = config.get("beta_schedule", "scaled_linear")
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float64)
+    if kind == "squaredcos_cap_v2":
+        s = 8e-3
+        t = torch.arange(n + 1, dtype=torch.float64) / n + s
+        alphas = torch.cos(t / (1 + s) * math.pi / 2) ** 2
+        alphas = alphas / alphas[0]
+        return (1 - alphas[1:] / alphas[:-1]).clamp(0, 0.999)
+    raise NodeError(f"the comfy schedules do not know the beta schedule {kind!r}")
+
+
+class ModelSampling:
+    """A discrete-time model's sigmas (ComfyUI's ModelSamplingDiscrete, EPS or V_PREDICTION)."""
+
+    def __init__(self, config: dict[str, Any], prediction_type: str = "epsilon"):
+        ac = torch.cumprod(1.0 - betas(config), dim=0)
+        sigmas = ((1 - ac) / ac) ** 0.5
+        if config.get("rescale_betas_zero_snr"):
+            sigmas = _rescale_zero_terminal_snr(sigmas)
+        self.sigmas = sigmas.float()
+        self.log_sigmas = sigmas.log().float()
+        self.v_prediction = prediction_type == "v_prediction"
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The training timestep whose sigma is nearest in log sigma (what the UNet is given)."""
+        dists = sigma.log().reshape(1, -1) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).reshape(sigma.shape)
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The sigma at a (fractional) timestep: log sigma interpolated linearly."""
+        t = timestep.float().clamp(0, len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+    def model_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x / (sigma**2 + 1.0) ** 0.5
+
+    def denoised(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The clean-latent prediction from the model's output at ``sigma`` (sigma_data 1)."""
+        if self.v_prediction:
+            return x / (sigma**2 + 1.0) - out * sigma / (sigma**2 + 1.0) ** 0.5
+        return x - out * sigma
+
+
+def _rescale_zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    ac = 1 / (sigmas * sigmas + 1)
+    root = ac.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    ac = root**2
+    ac[-1] = ZSNR_LAST_ALPHA_CUMPROD
+    return ((1 - ac) / ac) ** 0.5
+
+
+# -- Schedules (each returns steps + 1 sigmas, the last 0, as a float32 tensor) ---------------
+
+
+def normal(ms: ModelSampling, steps: int, sgm: bool = False) -> torch.Tensor:
+    """Timesteps evenly from the last training step to the first, their sigmas interpolated
+    (``sgm``: ``steps + 1`` points with the last dropped)."""
+    start, end = ms.timestep(ms.sigma_max), ms.timestep(ms.sigma_min)
+    append_zero = True
+    if sgm:
+        ts = torch.linspace(float(start), float(end), steps + 1)[:-1]
+    else:
+        if math.isclose(float(ms.sigma(end)), 0, abs_tol=1e-5):
+            steps, append_zero = steps + 1, False
+        ts = torch.linspace(float(start), float(end), steps)
+    sigs = [float(ms.sigma(t)) for t in ts]
+    return torch.tensor([*sigs, 0.0] if append_zero else sigs, dtype=torch.float32)
+
+
+def simple(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Every ``1000 / steps``-th training sigma from the top."""
+    ss = len(ms.sigmas) / steps
+    sigs = [float(ms.sigmas[-(1 + int(x * ss))]) for x in range(steps)]
+    return torch.tensor([*sigs, 0.0], dtype=torch.float32)
+
+
+def ddim_uniform(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Every ``1000 // steps``-th training sigma from the second, highest first."""
+    x = 1
+    if math.isclose(float(ms.sigmas[x]), 0, abs_tol=1e-5):
+        steps, sigs = steps + 1, []
+    else:
+        sigs = [0.0]
+    ss = max(len(ms.sigmas) // steps, 1)
+    while x < len(ms.sigmas):
+        sigs.append(float(ms.sigmas[x]))
+        x += ss
+    return torch.tensor(sigs[::-1], dtype=torch.float32)
+
+
+def karras(ms: ModelSampling, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022): sigma^(1/rho) evenly from sigma_max to sigma_min."""
+    smin, smax = float(ms.sigma_min), float(ms.sigma_max)
+    ramp = torch.linspace(0, 1, steps)
+    lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def exponential(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """log sigma evenly from sigma_max to sigma_min."""
+    smin, smax = float(ms.sigma_min), float(ms.sigma_max)
+    sigmas = torch.linspace(math.log(smax), math.log(smin), steps).exp()
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def kl_optimal(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """atan(sigma) evenly from sigma_max to sigma_min."""
+    smin, smax = float(ms.sigma_min), float(ms.sigma_max)
+    idx = torch.arange(steps, dtype=torch.float32).div_(max(steps - 1, 1))
+    sigmas = torch.zeros(steps + 1)
+    sigmas[:-1] = (idx * math.atan(smin) + (1 - idx) * math.atan(smax)).tan_()
+    return sigmas
+
+
+_SCHEDULES = {
+    "normal": normal,
+    "karras": karras,
+    "exponential": exponential,
+    "simple": simple,
+    "sgm_uniform": lambda ms, steps: normal(ms, steps, sgm=True),
+    "ddim_uniform": ddim_uniform,
+    "kl_optimal": kl_optimal,
+}
+
+
+def schedule_sigmas(ms: ModelSampling, schedule: str, steps: int) -> torch.Tensor:
+    """ComfyUI's ``calculate_sigmas`` for a ``comfy_*`` schedule name."""
+    return _SCHEDULES[COMFY_SCHEDULES[schedule]](ms, steps)
+
+
+def ksampler_sigmas(
+    ms: ModelSampling,
+    schedule: str,
+    steps: int,
+    denoise: float = 1.0,
+    start: int | None = None,
+    end: int | None = None,
+    full_denoise: bool = False,
+) -> torch.Tensor:
+    """The sigmas a ComfyUI KSampler (``denoise``) or KSamplerAdvanced (``start``, ``end``,
+    ``full_denoise`` = not return_with_leftover_noise) runs: with denoise below 1, the last
+    ``steps`` of a ``int(steps / denoise)``-step schedule. Fewer than two: nothing to run."""
+    if denoise > 0.9999:
+        sigmas = schedule_sigmas(ms, schedule, steps)
+    elif denoise <= 0.0:
+        return torch.zeros(0)
+    else:
+        sigmas = schedule_sigmas(ms, schedule, int(steps / denoise))[-(steps + 1) :]
+    if end is not None and end < len(sigmas) - 1:
+        sigmas = sigmas[: end + 1].clone()
+        if full_denoise:
+            sigmas[-1] = 0
+    if start is not None:
+        if start >= len(sigmas) - 1:
+            return torch.zeros(0)
+        sigmas = sigmas[start:]
+    return sigmas
+
+
+def noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """ComfyUI's first noise (prepare_noise): float32 on the CPU from ``manual_seed(seed)``."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+
+
+def is_max_denoise(ms: ModelSampling, sigma: torch.Tensor) -> bool:
+    top, s = float(ms.sigma_max), float(sigma)
+    return math.isclose(top, s, rel_tol=1e-5) or s > top
+
+
+def noise_scaling(
+    ms: ModelSampling, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor
+) -> torch.Tensor:
+    """The starting latent: noise at ``sigma`` added to the input latent; at full denoise the
+    noise is scaled by sqrt(1 + sigma^2), as ComfyUI does."""
+    scale = (1.0 + sigma**2) ** 0.5 if is_max_denoise(ms, sigma) else sigma
+    return noise * scale + latent
+
+
+@dataclass
+class KSchedule:
+    """What the Sampler's loop needs of a scheduler, for a ComfyUI schedule and sampler.
+
+    ``timesteps`` are the UNet's (nearest training step of each sigma); the loop sets
+    ``sigma`` before each model call so :meth:`scale_model_input` scales by it.
+    """
+
+    ms: ModelSampling
+    sampler: str
+    sigmas: torch.Tensor
+    seed: int
+    model_dtype: torch.dtype = torch.float32
+    order: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sampler not in COMFY_SAMPLERS:
+            raise NodeError(
+                f"the ComfyUI schedules run with the samplers {', '.join(COMFY_SAMPLERS)}, "
+                f"not {self.sampler!r}: choose one of them, or a Studio schedule (normal, "
+                "karras, ...)"
+            )
+        self.timesteps = (
+            self.ms.timestep(self.sigmas[:-1]).float() if len(self.sigmas) > 1 else torch.zeros(0)
+        )
+        self.sigma = self.sigmas[0] if len(self.sigmas) else torch.tensor(0.0)
+        self._old_denoised: torch.Tensor | None = None
+        seed = int(self.seed) + 1  # ComfyUI's default_noise_sampler on the CPU: seed + 1
+        self._generator = torch.Generator("cpu").manual_seed(seed % 2**64)
+
+    def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
+        return self.ms.model_input(x, self.sigma.to(x.device)).to(self.model_dtype)
+
+    def step(self, out: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from ``sigmas[i]`` to ``sigmas[i + 1]``: the new latent and the denoised
+        (clean) prediction."""
+        dev = x.device
+        s, s_next = self.sigmas[i].to(dev), self.sigmas[i + 1].to(dev)
+        den = self.ms.denoised(out.float(), x, s)
+        if self.sampler == "euler":
+            x = x + (x - den) / s * (s_next - s)
+        elif self.sampler == "euler_ancestral":
+            up = torch.minimum(s_next, (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5)
+            down = (s_next**2 - up**2) ** 0.5
+            if float(down) == 0:
+                x = den
+            else:
+                drawn = torch.randn(x.shape, generator=self._generator, dtype=x.dtype)
+                x = x + (x - den) / s * (down - s) + drawn.to(dev) * up
+        else:  # dpmpp_2m
+            t, t_next = -s.log(), -s_next.log()
+            h = t_next - t
+            ratio = (-t_next).exp() / (-t).exp()
+            if self._old_denoised is None or float(s_next) == 0:
+                x = ratio * x - (-h).expm1() * den
+            else:
+                h_last = t + self.sigmas[i - 1].to(dev).log()
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * self._old_denoised
+                x = ratio * x - (-h).expm1() * d
+            self._old_denoised = den
+        return x, den
+
+
+def run(
+    ctx: Any,
+    ks: KSchedule,
+    x: torch.Tensor,
+    predict: Any,
+    keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    on_step: Any,
+) -> torch.Tensor:
+    """The steps of ``ks`` from the starting latent ``x``. ``keep``: (mask, input latent,
+    noise): outside the mask the input latent noised to each step's sigma, as ComfyUI's
+    inpainting wrapper feeds the model (and the input itself after the last step)."""
+    total = len(ks.sigmas) - 1
+    with torch.no_grad():
+        for i in range(total):
+            ctx.check_interrupt()
+            ks.sigma = ks.sigmas[i]
+            out = predict(x, i, ks.timesteps[i])
+            x, den = ks.step(out, i, x)
+            if keep is not None:
+                mask, init, drawn = keep
+                kept = init + drawn * ks.sigmas[i + 1].to(x.device)
+                x = (1 - mask) * kept + mask * x
+            on_step(i, total, den)
+    return x
