@@ -101,7 +101,7 @@ def main(out_dir: str) -> None:
     insert_lora(w.view, ckpt)
     w.view.fit_items()
     settle()
-    small_png(w.grab().toImage(), out / "insert-lora.png")
+    small_png(w.view.grab().toImage(), out / "insert-lora.png")
 
     # The inpaint workflow at fit-all: values legible, a missing input ringed in red.
     w.set_document(load_workflow(RESOURCES / "workflows" / "inpaint.json", reg), None)
@@ -114,7 +114,7 @@ def main(out_dir: str) -> None:
     w.scene.select_nodes([])
     w.view.last_scene_pos = QPointF(0, 0)
     settle()
-    small_png(w.grab().toImage(), out / "overview-inpaint.png")
+    small_png(w.view.grab().toImage(), out / "overview-inpaint.png")
     w.shutdown_runs()
     w.hide()
 

@@ -159,9 +159,12 @@ def insert_lora(view: GraphView, node_id: str, model_output: str | None = None) 
     src = view.graph.nodes[node_id]
     # Right of the source or under it, whichever is free nearer: wires stay short.
     taken = occupied(view.graph)
+    below = src.pos().y() + src.shape_.height + MESSAGE_H + GAP / 2
     starts = [
         QPointF(src.pos().x() + src.shape_.width + GAP * 1.5, src.pos().y()),
-        QPointF(src.pos().x(), src.pos().y() + src.shape_.height + MESSAGE_H + GAP / 2),
+        QPointF(src.pos().x(), below),
+        # Under it, reaching left when it is wider than its column is.
+        QPointF(src.pos().x() + src.shape_.width - size[0], below),
     ]
     spots = [(free_spot(taken, p, size), p) for p in starts]
     spot = min(spots, key=lambda sp: (sp[0] - sp[1]).manhattanLength())[0]
