@@ -1,6 +1,7 @@
 """Nodes for ComfyUI core types Studio lacked: Latent Upscale to a size (LatentUpscale), Load
 LoRA (Model Only) (LoraLoaderModelOnly), Apply ControlNet (One Prompt) (the old
-ControlNetApply) and Conditioning Set Timestep Range (ConditioningSetTimestepRange).
+ControlNetApply), Conditioning Set Timestep Range (ConditioningSetTimestepRange) and
+Conditioning Set Area (ConditioningSetArea).
 
 Each computes what ComfyUI's node computes, written from its published code (nodes.py,
 comfy/utils.py common_upscale, comfy/samplers.py); the tests check them on studio-tiny.
@@ -199,3 +200,134 @@ def in_range(c: Any, t: float, train_steps: int = 1000) -> bool:
     if start > 0 and t > (1 - start) * top:
         return False
     return not (end < 1 and t < (1 - end) * top)
+
+
+# -- Conditioning Set Area (ComfyUI's ConditioningSetArea) -------------------------------------
+
+
+def _pixels(name: str, default: int, minimum: int, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.INT, default=default, min=minimum, max=16384, step=8, tooltip=tooltip)
+
+
+@node(
+    "conditioning_set_area",
+    title="Conditioning Set Area",
+    category="conditioning",
+    description=(
+        "Makes a prompt act on a rectangle of the image only (regional prompting, ComfyUI's "
+        "way): it is predicted on that part of the latent, its edges blended over 8 latent "
+        "cells. Combine it with a prompt for the whole image."
+    ),
+    inputs=[
+        InputSpec("conditioning", T.CONDITIONING),
+        _pixels("width", 64, 8, "The rectangle's width in pixels."),
+        _pixels("height", 64, 8, "The rectangle's height in pixels."),
+        _pixels("x", 0, 0, "Its left edge in pixels."),
+        _pixels("y", 0, 0, "Its top edge in pixels."),
+        InputSpec("strength", T.FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_set_area(ctx, conditioning, width, height, x, y, strength: float) -> list:
+    from dataclasses import replace
+
+    area = (int(height), int(width), int(y), int(x))  # ComfyUI's order, in pixels here
+    return [
+        replace(c, extra={**c.extra, "area": area, "strength": float(strength)})
+        for c in conditioning
+    ]
+
+
+def area_cells(area: tuple[int, int, int, int], size: tuple[int, ...], factor: int):
+    """(top, left, height, width) in latent cells of an area in pixels (ComfyUI: // 8, the
+    model's VAE factor here), clipped to the latent; a NodeError when nothing is left."""
+    h, w, y, x = (v // factor for v in area)
+    lh, lw = size[-2], size[-1]
+    h, w = min(h, lh - y), min(w, lw - x)
+    if h <= 0 or w <= 0:
+        raise NodeError(
+            f"a Conditioning Set Area rectangle ({area[1]}x{area[0]} at {area[3]},{area[2]}) "
+            f"lies outside the {lw * factor}x{lh * factor} image"
+        )
+    return y, x, h, w
+
+
+def area_weight(cells: tuple[int, int, int, int], size: tuple[int, ...], strength, batch: int):
+    """ComfyUI's weight of an area prompt: its strength, faded over 8 cells at every edge
+    that is not the image's (the same slices as ComfyUI's get_area_and_mult)."""
+    import torch
+
+    y, x, h, w = cells
+    lh, lw = size[-2], size[-1]
+    mult = torch.full((batch, 1, h, w), float(strength))
+    rr = 8
+    for t in range(rr):
+        f = (1.0 / rr) * (t + 1)
+        if y != 0:
+            mult[:, :, t : 1 + t, :] *= f
+        if y + h < lh:
+            mult[:, :, h - 1 - t : h - t, :] *= f
+        if x != 0:
+            mult[:, :, :, t : 1 + t] *= f
+        if x + w < lw:
+            mult[:, :, :, w - 1 - t : w - t] *= f
+    return mult
+
+
+def check_areas(pos: list, neg: list, unet: Any) -> None:
+    """What Studio does not do with an area prompt yet: say so instead of guessing."""
+    for c in (*pos, *neg):
+        if "area" not in c.extra:
+            continue
+        if c.extra.get("mask") is not None:
+            raise NodeError("a prompt with both an area and a mask is not supported yet")
+        if c.extra.get("controls"):
+            raise NodeError("a ControlNet on an area prompt is not supported yet")
+    if unet.config.addition_embed_type == "text_time":
+        raise NodeError("area prompts are not supported with SDXL models yet")
+    if unet.config.in_channels != unet.config.out_channels:
+        raise NodeError("area prompts are not supported with inpainting models yet")
+
+
+def with_same_areas(pos: list, neg: list) -> tuple[list, list]:
+    """ComfyUI's create_cond_with_same_area_if_none, both ways: for each area prompt of one
+    side, the other side's prompt that covers it best is also predicted on that area."""
+    neg = _same_areas(pos, neg)
+    return _same_areas(neg, pos), neg
+
+
+def _same_areas(source: list, target: list) -> list:
+    from dataclasses import replace
+
+    out = list(target)
+    for c in source:
+        area = c.extra.get("area")
+        if area is None:
+            continue
+        smallest = None
+        for n in out:
+            a = n.extra.get("area")
+            if a is not None:
+                inside = (
+                    area[2] >= a[2]
+                    and area[3] >= a[3]
+                    and a[0] + a[2] >= area[0] + area[2]
+                    and a[1] + a[3] >= area[1] + area[3]
+                )
+                if inside and (
+                    smallest is None
+                    or "area" not in smallest.extra
+                    or smallest.extra["area"][0] * smallest.extra["area"][1] > a[0] * a[1]
+                ):
+                    smallest = n
+            elif smallest is None:
+                smallest = n
+        if smallest is None or smallest.extra.get("area") == area:
+            continue
+        # ComfyUI copies the area prompt and gives it the other side's text
+        extra = {k: v for k, v in smallest.extra.items() if k != "timestep_range"}
+        extra |= {"area": area, "strength": c.extra.get("strength", 1.0)}
+        if "timestep_range" in c.extra:
+            extra["timestep_range"] = c.extra["timestep_range"]
+        out.append(replace(smallest, extra=extra))
+    return out

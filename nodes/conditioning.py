@@ -8,13 +8,23 @@ from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
 
 
+def _text_encode_fingerprint(params: dict[str, Any], ctx: Any) -> str:
+    # The embedding files a prompt names: a changed file re-runs the node.
+    from nodes import embeddings
+
+    return embeddings.fingerprint(
+        str(params.get("text", "")), ctx.model_files, ctx.files, ctx.check_interrupt
+    )
+
+
 @node(
     "text_encode",
     title="Text Encode",
     category="conditioning",
     description=(
         "Turns a prompt into conditioning for the Sampler. Understands (word:1.3), (word), "
-        "[word] weights and prompts longer than 75 tokens (up to 2,400)."
+        "[word] weights, embedding:name (a textual inversion file from the embeddings "
+        "folder) and prompts longer than 75 tokens (up to 2,400)."
     ),
     inputs=[
         InputSpec("clip", T.CLIP, tooltip="The text encoder from Load Checkpoint."),
@@ -38,9 +48,10 @@ from studio.graph.types import ValueType as T
         ),
     ],
     outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+    fingerprint=_text_encode_fingerprint,
 )
 def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
-    from nodes import lora, prompts, sdload
+    from nodes import embeddings, lora, prompts, sdload
     from nodes.values import ClipHandle, Cond
 
     prompts.check_prompt_length(text)  # before anything loads: a pasted megabyte fails at once
@@ -52,8 +63,11 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
     for name, encoder in zip(clip.encoders, encoders, strict=True):
         lora.activate(ctx, encoder, name, clip.patches, clip.family)
     tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
+    vectors = embeddings.vectors_for(ctx, text, encoders, tokenizers)
     embeds, pooled = sdload.with_oom_advice(
-        lambda: prompts.encode_prompt(encoders, tokenizers, text, clip_skip, ctx.check_interrupt),
+        lambda: prompts.encode_prompt(
+            encoders, tokenizers, text, clip_skip, ctx.check_interrupt, vectors
+        ),
         "encoding the prompt",
     )
     return [

@@ -223,7 +223,13 @@ def sample(
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
     masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
     ranged = any("timestep_range" in c.extra for c in (*pos, *neg))
-    single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged
+    areas = any("area" in c.extra for c in (*pos, *neg))
+    if areas:
+        from nodes.comfycore import check_areas, with_same_areas
+
+        check_areas(pos, neg, unet)
+        pos, neg = with_same_areas(pos, neg)
+    single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged and not areas
 
     generator = torch.Generator("cpu").manual_seed(int(seed))
     if isinstance(sched, ksampling.KSchedule):
@@ -277,6 +283,8 @@ def sample(
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
             positive_conds=tuple(pos),
             negative_conds=tuple(neg),
+            positive_areas=tuple(_area(c, size, model, batch, device) for c in pos),
+            negative_areas=tuple(_area(c, size, model, batch, device) for c in neg),
         )
     if isinstance(sched, ksampling.KSchedule):
         return _comfy_run(ctx, model, sched, start, predict, mask, latent)
@@ -595,25 +603,58 @@ class _AveragedPrediction:
     #: Range) is left out of the steps outside it.
     positive_conds: tuple[Cond, ...] = ()
     negative_conds: tuple[Cond, ...] = ()
+    #: Per prompt: None, or Conditioning Set Area's (top, left, height, width) in latent
+    #: cells and its feathered weight [batch, 1, height, width].
+    positive_areas: tuple[Any, ...] = ()
+    negative_areas: tuple[Any, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-        cond = self._side(self.positive, self.positive_weights, self.positive_conds, latents, i, t)
+        cond = self._side(
+            self.positive,
+            self.positive_weights,
+            self.positive_conds,
+            self.positive_areas,
+            latents,
+            i,
+            t,
+        )
         if not self.negative:
             return cond
         uncond = self._side(
-            self.negative, self.negative_weights, self.negative_conds, latents, i, t
+            self.negative,
+            self.negative_weights,
+            self.negative_conds,
+            self.negative_areas,
+            latents,
+            i,
+            t,
         )
         return uncond + self.cfg * (cond - uncond)
 
     @staticmethod
-    def _side(preds, weights, conds, latents, i, t) -> torch.Tensor:
+    def _side(preds, weights, conds, areas, latents, i, t) -> torch.Tensor:
         from nodes.comfycore import in_range
 
         active = [k for k in range(len(preds)) if not conds or in_range(conds[k], float(t))]
         if not active:  # no prompt acts at this step: ComfyUI's prediction is then zero
             return torch.zeros_like(latents)
-        ws = tuple(weights[k] for k in active) if weights else ()
-        return _mean([preds[k](latents, i, t) for k in active], ws)
+        outs, ws = [], []
+        for k in active:
+            area = areas[k] if areas else None
+            if area is None:
+                outs.append(preds[k](latents, i, t))
+                ws.append(weights[k] if weights else None)
+                continue
+            # an area prompt is predicted on its part of the latent only (ComfyUI's way)
+            (top, left, h, w), mult = area
+            part = (..., slice(top, top + h), slice(left, left + w))
+            full = torch.zeros_like(latents)
+            full[part] = preds[k](latents[part], i, t)
+            weight = torch.zeros_like(latents[:, :1])
+            weight[part] = mult.to(weight.dtype)
+            outs.append(full)
+            ws.append(weight)
+        return _mean(outs, tuple(ws))
 
 
 def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:
@@ -632,6 +673,16 @@ def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = 
         else:
             num, den = num + p * w, den + w
     return num / den
+
+
+def _area(c: Cond, size: tuple[int, ...], model: ModelHandle, batch: int, device: Any) -> Any:
+    """Conditioning Set Area's part of the latent and its weight, or None."""
+    if "area" not in c.extra:
+        return None
+    from nodes.comfycore import area_cells, area_weight
+
+    cells = area_cells(c.extra["area"], size, model.vae_downscale)
+    return cells, area_weight(cells, size, c.extra.get("strength", 1.0), batch).to(device)
 
 
 def _prompt_weight(

@@ -114,27 +114,73 @@ def _merge_equal_weights(pieces: list[tuple[str, float]]) -> list[tuple[str, flo
     return [("".join(texts), w) for texts, w in runs]
 
 
+#: A textual inversion embedding in a prompt, as ComfyUI writes it: ``embedding:name`` (the
+#: name runs to the next space, comma or bracket; a file extension may be given).
+EMBEDDING = re.compile(r"embedding:([^\s,()\[\]]+)", re.IGNORECASE)
+
+#: Per chunk: (token position, the embedding vector to put there).
+Injections = list[list[tuple[int, Any]]]
+
+
+def embedding_names(text: str) -> list[str]:
+    """The embedding names a prompt uses (``embedding:name``), in order, without repeats."""
+    return list(dict.fromkeys(m.group(1) for m in EMBEDDING.finditer(text)))
+
+
 def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[list[int]], list[list[float]]]:
     """Token id chunks (each ``model_max_length`` long) and their per-token weights."""
+    chunks, weights, _ = tokenize_with_embeddings(tokenizer, text)
+    return chunks, weights
+
+
+def tokenize_with_embeddings(
+    tokenizer: Any, text: str, vectors: dict[str, Any] | None = None
+) -> tuple[list[list[int]], list[list[float]], Injections]:
+    """:func:`tokenize_weighted`, with each ``embedding:name`` in ``vectors`` (name ->
+    [n, width] tensor) taking n token positions; returns where each vector goes. Without
+    ``vectors`` the text is tokenised as it is."""
     size = int(tokenizer.model_max_length)
     per_chunk = size - 2
     ids: list[int] = []
     weights: list[float] = []
+    injected: dict[int, Any] = {}  # position in ids -> vector
+    filler = tokenizer.bos_token_id  # any real id: its embedding is replaced
     for piece, w in parse_weights(text):
         if not piece:
             continue
-        toks = tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        at = 0
+        for m in EMBEDDING.finditer(piece) if vectors else ():
+            if m.group(1) not in vectors:
+                continue
+            ids_before = _tokens(tokenizer, piece[at : m.start()])
+            ids += ids_before
+            weights += [w] * len(ids_before)
+            for vector in vectors[m.group(1)]:
+                injected[len(ids)] = vector
+                ids.append(filler)
+                weights.append(w)
+            at = m.end()
+        toks = _tokens(tokenizer, piece[at:])
         ids += toks
         weights += [w] * len(toks)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    chunks, chunk_weights = [], []
+    chunks, chunk_weights, injections = [], [], []
     for start in range(0, max(len(ids), 1), per_chunk):
         part, pw = ids[start : start + per_chunk], weights[start : start + per_chunk]
         fill = per_chunk - len(part)
         chunks.append([bos, *part, eos] + [pad] * fill)
         chunk_weights.append([1.0, *pw, 1.0] + [1.0] * fill)
-    return chunks, chunk_weights
+        injections.append(
+            [(k - start + 1, v) for k, v in injected.items() if start <= k < start + per_chunk]
+        )
+    return chunks, chunk_weights, injections
+
+
+def _tokens(tokenizer: Any, text: str) -> list[int]:
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
 
 
 def empty_chunk(tokenizer: Any) -> list[int]:
@@ -144,7 +190,13 @@ def empty_chunk(tokenizer: Any) -> list[int]:
     return [tokenizer.bos_token_id, eos] + [pad] * (size - 2)
 
 
-def encode_chunk(encoder: Any, ids: list[int], clip_skip: int, sdxl: bool) -> tuple[Any, Any]:
+def encode_chunk(
+    encoder: Any,
+    ids: list[int],
+    clip_skip: int,
+    sdxl: bool,
+    inject: list[tuple[int, Any]] | None = None,
+) -> tuple[Any, Any]:
     """Hidden states [1, 77, width] of one chunk, and the pooled output (or None).
 
     SD1/SD2 (as StableDiffusionPipeline): the last layer, or with ``clip_skip`` n > 1
@@ -155,7 +207,23 @@ def encode_chunk(encoder: Any, ids: list[int], clip_skip: int, sdxl: bool) -> tu
     import torch
 
     device = next(encoder.parameters()).device
-    out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+    hook = None
+    if inject:
+        # Textual inversion: the token embeddings at these positions are the embedding's
+        # vectors (diffusers adds them to the tokenizer and the embedding table; a hook
+        # leaves the shared, cached text encoder as it is).
+        def put(module: Any, args: Any, output: Any) -> Any:
+            output = output.clone()
+            for pos, vector in inject:
+                output[:, pos] = vector.to(device=output.device, dtype=output.dtype)
+            return output
+
+        hook = encoder.get_input_embeddings().register_forward_hook(put)
+    try:
+        out = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     pooled = out[0] if out[0].ndim == 2 else None
     if sdxl:
         return out.hidden_states[-(clip_skip + 1)], pooled
@@ -171,8 +239,12 @@ def encode_prompt(
     text: str,
     clip_skip: int,
     check_interrupt: Callable[[], None] = lambda: None,
+    embeddings: list[dict[str, Any]] | None = None,
 ) -> tuple[Any, Any]:
     """Embeddings [1, 77 * chunks, width] and pooled output (SDXL) of a prompt.
+
+    ``embeddings``: per encoder, textual inversion vectors by name (``embedding:name`` in
+    the text; names not given are read as words).
 
     A prompt over :data:`MAX_PROMPT_CHARS` characters or :data:`MAX_PROMPT_CHUNKS` chunks
     is a NodeError; ``check_interrupt`` is called before each chunk is encoded.
@@ -181,8 +253,11 @@ def encode_prompt(
 
     check_prompt_length(text)
     sdxl = len(encoders) == 2
-    tokenized = [tokenize_weighted(t, text) for t in tokenizers]
-    n_chunks = max(len(c) for c, _ in tokenized)
+    vectors = embeddings or [{} for _ in tokenizers]
+    tokenized = [
+        tokenize_with_embeddings(t, text, v) for t, v in zip(tokenizers, vectors, strict=True)
+    ]
+    n_chunks = max(len(c) for c, _, _ in tokenized)
     if n_chunks > MAX_PROMPT_CHUNKS:
         raise NodeError(
             f"the text param's prompt fills {n_chunks} chunks of 75 tokens; a prompt can have "
@@ -191,10 +266,11 @@ def encode_prompt(
     parts, pooled = [], None
     with torch.no_grad():
         for e_index, (encoder, tok) in enumerate(zip(encoders, tokenizers, strict=True)):
-            chunks, weights = tokenized[e_index]
+            chunks, weights, injections = tokenized[e_index]
             while len(chunks) < n_chunks:  # the tokenizers split differently: pad with empty
                 chunks.append(empty_chunk(tok))
                 weights.append([1.0] * len(chunks[-1]))
+                injections.append([])
             weighted = any(w != 1.0 for ws in weights for w in ws)
             empty = None
             if weighted:
@@ -203,7 +279,7 @@ def encode_prompt(
             encoded = []
             for c_index, (ids, ws) in enumerate(zip(chunks, weights, strict=True)):
                 check_interrupt()
-                z, p = encode_chunk(encoder, ids, clip_skip, sdxl)
+                z, p = encode_chunk(encoder, ids, clip_skip, sdxl, injections[c_index])
                 if c_index == 0 and p is not None:
                     pooled = p
                 if empty is not None and any(w != 1.0 for w in ws):

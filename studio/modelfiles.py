@@ -57,7 +57,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "controlnet": ("ControlNet",),
 }
 #: Kinds for which the models shipped with Studio are listed beside the user's.
-EMBEDDED_KINDS = ("checkpoints", "controlnet", "loras", "upscale_models")
+EMBEDDED_KINDS = ("checkpoints", "controlnet", "loras", "upscale_models", "embeddings")
 #: A model listing stops descending below this many folders (a deep tree is a mistake,
 #: not a model collection), and lists at most this many entries per kind.
 MAX_LIST_DEPTH = 12

@@ -25,6 +25,7 @@ MODEL_FOLDERS = (
     "vae",
     "upscale_models",
     "controlnet_annotators",
+    "embeddings",
 )
 
 

@@ -198,3 +198,50 @@ def test_the_four_types_import_and_export():
     }
     assert back["9"]["inputs"] == api["9"]["inputs"]
     assert back["7"]["inputs"] == api["7"]["inputs"]
+
+
+def test_area_weights_fade_over_eight_cells_at_inner_edges():
+    from nodes.comfycore import area_cells, area_weight
+
+    cells = area_cells((128, 192, 0, 64), (16, 32), 8)  # 192x128 px at x=64 of 256x128 px
+    assert cells == (0, 8, 16, 24)
+    w = area_weight(cells, (16, 32), 0.5, 1)[0, 0]
+    # left edge inside the image: columns fade 1/8 .. 8/8; top, bottom and right are the
+    # image's own edges: no fade there
+    assert w[:, 0].tolist() == [0.5 / 8] * 16 and w[:, 7].tolist() == [0.5] * 16
+    assert w[:, 23].tolist() == [0.5] * 16 and w[0, 3].item() == 0.5 * 4 / 8
+    with pytest.raises(Exception, match="lies outside"):
+        area_cells((64, 64, 0, 512), (16, 32), 8)
+
+
+def test_negative_prompts_follow_areas():
+    from nodes.comfycore import with_same_areas
+
+    pos = [Cond(embeds="whole"), Cond(embeds="part", extra={"area": (64, 64, 0, 64)})]
+    neg = [Cond(embeds="neg")]
+    p2, n2 = with_same_areas(pos, neg)
+    assert p2 == pos
+    assert [c.embeds for c in n2] == ["neg", "neg"] and n2[1].extra["area"] == (64, 64, 0, 64)
+
+
+def test_an_area_prompt_changes_its_part_of_the_image(engine):
+    def with_area(strength):
+        wf, ids = base()
+        other = wf.add_node("text_encode", {"text": "a large yellow square on a black background"})
+        wf.connect(ids["ckpt"], "clip", other.id, "clip")
+        area = wf.add_node(
+            "conditioning_set_area",
+            {"width": 32, "height": 64, "x": 32, "y": 0, "strength": strength},
+        ).id
+        wf.connect(other.id, "conditioning", area, "conditioning")
+        comb = wf.add_node("conditioning_combine").id
+        wf.connect(ids["pos"], "conditioning", comb, "conditioning_1")
+        wf.connect(area, "conditioning", comb, "conditioning_2")
+        wf.connect(comb, "conditioning", ids["sampler"], "positive")
+        return image(engine, wf, ids)
+
+    wf, ids = base()
+    plain = image(engine, wf, ids)
+    assert np.abs(with_area(0.0) - plain).mean() < 1  # no weight: the whole prompt alone
+    changed = np.abs(with_area(1.0) - plain).mean(axis=(0, 2))
+    assert changed[32:].mean() > 2 * changed[:32].mean()  # the right half changes most

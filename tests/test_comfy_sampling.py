@@ -110,7 +110,9 @@ def test_denoise_and_step_windows_take_comfyuis_slices():
 
 
 def test_other_samplers_are_refused_with_the_ones_that_work():
-    with pytest.raises(Exception, match="euler, euler_ancestral, dpmpp_2m"):
+    from studio.errors import NodeError
+
+    with pytest.raises(NodeError, match="euler, euler_ancestral, dpmpp_2m"):
         ksampling.KSchedule(MS, "heun", ksampling.ksampler_sigmas(MS, "comfy_normal", 4), 0)
 
 

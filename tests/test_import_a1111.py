@@ -446,19 +446,24 @@ def test_loras_found_and_missing(registry, tmp_path):
     assert not any("outline_v2" in r for r in result.report)
 
 
-def test_embeddings_are_kept_in_the_prompt_and_reported(registry):
-    text = "a cat, easynegative\nNegative prompt: badhand\nSteps: 20, Seed: 1"
+def test_bare_embedding_names_become_embedding_references(registry):
+    text = (
+        "a cat, easynegative\nNegative prompt: (badhand:1.2), bad-handsome\n"
+        'Steps: 20, Seed: 1, TI hashes: "EasyNegative: 1234abcd, missing: 99aa"'
+    )
     result = import_infotext(
         text,
         registry,
         source="x",
-        embedding_names=["EasyNegative.safetensors", "badhand.pt", "unused.pt"],
+        embedding_names=["EasyNegative.safetensors", "neg/badhand.pt", "unused.pt"],
     )
-    pos = next(n for n in nodes_of(result.workflow, "text_encode") if n.title == "Prompt")
-    assert pos.params["text"] == "a cat, easynegative"
-    reported = [r for r in result.report if "textual inversion" in r]
-    assert len(reported) == 2
-    assert not any("unused" in r for r in reported)
+    texts = {n.title: n.params["text"] for n in nodes_of(result.workflow, "text_encode")}
+    assert texts["Prompt"] == "a cat, embedding:EasyNegative"
+    assert texts["Negative prompt"] == "(embedding:neg/badhand:1.2), bad-handsome"
+    assert [r for r in result.report if "embedding" in r] == [
+        "embedding 'missing' is not in the embeddings folder; the name stays in the prompt "
+        "as plain words"
+    ]
 
 
 # -- end to end on the embedded model --------------------------------------------------------

@@ -590,6 +590,8 @@ class _Import:
     ):
         self.info, self.source, self.find = info, source, find
         self.embedding_files = tuple(embedding_files)
+        if not self.embedding_files and isinstance(find, ModelFinder):
+            self.embedding_files = tuple(find.names("embeddings"))
         self.wf = Workflow(registry)
         self.b = _Builder(self.wf)
         self.report: list[str] = list(info.problems)
@@ -671,7 +673,7 @@ class _Import:
         self.clip_src, self.clip_skip = clip_src, clip_skip
         self.report.extend(prompt_syntax_problems(self.info.prompt, "Prompt"))
         self.report.extend(prompt_syntax_problems(self.info.negative, "Negative prompt"))
-        self.embeddings()
+        self.embeddings(pos, neg)
 
         width, height = self.size("Size") or (512, 512)
         latent = b.add(enc_col, "empty_latent", {"width": width, "height": height, "batch_size": 1})
@@ -762,19 +764,37 @@ class _Import:
             self.report.append(f"{tag} is not supported (only LoRA tags in the prompt); removed")
         return model_src, clip_src
 
-    def embeddings(self) -> None:
-        names = list(self.info.embeddings)
+    def embeddings(self, pos: str, neg: str) -> None:
+        """Bare embedding names in the prompts become ``embedding:name`` (Text Encode loads
+        the file from the embeddings folder), for the files the user has; a name listed in
+        ``TI hashes`` without a file stays as words and is reported."""
+        files: dict[str, str] = {}
         for name in self.embedding_files:
-            stem = PurePosixPath(_strip_ext(name)).name
-            text = f"{self.info.prompt}\n{self.info.negative}"
-            pattern = rf"(?<![\w-]){re.escape(stem)}(?![\w-])"
-            if stem not in names and re.search(pattern, text, re.IGNORECASE):
-                names.append(stem)
-        for name in names:
-            self.report.append(
-                f"embedding {name!r}: textual inversion is not supported yet; the name stays in "
-                "the prompt as plain words"
+            written = _strip_ext(name).replace("\\", "/")
+            stem = PurePosixPath(written).name
+            if stem and not any(c.isspace() or c in ",()[]" for c in written):
+                files.setdefault(stem.lower(), written)
+        used: set[str] = set()
+        for node_id in (pos, neg):
+            node = self.wf.get_node(node_id)
+            text = str(node.params.get("text", ""))
+            for stem, written in files.items():
+                pattern = rf"(?<![\w:/-]){re.escape(stem)}(?![\w-])"
+                text, n = re.subn(pattern, f"embedding:{written}", text, flags=re.IGNORECASE)
+                if n:
+                    used.add(stem)
+            node.params["text"] = text
+        for stem in sorted(used):
+            self.explained.append(
+                f"embedding {stem!r} is written embedding:{files[stem]} (textual inversion from "
+                "the embeddings folder)"
             )
+        for name in self.info.embeddings:
+            if name.lower() not in files:
+                self.report.append(
+                    f"embedding {name!r} is not in the embeddings folder; the name stays in the "
+                    "prompt as plain words"
+                )
 
     def hires(self, first, size, common, steps, model_src, vae, pos, neg, col) -> str | None:
         p, b, wf = self.info.params, self.b, self.wf
@@ -963,8 +983,9 @@ def import_infotext(
     ``source`` names where the text came from (a file, "clipboard") in errors and in the
     note. ``find_model(kind, name, short_hash)`` gives the name of an installed model file
     or None (see :func:`model_finder`); without it model names are used as written.
-    ``embedding_names`` are the textual inversion files the user has: their bare names in a
-    prompt are reported. Raises :class:`WorkflowFileError` when ``text`` is not an infotext.
+    ``embedding_names`` are the textual inversion files the user has (by default those
+    ``find_model`` lists, when it is a :class:`ModelFinder`): their bare names in a prompt
+    become ``embedding:name``, which Text Encode loads. Raises :class:`WorkflowFileError` when ``text`` is not an infotext.
     """
     info = parse_infotext(text, source=source)
     job = _Import(info, registry, source, find_model, embedding_names)

@@ -321,6 +321,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("strength",),
         outputs=("conditioning",),
     ),
+    "ConditioningSetArea": NodeMap(
+        "conditioning_set_area",
+        "Conditioning (Set Area)",
+        ("width", "height", "x", "y", "strength"),
+        outputs=("conditioning",),
+    ),
     "ConditioningSetTimestepRange": NodeMap(
         "conditioning_set_timestep_range",
         "ConditioningSetTimestepRange",
@@ -346,8 +352,6 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
-    "ConditioningSetArea": "not in Studio yet (an area prompt is predicted on a cropped "
-    "latent, with ControlNet images and SDXL size ids cropped to match)",
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
     "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",
