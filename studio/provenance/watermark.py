@@ -129,23 +129,23 @@ def embed(rgb: Any, payload: bytes = PAYLOAD) -> Any:
     ca = _haar_ca(rgb)
     blocks, rows, cols = _blocks(ca)
     bits = payload_bits(payload)
-    wanted = bits[np.arange(len(blocks)) % len(bits)].astype(np.float64)
+    wanted = bits[np.arange(len(blocks)) % len(bits)].astype(np.float32)
     s, u, v = _top_singular(blocks)
     target = (s // SCALE + 0.25 + 0.5 * wanted) * SCALE
     delta = (target - s)[:, None, None] * u[:, :, None] * v[:, None, :]
     dca = delta.reshape(rows, cols, BLOCK, BLOCK).transpose(0, 2, 1, 3)
     dca = dca.reshape(rows * BLOCK, cols * BLOCK)
-    shift = (dca / 2.0)[..., None] * np.asarray(_RGB_FROM_U[1:], np.float32)
+    # Pixels are integers, so rounding the shift rounds the sum: integer arithmetic below.
+    gb = np.asarray(_RGB_FROM_U[1:], np.float32) * 0.5
+    shift = np.rint(dca[..., None] * gb).astype(np.int16)
     h, w = dca.shape[0] * 2, dca.shape[1] * 2
     out = rgb.copy()
-    for dy in (0, 1):  # each pixel of the 2x2 cells moves as its cell's coefficient
-        for dx in (0, 1):
-            view = out[dy:h:2, dx:w:2, 1:3]
-            moved = view.astype(np.float32)
-            moved += shift
-            np.rint(moved, out=moved)
-            np.clip(moved, 0, 255, out=moved)
-            view[...] = moved
+    # Each pixel of a 2x2 cell moves as its cell's coefficient: one broadcast pass.
+    cells = out[:h, :w].reshape(h // 2, 2, w // 2, 2, out.shape[2])[..., 1:3]
+    moved = cells.astype(np.int16)
+    moved += shift[:, None, :, None, :]
+    np.clip(moved, 0, 255, out=moved)
+    cells[...] = moved
     return out
 
 
@@ -203,7 +203,8 @@ def pil_embed(im: Any, payload: bytes = PAYLOAD) -> Any:
     if im.width * im.height < MIN_PIXELS:
         return im
     alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else None
-    out = Image.fromarray(embed(np.asarray(im.convert("RGB")), payload), "RGB")
+    rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    out = Image.fromarray(embed(rgb, payload), "RGB")
     if alpha is not None:
         out.putalpha(alpha)
     return out
