@@ -196,17 +196,17 @@ def detect(rgb: Any, payload: bytes = PAYLOAD) -> WatermarkReading:
 
 
 def pil_embed(im: Any, payload: bytes = PAYLOAD) -> Any:
-    """A PIL image with the mark (RGB; an alpha channel is kept as it was)."""
+    """A PIL image with the mark (RGB or RGBA, its alpha kept as it was; other modes and
+    images under :data:`MIN_PIXELS` come back as they are)."""
     import numpy as np
     from PIL import Image
 
-    if im.width * im.height < MIN_PIXELS:
-        return im
-    alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else None
+    if im.width * im.height < MIN_PIXELS or im.mode not in ("RGB", "RGBA"):
+        return im  # too small; or grey (a mask), which a mark in the colour would tint
     rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     out = Image.fromarray(embed(rgb, payload), "RGB")
-    if alpha is not None:
-        out.putalpha(alpha)
+    if im.mode == "RGBA":
+        out.putalpha(im.getchannel("A"))
     return out
 
 
