@@ -135,17 +135,18 @@ def embed(rgb: Any, payload: bytes = PAYLOAD) -> Any:
     delta = (target - s)[:, None, None] * u[:, :, None] * v[:, None, :]
     dca = delta.reshape(rows, cols, BLOCK, BLOCK).transpose(0, 2, 1, 3)
     dca = dca.reshape(rows * BLOCK, cols * BLOCK)
-    # Pixels are integers, so rounding the shift rounds the sum: integer arithmetic below.
-    gb = np.asarray(_RGB_FROM_U[1:], np.float32) * 0.5
-    shift = np.rint(dca[..., None] * gb).astype(np.int16)
+    # Pixels are integers, so rounding the shift rounds the sum: integer arithmetic below,
+    # one plane at a time (contiguous 2x2 cells broadcast; many times faster than both
+    # planes interleaved).
     h, w = dca.shape[0] * 2, dca.shape[1] * 2
     out = rgb.copy()
-    # Each pixel of a 2x2 cell moves as its cell's coefficient: one broadcast pass.
-    cells = out[:h, :w].reshape(h // 2, 2, w // 2, 2, out.shape[2])[..., 1:3]
-    moved = cells.astype(np.int16)
-    moved += shift[:, None, :, None, :]
-    np.clip(moved, 0, 255, out=moved)
-    cells[...] = moved
+    for channel, factor in ((1, _RGB_FROM_U[1]), (2, _RGB_FROM_U[2])):
+        shift = np.rint(dca * np.float32(factor / 2)).astype(np.int16)
+        cells = out[:h, :w, channel].reshape(h // 2, 2, w // 2, 2)
+        moved = cells.astype(np.int16)
+        moved += shift[:, None, :, None]
+        np.clip(moved, 0, 255, out=moved)
+        cells[...] = moved
     return out
 
 
@@ -204,7 +205,9 @@ def pil_embed(im: Any, payload: bytes = PAYLOAD) -> Any:
     if im.width * im.height < MIN_PIXELS or im.mode not in ("RGB", "RGBA"):
         return im  # too small; or grey (a mask), which a mark in the colour would tint
     rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    out = Image.fromarray(embed(rgb, payload), "RGB")
+    marked = embed(rgb, payload)
+    # Shares the array's memory (fromarray would copy 12 MB at 2048x2048).
+    out = Image.frombuffer("RGB", im.size, marked, "raw", "RGB", 0, 1)
     if im.mode == "RGBA":
         out.putalpha(im.getchannel("A"))
     return out
