@@ -3,17 +3,23 @@ survives what sites do to images. Prints JSON.
 
     python benchmarks/bench_provenance.py [--count 50] [--sizes 256,512,768,1024] [--threads 1]
 
+Times are CPU time of the process (one thread; the fastest of the repeats for the save
+times), which on a shared machine stay near what a quiet one shows; wall time would
+measure the neighbours.
+
 - ``save_ms``: Save Image's encoding of one image at 64x64, 512x512 and 2048x2048, each
-  the median of several runs: ``plain`` (PNG with the text chunks, no provenance),
-  ``watermark`` and ``sign`` (the time each adds), ``added`` (both). The 64x64 figure
+  the fastest of several runs: ``png_encode`` (the PNG with its text chunks, as before
+  provenance), ``watermark`` and ``sign`` (what each adds), ``added`` (both), and
+  ``save_image_total`` (all of it, as Save Image does it). The 64x64 figure
   is set against ``tiny_run_20_steps_s``, a warm 20-step studio-tiny run at 64x64 (goal:
   under 5 %); 2048 against its goal of 150 ms.
 - ``survival``: ``count`` studio-tiny images (64x64, 20 steps, different prompts and
   seeds) upscaled (Lanczos) to each size, marked, then changed: ``none``, ``jpeg75``
   (JPEG quality 75, 4:2:0), ``half`` (Lanczos to half the size), ``jpeg75_half``,
   ``crop`` (10 % cut from the left and top), ``crop_8`` (8 pixels cut from left and
-  top: the block grid kept). A rate is the fraction in which the mark is found;
-  ``false_positive`` is the fraction of the same images, unmarked, in which it is
+  top: the blocks stay on their grid, but the payload's order over them shifts).
+  ``jpeg75_half`` halves, then saves as JPEG 75 (what a site does). A rate is the
+  fraction in which the mark is found; ``false_positive`` is the fraction of the same images, unmarked, in which it is
   "found".
 """
 
@@ -53,22 +59,24 @@ def tiny_images(count: int) -> tuple[list, float]:
             f"{PLACES[i % 5]}"
         )
         wf, _ = txt2img_workflow(prompt, seed=i)
-        t = time.perf_counter()
+        t = time.process_time()  # CPU time (see _fastest_ms); torch runs on one thread
         result = engine.run(wf)
         if i:  # the first run loads the model
-            times.append(time.perf_counter() - t)
+            times.append(time.process_time() - t)
             images.extend(result.images[:1])
     assert MODEL
     return images, statistics.median(times)
 
 
-def _median_ms(fn, repeat: int) -> float:
+def _fastest_ms(fn, repeat: int) -> float:
+    # CPU time of this process (c2pa's native code included), the fastest of ``repeat``:
+    # on a shared machine wall time and medians measure the neighbours.
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return round(statistics.median(times) * 1000, 1)
+        times.append(time.process_time() - t)
+    return round(min(times) * 1000, 1)
 
 
 def save_times(base, repeat: int) -> dict:
@@ -77,42 +85,42 @@ def save_times(base, repeat: int) -> dict:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from studio.provenance import ModelRef, Recipe, encode_image
+    from studio.provenance import ModelRef, Recipe, encode_image, sign
     from studio.provenance import watermark as wm
     from studio.provenance.certs import credentials
 
     recipe = Recipe((ModelRef("checkpoints", "studio-tiny", "0" * 64),))
     texts = {"parameters": "a red circle\nSteps: 20, Seed: 1", "studio_workflow": "{}" * 2000}
     creds = credentials(SimpleNamespace(signing_cert="", signing_key=""))
+    everything = SimpleNamespace(image_metadata="everything", watermark=True)
 
-    def plain_png(im, watermark: bool) -> bytes:
-        # What Save Image wrote before provenance (text chunks, PNG level 4).
-        pic = wm.pil_embed(im) if watermark else im
+    def plain_png(im) -> bytes:  # what Save Image wrote before provenance
         info = PngInfo()
         for k, v in texts.items():
             info.add_text(k, v)
         buf = io.BytesIO()
-        pic.save(buf, format="PNG", pnginfo=info, compress_level=4)
+        im.save(buf, format="PNG", pnginfo=info, compress_level=4)
         return buf.getvalue()
-
-    def signed_png(im, watermark: bool) -> bytes:
-        st = SimpleNamespace(image_metadata="everything", watermark=watermark)
-        return encode_image(im, "png", settings=st, recipe=recipe, texts=texts, creds=creds)
 
     out = {}
     for size in (64, 512, 2048):
         im = base.resize((size, size), Image.Resampling.LANCZOS)
-        signed_png(im, True)  # warm up (imports, the signer)
-        reps = repeat if size < 2048 else max(3, repeat // 3)
-        plain = _median_ms(lambda im=im: plain_png(im, False), reps)
-        marked = _median_ms(lambda im=im: plain_png(im, True), reps)
-        signed = _median_ms(lambda im=im: signed_png(im, False), reps)
-        both = _median_ms(lambda im=im: signed_png(im, True), reps)
+        data = plain_png(im)
+        encode_image(im, "png", settings=everything, recipe=recipe, texts=texts, creds=creds)
+        reps = repeat if size < 2048 else max(3, repeat // 2)
+        marking = _fastest_ms(lambda im=im: wm.pil_embed(im), reps)
+        signing = _fastest_ms(lambda data=data: sign(data, "image/png", recipe, creds=creds), reps)
         out[str(size)] = {
-            "plain": plain,
-            "watermark": round(marked - plain, 1),
-            "sign": round(signed - plain, 1),
-            "added": round(both - plain, 1),
+            "png_encode": _fastest_ms(lambda im=im: plain_png(im), reps),
+            "watermark": marking,
+            "sign": signing,
+            "added": round(marking + signing, 1),
+            "save_image_total": _fastest_ms(
+                lambda im=im: encode_image(
+                    im, "png", settings=everything, recipe=recipe, texts=texts, creds=creds
+                ),
+                reps,
+            ),
         }
     return out
 
@@ -174,6 +182,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="256,512,768,1024")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--skip-survival", action="store_true", help="only the save times")
     args = ap.parse_args()
     import torch
 
@@ -185,7 +194,9 @@ def main() -> None:
         "tiny_run_20_steps_s": round(run_s, 3),
         "save_ms": save,
         "added_at_64_vs_run": round(save["64"]["added"] / 1000 / run_s, 4),
-        "survival": survival(images, [int(s) for s in args.sizes.split(",")]),
+        "survival": None
+        if args.skip_survival
+        else survival(images, [int(s) for s in args.sizes.split(",")]),
         "load_average": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=2))

@@ -327,3 +327,16 @@ def test_studio_run_out_signs_the_images_it_writes(made, capsys, tmp_path):
     assert report.watermark.found
     with Image.open(written) as im:
         assert "studio_workflow" in im.text
+
+
+def test_grey_and_small_images_are_left_unmarked_and_alpha_is_kept():
+    grey = Image.effect_noise((300, 300), 40)  # mode L: a mark in the colour would tint it
+    assert wm.pil_embed(grey) is grey
+    small = Image.new("RGB", (200, 200), "teal")
+    assert wm.pil_embed(small) is small and not wm.pil_detect(small).found
+    # Under 128x128 not even a halved copy (read at twice its size) can carry the mark.
+    assert not wm.pil_detect(Image.new("RGB", (100, 100))).checked
+    rgba = Image.merge("RGBA", [grey, grey, grey, grey.point(lambda v: 255 - v)])
+    marked = wm.pil_embed(rgba)
+    assert marked.mode == "RGBA" and marked.getchannel("A") == rgba.getchannel("A")
+    assert wm.pil_detect(marked).found

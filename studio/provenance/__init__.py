@@ -139,11 +139,14 @@ def _source_path(name: str, model_files: Any) -> Path | None:
         return p if p.is_file() else None
     settings = getattr(model_files, "settings", None)
     folder = getattr(settings, "input_path", None)
-    candidates = [Path(folder) / p] if folder else []
     from studio.modelfiles import RESOURCES
 
-    candidates.append(RESOURCES / "images" / p)
-    return next((c for c in candidates if c.is_file()), None)
+    # Where Load Image looks (nodes.image.resolve_image_path), never out of those folders.
+    for base in ([Path(folder)] if folder else []) + [RESOURCES / "images"]:
+        candidate = base / p
+        if candidate.resolve().is_relative_to(base.resolve()) and candidate.is_file():
+            return candidate
+    return None
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -306,11 +309,14 @@ def sign(
 def _add_source(builder: Any, source: Path, label: str) -> None:
     import c2pa
 
-    from studio.provenance.reading import sniff_mime
+    from studio.errors import StudioError
+    from studio.fsutil import regular_file
+    from studio.provenance.reading import MAX_FILE_BYTES, sniff_mime
 
     try:
+        regular_file(source, what="source image", max_bytes=MAX_FILE_BYTES)
         data = source.read_bytes()
-    except OSError as exc:
+    except (OSError, StudioError) as exc:
         log.warning("the source image %s is not listed as an ingredient: %s", source.name, exc)
         return
     mime = sniff_mime(data)
