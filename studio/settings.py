@@ -25,6 +25,8 @@ MODEL_FOLDERS = (
     "vae",
     "upscale_models",
     "controlnet_annotators",
+    "diffusion_models",
+    "text_encoders",
 )
 
 
