@@ -837,7 +837,8 @@ def _encode(
         check()
         enc = mods[role]
         ids = _clip_ids(toks[role], text).to(_device(enc))
-        out = enc.text_model(ids, output_hidden_states=True)
+        # The tower without its projection (CLIPTextModel is that tower itself).
+        out = getattr(enc, "text_model", enc)(ids, output_hidden_states=True)
         pooled = out.pooler_output
         if family == "sd3" and hasattr(enc, "text_projection"):
             pooled = enc.text_projection(pooled)
