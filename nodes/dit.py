@@ -612,6 +612,10 @@ def load_component(source: WeightsSource, component: str, dtype: Any, label: str
         return _load_gguf_transformer(source, dtype, label)
     state = _single_file_state(source, component, label)
     module = _build(cls, component, config)
+    if cls.__name__.startswith("CLIP"):
+        from nodes.sdload import _fit_clip_keys
+
+        state = _fit_clip_keys(module, state)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     _assign_state(module, state, label)
     if quant == "fp8_e4m3fn" and component == "transformer":
@@ -648,7 +652,7 @@ def _single_file_state(source: WeightsSource, component: str, label: str) -> dic
         # The converters strip "model.diffusion_model." themselves; other prefixes go here.
         raw = {k[len(prefix) :]: v for k, v in raw.items()}
         convert = (
-            sfu.convert_flux_transformer_checkpoint_to_diffusers
+            _flux_converter(source.configs["transformer"])
             if source.family == "flux"
             else sfu.convert_sd3_transformer_checkpoint_to_diffusers
         )
@@ -671,6 +675,29 @@ def _single_file_state(source: WeightsSource, component: str, label: str) -> dic
         state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
         return state
     return {k: v for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def _flux_converter(config: dict[str, Any]) -> Any:
+    """diffusers' Flux converter. It assumes Flux.1's width (3072, which every released
+    Flux.1 file has); for another width (small test models) the same function is compiled
+    with that width put in its place."""
+    import inspect
+    import textwrap
+
+    from diffusers.loaders import single_file_utils as sfu
+
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    if width == 3072:
+        return sfu.convert_flux_transformer_checkpoint_to_diffusers
+    src = textwrap.dedent(inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers))
+    if "inner_dim = 3072" not in src:
+        raise NodeError(f"this diffusers cannot convert a Flux transformer {width} wide")
+    namespace = dict(vars(sfu))
+    exec(
+        compile(src.replace("inner_dim = 3072", f"inner_dim = {int(width)}"), "<flux>", "exec"),
+        namespace,
+    )  # noqa: S102
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]
 
 
 def _assign_state(module: Any, state: dict[str, Any], label: str) -> None:

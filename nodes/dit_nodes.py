@@ -155,8 +155,7 @@ def flux_guidance(ctx, conditioning: Any, guidance: float = 3.5) -> list:
     if not isinstance(conditioning, list) or not all(isinstance(c, Cond) for c in conditioning):
         raise NodeError("the conditioning input is not conditioning")
     return [
-        dataclasses.replace(c, extra={**c.extra, "guidance": float(guidance)})
-        for c in conditioning
+        dataclasses.replace(c, extra={**c.extra, "guidance": float(guidance)}) for c in conditioning
     ]
 
 
@@ -166,9 +165,7 @@ def _dit_model(model: Any, family: str, node_title: str) -> Any:
     if not isinstance(model, ModelHandle):
         raise NodeError(f"the model input is not a model (got {type(model).__name__})")
     if model.family != family:
-        raise NodeError(
-            f"{node_title} is for {family} models; this model is {model.family}"
-        )
+        raise NodeError(f"{node_title} is for {family} models; this model is {model.family}")
     return model
 
 

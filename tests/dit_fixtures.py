@@ -64,8 +64,8 @@ def vae16(family: str) -> Any:
     torch.manual_seed(3)
     scale, shift = VAE_FACTORS[family]
     return AutoencoderKL(
-        block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, in_channels=3, out_channels=3,
+        block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, in_channels=3, out_channels=3,
         latent_channels=16, layers_per_block=1, norm_num_groups=32, sample_size=64,
         scaling_factor=scale, shift_factor=shift, use_quant_conv=False,
         use_post_quant_conv=False,
@@ -231,10 +231,12 @@ def to_original(transformer: Any, family: str) -> dict[str, torch.Tensor]:
         n = int(torch.tensor(shape).prod())
         index[k] = torch.arange(start, start + n, dtype=torch.float64).reshape(shape)
         start += n
+    from nodes.dit import _flux_converter
+
     convert = (
         sfu.convert_sd3_transformer_checkpoint_to_diffusers
         if family == "sd3"
-        else sfu.convert_flux_transformer_checkpoint_to_diffusers
+        else _flux_converter(cfg)
     )
     converted = convert(dict(index))
     flat = torch.zeros(start, dtype=torch.float32)
@@ -260,12 +262,17 @@ def save(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> Path:
 def ldm_vae(vae: Any) -> dict[str, torch.Tensor]:
     from nodes.ldm_keys import vae_to_ldm
 
-    return vae_to_ldm(vae.state_dict())
+    state = vae_to_ldm(vae.state_dict(), dict(vae.config))
+    return {k.removeprefix("first_stage_model."): v for k, v in state.items()}
 
 
 def clip_file_state(encoder: Any) -> dict[str, torch.Tensor]:
     """A CLIP text tower as ComfyUI's clip_l / clip_g files hold it (transformers keys)."""
-    return {k: v for k, v in encoder.state_dict().items() if not k.endswith("position_ids")}
+    state = {k: v for k, v in encoder.state_dict().items() if not k.endswith("position_ids")}
+    return {
+        k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+        for k, v in state.items()
+    }
 
 
 def t5_file_state(encoder: Any) -> dict[str, torch.Tensor]:
