@@ -293,3 +293,24 @@ def sd3_all_in_one(parts: dict[str, Any], path: Path) -> Path:
         for k, v in t5_file_state(parts["text_encoder_3"]).items():
             state[f"text_encoders.t5xxl.transformer.{k}"] = v
     return save(state, path)
+
+
+def save_gguf(state: dict[str, torch.Tensor], path: Path, arch: str = "flux") -> Path:
+    """Write weights as a GGUF file as city96's converter does: 2-D weights Q8_0, the rest
+    F32 (tensor names as in the original layout)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    for k, v in state.items():
+        data = v.detach().float().numpy().astype(np.float32)
+        if data.ndim == 2 and data.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(k, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(k, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

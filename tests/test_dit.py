@@ -267,3 +267,36 @@ def test_t5_prompt_too_long_is_refused_with_the_limit(engine):
     result = engine.run(wf, targets=[t])
     msg = result.errors[t]
     assert "512" in msg and "T5 tokens" in msg
+
+
+def test_gguf_weights_dequantise_to_the_originals_and_the_image_stays_close(engine, parts, root):
+    pytest.importorskip("gguf")
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    from nodes import dit
+
+    orig = fx.to_original(parts["flux"]["transformer"], "flux")
+    path = fx.save_gguf(orig, root / "diffusion_models" / "flux-q8.gguf")
+    source = dit.inspect_diffusion_model(path, "flux-q8.gguf", ("id",), "default")
+    net = dit.load_component(source, "transformer", torch.float32, "t")
+    want = parts["flux"]["transformer"].state_dict()
+    quantised = 0
+    for k, p in net.named_parameters():
+        if hasattr(p, "quant_type"):
+            quantised += 1
+            got = dequantize_gguf_tensor(p).float()
+        else:
+            got = p.detach().float()
+        # Q8_0: 8 bits per weight, a scale per 32: error below 1 % of the tensor's largest.
+        assert (got - want[k]).abs().max() <= 0.01 * want[k].abs().max() + 1e-6, k
+    assert quantised > 0
+    default = files_image(
+        engine, "flux-orig.safetensors", ["clip_l.safetensors", "t5xxl.safetensors"],
+        "ae.safetensors", family="flux", cfg=1.0,
+    )  # fmt: skip
+    q8 = files_image(
+        engine, "flux-q8.gguf", ["clip_l.safetensors", "t5xxl.safetensors"],
+        "ae.safetensors", family="flux", cfg=1.0,
+    )  # fmt: skip
+    diff = _close(q8, default, bound=0.05)  # measured on the tiny model: see the notes
+    assert diff > 0
