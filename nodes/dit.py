@@ -716,7 +716,6 @@ def _load_gguf_transformer(source: WeightsSource, dtype: Any, label: str) -> Any
     except ImportError:
         raise NodeError(f"the {label} is a GGUF file, which needs the 'gguf' package") from None
     from diffusers import GGUFQuantizationConfig
-
     from diffusers.loaders import single_file_model
 
     config = source.configs["transformer"]
@@ -741,3 +740,499 @@ def _load_gguf_transformer(source: WeightsSource, dtype: Any, label: str) -> Any
 
 #: from_single_file reads its converter from a module-level table: one GGUF load at a time.
 _GGUF_LOCK = threading.Lock()
+
+
+def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple | None:
+    """Load Checkpoint's MODEL, CLIP, VAE when ``path`` is an SD3 / Flux checkpoint (a
+    diffusers folder of their pipelines, or an SD3.5 all-in-one file); None otherwise."""
+    label = f"checkpoint {name!r}"
+    if path.is_dir():
+        index_path = path / "model_index.json"
+        if not index_path.is_file():
+            return None
+        family = pipeline_family(_read_json(index_path, label))
+        if family is None:
+            return None
+        return checkpoint_handles(inspect_folder(path, name, identity, family))
+    if path.suffix.lower() == ".gguf":
+        raise NodeError(
+            f"{label}: a GGUF file holds a transformer only: put it in the diffusion_models "
+            "folder and use Load Diffusion Model"
+        )
+    shapes = _weights(path, label).shapes
+    found = sniff(shapes)
+    if found.kind == "sd3_all_in_one":
+        return checkpoint_handles(inspect_all_in_one(path, name, identity, shapes, found.prefix))
+    if found.kind in DIT_FAMILIES:
+        raise NodeError(
+            f"{label}: {found.what} without its text encoders and VAE: put it in the "
+            "diffusion_models folder and use Load Diffusion Model, Load Text Encoders and "
+            "Load VAE"
+        )
+    if found.kind in ("clip", "t5"):
+        raise NodeError(
+            f"{label}: {found.what} alone: put it in the text_encoders folder and use "
+            "Load Text Encoders"
+        )
+    return None
+
+
+def get_part(ctx: Any, clip: ClipHandle, role: str) -> Any:
+    from nodes.sdload import get_module
+
+    for r, source, component in clip.parts:
+        if r == role:
+            return get_module(ctx, source, component)
+    return None
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def get_t5_tokenizer(ctx: Any, folder: str) -> Any:
+    """T5's SentencePiece tokenizer from ``folder`` (a diffusers tokenizer folder, or the one
+    shipped in resources/tokenizers/t5)."""
+    from nodes.sdload import _Box
+
+    def load() -> _Box:
+        from transformers import AutoTokenizer
+
+        path = Path(folder)
+        if not path.is_dir() or not any(
+            (path / f).is_file() for f in ("tokenizer.json", "spiece.model")
+        ):
+            raise NodeError(
+                f"no T5 tokenizer in {folder}: put T5's tokenizer.json (or spiece.model) "
+                "there, or use a diffusers folder that has tokenizer_2 / tokenizer_3"
+            )
+        try:
+            return _Box(AutoTokenizer.from_pretrained(folder, local_files_only=True))
+        except Exception as exc:
+            raise NodeError(f"cannot read the T5 tokenizer in {folder}: {exc}") from None
+
+    return ctx.models.get(("t5_tokenizer", folder), load, nbytes=lambda t: 8 * 1024**2).value
+
+
+def _clip_ids(tok: Any, text: str) -> torch.Tensor:
+    return tok(
+        text, padding="max_length", max_length=tok.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+
+
+def _t5_ids(tok: Any, text: str, family: str) -> torch.Tensor:
+    """T5 token ids padded to the pipeline's length; a longer prompt gets up to
+    :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
+    n = len(tok(text, add_special_tokens=True).input_ids)
+    if n > T5_MAX_TOKENS:
+        raise NodeError(
+            f"the prompt is {n} T5 tokens long; {FAMILY_TITLES[family]} reads at most "
+            f"{T5_MAX_TOKENS}: shorten it"
+        )
+    length = max(T5_LENGTH[family], n)
+    return tok(
+        text, padding="max_length", max_length=length, truncation=True,
+        add_special_tokens=True, return_tensors="pt",
+    ).input_ids  # fmt: skip
+
+
+def encode(ctx: Any, clip: ClipHandle, text: str) -> list[Cond]:
+    """Text Encode for SD3 / Flux, as StableDiffusion3Pipeline / FluxPipeline encode."""
+    from nodes import lora
+    from nodes.sdload import get_tokenizer, with_oom_advice
+
+    family = clip.family
+    mods: dict[str, Any] = {}
+    toks: dict[str, Any] = {}
+    for (role, _, _), (folder, pad) in zip(clip.parts, clip.tokenizers, strict=True):
+        mods[role] = get_part(ctx, clip, role)
+        lora.activate(ctx, mods[role], "text_encoder", clip.patches, family)
+        toks[role] = (
+            get_t5_tokenizer(ctx, folder) if role == "t5" else get_tokenizer(ctx, folder, pad)
+        )
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        with torch.no_grad():
+            return _encode(mods, toks, text, family, ctx.check_interrupt)
+
+    embeds, pooled, extra = with_oom_advice(run, "encoding the prompt")
+    return [
+        Cond(
+            embeds=embeds.float().cpu(),
+            pooled=pooled.float().cpu(),
+            family=family,
+            text=text,
+            extra=extra,
+        )
+    ]
+
+
+def _device(module: Any) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _encode(
+    mods: dict[str, Any], toks: dict[str, Any], text: str, family: str, check: Any
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def clip_run(role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        check()
+        enc = mods[role]
+        ids = _clip_ids(toks[role], text).to(_device(enc))
+        # The tower without its projection (CLIPTextModel is that tower itself).
+        out = getattr(enc, "text_model", enc)(ids, output_hidden_states=True)
+        pooled = out.pooler_output
+        if family == "sd3" and hasattr(enc, "text_projection"):
+            pooled = enc.text_projection(pooled)
+        return out.hidden_states[-2], pooled
+
+    t5 = None
+    if "t5" in mods:
+        check()
+        enc = mods["t5"]
+        t5 = enc(_t5_ids(toks["t5"], text, family).to(_device(enc)))[0]
+    if family == "flux":
+        _, pooled = clip_run("clip_l")
+        return t5, pooled, {}
+    (l_h, l_p), (g_h, g_p) = clip_run("clip_l"), clip_run("clip_g")
+    clip_embeds = torch.cat([l_h, g_h], dim=-1)
+    pooled = torch.cat([l_p, g_p], dim=-1)
+    if t5 is None:
+        # SD3 without T5: the pipeline's zeros, once the transformer's width is known.
+        return clip_embeds, pooled, {"t5_missing": T5_LENGTH["sd3"]}
+    clip_embeds = torch.nn.functional.pad(clip_embeds, (0, t5.shape[-1] - clip_embeds.shape[-1]))
+    return torch.cat([clip_embeds.to(t5.dtype), t5], dim=-2), pooled, {}
+
+
+def sd3_context(c: Cond, width: int) -> torch.Tensor:
+    """An SD3 prompt's joint context for a transformer of ``width`` (T5 missing: zeros)."""
+    e = c.embeds
+    missing = c.extra.get("t5_missing")
+    if missing:
+        e = torch.nn.functional.pad(e, (0, width - e.shape[-1]))
+        e = torch.cat([e, torch.zeros(e.shape[0], int(missing), width, dtype=e.dtype)], dim=1)
+    return e
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+def calculate_shift(seq_len: int, cfg: dict[str, Any]) -> float:
+    """Flux's resolution-dependent shift ``mu`` (the pipeline's calculate_shift)."""
+    base_len = cfg.get("base_image_seq_len", 256)
+    max_len = cfg.get("max_image_seq_len", 4096)
+    base, top = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
+    m = (top - base) / (max_len - base_len)
+    return seq_len * m + (base - m * base_len)
+
+
+def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
+    import diffusers
+
+    if sampler not in FLOW_SAMPLERS:
+        raise NodeError(
+            f"sampler {sampler!r} does not apply to flow-matching models (SD3, Flux); "
+            f"choose one of {', '.join(FLOW_SAMPLERS)}"
+        )
+    if schedule not in FLOW_SCHEDULES:
+        raise NodeError(
+            f"scheduler {schedule!r} does not apply to flow-matching models; choose one of "
+            f"{', '.join(FLOW_SCHEDULES)}"
+        )
+    base = {k: v for k, v in config.items() if not k.startswith("_")}
+    euler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base, **FLOW_SCHEDULES[schedule])
+    if sampler == "euler":
+        return euler, euler
+    if sampler == "heun":
+        return diffusers.FlowMatchHeunDiscreteScheduler.from_config(base), euler
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(
+        base,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=float(config.get("shift", 1.0)),
+        use_dynamic_shifting=bool(config.get("use_dynamic_shifting", False)),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        **FLOW_SCHEDULES[schedule],
+    )
+    return dpm, euler
+
+
+def _set_timesteps(
+    sched: Any, euler: Any, sampler: str, schedule: str, steps: int, mu: float | None,
+    family: str, device: torch.device,
+) -> None:  # fmt: skip
+    """The pipeline's timesteps: Flux passes ``sigmas = linspace(1, 1/steps)`` and its shift
+    ``mu``; SD3 lets the scheduler space them; DPM++ computes its own flow sigmas."""
+    import numpy as np
+
+    sigmas = None
+    if family == "flux" or schedule == "simple":
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+    kwargs: dict[str, Any] = {}
+    if mu is not None:
+        kwargs["mu"] = mu
+    if sampler == "dpmpp_2m":
+        sched.set_timesteps(steps, device=device, **kwargs)
+        return
+    if sampler == "euler":
+        sched.set_timesteps(steps, device=device, sigmas=sigmas, **kwargs)
+        return
+    if schedule == "normal" and family == "sd3" and mu is None:
+        sched.set_timesteps(steps, device=device)  # what StableDiffusion3Pipeline does
+        return
+    # Heun with another schedule: the Euler scheduler's sigmas, doubled as Heun steps them.
+    euler.set_timesteps(steps, device=device, sigmas=sigmas, **kwargs)
+    s = euler.sigmas[:-1].to(torch.float32)
+    n = sched.config.num_train_timesteps
+    sched.timesteps = torch.cat([s[:1] * n, (s[1:] * n).repeat_interleave(2)])
+    full = torch.cat([s, torch.zeros(1, device=s.device)])
+    sched.sigmas = torch.cat([full[:1], full[1:-1].repeat_interleave(2), full[-1:]])
+    sched.num_inference_steps = steps
+    sched.prev_derivative = sched.dt = None
+    sched._step_index = sched._begin_index = None
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, c4 = latents.shape
+    x = latents.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def _one_prompt(conds: list[Cond], name: str, family: str) -> Cond:
+    if not conds:
+        raise NodeError(f"the {name} conditioning is empty")
+    if len(conds) > 1:
+        raise NodeError(
+            f"the {name} conditioning holds {len(conds)} combined prompts; "
+            f"{FAMILY_TITLES[family]} models take one prompt each side"
+        )
+    c = conds[0]
+    if c.family != family:
+        raise NodeError(
+            f"the {name} prompt was encoded by a {c.family or 'different'} text encoder, but "
+            f"the model is {FAMILY_TITLES[family]}: connect the CLIP that goes with this model"
+        )
+    return c
+
+
+def _latent_for(
+    latent: dict[str, Any], model: ModelHandle, channels: int, patch: int
+) -> torch.Tensor:
+    """The latent the model works on: an Empty Latent remade with the model's channels and
+    its VAE's scale; the family's size rule (whole patches of 2 latent cells) checked."""
+    samples = latent["samples"]
+    size = latent.get("pixel_size")
+    f = model.vae_downscale
+    if size is not None and samples.ndim == 4 and not bool(samples.any()):
+        height, width = size
+        if tuple(samples.shape[-2:]) == (height // 8, width // 8):
+            step = f * patch
+            if height % step or width % step:
+                raise NodeError(
+                    f"{FAMILY_TITLES[model.family]} needs width and height that are multiples "
+                    f"of {step} (got {width}x{height}): change the Empty Latent's size"
+                )
+            samples = torch.zeros(samples.shape[0], channels, height // f, width // f)
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise NodeError(
+            f"the latent has shape {tuple(samples.shape)}, but this "
+            f"{FAMILY_TITLES[model.family]} model works on {channels}-channel latents"
+        )
+    if samples.shape[-1] % patch or samples.shape[-2] % patch:
+        raise NodeError(
+            f"the latent is {samples.shape[-1]}x{samples.shape[-2]} cells; "
+            f"{FAMILY_TITLES[model.family]} needs multiples of {patch}"
+        )
+    return samples
+
+
+def sample(
+    ctx: Any,
+    model: ModelHandle,
+    positive: list[Cond],
+    negative: list[Cond],
+    latent: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler: str,
+    scheduler: str,
+    denoise: float,
+    window: Any = None,
+) -> dict[str, Any]:
+    """The Sampler for SD3 / Flux: StableDiffusion3Pipeline's / FluxPipeline's loop, step
+    for step (same noise from one CPU generator, same timesteps, same guidance)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from nodes import lora
+    from nodes.denoise import preview_image
+    from nodes.sdload import get_module, with_oom_advice
+
+    if window is not None:
+        raise NodeError(
+            f"Sampler (Advanced) does not run {FAMILY_TITLES[model.family]} models yet: use "
+            "the Sampler"
+        )
+    if latent.get("noise_mask") is not None:
+        raise NodeError(f"inpainting with {FAMILY_TITLES[model.family]} is not supported yet")
+    family = model.family
+    flux = family == "flux"
+    pos = _one_prompt(positive, "positive", family)
+    neg = _one_prompt(negative, "negative", family)
+    net = get_module(ctx, model.source, "transformer")
+    lora.activate(ctx, net, "transformer", model.patches, family)
+    tcfg = net.config
+    patch = 2 if flux else int(tcfg.patch_size)
+    channels = tcfg.in_channels // 4 if flux else tcfg.in_channels
+    samples = _latent_for(latent, model, channels, patch)
+    device = torch.device(ctx.device)
+    dtype = net.dtype if not _layerwise(net) else _compute_dtype(net)
+    batch, _, h, w = samples.shape
+    sched, euler = make_flow_scheduler(model.scheduler_config, sampler, scheduler)
+    mu = None
+    if model.scheduler_config.get("use_dynamic_shifting"):
+        mu = calculate_shift((h // patch) * (w // patch), model.scheduler_config)
+    _set_timesteps(sched, euler, sampler, scheduler, steps, mu, family, device)
+    timesteps = sched.timesteps
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
+    if denoise >= 1.0:
+        latents = noise
+    else:
+        init_steps = min(int(steps * denoise), steps)
+        t_start = max(steps - init_steps, 0)
+        timesteps = timesteps[t_start * sched.order :]
+        if len(timesteps) == 0:
+            raise NodeError(
+                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+            )
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        sigma = float(timesteps[0]) / sched.config.num_train_timesteps
+        init = samples.to(device=device, dtype=dtype)
+        latents = sigma * noise + (1.0 - sigma) * init
+    if hasattr(sched, "set_begin_index") and denoise >= 1.0:
+        sched.set_begin_index(0)
+    guided = cfg > 1.0
+    call = _flux_call if flux else _sd3_call
+    inputs = (_flux_inputs if flux else _sd3_inputs)(
+        net, pos, neg, guided, batch, h, w, device, dtype
+    )
+    total = len(timesteps)
+
+    def run() -> torch.Tensor:
+        x = pack(latents) if flux else latents
+        with torch.no_grad():
+            for i, t in enumerate(timesteps):
+                ctx.check_interrupt()
+                pred = call(net, x, t, inputs, cfg, guided)
+                x = sched.step(pred, t, x, return_dict=False)[0]
+                shown = unpack(x, h, w) if flux else x
+                ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
+        return unpack(x, h, w) if flux else x
+
+    result = with_oom_advice(run, "sampling")
+    return {"samples": result.detach().float().cpu()}
+
+
+def _layerwise(net: Any) -> bool:
+    return any(
+        getattr(m, "_diffusers_hook", None) is not None
+        and m._diffusers_hook.get_hook("layerwise_casting") is not None
+        for m in net.modules()
+    )
+
+
+def _compute_dtype(net: Any) -> torch.dtype:
+    for p in net.parameters():
+        if p.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8):
+            return p.dtype
+    return torch.float32
+
+
+def _sd3_inputs(
+    net: Any, pos: Cond, neg: Cond, guided: bool, batch: int, h: int, w: int,
+    device: torch.device, dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    width = net.config.joint_attention_dim
+    pe, pp = sd3_context(pos, width), pos.pooled
+    if pe.shape[-1] != width:
+        raise NodeError(
+            f"the prompt is {pe.shape[-1]} wide, but this SD3 model takes {width}: connect the "
+            "CLIP that goes with this model"
+        )
+    if guided:
+        ne, np_ = sd3_context(neg, width), neg.pooled
+        if ne.shape[1] != pe.shape[1]:
+            n = max(ne.shape[1], pe.shape[1])
+            ne = torch.nn.functional.pad(ne, (0, 0, 0, n - ne.shape[1]))
+            pe = torch.nn.functional.pad(pe, (0, 0, 0, n - pe.shape[1]))
+        embeds = torch.cat([ne.repeat(batch, 1, 1), pe.repeat(batch, 1, 1)])
+        pooled = torch.cat([np_.repeat(batch, 1), pp.repeat(batch, 1)])
+    else:
+        embeds, pooled = pe.repeat(batch, 1, 1), pp.repeat(batch, 1)
+    return {
+        "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
+        "pooled_projections": pooled.to(device=device, dtype=dtype),
+    }
+
+
+def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+    model_in = torch.cat([x] * 2) if guided else x
+    pred = net(
+        hidden_states=model_in, timestep=t.expand(model_in.shape[0]), return_dict=False, **inputs
+    )[0]
+    if guided:
+        uncond, cond = pred.chunk(2)
+        pred = uncond + cfg * (cond - uncond)
+    return pred
+
+
+def _flux_inputs(
+    net: Any, pos: Cond, neg: Cond, guided: bool, batch: int, h: int, w: int,
+    device: torch.device, dtype: torch.dtype,
+) -> dict[str, Any]:  # fmt: skip
+    width = net.config.joint_attention_dim
+    if pos.embeds.shape[-1] != width:
+        raise NodeError(
+            f"the prompt is {pos.embeds.shape[-1]} wide, but this Flux model takes {width}: "
+            "connect the CLIP that goes with this model"
+        )
+    guidance = None
+    if net.config.guidance_embeds:
+        g = float(pos.extra.get("guidance", FLUX_DEFAULT_GUIDANCE))
+        guidance = torch.full([batch], g, device=device, dtype=torch.float32)
+
+    def side(c: Cond) -> dict[str, Any]:
+        e = c.embeds.repeat(batch, 1, 1).to(device=device, dtype=dtype)
+        return {
+            "encoder_hidden_states": e,
+            "pooled_projections": c.pooled.repeat(batch, 1).to(device=device, dtype=dtype),
+            "txt_ids": torch.zeros(e.shape[1], 3, device=device, dtype=dtype),
+        }
+
+    common = {"guidance": guidance, "img_ids": image_ids(h, w, device, dtype)}
+    return {"pos": {**side(pos), **common}, "neg": {**side(neg), **common} if guided else None}
+
+
+def _flux_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+    timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
+    pred = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["pos"])[0]
+    if guided:
+        uncond = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["neg"])[0]
+        pred = uncond + cfg * (pred - uncond)
+    return pred
