@@ -62,6 +62,8 @@ FLUX_DEFAULT_GUIDANCE = 3.5
 #: The Flux VAE's and SD3's VAE's latent scale and shift (their published configs).
 VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 
+#: The LoRA prefix (the pipelines' component name) of each text encoder role.
+LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 #: Samplers that apply to flow-matching models, and the diffusers scheduler behind each.
 FLOW_SAMPLERS = ("euler", "heun", "dpmpp_2m")
 #: Schedules: normal = the model's own (the pipeline's), simple = ComfyUI's (evenly spaced
@@ -846,7 +848,8 @@ def encode(ctx: Any, clip: ClipHandle, text: str) -> list[Cond]:
     toks: dict[str, Any] = {}
     for (role, _, _), (folder, pad) in zip(clip.parts, clip.tokenizers, strict=True):
         mods[role] = get_part(ctx, clip, role)
-        lora.activate(ctx, mods[role], "text_encoder", clip.patches, family)
+        if role in LORA_PREFIXES:  # LoRAs train the CLIP towers, not T5
+            lora.activate(ctx, mods[role], LORA_PREFIXES[role], clip.patches, family)
         toks[role] = (
             get_t5_tokenizer(ctx, folder) if role == "t5" else get_tokenizer(ctx, folder, pad)
         )

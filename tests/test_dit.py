@@ -300,3 +300,37 @@ def test_gguf_weights_dequantise_to_the_originals_and_the_image_stays_close(engi
     )  # fmt: skip
     diff = _close(q8, default, bound=0.05)  # measured on the tiny model: see the notes
     assert diff > 0
+
+
+def test_a_flux_lora_in_the_diffusers_layout_equals_the_pipeline_with_it(engine, parts, root):
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    lora_net = fx.tiny_flux()["transformer"]
+    torch.manual_seed(11)
+    lora_net.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False
+        )
+    )
+    (root / "loras").mkdir(exist_ok=True)
+    diffusers.FluxPipeline.save_lora_weights(
+        str(root / "loras"),
+        transformer_lora_layers=get_peft_model_state_dict(lora_net),
+        weight_name="tiny_flux_lora.safetensors",
+    )
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-flux"}).id
+    lo = wf.add_node(
+        "load_lora",
+        {"lora_name": "tiny_flux_lora.safetensors", "strength_model": 1.0, "strength_clip": 1.0},
+    ).id
+    wf.connect(c, "model", lo, "model")
+    wf.connect(c, "clip", lo, "clip")
+    dec = _sampling(wf, (lo, "model"), (lo, "clip"), (c, "vae"), cfg=1.0, guidance=3.5)
+    got = _run(engine, wf, dec)
+    pipe = fx.flux_pipeline(fx.tiny_flux())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="tiny_flux_lora.safetensors")
+    want = _pipe_image(pipe, "euler", guidance_scale=3.5)
+    _close(got, want)
+    plain = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
+    assert np.abs(plain - got).max() > 1 / 255  # the LoRA did change the picture
