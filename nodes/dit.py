@@ -771,7 +771,7 @@ def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple |
             "diffusion_models folder and use Load Diffusion Model, Load Text Encoders and "
             "Load VAE"
         )
-    if found.kind in ("clip", "t5"):
+    if found.kind in ("clip", "t5") and all(k.startswith(found.prefix) for k in shapes):
         raise NodeError(
             f"{label}: {found.what} alone: put it in the text_encoders folder and use "
             "Load Text Encoders"

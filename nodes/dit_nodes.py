@@ -102,7 +102,7 @@ TYPE_INPUT = InputSpec(
     ],
     outputs=[OutputSpec("clip", T.CLIP, tooltip="The text encoders, for Text Encode.")],
 )
-def load_text_encoders(ctx, clip_name1: str, clip_name2: str, type: str = "flux") -> Any:  # noqa: A002
+def load_text_encoders(ctx, clip_name1: str, clip_name2: str, type: str = "flux") -> Any:
     return _text_encoders(ctx, [clip_name1, clip_name2], type)
 
 

@@ -248,6 +248,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 #: not offer is refused with a clear error.
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "normal": {},
+    # ComfyUI's simple: evenly spaced from the top of the schedule (for flow-matching
+    # models, nodes/dit.py: evenly spaced in time, then shifted).
+    "simple": {"timestep_spacing": "trailing"},
     "karras": {"use_karras_sigmas": True},
     "exponential": {"use_exponential_sigmas": True},
     "beta": {"use_beta_sigmas": True},
