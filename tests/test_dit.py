@@ -49,14 +49,15 @@ def root(tmp_path_factory, parts):
     return root
 
 
-@pytest.fixture
-def engine(root, tmp_path):
+@pytest.fixture(scope="module")
+def engine(root, tmp_path_factory):
+    """One engine for the module: its model manager keeps the tiny models loaded between
+    tests (each test's graph still runs its nodes anew: new workflows, new node ids)."""
     from studio.engine import Engine
     from studio.settings import Settings
 
-    settings = Settings(
-        models_root=str(root), output_dir=str(tmp_path / "o"), input_dir=str(tmp_path / "i")
-    )
+    tmp = tmp_path_factory.mktemp("dit-run")
+    settings = Settings(models_root=str(root), output_dir=str(tmp / "o"), input_dir=str(tmp / "i"))
     return Engine(installed_registry(), settings=settings)
 
 
@@ -334,3 +335,22 @@ def test_a_flux_lora_in_the_diffusers_layout_equals_the_pipeline_with_it(engine,
     _close(got, want)
     plain = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
     assert np.abs(plain - got).max() > 1 / 255  # the LoRA did change the picture
+
+
+def test_model_sampling_sd3_shift_equals_the_pipeline_with_that_shift(engine, parts):
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd3"}).id
+    ms = wf.add_node("model_sampling_sd3", {"shift": 6.0}).id
+    wf.connect(c, "model", ms, "model")
+    dec = _sampling(wf, (ms, "model"), (c, "clip"), (c, "vae"), cfg=5.0)
+    got = _run(engine, wf, dec)
+    pipe = fx.sd3_pipeline(parts["sd3"])
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, shift=6.0
+    )
+    want = pipe(
+        PROMPT, negative_prompt=NEGATIVE, guidance_scale=5.0, height=64, width=64,
+        num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images  # fmt: skip
+    _close(got, want)
