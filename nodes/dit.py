@@ -349,9 +349,14 @@ def inspect_folder(path: Path, name: str, identity: tuple[Any, ...], family: str
     missing = [c for c in need if c not in configs]
     if missing:
         raise NodeError(f"{label}: the {FAMILY_TITLES[family]} folder lacks {', '.join(missing)}")
+    from nodes.sdload import FOLDER_LATENT_RGB_KEY
+    from nodes.values import LatentRgb
+
+    index = _read_json(path / "model_index.json", label)
     return WeightsSource(
         path=str(path), identity=identity, layout=LAYOUT_DIFFUSERS, family=family,
         configs=configs, name=name,
+        latent_rgb=LatentRgb.from_json(index.get(FOLDER_LATENT_RGB_KEY)),
     )  # fmt: skip
 
 
@@ -488,6 +493,7 @@ def model_handle(source: WeightsSource) -> ModelHandle:
         family=source.family,
         scheduler_config=dict(source.configs["scheduler"]),
         prediction_type="flow",
+        latent_rgb=source.latent_rgb,
     )
 
 

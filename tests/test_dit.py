@@ -23,7 +23,9 @@ SEED, STEPS = 7, 3
 
 @pytest.fixture(scope="module")
 def parts():
-    return {"sd3": fx.tiny_sd3(), "sd3-no-t5": fx.tiny_sd3(with_t5=False), "flux": fx.tiny_flux()}
+    sd3 = fx.tiny_sd3()
+    no_t5 = {**sd3, "text_encoder_3": None, "tokenizer_3": None}
+    return {"sd3": sd3, "sd3-no-t5": no_t5, "flux": fx.tiny_flux()}
 
 
 @pytest.fixture(scope="module")
