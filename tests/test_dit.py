@@ -356,3 +356,27 @@ def test_model_sampling_sd3_shift_equals_the_pipeline_with_that_shift(engine, pa
         output_type="np",
     ).images  # fmt: skip
     _close(got, want)
+
+
+def test_a_comfyui_flux_prompt_imports_onto_these_nodes():
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",
+              "weight_dtype": "fp8_e4m3fn_fast"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+              "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["2", 0]}},
+        "4": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["3", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage",
+              "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+    }  # fmt: skip
+    result = import_comfyui(prompt, installed_registry(), source="flux.json")
+    types = sorted(n.type for n in result.workflow.nodes)
+    assert types == [
+        "empty_latent", "flux_guidance", "load_diffusion_model", "load_text_encoders",
+        "text_encode",
+    ]  # fmt: skip
+    loader = next(n for n in result.workflow.nodes if n.type == "load_diffusion_model")
+    assert loader.params["weight_dtype"] == "fp8_e4m3fn"
+    assert any("fp8_e4m3fn_fast" in line for line in result.report)
