@@ -15,6 +15,7 @@ BUILTIN_MODULES: list[str] = [
     "controlnet",
     "inpaint",
     "loaders",
+    "dit_nodes",
     "conditioning",
     "latent",
     "sampling",

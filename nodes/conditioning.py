@@ -59,6 +59,10 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
         from studio.errors import NodeError
 
         raise NodeError(f"the clip input is not a text encoder (got {type(clip).__name__})")
+    if clip.parts:  # SD3 / Flux: CLIP-L, CLIP-G and T5 as their pipelines use them
+        from nodes import dit
+
+        return dit.encode(ctx, clip, text)
     encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
     for name, encoder in zip(clip.encoders, encoders, strict=True):
         lora.activate(ctx, encoder, name, clip.patches, clip.family)

@@ -204,6 +204,13 @@ def sample(
 
     Returns a LATENT (``samples``, and the ``noise_mask`` it was given, if it used one).
     """
+    if model.family in ("sd3", "flux"):  # diffusion transformers, flow matching
+        from nodes import dit
+
+        return dit.sample(
+            ctx, model, positive, negative, latent, seed=seed, steps=steps, cfg=cfg,
+            sampler=sampler, scheduler=scheduler, denoise=denoise, window=window,
+        )  # fmt: skip
     pos, neg = _prompts(positive, "positive"), _prompts(negative, "negative")
     unet = get_module(ctx, model.source, "unet")
     lora.activate(ctx, unet, "unet", model.patches, model.family)

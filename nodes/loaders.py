@@ -35,11 +35,29 @@ def load_checkpoint(ctx, ckpt_name: str) -> tuple:
     from nodes import sdload
 
     path = ctx.model_files.resolve("checkpoints", ckpt_name)
+    dit_handles = _dit_checkpoint(ctx, Path(path), ckpt_name)
+    if dit_handles is not None:
+        return dit_handles
     source = sdload.inspect_checkpoint(Path(path), ckpt_name, ctx.files.identity(path))
     model, clip, vae = sdload.handles_for(source)
     # Load now, so a damaged file fails here (naming it) and not in the Sampler.
     components = ["unet", "vae", *clip.encoders]
     for component in components:
+        sdload.get_module(ctx, source, component)
+    return model, clip, vae
+
+
+def _dit_checkpoint(ctx, path: Path, name: str) -> tuple | None:
+    """SD3 / Flux checkpoints (diffusers folders, SD3.5 all-in-one files), loaded now."""
+    from nodes import dit, sdload
+
+    found = dit.open_checkpoint(path, name, ctx.files.identity(path))
+    if found is None:
+        return None
+    model, clip, vae = found
+    for source, component in [(model.source, "transformer"), (vae.source, "vae")] + [
+        (s, c) for _, s, c in clip.parts
+    ]:
         sdload.get_module(ctx, source, component)
     return model, clip, vae
 
@@ -59,11 +77,13 @@ def load_checkpoint(ctx, ckpt_name: str) -> tuple:
         InputSpec(
             "latent_scale",
             T.CHOICE,
-            choices=("auto", "sd", "sdxl"),
+            choices=("auto", "sd", "sdxl", "flux", "sd3"),
             default="auto",
             tooltip=(
-                "Which models' latents it serves: SD 1.x/2.x (0.18215) or SDXL (0.13025). "
-                "Auto picks SDXL when the file name contains 'xl'."
+                "Which models' latents it serves: SD 1.x/2.x (0.18215) or SDXL (0.13025); "
+                "for a 16-channel VAE Flux (0.3611, shift 0.1159) or SD3 (1.5305, shift "
+                "0.0609). Auto picks SDXL when the file name contains 'xl', and Flux's "
+                "factors for a 16-channel VAE (choose sd3 for SD3.5's)."
             ),
         ),
     ],

@@ -52,6 +52,14 @@ class _LoraState:
 
 
 def _pipeline_class(family: str) -> Any:
+    if family == "flux":  # diffusers reads Flux LoRAs in the kohya, diffusers and other layouts
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
+    if family == "sd3":
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
@@ -63,13 +71,17 @@ def _pipeline_class(family: str) -> Any:
 
 def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
     """The LoRA in diffusers' layout, read once per file version and family."""
-    key = ("lora", patch.identity, "sdxl" if family == "sdxl" else "sd")
+    key = ("lora", patch.identity, family if family in ("sdxl", "sd3", "flux") else "sd")
 
     def load() -> _LoraState:
         pipe_cls = _pipeline_class(family)
         raw = _read_file(patch)
         try:
-            state, alphas, metadata = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
+            got = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
+            if len(got) == 2:  # SD3's: no network alphas
+                (state, metadata), alphas = got, None
+            else:
+                state, alphas, metadata = got
         except Exception as exc:
             raise NodeError(f"{patch.name}: not a LoRA Studio can read ({exc})") from None
         if not state or not all("lora" in k for k in state):
@@ -207,7 +219,17 @@ def _inject(ctx: Any, module: Any, component: str, patch: LoraPatch, family: str
         with warnings.catch_warnings():
             # Several LoRAs on one module are several adapters: that is the design here.
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-            if component == "unet":
+            if component == "transformer":
+                import inspect
+
+                kwargs = {"adapter_name": patch.adapter, "metadata": state.metadata}
+                if (
+                    "network_alphas"
+                    in inspect.signature(pipe_cls.load_lora_into_transformer).parameters
+                ):
+                    kwargs["network_alphas"] = state.network_alphas
+                pipe_cls.load_lora_into_transformer(sd, transformer=module, **kwargs)
+            elif component == "unet":
                 pipe_cls.load_lora_into_unet(
                     sd,
                     state.network_alphas,
@@ -237,7 +259,7 @@ def _inject(ctx: Any, module: Any, component: str, patch: LoraPatch, family: str
 
 
 def _set_active(module: Any, component: str, active: dict[str, float]) -> None:
-    if component == "unet":
+    if component in ("unet", "transformer"):
         if not active:
             module.disable_lora()
             return

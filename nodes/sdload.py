@@ -62,6 +62,9 @@ LATENT_RGB_KEY = "latent_rgb"
 #: (diffusers drops keys starting with "_" when it builds a pipeline from that file).
 FOLDER_LATENT_RGB_KEY = "_studio_latent_rgb"
 CLIP_VOCAB_SIZE = 49408
+#: Sources whose components ``nodes.dit`` loads: SD3 / Flux checkpoints and their separate
+#: text encoder files (see :func:`load_component`).
+DIT_SOURCE_FAMILIES = ("sd3", "flux", "clip", "t5")
 
 #: The largest safetensors header read (the safetensors library's own limit).
 MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
@@ -568,15 +571,29 @@ def inspect_vae(path: Path, name: str, identity: tuple[Any, ...], scale: str) ->
         config = side or family_configs("sd1")["vae"]
         prefix = _vae_prefix(keys)
         dec_in = [s for k, s in keys.items() if k.endswith("decoder.conv_in.weight")]
+        if side is None and dec_in and dec_in[0][1] == 16:  # Flux / SD3 (nodes.dit)
+            from nodes import dit
+
+            p = next(k for k in keys if k.endswith("decoder.conv_in.weight"))
+            source = dit.vae16_source(
+                path, name, identity, keys, p[: -len("decoder.conv_in.weight")]
+            )
+            return _vae16_handle(source, scale)
         if dec_in and dec_in[0][1] != config.get("latent_channels", 4):
             raise NodeError(
-                f"{label}: a VAE with {dec_in[0][1]} latent channels; only 4-channel "
-                "Stable Diffusion VAEs are supported"
+                f"{label}: a VAE with {dec_in[0][1]} latent channels; Studio reads 4-channel "
+                "Stable Diffusion VAEs and 16-channel Flux / SD3 VAEs"
             )
         source = WeightsSource(
             path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family="vae",
             configs={"vae": config}, prefixes={"vae": prefix}, name=name,
         )  # fmt: skip
+    if int(config.get("latent_channels", 4)) == 16:
+        return _vae16_handle(source, scale)
+    if scale in ("flux", "sd3"):
+        raise NodeError(
+            f"{label}: a 4-channel VAE; the {scale} latent scale is for 16-channel VAEs"
+        )
     if scale == "auto":
         scale = "sdxl" if re.search(r"xl", name, re.IGNORECASE) else "sd"
     sf = 0.13025 if scale == "sdxl" else float(config.get("scaling_factor") or 0.18215)
@@ -585,6 +602,22 @@ def inspect_vae(path: Path, name: str, identity: tuple[Any, ...], scale: str) ->
     return VaeHandle(
         source=source, scaling_factor=sf, shift_factor=float(config.get("shift_factor") or 0.0)
     )
+
+
+def _vae16_handle(source: WeightsSource, scale: str) -> VaeHandle:
+    """A 16-channel (Flux / SD3) VAE: the folder's own factors, or the family's chosen."""
+    from nodes.dit import VAE_FACTORS
+
+    config = source.configs["vae"]
+    if scale in VAE_FACTORS:
+        sf, shift = VAE_FACTORS[scale]
+    elif scale == "auto" and source.layout == LAYOUT_DIFFUSERS and config.get("scaling_factor"):
+        sf, shift = float(config["scaling_factor"]), float(config.get("shift_factor") or 0.0)
+    elif scale == "auto":
+        sf, shift = VAE_FACTORS["flux"]
+    else:
+        raise NodeError(f"VAE {source.name!r}: a 16-channel VAE; choose auto, flux or sd3")
+    return VaeHandle(source=source, scaling_factor=sf, shift_factor=shift)
 
 
 def _sidecar_vae(weights: WeightsFile) -> dict[str, Any] | None:
@@ -607,7 +640,11 @@ def load_component(source: WeightsSource, component: str, dtype: Any) -> Any:
     """Build one component (``unet``, ``vae``, ``text_encoder``, ``text_encoder_2``) on CPU."""
     label = f"{component} of {source.name or source.path!r}"
     try:
-        if source.layout == LAYOUT_DIFFUSERS:
+        if source.family in DIT_SOURCE_FAMILIES:
+            from nodes import dit
+
+            module = dit.load_component(source, component, dtype, label)
+        elif source.layout == LAYOUT_DIFFUSERS:
             module = _load_diffusers_component(source, component, dtype)
         else:
             module = _load_single_file_component(source, component, dtype, label)

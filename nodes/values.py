@@ -17,7 +17,7 @@ from typing import Any
 #: Families Studio knows how to condition and sample. ``custom`` is a diffusers
 #: model with one CLIP text encoder and a non-standard UNet (the embedded tiny
 #: model, test models): it is conditioned like SD1.
-FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "custom")
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "custom", "sd3", "flux")
 
 #: Where a model's weights live: a diffusers folder, or one file in the original
 #: (LDM) key layout.
@@ -138,6 +138,9 @@ class ClipHandle:
     encoders: tuple[str, ...]
     tokenizers: tuple[tuple[str, str | None], ...]
     patches: tuple[tuple[Any, float], ...] = ()
+    #: SD3 / Flux (``nodes.dit``): per encoder, ``(role, source, component)`` where role is
+    #: ``clip_l``, ``clip_g`` or ``t5``; the encoders may come from separate files.
+    parts: tuple[tuple[str, Any, str], ...] = ()
 
     @property
     def is_sdxl(self) -> bool:
@@ -245,6 +248,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 #: not offer is refused with a clear error.
 SCHEDULERS: dict[str, dict[str, Any]] = {
     "normal": {},
+    # ComfyUI's simple: evenly spaced from the top of the schedule (for flow-matching
+    # models, nodes/dit.py: evenly spaced in time, then shifted).
+    "simple": {"timestep_spacing": "trailing"},
     "karras": {"use_karras_sigmas": True},
     "exponential": {"use_exponential_sigmas": True},
     "beta": {"use_beta_sigmas": True},

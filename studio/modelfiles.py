@@ -47,7 +47,7 @@ def _find_resources() -> Path:
 RESOURCES = _find_resources()
 EMBEDDED_MODELS = RESOURCES / "models"
 
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 #: Extra subfolder names other tools use for the same kind (A1111's names).
 ALIASES: dict[str, tuple[str, ...]] = {
     "checkpoints": ("Stable-diffusion",),
@@ -55,6 +55,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "vae": ("VAE",),
     "upscale_models": ("ESRGAN", "RealESRGAN", "SwinIR"),
     "controlnet": ("ControlNet",),
+    "diffusion_models": ("unet",),
+    "text_encoders": ("clip",),
 }
 #: Kinds for which the models shipped with Studio are listed beside the user's.
 EMBEDDED_KINDS = ("checkpoints", "controlnet", "loras", "upscale_models", "embeddings")

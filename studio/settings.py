@@ -26,6 +26,8 @@ MODEL_FOLDERS = (
     "upscale_models",
     "controlnet_annotators",
     "embeddings",
+    "diffusion_models",
+    "text_encoders",
 )
 
 

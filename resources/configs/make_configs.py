@@ -176,14 +176,39 @@ FAMILIES = {
     },
 }
 
+#: The flow-match schedulers of the diffusion transformers (their published
+#: scheduler_config.json). Only the scheduler: a single file's transformer, VAE and text
+#: encoder configs are read off its tensor shapes (nodes/dit.py).
+FLOW_FAMILIES = {
+    "sd3": {
+        "scheduler": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+        },
+    },
+    "flux": {
+        "scheduler": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+            "use_dynamic_shifting": True,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+            "base_image_seq_len": 256,
+            "max_image_seq_len": 4096,
+        },
+    },
+}
+
 
 def main() -> None:
-    for family, parts in FAMILIES.items():
+    for family, parts in {**FAMILIES, **FLOW_FAMILIES}.items():
         folder = HERE / family
         folder.mkdir(parents=True, exist_ok=True)
         for name, cfg in parts.items():
             (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2) + "\n", "utf-8")
-    print("wrote", ", ".join(FAMILIES))
+    print("wrote", ", ".join([*FAMILIES, *FLOW_FAMILIES]))
 
 
 if __name__ == "__main__":

@@ -330,6 +330,72 @@ def hires_upscale() -> Workflow:
     return b.wf
 
 
+#: The embedded flow-matching model (SD3 layout: MMDiT, two CLIP encoders, no T5), trained by
+#: training/ into resources/models/checkpoints/studio-tiny-flow (a diffusers folder).
+FLOW_CHECKPOINT = "studio-tiny-flow"
+FLOW_STEPS = 8
+FLOW_CFG = 4.0
+#: Flux.1 as artists have it in ComfyUI's folders (not shipped: real weights are GBs).
+FLUX_MODEL = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp8_e4m3fn.safetensors"
+FLUX_VAE = "ae.safetensors"
+
+
+def txt2img_sd3() -> Workflow:
+    b = Builder("txt2img_sd3")
+    b.note(
+        "Text to image with a flow-matching transformer in the Stable Diffusion 3 layout "
+        "(studio-tiny-flow: an MMDiT with two CLIP text encoders). Load Checkpoint also opens "
+        "SD3.5 all-in-one files and diffusers folders; flow matching needs few steps (8 here)."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": FLOW_CHECKPOINT})
+    prompts(b, 1, "a large yellow triangle on a purple background, right")
+    b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    params = sampler_params(seed=0, steps=FLOW_STEPS, cfg=FLOW_CFG)
+    sample(b, "sampler", 2, "latent", params)
+    decode_and_save(b, 3, "sampler", "txt2img_sd3")
+    return b.wf
+
+
+def txt2img_flux() -> Workflow:
+    b = Builder("txt2img_flux")
+    b.note(
+        "Flux.1 dev from separate files, as ComfyUI keeps them: the transformer in "
+        "diffusion_models (fp8 halves its memory; .gguf files work too), CLIP-L and T5-XXL in "
+        "text_encoders, the 16-channel VAE in vae. Flux dev takes its guidance from Flux "
+        "Guidance and runs with cfg 1 (no negative prompt)."
+    )
+    b.add(
+        "checkpoint",
+        "load_diffusion_model",
+        0,
+        {"unet_name": FLUX_MODEL, "weight_dtype": "fp8_e4m3fn"},
+    )
+    b.add(
+        "clip",
+        "load_text_encoders",
+        0,
+        {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5, "type": "flux"},
+    )
+    b.add("vae", "load_vae", 0, {"vae_name": FLUX_VAE, "latent_scale": "flux"})
+    b.add("prompt", "text_encode", 1, {"text": "a red fox reading a book"}, title="Prompt")
+    b.add("negative", "text_encode", 1, {"text": ""}, title="Negative prompt (unused at cfg 1)")
+    b.link("clip", "clip", "prompt", "clip")
+    b.link("clip", "clip", "negative", "clip")
+    b.add("positive", "flux_guidance", 2, {"guidance": 3.5})
+    b.link("prompt", "conditioning", "positive", "conditioning")
+    b.add("latent", "empty_latent", 2, {"width": 1024, "height": 1024, "batch_size": 1})
+    params = {**sampler_params(seed=0, steps=20, cfg=1.0), "scheduler": "simple"}
+    sample(b, "sampler", 3, "latent", params)
+    b.add("decode", "vae_decode", 4)
+    b.link("sampler", "latent", "decode", "latent")
+    b.link("vae", "vae", "decode", "vae")
+    b.add("save", "save_image", 5, {"filename_prefix": "txt2img_flux"})
+    b.link("decode", "image", "save", "images")
+    return b.wf
+
+
 WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img": txt2img,
     "img2img": img2img,
@@ -337,6 +403,8 @@ WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "controlnet": controlnet,
     "lora": lora,
     "hires_upscale": hires_upscale,
+    "txt2img_sd3": txt2img_sd3,
+    "txt2img_flux": txt2img_flux,
 }
 
 

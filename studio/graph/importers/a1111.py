@@ -105,7 +105,7 @@ SCHEDULES: dict[str, SamplerMapping] = {
     "align your steps": SamplerMapping(
         "", "normal", "Studio has no Align Your Steps schedule; normal used"
     ),
-    "simple": SamplerMapping("", "normal", "Studio has no Simple schedule; normal used"),
+    "simple": SamplerMapping("", "simple"),
     "ddim": SamplerMapping("", "normal", "Studio has no DDIM schedule; normal used"),
     "turbo": SamplerMapping("", "normal", "Studio has no Turbo schedule; normal used"),
     # Studio's ComfyUI schedules, as Studio's Save Image writes them ("Comfy karras")

@@ -161,6 +161,44 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("lora_name", "strength_model", "strength_clip"),
         outputs=("model", "clip"),
     ),
+    # Diffusion transformers (SD3.5, Flux.1): nodes/dit_nodes.py.
+    "UNETLoader": NodeMap(
+        "load_diffusion_model",
+        "Load Diffusion Model",
+        ("unet_name", "weight_dtype"),
+        outputs=("model",),
+        values={"weight_dtype": {"fp8_e4m3fn_fast": "fp8_e4m3fn", "fp8_e5m2": "fp8_e4m3fn"}},
+        notes={
+            ("weight_dtype", "fp8_e4m3fn_fast"): "weight dtype 'fp8_e4m3fn_fast' became "
+            "'fp8_e4m3fn' (each layer computed in the device's type)",
+            ("weight_dtype", "fp8_e5m2"): "weight dtype 'fp8_e5m2' became 'fp8_e4m3fn'",
+        },
+    ),
+    "DualCLIPLoader": NodeMap(
+        "load_text_encoders",
+        "DualCLIPLoader",
+        ("clip_name1", "clip_name2", "type"),
+        outputs=("clip",),
+        trailing=1,
+    ),
+    "TripleCLIPLoader": NodeMap(
+        "load_text_encoders_3",
+        "TripleCLIPLoader",
+        ("clip_name1", "clip_name2", "clip_name3"),
+        outputs=("clip",),
+    ),
+    "FluxGuidance": NodeMap(
+        "flux_guidance", "FluxGuidance", ("guidance",), outputs=("conditioning",)
+    ),
+    "ModelSamplingSD3": NodeMap(
+        "model_sampling_sd3", "ModelSamplingSD3", ("shift",), outputs=("model",)
+    ),
+    "EmptySD3LatentImage": NodeMap(
+        "empty_latent",
+        "EmptySD3LatentImage",
+        ("width", "height", "batch_size"),
+        outputs=("latent",),
+    ),
     "VAELoader": NodeMap(
         "load_vae", "Load VAE", ("vae_name",), outputs=("vae",), export_free=("latent_scale",)
     ),
@@ -353,9 +391,10 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
-    "UNETLoader": "loads a model part on its own; Studio loads whole checkpoints",
-    "CLIPLoader": "loads a model part on its own; Studio loads whole checkpoints",
-    "DualCLIPLoader": "loads model parts on their own; Studio loads whole checkpoints",
+    "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
+    "or three",
+    "ModelSamplingFlux": "its width and height have no Studio param (Model Sampling Flux "
+    "takes the size from the latent)",
     "VAEDecodeTiled": "its tile overlap has no Studio param (VAE Decode has a tiled mode)",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
     "LoadImageMask": "Studio: Load Image followed by Mask from Image",
@@ -368,8 +407,6 @@ NOT_MAPPED: dict[str, str] = {
     "ImageBlur": "not in Studio yet",
     "ImageCrop": "not in Studio yet",
     "LatentComposite": "not in Studio yet",
-    "EmptySD3LatentImage": "not in Studio yet",
-    "FluxGuidance": "not in Studio yet",
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }

@@ -1,0 +1,1247 @@
+"""Diffusion transformers with flow matching: Stable Diffusion 3.5 and Flux.1.
+
+Reading their files (diffusers folders of StableDiffusion3Pipeline / FluxPipeline, SD3.5
+all-in-one checkpoints, transformer-only files in both key layouts in circulation, separate
+CLIP-L / CLIP-G / T5-XXL files, 16-channel VAEs, fp8 and GGUF weights), encoding prompts the
+way the two pipelines do, and the flow-matching denoising loop behind the Sampler for them.
+
+The values are the UNet family's own (MODEL, CLIP, VAE, CONDITIONING, LATENT handles of
+``nodes.values``) with family ``sd3`` or ``flux``: the generic nodes (Text Encode, Sampler,
+VAE Decode, Load Checkpoint) hand them here. Key conversion is diffusers' own
+(``diffusers.loaders.single_file_utils``); configs of single files are read off their tensor
+shapes, so no hub is asked. Imported lazily (imports torch, diffusers, transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodes.values import (
+    LAYOUT_DIFFUSERS,
+    LAYOUT_SINGLE_FILE,
+    ClipHandle,
+    Cond,
+    ModelHandle,
+    VaeHandle,
+    WeightsSource,
+)
+from studio.errors import NodeError
+from studio.modelfiles import RESOURCES
+
+DIT_FAMILIES = ("sd3", "flux")
+FAMILY_TITLES = {"sd3": "Stable Diffusion 3.x", "flux": "Flux.1"}
+CONFIGS = RESOURCES / "configs"
+CLIP_TOKENIZER = RESOURCES / "tokenizers" / "clip"
+T5_TOKENIZER = RESOURCES / "tokenizers" / "t5"
+
+DIFFUSION_PREFIX = "model.diffusion_model."
+#: The SD3.5 all-in-one layout (as ComfyUI and Stability ship it).
+SD3_AIO_PREFIXES = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.clip_g.transformer.",
+    "text_encoder_3": "text_encoders.t5xxl.transformer.",
+    "vae": "first_stage_model.",
+}
+CLIP_TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
+T5_SHARED_KEY = "shared.weight"
+T5_BLOCK_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
+
+#: T5 sees this many tokens by default, as the pipelines pad to (``max_sequence_length``).
+T5_LENGTH = {"sd3": 256, "flux": 512}
+#: Neither pipeline reads more T5 tokens than this.
+T5_MAX_TOKENS = 512
+#: Flux dev's distilled guidance when no Flux Guidance node sets one (the pipeline's default).
+FLUX_DEFAULT_GUIDANCE = 3.5
+#: The Flux VAE's and SD3's VAE's latent scale and shift (their published configs).
+VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
+
+#: The LoRA prefix (the pipelines' component name) of each text encoder role.
+LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+#: Samplers that apply to flow-matching models, and the diffusers scheduler behind each.
+FLOW_SAMPLERS = ("euler", "heun", "dpmpp_2m")
+#: Schedules: normal = the model's own (the pipeline's), simple = ComfyUI's (evenly spaced
+#: in time, then shifted), and the sigma conversions diffusers' flow schedulers offer.
+FLOW_SCHEDULES = {
+    "normal": {},
+    "simple": {},
+    "beta": {"use_beta_sigmas": True},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+}
+
+
+# -- what a file holds ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What a weights file looks like: ``kind`` is ``sd3`` / ``flux`` (a transformer),
+    ``sd3_all_in_one``, ``clip``, ``t5``, ``vae`` or ``other``; ``prefix`` is where its
+    tensors start."""
+
+    kind: str
+    prefix: str = ""
+    what: str = ""
+
+
+def _prefix_of(shapes: dict[str, Any], key: str) -> str | None:
+    for k in shapes:
+        if k.endswith(key):
+            return k[: -len(key)]
+    return None
+
+
+def sniff(shapes: dict[str, tuple[int, ...]]) -> Sniffed:
+    """What a file holds, from its tensor names (never from its file name)."""
+    p = _prefix_of(shapes, "joint_blocks.0.x_block.attn.qkv.weight")
+    if p is None:
+        p = _prefix_of(shapes, "joint_blocks.0.x_block.attn.qkv.weight.qweight")
+    if p is not None:
+        if any(k.startswith(SD3_AIO_PREFIXES["text_encoder"]) for k in shapes):
+            return Sniffed("sd3_all_in_one", p, "an SD3.5 all-in-one checkpoint")
+        return Sniffed("sd3", p, "a Stable Diffusion 3.x transformer")
+    p = _prefix_of(shapes, "double_blocks.0.img_attn.qkv.weight")
+    if p is not None:
+        return Sniffed("flux", p, "a Flux.1 transformer")
+    if any(k.startswith("transformer_blocks.0.") for k in shapes) and any(
+        k.startswith("single_transformer_blocks.") for k in shapes
+    ):
+        return Sniffed("flux", "", "a Flux.1 transformer (diffusers layout)")
+    if any(k.startswith("transformer_blocks.0.attn.add_q_proj") for k in shapes) and any(
+        k.startswith("pos_embed.proj") for k in shapes
+    ):
+        return Sniffed("sd3", "", "a Stable Diffusion 3.x transformer (diffusers layout)")
+    p = _prefix_of(shapes, T5_BLOCK_KEY)
+    if p is not None:
+        return Sniffed("t5", p, "a T5 text encoder")
+    p = _prefix_of(shapes, CLIP_TOKEN_KEY)
+    if p is not None:
+        return Sniffed("clip", p, "a CLIP text encoder")
+    p = _prefix_of(shapes, "decoder.conv_in.weight")
+    if p is not None:
+        return Sniffed("vae", p, "a VAE")
+    return Sniffed("other", "", _looks_like(shapes))
+
+
+def _looks_like(shapes: dict[str, tuple[int, ...]]) -> str:
+    keys = list(shapes)
+    if any(k.startswith("model.diffusion_model.input_blocks.") for k in keys):
+        return "a Stable Diffusion (UNet) checkpoint: use Load Checkpoint"
+    if any("lora" in k.lower() for k in keys[:50]):
+        return "a LoRA: use Load LoRA"
+    families = (
+        ("blocks.0.self_attn", "a Wan/video transformer"),
+        ("double_layers.", "an AuraFlow transformer"),
+        ("single_stream_modulation", "a Flux.2 transformer"),
+        ("cap_embedder", "a Lumina 2 transformer"),
+        ("layers.0.adaLN_modulation", "a Z-Image transformer"),
+        ("patchify_proj", "an LTX-Video transformer"),
+        ("txt_in.individual_token_refiner", "a HunyuanVideo transformer"),
+        ("control_model.", "a ControlNet"),
+    )
+    for needle, name in families:
+        if any(needle in k for k in keys):
+            return name
+    sample = ", ".join(keys[:3]) or "no tensors"
+    return f"weights Studio does not know (first keys: {sample})"
+
+
+# -- configs read off tensor shapes -------------------------------------------------------------
+
+
+def flux_rope_axes(head_dim: int) -> list[int]:
+    """Flux's rotary axes for a head width: (16, 56, 56) for the real 128; each axis even."""
+    a = max(2, (head_dim // 8) // 2 * 2)
+    r = (head_dim - a) // 2 // 2 * 2
+    return [head_dim - 2 * r, r, r]
+
+
+def _count(shapes: dict[str, Any], prefix: str) -> int:
+    idx = set()
+    for k in shapes:
+        if k.startswith(prefix):
+            rest = k[len(prefix) :]
+            head = rest.split(".", 1)[0]
+            if head.isdigit():
+                idx.add(int(head))
+    return max(idx) + 1 if idx else 0
+
+
+def _shape(shapes: dict[str, Any], key: str, label: str) -> tuple[int, ...]:
+    if key in shapes:
+        return tuple(shapes[key])
+    raise NodeError(f"{label}: the file lacks {key!r}; it may be damaged or another model")
+
+
+def flux_config(shapes: dict[str, Any], p: str, label: str) -> dict[str, Any]:
+    """FluxTransformer2DModel's config from an original-layout Flux file's shapes."""
+    hidden, in_ch = _shape(shapes, p + "img_in.weight", label)
+    head = _shape(shapes, p + "double_blocks.0.img_attn.norm.query_norm.scale", label)[0]
+    return {
+        "_class_name": "FluxTransformer2DModel",
+        "patch_size": 1,
+        "in_channels": in_ch,
+        "out_channels": None,
+        "num_layers": _count(shapes, p + "double_blocks."),
+        "num_single_layers": _count(shapes, p + "single_blocks."),
+        "attention_head_dim": head,
+        "num_attention_heads": hidden // head,
+        "joint_attention_dim": _shape(shapes, p + "txt_in.weight", label)[1],
+        "pooled_projection_dim": _shape(shapes, p + "vector_in.in_layer.weight", label)[1],
+        "guidance_embeds": (p + "guidance_in.in_layer.weight") in shapes,
+        "axes_dims_rope": flux_rope_axes(head),
+    }
+
+
+def sd3_config(shapes: dict[str, Any], p: str, label: str) -> dict[str, Any]:
+    """SD3Transformer2DModel's config from an original-layout SD3 file's shapes."""
+    hidden, in_ch, patch, _ = _shape(shapes, p + "x_embedder.proj.weight", label)
+    ln_q = shapes.get(p + "joint_blocks.0.x_block.attn.ln_q.weight")
+    head = ln_q[0] if ln_q else 64
+    pos = shapes.get(p + "pos_embed")
+    n_layers = _count(shapes, p + "joint_blocks.")
+    dual = [i for i in range(n_layers) if f"{p}joint_blocks.{i}.x_block.attn2.qkv.weight" in shapes]
+    out = _shape(shapes, p + "final_layer.linear.weight", label)[0] // (patch * patch)
+    return {
+        "_class_name": "SD3Transformer2DModel",
+        "sample_size": 128,
+        "patch_size": patch,
+        "in_channels": in_ch,
+        "num_layers": n_layers,
+        "attention_head_dim": head,
+        "num_attention_heads": hidden // head,
+        "joint_attention_dim": _shape(shapes, p + "context_embedder.weight", label)[1],
+        "caption_projection_dim": hidden,
+        "pooled_projection_dim": _shape(shapes, p + "y_embedder.mlp.0.weight", label)[1],
+        "out_channels": out,
+        "pos_embed_max_size": round(math.sqrt(pos[1])) if pos else 96,
+        "dual_attention_layers": dual,
+        "qk_norm": "rms_norm" if ln_q else None,
+    }
+
+
+def clip_config(shapes: dict[str, Any], p: str) -> dict[str, Any]:
+    """A CLIP text tower's config from its shapes (the released towers: 64-wide heads;
+    OpenCLIP's bigG, 1280 wide, uses gelu, OpenAI's L quick_gelu)."""
+    vocab, hidden = shapes[p + CLIP_TOKEN_KEY]
+    layers = _count(shapes, p + "text_model.encoder.layers.")
+    inter = shapes[p + "text_model.encoder.layers.0.mlp.fc1.weight"][0]
+    positions = shapes[p + "text_model.embeddings.position_embedding.weight"][0]
+    proj = shapes.get(p + "text_projection.weight")
+    return {
+        "architectures": ["CLIPTextModelWithProjection"],
+        "model_type": "clip_text_model",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, hidden // 64),
+        "max_position_embeddings": positions,
+        "vocab_size": vocab,
+        "projection_dim": proj[0] if proj else hidden,
+        "hidden_act": "gelu" if hidden >= 1280 else "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 1,
+    }
+
+
+def t5_config(shapes: dict[str, Any], p: str) -> dict[str, Any]:
+    """A T5 encoder's config (T5 v1.1 layout: gated-gelu) from its shapes."""
+    vocab, d_model = (
+        shapes[p + T5_SHARED_KEY]
+        if (p + T5_SHARED_KEY) in shapes
+        else (shapes[p + "encoder.embed_tokens.weight"])
+    )
+    rel = shapes[p + "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    heads = rel[1]
+    inner = shapes[p + T5_BLOCK_KEY][0]
+    gated = (p + "encoder.block.0.layer.1.DenseReluDense.wi_0.weight") in shapes
+    wi = "wi_0" if gated else "wi"
+    return {
+        "architectures": ["T5EncoderModel"],
+        "model_type": "t5",
+        "vocab_size": vocab,
+        "d_model": d_model,
+        "d_kv": inner // heads,
+        "d_ff": shapes[p + f"encoder.block.0.layer.1.DenseReluDense.{wi}.weight"][0],
+        "num_layers": _count(shapes, p + "encoder.block."),
+        "num_heads": heads,
+        "relative_attention_num_buckets": rel[0],
+        "feed_forward_proj": "gated-gelu" if gated else "relu",
+        "is_encoder_decoder": False,
+        "use_cache": False,
+        "dense_act_fn": "gelu_new" if gated else "relu",
+        "is_gated_act": gated,
+        "layer_norm_epsilon": 1e-6,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+def vae_config(shapes: dict[str, Any], p: str, family: str) -> dict[str, Any]:
+    """A 16-channel AutoencoderKL's config from an LDM-layout VAE's shapes."""
+    levels = _count(shapes, p + "encoder.down.")
+    channels = [shapes[f"{p}encoder.down.{i}.block.0.conv1.weight"][0] for i in range(levels)]
+    latent = shapes[p + "decoder.conv_in.weight"][1]
+    scale, shift = VAE_FACTORS.get(family, VAE_FACTORS["flux"])
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": channels,
+        "layers_per_block": _count(shapes, p + "encoder.down.0.block."),
+        "act_fn": "silu",
+        "latent_channels": latent,
+        "norm_num_groups": min(32, min(channels)),
+        "sample_size": 1024,
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "use_quant_conv": (p + "quant_conv.weight") in shapes,
+        "use_post_quant_conv": (p + "post_quant_conv.weight") in shapes,
+    }
+
+
+def scheduler_config(family: str) -> dict[str, Any]:
+    """The family's own flow-match scheduler config (shipped in resources/configs)."""
+    path = CONFIGS / family / "scheduler.json"
+    return json.loads(path.read_text("utf-8"))
+
+
+# -- sources: where each component's weights are ---------------------------------------------
+
+#: Weight dtype choices of Load Diffusion Model.
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn")
+
+
+def pipeline_family(index: dict[str, Any]) -> str | None:
+    """``sd3`` / ``flux`` for a diffusers folder of those pipelines, else None."""
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("Flux") and "Kontext" not in name and "Fill" not in name:
+        return "flux"
+    return None
+
+
+def inspect_folder(path: Path, name: str, identity: tuple[Any, ...], family: str) -> WeightsSource:
+    """A diffusers folder of StableDiffusion3Pipeline / FluxPipeline (text_encoder_3, SD3's
+    T5, may be left out: SD3 runs without it)."""
+    label = f"checkpoint {name!r}"
+    configs: dict[str, dict[str, Any]] = {}
+    for comp in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        cfg = path / comp / "config.json"
+        if cfg.is_file():
+            configs[comp] = _read_json(cfg, label)
+    sched = path / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        configs["scheduler"] = _read_json(sched, label)
+    need = ["transformer", "vae", "text_encoder", "text_encoder_2", "scheduler"]
+    missing = [c for c in need if c not in configs]
+    if missing:
+        raise NodeError(f"{label}: the {FAMILY_TITLES[family]} folder lacks {', '.join(missing)}")
+    from nodes.sdload import FOLDER_LATENT_RGB_KEY
+    from nodes.values import LatentRgb
+
+    index = _read_json(path / "model_index.json", label)
+    return WeightsSource(
+        path=str(path), identity=identity, layout=LAYOUT_DIFFUSERS, family=family,
+        configs=configs, name=name,
+        latent_rgb=LatentRgb.from_json(index.get(FOLDER_LATENT_RGB_KEY)),
+    )  # fmt: skip
+
+
+def _read_json(path: Path, label: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NodeError(f"{label}: cannot read {path.name} ({exc})") from None
+    if not isinstance(data, dict):
+        raise NodeError(f"{label}: {path.name} is not a JSON object")
+    return data
+
+
+def _weights(path: Path, label: str) -> Any:
+    from nodes.sdload import WeightsFile
+
+    return WeightsFile(path, label)
+
+
+def gguf_shapes(path: Path, label: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and (logical, torch-order) shapes of a GGUF file, without reading data."""
+    try:
+        import gguf
+    except ImportError:
+        raise NodeError(f"{label}: GGUF files need the 'gguf' package (pip install gguf)") from None
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:
+        raise NodeError(
+            f"{label}: not a readable GGUF file ({type(exc).__name__}: {exc})"
+        ) from None
+    return {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+
+
+def inspect_diffusion_model(
+    path: Path, name: str, identity: tuple[Any, ...], weight_dtype: str
+) -> WeightsSource:
+    """A transformer-only file (safetensors, original or ComfyUI key layout, or GGUF)."""
+    label = f"diffusion model {name!r}"
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise NodeError(f"{label}: unknown weight_dtype {weight_dtype!r}")
+    gguf = path.suffix.lower() == ".gguf"
+    shapes = gguf_shapes(path, label) if gguf else _weights(path, label).shapes
+    found = sniff(shapes)
+    if found.kind == "sd3_all_in_one":
+        found = Sniffed("sd3", found.prefix, found.what)
+    if found.kind not in DIT_FAMILIES:
+        raise NodeError(
+            f"{label}: not a Flux.1 or Stable Diffusion 3.x transformer - it looks like "
+            f"{found.what}"
+        )
+    if (
+        not found.prefix
+        and "double_blocks.0.img_attn.qkv.weight" not in shapes
+        and ("joint_blocks.0.x_block.attn.qkv.weight" not in shapes)
+    ):
+        raise NodeError(f"{label}: diffusers-layout transformer files: use the diffusers folder")
+    family = found.kind
+    cfg = (flux_config if family == "flux" else sd3_config)(shapes, found.prefix, label)
+    sched = scheduler_config(family)
+    if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
+        sched.update(use_dynamic_shifting=False, shift=1.0)
+    quant = "gguf" if gguf else weight_dtype
+    return WeightsSource(
+        path=str(path), identity=(*identity, quant), layout=LAYOUT_SINGLE_FILE, family=family,
+        configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}},
+        prefixes={"transformer": found.prefix}, name=name,
+    )  # fmt: skip
+
+
+def inspect_all_in_one(
+    path: Path, name: str, identity: tuple[Any, ...], shapes: dict[str, Any], prefix: str
+) -> WeightsSource:
+    """An SD3.5 all-in-one checkpoint: transformer, CLIP-L, CLIP-G, maybe T5, VAE."""
+    label = f"checkpoint {name!r}"
+    configs: dict[str, dict[str, Any]] = {
+        "transformer": sd3_config(shapes, prefix, label),
+        "scheduler": scheduler_config("sd3"),
+    }
+    prefixes = {"transformer": prefix}
+    for comp, p in SD3_AIO_PREFIXES.items():
+        if comp == "vae":
+            if (p + "decoder.conv_in.weight") in shapes:
+                configs["vae"], prefixes["vae"] = vae_config(shapes, p, "sd3"), p
+        elif comp == "text_encoder_3":
+            if (p + T5_BLOCK_KEY) in shapes:
+                configs[comp], prefixes[comp] = t5_config(shapes, p), p
+        elif (p + CLIP_TOKEN_KEY) in shapes:
+            configs[comp], prefixes[comp] = clip_config(shapes, p), p
+    missing = [c for c in ("vae", "text_encoder", "text_encoder_2") if c not in configs]
+    if missing:
+        raise NodeError(f"{label}: an SD3 checkpoint without its {', '.join(missing)}")
+    return WeightsSource(
+        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family="sd3",
+        configs=configs, prefixes=prefixes, name=name,
+    )  # fmt: skip
+
+
+def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> WeightsSource:
+    """A separate CLIP or T5 file (also inside an all-in-one checkpoint: its tensors are
+    found by their prefix)."""
+    label = f"text encoder {name!r}"
+    shapes = _weights(path, label).shapes
+    found = sniff(shapes)
+    if found.kind == "clip":
+        cfg = clip_config(shapes, found.prefix)
+        if (found.prefix + "text_projection.weight") not in shapes:
+            cfg["architectures"] = ["CLIPTextModel"]
+    elif found.kind == "t5":
+        cfg = t5_config(shapes, found.prefix)
+    else:
+        raise NodeError(f"{label}: not a CLIP or T5 text encoder - it looks like {found.what}")
+    return WeightsSource(
+        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family=found.kind,
+        configs={"text_encoder": cfg}, prefixes={"text_encoder": found.prefix}, name=name,
+    )  # fmt: skip
+
+
+def vae16_source(
+    path: Path, name: str, identity: tuple[Any, ...], shapes: dict[str, Any], prefix: str
+) -> WeightsSource:
+    return WeightsSource(
+        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family="vae",
+        configs={"vae": vae_config(shapes, prefix, "flux")}, prefixes={"vae": prefix}, name=name,
+    )  # fmt: skip
+
+
+# -- handles ------------------------------------------------------------------------------------
+
+
+def model_handle(source: WeightsSource) -> ModelHandle:
+    return ModelHandle(
+        source=source,
+        family=source.family,
+        scheduler_config=dict(source.configs["scheduler"]),
+        prediction_type="flow",
+        latent_rgb=source.latent_rgb,
+    )
+
+
+def _t5_tokenizer_folder(folder: Path | None) -> str:
+    if folder is not None and folder.is_dir():
+        return str(folder)
+    return str(T5_TOKENIZER)
+
+
+def checkpoint_handles(source: WeightsSource) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+    """MODEL, CLIP and VAE of a whole SD3 / Flux checkpoint (folder or all-in-one file)."""
+    folder = Path(source.path) if source.layout == LAYOUT_DIFFUSERS else None
+    configs = source.configs
+
+    def tok(sub: str, pad: str | None) -> tuple[str, str | None]:
+        if folder is not None and (folder / sub).is_dir():
+            return str(folder / sub), None
+        return str(CLIP_TOKENIZER), pad
+
+    if source.family == "flux":
+        parts = (("clip_l", source, "text_encoder"), ("t5", source, "text_encoder_2"))
+        toks = (
+            tok("tokenizer", None),
+            (_t5_tokenizer_folder(folder and folder / "tokenizer_2"), None),
+        )
+    else:
+        parts_l = [("clip_l", source, "text_encoder"), ("clip_g", source, "text_encoder_2")]
+        toks_l = [tok("tokenizer", None), tok("tokenizer_2", "!")]
+        if "text_encoder_3" in configs:
+            parts_l.append(("t5", source, "text_encoder_3"))
+            toks_l.append((_t5_tokenizer_folder(folder and folder / "tokenizer_3"), None))
+        parts, toks = tuple(parts_l), tuple(toks_l)
+    clip = ClipHandle(
+        source=source,
+        family=source.family,
+        encoders=tuple(p[0] for p in parts),
+        tokenizers=toks,
+        parts=parts,
+    )
+    vae_cfg = configs["vae"]
+    vae = VaeHandle(
+        source=source,
+        scaling_factor=float(vae_cfg.get("scaling_factor") or 1.0),
+        shift_factor=float(vae_cfg.get("shift_factor") or 0.0),
+    )
+    return model_handle(source), clip, vae
+
+
+def text_encoders_handle(sources: list[WeightsSource], family: str, label: str) -> ClipHandle:
+    """Load Text Encoders: two or three separate files as the CLIP of ``family``."""
+    clips = [s for s in sources if s.family == "clip"]
+    t5s = [s for s in sources if s.family == "t5"]
+    if len(t5s) > 1:
+        raise NodeError(f"{label}: two T5 files; give one T5 and the CLIP files")
+    if family == "flux":
+        if len(clips) != 1 or len(t5s) != 1:
+            raise NodeError(
+                f"{label}: Flux needs one CLIP-L file and one T5-XXL file "
+                f"(got {len(clips)} CLIP, {len(t5s)} T5)"
+            )
+        parts = (("clip_l", clips[0], "text_encoder"), ("t5", t5s[0], "text_encoder"))
+        toks = ((str(CLIP_TOKENIZER), None), (str(T5_TOKENIZER), None))
+    else:
+        if len(clips) != 2:
+            raise NodeError(
+                f"{label}: SD3 needs a CLIP-L and a CLIP-G file (and optionally T5-XXL); "
+                f"got {len(clips)} CLIP file(s)"
+            )
+        # CLIP-L is the narrower tower (768 wide, CLIP-G 1280); equal widths keep the order.
+        ordered = sorted(clips, key=lambda s: s.configs["text_encoder"]["hidden_size"])
+        parts_l = [("clip_l", ordered[0], "text_encoder"), ("clip_g", ordered[1], "text_encoder")]
+        toks_l = [(str(CLIP_TOKENIZER), None), (str(CLIP_TOKENIZER), "!")]
+        if t5s:
+            parts_l.append(("t5", t5s[0], "text_encoder"))
+            toks_l.append((str(T5_TOKENIZER), None))
+        parts, toks = tuple(parts_l), tuple(toks_l)
+    return ClipHandle(
+        source=parts[0][1],
+        family=family,
+        encoders=tuple(p[0] for p in parts),
+        tokenizers=toks,
+        parts=parts,
+    )
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _component_class(component: str, config: dict[str, Any]) -> Any:
+    if component == "transformer":
+        import diffusers
+
+        return getattr(diffusers, config.get("_class_name") or "SD3Transformer2DModel")
+    if component == "vae":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL
+    import transformers
+
+    arch = (config.get("architectures") or ["CLIPTextModel"])[0]
+    if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"):
+        raise NodeError(f"unsupported text encoder architecture {arch!r}")
+    return getattr(transformers, arch)
+
+
+def load_component(source: WeightsSource, component: str, dtype: Any, label: str) -> Any:
+    """One component of an SD3 / Flux source, on CPU, in ``dtype`` (fp8 storage with
+    layer-by-layer casting when the source asks for it)."""
+    config = source.configs.get(component)
+    if config is None:
+        raise NodeError(f"the {label} is not in this model")
+    cls = _component_class(component, config)
+    quant = source.configs.get("load", {}).get("quant", "default")
+    if source.layout == LAYOUT_DIFFUSERS:
+        if component in ("transformer", "vae"):
+            module = cls.from_pretrained(
+                source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
+            )
+        else:
+            module = cls.from_pretrained(
+                str(Path(source.path) / component), torch_dtype=dtype, local_files_only=True
+            )
+        return module
+    if quant == "gguf":
+        return _load_gguf_transformer(source, dtype, label)
+    state = _single_file_state(source, component, label)
+    module = _build(cls, component, config)
+    if cls.__name__.startswith("CLIP"):
+        from nodes.sdload import _fit_clip_keys
+
+        state = _fit_clip_keys(module, state)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    _assign_state(module, state, label)
+    if quant == "fp8_e4m3fn" and component == "transformer":
+        # Weights stored as fp8, each layer cast to the device dtype while it computes
+        # (diffusers' layer-wise casting; norms and embeddings stay in the device dtype).
+        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    return module
+
+
+def _build(cls: Any, component: str, config: dict[str, Any]) -> Any:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        if component in ("transformer", "vae"):
+            return cls.from_config(config)
+        if cls.__name__ == "T5EncoderModel":
+            from transformers import T5Config
+
+            return cls(T5Config(**config))
+        from transformers import CLIPTextConfig
+
+        return cls(CLIPTextConfig(**config))
+
+
+def _single_file_state(source: WeightsSource, component: str, label: str) -> dict[str, Any]:
+    from diffusers.loaders import single_file_utils as sfu
+
+    weights = _weights(Path(source.path), label)
+    prefix = source.prefixes.get(component, "")
+    raw = weights.with_prefix(prefix) if prefix else weights.get(list(weights.shapes))
+    if not raw:
+        raise NodeError(f"the file holds no weights for the {label} (keys {prefix}*)")
+    if component == "transformer":
+        # The converters strip "model.diffusion_model." themselves; other prefixes go here.
+        raw = {k[len(prefix) :]: v for k, v in raw.items()}
+        convert = (
+            _flux_converter(source.configs["transformer"])
+            if source.family == "flux"
+            else sfu.convert_sd3_transformer_checkpoint_to_diffusers
+        )
+        try:
+            return convert(raw)
+        except KeyError as exc:
+            raise NodeError(f"the {label} lacks the weight {exc.args[0]!r}") from None
+    if component == "vae":
+        if any("down_blocks." in k for k in raw):
+            return {k[len(prefix) :]: v for k, v in raw.items()}
+        raw = {k[len(prefix) :]: v for k, v in raw.items()}
+        return sfu.convert_ldm_vae_checkpoint(raw, source.configs["vae"])
+    state = {k[len(prefix) :]: v for k, v in raw.items()}
+    config = source.configs[component]
+    if (config.get("architectures") or [""])[0] == "T5EncoderModel":
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+        # T5 ties its input embedding to "shared": files hold one or both names.
+        if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
+            state["shared.weight"] = state["encoder.embed_tokens.weight"]
+        state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
+        return state
+    return {k: v for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def _flux_converter(config: dict[str, Any]) -> Any:
+    """diffusers' Flux converter. It assumes Flux.1's width (3072, which every released
+    Flux.1 file has); for another width (small test models) the same function is compiled
+    with that width put in its place."""
+    import inspect
+    import textwrap
+
+    from diffusers.loaders import single_file_utils as sfu
+
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    if width == 3072:
+        return sfu.convert_flux_transformer_checkpoint_to_diffusers
+    src = textwrap.dedent(inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers))
+    if "inner_dim = 3072" not in src:
+        raise NodeError(f"this diffusers cannot convert a Flux transformer {width} wide")
+    namespace = dict(vars(sfu))
+    exec(
+        compile(src.replace("inner_dim = 3072", f"inner_dim = {int(width)}"), "<flux>", "exec"),
+        namespace,
+    )
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]
+
+
+def _assign_state(module: Any, state: dict[str, Any], label: str) -> None:
+    from nodes.sdload import _assign
+
+    _assign(module, state, label)
+
+
+def _load_gguf_transformer(source: WeightsSource, dtype: Any, label: str) -> Any:
+    """A GGUF transformer through diffusers' own GGUF support (dequantised layer by layer)."""
+    import tempfile
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise NodeError(f"the {label} is a GGUF file, which needs the 'gguf' package") from None
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.loaders import single_file_model
+
+    config = source.configs["transformer"]
+    cls = _component_class("transformer", config)
+    entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES[cls.__name__]
+    saved = entry["checkpoint_mapping_fn"]
+    with _GGUF_LOCK, tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        if source.family == "flux":  # the width-aware converter (see _flux_converter)
+            entry["checkpoint_mapping_fn"] = _flux_converter(config)
+        try:
+            return cls.from_single_file(
+                source.path,
+                config=tmp,
+                quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+                torch_dtype=dtype,
+                local_files_only=True,
+            )
+        finally:
+            entry["checkpoint_mapping_fn"] = saved
+
+
+#: from_single_file reads its converter from a module-level table: one GGUF load at a time.
+_GGUF_LOCK = threading.Lock()
+
+
+def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple | None:
+    """Load Checkpoint's MODEL, CLIP, VAE when ``path`` is an SD3 / Flux checkpoint (a
+    diffusers folder of their pipelines, or an SD3.5 all-in-one file); None otherwise."""
+    label = f"checkpoint {name!r}"
+    if path.is_dir():
+        index_path = path / "model_index.json"
+        if not index_path.is_file():
+            return None
+        family = pipeline_family(_read_json(index_path, label))
+        if family is None:
+            return None
+        return checkpoint_handles(inspect_folder(path, name, identity, family))
+    if path.suffix.lower() == ".gguf":
+        raise NodeError(
+            f"{label}: a GGUF file holds a transformer only: put it in the diffusion_models "
+            "folder and use Load Diffusion Model"
+        )
+    shapes = _weights(path, label).shapes
+    found = sniff(shapes)
+    if found.kind == "sd3_all_in_one":
+        return checkpoint_handles(inspect_all_in_one(path, name, identity, shapes, found.prefix))
+    if found.kind in DIT_FAMILIES:
+        raise NodeError(
+            f"{label}: {found.what} without its text encoders and VAE: put it in the "
+            "diffusion_models folder and use Load Diffusion Model, Load Text Encoders and "
+            "Load VAE"
+        )
+    if found.kind in ("clip", "t5") and all(k.startswith(found.prefix) for k in shapes):
+        raise NodeError(
+            f"{label}: {found.what} alone: put it in the text_encoders folder and use "
+            "Load Text Encoders"
+        )
+    return None
+
+
+def get_part(ctx: Any, clip: ClipHandle, role: str) -> Any:
+    from nodes.sdload import get_module
+
+    for r, source, component in clip.parts:
+        if r == role:
+            return get_module(ctx, source, component)
+    return None
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def get_t5_tokenizer(ctx: Any, folder: str) -> Any:
+    """T5's SentencePiece tokenizer from ``folder`` (a diffusers tokenizer folder, or the one
+    shipped in resources/tokenizers/t5)."""
+    from nodes.sdload import _Box
+
+    def load() -> _Box:
+        from transformers import AutoTokenizer
+
+        path = Path(folder)
+        if not path.is_dir() or not any(
+            (path / f).is_file() for f in ("tokenizer.json", "spiece.model")
+        ):
+            raise NodeError(
+                f"no T5 tokenizer in {folder}: put T5's tokenizer.json (or spiece.model) "
+                "there, or use a diffusers folder that has tokenizer_2 / tokenizer_3"
+            )
+        try:
+            return _Box(AutoTokenizer.from_pretrained(folder, local_files_only=True))
+        except Exception as exc:
+            raise NodeError(f"cannot read the T5 tokenizer in {folder}: {exc}") from None
+
+    return ctx.models.get(("t5_tokenizer", folder), load, nbytes=lambda t: 8 * 1024**2).value
+
+
+def _clip_ids(tok: Any, text: str) -> torch.Tensor:
+    return tok(
+        text, padding="max_length", max_length=tok.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+
+
+def _t5_ids(tok: Any, text: str, family: str) -> torch.Tensor:
+    """T5 token ids padded to the pipeline's length; a longer prompt gets up to
+    :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
+    n = len(tok(text, add_special_tokens=True).input_ids)
+    if n > T5_MAX_TOKENS:
+        raise NodeError(
+            f"the prompt is {n} T5 tokens long; {FAMILY_TITLES[family]} reads at most "
+            f"{T5_MAX_TOKENS}: shorten it"
+        )
+    length = max(T5_LENGTH[family], n)
+    return tok(
+        text, padding="max_length", max_length=length, truncation=True,
+        add_special_tokens=True, return_tensors="pt",
+    ).input_ids  # fmt: skip
+
+
+def encode(ctx: Any, clip: ClipHandle, text: str) -> list[Cond]:
+    """Text Encode for SD3 / Flux, as StableDiffusion3Pipeline / FluxPipeline encode."""
+    from nodes import lora
+    from nodes.sdload import get_tokenizer, with_oom_advice
+
+    family = clip.family
+    mods: dict[str, Any] = {}
+    toks: dict[str, Any] = {}
+    for (role, _, _), (folder, pad) in zip(clip.parts, clip.tokenizers, strict=True):
+        mods[role] = get_part(ctx, clip, role)
+        if role in LORA_PREFIXES:  # LoRAs train the CLIP towers, not T5
+            lora.activate(ctx, mods[role], LORA_PREFIXES[role], clip.patches, family)
+        toks[role] = (
+            get_t5_tokenizer(ctx, folder) if role == "t5" else get_tokenizer(ctx, folder, pad)
+        )
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        with torch.no_grad():
+            return _encode(mods, toks, text, family, ctx.check_interrupt)
+
+    embeds, pooled, extra = with_oom_advice(run, "encoding the prompt")
+    return [
+        Cond(
+            embeds=embeds.float().cpu(),
+            pooled=pooled.float().cpu(),
+            family=family,
+            text=text,
+            extra=extra,
+        )
+    ]
+
+
+def _device(module: Any) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _encode(
+    mods: dict[str, Any], toks: dict[str, Any], text: str, family: str, check: Any
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def clip_run(role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        check()
+        enc = mods[role]
+        ids = _clip_ids(toks[role], text).to(_device(enc))
+        # The tower without its projection (CLIPTextModel is that tower itself).
+        out = getattr(enc, "text_model", enc)(ids, output_hidden_states=True)
+        pooled = out.pooler_output
+        if family == "sd3" and hasattr(enc, "text_projection"):
+            pooled = enc.text_projection(pooled)
+        return out.hidden_states[-2], pooled
+
+    t5 = None
+    if "t5" in mods:
+        check()
+        enc = mods["t5"]
+        t5 = enc(_t5_ids(toks["t5"], text, family).to(_device(enc)))[0]
+    if family == "flux":
+        _, pooled = clip_run("clip_l")
+        return t5, pooled, {}
+    (l_h, l_p), (g_h, g_p) = clip_run("clip_l"), clip_run("clip_g")
+    clip_embeds = torch.cat([l_h, g_h], dim=-1)
+    pooled = torch.cat([l_p, g_p], dim=-1)
+    if t5 is None:
+        # SD3 without T5: the pipeline's zeros, once the transformer's width is known.
+        return clip_embeds, pooled, {"t5_missing": T5_LENGTH["sd3"]}
+    clip_embeds = torch.nn.functional.pad(clip_embeds, (0, t5.shape[-1] - clip_embeds.shape[-1]))
+    return torch.cat([clip_embeds.to(t5.dtype), t5], dim=-2), pooled, {}
+
+
+def sd3_context(c: Cond, width: int) -> torch.Tensor:
+    """An SD3 prompt's joint context for a transformer of ``width`` (T5 missing: zeros)."""
+    e = c.embeds
+    missing = c.extra.get("t5_missing")
+    if missing:
+        e = torch.nn.functional.pad(e, (0, width - e.shape[-1]))
+        e = torch.cat([e, torch.zeros(e.shape[0], int(missing), width, dtype=e.dtype)], dim=1)
+    return e
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+def calculate_shift(seq_len: int, cfg: dict[str, Any]) -> float:
+    """Flux's resolution-dependent shift ``mu`` (the pipeline's calculate_shift)."""
+    base_len = cfg.get("base_image_seq_len", 256)
+    max_len = cfg.get("max_image_seq_len", 4096)
+    base, top = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
+    m = (top - base) / (max_len - base_len)
+    return seq_len * m + (base - m * base_len)
+
+
+def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
+    import diffusers
+
+    if sampler not in FLOW_SAMPLERS:
+        raise NodeError(
+            f"sampler {sampler!r} does not apply to flow-matching models (SD3, Flux); "
+            f"choose one of {', '.join(FLOW_SAMPLERS)}"
+        )
+    if schedule not in FLOW_SCHEDULES:
+        raise NodeError(
+            f"scheduler {schedule!r} does not apply to flow-matching models; choose one of "
+            f"{', '.join(FLOW_SCHEDULES)}"
+        )
+    base = {k: v for k, v in config.items() if not k.startswith("_")}
+    euler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base, **FLOW_SCHEDULES[schedule])
+    if sampler == "euler":
+        return euler, euler
+    if sampler == "heun":
+        return diffusers.FlowMatchHeunDiscreteScheduler.from_config(base), euler
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(
+        base,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=float(config.get("shift", 1.0)),
+        use_dynamic_shifting=bool(config.get("use_dynamic_shifting", False)),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        **FLOW_SCHEDULES[schedule],
+    )
+    return dpm, euler
+
+
+def _set_timesteps(
+    sched: Any, euler: Any, sampler: str, schedule: str, steps: int, mu: float | None,
+    family: str, device: torch.device,
+) -> None:  # fmt: skip
+    """The pipeline's timesteps: Flux passes ``sigmas = linspace(1, 1/steps)`` and its shift
+    ``mu``; SD3 lets the scheduler space them; DPM++ computes its own flow sigmas."""
+    import numpy as np
+
+    sigmas = None
+    if family == "flux" or schedule == "simple":
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+    kwargs: dict[str, Any] = {}
+    if mu is not None:
+        kwargs["mu"] = mu
+    if sampler == "dpmpp_2m":
+        sched.set_timesteps(steps, device=device, **kwargs)
+        return
+    if sampler == "euler":
+        sched.set_timesteps(steps, device=device, sigmas=sigmas, **kwargs)
+        return
+    if schedule == "normal" and family == "sd3" and mu is None:
+        sched.set_timesteps(steps, device=device)  # what StableDiffusion3Pipeline does
+        return
+    # Heun with another schedule: the Euler scheduler's sigmas, doubled as Heun steps them.
+    euler.set_timesteps(steps, device=device, sigmas=sigmas, **kwargs)
+    s = euler.sigmas[:-1].to(torch.float32)
+    n = sched.config.num_train_timesteps
+    sched.timesteps = torch.cat([s[:1] * n, (s[1:] * n).repeat_interleave(2)])
+    full = torch.cat([s, torch.zeros(1, device=s.device)])
+    sched.sigmas = torch.cat([full[:1], full[1:-1].repeat_interleave(2), full[-1:]])
+    sched.num_inference_steps = steps
+    sched.prev_derivative = sched.dt = None
+    sched._step_index = sched._begin_index = None
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, c4 = latents.shape
+    x = latents.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def _one_prompt(conds: list[Cond], name: str, family: str) -> Cond:
+    if not conds:
+        raise NodeError(f"the {name} conditioning is empty")
+    if len(conds) > 1:
+        raise NodeError(
+            f"the {name} conditioning holds {len(conds)} combined prompts; "
+            f"{FAMILY_TITLES[family]} models take one prompt each side"
+        )
+    c = conds[0]
+    if c.family != family:
+        raise NodeError(
+            f"the {name} prompt was encoded by a {c.family or 'different'} text encoder, but "
+            f"the model is {FAMILY_TITLES[family]}: connect the CLIP that goes with this model"
+        )
+    return c
+
+
+def _latent_for(
+    latent: dict[str, Any], model: ModelHandle, channels: int, patch: int
+) -> torch.Tensor:
+    """The latent the model works on: an Empty Latent remade with the model's channels and
+    its VAE's scale; the family's size rule (whole patches of 2 latent cells) checked."""
+    samples = latent["samples"]
+    size = latent.get("pixel_size")
+    f = model.vae_downscale
+    if size is not None and samples.ndim == 4 and not bool(samples.any()):
+        height, width = size
+        if tuple(samples.shape[-2:]) == (height // 8, width // 8):
+            step = f * patch
+            if height % step or width % step:
+                raise NodeError(
+                    f"{FAMILY_TITLES[model.family]} needs width and height that are multiples "
+                    f"of {step} (got {width}x{height}): change the Empty Latent's size"
+                )
+            samples = torch.zeros(samples.shape[0], channels, height // f, width // f)
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise NodeError(
+            f"the latent has shape {tuple(samples.shape)}, but this "
+            f"{FAMILY_TITLES[model.family]} model works on {channels}-channel latents"
+        )
+    if samples.shape[-1] % patch or samples.shape[-2] % patch:
+        raise NodeError(
+            f"the latent is {samples.shape[-1]}x{samples.shape[-2]} cells; "
+            f"{FAMILY_TITLES[model.family]} needs multiples of {patch}"
+        )
+    return samples
+
+
+def sample(
+    ctx: Any,
+    model: ModelHandle,
+    positive: list[Cond],
+    negative: list[Cond],
+    latent: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler: str,
+    scheduler: str,
+    denoise: float,
+    window: Any = None,
+) -> dict[str, Any]:
+    """The Sampler for SD3 / Flux: StableDiffusion3Pipeline's / FluxPipeline's loop, step
+    for step (same noise from one CPU generator, same timesteps, same guidance)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from nodes import lora
+    from nodes.denoise import preview_image
+    from nodes.sdload import get_module, with_oom_advice
+
+    if window is not None:
+        raise NodeError(
+            f"Sampler (Advanced) does not run {FAMILY_TITLES[model.family]} models yet: use "
+            "the Sampler"
+        )
+    if latent.get("noise_mask") is not None:
+        raise NodeError(f"inpainting with {FAMILY_TITLES[model.family]} is not supported yet")
+    family = model.family
+    flux = family == "flux"
+    pos = _one_prompt(positive, "positive", family)
+    neg = _one_prompt(negative, "negative", family)
+    net = get_module(ctx, model.source, "transformer")
+    lora.activate(ctx, net, "transformer", model.patches, family)
+    tcfg = net.config
+    patch = 2 if flux else int(tcfg.patch_size)
+    channels = tcfg.in_channels // 4 if flux else tcfg.in_channels
+    samples = _latent_for(latent, model, channels, patch)
+    device = torch.device(ctx.device)
+    dtype = net.dtype if not _layerwise(net) else _compute_dtype(net)
+    batch, _, h, w = samples.shape
+    sched, euler = make_flow_scheduler(model.scheduler_config, sampler, scheduler)
+    mu = None
+    if model.scheduler_config.get("use_dynamic_shifting"):
+        mu = calculate_shift((h // patch) * (w // patch), model.scheduler_config)
+    _set_timesteps(sched, euler, sampler, scheduler, steps, mu, family, device)
+    timesteps = sched.timesteps
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
+    if denoise >= 1.0:
+        latents = noise
+    else:
+        init_steps = min(int(steps * denoise), steps)
+        t_start = max(steps - init_steps, 0)
+        timesteps = timesteps[t_start * sched.order :]
+        if len(timesteps) == 0:
+            raise NodeError(
+                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+            )
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        sigma = float(timesteps[0]) / sched.config.num_train_timesteps
+        init = samples.to(device=device, dtype=dtype)
+        latents = sigma * noise + (1.0 - sigma) * init
+    if hasattr(sched, "set_begin_index") and denoise >= 1.0:
+        sched.set_begin_index(0)
+    guided = cfg > 1.0
+    call = _flux_call if flux else _sd3_call
+    inputs = (_flux_inputs if flux else _sd3_inputs)(
+        net, pos, neg, guided, batch, h, w, device, dtype
+    )
+    total = len(timesteps)
+
+    def run() -> torch.Tensor:
+        x = pack(latents) if flux else latents
+        with torch.no_grad():
+            for i, t in enumerate(timesteps):
+                ctx.check_interrupt()
+                pred = call(net, x, t, inputs, cfg, guided)
+                x = sched.step(pred, t, x, return_dict=False)[0]
+                shown = unpack(x, h, w) if flux else x
+                ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
+        return unpack(x, h, w) if flux else x
+
+    result = with_oom_advice(run, "sampling")
+    return {"samples": result.detach().float().cpu()}
+
+
+def _layerwise(net: Any) -> bool:
+    return any(
+        getattr(m, "_diffusers_hook", None) is not None
+        and m._diffusers_hook.get_hook("layerwise_casting") is not None
+        for m in net.modules()
+    )
+
+
+def _compute_dtype(net: Any) -> torch.dtype:
+    for p in net.parameters():
+        if p.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8):
+            return p.dtype
+    return torch.float32
+
+
+def _sd3_inputs(
+    net: Any, pos: Cond, neg: Cond, guided: bool, batch: int, h: int, w: int,
+    device: torch.device, dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    width = net.config.joint_attention_dim
+    pe, pp = sd3_context(pos, width), pos.pooled
+    if pe.shape[-1] != width:
+        raise NodeError(
+            f"the prompt is {pe.shape[-1]} wide, but this SD3 model takes {width}: connect the "
+            "CLIP that goes with this model"
+        )
+    if guided:
+        ne, np_ = sd3_context(neg, width), neg.pooled
+        if ne.shape[1] != pe.shape[1]:
+            n = max(ne.shape[1], pe.shape[1])
+            ne = torch.nn.functional.pad(ne, (0, 0, 0, n - ne.shape[1]))
+            pe = torch.nn.functional.pad(pe, (0, 0, 0, n - pe.shape[1]))
+        embeds = torch.cat([ne.repeat(batch, 1, 1), pe.repeat(batch, 1, 1)])
+        pooled = torch.cat([np_.repeat(batch, 1), pp.repeat(batch, 1)])
+    else:
+        embeds, pooled = pe.repeat(batch, 1, 1), pp.repeat(batch, 1)
+    return {
+        "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
+        "pooled_projections": pooled.to(device=device, dtype=dtype),
+    }
+
+
+def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+    model_in = torch.cat([x] * 2) if guided else x
+    pred = net(
+        hidden_states=model_in, timestep=t.expand(model_in.shape[0]), return_dict=False, **inputs
+    )[0]
+    if guided:
+        uncond, cond = pred.chunk(2)
+        pred = uncond + cfg * (cond - uncond)
+    return pred
+
+
+def _flux_inputs(
+    net: Any, pos: Cond, neg: Cond, guided: bool, batch: int, h: int, w: int,
+    device: torch.device, dtype: torch.dtype,
+) -> dict[str, Any]:  # fmt: skip
+    width = net.config.joint_attention_dim
+    if pos.embeds.shape[-1] != width:
+        raise NodeError(
+            f"the prompt is {pos.embeds.shape[-1]} wide, but this Flux model takes {width}: "
+            "connect the CLIP that goes with this model"
+        )
+    guidance = None
+    if net.config.guidance_embeds:
+        g = float(pos.extra.get("guidance", FLUX_DEFAULT_GUIDANCE))
+        guidance = torch.full([batch], g, device=device, dtype=torch.float32)
+
+    def side(c: Cond) -> dict[str, Any]:
+        e = c.embeds.repeat(batch, 1, 1).to(device=device, dtype=dtype)
+        return {
+            "encoder_hidden_states": e,
+            "pooled_projections": c.pooled.repeat(batch, 1).to(device=device, dtype=dtype),
+            "txt_ids": torch.zeros(e.shape[1], 3, device=device, dtype=dtype),
+        }
+
+    common = {"guidance": guidance, "img_ids": image_ids(h, w, device, dtype)}
+    return {"pos": {**side(pos), **common}, "neg": {**side(neg), **common} if guided else None}
+
+
+def _flux_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+    timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
+    pred = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["pos"])[0]
+    if guided:
+        uncond = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["neg"])[0]
+        pred = uncond + cfg * (pred - uncond)
+    return pred

@@ -1,0 +1,228 @@
+"""Nodes for diffusion transformers (Stable Diffusion 3.5, Flux.1), named as ComfyUI users
+know them: Load Diffusion Model, Load Text Encoders, Flux Guidance, Model Sampling SD3 /
+Flux. Their values are the usual MODEL / CLIP / CONDITIONING handles with family ``sd3`` or
+``flux``; Text Encode, the Sampler, VAE Decode and Load Checkpoint take them as they are.
+The work is in ``nodes.dit`` (imported inside the functions: it imports torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.errors import NodeError
+from studio.graph.spec import InputSpec, OutputSpec, node
+from studio.graph.types import ValueType as T
+
+#: Load Diffusion Model's weight dtypes (GGUF files bring their own quantisation).
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn")
+TEXT_ENCODER_TYPES = ("flux", "sd3")
+
+
+@node(
+    "load_diffusion_model",
+    title="Load Diffusion Model",
+    category="loaders",
+    description=(
+        "Loads a Flux.1 or Stable Diffusion 3.x transformer file from the diffusion_models "
+        "folder (also unet): .safetensors in the original or ComfyUI layout, or .gguf. Use "
+        "Load Text Encoders and Load VAE beside it."
+    ),
+    inputs=[
+        InputSpec(
+            "unet_name",
+            T.CHOICE,
+            file_kind="diffusion_models",
+            tooltip="A transformer file from the models folder's diffusion_models subfolder.",
+        ),
+        InputSpec(
+            "weight_dtype",
+            T.CHOICE,
+            choices=WEIGHT_DTYPES,
+            default="default",
+            tooltip=(
+                "default: the device's float type. fp8_e4m3fn: weights kept in 8 bits (half "
+                "the memory of fp16), each layer computed in the device's type. GGUF files "
+                "keep their own quantisation whatever is chosen here."
+            ),
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL, tooltip="The transformer, for the Sampler.")],
+)
+def load_diffusion_model(ctx, unet_name: str, weight_dtype: str = "default") -> Any:
+    from nodes import dit, sdload
+
+    path = Path(ctx.model_files.resolve("diffusion_models", unet_name))
+    source = dit.inspect_diffusion_model(path, unet_name, ctx.files.identity(path), weight_dtype)
+    sdload.get_module(ctx, source, "transformer")  # a damaged file fails here, naming it
+    return dit.model_handle(source)
+
+
+def _text_encoders(ctx, names: list[str], family: str) -> Any:
+    from nodes import dit, sdload
+
+    if family not in TEXT_ENCODER_TYPES:
+        raise NodeError(f"unknown type {family!r}; choose flux or sd3")
+    sources = []
+    for name in names:
+        path = Path(ctx.model_files.resolve("text_encoders", name))
+        sources.append(dit.inspect_text_encoder(path, name, ctx.files.identity(path)))
+    clip = dit.text_encoders_handle(sources, family, "Load Text Encoders")
+    for _, source, component in clip.parts:
+        sdload.get_module(ctx, source, component)
+    return clip
+
+
+def _encoder_input(name: str, tip: str) -> InputSpec:
+    return InputSpec(name, T.CHOICE, file_kind="text_encoders", tooltip=tip)
+
+
+TYPE_INPUT = InputSpec(
+    "type",
+    T.CHOICE,
+    choices=TEXT_ENCODER_TYPES,
+    default="flux",
+    tooltip="flux: CLIP-L and T5-XXL. sd3: CLIP-L and CLIP-G (T5-XXL optional).",
+)
+
+
+@node(
+    "load_text_encoders",
+    title="Load Text Encoders",
+    category="loaders",
+    description=(
+        "Loads two text encoder files from the text_encoders folder (also clip) as one CLIP: "
+        "Flux takes CLIP-L and T5-XXL, SD3 CLIP-L and CLIP-G. Which file is which is read "
+        "from the files."
+    ),
+    inputs=[
+        _encoder_input("clip_name1", "e.g. clip_l.safetensors"),
+        _encoder_input("clip_name2", "e.g. t5xxl_fp16.safetensors (Flux) or clip_g (SD3)"),
+        TYPE_INPUT,
+    ],
+    outputs=[OutputSpec("clip", T.CLIP, tooltip="The text encoders, for Text Encode.")],
+)
+def load_text_encoders(ctx, clip_name1: str, clip_name2: str, type: str = "flux") -> Any:
+    return _text_encoders(ctx, [clip_name1, clip_name2], type)
+
+
+@node(
+    "load_text_encoders_3",
+    title="Load Text Encoders (3)",
+    category="loaders",
+    description=(
+        "Loads SD3's three text encoder files (CLIP-L, CLIP-G, T5-XXL, in any order) from the "
+        "text_encoders folder as one CLIP."
+    ),
+    inputs=[
+        _encoder_input("clip_name1", "e.g. clip_l.safetensors"),
+        _encoder_input("clip_name2", "e.g. clip_g.safetensors"),
+        _encoder_input("clip_name3", "e.g. t5xxl_fp8_e4m3fn.safetensors"),
+    ],
+    outputs=[OutputSpec("clip", T.CLIP, tooltip="The text encoders, for Text Encode.")],
+)
+def load_text_encoders_3(ctx, clip_name1: str, clip_name2: str, clip_name3: str) -> Any:
+    return _text_encoders(ctx, [clip_name1, clip_name2, clip_name3], "sd3")
+
+
+@node(
+    "flux_guidance",
+    title="Flux Guidance",
+    category="conditioning",
+    description=(
+        "Sets the distilled guidance of Flux dev on a prompt (3.5 is usual; schnell ignores "
+        "it). Flux runs with the Sampler's cfg at 1."
+    ),
+    inputs=[
+        InputSpec("conditioning", T.CONDITIONING),
+        InputSpec(
+            "guidance",
+            T.FLOAT,
+            default=3.5,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            tooltip="How strongly Flux dev follows the prompt.",
+        ),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def flux_guidance(ctx, conditioning: Any, guidance: float = 3.5) -> list:
+    import dataclasses
+
+    from nodes.values import Cond
+
+    if not isinstance(conditioning, list) or not all(isinstance(c, Cond) for c in conditioning):
+        raise NodeError("the conditioning input is not conditioning")
+    return [
+        dataclasses.replace(c, extra={**c.extra, "guidance": float(guidance)}) for c in conditioning
+    ]
+
+
+def _dit_model(model: Any, family: str, node_title: str) -> Any:
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family != family:
+        raise NodeError(f"{node_title} is for {family} models; this model is {model.family}")
+    return model
+
+
+@node(
+    "model_sampling_sd3",
+    title="Model Sampling SD3",
+    category="sampling",
+    description="Sets the time shift of a Stable Diffusion 3.x model (3.0 is its own).",
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec(
+            "shift",
+            T.FLOAT,
+            default=3.0,
+            min=0.0,
+            max=100.0,
+            step=0.01,
+            tooltip="Higher spends more steps at high noise (composition), lower on detail.",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def model_sampling_sd3(ctx, model: Any, shift: float = 3.0) -> Any:
+    import dataclasses
+
+    m = _dit_model(model, "sd3", "Model Sampling SD3")
+    if shift <= 0:
+        raise NodeError(f"shift {shift} must be above 0")
+    cfg = {**m.scheduler_config, "shift": float(shift), "use_dynamic_shifting": False}
+    return dataclasses.replace(m, scheduler_config=cfg)
+
+
+@node(
+    "model_sampling_flux",
+    title="Model Sampling Flux",
+    category="sampling",
+    description=(
+        "Sets Flux's resolution-dependent shift: base_shift at 256 image tokens, max_shift at "
+        "4096 (a 1024x1024 image), in between by the image's size."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec("max_shift", T.FLOAT, default=1.15, min=0.0, max=100.0, step=0.01),
+        InputSpec("base_shift", T.FLOAT, default=0.5, min=0.0, max=100.0, step=0.01),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def model_sampling_flux(ctx, model: Any, max_shift: float = 1.15, base_shift: float = 0.5) -> Any:
+    import dataclasses
+
+    m = _dit_model(model, "flux", "Model Sampling Flux")
+    cfg = {
+        **m.scheduler_config,
+        "use_dynamic_shifting": True,
+        "max_shift": float(max_shift),
+        "base_shift": float(base_shift),
+    }
+    cfg.setdefault("base_image_seq_len", 256)
+    cfg.setdefault("max_image_seq_len", 4096)
+    return dataclasses.replace(m, scheduler_config=cfg)

@@ -1,0 +1,316 @@
+"""Tiny seeded SD3 and Flux components built in code (as diffusers' own pipeline tests do),
+and writers of the single-file layouts artists have: transformer files in the original
+release layout (and under ``model.diffusion_model.``), SD3.5 all-in-one files, separate
+CLIP / T5 files.
+
+The original layout is written by inverting diffusers' own converters: each original tensor
+is filled with its element indices, converted, and the converted tensors say where each
+diffusers weight goes (the converters only split, join and reorder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodes.dit import CLIP_TOKENIZER, T5_TOKENIZER, flux_rope_axes
+
+VAE_FACTORS = {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}
+
+
+def clip_tokenizer(pad: str | None = None) -> Any:
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER), **({"pad_token": pad} if pad else {}))
+
+
+def t5_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(T5_TOKENIZER))
+
+
+def clip(hidden: int, projection: bool, seed: int) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=1, vocab_size=49408, max_position_embeddings=77,
+        projection_dim=hidden, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2,
+        pad_token_id=1,
+    )  # fmt: skip
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(cfg).eval()
+
+
+def t5(d_model: int = 96, seed: int = 5) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=32128, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False, use_cache=False,
+    )  # fmt: skip
+    return T5EncoderModel(cfg).eval()
+
+
+def vae16(family: str) -> Any:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(3)
+    scale, shift = VAE_FACTORS[family]
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, in_channels=3, out_channels=3,
+        latent_channels=16, layers_per_block=1, norm_num_groups=32, sample_size=64,
+        scaling_factor=scale, shift_factor=shift, use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()  # fmt: skip
+
+
+def tiny_sd3(with_t5: bool = True) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
+        pooled_projection_dim=80, out_channels=16, pos_embed_max_size=16,
+        dual_attention_layers=(0,), qk_norm="rms_norm",
+    ).eval()  # fmt: skip
+    parts = {
+        "transformer": transformer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "vae": vae16("sd3"),
+        "text_encoder": clip(32, True, 1),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": clip(48, True, 2),
+        "tokenizer_2": clip_tokenizer("!"),
+        "text_encoder_3": t5() if with_t5 else None,
+        "tokenizer_3": t5_tokenizer() if with_t5 else None,
+    }
+    return parts
+
+
+def tiny_flux(guidance: bool = True) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=96, pooled_projection_dim=32,
+        guidance_embeds=guidance, axes_dims_rope=flux_rope_axes(16),
+    ).eval()  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    return {
+        "transformer": transformer,
+        "scheduler": scheduler,
+        "vae": vae16("flux"),
+        "text_encoder": clip(32, False, 1),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": t5(),
+        "tokenizer_2": t5_tokenizer(),
+    }
+
+
+def sd3_pipeline(parts: dict[str, Any], scheduler: Any = None) -> Any:
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(**{**parts, "scheduler": scheduler or parts["scheduler"]})
+
+
+def flux_pipeline(parts: dict[str, Any], scheduler: Any = None) -> Any:
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(**{**parts, "scheduler": scheduler or parts["scheduler"]})
+
+
+# -- the original key layouts -------------------------------------------------------------------
+
+
+def sd3_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    h = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    d, p, n = cfg["attention_head_dim"], cfg["patch_size"], cfg["num_layers"]
+    m = cfg["pos_embed_max_size"]
+    s: dict[str, tuple[int, ...]] = {
+        "pos_embed": (1, m * m, h),
+        "x_embedder.proj.weight": (h, cfg["in_channels"], p, p),
+        "x_embedder.proj.bias": (h,),
+        "t_embedder.mlp.0.weight": (h, 256),
+        "t_embedder.mlp.0.bias": (h,),
+        "t_embedder.mlp.2.weight": (h, h),
+        "t_embedder.mlp.2.bias": (h,),
+        "y_embedder.mlp.0.weight": (h, cfg["pooled_projection_dim"]),
+        "y_embedder.mlp.0.bias": (h,),
+        "y_embedder.mlp.2.weight": (h, h),
+        "y_embedder.mlp.2.bias": (h,),
+        "context_embedder.weight": (h, cfg["joint_attention_dim"]),
+        "context_embedder.bias": (h,),
+        "final_layer.linear.weight": (p * p * cfg["out_channels"], h),
+        "final_layer.linear.bias": (p * p * cfg["out_channels"],),
+        "final_layer.adaLN_modulation.1.weight": (2 * h, h),
+        "final_layer.adaLN_modulation.1.bias": (2 * h,),
+    }
+    dual = set(cfg.get("dual_attention_layers") or ())
+    for i in range(n):
+        for block in ("x_block", "context_block"):
+            b = f"joint_blocks.{i}.{block}."
+            pre_only = block == "context_block" and i == n - 1
+            attns = ["attn", "attn2"] if block == "x_block" and i in dual else ["attn"]
+            for a in attns:
+                s[b + a + ".qkv.weight"], s[b + a + ".qkv.bias"] = (3 * h, h), (3 * h,)
+                if cfg.get("qk_norm"):
+                    s[b + a + ".ln_q.weight"], s[b + a + ".ln_k.weight"] = (d,), (d,)
+                if not pre_only:
+                    s[b + a + ".proj.weight"], s[b + a + ".proj.bias"] = (h, h), (h,)
+            mods = 2 if pre_only else (9 if len(attns) == 2 else 6)
+            s[b + "adaLN_modulation.1.weight"] = (mods * h, h)
+            s[b + "adaLN_modulation.1.bias"] = (mods * h,)
+            if not pre_only:
+                s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (4 * h, h), (4 * h,)
+                s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (h, 4 * h), (h,)
+    return s
+
+
+def flux_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    d = cfg["attention_head_dim"]
+    h = cfg["num_attention_heads"] * d
+    c = cfg["in_channels"]
+    s: dict[str, tuple[int, ...]] = {
+        "img_in.weight": (h, c),
+        "img_in.bias": (h,),
+        "txt_in.weight": (h, cfg["joint_attention_dim"]),
+        "txt_in.bias": (h,),
+        "final_layer.linear.weight": (c, h),
+        "final_layer.linear.bias": (c,),
+        "final_layer.adaLN_modulation.1.weight": (2 * h, h),
+        "final_layer.adaLN_modulation.1.bias": (2 * h,),
+    }
+    embedders = {"time_in": 256, "vector_in": cfg["pooled_projection_dim"]}
+    if cfg["guidance_embeds"]:
+        embedders["guidance_in"] = 256
+    for name, width in embedders.items():
+        s[f"{name}.in_layer.weight"], s[f"{name}.in_layer.bias"] = (h, width), (h,)
+        s[f"{name}.out_layer.weight"], s[f"{name}.out_layer.bias"] = (h, h), (h,)
+    for i in range(cfg["num_layers"]):
+        for side in ("img", "txt"):
+            b = f"double_blocks.{i}.{side}_"
+            s[b + "mod.lin.weight"], s[b + "mod.lin.bias"] = (6 * h, h), (6 * h,)
+            s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"] = (3 * h, h), (3 * h,)
+            s[b + "attn.norm.query_norm.scale"] = (d,)
+            s[b + "attn.norm.key_norm.scale"] = (d,)
+            s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (h, h), (h,)
+            s[b + "mlp.0.weight"], s[b + "mlp.0.bias"] = (4 * h, h), (4 * h,)
+            s[b + "mlp.2.weight"], s[b + "mlp.2.bias"] = (h, 4 * h), (h,)
+    for i in range(cfg["num_single_layers"]):
+        b = f"single_blocks.{i}."
+        s[b + "linear1.weight"], s[b + "linear1.bias"] = (7 * h, h), (7 * h,)
+        s[b + "linear2.weight"], s[b + "linear2.bias"] = (h, 5 * h), (h,)
+        s[b + "norm.query_norm.scale"], s[b + "norm.key_norm.scale"] = (d,), (d,)
+        s[b + "modulation.lin.weight"], s[b + "modulation.lin.bias"] = (3 * h, h), (3 * h,)
+    return s
+
+
+def to_original(transformer: Any, family: str) -> dict[str, torch.Tensor]:
+    """A diffusers transformer's weights in the original release layout (by inverting
+    diffusers' own converter)."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    cfg = dict(transformer.config)
+    shapes = (sd3_original_shapes if family == "sd3" else flux_original_shapes)(cfg)
+    index: dict[str, torch.Tensor] = {}
+    start = 0
+    for k, shape in shapes.items():
+        n = int(torch.tensor(shape).prod())
+        index[k] = torch.arange(start, start + n, dtype=torch.float64).reshape(shape)
+        start += n
+    from nodes.dit import _flux_converter
+
+    convert = (
+        sfu.convert_sd3_transformer_checkpoint_to_diffusers
+        if family == "sd3"
+        else _flux_converter(cfg)
+    )
+    converted = convert(dict(index))
+    flat = torch.zeros(start, dtype=torch.float32)
+    state = transformer.state_dict()
+    assert set(converted) == set(state), set(converted) ^ set(state)
+    for k, where in converted.items():
+        flat[where.flatten().long()] = state[k].detach().float().flatten()
+    out, pos = {}, 0
+    for k, shape in shapes.items():
+        n = int(torch.tensor(shape).prod())
+        out[k] = flat[pos : pos + n].reshape(shape).clone()
+        pos += n
+    return out
+
+
+def save(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> Path:
+    from safetensors.torch import save_file
+
+    save_file({prefix + k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def ldm_vae(vae: Any) -> dict[str, torch.Tensor]:
+    from nodes.ldm_keys import vae_to_ldm
+
+    state = vae_to_ldm(vae.state_dict(), dict(vae.config))
+    return {k.removeprefix("first_stage_model."): v for k, v in state.items()}
+
+
+def clip_file_state(encoder: Any) -> dict[str, torch.Tensor]:
+    """A CLIP text tower as ComfyUI's clip_l / clip_g files hold it (transformers keys)."""
+    state = {k: v for k, v in encoder.state_dict().items() if not k.endswith("position_ids")}
+    return {
+        k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+        for k, v in state.items()
+    }
+
+
+def t5_file_state(encoder: Any) -> dict[str, torch.Tensor]:
+    state = dict(encoder.state_dict())
+    state.pop("encoder.embed_tokens.weight", None)  # t5xxl files hold "shared" only
+    return state
+
+
+def sd3_all_in_one(parts: dict[str, Any], path: Path) -> Path:
+    state = {
+        f"model.diffusion_model.{k}": v for k, v in to_original(parts["transformer"], "sd3").items()
+    }
+    state.update({f"first_stage_model.{k}": v for k, v in ldm_vae(parts["vae"]).items()})
+    for comp, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+        for k, v in clip_file_state(parts[comp]).items():
+            state[f"text_encoders.{name}.transformer.{k}"] = v
+    if parts.get("text_encoder_3") is not None:
+        for k, v in t5_file_state(parts["text_encoder_3"]).items():
+            state[f"text_encoders.t5xxl.transformer.{k}"] = v
+    return save(state, path)
+
+
+def save_gguf(state: dict[str, torch.Tensor], path: Path, arch: str = "flux") -> Path:
+    """Write weights as a GGUF file as city96's converter does: 2-D weights Q8_0, the rest
+    F32 (tensor names as in the original layout)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    for k, v in state.items():
+        data = v.detach().float().numpy().astype(np.float32)
+        if data.ndim == 2 and data.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(k, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(k, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
