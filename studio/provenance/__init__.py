@@ -206,7 +206,7 @@ def encode_image(
         return data
     try:
         return sign(data, MIME[fmt], recipe, settings=settings, title=title, creds=creds)
-    except SigningError as exc:
+    except (SigningError, ImportError) as exc:  # ImportError: c2pa-python is not installed
         log.warning("the image is saved without a C2PA manifest: %s", exc)
         return data
 
