@@ -313,6 +313,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as studio batch --ray local does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
