@@ -169,8 +169,14 @@ def test_local_batch_writes_images_and_resumes(tmp_path):
 
 
 def test_a_warm_worker_reuses_what_a_downstream_sweep_does_not_change(tmp_path):
-    b = Batch(nap_workflow(ms=1), sweeps=["Paint.green=0:3:1"], registry=REG, settings=Settings())
+    b = Batch(
+        nap_workflow(ms=1), sweeps=["Paint.green=0,1"], seeds=range(1, 3), registry=REG,
+        settings=Settings(),
+    )  # fmt: skip
     records = b.run(tmp_path / "out", workers=1)
+    assert sorted((r.params["Paint.green"], r.seed) for r in records) == [
+        (0, 1), (0, 2), (1, 1), (1, 2),
+    ]  # fmt: skip
     assert [(r.ran, r.cached) for r in records] == [(2, 0)] + [(1, 1)] * 3
 
 
