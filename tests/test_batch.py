@@ -213,6 +213,14 @@ def test_missing_model_on_a_worker_is_named_before_any_job(tmp_path):
     assert not list(out.glob("*.png")) and not job_lines(out)
 
 
+def test_a_worker_without_the_node_types_says_so_before_any_job(tmp_path):
+    # The workers build another registry (as a machine without the node pack would).
+    b = Batch(nap_workflow(), sweeps=["Nap.value=1,2"], registry="stubs:stub_registry")
+    with pytest.raises(BatchError, match=r"worker local0@.*cannot run here.*nap"):
+        b.run(tmp_path / "out", workers=1)
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 def test_a_killed_local_worker_has_its_jobs_retried(tmp_path):
     out = tmp_path / "out"
     killed = []

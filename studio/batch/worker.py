@@ -57,6 +57,13 @@ class WorkerCore:
             self.engine = Engine(registry, settings=settings)
             self.workflow = workflow_from_dict(self.spec["workflow"], registry=registry)
             self._rename_inputs(self.workflow, None)
+            from studio.engine.validate import plan_workflow
+
+            # A node pack missing on this machine: say so once, before any job.
+            problems = plan_workflow(self.workflow, registry).problems
+            if problems:
+                listed = "; ".join(str(p) for p in problems[:5])
+                return f"worker {self.name}: the workflow cannot run here: {listed}"
             files = ModelFiles(settings)
             for kind, model, expected in self.spec.get("models", []):
                 try:
