@@ -37,9 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "resources/workflows/txt2img.json"
 
 
+_CONFIG = tempfile.mkdtemp(prefix="bench-batch-config-")  # no user settings file
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    env.setdefault("STUDIO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-batch-config-"))
+    env.setdefault("STUDIO_CONFIG_DIR", _CONFIG)
     return env
 
 

@@ -19,7 +19,7 @@ def _nap(ctx, value: int, ms: int = 0, gate: str = "") -> int:
     return value
 
 
-def _paint(ctx, value: int, green: int = 0) -> dict:
+def _paint(ctx, value: int, green: int = 0, seed: int = 0) -> dict:
     from PIL import Image
 
     ctx.show([Image.new("RGB", (8, 8), (value % 256, green % 256, 0))])
@@ -56,7 +56,11 @@ SPECS = [
         "Paint",
         "test",
         _paint,
-        inputs=(InputSpec("value", T.INT, default=0), InputSpec("green", T.INT, default=0)),
+        inputs=(
+            InputSpec("value", T.INT, default=0),
+            InputSpec("green", T.INT, default=0),
+            InputSpec("seed", T.INT, default=0, seed=True),
+        ),
         output_node=True,
     ),
     NodeSpec(

@@ -169,8 +169,14 @@ def test_local_batch_writes_images_and_resumes(tmp_path):
 
 
 def test_a_warm_worker_reuses_what_a_downstream_sweep_does_not_change(tmp_path):
-    b = Batch(nap_workflow(ms=1), sweeps=["Paint.green=0:3:1"], registry=REG, settings=Settings())
+    b = Batch(
+        nap_workflow(ms=1), sweeps=["Paint.green=0,1"], seeds=range(1, 3), registry=REG,
+        settings=Settings(),
+    )  # fmt: skip
     records = b.run(tmp_path / "out", workers=1)
+    assert sorted((r.params["Paint.green"], r.seed) for r in records) == [
+        (0, 1), (0, 2), (1, 1), (1, 2),
+    ]  # fmt: skip
     assert [(r.ran, r.cached) for r in records] == [(2, 0)] + [(1, 1)] * 3
 
 
@@ -205,6 +211,14 @@ def test_missing_model_on_a_worker_is_named_before_any_job(tmp_path):
     msg = str(info.value)
     assert "worker local0@" in msg and "'absent.safetensors'" in msg
     assert not list(out.glob("*.png")) and not job_lines(out)
+
+
+def test_a_worker_without_the_node_types_says_so_before_any_job(tmp_path):
+    # The workers build another registry (as a machine without the node pack would).
+    b = Batch(nap_workflow(), sweeps=["Nap.value=1,2"], registry="stubs:stub_registry")
+    with pytest.raises(BatchError, match=r"worker local0@.*cannot run here.*nap"):
+        b.run(tmp_path / "out", workers=1)
+    assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_a_killed_local_worker_has_its_jobs_retried(tmp_path):
@@ -313,6 +327,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as studio batch --ray local does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

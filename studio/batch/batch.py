@@ -92,7 +92,9 @@ class Batch:
         self.workflow = workflow
         self.sweeps = sweeps
         self.prompts = _read_prompts(prompts) if isinstance(prompts, (str, Path)) else prompts
-        self.seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
+        if isinstance(seeds, str):
+            seeds = parse_seeds(seeds)
+        self.seeds = [int(s) for s in seeds] if seeds is not None else None  # a range too
         self.count = count
         self.sets = list(sets)
         self.registry = registry

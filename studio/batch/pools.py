@@ -249,6 +249,9 @@ class RayPool:
         ray = self.ray
         if not ray.is_initialized():
             if self.address == "local":
+                # Ray starts its workers at nice 15 by default: on a busy machine they
+                # would get what other processes leave over, though they are the work.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(
                     num_cpus=self.workers or os.cpu_count(),
                     include_dashboard=False,

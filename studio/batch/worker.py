@@ -57,6 +57,13 @@ class WorkerCore:
             self.engine = Engine(registry, settings=settings)
             self.workflow = workflow_from_dict(self.spec["workflow"], registry=registry)
             self._rename_inputs(self.workflow, None)
+            from studio.engine.validate import plan_workflow
+
+            # A node pack missing on this machine: say so once, before any job.
+            problems = plan_workflow(self.workflow, registry).problems
+            if problems:
+                listed = "; ".join(str(p) for p in problems[:5])
+                return f"worker {self.name}: the workflow cannot run here: {listed}"
             files = ModelFiles(settings)
             for kind, model, expected in self.spec.get("models", []):
                 try:
@@ -93,16 +100,23 @@ class WorkerCore:
         settings.input_dir = str(folder)
 
     def _rename_inputs(self, wf: Any, sets: list[list[Any]] | None) -> None:
+        """Point image params at this worker's copies of the shipped input images."""
         if not self._renamed:
             return
+
+        def is_image(node_id: str, param: str) -> bool:
+            spec = wf.spec_of(node_id) if wf.has_node(node_id) else None
+            inp = spec.input(param) if spec else None
+            return inp is not None and inp.file_kind == "image"
+
         if sets is not None:
             for item in sets:
-                if isinstance(item[2], str) and item[2] in self._renamed:
+                if item[2] in self._renamed and is_image(item[0], item[1]):
                     item[2] = self._renamed[item[2]]
             return
         for n in wf.nodes:
             for k, v in n.params.items():
-                if isinstance(v, str) and v in self._renamed and k in ("image",):
+                if isinstance(v, str) and v in self._renamed and is_image(n.id, k):
                     n.params[k] = self._renamed[v]
 
     def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
