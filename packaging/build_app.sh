@@ -77,7 +77,10 @@ else
         grep -v '^torch' packaging/constraints.txt
         echo "torch==$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
     } > build/constraints-app.txt
-    "${PIP[@]}" -c build/constraints-app.txt torchvision . 'pyinstaller>=6.10'
+    # With --torch-wheels, torchvision comes from DIR too when it is there: PyPI's Linux
+    # torchvision is built against CUDA torch, and its operators do not load with CPU torch.
+    "${PIP[@]}" ${TORCH_WHEELS:+--find-links "$TORCH_WHEELS"} -c build/constraints-app.txt \
+        torchvision . 'pyinstaller>=6.10'
 fi
 
 # The modules Studio imports by name at run time (lazy diffusers/transformers modules, the

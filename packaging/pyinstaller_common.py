@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from PyInstaller.utils.hooks import collect_data_files, collect_submodules, copy_metadata
+from PyInstaller.utils.hooks import (
+    collect_data_files,
+    collect_dynamic_libs,
+    collect_submodules,
+    copy_metadata,
+)
 
 PACKAGING = Path(__file__).resolve().parent
 ROOT = PACKAGING.parent
@@ -85,10 +90,31 @@ def datas() -> list[tuple[str, str]]:
     return out
 
 
+def binaries() -> list[tuple[str, str]]:
+    """torchvision's operator libraries: loaded with ``torch.ops.load_library``, not
+    imported, and named ``_C_stable.so`` in recent releases, so neither the analysis nor
+    the contributed hook (which asks for ``torchvision._C``) finds them. Without them
+    transformers cannot import its models (``operator torchvision::nms does not exist``).
+    Their own libraries (libjpeg, ...) sit in the wheel's ``torchvision.libs``."""
+    import importlib.util
+
+    out = collect_dynamic_libs("torchvision")
+    spec = importlib.util.find_spec("torchvision")
+    if spec is not None and spec.origin:
+        package = Path(spec.origin).parent
+        have = {Path(src).name for src, _dest in out}
+        out += [(str(p), "torchvision") for p in package.glob("*.so") if p.name not in have]
+        libs = package.parent / "torchvision.libs"
+        if libs.is_dir():
+            out += [(str(p), "torchvision.libs") for p in libs.iterdir() if p.is_file()]
+    return out
+
+
 def analysis_kwargs() -> dict:
     return {
         "scripts": [str(PACKAGING / "studio_launcher.py")],
         "pathex": [],
+        "binaries": binaries(),
         "datas": datas(),
         "hiddenimports": hidden_imports(),
         "excludes": EXCLUDES,

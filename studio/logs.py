@@ -65,11 +65,17 @@ def setup_logging(path: Path | None = None) -> Path | None:
         previous(kind, value, tb)
 
     sys.excepthook = excepthook
-    threading.excepthook = lambda args: logging.getLogger("studio").critical(
-        "uncaught exception in thread %s",
-        args.thread.name if args.thread else "?",
-        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
-    )
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        logging.getLogger("studio").critical(
+            "uncaught exception in thread %s",
+            args.thread.name if args.thread else "?",
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
     return path
 
 
