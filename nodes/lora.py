@@ -52,6 +52,9 @@ class _LoraState:
 
 
 def _pipeline_class(family: str) -> Any:
+    from nodes.fastimport import install
+
+    install()
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
