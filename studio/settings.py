@@ -46,8 +46,8 @@ class Settings:
     input_dir: str = ""
     device: str = "auto"  # auto, cuda, mps, cpu
     cache_bytes: int = 4 * 1024**3
-    ram_budget_bytes: int = 8 * 1024**3
-    vram_budget_bytes: int = 0  # 0: most of what the GPU has
+    ram_budget_bytes: int = 0  # 0: sized from the machine (studio/engine/memory.py)
+    vram_budget_bytes: int = 0  # 0: sized from the GPU's free memory
 
     @property
     def models_root_path(self) -> Path:
