@@ -1,7 +1,7 @@
 """A cold ``studio run`` and ``studio validate``, process start to exit. Prints JSON.
 
     python benchmarks/bench_cold.py [--repeat 5] [--workflow resources/workflows/txt2img.json]
-                                    [--root OTHER_CHECKOUT]
+                                    [--compare OTHER_CHECKOUT]
 
 Each repeat runs, one after the other in fresh processes (interleaved, so a busy machine
 slows all of them alike):
@@ -14,8 +14,8 @@ slows all of them alike):
 - ``run_s``: ``studio run WORKFLOW --out TMP`` until the process exits, the image on disk;
 - ``validate_s``: ``studio validate WORKFLOW``.
 
-Medians of ``--repeat`` runs, and every sample. ``--root`` measures another checkout of
-Studio the same way (for a before/after: ``--root /path/to/main``).
+Medians of ``--repeat`` runs, and every sample. ``--compare OTHER`` measures another
+checkout of Studio too, interleaved with this one (a before/after on a busy machine).
 """
 
 from __future__ import annotations
@@ -44,47 +44,53 @@ def _timed(cmd: list[str], root: Path, env: dict[str, str]) -> float:
     return seconds
 
 
-def measure(root: Path, workflow: Path, repeat: int) -> dict[str, object]:
-    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+def measure(roots: list[Path], workflow: Path, repeat: int) -> list[dict[str, object]]:
+    """Medians for each checkout in ``roots``, its runs interleaved with the others'."""
     py = sys.executable
-    samples: dict[str, list[float]] = {
-        "torch_s": [],
-        "imports_s": [],
-        "run_s": [],
-        "validate_s": [],
-    }
+    names = ("torch_s", "imports_s", "run_s", "validate_s")
+    samples = [{k: [] for k in names} for _ in roots]
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeat):
-            samples["torch_s"].append(_timed([py, "-c", "import torch"], root, env))
-            samples["imports_s"].append(_timed([py, "-c", IMPORTS], root, env))
-            samples["run_s"].append(
-                _timed([py, "-m", "studio.cli", "run", str(workflow), "--out", out], root, env)
-            )
-            samples["validate_s"].append(
-                _timed([py, "-m", "studio.cli", "validate", str(workflow)], root, env)
-            )
-    med = {k: round(statistics.median(v), 3) for k, v in samples.items()}
-    return {
-        **med,
-        "run_over_torch": round(med["run_s"] / med["torch_s"], 2),
-        "imports_over_torch": round(med["imports_s"] / med["torch_s"], 2),
-        "samples": {k: [round(x, 3) for x in v] for k, v in samples.items()},
-    }
+            for root, got in zip(roots, samples, strict=True):
+                env = dict(
+                    os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"
+                )
+                got["torch_s"].append(_timed([py, "-c", "import torch"], root, env))
+                got["imports_s"].append(_timed([py, "-c", IMPORTS], root, env))
+                run = [py, "-m", "studio.cli", "run", str(workflow), "--out", out]
+                got["run_s"].append(_timed(run, root, env))
+                validate = [py, "-m", "studio.cli", "validate", str(workflow)]
+                got["validate_s"].append(_timed(validate, root, env))
+    results = []
+    for root, got in zip(roots, samples, strict=True):
+        med = {k: round(statistics.median(v), 3) for k, v in got.items()}
+        results.append(
+            {
+                "root": str(root),
+                **med,
+                "run_over_torch": round(med["run_s"] / med["torch_s"], 2),
+                "imports_over_torch": round(med["imports_s"] / med["torch_s"], 2),
+                "samples": {k: [round(x, 3) for x in v] for k, v in got.items()},
+            }
+        )
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workflow", default=str(ROOT / "resources/workflows/txt2img.json"))
-    ap.add_argument("--root", help="another checkout of Studio to measure the same way")
+    ap.add_argument(
+        "--compare", metavar="OTHER_CHECKOUT", help="also measure another checkout, interleaved"
+    )
     args = ap.parse_args()
-    root = Path(args.root).resolve() if args.root else ROOT
+    roots = [ROOT] + ([Path(args.compare).resolve()] if args.compare else [])
     result = {
-        "root": str(root),
         "workflow": args.workflow,
         "repeat": args.repeat,
-        "load_average": os.getloadavg()[0],
-        **measure(root, Path(args.workflow).resolve(), args.repeat),
+        "load_average_before": os.getloadavg()[0],
+        "checkouts": measure(roots, Path(args.workflow).resolve(), args.repeat),
+        "load_average_after": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=1))
 
