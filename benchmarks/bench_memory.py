@@ -70,9 +70,6 @@ def build(family: str, path: Path) -> None:
 
 
 def child(args: argparse.Namespace, models_root: Path, ckpt: str) -> None:
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
     from studio import recipes
     from studio.engine import Engine
     from studio.engine.events import EventKind

@@ -20,7 +20,7 @@ from studio.graph.types import ValueType as T
 from studio.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMS = 250_000_000  # 1 GB of fp32 weights per fake model
+PARAMS = {"big": 300_000_000, "other": 200_000_000}  # 1.2 GB and 0.8 GB of fp32 weights
 
 
 def test_default_budgets_follow_the_machine():
@@ -44,7 +44,7 @@ def _registry(loads: list[str]) -> Registry:
 
         def loader():
             loads.append(key[1])
-            return FakeModule(PARAMS)
+            return FakeModule(PARAMS[key[1]])
 
         ctx.models.get(key, loader, label=f"{key[1]}.safetensors unet")
         return ctx.models.use(key, "cpu")
@@ -107,8 +107,8 @@ def test_models_a_run_needs_stay_loaded_and_one_too_many_is_said_once():
     assert sorted(loads) == ["big", "other"]  # the first model was not dropped mid-run
     notices = [e.message for e in events if e.event is EventKind.NOTICE]
     assert len(notices) == 1, notices
-    assert "other.safetensors unet (1.0 GB)" in notices[0]
-    assert "RAM budget (1.5 GB)" in notices[0]
+    assert "The models this run uses (2.0 GB: big.safetensors unet 1.2 GB and 1 more)" in notices[0]
+    assert "do not fit the RAM budget (1.5 GB)" in notices[0]
 
     # Between runs the budget holds again: a new seed reloads, but is not said again.
     wf.set_param(sampler, "seed", 1)
@@ -161,4 +161,4 @@ sys.exit(studio.cli.main(["run", {str(tmp_path / "wf.json")!r}, "--events"]))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     notices = [e for e in lines if e["event"] == "notice"]
-    assert len(notices) == 1 and "does not fit the RAM budget" in notices[0]["message"]
+    assert len(notices) == 1 and "do not fit the RAM budget" in notices[0]["message"]

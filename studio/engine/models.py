@@ -98,8 +98,8 @@ class ModelManager:
 
     A budget of 0 is sized from the machine (:mod:`studio.engine.memory`): RAM from the
     physical memory, VRAM from what the GPU has free when a model first goes there.
-    Inside :meth:`run_scope` no model the run has used is dropped; a model that cannot
-    fit beside them stays over the budget for that run, and ``notice`` says so once.
+    Inside :meth:`run_scope` no model the run has used is dropped; when they do not fit
+    together they stay over the budget for that run, and ``notice`` says so once.
     """
 
     def __init__(self, ram_budget: int = 0, vram_budget: int = 0):
@@ -114,19 +114,39 @@ class ModelManager:
         self._run_keys: set[Hashable] | None = None
         self._notice: Callable[[str], None] | None = None
         self._told: set[tuple[str, Hashable]] = set()
+        self._over = False
 
     @contextmanager
     def run_scope(self, notice: Callable[[str], None] | None = None) -> Iterator[None]:
         """One run: what it uses stays loaded until it ends; ``notice(message)`` hears
         about a model that does not fit its budget (once per model and budget)."""
         with self._lock:
-            self._run_keys, self._notice = set(), notice
+            self._run_keys, self._notice, self._over = set(), notice, False
         try:
             yield
         finally:
             with self._lock:
-                self._run_keys, self._notice = None, None
+                if self._over:
+                    self._tell_over_budget()
+                self._run_keys, self._notice, self._over = None, None, False
                 self._enforce_ram(keep=None)  # back within the budget between runs
+
+    def _tell_over_budget(self) -> None:
+        used = [e for k, e in self._entries.items() if k in (self._run_keys or ())]
+        if not used:
+            return
+        used.sort(key=lambda e: -e.nbytes)
+        total = sum(e.nbytes for e in used)
+        largest = used[0]
+        others = f" and {len(used) - 1} more" if len(used) > 1 else ""
+        self._tell(
+            frozenset(self._run_keys or ()),
+            "ram",
+            f"The models this run uses ({describe_bytes(total)}: {largest.label} "
+            f"{describe_bytes(largest.nbytes)}{others}) do not fit the RAM budget "
+            f"({describe_bytes(self.ram_budget)}): they stay loaded for the run and load "
+            "again in the next one. Raise the RAM budget in Settings to keep them loaded.",
+        )
 
     def get(
         self,
@@ -216,16 +236,8 @@ class ModelManager:
             if k == keep or k in protected or self._entries[k].pins:
                 continue
             total -= self._entries.pop(k).nbytes
-        if total > self.ram_budget and keep is not None:
-            e = self._entries[keep]
-            self._tell(
-                keep,
-                "ram",
-                f"{e.label} ({describe_bytes(e.nbytes)}) does not fit the RAM budget "
-                f"({describe_bytes(self.ram_budget)}) beside the other models this run uses "
-                f"({describe_bytes(total - e.nbytes)}): kept for this run, loaded again in "
-                "later ones. Raise the RAM budget in Settings to keep it loaded.",
-            )
+        if total > self.ram_budget and self._run_keys is not None:
+            self._over = True  # said once, as the run ends (see run_scope)
 
     def _tell(self, key: Hashable, budget: str, message: str) -> None:
         if (budget, key) in self._told or self._notice is None:
