@@ -114,9 +114,9 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         self.editor: InlineEditor | None = None
         self.last_scene_pos = QPointF(0, 0)
         self._gesture: _ZoomGesture | None = None
+        self.zoom_settle_ms = ZOOM_SETTLE_MS
         self._settle = QTimer(self)
         self._settle.setSingleShot(True)
-        self._settle.setInterval(ZOOM_SETTLE_MS)
         self._settle.timeout.connect(self.settle_zoom)
         self.centerOn(0, 0)
 
@@ -164,7 +164,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
             self._gesture = _ZoomGesture(self.viewport().grab(), self.viewportTransform())
         self.scale(factor, factor)
         self.zoom_changed.emit(self.zoom)
-        self._settle.start()
+        self._settle.start(self.zoom_settle_ms)
 
     def settle_zoom(self) -> None:
         """End a zoom gesture now: redraw sharp at the zoom it reached."""
