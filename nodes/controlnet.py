@@ -177,7 +177,9 @@ def get_module(ctx: Any, handle: ControlNetHandle) -> Any:
     key = (handle.identity, "controlnet", str(dtype), device)
 
     def load() -> Any:
-        from diffusers import ControlNetModel
+        from nodes.fastimport import diffusers_class
+
+        ControlNetModel = diffusers_class("ControlNetModel")
 
         try:
             if not handle.single_file:
@@ -199,7 +201,9 @@ def get_module(ctx: Any, handle: ControlNetHandle) -> Any:
 def _load_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
     import tempfile
 
-    from diffusers import ControlNetModel
+    from nodes.fastimport import diffusers_class
+
+    ControlNetModel = diffusers_class("ControlNetModel")
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(handle.config))

@@ -46,6 +46,9 @@ def make_scheduler(
     ``seed`` also seeds a scheduler's own noise (DPM++ SDE's Brownian tree), which
     diffusers otherwise draws from torch's global generator: one seed, one image.
     """
+    from nodes.fastimport import install
+
+    install()
     import diffusers
 
     if sampler not in SAMPLERS:

@@ -52,6 +52,9 @@ class _LoraState:
 
 
 def _pipeline_class(family: str) -> Any:
+    from nodes.fastimport import install
+
+    install()
     if family == "flux":  # diffusers reads Flux LoRAs in the kohya, diffusers and other layouts
         from diffusers import FluxPipeline
 

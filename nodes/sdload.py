@@ -660,6 +660,9 @@ def load_component(source: WeightsSource, component: str, dtype: Any) -> Any:
 def preload() -> None:
     """Import what loading a checkpoint and sampling need (several seconds on a small CPU),
     so a front end can do it in the background before the first run asks for it."""
+    from nodes.fastimport import install
+
+    install()
     import diffusers
     import transformers
 
@@ -669,6 +672,9 @@ def preload() -> None:
 
 
 def _component_class(component: str, config: dict[str, Any]) -> Any:
+    from nodes.fastimport import install
+
+    install()  # the classes' own modules, not their families'
     if component == "unet":
         from diffusers import UNet2DConditionModel
 
@@ -793,7 +799,8 @@ def get_module(ctx: Any, source: WeightsSource, component: str) -> Any:
     dtype = component_dtype(ctx, source, component)
     device = ctx.device
     key = source.key(component, dtype, device)
-    ctx.models.get(key, lambda: load_component(source, component, dtype))
+    label = f"{Path(source.path).name} {component}"
+    ctx.models.get(key, lambda: load_component(source, component, dtype), label=label)
     return ctx.models.use(key, device)
 
 

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--out", metavar="DIR", help="folder for output images")
     rp.add_argument("--events", action="store_true", help="print every event as a JSON line")
+    rp.add_argument(
+        "--verbose", action="store_true", help="let the libraries print their own bars and warnings"
+    )
 
     from studio.batch.cli import add_batch_parser
 
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(args.workflow, screenshot=args.screenshot, run=args.run)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "run":
-        return cmd_run(args.workflow, args.sets, args.out, args.events)
+        return cmd_run(args.workflow, args.sets, args.out, args.events, args.verbose)
     if args.command == "batch":
         from studio.batch.cli import cmd_batch
 
@@ -167,7 +170,13 @@ def parse_set(wf: Any, assignment: str) -> tuple[str, str, Any]:
     return node.id, param, value
 
 
-def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
+def cmd_run(
+    path: str, sets: list[str], out: str | None, events: bool, verbose: bool = False
+) -> int:
+    from studio.terminal import TerminalProgress, quiet_libraries
+
+    if not verbose:
+        quiet_libraries()  # before torch, diffusers and transformers are imported
     from studio.engine import Engine, WorkflowInvalid
     from studio.errors import StudioError
     from studio.fsutil import writable_folder
@@ -202,11 +211,21 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
         _err(str(exc))
         return EXIT_INVALID
 
+    engine = Engine(wf.registry, settings=settings)
+    # On a terminal (and without --events): the node that runs, a progress bar, the times.
+    display = None
+    if not events and sys.stdout.isatty():
+        from studio.engine.validate import plan_workflow
+
+        plan = plan_workflow(wf, wf.registry, model_files=engine.model_files)
+        display = TerminalProgress(sys.stdout, total=len(plan.order))
+
     def on_event(event: Any) -> None:
         if events:
             print(json.dumps(event.to_json()), flush=True)
+        elif display is not None:
+            display(event)
 
-    engine = Engine(wf.registry, settings=settings)
     try:
         result = engine.run(wf, on_event=on_event)
     except WorkflowInvalid as exc:
@@ -215,6 +234,8 @@ def cmd_run(path: str, sets: list[str], out: str | None, events: bool) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
+        if display is not None:
+            display._status("")
         _err("interrupted")
         return EXIT_NODE_FAILED
 

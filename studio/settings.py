@@ -51,8 +51,8 @@ class Settings:
     # auto (bf16 on CUDA where supported, else fp16; fp32 on the CPU), fp32, fp16, bf16
     precision: str = "auto"
     cache_bytes: int = 4 * 1024**3
-    ram_budget_bytes: int = 8 * 1024**3
-    vram_budget_bytes: int = 0  # 0: most of what the GPU has
+    ram_budget_bytes: int = 0  # 0: sized from the machine (studio/engine/memory.py)
+    vram_budget_bytes: int = 0  # 0: sized from the GPU's free memory
     # Provenance of saved images (studio/provenance): what a shared image carries
     # ("everything": workflow, parameters and a signed C2PA manifest; "manifest": the
     # manifest without workflow or prompts; "nothing"), the invisible watermark, and the

@@ -152,6 +152,8 @@ class RunView(QObject):
         if kind is EventKind.PROGRESS:
             text = f"{event.title} {event.step}/{event.total}"
             self.job_updated.emit(job, JobState.RUNNING, text)
+        if kind is EventKind.NOTICE and event.message:
+            self.message.emit(event.message)  # the status bar
         if not self._mine(job) or event.node is None:
             return
         nid = event.node

@@ -19,6 +19,7 @@ class EventKind(StrEnum):
     NODE_ERROR = "node_error"
     NODE_SKIPPED = "node_skipped"
     INTERRUPTED = "interrupted"
+    NOTICE = "notice"  # something the user should know, e.g. a model too large for its budget
     RUN_FINISHED = "run_finished"
 
 
@@ -32,7 +33,8 @@ class Event:
         seconds: for node_finished (the node's time) and run_finished (the run's).
         step, total: for progress.
         preview: for progress, an optional small PIL image of the current result.
-        message: for node_error / node_skipped; for node_started, why it re-ran.
+        message: for node_error / node_skipped; for node_started, why it re-ran; for
+            notice, the whole text (said once, e.g. a model that does not fit its budget).
         traceback: for node_error, the Python traceback (for a details view, never
             the main message).
     """

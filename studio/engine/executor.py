@@ -152,10 +152,15 @@ class Engine:
             raise WorkflowInvalid(blocking)
         emit(Event(EventKind.RUN_STARTED))
         run = _RunState(wf, plan, emit)
-        for nid in plan.order:
-            if self._interrupt.is_set() or not self._run_node(run, nid):
-                run.result.interrupted = True
-                break
+
+        def notice(message: str) -> None:
+            emit(Event(EventKind.NOTICE, message=message))
+
+        with self.models.run_scope(notice):
+            for nid in plan.order:
+                if self._interrupt.is_set() or not self._run_node(run, nid):
+                    run.result.interrupted = True
+                    break
         run.result.seconds = time.perf_counter() - t0
         emit(
             Event(

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.engine.memory import default_ram_budget, default_vram_budget, describe_bytes
+
 
 def _modules_in(obj: Any) -> Iterator[Any]:
     """The torch modules inside ``obj``: itself, or found through containers and attributes.
@@ -55,6 +57,12 @@ def module_nbytes(obj: Any) -> int:
     return total
 
 
+def _describe_key(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return " ".join(str(part) for part in key if isinstance(part, str) and part)[:80]
+    return str(key)[:80]
+
+
 def _device_of(obj: Any) -> str:
     for module in _modules_in(obj):
         for p in module.parameters():
@@ -75,6 +83,7 @@ class _Entry:
     device: str
     pins: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
 
 
 class ModelManager:
@@ -86,17 +95,59 @@ class ModelManager:
     most recently used and moves it to the compute device, offloading the least
     recently used models on that device to the CPU when the VRAM budget is
     exceeded; models beyond the RAM budget are dropped, least recently used first.
+
+    A budget of 0 is sized from the machine (:mod:`studio.engine.memory`): RAM from the
+    physical memory, VRAM from what the GPU has free when a model first goes there.
+    Inside :meth:`run_scope` no model the run has used is dropped; when they do not fit
+    together they stay over the budget for that run, and ``notice`` says so once.
     """
 
-    def __init__(self, ram_budget: int = 8 * 1024**3, vram_budget: int = 0):
-        self.ram_budget = int(ram_budget)
+    def __init__(self, ram_budget: int = 0, vram_budget: int = 0):
+        self.ram_budget = int(ram_budget) or default_ram_budget()
         self.vram_budget = int(vram_budget)
+        self._vram_auto = not self.vram_budget
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.RLock()
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self.loads = 0  # how many times a loader actually ran
         self.loaded_keys: list[Hashable] = []
+        self._run_keys: set[Hashable] | None = None
+        self._notice: Callable[[str], None] | None = None
+        self._told: set[tuple[str, Hashable]] = set()
+        self._over = False
         self._node_keys: set[Hashable] | None = None
+
+    @contextmanager
+    def run_scope(self, notice: Callable[[str], None] | None = None) -> Iterator[None]:
+        """One run: what it uses stays loaded until it ends; ``notice(message)`` hears
+        about a model that does not fit its budget (once per model and budget)."""
+        with self._lock:
+            self._run_keys, self._notice, self._over = set(), notice, False
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._over:
+                    self._tell_over_budget()
+                self._run_keys, self._notice, self._over = None, None, False
+                self._enforce_ram(keep=None)  # back within the budget between runs
+
+    def _tell_over_budget(self) -> None:
+        used = [e for k, e in self._entries.items() if k in (self._run_keys or ())]
+        if not used:
+            return
+        used.sort(key=lambda e: -e.nbytes)
+        total = sum(e.nbytes for e in used)
+        largest = used[0]
+        others = f" and {len(used) - 1} more" if len(used) > 1 else ""
+        self._tell(
+            frozenset(self._run_keys or ()),
+            "ram",
+            f"The models this run uses ({describe_bytes(total)}: {largest.label} "
+            f"{describe_bytes(largest.nbytes)}{others}) do not fit the RAM budget "
+            f"({describe_bytes(self.ram_budget)}): they stay loaded for the run and load "
+            "again in the next one. Raise the RAM budget in Settings to keep them loaded.",
+        )
 
     @contextmanager
     def node_scope(self) -> Iterator[None]:
@@ -119,8 +170,13 @@ class ModelManager:
         loader: Callable[[], Any],
         *,
         nbytes: Callable[[Any], int] = module_nbytes,
+        label: str | None = None,
     ) -> Any:
+        """The model for ``key``, loading it with ``loader()`` the first time. ``label``
+        names it in messages (say ``model.safetensors unet``)."""
         with self._lock:
+            if self._run_keys is not None:
+                self._run_keys.add(key)
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
@@ -134,7 +190,9 @@ class ModelManager:
             value = loader()
             size = nbytes(value)
             with self._lock:
-                self._entries[key] = _Entry(value, size, _device_of(value))
+                self._entries[key] = _Entry(
+                    value, size, _device_of(value), label=label or _describe_key(key)
+                )
                 self.loads += 1
                 self.loaded_keys.append(key)
                 self._enforce_ram(keep=key)
@@ -144,10 +202,15 @@ class ModelManager:
         """Mark ``key`` most recently used and put it on ``device`` (offloading others)."""
         with self._lock:
             entry = self._entries[key]
+            if self._run_keys is not None:
+                self._run_keys.add(key)
             self._entries.move_to_end(key)
             if self._node_keys is not None:
                 self._node_keys.add(key)
             if device is not None and entry.device != device:
+                if device != "cpu" and self._vram_auto:
+                    self.vram_budget = default_vram_budget(device)
+                    self._vram_auto = False
                 if device != "cpu" and self.vram_budget:
                     self._make_room(device, entry.nbytes, keep=key)
                 _move(entry.value, device)
@@ -172,15 +235,33 @@ class ModelManager:
             _move(e.value, "cpu")
             e.device = "cpu"
             used -= e.nbytes
+        if used + need > self.vram_budget:
+            self._tell(
+                keep,
+                "vram",
+                f"{self._entries[keep].label} ({describe_bytes(need)}) does not fit the "
+                f"VRAM budget ({describe_bytes(self.vram_budget)}) beside the models this "
+                f"run uses ({describe_bytes(used)}); it goes to {device} anyway, which may "
+                "run out of memory. Use a smaller dtype or raise the VRAM budget in Settings.",
+            )
 
-    def _enforce_ram(self, keep: Hashable) -> None:
+    def _enforce_ram(self, keep: Hashable | None) -> None:
         total = sum(e.nbytes for e in self._entries.values())
+        protected = self._run_keys or set()
         for k in list(self._entries):
             if total <= self.ram_budget:
                 break
-            if k == keep or self._entries[k].pins:
+            if k == keep or k in protected or self._entries[k].pins:
                 continue
             total -= self._entries.pop(k).nbytes
+        if total > self.ram_budget and self._run_keys is not None:
+            self._over = True  # said once, as the run ends (see run_scope)
+
+    def _tell(self, key: Hashable, budget: str, message: str) -> None:
+        if (budget, key) in self._told or self._notice is None:
+            return
+        self._told.add((budget, key))
+        self._notice(message)
 
     def evict(self, key: Hashable) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QEvent, QLineF, QPoint, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QLineF, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QContextMenuEvent,
@@ -19,7 +19,11 @@ from PySide6.QtGui import (
     QKeyEvent,
     QMouseEvent,
     QPainter,
+    QPaintEvent,
     QPen,
+    QPixmap,
+    QRegion,
+    QTransform,
     QWheelEvent,
 )
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsView, QWidget
@@ -39,6 +43,17 @@ __all__ = ["NODE_TYPE_MIME", "GraphView"]
 
 MIN_ZOOM, MAX_ZOOM = 0.08, 3.0
 FIT_MARGIN_PX = 40
+#: A zoom gesture (wheel or pinch) counts as over once no step came for this long.
+ZOOM_SETTLE_MS = 140
+
+
+@dataclass
+class _ZoomGesture:
+    """The view as painted when a zoom gesture began, scaled instead of redrawn while
+    the gesture lasts (a full redraw of a large graph takes longer than a frame)."""
+
+    pixmap: QPixmap
+    transform: QTransform  # viewport transform when the pixmap was painted
 
 
 @dataclass
@@ -103,6 +118,11 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         self._suppress_menu = False
         self.editor: InlineEditor | None = None
         self.last_scene_pos = QPointF(0, 0)
+        self._gesture: _ZoomGesture | None = None
+        self.zoom_settle_ms = ZOOM_SETTLE_MS
+        self._settle = QTimer(self)
+        self._settle.setSingleShot(True)
+        self._settle.timeout.connect(self.settle_zoom)
         self.centerOn(0, 0)
 
     # -- navigation ---------------------------------------------------------------------
@@ -112,6 +132,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         return self.transform().m11()
 
     def set_zoom(self, z: float, center: QPointF | None = None) -> None:
+        self.settle_zoom()
         z = max(MIN_ZOOM, min(MAX_ZOOM, z))
         c = center if center is not None else self.mapToScene(self.viewport().rect().center())
         self.resetTransform()
@@ -134,8 +155,47 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         target = max(MIN_ZOOM, min(MAX_ZOOM, self.zoom * factor))
         factor = target / self.zoom
         if abs(factor - 1.0) > 1e-6:
-            self.scale(factor, factor)
-            self._zoom_applied()
+            self._zoom_step(factor)
+
+    @property
+    def zooming(self) -> bool:
+        """True while a zoom gesture shows a scaled picture; a sharp redraw follows."""
+        return self._gesture is not None
+
+    def _zoom_step(self, factor: float) -> None:
+        if self._gesture is None:
+            # grab() paints the view as it is now (one ordinary frame); every further
+            # step of the gesture only scales that picture.
+            self._gesture = _ZoomGesture(self.viewport().grab(), self.viewportTransform())
+        self.scale(factor, factor)
+        self.zoom_changed.emit(self.zoom)
+        self._settle.start(self.zoom_settle_ms)
+
+    def settle_zoom(self) -> None:
+        """End a zoom gesture now: redraw sharp at the zoom it reached."""
+        self._settle.stop()
+        if self._gesture is None:
+            return
+        self._gesture = None
+        self._zoom_applied()
+        self.viewport().update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        g = self._gesture
+        if g is None:
+            super().paintEvent(event)
+            return
+        inverse, _ = g.transform.inverted()
+        to_view = inverse * self.viewportTransform()  # pixmap -> scene as painted -> view now
+        size = g.pixmap.deviceIndependentSize()
+        covered = to_view.mapRect(QRectF(0, 0, size.width(), size.height())).toAlignedRect()
+        painter = QPainter(self.viewport())
+        # Only what the picture leaves uncovered (zooming out) needs the background.
+        for r in QRegion(event.rect()).subtracted(QRegion(covered.adjusted(1, 1, -1, -1))):
+            painter.fillRect(r, self._bg)
+        painter.setTransform(to_view)
+        painter.drawPixmap(0, 0, g.pixmap)
+        painter.end()
 
     def fit_items(self, items: list[QGraphicsItem] | None = None) -> None:
         r = self.graph.items_bounds(items)
@@ -260,6 +320,7 @@ class GraphView(EditingMixin, MenusMixin, QGraphicsView):
         return None
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
+        self.settle_zoom()  # what the click lands on is drawn where it is
         self._close_editor()
         pos = self._scene_pos(event)
         self.last_scene_pos = pos
