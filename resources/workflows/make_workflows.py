@@ -443,10 +443,18 @@ def png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
+#: Workflows wired for model files artists bring (Flux.1's are not on this machine and no
+#: tiny Flux model ships): they live in templates/, apart from the default workflows, which
+#: all run offline on the embedded models.
+NEEDS_OWN_FILES = frozenset({"txt2img_flux"})
+
+
 def outputs() -> dict[Path, bytes]:
     """Every file this script writes, by path, with its bytes."""
     files = {
-        HERE / f"{name}.json": dumps_workflow(build()).encode("utf-8")
+        (HERE / "templates" if name in NEEDS_OWN_FILES else HERE) / f"{name}.json": dumps_workflow(
+            build()
+        ).encode("utf-8")
         for name, build in WORKFLOWS.items()
     }
     for name, image in example_images().items():
