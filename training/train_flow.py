@@ -229,7 +229,8 @@ class FlowTrainer:
         self.signal = StopSignal()
         self.train(opt, params, ema, run_rec)
         self.save(opt, ema)
-        if not a.no_final_eval:
+        hist = self.state["history"]
+        if not a.no_final_eval and not (hist and hist[-1]["step"] == self.state["step"]):
             self.evaluate(ema, final=True)
             self.save(opt, ema)
         log("stopped" if self.stop else "finished")
@@ -311,7 +312,7 @@ class FlowTrainer:
                 s = sigma[:, None, None, None]
                 xt = (1 - s) * x0 + s * noise
                 target = noise - x0
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda or a.bf16):
                     ctx, pooled = F.encode_text((self.te1, self.te2), ids)
                     pred = self.tr(
                         hidden_states=xt,
@@ -587,6 +588,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-steps", type=int, default=8)
     p.add_argument("--eval-cfg", type=float, default=5.0)
     p.add_argument("--no-final-eval", action="store_true")
+    p.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)"
+    )
     return p.parse_args(argv)
 
 
