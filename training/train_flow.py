@@ -479,6 +479,7 @@ def export_folder(
     )
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
+    add_preview_factors(tmp)
     (tmp / "studio_tiny_flow.json").write_text(json.dumps(info, indent=1) + "\n")
     tmp.chmod(0o755)
     if tar:
@@ -501,6 +502,16 @@ def export_folder(
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def add_preview_factors(folder: Path) -> None:
+    """Studio's latent -> RGB preview factors: the VAE is studio-tiny's, so they are its."""
+    key = "_studio_latent_rgb"
+    tiny = json.loads((TINY / "model_index.json").read_text())
+    if key in tiny:
+        index = json.loads((folder / "model_index.json").read_text())
+        index[key] = tiny[key]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 @torch.no_grad()
