@@ -143,6 +143,7 @@ class FlowTrainer:
                 "models": {
                     "transformer": {**F.TRANSFORMER_CONFIG, "num_layers": a.num_layers},
                     "text": F.TEXT_CONFIG,
+                    "text_2": F.TEXT_CONFIG_2,
                     "scheduler": F.SCHEDULER_CONFIG,
                 },
             },
@@ -169,13 +170,18 @@ class FlowTrainer:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TINY / "tokenizer"), model_max_length=77)
         models = self.hp("models")
         te1 = F.make_text_encoder(self.tokenizer, models["text"])
-        te2 = F.make_text_encoder(self.tokenizer, models["text"])
+        te2 = F.make_text_encoder(self.tokenizer, models["text_2"])
         tr = F.make_transformer(models["transformer"])
         if self.hp("init_text_from"):
             # studio-tiny's trained text encoder (same tokenizer, same width) as a head start
             w = load_tensors(TINY / "text_encoder" / "model.safetensors")
             w = {k.removeprefix("text_model."): v for k, v in w.items()}
             te1.text_model.load_state_dict(w)
+        # SD3's CLIP-L has no projection: single files carry none and diffusers'
+        # from_single_file puts an identity there, so the first encoder keeps an identity
+        with torch.no_grad():
+            te1.text_projection.weight.copy_(torch.eye(te1.text_projection.weight.shape[0]))
+        te1.text_projection.weight.requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(str(TINY / "vae"), local_files_only=True)
         vae.register_to_config(shift_factor=0.0)
         vae.eval().requires_grad_(False)
@@ -221,7 +227,8 @@ class FlowTrainer:
             self.state["hparams"]["init_from"] = str(a.init_from)
             log(f"initialised from {a.init_from}")
         log(
-            f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} x2 "
+            f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} "
+            f"+ {F.n_params(self.te2)} "
             f"vae {F.n_params(self.vae)} (frozen); device {self.device}"
         )
         run_rec = {"from_step": self.state["step"], "device": str(self.device), "batch": None}
