@@ -131,6 +131,33 @@ def single_file_state(folder: Path, dtype) -> tuple[dict[str, Any], dict[str, An
     return state, configs
 
 
+def fold_clip_l_projection(folder: Path) -> bool:
+    """Make the folder's first text encoder's projection the identity without changing what
+    the model does: its pooled output only enters the transformer through
+    ``time_text_embed.text_embedder.linear_1``, whose first columns absorb the projection.
+    (For a model trained with a learnt CLIP-L projection: diffusers' ``from_single_file``
+    puts an identity there.) Returns whether anything changed."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    te_file = folder / "text_encoder" / "model.safetensors"
+    tr_file = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    te, tr = load_file(str(te_file)), load_file(str(tr_file))
+    proj = te["text_projection.weight"].float()
+    eye = torch.eye(proj.shape[0])
+    if torch.equal(proj, eye):
+        return False
+    key = "time_text_embed.text_embedder.linear_1.weight"
+    w = tr[key].float()
+    n = proj.shape[0]
+    w[:, :n] = w[:, :n] @ proj
+    tr[key] = w.to(tr[key].dtype)
+    te["text_projection.weight"] = eye.to(te["text_projection.weight"].dtype)
+    save_file(tr, str(tr_file), metadata={"format": "pt"})
+    save_file(te, str(te_file), metadata={"format": "pt"})
+    return True
+
+
 def export(folder: Path = FOLDER, out: Path = OUT, *, fp16: bool = True) -> Path:
     import torch
     from safetensors.torch import save
@@ -209,13 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT), help="the .safetensors file to write")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
     p.add_argument("--no-verify", action="store_true", help="skip reading it back")
+    p.add_argument(
+        "--fold-clip-l-projection",
+        action="store_true",
+        help="first rewrite the folder so its CLIP-L projection is the identity "
+        "(fold_clip_l_projection: same model)",
+    )
     return run_report(p, argv, report, indent=2)
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
+    folded = args.fold_clip_l_projection and fold_clip_l_projection(Path(args.folder))
     out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
-    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size}
+    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "folded": folded}
     if not args.no_verify:
         result["max_abs_diff"] = verify(out, Path(args.folder))
     result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -141,9 +141,20 @@ class FlowTrainer:
                 "decay_from": a.decay_from,
                 "init_text_from": "studio-tiny" if a.init_text else None,
                 "models": {
-                    "transformer": {**F.TRANSFORMER_CONFIG, "num_layers": a.num_layers},
+                    "transformer": {
+                        **F.TRANSFORMER_CONFIG,
+                        "num_layers": a.num_layers,
+                        "joint_attention_dim": F.TEXT_DIM + a.text_2_width,
+                        "pooled_projection_dim": F.TEXT_DIM + a.text_2_width,
+                    },
+                    "clip_l_identity": not a.train_clip_l_projection,
                     "text": F.TEXT_CONFIG,
-                    "text_2": F.TEXT_CONFIG_2,
+                    "text_2": {
+                        **F.TEXT_CONFIG_2,
+                        "hidden_size": a.text_2_width,
+                        "intermediate_size": 4 * a.text_2_width,
+                        "projection_dim": a.text_2_width,
+                    },
                     "scheduler": F.SCHEDULER_CONFIG,
                 },
             },
@@ -179,9 +190,10 @@ class FlowTrainer:
             te1.text_model.load_state_dict(w)
         # SD3's CLIP-L has no projection: single files carry none and diffusers'
         # from_single_file puts an identity there, so the first encoder keeps an identity
-        with torch.no_grad():
-            te1.text_projection.weight.copy_(torch.eye(te1.text_projection.weight.shape[0]))
-        te1.text_projection.weight.requires_grad_(False)
+        if models.get("clip_l_identity", True):
+            with torch.no_grad():
+                te1.text_projection.weight.copy_(torch.eye(te1.text_projection.weight.shape[0]))
+            te1.text_projection.weight.requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(str(TINY / "vae"), local_files_only=True)
         vae.register_to_config(shift_factor=0.0)
         vae.eval().requires_grad_(False)
@@ -599,6 +611,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=F.TRANSFORMER_CONFIG["num_layers"],
         help="joint blocks (fewer only for quick tests)",
+    )
+    p.add_argument(
+        "--text-2-width",
+        type=int,
+        default=F.TEXT_DIM_2,
+        help="text_encoder_2's width (the shipped model's GPU run, before it was widened: 64)",
+    )
+    p.add_argument(
+        "--train-clip-l-projection",
+        action="store_true",
+        help="train text_encoder's projection too (as the shipped model's GPU run did; "
+        "export_flow_single_file --fold-clip-l-projection folds it into the transformer)",
     )
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=500, help="steps (0: only at the end)")
