@@ -34,7 +34,7 @@ SHIFT = 3.0
 FOLDER = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny-flow"
 #: Sampling defaults (what the tests and benchmark use, and what its workflow should set).
 DEFAULT_STEPS = 8
-DEFAULT_CFG = 5.0
+DEFAULT_CFG = 3.0
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "sample_size": LATENT_SIZE,

@@ -628,7 +628,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500, help="steps (0: only at the end)")
     p.add_argument("--eval-count", type=int, default=60)
     p.add_argument("--eval-steps", type=int, default=8)
-    p.add_argument("--eval-cfg", type=float, default=5.0)
+    p.add_argument("--eval-cfg", type=float, default=F.DEFAULT_CFG)
     p.add_argument("--no-final-eval", action="store_true")
     p.add_argument(
         "--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)"
