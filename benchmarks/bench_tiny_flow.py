@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--variety-prompts", type=int, default=6)
     ap.add_argument("--parts", default="curve,clean,variety,speed")
     ap.add_argument("--folder", default=None, help="a studio-tiny-flow folder (default: shipped)")
+    ap.add_argument("--models", default="flow,tiny", help="flow, tiny or both")
     args = ap.parse_args()
     import torch
 
@@ -89,7 +90,8 @@ def main() -> None:
 
     folder = Path(args.folder) if args.folder else F.FOLDER
     parts = set(args.parts.split(","))
-    pipe = F.load_pipeline(folder)
+    models = set(args.models.split(","))
+    pipe = F.load_pipeline(folder) if "flow" in models else None
     engine = Engine(installed_registry())
     caps = [s.caption for s in eval_scenes(args.count)]
     report: dict = {
@@ -106,13 +108,13 @@ def main() -> None:
     drawn: dict = {}
     if "curve" in parts:
         curve: dict = {"studio-tiny-flow": {}}
-        for steps in STEPS:
+        for steps in STEPS if pipe else ():
             t = time.perf_counter()
             imgs = flow_images(pipe, caps, steps, F.DEFAULT_CFG)
             drawn[("flow", steps)] = imgs
             curve["studio-tiny-flow"][steps] = rates(caps, imgs)
             curve["studio-tiny-flow"][steps]["seconds"] = round(time.perf_counter() - t, 1)
-        for cfg in TINY_CFGS:
+        for cfg in TINY_CFGS if "tiny" in models else ():
             key = f"studio-tiny cfg {cfg:g}"
             curve[key] = {}
             for steps in STEPS:
@@ -125,13 +127,14 @@ def main() -> None:
         print(json.dumps({"curve": curve}), file=sys.stderr, flush=True)
     if "clean" in parts:
         clean = {}
-        imgs = drawn.get(("flow", F.DEFAULT_STEPS)) or flow_images(
-            pipe, caps, F.DEFAULT_STEPS, F.DEFAULT_CFG
-        )
-        clean[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = (
-            cleanliness.clean_figures(caps, imgs)
-        )
-        for cfg in (7.0, 5.0, 3.0):
+        if pipe:
+            imgs = drawn.get(("flow", F.DEFAULT_STEPS)) or flow_images(
+                pipe, caps, F.DEFAULT_STEPS, F.DEFAULT_CFG
+            )
+            fig = cleanliness.clean_figures(caps, imgs)
+            fig["adherence"] = rates(caps, imgs)
+            clean[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = fig
+        for cfg in (7.0, 5.0, 3.0) if "tiny" in models else ():
             imgs = drawn.get((cfg, 20)) or tiny_images(engine, caps, 20, cfg)
             fig = cleanliness.clean_figures(caps, imgs)
             fig["adherence"] = rates(caps, imgs)
@@ -146,15 +149,19 @@ def main() -> None:
             return {k: round(float(np.mean([d[k] for d in dicts])), 4) for k in dicts[0]}
 
         var["data"] = mean_of([cleanliness.data_variety(p) for p in prompts])
-        var["studio-tiny-flow"] = mean_of(
-            [
-                cleanliness.seed_variety(
-                    [flow_images(pipe, [p], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)[0] for s in range(8)]
-                )
-                for p in prompts
-            ]
-        )
-        for cfg in (7.0, 3.0):
+        if pipe:
+            var["studio-tiny-flow"] = mean_of(
+                [
+                    cleanliness.seed_variety(
+                        [
+                            flow_images(pipe, [p], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)[0]
+                            for s in range(8)
+                        ]
+                    )
+                    for p in prompts
+                ]
+            )
+        for cfg in (7.0, 3.0) if "tiny" in models else ():
             var[f"studio-tiny cfg {cfg:g}"] = mean_of(
                 [
                     cleanliness.seed_variety(tiny_images(engine, [p] * 8, 20, cfg, 0))
@@ -185,13 +192,15 @@ def main() -> None:
         )
         sd.set_progress_bar_config(disable=True)
         graph = StudioTxt2Img(steps=20, cfg=7.0, engine=engine)
-        report["speed_warm_s"] = {
-            f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps": median_time(
+        speed = report["speed_warm_s"] = {}
+        if pipe:
+            speed[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = median_time(
                 lambda s: flow_images(pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)
-            ),
-            "studio-tiny-flow pipeline 4 steps": median_time(
+            )
+            speed["studio-tiny-flow pipeline 4 steps"] = median_time(
                 lambda s: flow_images(pipe, [PROMPT], 4, F.DEFAULT_CFG, s)
-            ),
+            )
+        speed |= {
             "studio-tiny graph 20 steps": median_time(lambda s: graph(PROMPT, s)),
             "studio-tiny pipeline 20 steps": median_time(
                 lambda s: sd(

@@ -69,6 +69,14 @@ def test_the_captions_are_held_out_combinations():
     assert all((s.color, s.shape, s.background) in held for s in eval_scenes(CAPTIONS))
 
 
+def test_the_single_file_holds_the_folders_weights():
+    from training.export_flow_single_file import OUT, verify
+
+    assert OUT.is_file() and OUT.stat().st_size < 16_000_000
+    worst = verify(OUT, FOLDER)
+    assert set(worst) == {"transformer", "vae", "text_encoder", "text_encoder_2"}
+
+
 def test_held_out_captions_in_8_steps_follow_the_prompt(rates):
     assert DEFAULT_STEPS <= 8
     assert rates["n"] == CAPTIONS

@@ -2,8 +2,9 @@
 
 - transformer: ``SD3Transformer2DModel`` (MMDiT), patch 2 on studio-tiny's 16x16x4 latent
   (64 image tokens), joint blocks of width 128;
-- text encoders: two ``CLIPTextModelWithProjection`` (``text_encoder``, ``text_encoder_2``)
-  reading studio-tiny's CLIP tokenizer; no T5 (``text_encoder_3``/``tokenizer_3`` absent:
+- text encoders: two ``CLIPTextModelWithProjection`` (``text_encoder`` width 64 with an
+  identity projection as SD3's CLIP-L, ``text_encoder_2`` width 96) reading studio-tiny's
+  CLIP tokenizer; no T5 (``text_encoder_3``/``tokenizer_3`` absent:
   ``StableDiffusion3Pipeline`` then feeds 256 zero tokens in its place, and so does training);
 - VAE: studio-tiny's ``AutoencoderKL``, frozen (``shift_factor`` 0, which SD3's pipeline needs);
 - scheduler: ``FlowMatchEulerDiscreteScheduler`` with ``shift`` :data:`SHIFT`.
@@ -20,6 +21,9 @@ from typing import Any
 LATENT_SIZE = 16
 LATENT_CHANNELS = 4
 TEXT_DIM = 64
+#: The second encoder is wider: diffusers' single-file loader tells SD3's CLIP-L from CLIP-G
+#: by their widths (768 and 1280 in the real model), so the two must differ.
+TEXT_DIM_2 = 96
 #: Tokens of the absent T5 encoder: StableDiffusion3Pipeline's default max_sequence_length.
 T5_TOKENS = 256
 CLIP_TOKENS = 77
@@ -30,7 +34,7 @@ SHIFT = 3.0
 FOLDER = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/studio-tiny-flow"
 #: Sampling defaults (what the tests and benchmark use, and what its workflow should set).
 DEFAULT_STEPS = 8
-DEFAULT_CFG = 5.0
+DEFAULT_CFG = 3.0
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "sample_size": LATENT_SIZE,
@@ -40,9 +44,9 @@ TRANSFORMER_CONFIG: dict[str, Any] = {
     "num_layers": 6,
     "attention_head_dim": 32,
     "num_attention_heads": 4,
-    "joint_attention_dim": 2 * TEXT_DIM,  # the two CLIPs' hidden states side by side
+    "joint_attention_dim": TEXT_DIM + TEXT_DIM_2,  # the two CLIPs' hidden states side by side
     "caption_projection_dim": 128,
-    "pooled_projection_dim": 2 * TEXT_DIM,  # the two CLIPs' projected pooled outputs
+    "pooled_projection_dim": TEXT_DIM + TEXT_DIM_2,  # the two CLIPs' pooled outputs
     "pos_embed_max_size": LATENT_SIZE // 2,
     "qk_norm": "rms_norm",  # as SD3.5: keeps attention logits bounded at a high learning rate
 }
@@ -55,6 +59,13 @@ TEXT_CONFIG: dict[str, Any] = {
     "max_position_embeddings": CLIP_TOKENS,
     "hidden_act": "quick_gelu",
     "projection_dim": TEXT_DIM,
+}
+
+TEXT_CONFIG_2: dict[str, Any] = {
+    **TEXT_CONFIG,
+    "hidden_size": TEXT_DIM_2,
+    "intermediate_size": 4 * TEXT_DIM_2,
+    "projection_dim": TEXT_DIM_2,
 }
 
 SCHEDULER_CONFIG: dict[str, Any] = {

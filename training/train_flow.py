@@ -141,8 +141,20 @@ class FlowTrainer:
                 "decay_from": a.decay_from,
                 "init_text_from": "studio-tiny" if a.init_text else None,
                 "models": {
-                    "transformer": {**F.TRANSFORMER_CONFIG, "num_layers": a.num_layers},
+                    "transformer": {
+                        **F.TRANSFORMER_CONFIG,
+                        "num_layers": a.num_layers,
+                        "joint_attention_dim": F.TEXT_DIM + a.text_2_width,
+                        "pooled_projection_dim": F.TEXT_DIM + a.text_2_width,
+                    },
+                    "clip_l_identity": not a.train_clip_l_projection,
                     "text": F.TEXT_CONFIG,
+                    "text_2": {
+                        **F.TEXT_CONFIG_2,
+                        "hidden_size": a.text_2_width,
+                        "intermediate_size": 4 * a.text_2_width,
+                        "projection_dim": a.text_2_width,
+                    },
                     "scheduler": F.SCHEDULER_CONFIG,
                 },
             },
@@ -169,13 +181,19 @@ class FlowTrainer:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TINY / "tokenizer"), model_max_length=77)
         models = self.hp("models")
         te1 = F.make_text_encoder(self.tokenizer, models["text"])
-        te2 = F.make_text_encoder(self.tokenizer, models["text"])
+        te2 = F.make_text_encoder(self.tokenizer, models["text_2"])
         tr = F.make_transformer(models["transformer"])
         if self.hp("init_text_from"):
             # studio-tiny's trained text encoder (same tokenizer, same width) as a head start
             w = load_tensors(TINY / "text_encoder" / "model.safetensors")
             w = {k.removeprefix("text_model."): v for k, v in w.items()}
             te1.text_model.load_state_dict(w)
+        # SD3's CLIP-L has no projection: single files carry none and diffusers'
+        # from_single_file puts an identity there, so the first encoder keeps an identity
+        if models.get("clip_l_identity", True):
+            with torch.no_grad():
+                te1.text_projection.weight.copy_(torch.eye(te1.text_projection.weight.shape[0]))
+            te1.text_projection.weight.requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(str(TINY / "vae"), local_files_only=True)
         vae.register_to_config(shift_factor=0.0)
         vae.eval().requires_grad_(False)
@@ -221,7 +239,8 @@ class FlowTrainer:
             self.state["hparams"]["init_from"] = str(a.init_from)
             log(f"initialised from {a.init_from}")
         log(
-            f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} x2 "
+            f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} "
+            f"+ {F.n_params(self.te2)} "
             f"vae {F.n_params(self.vae)} (frozen); device {self.device}"
         )
         run_rec = {"from_step": self.state["step"], "device": str(self.device), "batch": None}
@@ -229,7 +248,8 @@ class FlowTrainer:
         self.signal = StopSignal()
         self.train(opt, params, ema, run_rec)
         self.save(opt, ema)
-        if not a.no_final_eval:
+        hist = self.state["history"]
+        if not a.no_final_eval and not (hist and hist[-1]["step"] == self.state["step"]):
             self.evaluate(ema, final=True)
             self.save(opt, ema)
         log("stopped" if self.stop else "finished")
@@ -311,7 +331,7 @@ class FlowTrainer:
                 s = sigma[:, None, None, None]
                 xt = (1 - s) * x0 + s * noise
                 target = noise - x0
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda or a.bf16):
                     ctx, pooled = F.encode_text((self.te1, self.te2), ids)
                     pred = self.tr(
                         hidden_states=xt,
@@ -478,6 +498,7 @@ def export_folder(
     )
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
+    add_preview_factors(tmp)
     (tmp / "studio_tiny_flow.json").write_text(json.dumps(info, indent=1) + "\n")
     tmp.chmod(0o755)
     if tar:
@@ -500,6 +521,16 @@ def export_folder(
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def add_preview_factors(folder: Path) -> None:
+    """Studio's latent -> RGB preview factors: the VAE is studio-tiny's, so they are its."""
+    key = "_studio_latent_rgb"
+    tiny = json.loads((TINY / "model_index.json").read_text())
+    if key in tiny:
+        index = json.loads((folder / "model_index.json").read_text())
+        index[key] = tiny[key]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -581,12 +612,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=F.TRANSFORMER_CONFIG["num_layers"],
         help="joint blocks (fewer only for quick tests)",
     )
+    p.add_argument(
+        "--text-2-width",
+        type=int,
+        default=F.TEXT_DIM_2,
+        help="text_encoder_2's width (the shipped model's GPU run, before it was widened: 64)",
+    )
+    p.add_argument(
+        "--train-clip-l-projection",
+        action="store_true",
+        help="train text_encoder's projection too (as the shipped model's GPU run did; "
+        "export_flow_single_file --fold-clip-l-projection folds it into the transformer)",
+    )
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=500, help="steps (0: only at the end)")
     p.add_argument("--eval-count", type=int, default=60)
     p.add_argument("--eval-steps", type=int, default=8)
-    p.add_argument("--eval-cfg", type=float, default=5.0)
+    p.add_argument("--eval-cfg", type=float, default=F.DEFAULT_CFG)
     p.add_argument("--no-final-eval", action="store_true")
+    p.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)"
+    )
     return p.parse_args(argv)
 
 
