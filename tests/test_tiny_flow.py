@@ -24,6 +24,7 @@ from training.flow_models import DEFAULT_CFG, DEFAULT_STEPS, FOLDER, load_pipeli
 pytestmark = pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{FOLDER} is not there")
 
 CAPTIONS = 60  # held-out captions, each naming a size and a position
+GRAPH_CAPTIONS = 30  # through the graph one image at a time: half of them, for the suite's time
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,23 @@ def test_held_out_captions_in_8_steps_follow_the_prompt(rates):
     assert rates["background"] >= 0.90, rates
     assert rates["position"] >= 0.90, rates
     assert rates["shape"] >= 0.80, rates
+
+
+def test_through_studios_graph_in_8_steps_the_held_out_captions_follow_the_prompt():
+    # The same model through Studio's own txt2img graph (Load Checkpoint on the folder,
+    # Text Encode, Empty Latent, Sampler euler, VAE Decode), as test_tiny_adherence does for
+    # studio-tiny: what an artist gets from resources/workflows/txt2img_sd3.json.
+    import torch
+
+    from studio.engine import Engine
+    from studio.library import installed_registry
+    from training.studio_run import StudioTxt2Img, held_out_adherence
+
+    torch.set_num_threads(2)
+    gen = StudioTxt2Img(
+        model=FOLDER.name, steps=DEFAULT_STEPS, cfg=DEFAULT_CFG, engine=Engine(installed_registry())
+    )
+    rates = held_out_adherence(gen, GRAPH_CAPTIONS, 0, 1)
+    assert rates["n"] == GRAPH_CAPTIONS
+    for attribute, goal in (("color", 0.9), ("background", 0.9), ("position", 0.9), ("shape", 0.8)):
+        assert rates[attribute] >= goal, rates

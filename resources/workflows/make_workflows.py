@@ -334,7 +334,7 @@ def hires_upscale() -> Workflow:
 #: training/ into resources/models/checkpoints/studio-tiny-flow (a diffusers folder).
 FLOW_CHECKPOINT = "studio-tiny-flow"
 FLOW_STEPS = 8
-FLOW_CFG = 4.0
+FLOW_CFG = 3.0
 #: Flux.1 as artists have it in ComfyUI's folders (not shipped: real weights are GBs).
 FLUX_MODEL = "flux1-dev.safetensors"
 FLUX_CLIP_L = "clip_l.safetensors"
