@@ -19,7 +19,9 @@ from studio.modelfiles import RESOURCES, ModelFiles
 from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
-NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale")
+NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
+#: The embedded model each default workflow loads (studio-tiny-flow: the flow-matching one).
+MODEL_OF = {"txt2img_sd3": "studio-tiny-flow"}
 #: Pixel size of each workflow's saved image.
 SIZES = {"hires_upscale": (128, 128)}
 
@@ -348,4 +350,4 @@ def test_every_default_workflow_names_studio_tiny():
     for name in NAMES:
         data = json.loads((WORKFLOWS / f"{name}.json").read_text("utf-8"))
         ckpts = [n["params"]["ckpt_name"] for n in data["nodes"] if n["type"] == "load_checkpoint"]
-        assert ckpts == ["studio-tiny"], name
+        assert ckpts == [MODEL_OF.get(name, "studio-tiny")], name
