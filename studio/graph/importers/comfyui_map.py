@@ -55,7 +55,11 @@ def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
     """The Studio schedule an imported (sampler, ``comfy_*`` schedule) pair runs with, and the
     report line when it is not ComfyUI's own (Studio reproduces ComfyUI's sampling only for
     euler, euler_ancestral and dpmpp_2m)."""
-    if scheduler not in SCHEDULE_FALLBACK or sampler in COMFY_EXACT_SAMPLERS:
+    # Values come from the file: anything (a list, a dict) that is not a name passes through
+    # untouched, for the param check to report as a wrong value.
+    if not isinstance(scheduler, str) or scheduler not in SCHEDULE_FALLBACK:
+        return scheduler, None
+    if isinstance(sampler, str) and sampler in COMFY_EXACT_SAMPLERS:
         return scheduler, None
     near = SCHEDULE_FALLBACK[scheduler]
     return near, (
