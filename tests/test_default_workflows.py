@@ -118,7 +118,7 @@ def test_txt2img_is_the_default_size_and_sampler(engine, fresh_settings):
     (latent,) = [n for n in wf.nodes if n.type == "empty_latent"]
     (sampler,) = [n for n in wf.nodes if n.type == "sampler"]
     assert (latent.params["width"], latent.params["height"]) == (64, 64)
-    assert sampler.params["steps"] == 20 and sampler.params["cfg"] == 7.0
+    assert sampler.params["steps"] == 20 and sampler.params["cfg"] == 3.0
     assert (sampler.params["sampler"], sampler.params["scheduler"]) == ("euler", "normal")
 
 
