@@ -547,9 +547,11 @@ def test_an_imported_comfyui_txt2img_makes_studios_own_image(reg, engine, tmp_pa
     own = load_workflow(RESOURCES / "workflows" / "txt2img.json", reg)
     for n in own.nodes:
         if n.type == "sampler":  # the same graph built by hand, with ComfyUI's schedule
-            n.params.update(seed=11, steps=4, scheduler="comfy_normal")
+            n.params.update(seed=11, steps=4, cfg=7.0, scheduler="comfy_normal")
     text = own.find_node("Prompt").params["text"]
-    imported = import_comfyui(txt2img_ui(seed=11, steps=4, text=text), reg, source="c.json")
+    imported = import_comfyui(
+        txt2img_ui(seed=11, steps=4, cfg=7.0, text=text), reg, source="c.json"
+    )
     images = []
     for wf in (own, imported.workflow):
         result = engine.run(wf)
