@@ -30,6 +30,13 @@ MODEL_FOLDERS = (
     "text_encoders",
 )
 
+#: The settings-file format written by ``Settings.save`` (its ``settings_version`` key).
+#: 1 (files without the key): every field was written, defaults included, and the RAM
+#: budget's default was a fixed 8 GiB. 2: the budgets default to 0, sized from the machine.
+SETTINGS_VERSION = 2
+#: The RAM budget that version-1 files hold when the user never changed it.
+OLD_DEFAULT_RAM_BUDGET = 8 * 1024**3
+
 
 def config_dir() -> Path:
     return Path(os.environ.get("STUDIO_CONFIG_DIR") or user_config_dir(APP_NAME, appauthor=False))
@@ -95,8 +102,18 @@ class Settings:
         for key, value in data.items():
             if key in known and isinstance(value, type(getattr(defaults, key))):
                 kwargs[key] = value
+        version = data.get("settings_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            version = 1
+        # A version-1 file wrote the 8 GiB default whether or not the user chose it, and
+        # the 8 GiB a user typed cannot be told from it: in such a file 8 GiB is taken as
+        # the old default and becomes 0 (sized from the machine); any other figure is the
+        # user's and is kept. Only in memory: the file is rewritten when the user saves.
+        if version < 2 and kwargs.get("ram_budget_bytes") == OLD_DEFAULT_RAM_BUDGET:
+            kwargs["ram_budget_bytes"] = 0
         return cls(**kwargs)
 
     def save(self, path: Path | None = None) -> None:
         path = path or config_dir() / "settings.json"
-        atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode("utf-8"))
+        data = {"settings_version": SETTINGS_VERSION, **asdict(self)}
+        atomic_write_bytes(path, json.dumps(data, indent=2).encode("utf-8"))

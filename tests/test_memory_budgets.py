@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from test_core_models import FakeModule
@@ -135,6 +136,7 @@ def test_the_notice_reaches_studio_run_events(tmp_path):
     """``studio run --events`` carries the notice as one JSON line scripts can read."""
     code = f"""
 import sys
+from dataclasses import asdict
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from test_memory_budgets import _registry, _two_model_workflow
 import studio.cli, studio.library
@@ -162,3 +164,28 @@ sys.exit(studio.cli.main(["run", {str(tmp_path / "wf.json")!r}, "--events"]))
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     notices = [e for e in lines if e["event"] == "notice"]
     assert len(notices) == 1 and "do not fit the RAM budget" in notices[0]["message"]
+
+
+def test_an_old_settings_file_gets_the_machine_sized_ram_budget(tmp_path):
+    """Files of older versions hold the old fixed default (8 GiB) whether or not the user
+    chose it: that figure becomes automatic; a figure the user chose is kept; loading
+    never rewrites the file."""
+    old = {**asdict(Settings()), "ram_budget_bytes": 8 * GiB}  # as an old version saved it
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(old, indent=2))
+    before = path.read_bytes()
+    s = Settings.load(path)
+    assert s.ram_budget_bytes == 0
+    assert Engine(Registry([]), settings=s).models.ram_budget == default_ram_budget()
+    assert path.read_bytes() == before  # not rewritten until the user saves
+
+    path.write_text(json.dumps({**old, "ram_budget_bytes": 6 * GiB}))
+    assert Settings.load(path).ram_budget_bytes == 6 * GiB  # the user's own figure
+
+    # Saved by this version: the file says so, and 8 GiB is then the user's choice.
+    s.save(path)
+    assert json.loads(path.read_text())["settings_version"] == 2
+    assert Settings.load(path).ram_budget_bytes == 0
+    s.ram_budget_bytes = 8 * GiB
+    s.save(path)
+    assert Settings.load(path).ram_budget_bytes == 8 * GiB
