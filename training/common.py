@@ -53,6 +53,37 @@ def add_run_args(p: argparse.ArgumentParser, checkpoint_dir: Path, checkpoint_ev
     p.add_argument("--checkpoint-every", type=float, default=checkpoint_every, help="seconds")
 
 
+def export_parser(doc: str, folder: Path, out: Path, verify: str) -> argparse.ArgumentParser:
+    """The options of a single-file export (training/export_*single_file.py): the diffusers
+    folder to read, the file to write, fp32 instead of fp16, and skipping the check that
+    reads it back (``verify``: how the script checks, for the help)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--folder", default=str(folder), help="the diffusers folder to export")
+    p.add_argument("--out", default=str(out), help="the .safetensors file to write")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
+    p.add_argument("--no-verify", action="store_true", help=f"skip {verify}")
+    return p
+
+
+def export_report(
+    args: argparse.Namespace,
+    export: Callable[..., Path],
+    verify: Callable[[Path, Path], dict[str, float]],
+    t0: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run a single-file export from its options (:func:`export_parser`), check it unless
+    ``--no-verify``; the file, its size, ``extra``, the largest differences, the seconds
+    (since ``t0``, default now)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
+    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, **extra}
+    if not args.no_verify:
+        result["max_abs_diff"] = verify(out, Path(args.folder))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
 def run_report(
     p: argparse.ArgumentParser,
     argv: Sequence[str] | None,

@@ -160,20 +160,12 @@ def fold_clip_l_projection(folder: Path) -> bool:
 
 def export(folder: Path = FOLDER, out: Path = OUT, *, fp16: bool = True) -> Path:
     import torch
-    from safetensors.torch import save
 
-    from nodes.sdload import FOLDER_LATENT_RGB_KEY, LATENT_RGB_KEY, SIDECAR_METADATA_KEY
-    from studio.fsutil import atomic_write_bytes
-    from training.export_single_file import tokenizer_entry
+    from training.export_single_file import tokenizer_entry, write_single_file
 
     state, configs = single_file_state(folder, torch.float16 if fp16 else torch.float32)
     meta = {"family": "sd3", **configs, "tokenizer": tokenizer_entry(folder)}
-    preview = read_json(folder / "model_index.json").get(FOLDER_LATENT_RGB_KEY)
-    if preview is not None:
-        meta[LATENT_RGB_KEY] = preview
-    metadata = {SIDECAR_METADATA_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))}
-    atomic_write_bytes(Path(out), save(state, metadata=metadata))
-    return Path(out)
+    return write_single_file(folder, out, state, meta)
 
 
 def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
@@ -186,20 +178,14 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
     )
     from safetensors.torch import load_file
 
+    from training.export_single_file import max_fp16_diff
+
     raw = {k: v.float() for k, v in load_file(str(out)).items()}
     worst: dict[str, float] = {}
 
     def compare(name: str, got: dict[str, Any], want: dict[str, Any]) -> None:
         want = {k: v.float() for k, v in want.items() if not k.endswith("position_ids")}
-        assert got.keys() == want.keys(), (
-            f"{name}: keys differ: {sorted(got.keys() ^ want.keys())[:5]}"
-        )
-        diff = 0.0
-        for k, v in want.items():
-            tol = v.abs() * 2.0**-11 + 2.0**-24
-            assert ((got[k] - v).abs() <= tol).all(), f"{name}: {k} differs beyond fp16 rounding"
-            diff = max(diff, float((got[k] - v).abs().max()))
-        worst[name] = diff
+        worst[name] = max_fp16_diff(name, got, want)
 
     tr = convert_sd3_transformer_checkpoint_to_diffusers(
         {k: v for k, v in raw.items() if k.startswith(PREFIX)}
@@ -229,13 +215,9 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.common import run_report
+    from training.common import export_parser, run_report
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--folder", default=str(FOLDER), help="the diffusers folder to export")
-    p.add_argument("--out", default=str(OUT), help="the .safetensors file to write")
-    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
-    p.add_argument("--no-verify", action="store_true", help="skip reading it back")
+    p = export_parser(__doc__, FOLDER, OUT, verify="reading it back")
     p.add_argument(
         "--fold-clip-l-projection",
         action="store_true",
@@ -246,14 +228,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
+    from training.common import export_report
+
     t0 = time.perf_counter()
     folded = args.fold_clip_l_projection and fold_clip_l_projection(Path(args.folder))
-    out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
-    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size, "folded": folded}
-    if not args.no_verify:
-        result["max_abs_diff"] = verify(out, Path(args.folder))
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+    return export_report(args, export, verify, t0=t0, folded=folded)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +86,26 @@ def ldm_state(folder: Path, configs: dict[str, dict[str, Any]], dtype: Any) -> d
 def export(folder: Path = FOLDER, out: Path = OUT, *, fp16: bool = True) -> Path:
     """Write the single file for ``folder`` at ``out`` (atomically); returns ``out``."""
     import torch
-    from safetensors.torch import save
 
-    from nodes.sdload import (
-        FOLDER_LATENT_RGB_KEY,
-        LATENT_RGB_KEY,
-        SIDECAR_METADATA_KEY,
-        TOKENIZER_KEY,
-    )
-    from studio.fsutil import atomic_write_bytes
+    from nodes.sdload import TOKENIZER_KEY
 
     configs = folder_configs(folder)
     state = ldm_state(folder, configs, torch.float16 if fp16 else torch.float32)
     meta = {"family": "custom", **configs, TOKENIZER_KEY: tokenizer_entry(folder)}
+    return write_single_file(folder, out, state, meta)
+
+
+def write_single_file(folder: Path, out: Path, state: dict[str, Any], meta: dict) -> Path:
+    """Write ``state`` at ``out`` (atomically) with ``meta`` and the folder's preview factors,
+    when it has them, as the metadata entry ``nodes/sdload.py`` reads; returns ``out``."""
+    from safetensors.torch import save
+
+    from nodes.sdload import FOLDER_LATENT_RGB_KEY, LATENT_RGB_KEY, SIDECAR_METADATA_KEY
+    from studio.fsutil import atomic_write_bytes
+
     preview = read_json(folder / "model_index.json").get(FOLDER_LATENT_RGB_KEY)
     if preview is not None:
-        meta[LATENT_RGB_KEY] = preview
+        meta = {**meta, LATENT_RGB_KEY: preview}
     # One metadata entry only: safetensors writes the metadata from a hash map, so the order
     # of two entries changes from run to run and the bytes would too.
     metadata = {SIDECAR_METADATA_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))}
@@ -127,36 +130,34 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
         b = sdload.load_component(folder_source, comp, torch.float32).state_dict()
         b = {k: v for k, v in b.items() if not k.endswith("position_ids")}
         a = {k: v for k, v in a.items() if not k.endswith("position_ids")}
-        assert a.keys() == b.keys(), f"{comp}: keys differ: {sorted(a.keys() ^ b.keys())[:5]}"
-        diff = 0.0
-        for k, v in b.items():
-            # fp16 keeps 11 significant bits: half an ulp is 2**-11 of the value.
-            tol = v.abs() * 2.0**-11 + 2.0**-24
-            assert ((a[k] - v).abs() <= tol).all(), f"{comp}: {k} differs beyond fp16 rounding"
-            diff = max(diff, float((a[k] - v).abs().max()))
-        worst[comp] = diff
+        worst[comp] = max_fp16_diff(comp, a, b)
     return worst
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.common import run_report
+def max_fp16_diff(name: str, got: dict[str, Any], want: dict[str, Any]) -> float:
+    """The largest difference between two state dicts of ``name``. Raises AssertionError
+    when their keys differ or a weight differs by more than fp16 rounding."""
+    assert got.keys() == want.keys(), f"{name}: keys differ: {sorted(got.keys() ^ want.keys())[:5]}"
+    diff = 0.0
+    for k, v in want.items():
+        # fp16 keeps 11 significant bits: half an ulp is 2**-11 of the value.
+        tol = v.abs() * 2.0**-11 + 2.0**-24
+        assert ((got[k] - v).abs() <= tol).all(), f"{name}: {k} differs beyond fp16 rounding"
+        diff = max(diff, float((got[k] - v).abs().max()))
+    return diff
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--folder", default=str(FOLDER), help="the diffusers folder to export")
-    p.add_argument("--out", default=str(OUT), help="the .safetensors file to write")
-    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (twice the size)")
-    p.add_argument("--no-verify", action="store_true", help="skip loading it back")
+
+def main(argv: list[str] | None = None) -> int:
+    from training.common import export_parser, run_report
+
+    p = export_parser(__doc__, FOLDER, OUT, verify="loading it back")
     return run_report(p, argv, report, indent=2)
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    out = export(Path(args.folder), Path(args.out), fp16=not args.fp32)
-    result: dict[str, Any] = {"file": str(out), "bytes": out.stat().st_size}
-    if not args.no_verify:
-        result["max_abs_diff"] = verify(out, Path(args.folder))
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+    from training.common import export_report
+
+    return export_report(args, export, verify)
 
 
 if __name__ == "__main__":

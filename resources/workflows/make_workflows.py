@@ -11,6 +11,7 @@ changing a default (or a companion model's name):
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from collections.abc import Callable
@@ -146,20 +147,41 @@ def decode_and_save(b: Builder, col: int, latent: str, prefix: str, decode="deco
 # -- the workflows --------------------------------------------------------------------------
 
 
-def txt2img() -> Workflow:
-    b = Builder("txt2img")
-    b.note(
-        "Text to image: the prompt is encoded, the sampler denoises an empty 64x64 latent "
-        "for 20 steps, and the VAE decodes it. studio-tiny knows captions like "
-        "'a [small|large] <colour> <circle|square|triangle> on a <colour> background, "
-        "<left|right|top|bottom|center>'."
-    )
-    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+@dataclass(frozen=True)
+class Family:
+    """What a text-to-image workflow changes with the model family: its name, the
+    embedded checkpoint, the sampler's steps and cfg, the note above it."""
+
+    name: str
+    checkpoint: str
+    steps: int
+    cfg: float
+    note: str
+
+
+def txt2img(family: Family) -> Workflow:
+    """Load Checkpoint -> prompts and an empty latent -> Sampler -> VAE Decode -> Save."""
+    b = Builder(family.name)
+    b.note(family.note)
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": family.checkpoint})
     prompts(b, 1, "a large yellow triangle on a purple background, right")
     b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
-    sample(b, "sampler", 2, "latent", sampler_params(seed=0))
-    decode_and_save(b, 3, "sampler", "txt2img")
+    params = sampler_params(seed=0, steps=family.steps, cfg=family.cfg)
+    sample(b, "sampler", 2, "latent", params)
+    decode_and_save(b, 3, "sampler", family.name)
     return b.wf
+
+
+TXT2IMG = Family(
+    "txt2img",
+    CHECKPOINT,
+    STEPS,
+    CFG,
+    "Text to image: the prompt is encoded, the sampler denoises an empty 64x64 latent "
+    "for 20 steps, and the VAE decodes it. studio-tiny knows captions like "
+    "'a [small|large] <colour> <circle|square|triangle> on a <colour> background, "
+    "<left|right|top|bottom|center>'.",
+)
 
 
 def img2img() -> Workflow:
@@ -341,21 +363,15 @@ FLUX_CLIP_L = "clip_l.safetensors"
 FLUX_T5 = "t5xxl_fp8_e4m3fn.safetensors"
 FLUX_VAE = "ae.safetensors"
 
-
-def txt2img_sd3() -> Workflow:
-    b = Builder("txt2img_sd3")
-    b.note(
-        "Text to image with a flow-matching transformer in the Stable Diffusion 3 layout "
-        "(studio-tiny-flow: an MMDiT with two CLIP text encoders). Load Checkpoint also opens "
-        "SD3.5 all-in-one files and diffusers folders; flow matching needs few steps (8 here)."
-    )
-    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": FLOW_CHECKPOINT})
-    prompts(b, 1, "a large yellow triangle on a purple background, right")
-    b.add("latent", "empty_latent", 1, {"width": SIZE, "height": SIZE, "batch_size": 1})
-    params = sampler_params(seed=0, steps=FLOW_STEPS, cfg=FLOW_CFG)
-    sample(b, "sampler", 2, "latent", params)
-    decode_and_save(b, 3, "sampler", "txt2img_sd3")
-    return b.wf
+TXT2IMG_SD3 = Family(
+    "txt2img_sd3",
+    FLOW_CHECKPOINT,
+    FLOW_STEPS,
+    FLOW_CFG,
+    "Text to image with a flow-matching transformer in the Stable Diffusion 3 layout "
+    "(studio-tiny-flow: an MMDiT with two CLIP text encoders). Load Checkpoint also opens "
+    "SD3.5 all-in-one files and diffusers folders; flow matching needs few steps (8 here).",
+)
 
 
 def txt2img_flux() -> Workflow:
@@ -397,13 +413,13 @@ def txt2img_flux() -> Workflow:
 
 
 WORKFLOWS: dict[str, Callable[[], Workflow]] = {
-    "txt2img": txt2img,
+    "txt2img": functools.partial(txt2img, TXT2IMG),
     "img2img": img2img,
     "inpaint": inpaint,
     "controlnet": controlnet,
     "lora": lora,
     "hires_upscale": hires_upscale,
-    "txt2img_sd3": txt2img_sd3,
+    "txt2img_sd3": functools.partial(txt2img, TXT2IMG_SD3),
     "txt2img_flux": txt2img_flux,
 }
 
