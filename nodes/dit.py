@@ -1084,24 +1084,21 @@ def sample(
     window: Any = None,
 ) -> dict[str, Any]:
     """The Sampler for SD3 / Flux: StableDiffusion3Pipeline's / FluxPipeline's loop, step
-    for step (same noise from one CPU generator, same timesteps, same guidance)."""
-    from diffusers.utils.torch_utils import randn_tensor
+    for step (same noise from one CPU generator, same timesteps, same guidance).
 
+    A latent with a ``noise_mask``: the inpaint pipelines' way (StableDiffusion3Inpaint /
+    FluxInpaint with a plain transformer): after each step, outside the mask the input latent
+    is put back, noised to the next step's level. ``window``: Sampler (Advanced)'s steps
+    start..end, its add_noise and leftover noise (ComfyUI's KSamplerAdvanced)."""
     from nodes import lora
     from nodes.denoise import preview_image
     from nodes.sdload import get_module, with_oom_advice
 
-    if window is not None:
-        raise NodeError(
-            f"Sampler (Advanced) does not run {FAMILY_TITLES[model.family]} models yet: use "
-            "the Sampler"
-        )
-    if latent.get("noise_mask") is not None:
-        raise NodeError(f"inpainting with {FAMILY_TITLES[model.family]} is not supported yet")
     family = model.family
     flux = family == "flux"
     pos = _one_prompt(positive, "positive", family)
     neg = _one_prompt(negative, "negative", family)
+    _refuse_controlnets(pos, neg, family)
     net = get_module(ctx, model.source, "transformer")
     lora.activate(ctx, net, "transformer", model.patches, family)
     tcfg = net.config
@@ -1116,46 +1113,160 @@ def sample(
     if model.scheduler_config.get("use_dynamic_shifting"):
         mu = calculate_shift((h // patch) * (w // patch), model.scheduler_config)
     _set_timesteps(sched, euler, sampler, scheduler, steps, mu, family, device)
-    timesteps = sched.timesteps
+    plan = _plan(sched, steps, denoise, window, empty=not bool(samples.any()))
+    if plan is None:  # Sampler (Advanced) with no step left: the latent as it came
+        return dict(latent)
+    timesteps = sched.timesteps[plan.begin : plan.end]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(plan.begin)
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
-    if denoise >= 1.0:
-        latents = noise
-    else:
-        init_steps = min(int(steps * denoise), steps)
-        t_start = max(steps - init_steps, 0)
-        timesteps = timesteps[t_start * sched.order :]
-        if len(timesteps) == 0:
-            raise NodeError(
-                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
-            )
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(t_start * sched.order)
-        sigma = float(timesteps[0]) / sched.config.num_train_timesteps
-        init = samples.to(device=device, dtype=dtype)
-        latents = sigma * noise + (1.0 - sigma) * init
-    if hasattr(sched, "set_begin_index") and denoise >= 1.0:
-        sched.set_begin_index(0)
+    noise_mask = latent.get("noise_mask")
+    init, noise, latents = _start(
+        sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
+    )
+    mask = None
+    if noise_mask is not None:
+        from nodes.denoise import _latent_mask
+
+        mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
+        mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
     guided = cfg > 1.0
     call = _flux_call if flux else _sd3_call
     inputs = (_flux_inputs if flux else _sd3_inputs)(
         net, pos, neg, guided, batch, h, w, device, dtype
     )
-    total = len(timesteps)
+    total = len(timesteps) + int(plan.finish is not None)
+
+    def packed(x: torch.Tensor | None) -> torch.Tensor | None:
+        return pack(x) if flux and x is not None else x
 
     def run() -> torch.Tensor:
-        x = pack(latents) if flux else latents
+        x, x_init, x_noise, m = packed(latents), packed(init), packed(noise), packed(mask)
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
                 pred = call(net, x, t, inputs, cfg, guided)
                 x = sched.step(pred, t, x, return_dict=False)[0]
+                if m is not None:
+                    x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
+            if plan.finish is not None:
+                # Stopping early without leftover noise: the model's clean prediction at the
+                # last step's level, ComfyUI's final step to noise level 0.
+                ctx.check_interrupt()
+                t = sched.timesteps[plan.finish]
+                sigma = sched.sigmas.to(device=x.device, dtype=x.dtype)[plan.finish]
+                x = x - sigma * call(net, x, t, inputs, cfg, guided)
+                if m is not None:
+                    x = (1 - m) * x_init + m * x
+                shown = unpack(x, h, w) if flux else x
+                ctx.progress(total, total, preview_image(shown, family, model.latent_rgb))
         return unpack(x, h, w) if flux else x
 
     result = with_oom_advice(run, "sampling")
-    return {"samples": result.detach().float().cpu()}
+    out: dict[str, Any] = {"samples": result.detach().float().cpu()}
+    if noise_mask is not None:
+        out["noise_mask"] = noise_mask
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which of the schedule's timesteps a run takes: ``begin`` up to ``end`` (indices into
+    the scheduler's timesteps), ``finish``: the index of a last model call that gives the
+    clean latent (Sampler (Advanced) stopping early without leftover noise), ``fresh``: start
+    from pure noise, ``add_noise``: noise the input to the first step's level."""
+
+    begin: int
+    end: int
+    finish: int | None = None
+    fresh: bool = True
+    add_noise: bool = True
+
+
+def _plan(sched: Any, steps: int, denoise: float, window: Any, empty: bool) -> _Plan | None:
+    order = sched.order
+    n = len(sched.timesteps)
+    if window is None:
+        if denoise >= 1.0:
+            return _Plan(0, n)
+        # the pipelines' img2img / inpaint rule (get_timesteps)
+        t_start = int(max(steps - min(steps * denoise, steps), 0))
+        if t_start * order >= n:
+            raise NodeError(
+                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+            )
+        return _Plan(t_start * order, n, fresh=False)
+    end = min(window.end, steps)
+    if window.start >= end:
+        return None
+    begin = window.start * order
+    fresh = window.start == 0 and empty  # from an Empty Latent: exactly the Sampler's start
+    if end < steps and not window.leftover_noise:
+        last = (end - 1) * order  # the last step's first model call gives the clean latent
+        return _Plan(begin, last, finish=last, fresh=fresh, add_noise=window.add_noise)
+    return _Plan(begin, min(end * order, n), fresh=fresh, add_noise=window.add_noise)
+
+
+def _start(
+    sched: Any,
+    samples: torch.Tensor,
+    latent: dict[str, Any],
+    plan: _Plan,
+    masked: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input latent, noise, first latents). As the pipelines draw: a VAE Encode's sample
+    first (img2img, inpainting), then the noise; the input noised to the first step's level
+    (``sigma * noise + (1 - sigma) * input``), or pure noise from the top of the schedule."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    init = samples.to(device=device, dtype=dtype)
+    if not plan.add_noise:  # Sampler (Advanced), add_noise off: the input carries its noise
+        return init, torch.zeros_like(init), init
+    std = latent.get("posterior_std")
+    if (masked or not plan.fresh) and std is not None and tuple(std.shape) == tuple(init.shape):
+        init = init + std.to(device=device, dtype=dtype) * randn_tensor(
+            tuple(init.shape), generator=generator, device=device, dtype=dtype
+        )
+    noise = randn_tensor(tuple(init.shape), generator=generator, device=device, dtype=dtype)
+    if plan.fresh:
+        return init, noise, noise
+    sigma = sched.sigmas.to(device=device, dtype=dtype)[plan.begin]
+    return init, noise, sigma * noise + (1.0 - sigma) * init
+
+
+def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The input latent at the noise level the scheduler has just stepped to (the inpaint
+    pipelines' ``scale_noise`` after a step; the input itself after the last)."""
+    sigma = sched.sigmas.to(device=init.device, dtype=init.dtype)[sched.step_index]
+    return sigma * noise + (1.0 - sigma) * init
+
+
+def _refuse_controlnets(pos: Cond, neg: Cond, family: str) -> None:
+    """Apply ControlNet's entries on a DiT prompt: a ControlNet made for a UNet cannot steer a
+    diffusion transformer (and Studio runs no DiT ControlNets yet)."""
+    from nodes.controlnet import controls_of
+
+    entries = (*controls_of(pos), *controls_of(neg))
+    if entries:
+        net = entries[0].net
+        raise NodeError(
+            f"Apply ControlNet: ControlNet {net.name!r} is for "
+            f"{controlnet_family_title(net)} (a UNet), but the model is "
+            f"{FAMILY_TITLES[family]}; Studio does not run ControlNets with diffusion "
+            "transformers yet: remove the Apply ControlNet node"
+        )
+
+
+def controlnet_family_title(net: Any) -> str:
+    from nodes.controlnet import _FAMILY_WIDTH
+
+    width = net.cross_attention_dim
+    return _FAMILY_WIDTH.get(width, "Stable Diffusion") if width else "Stable Diffusion"
 
 
 def _layerwise(net: Any) -> bool:

@@ -380,3 +380,122 @@ def test_a_comfyui_flux_prompt_imports_onto_these_nodes():
     loader = next(n for n in result.workflow.nodes if n.type == "load_diffusion_model")
     assert loader.params["weight_dtype"] == "fp8_e4m3fn"
     assert any("fp8_e4m3fn_fast" in line for line in result.report)
+
+
+# -- Sampler (Advanced) and inpainting with DiTs ------------------------------------------------
+
+DIT_SETUPS = {  # checkpoint, cfg, Flux guidance
+    "sd3": ("tiny-sd3", 5.0, None),
+    "flux": ("tiny-flux", 1.0, 2.5),
+}
+
+
+def _prompts(wf, family: str) -> dict[str, str]:
+    ckpt, _, guidance = DIT_SETUPS[family]
+    ids = {"ckpt": wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id}
+    ids["pos"] = wf.add_node("text_encode", {"text": PROMPT}).id
+    ids["neg"] = wf.add_node("text_encode", {"text": NEGATIVE}).id
+    for n in (ids["pos"], ids["neg"]):
+        wf.connect(ids["ckpt"], "clip", n, "clip")
+    if guidance is not None:
+        g = wf.add_node("flux_guidance", {"guidance": guidance}).id
+        wf.connect(ids["pos"], "conditioning", g, "conditioning")
+        ids["pos"] = g
+    return ids
+
+
+def _sampler_node(wf, ids, family, latent_from, kind="sampler", **params):
+    _, cfg, _ = DIT_SETUPS[family]
+    base = {"seed": SEED, "steps": STEPS, "cfg": cfg, "sampler": "euler", "scheduler": "normal"}
+    if kind == "sampler":
+        base["denoise"] = 1.0
+    node = wf.add_node(kind, base | params).id
+    wf.connect(ids["ckpt"], "model", node, "model")
+    wf.connect(ids["pos"], "conditioning", node, "positive")
+    wf.connect(ids["neg"], "conditioning", node, "negative")
+    wf.connect(*latent_from, node, "latent")
+    return node
+
+
+def _decode(wf, ids, latent_node) -> str:
+    dec = wf.add_node("vae_decode").id
+    wf.connect(latent_node, "latent", dec, "latent")
+    wf.connect(ids["ckpt"], "vae", dec, "vae")
+    return dec
+
+
+def _outputs(engine, wf, targets: list[str]) -> dict:
+    result = engine.run(wf, targets=targets)
+    assert result.ok, result.errors
+    return result.outputs
+
+
+@pytest.mark.parametrize(
+    ("family", "sampler", "split"),
+    [("sd3", "euler", 1), ("sd3", "heun", 1), ("flux", "euler", 2), ("flux", "heun", 1)],
+)
+def test_two_advanced_passes_with_leftover_noise_equal_one_sampler_run(
+    engine, family, sampler, split
+):
+    """Steps 0..k keeping the leftover noise, then k..end adding none: the picture of one
+    Sampler run of all steps (as with KSamplerAdvanced in ComfyUI)."""
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    one = _sampler_node(wf, ids, family, (lat, "latent"), sampler=sampler)
+    first = _sampler_node(
+        wf, ids, family, (lat, "latent"), kind="sampler_advanced", sampler=sampler,
+        end_at_step=split, return_with_leftover_noise=True,
+    )  # fmt: skip
+    second = _sampler_node(
+        wf, ids, family, (first, "latent"), kind="sampler_advanced", sampler=sampler,
+        start_at_step=split, add_noise=False, seed=99,
+    )  # fmt: skip
+    d_one, d_two = _decode(wf, ids, one), _decode(wf, ids, second)
+    out = _outputs(engine, wf, [d_one, d_two, first])
+    got, want = out[d_two]["image"].numpy(), out[d_one]["image"].numpy()
+    _close(got, want)
+    assert want.std() > 0.01
+    one_latent = out[one]["latent"]["samples"]
+    assert (out[first]["latent"]["samples"] - one_latent).abs().max() > 0.1  # not the first pass
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_stopping_early_without_leftover_noise_gives_the_clean_prediction(engine, family):
+    """end_at_step without leftover noise: ComfyUI's last step to noise level 0. For euler:
+    x0 = x1 - sigma1 * v, with v read off the step x1 -> x2 the leftover run takes."""
+    from nodes import dit
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    adv = "sampler_advanced"
+    x1 = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=1,
+                       return_with_leftover_noise=True)  # fmt: skip
+    x2 = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2,
+                       return_with_leftover_noise=True)  # fmt: skip
+    clean = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2)
+    dpm = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2,
+                        sampler="dpmpp_2m")  # fmt: skip
+    out = _outputs(engine, wf, [x1, x2, clean, dpm])
+    a, b, c = (out[n]["latent"]["samples"] for n in (x1, x2, clean))
+    cfg = dict(engine_model_config(engine, family))
+    sched, euler = dit.make_flow_scheduler(cfg, "euler", "normal")
+    mu = dit.calculate_shift(16, cfg) if cfg.get("use_dynamic_shifting") else None
+    dit._set_timesteps(sched, euler, "euler", "normal", STEPS, mu, family, torch.device("cpu"))
+    s1, s2 = float(sched.sigmas[1]), float(sched.sigmas[2])
+    v = (b - a) / (s2 - s1)
+    assert torch.allclose(c, a - s1 * v, atol=1e-4, rtol=1e-4)
+    # (the tiny transformers move the latent little: differences are small but far above
+    # the tolerance above)
+    assert (c - b).abs().max() > 5e-3
+    # dpmpp_2m stops early too (the UNet schedulers cannot: no clean prediction there)
+    assert (out[dpm]["latent"]["samples"] - b).abs().max() > 5e-3
+
+
+def engine_model_config(engine, family: str) -> dict:
+    ckpt = DIT_SETUPS[family][0]
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+    out = _outputs(engine, wf, [c])
+    return out[c]["model"].scheduler_config
