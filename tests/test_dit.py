@@ -499,3 +499,91 @@ def engine_model_config(engine, family: str) -> dict:
     c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
     out = _outputs(engine, wf, [c])
     return out[c]["model"].scheduler_config
+
+
+@pytest.fixture(scope="module")
+def photo_and_mask(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "photo.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :32] = 255  # repaint the left half
+    Image.fromarray(mask).save(root / "mask.png")
+    return root / "photo.png", root / "mask.png"
+
+
+def _inpaint_pipe_image(parts, family: str, photo, mask, denoise: float) -> np.ndarray:
+    """The inpaint pipeline's picture (StableDiffusion3InpaintPipeline decodes without the
+    VAE's shift factor, unlike every other SD3 pipeline: its latent is decoded here as
+    StableDiffusion3Pipeline decodes)."""
+    from PIL import Image
+
+    _, cfg, guidance = DIT_SETUPS[family]
+    cls = (
+        diffusers.StableDiffusion3InpaintPipeline
+        if family == "sd3"
+        else diffusers.FluxInpaintPipeline
+    )
+    pipe = cls(**parts[family])
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": cfg} if family == "sd3" else {}
+    if guidance is not None:
+        kw["guidance_scale"] = guidance
+    out = pipe(
+        PROMPT, image=Image.open(photo).convert("RGB"), mask_image=Image.open(mask).convert("L"),
+        height=64, width=64, strength=denoise, num_inference_steps=STEPS,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="latent" if family == "sd3" else "np", **kw,
+    ).images  # fmt: skip
+    if family == "flux":
+        return out
+    vae = pipe.vae
+    with torch.no_grad():
+        pixels = vae.decode(out / vae.config.scaling_factor + vae.config.shift_factor)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="np")
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_inpainting_equals_the_inpaint_pipeline_and_keeps_the_unmasked_latent(
+    engine, parts, photo_and_mask, family, denoise
+):
+    """VAE Encode + Set Latent Noise Mask + Sampler equal StableDiffusion3InpaintPipeline /
+    FluxInpaintPipeline (same seed, strength = denoise); outside the mask the latent is the
+    encoded image's (the VAE's sample the pipelines draw), and Composite Masked puts back the
+    original pixels there."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    photo, mask = photo_and_mask
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    add, c = wf.add_node, wf.connect
+    img = add("load_image", {"image": str(photo)}).id
+    mask_img = add("load_image", {"image": str(mask)}).id
+    m = add("mask_from_image", {"channel": "red"}).id
+    enc, noise_mask = add("vae_encode").id, add("set_latent_noise_mask").id
+    c(mask_img, "image", m, "image")
+    c(img, "image", enc, "image")
+    c(ids["ckpt"], "vae", enc, "vae")
+    c(enc, "latent", noise_mask, "latent")
+    c(m, "mask", noise_mask, "mask")
+    s = _sampler_node(wf, ids, family, (noise_mask, "latent"), denoise=denoise)
+    dec = _decode(wf, ids, s)
+    comp = add("composite_masked").id
+    c(img, "image", comp, "original")
+    c(dec, "image", comp, "changed")
+    c(m, "mask", comp, "mask")
+    out = _outputs(engine, wf, [comp, enc, img])
+    got = out[dec]["image"].numpy()
+    want = _inpaint_pipe_image(parts, family, photo, mask, denoise)
+    _close(got, want)
+    # outside the mask (the right half: latent columns 4..7), the encoded image as drawn
+    encoded = out[enc]["latent"]
+    drawn = encoded["samples"] + encoded["posterior_std"] * randn_tensor(
+        tuple(encoded["samples"].shape), generator=torch.Generator("cpu").manual_seed(SEED)
+    )
+    after = out[s]["latent"]["samples"]
+    assert torch.allclose(after[..., 4:], drawn[..., 4:], atol=1e-5)
+    assert (after[..., :4] - drawn[..., :4]).abs().max() > 0.05  # the left half repainted
+    assert torch.equal(out[comp]["image"][:, :, 32:], out[img]["image"][:, :, 32:])
