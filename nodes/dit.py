@@ -1256,7 +1256,7 @@ def _refuse_controlnets(pos: Cond, neg: Cond, family: str) -> None:
         net = entries[0].net
         raise NodeError(
             f"Apply ControlNet: ControlNet {net.name!r} is for "
-            f"{controlnet_family_title(net)} (a UNet), but the model is "
+            f"{controlnet_family_title(net)}, but the model is "
             f"{FAMILY_TITLES[family]}; Studio does not run ControlNets with diffusion "
             "transformers yet: remove the Apply ControlNet node"
         )
@@ -1266,7 +1266,8 @@ def controlnet_family_title(net: Any) -> str:
     from nodes.controlnet import _FAMILY_WIDTH
 
     width = net.cross_attention_dim
-    return _FAMILY_WIDTH.get(width, "Stable Diffusion") if width else "Stable Diffusion"
+    family = _FAMILY_WIDTH.get(width) if width else None
+    return f"a {family} UNet" if family else "a Stable Diffusion UNet"
 
 
 def _layerwise(net: Any) -> bool:

@@ -587,3 +587,41 @@ def test_inpainting_equals_the_inpaint_pipeline_and_keeps_the_unmasked_latent(
     assert torch.allclose(after[..., 4:], drawn[..., 4:], atol=1e-5)
     assert (after[..., :4] - drawn[..., :4]).abs().max() > 0.05  # the left half repainted
     assert torch.equal(out[comp]["image"][:, :, 32:], out[img]["image"][:, :, 32:])
+
+
+def test_a_unet_controlnet_on_a_dit_prompt_is_an_error_naming_both_families(
+    engine, root, photo_and_mask
+):
+    import diffusion_fixtures as sdfx
+
+    cn = diffusers.ControlNetModel.from_unet(
+        sdfx.tiny_sd1()["unet"], conditioning_embedding_out_channels=(4, 8, 8, 8)
+    )
+    cn.save_pretrained(root / "controlnet" / "sd1-edges")
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd1-edges"}).id
+    img = wf.add_node("load_image", {"image": str(photo_and_mask[0])}).id
+    apply = wf.add_node("apply_controlnet", {"strength": 1.0}).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = apply, apply
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = wf.add_node(
+        "sampler", {"seed": SEED, "steps": STEPS, "cfg": 5.0, "sampler": "euler",
+                    "scheduler": "normal", "denoise": 1.0},
+    ).id  # fmt: skip
+    wf.connect(ids["ckpt"], "model", s, "model")
+    wf.connect(apply, "positive", s, "positive")
+    wf.connect(apply, "negative", s, "negative")
+    wf.connect(lat, "latent", s, "latent")
+    result = engine.run(wf, targets=[s])
+    msg = result.errors[s]
+    assert "Apply ControlNet" in msg and "sd1-edges" in msg
+    assert "UNet" in msg and "Stable Diffusion 3.x" in msg
+    assert "Traceback" not in msg
