@@ -1098,7 +1098,6 @@ def sample(
     flux = family == "flux"
     pos = _one_prompt(positive, "positive", family)
     neg = _one_prompt(negative, "negative", family)
-    _refuse_controlnets(pos, neg, family)
     net = get_module(ctx, model.source, "transformer")
     lora.activate(ctx, net, "transformer", model.patches, family)
     tcfg = net.config
@@ -1136,6 +1135,17 @@ def sample(
         net, pos, neg, guided, batch, h, w, device, dtype
     )
     total = len(timesteps) + int(plan.finish is not None)
+    controls = _controls(
+        ctx, pos, neg, family, guided, batch, (h * model.vae_downscale, w * model.vae_downscale),
+        inputs, device, dtype,
+    )  # fmt: skip
+
+    def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        if controls is None:
+            return call(net, x, t, inputs, cfg, guided)
+        model_in = torch.cat([x] * 2) if guided else x
+        blocks = controls.residuals(model_in, t, i, total)
+        return call(net, x, t, {**inputs, "block_controlnet_hidden_states": blocks}, cfg, guided)
 
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
@@ -1145,7 +1155,7 @@ def sample(
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
-                pred = call(net, x, t, inputs, cfg, guided)
+                pred = predict(x, t, i)
                 x = sched.step(pred, t, x, return_dict=False)[0]
                 if m is not None:
                     x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
@@ -1157,7 +1167,7 @@ def sample(
                 ctx.check_interrupt()
                 t = sched.timesteps[plan.finish]
                 sigma = sched.sigmas.to(device=x.device, dtype=x.dtype)[plan.finish]
-                x = x - sigma * call(net, x, t, inputs, cfg, guided)
+                x = x - sigma * predict(x, t, len(timesteps))
                 if m is not None:
                     x = (1 - m) * x_init + m * x
                 shown = unpack(x, h, w) if flux else x
@@ -1246,28 +1256,134 @@ def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
     return sigma * noise + (1.0 - sigma) * init
 
 
-def _refuse_controlnets(pos: Cond, neg: Cond, family: str) -> None:
-    """Apply ControlNet's entries on a DiT prompt: a ControlNet made for a UNet cannot steer a
-    diffusion transformer (and Studio runs no DiT ControlNets yet)."""
+def _controls(
+    ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
+    size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
+) -> _Sd3Controls | None:  # fmt: skip
+    """Apply ControlNet's entries on the prompts: SD3 ControlNets for an SD3 model, prepared
+    as StableDiffusion3ControlNetPipeline does; any other pairing is a clear error."""
     from nodes.controlnet import controls_of
 
-    entries = (*controls_of(pos), *controls_of(neg))
-    if entries:
-        net = entries[0].net
+    pos_entries, neg_entries = controls_of(pos), controls_of(neg)
+    if pos_entries and not neg_entries:
+        neg_entries = pos_entries  # as the UNet path: the negative takes the positive's
+    ordered: list[Any] = []
+    for e in (*neg_entries, *pos_entries):
+        if not any(e is o for o in ordered):
+            ordered.append(e)
+    if not ordered:
+        return None
+    for e in ordered:
+        if e.net.family != family:
+            advice = (
+                "choose a ControlNet made for this model's family"
+                if family == "sd3"
+                else "Studio does not run ControlNets with Flux yet: remove the Apply ControlNet"
+            )
+            raise NodeError(
+                f"Apply ControlNet: ControlNet {e.net.name!r} is for {e.net.family_title()}, "
+                f"but the model is {FAMILY_TITLES[family]}: {advice}"
+            )
+        if e.vae is None:
+            raise NodeError(
+                f"ControlNet {e.net.name!r} is an SD3 ControlNet and needs the model's VAE: "
+                "use Apply ControlNet with its vae input connected"
+            )
+    return _Sd3Controls(
+        ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype
+    )
+
+
+class _Sd3Controls:
+    """The SD3 ControlNets of a run: each control image encoded once by the VAE (its mean:
+    the pipeline draws a sample from torch's global generator), then per step the summed
+    block residuals the transformer adds."""
+
+    def __init__(
+        self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
+        guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
+        device: torch.device, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        from nodes.controlnet import get_module as controlnet_module
+
+        self.items: list[tuple[Any, Any, torch.Tensor, torch.Tensor | None, dict]] = []
+        for e in entries:
+            module = controlnet_module(ctx, e.net)
+            cfg = module.config
+            if cfg.get("extra_conditioning_channels", 0):
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} takes {cfg.extra_conditioning_channels} extra "
+                    "conditioning channels (an inpainting ControlNet); Studio runs SD3 "
+                    "ControlNets without them only, for now"
+                )
+            latent = _control_latent(
+                ctx, e, batch, size, bool(cfg.force_zeros_for_pooled_projection)
+            )
+            latent = latent.to(device=device, dtype=dtype)
+            gate = None
+            if guided:
+                latent = torch.cat([latent] * 2)
+                on_neg = any(e is n for n in neg_entries)
+                on_pos = any(e is p for p in pos_entries)
+                if not (on_neg and on_pos):
+                    half = [float(on_neg)] * batch + [float(on_pos)] * batch
+                    gate = torch.tensor(half, device=device, dtype=dtype).view(-1, 1, 1)
+            pooled = inputs["pooled_projections"]
+            kwargs = {
+                "pooled_projections": (
+                    torch.zeros_like(pooled) if cfg.force_zeros_for_pooled_projection else pooled
+                ),
+                "encoder_hidden_states": (
+                    inputs["encoder_hidden_states"] if cfg.joint_attention_dim is not None else None
+                ),
+            }
+            self.items.append((e, module, latent, gate, kwargs))
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> Any:
+        out = None
+        for e, module, latent, gate, kwargs in self.items:
+            # the pipeline's guidance window: active while start <= i/n and (i+1)/n <= end
+            keep = 1.0 - float(step / total < e.start or (step + 1) / total > e.end)
+            blocks = module(
+                hidden_states=x, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
+                conditioning_scale=e.strength * keep, return_dict=False, **kwargs,
+            )[0]  # fmt: skip
+            if gate is not None:
+                blocks = tuple(b * gate for b in blocks)
+            out = list(blocks) if out is None else [a + b for a, b in zip(out, blocks, strict=True)]
+        return out
+
+
+def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shift: bool):
+    """The control image as the pipeline prepares it (resized to the output size, -1..1),
+    encoded by the VAE and scaled (InstantX's SD3 ControlNets: without the shift)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    from nodes.controlnet import _to_pil
+    from nodes.sdload import get_module, with_oom_advice
+
+    vae = get_module(ctx, e.vae.source, e.vae.component)
+    height, width = size
+    frames = [
+        _to_pil((f.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for f in e.image
+    ]
+    image = VaeImageProcessor(vae_scale_factor=8).preprocess(frames, height=height, width=width)
+    if image.shape[0] == 1:
+        image = image.repeat_interleave(batch, dim=0)
+    elif image.shape[0] != batch:
         raise NodeError(
-            f"Apply ControlNet: ControlNet {net.name!r} is for "
-            f"{controlnet_family_title(net)}, but the model is "
-            f"{FAMILY_TITLES[family]}; Studio does not run ControlNets with diffusion "
-            "transformers yet: remove the Apply ControlNet node"
+            f"the control image batch ({image.shape[0]}) differs from the latent batch ({batch})"
         )
+    image = image.to(device=vae.device, dtype=vae.dtype)
 
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(image).latent_dist.mean
 
-def controlnet_family_title(net: Any) -> str:
-    from nodes.controlnet import _FAMILY_WIDTH
-
-    width = net.cross_attention_dim
-    family = _FAMILY_WIDTH.get(width) if width else None
-    return f"a {family} UNet" if family else "a Stable Diffusion UNet"
+    mean = with_oom_advice(encode, "encoding the control image")
+    shift = 0.0 if no_shift else e.vae.shift_factor
+    return (mean - shift) * e.vae.scaling_factor
 
 
 def _layerwise(net: Any) -> bool:

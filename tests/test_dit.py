@@ -411,8 +411,9 @@ def _sampler_node(wf, ids, family, latent_from, kind="sampler", **params):
         base["denoise"] = 1.0
     node = wf.add_node(kind, base | params).id
     wf.connect(ids["ckpt"], "model", node, "model")
-    wf.connect(ids["pos"], "conditioning", node, "positive")
-    wf.connect(ids["neg"], "conditioning", node, "negative")
+    for side in ("pos", "neg"):  # a node id (its conditioning output) or (node, output)
+        src = ids[side] if isinstance(ids[side], tuple) else (ids[side], "conditioning")
+        wf.connect(*src, node, "positive" if side == "pos" else "negative")
     wf.connect(*latent_from, node, "latent")
     return node
 
@@ -625,3 +626,120 @@ def test_a_unet_controlnet_on_a_dit_prompt_is_an_error_naming_both_families(
     assert "Apply ControlNet" in msg and "sd1-edges" in msg
     assert "UNet" in msg and "Stable Diffusion 3.x" in msg
     assert "Traceback" not in msg
+
+
+def tiny_sd3_controlnet(transformer):
+    """An SD3 ControlNet (the diffusers layout InstantX's use) built from the tiny
+    transformer, with non-zero output and input layers so it acts."""
+    torch.manual_seed(4)
+    cn = diffusers.SD3ControlNetModel.from_transformer(
+        transformer, num_layers=1, num_extra_conditioning_channels=0
+    )
+    with torch.no_grad():
+        for p in (*cn.controlnet_blocks.parameters(), *cn.pos_embed_input.parameters()):
+            p.normal_(0, 0.3)
+    return cn.eval()
+
+
+def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
+    engine, parts, root, photo_and_mask, monkeypatch
+):
+    """A single-file SD3 ControlNet, told apart by its keys, through Apply ControlNet (with
+    the VAE) equals StableDiffusion3ControlNetPipeline; the pipeline encodes the control image
+    with a sample from torch's global generator, Studio with the VAE's mean: the pipeline
+    runs here with the mean too."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
+    (root / "controlnet").mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "sd3-canny.safetensors"),
+    )
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[16:48, 8:28] = 255
+    Image.fromarray(arr).save(root / "edges.png")
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd3-canny.safetensors"}).id
+    img = wf.add_node("load_image", {"image": str(root / "edges.png")}).id
+    apply = wf.add_node("apply_controlnet", {"strength": 0.8, "end_percent": 0.7}).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        (ids["ckpt"], "vae", apply, "vae"),
+    ]:
+        wf.connect(a, b, c, d)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    controlled = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=5.0,
+        control_image=Image.open(root / "edges.png").convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine, parts, root):
+    """An SD3 ControlNet folder loads as SD3; on a UNet model, or without a VAE, the error
+    names the ControlNet and both families."""
+    import diffusion_fixtures as sdfx
+
+    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+        root / "controlnet" / "sd3-depth"
+    )
+    sdfx.save_folder(sdfx.sd1_pipeline(sdfx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
+    wf = Workflow(installed_registry())
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd3-depth"}).id
+    assert _outputs(engine, wf, [load])[load]["control_net"].family == "sd3"
+
+    arr = np.zeros((64, 64, 3), np.uint8)
+    from PIL import Image
+
+    Image.fromarray(arr).save(root / "black.png")
+    for ckpt, with_vae, words in [
+        ("tiny-sd1", True, ["sd3-depth", "Stable Diffusion 3.x", "UNet"]),
+        ("tiny-sd3", False, ["sd3-depth", "VAE"]),
+    ]:
+        wf = Workflow(installed_registry())
+        c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+        t = wf.add_node("text_encode", {"text": PROMPT}).id
+        wf.connect(c, "clip", t, "clip")
+        load = wf.add_node("load_controlnet", {"control_net_name": "sd3-depth"}).id
+        img = wf.add_node("load_image", {"image": str(root / "black.png")}).id
+        apply = wf.add_node("apply_controlnet", {}).id
+        wf.connect(t, "conditioning", apply, "positive")
+        wf.connect(t, "conditioning", apply, "negative")
+        wf.connect(load, "control_net", apply, "control_net")
+        wf.connect(img, "image", apply, "image")
+        if with_vae:
+            wf.connect(c, "vae", apply, "vae")
+        lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+        s = wf.add_node("sampler", {"seed": 1, "steps": 2, "cfg": 2.0, "denoise": 1.0}).id
+        wf.connect(c, "model", s, "model")
+        wf.connect(apply, "positive", s, "positive")
+        wf.connect(apply, "negative", s, "negative")
+        wf.connect(lat, "latent", s, "latent")
+        result = engine.run(wf, targets=[s])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
