@@ -5,6 +5,8 @@ Apply ControlNet adds a :class:`ControlEntry` to the positive and negative
 conditioning (in ``Cond.extra["controls"]``); several applications stack. With the
 same entry on both, a graph equals ``StableDiffusionControlNetPipeline`` number for
 number (same control image preparation, conditioning scale and guidance window).
+SD3 ControlNets (``SD3ControlNetModel``) load here too; their entries carry the VAE that
+encodes the control image, and ``nodes.dit`` runs them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Reading their files (diffusers folders of StableDiffusion3Pipeline / FluxPipeline, SD3.5
 all-in-one checkpoints, transformer-only files in both key layouts in circulation, separate
 CLIP-L / CLIP-G / T5-XXL files, 16-channel VAEs, fp8 and GGUF weights), encoding prompts the
-way the two pipelines do, and the flow-matching denoising loop behind the Sampler for them.
+way the two pipelines do, and the flow-matching denoising loop behind the Sampler and
+Sampler (Advanced) for them: txt2img, img2img and inpainting as the (inpaint) pipelines do,
+steps windows as ComfyUI's KSamplerAdvanced, and SD3 ControlNets as
+StableDiffusion3ControlNetPipeline.
 
 The values are the UNet family's own (MODEL, CLIP, VAE, CONDITIONING, LATENT handles of
 ``nodes.values``) with family ``sd3`` or ``flux``: the generic nodes (Text Encode, Sampler,
