@@ -743,3 +743,31 @@ def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine,
         msg = " ".join(result.errors.values())
         assert all(w in msg for w in words), msg
         assert "Traceback" not in msg
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_img2img_equals_the_img2img_pipeline(engine, parts, photo_and_mask, family):
+    """VAE Encode + Sampler at denoise 0.6 equal StableDiffusion3Img2ImgPipeline /
+    FluxImg2ImgPipeline at strength 0.6: the VAE's sample drawn first, then the noise, and
+    the steps kept as these pipelines round them (3 steps at 0.6: the last 2)."""
+    from PIL import Image
+
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    img = wf.add_node("load_image", {"image": str(photo)}).id
+    enc = wf.add_node("vae_encode").id
+    wf.connect(img, "image", enc, "image")
+    wf.connect(ids["ckpt"], "vae", enc, "vae")
+    s = _sampler_node(wf, ids, family, (enc, "latent"), denoise=0.6)
+    dec = _decode(wf, ids, s)
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    _, cfg, guidance = DIT_SETUPS[family]
+    if family == "sd3":
+        pipe = diffusers.StableDiffusion3Img2ImgPipeline(**parts["sd3"])
+        kw = {"negative_prompt": NEGATIVE, "guidance_scale": cfg}
+    else:
+        pipe = diffusers.FluxImg2ImgPipeline(**parts["flux"])
+        kw = {"guidance_scale": guidance}
+    want = _pipe_image(pipe, "euler", image=Image.open(photo).convert("RGB"), strength=0.6, **kw)
+    _close(got, want)
