@@ -771,3 +771,27 @@ def test_img2img_equals_the_img2img_pipeline(engine, parts, photo_and_mask, fami
         kw = {"guidance_scale": guidance}
     want = _pipe_image(pipe, "euler", image=Image.open(photo).convert("RGB"), strength=0.6, **kw)
     _close(got, want)
+
+
+def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "sd3.5_medium.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["1", 1]}},
+        "3": {"class_type": "ControlNetLoader",
+              "inputs": {"control_net_name": "sd3_canny.safetensors"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+        "5": {"class_type": "ControlNetApplyAdvanced",
+              "inputs": {"positive": ["2", 0], "negative": ["2", 0], "control_net": ["3", 0],
+                         "image": ["4", 0], "vae": ["1", 2], "strength": 0.7,
+                         "start_percent": 0.0, "end_percent": 1.0}},
+    }  # fmt: skip
+    result = import_comfyui(prompt, installed_registry(), source="sd3-cn.json")
+    wf = result.workflow
+    apply = next(n for n in wf.nodes if n.type == "apply_controlnet")
+    ckpt = next(n for n in wf.nodes if n.type == "load_checkpoint")
+    links = {lk.input: (lk.source, lk.output) for lk in wf.links_into(apply.id)}
+    assert links["vae"] == (ckpt.id, "vae")
+    assert not any("vae" in line for line in result.report)
