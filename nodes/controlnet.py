@@ -5,11 +5,14 @@ Apply ControlNet adds a :class:`ControlEntry` to the positive and negative
 conditioning (in ``Cond.extra["controls"]``); several applications stack. With the
 same entry on both, a graph equals ``StableDiffusionControlNetPipeline`` number for
 number (same control image preparation, conditioning scale and guidance window).
+SD3 ControlNets (``SD3ControlNetModel``) load here too; their entries carry the VAE that
+encodes the control image, and ``nodes.dit`` runs them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from studio.graph.spec import InputSpec, OutputSpec, node
 from studio.graph.types import ValueType as T
 
 CONTROLS = "controls"
+SD3_CLASS = "SD3ControlNetModel"
 _FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
 
@@ -37,6 +41,19 @@ class ControlNetHandle:
         dim = self.config.get("cross_attention_dim")
         return int(dim) if isinstance(dim, int) else None
 
+    @property
+    def family(self) -> str | None:
+        """``sd3`` for an SD3 ControlNet (a transformer); None for a UNet ControlNet."""
+        return "sd3" if self.config.get("_class_name") == SD3_CLASS else None
+
+    def family_title(self) -> str:
+        """Which models it is for, in words."""
+        if self.family == "sd3":
+            return "Stable Diffusion 3.x"
+        width = self.cross_attention_dim
+        family = _FAMILY_WIDTH.get(width) if width else None
+        return f"a {family} UNet" if family else "a Stable Diffusion UNet"
+
     def __hash__(self) -> int:
         return hash((self.path, self.identity))
 
@@ -53,6 +70,7 @@ class ControlEntry:
     strength: float
     start: float
     end: float
+    vae: Any = None  # SD3 ControlNets take the control image as a latent of this VAE
 
     def __studio_nbytes__(self) -> int:
         return int(self.image.element_size() * self.image.nelement()) + 256
@@ -86,6 +104,10 @@ def _single_file_config(path: Path) -> dict[str, Any]:
         raise NodeError(f"{path.name}: cannot read the file ({exc})") from None
     if not any(k.startswith(("control_model.", "controlnet_")) or "zero_convs" in k for k in keys):
         raise NodeError(f"{path.name}: not a ControlNet (no ControlNet layers inside)")
+    if "pos_embed_input.proj.weight" in keys:
+        return _sd3_config(path, keys)
+    if any(k.startswith(("controlnet_x_embedder", "controlnet_single_blocks")) for k in keys):
+        raise NodeError(f"{path.name}: a Flux ControlNet; Studio does not run Flux ControlNets yet")
     family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(width or 0))
     if family is None:
         raise NodeError(
@@ -137,7 +159,10 @@ def controlnet_config_from_unet(unet: dict[str, Any]) -> dict[str, Any]:
     "load_controlnet",
     title="Load ControlNet",
     category="loaders",
-    description="Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1 and SDXL).",
+    description=(
+        "Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1, SDXL and "
+        "SD3 in the diffusers layout)."
+    ),
     inputs=[
         InputSpec(
             "control_net_name",
@@ -158,8 +183,13 @@ def load_controlnet(ctx, control_net_name: str) -> ControlNetHandle:
             config = json.loads(cfg_path.read_text("utf-8"))
         except ValueError as exc:
             raise NodeError(f"{cfg_path}: not valid JSON ({exc})") from None
-        if config.get("_class_name") not in (None, "ControlNetModel"):
-            raise NodeError(f"{control_net_name}: not a ControlNet ({config.get('_class_name')})")
+        kind = config.get("_class_name")
+        if kind in ("FluxControlNetModel", "FluxMultiControlNetModel"):
+            raise NodeError(
+                f"{control_net_name}: a Flux ControlNet; Studio does not run Flux ControlNets yet"
+            )
+        if kind not in (None, "ControlNetModel", SD3_CLASS):
+            raise NodeError(f"{control_net_name}: not a ControlNet ({kind})")
         handle = ControlNetHandle(
             control_net_name, str(path), ctx.files.identity(path), config, False
         )
@@ -179,10 +209,12 @@ def get_module(ctx: Any, handle: ControlNetHandle) -> Any:
     def load() -> Any:
         from nodes.fastimport import diffusers_class
 
-        ControlNetModel = diffusers_class("ControlNetModel")
+        ControlNetModel = diffusers_class(handle.config.get("_class_name") or "ControlNetModel")
 
         try:
-            if not handle.single_file:
+            if handle.family == "sd3" and handle.single_file:
+                model = _load_sd3_single_file(handle, dtype)
+            elif not handle.single_file:
                 model = ControlNetModel.from_pretrained(
                     handle.path, torch_dtype=dtype, local_files_only=True
                 )
@@ -210,6 +242,66 @@ def _load_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
         return ControlNetModel.from_single_file(
             handle.path, config=tmp, torch_dtype=dtype, local_files_only=True
         )
+
+
+def _sd3_config(path: Path, keys: list[str]) -> dict[str, Any]:
+    """SD3ControlNetModel's config read off a diffusers-layout file's tensor shapes."""
+    from safetensors import safe_open
+
+    if any(k.startswith("transformer_blocks.0.adaLN_modulation") for k in keys):
+        raise NodeError(
+            f"{path.name}: an SD3.5 ControlNet in Stability's own layout; Studio reads SD3 "
+            "ControlNets in the diffusers layout (SD3ControlNetModel) only, for now"
+        )
+    with safe_open(str(path), "pt") as f:
+
+        def shape(key: str) -> tuple[int, ...] | None:
+            return tuple(f.get_slice(key).get_shape()) if key in keys else None
+
+        hidden, cond_ch, patch, _ = shape("pos_embed_input.proj.weight")
+        head = (shape("transformer_blocks.0.attn.norm_q.weight") or (64,))[0]
+        in_ch = (shape("pos_embed.proj.weight") or (0, cond_ch))[1]
+        pos = shape("pos_embed.pos_embed")
+        context = shape("context_embedder.weight")
+        pooled = shape("time_text_embed.text_embedder.linear_1.weight")
+    layers = {int(k.split(".")[1]) for k in keys if k.startswith("transformer_blocks.")}
+    n = max(layers) + 1 if layers else 0
+    return {
+        "_class_name": SD3_CLASS,
+        "sample_size": 128,
+        "patch_size": patch,
+        "in_channels": in_ch,
+        "num_layers": n,
+        "attention_head_dim": head,
+        "num_attention_heads": hidden // head,
+        "joint_attention_dim": context[1] if context else None,
+        "caption_projection_dim": hidden,
+        "pooled_projection_dim": pooled[1] if pooled else 2048,
+        "out_channels": in_ch,
+        "pos_embed_max_size": round(math.sqrt(pos[1])) if pos else 96,
+        "extra_conditioning_channels": cond_ch - in_ch,
+        "dual_attention_layers": sorted(
+            i for i in range(n) if f"transformer_blocks.{i}.attn2.to_q.weight" in keys
+        ),
+        "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in keys else None,
+        "use_pos_embed": "pos_embed.proj.weight" in keys,
+        "force_zeros_for_pooled_projection": True,
+    }
+
+
+def _load_sd3_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    from nodes.fastimport import diffusers_class
+    from nodes.sdload import _assign
+
+    cls = diffusers_class(SD3_CLASS)
+    with init_empty_weights():
+        model = cls.from_config({k: v for k, v in handle.config.items() if k != "_class_name"})
+    state = {k: v.to(dtype) for k, v in load_file(handle.path).items()}
+    _assign(model, state, f"ControlNet {handle.name!r}")
+    return model
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -255,6 +347,15 @@ def _load_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
             step=0.01,
             tooltip="Fraction of the steps after which it stops acting.",
         ),
+        InputSpec(
+            "vae",
+            T.VAE,
+            optional=True,
+            tooltip=(
+                "The model's VAE: SD3 ControlNets need it (they see the control image as a "
+                "latent); UNet ControlNets do not."
+            ),
+        ),
     ],
     outputs=[OutputSpec("positive", T.CONDITIONING), OutputSpec("negative", T.CONDITIONING)],
 )
@@ -267,11 +368,17 @@ def apply_controlnet(
     strength: float,
     start_percent: float,
     end_percent: float,
+    vae: Any = None,
 ):
     if end_percent < start_percent:
         raise NodeError(f"end_percent ({end_percent}) is before start_percent ({start_percent})")
+    if control_net.family == "sd3" and vae is None:
+        raise NodeError(
+            f"ControlNet {control_net.name!r} is an SD3 ControlNet: it sees the control image "
+            "as a latent, so connect the model's VAE to the vae input"
+        )
     entry = ControlEntry(
-        control_net, image, float(strength), float(start_percent), float(end_percent)
+        control_net, image, float(strength), float(start_percent), float(end_percent), vae
     )
     return add_control(positive, entry), add_control(negative, entry)
 
@@ -320,6 +427,13 @@ class ControlPlan:
         self.items: list[tuple[ControlEntry, Any, Any, Any]] = []
         unet_width = unet.config.cross_attention_dim
         for e in ordered:
+            if e.net.family is not None:
+                ours = _FAMILY_WIDTH.get(unet.config.cross_attention_dim, "Stable Diffusion")
+                raise NodeError(
+                    f"Apply ControlNet: ControlNet {e.net.name!r} is for "
+                    f"{e.net.family_title()}, but the model is {ours} (a UNet): choose a "
+                    "ControlNet made for this model's family"
+                )
             cn_width = e.net.cross_attention_dim
             if cn_width is not None and unet_width is not None and cn_width != unet_width:
                 theirs = _FAMILY_WIDTH.get(cn_width, f"a model with {cn_width}-wide text")

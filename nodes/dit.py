@@ -3,7 +3,10 @@
 Reading their files (diffusers folders of StableDiffusion3Pipeline / FluxPipeline, SD3.5
 all-in-one checkpoints, transformer-only files in both key layouts in circulation, separate
 CLIP-L / CLIP-G / T5-XXL files, 16-channel VAEs, fp8 and GGUF weights), encoding prompts the
-way the two pipelines do, and the flow-matching denoising loop behind the Sampler for them.
+way the two pipelines do, and the flow-matching denoising loop behind the Sampler and
+Sampler (Advanced) for them: txt2img, img2img and inpainting as the (inpaint) pipelines do,
+steps windows as ComfyUI's KSamplerAdvanced, and SD3 ControlNets as
+StableDiffusion3ControlNetPipeline.
 
 The values are the UNet family's own (MODEL, CLIP, VAE, CONDITIONING, LATENT handles of
 ``nodes.values``) with family ``sd3`` or ``flux``: the generic nodes (Text Encode, Sampler,
@@ -1084,20 +1087,16 @@ def sample(
     window: Any = None,
 ) -> dict[str, Any]:
     """The Sampler for SD3 / Flux: StableDiffusion3Pipeline's / FluxPipeline's loop, step
-    for step (same noise from one CPU generator, same timesteps, same guidance)."""
-    from diffusers.utils.torch_utils import randn_tensor
+    for step (same noise from one CPU generator, same timesteps, same guidance).
 
+    A latent with a ``noise_mask``: the inpaint pipelines' way (StableDiffusion3Inpaint /
+    FluxInpaint with a plain transformer): after each step, outside the mask the input latent
+    is put back, noised to the next step's level. ``window``: Sampler (Advanced)'s steps
+    start..end, its add_noise and leftover noise (ComfyUI's KSamplerAdvanced)."""
     from nodes import lora
     from nodes.denoise import preview_image
     from nodes.sdload import get_module, with_oom_advice
 
-    if window is not None:
-        raise NodeError(
-            f"Sampler (Advanced) does not run {FAMILY_TITLES[model.family]} models yet: use "
-            "the Sampler"
-        )
-    if latent.get("noise_mask") is not None:
-        raise NodeError(f"inpainting with {FAMILY_TITLES[model.family]} is not supported yet")
     family = model.family
     flux = family == "flux"
     pos = _one_prompt(positive, "positive", family)
@@ -1116,46 +1115,278 @@ def sample(
     if model.scheduler_config.get("use_dynamic_shifting"):
         mu = calculate_shift((h // patch) * (w // patch), model.scheduler_config)
     _set_timesteps(sched, euler, sampler, scheduler, steps, mu, family, device)
-    timesteps = sched.timesteps
+    plan = _plan(sched, steps, denoise, window, empty=not bool(samples.any()))
+    if plan is None:  # Sampler (Advanced) with no step left: the latent as it came
+        return dict(latent)
+    timesteps = sched.timesteps[plan.begin : plan.end]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(plan.begin)
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    noise = randn_tensor(tuple(samples.shape), generator=generator, device=device, dtype=dtype)
-    if denoise >= 1.0:
-        latents = noise
-    else:
-        init_steps = min(int(steps * denoise), steps)
-        t_start = max(steps - init_steps, 0)
-        timesteps = timesteps[t_start * sched.order :]
-        if len(timesteps) == 0:
-            raise NodeError(
-                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
-            )
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(t_start * sched.order)
-        sigma = float(timesteps[0]) / sched.config.num_train_timesteps
-        init = samples.to(device=device, dtype=dtype)
-        latents = sigma * noise + (1.0 - sigma) * init
-    if hasattr(sched, "set_begin_index") and denoise >= 1.0:
-        sched.set_begin_index(0)
+    noise_mask = latent.get("noise_mask")
+    init, noise, latents = _start(
+        sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
+    )
+    mask = None
+    if noise_mask is not None:
+        from nodes.denoise import _latent_mask
+
+        mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
+        mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
     guided = cfg > 1.0
     call = _flux_call if flux else _sd3_call
     inputs = (_flux_inputs if flux else _sd3_inputs)(
         net, pos, neg, guided, batch, h, w, device, dtype
     )
-    total = len(timesteps)
+    total = len(timesteps) + int(plan.finish is not None)
+    controls = _controls(
+        ctx, pos, neg, family, guided, batch, (h * model.vae_downscale, w * model.vae_downscale),
+        inputs, device, dtype,
+    )  # fmt: skip
+
+    def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        if controls is None:
+            return call(net, x, t, inputs, cfg, guided)
+        model_in = torch.cat([x] * 2) if guided else x
+        blocks = controls.residuals(model_in, t, i, total)
+        return call(net, x, t, {**inputs, "block_controlnet_hidden_states": blocks}, cfg, guided)
+
+    def packed(x: torch.Tensor | None) -> torch.Tensor | None:
+        return pack(x) if flux and x is not None else x
 
     def run() -> torch.Tensor:
-        x = pack(latents) if flux else latents
+        x, x_init, x_noise, m = packed(latents), packed(init), packed(noise), packed(mask)
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
-                pred = call(net, x, t, inputs, cfg, guided)
+                pred = predict(x, t, i)
                 x = sched.step(pred, t, x, return_dict=False)[0]
+                if m is not None:
+                    x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
+            if plan.finish is not None:
+                # Stopping early without leftover noise: the model's clean prediction at the
+                # last step's level, ComfyUI's final step to noise level 0.
+                ctx.check_interrupt()
+                t = sched.timesteps[plan.finish]
+                sigma = sched.sigmas.to(device=x.device, dtype=x.dtype)[plan.finish]
+                x = x - sigma * predict(x, t, len(timesteps))
+                if m is not None:
+                    x = (1 - m) * x_init + m * x
+                shown = unpack(x, h, w) if flux else x
+                ctx.progress(total, total, preview_image(shown, family, model.latent_rgb))
         return unpack(x, h, w) if flux else x
 
     result = with_oom_advice(run, "sampling")
-    return {"samples": result.detach().float().cpu()}
+    out: dict[str, Any] = {"samples": result.detach().float().cpu()}
+    if noise_mask is not None:
+        out["noise_mask"] = noise_mask
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which of the schedule's timesteps a run takes: ``begin`` up to ``end`` (indices into
+    the scheduler's timesteps), ``finish``: the index of a last model call that gives the
+    clean latent (Sampler (Advanced) stopping early without leftover noise), ``fresh``: start
+    from pure noise, ``add_noise``: noise the input to the first step's level."""
+
+    begin: int
+    end: int
+    finish: int | None = None
+    fresh: bool = True
+    add_noise: bool = True
+
+
+def _plan(sched: Any, steps: int, denoise: float, window: Any, empty: bool) -> _Plan | None:
+    order = sched.order
+    n = len(sched.timesteps)
+    if window is None:
+        if denoise >= 1.0:
+            return _Plan(0, n)
+        # the pipelines' img2img / inpaint rule (get_timesteps)
+        t_start = int(max(steps - min(steps * denoise, steps), 0))
+        if t_start * order >= n:
+            raise NodeError(
+                f"denoise {denoise} with {steps} steps leaves no step to run; raise one of them"
+            )
+        return _Plan(t_start * order, n, fresh=False)
+    end = min(window.end, steps)
+    if window.start >= end:
+        return None
+    begin = window.start * order
+    fresh = window.start == 0 and empty  # from an Empty Latent: exactly the Sampler's start
+    if end < steps and not window.leftover_noise:
+        last = (end - 1) * order  # the last step's first model call gives the clean latent
+        return _Plan(begin, last, finish=last, fresh=fresh, add_noise=window.add_noise)
+    return _Plan(begin, min(end * order, n), fresh=fresh, add_noise=window.add_noise)
+
+
+def _start(
+    sched: Any,
+    samples: torch.Tensor,
+    latent: dict[str, Any],
+    plan: _Plan,
+    masked: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input latent, noise, first latents). As the pipelines draw: a VAE Encode's sample
+    first (img2img, inpainting), then the noise; the input noised to the first step's level
+    (``sigma * noise + (1 - sigma) * input``), or pure noise from the top of the schedule."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    init = samples.to(device=device, dtype=dtype)
+    if not plan.add_noise:  # Sampler (Advanced), add_noise off: the input carries its noise
+        return init, torch.zeros_like(init), init
+    std = latent.get("posterior_std")
+    if (masked or not plan.fresh) and std is not None and tuple(std.shape) == tuple(init.shape):
+        init = init + std.to(device=device, dtype=dtype) * randn_tensor(
+            tuple(init.shape), generator=generator, device=device, dtype=dtype
+        )
+    noise = randn_tensor(tuple(init.shape), generator=generator, device=device, dtype=dtype)
+    if plan.fresh:
+        return init, noise, noise
+    sigma = sched.sigmas.to(device=device, dtype=dtype)[plan.begin]
+    return init, noise, sigma * noise + (1.0 - sigma) * init
+
+
+def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The input latent at the noise level the scheduler has just stepped to (the inpaint
+    pipelines' ``scale_noise`` after a step; the input itself after the last)."""
+    sigma = sched.sigmas.to(device=init.device, dtype=init.dtype)[sched.step_index]
+    return sigma * noise + (1.0 - sigma) * init
+
+
+def _controls(
+    ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
+    size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
+) -> _Sd3Controls | None:  # fmt: skip
+    """Apply ControlNet's entries on the prompts: SD3 ControlNets for an SD3 model, prepared
+    as StableDiffusion3ControlNetPipeline does; any other pairing is a clear error."""
+    from nodes.controlnet import controls_of
+
+    pos_entries, neg_entries = controls_of(pos), controls_of(neg)
+    if pos_entries and not neg_entries:
+        neg_entries = pos_entries  # as the UNet path: the negative takes the positive's
+    ordered: list[Any] = []
+    for e in (*neg_entries, *pos_entries):
+        if not any(e is o for o in ordered):
+            ordered.append(e)
+    if not ordered:
+        return None
+    for e in ordered:
+        if e.net.family != family:
+            advice = (
+                "choose a ControlNet made for this model's family"
+                if family == "sd3"
+                else "Studio does not run ControlNets with Flux yet: remove the Apply ControlNet"
+            )
+            raise NodeError(
+                f"Apply ControlNet: ControlNet {e.net.name!r} is for {e.net.family_title()}, "
+                f"but the model is {FAMILY_TITLES[family]}: {advice}"
+            )
+        if e.vae is None:
+            raise NodeError(
+                f"ControlNet {e.net.name!r} is an SD3 ControlNet and needs the model's VAE: "
+                "use Apply ControlNet with its vae input connected"
+            )
+    return _Sd3Controls(
+        ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype
+    )
+
+
+class _Sd3Controls:
+    """The SD3 ControlNets of a run: each control image encoded once by the VAE (its mean:
+    the pipeline draws a sample from torch's global generator), then per step the summed
+    block residuals the transformer adds."""
+
+    def __init__(
+        self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
+        guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
+        device: torch.device, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        from nodes.controlnet import get_module as controlnet_module
+
+        self.items: list[tuple[Any, Any, torch.Tensor, torch.Tensor | None, dict]] = []
+        for e in entries:
+            module = controlnet_module(ctx, e.net)
+            cfg = module.config
+            if cfg.get("extra_conditioning_channels", 0):
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} takes {cfg.extra_conditioning_channels} extra "
+                    "conditioning channels (an inpainting ControlNet); Studio runs SD3 "
+                    "ControlNets without them only, for now"
+                )
+            latent = _control_latent(
+                ctx, e, batch, size, bool(cfg.force_zeros_for_pooled_projection)
+            )
+            latent = latent.to(device=device, dtype=dtype)
+            gate = None
+            if guided:
+                latent = torch.cat([latent] * 2)
+                on_neg = any(e is n for n in neg_entries)
+                on_pos = any(e is p for p in pos_entries)
+                if not (on_neg and on_pos):
+                    half = [float(on_neg)] * batch + [float(on_pos)] * batch
+                    gate = torch.tensor(half, device=device, dtype=dtype).view(-1, 1, 1)
+            pooled = inputs["pooled_projections"]
+            kwargs = {
+                "pooled_projections": (
+                    torch.zeros_like(pooled) if cfg.force_zeros_for_pooled_projection else pooled
+                ),
+                "encoder_hidden_states": (
+                    inputs["encoder_hidden_states"] if cfg.joint_attention_dim is not None else None
+                ),
+            }
+            self.items.append((e, module, latent, gate, kwargs))
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> Any:
+        out = None
+        for e, module, latent, gate, kwargs in self.items:
+            # the pipeline's guidance window: active while start <= i/n and (i+1)/n <= end
+            keep = 1.0 - float(step / total < e.start or (step + 1) / total > e.end)
+            blocks = module(
+                hidden_states=x, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
+                conditioning_scale=e.strength * keep, return_dict=False, **kwargs,
+            )[0]  # fmt: skip
+            if gate is not None:
+                blocks = tuple(b * gate for b in blocks)
+            out = list(blocks) if out is None else [a + b for a, b in zip(out, blocks, strict=True)]
+        return out
+
+
+def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shift: bool):
+    """The control image as the pipeline prepares it (resized to the output size, -1..1),
+    encoded by the VAE and scaled (InstantX's SD3 ControlNets: without the shift)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    from nodes.controlnet import _to_pil
+    from nodes.sdload import get_module, with_oom_advice
+
+    vae = get_module(ctx, e.vae.source, e.vae.component)
+    height, width = size
+    frames = [
+        _to_pil((f.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for f in e.image
+    ]
+    image = VaeImageProcessor(vae_scale_factor=8).preprocess(frames, height=height, width=width)
+    if image.shape[0] == 1:
+        image = image.repeat_interleave(batch, dim=0)
+    elif image.shape[0] != batch:
+        raise NodeError(
+            f"the control image batch ({image.shape[0]}) differs from the latent batch ({batch})"
+        )
+    image = image.to(device=vae.device, dtype=vae.dtype)
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(image).latent_dist.mean
+
+    mean = with_oom_advice(encode, "encoding the control image")
+    shift = 0.0 if no_shift else e.vae.shift_factor
+    return (mean - shift) * e.vae.scaling_factor
 
 
 def _layerwise(net: Any) -> bool:

@@ -192,7 +192,11 @@ def sampler_advanced(
     from studio.errors import NodeError
 
     stops_early = min(end_at_step, steps) > start_at_step and end_at_step < steps
-    if stops_early and not return_with_leftover_noise and sampler in loop.NO_CLEAN_PREDICTION:
+    # Diffusion transformers (flow matching) read the clean latent off any sampler's
+    # prediction; diffusers' UNet schedulers give it for some samplers only.
+    flow = getattr(model, "family", None) in ("sd3", "flux")
+    no_clean = sampler in loop.NO_CLEAN_PREDICTION and not flow
+    if stops_early and not return_with_leftover_noise and no_clean:
         raise NodeError(
             f"sampler {sampler!r} cannot stop early (end_at_step {end_at_step} of {steps} "
             "steps) without leftover noise: turn on return_with_leftover_noise, or choose "

@@ -380,3 +380,418 @@ def test_a_comfyui_flux_prompt_imports_onto_these_nodes():
     loader = next(n for n in result.workflow.nodes if n.type == "load_diffusion_model")
     assert loader.params["weight_dtype"] == "fp8_e4m3fn"
     assert any("fp8_e4m3fn_fast" in line for line in result.report)
+
+
+# -- Sampler (Advanced) and inpainting with DiTs ------------------------------------------------
+
+DIT_SETUPS = {  # checkpoint, cfg, Flux guidance
+    "sd3": ("tiny-sd3", 5.0, None),
+    "flux": ("tiny-flux", 1.0, 2.5),
+}
+
+
+def _prompts(wf, family: str) -> dict[str, str]:
+    ckpt, _, guidance = DIT_SETUPS[family]
+    ids = {"ckpt": wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id}
+    ids["pos"] = wf.add_node("text_encode", {"text": PROMPT}).id
+    ids["neg"] = wf.add_node("text_encode", {"text": NEGATIVE}).id
+    for n in (ids["pos"], ids["neg"]):
+        wf.connect(ids["ckpt"], "clip", n, "clip")
+    if guidance is not None:
+        g = wf.add_node("flux_guidance", {"guidance": guidance}).id
+        wf.connect(ids["pos"], "conditioning", g, "conditioning")
+        ids["pos"] = g
+    return ids
+
+
+def _sampler_node(wf, ids, family, latent_from, kind="sampler", **params):
+    _, cfg, _ = DIT_SETUPS[family]
+    base = {"seed": SEED, "steps": STEPS, "cfg": cfg, "sampler": "euler", "scheduler": "normal"}
+    if kind == "sampler":
+        base["denoise"] = 1.0
+    node = wf.add_node(kind, base | params).id
+    wf.connect(ids["ckpt"], "model", node, "model")
+    for side in ("pos", "neg"):  # a node id (its conditioning output) or (node, output)
+        src = ids[side] if isinstance(ids[side], tuple) else (ids[side], "conditioning")
+        wf.connect(*src, node, "positive" if side == "pos" else "negative")
+    wf.connect(*latent_from, node, "latent")
+    return node
+
+
+def _decode(wf, ids, latent_node) -> str:
+    dec = wf.add_node("vae_decode").id
+    wf.connect(latent_node, "latent", dec, "latent")
+    wf.connect(ids["ckpt"], "vae", dec, "vae")
+    return dec
+
+
+def _outputs(engine, wf, targets: list[str]) -> dict:
+    result = engine.run(wf, targets=targets)
+    assert result.ok, result.errors
+    return result.outputs
+
+
+@pytest.mark.parametrize(
+    ("family", "sampler", "split"),
+    [("sd3", "euler", 1), ("sd3", "heun", 1), ("flux", "euler", 2), ("flux", "heun", 1)],
+)
+def test_two_advanced_passes_with_leftover_noise_equal_one_sampler_run(
+    engine, family, sampler, split
+):
+    """Steps 0..k keeping the leftover noise, then k..end adding none: the picture of one
+    Sampler run of all steps (as with KSamplerAdvanced in ComfyUI)."""
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    one = _sampler_node(wf, ids, family, (lat, "latent"), sampler=sampler)
+    first = _sampler_node(
+        wf, ids, family, (lat, "latent"), kind="sampler_advanced", sampler=sampler,
+        end_at_step=split, return_with_leftover_noise=True,
+    )  # fmt: skip
+    second = _sampler_node(
+        wf, ids, family, (first, "latent"), kind="sampler_advanced", sampler=sampler,
+        start_at_step=split, add_noise=False, seed=99,
+    )  # fmt: skip
+    d_one, d_two = _decode(wf, ids, one), _decode(wf, ids, second)
+    out = _outputs(engine, wf, [d_one, d_two, first])
+    got, want = out[d_two]["image"].numpy(), out[d_one]["image"].numpy()
+    _close(got, want)
+    assert want.std() > 0.01
+    one_latent = out[one]["latent"]["samples"]
+    assert (out[first]["latent"]["samples"] - one_latent).abs().max() > 0.1  # not the first pass
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_stopping_early_without_leftover_noise_gives_the_clean_prediction(engine, family):
+    """end_at_step without leftover noise: ComfyUI's last step to noise level 0. For euler:
+    x0 = x1 - sigma1 * v, with v read off the step x1 -> x2 the leftover run takes."""
+    from nodes import dit
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    adv = "sampler_advanced"
+    x1 = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=1,
+                       return_with_leftover_noise=True)  # fmt: skip
+    x2 = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2,
+                       return_with_leftover_noise=True)  # fmt: skip
+    clean = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2)
+    dpm = _sampler_node(wf, ids, family, (lat, "latent"), kind=adv, end_at_step=2,
+                        sampler="dpmpp_2m")  # fmt: skip
+    out = _outputs(engine, wf, [x1, x2, clean, dpm])
+    a, b, c = (out[n]["latent"]["samples"] for n in (x1, x2, clean))
+    cfg = dict(engine_model_config(engine, family))
+    sched, euler = dit.make_flow_scheduler(cfg, "euler", "normal")
+    mu = dit.calculate_shift(16, cfg) if cfg.get("use_dynamic_shifting") else None
+    dit._set_timesteps(sched, euler, "euler", "normal", STEPS, mu, family, torch.device("cpu"))
+    s1, s2 = float(sched.sigmas[1]), float(sched.sigmas[2])
+    v = (b - a) / (s2 - s1)
+    assert torch.allclose(c, a - s1 * v, atol=1e-4, rtol=1e-4)
+    # (the tiny transformers move the latent little: differences are small but far above
+    # the tolerance above)
+    assert (c - b).abs().max() > 5e-3
+    # dpmpp_2m stops early too (the UNet schedulers cannot: no clean prediction there)
+    assert (out[dpm]["latent"]["samples"] - b).abs().max() > 5e-3
+
+
+def engine_model_config(engine, family: str) -> dict:
+    ckpt = DIT_SETUPS[family][0]
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+    out = _outputs(engine, wf, [c])
+    return out[c]["model"].scheduler_config
+
+
+@pytest.fixture(scope="module")
+def photo_and_mask(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "photo.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :32] = 255  # repaint the left half
+    Image.fromarray(mask).save(root / "mask.png")
+    return root / "photo.png", root / "mask.png"
+
+
+def _inpaint_pipe_image(parts, family: str, photo, mask, denoise: float) -> np.ndarray:
+    """The inpaint pipeline's picture (StableDiffusion3InpaintPipeline decodes without the
+    VAE's shift factor, unlike every other SD3 pipeline: its latent is decoded here as
+    StableDiffusion3Pipeline decodes)."""
+    from PIL import Image
+
+    _, cfg, guidance = DIT_SETUPS[family]
+    cls = (
+        diffusers.StableDiffusion3InpaintPipeline
+        if family == "sd3"
+        else diffusers.FluxInpaintPipeline
+    )
+    pipe = cls(**parts[family])
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    kw = {"negative_prompt": NEGATIVE, "guidance_scale": cfg} if family == "sd3" else {}
+    if guidance is not None:
+        kw["guidance_scale"] = guidance
+    out = pipe(
+        PROMPT, image=Image.open(photo).convert("RGB"), mask_image=Image.open(mask).convert("L"),
+        height=64, width=64, strength=denoise, num_inference_steps=STEPS,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="latent" if family == "sd3" else "np", **kw,
+    ).images  # fmt: skip
+    if family == "flux":
+        return out
+    vae = pipe.vae
+    with torch.no_grad():
+        pixels = vae.decode(out / vae.config.scaling_factor + vae.config.shift_factor)[0]
+    return pipe.image_processor.postprocess(pixels, output_type="np")
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_inpainting_equals_the_inpaint_pipeline_and_keeps_the_unmasked_latent(
+    engine, parts, photo_and_mask, family, denoise
+):
+    """VAE Encode + Set Latent Noise Mask + Sampler equal StableDiffusion3InpaintPipeline /
+    FluxInpaintPipeline (same seed, strength = denoise); outside the mask the latent is the
+    encoded image's (the VAE's sample the pipelines draw), and Composite Masked puts back the
+    original pixels there."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    photo, mask = photo_and_mask
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    add, c = wf.add_node, wf.connect
+    img = add("load_image", {"image": str(photo)}).id
+    mask_img = add("load_image", {"image": str(mask)}).id
+    m = add("mask_from_image", {"channel": "red"}).id
+    enc, noise_mask = add("vae_encode").id, add("set_latent_noise_mask").id
+    c(mask_img, "image", m, "image")
+    c(img, "image", enc, "image")
+    c(ids["ckpt"], "vae", enc, "vae")
+    c(enc, "latent", noise_mask, "latent")
+    c(m, "mask", noise_mask, "mask")
+    s = _sampler_node(wf, ids, family, (noise_mask, "latent"), denoise=denoise)
+    dec = _decode(wf, ids, s)
+    comp = add("composite_masked").id
+    c(img, "image", comp, "original")
+    c(dec, "image", comp, "changed")
+    c(m, "mask", comp, "mask")
+    out = _outputs(engine, wf, [comp, enc, img])
+    got = out[dec]["image"].numpy()
+    want = _inpaint_pipe_image(parts, family, photo, mask, denoise)
+    _close(got, want)
+    # outside the mask (the right half: latent columns 4..7), the encoded image as drawn
+    encoded = out[enc]["latent"]
+    drawn = encoded["samples"] + encoded["posterior_std"] * randn_tensor(
+        tuple(encoded["samples"].shape), generator=torch.Generator("cpu").manual_seed(SEED)
+    )
+    after = out[s]["latent"]["samples"]
+    assert torch.allclose(after[..., 4:], drawn[..., 4:], atol=1e-5)
+    assert (after[..., :4] - drawn[..., :4]).abs().max() > 0.05  # the left half repainted
+    assert torch.equal(out[comp]["image"][:, :, 32:], out[img]["image"][:, :, 32:])
+
+
+def test_a_unet_controlnet_on_a_dit_prompt_is_an_error_naming_both_families(
+    engine, root, photo_and_mask
+):
+    import diffusion_fixtures as sdfx
+
+    cn = diffusers.ControlNetModel.from_unet(
+        sdfx.tiny_sd1()["unet"], conditioning_embedding_out_channels=(4, 8, 8, 8)
+    )
+    cn.save_pretrained(root / "controlnet" / "sd1-edges")
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd1-edges"}).id
+    img = wf.add_node("load_image", {"image": str(photo_and_mask[0])}).id
+    apply = wf.add_node("apply_controlnet", {"strength": 1.0}).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = apply, apply
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = wf.add_node(
+        "sampler", {"seed": SEED, "steps": STEPS, "cfg": 5.0, "sampler": "euler",
+                    "scheduler": "normal", "denoise": 1.0},
+    ).id  # fmt: skip
+    wf.connect(ids["ckpt"], "model", s, "model")
+    wf.connect(apply, "positive", s, "positive")
+    wf.connect(apply, "negative", s, "negative")
+    wf.connect(lat, "latent", s, "latent")
+    result = engine.run(wf, targets=[s])
+    msg = result.errors[s]
+    assert "Apply ControlNet" in msg and "sd1-edges" in msg
+    assert "UNet" in msg and "Stable Diffusion 3.x" in msg
+    assert "Traceback" not in msg
+
+
+def tiny_sd3_controlnet(transformer):
+    """An SD3 ControlNet (the diffusers layout InstantX's use) built from the tiny
+    transformer, with non-zero output and input layers so it acts."""
+    torch.manual_seed(4)
+    cn = diffusers.SD3ControlNetModel.from_transformer(
+        transformer, num_layers=1, num_extra_conditioning_channels=0
+    )
+    with torch.no_grad():
+        for p in (*cn.controlnet_blocks.parameters(), *cn.pos_embed_input.parameters()):
+            p.normal_(0, 0.3)
+    return cn.eval()
+
+
+def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
+    engine, parts, root, photo_and_mask, monkeypatch
+):
+    """A single-file SD3 ControlNet, told apart by its keys, through Apply ControlNet (with
+    the VAE) equals StableDiffusion3ControlNetPipeline; the pipeline encodes the control image
+    with a sample from torch's global generator, Studio with the VAE's mean: the pipeline
+    runs here with the mean too."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
+    (root / "controlnet").mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "sd3-canny.safetensors"),
+    )
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[16:48, 8:28] = 255
+    Image.fromarray(arr).save(root / "edges.png")
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd3-canny.safetensors"}).id
+    img = wf.add_node("load_image", {"image": str(root / "edges.png")}).id
+    apply = wf.add_node("apply_controlnet", {"strength": 0.8, "end_percent": 0.7}).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        (ids["ckpt"], "vae", apply, "vae"),
+    ]:
+        wf.connect(a, b, c, d)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    controlled = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=5.0,
+        control_image=Image.open(root / "edges.png").convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine, parts, root):
+    """An SD3 ControlNet folder loads as SD3; on a UNet model, or without a VAE, the error
+    names the ControlNet and both families."""
+    import diffusion_fixtures as sdfx
+
+    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+        root / "controlnet" / "sd3-depth"
+    )
+    sdfx.save_folder(sdfx.sd1_pipeline(sdfx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
+    wf = Workflow(installed_registry())
+    load = wf.add_node("load_controlnet", {"control_net_name": "sd3-depth"}).id
+    assert _outputs(engine, wf, [load])[load]["control_net"].family == "sd3"
+
+    arr = np.zeros((64, 64, 3), np.uint8)
+    from PIL import Image
+
+    Image.fromarray(arr).save(root / "black.png")
+    for ckpt, with_vae, words in [
+        ("tiny-sd1", True, ["sd3-depth", "Stable Diffusion 3.x", "UNet"]),
+        ("tiny-sd3", False, ["sd3-depth", "VAE"]),
+    ]:
+        wf = Workflow(installed_registry())
+        c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+        t = wf.add_node("text_encode", {"text": PROMPT}).id
+        wf.connect(c, "clip", t, "clip")
+        load = wf.add_node("load_controlnet", {"control_net_name": "sd3-depth"}).id
+        img = wf.add_node("load_image", {"image": str(root / "black.png")}).id
+        apply = wf.add_node("apply_controlnet", {}).id
+        wf.connect(t, "conditioning", apply, "positive")
+        wf.connect(t, "conditioning", apply, "negative")
+        wf.connect(load, "control_net", apply, "control_net")
+        wf.connect(img, "image", apply, "image")
+        if with_vae:
+            wf.connect(c, "vae", apply, "vae")
+        lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+        s = wf.add_node("sampler", {"seed": 1, "steps": 2, "cfg": 2.0, "denoise": 1.0}).id
+        wf.connect(c, "model", s, "model")
+        wf.connect(apply, "positive", s, "positive")
+        wf.connect(apply, "negative", s, "negative")
+        wf.connect(lat, "latent", s, "latent")
+        result = engine.run(wf, targets=[s])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_img2img_equals_the_img2img_pipeline(engine, parts, photo_and_mask, family):
+    """VAE Encode + Sampler at denoise 0.6 equal StableDiffusion3Img2ImgPipeline /
+    FluxImg2ImgPipeline at strength 0.6: the VAE's sample drawn first, then the noise, and
+    the steps kept as these pipelines round them (3 steps at 0.6: the last 2)."""
+    from PIL import Image
+
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    img = wf.add_node("load_image", {"image": str(photo)}).id
+    enc = wf.add_node("vae_encode").id
+    wf.connect(img, "image", enc, "image")
+    wf.connect(ids["ckpt"], "vae", enc, "vae")
+    s = _sampler_node(wf, ids, family, (enc, "latent"), denoise=0.6)
+    dec = _decode(wf, ids, s)
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    _, cfg, guidance = DIT_SETUPS[family]
+    if family == "sd3":
+        pipe = diffusers.StableDiffusion3Img2ImgPipeline(**parts["sd3"])
+        kw = {"negative_prompt": NEGATIVE, "guidance_scale": cfg}
+    else:
+        pipe = diffusers.FluxImg2ImgPipeline(**parts["flux"])
+        kw = {"guidance_scale": guidance}
+    want = _pipe_image(pipe, "euler", image=Image.open(photo).convert("RGB"), strength=0.6, **kw)
+    _close(got, want)
+
+
+def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "sd3.5_medium.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["1", 1]}},
+        "3": {"class_type": "ControlNetLoader",
+              "inputs": {"control_net_name": "sd3_canny.safetensors"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
+        "5": {"class_type": "ControlNetApplyAdvanced",
+              "inputs": {"positive": ["2", 0], "negative": ["2", 0], "control_net": ["3", 0],
+                         "image": ["4", 0], "vae": ["1", 2], "strength": 0.7,
+                         "start_percent": 0.0, "end_percent": 1.0}},
+    }  # fmt: skip
+    result = import_comfyui(prompt, installed_registry(), source="sd3-cn.json")
+    wf = result.workflow
+    apply = next(n for n in wf.nodes if n.type == "apply_controlnet")
+    ckpt = next(n for n in wf.nodes if n.type == "load_checkpoint")
+    links = {lk.input: (lk.source, lk.output) for lk in wf.links_into(apply.id)}
+    assert links["vae"] == (ckpt.id, "vae")
+    assert not any("vae" in line for line in result.report)

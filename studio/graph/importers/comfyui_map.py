@@ -214,10 +214,6 @@ NODE_MAPS: dict[str, NodeMap] = {
         "Apply ControlNet",
         ("strength", "start_percent", "end_percent"),
         outputs=("positive", "negative"),
-        dropped_inputs={
-            "vae": "its 'vae' input was dropped (Studio's Apply ControlNet does not take one; "
-            "SD1.x and SDXL ControlNets do not need it)"
-        },
     ),
     "UpscaleModelLoader": NodeMap(
         "load_upscale_model", "Load Upscale Model", ("model_name",), outputs=("upscale_model",)
