@@ -1,0 +1,158 @@
+"""Regional prompts as ComfyUI makes them: Conditioning Set Mask's 'mask bounds', and area
+and mask prompts with a ControlNet and with SDXL (tiny random models, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import diffusion_fixtures as fx  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from nodes.comfycore import mask_bounds_cells  # noqa: E402
+from studio.engine import Engine  # noqa: E402
+from studio.graph.importers.comfyui import import_comfyui  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
+
+SIZE = 128  # pixels: a 16x16 latent
+
+
+def test_mask_bounds_are_comfyuis_box():
+    m = torch.zeros(1, 16, 16)
+    m[0, 3:7, 4:14] = 0.5
+    # 4 rows grow to ComfyUI's minimum of 8; 10 columns stay
+    assert mask_bounds_cells(m, (16, 16)) == (8, 10, 3, 4)
+    two = torch.zeros(2, 16, 16)
+    two[0, 2, 9], two[1, 12, 1] = 1.0, -1.0  # the box holds every image's mask
+    assert mask_bounds_cells(two, (16, 16)) == (11, 9, 2, 1)
+    assert mask_bounds_cells(torch.zeros(1, 16, 16), (16, 16)) == (8, 8, 0, 0)
+    # a mask of another size is first resized to the latent (bilinear)
+    big = torch.zeros(1, 128, 128)
+    big[0, 24:56, 32:112] = 1.0
+    assert mask_bounds_cells(big, (16, 16)) == (8, 10, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    fx.save_folder(fx.sd1_pipeline(fx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
+    rgba = np.full((SIZE, SIZE, 4), 255, dtype=np.uint8)
+    rgba[24:56, 32:112, 3] = 0  # transparent = mask 1: latent rows 3..6, columns 4..13
+    Image.fromarray(rgba, "RGBA").save(root / "box.png")
+    return root
+
+
+@pytest.fixture
+def engine(models_root, tmp_path):
+    settings = Settings(models_root=str(models_root), output_dir=str(tmp_path / "out"))
+    yield Engine(installed_registry(), settings=settings)
+
+
+def run(engine, models_root, region, *, cfg=1.0, steps=1, alone=False):
+    """txt2img at 128x128 whose positive is 'a red fox' combined with 'a green tree' placed by
+    ``region(wf, tree, mask)`` (None: the fox alone; ``alone``: the placed tree without the
+    fox); returns the sampler's latent."""
+    wf, ids = fx.txt2img(
+        "tiny-sd1", prompt="a red fox", steps=steps, cfg=cfg, seed=3, width=SIZE, height=SIZE
+    )
+    if region is not None:
+        tree = wf.add_node("text_encode", {"text": "a green tree"}).id
+        wf.connect(ids["ckpt"], "clip", tree, "clip")
+        mask = wf.add_node("load_image", {"image": str(models_root / "box.png")}).id
+        placed = region(wf, tree, mask)
+        if not alone:
+            comb = wf.add_node("conditioning_combine").id
+            wf.connect(ids["pos"], "conditioning", comb, "conditioning_1")
+            wf.connect(placed, "conditioning", comb, "conditioning_2")
+            placed = comb
+        wf.connect(placed, "conditioning", ids["sampler"], "positive")
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    return result.outputs[ids["sampler"]]["latent"]["samples"]
+
+
+def set_mask(wf, prompt, mask, area="default", strength=1.0):
+    n = wf.add_node("conditioning_set_mask", {"strength": strength, "set_cond_area": area}).id
+    wf.connect(prompt, "conditioning", n, "conditioning")
+    wf.connect(mask, "mask", n, "mask")
+    return n
+
+
+def set_area(wf, prompt, x, y, width, height, strength=1.0):
+    n = wf.add_node(
+        "conditioning_set_area",
+        {"x": x, "y": y, "width": width, "height": height, "strength": strength},
+    ).id
+    wf.connect(prompt, "conditioning", n, "conditioning")
+    return n
+
+
+def test_mask_bounds_predicts_the_prompt_on_the_box_weighted_by_the_mask(engine, models_root):
+    """One euler step at cfg 1 is linear in the prediction, so the latent shows ComfyUI's sum
+    cell by cell: outside the box the fox alone; inside it (fox + m * tree) / (1 + m), the
+    tree predicted on the box only (rows 3..10, columns 4..13) and m its mask there."""
+    fox = run(engine, models_root, None)
+    # the tree alone on the box: an area prompt with no other prompt counts fully inside it
+    tree_box = run(
+        engine, models_root, lambda wf, tree, mask: set_area(wf, tree, 32, 24, 80, 64), alone=True
+    )
+    strength = 2.0
+    got = run(
+        engine, models_root, lambda wf, tree, mask: set_mask(wf, tree, mask, "mask bounds", 2.0)
+    )
+    box = (..., slice(3, 11), slice(4, 14))
+    m = torch.zeros(1, 1, 8, 10)
+    m[..., :4, :] = strength  # the mask's rows 3..6 of the box; rows 7..10 weigh 0
+    want = fox.clone()
+    want[box] = (fox[box] + m * tree_box[box]) / (1 + m)
+    assert torch.allclose(got, want, atol=1e-4)
+    # not the default, where the tree is predicted on the whole image and then masked
+    default = run(engine, models_root, lambda wf, tree, mask: set_mask(wf, tree, mask, "default"))
+    assert (default - got)[..., 3:7, 4:14].abs().max() > 1e-3
+    assert torch.equal(default[..., :3, :], got[..., :3, :])
+
+
+def test_mask_bounds_equals_an_area_then_a_mask(engine, models_root):
+    """With guidance (the negative predicted on the same box) and two steps: 'mask bounds'
+    is a Set Area on the mask's box followed by a default Set Mask, as in ComfyUI."""
+
+    def bounds(wf, tree, mask):
+        return set_mask(wf, tree, mask, "mask bounds", 1.5)
+
+    def by_hand(wf, tree, mask):
+        return set_mask(wf, set_area(wf, tree, 32, 24, 80, 64), mask, "default", 1.5)
+
+    a = run(engine, models_root, bounds, cfg=4.0, steps=2)
+    b = run(engine, models_root, by_hand, cfg=4.0, steps=2)
+    assert torch.allclose(a, b, atol=1e-5)
+    fox = run(engine, models_root, None, cfg=4.0, steps=2)
+    assert (a - fox).abs().max() > 1e-3
+
+
+def test_the_importer_maps_mask_bounds():
+    ui = {
+        "last_node_id": 2,
+        "last_link_id": 0,
+        "nodes": [
+            {
+                "id": 1,
+                "type": "ConditioningSetMask",
+                "pos": [0, 0],
+                "size": [300, 100],
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "widgets_values": [0.7, "mask bounds"],
+            }
+        ],
+        "links": [],
+        "version": 0.4,
+    }
+    result = import_comfyui(ui, installed_registry(), source="regions.json")
+    node = next(n for n in result.workflow.nodes if n.id == "1")
+    assert node.type == "conditioning_set_mask"
+    assert node.params["set_cond_area"] == "mask bounds" and node.params["strength"] == 0.7
+    assert not any("set_cond_area" in line for line in result.report)
