@@ -324,13 +324,6 @@ def with_mask_bounds(conds: list, size: tuple[int, ...], factor: int) -> list:
 
 def check_areas(pos: list, neg: list, unet: Any) -> None:
     """What Studio does not do with an area prompt yet: say so instead of guessing."""
-    for c in (*pos, *neg):
-        if "area" not in c.extra:
-            continue
-        if c.extra.get("controls"):
-            raise NodeError("a ControlNet on an area prompt is not supported yet")
-    if unet.config.addition_embed_type == "text_time":
-        raise NodeError("area prompts are not supported with SDXL models yet")
     if unet.config.in_channels != unet.config.out_channels:
         raise NodeError("area prompts are not supported with inpainting models yet")
 

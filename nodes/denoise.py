@@ -270,7 +270,9 @@ def sample(
     if mask is not None:
         mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
 
-    def prediction(p: Cond, n: Cond, guided: bool) -> _NoisePrediction:
+    def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
+        # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
+        # (its size conditioning comes from the prompt, not from the area)
         text = _text_conditioning(unet, model, p, n, samples, cfg, guided, device, dtype)
         control = ControlPlan(
             ctx,
@@ -279,9 +281,10 @@ def sample(
             n,
             do_cfg=guided,
             batch=batch,
-            latent_size=tuple(samples.shape[-2:]),
+            latent_size=tuple(samples.shape[-2:]) if area is None else area[0][2:],
             dtype=dtype,
             device=device,
+            fit_aspect=area is not None,
         )
         return _NoisePrediction(
             unet, sched, text, cfg, guided, control, inpaint_inputs, total=len(timesteps)
@@ -291,16 +294,22 @@ def sample(
         predict: Any = prediction(pos[0], neg[0], do_cfg)
     else:
         size = tuple(samples.shape[-2:])
+        pos_areas = tuple(_area(c, size, model, batch, device, dtype) for c in pos)
+        neg_areas = tuple(_area(c, size, model, batch, device, dtype) for c in neg)
         predict = _AveragedPrediction(
-            positive=tuple(prediction(c, c, False) for c in pos),
-            negative=tuple(prediction(c, c, False) for c in neg) if do_cfg else (),
+            positive=tuple(prediction(c, c, False, a) for c, a in zip(pos, pos_areas, strict=True)),
+            negative=(
+                tuple(prediction(c, c, False, a) for c, a in zip(neg, neg_areas, strict=True))
+                if do_cfg
+                else ()
+            ),
             cfg=cfg,
             positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
             positive_conds=tuple(pos),
             negative_conds=tuple(neg),
-            positive_areas=tuple(_area(c, size, model, batch, device, dtype) for c in pos),
-            negative_areas=tuple(_area(c, size, model, batch, device, dtype) for c in neg),
+            positive_areas=pos_areas,
+            negative_areas=neg_areas,
         )
     if isinstance(sched, ksampling.KSchedule):
         return _comfy_run(ctx, model, sched, start, predict, mask, latent)

@@ -35,10 +35,29 @@ def test_mask_bounds_are_comfyuis_box():
     assert mask_bounds_cells(big, (16, 16)) == (8, 10, 3, 4)
 
 
+def control_picture(path, stripes):
+    """A black 128x128 control picture with white rows ``stripes`` (start, stop) pairs."""
+    arr = np.zeros((SIZE, SIZE, 3), np.uint8)
+    arr[40:90, 50:70] = 255
+    for start, stop in stripes:
+        arr[start:stop] = 255
+    Image.fromarray(arr).save(path)
+
+
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory):
+    from test_controlnet import tiny_controlnet
+
     root = tmp_path_factory.mktemp("models")
-    fx.save_folder(fx.sd1_pipeline(fx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
+    sd1, sdxl = fx.tiny_sd1(), fx.tiny_sdxl()
+    fx.save_folder(fx.sd1_pipeline(sd1), root / "checkpoints" / "tiny-sd1")
+    fx.save_folder(fx.sdxl_pipeline(sdxl), root / "checkpoints" / "tiny-sdxl")
+    tiny_controlnet(sd1["unet"], 1).save_pretrained(root / "controlnet" / "edges")
+    tiny_controlnet(sdxl["unet"], 2).save_pretrained(root / "controlnet" / "xl-edges")
+    control_picture(root / "plain.png", [])
+    # an 80x64 area keeps rows 13..114 of a 128x128 picture (ComfyUI's centre crop)
+    control_picture(root / "cut-away.png", [(0, 12), (116, 128)])
+    control_picture(root / "kept.png", [(14, 30), (100, 115)])
     rgba = np.full((SIZE, SIZE, 4), 255, dtype=np.uint8)
     rgba[24:56, 32:112, 3] = 0  # transparent = mask 1: latent rows 3..6, columns 4..13
     Image.fromarray(rgba, "RGBA").save(root / "box.png")
@@ -51,12 +70,12 @@ def engine(models_root, tmp_path):
     yield Engine(installed_registry(), settings=settings)
 
 
-def run(engine, models_root, region, *, cfg=1.0, steps=1, alone=False):
+def run(engine, models_root, region, *, cfg=1.0, steps=1, alone=False, ckpt="tiny-sd1"):
     """txt2img at 128x128 whose positive is 'a red fox' combined with 'a green tree' placed by
     ``region(wf, tree, mask)`` (None: the fox alone; ``alone``: the placed tree without the
     fox); returns the sampler's latent."""
     wf, ids = fx.txt2img(
-        "tiny-sd1", prompt="a red fox", steps=steps, cfg=cfg, seed=3, width=SIZE, height=SIZE
+        ckpt, prompt="a red fox", steps=steps, cfg=cfg, seed=3, width=SIZE, height=SIZE
     )
     if region is not None:
         tree = wf.add_node("text_encode", {"text": "a green tree"}).id
@@ -156,3 +175,103 @@ def test_the_importer_maps_mask_bounds():
     assert node.type == "conditioning_set_mask"
     assert node.params["set_cond_area"] == "mask bounds" and node.params["strength"] == 0.7
     assert not any("set_cond_area" in line for line in result.report)
+
+
+# -- area and mask prompts with a ControlNet and with SDXL ---------------------------------
+
+
+def controlled(wf, prompt, models_root, picture, net="edges"):
+    """``prompt`` with Apply ControlNet (One Prompt) of ``picture``."""
+    loader = wf.add_node("load_controlnet", {"control_net_name": net}).id
+    image = wf.add_node("load_image", {"image": str(models_root / picture)}).id
+    n = wf.add_node("apply_controlnet_one", {"strength": 1.0}).id
+    wf.connect(prompt, "conditioning", n, "conditioning")
+    wf.connect(loader, "control_net", n, "control_net")
+    wf.connect(image, "image", n, "image")
+    return n
+
+
+def test_control_picture_is_cut_to_the_area_around_its_centre():
+    from nodes.controlnet import center_crop
+
+    image = torch.zeros(1, 128, 128, 3)
+    assert center_crop(image, 80 / 64).shape == (1, 102, 128, 3)  # 13 rows off each end
+    assert center_crop(image, 0.5).shape == (1, 128, 64, 3)
+    assert center_crop(image, 1.0).shape == (1, 128, 128, 3)
+
+
+def test_a_controlnet_on_an_area_prompt_sees_its_picture_fitted_to_the_area(engine, models_root):
+    """ComfyUI fits the whole control picture to the area (cut to its aspect around the
+    centre, then resized): what the cut removes does not count, the rest does."""
+
+    def tree_area(picture):
+        def region(wf, tree, mask):
+            return set_area(wf, controlled(wf, tree, models_root, picture), 32, 24, 80, 64)
+
+        return run(engine, models_root, region, cfg=4.0, steps=2)
+
+    plain, cut, kept = tree_area("plain.png"), tree_area("cut-away.png"), tree_area("kept.png")
+    assert torch.allclose(plain, cut, atol=1e-5)
+    assert (kept - plain)[..., 3:11, 4:14].abs().max() > 1e-4  # exactly 0 for the cut part
+    no_control = run(
+        engine, models_root, lambda wf, tree, mask: set_area(wf, tree, 32, 24, 80, 64), cfg=4.0
+    )
+    assert (no_control - plain).abs().max() > 1e-3
+
+
+def test_a_controlnet_on_a_whole_image_area_is_the_controlnet_on_the_prompt(engine, models_root):
+    def whole_area(wf, tree, mask):
+        return set_area(wf, controlled(wf, tree, models_root, "kept.png"), 0, 0, SIZE, SIZE)
+
+    def no_area(wf, tree, mask):
+        return controlled(wf, tree, models_root, "kept.png")
+
+    assert torch.allclose(
+        run(engine, models_root, whole_area), run(engine, models_root, no_area), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("area", ["area", "mask bounds"])
+def test_sdxl_area_prompts_run_on_their_part(engine, models_root, area):
+    """SDXL: each area prompt keeps its own pooled text and the image's size ids; the area
+    prompt changes its box, with a ControlNet too."""
+
+    def region(control):
+        def place(wf, tree, mask):
+            if control:
+                tree = controlled(wf, tree, models_root, "kept.png", net="xl-edges")
+            if area == "area":
+                return set_area(wf, tree, 32, 24, 80, 64)
+            return set_mask(wf, tree, mask, "mask bounds")
+
+        return place
+
+    fox = run(engine, models_root, None, ckpt="tiny-sdxl", cfg=4.0)
+    placed = run(engine, models_root, region(False), ckpt="tiny-sdxl", cfg=4.0)
+    change = (placed - fox).abs()
+    assert change[..., 3:7, 4:14].min() > 1e-6  # every cell of the box changes
+    assert change[..., 11:, :].max() < 1e-5 and change[..., :, 14:].max() < 1e-5  # no more
+    with_cn = run(engine, models_root, region(True), ckpt="tiny-sdxl", cfg=4.0)
+    assert (with_cn - placed)[..., 3:11, 4:14].abs().max() > 1e-3
+
+
+def test_sdxl_whole_image_area_is_the_prompt_combined(engine, models_root):
+    def whole_area(wf, tree, mask):
+        return set_area(wf, tree, 0, 0, SIZE, SIZE)
+
+    a = run(engine, models_root, whole_area, ckpt="tiny-sdxl")
+    b = run(engine, models_root, lambda wf, tree, mask: tree, ckpt="tiny-sdxl")
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_diffusion_transformers_refuse_regional_prompts():
+    from nodes.dit import _one_prompt
+    from nodes.values import Cond
+    from studio.errors import NodeError
+
+    placed = Cond(embeds=None, family="flux", extra={"area": (64, 64, 0, 0)})
+    with pytest.raises(NodeError, match="Conditioning Set Area"):
+        _one_prompt([placed], "positive", "flux")
+    masked = Cond(embeds=None, family="sd3", extra={"mask": (torch.ones(1, 8, 8), 1.0)})
+    with pytest.raises(NodeError, match="Conditioning Set Mask"):
+        _one_prompt([masked], "positive", "sd3")
