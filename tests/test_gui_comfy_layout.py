@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from test_comfy_layout import crowded  # noqa: E402
+from test_comfy_layout import crowded
 
-from studio.library import installed_registry  # noqa: E402
+from studio.library import installed_registry
 
 
 def test_an_opened_comfyui_workflow_has_no_overlapping_nodes(make_window, tmp_path):
@@ -25,7 +25,9 @@ def test_an_opened_comfyui_workflow_has_no_overlapping_nodes(make_window, tmp_pa
         for nid, item in scene.nodes.items()
     }
     ids = sorted(rects)
-    hits = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :] if rects[a].intersects(rects[b])]
+    hits = [
+        (a, b) for i, a in enumerate(ids) for b in ids[i + 1 :] if rects[a].intersects(rects[b])
+    ]
     assert hits == []
     (frame,) = scene.frames.values()
     held = sorted(item.node_id for item in scene.nodes_in_frame(frame) if hasattr(item, "node_id"))
