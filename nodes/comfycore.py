@@ -322,12 +322,6 @@ def with_mask_bounds(conds: list, size: tuple[int, ...], factor: int) -> list:
     return out
 
 
-def check_areas(pos: list, neg: list, unet: Any) -> None:
-    """What Studio does not do with an area prompt yet: say so instead of guessing."""
-    if unet.config.in_channels != unet.config.out_channels:
-        raise NodeError("area prompts are not supported with inpainting models yet")
-
-
 def with_same_areas(pos: list, neg: list) -> tuple[list, list]:
     """ComfyUI's create_cond_with_same_area_if_none, both ways: for each area prompt of one
     side, the other side's prompt that covers it best is also predicted on that area."""

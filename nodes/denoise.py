@@ -241,9 +241,8 @@ def sample(
         neg = with_mask_bounds(neg, size, model.vae_downscale)
     areas = any("area" in c.extra for c in (*pos, *neg))
     if areas:
-        from nodes.comfycore import check_areas, with_same_areas
+        from nodes.comfycore import with_same_areas
 
-        check_areas(pos, neg, unet)
         pos, neg = with_same_areas(pos, neg)
     single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged and not areas
 
@@ -286,8 +285,14 @@ def sample(
             device=device,
             fit_aspect=area is not None,
         )
+        extra_inputs = inpaint_inputs
+        if area is not None and extra_inputs is not None:
+            # a 9-channel UNet's mask and masked image cut to the area, as ComfyUI cuts its
+            # concat conditioning (CONDNoiseShape)
+            top, left, h, w = area[0]
+            extra_inputs = tuple(t[..., top : top + h, left : left + w] for t in extra_inputs)
         return _NoisePrediction(
-            unet, sched, text, cfg, guided, control, inpaint_inputs, total=len(timesteps)
+            unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps)
         )
 
     if single:
