@@ -275,3 +275,50 @@ def test_diffusion_transformers_refuse_regional_prompts():
     masked = Cond(embeds=None, family="sd3", extra={"mask": (torch.ones(1, 8, 8), 1.0)})
     with pytest.raises(NodeError, match="Conditioning Set Mask"):
         _one_prompt([masked], "positive", "sd3")
+
+
+def test_a_comfyui_prompt_with_a_controlled_area_runs_on_studio_tiny():
+    """ComfyUI's API format: a second prompt on the right half with the old ControlNetApply
+    on it, and the first prompt's Set Mask on the mask's bounds; it imports with nothing to
+    report about them and runs (it used to stop with 'not supported yet')."""
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "studio-tiny"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a square", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "5": {
+            "class_type": "ConditioningSetArea",
+            "inputs": {"conditioning": ["3", 0], "width": 32, "height": 64, "x": 32, "y": 0,
+                       "strength": 1.0},
+        },
+        "6": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "studio-tiny-canny"}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {
+            "class_type": "ControlNetApply",
+            "inputs": {"conditioning": ["5", 0], "control_net": ["6", 0], "image": ["8", 0],
+                       "strength": 1.0},
+        },
+        "10": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+        "11": {
+            "class_type": "ConditioningSetMask",
+            "inputs": {"conditioning": ["2", 0], "mask": ["10", 0], "strength": 1.0,
+                       "set_cond_area": "mask bounds"},
+        },
+        "12": {"class_type": "ConditioningCombine",
+               "inputs": {"conditioning_1": ["11", 0], "conditioning_2": ["9", 0]}},
+        "13": {
+            "class_type": "KSampler",
+            "inputs": {"model": ["1", 0], "positive": ["12", 0], "negative": ["4", 0],
+                       "latent_image": ["7", 0], "seed": 3, "steps": 3, "cfg": 3.0,
+                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
+        },
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
+        "15": {"class_type": "PreviewImage", "inputs": {"images": ["14", 0]}},
+    }  # fmt: skip
+    result = import_comfyui(api, installed_registry(), source="regions.json")
+    assert result.report == []
+    run = Engine(installed_registry()).run(result.workflow)
+    assert run.ok, run.errors
+    image = run.outputs["14"]["image"]
+    assert image.shape == (1, 64, 64, 3) and float(image.std()) > 0.01
