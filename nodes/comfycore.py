@@ -215,8 +215,8 @@ def _pixels(name: str, default: int, minimum: int, tooltip: str) -> InputSpec:
     category="conditioning",
     description=(
         "Makes a prompt act on a rectangle of the image only (regional prompting, ComfyUI's "
-        "way): it is predicted on that part of the latent, its edges blended over 8 latent "
-        "cells. Combine it with a prompt for the whole image."
+        "way): it is predicted on that part of the latent, its edges blended over up to 8 "
+        "latent cells. Combine it with a prompt for the whole image."
     ),
     inputs=[
         InputSpec("conditioning", T.CONDITIONING),
@@ -253,24 +253,22 @@ def area_cells(area: tuple[int, int, int, int], size: tuple[int, ...], factor: i
 
 
 def area_weight(cells: tuple[int, int, int, int], size: tuple[int, ...], strength, batch: int):
-    """ComfyUI's weight of an area prompt: its strength, faded over 8 cells at every edge
-    that is not the image's (the same slices as ComfyUI's get_area_and_mult)."""
+    """ComfyUI's weight of an area prompt: its strength, faded at every edge that is not the
+    image's over ``min(8, side // 4)`` cells of that side (get_area_and_mult: a narrow area
+    fades over fewer cells, so its rows never fade twice)."""
     import torch
 
     y, x, h, w = cells
     lh, lw = size[-2], size[-1]
     mult = torch.full((batch, 1, h, w), float(strength))
-    rr = 8
-    for t in range(rr):
-        f = (1.0 / rr) * (t + 1)
-        if y != 0:
-            mult[:, :, t : 1 + t, :] *= f
-        if y + h < lh:
-            mult[:, :, h - 1 - t : h - t, :] *= f
-        if x != 0:
-            mult[:, :, :, t : 1 + t] *= f
-        if x + w < lw:
-            mult[:, :, :, w - 1 - t : w - t] *= f
+    for axis, start, length, full in ((2, y, h, lh), (3, x, w, lw)):
+        rr = min(8, length // 4)
+        for t in range(rr):
+            f = (1.0 / rr) * (t + 1)
+            if start != 0:
+                mult.narrow(axis, t, 1).mul_(f)
+            if start + length < full:
+                mult.narrow(axis, length - 1 - t, 1).mul_(f)
     return mult
 
 
