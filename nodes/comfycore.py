@@ -215,8 +215,8 @@ def _pixels(name: str, default: int, minimum: int, tooltip: str) -> InputSpec:
     category="conditioning",
     description=(
         "Makes a prompt act on a rectangle of the image only (regional prompting, ComfyUI's "
-        "way): it is predicted on that part of the latent, its edges blended over 8 latent "
-        "cells. Combine it with a prompt for the whole image."
+        "way): it is predicted on that part of the latent, its edges blended over up to 8 "
+        "latent cells. Combine it with a prompt for the whole image."
     ),
     inputs=[
         InputSpec("conditioning", T.CONDITIONING),
@@ -253,40 +253,71 @@ def area_cells(area: tuple[int, int, int, int], size: tuple[int, ...], factor: i
 
 
 def area_weight(cells: tuple[int, int, int, int], size: tuple[int, ...], strength, batch: int):
-    """ComfyUI's weight of an area prompt: its strength, faded over 8 cells at every edge
-    that is not the image's (the same slices as ComfyUI's get_area_and_mult)."""
+    """ComfyUI's weight of an area prompt: its strength, faded at every edge that is not the
+    image's over ``min(8, side // 4)`` cells of that side (get_area_and_mult: a narrow area
+    fades over fewer cells, so its rows never fade twice)."""
     import torch
 
     y, x, h, w = cells
     lh, lw = size[-2], size[-1]
     mult = torch.full((batch, 1, h, w), float(strength))
-    rr = 8
-    for t in range(rr):
-        f = (1.0 / rr) * (t + 1)
-        if y != 0:
-            mult[:, :, t : 1 + t, :] *= f
-        if y + h < lh:
-            mult[:, :, h - 1 - t : h - t, :] *= f
-        if x != 0:
-            mult[:, :, :, t : 1 + t] *= f
-        if x + w < lw:
-            mult[:, :, :, w - 1 - t : w - t] *= f
+    for axis, start, length, full in ((2, y, h, lh), (3, x, w, lw)):
+        rr = min(8, length // 4)
+        for t in range(rr):
+            f = (1.0 / rr) * (t + 1)
+            if start != 0:
+                mult.narrow(axis, t, 1).mul_(f)
+            if start + length < full:
+                mult.narrow(axis, length - 1 - t, 1).mul_(f)
     return mult
 
 
-def check_areas(pos: list, neg: list, unet: Any) -> None:
-    """What Studio does not do with an area prompt yet: say so instead of guessing."""
-    for c in (*pos, *neg):
-        if "area" not in c.extra:
-            continue
-        if c.extra.get("mask") is not None:
-            raise NodeError("a prompt with both an area and a mask is not supported yet")
-        if c.extra.get("controls"):
-            raise NodeError("a ControlNet on an area prompt is not supported yet")
-    if unet.config.addition_embed_type == "text_time":
-        raise NodeError("area prompts are not supported with SDXL models yet")
-    if unet.config.in_channels != unet.config.out_channels:
-        raise NodeError("area prompts are not supported with inpainting models yet")
+def latent_mask(mask: Any, size: tuple[int, ...]) -> Any:
+    """A prompt's mask ``[b, h, w]`` at the latent's size: bilinear, corners not aligned (as
+    ComfyUI resizes a conditioning mask before sampling)."""
+    import torch
+
+    m = mask.float()
+    m = m[None] if m.ndim == 2 else m
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(
+            m[:, None], size=tuple(size), mode="bilinear", align_corners=False
+        )[:, 0]
+    return m
+
+
+def mask_bounds_cells(mask: Any, size: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Conditioning Set Mask's 'mask bounds' as (height, width, top, left) in latent cells.
+
+    As ComfyUI's resolve_areas_and_cond_masks: the mask at the latent's size, its largest
+    magnitude over the batch, the bounding box of the cells that are not 0, grown to at
+    least 8 cells each way (down and right; the latent's edge clips it later). An empty mask
+    gives 8x8 cells at the top left, where its weight 0 makes the prompt count nowhere.
+    """
+    import torch
+
+    m = latent_mask(mask, size).abs().amax(dim=0)
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    if len(ys) == 0:
+        return 8, 8, 0, 0
+    top, left = int(ys.min()), int(xs.min())
+    h, w = int(ys.max()) - top + 1, int(xs.max()) - left + 1
+    return max(8, h), max(8, w), top, left
+
+
+def with_mask_bounds(conds: list, size: tuple[int, ...], factor: int) -> list:
+    """Each prompt whose Conditioning Set Mask asked for 'mask bounds' becomes an area prompt
+    on that box (in pixels, as Conditioning Set Area keeps it), still weighted by its mask.
+    Done before the negative side is matched to the areas, as ComfyUI does."""
+    from dataclasses import replace
+
+    out = []
+    for c in conds:
+        if c.extra.get("mask_bounds") and c.extra.get("mask") is not None:
+            cells = mask_bounds_cells(c.extra["mask"][0], size)
+            c = replace(c, extra={**c.extra, "area": tuple(v * factor for v in cells)})
+        out.append(c)
+    return out
 
 
 def with_same_areas(pos: list, neg: list) -> tuple[list, list]:
@@ -324,10 +355,11 @@ def _same_areas(source: list, target: list) -> list:
                 smallest = n
         if smallest is None or smallest.extra.get("area") == area:
             continue
-        # ComfyUI copies the area prompt and gives it the other side's text
-        extra = {k: v for k, v in smallest.extra.items() if k != "timestep_range"}
-        extra |= {"area": area, "strength": c.extra.get("strength", 1.0)}
-        if "timestep_range" in c.extra:
-            extra["timestep_range"] = c.extra["timestep_range"]
+        # ComfyUI copies the area prompt (its area, strength, mask, timestep range and
+        # ControlNets) and gives it the other side's model conditioning (text, pooled text
+        # and size, guidance)
+        extra = {k: v for k, v in c.extra.items() if k != "guidance"}
+        if "guidance" in smallest.extra:
+            extra["guidance"] = smallest.extra["guidance"]
         out.append(replace(smallest, extra=extra))
     return out

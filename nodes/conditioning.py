@@ -265,6 +265,10 @@ def conditioning_average(
     return out
 
 
+#: Conditioning Set Mask's set_cond_area, ComfyUI's names.
+MASK_AREAS = ("default", "mask bounds")
+
+
 @node(
     "conditioning_set_mask",
     title="Conditioning Set Mask",
@@ -286,10 +290,23 @@ def conditioning_average(
             step=0.01,
             tooltip="The prompt's weight inside its mask against the prompts it is combined with.",
         ),
+        InputSpec(
+            "set_cond_area",
+            T.CHOICE,
+            default="default",
+            choices=MASK_AREAS,
+            tooltip=(
+                "default: the prompt is predicted on the whole image. mask bounds: only on "
+                "the rectangle around the mask (as a Conditioning Set Area), so it is drawn "
+                "at that size, weighted by the mask inside it."
+            ),
+        ),
     ],
     outputs=[OutputSpec("conditioning", T.CONDITIONING)],
 )
-def conditioning_set_mask(ctx, conditioning: Any, mask: Any, strength: float = 1.0) -> list:
+def conditioning_set_mask(
+    ctx, conditioning: Any, mask: Any, strength: float = 1.0, set_cond_area: str = "default"
+) -> list:
     import dataclasses
 
     from studio.errors import NodeError
@@ -297,7 +314,10 @@ def conditioning_set_mask(ctx, conditioning: Any, mask: Any, strength: float = 1
     if getattr(mask, "ndim", 0) not in (2, 3):
         raise NodeError(f"the mask input is not a mask (got {type(mask).__name__})")
     m = mask.float().cpu()
+    bounds = set_cond_area == "mask bounds"
     return [
-        dataclasses.replace(c, extra={**c.extra, "mask": (m, float(strength))})
+        dataclasses.replace(
+            c, extra={**c.extra, "mask": (m, float(strength)), "mask_bounds": bounds}
+        )
         for c in _conds(conditioning, "conditioning")
     ]

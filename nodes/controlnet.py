@@ -411,7 +411,11 @@ class ControlPlan:
         latent_size: tuple[int, int],
         dtype: Any,
         device: Any,
+        fit_aspect: bool = False,
     ):
+        """``latent_size``: the part of the latent the prompt is predicted on (an area
+        prompt's rectangle); ``fit_aspect``: first cut the control image to that part's
+        aspect around its centre, as ComfyUI fits a control image to an area."""
         import torch
 
         pos_entries, neg_entries = controls_of(pos), controls_of(neg)
@@ -448,7 +452,8 @@ class ControlPlan:
                 len(e.net.config.get("conditioning_embedding_out_channels", (0,) * 4)) - 1
             )
             height, width = latent_size[0] * factor, latent_size[1] * factor
-            image = prepare_image(e.image, width, height, batch, dtype, device)
+            picture = center_crop(e.image, width / height) if fit_aspect else e.image
+            image = prepare_image(picture, width, height, batch, dtype, device)
             if do_cfg:
                 image = torch.cat([image] * 2)
                 on_neg = any(e is n for n in neg_entries)
@@ -493,6 +498,21 @@ class ControlPlan:
                 down_sum = [a + b for a, b in zip(down_sum, down, strict=True)]
                 mid_sum = mid_sum + mid
         return down_sum, mid_sum
+
+
+def center_crop(image: Any, aspect: float) -> Any:
+    """An IMAGE ``[b, h, w, c]`` cut around its centre to ``aspect`` (width / height), as
+    ComfyUI's common_upscale with crop "center" cuts before it resizes: the longer side loses
+    ``round((side - side * ratio) / 2)`` pixels at each end."""
+    h, w = image.shape[1], image.shape[2]
+    own = w / h
+    if own > aspect:
+        x = round((w - w * (aspect / own)) / 2)
+        return image[:, :, x : w - x]
+    if own < aspect:
+        y = round((h - h * (own / aspect)) / 2)
+        return image[:, y : h - y]
+    return image
 
 
 def prepare_image(image: Any, width: int, height: int, batch: int, dtype: Any, device: Any) -> Any:

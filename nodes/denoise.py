@@ -233,11 +233,16 @@ def sample(
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
     masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
     ranged = any("timestep_range" in c.extra for c in (*pos, *neg))
+    if any(c.extra.get("mask_bounds") for c in (*pos, *neg)):
+        from nodes.comfycore import with_mask_bounds
+
+        size = tuple(samples.shape[-2:])
+        pos = with_mask_bounds(pos, size, model.vae_downscale)
+        neg = with_mask_bounds(neg, size, model.vae_downscale)
     areas = any("area" in c.extra for c in (*pos, *neg))
     if areas:
-        from nodes.comfycore import check_areas, with_same_areas
+        from nodes.comfycore import with_same_areas
 
-        check_areas(pos, neg, unet)
         pos, neg = with_same_areas(pos, neg)
     single = len(pos) == 1 and len(neg) == 1 and not masked and not ranged and not areas
 
@@ -264,7 +269,9 @@ def sample(
     if mask is not None:
         mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
 
-    def prediction(p: Cond, n: Cond, guided: bool) -> _NoisePrediction:
+    def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
+        # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
+        # (its size conditioning comes from the prompt, not from the area)
         text = _text_conditioning(unet, model, p, n, samples, cfg, guided, device, dtype)
         control = ControlPlan(
             ctx,
@@ -273,28 +280,41 @@ def sample(
             n,
             do_cfg=guided,
             batch=batch,
-            latent_size=tuple(samples.shape[-2:]),
+            latent_size=tuple(samples.shape[-2:]) if area is None else area[0][2:],
             dtype=dtype,
             device=device,
+            fit_aspect=area is not None,
         )
+        extra_inputs = inpaint_inputs
+        if area is not None and extra_inputs is not None:
+            # a 9-channel UNet's mask and masked image cut to the area, as ComfyUI cuts its
+            # concat conditioning (CONDNoiseShape)
+            top, left, h, w = area[0]
+            extra_inputs = tuple(t[..., top : top + h, left : left + w] for t in extra_inputs)
         return _NoisePrediction(
-            unet, sched, text, cfg, guided, control, inpaint_inputs, total=len(timesteps)
+            unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps)
         )
 
     if single:
         predict: Any = prediction(pos[0], neg[0], do_cfg)
     else:
         size = tuple(samples.shape[-2:])
+        pos_areas = tuple(_area(c, size, model, batch, device, dtype) for c in pos)
+        neg_areas = tuple(_area(c, size, model, batch, device, dtype) for c in neg)
         predict = _AveragedPrediction(
-            positive=tuple(prediction(c, c, False) for c in pos),
-            negative=tuple(prediction(c, c, False) for c in neg) if do_cfg else (),
+            positive=tuple(prediction(c, c, False, a) for c, a in zip(pos, pos_areas, strict=True)),
+            negative=(
+                tuple(prediction(c, c, False, a) for c, a in zip(neg, neg_areas, strict=True))
+                if do_cfg
+                else ()
+            ),
             cfg=cfg,
             positive_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in pos),
             negative_weights=tuple(_prompt_weight(c, size, batch, device, dtype) for c in neg),
             positive_conds=tuple(pos),
             negative_conds=tuple(neg),
-            positive_areas=tuple(_area(c, size, model, batch, device) for c in pos),
-            negative_areas=tuple(_area(c, size, model, batch, device) for c in neg),
+            positive_areas=pos_areas,
+            negative_areas=neg_areas,
         )
     if isinstance(sched, ksampling.KSchedule):
         return _comfy_run(ctx, model, sched, start, predict, mask, latent)
@@ -685,14 +705,25 @@ def _mean(preds: list[torch.Tensor], weights: tuple[torch.Tensor | None, ...] = 
     return num / den
 
 
-def _area(c: Cond, size: tuple[int, ...], model: ModelHandle, batch: int, device: Any) -> Any:
-    """Conditioning Set Area's part of the latent and its weight, or None."""
+def _area(
+    c: Cond, size: tuple[int, ...], model: ModelHandle, batch: int, device: Any, dtype: Any
+) -> Any:
+    """An area prompt's part of the latent and its weight there, or None.
+
+    As ComfyUI's get_area_and_mult: without a mask, the area's strength faded at its inner
+    edges; with a mask (Conditioning Set Mask, 'mask bounds' or after a Set Area), the mask
+    cut to the area times the mask's strength times the area's, with no fade."""
     if "area" not in c.extra:
         return None
     from nodes.comfycore import area_cells, area_weight
 
     cells = area_cells(c.extra["area"], size, model.vae_downscale)
-    return cells, area_weight(cells, size, c.extra.get("strength", 1.0), batch).to(device)
+    strength = c.extra.get("strength", 1.0)
+    weight = _prompt_weight(c, size, batch, device, dtype)
+    if weight is None:
+        return cells, area_weight(cells, size, strength, batch).to(device)
+    top, left, h, w = cells
+    return cells, weight[..., top : top + h, left : left + w] * float(strength)
 
 
 def _prompt_weight(
@@ -703,18 +734,16 @@ def _prompt_weight(
     entry = c.extra.get("mask")
     if entry is None:
         return None
+    from nodes.comfycore import latent_mask
+
     mask, strength = entry
-    m = mask.float()
-    m = m[None] if m.ndim == 2 else m
+    m = mask[None] if mask.ndim == 2 else mask
     if m.shape[0] not in (1, batch):
         raise NodeError(
             f"a prompt's mask holds {m.shape[0]} masks for a batch of {batch}: give one mask, "
             "or one per image"
         )
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = torch.nn.functional.interpolate(
-            m[:, None], size=size, mode="bilinear", align_corners=False
-        )[:, 0]
+    m = latent_mask(m, size)
     m = m.expand(batch, -1, -1) if m.shape[0] == 1 else m
     return (m[:, None] * float(strength)).to(device=device, dtype=dtype)
 

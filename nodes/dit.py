@@ -1037,6 +1037,12 @@ def _one_prompt(conds: list[Cond], name: str, family: str) -> Cond:
             f"the {name} prompt was encoded by a {c.family or 'different'} text encoder, but "
             f"the model is {FAMILY_TITLES[family]}: connect the CLIP that goes with this model"
         )
+    for key, node_title in (("area", "Conditioning Set Area"), ("mask", "Conditioning Set Mask")):
+        if c.extra.get(key) is not None:  # a regional prompt would silently act everywhere
+            raise NodeError(
+                f"the {name} prompt comes through a {node_title}, which "
+                f"{FAMILY_TITLES[family]} models do not take yet: remove that node"
+            )
     return c
 
 

@@ -200,16 +200,22 @@ def test_the_four_types_import_and_export():
     assert back["7"]["inputs"] == api["7"]["inputs"]
 
 
-def test_area_weights_fade_over_eight_cells_at_inner_edges():
+def test_area_weights_fade_at_inner_edges():
     from nodes.comfycore import area_cells, area_weight
 
-    cells = area_cells((128, 192, 0, 64), (16, 32), 8)  # 192x128 px at x=64 of 256x128 px
-    assert cells == (0, 8, 16, 24)
-    w = area_weight(cells, (16, 32), 0.5, 1)[0, 0]
-    # left edge inside the image: columns fade 1/8 .. 8/8; top, bottom and right are the
-    # image's own edges: no fade there
+    cells = area_cells((128, 256, 0, 64), (16, 48), 8)  # 256x128 px at x=64 of 384x128 px
+    assert cells == (0, 8, 16, 32)
+    w = area_weight(cells, (16, 48), 0.5, 1)[0, 0]
+    # left and right edges inside the image: columns fade 1/8 .. 8/8 (min(8, 32 // 4));
+    # top and bottom are the image's own edges: no fade there
     assert w[:, 0].tolist() == [0.5 / 8] * 16 and w[:, 7].tolist() == [0.5] * 16
-    assert w[:, 23].tolist() == [0.5] * 16 and w[0, 3].item() == 0.5 * 4 / 8
+    assert w[:, 8].tolist() == [0.5] * 16 and w[0, 3].item() == 0.5 * 4 / 8
+    assert w[:, 31].tolist() == [0.5 / 8] * 16
+    # a narrow area fades over a quarter of its side: 12 columns over 3, 6 rows over 1
+    w = area_weight((4, 4, 6, 12), (16, 48), 1.0, 1)[0, 0]
+    assert w[3, :4].tolist() == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    assert w[3, -1].item() == pytest.approx(1 / 3)
+    assert w[:, 5].tolist() == [1.0] * 6  # rows: rr = 1, a factor of 1
     with pytest.raises(Exception, match="lies outside"):
         area_cells((64, 64, 0, 512), (16, 32), 8)
 

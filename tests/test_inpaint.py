@@ -165,3 +165,36 @@ def test_grow_mask_by_widens_the_repainted_area(engine, models_root):
     assert result.ok, result.errors
     noise_mask = result.outputs[ids["encode"]]["latent"]["noise_mask"]
     assert noise_mask[0, 10, 37] == 1 and noise_mask[0, 10, 39] == 0
+
+
+def test_area_prompts_on_a_nine_channel_checkpoint(engine, models_root):
+    """The UNet's mask and masked image are cut to an area prompt's part, as ComfyUI cuts
+    them: an area over the whole image is the plain prompt, one over the right half changes
+    that half only (one step, so the left half sees the same predictions)."""
+
+    def latent(area=None):
+        wf, ids = inpaint_graph(models_root, "tiny-inpaint")
+        wf.get_node(ids["sampler"]).params["steps"] = 1
+        if area is not None:
+            other = wf.add_node("text_encode", {"text": "a red circle"}).id
+            wf.connect(ids["ckpt"], "clip", other, "clip")
+            x, width = area
+            placed = wf.add_node(
+                "conditioning_set_area", {"x": x, "y": 0, "width": width, "height": 64}
+            ).id
+            wf.connect(other, "conditioning", placed, "conditioning")
+            comb = wf.add_node("conditioning_combine").id
+            wf.connect(ids["pos"], "conditioning", comb, "conditioning_1")
+            wf.connect(placed, "conditioning", comb, "conditioning_2")
+            wf.connect(comb, "conditioning", ids["sampler"], "positive")
+        result = engine.run(wf)
+        assert result.ok, result.errors
+        return result.outputs[ids["sampler"]]["latent"]["samples"]
+
+    plain = latent()
+    right = latent((32, 32))
+    assert torch.allclose(right[..., :4], plain[..., :4], atol=1e-5)
+    assert (right[..., 4:] - plain[..., 4:]).abs().max() > 1e-3
+    whole = latent((0, 64))  # both prompts everywhere, equal weights: their average
+    assert (whole - plain).abs().max() > 1e-3
+    assert (whole - right)[..., 4:].abs().max() > 1e-4  # the right half's weights fade in

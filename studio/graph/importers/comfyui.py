@@ -31,6 +31,7 @@ from studio.graph.importers.comfyui_map import (
     NodeMap,
     sampler_schedule,
 )
+from studio.graph.importers.tidy import MIN_GAP, node_size, tidy_layout
 from studio.graph.seeds import EXTRA_KEY as SEED_EXTRA_KEY
 from studio.graph.seeds import SeedControl
 from studio.graph.workflow import Frame, Link, Node, NodeLayout, Note, Workflow
@@ -83,6 +84,8 @@ def import_comfyui(
     wf = _Builder(registry, graph, reader.report, source).build()
     if kind == "comfyui-api":
         layout_layers(wf)
+    else:
+        tidy_layout(wf, {cn.id: cn.ui_height for cn in graph.nodes.values() if cn.ui_height})
     _add_import_note(wf, source, label, reader.report)
     return saveable(ImportResult(wf, list(reader.report), kind), source)
 
@@ -105,6 +108,8 @@ class _CNode:
     title: str = ""
     mode: int = 0
     layout: NodeLayout | None = None
+    #: The node's height in the UI format (its layout is tidied with it).
+    ui_height: float | None = None
     #: The UI format's raw widget values and port names (kept on placeholders).
     widgets_values: Any = None
     ui_inputs: list[str] = field(default_factory=list)
@@ -318,6 +323,11 @@ class _Reader:
         mode = nd.get("mode", 0)
         cn = _CNode(nid, ct, title=title or "", mode=mode if isinstance(mode, int) else 0)
         cn.layout = _ui_layout(nd)
+        size = nd.get("size")
+        if isinstance(size, dict):  # very old files: {"0": w, "1": h}
+            size = [size.get("0", 0), size.get("1", 0)]
+        if _is_pair(size) and size[1] > 0:
+            cn.ui_height = float(size[1])
         cn.ui_inputs = [_input_name(i) for i in _items(nd.get("inputs")) if isinstance(i, dict)]
         cn.ui_outputs = [
             str(o.get("name", i))
@@ -807,9 +817,9 @@ class _Builder:
 # -- layout and the note -------------------------------------------------------------------
 
 
-def layout_layers(wf: Workflow, *, x_gap: float = 340.0, y_gap: float = 40.0) -> None:
+def layout_layers(wf: Workflow, *, x_gap: float = 340.0, y_gap: float = MIN_GAP) -> None:
     """Lay out nodes left to right in layers by their longest path from a source node,
-    each layer a column, nodes spaced by an estimate of their height."""
+    each layer a column, nodes spaced by the room they take on the canvas."""
     preds: dict[str, list[str]] = {n.id: [] for n in wf.nodes}
     succs: dict[str, list[str]] = {n.id: [] for n in wf.nodes}
     for lk in wf.links:
@@ -832,23 +842,7 @@ def layout_layers(wf: Workflow, *, x_gap: float = 340.0, y_gap: float = 40.0) ->
         y = 0.0
         for nid in ids:
             wf.layout.nodes[nid] = NodeLayout(pos=(col * x_gap, y))
-            y += _height(wf, nid) + y_gap
-
-
-def _height(wf: Workflow, node_id: str) -> float:
-    spec = wf.spec_of(node_id)
-    if spec is None:
-        node = wf.get_node(node_id)
-        rows = max(
-            len(wf.links_into(node_id)), len(node.extra.get("comfyui", {}).get("outputs", []))
-        )
-    else:
-        # Ports side by side, then a row per param (a prompt editor takes four).
-        links = [i for i in spec.inputs if not i.is_param]
-        rows = max(len(links), len(spec.outputs)) + sum(
-            4 if i.multiline else 1 for i in spec.params
-        )
-    return 40.0 + 26.0 * max(rows, 1)
+            y += node_size(wf, nid)[1] + y_gap
 
 
 def _add_import_note(wf: Workflow, source: str, label: str, report: list[str]) -> None:

@@ -325,13 +325,6 @@ NODE_MAPS: dict[str, NodeMap] = {
         "Conditioning (Set Mask)",
         ("strength", "set_cond_area"),
         outputs=("conditioning",),
-        unsupported={
-            "set_cond_area": (
-                "default",
-                "'set_cond_area: mask bounds' became 'default': Studio predicts a masked "
-                "prompt on the whole image, not on the mask's bounding box",
-            )
-        },
     ),
     "ImagePadForOutpaint": NodeMap(
         "pad_for_outpaint",
