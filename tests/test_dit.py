@@ -795,3 +795,179 @@ def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
     links = {lk.input: (lk.source, lk.output) for lk in wf.links_into(apply.id)}
     assert links["vae"] == (ckpt.id, "vae")
     assert not any("vae" in line for line in result.report)
+
+
+def tiny_flux_controlnet(transformer, seed: int):
+    """A Flux ControlNet in the diffusers layout (InstantX's, Shakker-Labs') built from the
+    tiny transformer, with non-zero output and input layers so it acts."""
+    torch.manual_seed(seed)
+    cfg = transformer.config
+    cn = diffusers.FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=1,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+    )  # fmt: skip
+    with torch.no_grad():
+        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.controlnet_x_embedder):
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+    return cn.eval()
+
+
+def _apply(wf, ids, load_name: str, image: str, with_vae: bool = True, **params) -> str:
+    load = wf.add_node("load_controlnet", {"control_net_name": load_name}).id
+    img = wf.add_node("load_image", {"image": image}).id
+    apply = wf.add_node("apply_controlnet", params).id
+    for a, b, c, d in [
+        (*ids["pos"], apply, "positive"),
+        (*ids["neg"], apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        *([(ids["ckpt"], "vae", apply, "vae")] if with_vae else []),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    return apply
+
+
+@pytest.fixture(scope="module")
+def flux_controlnets(parts, root):
+    """Two Flux ControlNets: one single file (told apart by its keys, config from shapes),
+    one diffusers folder; and two control images."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    tf = parts["flux"]["transformer"]
+    a, b = tiny_flux_controlnet(tf, 5), tiny_flux_controlnet(tf, 6)
+    (root / "controlnet").mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in a.state_dict().items()},
+        str(root / "controlnet" / "flux-canny.safetensors"),
+    )
+    b.save_pretrained(root / "controlnet" / "flux-depth")
+    images = []
+    for name, box in [("flux-edges.png", (16, 48, 8, 28)), ("flux-depth.png", (8, 40, 30, 60))]:
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[box[0] : box[1], box[2] : box[3]] = 255
+        Image.fromarray(arr).save(root / name)
+        images.append(root / name)
+    return a, b, images
+
+
+def _mean_not_sample(monkeypatch):
+    """The pipelines encode the control image with a VAE sample (drawn from the run's
+    generator, before the noise); Studio with its mean: the pipeline runs with the mean."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+
+
+def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
+    engine, parts, flux_controlnets, monkeypatch
+):
+    """A single-file Flux ControlNet through Apply ControlNet (with the VAE; strength and end
+    of window) equals FluxControlNetPipeline."""
+    from PIL import Image
+
+    cn, _, (edges, _) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
+    controlled = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(edges).convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+def test_stacked_flux_controlnets_equal_the_multi_controlnet_pipeline(
+    engine, parts, flux_controlnets, monkeypatch
+):
+    """A file and a folder Flux ControlNet chained (each with its own strength and window)
+    equal FluxControlNetPipeline with a FluxMultiControlNetModel of the two."""
+    from PIL import Image
+
+    a, b, (edges, depth) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
+    _apply(wf, ids, "flux-depth", str(depth), strength=0.5, start_percent=0.3)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    dec = _decode(wf, ids, _sampler_node(wf, ids, "flux", (lat, "latent")))
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    multi = diffusers.FluxMultiControlNetModel([a, b])
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=multi)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=[Image.open(p).convert("RGB") for p in (edges, depth)],
+        controlnet_conditioning_scale=[0.8, 0.5], control_guidance_start=[0.0, 0.3],
+        control_guidance_end=[0.7, 1.0],
+    )  # fmt: skip
+    _close(got, want)
+
+
+def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
+    engine, parts, root, flux_controlnets
+):
+    """A Flux ControlNet on an SD3 model (and an SD3 one on Flux) names both families; a
+    Flux ControlNet without the VAE asks for it; XLabs' own layout and union ControlNets are
+    refused on the loader with what Studio reads instead."""
+    from safetensors.torch import save_file
+
+    _, _, (edges, _) = flux_controlnets
+    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+        root / "controlnet" / "sd3-depth"
+    )
+    for family, name, with_vae, words in [
+        ("sd3", "flux-depth", True, ["flux-depth", "Flux.1", "Stable Diffusion 3.x"]),
+        ("flux", "sd3-depth", True, ["sd3-depth", "Flux.1", "Stable Diffusion 3.x"]),
+        ("flux", "flux-depth", False, ["flux-depth", "VAE"]),
+    ]:
+        wf = Workflow(installed_registry())
+        ids = _prompts(wf, family)
+        ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+        _apply(wf, ids, name, str(edges), with_vae=with_vae)
+        lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+        s = _sampler_node(wf, ids, family, (lat, "latent"), steps=1)
+        result = engine.run(wf, targets=[s])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
+
+    xlabs = {
+        "double_blocks.0.img_attn.qkv.weight": torch.zeros(96, 32),
+        "controlnet_blocks.0.weight": torch.zeros(32, 32),
+        "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3),
+    }
+    save_file(xlabs, str(root / "controlnet" / "flux-xlabs.safetensors"))
+    union = {k: v.contiguous() for k, v in flux_controlnets[0].state_dict().items()}
+    union["controlnet_mode_embedder.weight"] = torch.zeros(7, 32)
+    save_file(union, str(root / "controlnet" / "flux-union.safetensors"))
+    for name, words in [
+        ("flux-xlabs.safetensors", ["XLabs", "diffusers layout"]),
+        ("flux-union.safetensors", ["union", "7"]),
+    ]:
+        wf = Workflow(installed_registry())
+        load = wf.add_node("load_controlnet", {"control_net_name": name}).id
+        result = engine.run(wf, targets=[load])
+        msg = result.errors[load]
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
