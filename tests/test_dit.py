@@ -971,3 +971,106 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
         msg = result.errors[load]
         assert all(w in msg for w in words), msg
         assert "Traceback" not in msg
+
+
+def kohya_flux_lora(transformer, rank: int = 4, seed: int = 12) -> dict[str, torch.Tensor]:
+    """A Flux LoRA in the kohya (sd-scripts) layout, built from the transformer's shapes with
+    the module names diffusers' ``_convert_kohya_flux_lora_to_diffusers`` maps (fused qkv,
+    mlp, modulation of the double blocks; proj_out and modulation of the single blocks; the
+    single blocks' fused linear1 left out: that converter splits it at Flux.1's full width)."""
+    gen = torch.Generator().manual_seed(seed)
+    inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    shapes = {}  # kohya module -> (in, out)
+    for i in range(transformer.config.num_layers):
+        for side in ("img", "txt"):
+            b = f"lora_unet_double_blocks_{i}_{side}"
+            shapes |= {
+                f"{b}_attn_qkv": (inner, 3 * inner), f"{b}_attn_proj": (inner, inner),
+                f"{b}_mlp_0": (inner, 4 * inner), f"{b}_mlp_2": (4 * inner, inner),
+                f"{b}_mod_lin": (inner, 6 * inner),
+            }  # fmt: skip
+    for i in range(transformer.config.num_single_layers):
+        b = f"lora_unet_single_blocks_{i}"
+        shapes |= {f"{b}_linear2": (5 * inner, inner), f"{b}_modulation_lin": (inner, 3 * inner)}
+    state = {}
+    for name, (fan_in, fan_out) in shapes.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) * 0.3
+        state[f"{name}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.3
+        state[f"{name}.alpha"] = torch.tensor(float(rank) / 2)
+    return state
+
+
+def sd3_lora_file(transformer_factory, folder, name: str) -> None:
+    """An SD3 LoRA in the diffusers (peft) layout, as StableDiffusion3Pipeline saves it."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    net = transformer_factory()
+    torch.manual_seed(13)
+    net.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "proj_out"],
+        )
+    )  # fmt: skip
+    diffusers.StableDiffusion3Pipeline.save_lora_weights(
+        str(folder), transformer_lora_layers=get_peft_model_state_dict(net), weight_name=name
+    )
+
+
+def _lora_variants(engine, family: str, lora_name: str) -> dict[str, np.ndarray]:
+    """One graph: the checkpoint plain, with Load LoRA at 1, Load LoRA at 0 and Load LoRA
+    (Model Only) at 0, each through its own Text Encodes and Sampler."""
+    ckpt, cfg, guidance = DIT_SETUPS[family]
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+    lo1 = wf.add_node("load_lora", {"lora_name": lora_name, "strength_model": 1.0}).id
+    lo0 = wf.add_node(
+        "load_lora", {"lora_name": lora_name, "strength_model": 0.0, "strength_clip": 0.0}
+    ).id
+    only0 = wf.add_node("load_lora_model_only", {"lora_name": lora_name, "strength_model": 0.0}).id
+    for lo in (lo1, lo0):
+        wf.connect(c, "model", lo, "model")
+        wf.connect(c, "clip", lo, "clip")
+    wf.connect(c, "model", only0, "model")
+    decs = {}
+    for label, model, clip in [
+        ("plain", (c, "model"), (c, "clip")),
+        ("lora", (lo1, "model"), (lo1, "clip")),
+        ("zero", (lo0, "model"), (lo0, "clip")),
+        ("model-only-zero", (only0, "model"), (c, "clip")),
+    ]:
+        decs[label] = _sampling(wf, model, clip, (c, "vae"), cfg=cfg, guidance=guidance)
+    out = _outputs(engine, wf, list(decs.values()))
+    return {label: out[d]["image"].numpy() for label, d in decs.items()}
+
+
+def test_a_flux_lora_in_the_kohya_layout_equals_the_pipeline_with_it(engine, root):
+    """A kohya-layout Flux LoRA (lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight ...)
+    equals FluxPipeline with the same file loaded; at strength 0 (Load LoRA, Load LoRA Model
+    Only) the picture is the one without it."""
+    tf = fx.tiny_flux()["transformer"]
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(kohya_flux_lora(tf), root / "loras" / "flux_kohya.safetensors")
+    got = _lora_variants(engine, "flux", "flux_kohya.safetensors")
+    pipe = fx.flux_pipeline(fx.tiny_flux())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="flux_kohya.safetensors")
+    want = _pipe_image(pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255  # the LoRA did change it
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def test_an_sd3_lora_equals_the_pipeline_with_it(engine, root):
+    """An SD3 LoRA (diffusers/peft layout) equals StableDiffusion3Pipeline with the same file
+    loaded; at strength 0 the picture is the one without it."""
+    (root / "loras").mkdir(exist_ok=True)
+    sd3_lora_file(lambda: fx.tiny_sd3()["transformer"], root / "loras", "sd3_lora.safetensors")
+    got = _lora_variants(engine, "sd3", "sd3_lora.safetensors")
+    pipe = fx.sd3_pipeline(fx.tiny_sd3())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="sd3_lora.safetensors")
+    want = _pipe_image(pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=DIT_SETUPS["sd3"][1])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
