@@ -1074,3 +1074,159 @@ def test_an_sd3_lora_equals_the_pipeline_with_it(engine, root):
     assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255
     assert np.array_equal(got["zero"], got["plain"])
     assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def _to_kohya_sd3(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers-layout SD3 LoRA (saved without adapter metadata: alpha = rank, scale 1)
+    written in kohya sd-scripts' layout: q, k, v fused (down weights stacked, up weights
+    block-diagonal), alpha = rank / 2 with the down weights doubled, the adaLN modulations
+    diffusers stores as (scale, shift) back in (shift, scale) order, CLIP layers as
+    lora_te1_*."""
+    fused = {
+        ("attn.to_q", "attn.to_k", "attn.to_v"): "x_block_attn_qkv",
+        ("attn2.to_q", "attn2.to_k", "attn2.to_v"): "x_block_attn2_qkv",
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"): "context_block_attn_qkv",
+    }
+    single = {
+        "attn.to_out.0": "x_block_attn_proj", "attn2.to_out.0": "x_block_attn2_proj",
+        "attn.to_add_out": "context_block_attn_proj", "norm1.linear": "x_block_adaLN_modulation_1",
+        "norm1_context.linear": "context_block_adaLN_modulation_1",
+    }  # fmt: skip
+
+    def swap(up):
+        a, b = up.chunk(2)
+        return torch.cat([b, a])
+
+    out = {}
+
+    def put(name, down, up):
+        out[f"{name}.lora_down.weight"] = (2 * down).contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(down.shape[0] / 2)
+
+    a = {k[: -len(".lora_A.weight")]: v for k, v in state.items() if k.endswith("lora_A.weight")}
+    b = {k[: -len(".lora_B.weight")]: v for k, v in state.items() if k.endswith("lora_B.weight")}
+    blocks = {int(k.split(".")[2]) for k in a if k.startswith("transformer.transformer_blocks.")}
+    last = max(blocks)
+    for i in blocks:
+        p = f"transformer.transformer_blocks.{i}."
+        for parts, name in fused.items():
+            if p + parts[0] in a:
+                down = torch.cat([a[p + t] for t in parts])
+                up = torch.block_diag(*[b[p + t] for t in parts])
+                put(f"lora_unet_joint_blocks_{i}_{name}", down, up)
+        for part, name in single.items():
+            if p + part in a:
+                up = b[p + part]
+                if part == "norm1_context.linear" and i == last:
+                    up = swap(up)
+                put(f"lora_unet_joint_blocks_{i}_{name}", a[p + part], up)
+    put("lora_unet_final_layer_linear", a["transformer.proj_out"], b["transformer.proj_out"])
+    put(
+        "lora_unet_final_layer_adaLN_modulation_1",
+        a["transformer.norm_out.linear"], swap(b["transformer.norm_out.linear"]),
+    )  # fmt: skip
+    for key in a:
+        if key.startswith("text_encoder."):
+            name = "lora_te1_" + key[len("text_encoder.") :].replace(".", "_")
+            put(name, a[key], b[key])
+    return out
+
+
+def test_an_sd3_lora_in_the_kohya_layout_equals_the_pipeline_with_it(engine, root):
+    """An SD3 LoRA in kohya sd-scripts' layout (transformer and CLIP-L layers: fused qkv,
+    the dual-attention block's attn2, the adaLN modulations, the final layer) equals
+    StableDiffusion3Pipeline with the same LoRA in the diffusers layout."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import load_file
+
+    parts = fx.tiny_sd3()
+    net, te = parts["transformer"], parts["text_encoder"]
+    torch.manual_seed(14)
+    net.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=[
+                "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                "to_add_out", "norm1.linear", "norm1_context.linear", "norm_out.linear",
+                "proj_out",
+            ],
+        )
+    )  # fmt: skip
+    with torch.no_grad():  # the modulation layers' LoRA small: the tiny model stays sane
+        for name, p in net.named_parameters():
+            if "lora_B" in name and "norm" in name:
+                p.mul_(0.1)
+    inject_adapter_in_model(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
+        ),
+        te,
+    )  # fmt: skip
+    (root / "loras").mkdir(exist_ok=True)
+    diffusers.StableDiffusion3Pipeline.save_lora_weights(
+        str(root / "loras"), transformer_lora_layers=get_peft_model_state_dict(net),
+        text_encoder_lora_layers=get_peft_model_state_dict(te),
+        weight_name="sd3_full_diffusers.safetensors",
+    )  # fmt: skip
+    state = load_file(str(root / "loras" / "sd3_full_diffusers.safetensors"))
+    assert any(".attn2." in k for k in state) and any("norm_out" in k for k in state)
+    fx.save(_to_kohya_sd3(state), root / "loras" / "sd3_kohya.safetensors")
+
+    got = _lora_variants(engine, "sd3", "sd3_kohya.safetensors")
+    pipe = fx.sd3_pipeline(fx.tiny_sd3())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="sd3_full_diffusers.safetensors")
+    want = _pipe_image(pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=DIT_SETUPS["sd3"][1])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def test_a_flux_lora_without_the_transformer_prefix_equals_it_with_the_prefix(engine, root):
+    """Some trainers write the diffusers layout without ``transformer.``: read as the same
+    LoRA (diffusers' loader alone would skip every layer)."""
+    state = {f"transformer.{k}": v for k, v in _flux_peft_lora().items()}
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(state, root / "loras" / "flux_prefixed.safetensors")
+    fx.save(
+        {k.removeprefix("transformer."): v for k, v in state.items()},
+        root / "loras" / "flux_bare.safetensors",
+    )
+    bare = _lora_variants(engine, "flux", "flux_bare.safetensors")
+    prefixed = _lora_variants(engine, "flux", "flux_prefixed.safetensors")
+    assert np.array_equal(bare["lora"], prefixed["lora"])
+    assert np.abs(bare["plain"] - bare["lora"]).max() > 1 / 255
+
+
+def _flux_peft_lora() -> dict[str, torch.Tensor]:
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    net = fx.tiny_flux()["transformer"]
+    torch.manual_seed(15)
+    net.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    )
+    return get_peft_model_state_dict(net)
+
+
+def test_a_lora_with_no_layers_for_the_dit_is_a_clear_error(engine, root):
+    """A LoRA whose layers belong to no part of an SD3 / Flux model (here a kohya SD 1.x
+    UNet LoRA) is an error on Load LoRA, not a silent no-op."""
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
+        },
+        root / "loras" / "sd1_style.safetensors",
+    )
+    for family in ("sd3", "flux"):
+        wf = Workflow(installed_registry())
+        c = wf.add_node("load_checkpoint", {"ckpt_name": DIT_SETUPS[family][0]}).id
+        lo = wf.add_node("load_lora_model_only", {"lora_name": "sd1_style.safetensors"}).id
+        wf.connect(c, "model", lo, "model")
+        result = engine.run(wf, targets=[lo])
+        msg = result.errors.get(lo, "")
+        assert "sd1_style.safetensors" in msg and "Traceback" not in msg, (family, msg)
