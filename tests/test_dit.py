@@ -863,11 +863,13 @@ def _mean_not_sample(monkeypatch):
     )
 
 
+@pytest.mark.parametrize("true_cfg", [1.0, 2.0])
 def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
-    engine, parts, flux_controlnets, monkeypatch
+    engine, parts, flux_controlnets, monkeypatch, true_cfg
 ):
     """A single-file Flux ControlNet through Apply ControlNet (with the VAE; strength and end
-    of window) equals FluxControlNetPipeline."""
+    of window) equals FluxControlNetPipeline; with cfg 2 (true CFG with the negative prompt)
+    too: the ControlNet sees the positive prompt and steers both passes, as there."""
     from PIL import Image
 
     cn, _, (edges, _) = flux_controlnets
@@ -875,9 +877,9 @@ def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
     ids = _prompts(wf, "flux")
     ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
     lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
-    plain = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    plain = _sampler_node(wf, ids, "flux", (lat, "latent"), cfg=true_cfg)
     _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
-    controlled = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    controlled = _sampler_node(wf, ids, "flux", (lat, "latent"), cfg=true_cfg)
     dec = _decode(wf, ids, controlled)
     out = _outputs(engine, wf, [dec, plain])
     got = out[dec]["image"].numpy()
@@ -888,6 +890,7 @@ def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
         pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
         control_image=Image.open(edges).convert("RGB"),
         controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+        **({"true_cfg_scale": true_cfg, "negative_prompt": NEGATIVE} if true_cfg > 1 else {}),
     )  # fmt: skip
     _close(got, want)
     moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
