@@ -333,7 +333,9 @@ def _flux_config(path: Path, keys: list[str]) -> dict[str, Any]:
 
     config = {
         "_class_name": FLUX_CLASS,
-        "patch_size": 1,
+        # with its own image encoder (XLabs' kind): its 16 channels x 2 x 2 patches are a
+        # latent token's 64 features
+        "patch_size": round(math.sqrt(in_ch // hint[0])) if hint else 1,
         "in_channels": in_ch,
         "num_layers": count("transformer_blocks."),
         "num_single_layers": count("single_transformer_blocks."),

@@ -897,6 +897,45 @@ def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
     assert moved.abs().max() > 1e-2  # the ControlNet did steer
 
 
+def test_a_flux_controlnet_with_its_own_image_encoder_equals_the_pipeline(
+    engine, parts, root, flux_controlnets
+):
+    """A diffusers-layout Flux ControlNet with an input_hint_block (XLabs' kind, converted)
+    sees the control image as pixels: no VAE needed; single file, config read from shapes
+    (patch size 2), equal to FluxControlNetPipeline."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    _, _, (edges, _) = flux_controlnets
+    cfg = dict(parts["flux"]["transformer"].config)
+    cfg.update(num_layers=1, num_single_layers=1, conditioning_embedding_channels=16, patch_size=2)
+    torch.manual_seed(8)
+    cn = diffusers.FluxControlNetModel.from_config(cfg).eval()
+    with torch.no_grad():
+        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.input_hint_block):
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "flux-hint.safetensors"),
+    )
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _apply(wf, ids, "flux-hint.safetensors", str(edges), with_vae=False, strength=0.7)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    dec = _decode(wf, ids, _sampler_node(wf, ids, "flux", (lat, "latent")))
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(edges).convert("RGB"), controlnet_conditioning_scale=0.7,
+    )  # fmt: skip
+    _close(got, want)
+    plain = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=DIT_SETUPS["flux"][2])
+    assert np.abs(plain - got).max() > 1 / 255  # it did steer
+
+
 def test_stacked_flux_controlnets_equal_the_multi_controlnet_pipeline(
     engine, parts, flux_controlnets, monkeypatch
 ):
