@@ -5,8 +5,8 @@ Apply ControlNet adds a :class:`ControlEntry` to the positive and negative
 conditioning (in ``Cond.extra["controls"]``); several applications stack. With the
 same entry on both, a graph equals ``StableDiffusionControlNetPipeline`` number for
 number (same control image preparation, conditioning scale and guidance window).
-SD3 ControlNets (``SD3ControlNetModel``) load here too; their entries carry the VAE that
-encodes the control image, and ``nodes.dit`` runs them.
+SD3 and Flux ControlNets (``SD3ControlNetModel``, ``FluxControlNetModel``) load here too;
+their entries carry the VAE that encodes the control image, and ``nodes.dit`` runs them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from studio.graph.types import ValueType as T
 
 CONTROLS = "controls"
 SD3_CLASS = "SD3ControlNetModel"
+FLUX_CLASS = "FluxControlNetModel"
+_DIT_FAMILIES = {SD3_CLASS: "sd3", FLUX_CLASS: "flux"}
 _FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
 
@@ -43,13 +45,16 @@ class ControlNetHandle:
 
     @property
     def family(self) -> str | None:
-        """``sd3`` for an SD3 ControlNet (a transformer); None for a UNet ControlNet."""
-        return "sd3" if self.config.get("_class_name") == SD3_CLASS else None
+        """``sd3`` / ``flux`` for an SD3 / Flux ControlNet (a transformer); None for a UNet
+        ControlNet."""
+        return _DIT_FAMILIES.get(self.config.get("_class_name"))
 
     def family_title(self) -> str:
         """Which models it is for, in words."""
         if self.family == "sd3":
             return "Stable Diffusion 3.x"
+        if self.family == "flux":
+            return "Flux.1"
         width = self.cross_attention_dim
         family = _FAMILY_WIDTH.get(width) if width else None
         return f"a {family} UNet" if family else "a Stable Diffusion UNet"
@@ -106,8 +111,14 @@ def _single_file_config(path: Path) -> dict[str, Any]:
         raise NodeError(f"{path.name}: not a ControlNet (no ControlNet layers inside)")
     if "pos_embed_input.proj.weight" in keys:
         return _sd3_config(path, keys)
+    if any(k.startswith("double_blocks.") for k in keys):
+        raise NodeError(
+            f"{path.name}: a Flux ControlNet in XLabs' own layout (double_blocks.*); Studio "
+            "reads Flux ControlNets in the diffusers layout (FluxControlNetModel: InstantX's, "
+            "Shakker-Labs') only, for now"
+        )
     if any(k.startswith(("controlnet_x_embedder", "controlnet_single_blocks")) for k in keys):
-        raise NodeError(f"{path.name}: a Flux ControlNet; Studio does not run Flux ControlNets yet")
+        return _flux_config(path, keys)
     family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(width or 0))
     if family is None:
         raise NodeError(
@@ -160,8 +171,8 @@ def controlnet_config_from_unet(unet: dict[str, Any]) -> dict[str, Any]:
     title="Load ControlNet",
     category="loaders",
     description=(
-        "Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1, SDXL and "
-        "SD3 in the diffusers layout)."
+        "Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1, SDXL, and "
+        "SD3 and Flux in the diffusers layout)."
     ),
     inputs=[
         InputSpec(
@@ -184,15 +195,17 @@ def load_controlnet(ctx, control_net_name: str) -> ControlNetHandle:
         except ValueError as exc:
             raise NodeError(f"{cfg_path}: not valid JSON ({exc})") from None
         kind = config.get("_class_name")
-        if kind in ("FluxControlNetModel", "FluxMultiControlNetModel"):
+        if kind == "FluxMultiControlNetModel":
             raise NodeError(
-                f"{control_net_name}: a Flux ControlNet; Studio does not run Flux ControlNets yet"
+                f"{control_net_name}: a FluxMultiControlNetModel folder; load each ControlNet "
+                "on its own and chain Apply ControlNet nodes to stack them"
             )
-        if kind not in (None, "ControlNetModel", SD3_CLASS):
+        if kind not in (None, "ControlNetModel", SD3_CLASS, FLUX_CLASS):
             raise NodeError(f"{control_net_name}: not a ControlNet ({kind})")
         handle = ControlNetHandle(
             control_net_name, str(path), ctx.files.identity(path), config, False
         )
+        _refuse_union(control_net_name, config)
     else:
         config = _single_file_config(path)
         handle = ControlNetHandle(
@@ -212,8 +225,8 @@ def get_module(ctx: Any, handle: ControlNetHandle) -> Any:
         ControlNetModel = diffusers_class(handle.config.get("_class_name") or "ControlNetModel")
 
         try:
-            if handle.family == "sd3" and handle.single_file:
-                model = _load_sd3_single_file(handle, dtype)
+            if handle.family is not None and handle.single_file:
+                model = _load_dit_single_file(handle, dtype)
             elif not handle.single_file:
                 model = ControlNetModel.from_pretrained(
                     handle.path, torch_dtype=dtype, local_files_only=True
@@ -289,14 +302,73 @@ def _sd3_config(path: Path, keys: list[str]) -> dict[str, Any]:
     }
 
 
-def _load_sd3_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
+def _flux_config(path: Path, keys: list[str]) -> dict[str, Any]:
+    """FluxControlNetModel's config read off a diffusers-layout file's tensor shapes."""
+    from safetensors import safe_open
+
+    from nodes.dit import flux_rope_axes
+
+    with safe_open(str(path), "pt") as f:
+
+        def shape(key: str) -> tuple[int, ...] | None:
+            return tuple(f.get_slice(key).get_shape()) if key in keys else None
+
+        embed = shape("x_embedder.weight")
+        if embed is None:
+            raise NodeError(f"{path.name}: a Flux ControlNet without x_embedder.weight (damaged?)")
+        hidden, in_ch = embed
+        head = (
+            shape("transformer_blocks.0.attn.norm_q.weight")
+            or shape("single_transformer_blocks.0.attn.norm_q.weight")
+            or (128,)
+        )[0]
+        context = shape("context_embedder.weight")
+        pooled = shape("time_text_embed.text_embedder.linear_1.weight")
+        mode = shape("controlnet_mode_embedder.weight")
+        hint = shape("input_hint_block.conv_out.weight")
+
+    def count(prefix: str) -> int:
+        found = {int(k.split(".")[1]) for k in keys if k.startswith(prefix)}
+        return max(found) + 1 if found else 0
+
+    config = {
+        "_class_name": FLUX_CLASS,
+        # with its own image encoder (XLabs' kind): its 16 channels x 2 x 2 patches are a
+        # latent token's 64 features
+        "patch_size": round(math.sqrt(in_ch // hint[0])) if hint else 1,
+        "in_channels": in_ch,
+        "num_layers": count("transformer_blocks."),
+        "num_single_layers": count("single_transformer_blocks."),
+        "attention_head_dim": head,
+        "num_attention_heads": hidden // head,
+        "joint_attention_dim": context[1] if context else 4096,
+        "pooled_projection_dim": pooled[1] if pooled else 768,
+        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in keys,
+        "axes_dims_rope": flux_rope_axes(head),
+        "num_mode": mode[0] if mode else None,
+        "conditioning_embedding_channels": hint[0] if hint else None,
+    }
+    _refuse_union(path.name, config)
+    return config
+
+
+def _refuse_union(name: str, config: dict[str, Any]) -> None:
+    if config.get("_class_name") == FLUX_CLASS and config.get("num_mode") is not None:
+        raise NodeError(
+            f"{name}: a Flux union ControlNet ({config['num_mode']} control modes); it needs a "
+            "control mode chosen per image, which Studio does not set yet: use a single-mode "
+            "Flux ControlNet"
+        )
+
+
+def _load_dit_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
     from nodes.fastimport import diffusers_class
     from nodes.sdload import _assign
 
-    cls = diffusers_class(SD3_CLASS)
+    cls = diffusers_class(handle.config["_class_name"])
     with init_empty_weights():
         model = cls.from_config({k: v for k, v in handle.config.items() if k != "_class_name"})
     state = {k: v.to(dtype) for k, v in load_file(handle.path).items()}
@@ -352,8 +424,8 @@ def _load_sd3_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
             T.VAE,
             optional=True,
             tooltip=(
-                "The model's VAE: SD3 ControlNets need it (they see the control image as a "
-                "latent); UNet ControlNets do not."
+                "The model's VAE: SD3 and Flux ControlNets need it (they see the control image "
+                "as a latent); UNet ControlNets do not."
             ),
         ),
     ],
@@ -372,15 +444,23 @@ def apply_controlnet(
 ):
     if end_percent < start_percent:
         raise NodeError(f"end_percent ({end_percent}) is before start_percent ({start_percent})")
-    if control_net.family == "sd3" and vae is None:
+    if vae is None and needs_vae(control_net):
         raise NodeError(
-            f"ControlNet {control_net.name!r} is an SD3 ControlNet: it sees the control image "
-            "as a latent, so connect the model's VAE to the vae input"
+            f"ControlNet {control_net.name!r} is a {control_net.family_title()} ControlNet: it "
+            "sees the control image as a latent, so connect the model's VAE to the vae input"
         )
     entry = ControlEntry(
         control_net, image, float(strength), float(start_percent), float(end_percent), vae
     )
     return add_control(positive, entry), add_control(negative, entry)
+
+
+def needs_vae(net: ControlNetHandle) -> bool:
+    """Whether the ControlNet takes the control image as a VAE latent: SD3 ControlNets and
+    Flux ControlNets without their own image encoder (InstantX's; XLabs' have one)."""
+    if net.family == "sd3":
+        return True
+    return net.family == "flux" and not net.config.get("conditioning_embedding_channels")
 
 
 def add_control(conditioning: list[Any], entry: ControlEntry) -> list[Any]:

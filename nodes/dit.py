@@ -5,8 +5,8 @@ all-in-one checkpoints, transformer-only files in both key layouts in circulatio
 CLIP-L / CLIP-G / T5-XXL files, 16-channel VAEs, fp8 and GGUF weights), encoding prompts the
 way the two pipelines do, and the flow-matching denoising loop behind the Sampler and
 Sampler (Advanced) for them: txt2img, img2img and inpainting as the (inpaint) pipelines do,
-steps windows as ComfyUI's KSamplerAdvanced, and SD3 ControlNets as
-StableDiffusion3ControlNetPipeline.
+steps windows as ComfyUI's KSamplerAdvanced, and SD3 / Flux ControlNets as
+StableDiffusion3ControlNetPipeline / FluxControlNetPipeline.
 
 The values are the UNet family's own (MODEL, CLIP, VAE, CONDITIONING, LATENT handles of
 ``nodes.values``) with family ``sd3`` or ``flux``: the generic nodes (Text Encode, Sampler,
@@ -1152,6 +1152,10 @@ def sample(
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if controls is None:
             return call(net, x, t, inputs, cfg, guided)
+        if flux:
+            extra = controls.residuals(x, t, i, total)
+            sides = {k: v and {**v, **extra[k]} for k, v in inputs.items()}
+            return call(net, x, t, sides, cfg, guided)
         model_in = torch.cat([x] * 2) if guided else x
         blocks = controls.residuals(model_in, t, i, total)
         return call(net, x, t, {**inputs, "block_controlnet_hidden_states": blocks}, cfg, guided)
@@ -1268,10 +1272,11 @@ def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
 def _controls(
     ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
     size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
-) -> _Sd3Controls | None:  # fmt: skip
-    """Apply ControlNet's entries on the prompts: SD3 ControlNets for an SD3 model, prepared
-    as StableDiffusion3ControlNetPipeline does; any other pairing is a clear error."""
-    from nodes.controlnet import controls_of
+) -> _Sd3Controls | _FluxControls | None:  # fmt: skip
+    """Apply ControlNet's entries on the prompts: SD3 / Flux ControlNets for a model of their
+    family, prepared as StableDiffusion3ControlNetPipeline / FluxControlNetPipeline do; any
+    other pairing is a clear error."""
+    from nodes.controlnet import controls_of, needs_vae
 
     pos_entries, neg_entries = controls_of(pos), controls_of(neg)
     if pos_entries and not neg_entries:
@@ -1284,23 +1289,115 @@ def _controls(
         return None
     for e in ordered:
         if e.net.family != family:
-            advice = (
-                "choose a ControlNet made for this model's family"
-                if family == "sd3"
-                else "Studio does not run ControlNets with Flux yet: remove the Apply ControlNet"
-            )
             raise NodeError(
                 f"Apply ControlNet: ControlNet {e.net.name!r} is for {e.net.family_title()}, "
-                f"but the model is {FAMILY_TITLES[family]}: {advice}"
+                f"but the model is {FAMILY_TITLES[family]}: choose a ControlNet made for this "
+                "model's family"
             )
-        if e.vae is None:
+        if e.vae is None and needs_vae(e.net):
             raise NodeError(
-                f"ControlNet {e.net.name!r} is an SD3 ControlNet and needs the model's VAE: "
-                "use Apply ControlNet with its vae input connected"
+                f"ControlNet {e.net.name!r} is a {e.net.family_title()} ControlNet and needs "
+                "the model's VAE: use Apply ControlNet with its vae input connected"
             )
-    return _Sd3Controls(
-        ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype
-    )
+    cls = _FluxControls if family == "flux" else _Sd3Controls
+    return cls(ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype)
+
+
+def _keep(e: Any, step: int, total: int) -> float:
+    """The pipelines' guidance window: active while start <= i/n and (i+1)/n <= end."""
+    return 1.0 - float(step / total < e.start or (step + 1) / total > e.end)
+
+
+class _FluxControls:
+    """The Flux ControlNets of a run, as FluxControlNetPipeline runs them: each control image
+    encoded once by the VAE (its mean: the pipeline draws a sample from the run's generator)
+    and packed, or given as pixels to a ControlNet with its own image encoder (XLabs'); per
+    step each ControlNet sees the positive prompt, and its block residuals (scaled by strength
+    inside the window) go to the positive pass, and to the negative one when it is on the
+    negative prompt too (true CFG)."""
+
+    def __init__(
+        self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
+        guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
+        device: torch.device, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        from nodes.controlnet import get_module as controlnet_module
+
+        self.inputs = inputs["pos"]
+        self.items: list[tuple[Any, Any, torch.Tensor, bool, bool]] = []
+        counts: set[tuple[int, int]] = set()
+        repeats: set[bool] = set()
+        for e in entries:
+            module = controlnet_module(ctx, e.net)
+            cfg = module.config
+            if cfg.get("num_mode") is not None:
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} is a union ControlNet; Studio does not set "
+                    "control modes yet"
+                )
+            hint = module.input_hint_block is not None
+            if hint:
+                cond = _control_pixels(ctx, e, batch, size).to(device=device, dtype=dtype)
+            else:
+                cond = pack(_control_latent(ctx, e, batch, size, False).to(device, dtype))
+            on_neg = any(e is n for n in neg_entries)
+            on_pos = any(e is p for p in pos_entries)
+            self.items.append((e, module, cond, on_pos, on_neg and guided))
+            counts.add((cfg.num_layers, cfg.num_single_layers))
+            repeats.add(hint)
+        if len(counts) > 1 or len(repeats) > 1:
+            names = ", ".join(repr(e.net.name) for e in entries)
+            raise NodeError(
+                f"Apply ControlNet: the stacked Flux ControlNets {names} differ in their block "
+                "counts or kind (XLabs' and InstantX's), so their residuals cannot be summed: "
+                "stack ControlNets of one kind"
+            )
+        self.repeat = repeats.pop()
+        guidance = self.inputs["guidance"]
+        if guidance is None:
+            guidance = torch.full([batch], FLUX_DEFAULT_GUIDANCE, device=device)
+        self.guidance = guidance
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> dict:
+        """Per side (``pos``, ``neg``): the transformer's extra keyword arguments."""
+        sides: dict[str, list[Any] | None] = {"pos": None, "neg": None}
+        timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
+        for e, module, cond, on_pos, on_neg in self.items:
+            blocks = module(
+                hidden_states=x, controlnet_cond=cond, conditioning_scale=e.strength
+                * _keep(e, step, total), timestep=timestep,
+                guidance=self.guidance if module.config.guidance_embeds else None,
+                pooled_projections=self.inputs["pooled_projections"],
+                encoder_hidden_states=self.inputs["encoder_hidden_states"],
+                txt_ids=self.inputs["txt_ids"], img_ids=self.inputs["img_ids"],
+                return_dict=False,
+            )  # fmt: skip
+            for side, on in (("pos", on_pos), ("neg", on_neg)):
+                if not on:
+                    continue
+                now = sides[side]
+                sides[side] = (
+                    [list(b) if b is not None else None for b in blocks]
+                    if now is None
+                    else [_add(a, b) for a, b in zip(now, blocks, strict=True)]
+                )
+        out: dict[str, dict] = {}
+        for side, found in sides.items():
+            if found is None:
+                out[side] = {}
+                continue
+            out[side] = {
+                "controlnet_block_samples": found[0],
+                "controlnet_single_block_samples": found[1],
+                "controlnet_blocks_repeat": self.repeat,
+            }
+        return out
+
+
+def _add(a: list | None, b: Any) -> list | None:
+    if a is None or b is None:
+        return a if b is None else list(b)
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 class _Sd3Controls:
@@ -1351,8 +1448,7 @@ class _Sd3Controls:
     def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> Any:
         out = None
         for e, module, latent, gate, kwargs in self.items:
-            # the pipeline's guidance window: active while start <= i/n and (i+1)/n <= end
-            keep = 1.0 - float(step / total < e.start or (step + 1) / total > e.end)
+            keep = _keep(e, step, total)
             blocks = module(
                 hidden_states=x, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
                 conditioning_scale=e.strength * keep, return_dict=False, **kwargs,
@@ -1366,13 +1462,27 @@ class _Sd3Controls:
 def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shift: bool):
     """The control image as the pipeline prepares it (resized to the output size, -1..1),
     encoded by the VAE and scaled (InstantX's SD3 ControlNets: without the shift)."""
+    from nodes.sdload import get_module, with_oom_advice
+
+    vae = get_module(ctx, e.vae.source, e.vae.component)
+    image = _control_pixels(ctx, e, batch, size).to(device=vae.device, dtype=vae.dtype)
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(image).latent_dist.mean
+
+    mean = with_oom_advice(encode, "encoding the control image")
+    shift = 0.0 if no_shift else e.vae.shift_factor
+    return (mean - shift) * e.vae.scaling_factor
+
+
+def _control_pixels(ctx: Any, e: Any, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """The control image resized to the output size, -1..1, one per latent of the batch."""
     import numpy as np
     from diffusers.image_processor import VaeImageProcessor
 
     from nodes.controlnet import _to_pil
-    from nodes.sdload import get_module, with_oom_advice
 
-    vae = get_module(ctx, e.vae.source, e.vae.component)
     height, width = size
     frames = [
         _to_pil((f.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for f in e.image
@@ -1384,15 +1494,7 @@ def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shif
         raise NodeError(
             f"the control image batch ({image.shape[0]}) differs from the latent batch ({batch})"
         )
-    image = image.to(device=vae.device, dtype=vae.dtype)
-
-    def encode() -> torch.Tensor:
-        with torch.no_grad():
-            return vae.encode(image).latent_dist.mean
-
-    mean = with_oom_advice(encode, "encoding the control image")
-    shift = 0.0 if no_shift else e.vae.shift_factor
-    return (mean - shift) * e.vae.scaling_factor
+    return image
 
 
 def _layerwise(net: Any) -> bool:

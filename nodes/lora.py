@@ -79,6 +79,12 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
     def load() -> _LoraState:
         pipe_cls = _pipeline_class(family)
         raw = _read_file(patch)
+        if family == "sd3" and any(k.startswith(_KOHYA_PREFIXES) for k in raw):
+            raw = kohya_sd3_to_diffusers(raw, patch.name)
+        if family in _DIT_PARTS and raw and all(k.startswith(_DIT_MODULES) for k in raw):
+            # the diffusers layout without its "transformer." prefix (some trainers write
+            # that): the pipeline's loader would skip every layer
+            raw = {f"transformer.{k}": v for k, v in raw.items()}
         try:
             got = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
             if len(got) == 2:  # SD3's: no network alphas
@@ -86,12 +92,151 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
             else:
                 state, alphas, metadata = got
         except Exception as exc:
+            if family in _DIT_TITLES:
+                why = str(exc).strip()
+                why = why if len(why) < 300 else why[:300] + "..."
+                raise NodeError(
+                    f"{patch.name}: not a {_DIT_TITLES[family]} LoRA Studio can read ({why}); "
+                    "is it made for another model family?"
+                ) from None
             raise NodeError(f"{patch.name}: not a LoRA Studio can read ({exc})") from None
         if not state or not all("lora" in k for k in state):
             raise NodeError(f"{patch.name}: not a LoRA file (no LoRA layers inside)")
+        if family in _DIT_PARTS and not any(k.startswith(_DIT_PARTS[family]) for k in state):
+            raise NodeError(
+                f"{patch.name}: none of its layers ({next(iter(state))}, ...) belongs to a "
+                f"{_DIT_TITLES[family]} model; is it made for another model family or in a "
+                "layout Studio does not read?"
+            )
         return _LoraState(dict(state), alphas, metadata, _cross_attention_dim(state))
 
     return ctx.models.get(key, load, nbytes=lambda s: _tensor_bytes(s.state_dict))
+
+
+#: Where a DiT LoRA's layers go, once in diffusers' layout: without any, it would do nothing.
+_DIT_PARTS = {
+    "sd3": ("transformer.", "text_encoder.", "text_encoder_2."),
+    "flux": ("transformer.", "text_encoder."),
+}
+_DIT_TITLES = {"sd3": "Stable Diffusion 3.x", "flux": "Flux.1"}
+#: The top-level modules of SD3Transformer2DModel / FluxTransformer2DModel.
+_DIT_MODULES = (
+    "transformer_blocks.", "single_transformer_blocks.", "proj_out.", "norm_out.",
+    "x_embedder.", "context_embedder.", "time_text_embed.", "pos_embed.",
+)  # fmt: skip
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_")
+
+#: kohya sd-scripts' SD3 module names -> SD3Transformer2DModel's (a list: a fused qkv).
+_SD3_BLOCK = {
+    "x_block_attn_qkv": ["attn.to_q", "attn.to_k", "attn.to_v"],
+    "x_block_attn_proj": ["attn.to_out.0"],
+    "x_block_attn2_qkv": ["attn2.to_q", "attn2.to_k", "attn2.to_v"],
+    "x_block_attn2_proj": ["attn2.to_out.0"],
+    "x_block_mlp_fc1": ["ff.net.0.proj"],
+    "x_block_mlp_fc2": ["ff.net.2"],
+    "x_block_adaLN_modulation_1": ["norm1.linear"],
+    "context_block_attn_qkv": ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+    "context_block_attn_proj": ["attn.to_add_out"],
+    "context_block_mlp_fc1": ["ff_context.net.0.proj"],
+    "context_block_mlp_fc2": ["ff_context.net.2"],
+    "context_block_adaLN_modulation_1": ["norm1_context.linear"],
+}
+_SD3_TOP = {
+    "final_layer_linear": "proj_out",
+    "final_layer_adaLN_modulation_1": "norm_out.linear",
+    "context_embedder": "context_embedder",
+    "t_embedder_mlp_0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder_mlp_2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder_mlp_0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder_mlp_2": "time_text_embed.text_embedder.linear_2",
+}
+
+
+def kohya_sd3_to_diffusers(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """An SD3 LoRA in kohya sd-scripts' layout (``lora_unet_joint_blocks_0_x_block_attn_qkv
+    .lora_down.weight``, ``lora_te1_*`` / ``lora_te2_*`` for the CLIPs) in diffusers' peft
+    layout, each layer's alpha/rank folded into its down weight. A fused qkv gives its down
+    weight to q, k and v and splits its up weight in three; the adaLN modulations that
+    diffusers stores as (scale, shift) (the last block's context and the final layer) get
+    their up weight's halves swapped, as diffusers' SD3 checkpoint converter does."""
+    import re
+
+    import torch
+
+    out: dict[str, Any] = {}
+    modules = sorted({k.split(".")[0] for k in raw})
+    unknown = []
+    for module in modules:
+        down = raw.get(f"{module}.lora_down.weight")
+        up = raw.get(f"{module}.lora_up.weight")
+        if down is None or up is None:
+            unknown.append(module)
+            continue
+        if down.ndim != 2:
+            unknown.append(module)
+            continue
+        rank = down.shape[0]
+        alpha = raw.get(f"{module}.alpha")
+        scale = float(alpha) / rank if alpha is not None else 1.0
+        down = down.float() * scale
+        up = up.float()
+        targets: list[str] | None = None
+        swap = False
+        if module.startswith("lora_unet_"):
+            rest = module[len("lora_unet_") :]
+            m = re.fullmatch(r"joint_blocks_(\d+)_(\w+)", rest)
+            if m and m.group(2) in _SD3_BLOCK:
+                targets = [
+                    f"transformer.transformer_blocks.{m.group(1)}.{t}"
+                    for t in _SD3_BLOCK[m.group(2)]
+                ]
+                # a pre-only block's context modulation: (shift, scale) of width 2 x hidden
+                swap = m.group(2) == "context_block_adaLN_modulation_1" and up.shape[0] == (
+                    2 * down.shape[1]
+                )
+            elif rest in _SD3_TOP:
+                targets = [f"transformer.{_SD3_TOP[rest]}"]
+                swap = rest == "final_layer_adaLN_modulation_1"
+        elif module.startswith(("lora_te1_", "lora_te2_")):
+            owner = "text_encoder." if module.startswith("lora_te1_") else "text_encoder_2."
+            rest = module[len("lora_te1_") :]
+            m = re.fullmatch(
+                r"text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc1|mlp_fc2)",
+                rest,
+            )
+            if m:
+                part = m.group(2).replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
+                targets = [f"{owner}text_model.encoder.layers.{m.group(1)}.{part}"]
+            elif rest == "text_projection":
+                targets = [f"{owner}text_projection"]
+        elif module.startswith("lora_te3_"):
+            raise NodeError(
+                f"{name}: an SD3 LoRA with T5 layers (lora_te3_*); diffusers' SD3 pipeline, "
+                "which Studio follows, loads LoRAs into the two CLIPs and the transformer only"
+            )
+        if targets is None:
+            unknown.append(module)
+            continue
+        if swap:
+            shift, scale_rows = up.chunk(2, dim=0)
+            up = torch.cat([scale_rows, shift], dim=0)
+        ups = up.chunk(len(targets), dim=0) if len(targets) > 1 else (up,)
+        for target, part in zip(targets, ups, strict=True):
+            out[f"{target}.lora_A.weight"] = down.contiguous()
+            out[f"{target}.lora_B.weight"] = part.contiguous()
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        if not out:
+            raise NodeError(
+                f"{name}: none of its layers ({shown}) belongs to a Stable Diffusion 3.x "
+                "model; is it made for another model family?"
+            )
+        raise NodeError(
+            f"{name}: a kohya-layout SD3 LoRA with layers Studio cannot place ({shown}); it "
+            "reads plain LoRA layers (lora_down / lora_up) of the joint blocks, the final "
+            "layer, the embedders and the two CLIPs"
+        )
+    return out
 
 
 def _read_file(patch: LoraPatch) -> dict[str, Any]:

@@ -795,3 +795,480 @@ def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
     links = {lk.input: (lk.source, lk.output) for lk in wf.links_into(apply.id)}
     assert links["vae"] == (ckpt.id, "vae")
     assert not any("vae" in line for line in result.report)
+
+
+def tiny_flux_controlnet(transformer, seed: int):
+    """A Flux ControlNet in the diffusers layout (InstantX's, Shakker-Labs') built from the
+    tiny transformer, with non-zero output and input layers so it acts."""
+    torch.manual_seed(seed)
+    cfg = transformer.config
+    cn = diffusers.FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=1,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+    )  # fmt: skip
+    with torch.no_grad():
+        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.controlnet_x_embedder):
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+    return cn.eval()
+
+
+def _apply(wf, ids, load_name: str, image: str, with_vae: bool = True, **params) -> str:
+    load = wf.add_node("load_controlnet", {"control_net_name": load_name}).id
+    img = wf.add_node("load_image", {"image": image}).id
+    apply = wf.add_node("apply_controlnet", params).id
+    for a, b, c, d in [
+        (*ids["pos"], apply, "positive"),
+        (*ids["neg"], apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        *([(ids["ckpt"], "vae", apply, "vae")] if with_vae else []),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    return apply
+
+
+@pytest.fixture(scope="module")
+def flux_controlnets(parts, root):
+    """Two Flux ControlNets: one single file (told apart by its keys, config from shapes),
+    one diffusers folder; and two control images."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    tf = parts["flux"]["transformer"]
+    a, b = tiny_flux_controlnet(tf, 5), tiny_flux_controlnet(tf, 6)
+    (root / "controlnet").mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in a.state_dict().items()},
+        str(root / "controlnet" / "flux-canny.safetensors"),
+    )
+    b.save_pretrained(root / "controlnet" / "flux-depth")
+    images = []
+    for name, box in [("flux-edges.png", (16, 48, 8, 28)), ("flux-depth.png", (8, 40, 30, 60))]:
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[box[0] : box[1], box[2] : box[3]] = 255
+        Image.fromarray(arr).save(root / name)
+        images.append(root / name)
+    return a, b, images
+
+
+def _mean_not_sample(monkeypatch):
+    """The pipelines encode the control image with a VAE sample (drawn from the run's
+    generator, before the noise); Studio with its mean: the pipeline runs with the mean."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 2.0])
+def test_a_flux_controlnet_file_equals_the_flux_controlnet_pipeline(
+    engine, parts, flux_controlnets, monkeypatch, true_cfg
+):
+    """A single-file Flux ControlNet through Apply ControlNet (with the VAE; strength and end
+    of window) equals FluxControlNetPipeline; with cfg 2 (true CFG with the negative prompt)
+    too: the ControlNet sees the positive prompt and steers both passes, as there."""
+    from PIL import Image
+
+    cn, _, (edges, _) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "flux", (lat, "latent"), cfg=true_cfg)
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
+    controlled = _sampler_node(wf, ids, "flux", (lat, "latent"), cfg=true_cfg)
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(edges).convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+        **({"true_cfg_scale": true_cfg, "negative_prompt": NEGATIVE} if true_cfg > 1 else {}),
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+def test_a_flux_controlnet_with_its_own_image_encoder_equals_the_pipeline(
+    engine, parts, root, flux_controlnets
+):
+    """A diffusers-layout Flux ControlNet with an input_hint_block (XLabs' kind, converted)
+    sees the control image as pixels: no VAE needed; single file, config read from shapes
+    (patch size 2), equal to FluxControlNetPipeline."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    _, _, (edges, _) = flux_controlnets
+    cfg = dict(parts["flux"]["transformer"].config)
+    cfg.update(num_layers=1, num_single_layers=1, conditioning_embedding_channels=16, patch_size=2)
+    torch.manual_seed(8)
+    cn = diffusers.FluxControlNetModel.from_config(cfg).eval()
+    with torch.no_grad():
+        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.input_hint_block):
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "flux-hint.safetensors"),
+    )
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _apply(wf, ids, "flux-hint.safetensors", str(edges), with_vae=False, strength=0.7)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    dec = _decode(wf, ids, _sampler_node(wf, ids, "flux", (lat, "latent")))
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(edges).convert("RGB"), controlnet_conditioning_scale=0.7,
+    )  # fmt: skip
+    _close(got, want)
+    plain = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=DIT_SETUPS["flux"][2])
+    assert np.abs(plain - got).max() > 1 / 255  # it did steer
+
+
+def test_stacked_flux_controlnets_equal_the_multi_controlnet_pipeline(
+    engine, parts, flux_controlnets, monkeypatch
+):
+    """A file and a folder Flux ControlNet chained (each with its own strength and window)
+    equal FluxControlNetPipeline with a FluxMultiControlNetModel of the two."""
+    from PIL import Image
+
+    a, b, (edges, depth) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
+    _apply(wf, ids, "flux-depth", str(depth), strength=0.5, start_percent=0.3)
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    dec = _decode(wf, ids, _sampler_node(wf, ids, "flux", (lat, "latent")))
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    multi = diffusers.FluxMultiControlNetModel([a, b])
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=multi)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=[Image.open(p).convert("RGB") for p in (edges, depth)],
+        controlnet_conditioning_scale=[0.8, 0.5], control_guidance_start=[0.0, 0.3],
+        control_guidance_end=[0.7, 1.0],
+    )  # fmt: skip
+    _close(got, want)
+
+
+def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
+    engine, parts, root, flux_controlnets
+):
+    """A Flux ControlNet on an SD3 model (and an SD3 one on Flux) names both families; a
+    Flux ControlNet without the VAE asks for it; XLabs' own layout and union ControlNets are
+    refused on the loader with what Studio reads instead."""
+    from safetensors.torch import save_file
+
+    _, _, (edges, _) = flux_controlnets
+    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+        root / "controlnet" / "sd3-depth"
+    )
+    for family, name, with_vae, words in [
+        ("sd3", "flux-depth", True, ["flux-depth", "Flux.1", "Stable Diffusion 3.x"]),
+        ("flux", "sd3-depth", True, ["sd3-depth", "Flux.1", "Stable Diffusion 3.x"]),
+        ("flux", "flux-depth", False, ["flux-depth", "VAE"]),
+    ]:
+        wf = Workflow(installed_registry())
+        ids = _prompts(wf, family)
+        ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+        _apply(wf, ids, name, str(edges), with_vae=with_vae)
+        lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+        s = _sampler_node(wf, ids, family, (lat, "latent"), steps=1)
+        result = engine.run(wf, targets=[s])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
+
+    xlabs = {
+        "double_blocks.0.img_attn.qkv.weight": torch.zeros(96, 32),
+        "controlnet_blocks.0.weight": torch.zeros(32, 32),
+        "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3),
+    }
+    save_file(xlabs, str(root / "controlnet" / "flux-xlabs.safetensors"))
+    union = {k: v.contiguous() for k, v in flux_controlnets[0].state_dict().items()}
+    union["controlnet_mode_embedder.weight"] = torch.zeros(7, 32)
+    save_file(union, str(root / "controlnet" / "flux-union.safetensors"))
+    for name, words in [
+        ("flux-xlabs.safetensors", ["XLabs", "diffusers layout"]),
+        ("flux-union.safetensors", ["union", "7"]),
+    ]:
+        wf = Workflow(installed_registry())
+        load = wf.add_node("load_controlnet", {"control_net_name": name}).id
+        result = engine.run(wf, targets=[load])
+        msg = result.errors[load]
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
+
+
+def kohya_flux_lora(transformer, rank: int = 4, seed: int = 12) -> dict[str, torch.Tensor]:
+    """A Flux LoRA in the kohya (sd-scripts) layout, built from the transformer's shapes with
+    the module names diffusers' ``_convert_kohya_flux_lora_to_diffusers`` maps (fused qkv,
+    mlp, modulation of the double blocks; proj_out and modulation of the single blocks; the
+    single blocks' fused linear1 left out: that converter splits it at Flux.1's full width)."""
+    gen = torch.Generator().manual_seed(seed)
+    inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    shapes = {}  # kohya module -> (in, out)
+    for i in range(transformer.config.num_layers):
+        for side in ("img", "txt"):
+            b = f"lora_unet_double_blocks_{i}_{side}"
+            shapes |= {
+                f"{b}_attn_qkv": (inner, 3 * inner), f"{b}_attn_proj": (inner, inner),
+                f"{b}_mlp_0": (inner, 4 * inner), f"{b}_mlp_2": (4 * inner, inner),
+                f"{b}_mod_lin": (inner, 6 * inner),
+            }  # fmt: skip
+    for i in range(transformer.config.num_single_layers):
+        b = f"lora_unet_single_blocks_{i}"
+        shapes |= {f"{b}_linear2": (5 * inner, inner), f"{b}_modulation_lin": (inner, 3 * inner)}
+    state = {}
+    for name, (fan_in, fan_out) in shapes.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) * 0.3
+        state[f"{name}.lora_up.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.3
+        state[f"{name}.alpha"] = torch.tensor(float(rank) / 2)
+    return state
+
+
+def sd3_lora_file(transformer_factory, folder, name: str) -> None:
+    """An SD3 LoRA in the diffusers (peft) layout, as StableDiffusion3Pipeline saves it."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    net = transformer_factory()
+    torch.manual_seed(13)
+    net.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "proj_out"],
+        )
+    )  # fmt: skip
+    diffusers.StableDiffusion3Pipeline.save_lora_weights(
+        str(folder), transformer_lora_layers=get_peft_model_state_dict(net), weight_name=name
+    )
+
+
+def _lora_variants(engine, family: str, lora_name: str) -> dict[str, np.ndarray]:
+    """One graph: the checkpoint plain, with Load LoRA at 1, Load LoRA at 0 and Load LoRA
+    (Model Only) at 0, each through its own Text Encodes and Sampler."""
+    ckpt, cfg, guidance = DIT_SETUPS[family]
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": ckpt}).id
+    lo1 = wf.add_node("load_lora", {"lora_name": lora_name, "strength_model": 1.0}).id
+    lo0 = wf.add_node(
+        "load_lora", {"lora_name": lora_name, "strength_model": 0.0, "strength_clip": 0.0}
+    ).id
+    only0 = wf.add_node("load_lora_model_only", {"lora_name": lora_name, "strength_model": 0.0}).id
+    for lo in (lo1, lo0):
+        wf.connect(c, "model", lo, "model")
+        wf.connect(c, "clip", lo, "clip")
+    wf.connect(c, "model", only0, "model")
+    decs = {}
+    for label, model, clip in [
+        ("plain", (c, "model"), (c, "clip")),
+        ("lora", (lo1, "model"), (lo1, "clip")),
+        ("zero", (lo0, "model"), (lo0, "clip")),
+        ("model-only-zero", (only0, "model"), (c, "clip")),
+    ]:
+        decs[label] = _sampling(wf, model, clip, (c, "vae"), cfg=cfg, guidance=guidance)
+    out = _outputs(engine, wf, list(decs.values()))
+    return {label: out[d]["image"].numpy() for label, d in decs.items()}
+
+
+def test_a_flux_lora_in_the_kohya_layout_equals_the_pipeline_with_it(engine, root):
+    """A kohya-layout Flux LoRA (lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight ...)
+    equals FluxPipeline with the same file loaded; at strength 0 (Load LoRA, Load LoRA Model
+    Only) the picture is the one without it."""
+    tf = fx.tiny_flux()["transformer"]
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(kohya_flux_lora(tf), root / "loras" / "flux_kohya.safetensors")
+    got = _lora_variants(engine, "flux", "flux_kohya.safetensors")
+    pipe = fx.flux_pipeline(fx.tiny_flux())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="flux_kohya.safetensors")
+    want = _pipe_image(pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255  # the LoRA did change it
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def test_an_sd3_lora_equals_the_pipeline_with_it(engine, root):
+    """An SD3 LoRA (diffusers/peft layout) equals StableDiffusion3Pipeline with the same file
+    loaded; at strength 0 the picture is the one without it."""
+    (root / "loras").mkdir(exist_ok=True)
+    sd3_lora_file(lambda: fx.tiny_sd3()["transformer"], root / "loras", "sd3_lora.safetensors")
+    got = _lora_variants(engine, "sd3", "sd3_lora.safetensors")
+    pipe = fx.sd3_pipeline(fx.tiny_sd3())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="sd3_lora.safetensors")
+    want = _pipe_image(pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=DIT_SETUPS["sd3"][1])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def _to_kohya_sd3(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers-layout SD3 LoRA (saved without adapter metadata: alpha = rank, scale 1)
+    written in kohya sd-scripts' layout: q, k, v fused (down weights stacked, up weights
+    block-diagonal), alpha = rank / 2 with the down weights doubled, the adaLN modulations
+    diffusers stores as (scale, shift) back in (shift, scale) order, CLIP layers as
+    lora_te1_*."""
+    fused = {
+        ("attn.to_q", "attn.to_k", "attn.to_v"): "x_block_attn_qkv",
+        ("attn2.to_q", "attn2.to_k", "attn2.to_v"): "x_block_attn2_qkv",
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"): "context_block_attn_qkv",
+    }
+    single = {
+        "attn.to_out.0": "x_block_attn_proj", "attn2.to_out.0": "x_block_attn2_proj",
+        "attn.to_add_out": "context_block_attn_proj", "norm1.linear": "x_block_adaLN_modulation_1",
+        "norm1_context.linear": "context_block_adaLN_modulation_1",
+    }  # fmt: skip
+
+    def swap(up):
+        a, b = up.chunk(2)
+        return torch.cat([b, a])
+
+    out = {}
+
+    def put(name, down, up):
+        out[f"{name}.lora_down.weight"] = (2 * down).contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(down.shape[0] / 2)
+
+    a = {k[: -len(".lora_A.weight")]: v for k, v in state.items() if k.endswith("lora_A.weight")}
+    b = {k[: -len(".lora_B.weight")]: v for k, v in state.items() if k.endswith("lora_B.weight")}
+    blocks = {int(k.split(".")[2]) for k in a if k.startswith("transformer.transformer_blocks.")}
+    last = max(blocks)
+    for i in blocks:
+        p = f"transformer.transformer_blocks.{i}."
+        for parts, name in fused.items():
+            if p + parts[0] in a:
+                down = torch.cat([a[p + t] for t in parts])
+                up = torch.block_diag(*[b[p + t] for t in parts])
+                put(f"lora_unet_joint_blocks_{i}_{name}", down, up)
+        for part, name in single.items():
+            if p + part in a:
+                up = b[p + part]
+                if part == "norm1_context.linear" and i == last:
+                    up = swap(up)
+                put(f"lora_unet_joint_blocks_{i}_{name}", a[p + part], up)
+    put("lora_unet_final_layer_linear", a["transformer.proj_out"], b["transformer.proj_out"])
+    put(
+        "lora_unet_final_layer_adaLN_modulation_1",
+        a["transformer.norm_out.linear"], swap(b["transformer.norm_out.linear"]),
+    )  # fmt: skip
+    for key in a:
+        if key.startswith("text_encoder."):
+            name = "lora_te1_" + key[len("text_encoder.") :].replace(".", "_")
+            put(name, a[key], b[key])
+    return out
+
+
+def test_an_sd3_lora_in_the_kohya_layout_equals_the_pipeline_with_it(engine, root):
+    """An SD3 LoRA in kohya sd-scripts' layout (transformer and CLIP-L layers: fused qkv,
+    the dual-attention block's attn2, the adaLN modulations, the final layer) equals
+    StableDiffusion3Pipeline with the same LoRA in the diffusers layout."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import load_file
+
+    parts = fx.tiny_sd3()
+    net, te = parts["transformer"], parts["text_encoder"]
+    torch.manual_seed(14)
+    net.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=[
+                "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                "to_add_out", "norm1.linear", "norm1_context.linear", "norm_out.linear",
+                "proj_out",
+            ],
+        )
+    )  # fmt: skip
+    with torch.no_grad():  # the modulation layers' LoRA small: the tiny model stays sane
+        for name, p in net.named_parameters():
+            if "lora_B" in name and "norm" in name:
+                p.mul_(0.1)
+    inject_adapter_in_model(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
+        ),
+        te,
+    )  # fmt: skip
+    (root / "loras").mkdir(exist_ok=True)
+    diffusers.StableDiffusion3Pipeline.save_lora_weights(
+        str(root / "loras"), transformer_lora_layers=get_peft_model_state_dict(net),
+        text_encoder_lora_layers=get_peft_model_state_dict(te),
+        weight_name="sd3_full_diffusers.safetensors",
+    )  # fmt: skip
+    state = load_file(str(root / "loras" / "sd3_full_diffusers.safetensors"))
+    assert any(".attn2." in k for k in state) and any("norm_out" in k for k in state)
+    fx.save(_to_kohya_sd3(state), root / "loras" / "sd3_kohya.safetensors")
+
+    got = _lora_variants(engine, "sd3", "sd3_kohya.safetensors")
+    pipe = fx.sd3_pipeline(fx.tiny_sd3())
+    pipe.load_lora_weights(str(root / "loras"), weight_name="sd3_full_diffusers.safetensors")
+    want = _pipe_image(pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=DIT_SETUPS["sd3"][1])
+    _close(got["lora"], want)
+    assert np.abs(got["plain"] - got["lora"]).max() > 1 / 255
+    assert np.array_equal(got["zero"], got["plain"])
+    assert np.array_equal(got["model-only-zero"], got["plain"])
+
+
+def test_a_flux_lora_without_the_transformer_prefix_equals_it_with_the_prefix(engine, root):
+    """Some trainers write the diffusers layout without ``transformer.``: read as the same
+    LoRA (diffusers' loader alone would skip every layer)."""
+    state = {f"transformer.{k}": v for k, v in _flux_peft_lora().items()}
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(state, root / "loras" / "flux_prefixed.safetensors")
+    fx.save(
+        {k.removeprefix("transformer."): v for k, v in state.items()},
+        root / "loras" / "flux_bare.safetensors",
+    )
+    bare = _lora_variants(engine, "flux", "flux_bare.safetensors")
+    prefixed = _lora_variants(engine, "flux", "flux_prefixed.safetensors")
+    assert np.array_equal(bare["lora"], prefixed["lora"])
+    assert np.abs(bare["plain"] - bare["lora"]).max() > 1 / 255
+
+
+def _flux_peft_lora() -> dict[str, torch.Tensor]:
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    net = fx.tiny_flux()["transformer"]
+    torch.manual_seed(15)
+    net.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    )
+    return get_peft_model_state_dict(net)
+
+
+def test_a_lora_with_no_layers_for_the_dit_is_a_clear_error(engine, root):
+    """A LoRA whose layers belong to no part of an SD3 / Flux model (here a kohya SD 1.x
+    UNet LoRA) is an error on Load LoRA, not a silent no-op."""
+    (root / "loras").mkdir(exist_ok=True)
+    fx.save(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
+        },
+        root / "loras" / "sd1_style.safetensors",
+    )
+    for family in ("sd3", "flux"):
+        wf = Workflow(installed_registry())
+        c = wf.add_node("load_checkpoint", {"ckpt_name": DIT_SETUPS[family][0]}).id
+        lo = wf.add_node("load_lora_model_only", {"lora_name": "sd1_style.safetensors"}).id
+        wf.connect(c, "model", lo, "model")
+        result = engine.run(wf, targets=[lo])
+        msg = result.errors.get(lo, "")
+        assert "sd1_style.safetensors" in msg and "Traceback" not in msg, (family, msg)
