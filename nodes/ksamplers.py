@@ -26,6 +26,7 @@ BrownianTreeNoiseSampler. Imported lazily (imports torch).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +82,10 @@ def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int) -> NoiseSam
         sign = 1.0
         if b < a:  # travelling down in sigma: the increment is taken backwards
             a, b, sign = b, a, -1.0
-        w = tree(a.detach().cpu().float(), b.detach().cpu().float())
+        with warnings.catch_warnings():
+            # float32 sigmas can sit a rounding above the tree's float end (ComfyUI's too)
+            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
+            w = tree(a.detach().cpu().float(), b.detach().cpu().float())
         w = w.to(device=x.device, dtype=a.dtype) * sign
         return w / (b - a).abs().sqrt()
 
