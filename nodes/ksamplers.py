@@ -228,6 +228,9 @@ def lms(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, ord
         if len(slopes) > order:
             slopes.pop(0)
         callback(i, den)
+        if ts[i + 1] == 0:  # the last step lands on the clean prediction (ComfyUI since 2025)
+            x = den
+            continue
         n = min(i + 1, order)
         coeffs = [lms_coefficient(ts, i, j, n) for j in range(n)]
         x = x + sum(c * d for c, d in zip(coeffs, reversed(slopes), strict=True))
