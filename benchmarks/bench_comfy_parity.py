@@ -200,9 +200,11 @@ def main() -> None:
                     worst, worst_case = rel, name
         results[sampler] = {"max_rel_diff": worst, "worst_case": worst_case}
         if sampler == "lms" and not lms_lands_on_denoised(comfy):
+            early = per_case["nonlinear/leftover_noise/karras"]
             results[sampler]["note"] = (
                 "this ComfyUI's lms takes a multistep step to sigma 0 where today's (and "
-                "Studio's) returns the clean prediction: its last step differs"
+                "Studio's) returns the clean prediction: its last step differs; stopped "
+                f"before sigma 0 (leftover noise) the two differ by {early:.1e}"
             )
     print(
         json.dumps(
