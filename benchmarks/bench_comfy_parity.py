@@ -64,7 +64,7 @@ def comfy_modules(path: Path):
     return comfy
 
 
-ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm")
+ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm")
 
 
 def seeded_noise(comfy) -> bool:

@@ -15,6 +15,7 @@ comfy/k_diffusion/sampling.py and comfy/extra_samplers/uni_pc.py implement:
   2M, the stochastic single-step "SDE" variant, and the 2M / 3M SDE multistep ones;
 * UniPC (Zhao et al. 2023), the B(h) = h (bh1) and B(h) = e^h - 1 (bh2) variants, in
   variance-preserving coordinates;
+* DDPM's ancestral step (Ho et al. 2020) in variance-preserving coordinates;
 * LCM (Luo et al. 2023): jump to the clean prediction, renoise to the next sigma.
 
 Noise: ancestral samplers draw from ComfyUI's default noise sampler (``randn`` from a
@@ -43,7 +44,7 @@ Callback = Callable[[int, torch.Tensor], None]
 #: (they would otherwise spend their last, second-order step on the smallest sigmas).
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
 #: Samplers that draw fresh noise each step from ComfyUI's default (seed + 1) generator.
-ANCESTRAL = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm"})
+ANCESTRAL = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm"})
 #: Samplers whose noise comes from a Brownian tree seeded with the seed itself.
 BROWNIAN = frozenset({"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"})
 
@@ -369,6 +370,27 @@ def dpmpp_3m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Call
     return x
 
 
+def ddpm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+    """DDPM's ancestral step (Ho et al. 2020, eq. 11 and the posterior variance), taken in
+    variance-preserving coordinates: x / sqrt(1 + sigma^2), alpha-bar = 1 / (1 + sigma^2)."""
+    for i in range(len(sigmas) - 1):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = model(x, s, i)
+        callback(i, den)
+        eps = (x - den) / s
+        x_vp = x / torch.sqrt(1.0 + s**2.0)
+        abar, abar_prev = 1 / (s * s + 1), 1 / (s1 * s1 + 1)
+        alpha = abar / abar_prev
+        mean = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - abar).sqrt())
+        if s1 > 0:
+            var = (1 - alpha) * (1.0 - abar_prev) / (1.0 - abar)
+            mean = mean + var.sqrt() * noise(s, s1)
+        x = mean
+        if s1 != 0:
+            x = x * torch.sqrt(1.0 + s1**2.0)
+    return x
+
+
 def lcm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
     """Latent consistency sampling: each step jumps to the clean prediction and noises it
     afresh to the next sigma."""
@@ -539,6 +561,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "dpmpp_3m_sde": dpmpp_3m_sde,
     "ddim": euler,
+    "ddpm": ddpm,
     "uni_pc": uni_pc,
     "uni_pc_bh2": uni_pc_bh2,
     "lcm": lcm,

@@ -287,6 +287,7 @@ COMFY_SAMPLERS = (
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
     "ddim",
+    "ddpm",
     "uni_pc",
     "uni_pc_bh2",
     "lcm",

@@ -41,6 +41,7 @@ STOCHASTIC = (
     "dpmpp_sde",
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
+    "ddpm",
 )
 
 
@@ -89,8 +90,10 @@ def test_stochastic_samplers_sample_the_data_distribution(name):
     x = walk(name, sigmas, start(2, sigmas[0], (1, 4, 64, 64)), seed=2)
     z = (x - MU) / math.sqrt(VAR)
     assert abs(float(z.mean())) < 0.05
-    # first-order euler_ancestral is still biased at 40 steps (measured 0.92)
-    assert abs(float(z.std()) - 1.0) < (0.1 if name == "euler_ancestral" else 0.03)
+    # the first-order ones are still biased at 40 steps (measured 0.92 for both: with an
+    # exact denoiser DDPM's posterior step and the Euler ancestral step agree)
+    first_order = name in ("euler_ancestral", "ddpm")
+    assert abs(float(z.std()) - 1.0) < (0.1 if first_order else 0.03)
     # the noise matters: another seed gives another sample
     other = walk(name, sigmas, start(2, sigmas[0], (1, 4, 64, 64)), seed=3)
     assert torch.equal(walk(name, sigmas, start(2, sigmas[0], (1, 4, 64, 64)), seed=2), x)

@@ -49,6 +49,7 @@ COMFY_EXACT_SAMPLERS = (
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
     "ddim",
+    "ddpm",
     "uni_pc",
     "uni_pc_bh2",
     "lcm",
