@@ -124,6 +124,7 @@ COMFY_SCRIPT = textwrap.dedent(
     import comfy.options
     comfy.options.enable_args_parsing()
     import comfy.sample, comfy.sd
+    torch.set_grad_enabled(False)  # ComfyUI runs its nodes in inference mode
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(ckpt)[:3]
 
     def encode(text):
@@ -142,7 +143,7 @@ COMFY_SCRIPT = textwrap.dedent(
             latent, denoise=k["denoise"], seed=k["seed"],
         )
         image = vae.decode(samples)
-        np.save(f"{out}/{job['name']}.npy", image.float().cpu().numpy())
+        np.save(f"{out}/{job['name']}.npy", image.detach().float().cpu().numpy())
         results[job["name"]] = time.perf_counter() - t
     print(json.dumps(results))
     """
@@ -189,7 +190,7 @@ def run_studio(models_root: Path, jobs: list[dict]) -> dict:
         )
         result = import_comfyui(api, registry, source="bench.json")
         reports[job["name"]] = result.report
-        run = engine.run(result.workflow)
+        run = engine.run(result.workflow, targets=["8"])
         if not run.ok:
             raise SystemExit(f"Studio's run failed: {run.errors}")
         images[job["name"]] = np.asarray(run.outputs["8"]["image"].float().cpu().numpy())
@@ -230,7 +231,13 @@ def main() -> None:
         job["inputs"] = {k: v for k, v in job["inputs"].items() if not isinstance(v, list)}
     out = work / "images"
     out.mkdir(parents=True, exist_ok=True)
-    comfy_seconds = run_comfyui(args.comfyui.resolve(), ckpt, jobs, out)
+    seconds_file = out / "comfyui_seconds.json"
+    if all((out / f"{job['name']}.npy").exists() for job in jobs):
+        # ComfyUI's images of an earlier run, kept (delete --work/images to redo them)
+        comfy_seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
+    else:
+        comfy_seconds = run_comfyui(args.comfyui.resolve(), ckpt, jobs, out)
+        seconds_file.write_text(json.dumps(comfy_seconds))
     studio = run_studio(work / "models", jobs)
     cases = {}
     for sampler, scheduler in CASES:
@@ -244,7 +251,7 @@ def main() -> None:
             "mean_abs_pixel_diff": float(diff.mean()),
             "max_abs_pixel_diff": float(diff.max()),
             "other_seed_mean_abs_diff": float(seeds_apart),
-            "comfyui_seconds": round(comfy_seconds[name], 1),
+            "comfyui_seconds": round(comfy_seconds[name], 1) if name in comfy_seconds else None,
             "import_report": studio["reports"][name],
         }
     print(
