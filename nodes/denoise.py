@@ -56,6 +56,11 @@ def make_scheduler(
     if schedule not in SCHEDULERS:
         raise NodeError(f"unknown scheduler {schedule!r}; known: {', '.join(SCHEDULERS)}")
     class_name, sampler_kwargs = SAMPLERS[sampler]
+    if not class_name:
+        raise NodeError(
+            f"sampler {sampler!r} is ComfyUI's and runs only with the comfy_* schedules "
+            f"(comfy_normal, comfy_karras, ...), not with {schedule!r}"
+        )
     cls = getattr(diffusers, class_name)
     overrides = dict(sampler_kwargs)
     accepted = set(inspect.signature(cls.__init__).parameters)
@@ -350,7 +355,7 @@ def _comfy_schedule(
     config = model.scheduler_config
     ms = ksampling.ModelSampling(config, config.get("prediction_type", model.prediction_type))
     if window is None:
-        sigmas = ksampling.ksampler_sigmas(ms, scheduler, steps, denoise)
+        sigmas = ksampling.ksampler_sigmas(ms, scheduler, steps, denoise, sampler=sampler)
     else:
         sigmas = ksampling.ksampler_sigmas(
             ms,
@@ -359,6 +364,7 @@ def _comfy_schedule(
             start=window.start,
             end=window.end,
             full_denoise=not window.leftover_noise,
+            sampler=sampler,
         )
     return ksampling.KSchedule(ms, sampler, sigmas, seed, dtype)
 
@@ -387,11 +393,8 @@ def _comfy_run(
 ) -> dict[str, Any]:
     x = start.latents
     keep = None
-    if mask is not None:
-        mask = mask.float()
-        keep = (mask, start.init, start.noise)
-        first = start.init + start.noise * ks.sigmas[0].to(x.device)
-        x = (1 - mask) * first + mask * x
+    if mask is not None:  # blended inside each model call, as ComfyUI's inpainting wrapper
+        keep = (mask.float(), start.init, start.noise)
 
     def on_step(i: int, total: int, den: torch.Tensor) -> None:
         ctx.progress(i + 1, total, preview_image(den, model.family, model.latent_rgb))

@@ -39,6 +39,7 @@ A1111_SAMPLER_NAMES = {
     "dpm_2_ancestral": "DPM2 a",
     "lms": "LMS",
     "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2s_ancestral": "DPM++ 2S a",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_3m_sde": "DPM++ 3M SDE",
     "dpmpp_sde": "DPM++ SDE",

@@ -6,15 +6,14 @@ needs ComfyUI's way of sampling: k-diffusion style, in sigma space, with the mod
 1,000 discrete sigmas built from the checkpoint's betas, schedules computed from them,
 the UNet fed the timestep whose sigma is nearest (in log sigma), the first noise drawn
 on the CPU in float32 from ``torch.manual_seed(seed)`` and scaled by ``sqrt(1 + sigma^2)``
-at full denoise (by ``sigma`` otherwise), and the ancestral noise from a second CPU
-generator seeded with ``seed + 1``.
+at full denoise (by ``sigma`` otherwise), and the samplers' own noise as ComfyUI draws
+it (nodes/ksamplers.py).
 
 Written from ComfyUI's published formulas (comfy/samplers.py: calculate_sigmas,
 normal_scheduler, simple_scheduler, ddim_scheduler, KSampler.set_steps and sample;
 comfy/model_sampling.py: ModelSamplingDiscrete, EPS, V_PREDICTION; comfy/k_diffusion/
-sampling.py: get_sigmas_karras, get_sigmas_exponential, sample_euler,
-sample_euler_ancestral, sample_dpmpp_2m, default_noise_sampler; comfy/sample.py:
-prepare_noise). Imported lazily (imports torch).
+sampling.py: get_sigmas_karras, get_sigmas_exponential; comfy/sample.py: prepare_noise).
+The samplers themselves are in nodes/ksamplers.py. Imported lazily (imports torch).
 """
 
 from __future__ import annotations
@@ -193,6 +192,17 @@ def schedule_sigmas(ms: ModelSampling, schedule: str, steps: int) -> torch.Tenso
     return _SCHEDULES[COMFY_SCHEDULES[schedule]](ms, steps)
 
 
+def sampler_sigmas(ms: ModelSampling, schedule: str, steps: int, sampler: str) -> torch.Tensor:
+    """ComfyUI's KSampler.calculate_sigmas: for dpm_2, dpm_2_ancestral and uni_pc, a schedule
+    one step longer with its next-to-last sigma dropped."""
+    from nodes.ksamplers import DISCARD_PENULTIMATE
+
+    if sampler not in DISCARD_PENULTIMATE:
+        return schedule_sigmas(ms, schedule, steps)
+    sigmas = schedule_sigmas(ms, schedule, steps + 1)
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
 def ksampler_sigmas(
     ms: ModelSampling,
     schedule: str,
@@ -201,16 +211,18 @@ def ksampler_sigmas(
     start: int | None = None,
     end: int | None = None,
     full_denoise: bool = False,
+    sampler: str = "euler",
 ) -> torch.Tensor:
     """The sigmas a ComfyUI KSampler (``denoise``) or KSamplerAdvanced (``start``, ``end``,
-    ``full_denoise`` = not return_with_leftover_noise) runs: with denoise below 1, the last
-    ``steps`` of a ``int(steps / denoise)``-step schedule. Fewer than two: nothing to run."""
+    ``full_denoise`` = not return_with_leftover_noise) runs with ``sampler``: with denoise
+    below 1, the last ``steps`` of a ``int(steps / denoise)``-step schedule. Fewer than two:
+    nothing to run."""
     if denoise > 0.9999:
-        sigmas = schedule_sigmas(ms, schedule, steps)
+        sigmas = sampler_sigmas(ms, schedule, steps, sampler)
     elif denoise <= 0.0:
         return torch.zeros(0)
     else:
-        sigmas = schedule_sigmas(ms, schedule, int(steps / denoise))[-(steps + 1) :]
+        sigmas = sampler_sigmas(ms, schedule, int(steps / denoise), sampler)[-(steps + 1) :]
     if end is not None and end < len(sigmas) - 1:
         sigmas = sigmas[: end + 1].clone()
         if full_denoise:
@@ -246,8 +258,9 @@ def noise_scaling(
 class KSchedule:
     """What the Sampler's loop needs of a scheduler, for a ComfyUI schedule and sampler.
 
-    ``timesteps`` are the UNet's (nearest training step of each sigma); the loop sets
-    ``sigma`` before each model call so :meth:`scale_model_input` scales by it.
+    ``timesteps`` are the UNet's at the schedule's sigmas (nearest training step of each);
+    a model call sets ``sigma`` first so :meth:`scale_model_input` scales by it (the
+    second-order samplers call the model between the schedule's sigmas too).
     """
 
     ms: ModelSampling
@@ -268,42 +281,20 @@ class KSchedule:
             self.ms.timestep(self.sigmas[:-1]).float() if len(self.sigmas) > 1 else torch.zeros(0)
         )
         self.sigma = self.sigmas[0] if len(self.sigmas) else torch.tensor(0.0)
-        self._old_denoised: torch.Tensor | None = None
-        seed = int(self.seed) + 1  # ComfyUI's default_noise_sampler on the CPU: seed + 1
-        self._generator = torch.Generator("cpu").manual_seed(seed % 2**64)
 
     def scale_model_input(self, x: torch.Tensor, t: Any = None) -> torch.Tensor:
         return self.ms.model_input(x, self.sigma.to(x.device)).to(self.model_dtype)
 
-    def step(self, out: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step from ``sigmas[i]`` to ``sigmas[i + 1]``: the new latent and the denoised
-        (clean) prediction."""
-        dev = x.device
-        s, s_next = self.sigmas[i].to(dev), self.sigmas[i + 1].to(dev)
-        den = self.ms.denoised(out.float(), x, s)
-        if self.sampler == "euler":
-            x = x + (x - den) / s * (s_next - s)
-        elif self.sampler == "euler_ancestral":
-            up = torch.minimum(s_next, (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5)
-            down = (s_next**2 - up**2) ** 0.5
-            if float(down) == 0:
-                x = den
-            else:
-                drawn = torch.randn(x.shape, generator=self._generator, dtype=x.dtype)
-                x = x + (x - den) / s * (down - s) + drawn.to(dev) * up
-        else:  # dpmpp_2m
-            t, t_next = -s.log(), -s_next.log()
-            h = t_next - t
-            ratio = (-t_next).exp() / (-t).exp()
-            if self._old_denoised is None or float(s_next) == 0:
-                x = ratio * x - (-h).expm1() * den
-            else:
-                h_last = t + self.sigmas[i - 1].to(dev).log()
-                r = h_last / h
-                d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * self._old_denoised
-                x = ratio * x - (-h).expm1() * d
-            self._old_denoised = den
-        return x, den
+
+def inpaint_noise(ks: KSchedule, noise: torch.Tensor) -> torch.Tensor:
+    """The noise that re-noises the kept (unmasked) part of an inpainted latent: the first
+    noise, except for ComfyUI's ddim, which draws its own from a CPU generator seeded with
+    ``seed + 1``."""
+    if ks.sampler != "ddim":
+        return noise
+    generator = torch.Generator("cpu").manual_seed((int(ks.seed) + 1) % 2**64)
+    drawn = torch.randn(tuple(noise.shape), generator=generator, device="cpu")
+    return drawn.to(dtype=noise.dtype, device=noise.device)
 
 
 def run(
@@ -314,19 +305,38 @@ def run(
     keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     on_step: Any,
 ) -> torch.Tensor:
-    """The steps of ``ks`` from the starting latent ``x``. ``keep``: (mask, input latent,
-    noise): outside the mask the input latent noised to each step's sigma, as ComfyUI's
-    inpainting wrapper feeds the model (and the input itself after the last step)."""
+    """The steps of ``ks`` from the starting latent ``x``, by its sampler (nodes/ksamplers).
+
+    Each model call is ComfyUI's: the latent scaled for the UNet at that sigma, the UNet fed
+    the nearest training timestep, its output turned into the denoised latent. ``keep``:
+    (mask, input latent, noise): as ComfyUI's inpainting wrapper, outside the mask each model
+    call sees the input latent noised to that call's sigma, and its prediction there is the
+    input latent itself."""
+    from nodes import ksamplers
+
     total = len(ks.sigmas) - 1
+    sigmas = ks.sigmas.to(x.device)
+    if keep is not None:
+        mask, init, drawn = keep
+        keep = (mask, init, inpaint_noise(ks, drawn))
+
+    def denoise(x_in: torch.Tensor, sigma: torch.Tensor, i: int) -> torch.Tensor:
+        ctx.check_interrupt()
+        sigma = torch.as_tensor(sigma, device=x_in.device, dtype=torch.float32)
+        if keep is not None:
+            mask, init, drawn = keep
+            x_in = x_in * mask + (init + drawn * sigma) * (1 - mask)
+        ks.sigma = sigma
+        t = ks.ms.timestep(sigma.cpu().reshape(1))[0].float()
+        out = predict(x_in, i, t)
+        den = ks.ms.denoised(out.float(), x_in, sigma)
+        if keep is not None:
+            den = den * mask + init * (1 - mask)
+        return den
+
+    def callback(i: int, den: torch.Tensor) -> None:
+        on_step(i, total, den)
+
+    noise = ksamplers.noise_sampler(ks.sampler, x, sigmas, ks.seed)
     with torch.no_grad():
-        for i in range(total):
-            ctx.check_interrupt()
-            ks.sigma = ks.sigmas[i]
-            out = predict(x, i, ks.timesteps[i])
-            x, den = ks.step(out, i, x)
-            if keep is not None:
-                mask, init, drawn = keep
-                kept = init + drawn * ks.sigmas[i + 1].to(x.device)
-                x = (1 - mask) * kept + mask * x
-            on_step(i, total, den)
-    return x
+        return ksamplers.SAMPLERS[ks.sampler](denoise, x, sigmas, noise, callback)

@@ -37,7 +37,7 @@ SCHEDULER = InputSpec(
     default="normal",
     tooltip=(
         "The noise schedule; normal is the checkpoint's own (diffusers). comfy_* are "
-        "ComfyUI's schedules and noise (with euler, euler_ancestral, dpmpp_2m): the same "
+        "ComfyUI's schedules, noise and samplers (all but pndm and deis): the same "
         "seed gives ComfyUI's picture."
     ),
 )

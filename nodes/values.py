@@ -213,8 +213,8 @@ def conditioning_text(cond: list[Cond] | None) -> str:
     return " ".join(c.text for c in cond if c.text)
 
 
-#: Sampler names (ComfyUI's, where diffusers has the scheduler) -> diffusers scheduler
-#: class and the config values that make it that sampler.
+#: Sampler names (ComfyUI's) -> diffusers scheduler class and the config values that make
+#: it that sampler; an empty class name: ComfyUI's sampler only (with a comfy_* schedule).
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
@@ -241,6 +241,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "deis": ("DEISMultistepScheduler", {}),
     "uni_pc": ("UniPCMultistepScheduler", {}),
     "lcm": ("LCMScheduler", {}),
+    # ComfyUI's samplers that diffusers lacks: only with the comfy_* schedules
+    "dpmpp_2s_ancestral": ("", {}),
+    "uni_pc_bh2": ("", {}),
 }
 
 #: Scheduler (sigma schedule) names -> config values; ``normal`` keeps the
@@ -269,6 +272,24 @@ COMFY_SCHEDULES: dict[str, str] = {
     "comfy_ddim_uniform": "ddim_uniform",
     "comfy_kl_optimal": "kl_optimal",
 }
-#: The samplers the ComfyUI schedules run with (ComfyUI's k-diffusion steps).
-COMFY_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+#: The samplers the ComfyUI schedules run with (ComfyUI's k-diffusion steps, written in
+#: nodes/ksamplers.py; a test keeps the two lists equal).
+COMFY_SAMPLERS = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "ddim",
+    "ddpm",
+    "uni_pc",
+    "uni_pc_bh2",
+    "lcm",
+)
 SCHEDULERS.update({name: {"comfy": base} for name, base in COMFY_SCHEDULES.items()})

@@ -112,8 +112,8 @@ def test_denoise_and_step_windows_take_comfyuis_slices():
 def test_other_samplers_are_refused_with_the_ones_that_work():
     from studio.errors import NodeError
 
-    with pytest.raises(NodeError, match="euler, euler_ancestral, dpmpp_2m"):
-        ksampling.KSchedule(MS, "heun", ksampling.ksampler_sigmas(MS, "comfy_normal", 4), 0)
+    with pytest.raises(NodeError, match=r"euler, euler_ancestral, heun, .*, lcm"):
+        ksampling.KSchedule(MS, "deis", ksampling.ksampler_sigmas(MS, "comfy_normal", 4), 0)
 
 
 # -- on the tiny SD1 model -------------------------------------------------------------------
@@ -149,20 +149,36 @@ def sample(engine, sampler, scheduler, **kw):
 
 def reference(unet, embeds, sampler, schedule, cfg=6.0):
     """ComfyUI's KSampler on an Empty Latent, written from its formulas."""
-    sig = torch.tensor(expected(schedule, STEPS), dtype=torch.float32)
+    if sampler == "dpm_2":  # one step more, the next-to-last sigma dropped
+        longer = expected(schedule, STEPS + 1)
+        sig = torch.tensor([*longer[:-2], longer[-1]], dtype=torch.float32)
+    else:
+        sig = torch.tensor(expected(schedule, STEPS), dtype=torch.float32)
     g = torch.Generator("cpu").manual_seed(SEED)
     x = torch.randn((1, 4, 8, 8), generator=g) * (1 + sig[0] ** 2) ** 0.5
     ancestral = torch.Generator("cpu").manual_seed(SEED + 1)
     log_sigmas = torch.tensor(LOG, dtype=torch.float32)
     old = None
+
+    def denoised(x, s):
+        t = (s.log() - log_sigmas).abs().argmin().float()
+        xin = torch.cat([x, x]) / (s**2 + 1) ** 0.5
+        uncond, cond = unet(xin, t, encoder_hidden_states=embeds).sample.chunk(2)
+        return x - (uncond + cfg * (cond - uncond)) * s
+
     with torch.no_grad():
         for i in range(STEPS):
             s, s1 = sig[i], sig[i + 1]
-            t = (s.log() - log_sigmas).abs().argmin().float()
-            xin = torch.cat([x, x]) / (s**2 + 1) ** 0.5
-            uncond, cond = unet(xin, t, encoder_hidden_states=embeds).sample.chunk(2)
-            den = x - (uncond + cfg * (cond - uncond)) * s
-            if sampler == "euler":
+            den = denoised(x, s)
+            d = (x - den) / s
+            if sampler == "heun" and s1 > 0:  # Euler predictor, slopes of both ends averaged
+                x2 = x + d * (s1 - s)
+                x = x + (d + (x2 - denoised(x2, s1)) / s1) / 2 * (s1 - s)
+            elif sampler == "dpm_2" and s1 > 0:  # the slope at the log-midpoint
+                mid = (s * s1) ** 0.5
+                x2 = x + d * (mid - s)
+                x = x + (x2 - denoised(x2, mid)) / mid * (s1 - s)
+            elif sampler in ("euler", "heun", "dpm_2"):
                 x = x + (x - den) / s * (s1 - s)
             elif sampler == "euler_ancestral":
                 up = min(s1, (s1**2 * (s**2 - s1**2) / s**2) ** 0.5)
@@ -193,6 +209,8 @@ def reference(unet, embeds, sampler, schedule, cfg=6.0):
         ("euler", "sgm_uniform"),
         ("euler_ancestral", "karras"),
         ("dpmpp_2m", "simple"),
+        ("heun", "normal"),
+        ("dpm_2", "karras"),
     ],
 )
 def test_the_sampler_gives_comfyuis_latent(engine, parts, sampler, schedule):
@@ -247,6 +265,9 @@ def test_imported_schedules_are_comfyuis_where_studio_reproduces_the_sampler():
 
     assert imported("euler", "simple") == ("comfy_simple", [])
     assert imported("dpmpp_2m", "karras") == ("comfy_karras", [])
-    scheduler, report = imported("heun", "karras")
+    assert imported("heun", "karras") == ("comfy_karras", [])
+    assert imported("dpmpp_2m_sde", "exponential") == ("comfy_exponential", [])
+    assert imported("uni_pc", "sgm_uniform") == ("comfy_sgm_uniform", [])
+    scheduler, report = imported("deis", "karras")
     assert scheduler == "karras"  # Studio's diffusers karras, and the report says so
     assert any("differs from ComfyUI's" in r for r in report)

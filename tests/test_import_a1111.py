@@ -156,8 +156,6 @@ def test_sampler_names_map_exactly(registry, name, schedule, expected):
 @pytest.mark.parametrize(
     "name, schedule, expected",
     [
-        ("DPM++ 2S a", None, "dpm_2_ancestral"),
-        ("DPM++ 2S a Karras", None, "dpm_2_ancestral"),
         ("DPM++ 2M SDE Heun", None, "dpmpp_2m_sde"),
         ("DPM fast", None, "dpmpp_2m"),
         ("Restart", None, "heun"),
@@ -803,8 +801,12 @@ def _studio_parameters(registry, sampler, scheduler):
 
 def test_studio_parameters_come_back_with_every_sampler_and_scheduler(registry):
     spec = registry["sampler"]
+    from studio.graph.importers.comfyui_map import COMFY_ONLY_SAMPLERS
+
     for sampler in spec.input("sampler").choices:
         for scheduler in spec.input("scheduler").choices:
+            if sampler in COMFY_ONLY_SAMPLERS and not scheduler.startswith("comfy_"):
+                continue  # does not run, so no image carries it
             _, _, text = _studio_parameters(registry, sampler, scheduler)
             result = import_infotext(text, registry, source="studio.png")
             got = one(result.workflow, "sampler").params
@@ -941,3 +943,20 @@ def test_random_text_imports_or_raises_the_documented_error(text):
 
 
 _FUZZ_REGISTRY = installed_registry()
+
+
+@pytest.mark.parametrize(
+    "name, schedule, expected",
+    [
+        ("DPM++ 2S a", None, "comfy_normal"),
+        ("DPM++ 2S a Karras", None, "comfy_karras"),
+        ("DPM++ 2S a", "Automatic", "comfy_karras"),
+        ("DPM++ 2S a", "Exponential", "comfy_exponential"),
+        ("DPM++ 2S a", "Beta", "comfy_normal"),
+    ],
+)
+def test_dpmpp_2s_a_is_comfyuis_with_a_comfyui_schedule(registry, name, schedule, expected):
+    sampler, scheduler, notes = map_sampler(name, schedule)
+    assert (sampler, scheduler) == ("dpmpp_2s_ancestral", expected)
+    assert any("ComfyUI's schedules" in n for n in notes)
+    assert scheduler in registry["sampler"].input("scheduler").choices

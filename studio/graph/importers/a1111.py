@@ -22,6 +22,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from studio.errors import StudioError, WorkflowFileError
 from studio.graph.importers import ImportResult, saveable
+from studio.graph.importers.comfyui_map import (
+    COMFY_ONLY_SAMPLERS,
+    COMFY_SCHEDULES,
+    SCHEDULE_FALLBACK,
+)
 from studio.graph.seeds import SeedControl, set_seed_control
 from studio.graph.workflow import Note, Workflow, new_id
 
@@ -56,11 +61,9 @@ SAMPLERS: dict[str, SamplerMapping] = {
     "heun": SamplerMapping("heun"),
     "dpm2": SamplerMapping("dpm_2", automatic="karras"),
     "dpm2 a": SamplerMapping("dpm_2_ancestral", automatic="karras"),
-    "dpm++ 2s a": SamplerMapping(
-        "dpm_2_ancestral",
-        note="Studio has no DPM++ 2S a; DPM2 a (dpm_2_ancestral) is nearest",
-        automatic="karras",
-    ),
+    # ComfyUI's DPM++ 2S a in Studio: with a ComfyUI schedule only (map_sampler picks it)
+    "dpm++ 2s a": SamplerMapping("dpmpp_2s_ancestral", automatic="karras"),
+    "uni pc bh2": SamplerMapping("uni_pc_bh2"),
     "dpm++ 2m": SamplerMapping("dpmpp_2m", automatic="karras"),
     "dpm++ sde": SamplerMapping("dpmpp_sde", automatic="karras"),
     "dpm++ 2m sde": SamplerMapping("dpmpp_2m_sde", automatic="exponential"),
@@ -165,7 +168,15 @@ def map_sampler(name: str, schedule: str | None = None) -> tuple[str, str, list[
             scheduler = sched.scheduler or "normal"
             if sched.note:
                 notes.append(sched.note)
-    return mapping.sampler, mapping.scheduler or scheduler, notes
+    scheduler = mapping.scheduler or scheduler
+    if mapping.sampler in COMFY_ONLY_SAMPLERS and scheduler not in SCHEDULE_FALLBACK:
+        # Studio has this sampler only as ComfyUI's, which runs with ComfyUI's schedules
+        comfy = COMFY_SCHEDULES.get(scheduler, "comfy_normal")
+        notes.append(
+            f"{name} runs in Studio with ComfyUI's schedules: {scheduler!r} became {comfy!r}"
+        )
+        scheduler = comfy
+    return mapping.sampler, scheduler, notes
 
 
 # -- parsing -----------------------------------------------------------------------------------

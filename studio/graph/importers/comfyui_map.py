@@ -36,7 +36,27 @@ COMFY_SCHEDULES = {
 }
 #: The samplers the ``comfy_*`` schedules run with (nodes.values.COMFY_SAMPLERS; a test
 #: keeps the two equal: studio/graph does not import the node modules).
-COMFY_EXACT_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+COMFY_EXACT_SAMPLERS = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "ddim",
+    "ddpm",
+    "uni_pc",
+    "uni_pc_bh2",
+    "lcm",
+)
+#: ComfyUI samplers Studio has only as ComfyUI's (no diffusers scheduler): they need a
+#: ``comfy_*`` schedule.
+COMFY_ONLY_SAMPLERS = frozenset({"dpmpp_2s_ancestral", "uni_pc_bh2"})
 #: With another sampler, the Studio (diffusers) schedule nearest to ComfyUI's.
 SCHEDULE_FALLBACK = {
     "comfy_normal": "normal",
@@ -53,11 +73,19 @@ SAMPLER_TYPES = frozenset({"sampler", "sampler_advanced"})
 
 def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
     """The Studio schedule an imported (sampler, ``comfy_*`` schedule) pair runs with, and the
-    report line when it is not ComfyUI's own (Studio reproduces ComfyUI's sampling only for
-    euler, euler_ancestral and dpmpp_2m)."""
+    report line when it is not ComfyUI's own (Studio reproduces ComfyUI's sampling for the
+    samplers of COMFY_EXACT_SAMPLERS)."""
     # Values come from the file: anything (a list, a dict) that is not a name passes through
     # untouched, for the param check to report as a wrong value.
-    if not isinstance(scheduler, str) or scheduler not in SCHEDULE_FALLBACK:
+    if not isinstance(scheduler, str):
+        return scheduler, None
+    if scheduler not in SCHEDULE_FALLBACK:
+        if isinstance(sampler, str) and sampler in COMFY_ONLY_SAMPLERS:
+            return scheduler, (
+                f"sampler {sampler!r} runs in Studio only with ComfyUI's schedules (comfy_*), "
+                f"which have no {scheduler!r}: choose one of them (comfy_normal, "
+                "comfy_karras, ...) before running"
+            )
         return scheduler, None
     if isinstance(sampler, str) and sampler in COMFY_EXACT_SAMPLERS:
         return scheduler, None
