@@ -41,7 +41,10 @@ SD15 = {
     "beta_schedule": "scaled_linear",
     "num_train_timesteps": 1000,
 }
-SCHEDULES = ("normal", "karras", "exponential", "simple", "sgm_uniform", "ddim_uniform")
+SCHEDULES = (
+    "normal", "karras", "exponential", "simple", "sgm_uniform", "ddim_uniform", "beta",
+    "linear_quadratic",
+)  # fmt: skip
 SHAPE = (1, 4, 16, 16)
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from nodes.values import COMFY_SAMPLERS, COMFY_SCHEDULES
@@ -176,6 +177,37 @@ def kl_optimal(ms: ModelSampling, steps: int) -> torch.Tensor:
     return sigmas
 
 
+def beta(ms: ModelSampling, steps: int, alpha: float = 0.6, b: float = 0.6) -> torch.Tensor:
+    """Timesteps at the quantiles of a Beta(0.6, 0.6) distribution ("Beta Sampling is All You
+    Need", Lee et al. 2024), rounded to training steps, repeats dropped."""
+    from scipy.stats import beta as beta_dist  # only here: scipy.stats is slow to import
+
+    last = len(ms.sigmas) - 1
+    quantiles = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)
+    ts = np.rint(beta_dist.ppf(quantiles, alpha, b) * last).astype(int)
+    kept = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+    return torch.tensor([*(float(ms.sigmas[t]) for t in kept), 0.0], dtype=torch.float32)
+
+
+def linear_quadratic(ms: ModelSampling, steps: int, threshold: float = 0.025) -> torch.Tensor:
+    """Mochi's schedule: the noise level falls linearly to ``threshold`` over the first half
+    of the steps, then along a parabola to 1 (sigmas = sigma_max * (1 - level))."""
+    if steps == 1:
+        levels = [0.0, 1.0]
+    else:
+        lin = steps // 2
+        quad = steps - lin
+        # the parabola a i^2 + c i + d meets the line at i = lin and reaches 1 at i = steps
+        diff = lin - threshold * steps
+        a = diff / (lin * quad**2)
+        c = threshold / lin - 2 * diff / quad**2
+        d = a * lin**2
+        levels = [i * threshold / lin for i in range(lin)]
+        levels += [a * i * i + c * i + d for i in range(lin, steps)]
+        levels.append(1.0)
+    return torch.tensor([1.0 - x for x in levels], dtype=torch.float32) * float(ms.sigma_max)
+
+
 _SCHEDULES = {
     "normal": normal,
     "karras": karras,
@@ -184,6 +216,8 @@ _SCHEDULES = {
     "sgm_uniform": lambda ms, steps: normal(ms, steps, sgm=True),
     "ddim_uniform": ddim_uniform,
     "kl_optimal": kl_optimal,
+    "beta": beta,
+    "linear_quadratic": linear_quadratic,
 }
 
 

@@ -271,6 +271,8 @@ COMFY_SCHEDULES: dict[str, str] = {
     "comfy_sgm_uniform": "sgm_uniform",
     "comfy_ddim_uniform": "ddim_uniform",
     "comfy_kl_optimal": "kl_optimal",
+    "comfy_beta": "beta",
+    "comfy_linear_quadratic": "linear_quadratic",
 }
 #: The samplers the ComfyUI schedules run with (ComfyUI's k-diffusion steps, written in
 #: nodes/ksamplers.py; a test keeps the two lists equal).

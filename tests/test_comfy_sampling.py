@@ -271,3 +271,41 @@ def test_imported_schedules_are_comfyuis_where_studio_reproduces_the_sampler():
     scheduler, report = imported("deis", "karras")
     assert scheduler == "karras"  # Studio's diffusers karras, and the report says so
     assert any("differs from ComfyUI's" in r for r in report)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 9, 20])
+def test_comfy_beta_takes_the_training_sigmas_at_beta_quantiles(steps):
+    """ComfyUI's beta schedule: timesteps at the Beta(0.6, 0.6) quantiles 1, 1 - 1/n, ...,
+    rounded to training steps, a repeat dropped (written here through the inverse regularised
+    incomplete beta function, not scipy.stats)."""
+    from scipy.special import betaincinv
+
+    ts = [round(float(betaincinv(0.6, 0.6, 1 - i / steps)) * 999) for i in range(steps)]
+    ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+    want = [float(SIG[t]) for t in ts] + [0.0]
+    got = ksampling.schedule_sigmas(MS, "comfy_beta", steps)
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+    assert got[0] == pytest.approx(SIG[-1], rel=1e-6)  # starts at the top, like normal
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8, 25])
+def test_comfy_linear_quadratic_is_a_line_then_a_parabola(steps):
+    got = ksampling.schedule_sigmas(MS, "comfy_linear_quadratic", steps).double()
+    smax = float(MS.sigma_max)
+    assert len(got) == steps + 1
+    assert float(got[0]) == pytest.approx(smax, rel=1e-6)
+    assert float(got[-1]) == pytest.approx(0.0, abs=1e-6)
+    assert bool((got[1:] < got[:-1]).all())  # always falling
+    if steps < 2:
+        return
+    level = 1 - got / smax  # 0 .. 1
+    lin = steps // 2
+    # the first half falls linearly to 2.5 % noise removed at step lin ...
+    assert level[:lin].tolist() == pytest.approx([i * 0.025 / lin for i in range(lin)], abs=1e-6)
+    # ... and the rest lies on one parabola through (lin, 0.025) and (steps, 1)
+    i = torch.arange(lin, steps + 1, dtype=torch.float64)
+    coef = np.polyfit(i.numpy(), level[lin:].numpy(), 2) if steps - lin >= 2 else None
+    if coef is not None:
+        assert np.polyval(coef, lin) == pytest.approx(0.025, abs=1e-5)
+        assert np.polyval(coef, steps) == pytest.approx(1.0, abs=1e-5)
+        assert np.abs(np.polyval(coef, i.numpy()) - level[lin:].numpy()).max() < 1e-5

@@ -952,7 +952,7 @@ _FUZZ_REGISTRY = installed_registry()
         ("DPM++ 2S a Karras", None, "comfy_karras"),
         ("DPM++ 2S a", "Automatic", "comfy_karras"),
         ("DPM++ 2S a", "Exponential", "comfy_exponential"),
-        ("DPM++ 2S a", "Beta", "comfy_normal"),
+        ("DPM++ 2S a", "Beta", "comfy_beta"),
     ],
 )
 def test_dpmpp_2s_a_is_comfyuis_with_a_comfyui_schedule(registry, name, schedule, expected):

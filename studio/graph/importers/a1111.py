@@ -122,6 +122,8 @@ SCHEDULES: dict[str, SamplerMapping] = {
             "sgm uniform",
             "ddim uniform",
             "kl optimal",
+            "beta",
+            "linear quadratic",
         )
     },
 }

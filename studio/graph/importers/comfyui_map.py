@@ -32,6 +32,8 @@ COMFY_SCHEDULES = {
         "sgm_uniform",
         "ddim_uniform",
         "kl_optimal",
+        "beta",
+        "linear_quadratic",
     )
 }
 #: The samplers the ``comfy_*`` schedules run with (nodes.values.COMFY_SAMPLERS; a test
@@ -66,6 +68,8 @@ SCHEDULE_FALLBACK = {
     "comfy_simple": "normal",
     "comfy_ddim_uniform": "normal",
     "comfy_kl_optimal": "normal",
+    "comfy_beta": "beta",
+    "comfy_linear_quadratic": "normal",
 }
 #: Studio node types whose (sampler, scheduler) params are checked against the above.
 SAMPLER_TYPES = frozenset({"sampler", "sampler_advanced"})
