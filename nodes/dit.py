@@ -1324,17 +1324,16 @@ class _FluxControls:
         from nodes.controlnet import get_module as controlnet_module
 
         self.inputs = inputs["pos"]
-        self.items: list[tuple[Any, Any, torch.Tensor, bool, bool]] = []
+        self.items: list[tuple[Any, Any, torch.Tensor, bool, bool, Any]] = []
         counts: set[tuple[int, int]] = set()
         repeats: set[bool] = set()
         for e in entries:
             module = controlnet_module(ctx, e.net)
             cfg = module.config
-            if cfg.get("num_mode") is not None:
-                raise NodeError(
-                    f"ControlNet {e.net.name!r} is a union ControlNet; Studio does not set "
-                    "control modes yet"
-                )
+            mode = None
+            if cfg.get("num_mode") is not None:  # union: the mode set on it, per image
+                index = e.net.control_mode("Sampler")
+                mode = torch.full((batch, 1), index, dtype=torch.long, device=device)
             hint = module.input_hint_block is not None
             if hint:
                 cond = _control_pixels(ctx, e, batch, size).to(device=device, dtype=dtype)
@@ -1342,7 +1341,7 @@ class _FluxControls:
                 cond = pack(_control_latent(ctx, e, batch, size, False).to(device, dtype))
             on_neg = any(e is n for n in neg_entries)
             on_pos = any(e is p for p in pos_entries)
-            self.items.append((e, module, cond, on_pos, on_neg and guided))
+            self.items.append((e, module, cond, on_pos, on_neg and guided, mode))
             counts.add((cfg.num_layers, cfg.num_single_layers))
             repeats.add(hint)
         if len(counts) > 1 or len(repeats) > 1:
@@ -1362,9 +1361,10 @@ class _FluxControls:
         """Per side (``pos``, ``neg``): the transformer's extra keyword arguments."""
         sides: dict[str, list[Any] | None] = {"pos": None, "neg": None}
         timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
-        for e, module, cond, on_pos, on_neg in self.items:
+        for e, module, cond, on_pos, on_neg, mode in self.items:
             blocks = module(
-                hidden_states=x, controlnet_cond=cond, conditioning_scale=e.strength
+                hidden_states=x, controlnet_cond=cond, controlnet_mode=mode,
+                conditioning_scale=e.strength
                 * _keep(e, step, total), timestep=timestep,
                 guidance=self.guidance if module.config.guidance_embeds else None,
                 pooled_projections=self.inputs["pooled_projections"],

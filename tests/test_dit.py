@@ -813,8 +813,14 @@ def tiny_flux_controlnet(transformer, seed: int):
     return cn.eval()
 
 
-def _apply(wf, ids, load_name: str, image: str, with_vae: bool = True, **params) -> str:
+def _apply(
+    wf, ids, load_name: str, image: str, with_vae: bool = True, union_type=None, **params
+) -> str:
     load = wf.add_node("load_controlnet", {"control_net_name": load_name}).id
+    if union_type is not None:
+        typed = wf.add_node("set_union_controlnet_type", {"type": union_type}).id
+        wf.connect(load, "control_net", typed, "control_net")
+        load = typed
     img = wf.add_node("load_image", {"image": image}).id
     apply = wf.add_node("apply_controlnet", params).id
     for a, b, c, d in [
@@ -969,8 +975,8 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
     engine, parts, root, flux_controlnets
 ):
     """A Flux ControlNet on an SD3 model (and an SD3 one on Flux) names both families; a
-    Flux ControlNet without the VAE asks for it; XLabs' own layout and union ControlNets are
-    refused on the loader with what Studio reads instead."""
+    Flux ControlNet without the VAE asks for it; XLabs' own layout is refused on the loader
+    with what Studio reads instead."""
     from safetensors.torch import save_file
 
     _, _, (edges, _) = flux_controlnets
@@ -1000,12 +1006,8 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
         "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3),
     }
     save_file(xlabs, str(root / "controlnet" / "flux-xlabs.safetensors"))
-    union = {k: v.contiguous() for k, v in flux_controlnets[0].state_dict().items()}
-    union["controlnet_mode_embedder.weight"] = torch.zeros(7, 32)
-    save_file(union, str(root / "controlnet" / "flux-union.safetensors"))
     for name, words in [
         ("flux-xlabs.safetensors", ["XLabs", "diffusers layout"]),
-        ("flux-union.safetensors", ["union", "7"]),
     ]:
         wf = Workflow(installed_registry())
         load = wf.add_node("load_controlnet", {"control_net_name": name}).id
@@ -1272,3 +1274,87 @@ def test_a_lora_with_no_layers_for_the_dit_is_a_clear_error(engine, root):
         result = engine.run(wf, targets=[lo])
         msg = result.errors.get(lo, "")
         assert "sd1_style.safetensors" in msg and "Traceback" not in msg, (family, msg)
+
+
+def tiny_flux_union_controlnet(transformer, seed: int, modes: int = 7):
+    """A Flux union ControlNet (InstantX's / Shakker-Labs' Union: a mode embedding whose
+    token goes before the prompt's)."""
+    base = tiny_flux_controlnet(transformer, seed)
+    cn = diffusers.FluxControlNetModel.from_config(base.config, num_mode=modes)
+    cn.load_state_dict(base.state_dict(), strict=False)
+    assert cn.union
+    torch.manual_seed(seed + 100)
+    with torch.no_grad():
+        cn.controlnet_mode_embedder.weight.normal_(0, 1.0)
+    return cn.eval()
+
+
+@pytest.fixture(scope="module")
+def flux_union(parts, root, flux_controlnets):
+    from safetensors.torch import save_file
+
+    cn = tiny_flux_union_controlnet(parts["flux"]["transformer"], 9)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "flux-union.safetensors"),
+    )
+    return cn
+
+
+def test_a_flux_union_controlnet_with_its_type_equals_the_pipeline_with_that_mode(
+    engine, parts, flux_controlnets, flux_union, monkeypatch
+):
+    """A Flux union ControlNet (single file, its 7 modes read from the shapes) through Set
+    Union ControlNet Type "depth" equals FluxControlNetPipeline with control_mode 2 (InstantX's
+    numbering: canny 0, tile 1, depth 2, ...); another type gives another picture."""
+    from PIL import Image
+
+    _, _, (_, depth) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    start = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    samplers = {}
+    for kind in ("depth", "canny/lineart/anime_lineart/mlsd"):
+        ids["pos"], ids["neg"] = start
+        _apply(wf, ids, "flux-union.safetensors", str(depth), union_type=kind, strength=0.8)
+        samplers[kind] = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    dec = _decode(wf, ids, samplers["depth"])
+    out = _outputs(engine, wf, [dec, *samplers.values()])
+    got = out[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=flux_union)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(depth).convert("RGB"), controlnet_conditioning_scale=0.8,
+        control_mode=2,
+    )  # fmt: skip
+    _close(got, want)
+    a, b = (out[s]["latent"]["samples"] for s in samplers.values())
+    assert (a - b).abs().max() > 1e-3  # the type chose another mode
+
+
+def test_flux_union_controlnet_without_a_type_or_with_one_it_lacks_is_a_clear_error(
+    engine, flux_controlnets, flux_union
+):
+    """A union ControlNet straight into Apply ControlNet (or typed auto) asks for Set Union
+    ControlNet Type; a type the model has no mode for lists the ones it has; a type on a
+    one-kind ControlNet is refused."""
+    _, _, (edges, _) = flux_controlnets
+    for name, union_type, node_type, words in [
+        ("flux-union.safetensors", None, "apply_controlnet", ["Set Union ControlNet Type"]),
+        ("flux-union.safetensors", "auto", "apply_controlnet", ["Set Union ControlNet Type"]),
+        ("flux-union.safetensors", "normal", "set_union_controlnet_type", ["'normal'", "depth"]),
+        ("flux-depth", "depth", "set_union_controlnet_type", ["not a union", "auto"]),
+    ]:
+        wf = Workflow(installed_registry())
+        ids = _prompts(wf, "flux")
+        ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+        apply = _apply(wf, ids, name, str(edges), union_type=union_type)
+        result = engine.run(wf, targets=[apply])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert [n for n in result.errors if wf.get_node(n).type == node_type], msg
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg

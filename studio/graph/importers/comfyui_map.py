@@ -209,6 +209,13 @@ NODE_MAPS: dict[str, NodeMap] = {
     "ControlNetLoader": NodeMap(
         "load_controlnet", "Load ControlNet Model", ("control_net_name",), outputs=("control_net",)
     ),
+    "SetUnionControlNetType": NodeMap(
+        "set_union_controlnet_type",
+        "SetUnionControlNetType",
+        ("type",),
+        outputs=("control_net",),
+        comfy_lacks={"type": frozenset({"blur", "gray", "low quality"})},
+    ),
     "ControlNetApplyAdvanced": NodeMap(
         "apply_controlnet",
         "Apply ControlNet",
