@@ -937,7 +937,15 @@ def test_the_advanced_sampler_conditioning_and_outpaint_nodes_map_both_ways(reg)
 
 def test_set_union_controlnet_type_imports_between_loader_and_apply_and_exports_back(reg):
     """ComfyUI's SetUnionControlNetType becomes Set Union ControlNet Type with its type and
-    links kept (nothing reported), and exports back to the same prompt."""
+    links kept (the mode numbering that differs from ComfyUI's reported), and exports back to
+    the same prompt; the importer's Flux mode table is the node's."""
+    from nodes.controlnet import FLUX_UNION_MODES, UNION_TYPES
+    from studio.graph.importers import comfyui_map
+
+    assert {
+        k: v for k, v in FLUX_UNION_MODES.items() if k in comfyui_map._COMFY_UNION_NUMBERS
+    } == comfyui_map._FLUX_UNION_MODES
+    assert set(comfyui_map._COMFY_UNION_NUMBERS) < set(UNION_TYPES)
     api = txt2img_api()
     api["20"] = {
         "class_type": "ControlNetLoader",
@@ -970,7 +978,11 @@ def test_set_union_controlnet_type_imports_between_loader_and_apply_and_exports_
     assert typed.params["type"] == "depth"
     assert wf.link_into("21", "control_net").source == "20"
     assert wf.link_into("23", "control_net").source == "21"
-    assert not any("21" in line or "Union" in line for line in result.report), result.report
+    # ComfyUI hands a Flux union its SDXL-union number (1); Studio the model's depth mode (2)
+    assert [line for line in result.report if "union type" in line] == [
+        next(line for line in result.report if "'depth'" in line)
+    ]
+    assert "(2, InstantX's numbering)" in " ".join(result.report)
     out = export_comfyui_api(wf)
     assert out["21"]["class_type"] == "SetUnionControlNetType"
     assert out["21"]["inputs"] == api["21"]["inputs"]
