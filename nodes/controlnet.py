@@ -27,6 +27,37 @@ FLUX_CLASS = "FluxControlNetModel"
 _DIT_FAMILIES = {SD3_CLASS: "sd3", FLUX_CLASS: "flux"}
 _FAMILY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
+#: Set Union ControlNet Type's choices: ComfyUI's (comfy/cldm/control_types.py, in its
+#: order), then the modes only Flux union ControlNets have.
+UNION_TYPES = (
+    "auto",
+    "openpose",
+    "depth",
+    "hed/pidi/scribble/ted",
+    "canny/lineart/anime_lineart/mlsd",
+    "normal",
+    "segment",
+    "tile",
+    "repaint",
+    "blur",
+    "gray",
+    "low quality",
+)
+#: The control mode (the ``control_mode`` FluxControlNetPipeline takes) of each type for the
+#: Flux union ControlNets in the diffusers layout, from InstantX's and Shakker-Labs' model
+#: cards (InstantX/FLUX.1-dev-Controlnet-Union, Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro):
+#: canny 0, tile 1, depth 2, blur 3, pose 4, gray 5, low quality 6. ComfyUI's numbers are
+#: xinsir's SDXL union's; types with no Flux mode are an error on the sampler.
+FLUX_UNION_MODES = {
+    "canny/lineart/anime_lineart/mlsd": 0,
+    "tile": 1,
+    "depth": 2,
+    "blur": 3,
+    "openpose": 4,
+    "gray": 5,
+    "low quality": 6,
+}
+
 
 @dataclass(frozen=True)
 class ControlNetHandle:
@@ -37,6 +68,33 @@ class ControlNetHandle:
     identity: tuple[Any, ...]
     config: dict[str, Any]
     single_file: bool
+    #: Set Union ControlNet Type's choice (None: auto).
+    union_type: str | None = None
+
+    @property
+    def union(self) -> bool:
+        """A union ControlNet (one model, several control modes chosen per image)."""
+        return self.config.get("num_mode") is not None
+
+    def control_mode(self, where: str) -> int:
+        """The Flux union control mode of the type set on it; a clear error when none is set
+        or the type has no mode in the model. ``where``: the node asking, for the message."""
+        if self.union_type is None:
+            raise NodeError(
+                f"{where}: ControlNet {self.name!r} is a union ControlNet "
+                f"({self.config['num_mode']} control modes): set its control type with a Set "
+                "Union ControlNet Type node between Load ControlNet and Apply ControlNet"
+            )
+        mode = FLUX_UNION_MODES.get(self.union_type)
+        if mode is None or mode >= int(self.config["num_mode"]):
+            known = ", ".join(
+                t for t, m in FLUX_UNION_MODES.items() if m < int(self.config["num_mode"])
+            )
+            raise NodeError(
+                f"{where}: the union ControlNet {self.name!r} has no control mode for type "
+                f"{self.union_type!r}; its modes are: {known}"
+            )
+        return mode
 
     @property
     def cross_attention_dim(self) -> int | None:
@@ -60,7 +118,7 @@ class ControlNetHandle:
         return f"a {family} UNet" if family else "a Stable Diffusion UNet"
 
     def __hash__(self) -> int:
-        return hash((self.path, self.identity))
+        return hash((self.path, self.identity, self.union_type))
 
     def __studio_nbytes__(self) -> int:
         return 512
@@ -205,7 +263,6 @@ def load_controlnet(ctx, control_net_name: str) -> ControlNetHandle:
         handle = ControlNetHandle(
             control_net_name, str(path), ctx.files.identity(path), config, False
         )
-        _refuse_union(control_net_name, config)
     else:
         config = _single_file_config(path)
         handle = ControlNetHandle(
@@ -348,17 +405,7 @@ def _flux_config(path: Path, keys: list[str]) -> dict[str, Any]:
         "num_mode": mode[0] if mode else None,
         "conditioning_embedding_channels": hint[0] if hint else None,
     }
-    _refuse_union(path.name, config)
     return config
-
-
-def _refuse_union(name: str, config: dict[str, Any]) -> None:
-    if config.get("_class_name") == FLUX_CLASS and config.get("num_mode") is not None:
-        raise NodeError(
-            f"{name}: a Flux union ControlNet ({config['num_mode']} control modes); it needs a "
-            "control mode chosen per image, which Studio does not set yet: use a single-mode "
-            "Flux ControlNet"
-        )
 
 
 def _load_dit_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
@@ -374,6 +421,42 @@ def _load_dit_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
     state = {k: v.to(dtype) for k, v in load_file(handle.path).items()}
     _assign(model, state, f"ControlNet {handle.name!r}")
     return model
+
+
+@node(
+    "set_union_controlnet_type",
+    title="Set Union ControlNet Type",
+    category="conditioning",
+    description=(
+        "Chooses what kind of control image a union ControlNet (one model for several kinds, "
+        "such as InstantX's and Shakker-Labs' Flux Union) is given: edges, depth, pose, ..."
+    ),
+    inputs=[
+        InputSpec("control_net", T.CONTROL_NET),
+        InputSpec(
+            "type",
+            T.CHOICE,
+            default="auto",
+            choices=UNION_TYPES,
+            tooltip=(
+                "The kind of control image. A Flux union ControlNet needs one set (auto is an "
+                "error there); blur, gray and low quality are Flux union modes only."
+            ),
+        ),
+    ],
+    outputs=[OutputSpec("control_net", T.CONTROL_NET)],
+)
+def set_union_controlnet_type(ctx, control_net: ControlNetHandle, type: str) -> ControlNetHandle:
+    chosen = None if type == "auto" else type
+    if chosen is not None and not control_net.union:
+        raise NodeError(
+            f"ControlNet {control_net.name!r} is not a union ControlNet (it has one control "
+            "kind): set the type to auto or remove this node"
+        )
+    handle = replace(control_net, union_type=chosen)
+    if chosen is not None:
+        handle.control_mode("Set Union ControlNet Type")  # a type the model lacks: here
+    return handle
 
 
 # -- applying -------------------------------------------------------------------------------
@@ -449,6 +532,8 @@ def apply_controlnet(
             f"ControlNet {control_net.name!r} is a {control_net.family_title()} ControlNet: it "
             "sees the control image as a latent, so connect the model's VAE to the vae input"
         )
+    if control_net.union:
+        control_net.control_mode("Apply ControlNet")  # no type set: a clear error here
     entry = ControlEntry(
         control_net, image, float(strength), float(start_percent), float(end_percent), vae
     )

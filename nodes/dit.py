@@ -1023,27 +1023,132 @@ def image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def _one_prompt(conds: list[Cond], name: str, family: str) -> Cond:
+def _prompt_list(conds: list[Cond], name: str, family: str) -> list[Cond]:
     if not conds:
         raise NodeError(f"the {name} conditioning is empty")
-    if len(conds) > 1:
-        raise NodeError(
-            f"the {name} conditioning holds {len(conds)} combined prompts; "
-            f"{FAMILY_TITLES[family]} models take one prompt each side"
-        )
-    c = conds[0]
-    if c.family != family:
-        raise NodeError(
-            f"the {name} prompt was encoded by a {c.family or 'different'} text encoder, but "
-            f"the model is {FAMILY_TITLES[family]}: connect the CLIP that goes with this model"
-        )
-    for key, node_title in (("area", "Conditioning Set Area"), ("mask", "Conditioning Set Mask")):
-        if c.extra.get(key) is not None:  # a regional prompt would silently act everywhere
+    for c in conds:
+        if c.family != family:
             raise NodeError(
-                f"the {name} prompt comes through a {node_title}, which "
-                f"{FAMILY_TITLES[family]} models do not take yet: remove that node"
+                f"the {name} prompt was encoded by a {c.family or 'different'} text encoder, "
+                f"but the model is {FAMILY_TITLES[family]}: connect the CLIP that goes with "
+                "this model"
             )
-    return c
+    return list(conds)
+
+
+def _is_regional(pos: list[Cond], neg: list[Cond]) -> bool:
+    """Several prompts on a side (Conditioning Combine), or one with an area or a mask."""
+    if len(pos) > 1 or len(neg) > 1:
+        return True
+    return any(c.extra.get(k) is not None for c in (*pos, *neg) for k in ("area", "mask"))
+
+
+class _Regions:
+    """Combined, area and mask prompts on SD3 / Flux, the way ComfyUI predicts them for any
+    model (comfy/samplers.py): each prompt is predicted on its part of the latent (all of it,
+    or its area's rectangle, seen by the model as an image of that size: Flux's position ids
+    and SD3's cropped position embedding start at the rectangle's corner), weighted per cell
+    (1, its mask times its strength, or the area's faded strength), and a side's predictions
+    are summed and divided by the summed weights; then guided with cfg. Areas lie on the
+    models' 2x2 patches of latent cells (16 pixels): a Conditioning Set Area off that grid is
+    an error, a mask's bounds are widened onto it."""
+
+    def __init__(
+        self, net: Any, model: ModelHandle, pos: list[Cond], neg: list[Cond], guided: bool,
+        cfg: float, batch: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        from nodes.comfycore import with_mask_bounds, with_same_areas
+        from nodes.controlnet import controls_of
+
+        for c in (*pos, *neg):
+            if controls_of(c):
+                raise NodeError(
+                    "Apply ControlNet: a ControlNet on combined, area or mask prompts "
+                    f"(Conditioning Combine / Set Area / Set Mask) is not supported on "
+                    f"{FAMILY_TITLES[model.family]} models yet: apply it to a single prompt"
+                )
+        self.net, self.flux, self.cfg, self.guided = net, model.family == "flux", cfg, guided
+        self.size, self.factor, self.title = size, model.vae_downscale, FAMILY_TITLES[model.family]
+        pos = [self._snap_bounds(c) for c in with_mask_bounds(pos, size, self.factor)]
+        neg = [self._snap_bounds(c) for c in with_mask_bounds(neg, size, self.factor)]
+        if any("area" in c.extra for c in (*pos, *neg)):
+            pos, neg = with_same_areas(pos, neg)
+        self.pos = [self._item(c, batch, device, dtype) for c in pos]
+        self.neg = [self._item(c, batch, device, dtype) for c in neg] if guided else []
+
+    def _snap_bounds(self, c: Cond) -> Cond:
+        """A 'mask bounds' box widened onto the 2x2 patch grid (the mask still weighs it)."""
+        from dataclasses import replace
+
+        area = c.extra.get("area")
+        if area is None or not c.extra.get("mask_bounds"):
+            return c
+        h, w, y, x = (v // self.factor for v in area)
+        lh, lw = self.size
+        top, left = y - y % 2, x - x % 2
+        bottom, right = min(lh, y + h + (y + h) % 2), min(lw, x + w + (x + w) % 2)
+        snapped = (bottom - top, right - left, top, left)
+        return replace(c, extra={**c.extra, "area": tuple(v * self.factor for v in snapped)})
+
+    def _item(self, c: Cond, batch: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        from nodes.comfycore import area_cells, area_weight
+        from nodes.denoise import _prompt_weight
+
+        weight = _prompt_weight(c, self.size, batch, device, dtype)
+        cells = None
+        if "area" in c.extra:
+            cells = area_cells(c.extra["area"], self.size, self.factor)
+            if any(v % 2 for v in cells):
+                h, w, y, x = c.extra["area"]
+                step = 2 * self.factor
+                raise NodeError(
+                    f"Conditioning Set Area: {self.title} works on patches of {step}x{step} "
+                    f"pixels, so an area's x, y, width and height must be multiples of {step} "
+                    f"(got {w}x{h} at {x},{y}): change the area"
+                )
+            strength = float(c.extra.get("strength", 1.0))
+            top, left, h, w = cells
+            if weight is None:
+                weight = area_weight(cells, self.size, strength, batch).to(device, dtype)
+            else:
+                weight = weight[..., top : top + h, left : left + w] * strength
+        hh, ww = (cells[2], cells[3]) if cells else self.size
+        make = _flux_inputs if self.flux else _sd3_inputs
+        inputs = make(self.net, c, c, False, batch, hh, ww, device, dtype)
+        return cells, weight, inputs
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided prediction for the unpacked latent ``x`` ``[b, c, h, w]``."""
+        cond = self._side(self.pos, x, t)
+        if not self.guided:
+            return cond
+        uncond = self._side(self.neg, x, t)
+        return uncond + self.cfg * (cond - uncond)
+
+    def _one(self, x: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+        if not self.flux:
+            return _sd3_call(self.net, x, t, inputs, 1.0, False)
+        h, w = x.shape[-2:]
+        return unpack(_flux_call(self.net, pack(x), t, inputs, 1.0, False), h, w)
+
+    def _side(self, items: list[tuple], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from nodes.denoise import _mean
+
+        outs, weights = [], []
+        for cells, weight, inputs in items:
+            if cells is None:
+                outs.append(self._one(x, t, inputs))
+                weights.append(weight)
+                continue
+            top, left, h, w = cells
+            part = (..., slice(top, top + h), slice(left, left + w))
+            full = torch.zeros_like(x)
+            full[part] = self._one(x[part].contiguous(), t, inputs)
+            placed = torch.zeros_like(x[:, :1])
+            placed[part] = weight.to(placed.dtype)
+            outs.append(full)
+            weights.append(placed)
+        return _mean(outs, tuple(weights))
 
 
 def _latent_for(
@@ -1105,8 +1210,10 @@ def sample(
 
     family = model.family
     flux = family == "flux"
-    pos = _one_prompt(positive, "positive", family)
-    neg = _one_prompt(negative, "negative", family)
+    positive = _prompt_list(positive, "positive", family)
+    negative = _prompt_list(negative, "negative", family)
+    regional = _is_regional(positive, negative)
+    pos, neg = positive[0], negative[0]
     net = get_module(ctx, model.source, "transformer")
     lora.activate(ctx, net, "transformer", model.patches, family)
     tcfg = net.config
@@ -1140,16 +1247,24 @@ def sample(
         mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
     guided = cfg > 1.0
     call = _flux_call if flux else _sd3_call
-    inputs = (_flux_inputs if flux else _sd3_inputs)(
-        net, pos, neg, guided, batch, h, w, device, dtype
-    )
     total = len(timesteps) + int(plan.finish is not None)
-    controls = _controls(
-        ctx, pos, neg, family, guided, batch, (h * model.vae_downscale, w * model.vae_downscale),
-        inputs, device, dtype,
-    )  # fmt: skip
+    regions = controls = None
+    if regional:
+        regions = _Regions(
+            net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype
+        )
+    else:
+        inputs = (_flux_inputs if flux else _sd3_inputs)(
+            net, pos, neg, guided, batch, h, w, device, dtype
+        )
+        controls = _controls(
+            ctx, pos, neg, family, guided, batch,
+            (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
+        )  # fmt: skip
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        if regions is not None:
+            return pack(regions(unpack(x, h, w), t)) if flux else regions(x, t)
         if controls is None:
             return call(net, x, t, inputs, cfg, guided)
         if flux:
@@ -1324,17 +1439,16 @@ class _FluxControls:
         from nodes.controlnet import get_module as controlnet_module
 
         self.inputs = inputs["pos"]
-        self.items: list[tuple[Any, Any, torch.Tensor, bool, bool]] = []
+        self.items: list[tuple[Any, Any, torch.Tensor, bool, bool, Any]] = []
         counts: set[tuple[int, int]] = set()
         repeats: set[bool] = set()
         for e in entries:
             module = controlnet_module(ctx, e.net)
             cfg = module.config
-            if cfg.get("num_mode") is not None:
-                raise NodeError(
-                    f"ControlNet {e.net.name!r} is a union ControlNet; Studio does not set "
-                    "control modes yet"
-                )
+            mode = None
+            if cfg.get("num_mode") is not None:  # union: the mode set on it, per image
+                index = e.net.control_mode("Sampler")
+                mode = torch.full((batch, 1), index, dtype=torch.long, device=device)
             hint = module.input_hint_block is not None
             if hint:
                 cond = _control_pixels(ctx, e, batch, size).to(device=device, dtype=dtype)
@@ -1342,7 +1456,7 @@ class _FluxControls:
                 cond = pack(_control_latent(ctx, e, batch, size, False).to(device, dtype))
             on_neg = any(e is n for n in neg_entries)
             on_pos = any(e is p for p in pos_entries)
-            self.items.append((e, module, cond, on_pos, on_neg and guided))
+            self.items.append((e, module, cond, on_pos, on_neg and guided, mode))
             counts.add((cfg.num_layers, cfg.num_single_layers))
             repeats.add(hint)
         if len(counts) > 1 or len(repeats) > 1:
@@ -1362,9 +1476,10 @@ class _FluxControls:
         """Per side (``pos``, ``neg``): the transformer's extra keyword arguments."""
         sides: dict[str, list[Any] | None] = {"pos": None, "neg": None}
         timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
-        for e, module, cond, on_pos, on_neg in self.items:
+        for e, module, cond, on_pos, on_neg, mode in self.items:
             blocks = module(
-                hidden_states=x, controlnet_cond=cond, conditioning_scale=e.strength
+                hidden_states=x, controlnet_cond=cond, controlnet_mode=mode,
+                conditioning_scale=e.strength
                 * _keep(e, step, total), timestep=timestep,
                 guidance=self.guidance if module.config.guidance_embeds else None,
                 pooled_projections=self.inputs["pooled_projections"],

@@ -264,17 +264,21 @@ def test_sdxl_whole_image_area_is_the_prompt_combined(engine, models_root):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_diffusion_transformers_refuse_regional_prompts():
-    from nodes.dit import _one_prompt
+def test_diffusion_transformers_take_regional_prompts_of_their_family():
+    """SD3 / Flux take area and mask prompts (tests/test_dit.py runs them); a prompt of
+    another family among combined ones is still a clear error."""
+    from nodes.dit import _is_regional, _prompt_list
     from nodes.values import Cond
     from studio.errors import NodeError
 
+    plain = Cond(embeds=None, family="flux")
     placed = Cond(embeds=None, family="flux", extra={"area": (64, 64, 0, 0)})
-    with pytest.raises(NodeError, match="Conditioning Set Area"):
-        _one_prompt([placed], "positive", "flux")
-    masked = Cond(embeds=None, family="sd3", extra={"mask": (torch.ones(1, 8, 8), 1.0)})
-    with pytest.raises(NodeError, match="Conditioning Set Mask"):
-        _one_prompt([masked], "positive", "sd3")
+    masked = Cond(embeds=None, family="flux", extra={"mask": (torch.ones(1, 8, 8), 1.0)})
+    assert not _is_regional([plain], [plain])
+    assert _is_regional([placed], [plain]) and _is_regional([plain], [masked])
+    assert _is_regional([plain, plain], [plain])
+    with pytest.raises(NodeError, match="CLIP that goes with this model"):
+        _prompt_list([plain, Cond(embeds=None, family="sd1")], "positive", "flux")
 
 
 def test_a_comfyui_prompt_with_a_controlled_area_runs_on_studio_tiny():

@@ -813,8 +813,14 @@ def tiny_flux_controlnet(transformer, seed: int):
     return cn.eval()
 
 
-def _apply(wf, ids, load_name: str, image: str, with_vae: bool = True, **params) -> str:
+def _apply(
+    wf, ids, load_name: str, image: str, with_vae: bool = True, union_type=None, **params
+) -> str:
     load = wf.add_node("load_controlnet", {"control_net_name": load_name}).id
+    if union_type is not None:
+        typed = wf.add_node("set_union_controlnet_type", {"type": union_type}).id
+        wf.connect(load, "control_net", typed, "control_net")
+        load = typed
     img = wf.add_node("load_image", {"image": image}).id
     apply = wf.add_node("apply_controlnet", params).id
     for a, b, c, d in [
@@ -969,8 +975,8 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
     engine, parts, root, flux_controlnets
 ):
     """A Flux ControlNet on an SD3 model (and an SD3 one on Flux) names both families; a
-    Flux ControlNet without the VAE asks for it; XLabs' own layout and union ControlNets are
-    refused on the loader with what Studio reads instead."""
+    Flux ControlNet without the VAE asks for it; XLabs' own layout is refused on the loader
+    with what Studio reads instead."""
     from safetensors.torch import save_file
 
     _, _, (edges, _) = flux_controlnets
@@ -1000,12 +1006,8 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
         "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3),
     }
     save_file(xlabs, str(root / "controlnet" / "flux-xlabs.safetensors"))
-    union = {k: v.contiguous() for k, v in flux_controlnets[0].state_dict().items()}
-    union["controlnet_mode_embedder.weight"] = torch.zeros(7, 32)
-    save_file(union, str(root / "controlnet" / "flux-union.safetensors"))
     for name, words in [
         ("flux-xlabs.safetensors", ["XLabs", "diffusers layout"]),
-        ("flux-union.safetensors", ["union", "7"]),
     ]:
         wf = Workflow(installed_registry())
         load = wf.add_node("load_controlnet", {"control_net_name": name}).id
@@ -1272,3 +1274,230 @@ def test_a_lora_with_no_layers_for_the_dit_is_a_clear_error(engine, root):
         result = engine.run(wf, targets=[lo])
         msg = result.errors.get(lo, "")
         assert "sd1_style.safetensors" in msg and "Traceback" not in msg, (family, msg)
+
+
+def tiny_flux_union_controlnet(transformer, seed: int, modes: int = 7):
+    """A Flux union ControlNet (InstantX's / Shakker-Labs' Union: a mode embedding whose
+    token goes before the prompt's)."""
+    base = tiny_flux_controlnet(transformer, seed)
+    cn = diffusers.FluxControlNetModel.from_config(base.config, num_mode=modes)
+    cn.load_state_dict(base.state_dict(), strict=False)
+    assert cn.union
+    torch.manual_seed(seed + 100)
+    with torch.no_grad():
+        cn.controlnet_mode_embedder.weight.normal_(0, 1.0)
+    return cn.eval()
+
+
+@pytest.fixture(scope="module")
+def flux_union(parts, root, flux_controlnets):
+    from safetensors.torch import save_file
+
+    cn = tiny_flux_union_controlnet(parts["flux"]["transformer"], 9)
+    save_file(
+        {k: v.contiguous() for k, v in cn.state_dict().items()},
+        str(root / "controlnet" / "flux-union.safetensors"),
+    )
+    return cn
+
+
+def test_a_flux_union_controlnet_with_its_type_equals_the_pipeline_with_that_mode(
+    engine, parts, flux_controlnets, flux_union, monkeypatch
+):
+    """A Flux union ControlNet (single file, its 7 modes read from the shapes) through Set
+    Union ControlNet Type "depth" equals FluxControlNetPipeline with control_mode 2 (InstantX's
+    numbering: canny 0, tile 1, depth 2, ...); another type gives another picture."""
+    from PIL import Image
+
+    _, _, (_, depth) = flux_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    start = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    samplers = {}
+    for kind in ("depth", "canny/lineart/anime_lineart/mlsd"):
+        ids["pos"], ids["neg"] = start
+        _apply(wf, ids, "flux-union.safetensors", str(depth), union_type=kind, strength=0.8)
+        samplers[kind] = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    dec = _decode(wf, ids, samplers["depth"])
+    out = _outputs(engine, wf, [dec, *samplers.values()])
+    got = out[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    pipe = diffusers.FluxControlNetPipeline(**parts["flux"], controlnet=flux_union)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        control_image=Image.open(depth).convert("RGB"), controlnet_conditioning_scale=0.8,
+        control_mode=2,
+    )  # fmt: skip
+    _close(got, want)
+    a, b = (out[s]["latent"]["samples"] for s in samplers.values())
+    assert (a - b).abs().max() > 1e-3  # the type chose another mode
+
+
+def test_flux_union_controlnet_without_a_type_or_with_one_it_lacks_is_a_clear_error(
+    engine, flux_controlnets, flux_union
+):
+    """A union ControlNet straight into Apply ControlNet (or typed auto) asks for Set Union
+    ControlNet Type; a type the model has no mode for lists the ones it has; a type on a
+    one-kind ControlNet is refused."""
+    _, _, (edges, _) = flux_controlnets
+    for name, union_type, node_type, words in [
+        ("flux-union.safetensors", None, "apply_controlnet", ["Set Union ControlNet Type"]),
+        ("flux-union.safetensors", "auto", "apply_controlnet", ["Set Union ControlNet Type"]),
+        ("flux-union.safetensors", "normal", "set_union_controlnet_type", ["'normal'", "depth"]),
+        ("flux-depth", "depth", "set_union_controlnet_type", ["not a union", "auto"]),
+    ]:
+        wf = Workflow(installed_registry())
+        ids = _prompts(wf, "flux")
+        ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+        apply = _apply(wf, ids, name, str(edges), union_type=union_type)
+        result = engine.run(wf, targets=[apply])
+        assert not result.ok
+        msg = " ".join(result.errors.values())
+        assert [n for n in result.errors if wf.get_node(n).type == node_type], msg
+        assert all(w in msg for w in words), msg
+        assert "Traceback" not in msg
+
+
+# -- area and mask prompts (ComfyUI's regional prompting) on SD3 / Flux --------------------------
+
+OTHER = "a green square"
+
+
+def _regional_graph(wf, family: str, shape, steps: int):
+    """Three samplers on one graph: prompt A alone, prompt B alone, and ``shape(wf, ids, a,
+    b)``'s conditioning (built from the two) as the positive; the latents of each."""
+    ids = _prompts(wf, family)
+    a = ids["pos"]
+    b = wf.add_node("text_encode", {"text": OTHER}).id
+    wf.connect(ids["ckpt"], "clip", b, "clip")
+    if DIT_SETUPS[family][2] is not None:
+        g = wf.add_node("flux_guidance", {"guidance": DIT_SETUPS[family][2]}).id
+        wf.connect(b, "conditioning", g, "conditioning")
+        b = g
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    out = {}
+    for name, pos in (("a", a), ("b", b), ("mixed", shape(wf, ids, a, b))):
+        ids["pos"] = pos
+        out[name] = _sampler_node(wf, ids, family, (lat, "latent"), steps=steps)
+    return out
+
+
+def _latents(engine, wf, samplers: dict) -> dict:
+    out = _outputs(engine, wf, list(samplers.values()))
+    return {k: out[s]["latent"]["samples"] for k, s in samplers.items()}
+
+
+def _set_area(wf, src, x, y, w, h, strength=1.0):
+    n = wf.add_node(
+        "conditioning_set_area", {"x": x, "y": y, "width": w, "height": h, "strength": strength}
+    ).id
+    wf.connect(src, "conditioning", n, "conditioning")
+    return n
+
+
+def _combine(wf, first, second):
+    n = wf.add_node("conditioning_combine").id
+    wf.connect(first, "conditioning", n, "conditioning_1")
+    wf.connect(second, "conditioning", n, "conditioning_2")
+    return n
+
+
+def _right_half_mask(wf, root):
+    from PIL import Image
+
+    path = root / "right-half.png"
+    if not path.exists():
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[:, 32:] = 255
+        Image.fromarray(arr).save(path)
+    img = wf.add_node("load_image", {"image": str(path)}).id
+    m = wf.add_node("mask_from_image", {"channel": "red"}).id
+    wf.connect(img, "image", m, "image")
+    return m
+
+
+def _set_mask(wf, src, mask, bounds=False):
+    n = wf.add_node(
+        "conditioning_set_mask",
+        {"strength": 1.0, "set_cond_area": "mask bounds" if bounds else "default"},
+    ).id
+    wf.connect(src, "conditioning", n, "conditioning")
+    wf.connect(mask, "mask", n, "mask")
+    return n
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_whole_image_area_or_mask_prompt_equals_the_plain_prompt(engine, root, family):
+    """Conditioning Set Area over the whole image, and Set Mask with a full mask on its
+    bounds, give the plain prompt's picture (SD3 with cfg 5, Flux with cfg 1)."""
+    for shape in (
+        lambda wf, ids, a, b: _set_area(wf, a, 0, 0, 64, 64),
+        lambda wf, ids, a, b: _set_mask(
+            wf, a, wf.add_node("solid_mask", {"value": 1.0, "width": 64, "height": 64}).id,
+            bounds=True,
+        ),
+    ):  # fmt: skip
+        wf = Workflow(installed_registry())
+        got = _latents(engine, wf, _regional_graph(wf, family, shape, STEPS))
+        assert torch.allclose(got["mixed"], got["a"], atol=1e-5), (
+            (got["mixed"] - got["a"]).abs().max()
+        )
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_two_combined_prompts_average_their_predictions(engine, family):
+    """Conditioning Combine of two whole-image prompts predicts their mean: after one step
+    (a linear function of the prediction) the latent is the mean of each prompt's alone."""
+    wf = Workflow(installed_registry())
+    got = _latents(
+        engine, wf, _regional_graph(wf, family, lambda wf, ids, a, b: _combine(wf, a, b), 1)
+    )
+    assert torch.allclose(got["mixed"], (got["a"] + got["b"]) / 2, atol=1e-5)
+    assert (got["a"] - got["b"]).abs().max() > 1e-2  # the two prompts differ
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("kind", ["area", "mask"])
+def test_a_prompt_on_the_right_half_changes_only_the_right_half(engine, root, family, kind):
+    """Prompt A everywhere combined with B on the right half (Set Area, or Set Mask with a
+    right-half mask): after one step the left half is A's alone, the right half differs."""
+
+    def shape(wf, ids, a, b):
+        placed = _set_area(wf, b, 32, 0, 32, 64) if kind == "area" else None
+        if placed is None:
+            placed = _set_mask(wf, b, _right_half_mask(wf, root))
+        return _combine(wf, a, placed)
+
+    wf = Workflow(installed_registry())
+    got = _latents(engine, wf, _regional_graph(wf, family, shape, 1))
+    moved = (got["mixed"] - got["a"]).abs()
+    assert moved[..., :3].max() < 1e-5  # latent columns 0-2: left of the box
+    assert moved[..., 4:].max() > 1e-3
+
+
+def test_regional_prompts_off_the_patch_grid_or_with_a_controlnet_are_clear_errors(
+    engine, flux_controlnets
+):
+    """A Set Area not on Flux's 16-pixel patches names the node and the grid; a ControlNet
+    on combined prompts names Apply ControlNet."""
+    _, _, (edges, _) = flux_controlnets
+    wf = Workflow(installed_registry())
+    samplers = _regional_graph(
+        wf, "flux", lambda wf, ids, a, b: _combine(wf, a, _set_area(wf, b, 8, 0, 32, 64)), 1
+    )
+    result = engine.run(wf, targets=[samplers["mixed"]])
+    msg = " ".join(result.errors.values())
+    assert "Conditioning Set Area" in msg and "16" in msg and "Traceback" not in msg, msg
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    both = _combine(wf, ids["pos"], ids["pos"])
+    ids["pos"], ids["neg"] = (both, "conditioning"), (ids["neg"], "conditioning")
+    _apply(wf, ids, "flux-depth", str(edges))
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = _sampler_node(wf, ids, "flux", (lat, "latent"), steps=1)
+    result = engine.run(wf, targets=[s])
+    msg = " ".join(result.errors.values())
+    assert "Apply ControlNet" in msg and "Traceback" not in msg, msg

@@ -933,3 +933,56 @@ def test_the_advanced_sampler_conditioning_and_outpaint_nodes_map_both_ways(reg)
     assert {k: (v["class_type"], v["inputs"]) for k, v in out.items()} == {
         k: (v["class_type"], v["inputs"]) for k, v in api.items()
     }
+
+
+def test_set_union_controlnet_type_imports_between_loader_and_apply_and_exports_back(reg):
+    """ComfyUI's SetUnionControlNetType becomes Set Union ControlNet Type with its type and
+    links kept (the mode numbering that differs from ComfyUI's reported), and exports back to
+    the same prompt; the importer's Flux mode table is the node's."""
+    from nodes.controlnet import FLUX_UNION_MODES, UNION_TYPES
+    from studio.graph.importers import comfyui_map
+
+    assert {
+        k: v for k, v in FLUX_UNION_MODES.items() if k in comfyui_map._COMFY_UNION_NUMBERS
+    } == comfyui_map._FLUX_UNION_MODES
+    assert set(comfyui_map._COMFY_UNION_NUMBERS) < set(UNION_TYPES)
+    api = txt2img_api()
+    api["20"] = {
+        "class_type": "ControlNetLoader",
+        "inputs": {"control_net_name": "flux-union-pro.safetensors"},
+    }
+    api["21"] = {
+        "class_type": "SetUnionControlNetType",
+        "inputs": {"type": "depth", "control_net": ["20", 0]},
+    }
+    api["22"] = {"class_type": "LoadImage", "inputs": {"image": "depth.png"}}
+    api["23"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "strength": 0.6,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "control_net": ["21", 0],
+            "image": ["22", 0],
+            "vae": ["4", 2],
+        },
+    }
+    api["3"]["inputs"]["positive"] = ["23", 0]
+    api["3"]["inputs"]["negative"] = ["23", 1]
+    result = import_comfyui(copy.deepcopy(api), reg, source="union.json")
+    wf = result.workflow
+    typed = wf.get_node("21")
+    assert typed.type == "set_union_controlnet_type"
+    assert typed.params["type"] == "depth"
+    assert wf.link_into("21", "control_net").source == "20"
+    assert wf.link_into("23", "control_net").source == "21"
+    # ComfyUI hands a Flux union its SDXL-union number (1); Studio the model's depth mode (2)
+    assert [line for line in result.report if "union type" in line] == [
+        next(line for line in result.report if "'depth'" in line)
+    ]
+    assert "(2, InstantX's numbering)" in " ".join(result.report)
+    out = export_comfyui_api(wf)
+    assert out["21"]["class_type"] == "SetUnionControlNetType"
+    assert out["21"]["inputs"] == api["21"]["inputs"]

@@ -157,6 +157,42 @@ _GPU_NOTE = "sampler {!r} became {!r}: Studio draws noise on the CPU, so the ima
 _ENABLE = {"enable": True, "disable": False}
 _NEAREST_NOTE = "'nearest-exact' scaling became Studio's 'nearest' (pixels may differ slightly)"
 
+#: ComfyUI's union type numbers (comfy/cldm/control_types.py: xinsir's SDXL union's), which
+#: ComfyUI also hands to Flux union ControlNets; Studio gives those InstantX's mode for the
+#: type (nodes.controlnet.FLUX_UNION_MODES, kept equal by a test).
+_COMFY_UNION_NUMBERS = {
+    "openpose": 0,
+    "depth": 1,
+    "hed/pidi/scribble/ted": 2,
+    "canny/lineart/anime_lineart/mlsd": 3,
+    "normal": 4,
+    "segment": 5,
+    "tile": 6,
+    "repaint": 7,
+}
+_FLUX_UNION_MODES = {
+    "canny/lineart/anime_lineart/mlsd": 0,
+    "tile": 1,
+    "depth": 2,
+    "openpose": 4,
+}
+
+
+def _union_note(kind: str) -> str:
+    ours = _FLUX_UNION_MODES.get(kind)
+    theirs = _COMFY_UNION_NUMBERS[kind]
+    if ours is None:
+        return (
+            f"union type {kind!r}: Flux union ControlNets have no mode for it in Studio (an "
+            f"error on the Sampler with one; ComfyUI hands them its number {theirs})"
+        )
+    return (
+        f"union type {kind!r}: a Flux union ControlNet gets its {kind.split('/')[0]} mode "
+        f"({ours}, InstantX's numbering) in Studio, where ComfyUI hands it its number {theirs}, "
+        "so with a Flux union model the picture differs from ComfyUI's"
+    )
+
+
 NODE_MAPS: dict[str, NodeMap] = {
     "CheckpointLoaderSimple": NodeMap(
         "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
@@ -240,6 +276,14 @@ NODE_MAPS: dict[str, NodeMap] = {
     ),
     "ControlNetLoader": NodeMap(
         "load_controlnet", "Load ControlNet Model", ("control_net_name",), outputs=("control_net",)
+    ),
+    "SetUnionControlNetType": NodeMap(
+        "set_union_controlnet_type",
+        "SetUnionControlNetType",
+        ("type",),
+        outputs=("control_net",),
+        comfy_lacks={"type": frozenset({"blur", "gray", "low quality"})},
+        notes={("type", t): _union_note(t) for t in _COMFY_UNION_NUMBERS},
     ),
     "ControlNetApplyAdvanced": NodeMap(
         "apply_controlnet",
