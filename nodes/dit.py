@@ -1037,10 +1037,40 @@ def _prompt_list(conds: list[Cond], name: str, family: str) -> list[Cond]:
 
 
 def _is_regional(pos: list[Cond], neg: list[Cond]) -> bool:
-    """Several prompts on a side (Conditioning Combine), or one with an area or a mask."""
+    """Several prompts on a side (Conditioning Combine), or one with an area, a mask or a
+    timestep range."""
     if len(pos) > 1 or len(neg) > 1:
         return True
-    return any(c.extra.get(k) is not None for c in (*pos, *neg) for k in ("area", "mask"))
+    keys = ("area", "mask", "timestep_range")
+    return any(c.extra.get(k) is not None for c in (*pos, *neg) for k in keys)
+
+
+def flow_sigma_at(sched: Any, mu: float | None, fraction: float) -> float:
+    """The noise level of a flow-matching schedule at ``fraction`` of the way from clean (0)
+    to pure noise (1), shifted as the schedule shifts it (SD3's fixed shift, Flux's
+    resolution-dependent ``mu``): ComfyUI's ``percent_to_sigma`` for these models, with
+    ``fraction = 1 - percent``."""
+    if fraction <= 0.0:
+        return 0.0
+    if fraction >= 1.0:
+        return 1.0
+    if mu is not None and sched.config.get("use_dynamic_shifting"):
+        return float(sched.time_shift(mu, 1.0, torch.tensor(fraction, dtype=torch.float64)))
+    shift = float(sched.config.get("shift", 1.0))
+    return shift * fraction / (1 + (shift - 1) * fraction)
+
+
+def _acts_at(c: Cond, sigma: float, sigma_at: Any) -> bool:
+    """Conditioning Set Timestep Range on a flow model: the prompt acts while the noise level
+    lies between the levels at its start and end (ComfyUI: ``timestep_start`` /
+    ``timestep_end`` compared with the step's sigma; start 0 and end 1 leave that side open)."""
+    rng = c.extra.get("timestep_range")
+    if rng is None:
+        return True
+    start, end = rng
+    if start > 0 and sigma > sigma_at(1.0 - start):
+        return False
+    return not (end < 1 and sigma < sigma_at(1.0 - end))
 
 
 class _Regions:
@@ -1056,6 +1086,7 @@ class _Regions:
     def __init__(
         self, net: Any, model: ModelHandle, pos: list[Cond], neg: list[Cond], guided: bool,
         cfg: float, batch: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype,
+        sigma_at: Any = None, train_steps: int = 1000,
     ) -> None:  # fmt: skip
         from nodes.comfycore import with_mask_bounds, with_same_areas
         from nodes.controlnet import controls_of
@@ -1075,6 +1106,8 @@ class _Regions:
             pos, neg = with_same_areas(pos, neg)
         self.pos = [self._item(c, batch, device, dtype) for c in pos]
         self.neg = [self._item(c, batch, device, dtype) for c in neg] if guided else []
+        self.pos_conds, self.neg_conds = pos, neg
+        self.sigma_at, self.train_steps = sigma_at, train_steps
 
     def _snap_bounds(self, c: Cond) -> Cond:
         """A 'mask bounds' box widened onto the 2x2 patch grid (the mask still weighs it)."""
@@ -1119,11 +1152,18 @@ class _Regions:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The guided prediction for the unpacked latent ``x`` ``[b, c, h, w]``."""
-        cond = self._side(self.pos, x, t)
+        cond = self._side(self._active(self.pos, self.pos_conds, t), x, t)
         if not self.guided:
             return cond
-        uncond = self._side(self.neg, x, t)
+        uncond = self._side(self._active(self.neg, self.neg_conds, t), x, t)
         return uncond + self.cfg * (cond - uncond)
+
+    def _active(self, items: list[tuple], conds: list[Cond], t: torch.Tensor) -> list[tuple]:
+        """The prompts acting at this step (Conditioning Set Timestep Range)."""
+        if self.sigma_at is None:
+            return items
+        sigma = float(t.flatten()[0]) / self.train_steps  # the timestep is sigma * train steps
+        return [it for it, c in zip(items, conds, strict=True) if _acts_at(c, sigma, self.sigma_at)]
 
     def _one(self, x: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
         if not self.flux:
@@ -1134,6 +1174,8 @@ class _Regions:
     def _side(self, items: list[tuple], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         from nodes.denoise import _mean
 
+        if not items:  # no prompt acts at this step: ComfyUI's prediction is then zero
+            return torch.zeros_like(x)
         outs, weights = [], []
         for cells, weight, inputs in items:
             if cells is None:
@@ -1251,8 +1293,10 @@ def sample(
     regions = controls = None
     if regional:
         regions = _Regions(
-            net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype
-        )
+            net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype,
+            sigma_at=lambda fraction: flow_sigma_at(sched, mu, fraction),
+            train_steps=sched.config.num_train_timesteps,
+        )  # fmt: skip
     else:
         inputs = (_flux_inputs if flux else _sd3_inputs)(
             net, pos, neg, guided, batch, h, w, device, dtype

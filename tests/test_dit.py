@@ -1501,3 +1501,48 @@ def test_regional_prompts_off_the_patch_grid_or_with_a_controlnet_are_clear_erro
     result = engine.run(wf, targets=[s])
     msg = " ".join(result.errors.values())
     assert "Apply ControlNet" in msg and "Traceback" not in msg, msg
+
+
+def _timestep_range(wf, src, start, end):
+    n = wf.add_node("conditioning_set_timestep_range", {"start": start, "end": end}).id
+    wf.connect(src, "conditioning", n, "conditioning")
+    return n
+
+
+def test_timestep_ranges_switch_the_prompt_where_the_noise_level_crosses_them(engine):
+    """Conditioning Set Timestep Range on SD3: prompt A on the first half of the denoising,
+    prompt B on the second, combined, equals two Sampler (Advanced) passes (A with leftover
+    noise, then B) split at the first step whose noise level is below the level at 50 %
+    (SD3's shift 3: 3 * 0.5 / (1 + 2 * 0.5) = 0.75), as ComfyUI's percent_to_sigma splits it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    steps = 4
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(steps)
+    split = int((sched.sigmas[:-1] >= 0.75).sum())
+    assert 0 < split < steps
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    a = ids["pos"]
+    b = wf.add_node("text_encode", {"text": OTHER}).id
+    wf.connect(ids["ckpt"], "clip", b, "clip")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    ids["pos"] = _combine(wf, _timestep_range(wf, a, 0.0, 0.5), _timestep_range(wf, b, 0.5, 1.0))
+    ranged = _sampler_node(wf, ids, "sd3", (lat, "latent"), steps=steps)
+    ids["pos"] = a
+    first = _sampler_node(
+        wf, ids, "sd3", (lat, "latent"), kind="sampler_advanced", steps=steps,
+        end_at_step=split, return_with_leftover_noise=True,
+    )  # fmt: skip
+    ids["pos"] = b
+    second = _sampler_node(
+        wf, ids, "sd3", (first, "latent"), kind="sampler_advanced", steps=steps,
+        start_at_step=split, add_noise=False,
+    )  # fmt: skip
+    only_a = _sampler_node(wf, {**ids, "pos": a}, "sd3", (lat, "latent"), steps=steps)
+    got = _latents(engine, wf, {"ranged": ranged, "two": second, "a": only_a})
+    assert torch.allclose(got["ranged"], got["two"], atol=1e-5), (
+        (got["ranged"] - got["two"]).abs().max()
+    )
+    assert (got["ranged"] - got["a"]).abs().max() > 1e-2  # B really took over
