@@ -14,8 +14,8 @@ by ``ln(n)``:
 and each of the n identical queries gets the same output. So the Sampler passes the context
 with a trailing run of ``n`` identical rows cut to one row and adds ``ln(n)`` to that key's
 logit (:class:`BiasedJointAttnProcessor`); the image tokens' output (the only one the
-transformer returns) is the same up to float rounding. With 16 image tokens (studio-tiny-flow
-at 64x64) the joint sequence shrinks from 349 to 94 tokens; at 1024x1024 from 4429 to 4174.
+transformer returns) is the same up to float rounding. With 64 image tokens (studio-tiny-flow
+at 64x64) the joint sequence shrinks from 397 to 142 tokens; at 1024x1024 from 4429 to 4174.
 
 It applies only where that holds: a ``SD3Transformer2DModel`` whose attention processors are
 all diffusers' plain ``JointAttnProcessor2_0`` (no IP-Adapter or other processor), and only to
