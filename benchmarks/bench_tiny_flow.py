@@ -17,7 +17,7 @@ speed. Prints JSON.
   data's 8 renders of the same captions.
 - ``variety``: studio-tiny-flow through Studio's graph (8 steps, cfg 3), studio-tiny
   through it at 20 steps, cfg 3 (its default) and 7.
-- ``speed``: warm txt2img, 64x64, one image, a new seed each run, median of 5: through
+- ``speed``: warm txt2img, 64x64, one image, a new seed each run, median of 7 interleaved rounds: through
   Studio's graph studio-tiny-flow at 8 and 4 steps (and at 8 without the Sampler's cut of
   the 256 identical zero rows standing for T5, nodes/dit_context.py) and studio-tiny at 20
   steps (cfg 3); through the pipelines studio-tiny-flow at 8 steps and studio-tiny at 20.
@@ -180,14 +180,17 @@ def main() -> None:
         from nodes import dit_context
         from training.studio_run import StudioTxt2Img
 
-        def median_time(fn, n=5):
-            fn(0)
-            ts = []
-            for seed in range(1, n + 1):
-                t = time.perf_counter()
-                fn(seed)
-                ts.append(time.perf_counter() - t)
-            return round(statistics.median(ts), 3)
+        def medians(fns: dict, n: int = 7) -> dict:
+            # Interleaved (one run of each per round) so that the shared machine's changing
+            # load falls on all of them alike; one warm-up round first.
+            times: dict = {k: [] for k in fns}
+            for r in range(n + 1):
+                for k, fn in fns.items():
+                    t = time.perf_counter()
+                    fn(r)
+                    if r:
+                        times[k].append(time.perf_counter() - t)
+            return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
         def uncut(fn):
             # The Sampler without the cut of T5's identical zero rows (nodes/dit_context.py).
@@ -211,38 +214,45 @@ def main() -> None:
         speed = report["speed_warm_s"] = {"load_average_before": os.getloadavg()}
         # Fresh seeds for every timed run: the engine's cache would serve a repeated one.
         fresh = iter(range(1000, 10**6))
+        fns: dict = {}
         if "flow" in models:
             flow8, flow4 = (
                 StudioTxt2Img(model=folder.name, steps=n, cfg=F.DEFAULT_CFG, engine=engine)
                 for n in (F.DEFAULT_STEPS, 4)
             )
-            speed |= {
-                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps": median_time(
+            fns |= {
+                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps": lambda s: flow8(
+                    PROMPT, next(fresh)
+                ),
+                "studio-tiny-flow graph 4 steps": lambda s: flow4(PROMPT, next(fresh)),
+                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, context not cut": uncut(
                     lambda s: flow8(PROMPT, next(fresh))
                 ),
-                "studio-tiny-flow graph 4 steps": median_time(lambda s: flow4(PROMPT, next(fresh))),
-                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, context not cut": median_time(
-                    uncut(lambda s: flow8(PROMPT, next(fresh)))
-                ),
             }
-        speed["studio-tiny graph 20 steps"] = median_time(lambda s: tiny(PROMPT, next(fresh)))
+        fns["studio-tiny graph 20 steps cfg 3"] = lambda s: tiny(PROMPT, next(fresh))
         if pipe:
-            speed[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = median_time(
-                lambda s: flow_images(pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)
+            fns[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = lambda s: flow_images(
+                pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s
             )
-        speed["studio-tiny pipeline 20 steps"] = median_time(
-            lambda s: sd(
-                PROMPT,
-                num_inference_steps=20,
-                guidance_scale=3.0,
-                generator=torch.Generator().manual_seed(s),
-                output_type="np",
-            )
+        fns["studio-tiny pipeline 20 steps cfg 3"] = lambda s: sd(
+            PROMPT,
+            num_inference_steps=20,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(s),
+            output_type="np",
         )
+        speed |= medians(fns)
         if "flow" in models:
             # The cut changes no picture: the graph's images with and without it.
             cut = [flow8(c, 500 + i) for i, c in enumerate(caps[:10])]
-            whole = [uncut(lambda s, c=c: flow8(c, s))(500 + i) for i, c in enumerate(caps[:10])]
+            # A new engine: flow8's cache would serve the same pictures.
+            flow8b = StudioTxt2Img(
+                model=folder.name,
+                steps=F.DEFAULT_STEPS,
+                cfg=F.DEFAULT_CFG,
+                engine=Engine(installed_registry()),
+            )
+            whole = [uncut(lambda s, c=c: flow8b(c, s))(500 + i) for i, c in enumerate(caps[:10])]
             speed["cut vs not cut, max pixel difference (0-255), 10 captions"] = max(
                 int(np.abs(a.astype(int) - b.astype(int)).max())
                 for a, b in zip(cut, whole, strict=True)
