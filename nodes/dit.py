@@ -1198,9 +1198,12 @@ def _sd3_inputs(
     inputs: dict[str, Any] = {}
     if dit_context.prepare(net):
         # Without T5: the 256 identical zero rows become one (nodes/dit_context.py).
-        embeds, bias = dit_context.collapse(embeds)
-        if bias is not None:
-            inputs["context_bias"] = bias
+        patch = int(net.config.patch_size)
+        cut, bias = dit_context.collapse(embeds)
+        if bias is not None and dit_context.pays(
+            embeds.shape[1] - cut.shape[1], embeds.shape[1] + (h // patch) * (w // patch), device
+        ):
+            embeds, inputs["context_bias"] = cut, bias
     return {
         "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
         "pooled_projections": pooled.to(device=device, dtype=dtype),
