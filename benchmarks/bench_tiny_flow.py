@@ -15,9 +15,14 @@ speed. Prints JSON.
 - ``variety``: 8 seeds of each of ``--variety-prompts`` held-out captions: the mean pairwise
   pixel difference (0-255) and the spread of centroid and radius, against the training
   data's 8 renders of the same captions.
-- ``speed``: warm txt2img, 64x64, one image, median of 5: studio-tiny-flow (8 steps,
-  pipeline), studio-tiny (20 steps) through Studio's graph and through diffusers'
-  ``StableDiffusionPipeline``.
+- ``variety``: studio-tiny-flow through Studio's graph (8 steps, cfg 3), studio-tiny
+  through it at 20 steps, cfg 3 (its default) and 7.
+- ``speed``: warm txt2img, 64x64, one image, a new seed each run, median of 7 interleaved rounds: through
+  Studio's graph studio-tiny-flow at 8 and 4 steps (and at 8 without the Sampler's cut of
+  the 256 identical zero rows standing for T5, nodes/dit_context.py) and studio-tiny at 20
+  steps (cfg 3); through the pipelines studio-tiny-flow at 8 steps and studio-tiny at 20.
+  Also the largest pixel difference between the graph's images with and without the cut
+  (10 captions), and the load average before and after.
 """
 
 from __future__ import annotations
@@ -149,20 +154,18 @@ def main() -> None:
             return {k: round(float(np.mean([d[k] for d in dicts])), 4) for k in dicts[0]}
 
         var["data"] = mean_of([cleanliness.data_variety(p) for p in prompts])
-        if pipe:
-            var["studio-tiny-flow"] = mean_of(
-                [
-                    cleanliness.seed_variety(
-                        [
-                            flow_images(pipe, [p], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)[0]
-                            for s in range(8)
-                        ]
-                    )
-                    for p in prompts
-                ]
+        if "flow" in models:
+            # Through Studio's graph, 8 seeds one image at a time (what an artist gets).
+            from training.studio_run import StudioTxt2Img
+
+            flow = StudioTxt2Img(
+                model=folder.name, steps=F.DEFAULT_STEPS, cfg=F.DEFAULT_CFG, engine=engine
             )
-        for cfg in (7.0, 3.0) if "tiny" in models else ():
-            var[f"studio-tiny cfg {cfg:g}"] = mean_of(
+            var[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = mean_of(
+                [cleanliness.seed_variety([flow(p, s) for s in range(8)]) for p in prompts]
+            )
+        for cfg in (3.0, 7.0) if "tiny" in models else ():
+            var[f"studio-tiny 20 steps cfg {cfg:g}"] = mean_of(
                 [
                     cleanliness.seed_variety(tiny_images(engine, [p] * 8, 20, cfg, 0))
                     for p in prompts
@@ -170,19 +173,35 @@ def main() -> None:
             )
         var["prompts"] = prompts
         report["variety"] = var
+        print(json.dumps({"variety": var}), file=sys.stderr, flush=True)
     if "speed" in parts:
         from diffusers import StableDiffusionPipeline
 
+        from nodes import dit_context
         from training.studio_run import StudioTxt2Img
 
-        def median_time(fn, n=5):
-            fn(0)
-            ts = []
-            for seed in range(1, n + 1):
-                t = time.perf_counter()
-                fn(seed)
-                ts.append(time.perf_counter() - t)
-            return round(statistics.median(ts), 3)
+        def medians(fns: dict, n: int = 7) -> dict:
+            # Interleaved (one run of each per round) so that the shared machine's changing
+            # load falls on all of them alike; one warm-up round first.
+            times: dict = {k: [] for k in fns}
+            for r in range(n + 1):
+                for k, fn in fns.items():
+                    t = time.perf_counter()
+                    fn(r)
+                    if r:
+                        times[k].append(time.perf_counter() - t)
+            return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+        def uncut(fn):
+            # The Sampler without the cut of T5's identical zero rows (nodes/dit_context.py).
+            def run(seed):
+                keep, dit_context.MIN_RUN = dit_context.MIN_RUN, 10**9
+                try:
+                    return fn(seed)
+                finally:
+                    dit_context.MIN_RUN = keep
+
+            return run
 
         sd = StableDiffusionPipeline.from_pretrained(
             str(ROOT / "resources/models/checkpoints/studio-tiny"),
@@ -191,27 +210,54 @@ def main() -> None:
             local_files_only=True,
         )
         sd.set_progress_bar_config(disable=True)
-        graph = StudioTxt2Img(steps=20, cfg=7.0, engine=engine)
-        speed = report["speed_warm_s"] = {}
+        tiny = StudioTxt2Img(steps=20, cfg=3.0, engine=engine)
+        speed = report["speed_warm_s"] = {"load_average_before": os.getloadavg()}
+        # Fresh seeds for every timed run: the engine's cache would serve a repeated one.
+        fresh = iter(range(1000, 10**6))
+        fns: dict = {}
+        if "flow" in models:
+            flow8, flow4 = (
+                StudioTxt2Img(model=folder.name, steps=n, cfg=F.DEFAULT_CFG, engine=engine)
+                for n in (F.DEFAULT_STEPS, 4)
+            )
+            fns |= {
+                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps": lambda s: flow8(
+                    PROMPT, next(fresh)
+                ),
+                "studio-tiny-flow graph 4 steps": lambda s: flow4(PROMPT, next(fresh)),
+                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, context not cut": uncut(
+                    lambda s: flow8(PROMPT, next(fresh))
+                ),
+            }
+        fns["studio-tiny graph 20 steps cfg 3"] = lambda s: tiny(PROMPT, next(fresh))
         if pipe:
-            speed[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = median_time(
-                lambda s: flow_images(pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s)
+            fns[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = lambda s: flow_images(
+                pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s
             )
-            speed["studio-tiny-flow pipeline 4 steps"] = median_time(
-                lambda s: flow_images(pipe, [PROMPT], 4, F.DEFAULT_CFG, s)
+        fns["studio-tiny pipeline 20 steps cfg 3"] = lambda s: sd(
+            PROMPT,
+            num_inference_steps=20,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(s),
+            output_type="np",
+        )
+        speed |= medians(fns)
+        if "flow" in models:
+            # The cut changes no picture: the graph's images with and without it.
+            cut = [flow8(c, 500 + i) for i, c in enumerate(caps[:10])]
+            # A new engine: flow8's cache would serve the same pictures.
+            flow8b = StudioTxt2Img(
+                model=folder.name,
+                steps=F.DEFAULT_STEPS,
+                cfg=F.DEFAULT_CFG,
+                engine=Engine(installed_registry()),
             )
-        speed |= {
-            "studio-tiny graph 20 steps": median_time(lambda s: graph(PROMPT, s)),
-            "studio-tiny pipeline 20 steps": median_time(
-                lambda s: sd(
-                    PROMPT,
-                    num_inference_steps=20,
-                    guidance_scale=7.0,
-                    generator=torch.Generator().manual_seed(s),
-                    output_type="np",
-                )
-            ),
-        }
+            whole = [uncut(lambda s, c=c: flow8b(c, s))(500 + i) for i, c in enumerate(caps[:10])]
+            speed["cut vs not cut, max pixel difference (0-255), 10 captions"] = max(
+                int(np.abs(a.astype(int) - b.astype(int)).max())
+                for a, b in zip(cut, whole, strict=True)
+            )
+        speed["load_average_after"] = os.getloadavg()
     print(json.dumps(report, indent=1))
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from nodes import dit_context
 from nodes.values import (
     LAYOUT_DIFFUSERS,
     LAYOUT_SINGLE_FILE,
@@ -1674,7 +1675,7 @@ def _compute_dtype(net: Any) -> torch.dtype:
 def _sd3_inputs(
     net: Any, pos: Cond, neg: Cond, guided: bool, batch: int, h: int, w: int,
     device: torch.device, dtype: torch.dtype,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     width = net.config.joint_attention_dim
     pe, pp = sd3_context(pos, width), pos.pooled
     if pe.shape[-1] != width:
@@ -1692,16 +1693,29 @@ def _sd3_inputs(
         pooled = torch.cat([np_.repeat(batch, 1), pp.repeat(batch, 1)])
     else:
         embeds, pooled = pe.repeat(batch, 1, 1), pp.repeat(batch, 1)
+    inputs: dict[str, Any] = {}
+    if dit_context.prepare(net):
+        # Without T5: the 256 identical zero rows become one (nodes/dit_context.py).
+        patch = int(net.config.patch_size)
+        cut, bias = dit_context.collapse(embeds)
+        if bias is not None and dit_context.pays(
+            embeds.shape[1] - cut.shape[1], embeds.shape[1] + (h // patch) * (w // patch), device
+        ):
+            embeds, inputs["context_bias"] = cut, bias
     return {
         "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
         "pooled_projections": pooled.to(device=device, dtype=dtype),
+        **inputs,
     }
 
 
 def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
     model_in = torch.cat([x] * 2) if guided else x
+    args = {k: v for k, v in inputs.items() if k != "context_bias"}
+    if "context_bias" in inputs:
+        args["joint_attention_kwargs"] = {"context_bias": inputs["context_bias"]}
     pred = net(
-        hidden_states=model_in, timestep=t.expand(model_in.shape[0]), return_dict=False, **inputs
+        hidden_states=model_in, timestep=t.expand(model_in.shape[0]), return_dict=False, **args
     )[0]
     if guided:
         uncond, cond = pred.chunk(2)

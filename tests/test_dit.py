@@ -161,12 +161,74 @@ def test_sd3_graph_equals_stable_diffusion_3_pipeline(engine, parts, sampler):
     assert got.std() > 0.01  # a picture, not a flat fill
 
 
-def test_sd3_without_t5_equals_the_pipeline_without_it(engine, parts):
+def test_sd3_without_t5_equals_the_pipeline_without_it(engine, parts, monkeypatch):
+    # The Sampler cuts the 256 zero rows standing for T5 to one row with an ln(256) logit
+    # bias (nodes/dit_context.py); the picture is still the pipeline's, which runs all 333.
+    from nodes import dit_context
+
+    lengths = []
+    collapse = dit_context.collapse
+
+    def spy(embeds):
+        out, bias = collapse(embeds)
+        lengths.append((embeds.shape[1], out.shape[1], bias))
+        return out, bias
+
+    monkeypatch.setattr(dit_context, "collapse", spy)
     got = checkpoint_image(engine, "tiny-sd3-no-t5", cfg=4.0)
     want = _pipe_image(
         fx.sd3_pipeline(parts["sd3-no-t5"]), "euler", negative_prompt=NEGATIVE, guidance_scale=4.0
     )
     _close(got, want)
+    assert lengths == [(77 + 256, 78, pytest.approx(np.log(256)))]
+    # With T5 its padding outputs differ by position: nothing is cut.
+    lengths.clear()
+    checkpoint_image(engine, "tiny-sd3", cfg=4.0)
+    assert [(n, m) for n, m, _ in lengths] == [(77 + 256, 77 + 256)]
+
+
+def test_sd3_transformer_on_the_cut_context_equals_it_on_the_whole(parts):
+    # SD3.5-style blocks (a second attention, qk RMS norm, a context-pre-only last block);
+    # a batch whose entries end in runs of different lengths (negative padded to the
+    # positive's length, as the Sampler does): the shortest run is what is cut.
+    from nodes import dit_context
+
+    net = fx.tiny_sd3(False)["transformer"]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 8, 8, generator=gen)
+    clip = torch.randn(2, 77, 96, generator=gen)
+    embeds = torch.cat([clip, torch.zeros(2, 256, 96)], dim=1)
+    embeds[0, 77:90] = 0.0  # unchanged: already zero
+    embeds[1, 70:77] = 0.0  # entry 1's run starts earlier: 263 rows
+    pooled = torch.randn(2, 80, generator=gen)
+    t = torch.tensor([900.0, 300.0])
+
+    def run(e, **kw):
+        with torch.no_grad():
+            return net(
+                hidden_states=x, encoder_hidden_states=e, pooled_projections=pooled,
+                timestep=t, return_dict=False, **kw,
+            )[0]  # fmt: skip
+
+    whole = run(embeds)
+    assert dit_context.prepare(net)
+    cut, bias = dit_context.collapse(embeds)
+    assert cut.shape[1] == 78 and bias == pytest.approx(np.log(256))
+    got = run(cut, joint_attention_kwargs={"context_bias": bias})
+    assert (got - whole).abs().max() <= 1e-5 * whole.abs().max()
+    assert torch.equal(run(embeds), whole)  # the swapped processor without a bias: the same
+    # Without the bias the cut context is a different model: the bias is what makes it exact.
+    assert (run(cut) - whole).abs().max() > 1e-3
+    # Made on the CPU always; on CUDA (no flash attention with a bias) where it removes a
+    # quarter of the joint sequence or more: studio-tiny-flow yes, SD3 at 1024x1024 no.
+    assert dit_context.pays(255, 64 + 333, torch.device("cpu"))
+    assert dit_context.pays(255, 64 + 333, torch.device("cuda"))
+    assert not dit_context.pays(255, 4096 + 333, torch.device("cuda"))
+    assert dit_context.pays(255, 4096 + 333, torch.device("cpu"))
+    # Not an SD3 transformer, or a processor the cut does not know: left as it is.
+    assert not dit_context.prepare(torch.nn.Linear(2, 2))
+    net.set_attn_processor(diffusers.models.attention_processor.AttnProcessor2_0())
+    assert not dit_context.prepare(net)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
