@@ -831,16 +831,27 @@ def _clip_ids(tok: Any, text: str) -> torch.Tensor:
     ).input_ids  # fmt: skip
 
 
+def t5_length(tok: Any, family: str) -> int:
+    """The T5 length prompts are padded to: the pipeline's ``max_sequence_length`` default
+    (:data:`T5_LENGTH`), or the model's own when shorter: a folder's T5 tokenizer
+    (``tokenizer_2`` / ``tokenizer_3``) whose ``model_max_length`` is below it says the model
+    was trained on that many tokens (studio-tiny-flux: 32; real Flux / SD3 folders say 512)."""
+    own = getattr(tok, "model_max_length", None)
+    if isinstance(own, int) and 0 < own < T5_LENGTH[family]:
+        return own
+    return T5_LENGTH[family]
+
+
 def _t5_ids(tok: Any, text: str, family: str) -> torch.Tensor:
-    """T5 token ids padded to the pipeline's length; a longer prompt gets up to
-    :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
+    """T5 token ids padded to the model's length (:func:`t5_length`); a longer prompt gets
+    up to :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
     n = len(tok(text, add_special_tokens=True).input_ids)
     if n > T5_MAX_TOKENS:
         raise NodeError(
             f"the prompt is {n} T5 tokens long; {FAMILY_TITLES[family]} reads at most "
             f"{T5_MAX_TOKENS}: shorten it"
         )
-    length = max(T5_LENGTH[family], n)
+    length = max(t5_length(tok, family), n)
     return tok(
         text, padding="max_length", max_length=length, truncation=True,
         add_special_tokens=True, return_tensors="pt",
