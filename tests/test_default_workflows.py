@@ -20,8 +20,12 @@ from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
 NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
+#: Once studio-tiny-flux is trained (on a GPU: benchmarks/gpu_train_flux.sh) and unpacked into
+#: resources/models/checkpoints, txt2img_flux is a default workflow on it too.
+if (RESOURCES / "models" / "checkpoints" / "studio-tiny-flux").is_dir():
+    NAMES += ("txt2img_flux",)
 #: The embedded model each default workflow loads (studio-tiny-flow: the flow-matching one).
-MODEL_OF = {"txt2img_sd3": "studio-tiny-flow"}
+MODEL_OF = {"txt2img_sd3": "studio-tiny-flow", "txt2img_flux": "studio-tiny-flux"}
 #: Pixel size of each workflow's saved image.
 SIZES = {"hires_upscale": (128, 128)}
 
