@@ -402,7 +402,8 @@ def inspect_diffusion_model(
     if weight_dtype not in WEIGHT_DTYPES:
         raise NodeError(f"{label}: unknown weight_dtype {weight_dtype!r}")
     gguf = path.suffix.lower() == ".gguf"
-    shapes = gguf_shapes(path, label) if gguf else _weights(path, label).shapes
+    weights = None if gguf else _weights(path, label)
+    shapes = gguf_shapes(path, label) if weights is None else weights.shapes
     found = sniff(shapes)
     if found.kind == "sd3_all_in_one":
         found = Sniffed("sd3", found.prefix, found.what)
@@ -422,12 +423,35 @@ def inspect_diffusion_model(
     sched = scheduler_config(family)
     if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
         sched.update(use_dynamic_shifting=False, shift=1.0)
+    # A file may say how it samples and which VAE it was trained with (studio-tiny-flux's
+    # export: its shift, and a VAE of another scale than Flux's); the VAE's config only sets
+    # the latent size (ModelHandle.vae_downscale): the VAE itself comes from Load VAE.
+    own = _own_configs(weights, label)
+    if isinstance(own.get("scheduler"), dict):
+        sched.update(own["scheduler"])
+    extra = {"vae": dict(own["vae"])} if isinstance(own.get("vae"), dict) else {}
     quant = "gguf" if gguf else weight_dtype
     return WeightsSource(
         path=str(path), identity=(*identity, quant), layout=LAYOUT_SINGLE_FILE, family=family,
-        configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}},
+        configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}, **extra},
         prefixes={"transformer": found.prefix}, name=name,
     )  # fmt: skip
+
+
+def _own_configs(weights: Any, label: str) -> dict[str, Any]:
+    """The configs a transformer file carries in its ``studio`` metadata ({} if none)."""
+    from nodes.sdload import SIDECAR_METADATA_KEY
+
+    raw = weights.metadata.get(SIDECAR_METADATA_KEY) if weights is not None else None
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise NodeError(f"{label}: its '{SIDECAR_METADATA_KEY}' metadata is not a JSON object")
+    return data
 
 
 def inspect_all_in_one(

@@ -180,3 +180,17 @@ def test_flux_family_trains_exports_and_studio_draws_what_flux_pipeline_draws(tm
     got = to_uint8(result.outputs[ids["decode"]]["image"])[0]
     assert got.shape == (64, 64, 3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+    # its transformer as a Flux.1-layout file (Load Diffusion Model) reads back weight for
+    # weight, and with the folder's CLIP and VAE draws the folder's picture
+    from training.export_flow_single_file import export_flux, verify_flux
+
+    single = export_flux(folder, root / "diffusion_models" / "tiny-flux.safetensors")
+    assert single.stat().st_size < 4_000_000
+    verify_flux(single, folder)
+    ldm = wf.add_node("load_diffusion_model", {"unet_name": single.name}).id
+    wf.connect(ldm, "model", ids["sampler"], "model")
+    result = Engine(installed_registry(), settings=settings).run(wf)
+    assert result.ok, result.errors
+    from_file = to_uint8(result.outputs[ids["decode"]]["image"])[0]
+    assert np.abs(from_file.astype(int) - got.astype(int)).max() <= 1
