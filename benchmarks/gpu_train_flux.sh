@@ -10,7 +10,8 @@
 #
 # $OUT (default /tmp/gpu_train_flux) gets studio-tiny-flux.tar (the best evaluation's export),
 # studio-tiny-flux.json (its metrics), maybe studio-tiny-flux-final.tar, and train.log.
-# FLUX_MINUTES / FLUX_BATCH / FLUX_WORKERS change the run (defaults 5 / 512 / 14).
+# FLUX_MINUTES / FLUX_BATCH / FLUX_WORKERS / FLUX_LR change the run (defaults 5 / 512 / 14 /
+# 1e-3: studio-tiny-flow's shipped recipe, with a 300-step warm-up).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_train_flux}
@@ -38,7 +39,8 @@ start=$(date +%s)
 # 5 minutes of training, then the final evaluation and export (well under a minute)
 timeout $((${FLUX_MINUTES:-5} * 60 + 240)) "$PY" -m training.train_flow --family flux \
     --device cuda --batch "${FLUX_BATCH:-512}" --workers "${FLUX_WORKERS:-14}" \
-    --minutes "${FLUX_MINUTES:-5}" --eval-every 500 --log-every 100 \
+    --minutes "${FLUX_MINUTES:-5}" --lr "${FLUX_LR:-1e-3}" --warmup 300 --threads 4 \
+    --eval-every 500 --log-every 100 \
     --checkpoint-dir /tmp/checkpoints-flux --overwrite --out "$OUT" --tar \
     2>&1 | tee "$OUT/train.log" | grep -v "Writing model shards"
 status=${PIPESTATUS[0]}
