@@ -355,3 +355,20 @@ def test_every_default_workflow_names_studio_tiny():
         data = json.loads((WORKFLOWS / f"{name}.json").read_text("utf-8"))
         ckpts = [n["params"]["ckpt_name"] for n in data["nodes"] if n["type"] == "load_checkpoint"]
         assert ckpts == [MODEL_OF.get(name, "studio-tiny")], name
+
+
+def test_txt2img_flux_becomes_a_default_once_studio_tiny_flux_is_there(monkeypatch):
+    """Without the GPU-trained studio-tiny-flux only the Flux.1-dev template is written; with
+    it, also resources/workflows/txt2img_flux.json on it (Load Checkpoint, true CFG)."""
+    gen = generator()
+    default = WORKFLOWS / "txt2img_flux.json"
+    template = WORKFLOWS / "templates" / "txt2img_flux.json"
+    monkeypatch.setattr(gen, "TINY_FLUX_PRESENT", False)
+    assert template in gen.outputs() and default not in gen.outputs()
+    monkeypatch.setattr(gen, "TINY_FLUX_PRESENT", True)
+    files = gen.outputs()
+    assert template in files
+    data = json.loads(files[default])
+    by_type = {n["type"]: n["params"] for n in data["nodes"]}
+    assert by_type["load_checkpoint"] == {"ckpt_name": "studio-tiny-flux"}
+    assert by_type["sampler"]["cfg"] > 1.0  # no guidance input: true CFG
