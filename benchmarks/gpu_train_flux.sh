@@ -4,7 +4,9 @@
 # GPU it says so and exits 0.
 #
 #   bash benchmarks/gpu_wheels.sh                  # here, once: the wheels that machine lacks
-#   bash benchmarks/gpu_train_flux.sh              # on the device machine (run tool, carry .whl)
+#   bash benchmarks/gpu_train_flux.sh              # on the device machine: the run tool with
+#                                                  # carry [".whl"], timeout_s 600 (~7 min all
+#                                                  # told: wheels, 5 min training, evaluations)
 #   tar -xf <files_at>/studio-tiny-flux.tar -C resources/models/checkpoints/   # back here
 #   python resources/workflows/make_workflows.py   # then writes txt2img_flux.json on it
 #
