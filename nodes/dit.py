@@ -403,7 +403,8 @@ def inspect_diffusion_model(
     if weight_dtype not in WEIGHT_DTYPES:
         raise NodeError(f"{label}: unknown weight_dtype {weight_dtype!r}")
     gguf = path.suffix.lower() == ".gguf"
-    shapes = gguf_shapes(path, label) if gguf else _weights(path, label).shapes
+    weights = None if gguf else _weights(path, label)
+    shapes = gguf_shapes(path, label) if weights is None else weights.shapes
     found = sniff(shapes)
     if found.kind == "sd3_all_in_one":
         found = Sniffed("sd3", found.prefix, found.what)
@@ -423,12 +424,35 @@ def inspect_diffusion_model(
     sched = scheduler_config(family)
     if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
         sched.update(use_dynamic_shifting=False, shift=1.0)
+    # A file may say how it samples and which VAE it was trained with (studio-tiny-flux's
+    # export: its shift, and a VAE of another scale than Flux's); the VAE's config only sets
+    # the latent size (ModelHandle.vae_downscale): the VAE itself comes from Load VAE.
+    own = _own_configs(weights, label)
+    if isinstance(own.get("scheduler"), dict):
+        sched.update(own["scheduler"])
+    extra = {"vae": dict(own["vae"])} if isinstance(own.get("vae"), dict) else {}
     quant = "gguf" if gguf else weight_dtype
     return WeightsSource(
         path=str(path), identity=(*identity, quant), layout=LAYOUT_SINGLE_FILE, family=family,
-        configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}},
+        configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}, **extra},
         prefixes={"transformer": found.prefix}, name=name,
     )  # fmt: skip
+
+
+def _own_configs(weights: Any, label: str) -> dict[str, Any]:
+    """The configs a transformer file carries in its ``studio`` metadata ({} if none)."""
+    from nodes.sdload import SIDECAR_METADATA_KEY
+
+    raw = weights.metadata.get(SIDECAR_METADATA_KEY) if weights is not None else None
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise NodeError(f"{label}: its '{SIDECAR_METADATA_KEY}' metadata is not a JSON object")
+    return data
 
 
 def inspect_all_in_one(
@@ -832,16 +856,27 @@ def _clip_ids(tok: Any, text: str) -> torch.Tensor:
     ).input_ids  # fmt: skip
 
 
+def t5_length(tok: Any, family: str) -> int:
+    """The T5 length prompts are padded to: the pipeline's ``max_sequence_length`` default
+    (:data:`T5_LENGTH`), or the model's own when shorter: a folder's T5 tokenizer
+    (``tokenizer_2`` / ``tokenizer_3``) whose ``model_max_length`` is below it says the model
+    was trained on that many tokens (studio-tiny-flux: 32; real Flux / SD3 folders say 512)."""
+    own = getattr(tok, "model_max_length", None)
+    if isinstance(own, int) and 0 < own < T5_LENGTH[family]:
+        return own
+    return T5_LENGTH[family]
+
+
 def _t5_ids(tok: Any, text: str, family: str) -> torch.Tensor:
-    """T5 token ids padded to the pipeline's length; a longer prompt gets up to
-    :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
+    """T5 token ids padded to the model's length (:func:`t5_length`); a longer prompt gets
+    up to :data:`T5_MAX_TOKENS` (the pipelines' limit), beyond that a clear error."""
     n = len(tok(text, add_special_tokens=True).input_ids)
     if n > T5_MAX_TOKENS:
         raise NodeError(
             f"the prompt is {n} T5 tokens long; {FAMILY_TITLES[family]} reads at most "
             f"{T5_MAX_TOKENS}: shorten it"
         )
-    length = max(T5_LENGTH[family], n)
+    length = max(t5_length(tok, family), n)
     return tok(
         text, padding="max_length", max_length=length, truncation=True,
         add_special_tokens=True, return_tensors="pt",

@@ -20,8 +20,12 @@ from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
 NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
+#: Once studio-tiny-flux is trained (on a GPU: benchmarks/gpu_train_flux.sh) and unpacked into
+#: resources/models/checkpoints, txt2img_flux is a default workflow on it too.
+if (RESOURCES / "models" / "checkpoints" / "studio-tiny-flux").is_dir():
+    NAMES += ("txt2img_flux",)
 #: The embedded model each default workflow loads (studio-tiny-flow: the flow-matching one).
-MODEL_OF = {"txt2img_sd3": "studio-tiny-flow"}
+MODEL_OF = {"txt2img_sd3": "studio-tiny-flow", "txt2img_flux": "studio-tiny-flux"}
 #: Pixel size of each workflow's saved image.
 SIZES = {"hires_upscale": (128, 128)}
 
@@ -351,3 +355,20 @@ def test_every_default_workflow_names_studio_tiny():
         data = json.loads((WORKFLOWS / f"{name}.json").read_text("utf-8"))
         ckpts = [n["params"]["ckpt_name"] for n in data["nodes"] if n["type"] == "load_checkpoint"]
         assert ckpts == [MODEL_OF.get(name, "studio-tiny")], name
+
+
+def test_txt2img_flux_becomes_a_default_once_studio_tiny_flux_is_there(monkeypatch):
+    """Without the GPU-trained studio-tiny-flux only the Flux.1-dev template is written; with
+    it, also resources/workflows/txt2img_flux.json on it (Load Checkpoint, true CFG)."""
+    gen = generator()
+    default = WORKFLOWS / "txt2img_flux.json"
+    template = WORKFLOWS / "templates" / "txt2img_flux.json"
+    monkeypatch.setattr(gen, "TINY_FLUX_PRESENT", False)
+    assert template in gen.outputs() and default not in gen.outputs()
+    monkeypatch.setattr(gen, "TINY_FLUX_PRESENT", True)
+    files = gen.outputs()
+    assert template in files
+    data = json.loads(files[default])
+    by_type = {n["type"]: n["params"] for n in data["nodes"]}
+    assert by_type["load_checkpoint"] == {"ckpt_name": "studio-tiny-flux"}
+    assert by_type["sampler"]["cfg"] > 1.0  # no guidance input: true CFG

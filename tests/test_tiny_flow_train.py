@@ -121,3 +121,76 @@ def test_resumed_run_continues_identically_and_exports_a_pipeline(tmp_path):
         output_type="np",
     ).images
     assert abs(img2 - img).max() * 255 < 2.0
+
+
+def test_flux_family_trains_exports_and_studio_draws_what_flux_pipeline_draws(tmp_path):
+    """``--family flux`` (studio-tiny-flux): a few steps, then the exported FluxPipeline
+    folder runs through Studio's txt2img graph (Load Checkpoint on the folder) and through
+    diffusers' FluxPipeline to the same picture: what the GPU-trained model will do."""
+    import numpy as np
+    import torch
+    from diffusers import FluxPipeline
+
+    from studio.engine import Engine
+    from studio.library import installed_registry
+    from studio.settings import Settings
+    from training.studio_run import to_uint8, txt2img_workflow
+
+    root = tmp_path / "models"
+    ckpt = run(
+        tmp_path, "flux", "--family", "flux", "--num-single-layers", "1", "--max-steps", "2",
+        "--eval-count", "2", "--eval-steps", "2", "--out", str(root / "checkpoints"),
+    )  # fmt: skip
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["family"] == "flux" and state["step"] == 2
+    folder = root / "checkpoints" / "studio-tiny-flux"
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < 30_000_000
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"]
+    # resumable like the sd3 family: --resume goes on with the flux run
+    run(tmp_path, "flux", "--family", "flux", "--resume", "--max-steps", "3", "--no-final-eval")
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+
+    prompt, steps, cfg = "a large red circle on a blue background, left", 3, 3.0
+    pipe = FluxPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.transformer.config.guidance_embeds is False
+    t5_len = pipe.tokenizer_2.model_max_length
+    assert t5_len == 32
+    want = pipe(
+        prompt,
+        negative_prompt="",
+        true_cfg_scale=cfg,
+        num_inference_steps=steps,
+        height=64,
+        width=64,
+        max_sequence_length=t5_len,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
+    want = (want * 255).round().astype(np.uint8)
+
+    settings = Settings(
+        models_root=str(root), output_dir=str(tmp_path / "o"), input_dir=str(tmp_path / "i")
+    )
+    wf, ids = txt2img_workflow(prompt, model=folder.name, steps=steps, cfg=cfg, seed=0)
+    result = Engine(installed_registry(), settings=settings).run(wf)
+    assert result.ok, result.errors
+    got = to_uint8(result.outputs[ids["decode"]]["image"])[0]
+    assert got.shape == (64, 64, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+    # its transformer as a Flux.1-layout file (Load Diffusion Model) reads back weight for
+    # weight, and with the folder's CLIP and VAE draws the folder's picture
+    from training.export_flow_single_file import export_flux, verify_flux
+
+    single = export_flux(folder, root / "diffusion_models" / "tiny-flux.safetensors")
+    assert single.stat().st_size < 4_000_000
+    verify_flux(single, folder)
+    ldm = wf.add_node("load_diffusion_model", {"unet_name": single.name}).id
+    wf.connect(ldm, "model", ids["sampler"], "model")
+    result = Engine(installed_registry(), settings=settings).run(wf)
+    assert result.ok, result.errors
+    from_file = to_uint8(result.outputs[ids["decode"]]["image"])[0]
+    assert np.abs(from_file.astype(int) - got.astype(int)).max() <= 1

@@ -21,6 +21,14 @@ reads ``resources/models/checkpoints/studio-tiny-flow`` and writes
 
 After writing, the transformer is read back through diffusers' own converter and compared
 with the folder's (equal up to fp16 rounding), so a broken mapping fails here.
+
+    .venv/bin/python -m training.export_flow_single_file --flux
+
+writes studio-tiny-flux's transformer (``resources/models/checkpoints/studio-tiny-flux``) as
+``resources/models/diffusion_models/studio-tiny-flux.safetensors`` in Flux.1's original
+layout (``double_blocks``, ``single_blocks``, ``img_in``, ...; transformer-only, as Flux.1's
+own files; the scheduler in its ``studio`` metadata), for Load Diffusion Model with the
+folder's CLIP and VAE (or Load Text Encoders / Load VAE on files of them).
 """
 
 from __future__ import annotations
@@ -214,10 +222,134 @@ def verify(out: Path = OUT, folder: Path = FOLDER) -> dict[str, float]:
     return worst
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.common import export_parser, run_report
+# -- the Flux-layout sibling: its transformer as Flux.1's own files are laid out ---------------
 
+FLUX_FOLDER = REPO / "resources" / "models" / "checkpoints" / "studio-tiny-flux"
+#: Where Load Diffusion Model finds it (Flux.1's files are transformer-only, like this one).
+FLUX_OUT = REPO / "resources" / "models" / "diffusion_models" / "studio-tiny-flux.safetensors"
+
+
+def flux_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Flux.1 transformer in the original release's names, with its shape,
+    for a FluxTransformer2DModel config."""
+    d = cfg["attention_head_dim"]
+    h = cfg["num_attention_heads"] * d
+    c = cfg["in_channels"]
+    s: dict[str, tuple[int, ...]] = {
+        "img_in.weight": (h, c),
+        "img_in.bias": (h,),
+        "txt_in.weight": (h, cfg["joint_attention_dim"]),
+        "txt_in.bias": (h,),
+        "final_layer.linear.weight": (c, h),
+        "final_layer.linear.bias": (c,),
+        "final_layer.adaLN_modulation.1.weight": (2 * h, h),
+        "final_layer.adaLN_modulation.1.bias": (2 * h,),
+    }
+    embedders = {"time_in": 256, "vector_in": cfg["pooled_projection_dim"]}
+    if cfg.get("guidance_embeds"):
+        embedders["guidance_in"] = 256
+    for name, width in embedders.items():
+        s[f"{name}.in_layer.weight"], s[f"{name}.in_layer.bias"] = (h, width), (h,)
+        s[f"{name}.out_layer.weight"], s[f"{name}.out_layer.bias"] = (h, h), (h,)
+    for i in range(cfg["num_layers"]):
+        for side in ("img", "txt"):
+            b = f"double_blocks.{i}.{side}_"
+            s[b + "mod.lin.weight"], s[b + "mod.lin.bias"] = (6 * h, h), (6 * h,)
+            s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"] = (3 * h, h), (3 * h,)
+            s[b + "attn.norm.query_norm.scale"] = (d,)
+            s[b + "attn.norm.key_norm.scale"] = (d,)
+            s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (h, h), (h,)
+            s[b + "mlp.0.weight"], s[b + "mlp.0.bias"] = (4 * h, h), (4 * h,)
+            s[b + "mlp.2.weight"], s[b + "mlp.2.bias"] = (h, 4 * h), (h,)
+    for i in range(cfg["num_single_layers"]):
+        b = f"single_blocks.{i}."
+        s[b + "linear1.weight"], s[b + "linear1.bias"] = (7 * h, h), (7 * h,)
+        s[b + "linear2.weight"], s[b + "linear2.bias"] = (h, 5 * h), (h,)
+        s[b + "norm.query_norm.scale"], s[b + "norm.key_norm.scale"] = (d,), (d,)
+        s[b + "modulation.lin.weight"], s[b + "modulation.lin.bias"] = (3 * h, h), (3 * h,)
+    return s
+
+
+def transformer_to_flux(sd: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers FluxTransformer2DModel state dict in Flux.1's original layout: diffusers'
+    own converter (width-aware, ``nodes.dit._flux_converter``) run on tensors of element
+    indices tells where each original element lands, which is then inverted."""
+    import torch
+
+    from nodes.dit import _flux_converter
+
+    shapes = flux_original_shapes(cfg)
+    index, start = {}, 0
+    for k, shape in shapes.items():
+        n = int(torch.tensor(shape).prod())
+        index[k] = torch.arange(start, start + n, dtype=torch.float64).reshape(shape)
+        start += n
+    converted = _flux_converter(cfg)(dict(index))
+    if set(converted) != set(sd):
+        raise ValueError(f"Flux keys do not match: {sorted(set(converted) ^ set(sd))[:5]}")
+    flat = torch.zeros(start, dtype=torch.float32)
+    for k, where in converted.items():
+        flat[where.flatten().long()] = sd[k].float().flatten()
+    out, pos = {}, 0
+    for k, shape in shapes.items():
+        n = int(torch.tensor(shape).prod())
+        out[k] = flat[pos : pos + n].reshape(shape).clone()
+        pos += n
+    return out
+
+
+def export_flux(folder: Path = FLUX_FOLDER, out: Path = FLUX_OUT, *, fp16: bool = True) -> Path:
+    """studio-tiny-flux's transformer as one Flux.1-layout file (no prefix, as
+    flux1-dev.safetensors), for Load Diffusion Model; its ``studio`` metadata carries the
+    scheduler (a schnell-like file would otherwise get schnell's unshifted one) and the VAE's
+    config (its scale sets the latent size)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.export_single_file import write_single_file
+
+    cfg = read_json(folder / "transformer" / "config.json")
+    sd = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {k: v.to(dtype).contiguous() for k, v in transformer_to_flux(sd, cfg).items()}
+    meta = {
+        "family": "flux",
+        "transformer": cfg,
+        "scheduler": read_json(folder / "scheduler" / "scheduler_config.json"),
+        # the latent's scale (studio-tiny's VAE: 4x, not Flux's 8x); the VAE is not inside
+        "vae": read_json(folder / "vae" / "config.json"),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return write_single_file(folder, out, state, meta)
+
+
+def verify_flux(out: Path = FLUX_OUT, folder: Path = FLUX_FOLDER) -> dict[str, float]:
+    """Read the file back through diffusers' Flux converter and compare every weight with the
+    folder's transformer (fp16 rounding allowed)."""
+    from safetensors.torch import load_file
+
+    from nodes.dit import _flux_converter
+    from training.export_single_file import max_fp16_diff
+
+    cfg = read_json(folder / "transformer" / "config.json")
+    got = _flux_converter(cfg)({k: v.float() for k, v in load_file(str(out)).items()})
+    want = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    return {
+        "transformer": max_fp16_diff("transformer", got, {k: v.float() for k, v in want.items()})
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.common import export_parser, export_report, run_report
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--flux" in argv:  # studio-tiny-flux's transformer in Flux.1's layout
+        p = export_parser(__doc__, FLUX_FOLDER, FLUX_OUT, verify="reading it back")
+        p.add_argument("--flux", action="store_true", help="export studio-tiny-flux instead")
+        return run_report(p, argv, lambda args: export_report(args, export_flux, verify_flux))
     p = export_parser(__doc__, FOLDER, OUT, verify="reading it back")
+    p.add_argument("--flux", action="store_true", help="export studio-tiny-flux instead")
     p.add_argument(
         "--fold-clip-l-projection",
         action="store_true",

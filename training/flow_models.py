@@ -136,3 +136,155 @@ def load_pipeline(folder=FOLDER):
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# -- the Flux-layout sibling: studio-tiny-flux ----------------------------------------------------
+#
+# - transformer: ``FluxTransformer2DModel`` (double-stream then single-stream blocks, width 128),
+#   on studio-tiny's 16x16x4 latent packed in 2x2 patches as FluxPipeline packs it (16 channels
+#   in, 64 image tokens); no guidance embedding (schnell-like): Flux dev's guidance input is a
+#   distillation of CFG from a teacher, which a from-scratch run does not have, so the model is
+#   sampled with true CFG (cfg > 1 and a negative prompt; FluxPipeline's ``true_cfg_scale``);
+# - text: ``CLIPTextModel`` (studio-tiny's, its pooled output) and ``T5EncoderModel`` (d_model
+#   64, T5 v1.1's gated-GELU layout and 32128-token vocabulary, so Studio's shipped T5
+#   SentencePiece tokenizer reads it) whose hidden states are the transformer's context,
+#   :data:`FLUX_T5_TOKENS` long (``tokenizer_2``'s ``model_max_length`` in the folder);
+# - VAE: studio-tiny's, frozen; scheduler: static shift :data:`SHIFT` (no dynamic shifting).
+
+FLUX_FOLDER = FOLDER.parent / "studio-tiny-flux"
+#: T5 tokens the tiny Flux reads (FluxPipeline's max_sequence_length; the real one: 512).
+FLUX_T5_TOKENS = 32
+T5_DIM = 64
+T5_TOKENIZER = Path(__file__).resolve().parent.parent / "resources" / "tokenizers" / "t5"
+
+FLUX_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": LATENT_CHANNELS * 4,
+    "out_channels": None,
+    "num_layers": 3,
+    "num_single_layers": 6,
+    "attention_head_dim": 32,
+    "num_attention_heads": 4,
+    "joint_attention_dim": T5_DIM,
+    "pooled_projection_dim": TEXT_DIM,
+    "guidance_embeds": False,
+    "axes_dims_rope": [4, 14, 14],  # Studio's flux_rope_axes(32): single files read back alike
+}
+
+T5_CONFIG: dict[str, Any] = {
+    "vocab_size": 32128,
+    "d_model": T5_DIM,
+    "d_kv": 16,
+    "d_ff": 2 * T5_DIM,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu_new",
+    "is_gated_act": True,
+    "is_encoder_decoder": False,
+    "use_cache": False,
+    "layer_norm_epsilon": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+
+FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": SHIFT,
+    "use_dynamic_shifting": False,
+}
+
+
+def make_flux_transformer(config: dict[str, Any] | None = None):
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(**(config or FLUX_TRANSFORMER_CONFIG))
+
+
+def make_clip_text_model(tokenizer, config: dict[str, Any] | None = None):
+    """Flux's CLIP: a ``CLIPTextModel`` (its pooled output, no projection)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = {k: v for k, v in (config or TEXT_CONFIG).items() if k != "projection_dim"}
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **cfg,
+        )
+    )
+
+
+def make_t5(config: dict[str, Any] | None = None):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(**(config or T5_CONFIG)))
+
+
+def t5_tokenizer(max_length: int = FLUX_T5_TOKENS):
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(T5_TOKENIZER), model_max_length=max_length)
+
+
+def encode_text_flux(text_encoders, ids, t5_ids):
+    """What ``FluxPipeline.encode_prompt`` gives: (T5's last hidden states B x L x D, CLIP's
+    pooled output B x P) for CLIP ids (B x 77) and T5 ids (B x L)."""
+    clip, t5 = text_encoders
+    pooled = clip(ids, output_hidden_states=False).pooler_output
+    return t5(t5_ids, output_hidden_states=False)[0], pooled
+
+
+def flux_pack(x):
+    """B x C x H x W -> B x (H/2 W/2) x 4C, as ``FluxPipeline._pack_latents``."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def flux_unpack(x, h: int, w: int):
+    """The inverse of :func:`flux_pack` (``FluxPipeline._unpack_latents`` in latent units)."""
+    b, _, c4 = x.shape
+    x = x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def flux_ids(h: int, w: int, text_len: int, device, dtype):
+    """(img_ids (h/2 w/2) x 3, txt_ids text_len x 3) as FluxPipeline makes them."""
+    import torch
+
+    img = torch.zeros(h // 2, w // 2, 3)
+    img[..., 1] += torch.arange(h // 2)[:, None]
+    img[..., 2] += torch.arange(w // 2)[None, :]
+    img = img.reshape(-1, 3).to(device=device, dtype=dtype)
+    return img, torch.zeros(text_len, 3, device=device, dtype=dtype)
+
+
+def flux_forward(transformer, xt, sigma, ctx, pooled):
+    """The velocity (B x C x H x W) a Flux transformer predicts for latents ``xt`` at noise
+    levels ``sigma`` (B, in 0..1; FluxPipeline passes ``t / 1000``)."""
+    _, _, h, w = xt.shape
+    img_ids, txt_ids = flux_ids(h, w, ctx.shape[1], xt.device, xt.dtype)
+    out = transformer(
+        hidden_states=flux_pack(xt),
+        timestep=sigma.to(xt.dtype),
+        encoder_hidden_states=ctx,
+        pooled_projections=pooled,
+        txt_ids=txt_ids,
+        img_ids=img_ids,
+        guidance=None,
+        return_dict=False,
+    )[0]
+    return flux_unpack(out, h, w)
+
+
+def load_flux_pipeline(folder=FLUX_FOLDER):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

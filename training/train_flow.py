@@ -29,6 +29,16 @@ Every ``--eval-every`` steps the EMA model draws the held-out evaluation caption
 exported (a diffusers folder ``<out>/studio-tiny-flow``, or with ``--tar`` one
 ``<out>/studio-tiny-flow.tar``) with ``studio_tiny_flow.json`` holding its metrics.
 At the end (``--max-steps``, ``--minutes`` or a signal) a last evaluation runs first.
+
+``--family flux`` trains the Flux-layout sibling ``studio-tiny-flux`` the same way (checkpoint
+``training/checkpoints-flux``): a ``FluxTransformer2DModel`` (double- and single-stream
+blocks, no guidance embedding: sampled with true CFG), studio-tiny's ``CLIPTextModel`` (its
+pooled vector) and a tiny ``T5EncoderModel`` (its hidden states: the context,
+``training.flow_models.FLUX_T5_TOKENS`` tokens of Studio's T5 tokenizer), the latent packed
+in 2x2 patches as ``FluxPipeline`` packs it; exported as a ``FluxPipeline`` folder::
+
+    python -m training.train_flow --family flux --device cuda --batch 512 --workers 14 \
+        --minutes 5 --out "$OUT" --tar          # benchmarks/gpu_train_flux.sh
 """
 
 from __future__ import annotations
@@ -69,6 +79,9 @@ from training.common import (
 NAME = "studio-tiny-flow"
 TINY = REPO / "resources" / "models" / "checkpoints" / "studio-tiny"
 CKPT_DIR = REPO / "training" / "checkpoints-flow"
+#: Per family: the exported model's name and the default checkpoint folder.
+NAMES = {"sd3": NAME, "flux": "studio-tiny-flux"}
+CKPT_DIRS = {"sd3": CKPT_DIR, "flux": REPO / "training" / "checkpoints-flux"}
 OUT_DIR = REPO / "resources" / "models" / "checkpoints"
 
 
@@ -76,9 +89,11 @@ class Batches(torch.utils.data.Dataset):
     """Item ``step``: batch ``step`` of the run (uint8 images N x 64 x 64 x 3, token ids N x 77,
     position labels). A pure function of (seed, step): DataLoader workers can make them."""
 
-    def __init__(self, seed: int, batch: int, tokenizer_dir: str):
+    def __init__(self, seed: int, batch: int, tokenizer_dir: str, t5_tokens: int = 0):
         self.seed, self.batch, self.tokenizer_dir = seed, batch, tokenizer_dir
+        self.t5_tokens = t5_tokens  # flux: T5 ids (N x t5_tokens) too
         self._tok = None
+        self._t5 = None
 
     def __len__(self) -> int:
         return 1 << 40
@@ -92,7 +107,19 @@ class Batches(torch.utils.data.Dataset):
         ids = self._tok(
             caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
         ).input_ids
-        return torch.from_numpy(imgs), ids
+        if not self.t5_tokens:
+            return torch.from_numpy(imgs), ids
+        if self._t5 is None:
+            self._t5 = F.t5_tokenizer(self.t5_tokens)
+        return torch.from_numpy(imgs), ids, t5_ids(self._t5, caps, self.t5_tokens)
+
+
+def t5_ids(tok, captions, length: int):
+    """T5 ids as FluxPipeline gives them (padded and cut to ``max_sequence_length``)."""
+    return tok(
+        list(captions), padding="max_length", max_length=length, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
 
 
 def _worker_init(_: int) -> None:
@@ -124,8 +151,39 @@ class FlowTrainer:
 
     def fresh_state(self) -> dict[str, Any]:
         a = self.args
+        if a.family == "flux":
+            models = {
+                "transformer": {
+                    **F.FLUX_TRANSFORMER_CONFIG,
+                    **({"num_layers": a.num_layers} if a.num_layers else {}),
+                    **({"num_single_layers": a.num_single_layers} if a.num_single_layers else {}),
+                },
+                "text": F.TEXT_CONFIG,
+                "t5": F.T5_CONFIG,
+                "t5_tokens": F.FLUX_T5_TOKENS,
+                "scheduler": F.FLUX_SCHEDULER_CONFIG,
+            }
+        else:
+            models = {
+                "transformer": {
+                    **F.TRANSFORMER_CONFIG,
+                    "num_layers": a.num_layers or F.TRANSFORMER_CONFIG["num_layers"],
+                    "joint_attention_dim": F.TEXT_DIM + a.text_2_width,
+                    "pooled_projection_dim": F.TEXT_DIM + a.text_2_width,
+                },
+                "clip_l_identity": not a.train_clip_l_projection,
+                "text": F.TEXT_CONFIG,
+                "text_2": {
+                    **F.TEXT_CONFIG_2,
+                    "hidden_size": a.text_2_width,
+                    "intermediate_size": 4 * a.text_2_width,
+                    "projection_dim": a.text_2_width,
+                },
+                "scheduler": F.SCHEDULER_CONFIG,
+            }
         return {
-            "name": NAME,
+            "name": NAMES[a.family],
+            "family": a.family,
             "seed": a.seed,
             "step": 0,
             "hparams": {
@@ -140,23 +198,7 @@ class FlowTrainer:
                 "shift": F.SHIFT,
                 "decay_from": a.decay_from,
                 "init_text_from": "studio-tiny" if a.init_text else None,
-                "models": {
-                    "transformer": {
-                        **F.TRANSFORMER_CONFIG,
-                        "num_layers": a.num_layers,
-                        "joint_attention_dim": F.TEXT_DIM + a.text_2_width,
-                        "pooled_projection_dim": F.TEXT_DIM + a.text_2_width,
-                    },
-                    "clip_l_identity": not a.train_clip_l_projection,
-                    "text": F.TEXT_CONFIG,
-                    "text_2": {
-                        **F.TEXT_CONFIG_2,
-                        "hidden_size": a.text_2_width,
-                        "intermediate_size": 4 * a.text_2_width,
-                        "projection_dim": a.text_2_width,
-                    },
-                    "scheduler": F.SCHEDULER_CONFIG,
-                },
+                "models": models,
             },
             "seconds": 0.0,
             "runs": [],
@@ -166,6 +208,14 @@ class FlowTrainer:
 
     def hp(self, key: str) -> Any:
         return self.state["hparams"][key]
+
+    @property
+    def flux(self) -> bool:
+        return self.state.get("family", "sd3") == "flux"
+
+    @property
+    def name(self) -> str:
+        return NAMES[self.state.get("family", "sd3")]
 
     @property
     def stop(self) -> bool:
@@ -180,17 +230,24 @@ class FlowTrainer:
         torch.manual_seed(self.state["seed"])
         self.tokenizer = CLIPTokenizer.from_pretrained(str(TINY / "tokenizer"), model_max_length=77)
         models = self.hp("models")
-        te1 = F.make_text_encoder(self.tokenizer, models["text"])
-        te2 = F.make_text_encoder(self.tokenizer, models["text_2"])
-        tr = F.make_transformer(models["transformer"])
+        self.t5_tokenizer = None
+        if self.flux:
+            te1 = F.make_clip_text_model(self.tokenizer, models["text"])
+            te2 = F.make_t5(models["t5"])
+            tr = F.make_flux_transformer(models["transformer"])
+            self.t5_tokenizer = F.t5_tokenizer(models["t5_tokens"])
+        else:
+            te1 = F.make_text_encoder(self.tokenizer, models["text"])
+            te2 = F.make_text_encoder(self.tokenizer, models["text_2"])
+            tr = F.make_transformer(models["transformer"])
         if self.hp("init_text_from"):
             # studio-tiny's trained text encoder (same tokenizer, same width) as a head start
             w = load_tensors(TINY / "text_encoder" / "model.safetensors")
             w = {k.removeprefix("text_model."): v for k, v in w.items()}
-            te1.text_model.load_state_dict(w)
+            getattr(te1, "text_model", te1).load_state_dict(w)
         # SD3's CLIP-L has no projection: single files carry none and diffusers'
         # from_single_file puts an identity there, so the first encoder keeps an identity
-        if models.get("clip_l_identity", True):
+        if not self.flux and models.get("clip_l_identity", True):
             with torch.no_grad():
                 te1.text_projection.weight.copy_(torch.eye(te1.text_projection.weight.shape[0]))
             te1.text_projection.weight.requires_grad_(False)
@@ -219,6 +276,11 @@ class FlowTrainer:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         self.state = open_state(self.ckpt, a, self.fresh_state)
+        if self.state.get("family", "sd3") != a.family:
+            raise SystemExit(
+                f"{self.ckpt} holds a {self.state.get('family', 'sd3')} run, not {a.family}: "
+                "give --family to match, or another --checkpoint-dir"
+            )
         self.build()
         params = [p for _, p in self.named]
         opt = torch.optim.AdamW(params, lr=self.hp("lr"), weight_decay=self.hp("weight_decay"))
@@ -285,8 +347,10 @@ class FlowTrainer:
         uncond = self.tokenizer(
             [""], padding="max_length", max_length=77, return_tensors="pt"
         ).input_ids.to(dev)
+        t5_len = self.hp("models").get("t5_tokens", 0) if self.flux else 0
+        uncond_t5 = t5_ids(self.t5_tokenizer, [""], t5_len).to(dev) if self.flux else None
         loader = torch.utils.data.DataLoader(
-            Batches(seed, batch, str(TINY / "tokenizer")),
+            Batches(seed, batch, str(TINY / "tokenizer"), t5_len),
             batch_size=None,
             sampler=StepSampler(self.state["step"]),
             num_workers=a.workers,
@@ -310,7 +374,7 @@ class FlowTrainer:
                 lr = self.lr_at(step, p)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                imgs, ids = next(it)
+                imgs, ids, *rest = next(it)
                 g = step_generator(seed, step, 2)
                 drop = torch.rand(batch, generator=g) < self.hp("caption_dropout")
                 u = torch.sigmoid(
@@ -323,6 +387,9 @@ class FlowTrainer:
                 post_eps = torch.randn(noise.shape, generator=g)
                 imgs, ids = imgs.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
                 ids = torch.where(drop.to(dev)[:, None], uncond.expand_as(ids), ids)
+                if rest:
+                    ids5 = rest[0].to(dev, non_blocking=True)
+                    ids5 = torch.where(drop.to(dev)[:, None], uncond_t5.expand_as(ids5), ids5)
                 sigma, noise, post_eps = sigma.to(dev), noise.to(dev), post_eps.to(dev)
                 with torch.no_grad():
                     x = imgs.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -332,14 +399,18 @@ class FlowTrainer:
                 xt = (1 - s) * x0 + s * noise
                 target = noise - x0
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda or a.bf16):
-                    ctx, pooled = F.encode_text((self.te1, self.te2), ids)
-                    pred = self.tr(
-                        hidden_states=xt,
-                        timestep=sigma * 1000,
-                        encoder_hidden_states=ctx,
-                        pooled_projections=pooled,
-                        return_dict=False,
-                    )[0]
+                    if self.flux:
+                        ctx, pooled = F.encode_text_flux((self.te1, self.te2), ids, ids5)
+                        pred = F.flux_forward(self.tr, xt, sigma, ctx, pooled)
+                    else:
+                        ctx, pooled = F.encode_text((self.te1, self.te2), ids)
+                        pred = self.tr(
+                            hidden_states=xt,
+                            timestep=sigma * 1000,
+                            encoder_hidden_states=ctx,
+                            pooled_projections=pooled,
+                            return_dict=False,
+                        )[0]
                 loss = ((pred.float() - target) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -409,11 +480,11 @@ class FlowTrainer:
         t = time.time()
         te1, te2, tr = self.ema_models(ema)
         caps = [s.caption for s in data.eval_scenes(a.eval_count)]
-        images = generate(
+        images = (generate_flux if self.flux else generate)(
             tr,
             (te1, te2),
             self.vae,
-            self.tokenizer,
+            (self.tokenizer, self.t5_tokenizer) if self.flux else self.tokenizer,
             caps,
             seed=0,
             steps=a.eval_steps,
@@ -441,7 +512,7 @@ class FlowTrainer:
             self.export(te1, te2, tr)
         elif final and self.args.tar:
             # the end of the run also ships, beside the best, for a closer look
-            self.export(te1, te2, tr, name=f"{NAME}-final")
+            self.export(te1, te2, tr, name=f"{self.name}-final")
 
     def load_folder_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -456,10 +527,11 @@ class FlowTrainer:
             tensors.update({f"{prefix}.{k}": v for k, v in load_file(str(f)).items()})
         self.load_weights(tensors)
 
-    def export(self, te1, te2, tr, name: str = NAME) -> None:
+    def export(self, te1, te2, tr, name: str | None = None) -> None:
         """The EMA model as a diffusers folder (``--tar``: one tar file) in ``--out``."""
+        name = name or self.name
         info = {
-            "name": NAME,
+            "name": self.name,
             "trained_by": "python -m training.train_flow",
             "step": self.state["step"],
             "seconds": round(self.state["seconds"]),
@@ -469,10 +541,21 @@ class FlowTrainer:
             "history": self.state["history"],
             "hparams": {k: v for k, v in self.state["hparams"].items() if k != "models"},
         }
-        export_folder(
-            self.out, te1, te2, tr, self.vae, self.tokenizer, info, tar=self.args.tar, name=name
-        )
+        if self.flux:
+            export_flux_folder(
+                self.out, te1, te2, tr, self.vae, (self.tokenizer, self.t5_tokenizer), info,
+                tar=self.args.tar, name=name,
+            )  # fmt: skip
+        else:
+            export_folder(
+                self.out, te1, te2, tr, self.vae, self.tokenizer, info, tar=self.args.tar,
+                name=name,
+            )  # fmt: skip
         log(f"exported step {self.state['step']} to {self.out / name}")
+
+
+#: The training record in an exported folder (both families).
+INFO_FILE = "studio_tiny_flow.json"
 
 
 def export_folder(
@@ -484,7 +567,6 @@ def export_folder(
 
     from diffusers import StableDiffusion3Pipeline
 
-    out.mkdir(parents=True, exist_ok=True)
     pipe = StableDiffusion3Pipeline(
         transformer=copy.deepcopy(tr).cpu().to(torch.float16),
         scheduler=F.make_scheduler(),
@@ -496,10 +578,39 @@ def export_folder(
         text_encoder_3=None,
         tokenizer_3=None,
     )
+    return write_pipeline(out, pipe, info, tar, name)
+
+
+def export_flux_folder(
+    out: Path, clip, t5, tr, vae, tokenizers, info: dict, tar: bool = False,
+    name: str = NAMES["flux"],
+) -> Path:  # fmt: skip
+    """``out/<name>`` (or ``.tar``): a ``FluxPipeline`` folder; ``tokenizer_2`` (Studio's T5
+    tokenizer) carries the T5 length the model was trained with as its ``model_max_length``.
+    Transformer in fp16, the rest fp32 (transformers loads a T5 in the dtype it was saved,
+    diffusers the transformer in fp32): about 16 MB, T5 mostly its 32128-token embedding."""
+    import copy
+
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(
+        transformer=copy.deepcopy(tr).cpu().to(torch.float16),
+        scheduler=F.make_scheduler(F.FLUX_SCHEDULER_CONFIG),
+        vae=copy.deepcopy(vae).cpu().float(),
+        text_encoder=copy.deepcopy(clip).cpu().float(),
+        tokenizer=tokenizers[0],
+        text_encoder_2=copy.deepcopy(t5).cpu().float(),
+        tokenizer_2=tokenizers[1],
+    )
+    return write_pipeline(out, pipe, info, tar, name)
+
+
+def write_pipeline(out: Path, pipe, info: dict, tar: bool, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
     pipe.save_pretrained(tmp, safe_serialization=True)
     add_preview_factors(tmp)
-    (tmp / "studio_tiny_flow.json").write_text(json.dumps(info, indent=1) + "\n")
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
     tmp.chmod(0o755)
     if tar:
         target = out / f"{name}.tar"
@@ -509,7 +620,7 @@ def export_folder(
                 if f.is_file():
                     tf.add(f, arcname=f"{name}/{f.relative_to(tmp)}")
         part.replace(target)
-        shutil.copy(tmp / "studio_tiny_flow.json", out / f"{name}.json")
+        shutil.copy(tmp / INFO_FILE, out / f"{name}.json")
         shutil.rmtree(tmp)
         return target
     target = out / name
@@ -582,13 +693,67 @@ def generate(
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def generate_flux(
+    transformer,
+    text_encoders,
+    vae,
+    tokenizers,
+    captions,
+    seed: int = 0,
+    steps: int = 8,
+    guidance: float = 5.0,
+    shift: float = F.SHIFT,
+    batch: int = 64,
+) -> np.ndarray:
+    """Images (N x 64 x 64 x 3 uint8) as FluxPipeline draws them with true CFG against ""
+    (``true_cfg_scale`` ``guidance``; sigmas ``linspace(1, 1/steps)``, shifted statically),
+    noise from a CPU generator per chunk (seeded ``seed + chunk start``)."""
+    dev = next(transformer.parameters()).device
+    dtype = next(transformer.parameters()).dtype
+    clip_tok, t5_tok = tokenizers
+    out = []
+    for i in range(0, len(captions), batch):
+        chunk = list(captions[i : i + batch])
+        n = len(chunk)
+        ids = clip_tok(
+            [*chunk, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids.to(dev)
+        ids5 = t5_ids(t5_tok, [*chunk, ""], t5_tok.model_max_length).to(dev)
+        ctx, pooled = F.encode_text_flux(text_encoders, ids, ids5)
+        ctx = torch.cat([ctx[n:].expand(n, -1, -1), ctx[:n]]).to(dtype)
+        pooled = torch.cat([pooled[n:].expand(n, -1), pooled[:n]]).to(dtype)
+        sched = F.make_scheduler({**F.FLUX_SCHEDULER_CONFIG, "shift": shift})
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=dev)
+        g = torch.Generator().manual_seed(seed + i)
+        lat = torch.randn(n, F.LATENT_CHANNELS, F.LATENT_SIZE, F.LATENT_SIZE, generator=g).to(dev)
+        for t in sched.timesteps:
+            v = F.flux_forward(
+                transformer, torch.cat([lat, lat]).to(dtype), (t / 1000).expand(2 * n), ctx, pooled
+            ).float()
+            vu, vc = v.chunk(2)
+            lat = sched.step(vu + guidance * (vc - vu), t, lat, return_dict=False)[0]
+        sh = vae.config.shift_factor or 0.0
+        img = vae.decode(lat / vae.config.scaling_factor + sh).sample
+        img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        out.append(img.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = script_parser("python -m training.train_flow", __doc__)
     add_run_args(p, CKPT_DIR, 300.0)
+    p.set_defaults(checkpoint_dir=None)  # the family's (CKPT_DIRS)
+    p.add_argument(
+        "--family",
+        choices=tuple(NAMES),
+        default="sd3",
+        help="sd3: studio-tiny-flow (default); flux: its Flux-layout sibling studio-tiny-flux",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes drawing data")
-    p.add_argument("--out", default=str(OUT_DIR), help=f"where {NAME} is exported")
-    p.add_argument("--tar", action="store_true", help=f"export as one {NAME}.tar")
+    p.add_argument("--out", default=str(OUT_DIR), help="where the model is exported")
+    p.add_argument("--tar", action="store_true", help="export as one <name>.tar")
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: never)")
     p.add_argument("--max-steps", type=int, default=0, help="stop at this step (0: never)")
     p.add_argument("--batch", type=int, default=32)
@@ -609,8 +774,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--num-layers",
         type=int,
-        default=F.TRANSFORMER_CONFIG["num_layers"],
-        help="joint blocks (fewer only for quick tests)",
+        default=0,
+        help="joint blocks, flux: double-stream blocks (fewer only for quick tests; "
+        "0: the model's own)",
+    )
+    p.add_argument(
+        "--num-single-layers",
+        type=int,
+        default=0,
+        help="flux: single-stream blocks (fewer only for quick tests; 0: the model's own)",
     )
     p.add_argument(
         "--text-2-width",
@@ -633,7 +805,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = str(CKPT_DIRS[args.family])
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -374,6 +374,25 @@ TXT2IMG_SD3 = Family(
 )
 
 
+#: The embedded Flux-layout sibling (FluxTransformer2DModel, CLIP + a tiny T5), trained on a
+#: GPU by ``benchmarks/gpu_train_flux.sh`` (training/train_flow.py --family flux) into
+#: resources/models/checkpoints/studio-tiny-flux. While it is not there, txt2img_flux.json is
+#: only the template for Flux files artists bring.
+FLUX_CHECKPOINT = "studio-tiny-flux"
+TINY_FLUX_PRESENT = (ROOT / "resources" / "models" / "checkpoints" / FLUX_CHECKPOINT).is_dir()
+
+TXT2IMG_FLUX = Family(
+    "txt2img_flux",
+    FLUX_CHECKPOINT,
+    FLOW_STEPS,
+    FLOW_CFG,
+    "Text to image with a transformer in the Flux.1 layout (studio-tiny-flux: double- and "
+    "single-stream blocks, CLIP and T5 text encoders). It has no guidance input (like Flux "
+    "schnell), so it runs with true CFG against the negative prompt (cfg 3). Load Checkpoint "
+    "also opens Flux diffusers folders; the template txt2img_flux loads Flux.1 dev's files.",
+)
+
+
 def txt2img_flux() -> Workflow:
     b = Builder("txt2img_flux")
     b.note(
@@ -465,6 +484,18 @@ def png_bytes(image: Any) -> bytes:
 NEEDS_OWN_FILES = frozenset({"txt2img_flux"})
 
 
+#: Default workflows on an embedded model that is trained on a GPU and may not be there yet
+#: (written only when it is).
+ON_OPTIONAL_MODELS: dict[str, Callable[[], Workflow]] = {
+    "txt2img_flux": functools.partial(txt2img, TXT2IMG_FLUX),
+}
+
+
+def optional_defaults() -> dict[str, Callable[[], Workflow]]:
+    """The default workflows of :data:`ON_OPTIONAL_MODELS` whose model this checkout has."""
+    return {"txt2img_flux": ON_OPTIONAL_MODELS["txt2img_flux"]} if TINY_FLUX_PRESENT else {}
+
+
 def outputs() -> dict[Path, bytes]:
     """Every file this script writes, by path, with its bytes."""
     files = {
@@ -473,6 +504,8 @@ def outputs() -> dict[Path, bytes]:
         ).encode("utf-8")
         for name, build in WORKFLOWS.items()
     }
+    for name, build in optional_defaults().items():
+        files[HERE / f"{name}.json"] = dumps_workflow(build()).encode("utf-8")
     for name, image in example_images().items():
         files[IMAGES / name] = png_bytes(image)
     return files
@@ -486,6 +519,11 @@ def main() -> None:
         if not path.is_file() or path.read_bytes() != data:
             atomic_write_bytes(path, data)
             print(f"wrote {path.relative_to(ROOT)}")
+    for name in ON_OPTIONAL_MODELS.keys() - optional_defaults().keys():
+        stale = HERE / f"{name}.json"
+        if stale.is_file():  # its model is gone: a default that cannot run
+            stale.unlink()
+            print(f"removed {stale.relative_to(ROOT)} (its model is not there)")
 
 
 if __name__ == "__main__":

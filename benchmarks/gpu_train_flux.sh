@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Train studio-tiny-flux (the Flux-layout sibling of studio-tiny-flow) on a lent GPU machine:
+# 5 minutes at batch 512, then the best EMA model comes back as one tar in $OUT. Without a CUDA
+# GPU it says so and exits 0.
+#
+#   bash benchmarks/gpu_wheels.sh                  # here, once: the wheels that machine lacks
+#   bash benchmarks/gpu_train_flux.sh              # on the device machine: the run tool with
+#                                                  # carry [".whl"], timeout_s 600 (~7 min all
+#                                                  # told: wheels, 5 min training, evaluations)
+#   tar -xf <files_at>/studio-tiny-flux.tar -C resources/models/checkpoints/   # back here
+#   python resources/workflows/make_workflows.py   # then writes txt2img_flux.json on it
+#
+# $OUT (default /tmp/gpu_train_flux) gets studio-tiny-flux.tar (the best evaluation's export),
+# studio-tiny-flux.json (its metrics), maybe studio-tiny-flux-final.tar, and train.log.
+# FLUX_MINUTES / FLUX_BATCH / FLUX_WORKERS / FLUX_LR change the run (defaults 5 / 512 / 14 /
+# 1e-3: studio-tiny-flow's shipped recipe, with a 300-step warm-up).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_train_flux}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import diffusers" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_train_flux: no CUDA GPU on this machine: skipped"
+    exit 0
+fi
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+start=$(date +%s)
+# 5 minutes of training, then the final evaluation and export (well under a minute)
+timeout $((${FLUX_MINUTES:-5} * 60 + 240)) "$PY" -m training.train_flow --family flux \
+    --device cuda --batch "${FLUX_BATCH:-512}" --workers "${FLUX_WORKERS:-14}" \
+    --minutes "${FLUX_MINUTES:-5}" --lr "${FLUX_LR:-1e-3}" --warmup 300 --threads 4 \
+    --eval-every 500 --log-every 100 \
+    --checkpoint-dir /tmp/checkpoints-flux --overwrite --out "$OUT" --tar \
+    2>&1 | tee "$OUT/train.log" | grep -v "Writing model shards"
+status=${PIPESTATUS[0]}
+ls -la "$OUT"
+[ -f "$OUT/studio-tiny-flux.json" ] && "$PY" -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+print('best', json.dumps(d['best']))
+print('steps', d['step'], 'seconds', d['seconds'])" "$OUT/studio-tiny-flux.json"
+echo "gpu_train_flux: done in $(($(date +%s) - start)) s, status $status"
+exit "$status"
