@@ -6,11 +6,13 @@ which imports every UNet, whose blocks import ``diffusers.models.transformers``,
 ``__init__`` imports about eighty transformer models, and ``diffusers.hooks`` pulls peft.
 On a small CPU that was seconds before the first step of a run.
 
-``diffusers.utils.torch_utils`` also imports ``torch._dynamo`` (torch.compile's front end,
-about as long to import as torch itself) for one name, the ``allow_in_graph`` decorator it
-puts on some attention classes. A run that never compiles does not need it: see
-:class:`_DeferDynamo`, which lets diffusers import without it and still registers those
-classes with dynamo the moment something (``torch.compile``) imports it.
+diffusers, transformers and torchvision also import ``torch._dynamo`` (torch.compile's
+front end, about as long to import as torch itself) at import time, for decorators only
+(``allow_in_graph``, ``torch.compiler.disable``, ``assume_constant_result``: see
+:data:`DYNAMO_USERS`). A run that never compiles does not need it: :class:`_DeferDynamo`
+lets those modules import without it and hands dynamo what they asked for the moment
+something (``torch.compile``) imports it, so compiling behaves as if it had come first.
+Any other use of the stand-in imports the real dynamo (tests/test_cold_imports.py).
 
 :func:`install` puts a lazy stand-in for those packages into ``sys.modules``: importing one
 of their modules imports that module alone; asking the package for anything else runs its
@@ -71,8 +73,8 @@ def _package_root(top: str) -> Path | None:
 
 
 def install() -> None:
-    """Put the lazy stand-ins in place; cheap, idempotent, and a no-op once diffusers'
-    packages are imported the ordinary way."""
+    """Put the lazy stand-ins and the dynamo import hook in place; cheap, idempotent, and
+    a no-op for what is already imported."""
     global _installed
     with _lock:
         if _installed:
