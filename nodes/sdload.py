@@ -695,6 +695,16 @@ def _load_diffusers_component(source: WeightsSource, component: str, dtype: Any)
     cls = _component_class(component, source.configs.get(component, {}))
     if "vae_folder" in source.prefixes:
         return cls.from_pretrained(source.path, torch_dtype=dtype, local_files_only=True)
+    if component.startswith("text_encoder"):
+        # transformers builds the model on the meta device, where torch's random init of
+        # an embedding (about to be overwritten by the file's weights anyway) imports
+        # torch._dynamo: seconds of a cold run. Its own no_init_weights skips that init.
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            return cls.from_pretrained(
+                source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
+            )
     return cls.from_pretrained(
         source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
     )

@@ -85,3 +85,51 @@ def test_a_run_imports_its_model_classes_not_their_families(tmp_path):
     assert lines[0] == "zoo []", proc.stdout
     assert lines[1] == "FluxTransformer2DModel UNet3DConditionModel"
     assert lines[2] == "diffusers.models.unets.unet_2d_condition"
+
+
+def test_a_cold_run_never_imports_torch_dynamo_and_compile_still_works(tmp_path):
+    """torch._dynamo (torch.compile's front end) costs about one ``import torch``; the
+    libraries import it for decorators only (nodes/fastimport.py defers them). A run does
+    without it; importing it later hands it what was deferred, as if it had come first."""
+    txt2img = ROOT / "resources" / "workflows" / "txt2img.json"
+    proc = _python(
+        f"""
+        import contextlib, io, sys
+        from pathlib import Path
+        from studio.cli import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["run", {str(txt2img)!r}, "--out", {str(tmp_path / "out")!r}])
+        print(code, sorted(p.name for p in Path({str(tmp_path / "out")!r}).glob("*.png")))
+        print("dynamo", "torch._dynamo" in sys.modules)
+        print("loaded", sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+
+        import torch
+        import torch._dynamo
+        from torch._dynamo import trace_rules
+        from diffusers.hooks.group_offloading import ModuleGroup
+        from diffusers.models.attention import BasicTransformerBlock
+        from transformers.masking_utils import TransformGetItemToIndex
+
+        print("real", type(torch._dynamo).__name__, hasattr(torch._dynamo, "optimize"))
+        print("allowed", trace_rules.is_callable_allowed(BasicTransformerBlock))
+        print("disabled", getattr(ModuleGroup.onload_, "_torchdynamo_disable", False))
+        print("helper", TransformGetItemToIndex.__module__)
+        twice = torch.compile(lambda x: x * 2, backend="eager", fullgraph=True)
+        print("compiled", twice(torch.ones(2)).tolist())
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "0 ['txt2img_00001.png']", proc.stdout
+    assert lines[1] == "dynamo False", proc.stdout
+    # Only the one helper module dynamo's own __init__ does not need.
+    assert lines[2] == "loaded ['torch._dynamo._trace_wrapped_higher_order_op']"
+    assert lines[3:] == [
+        "real module True",
+        "allowed True",
+        "disabled True",
+        "helper torch._dynamo._trace_wrapped_higher_order_op",
+        "compiled [2.0, 2.0]",
+    ], proc.stdout
