@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nodes.comfycore import crop_image, invert_image, latent_composite  # noqa: E402
+from studio.errors import WorkflowFileError  # noqa: E402
 from studio.graph.importers.comfyui import import_comfyui  # noqa: E402
 from studio.graph.importers.comfyui_export import export_comfyui_api  # noqa: E402
 from studio.library import installed_registry  # noqa: E402
@@ -112,3 +113,29 @@ def test_composite_invert_crop_import_and_export():
     assert {k: (v["class_type"], v["inputs"]) for k, v in back.items()} == {
         k: (v["class_type"], v["inputs"]) for k, v in api.items()
     }
+
+
+def test_threshold_mask_keeps_studios_default_and_has_comfyuis_strict_compare():
+    from nodes.mask import threshold_mask
+
+    m = torch.tensor([[[0.2, 0.5, 0.5001, 1.0]]])
+    assert threshold_mask.execute(None, m, 0.5).tolist() == [[[0.0, 1.0, 1.0, 1.0]]]
+    comfy = (m > 0.5).float()  # ComfyUI's ThresholdMask
+    assert torch.equal(threshold_mask.execute(None, m, 0.5, "above"), comfy)
+
+
+def test_threshold_mask_imports_as_strict_and_exports_back():
+    api = {
+        "1": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 64}},
+        "2": {"class_type": "ThresholdMask", "inputs": {"value": 0.5, "mask": ["1", 0]}},
+    }
+    result = import_comfyui(api, installed_registry(), source="api.json")
+    assert result.report == []
+    n = result.workflow.get_node("2")
+    assert n.type == "threshold_mask" and n.params == {"threshold": 0.5, "compare": "above"}
+    back = export_comfyui_api(result.workflow)
+    assert back["2"]["class_type"] == "ThresholdMask" and back["2"]["inputs"] == api["2"]["inputs"]
+    # Studio's own at-or-above has no ComfyUI counterpart: the export says so
+    n.params["compare"] = "at or above"
+    with pytest.raises(WorkflowFileError, match="compare"):
+        export_comfyui_api(result.workflow)

@@ -447,6 +447,14 @@ NODE_MAPS: dict[str, NodeMap] = {
     "ImageCrop": NodeMap(
         "crop_image", "Image Crop", ("width", "height", "x", "y"), outputs=("image",)
     ),
+    "ThresholdMask": NodeMap(
+        "threshold_mask",
+        "ThresholdMask",
+        ("value",),
+        params={"value": "threshold"},
+        outputs=("mask",),
+        fixed={"compare": "above"},
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -476,7 +484,6 @@ NOT_MAPPED: dict[str, str] = {
     "LoadImageMask": "Studio: Load Image followed by Mask from Image",
     "GrowMask": "its tapered corners differ from Studio's Grow Mask",
     "FeatherMask": "feathers each side by its own amount; Studio's Feather Mask blurs by a radius",
-    "ThresholdMask": "ComfyUI keeps values above the threshold, Studio at or above it",
     "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
     "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
     "ImageBlur": "not in Studio yet",
