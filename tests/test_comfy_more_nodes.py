@@ -139,3 +139,67 @@ def test_threshold_mask_imports_as_strict_and_exports_back():
     n.params["compare"] = "at or above"
     with pytest.raises(WorkflowFileError, match="compare"):
         export_comfyui_api(result.workflow)
+
+
+@pytest.mark.parametrize("width,height", [(1024, 1024), (512, 768), (1360, 768), (256, 256)])
+def test_flux_shift_from_the_latent_equals_comfyuis_from_width_and_height(width, height):
+    from nodes.dit import calculate_shift
+
+    max_shift, base_shift = 1.3, 0.4
+    m = (max_shift - base_shift) / (4096 - 256)
+    comfy = (width * height / (8 * 8 * 2 * 2)) * m + (base_shift - m * 256)
+    # Studio's sampler: image tokens of the latent (height / 8 by width / 8, 2x2 patches)
+    tokens = (height // 8 // 2) * (width // 8 // 2)
+    cfg = {"max_shift": max_shift, "base_shift": base_shift}
+    assert calculate_shift(tokens, cfg) == pytest.approx(comfy, abs=1e-12)
+
+
+def flux_api(width=1024, height=768, latent=(1024, 768)):
+    return {
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "flux.safetensors", "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "ModelSamplingFlux",
+            "inputs": {
+                "max_shift": 1.15,
+                "base_shift": 0.5,
+                "width": width,
+                "height": height,
+                "model": ["1", 0],
+            },
+        },
+        "3": {
+            "class_type": "EmptySD3LatentImage",
+            "inputs": {"width": latent[0], "height": latent[1], "batch_size": 1},
+        },
+        "4": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 1,
+                "steps": 4,
+                "cfg": 1.0,
+                "sampler_name": "euler",
+                "scheduler": "simple",
+                "denoise": 1.0,
+                "model": ["2", 0],
+                "latent_image": ["3", 0],
+            },
+        },
+    }
+
+
+def test_model_sampling_flux_imports_and_reports_only_another_size():
+    api = flux_api()
+    reg = installed_registry()
+    result = import_comfyui(api, reg, source="api.json")
+    assert result.report == []
+    n = result.workflow.get_node("2")
+    assert n.type == "model_sampling_flux" and n.params == {"max_shift": 1.15, "base_shift": 0.5}
+    back = export_comfyui_api(result.workflow)
+    assert back["2"]["class_type"] == "ModelSamplingFlux"
+    assert back["2"]["inputs"] == api["2"]["inputs"]
+    other = flux_api(width=1024, height=1024)
+    (line,) = import_comfyui(other, reg, source="api.json").report
+    assert "1024x1024 was dropped" in line and "1024x768 here" in line

@@ -29,6 +29,7 @@ from studio.graph.importers.comfyui_map import (
     SAMPLER_TYPES,
     SEED_WIDGETS,
     NodeMap,
+    sampled_latent_sizes,
     sampler_schedule,
 )
 from studio.graph.importers.tidy import MIN_GAP, node_size, tidy_layout
@@ -646,6 +647,8 @@ class _Builder:
         self.source = source
         self.wf = Workflow(registry)
         self.outputs: dict[str, tuple[str, ...]] = {}
+        #: Node id -> (label, the ComfyUI width and height Studio takes from the latent).
+        self.latent_sizes: dict[str, tuple[str, tuple[Any, ...]]] = {}
 
     def build(self) -> Workflow:
         for cn in self.g.nodes.values():
@@ -662,6 +665,7 @@ class _Builder:
             self.wf.insert_node(node, cn.layout or NodeLayout())
         for cn in self.g.nodes.values():
             self.link(cn)
+        self.check_latent_sizes()
         self.wf.layout.frames = list(self.g.frames)
         self.wf.layout.notes = list(self.g.notes)
         for (target, name), points in self.g.reroutes.items():
@@ -676,7 +680,12 @@ class _Builder:
             i.name: i.default for i in spec.params if i.default is not None and i.file_kind is None
         }
         params.update(nm.fixed)
+        if nm.latent_size:
+            size = tuple(cn.values.get(name) for name in nm.latent_size)
+            self.latent_sizes[cn.id] = (_label(cn), size)
         for name, value in cn.values.items():
+            if name in nm.latent_size:
+                continue
             if name in nm.unsupported:
                 expected, loss = nm.unsupported[name]
                 if value != expected:
@@ -718,6 +727,22 @@ class _Builder:
             extra[SEED_EXTRA_KEY] = modes
         title = cn.title if cn.title not in ("", cn.class_type, nm.comfy_title) else ""
         return Node(cn.id, nm.studio, spec.version, params, title, extra=extra)
+
+    def check_latent_sizes(self) -> None:
+        for node_id, (label, size) in self.latent_sizes.items():
+            sizes = sampled_latent_sizes(self.wf, node_id)
+            if sizes == {size}:
+                continue
+            known = sorted(f"{w}x{h}" for w, h in (s for s in sizes if s is not None))
+            if None in sizes or not known:
+                which = "whose size is known only when run"
+            else:
+                which = f"{', '.join(known)} here"
+            self.report.append(
+                f"{label}: width x height {'x'.join(map(str, size))} was dropped: Studio's "
+                f"Model Sampling Flux takes the shift from the size of the latent it samples "
+                f"({which}), so the shift may differ from ComfyUI's"
+            )
 
     def seed_modes(self, cn: _CNode, nm: NodeMap) -> dict[str, str]:
         modes = {}

@@ -101,6 +101,31 @@ def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
     )
 
 
+def sampled_latent_sizes(wf: Any, node_id: str) -> set[tuple[int, int] | None]:
+    """The pixel sizes (width, height) of the latents that the Samplers fed (through any
+    nodes) by ``node_id`` sample; None for a latent whose size is known only when run (one
+    not straight from Empty Latent Image)."""
+    sizes: set[tuple[int, int] | None] = set()
+    seen, todo = {node_id}, [node_id]
+    while todo:
+        for lk in wf.links_from(todo.pop()):
+            target = wf.get_node(lk.target)
+            if target.type in SAMPLER_TYPES:
+                src = wf.link_into(target.id, "latent")
+                n = wf.get_node(src.source) if src is not None else None
+                if n is not None and n.type == "empty_latent":
+                    spec = wf.spec_of(n)
+                    w = n.params.get("width", spec.input("width").default if spec else None)
+                    h = n.params.get("height", spec.input("height").default if spec else None)
+                    sizes.add((w, h))
+                else:
+                    sizes.add(None)
+            elif target.id not in seen:
+                seen.add(target.id)
+                todo.append(target.id)
+    return sizes
+
+
 @dataclass(frozen=True)
 class NodeMap:
     """How one ComfyUI class_type maps onto one Studio node type."""
@@ -127,6 +152,9 @@ class NodeMap:
     unsupported: dict[str, tuple[Any, str]] = field(default_factory=dict)
     #: ComfyUI inputs Studio has no port for: name -> what a link into it loses.
     dropped_inputs: dict[str, str] = field(default_factory=dict)
+    #: ComfyUI widgets (width, height) that Studio takes from the size of the latent the
+    #: node's model samples: no report when they equal it, an export writes it.
+    latent_size: tuple[str, ...] = ()
     #: Frontend-only values that may follow the widgets (Load Image's upload button).
     trailing: int = 0
     #: Studio params that need not be at their default for an export (ComfyUI decides them).
@@ -447,6 +475,13 @@ NODE_MAPS: dict[str, NodeMap] = {
     "ImageCrop": NodeMap(
         "crop_image", "Image Crop", ("width", "height", "x", "y"), outputs=("image",)
     ),
+    "ModelSamplingFlux": NodeMap(
+        "model_sampling_flux",
+        "ModelSamplingFlux",
+        ("max_shift", "base_shift", "width", "height"),
+        outputs=("model",),
+        latent_size=("width", "height"),
+    ),
     "ThresholdMask": NodeMap(
         "threshold_mask",
         "ThresholdMask",
@@ -477,8 +512,6 @@ NOT_MAPPED: dict[str, str] = {
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "ModelSamplingFlux": "its width and height have no Studio param (Model Sampling Flux "
-    "takes the size from the latent)",
     "VAEDecodeTiled": "its tile overlap has no Studio param (VAE Decode has a tiled mode)",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
     "LoadImageMask": "Studio: Load Image followed by Mask from Image",
