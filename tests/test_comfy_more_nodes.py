@@ -203,3 +203,39 @@ def test_model_sampling_flux_imports_and_reports_only_another_size():
     other = flux_api(width=1024, height=1024)
     (line,) = import_comfyui(other, reg, source="api.json").report
     assert "1024x1024 was dropped" in line and "1024x768 here" in line
+
+
+def test_vae_decode_tiled_imports_as_tiled_mode_and_exports_back():
+    api = {
+        "1": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "2": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
+        "3": {
+            "class_type": "VAEDecodeTiled",
+            "inputs": {
+                "tile_size": 256,
+                "overlap": 64,
+                "temporal_size": 64,
+                "temporal_overlap": 8,
+                "samples": ["2", 0],
+                "vae": ["1", 0],
+            },
+        },
+    }
+    result = import_comfyui(api, installed_registry(), source="api.json")
+    (line,) = result.report
+    assert "tiled mode" in line and "overlap" in line and "Studio's own" in line
+    n = result.workflow.get_node("3")
+    assert n.type == "vae_decode" and n.params == {"tiled": True, "tile_size": 256}
+    back = export_comfyui_api(result.workflow)
+    assert back["3"]["class_type"] == "VAEDecodeTiled"
+    assert back["3"]["inputs"] == {
+        "tile_size": 256,
+        "overlap": 64,
+        "samples": ["2", 0],
+        "vae": ["1", 0],
+    }
+    n.params["tiled"] = False
+    assert export_comfyui_api(result.workflow)["3"]["class_type"] == "VAEDecode"

@@ -680,6 +680,8 @@ class _Builder:
             i.name: i.default for i in spec.params if i.default is not None and i.file_kind is None
         }
         params.update(nm.fixed)
+        if nm.always:
+            self.report.append(f"{_label(cn)}: {nm.always}")
         if nm.latent_size:
             size = tuple(cn.values.get(name) for name in nm.latent_size)
             self.latent_sizes[cn.id] = (_label(cn), size)
@@ -688,7 +690,7 @@ class _Builder:
                 continue
             if name in nm.unsupported:
                 expected, loss = nm.unsupported[name]
-                if value != expected:
+                if value != expected and loss:
                     self.report.append(f"{_label(cn)}: {loss}")
                 continue
             studio = nm.params.get(name, name)

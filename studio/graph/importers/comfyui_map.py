@@ -155,6 +155,8 @@ class NodeMap:
     #: ComfyUI widgets (width, height) that Studio takes from the size of the latent the
     #: node's model samples: no report when they equal it, an export writes it.
     latent_size: tuple[str, ...] = ()
+    #: A report line every imported node of this type gets.
+    always: str = ""
     #: Frontend-only values that may follow the widgets (Load Image's upload button).
     trailing: int = 0
     #: Studio params that need not be at their default for an export (ComfyUI decides them).
@@ -245,7 +247,11 @@ NODE_MAPS: dict[str, NodeMap] = {
         comfy_lacks={"sampler": frozenset({"pndm"})},
     ),
     "VAEDecode": NodeMap(
-        "vae_decode", "VAE Decode", inputs={"samples": "latent"}, outputs=("image",)
+        "vae_decode",
+        "VAE Decode",
+        inputs={"samples": "latent"},
+        outputs=("image",),
+        export_free=("tile_size",),  # unused when not tiled (tiled exports as VAEDecodeTiled)
     ),
     "VAEEncode": NodeMap(
         "vae_encode", "VAE Encode", inputs={"pixels": "image"}, outputs=("latent",)
@@ -482,6 +488,24 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         latent_size=("width", "height"),
     ),
+    "VAEDecodeTiled": NodeMap(
+        "vae_decode",
+        "VAE Decode (Tiled)",
+        ("tile_size", "overlap"),
+        inputs={"samples": "latent"},
+        outputs=("image",),
+        fixed={"tiled": True},
+        unsupported={
+            "overlap": (64, ""),
+            "temporal_size": (64, ""),
+            "temporal_overlap": (8, ""),
+        },
+        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
+        always="became VAE Decode in tiled mode with its tile size; the tiles' overlap "
+        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
+        "overlap (ComfyUI's three blended passes), so pixels at tile seams may differ "
+        "slightly; temporal size and overlap concern video VAEs only",
+    ),
     "ThresholdMask": NodeMap(
         "threshold_mask",
         "ThresholdMask",
@@ -512,7 +536,6 @@ NOT_MAPPED: dict[str, str] = {
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "VAEDecodeTiled": "its tile overlap has no Studio param (VAE Decode has a tiled mode)",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
     "LoadImageMask": "Studio: Load Image followed by Mask from Image",
     "GrowMask": "its tapered corners differ from Studio's Grow Mask",
