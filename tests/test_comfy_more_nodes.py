@@ -239,3 +239,51 @@ def test_vae_decode_tiled_imports_as_tiled_mode_and_exports_back():
     }
     n.params["tiled"] = False
     assert export_comfyui_api(result.workflow)["3"]["class_type"] == "VAEDecode"
+
+
+def test_load_image_mask_becomes_load_image_and_mask_from_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from nodes.image import load_image
+    from nodes.mask import mask_from_image
+
+    rgba = np.random.default_rng(0).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    path = tmp_path / "m.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+
+    class Ctx:
+        class settings:
+            input_path = tmp_path
+
+    api = {
+        "1": {"class_type": "LoadImageMask", "inputs": {"image": str(path), "channel": "green"}},
+        "2": {"class_type": "LoadImageMask", "inputs": {"image": str(path), "channel": "alpha"}},
+        "3": {"class_type": "InvertMask", "inputs": {"mask": ["1", 0]}},
+        "4": {"class_type": "InvertMask", "inputs": {"mask": ["2", 0]}},
+    }
+    result = import_comfyui(api, installed_registry(), source="api.json")
+    assert result.report == []
+    wf = result.workflow
+    assert {n.id: (n.type, n.params) for n in wf.nodes if n.type != "invert_mask"} == {
+        "1_image": ("load_image", {"image": str(path)}),
+        "1": ("mask_from_image", {"channel": "green"}),
+        "2": ("load_image", {"image": str(path)}),
+    }
+    links = {(lk.source, lk.output, lk.target, lk.input) for lk in wf.links}
+    assert links == {
+        ("1_image", "image", "1", "image"),
+        ("1", "mask", "3", "mask"),
+        ("2", "mask", "4", "mask"),
+    }
+    # ComfyUI's LoadImageMask: the channel / 255; alpha as 1 - alpha / 255
+    pixels, alpha = load_image.execute(Ctx(), str(path))
+    green = mask_from_image.execute(None, pixels, "green")
+    assert torch.allclose(green, torch.from_numpy(rgba[..., 1] / 255.0).float()[None])
+    assert torch.allclose(alpha, 1.0 - torch.from_numpy(rgba[..., 3] / 255.0).float()[None])
+
+
+def test_load_image_mask_with_an_unknown_channel_is_a_placeholder():
+    api = {"1": {"class_type": "LoadImageMask", "inputs": {"image": "a.png", "channel": "cyan"}}}
+    wf = import_comfyui(api, installed_registry(), source="api.json").workflow
+    assert [n.type for n in wf.nodes] == ["comfyui.LoadImageMask"]

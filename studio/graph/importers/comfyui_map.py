@@ -223,6 +223,9 @@ def _union_note(kind: str) -> str:
     )
 
 
+#: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
+LOAD_IMAGE_MASK = "LoadImageMask"
+
 NODE_MAPS: dict[str, NodeMap] = {
     "CheckpointLoaderSimple": NodeMap(
         "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
@@ -506,6 +509,15 @@ NODE_MAPS: dict[str, NodeMap] = {
         "overlap (ComfyUI's three blended passes), so pixels at tile seams may differ "
         "slightly; temporal size and overlap concern video VAEs only",
     ),
+    # Two Studio nodes (the importer's load_image_mask): Load Image -> Mask from Image for a
+    # colour channel; Load Image's mask output alone for alpha (1 - alpha, as ComfyUI).
+    LOAD_IMAGE_MASK: NodeMap(
+        "mask_from_image",
+        "Load Image (as Mask)",
+        ("image", "channel"),
+        outputs=("mask",),
+        trailing=1,
+    ),
     "ThresholdMask": NodeMap(
         "threshold_mask",
         "ThresholdMask",
@@ -537,7 +549,6 @@ NOT_MAPPED: dict[str, str] = {
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
-    "LoadImageMask": "Studio: Load Image followed by Mask from Image",
     "GrowMask": "its tapered corners differ from Studio's Grow Mask",
     "FeatherMask": "feathers each side by its own amount; Studio's Feather Mask blurs by a radius",
     "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
