@@ -287,3 +287,22 @@ def test_load_image_mask_with_an_unknown_channel_is_a_placeholder():
     api = {"1": {"class_type": "LoadImageMask", "inputs": {"image": "a.png", "channel": "cyan"}}}
     wf = import_comfyui(api, installed_registry(), source="api.json").workflow
     assert [n.type for n in wf.nodes] == ["comfyui.LoadImageMask"]
+
+
+@pytest.mark.parametrize("widgets", [[256, 64], [256, 64, 64, 8]])
+def test_ui_files_name_the_widgets_of_tiled_decode_and_image_mask(widgets):
+    from comfyui_files import txt2img_ui, ui_node
+
+    ui = txt2img_ui()
+    (dec,) = [n for n in ui["nodes"] if n["type"] == "VAEDecode"]
+    dec["type"], dec["widgets_values"] = "VAEDecodeTiled", widgets
+    ui["nodes"].append(
+        ui_node(20, "LoadImageMask", ["a.png", "blue", "image"], outputs=[("MASK", "MASK", [])])
+    )
+    result = import_comfyui(ui, installed_registry(), source="ui.json")
+    (line,) = result.report
+    assert "tiled mode" in line
+    wf = result.workflow
+    assert wf.get_node("8").params == {"tiled": True, "tile_size": 256}
+    assert wf.get_node("20").params == {"channel": "blue"}
+    assert wf.get_node("20_image").params == {"image": "a.png"}
