@@ -363,3 +363,105 @@ def _same_areas(source: list, target: list) -> list:
             extra["guidance"] = smallest.extra["guidance"]
         out.append(replace(smallest, extra=extra))
     return out
+
+
+# -- Latent Composite, Invert Image, Crop Image (ComfyUI's LatentComposite, ImageInvert,
+# ImageCrop) -------------------------------------------------------------------------------
+
+
+def _ramp(n: int, feather: int, start: bool, end: bool) -> Any:
+    """Weights along one side of a pasted latent: rising 1/feather, 2/feather, ... over the
+    first (and last) ``feather`` cells where that edge lies inside the target, else 1."""
+    import torch
+
+    w = torch.ones(n)
+    i = torch.arange(n, dtype=torch.float32)
+    fade = torch.where(i < feather, (i + 1) / feather, torch.ones(n))
+    if start:
+        w = w * fade
+    if end:
+        w = w * fade.flip(0)
+    return w
+
+
+@node(
+    "latent_composite",
+    title="Latent Composite",
+    category="latent",
+    description=(
+        "Pastes one latent into another at x, y (pixels, in steps of 8), as ComfyUI's "
+        "LatentComposite: feather fades the pasted latent's inner edges in over that many "
+        "pixels; what reaches past the destination is cut off."
+    ),
+    inputs=[
+        InputSpec("samples_to", T.LATENT, tooltip="The latent pasted into."),
+        InputSpec("samples_from", T.LATENT, tooltip="The latent pasted."),
+        _pixels("x", 0, 0, "Left edge of the paste in pixels (rounded down to 8)."),
+        _pixels("y", 0, 0, "Top edge of the paste in pixels (rounded down to 8)."),
+        _pixels("feather", 0, 0, "Pixels over which the pasted edges fade in (0: hard)."),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def latent_composite(ctx, samples_to: dict, samples_from: dict, x: int, y: int, feather: int):
+    to = samples_to["samples"]
+    src = samples_from["samples"]
+    x, y, feather = int(x) // 8, int(y) // 8, int(feather) // 8
+    out = dict(samples_to)
+    out.pop("posterior_std", None)
+    s = to.clone()
+    th, tw = to.shape[-2:]
+    if y >= th or x >= tw:
+        out["samples"] = s
+        return out
+    if src.shape[1] != to.shape[1] or src.shape[0] not in (1, to.shape[0]):
+        raise NodeError(
+            f"the latents differ in batch or channels: {tuple(src.shape)} into {tuple(to.shape)}"
+        )
+    src = src[..., : th - y, : tw - x].to(s.dtype)
+    h, w = src.shape[-2:]
+    region = s[..., y : y + h, x : x + w]
+    if feather == 0:
+        region[...] = src
+    else:
+        rows = _ramp(h, feather, y != 0, y + h < th).reshape(-1, 1)
+        cols = _ramp(w, feather, x != 0, x + w < tw).reshape(1, -1)
+        weight = (rows * cols).to(s.dtype)
+        region[...] = src * weight + region * (1 - weight)
+    out["samples"] = s
+    return out
+
+
+@node(
+    "invert_image",
+    title="Invert Image",
+    category="image",
+    description="Turns an image into its negative (1 - each value), as ComfyUI's ImageInvert.",
+    inputs=[InputSpec("image", T.IMAGE)],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def invert_image(ctx, image: Any) -> Any:
+    return 1.0 - image
+
+
+@node(
+    "crop_image",
+    title="Crop Image",
+    category="image",
+    description=(
+        "Cuts a width x height rectangle out of an image from x, y, as ComfyUI's ImageCrop: "
+        "a rectangle reaching past the image's edge is cut short there."
+    ),
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec("width", T.INT, default=512, min=1, max=16384, tooltip="Width in pixels."),
+        InputSpec("height", T.INT, default=512, min=1, max=16384, tooltip="Height in pixels."),
+        InputSpec("x", T.INT, default=0, min=0, max=16384, tooltip="Left edge in pixels."),
+        InputSpec("y", T.INT, default=0, min=0, max=16384, tooltip="Top edge in pixels."),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def crop_image(ctx, image: Any, width: int, height: int, x: int, y: int) -> Any:
+    # ComfyUI: a start past the edge keeps the last row or column
+    x = min(int(x), image.shape[2] - 1)
+    y = min(int(y), image.shape[1] - 1)
+    return image[:, y : y + int(height), x : x + int(width), :]

@@ -56,7 +56,10 @@ def invert_mask(ctx, mask):
     "threshold_mask",
     title="Threshold Mask",
     category="mask",
-    description="Makes a soft mask hard: 1 where it is at least the threshold, else 0.",
+    description=(
+        "Makes a soft mask hard: 1 where it is at least the threshold (or, with compare "
+        "'above', strictly above it, as ComfyUI's ThresholdMask), else 0."
+    ),
     inputs=[
         MASK_IN,
         InputSpec(
@@ -66,13 +69,24 @@ def invert_mask(ctx, mask):
             min=0.0,
             max=1.0,
             step=0.01,
-            tooltip="Values at or above this become 1, the rest 0.",
+            tooltip="Values at or above this (or above it, see compare) become 1, the rest 0.",
+        ),
+        InputSpec(
+            "compare",
+            T.CHOICE,
+            default="at or above",
+            choices=("at or above", "above"),
+            tooltip=(
+                "at or above: a value equal to the threshold becomes 1; above: it becomes 0 "
+                "(ComfyUI's ThresholdMask)."
+            ),
         ),
     ],
     outputs=[MASK_OUT],
 )
-def threshold_mask(ctx, mask, threshold: float):
-    return (mask >= threshold).to(mask.dtype)
+def threshold_mask(ctx, mask, threshold: float, compare: str = "at or above"):
+    kept = mask > threshold if compare == "above" else mask >= threshold
+    return kept.to(mask.dtype)
 
 
 @node(

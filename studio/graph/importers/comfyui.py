@@ -12,6 +12,7 @@ listing them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ from studio.graph.importers import ImportResult, saveable
 from studio.graph.importers.comfyui_map import (
     CLIP_SET_LAST_LAYER,
     FRONTEND_TYPES,
+    LOAD_IMAGE_MASK,
     NODE_MAPS,
     NOT_MAPPED,
     PLACEHOLDER_PREFIX,
     SAMPLER_TYPES,
     SEED_WIDGETS,
     NodeMap,
+    sampled_latent_sizes,
     sampler_schedule,
 )
 from studio.graph.importers.tidy import MIN_GAP, node_size, tidy_layout
@@ -646,10 +649,18 @@ class _Builder:
         self.source = source
         self.wf = Workflow(registry)
         self.outputs: dict[str, tuple[str, ...]] = {}
+        #: Node id -> (label, the ComfyUI width and height Studio takes from the latent).
+        self.latent_sizes: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        #: Links between the Studio nodes one ComfyUI node became.
+        self.inner_links: list[Link] = []
 
     def build(self) -> Workflow:
         for cn in self.g.nodes.values():
             nm = NODE_MAPS.get(cn.class_type)
+            if cn.class_type == LOAD_IMAGE_MASK:
+                if self.load_image_mask(cn):
+                    continue
+                nm = None  # a channel Studio lacks: a placeholder
             if nm is not None and self.registry.get(nm.studio) is not None:
                 node = self.mapped(cn, nm)
                 self.outputs[cn.id] = nm.outputs
@@ -660,8 +671,11 @@ class _Builder:
             elif cn.mode:
                 self.report.append(f"{_label(cn)}: ComfyUI mode {cn.mode} was read as normal")
             self.wf.insert_node(node, cn.layout or NodeLayout())
+        for lk in self.inner_links:
+            self.wf.insert_link(lk)
         for cn in self.g.nodes.values():
             self.link(cn)
+        self.check_latent_sizes()
         self.wf.layout.frames = list(self.g.frames)
         self.wf.layout.notes = list(self.g.notes)
         for (target, name), points in self.g.reroutes.items():
@@ -676,10 +690,17 @@ class _Builder:
             i.name: i.default for i in spec.params if i.default is not None and i.file_kind is None
         }
         params.update(nm.fixed)
+        if nm.always:
+            self.report.append(f"{_label(cn)}: {nm.always}")
+        if nm.latent_size:
+            size = tuple(cn.values.get(name) for name in nm.latent_size)
+            self.latent_sizes[cn.id] = (_label(cn), size)
         for name, value in cn.values.items():
+            if name in nm.latent_size:
+                continue
             if name in nm.unsupported:
                 expected, loss = nm.unsupported[name]
-                if value != expected:
+                if value != expected and loss:
                     self.report.append(f"{_label(cn)}: {loss}")
                 continue
             studio = nm.params.get(name, name)
@@ -718,6 +739,52 @@ class _Builder:
             extra[SEED_EXTRA_KEY] = modes
         title = cn.title if cn.title not in ("", cn.class_type, nm.comfy_title) else ""
         return Node(cn.id, nm.studio, spec.version, params, title, extra=extra)
+
+    def load_image_mask(self, cn: _CNode) -> bool:
+        """ComfyUI's Load Image (as Mask) as Load Image's mask output (alpha: 1 - alpha,
+        as ComfyUI's) or Load Image -> Mask from Image (a colour channel); False if Studio
+        lacks the nodes or the channel."""
+        load, pick = self.registry.get("load_image"), self.registry.get("mask_from_image")
+        channel = cn.values.get("channel", "alpha")
+        if load is None or pick is None or channel not in ("alpha", "red", "green", "blue"):
+            return False
+        nodes: list[tuple[Node, NodeLayout]] = []
+        layout = cn.layout or NodeLayout()
+        image_id = cn.id if channel == "alpha" else f"{cn.id}_image"
+        image = Node(image_id, "load_image", load.version, {"image": cn.values.get("image", "")})
+        if channel == "alpha":
+            image.title = cn.title if cn.title not in ("", cn.class_type) else ""
+            nodes.append((image, layout))
+        else:
+            shifted = dataclasses.replace(layout, pos=(layout.pos[0] - 340.0, layout.pos[1]))
+            nodes.append((image, shifted))
+            title = cn.title if cn.title not in ("", cn.class_type) else ""
+            nodes.append(
+                (Node(cn.id, "mask_from_image", pick.version, {"channel": channel}, title), layout)
+            )
+            self.inner_links.append(Link(f"{cn.id}.image", image_id, "image", cn.id, "image"))
+        for node, where in nodes:
+            if cn.mode in (2, 4):
+                node.mute, node.bypass = cn.mode == 2, cn.mode == 4
+            self.wf.insert_node(node, where)
+        self.outputs[cn.id] = ("mask",)
+        return True
+
+    def check_latent_sizes(self) -> None:
+        for node_id, (label, size) in self.latent_sizes.items():
+            sizes = sampled_latent_sizes(self.wf, node_id)
+            if sizes == {size}:
+                continue
+            known = sorted(f"{w}x{h}" for w, h in (s for s in sizes if s is not None))
+            if None in sizes or not known:
+                which = "whose size is known only when run"
+            else:
+                which = f"{', '.join(known)} here"
+            self.report.append(
+                f"{label}: width x height {'x'.join(map(str, size))} was dropped: Studio's "
+                f"Model Sampling Flux takes the shift from the size of the latent it samples "
+                f"({which}), so the shift may differ from ComfyUI's"
+            )
 
     def seed_modes(self, cn: _CNode, nm: NodeMap) -> dict[str, str]:
         modes = {}

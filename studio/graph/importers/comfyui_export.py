@@ -20,6 +20,7 @@ from studio.graph.importers.comfyui_map import (
     NODE_MAPS,
     PLACEHOLDER_PREFIX,
     NodeMap,
+    sampled_latent_sizes,
 )
 from studio.graph.workflow import Node, Workflow, param_value
 
@@ -83,6 +84,10 @@ class _Exporter:
         if ct is None:
             self.problems.append(f"{self._label(n)}: {n.type!r} has no ComfyUI counterpart")
             return "", None
+        if n.type == "vae_decode":
+            spec = self.wf.spec_of(n)
+            if spec is not None and param_value(n, spec, "tiled"):
+                ct = "VAEDecodeTiled"
         if n.type == "scale_image":
             spec = self.wf.spec_of(n)
             if spec is not None and param_value(n, spec, "mode") == "factor":
@@ -115,7 +120,15 @@ class _Exporter:
         if spec is None:  # mapped types come from the registry
             return
         covered = set(nm.fixed) | set(nm.export_free) | {"clip_skip"}
+        if nm.latent_size:
+            # ComfyUI takes the size as widgets: the sampled latent's where it is known
+            # (one size), else ComfyUI's default 1024 x 1024
+            sizes = [s for s in sampled_latent_sizes(self.wf, n.id) if s is not None]
+            size = sizes[0] if len(sizes) == 1 else (1024,) * len(nm.latent_size)
+            inputs.update(zip(nm.latent_size, size, strict=True))
         for comfy in nm.widgets:
+            if comfy in nm.latent_size:
+                continue
             if comfy in nm.unsupported:
                 inputs[comfy] = nm.unsupported[comfy][0]
                 continue

@@ -101,6 +101,31 @@ def sampler_schedule(sampler: Any, scheduler: Any) -> tuple[Any, str | None]:
     )
 
 
+def sampled_latent_sizes(wf: Any, node_id: str) -> set[tuple[int, int] | None]:
+    """The pixel sizes (width, height) of the latents that the Samplers fed (through any
+    nodes) by ``node_id`` sample; None for a latent whose size is known only when run (one
+    not straight from Empty Latent Image)."""
+    sizes: set[tuple[int, int] | None] = set()
+    seen, todo = {node_id}, [node_id]
+    while todo:
+        for lk in wf.links_from(todo.pop()):
+            target = wf.get_node(lk.target)
+            if target.type in SAMPLER_TYPES:
+                src = wf.link_into(target.id, "latent")
+                n = wf.get_node(src.source) if src is not None else None
+                if n is not None and n.type == "empty_latent":
+                    spec = wf.spec_of(n)
+                    w = n.params.get("width", spec.input("width").default if spec else None)
+                    h = n.params.get("height", spec.input("height").default if spec else None)
+                    sizes.add((w, h))
+                else:
+                    sizes.add(None)
+            elif target.id not in seen:
+                seen.add(target.id)
+                todo.append(target.id)
+    return sizes
+
+
 @dataclass(frozen=True)
 class NodeMap:
     """How one ComfyUI class_type maps onto one Studio node type."""
@@ -127,6 +152,11 @@ class NodeMap:
     unsupported: dict[str, tuple[Any, str]] = field(default_factory=dict)
     #: ComfyUI inputs Studio has no port for: name -> what a link into it loses.
     dropped_inputs: dict[str, str] = field(default_factory=dict)
+    #: ComfyUI widgets (width, height) that Studio takes from the size of the latent the
+    #: node's model samples: no report when they equal it, an export writes it.
+    latent_size: tuple[str, ...] = ()
+    #: A report line every imported node of this type gets.
+    always: str = ""
     #: Frontend-only values that may follow the widgets (Load Image's upload button).
     trailing: int = 0
     #: Studio params that need not be at their default for an export (ComfyUI decides them).
@@ -193,6 +223,9 @@ def _union_note(kind: str) -> str:
     )
 
 
+#: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
+LOAD_IMAGE_MASK = "LoadImageMask"
+
 NODE_MAPS: dict[str, NodeMap] = {
     "CheckpointLoaderSimple": NodeMap(
         "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
@@ -217,7 +250,11 @@ NODE_MAPS: dict[str, NodeMap] = {
         comfy_lacks={"sampler": frozenset({"pndm"})},
     ),
     "VAEDecode": NodeMap(
-        "vae_decode", "VAE Decode", inputs={"samples": "latent"}, outputs=("image",)
+        "vae_decode",
+        "VAE Decode",
+        inputs={"samples": "latent"},
+        outputs=("image",),
+        export_free=("tile_size",),  # unused when not tiled (tiled exports as VAEDecodeTiled)
     ),
     "VAEEncode": NodeMap(
         "vae_encode", "VAE Encode", inputs={"pixels": "image"}, outputs=("latent",)
@@ -440,6 +477,55 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("start", "end"),
         outputs=("conditioning",),
     ),
+    "LatentComposite": NodeMap(
+        "latent_composite", "Latent Composite", ("x", "y", "feather"), outputs=("latent",)
+    ),
+    "ImageInvert": NodeMap("invert_image", "Invert Image", outputs=("image",)),
+    "ImageCrop": NodeMap(
+        "crop_image", "Image Crop", ("width", "height", "x", "y"), outputs=("image",)
+    ),
+    "ModelSamplingFlux": NodeMap(
+        "model_sampling_flux",
+        "ModelSamplingFlux",
+        ("max_shift", "base_shift", "width", "height"),
+        outputs=("model",),
+        latent_size=("width", "height"),
+    ),
+    "VAEDecodeTiled": NodeMap(
+        "vae_decode",
+        "VAE Decode (Tiled)",
+        ("tile_size", "overlap"),
+        inputs={"samples": "latent"},
+        outputs=("image",),
+        fixed={"tiled": True},
+        unsupported={
+            "overlap": (64, ""),
+            "temporal_size": (64, ""),
+            "temporal_overlap": (8, ""),
+        },
+        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
+        always="became VAE Decode in tiled mode with its tile size; the tiles' overlap "
+        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
+        "overlap (ComfyUI's three blended passes), so pixels at tile seams may differ "
+        "slightly; temporal size and overlap concern video VAEs only",
+    ),
+    # Two Studio nodes (the importer's load_image_mask): Load Image -> Mask from Image for a
+    # colour channel; Load Image's mask output alone for alpha (1 - alpha, as ComfyUI).
+    LOAD_IMAGE_MASK: NodeMap(
+        "mask_from_image",
+        "Load Image (as Mask)",
+        ("image", "channel"),
+        outputs=("mask",),
+        trailing=1,
+    ),
+    "ThresholdMask": NodeMap(
+        "threshold_mask",
+        "ThresholdMask",
+        ("value",),
+        params={"value": "threshold"},
+        outputs=("mask",),
+        fixed={"compare": "above"},
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -462,20 +548,12 @@ NOT_MAPPED: dict[str, str] = {
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "ModelSamplingFlux": "its width and height have no Studio param (Model Sampling Flux "
-    "takes the size from the latent)",
-    "VAEDecodeTiled": "its tile overlap has no Studio param (VAE Decode has a tiled mode)",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
-    "LoadImageMask": "Studio: Load Image followed by Mask from Image",
     "GrowMask": "its tapered corners differ from Studio's Grow Mask",
     "FeatherMask": "feathers each side by its own amount; Studio's Feather Mask blurs by a radius",
-    "ThresholdMask": "ComfyUI keeps values above the threshold, Studio at or above it",
     "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
     "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
-    "ImageInvert": "not in Studio yet",
     "ImageBlur": "not in Studio yet",
-    "ImageCrop": "not in Studio yet",
-    "LatentComposite": "not in Studio yet",
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }
