@@ -4,7 +4,9 @@ Several diffusers package ``__init__`` files import every class of their family:
 ``diffusers.models.unets.unet_2d_condition`` first runs ``diffusers/models/unets/__init__.py``,
 which imports every UNet, whose blocks import ``diffusers.models.transformers``, whose
 ``__init__`` imports about eighty transformer models, and ``diffusers.hooks`` pulls peft.
-On a small CPU that was seconds before the first step of a run.
+On a small CPU that was seconds before the first step of a run. transformers'
+``models/__init__`` reads every one of its few hundred model folders to build its import
+table (about half a second); a run needs two of them.
 
 diffusers, transformers and torchvision also import ``torch._dynamo`` (torch.compile's
 front end, about as long to import as torch itself) at import time, for decorators only
@@ -32,13 +34,15 @@ import types
 from pathlib import Path
 from typing import Any
 
-#: Packages whose ``__init__`` imports a whole family of models or helpers.
+#: Packages whose ``__init__`` imports (or, for transformers, scans) a whole family of
+#: models or helpers.
 LAZY_PACKAGES = (
     "diffusers.models.unets",
     "diffusers.models.transformers",
     "diffusers.models.autoencoders",
     "diffusers.models.controlnets",
     "diffusers.hooks",
+    "transformers.models",
 )
 
 _lock = threading.RLock()

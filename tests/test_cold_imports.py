@@ -87,6 +87,35 @@ def test_a_run_imports_its_model_classes_not_their_families(tmp_path):
     assert lines[2] == "diffusers.models.unets.unet_2d_condition"
 
 
+def test_transformers_models_are_not_all_scanned_and_still_all_there(tmp_path):
+    """transformers' ``models/__init__`` reads every model folder to build its import table
+    (about half a second); a run imports its model classes without it, and whoever asks
+    for the whole family still gets every model."""
+    proc = _python(
+        """
+        import sys
+        from nodes.sdload import preload
+
+        preload()
+        pkg = sys.modules["transformers.models"]
+        lazy = type(pkg).__name__ == "_LazyPackage"  # Studio's stand-in, its __init__ not run
+        print("scanned", not lazy or bool(pkg.__dict__.get("_studio_complete")))
+        import transformers
+        from transformers import AutoConfig, CLIPTextModel, T5EncoderModel
+        from transformers.models.t5 import modeling_t5
+        cfg = AutoConfig.for_model("t5", d_model=8, num_layers=1, num_heads=1, d_kv=8, d_ff=8)
+        print(type(cfg).__name__, CLIPTextModel.__name__, T5EncoderModel is modeling_t5.T5EncoderModel)
+        print(transformers.models.bert.BertModel.__name__)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "scanned False", proc.stdout
+    assert lines[1] == "T5Config CLIPTextModel True"
+    assert lines[2] == "BertModel"
+
+
 def test_a_cold_run_never_imports_torch_dynamo_and_compile_still_works(tmp_path):
     """torch._dynamo (torch.compile's front end) costs about one ``import torch``; the
     libraries import it for decorators only (nodes/fastimport.py defers them). A run does
