@@ -12,26 +12,10 @@
 #   bench_gpu.json  graph/pipeline time and peak VRAM, SD1.5- and SDXL-sized, VRAM budget
 #   bench_dit.json  the same for the flow-matching transformers (when that benchmark exists)
 set -u
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_env.sh"
+gpu_env gpu_check  # repository root, Python, carried wheels; skips without CUDA
 export GPU_CHECK_OUT=${GPU_CHECK_OUT:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$GPU_CHECK_OUT"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-
-if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import diffusers" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-
-if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "gpu_check: no CUDA GPU on this machine: skipped"
-    exit 0
-fi
 
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 start=$(date +%s)

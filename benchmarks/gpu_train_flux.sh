@@ -15,26 +15,10 @@
 # FLUX_MINUTES / FLUX_BATCH / FLUX_WORKERS / FLUX_LR change the run (defaults 5 / 512 / 14 /
 # 1e-3: studio-tiny-flow's shipped recipe, with a 300-step warm-up).
 set -u
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_env.sh"
+gpu_env gpu_train_flux  # repository root, Python, carried wheels; skips without CUDA
 OUT=${OUT:-/tmp/gpu_train_flux}
 mkdir -p "$OUT"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-
-if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import diffusers" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
-
-if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "gpu_train_flux: no CUDA GPU on this machine: skipped"
-    exit 0
-fi
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)

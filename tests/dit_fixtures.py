@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from nodes.dit import CLIP_TOKENIZER, T5_TOKENIZER, flux_rope_axes
+from training.export_flow_single_file import flux_original_shapes
 
 VAE_FACTORS = {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}
 
@@ -176,45 +177,6 @@ def sd3_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             if not pre_only:
                 s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"] = (4 * h, h), (4 * h,)
                 s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"] = (h, 4 * h), (h,)
-    return s
-
-
-def flux_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    d = cfg["attention_head_dim"]
-    h = cfg["num_attention_heads"] * d
-    c = cfg["in_channels"]
-    s: dict[str, tuple[int, ...]] = {
-        "img_in.weight": (h, c),
-        "img_in.bias": (h,),
-        "txt_in.weight": (h, cfg["joint_attention_dim"]),
-        "txt_in.bias": (h,),
-        "final_layer.linear.weight": (c, h),
-        "final_layer.linear.bias": (c,),
-        "final_layer.adaLN_modulation.1.weight": (2 * h, h),
-        "final_layer.adaLN_modulation.1.bias": (2 * h,),
-    }
-    embedders = {"time_in": 256, "vector_in": cfg["pooled_projection_dim"]}
-    if cfg["guidance_embeds"]:
-        embedders["guidance_in"] = 256
-    for name, width in embedders.items():
-        s[f"{name}.in_layer.weight"], s[f"{name}.in_layer.bias"] = (h, width), (h,)
-        s[f"{name}.out_layer.weight"], s[f"{name}.out_layer.bias"] = (h, h), (h,)
-    for i in range(cfg["num_layers"]):
-        for side in ("img", "txt"):
-            b = f"double_blocks.{i}.{side}_"
-            s[b + "mod.lin.weight"], s[b + "mod.lin.bias"] = (6 * h, h), (6 * h,)
-            s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"] = (3 * h, h), (3 * h,)
-            s[b + "attn.norm.query_norm.scale"] = (d,)
-            s[b + "attn.norm.key_norm.scale"] = (d,)
-            s[b + "attn.proj.weight"], s[b + "attn.proj.bias"] = (h, h), (h,)
-            s[b + "mlp.0.weight"], s[b + "mlp.0.bias"] = (4 * h, h), (4 * h,)
-            s[b + "mlp.2.weight"], s[b + "mlp.2.bias"] = (h, 4 * h), (h,)
-    for i in range(cfg["num_single_layers"]):
-        b = f"single_blocks.{i}."
-        s[b + "linear1.weight"], s[b + "linear1.bias"] = (7 * h, h), (7 * h,)
-        s[b + "linear2.weight"], s[b + "linear2.bias"] = (h, 5 * h), (h,)
-        s[b + "norm.query_norm.scale"], s[b + "norm.key_norm.scale"] = (d,), (d,)
-        s[b + "modulation.lin.weight"], s[b + "modulation.lin.bias"] = (3 * h, h), (3 * h,)
     return s
 
 
