@@ -644,6 +644,22 @@ def add_preview_factors(folder: Path) -> None:
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def _uncond_first(ctx, pooled, n: int, dtype) -> tuple:
+    """The text of ``n`` captions followed by one ``""`` (as encoded) rearranged for CFG:
+    the empty caption's embeddings repeated ``n`` times, then the captions'."""
+    ctx = torch.cat([ctx[n:].expand(n, -1, -1), ctx[:n]]).to(dtype)
+    pooled = torch.cat([pooled[n:].expand(n, -1), pooled[:n]]).to(dtype)
+    return ctx, pooled
+
+
+def _decode_uint8(vae, lat) -> np.ndarray:
+    """Latents decoded by the VAE (its scale and shift undone) as N x 64 x 64 x 3 uint8."""
+    sh = vae.config.shift_factor or 0.0
+    img = vae.decode(lat / vae.config.scaling_factor + sh).sample
+    img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
 @torch.no_grad()
 def generate(
     transformer,
@@ -670,8 +686,7 @@ def generate(
             [*chunk, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
         ).input_ids.to(dev)
         ctx, pooled = F.encode_text(text_encoders, ids)
-        ctx = torch.cat([ctx[n:].expand(n, -1, -1), ctx[:n]]).to(dtype)
-        pooled = torch.cat([pooled[n:].expand(n, -1), pooled[:n]]).to(dtype)
+        ctx, pooled = _uncond_first(ctx, pooled, n, dtype)
         sched = F.make_scheduler({**F.SCHEDULER_CONFIG, "shift": shift})
         sched.set_timesteps(steps, device=dev)
         g = torch.Generator().manual_seed(seed + i)
@@ -686,10 +701,7 @@ def generate(
             )[0].float()
             vu, vc = v.chunk(2)
             lat = sched.step(vu + guidance * (vc - vu), t, lat, return_dict=False)[0]
-        sh = vae.config.shift_factor or 0.0
-        img = vae.decode(lat / vae.config.scaling_factor + sh).sample
-        img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        out.append(img.permute(0, 2, 3, 1).cpu().numpy())
+        out.append(_decode_uint8(vae, lat))
     return np.concatenate(out)
 
 
@@ -721,8 +733,7 @@ def generate_flux(
         ).input_ids.to(dev)
         ids5 = t5_ids(t5_tok, [*chunk, ""], t5_tok.model_max_length).to(dev)
         ctx, pooled = F.encode_text_flux(text_encoders, ids, ids5)
-        ctx = torch.cat([ctx[n:].expand(n, -1, -1), ctx[:n]]).to(dtype)
-        pooled = torch.cat([pooled[n:].expand(n, -1), pooled[:n]]).to(dtype)
+        ctx, pooled = _uncond_first(ctx, pooled, n, dtype)
         sched = F.make_scheduler({**F.FLUX_SCHEDULER_CONFIG, "shift": shift})
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=dev)
         g = torch.Generator().manual_seed(seed + i)
@@ -733,10 +744,7 @@ def generate_flux(
             ).float()
             vu, vc = v.chunk(2)
             lat = sched.step(vu + guidance * (vc - vu), t, lat, return_dict=False)[0]
-        sh = vae.config.shift_factor or 0.0
-        img = vae.decode(lat / vae.config.scaling_factor + sh).sample
-        img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        out.append(img.permute(0, 2, 3, 1).cpu().numpy())
+        out.append(_decode_uint8(vae, lat))
     return np.concatenate(out)
 
 
