@@ -448,7 +448,7 @@ def _own_configs(weights: Any, label: str) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         data = None
     if not isinstance(data, dict):
         raise NodeError(f"{label}: its '{SIDECAR_METADATA_KEY}' metadata is not a JSON object")

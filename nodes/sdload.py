@@ -393,7 +393,7 @@ def _sidecar(weights: WeightsFile) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise NodeError(f"{weights.label}: its model config is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("unet"), dict):
         raise NodeError(f"{weights.label}: its model config needs at least a 'unet' entry")

@@ -1608,3 +1608,24 @@ def test_timestep_ranges_switch_the_prompt_where_the_noise_level_crosses_them(en
         (got["ranged"] - got["two"]).abs().max()
     )
     assert (got["ranged"] - got["a"]).abs().max() > 1e-2  # B really took over
+
+
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000, "{not json", "[1, 2]"])
+def test_hostile_config_metadata_in_a_model_file_is_a_clear_error(tmp_path, raw):
+    """The configs a single file carries in its metadata come from the file: JSON nested
+    past the parser's depth, broken JSON or the wrong kind of value is a NodeError naming
+    the file, never a RecursionError or a traceback."""
+    from types import SimpleNamespace
+
+    from nodes import dit, sdload
+    from studio.errors import NodeError
+
+    weights = SimpleNamespace(
+        metadata={sdload.SIDECAR_METADATA_KEY: raw},
+        path=tmp_path / "hostile.safetensors",
+        label="checkpoint 'hostile.safetensors'",
+    )
+    with pytest.raises(NodeError, match=r"hostile\.safetensors"):
+        dit._own_configs(weights, weights.label)
+    with pytest.raises(NodeError, match=r"hostile\.safetensors"):
+        sdload._sidecar(weights)
