@@ -1033,6 +1033,112 @@ def test_stacked_flux_controlnets_equal_the_multi_controlnet_pipeline(
     _close(got, want)
 
 
+def _control_image_mean(monkeypatch):
+    """FluxControlNetImg2Img / Inpaint draw, from the run's generator: the control image's VAE
+    sample, then the input image's, then the noise. Studio encodes the control image with the
+    VAE's mean and draws the input's sample, then the noise, from the seed: the pipeline runs
+    with the mean for its first encode (drawing nothing), the later encodes sampled."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    real, calls = DiagonalGaussianDistribution.sample, []
+
+    def sample(self, generator=None):
+        calls.append(1)
+        return self.mean if len(calls) == 1 else real(self, generator=generator)
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", sample)
+    return calls
+
+
+def _encoded_photo(wf, ids, photo) -> tuple[str, str]:
+    img = wf.add_node("load_image", {"image": str(photo)}).id
+    enc = wf.add_node("vae_encode").id
+    wf.connect(img, "image", enc, "image")
+    wf.connect(ids["ckpt"], "vae", enc, "vae")
+    return img, enc
+
+
+def test_a_flux_controlnet_with_img2img_equals_the_controlnet_img2img_pipeline(
+    engine, parts, flux_controlnets, photo_and_mask, monkeypatch
+):
+    """Apply ControlNet + VAE Encode + Sampler at denoise 0.6 equal
+    FluxControlNetImg2ImgPipeline at strength 0.6 (3 steps: the last 2 run). The guidance
+    window counts the steps the run takes, as there: end_percent 0.5 keeps the ControlNet on
+    the first of the 2 (counted over all 3 steps it would act on none)."""
+    from PIL import Image
+
+    cn, _, (edges, _) = flux_controlnets
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _, enc = _encoded_photo(wf, ids, photo)
+    plain = _sampler_node(wf, ids, "flux", (enc, "latent"), denoise=0.6)
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.5)
+    controlled = _sampler_node(wf, ids, "flux", (enc, "latent"), denoise=0.6)
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    calls = _control_image_mean(monkeypatch)
+    pipe = diffusers.FluxControlNetImg2ImgPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        image=Image.open(photo).convert("RGB"), strength=0.6,
+        control_image=Image.open(edges).convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.5,
+    )  # fmt: skip
+    assert len(calls) == 2  # the control image, then the input image
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_a_flux_controlnet_with_inpainting_equals_the_controlnet_inpaint_pipeline(
+    engine, parts, flux_controlnets, photo_and_mask, monkeypatch, denoise
+):
+    """Apply ControlNet + VAE Encode + Set Latent Noise Mask + Sampler equal
+    FluxControlNetInpaintPipeline (strength = denoise; the window over the steps run, as in
+    img2img): the ControlNet sees the whole latent, and after each step the unmasked part is
+    the input noised to the next level, so it ends as the input image's latent."""
+    from PIL import Image
+
+    cn, _, (edges, _) = flux_controlnets
+    photo, mask = photo_and_mask
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "flux")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    add, c = wf.add_node, wf.connect
+    _, enc = _encoded_photo(wf, ids, photo)
+    mask_img = add("load_image", {"image": str(mask)}).id
+    m = add("mask_from_image", {"channel": "red"}).id
+    noise_mask = add("set_latent_noise_mask").id
+    c(mask_img, "image", m, "image")
+    c(enc, "latent", noise_mask, "latent")
+    c(m, "mask", noise_mask, "mask")
+    plain = _sampler_node(wf, ids, "flux", (noise_mask, "latent"), denoise=denoise)
+    _apply(wf, ids, "flux-canny.safetensors", str(edges), strength=0.8, end_percent=0.7)
+    controlled = _sampler_node(wf, ids, "flux", (noise_mask, "latent"), denoise=denoise)
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    calls = _control_image_mean(monkeypatch)
+    pipe = diffusers.FluxControlNetInpaintPipeline(**parts["flux"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", guidance_scale=DIT_SETUPS["flux"][2],
+        image=Image.open(photo).convert("RGB"), mask_image=Image.open(mask).convert("L"),
+        strength=denoise, control_image=Image.open(edges).convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.7,
+    )  # fmt: skip
+    assert len(calls) == 3  # the control image, the input image, the (unused) masked image
+    _close(got, want)
+    a, b = (out[s]["latent"]["samples"] for s in (controlled, plain))
+    assert (a[..., :4] - b[..., :4]).abs().max() > 1e-2  # the ControlNet steered the mask
+    assert torch.allclose(a[..., 4:], b[..., 4:], atol=1e-6)  # and left the rest alone
+
+
 def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
     engine, parts, root, flux_controlnets
 ):
