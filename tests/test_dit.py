@@ -1139,6 +1139,67 @@ def test_a_flux_controlnet_with_inpainting_equals_the_controlnet_inpaint_pipelin
     assert torch.allclose(a[..., 4:], b[..., 4:], atol=1e-6)  # and left the rest alone
 
 
+def test_an_sd3_controlnet_with_img2img_equals_the_controlnet_pipeline_on_the_img2img_schedule(
+    engine, parts, root, photo_and_mask, monkeypatch
+):
+    """Diffusers has no SD3 ControlNet img2img pipeline: Apply ControlNet + VAE Encode +
+    Sampler at denoise 0.6 equal StableDiffusion3ControlNetPipeline started from
+    StableDiffusion3Img2ImgPipeline's own noised latent (the VAE's sample, then the noise) on
+    its truncated schedule (3 steps at 0.6: the last 2), the guidance window counting those
+    2 steps as the Flux ControlNet img2img pipeline counts them."""
+    from PIL import Image
+
+    cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
+    cn.save_pretrained(root / "controlnet" / "sd3-img2img")
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[16:48, 8:28] = 255
+    Image.fromarray(arr).save(root / "sd3-edges.png")
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
+    _, enc = _encoded_photo(wf, ids, photo)
+    plain = _sampler_node(wf, ids, "sd3", (enc, "latent"), denoise=0.6)
+    _apply(wf, ids, "sd3-img2img", str(root / "sd3-edges.png"), strength=0.8, end_percent=0.5)
+    controlled = _sampler_node(wf, ids, "sd3", (enc, "latent"), denoise=0.6)
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain])
+    got = out[dec]["image"].numpy()
+
+    config = dict(parts["sd3"]["scheduler"].config)
+    img2img = diffusers.StableDiffusion3Img2ImgPipeline(**parts["sd3"])
+    img2img.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
+    img2img.scheduler.set_timesteps(STEPS)
+    timesteps, _ = img2img.get_timesteps(STEPS, 0.6, "cpu")
+    t_start = STEPS - len(timesteps)
+    image = img2img.image_processor.preprocess(Image.open(photo).convert("RGB"), 64, 64)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    with torch.no_grad():
+        start = img2img.prepare_latents(
+            image, timesteps[:1], 1, 1, torch.float32, torch.device("cpu"), generator
+        )
+
+    class Truncated(diffusers.FlowMatchEulerDiscreteScheduler):
+        def set_timesteps(self, *args, **kwargs):
+            super().set_timesteps(*args, **kwargs)
+            self.timesteps, self.sigmas = self.timesteps[t_start:], self.sigmas[t_start:]
+            self.num_inference_steps = len(self.timesteps)
+
+    _mean_not_sample(monkeypatch)  # the control image (torch's global generator there)
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3"], controlnet=cn)
+    pipe.scheduler = Truncated.from_config(config)
+    want = pipe(
+        PROMPT, negative_prompt=NEGATIVE, guidance_scale=5.0, height=64, width=64,
+        num_inference_steps=STEPS, latents=start, output_type="np",
+        control_image=Image.open(root / "sd3-edges.png").convert("RGB"),
+        controlnet_conditioning_scale=0.8, control_guidance_end=0.5,
+    ).images  # fmt: skip
+    assert pipe.scheduler.num_inference_steps == 2
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
 def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
     engine, parts, root, flux_controlnets
 ):
