@@ -1139,14 +1139,9 @@ def test_a_flux_controlnet_with_inpainting_equals_the_controlnet_inpaint_pipelin
     assert torch.allclose(a[..., 4:], b[..., 4:], atol=1e-6)  # and left the rest alone
 
 
-def test_an_sd3_controlnet_with_img2img_equals_the_controlnet_pipeline_on_the_img2img_schedule(
-    engine, parts, root, photo_and_mask, monkeypatch
-):
-    """Diffusers has no SD3 ControlNet img2img pipeline: Apply ControlNet + VAE Encode +
-    Sampler at denoise 0.6 equal StableDiffusion3ControlNetPipeline started from
-    StableDiffusion3Img2ImgPipeline's own noised latent (the VAE's sample, then the noise) on
-    its truncated schedule (3 steps at 0.6: the last 2), the guidance window counting those
-    2 steps as the Flux ControlNet img2img pipeline counts them."""
+@pytest.fixture(scope="module")
+def sd3_edges(parts, root):
+    """An SD3 ControlNet folder and a control image."""
     from PIL import Image
 
     cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
@@ -1154,30 +1149,39 @@ def test_an_sd3_controlnet_with_img2img_equals_the_controlnet_pipeline_on_the_im
     arr = np.zeros((64, 64, 3), np.uint8)
     arr[16:48, 8:28] = 255
     Image.fromarray(arr).save(root / "sd3-edges.png")
-    photo = photo_and_mask[0]
+    return cn, root / "sd3-edges.png"
+
+
+def _sd3_controlnet_graph(engine, photo_and_mask, sd3_edges, denoise, masked):
+    """Apply ControlNet (strength 0.8, end 0.5) + VAE Encode (+ Set Latent Noise Mask) +
+    Sampler: (picture, controlled latent, latent without the ControlNet)."""
+    photo, mask = photo_and_mask
     wf = Workflow(installed_registry())
     ids = _prompts(wf, "sd3")
     ids["pos"], ids["neg"] = (ids["pos"], "conditioning"), (ids["neg"], "conditioning")
-    _, enc = _encoded_photo(wf, ids, photo)
-    plain = _sampler_node(wf, ids, "sd3", (enc, "latent"), denoise=0.6)
-    _apply(wf, ids, "sd3-img2img", str(root / "sd3-edges.png"), strength=0.8, end_percent=0.5)
-    controlled = _sampler_node(wf, ids, "sd3", (enc, "latent"), denoise=0.6)
+    _, latent = _encoded_photo(wf, ids, photo)
+    if masked:
+        mask_img = wf.add_node("load_image", {"image": str(mask)}).id
+        m = wf.add_node("mask_from_image", {"channel": "red"}).id
+        noise_mask = wf.add_node("set_latent_noise_mask").id
+        wf.connect(mask_img, "image", m, "image")
+        wf.connect(latent, "latent", noise_mask, "latent")
+        wf.connect(m, "mask", noise_mask, "mask")
+        latent = noise_mask
+    plain = _sampler_node(wf, ids, "sd3", (latent, "latent"), denoise=denoise)
+    _apply(wf, ids, "sd3-img2img", str(sd3_edges[1]), strength=0.8, end_percent=0.5)
+    controlled = _sampler_node(wf, ids, "sd3", (latent, "latent"), denoise=denoise)
     dec = _decode(wf, ids, controlled)
     out = _outputs(engine, wf, [dec, plain])
-    got = out[dec]["image"].numpy()
+    a, b = (out[n]["latent"]["samples"] for n in (controlled, plain))
+    return out[dec]["image"].numpy(), a, b
 
-    config = dict(parts["sd3"]["scheduler"].config)
-    img2img = diffusers.StableDiffusion3Img2ImgPipeline(**parts["sd3"])
-    img2img.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
-    img2img.scheduler.set_timesteps(STEPS)
-    timesteps, _ = img2img.get_timesteps(STEPS, 0.6, "cpu")
-    t_start = STEPS - len(timesteps)
-    image = img2img.image_processor.preprocess(Image.open(photo).convert("RGB"), 64, 64)
-    generator = torch.Generator("cpu").manual_seed(SEED)
-    with torch.no_grad():
-        start = img2img.prepare_latents(
-            image, timesteps[:1], 1, 1, torch.float32, torch.device("cpu"), generator
-        )
+
+def _sd3_controlnet_pipe_on(parts, sd3_edges, monkeypatch, start, t_start, callback=None):
+    """StableDiffusion3ControlNetPipeline from the latent ``start`` over the last steps of
+    the 3-step schedule (from ``t_start``; its guidance window counts those steps, as the
+    Flux ControlNet img2img / inpaint pipelines count them)."""
+    from PIL import Image
 
     class Truncated(diffusers.FlowMatchEulerDiscreteScheduler):
         def set_timesteps(self, *args, **kwargs):
@@ -1186,18 +1190,95 @@ def test_an_sd3_controlnet_with_img2img_equals_the_controlnet_pipeline_on_the_im
             self.num_inference_steps = len(self.timesteps)
 
     _mean_not_sample(monkeypatch)  # the control image (torch's global generator there)
-    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3"], controlnet=cn)
-    pipe.scheduler = Truncated.from_config(config)
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3"], controlnet=sd3_edges[0])
+    pipe.scheduler = Truncated.from_config(parts["sd3"]["scheduler"].config)
     want = pipe(
         PROMPT, negative_prompt=NEGATIVE, guidance_scale=5.0, height=64, width=64,
         num_inference_steps=STEPS, latents=start, output_type="np",
-        control_image=Image.open(root / "sd3-edges.png").convert("RGB"),
+        control_image=Image.open(sd3_edges[1]).convert("RGB"),
         controlnet_conditioning_scale=0.8, control_guidance_end=0.5,
+        callback_on_step_end=callback,
     ).images  # fmt: skip
-    assert pipe.scheduler.num_inference_steps == 2
+    assert pipe.scheduler.num_inference_steps == STEPS - t_start
+    return want
+
+
+def test_an_sd3_controlnet_with_img2img_equals_the_controlnet_pipeline_on_the_img2img_schedule(
+    engine, parts, photo_and_mask, sd3_edges, monkeypatch
+):
+    """Diffusers has no SD3 ControlNet img2img pipeline: Apply ControlNet + VAE Encode +
+    Sampler at denoise 0.6 equal StableDiffusion3ControlNetPipeline started from
+    StableDiffusion3Img2ImgPipeline's own noised latent (the VAE's sample, then the noise) on
+    its truncated schedule (3 steps at 0.6: the last 2; end_percent 0.5 keeps the ControlNet
+    on the first of them)."""
+    from PIL import Image
+
+    got, controlled, plain = _sd3_controlnet_graph(engine, photo_and_mask, sd3_edges, 0.6, False)
+    img2img = diffusers.StableDiffusion3Img2ImgPipeline(**parts["sd3"])
+    img2img.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        parts["sd3"]["scheduler"].config
+    )
+    img2img.scheduler.set_timesteps(STEPS)
+    timesteps, _ = img2img.get_timesteps(STEPS, 0.6, "cpu")
+    photo = Image.open(photo_and_mask[0]).convert("RGB")
+    image = img2img.image_processor.preprocess(photo, 64, 64)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    with torch.no_grad():
+        start = img2img.prepare_latents(
+            image, timesteps[:1], 1, 1, torch.float32, torch.device("cpu"), generator
+        )
+    want = _sd3_controlnet_pipe_on(parts, sd3_edges, monkeypatch, start, STEPS - len(timesteps))
     _close(got, want)
-    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
-    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+    assert (controlled - plain).abs().max() > 1e-2  # the ControlNet did steer
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_an_sd3_controlnet_with_inpainting_equals_the_controlnet_pipeline_with_the_inpaint_steps(
+    engine, parts, photo_and_mask, sd3_edges, monkeypatch, denoise
+):
+    """Diffusers' SD3 ControlNet inpainting pipeline wants an inpainting ControlNet: Apply
+    ControlNet + VAE Encode + Set Latent Noise Mask + Sampler equal
+    StableDiffusion3ControlNetPipeline started from StableDiffusion3InpaintPipeline's latent,
+    noise and mask (its prepare_latents, prepare_mask_latents, get_timesteps) with that
+    pipeline's blend after each step (the input noised to the next step's level outside the
+    mask), in a step callback; outside the mask the ControlNet changes nothing."""
+    from PIL import Image
+
+    got, controlled, plain = _sd3_controlnet_graph(engine, photo_and_mask, sd3_edges, denoise, True)
+    inpaint = diffusers.StableDiffusion3InpaintPipeline(**parts["sd3"])
+    inpaint.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        parts["sd3"]["scheduler"].config
+    )
+    inpaint.scheduler.set_timesteps(STEPS)
+    timesteps, _ = inpaint.get_timesteps(STEPS, denoise, "cpu")
+    photo, mask_file = photo_and_mask
+    image = inpaint.image_processor.preprocess(Image.open(photo).convert("RGB"), 64, 64)
+    mask_image = inpaint.mask_processor.preprocess(Image.open(mask_file).convert("L"), 64, 64)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        start, noise, image_latents = inpaint.prepare_latents(
+            1, 16, 64, 64, torch.float32, cpu, generator, image=image.float(),
+            timestep=timesteps[:1], is_strength_max=denoise == 1.0, return_noise=True,
+            return_image_latents=True,
+        )  # fmt: skip
+        mask, _ = inpaint.prepare_mask_latents(
+            mask_image, image * (mask_image < 0.5), 1, 1, 64, 64, torch.float32, cpu,
+            generator, False,
+        )  # fmt: skip
+
+    def blend(pipe, i, t, kwargs):  # StableDiffusion3InpaintPipeline's, after each step
+        proper = image_latents
+        steps = pipe.scheduler.timesteps
+        if i < len(steps) - 1:
+            proper = pipe.scheduler.scale_noise(proper, torch.tensor([steps[i + 1]]), noise)
+        return {"latents": (1 - mask) * proper + mask * kwargs["latents"]}
+
+    t_start = STEPS - len(timesteps)
+    want = _sd3_controlnet_pipe_on(parts, sd3_edges, monkeypatch, start, t_start, blend)
+    _close(got, want)
+    assert (controlled[..., :4] - plain[..., :4]).abs().max() > 1e-2  # steered in the mask
+    assert torch.allclose(controlled[..., 4:], plain[..., 4:], atol=1e-6)
 
 
 def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
