@@ -1560,12 +1560,20 @@ def test_regional_prompts_off_the_patch_grid_are_a_clear_error(engine):
 
 @pytest.fixture(scope="module")
 def region_controlnets(parts, root, flux_controlnets):
-    """Per family: a ControlNet of that family (needs the VAE) and a control image."""
+    """Per family: a ControlNet of that family (needs the VAE); a control image, and the
+    same image with more drawn in its left quarter (what fitting it to a right-half area
+    cuts away)."""
+    from PIL import Image
+
     tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
         root / "controlnet" / "sd3-regions"
     )
     _, _, (edges, _) = flux_controlnets
-    return {"sd3": "sd3-regions", "flux": "flux-canny.safetensors"}, str(edges)
+    arr = np.array(Image.open(edges).convert("RGB"))
+    arr[30:60, 0:16] = 255
+    Image.fromarray(arr).save(root / "edges-left-quarter.png")
+    names = {"sd3": "sd3-regions", "flux": "flux-canny.safetensors"}
+    return names, str(edges), str(root / "edges-left-quarter.png")
 
 
 def _controlnet_on(wf, ids, pos, neg, name: str, image: str, **params) -> str:
@@ -1607,7 +1615,7 @@ def test_a_controlnet_on_a_whole_image_area_or_mask_prompt_equals_it_on_the_plai
     """Apply ControlNet, then Conditioning Set Area over the whole image (or Set Mask with a
     full mask) gives the picture of the ControlNet on the plain prompt (SD3 with cfg 5: the
     negative has it too; Flux with cfg 1), and that picture is not the one without it."""
-    names, image = region_controlnets
+    names, image, _ = region_controlnets
     wf = Workflow(installed_registry())
     ids = _prompts(wf, family)
     apply = _controlnet_on(wf, ids, ids["pos"], ids["neg"], names[family], image, start_percent=0.3)
@@ -1632,13 +1640,16 @@ def test_a_controlnet_on_a_right_half_area_prompt_changes_only_the_right_half(
     engine, region_controlnets, family
 ):
     """Prompt A everywhere (no ControlNet) combined with B on the right half: with a
-    ControlNet on B, after one step the left half is as without it, the right half not."""
-    names, image = region_controlnets
+    ControlNet on B, after one step the left half is as without it, the right half not. The
+    control image is fitted to the area as ComfyUI fits it (cut to the area's aspect around
+    the centre, then resized): what the cut removes changes nothing."""
+    names, image, cut_away = region_controlnets
     wf = Workflow(installed_registry())
     ids = _prompts(wf, family)
     a, b = ids["pos"], _other_prompt(wf, ids, family)
     apply = _controlnet_on(wf, ids, b, b, names[family], image)
-    right = {"controlled": (apply, "positive"), "bare": b}
+    other = _controlnet_on(wf, ids, b, b, names[family], cut_away)
+    right = {"controlled": (apply, "positive"), "cut": (other, "positive"), "bare": b}
     sides = {
         k: (_combine(wf, a, _set_area(wf, v, 32, 0, 32, 64)), ids["neg"]) for k, v in right.items()
     }
@@ -1646,6 +1657,7 @@ def test_a_controlnet_on_a_right_half_area_prompt_changes_only_the_right_half(
     moved = (got["controlled"] - got["bare"]).abs()
     assert moved[..., :4].max() < 1e-6  # latent columns 0-3: left of the area
     assert moved[..., 4:].max() > 1e-3
+    assert torch.allclose(got["cut"], got["controlled"], atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
@@ -1655,7 +1667,7 @@ def test_combined_prompts_one_with_a_controlnet_average_their_own_predictions(
     """Combine of A with a ControlNet and B without: after one step the latent is the mean
     of A-with-the-ControlNet alone and B alone (the ControlNet steers A's prediction only),
     and not the latent of the two prompts without it."""
-    names, image = region_controlnets
+    names, image, _ = region_controlnets
     wf = Workflow(installed_registry())
     ids = _prompts(wf, family)
     a, b = ids["pos"], _other_prompt(wf, ids, family)
