@@ -1666,7 +1666,9 @@ class _Sd3Controls:
                     torch.zeros_like(pooled) if cfg.force_zeros_for_pooled_projection else pooled
                 ),
                 "encoder_hidden_states": (
-                    inputs["encoder_hidden_states"] if cfg.joint_attention_dim is not None else None
+                    inputs.get("whole_context", inputs["encoder_hidden_states"])
+                    if cfg.joint_attention_dim is not None
+                    else None
                 ),
             }
             self.items.append((e, module, latent, gate, kwargs))
@@ -1773,6 +1775,9 @@ def _sd3_inputs(
         if bias is not None and dit_context.pays(
             embeds.shape[1] - cut.shape[1], embeds.shape[1] + (h // patch) * (w // patch), device
         ):
+            # An SD3 ControlNet cannot take the bias (its blocks get no attention kwargs):
+            # it is given the whole context, as the pipeline gives it.
+            inputs["whole_context"] = embeds.to(device=device, dtype=dtype)
             embeds, inputs["context_bias"] = cut, bias
     return {
         "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
@@ -1783,7 +1788,7 @@ def _sd3_inputs(
 
 def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
     model_in = torch.cat([x] * 2) if guided else x
-    args = {k: v for k, v in inputs.items() if k != "context_bias"}
+    args = {k: v for k, v in inputs.items() if k not in ("context_bias", "whole_context")}
     if "context_bias" in inputs:
         args["joint_attention_kwargs"] = {"context_bias": inputs["context_bias"]}
     pred = net(
