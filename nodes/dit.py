@@ -1115,25 +1115,23 @@ class _Regions:
     or its area's rectangle, seen by the model as an image of that size: Flux's position ids
     and SD3's cropped position embedding start at the rectangle's corner), weighted per cell
     (1, its mask times its strength, or the area's faded strength), and a side's predictions
-    are summed and divided by the summed weights; then guided with cfg. Areas lie on the
-    models' 2x2 patches of latent cells (16 pixels): a Conditioning Set Area off that grid is
-    an error, a mask's bounds are widened onto it."""
+    are summed and divided by the summed weights; then guided with cfg. A prompt's own
+    ControlNets (Apply ControlNet before Set Area / Combine) act on its prediction alone: they
+    see that prompt and its part of the latent, their control image fitted to the part (an
+    area's: cut to its aspect around the centre, then resized, as ComfyUI fits a hint; the
+    VAE-encoded hint and Flux's packed hint and position ids then match the part's latent);
+    a prompt without one gets none. Areas lie on the models' 2x2 patches of latent cells (16
+    pixels): a Conditioning Set Area off that grid is an error, a mask's bounds are widened
+    onto it."""
 
     def __init__(
-        self, net: Any, model: ModelHandle, pos: list[Cond], neg: list[Cond], guided: bool,
-        cfg: float, batch: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype,
-        sigma_at: Any = None, train_steps: int = 1000,
+        self, ctx: Any, net: Any, model: ModelHandle, pos: list[Cond], neg: list[Cond],
+        guided: bool, cfg: float, batch: int, size: tuple[int, int], device: torch.device,
+        dtype: torch.dtype, sigma_at: Any = None, train_steps: int = 1000,
     ) -> None:  # fmt: skip
         from nodes.comfycore import with_mask_bounds, with_same_areas
-        from nodes.controlnet import controls_of
 
-        for c in (*pos, *neg):
-            if controls_of(c):
-                raise NodeError(
-                    "Apply ControlNet: a ControlNet on combined, area or mask prompts "
-                    f"(Conditioning Combine / Set Area / Set Mask) is not supported on "
-                    f"{FAMILY_TITLES[model.family]} models yet: apply it to a single prompt"
-                )
+        self.ctx, self.family = ctx, model.family
         self.net, self.flux, self.cfg, self.guided = net, model.family == "flux", cfg, guided
         self.size, self.factor, self.title = size, model.vae_downscale, FAMILY_TITLES[model.family]
         pos = [self._snap_bounds(c) for c in with_mask_bounds(pos, size, self.factor)]
@@ -1184,14 +1182,26 @@ class _Regions:
         hh, ww = (cells[2], cells[3]) if cells else self.size
         make = _flux_inputs if self.flux else _sd3_inputs
         inputs = make(self.net, c, c, False, batch, hh, ww, device, dtype)
-        return cells, weight, inputs
+        # The prompt's own ControlNets (none: None), their picture fitted to the part it is
+        # predicted on: an area's picture cut to its aspect around the centre and resized
+        # to it, as ComfyUI fits a control image to the latent it is given.
+        pixels = (hh * self.factor, ww * self.factor)
+        controls = _controls(
+            self.ctx, c, c, self.family, False, batch, pixels, inputs, device, dtype,
+            fit=cells is not None,
+        )  # fmt: skip
+        return cells, weight, inputs, controls
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The guided prediction for the unpacked latent ``x`` ``[b, c, h, w]``."""
-        cond = self._side(self._active(self.pos, self.pos_conds, t), x, t)
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, step: int = 0, total: int = 1
+    ) -> torch.Tensor:
+        """The guided prediction for the unpacked latent ``x`` ``[b, c, h, w]`` at ``step``
+        of ``total`` (the ControlNets' start / end window)."""
+        at = (step, total)
+        cond = self._side(self._active(self.pos, self.pos_conds, t), x, t, at)
         if not self.guided:
             return cond
-        uncond = self._side(self._active(self.neg, self.neg_conds, t), x, t)
+        uncond = self._side(self._active(self.neg, self.neg_conds, t), x, t, at)
         return uncond + self.cfg * (cond - uncond)
 
     def _active(self, items: list[tuple], conds: list[Cond], t: torch.Tensor) -> list[tuple]:
@@ -1201,27 +1211,42 @@ class _Regions:
         sigma = float(t.flatten()[0]) / self.train_steps  # the timestep is sigma * train steps
         return [it for it, c in zip(items, conds, strict=True) if _acts_at(c, sigma, self.sigma_at)]
 
-    def _one(self, x: torch.Tensor, t: torch.Tensor, inputs: dict) -> torch.Tensor:
+    def _one(
+        self, x: torch.Tensor, t: torch.Tensor, inputs: dict, controls: Any, at: tuple[int, int]
+    ) -> torch.Tensor:
+        """One prompt's prediction on ``x`` (the whole latent or its area's part), with the
+        residuals of its own ControlNets, computed on that same part."""
         if not self.flux:
+            if controls is not None:
+                blocks = controls.residuals(x, t, *at)
+                inputs = {**inputs, "block_controlnet_hidden_states": blocks}
             return _sd3_call(self.net, x, t, inputs, 1.0, False)
         h, w = x.shape[-2:]
-        return unpack(_flux_call(self.net, pack(x), t, inputs, 1.0, False), h, w)
+        packed = pack(x)
+        if controls is not None:
+            inputs = {
+                **inputs,
+                "pos": {**inputs["pos"], **controls.residuals(packed, t, *at)["pos"]},
+            }
+        return unpack(_flux_call(self.net, packed, t, inputs, 1.0, False), h, w)
 
-    def _side(self, items: list[tuple], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _side(
+        self, items: list[tuple], x: torch.Tensor, t: torch.Tensor, at: tuple[int, int]
+    ) -> torch.Tensor:
         from nodes.denoise import _mean
 
         if not items:  # no prompt acts at this step: ComfyUI's prediction is then zero
             return torch.zeros_like(x)
         outs, weights = [], []
-        for cells, weight, inputs in items:
+        for cells, weight, inputs, controls in items:
             if cells is None:
-                outs.append(self._one(x, t, inputs))
+                outs.append(self._one(x, t, inputs, controls, at))
                 weights.append(weight)
                 continue
             top, left, h, w = cells
             part = (..., slice(top, top + h), slice(left, left + w))
             full = torch.zeros_like(x)
-            full[part] = self._one(x[part].contiguous(), t, inputs)
+            full[part] = self._one(x[part].contiguous(), t, inputs, controls, at)
             placed = torch.zeros_like(x[:, :1])
             placed[part] = weight.to(placed.dtype)
             outs.append(full)
@@ -1329,7 +1354,7 @@ def sample(
     regions = controls = None
     if regional:
         regions = _Regions(
-            net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype,
+            ctx, net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype,
             sigma_at=lambda fraction: flow_sigma_at(sched, mu, fraction),
             train_steps=sched.config.num_train_timesteps,
         )  # fmt: skip
@@ -1344,7 +1369,9 @@ def sample(
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if regions is not None:
-            return pack(regions(unpack(x, h, w), t)) if flux else regions(x, t)
+            if flux:
+                return pack(regions(unpack(x, h, w), t, i, total))
+            return regions(x, t, i, total)
         if controls is None:
             return call(net, x, t, inputs, cfg, guided)
         if flux:
@@ -1467,10 +1494,12 @@ def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
 def _controls(
     ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
     size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
+    fit: bool = False,
 ) -> _Sd3Controls | _FluxControls | None:  # fmt: skip
     """Apply ControlNet's entries on the prompts: SD3 / Flux ControlNets for a model of their
     family, prepared as StableDiffusion3ControlNetPipeline / FluxControlNetPipeline do; any
-    other pairing is a clear error."""
+    other pairing is a clear error. ``size``: the pixels the prompt is predicted on; ``fit``:
+    first cut the control image to that aspect around its centre (an area prompt)."""
     from nodes.controlnet import controls_of, needs_vae
 
     pos_entries, neg_entries = controls_of(pos), controls_of(neg)
@@ -1495,7 +1524,9 @@ def _controls(
                 "the model's VAE: use Apply ControlNet with its vae input connected"
             )
     cls = _FluxControls if family == "flux" else _Sd3Controls
-    return cls(ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype)
+    return cls(
+        ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype, fit
+    )
 
 
 def _keep(e: Any, step: int, total: int) -> float:
@@ -1514,7 +1545,7 @@ class _FluxControls:
     def __init__(
         self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
         guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
-        device: torch.device, dtype: torch.dtype,
+        device: torch.device, dtype: torch.dtype, fit: bool = False,
     ) -> None:  # fmt: skip
         from nodes.controlnet import get_module as controlnet_module
 
@@ -1531,9 +1562,9 @@ class _FluxControls:
                 mode = torch.full((batch, 1), index, dtype=torch.long, device=device)
             hint = module.input_hint_block is not None
             if hint:
-                cond = _control_pixels(ctx, e, batch, size).to(device=device, dtype=dtype)
+                cond = _control_pixels(ctx, e, batch, size, fit).to(device=device, dtype=dtype)
             else:
-                cond = pack(_control_latent(ctx, e, batch, size, False).to(device, dtype))
+                cond = pack(_control_latent(ctx, e, batch, size, False, fit).to(device, dtype))
             on_neg = any(e is n for n in neg_entries)
             on_pos = any(e is p for p in pos_entries)
             self.items.append((e, module, cond, on_pos, on_neg and guided, mode))
@@ -1603,7 +1634,7 @@ class _Sd3Controls:
     def __init__(
         self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
         guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
-        device: torch.device, dtype: torch.dtype,
+        device: torch.device, dtype: torch.dtype, fit: bool = False,
     ) -> None:  # fmt: skip
         from nodes.controlnet import get_module as controlnet_module
 
@@ -1618,7 +1649,7 @@ class _Sd3Controls:
                     "ControlNets without them only, for now"
                 )
             latent = _control_latent(
-                ctx, e, batch, size, bool(cfg.force_zeros_for_pooled_projection)
+                ctx, e, batch, size, bool(cfg.force_zeros_for_pooled_projection), fit
             )
             latent = latent.to(device=device, dtype=dtype)
             gate = None
@@ -1635,7 +1666,9 @@ class _Sd3Controls:
                     torch.zeros_like(pooled) if cfg.force_zeros_for_pooled_projection else pooled
                 ),
                 "encoder_hidden_states": (
-                    inputs["encoder_hidden_states"] if cfg.joint_attention_dim is not None else None
+                    inputs.get("whole_context", inputs["encoder_hidden_states"])
+                    if cfg.joint_attention_dim is not None
+                    else None
                 ),
             }
             self.items.append((e, module, latent, gate, kwargs))
@@ -1654,13 +1687,15 @@ class _Sd3Controls:
         return out
 
 
-def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shift: bool):
+def _control_latent(
+    ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shift: bool, fit: bool = False
+):
     """The control image as the pipeline prepares it (resized to the output size, -1..1),
     encoded by the VAE and scaled (InstantX's SD3 ControlNets: without the shift)."""
     from nodes.sdload import get_module, with_oom_advice
 
     vae = get_module(ctx, e.vae.source, e.vae.component)
-    image = _control_pixels(ctx, e, batch, size).to(device=vae.device, dtype=vae.dtype)
+    image = _control_pixels(ctx, e, batch, size, fit).to(device=vae.device, dtype=vae.dtype)
 
     def encode() -> torch.Tensor:
         with torch.no_grad():
@@ -1671,16 +1706,20 @@ def _control_latent(ctx: Any, e: Any, batch: int, size: tuple[int, int], no_shif
     return (mean - shift) * e.vae.scaling_factor
 
 
-def _control_pixels(ctx: Any, e: Any, batch: int, size: tuple[int, int]) -> torch.Tensor:
-    """The control image resized to the output size, -1..1, one per latent of the batch."""
+def _control_pixels(
+    ctx: Any, e: Any, batch: int, size: tuple[int, int], fit: bool = False
+) -> torch.Tensor:
+    """The control image resized to the output size, -1..1, one per latent of the batch;
+    ``fit``: first cut to that size's aspect around its centre (ComfyUI's fit to an area)."""
     import numpy as np
     from diffusers.image_processor import VaeImageProcessor
 
-    from nodes.controlnet import _to_pil
+    from nodes.controlnet import _to_pil, center_crop
 
     height, width = size
+    picture = center_crop(e.image, width / height) if fit else e.image
     frames = [
-        _to_pil((f.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for f in e.image
+        _to_pil((f.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)) for f in picture
     ]
     image = VaeImageProcessor(vae_scale_factor=8).preprocess(frames, height=height, width=width)
     if image.shape[0] == 1:
@@ -1736,6 +1775,9 @@ def _sd3_inputs(
         if bias is not None and dit_context.pays(
             embeds.shape[1] - cut.shape[1], embeds.shape[1] + (h // patch) * (w // patch), device
         ):
+            # An SD3 ControlNet cannot take the bias (its blocks get no attention kwargs):
+            # it is given the whole context, as the pipeline gives it.
+            inputs["whole_context"] = embeds.to(device=device, dtype=dtype)
             embeds, inputs["context_bias"] = cut, bias
     return {
         "encoder_hidden_states": embeds.to(device=device, dtype=dtype),
@@ -1746,7 +1788,7 @@ def _sd3_inputs(
 
 def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
     model_in = torch.cat([x] * 2) if guided else x
-    args = {k: v for k, v in inputs.items() if k != "context_bias"}
+    args = {k: v for k, v in inputs.items() if k not in ("context_bias", "whole_context")}
     if "context_bias" in inputs:
         args["joint_attention_kwargs"] = {"context_bias": inputs["context_bias"]}
     pred = net(

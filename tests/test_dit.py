@@ -1699,18 +1699,23 @@ def _latents(engine, wf, samplers: dict) -> dict:
     return {k: out[s]["latent"]["samples"] for k, s in samplers.items()}
 
 
+def _out(src) -> tuple:
+    """A node id (its conditioning output) or (node, output)."""
+    return src if isinstance(src, tuple) else (src, "conditioning")
+
+
 def _set_area(wf, src, x, y, w, h, strength=1.0):
     n = wf.add_node(
         "conditioning_set_area", {"x": x, "y": y, "width": w, "height": h, "strength": strength}
     ).id
-    wf.connect(src, "conditioning", n, "conditioning")
+    wf.connect(*_out(src), n, "conditioning")
     return n
 
 
 def _combine(wf, first, second):
     n = wf.add_node("conditioning_combine").id
-    wf.connect(first, "conditioning", n, "conditioning_1")
-    wf.connect(second, "conditioning", n, "conditioning_2")
+    wf.connect(*_out(first), n, "conditioning_1")
+    wf.connect(*_out(second), n, "conditioning_2")
     return n
 
 
@@ -1733,7 +1738,7 @@ def _set_mask(wf, src, mask, bounds=False):
         "conditioning_set_mask",
         {"strength": 1.0, "set_cond_area": "mask bounds" if bounds else "default"},
     ).id
-    wf.connect(src, "conditioning", n, "conditioning")
+    wf.connect(*_out(src), n, "conditioning")
     wf.connect(mask, "mask", n, "mask")
     return n
 
@@ -1787,12 +1792,8 @@ def test_a_prompt_on_the_right_half_changes_only_the_right_half(engine, root, fa
     assert moved[..., 4:].max() > 1e-3
 
 
-def test_regional_prompts_off_the_patch_grid_or_with_a_controlnet_are_clear_errors(
-    engine, flux_controlnets
-):
-    """A Set Area not on Flux's 16-pixel patches names the node and the grid; a ControlNet
-    on combined prompts names Apply ControlNet."""
-    _, _, (edges, _) = flux_controlnets
+def test_regional_prompts_off_the_patch_grid_are_a_clear_error(engine):
+    """A Set Area not on Flux's 16-pixel patches names the node and the grid."""
     wf = Workflow(installed_registry())
     samplers = _regional_graph(
         wf, "flux", lambda wf, ids, a, b: _combine(wf, a, _set_area(wf, b, 8, 0, 32, 64)), 1
@@ -1801,16 +1802,136 @@ def test_regional_prompts_off_the_patch_grid_or_with_a_controlnet_are_clear_erro
     msg = " ".join(result.errors.values())
     assert "Conditioning Set Area" in msg and "16" in msg and "Traceback" not in msg, msg
 
-    wf = Workflow(installed_registry())
-    ids = _prompts(wf, "flux")
-    both = _combine(wf, ids["pos"], ids["pos"])
-    ids["pos"], ids["neg"] = (both, "conditioning"), (ids["neg"], "conditioning")
-    _apply(wf, ids, "flux-depth", str(edges))
+
+# -- ControlNets on area, mask and combined prompts (SD3 / Flux) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def region_controlnets(parts, root, flux_controlnets):
+    """Per family: a ControlNet of that family (needs the VAE); a control image, and the
+    same image with more drawn in its left quarter (what fitting it to a right-half area
+    cuts away)."""
+    from PIL import Image
+
+    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+        root / "controlnet" / "sd3-regions"
+    )
+    _, _, (edges, _) = flux_controlnets
+    arr = np.array(Image.open(edges).convert("RGB"))
+    arr[30:60, 0:16] = 255
+    Image.fromarray(arr).save(root / "edges-left-quarter.png")
+    names = {"sd3": "sd3-regions", "flux": "flux-canny.safetensors"}
+    return names, str(edges), str(root / "edges-left-quarter.png")
+
+
+def _controlnet_on(wf, ids, pos, neg, name: str, image: str, **params) -> str:
+    """Apply ControlNet (with the checkpoint's VAE) on the prompts ``pos`` and ``neg``."""
+    load = wf.add_node("load_controlnet", {"control_net_name": name}).id
+    img = wf.add_node("load_image", {"image": image}).id
+    apply = wf.add_node("apply_controlnet", {"strength": 0.9, **params}).id
+    for src, into in [(pos, "positive"), (neg, "negative")]:
+        wf.connect(*_out(src), apply, into)
+    wf.connect(load, "control_net", apply, "control_net")
+    wf.connect(img, "image", apply, "image")
+    wf.connect(ids["ckpt"], "vae", apply, "vae")
+    return apply
+
+
+def _other_prompt(wf, ids, family: str) -> str:
+    b = wf.add_node("text_encode", {"text": OTHER}).id
+    wf.connect(ids["ckpt"], "clip", b, "clip")
+    if DIT_SETUPS[family][2] is not None:
+        g = wf.add_node("flux_guidance", {"guidance": DIT_SETUPS[family][2]}).id
+        wf.connect(b, "conditioning", g, "conditioning")
+        b = g
+    return b
+
+
+def _samplers(wf, ids, family: str, sides: dict, steps: int) -> dict:
+    """One sampler per name, each on its (positive, negative) pair, from one Empty Latent."""
     lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
-    s = _sampler_node(wf, ids, "flux", (lat, "latent"), steps=1)
-    result = engine.run(wf, targets=[s])
-    msg = " ".join(result.errors.values())
-    assert "Apply ControlNet" in msg and "Traceback" not in msg, msg
+    return {
+        k: _sampler_node(wf, {**ids, "pos": p, "neg": n}, family, (lat, "latent"), steps=steps)
+        for k, (p, n) in sides.items()
+    }
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_controlnet_on_a_whole_image_area_or_mask_prompt_equals_it_on_the_plain_prompt(
+    engine, region_controlnets, family
+):
+    """Apply ControlNet, then Conditioning Set Area over the whole image (or Set Mask with a
+    full mask) gives the picture of the ControlNet on the plain prompt (SD3 with cfg 5: the
+    negative has it too; Flux with cfg 1), and that picture is not the one without it."""
+    names, image, _ = region_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    apply = _controlnet_on(wf, ids, ids["pos"], ids["neg"], names[family], image, start_percent=0.3)
+    pos, neg = (apply, "positive"), (apply, "negative")
+    full = wf.add_node("solid_mask", {"value": 1.0, "width": 64, "height": 64}).id
+    sides = {
+        "plain": (pos, neg),
+        "area": (_set_area(wf, pos, 0, 0, 64, 64), neg),
+        "mask": (_set_mask(wf, pos, full), neg),
+        "without": (ids["pos"], ids["neg"]),
+    }
+    got = _latents(engine, wf, _samplers(wf, ids, family, sides, STEPS))
+    for kind in ("area", "mask"):
+        assert torch.allclose(got[kind], got["plain"], atol=1e-5), (
+            kind, (got[kind] - got["plain"]).abs().max(),
+        )  # fmt: skip
+    assert (got["plain"] - got["without"]).abs().max() > 1e-2  # the ControlNet did steer
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_controlnet_on_a_right_half_area_prompt_changes_only_the_right_half(
+    engine, region_controlnets, family
+):
+    """Prompt A everywhere (no ControlNet) combined with B on the right half: with a
+    ControlNet on B, after one step the left half is as without it, the right half not. The
+    control image is fitted to the area as ComfyUI fits it (cut to the area's aspect around
+    the centre, then resized): what the cut removes changes nothing."""
+    names, image, cut_away = region_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    a, b = ids["pos"], _other_prompt(wf, ids, family)
+    apply = _controlnet_on(wf, ids, b, b, names[family], image)
+    other = _controlnet_on(wf, ids, b, b, names[family], cut_away)
+    right = {"controlled": (apply, "positive"), "cut": (other, "positive"), "bare": b}
+    sides = {
+        k: (_combine(wf, a, _set_area(wf, v, 32, 0, 32, 64)), ids["neg"]) for k, v in right.items()
+    }
+    got = _latents(engine, wf, _samplers(wf, ids, family, sides, 1))
+    moved = (got["controlled"] - got["bare"]).abs()
+    assert moved[..., :4].max() < 1e-6  # latent columns 0-3: left of the area
+    assert moved[..., 4:].max() > 1e-3
+    assert torch.allclose(got["cut"], got["controlled"], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_combined_prompts_one_with_a_controlnet_average_their_own_predictions(
+    engine, region_controlnets, family
+):
+    """Combine of A with a ControlNet and B without: after one step the latent is the mean
+    of A-with-the-ControlNet alone and B alone (the ControlNet steers A's prediction only),
+    and not the latent of the two prompts without it."""
+    names, image, _ = region_controlnets
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, family)
+    a, b = ids["pos"], _other_prompt(wf, ids, family)
+    apply = _controlnet_on(wf, ids, a, ids["neg"], names[family], image)
+    pos, neg = (apply, "positive"), (apply, "negative")
+    sides = {
+        "a": (pos, neg),
+        "b": (b, neg),
+        "mixed": (_combine(wf, pos, b), neg),
+        "bare": (_combine(wf, a, b), ids["neg"]),
+    }
+    got = _latents(engine, wf, _samplers(wf, ids, family, sides, 1))
+    assert torch.allclose(got["mixed"], (got["a"] + got["b"]) / 2, atol=1e-5), (
+        (got["mixed"] - (got["a"] + got["b"]) / 2).abs().max()
+    )
+    assert (got["mixed"] - got["bare"]).abs().max() > 1e-2
 
 
 def _timestep_range(wf, src, start, end):
@@ -1877,3 +1998,35 @@ def test_hostile_config_metadata_in_a_model_file_is_a_clear_error(tmp_path, raw)
         dit._own_configs(weights, weights.label)
     with pytest.raises(NodeError, match=r"hostile\.safetensors"):
         sdload._sidecar(weights)
+
+
+def test_an_sd3_controlnet_without_t5_equals_the_pipeline_without_it(
+    engine, parts, root, region_controlnets, monkeypatch
+):
+    """SD3 without T5 (the Sampler cuts the 256 zero context rows to one with a logit bias):
+    an SD3 ControlNet, which attends to the prompt but cannot take the bias, gets the whole
+    context, so the picture is StableDiffusion3ControlNetPipeline's without T5 (it differed
+    by 6.7/255 when the ControlNet saw the cut context)."""
+    from PIL import Image
+
+    names, image, _ = region_controlnets
+    wf = Workflow(installed_registry())
+    ids = {"ckpt": wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd3-no-t5"}).id}
+    ids["pos"] = wf.add_node("text_encode", {"text": PROMPT}).id
+    ids["neg"] = wf.add_node("text_encode", {"text": NEGATIVE}).id
+    for n in (ids["pos"], ids["neg"]):
+        wf.connect(ids["ckpt"], "clip", n, "clip")
+    apply = _controlnet_on(wf, ids, ids["pos"], ids["neg"], names["sd3"], image)
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    dec = _decode(wf, ids, _sampler_node(wf, ids, "sd3", (lat, "latent")))
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+
+    _mean_not_sample(monkeypatch)
+    cn = diffusers.SD3ControlNetModel.from_pretrained(root / "controlnet" / names["sd3"])
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**parts["sd3-no-t5"], controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=5.0,
+        control_image=Image.open(image).convert("RGB"), controlnet_conditioning_scale=0.9,
+    )  # fmt: skip
+    _close(got, want)
