@@ -487,6 +487,12 @@ def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> We
     """A separate CLIP or T5 file (also inside an all-in-one checkpoint: its tensors are
     found by their prefix)."""
     label = f"text encoder {name!r}"
+    if path.suffix.lower() == ".gguf":
+        raise NodeError(
+            f"{label}: Studio does not read GGUF text encoders yet; use the .safetensors "
+            "file (e.g. t5xxl_fp8_e4m3fn.safetensors, clip_l.safetensors) in the "
+            "text_encoders folder"
+        )
     shapes = _weights(path, label).shapes
     found = sniff(shapes)
     if found.kind == "clip":
@@ -973,6 +979,25 @@ def calculate_shift(seq_len: int, cfg: dict[str, Any]) -> float:
     return seq_len * m + (base - m * base_len)
 
 
+#: ComfyUI's schedules (``comfy_*``, what an imported KSampler or SamplerCustomAdvanced
+#: carries) on SD3 / Flux: the flow schedule nearest each. ``simple`` is ComfyUI's (evenly
+#: spaced in time, then shifted), and ``sgm_uniform`` on a flow model spaces the same times.
+#: The ``comfy_*`` sampling code itself is for UNet models (nodes/ksampling.py).
+FLOW_COMFY_SCHEDULES = {
+    "comfy_normal": "normal",
+    "comfy_simple": "simple",
+    "comfy_sgm_uniform": "simple",
+    "comfy_karras": "karras",
+    "comfy_exponential": "exponential",
+    "comfy_beta": "beta",
+}
+
+
+def flow_schedule(schedule: str) -> str:
+    """The flow schedule a Sampler's schedule runs as on SD3 / Flux."""
+    return FLOW_COMFY_SCHEDULES.get(schedule, schedule)
+
+
 def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> Any:
     import diffusers
 
@@ -984,7 +1009,7 @@ def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> 
     if schedule not in FLOW_SCHEDULES:
         raise NodeError(
             f"scheduler {schedule!r} does not apply to flow-matching models; choose one of "
-            f"{', '.join(FLOW_SCHEDULES)}"
+            f"{', '.join(FLOW_SCHEDULES)} (or ComfyUI's {', '.join(FLOW_COMFY_SCHEDULES)})"
         )
     base = {k: v for k, v in config.items() if not k.startswith("_")}
     euler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base, **FLOW_SCHEDULES[schedule])
@@ -1326,6 +1351,7 @@ def sample(
     device = torch.device(ctx.device)
     dtype = net.dtype if not _layerwise(net) else _compute_dtype(net)
     batch, _, h, w = samples.shape
+    scheduler = flow_schedule(scheduler)
     sched, euler = make_flow_scheduler(model.scheduler_config, sampler, scheduler)
     mu = None
     if model.scheduler_config.get("use_dynamic_shifting"):

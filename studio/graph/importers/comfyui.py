@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from studio.errors import WorkflowFileError
 from studio.graph.importers import ImportResult, saveable
+from studio.graph.importers.comfyui_fold import NOT_A_CHAIN, fold_custom_sampling, split_prompt_nodes
 from studio.graph.importers.comfyui_map import (
     CLIP_SET_LAST_LAYER,
+    CUSTOM_SAMPLING,
     FRONTEND_TYPES,
     LOAD_IMAGE_MASK,
+    MULTI_TEXT_ENCODES,
     NODE_MAPS,
     NOT_MAPPED,
     PLACEHOLDER_PREFIX,
@@ -83,6 +86,8 @@ def import_comfyui(
     else:
         graph = reader.read_api(data)
         label = "ComfyUI prompt (API format)"
+    split_prompt_nodes(graph, reader.report)
+    fold_custom_sampling(graph, reader.report)
     _fold_clip_set_last_layer(graph, reader.report)
     wf = _Builder(registry, graph, reader.report, source).build()
     if kind == "comfyui-api":
@@ -126,6 +131,8 @@ class _Graph:
     reroutes: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
     frames: list[Frame] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    #: Why a node stays a placeholder, where the type's own reason does not say it.
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -344,6 +351,9 @@ class _Reader:
             self._named_widgets(cn, nm, wv)
         elif ct == CLIP_SET_LAST_LAYER and isinstance(wv, list) and wv:
             cn.values["stop_at_clip_layer"] = wv[0]
+        elif ct in CUSTOM_SAMPLING or ct in MULTI_TEXT_ENCODES:
+            widgets = CUSTOM_SAMPLING.get(ct, MULTI_TEXT_ENCODES.get(ct, ()))
+            self._named_widgets(cn, NodeMap("", ct, widgets), wv)
         return cn
 
     def _named_widgets(self, cn: _CNode, nm: NodeMap, wv: Any) -> None:
@@ -805,7 +815,9 @@ class _Builder:
         return modes
 
     def placeholder(self, cn: _CNode) -> Node:
-        reason = NOT_MAPPED.get(cn.class_type)
+        reason = self.g.reasons.get(cn.id) or NOT_MAPPED.get(cn.class_type)
+        if reason is None and cn.class_type in CUSTOM_SAMPLING:
+            reason = NOT_A_CHAIN
         if cn.class_type in NODE_MAPS:
             reason = f"Studio's {NODE_MAPS[cn.class_type].studio!r} node type is not installed"
         elif cn.class_type.startswith(("workflow>", "workflow/")):

@@ -223,6 +223,31 @@ def _union_note(kind: str) -> str:
     )
 
 
+#: The importer's names for a folded custom-sampling chain (a Sampler, or a Sampler
+#: (Advanced) when it adds no noise).
+SAMPLER_CUSTOM_KSAMPLER = "studio:SamplerCustom>KSampler"
+SAMPLER_CUSTOM_ADVANCED = "studio:SamplerCustom>KSamplerAdvanced"
+
+#: ComfyUI's custom-sampling nodes, with their widgets in ``widgets_values`` order: folded
+#: into one Sampler where the chain collapses (the importer's fold_custom_sampling).
+CUSTOM_SAMPLING: dict[str, tuple[str, ...]] = {
+    "SamplerCustomAdvanced": (),
+    "SamplerCustom": ("add_noise", "noise_seed", "cfg"),
+    "RandomNoise": ("noise_seed",),
+    "DisableNoise": (),
+    "BasicGuider": (),
+    "CFGGuider": ("cfg",),
+    "KSamplerSelect": ("sampler_name",),
+    "BasicScheduler": ("scheduler", "steps", "denoise"),
+}
+
+#: Prompt nodes with a text per encoder: Studio's Text Encode takes one text for all
+#: (the importer's split_prompt_nodes); widgets in ``widgets_values`` order.
+MULTI_TEXT_ENCODES: dict[str, tuple[str, ...]] = {
+    "CLIPTextEncodeFlux": ("clip_l", "t5xxl", "guidance"),
+    "CLIPTextEncodeSD3": ("clip_l", "clip_g", "t5xxl", "empty_padding"),
+}
+
 #: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
 LOAD_IMAGE_MASK = "LoadImageMask"
 
@@ -526,6 +551,50 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("mask",),
         fixed={"compare": "above"},
     ),
+    # city96's ComfyUI-GGUF loaders (an extension, common on 8-16 GB cards): Studio reads
+    # GGUF transformers itself; text encoders as .safetensors (a .gguf one is a clear error).
+    "UnetLoaderGGUF": NodeMap(
+        "load_diffusion_model", "Unet Loader (GGUF)", ("unet_name",), outputs=("model",)
+    ),
+    "DualCLIPLoaderGGUF": NodeMap(
+        "load_text_encoders",
+        "DualCLIPLoader (GGUF)",
+        ("clip_name1", "clip_name2", "type"),
+        outputs=("clip",),
+        trailing=1,
+    ),
+    "TripleCLIPLoaderGGUF": NodeMap(
+        "load_text_encoders_3",
+        "TripleCLIPLoader (GGUF)",
+        ("clip_name1", "clip_name2", "clip_name3"),
+        outputs=("clip",),
+    ),
+    # What the custom-sampling chain becomes (the importer's fold_custom_sampling): never
+    # in a file under these names, so no export picks them.
+    SAMPLER_CUSTOM_KSAMPLER: NodeMap(
+        "sampler",
+        "SamplerCustomAdvanced",
+        ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
+        params={"sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent", "latent"),  # output, denoised_output: equal at the last sigma 0
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
+        notes={
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+    ),
+    SAMPLER_CUSTOM_ADVANCED: NodeMap(
+        "sampler_advanced",
+        "SamplerCustomAdvanced",
+        ("add_noise", "seed", "steps", "cfg", "sampler_name", "scheduler"),
+        params={"sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent", "latent"),
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
+        notes={
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -547,6 +616,8 @@ CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 NOT_MAPPED: dict[str, str] = {
     "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
+    "or three",
+    "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
     "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
     "GrowMask": "its tapered corners differ from Studio's Grow Mask",
