@@ -148,7 +148,12 @@ def test_sampler_custom_folds_with_its_own_cfg_and_seed(reg):
     wf, report, placeholders = _import(_ui_file(list(nodes.values()), links), reg)
     assert placeholders == []
     p = wf.get_node("3").params
-    assert (p["seed"], p["cfg"], p["sampler"], p["scheduler"]) == (99, 6.0, "dpmpp_2m", "comfy_karras")
+    assert (p["seed"], p["cfg"], p["sampler"], p["scheduler"]) == (
+        99,
+        6.0,
+        "dpmpp_2m",
+        "comfy_karras",
+    )
     assert report == [
         "SamplerCustom (3) became one Sampler with KSamplerSelect (22), BasicScheduler (23) "
         "folded in (their values are its params)"
@@ -190,7 +195,7 @@ def _with_split_sigmas(data):
 
 
 def test_a_chain_that_does_not_collapse_stays_placeholders_with_the_reason(reg):
-    wf, report, placeholders = _import(_with_split_sigmas(flux_dev_ui()), reg)
+    _, report, placeholders = _import(_with_split_sigmas(flux_dev_ui()), reg)
     assert sorted(placeholders) == sorted(
         "comfyui." + t for t in (
             "SamplerCustomAdvanced", "SplitSigmas", "RandomNoise", "BasicGuider",
@@ -301,6 +306,7 @@ def test_city96_gguf_loaders_map_onto_studios_loaders(reg):
 
 # -- the imported Flux dev example runs ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def flux_root(tmp_path_factory):
     pytest.importorskip("torch")
@@ -314,7 +320,9 @@ def flux_root(tmp_path_factory):
     orig = fx.to_original(parts["transformer"], "flux")
     fx.save(orig, root / "diffusion_models" / FILES["unet"])
     fx.save_gguf(orig, root / "diffusion_models" / "flux-q8.gguf")
-    fx.save(fx.clip_file_state(parts["text_encoder"]), root / "text_encoders" / "clip_l.safetensors")
+    fx.save(
+        fx.clip_file_state(parts["text_encoder"]), root / "text_encoders" / "clip_l.safetensors"
+    )
     fx.save(fx.t5_file_state(parts["text_encoder_2"]), root / "text_encoders" / "t5xxl.safetensors")
     (root / "text_encoders" / "t5xxl-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
     fx.save(fx.ldm_vae(parts["vae"]), root / "vae" / FILES["vae"])

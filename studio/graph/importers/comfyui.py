@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from studio.errors import WorkflowFileError
 from studio.graph.importers import ImportResult, saveable
-from studio.graph.importers.comfyui_fold import NOT_A_CHAIN, fold_custom_sampling, split_prompt_nodes
+from studio.graph.importers.comfyui_fold import (
+    NOT_A_CHAIN,
+    fold_custom_sampling,
+    split_prompt_nodes,
+)
 from studio.graph.importers.comfyui_map import (
     CLIP_SET_LAST_LAYER,
     CUSTOM_SAMPLING,

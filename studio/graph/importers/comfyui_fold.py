@@ -23,7 +23,9 @@ _CHAIN = (
     "SamplerCustom)"
 )
 #: A custom-sampling node left over (no whole chain around it).
-NOT_A_CHAIN = f"ComfyUI's custom sampling becomes one Studio Sampler only as a whole chain: {_CHAIN}"
+NOT_A_CHAIN = (
+    f"ComfyUI's custom sampling becomes one Studio Sampler only as a whole chain: {_CHAIN}"
+)
 
 #: What each input of the samplers must come from.
 _SOURCES = {
@@ -64,7 +66,9 @@ def fold_custom_sampling(g: Any, report: list[str]) -> None:
     (a Sampler (Advanced) when it adds no noise); the chain's nodes that fed only folded
     samplers go. The others stay placeholders, with the reason in ``g.reasons``."""
     feeders: dict[str, Any] = {}
-    for cn in [c for c in g.nodes.values() if c.class_type in ("SamplerCustomAdvanced", "SamplerCustom")]:
+    for cn in [
+        c for c in g.nodes.values() if c.class_type in ("SamplerCustomAdvanced", "SamplerCustom")
+    ]:
         fold = _plan(g, cn)
         if isinstance(fold, str):
             g.reasons[cn.id] = f"{fold}; Studio folds only {_CHAIN}"
@@ -75,7 +79,11 @@ def fold_custom_sampling(g: Any, report: list[str]) -> None:
         cn.values, cn.links, cn.controls = fold.values, fold.links, fold.controls
         if cn.title == original:
             cn.title = ""
-        studio = "Sampler (Advanced) (no noise added)" if fold.kind == SAMPLER_CUSTOM_ADVANCED else "Sampler"
+        studio = (
+            "Sampler (Advanced) (no noise added)"
+            if fold.kind == SAMPLER_CUSTOM_ADVANCED
+            else "Sampler"
+        )
         report.append(
             f"{original} ({cn.id}) became one {studio} with {names} folded in (their values "
             f"are its params{''.join('; ' + line for line in fold.lines)})"
@@ -285,7 +293,9 @@ def _one_text(cn: Any, order: tuple[str, ...], report: list[str]) -> None:
             continue
         if k in cn.links:
             cn.links.pop(k)
-            report.append(f"{_label(cn)}: the link into {k!r} was dropped: {_SAME_TEXT.format(chosen)}")
+            report.append(
+                f"{_label(cn)}: the link into {k!r} was dropped: {_SAME_TEXT.format(chosen)}"
+            )
         elif k in cn.values and (linked or cn.values[k] != text):
             report.append(
                 f"{_label(cn)}: the {k} text {_short(cn.values[k])} was dropped: "
