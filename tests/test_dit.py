@@ -161,6 +161,26 @@ def test_sd3_graph_equals_stable_diffusion_3_pipeline(engine, parts, sampler):
     assert got.std() > 0.01  # a picture, not a flat fill
 
 
+def test_comfyui_schedules_run_on_flow_models_as_the_flow_schedule_of_their_name(engine):
+    # An imported KSampler's scheduler (comfy_sgm_uniform in ComfyUI's SD3.5 example,
+    # comfy_simple in the Flux ones) runs as Studio's flow schedule nearest it.
+    from nodes import dit
+
+    assert dit.flow_schedule("comfy_sgm_uniform") == "simple"
+    assert dit.flow_schedule("comfy_karras") == "karras"
+    got = checkpoint_image(engine, "tiny-sd3", cfg=5.0, scheduler="comfy_sgm_uniform")
+    want = checkpoint_image(engine, "tiny-sd3", cfg=5.0, scheduler="simple")
+    assert np.array_equal(got, want)
+    assert not np.array_equal(want, checkpoint_image(engine, "tiny-sd3", cfg=5.0))  # normal
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd3"}).id
+    dec = _sampling(
+        wf, (c, "model"), (c, "clip"), (c, "vae"), cfg=2.0, scheduler="comfy_kl_optimal"
+    )
+    result = engine.run(wf)
+    assert any("'comfy_kl_optimal' does not apply" in m for m in result.errors.values()), dec
+
+
 def test_sd3_without_t5_equals_the_pipeline_without_it(engine, parts, monkeypatch):
     # The Sampler cuts the 256 zero rows standing for T5 to one row with an ln(256) logit
     # bias (nodes/dit_context.py); the picture is still the pipeline's, which runs all 333.
