@@ -304,6 +304,28 @@ def test_city96_gguf_loaders_map_onto_studios_loaders(reg):
     assert placeholders == ["comfyui.CLIPLoaderGGUF"]
 
 
+def test_docs_importing_lists_every_mapped_type_and_counts_them():
+    import re
+    from pathlib import Path
+
+    from studio.graph.importers.comfyui_map import (
+        CUSTOM_SAMPLING,
+        EXTENSION_TYPES,
+        MULTI_TEXT_ENCODES,
+        NODE_MAPS,
+    )
+
+    doc = (Path(__file__).parent.parent / "docs" / "importing.md").read_text(encoding="utf-8")
+    doc = doc.replace(
+        "`PrimitiveString(Multiline)`", "`PrimitiveString`, `PrimitiveStringMultiline`"
+    )
+    core = {t for t in NODE_MAPS if t not in EXTENSION_TYPES and not t.startswith("studio:")}
+    core |= set(CUSTOM_SAMPLING) | set(MULTI_TEXT_ENCODES)
+    assert int(re.search(r"In all, (\d+) ComfyUI core types map", doc).group(1)) == len(core)
+    for t in core | EXTENSION_TYPES:
+        assert f"`{t}`" in doc, t
+
+
 # -- the imported Flux dev example runs ----------------------------------------------------------
 
 

@@ -248,6 +248,9 @@ MULTI_TEXT_ENCODES: dict[str, tuple[str, ...]] = {
     "CLIPTextEncodeSD3": ("clip_l", "clip_g", "t5xxl", "empty_padding"),
 }
 
+#: Types from ComfyUI extensions that map (city96's ComfyUI-GGUF loaders).
+EXTENSION_TYPES = frozenset({"UnetLoaderGGUF", "DualCLIPLoaderGGUF", "TripleCLIPLoaderGGUF"})
+
 #: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
 LOAD_IMAGE_MASK = "LoadImageMask"
 
