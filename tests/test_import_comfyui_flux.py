@@ -205,7 +205,13 @@ def test_a_chain_that_does_not_collapse_stays_placeholders_with_the_reason(reg):
     line = next(r for r in report if r.startswith("SamplerCustomAdvanced (13)"))
     assert "its 'sigmas' comes from SplitSigmas (40), not from BasicScheduler" in line
     assert line.endswith("kept as a placeholder")
-    assert any(r.startswith("RandomNoise (25)") and "whole chain" in r for r in report)
+    assert any(
+        r.startswith("RandomNoise (25)") and "it feeds SamplerCustomAdvanced (13)" in r
+        for r in report
+    )
+    assert any(
+        r.startswith("SplitSigmas (40)") and "computes its own schedule" in r for r in report
+    )
 
 
 def test_a_scheduler_on_another_model_or_disable_noise_below_full_denoise_stays(reg):

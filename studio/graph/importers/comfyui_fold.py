@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from studio.graph.importers.comfyui_map import (
+    CUSTOM_SAMPLING,
     SAMPLER_CUSTOM_ADVANCED,
     SAMPLER_CUSTOM_KSAMPLER,
 )
@@ -72,6 +73,11 @@ def fold_custom_sampling(g: Any, report: list[str]) -> None:
         fold = _plan(g, cn)
         if isinstance(fold, str):
             g.reasons[cn.id] = f"{fold}; Studio folds only {_CHAIN}"
+            for src, _slot in cn.links.values():
+                if src in g.nodes and g.nodes[src].class_type in CUSTOM_SAMPLING:
+                    g.reasons.setdefault(
+                        src, f"it feeds {_label(cn)}, which stays a placeholder (see its line)"
+                    )
             continue
         original = cn.class_type
         names = ", ".join(_label(f) for f in fold.feeders)

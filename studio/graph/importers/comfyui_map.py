@@ -628,6 +628,24 @@ NOT_MAPPED: dict[str, str] = {
     "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
     "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
     "ImageBlur": "not in Studio yet",
+    **dict.fromkeys(
+        (
+            "SplitSigmas",
+            "SplitSigmasDenoise",
+            "FlipSigmas",
+            "KarrasScheduler",
+            "ExponentialScheduler",
+            "PolyexponentialScheduler",
+            "BetaSamplingScheduler",
+            "SDTurboScheduler",
+        ),
+        "its sigmas cannot fold into a Studio Sampler, which computes its own schedule from "
+        "steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
+    ),
+    **dict.fromkeys(
+        ("DualCFGGuider", "PerpNegGuider", "SamplerEulerAncestral", "SamplerDPMPP_2M_SDE"),
+        "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
+    ),
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }
