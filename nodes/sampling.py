@@ -38,7 +38,8 @@ SCHEDULER = InputSpec(
     tooltip=(
         "The noise schedule; normal is the checkpoint's own (diffusers). comfy_* are "
         "ComfyUI's schedules, noise and samplers (all but pndm and deis): the same "
-        "seed gives ComfyUI's picture."
+        "seed gives ComfyUI's picture. On SD3 / Flux a comfy_* schedule runs as the "
+        "flow schedule of its name (comfy_simple as simple)."
     ),
 )
 
