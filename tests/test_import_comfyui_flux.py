@@ -235,6 +235,21 @@ def test_a_scheduler_on_another_model_or_disable_noise_below_full_denoise_stays(
     assert any("adds no noise with BasicScheduler (17)'s denoise 0.5" in r for r in report)
 
 
+def test_a_scheduler_before_the_loras_schedules_as_the_guider_after_them(reg):
+    data = flux_dev_ui()
+    data["nodes"].append(
+        ui_node(60, "LoraLoaderModelOnly", ["flux-style.safetensors", 0.8],
+                inputs=[("model", "MODEL", 56)], outputs=[("MODEL", "MODEL", [600])])
+    )  # fmt: skip
+    for lk in data["links"]:
+        if lk[0] == 56:  # UNETLoader -> the LoRA -> BasicGuider; BasicScheduler on the UNET
+            lk[3], lk[4] = 60, 0
+    data["links"].append([600, 60, 0, 22, 0, "MODEL"])
+    wf, report, placeholders = _import(data, reg)
+    assert placeholders == [] and len(report) == 1
+    assert ("60", "model", "13", "model") in _links(wf)  # the sampler samples with the LoRA
+
+
 def test_one_guider_shared_by_two_samplers_folds_into_both(reg):
     data = flux_dev_ui()
     second = copy.deepcopy(next(n for n in data["nodes"] if n["id"] == 13))

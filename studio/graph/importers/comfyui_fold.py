@@ -186,7 +186,7 @@ def _plan(g: Any, cn: Any) -> _Fold | str:
         feeders = [select, sigmas]
     if model is None:
         return f"{_label(guider)}: its 'model' input is not connected"
-    if sigmas.links.get("model") != model:
+    if _sampling_source(g, sigmas.links.get("model")) != _sampling_source(g, model):
         return (
             f"{_label(sigmas)} schedules with another model than the one sampled (Studio's "
             "Sampler schedules with the model it samples)"
@@ -208,6 +208,23 @@ def _plan(g: Any, cn: Any) -> _Fold | str:
         )
     kind = SAMPLER_CUSTOM_KSAMPLER if add_noise else SAMPLER_CUSTOM_ADVANCED
     return _Fold(kind, values, links, controls, feeders, lines)
+
+
+#: Nodes that change a model's weights but not its sampling (its sigmas and shift).
+_SAME_SAMPLING = ("LoraLoader", "LoraLoaderModelOnly")
+
+
+def _sampling_source(g: Any, link: tuple[str, int] | None) -> tuple[str, int] | None:
+    """The model output a link's model samples as: LoRAs on the way change no sigma, so a
+    BasicScheduler before the LoRAs schedules as the guider after them."""
+    seen = set()
+    while link is not None and link not in seen:
+        seen.add(link)
+        node = g.nodes.get(link[0])
+        if node is None or node.class_type not in _SAME_SAMPLING or link[1] != 0:
+            break
+        link = node.links.get("model")
+    return link
 
 
 def _zero_out(g: Any, guider: Any) -> str:
