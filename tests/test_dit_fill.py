@@ -30,7 +30,7 @@ def parts():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, parts):
     """A models root: the tiny Fill pipeline as a diffusers folder and its transformer as
-    single files; a photo and a mask repainting its left half."""
+    single files; a photo and a mask."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("fill-models")
@@ -48,9 +48,10 @@ def root(tmp_path_factory, parts):
     fx.save(fx.ldm_vae(parts["vae"]), vae / "ae.safetensors")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "photo.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[:, :32] = 255  # repaint the left half
-    Image.fromarray(mask).save(root / "mask.png")
+    # repaint the upper left triangle: its edge cuts the 8x8 pixel blocks each latent cell
+    # has in the mask's channels
+    y, x = np.mgrid[0:64, 0:64]
+    Image.fromarray(np.where(2 * x + y < 90, 255, 0).astype(np.uint8)).save(root / "mask.png")
     return root
 
 
@@ -77,7 +78,9 @@ def _loaders(wf, files: bool) -> tuple[tuple, tuple, tuple]:
     return (m, "model"), (c, "clip"), (v, "vae")
 
 
-def fill_graph(root, files=False, denoise=1.0, inpaint=True, guidance=None, mask=None):
+def fill_graph(
+    root, files=False, denoise=1.0, inpaint=True, guidance=None, mask=None, positive=None
+):
     """Load Image (photo, mask) -> VAE Encode for Inpaint (no growing, as the pipeline) ->
     Sampler -> VAE Decode. ``inpaint=False``: an Empty Latent instead."""
     wf = Workflow(installed_registry())
@@ -90,6 +93,8 @@ def fill_graph(root, files=False, denoise=1.0, inpaint=True, guidance=None, mask
         g = add("flux_guidance", {"guidance": guidance}).id
         c(pos, "conditioning", g, "conditioning")
         pos = g
+    if positive is not None:  # regional prompts: the positive prompt's conditioning recast
+        pos = positive(wf, pos)
     if inpaint:
         img = add("load_image", {"image": str(root / "photo.png")}).id
         mask_img = add("load_image", {"image": str(mask or root / "mask.png")}).id
@@ -195,6 +200,29 @@ def test_the_mask_and_masked_image_reach_the_model(engine, root, tmp_path):
     Image.fromarray(mask).save(tmp_path / "bottom.png")
     wf, dec = fill_graph(root, mask=tmp_path / "bottom.png")
     assert np.abs(first - _image(engine, wf, dec)).max() > 1 / 255
+
+
+def _whole_area(wf, pos):
+    n = wf.add_node("conditioning_set_area", {"x": 0, "y": 0, "width": 64, "height": 64}).id
+    wf.connect(pos, "conditioning", n, "conditioning")
+    return n
+
+
+def _twice(wf, pos):
+    n = wf.add_node("conditioning_combine").id
+    wf.connect(pos, "conditioning", n, "conditioning_1")
+    wf.connect(pos, "conditioning", n, "conditioning_2")
+    return n
+
+
+@pytest.mark.parametrize("positive", [_whole_area, _twice])
+def test_regional_prompts_on_fill_see_the_mask_too(engine, root, positive):
+    """A whole-image area prompt, or a prompt combined with itself, on FLUX.1 Fill gives the
+    plain prompt's picture (the regional path feeds the Fill inputs on each prompt's part)."""
+    wf, dec = fill_graph(root, positive=positive)
+    got = _image(engine, wf, dec)
+    wf, dec = fill_graph(root)
+    _close(got, _image(engine, wf, dec), bound=1e-4)
 
 
 def test_fill_without_the_inpaint_latent_is_a_clear_error(engine, root):
