@@ -236,9 +236,10 @@ def check_flux_channels(config: Any, label: str) -> None:
             "channels: FLUX.1 Depth / Canny [dev] (structural conditioning), which Studio "
             "does not run yet; Flux.1 [dev] / [schnell] and FLUX.1 Fill [dev] work"
         )
+    fill = 2 * out + FILL_MASK_CHANNELS
     raise NodeError(
         f"{label}: a Flux.1 transformer taking {in_ch} input channels for {out} output "
-        f"channels; Studio knows Flux.1 ({out} in) and FLUX.1 Fill ({2 * out + FILL_MASK_CHANNELS} in)"
+        f"channels; Studio knows Flux.1 ({out} in) and FLUX.1 Fill ({fill} in)"
     )
 
 

@@ -251,3 +251,31 @@ def test_a_flux_depth_canny_file_is_a_clear_error(engine, root):
     assert not result.ok
     text = " ".join(result.errors.values())
     assert "Depth / Canny" in text and "128 input channels" in text
+
+
+def test_the_flux_fill_template_runs_on_the_files_it_names(engine, root):
+    """templates/inpaint_flux_fill.json (Load Diffusion Model, Load Text Encoders, Load VAE,
+    the picture with its painted mask, VAE Encode for Inpaint, Flux Guidance 30) runs once its
+    file names point at files that are there (the tiny ones here), 2 steps."""
+    from studio.graph.fileformat import load_workflow
+    from studio.modelfiles import RESOURCES
+
+    path = RESOURCES / "workflows" / "templates" / "inpaint_flux_fill.json"
+    wf = load_workflow(path, installed_registry())
+    swaps = {
+        "load_diffusion_model": {"unet_name": "fill-orig.safetensors", "weight_dtype": "default"},
+        "load_text_encoders": {
+            "clip_name1": "clip_l.safetensors",
+            "clip_name2": "t5xxl.safetensors",
+        },
+        "load_vae": {"vae_name": "ae.safetensors"},
+        "sampler": {"steps": 2},
+    }
+    for node in wf.nodes:
+        for name, value in swaps.get(node.type, {}).items():
+            wf.set_param(node.id, name, value)
+    by_type = {n.type: n for n in wf.nodes}
+    assert by_type["flux_guidance"].params["guidance"] == 30.0
+    assert "save_image" in by_type
+    result = engine.run(wf, targets=[by_type["composite_masked"].id])
+    assert result.ok, result.errors
