@@ -63,6 +63,10 @@ T5_LENGTH = {"sd3": 256, "flux": 512}
 T5_MAX_TOKENS = 512
 #: Flux dev's distilled guidance when no Flux Guidance node sets one (the pipeline's default).
 FLUX_DEFAULT_GUIDANCE = 3.5
+#: FLUX.1 Fill's (FluxFillPipeline's default guidance_scale).
+FLUX_FILL_DEFAULT_GUIDANCE = 30.0
+#: The mask's channels per packed Fill token: an 8x8 pixel block per latent cell, 2x2 cells.
+FILL_MASK_CHANNELS = 4 * 8 * 8
 #: The Flux VAE's and SD3's VAE's latent scale and shift (their published configs).
 VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 
@@ -185,14 +189,16 @@ def _shape(shapes: dict[str, Any], key: str, label: str) -> tuple[int, ...]:
 
 
 def flux_config(shapes: dict[str, Any], p: str, label: str) -> dict[str, Any]:
-    """FluxTransformer2DModel's config from an original-layout Flux file's shapes."""
+    """FluxTransformer2DModel's config from an original-layout Flux file's shapes (FLUX.1
+    Fill: more input channels than output channels)."""
     hidden, in_ch = _shape(shapes, p + "img_in.weight", label)
+    out_ch = _shape(shapes, p + "final_layer.linear.weight", label)[0]
     head = _shape(shapes, p + "double_blocks.0.img_attn.norm.query_norm.scale", label)[0]
     return {
         "_class_name": "FluxTransformer2DModel",
         "patch_size": 1,
         "in_channels": in_ch,
-        "out_channels": None,
+        "out_channels": out_ch if out_ch != in_ch else None,
         "num_layers": _count(shapes, p + "double_blocks."),
         "num_single_layers": _count(shapes, p + "single_blocks."),
         "attention_head_dim": head,
@@ -202,6 +208,39 @@ def flux_config(shapes: dict[str, Any], p: str, label: str) -> dict[str, Any]:
         "guidance_embeds": (p + "guidance_in.in_layer.weight") in shapes,
         "axes_dims_rope": flux_rope_axes(head),
     }
+
+
+def flux_out_channels(config: Any) -> int:
+    """A Flux transformer's packed output channels (its config's ``out_channels``, or its
+    input channels when unset)."""
+    return int(config.get("out_channels") or config["in_channels"])
+
+
+def is_flux_fill(config: Any) -> bool:
+    """FLUX.1 Fill [dev]: the transformer takes, per packed token, the noisy latent, the
+    masked image's latent and the 8x8-per-cell mask (64 + 64 + 256 = 384 for the released
+    model), as FluxFillPipeline concatenates them."""
+    out = flux_out_channels(config)
+    return int(config["in_channels"]) == 2 * out + FILL_MASK_CHANNELS
+
+
+def check_flux_channels(config: Any, label: str) -> None:
+    """Refuse Flux transformers Studio cannot feed (FLUX.1 Depth / Canny take a control
+    image's latent as extra input channels) with what they are."""
+    in_ch, out = int(config["in_channels"]), flux_out_channels(config)
+    if in_ch == out or is_flux_fill(config):
+        return
+    if in_ch == 2 * out:
+        raise NodeError(
+            f"{label}: a Flux.1 transformer taking {in_ch} input channels for {out} output "
+            "channels: FLUX.1 Depth / Canny [dev] (structural conditioning), which Studio "
+            "does not run yet; Flux.1 [dev] / [schnell] and FLUX.1 Fill [dev] work"
+        )
+    fill = 2 * out + FILL_MASK_CHANNELS
+    raise NodeError(
+        f"{label}: a Flux.1 transformer taking {in_ch} input channels for {out} output "
+        f"channels; Studio knows Flux.1 ({out} in) and FLUX.1 Fill ({fill} in)"
+    )
 
 
 def sd3_config(shapes: dict[str, Any], p: str, label: str) -> dict[str, Any]:
@@ -328,11 +367,12 @@ WEIGHT_DTYPES = ("default", "fp8_e4m3fn")
 
 
 def pipeline_family(index: dict[str, Any]) -> str | None:
-    """``sd3`` / ``flux`` for a diffusers folder of those pipelines, else None."""
+    """``sd3`` / ``flux`` for a diffusers folder of those pipelines (FluxFillPipeline's too:
+    FLUX.1 Fill is a Flux transformer with more input channels), else None."""
     name = str(index.get("_class_name", ""))
     if name.startswith("StableDiffusion3"):
         return "sd3"
-    if name.startswith("Flux") and "Kontext" not in name and "Fill" not in name:
+    if name.startswith("Flux") and "Kontext" not in name:
         return "flux"
     return None
 
@@ -353,6 +393,8 @@ def inspect_folder(path: Path, name: str, identity: tuple[Any, ...], family: str
     missing = [c for c in need if c not in configs]
     if missing:
         raise NodeError(f"{label}: the {FAMILY_TITLES[family]} folder lacks {', '.join(missing)}")
+    if family == "flux":
+        check_flux_channels(configs["transformer"], label)
     from nodes.sdload import FOLDER_LATENT_RGB_KEY
     from nodes.values import LatentRgb
 
@@ -421,6 +463,8 @@ def inspect_diffusion_model(
         raise NodeError(f"{label}: diffusers-layout transformer files: use the diffusers folder")
     family = found.kind
     cfg = (flux_config if family == "flux" else sd3_config)(shapes, found.prefix, label)
+    if family == "flux":
+        check_flux_channels(cfg, label)
     sched = scheduler_config(family)
     if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
         sched.update(use_dynamic_shifting=False, shift=1.0)
@@ -1153,8 +1197,11 @@ class _Regions:
         self, ctx: Any, net: Any, model: ModelHandle, pos: list[Cond], neg: list[Cond],
         guided: bool, cfg: float, batch: int, size: tuple[int, int], device: torch.device,
         dtype: torch.dtype, sigma_at: Any = None, train_steps: int = 1000,
+        fill: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
         from nodes.comfycore import with_mask_bounds, with_same_areas
+
+        self.fill = fill  # FLUX.1 Fill's unpacked extra input (cut with the latent)
 
         self.ctx, self.family = ctx, model.family
         self.net, self.flux, self.cfg, self.guided = net, model.family == "flux", cfg, guided
@@ -1237,10 +1284,12 @@ class _Regions:
         return [it for it, c in zip(items, conds, strict=True) if _acts_at(c, sigma, self.sigma_at)]
 
     def _one(
-        self, x: torch.Tensor, t: torch.Tensor, inputs: dict, controls: Any, at: tuple[int, int]
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, t: torch.Tensor, inputs: dict, controls: Any, at: tuple[int, int],
+        fill: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """One prompt's prediction on ``x`` (the whole latent or its area's part), with the
-        residuals of its own ControlNets, computed on that same part."""
+        residuals of its own ControlNets, computed on that same part (``fill``: FLUX.1 Fill's
+        extra input on that part)."""
         if not self.flux:
             if controls is not None:
                 blocks = controls.residuals(x, t, *at)
@@ -1253,6 +1302,8 @@ class _Regions:
                 **inputs,
                 "pos": {**inputs["pos"], **controls.residuals(packed, t, *at)["pos"]},
             }
+        if fill is not None:
+            packed = torch.cat([packed, pack(fill)], dim=2)
         return unpack(_flux_call(self.net, packed, t, inputs, 1.0, False), h, w)
 
     def _side(
@@ -1265,13 +1316,14 @@ class _Regions:
         outs, weights = [], []
         for cells, weight, inputs, controls in items:
             if cells is None:
-                outs.append(self._one(x, t, inputs, controls, at))
+                outs.append(self._one(x, t, inputs, controls, at, self.fill))
                 weights.append(weight)
                 continue
             top, left, h, w = cells
             part = (..., slice(top, top + h), slice(left, left + w))
             full = torch.zeros_like(x)
-            full[part] = self._one(x[part].contiguous(), t, inputs, controls, at)
+            fill = None if self.fill is None else self.fill[part].contiguous()
+            full[part] = self._one(x[part].contiguous(), t, inputs, controls, at, fill)
             placed = torch.zeros_like(x[:, :1])
             placed[part] = weight.to(placed.dtype)
             outs.append(full)
@@ -1342,11 +1394,18 @@ def sample(
     negative = _prompt_list(negative, "negative", family)
     regional = _is_regional(positive, negative)
     pos, neg = positive[0], negative[0]
+    fill = flux and is_flux_fill(model.source.configs["transformer"])
+    if fill and latent.get("inpaint") is None:
+        raise NodeError(
+            "this is FLUX.1 Fill, an inpainting model (its transformer takes the masked image "
+            "and the mask too): give the Sampler a latent from VAE Encode for Inpaint (the "
+            "image and the mask to repaint; ComfyUI's InpaintModelConditioning)"
+        )
     net = get_module(ctx, model.source, "transformer")
     lora.activate(ctx, net, "transformer", model.patches, family)
     tcfg = net.config
     patch = 2 if flux else int(tcfg.patch_size)
-    channels = tcfg.in_channels // 4 if flux else tcfg.in_channels
+    channels = flux_out_channels(tcfg) // 4 if flux else tcfg.in_channels
     samples = _latent_for(latent, model, channels, patch)
     device = torch.device(ctx.device)
     dtype = net.dtype if not _layerwise(net) else _compute_dtype(net)
@@ -1368,8 +1427,10 @@ def sample(
     init, noise, latents = _start(
         sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
     )
-    mask = None
-    if noise_mask is not None:
+    mask = fill_in = None
+    if fill:  # the model repaints by itself: no blending (FluxFillPipeline's loop)
+        fill_in = fill_inputs(latent["inpaint"], init, generator, device, dtype)
+    elif noise_mask is not None:
         from nodes.denoise import _latent_mask
 
         mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
@@ -1382,7 +1443,7 @@ def sample(
         regions = _Regions(
             ctx, net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype,
             sigma_at=lambda fraction: flow_sigma_at(sched, mu, fraction),
-            train_steps=sched.config.num_train_timesteps,
+            train_steps=sched.config.num_train_timesteps, fill=fill_in,
         )  # fmt: skip
     else:
         inputs = (_flux_inputs if flux else _sd3_inputs)(
@@ -1392,18 +1453,22 @@ def sample(
             ctx, pos, neg, family, guided, batch,
             (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
         )  # fmt: skip
+    fill_packed = pack(fill_in) if fill_in is not None else None
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if regions is not None:
             if flux:
                 return pack(regions(unpack(x, h, w), t, i, total))
             return regions(x, t, i, total)
+        # FLUX.1 Fill sees [latent, masked image's latent, mask] per token; ControlNets
+        # see the latent alone.
+        x_in = x if fill_packed is None else torch.cat([x, fill_packed], dim=2)
         if controls is None:
-            return call(net, x, t, inputs, cfg, guided)
+            return call(net, x_in, t, inputs, cfg, guided)
         if flux:
             extra = controls.residuals(x, t, i, total)
             sides = {k: v and {**v, **extra[k]} for k, v in inputs.items()}
-            return call(net, x, t, sides, cfg, guided)
+            return call(net, x_in, t, sides, cfg, guided)
         model_in = torch.cat([x] * 2) if guided else x
         blocks = controls.residuals(model_in, t, i, total)
         return call(net, x, t, {**inputs, "block_controlnet_hidden_states": blocks}, cfg, guided)
@@ -1440,6 +1505,44 @@ def sample(
     if noise_mask is not None:
         out["noise_mask"] = noise_mask
     return out
+
+
+def fill_inputs(
+    info: dict[str, Any], init: torch.Tensor, generator: torch.Generator,
+    device: torch.device, dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """FLUX.1 Fill's extra input, unpacked ``[b, c + 64, h, w]``: the masked image's latent
+    (drawn from its distribution after the noise, as FluxFillPipeline draws it) and the
+    pixel mask with each cell's 8x8 block of pixels as 64 channels (``prepare_mask_latents``);
+    packing it gives the pipeline's packed [masked latent, mask] channels."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    batch, channels, h, w = init.shape
+    mean, std = info["masked_mean"], info["masked_std"]
+    if tuple(mean.shape[1:]) != (channels, h, w):
+        raise NodeError(
+            f"the inpainting latent's masked image is {tuple(mean.shape[1:])} (channels, "
+            f"height, width), but the latent is {(channels, h, w)}: encode the image with the "
+            "VAE that goes with this model"
+        )
+    mean = mean.to(device=device, dtype=dtype)
+    masked = mean + std.to(device=device, dtype=dtype) * randn_tensor(
+        tuple(mean.shape), generator=generator, device=device, dtype=dtype
+    )
+    pixels = info["mask"].float()
+    f = pixels.shape[-1] // w
+    if f * f * 4 != FILL_MASK_CHANNELS or tuple(pixels.shape[-2:]) != (h * f, w * f):
+        raise NodeError(
+            f"FLUX.1 Fill takes a mask of 8x8 pixels per latent cell; this mask is "
+            f"{pixels.shape[-1]}x{pixels.shape[-2]} for a latent of {w}x{h} cells"
+        )
+    m = pixels.view(-1, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(-1, f * f, h, w)
+    m = m.to(device=device, dtype=dtype)
+    if masked.shape[0] != batch:
+        masked = masked[:1].repeat(batch, 1, 1, 1)
+    if m.shape[0] != batch:
+        m = m[:1].repeat(batch, 1, 1, 1)
+    return torch.cat([masked, m], dim=1)
 
 
 @dataclass(frozen=True)
@@ -1838,7 +1941,8 @@ def _flux_inputs(
         )
     guidance = None
     if net.config.guidance_embeds:
-        g = float(pos.extra.get("guidance", FLUX_DEFAULT_GUIDANCE))
+        default = FLUX_FILL_DEFAULT_GUIDANCE if is_flux_fill(net.config) else FLUX_DEFAULT_GUIDANCE
+        g = float(pos.extra.get("guidance", default))
         guidance = torch.full([batch], g, device=device, dtype=torch.float32)
 
     def side(c: Cond) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Inpainting: Set Latent Noise Mask (any checkpoint) and VAE Encode for Inpaint (with
-mask growing; also feeds 9-channel inpainting checkpoints their extra inputs).
+mask growing; also feeds 9-channel inpainting checkpoints and FLUX.1 Fill their extra
+inputs).
 
 A LATENT may carry:
   ``noise_mask``  [B, H, W] in 0..1: the sampler keeps the latent outside it at every step.
-  ``inpaint``     for 9-channel UNets: the (pixel-space) mask and the masked image's
-                  latent distribution (scaled mean and std); the sampler draws the masked
-                  latent with its seed after the noise, as StableDiffusionInpaintPipeline does.
+  ``inpaint``     for 9-channel UNets and FLUX.1 Fill: the (pixel-space) mask and the masked
+                  image's latent distribution (scaled mean and std); the sampler draws the
+                  masked latent with its seed after the noise, as StableDiffusionInpaintPipeline
+                  and FluxFillPipeline do.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def set_latent_noise_mask(ctx, latent: dict, mask: Any) -> dict:
     category="inpaint",
     description=(
         "Encodes an image for inpainting: the masked area is blanked to grey, the mask grown a "
-        "little to blend the seam, and the latent keeps the mask. Inpainting checkpoints "
-        "(9-channel UNets) also get the masked image and the mask as extra inputs."
+        "little to blend the seam, and the latent keeps the mask. Inpainting models "
+        "(9-channel UNets, FLUX.1 Fill) also get the masked image and the mask as extra "
+        "inputs (for FLUX.1 Fill set grow_mask_by 0 to match FluxFillPipeline)."
     ),
     inputs=[
         InputSpec("pixels", T.IMAGE, tooltip="The image to inpaint."),

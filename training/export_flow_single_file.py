@@ -235,13 +235,14 @@ def flux_original_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     d = cfg["attention_head_dim"]
     h = cfg["num_attention_heads"] * d
     c = cfg["in_channels"]
+    o = cfg.get("out_channels") or c  # FLUX.1 Fill takes more channels than it gives
     s: dict[str, tuple[int, ...]] = {
         "img_in.weight": (h, c),
         "img_in.bias": (h,),
         "txt_in.weight": (h, cfg["joint_attention_dim"]),
         "txt_in.bias": (h,),
-        "final_layer.linear.weight": (c, h),
-        "final_layer.linear.bias": (c,),
+        "final_layer.linear.weight": (o, h),
+        "final_layer.linear.bias": (o,),
         "final_layer.adaLN_modulation.1.weight": (2 * h, h),
         "final_layer.adaLN_modulation.1.bias": (2 * h,),
     }

@@ -431,6 +431,61 @@ def txt2img_flux() -> Workflow:
     return b.wf
 
 
+FLUX_FILL_MODEL = "flux1-fill-dev.safetensors"
+
+
+def inpaint_flux_fill() -> Workflow:
+    b = Builder("inpaint_flux_fill")
+    b.note(
+        "FLUX.1 Fill [dev] repaints the masked area of the picture (inpainting; for "
+        "outpainting, pad the picture and mask the new border). VAE Encode for Inpaint gives "
+        "the model the picture and the mask painted on it (right-click the picture, Paint "
+        "mask); Fill takes guidance 30 and cfg 1. Composite keeps the unmasked pixels."
+    )
+    b.add(
+        "checkpoint",
+        "load_diffusion_model",
+        0,
+        {"unet_name": FLUX_FILL_MODEL, "weight_dtype": "fp8_e4m3fn"},
+    )
+    b.add(
+        "clip",
+        "load_text_encoders",
+        0,
+        {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5, "type": "flux"},
+    )
+    b.add("vae", "load_vae", 0, {"vae_name": FLUX_VAE, "latent_scale": "flux"})
+    b.add(
+        "image",
+        "load_image",
+        0,
+        {"image": EXAMPLE_IMAGE, "mask": example_mask_data()},
+        title="Load Image (picture)",
+    )
+    b.add("prompt", "text_encode", 1, {"text": "a yellow star"}, title="Prompt")
+    b.add("negative", "text_encode", 1, {"text": ""}, title="Negative prompt (unused at cfg 1)")
+    b.link("clip", "clip", "prompt", "clip")
+    b.link("clip", "clip", "negative", "clip")
+    b.add("positive", "flux_guidance", 2, {"guidance": 30.0})
+    b.link("prompt", "conditioning", "positive", "conditioning")
+    b.add("encode", "vae_encode_inpaint", 2, {"grow_mask_by": 0})
+    b.link("image", "image", "encode", "pixels")
+    b.link("vae", "vae", "encode", "vae")
+    b.link("image", "mask", "encode", "mask")
+    params = {**sampler_params(seed=0, steps=28, cfg=1.0), "scheduler": "normal"}
+    sample(b, "sampler", 3, "encode", params)
+    b.add("decode", "vae_decode", 4)
+    b.link("sampler", "latent", "decode", "latent")
+    b.link("vae", "vae", "decode", "vae")
+    b.add("composite", "composite_masked", 4)
+    b.link("image", "image", "composite", "original")
+    b.link("decode", "image", "composite", "changed")
+    b.link("image", "mask", "composite", "mask")
+    b.add("save", "save_image", 5, {"filename_prefix": "inpaint_flux_fill"})
+    b.link("composite", "image", "save", "images")
+    return b.wf
+
+
 WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img": functools.partial(txt2img, TXT2IMG),
     "img2img": img2img,
@@ -440,6 +495,7 @@ WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "hires_upscale": hires_upscale,
     "txt2img_sd3": functools.partial(txt2img, TXT2IMG_SD3),
     "txt2img_flux": txt2img_flux,
+    "inpaint_flux_fill": inpaint_flux_fill,
 }
 
 
@@ -481,7 +537,7 @@ def png_bytes(image: Any) -> bytes:
 #: Workflows wired for model files artists bring (Flux.1's are not on this machine and no
 #: tiny Flux model ships): they live in templates/, apart from the default workflows, which
 #: all run offline on the embedded models.
-NEEDS_OWN_FILES = frozenset({"txt2img_flux"})
+NEEDS_OWN_FILES = frozenset({"txt2img_flux", "inpaint_flux_fill"})
 
 
 #: Default workflows on an embedded model that is trained on a GPU and may not be there yet
