@@ -1,6 +1,7 @@
-"""Inpainting: Set Latent Noise Mask (any checkpoint) and VAE Encode for Inpaint (with
+"""Inpainting: Set Latent Noise Mask (any checkpoint), VAE Encode for Inpaint (with
 mask growing; also feeds 9-channel inpainting checkpoints and FLUX.1 Fill their extra
-inputs).
+inputs) and Inpaint Model Conditioning (the same extra inputs, starting from the image
+itself: ComfyUI's InpaintModelConditioning).
 
 A LATENT may carry:
   ``noise_mask``  [B, H, W] in 0..1: the sampler keeps the latent outside it at every step.
@@ -106,6 +107,56 @@ def vae_encode_inpaint(ctx, pixels: Any, vae: Any, mask: Any, grow_mask_by: int)
         "noise_mask": hard,
         "inpaint": {"mask": hard, "masked_mean": mean, "masked_std": std},
     }
+
+
+@node(
+    "inpaint_model_conditioning",
+    title="Inpaint Model Conditioning",
+    category="inpaint",
+    description=(
+        "Prepares inpainting the way ComfyUI's InpaintModelConditioning does: the latent is "
+        "the image itself (so denoise below 1 keeps its colours under the mask), inpainting "
+        "models (9-channel UNets, FLUX.1 Fill) get the image with the masked area blanked "
+        "and the mask as extra inputs, and the prompts pass through unchanged. The mask is "
+        "not grown."
+    ),
+    inputs=[
+        InputSpec("positive", T.CONDITIONING),
+        InputSpec("negative", T.CONDITIONING),
+        InputSpec("vae", T.VAE),
+        InputSpec("pixels", T.IMAGE, tooltip="The image to inpaint."),
+        InputSpec("mask", T.MASK, tooltip="1 where the image will be repainted."),
+        InputSpec(
+            "noise_mask",
+            T.BOOLEAN,
+            default=True,
+            tooltip=(
+                "Keep the image outside the mask at every step. Off: the whole image is "
+                "sampled again (an inpainting model still sees the mask)."
+            ),
+        ),
+    ],
+    outputs=[
+        OutputSpec("positive", T.CONDITIONING),
+        OutputSpec("negative", T.CONDITIONING),
+        OutputSpec("latent", T.LATENT),
+    ],
+)
+def inpaint_model_conditioning(
+    ctx, positive: Any, negative: Any, vae: Any, pixels: Any, mask: Any, noise_mask: bool
+) -> tuple[Any, Any, dict]:
+    from nodes.latent import vae_encode
+
+    blanked = vae_encode_inpaint.execute(ctx, pixels=pixels, vae=vae, mask=mask, grow_mask_by=0)
+    image = vae_encode.execute(ctx, image=pixels, vae=vae)
+    latent = {
+        "samples": image["samples"],
+        "posterior_std": image["posterior_std"],
+        "inpaint": blanked["inpaint"],
+    }
+    if noise_mask:
+        latent["noise_mask"] = blanked["noise_mask"]
+    return positive, negative, latent
 
 
 def unet_inpaint_inputs(

@@ -79,10 +79,12 @@ def _loaders(wf, files: bool) -> tuple[tuple, tuple, tuple]:
 
 
 def fill_graph(
-    root, files=False, denoise=1.0, inpaint=True, guidance=None, mask=None, positive=None
-):
+    root, files=False, denoise=1.0, inpaint=True, guidance=None, mask=None, positive=None,
+    conditioning=False,
+):  # fmt: skip
     """Load Image (photo, mask) -> VAE Encode for Inpaint (no growing, as the pipeline) ->
-    Sampler -> VAE Decode. ``inpaint=False``: an Empty Latent instead."""
+    Sampler -> VAE Decode. ``inpaint=False``: an Empty Latent instead; ``conditioning``:
+    Inpaint Model Conditioning (the prompts through it) instead of VAE Encode for Inpaint."""
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
     model, clip, vae = _loaders(wf, files)
@@ -99,7 +101,13 @@ def fill_graph(
         img = add("load_image", {"image": str(root / "photo.png")}).id
         mask_img = add("load_image", {"image": str(mask or root / "mask.png")}).id
         m = add("mask_from_image", {"channel": "red"}).id
-        lat = add("vae_encode_inpaint", {"grow_mask_by": 0}).id
+        if conditioning:
+            lat = add("inpaint_model_conditioning", {"noise_mask": True}).id
+            c(pos, "conditioning", lat, "positive")
+            c(neg, "conditioning", lat, "negative")
+            pos_out, neg_out = (lat, "positive"), (lat, "negative")
+        else:
+            lat = add("vae_encode_inpaint", {"grow_mask_by": 0}).id
         c(mask_img, "image", m, "image")
         c(img, "image", lat, "pixels")
         c(*vae, lat, "vae")
@@ -109,8 +117,10 @@ def fill_graph(
     params = {"seed": SEED, "steps": STEPS, "cfg": 1.0, "sampler": "euler"}
     s = add("sampler", {**params, "scheduler": "normal", "denoise": denoise}).id
     c(*model, s, "model")
-    c(pos, "conditioning", s, "positive")
-    c(neg, "conditioning", s, "negative")
+    if not conditioning:
+        pos_out, neg_out = (pos, "conditioning"), (neg, "conditioning")
+    c(*pos_out, s, "positive")
+    c(*neg_out, s, "negative")
     c(lat, "latent", s, "latent")
     dec = add("vae_decode").id
     c(s, "latent", dec, "latent")
@@ -124,7 +134,7 @@ def _image(engine, wf, dec) -> np.ndarray:
     return result.outputs[dec]["image"].numpy()
 
 
-def pipe_image(parts, root, denoise: float, **kw) -> np.ndarray:
+def pipe_image(parts, root, denoise: float, greyed: bool = True, **kw) -> np.ndarray:
     """FluxFillPipeline's picture. Below strength 1 the pipeline starts from the image it is
     given, VAE Encode for Inpaint's latent from the image greyed under the mask (ComfyUI's
     VAEEncodeForInpaint): the pipeline is then given that greyed image, which it masks to the
@@ -136,7 +146,7 @@ def pipe_image(parts, root, denoise: float, **kw) -> np.ndarray:
     photo = Image.open(root / "photo.png").convert("RGB")
     mask = Image.open(root / "mask.png").convert("L")
     image = photo
-    if denoise < 1.0:
+    if denoise < 1.0 and greyed:
         x = torch.from_numpy(np.asarray(photo, np.float32) / 255.0).permute(2, 0, 1)[None]
         keep = torch.from_numpy(np.asarray(mask) < 128).float()
         image = (x * 2.0 - 1.0) * keep
@@ -164,6 +174,23 @@ def test_fill_folder_equals_flux_fill_pipeline(engine, parts, root, denoise):
     want = pipe_image(parts, root, denoise)
     _close(got, want)
     assert want.std() > 0.01
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_inpaint_model_conditioning_on_fill_equals_the_pipeline_on_the_photo(
+    engine, parts, root, denoise
+):
+    """ComfyUI's way (InpaintModelConditioning): the latent is the photo itself, so below
+    denoise 1 the masked part starts from the photo's colours, as FluxFillPipeline given
+    the photo does; at denoise 1 the same picture as VAE Encode for Inpaint."""
+    wf, dec = fill_graph(root, denoise=denoise, conditioning=True)
+    got = _image(engine, wf, dec)
+    _close(got, pipe_image(parts, root, denoise, greyed=False))
+    greyed_start = _image(engine, *fill_graph(root, denoise=denoise))
+    if denoise < 1.0:
+        assert np.abs(got - greyed_start).max() > 0.05
+    else:
+        _close(got, greyed_start, 1e-6)
 
 
 def test_fill_guidance_is_the_flux_guidance_nodes(engine, parts, root):

@@ -454,3 +454,47 @@ def test_a_gguf_text_encoder_is_a_clear_error_naming_the_file(engine):
     assert not result.ok
     message = result.errors["11"]
     assert "'t5xxl-Q8_0.gguf'" in message and "GGUF text encoders" in message, message
+
+
+# -- ComfyUI's Flux Fill inpainting: InpaintModelConditioning, DifferentialDiffusion -------------
+
+
+def _fill_api() -> dict:
+    """ComfyUI's FLUX.1 Fill example, in the API format: the picture and its painted mask into
+    InpaintModelConditioning, whose prompts and latent feed the KSampler, whose model goes
+    through DifferentialDiffusion."""
+    return {
+        "31": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-fill-dev.safetensors", "weight_dtype": "default"}},
+        "34": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl.safetensors", "type": "flux"}},
+        "32": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "23": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["34", 0]}},
+        "26": {"class_type": "FluxGuidance", "inputs": {"guidance": 30, "conditioning": ["23", 0]}},
+        "46": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["23", 0]}},
+        "17": {"class_type": "LoadImage", "inputs": {"image": "yosemite.png"}},
+        "38": {"class_type": "InpaintModelConditioning", "inputs": {"positive": ["26", 0], "negative": ["46", 0], "vae": ["32", 0], "pixels": ["17", 0], "mask": ["17", 1], "noise_mask": False}},
+        "39": {"class_type": "DifferentialDiffusion", "inputs": {"model": ["31", 0]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "cfg": 1, "sampler_name": "euler", "scheduler": "normal", "denoise": 1, "model": ["39", 0], "positive": ["38", 0], "negative": ["38", 1], "latent_image": ["38", 2]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["32", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "fill"}},
+    }  # fmt: skip
+
+
+def test_a_comfyui_flux_fill_workflow_imports_with_every_node_mapped(reg):
+    wf, report, placeholders = _import(_fill_api(), reg)
+    assert placeholders == []
+    node = wf.get_node("38")
+    assert node.type == "inpaint_model_conditioning"
+    assert node.params["noise_mask"] is False
+    links = _links(wf)
+    assert {("38", "positive", "3", "positive"), ("38", "negative", "3", "negative")} <= links
+    assert ("38", "latent", "3", "latent") in links
+    assert ("26", "conditioning", "38", "positive") in links
+    assert ("17", "mask", "38", "mask") in links
+    # Differential Diffusion goes: the sampler takes the loader's model, and the report says why
+    assert "39" not in {n.id for n in wf.nodes}
+    assert ("31", "model", "3", "model") in links
+    line = next(r for r in report if "DifferentialDiffusion (39)" in r)
+    assert "removed" in line and "hard mask" in line
+    from studio.engine.validate import plan_workflow
+
+    assert [str(p) for p in plan_workflow(wf, wf.registry).problems] == []

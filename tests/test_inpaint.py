@@ -87,6 +87,16 @@ def inpaint_graph(models_root, ckpt, *, how="encode_for_inpaint", grow=0, mask_f
         c(ids["ckpt"], "vae", enc, "vae")
         c(ids["mask"], "mask", enc, "mask")
         c(enc, "latent", ids["sampler"], "latent")
+    elif how == "model_conditioning":  # ComfyUI's InpaintModelConditioning
+        enc = add("inpaint_model_conditioning", {"noise_mask": True}).id
+        c(ids["photo"], "image", enc, "pixels")
+        c(ids["ckpt"], "vae", enc, "vae")
+        c(ids["mask"], "mask", enc, "mask")
+        c(ids["pos"], "conditioning", enc, "positive")
+        c(ids["neg"], "conditioning", enc, "negative")
+        c(enc, "positive", ids["sampler"], "positive")
+        c(enc, "negative", ids["sampler"], "negative")
+        c(enc, "latent", ids["sampler"], "latent")
     else:
         enc = add("vae_encode").id
         noise_mask = add("set_latent_noise_mask").id
@@ -144,6 +154,29 @@ def test_noise_mask_keeps_the_latent_outside_the_mask(engine, models_root):
     final = result.outputs[ids["composite"]]["image"]
     photo = result.outputs[ids["photo"]]["image"]
     assert torch.equal(final[:, :, 32:], photo[:, :, 32:])
+
+
+def _picture(engine, wf, ids, denoise=1.0):
+    wf.get_node(ids["sampler"]).params["denoise"] = denoise
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    return result.outputs[ids["decode"]]["image"].numpy()
+
+
+def test_inpaint_model_conditioning_is_comfyuis_way_on_both_kinds_of_checkpoint(
+    engine, models_root
+):
+    """On an ordinary checkpoint: VAE Encode + Set Latent Noise Mask (the picture itself as
+    the start, so denoise 0.6 keeps its colours); on a 9-channel one at denoise 1: VAE
+    Encode for Inpaint's picture (the same masked image and mask reach the UNet)."""
+    got = _picture(engine, *inpaint_graph(models_root, "tiny-sd1", how="model_conditioning"), 0.6)
+    want = _picture(engine, *inpaint_graph(models_root, "tiny-sd1", how="noise_mask"), 0.6)
+    assert np.array_equal(got, want)
+    greyed = _picture(engine, *inpaint_graph(models_root, "tiny-sd1"), 0.6)
+    assert np.abs(got - greyed).max() > 0.05
+    got = _picture(engine, *inpaint_graph(models_root, "tiny-inpaint", how="model_conditioning"))
+    want = _picture(engine, *inpaint_graph(models_root, "tiny-inpaint"))
+    assert np.abs(got - want).max() <= 1e-6
 
 
 def test_inpaint_checkpoint_needs_the_inpaint_latent(engine, models_root):

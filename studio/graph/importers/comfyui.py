@@ -34,6 +34,7 @@ from studio.graph.importers.comfyui_map import (
     MULTI_TEXT_ENCODES,
     NODE_MAPS,
     NOT_MAPPED,
+    PASS_THROUGH,
     PLACEHOLDER_PREFIX,
     SAMPLER_TYPES,
     SEED_WIDGETS,
@@ -93,6 +94,7 @@ def import_comfyui(
     split_prompt_nodes(graph, reader.report)
     fold_custom_sampling(graph, reader.report)
     _fold_clip_set_last_layer(graph, reader.report)
+    _drop_pass_through(graph, reader.report)
     wf = _Builder(registry, graph, reader.report, source).build()
     if kind == "comfyui-api":
         layout_layers(wf)
@@ -623,6 +625,31 @@ def _fold_clip_set_last_layer(g: _Graph, report: list[str]) -> None:
         shown = ", ".join(_label(e) for e in encodes) or "no node"
         report.append(
             f"{_label(cn)} (stop at layer {layer}) became the clip skip {-int(layer)} of {shown}"
+            if cn.mode != 4
+            else f"{_label(cn)} was bypassed and removed"
+        )
+
+
+def _drop_pass_through(g: _Graph, report: list[str]) -> None:
+    """Model patches Studio does without (:data:`PASS_THROUGH`) go; what their MODEL fed
+    now takes the model they were given."""
+    for cn in [c for c in g.nodes.values() if c.class_type in PASS_THROUGH]:
+        if cn.mode == 2:
+            continue
+        src = cn.links.get("model")
+        for other in g.nodes.values():
+            for name, (s, _slot) in list(other.links.items()):
+                if s == cn.id:
+                    if src is None:
+                        del other.links[name]
+                    else:
+                        other.links[name] = src
+                    g.reroutes.pop((other.id, name), None)
+        del g.nodes[cn.id]
+        for key in [k for k in g.reroutes if k[0] == cn.id]:
+            del g.reroutes[key]
+        report.append(
+            f"{_label(cn)} was removed: {PASS_THROUGH[cn.class_type]}"
             if cn.mode != 4
             else f"{_label(cn)} was bypassed and removed"
         )

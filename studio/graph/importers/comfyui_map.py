@@ -405,6 +405,12 @@ NODE_MAPS: dict[str, NodeMap] = {
     "VAEEncodeForInpaint": NodeMap(
         "vae_encode_inpaint", "VAE Encode (for Inpainting)", ("grow_mask_by",), outputs=("latent",)
     ),
+    "InpaintModelConditioning": NodeMap(
+        "inpaint_model_conditioning",
+        "InpaintModelConditioning",
+        ("noise_mask",),
+        outputs=("positive", "negative", "latent"),
+    ),
     "SetLatentNoiseMask": NodeMap(
         "set_latent_noise_mask",
         "Set Latent Noise Mask",
@@ -614,6 +620,14 @@ EXPORT_TYPES["primitive_string"] = "PrimitiveStringMultiline"
 
 #: CLIPSetLastLayer is folded into the Text Encodes it feeds (their clip skip).
 CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
+
+#: Model patches removed on import (their MODEL output is their MODEL input), with the
+#: report line's reason.
+PASS_THROUGH: dict[str, str] = {
+    "DifferentialDiffusion": "Studio's inpainting keeps a hard mask (0 or 1 per pixel), on "
+    "which Differential Diffusion changes nothing; a soft mask's gradual edge is not "
+    "reproduced",
+}
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
