@@ -2162,3 +2162,30 @@ def test_flux_kontext_image_scale_picks_the_nearest_kontext_resolution():
     out = flux_kontext_image_scale.execute(None, image=image)
     assert out.shape == (1, 880, 1184, 3)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_a_comfyui_kontext_prompt_imports_onto_these_nodes():
+    """ComfyUI's Kontext wiring (LoadImage -> FluxKontextImageScale -> VAEEncode ->
+    ReferenceLatent on the prompt) imports onto Studio's nodes, links kept."""
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "kontext"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+        "3": {"class_type": "FluxKontextImageScale", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it blue", "clip": ["1", 1]}},
+        "6": {"class_type": "ReferenceLatent",
+              "inputs": {"conditioning": ["5", 0], "latent": ["4", 0]}},
+        "7": {"class_type": "FluxGuidance", "inputs": {"guidance": 2.5, "conditioning": ["6", 0]}},
+    }  # fmt: skip
+    result = import_comfyui(prompt, installed_registry(), source="kontext.json")
+    wf = result.workflow
+    by_type = {n.type: n.id for n in wf.nodes}
+    assert {"reference_latent", "flux_kontext_image_scale"} <= set(by_type)
+    links = {(k.source, k.output, k.target, k.input) for k in wf.links}
+    ref, scale = by_type["reference_latent"], by_type["flux_kontext_image_scale"]
+    assert (by_type["vae_encode"], "latent", ref, "latent") in links
+    assert (by_type["text_encode"], "conditioning", ref, "conditioning") in links
+    assert (scale, "image", by_type["vae_encode"], "image") in links
+    assert (by_type["load_image"], "image", scale, "image") in links
