@@ -2055,19 +2055,20 @@ def test_an_sd3_controlnet_without_t5_equals_the_pipeline_without_it(
 # -- FLUX.1 Kontext: Reference Latent ---------------------------------------------------------
 
 
-def _kontext_graph(wf, photos, reference: bool = True) -> tuple[str, str]:
+def _kontext_graph(wf, photos, reference: bool = True, sides=("pos",), **params) -> tuple[str, str]:
     """Load Image -> VAE Encode -> Reference Latent on the prompt (one per photo) -> Sampler
     on an Empty Latent of the photo's size -> VAE Decode."""
     ids = _prompts(wf, "flux")
     if reference:
         for photo in photos:
             _, enc = _encoded_photo(wf, ids, photo)
-            ref = wf.add_node("reference_latent").id
-            wf.connect(ids["pos"], "conditioning", ref, "conditioning")
-            wf.connect(enc, "latent", ref, "latent")
-            ids["pos"] = ref
+            for side in sides:
+                ref = wf.add_node("reference_latent").id
+                wf.connect(ids[side], "conditioning", ref, "conditioning")
+                wf.connect(enc, "latent", ref, "latent")
+                ids[side] = ref
     lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
-    s = _sampler_node(wf, ids, "flux", (lat, "latent"))
+    s = _sampler_node(wf, ids, "flux", (lat, "latent"), **params)
     return s, _decode(wf, ids, s)
 
 
@@ -2096,6 +2097,27 @@ def test_a_reference_latent_equals_the_flux_kontext_pipeline(engine, parts, phot
     moved = out[s]["latent"]["samples"] - out[plain]["latent"]["samples"]
     assert moved.abs().max() > 1e-2  # as a ControlNet's steer is checked (here 0.024)
     assert np.abs(got - out[plain_dec]["image"].numpy()).max() > 1 / 255
+
+
+def test_a_reference_on_both_prompts_with_true_cfg_equals_the_kontext_pipeline(
+    engine, parts, photo_and_mask
+):
+    """cfg 2 with Reference Latent on the positive and the negative equals FluxKontextPipeline
+    with true_cfg_scale 2 and a negative prompt (the pipeline gives both passes the image)."""
+    from PIL import Image
+
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    _, dec = _kontext_graph(wf, [photo], sides=("pos", "neg"), cfg=2.0)
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    pipe = diffusers.FluxKontextPipeline(**parts["flux"])
+    want = pipe(
+        image=Image.open(photo).convert("RGB"), prompt=PROMPT, negative_prompt=NEGATIVE,
+        true_cfg_scale=2.0, height=64, width=64, max_area=64 * 64, _auto_resize=False,
+        num_inference_steps=STEPS, guidance_scale=DIT_SETUPS["flux"][2], output_type="np",
+        generator=torch.Generator("cpu").manual_seed(SEED),
+    ).images  # fmt: skip
+    _close(got, want)
 
 
 def test_references_take_comfyui_offsets_and_wrong_uses_are_clear_errors(engine, root):
