@@ -238,7 +238,11 @@ def model_sampling_flux(ctx, model: Any, max_shift: float = 1.15, base_shift: fl
         "Chain several for several references."
     ),
     inputs=[
-        InputSpec("conditioning", T.CONDITIONING),
+        InputSpec(
+            "conditioning",
+            T.CONDITIONING,
+            tooltip='The prompt: the edit to make ("make the car red"), for Flux Kontext.',
+        ),
         InputSpec(
             "latent",
             T.LATENT,
@@ -304,7 +308,7 @@ def kontext_size(width: int, height: int) -> tuple[int, int]:
         "Resizes an image to the FLUX.1 Kontext resolution nearest its aspect ratio (about "
         "1 megapixel, as FluxKontextPipeline does), before VAE Encode for a Reference Latent."
     ),
-    inputs=[InputSpec("image", T.IMAGE)],
+    inputs=[InputSpec("image", T.IMAGE, tooltip="The reference image, any size.")],
     outputs=[
         OutputSpec(
             "image",
