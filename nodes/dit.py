@@ -372,7 +372,7 @@ def pipeline_family(index: dict[str, Any]) -> str | None:
     name = str(index.get("_class_name", ""))
     if name.startswith("StableDiffusion3"):
         return "sd3"
-    if name.startswith("Flux") and "Kontext" not in name:
+    if name.startswith("Flux"):  # FluxFillPipeline, FluxKontextPipeline: Flux transformers too
         return "flux"
     return None
 
@@ -1454,6 +1454,9 @@ def sample(
             (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
         )  # fmt: skip
     fill_packed = pack(fill_in) if fill_in is not None else None
+    _check_references(
+        positive, negative, family, regional or controls is not None or fill_in is not None
+    )
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if regions is not None:
@@ -1954,13 +1957,84 @@ def _flux_inputs(
         }
 
     common = {"guidance": guidance, "img_ids": image_ids(h, w, device, dtype)}
-    return {"pos": {**side(pos), **common}, "neg": {**side(neg), **common} if guided else None}
+
+    def with_refs(c: Cond) -> dict[str, Any]:
+        ins = {**side(c), **common}
+        refs = references(c, batch, device, dtype)
+        if refs is not None:
+            ins["reference_tokens"] = refs[0]
+            ins["img_ids"] = torch.cat([ins["img_ids"], refs[1]])
+        return ins
+
+    return {"pos": with_refs(pos), "neg": with_refs(neg) if guided else None}
 
 
 def _flux_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
     timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
-    pred = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["pos"])[0]
+
+    def run(side: dict[str, Any]) -> torch.Tensor:
+        args = {k: v for k, v in side.items() if k != "reference_tokens"}
+        refs = side.get("reference_tokens")
+        hidden = x if refs is None else torch.cat([x, refs], dim=1)
+        out = net(hidden_states=hidden, timestep=timestep, return_dict=False, **args)[0]
+        return out[:, : x.shape[1]]  # the reference tokens' outputs are dropped
+
+    pred = run(inputs["pos"])
     if guided:
-        uncond = net(hidden_states=x, timestep=timestep, return_dict=False, **inputs["neg"])[0]
+        uncond = run(inputs["neg"])
         pred = uncond + cfg * (pred - uncond)
     return pred
+
+
+def references(
+    c: Cond, batch: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A prompt's Reference Latents (Flux Kontext) as packed tokens [batch, n, 64] and their
+    position ids [n, 3]: first coordinate 1, as FluxKontextPipeline gives its image. Several
+    references follow ComfyUI's ``offset`` rule: each is placed beside the ones before it
+    (right of them if that keeps the block more square, else below), all at index 1. A
+    reference with an odd number of latent cells loses its last row / column."""
+    refs = c.extra.get("reference_latents")
+    if not refs:
+        return None
+    tokens, ids = [], []
+    h_used = w_used = 0
+    for ref in refs:
+        rh, rw = ref.shape[-2] // 2 * 2, ref.shape[-1] // 2 * 2
+        if ref.shape[0] not in (1, batch):
+            raise NodeError(
+                f"a Reference Latent holds {ref.shape[0]} images but the latent {batch}: "
+                "use one reference image or as many as the latent's batch"
+            )
+        ref = ref[..., :rh, :rw].to(device=device, dtype=dtype)
+        tokens.append(pack(ref).expand(batch, -1, -1))
+        dh = dw = 0
+        if rh + h_used > rw + w_used:
+            dw = w_used
+        else:
+            dh = h_used
+        h_used, w_used = max(h_used, rh + dh), max(w_used, rw + dw)
+        pos = image_ids(rh, rw, device, dtype)
+        pos[:, 0] = 1
+        pos[:, 1] += dh // 2
+        pos[:, 2] += dw // 2
+        ids.append(pos)
+    return torch.cat(tokens, dim=1), torch.cat(ids)
+
+
+def _check_references(positive: list[Cond], negative: list[Cond], family: str, other: bool):
+    """Reference Latents go with a plain Flux prompt; elsewhere they would be silently
+    ignored, so they are refused."""
+    if not any(c.extra.get("reference_latents") for c in (*positive, *negative)):
+        return
+    if family != "flux":
+        raise NodeError(
+            f"Reference Latent works with Flux models (FLUX.1 Kontext); this model is "
+            f"{FAMILY_TITLES[family]}: remove the Reference Latent node"
+        )
+    if other:
+        raise NodeError(
+            "Reference Latent cannot yet be combined with ControlNets, areas, masks, timestep "
+            "ranges, several combined prompts or FLUX.1 Fill inpainting: use it on one plain "
+            "prompt"
+        )

@@ -226,3 +226,108 @@ def model_sampling_flux(ctx, model: Any, max_shift: float = 1.15, base_shift: fl
     cfg.setdefault("base_image_seq_len", 256)
     cfg.setdefault("max_image_seq_len", 4096)
     return dataclasses.replace(m, scheduler_config=cfg)
+
+
+@node(
+    "reference_latent",
+    title="Reference Latent",
+    category="conditioning",
+    description=(
+        "Gives a prompt a reference image to edit or follow, for FLUX.1 Kontext: Load Image, "
+        "Flux Kontext Image Scale and VAE Encode make the latent; the prompt says the change. "
+        "Chain several for several references."
+    ),
+    inputs=[
+        InputSpec(
+            "conditioning",
+            T.CONDITIONING,
+            tooltip='The prompt: the edit to make ("make the car red"), for Flux Kontext.',
+        ),
+        InputSpec(
+            "latent",
+            T.LATENT,
+            optional=True,
+            tooltip=(
+                "The VAE-encoded reference image. The Sampler's latent sets the output size "
+                "(usually an Empty Latent of the reference's size). Unconnected: the prompt "
+                "passes unchanged."
+            ),
+        ),
+    ],
+    outputs=[
+        OutputSpec(
+            "conditioning",
+            T.CONDITIONING,
+            tooltip="The prompt with the reference added after any it already had.",
+        )
+    ],
+)
+def reference_latent(ctx, conditioning: Any, latent: Any = None) -> list:
+    import dataclasses
+
+    from nodes.values import Cond
+
+    if not isinstance(conditioning, list) or not all(isinstance(c, Cond) for c in conditioning):
+        raise NodeError("the conditioning input is not conditioning")
+    if latent is None:
+        return list(conditioning)
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if samples is None or samples.ndim != 4:
+        raise NodeError("the latent input is not a latent: connect a VAE Encode")
+    return [
+        dataclasses.replace(
+            c,
+            extra={
+                **c.extra,
+                "reference_latents": [*c.extra.get("reference_latents", []), samples],
+            },
+        )
+        for c in conditioning
+    ]
+
+
+#: The (width, height) FLUX.1 Kontext was trained on (diffusers' PREFERRED_KONTEXT_RESOLUTIONS).
+KONTEXT_RESOLUTIONS = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248),
+    (880, 1184), (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832),
+    (1328, 800), (1392, 752), (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+
+
+def kontext_size(width: int, height: int) -> tuple[int, int]:
+    """The Kontext resolution nearest the image's aspect ratio (the pipeline's choice)."""
+    aspect = width / height
+    return min(KONTEXT_RESOLUTIONS, key=lambda r: (abs(aspect - r[0] / r[1]), r))
+
+
+@node(
+    "flux_kontext_image_scale",
+    title="Flux Kontext Image Scale",
+    category="image",
+    description=(
+        "Resizes an image to the FLUX.1 Kontext resolution nearest its aspect ratio (about "
+        "1 megapixel, as FluxKontextPipeline does), before VAE Encode for a Reference Latent."
+    ),
+    inputs=[InputSpec("image", T.IMAGE, tooltip="The reference image, any size.")],
+    outputs=[
+        OutputSpec(
+            "image",
+            T.IMAGE,
+            tooltip="Cut around the centre to the resolution's aspect, then resized (lanczos).",
+        )
+    ],
+)
+def flux_kontext_image_scale(ctx, image: Any) -> Any:
+    from nodes.upscale import resize_image
+
+    h, w = int(image.shape[1]), int(image.shape[2])
+    if h == 0 or w == 0:
+        raise NodeError("the image is empty")
+    tw, th = kontext_size(w, h)
+    if w / h > tw / th:
+        cut = round((w - w * (tw / th) / (w / h)) / 2)
+        image = image[:, :, cut : w - cut]
+    elif w / h < tw / th:
+        cut = round((h - h * (w / h) / (tw / th)) / 2)
+        image = image[:, cut : h - cut]
+    return resize_image(image, (tw, th), "lanczos")

@@ -2050,3 +2050,164 @@ def test_an_sd3_controlnet_without_t5_equals_the_pipeline_without_it(
         control_image=Image.open(image).convert("RGB"), controlnet_conditioning_scale=0.9,
     )  # fmt: skip
     _close(got, want)
+
+
+# -- FLUX.1 Kontext: Reference Latent ---------------------------------------------------------
+
+
+def _kontext_graph(wf, photos, reference: bool = True, sides=("pos",), **params) -> tuple[str, str]:
+    """Load Image -> VAE Encode -> Reference Latent on the prompt (one per photo) -> Sampler
+    on an Empty Latent of the photo's size -> VAE Decode."""
+    ids = _prompts(wf, "flux")
+    if reference:
+        for photo in photos:
+            _, enc = _encoded_photo(wf, ids, photo)
+            for side in sides:
+                ref = wf.add_node("reference_latent").id
+                wf.connect(ids[side], "conditioning", ref, "conditioning")
+                wf.connect(enc, "latent", ref, "latent")
+                ids[side] = ref
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = _sampler_node(wf, ids, "flux", (lat, "latent"), **params)
+    return s, _decode(wf, ids, s)
+
+
+def test_a_reference_latent_equals_the_flux_kontext_pipeline(engine, parts, photo_and_mask):
+    """Load Image + VAE Encode + Reference Latent + Sampler equal FluxKontextPipeline with the
+    image (not resized: _auto_resize off): the reference's tokens follow the noise's with
+    position index 1, its VAE latent the mean (the pipeline's argmax: no generator draw).
+    Without the reference the picture is clearly another."""
+    from PIL import Image
+
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    s, dec = _kontext_graph(wf, [photo])
+    plain, plain_dec = _kontext_graph(wf, [photo], reference=False)
+    out = _outputs(engine, wf, [dec, s, plain, plain_dec])
+    got = out[dec]["image"].numpy()
+
+    pipe = diffusers.FluxKontextPipeline(**parts["flux"])
+    want = pipe(
+        image=Image.open(photo).convert("RGB"), prompt=PROMPT, height=64, width=64,
+        max_area=64 * 64, _auto_resize=False, num_inference_steps=STEPS,
+        guidance_scale=DIT_SETUPS["flux"][2], output_type="np",
+        generator=torch.Generator("cpu").manual_seed(SEED),
+    ).images  # fmt: skip
+    _close(got, want)
+    moved = out[s]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # as a ControlNet's steer is checked (here 0.024)
+    assert np.abs(got - out[plain_dec]["image"].numpy()).max() > 1 / 255
+
+
+def test_a_reference_on_both_prompts_with_true_cfg_equals_the_kontext_pipeline(
+    engine, parts, photo_and_mask
+):
+    """cfg 2 with Reference Latent on the positive and the negative equals FluxKontextPipeline
+    with true_cfg_scale 2 and a negative prompt (the pipeline gives both passes the image)."""
+    from PIL import Image
+
+    photo = photo_and_mask[0]
+    wf = Workflow(installed_registry())
+    _, dec = _kontext_graph(wf, [photo], sides=("pos", "neg"), cfg=2.0)
+    got = _outputs(engine, wf, [dec])[dec]["image"].numpy()
+    pipe = diffusers.FluxKontextPipeline(**parts["flux"])
+    want = pipe(
+        image=Image.open(photo).convert("RGB"), prompt=PROMPT, negative_prompt=NEGATIVE,
+        true_cfg_scale=2.0, height=64, width=64, max_area=64 * 64, _auto_resize=False,
+        num_inference_steps=STEPS, guidance_scale=DIT_SETUPS["flux"][2], output_type="np",
+        generator=torch.Generator("cpu").manual_seed(SEED),
+    ).images  # fmt: skip
+    _close(got, want)
+
+
+def test_references_take_comfyui_offsets_and_wrong_uses_are_clear_errors(engine, root):
+    """Two references: both at index 1, the second placed beside the first (ComfyUI's offset
+    rule); the second changes the picture. On SD3, a Reference Latent is refused, naming it."""
+    from nodes.dit import references
+    from nodes.values import Cond
+
+    a, b = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 6, 4)
+    c = Cond(embeds=None, extra={"reference_latents": [a, b]})
+    tokens, ids = references(c, 2, torch.device("cpu"), torch.float32)
+    assert tokens.shape == (2, 16 + 6, 64)
+    assert (ids[:, 0] == 1).all()
+    assert ids[16:, 1].tolist() == [r for r in range(3) for _ in range(2)]  # rows 0..2
+    assert ids[16:, 2].tolist() == [4, 5] * 3  # right of the first (8 cells = 4 patches)
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    other = root / "other.png"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(other)
+    photo = root / "photo.png"
+    if not photo.exists():
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    wf = Workflow(installed_registry())
+    one, _ = _kontext_graph(wf, [photo])
+    two, _ = _kontext_graph(wf, [photo, other])
+    out = _outputs(engine, wf, [one, two])
+    moved = out[two]["latent"]["samples"] - out[one]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2
+
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    _, enc = _encoded_photo(wf, ids, photo)
+    ref = wf.add_node("reference_latent").id
+    wf.connect(ids["pos"], "conditioning", ref, "conditioning")
+    wf.connect(enc, "latent", ref, "latent")
+    ids["pos"] = ref
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    result = engine.run(wf, targets=[s])
+    assert not result.ok
+    msg = " ".join(result.errors.values())
+    assert "Reference Latent" in msg and "Flux" in msg and "Traceback" not in msg
+
+
+def test_a_kontext_pipeline_folder_loads_as_flux(root, parts, engine):
+    """A FluxKontextPipeline folder is a Flux checkpoint (the transformer is Flux dev's)."""
+    diffusers.FluxKontextPipeline(**parts["flux"]).save_pretrained(
+        str(root / "checkpoints" / "tiny-kontext")
+    )
+    got = checkpoint_image(engine, "tiny-kontext", cfg=1.0, guidance=2.5)
+    want = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=2.5)
+    _close(got, want, bound=0.0)
+
+
+def test_flux_kontext_image_scale_picks_the_nearest_kontext_resolution():
+    from nodes.dit_nodes import flux_kontext_image_scale, kontext_size
+
+    assert kontext_size(640, 480) == (1184, 880)
+    assert kontext_size(500, 500) == (1024, 1024)
+    assert kontext_size(480, 1280) == (672, 1568)
+    image = torch.rand(1, 300, 400, 3)
+    out = flux_kontext_image_scale.execute(None, image=image)
+    assert out.shape == (1, 880, 1184, 3)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_a_comfyui_kontext_prompt_imports_onto_these_nodes():
+    """ComfyUI's Kontext wiring (LoadImage -> FluxKontextImageScale -> VAEEncode ->
+    ReferenceLatent on the prompt) imports onto Studio's nodes, links kept."""
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "kontext"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+        "3": {"class_type": "FluxKontextImageScale", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["1", 2]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it blue", "clip": ["1", 1]}},
+        "6": {"class_type": "ReferenceLatent",
+              "inputs": {"conditioning": ["5", 0], "latent": ["4", 0]}},
+        "7": {"class_type": "FluxGuidance", "inputs": {"guidance": 2.5, "conditioning": ["6", 0]}},
+    }  # fmt: skip
+    result = import_comfyui(prompt, installed_registry(), source="kontext.json")
+    wf = result.workflow
+    by_type = {n.type: n.id for n in wf.nodes}
+    assert {"reference_latent", "flux_kontext_image_scale"} <= set(by_type)
+    links = {(k.source, k.output, k.target, k.input) for k in wf.links}
+    ref, scale = by_type["reference_latent"], by_type["flux_kontext_image_scale"]
+    assert (by_type["vae_encode"], "latent", ref, "latent") in links
+    assert (by_type["text_encode"], "conditioning", ref, "conditioning") in links
+    assert (scale, "image", by_type["vae_encode"], "image") in links
+    assert (by_type["load_image"], "image", scale, "image") in links

@@ -610,6 +610,10 @@ NODE_MAPS: dict[str, NodeMap] = {
     "PrimitiveStringMultiline": NodeMap(
         "primitive_string", "String (Multiline)", ("value",), outputs=("value",)
     ),
+    "ReferenceLatent": NodeMap("reference_latent", "ReferenceLatent", outputs=("conditioning",)),
+    "FluxKontextImageScale": NodeMap(
+        "flux_kontext_image_scale", "FluxKontextImageScale", outputs=("image",)
+    ),
 }
 
 #: The ComfyUI type each Studio type exports as (Scale Image picks by its mode).
