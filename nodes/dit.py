@@ -17,6 +17,7 @@ shapes, so no hub is asked. Imported lazily (imports torch, diffusers, transform
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -422,19 +423,108 @@ def _weights(path: Path, label: str) -> Any:
     return WeightsFile(path, label)
 
 
-def gguf_shapes(path: Path, label: str) -> dict[str, tuple[int, ...]]:
-    """Tensor names and (logical, torch-order) shapes of a GGUF file, without reading data."""
+def _gguf_reader(path: Path, label: str) -> Any:
     try:
         import gguf
     except ImportError:
         raise NodeError(f"{label}: GGUF files need the 'gguf' package (pip install gguf)") from None
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except Exception as exc:
         raise NodeError(
             f"{label}: not a readable GGUF file ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def gguf_shapes(path: Path, label: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and (logical, torch-order) shapes of a GGUF file, without reading data."""
+    reader = _gguf_reader(path, label)
     return {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+
+
+#: llama.cpp's names of a T5 encoder's tensors (gguf-py's tensor_mapping, the names city96's
+#: t5-v1_1-xxl-encoder GGUF files use) -> transformers' T5EncoderModel names. Per block:
+GGUF_T5_BLOCK = {
+    "attn_norm": "layer.0.layer_norm",
+    "attn_q": "layer.0.SelfAttention.q",
+    "attn_k": "layer.0.SelfAttention.k",
+    "attn_v": "layer.0.SelfAttention.v",
+    "attn_o": "layer.0.SelfAttention.o",
+    "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias",
+    "ffn_norm": "layer.1.layer_norm",
+    "ffn_gate": "layer.1.DenseReluDense.wi_0",  # gated-gelu: the gelu'd half
+    "ffn_up": "layer.1.DenseReluDense.wi_1",  # (plain T5's single "wi" if no gate: below)
+    "ffn_down": "layer.1.DenseReluDense.wo",
+}
+GGUF_T5_TOP = {"token_embd": "shared", "enc.output_norm": "encoder.final_layer_norm"}
+#: GGUF metadata (``{arch}.<key>``) -> T5Config (llama.cpp's T5 converter writes these).
+GGUF_T5_CONFIG = {
+    "block_count": "num_layers",
+    "embedding_length": "d_model",
+    "feed_forward_length": "d_ff",
+    "attention.head_count": "num_heads",
+    "attention.key_length": "d_kv",
+    "attention.relative_buckets_count": "relative_attention_num_buckets",
+    "attention.layer_norm_rms_epsilon": "layer_norm_epsilon",
+    "attention.layer_norm_epsilon": "layer_norm_epsilon",
+}
+
+
+def gguf_t5_names(names: Any) -> dict[str, str]:
+    """GGUF tensor name -> transformers T5 name for the llama.cpp-named tensors of a T5
+    encoder (other names are kept: a GGUF may hold transformers' names already); decoder
+    tensors (``dec.*``) are left out."""
+    names = list(names)
+    gated = any(".ffn_gate." in n for n in names)
+    out: dict[str, str] = {}
+    for n in names:
+        stem, dot, kind = n.rpartition(".")
+        if not dot:
+            stem, kind = n, ""
+        suffix = f".{kind}" if kind else ""
+        if stem in GGUF_T5_TOP:
+            out[n] = GGUF_T5_TOP[stem] + suffix
+        elif stem.startswith("enc.blk."):
+            _, _, rest = stem.partition("enc.blk.")
+            block, _, part = rest.partition(".")
+            hf = GGUF_T5_BLOCK.get(part)
+            if hf is None:
+                continue
+            if part == "ffn_up" and not gated:
+                hf = "layer.1.DenseReluDense.wi"
+            out[n] = f"encoder.block.{block}.{hf}{suffix}"
+        elif not stem.startswith(("dec.", "output")):
+            out[n] = n
+    return out
+
+
+def _gguf_value(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    try:
+        value = field.contents()
+    except Exception:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value
+
+
+def _gguf_t5_config(reader: Any, shapes: dict[str, Any], label: str) -> dict[str, Any]:
+    """T5's config from the GGUF's metadata, each value not given there read from the
+    tensors' shapes (as for a .safetensors T5)."""
+    try:
+        cfg = t5_config(shapes, "")
+    except KeyError as exc:
+        raise NodeError(f"{label}: a T5 GGUF without the tensor {exc.args[0]!r}") from None
+    arch = _gguf_value(reader, "general.architecture") or "t5"
+    for key, name in GGUF_T5_CONFIG.items():
+        value = _gguf_value(reader, f"{arch}.{key}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            # (GGUF stores the epsilon as float32: 1e-6 reads 9.99999997e-07)
+            cfg[name] = float(f"{value:.6g}") if name == "layer_norm_epsilon" else int(value)
+    return cfg
 
 
 def inspect_diffusion_model(
@@ -532,11 +622,7 @@ def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> We
     found by their prefix)."""
     label = f"text encoder {name!r}"
     if path.suffix.lower() == ".gguf":
-        raise NodeError(
-            f"{label}: Studio does not read GGUF text encoders yet; use the .safetensors "
-            "file (e.g. t5xxl_fp8_e4m3fn.safetensors, clip_l.safetensors) in the "
-            "text_encoders folder"
-        )
+        return _inspect_gguf_text_encoder(path, name, identity, label)
     shapes = _weights(path, label).shapes
     found = sniff(shapes)
     if found.kind == "clip":
@@ -550,6 +636,31 @@ def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> We
     return WeightsSource(
         path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family=found.kind,
         configs={"text_encoder": cfg}, prefixes={"text_encoder": found.prefix}, name=name,
+    )  # fmt: skip
+
+
+def _inspect_gguf_text_encoder(
+    path: Path, name: str, identity: tuple[Any, ...], label: str
+) -> WeightsSource:
+    """A T5 encoder as a GGUF file (city96's t5-v1_1-xxl-encoder-Q8_0.gguf and the like):
+    its config from the metadata (or the shapes); loaded with its quantised Linear layers
+    kept quantised (:func:`_load_gguf_t5`)."""
+    reader = _gguf_reader(path, label)
+    raw = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    names = gguf_t5_names(raw)
+    shapes = {hf: raw[n] for n, hf in names.items()}
+    found = sniff(shapes)
+    if found.kind != "t5" or found.prefix:
+        what = found.what if found.kind != "other" else "no T5 encoder"
+        raise NodeError(
+            f"{label}: Studio reads T5 text encoders from GGUF files (llama.cpp's tensor "
+            f"names); this one holds {what}. Use the .safetensors file for CLIP "
+            "(e.g. clip_l.safetensors) in the text_encoders folder"
+        )
+    cfg = _gguf_t5_config(reader, shapes, label)
+    return WeightsSource(
+        path=str(path), identity=(*identity, "gguf"), layout=LAYOUT_SINGLE_FILE, family="t5",
+        configs={"text_encoder": cfg, "load": {"quant": "gguf"}}, prefixes={}, name=name,
     )  # fmt: skip
 
 
@@ -696,7 +807,9 @@ def load_component(source: WeightsSource, component: str, dtype: Any, label: str
             )
         return module
     if quant == "gguf":
-        return _load_gguf_transformer(source, dtype, label)
+        if component == "transformer":
+            return _load_gguf_transformer(source, dtype, label)
+        return _load_gguf_t5(source, component, dtype, label)
     state = _single_file_state(source, component, label)
     module = _build(cls, component, config)
     if cls.__name__.startswith("CLIP"):
@@ -826,6 +939,89 @@ def _load_gguf_transformer(source: WeightsSource, dtype: Any, label: str) -> Any
 
 #: from_single_file reads its converter from a module-level table: one GGUF load at a time.
 _GGUF_LOCK = threading.Lock()
+
+
+def _load_gguf_t5(source: WeightsSource, component: str, dtype: Any, label: str) -> Any:
+    """A GGUF T5 encoder: its quantised Linear layers (attention q/k/v/o, the feed-forward)
+    stay quantised, each dequantised to ``dtype`` while it computes (diffusers' GGUFLinear,
+    as GGUF transformers run); the token embedding, relative attention bias and norms are
+    dequantised to ``dtype`` at load (a small part: 32128 x 4096 embedding in T5-XXL)."""
+    try:
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+        from diffusers.quantizers.gguf.utils import (
+            GGUFParameter,
+            _replace_with_gguf_linear,
+            dequantize_gguf_tensor,
+        )
+    except ImportError:
+        raise NodeError(f"the {label} is a GGUF file, which needs the 'gguf' package") from None
+    config = source.configs[component]
+    try:
+        raw = load_gguf_checkpoint(source.path)
+    except ValueError as exc:  # a quantisation diffusers does not dequantise
+        raise NodeError(f"the {label}: {exc}".split("\n\n")[0]) from None
+    names = gguf_t5_names(raw)
+    state = {hf: raw[n] for n, hf in names.items() if not hf.startswith("decoder.")}
+    if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
+        state["shared.weight"] = state["encoder.embed_tokens.weight"]
+    state.pop("encoder.embed_tokens.weight", None)
+    module = _build(_component_class(component, config), component, config)
+    # Linear layers whose weight the file holds quantised become GGUFLinear (the rest keep
+    # nn.Linear and get float weights).
+    _replace_with_gguf_linear(module, dtype, state)
+    expected = dict(module.state_dict())
+    expected.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
+    missing = [k for k in expected if k not in state]
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise NodeError(f"the file lacks {len(missing)} weights of the {label} (e.g. {shown})")
+    linear = {n + ".weight" for n, m in module.named_modules() if type(m).__name__ == "GGUFLinear"}
+    for k, want in expected.items():
+        v = state[k]
+        quantised = isinstance(v, GGUFParameter)
+        shape = tuple(v.quant_shape) if quantised else tuple(v.shape)
+        if shape != tuple(want.shape):
+            raise NodeError(
+                f"the {label} does not match its config: {k} has shape {shape}, "
+                f"expected {tuple(want.shape)}"
+            )
+        if quantised and k in linear:
+            param = v
+        else:
+            plain = dequantize_gguf_tensor(v) if quantised else v
+            if isinstance(plain, GGUFParameter):
+                plain = plain.as_tensor()
+            param = torch.nn.Parameter(plain.to(dtype).reshape(want.shape), requires_grad=False)
+        owner, _, leaf = k.rpartition(".")
+        module.get_submodule(owner)._parameters[leaf] = param
+    module.encoder.embed_tokens.weight = module.shared.weight
+    for name, buf in list(module.named_buffers()):
+        if buf.is_meta:
+            raise NodeError(f"the {label} has an uninitialised buffer {name}")
+    ff_classes = _gguf_t5_ff_classes()
+    for sub in module.modules():
+        if type(sub) in ff_classes and type(getattr(sub, "wo", None)).__name__ == "GGUFLinear":
+            sub.__class__ = ff_classes[type(sub)]
+    return module
+
+
+@functools.cache
+def _gguf_t5_ff_classes() -> dict[type, type]:
+    """T5's feed-forward blocks cast their input to ``wo``'s dtype before ``wo`` (to keep it
+    in fp32 for 8-bit T5s): a quantised ``wo`` holds bytes, so these subclasses leave the
+    input in the compute dtype, which GGUFLinear computes in."""
+    from transformers.models.t5 import modeling_t5 as m
+
+    class GgufGatedFF(m.T5DenseGatedActDense):
+        def forward(self, hidden_states: Any) -> Any:
+            h = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+            return self.wo(self.dropout(h))
+
+    class GgufFF(m.T5DenseActDense):
+        def forward(self, hidden_states: Any) -> Any:
+            return self.wo(self.dropout(self.act(self.wi(hidden_states))))
+
+    return {m.T5DenseGatedActDense: GgufGatedFF, m.T5DenseActDense: GgufFF}
 
 
 def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple | None:

@@ -292,3 +292,62 @@ def save_gguf(state: dict[str, torch.Tensor], path: Path, arch: str = "flux") ->
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+#: transformers' T5 names -> llama.cpp's (gguf-py's tensor_mapping), per block and on top.
+_T5_TO_GGUF_BLOCK = {
+    "layer.0.layer_norm": "attn_norm",
+    "layer.0.SelfAttention.q": "attn_q",
+    "layer.0.SelfAttention.k": "attn_k",
+    "layer.0.SelfAttention.v": "attn_v",
+    "layer.0.SelfAttention.o": "attn_o",
+    "layer.0.SelfAttention.relative_attention_bias": "attn_rel_b",
+    "layer.1.layer_norm": "ffn_norm",
+    "layer.1.DenseReluDense.wi_0": "ffn_gate",
+    "layer.1.DenseReluDense.wi_1": "ffn_up",
+    "layer.1.DenseReluDense.wo": "ffn_down",
+}
+
+
+def save_gguf_t5(encoder: Any, path: Path, qtype: str = "Q8_0") -> Path:
+    """A T5 encoder as llama.cpp's T5 converter writes it (city96's t5-v1_1-xxl-encoder
+    GGUFs): llama.cpp tensor names, ``t5encoder.*`` metadata; 2-D weights in ``qtype``
+    (F32, F16 or Q8_0: those whose rows are a multiple of 32 long, as llama.cpp's quantiser
+    keeps the others F16), norms F32."""
+    import gguf
+    import numpy as np
+
+    cfg = encoder.config
+    writer = gguf.GGUFWriter(str(path), arch="t5encoder")
+    writer.add_context_length(512)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_feed_forward_length(cfg.d_ff)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_key_length(cfg.d_kv)
+    writer.add_value_length(cfg.d_kv)
+    writer.add_layer_norm_rms_eps(cfg.layer_norm_epsilon)
+    writer.add_relative_attn_buckets_count(cfg.relative_attention_num_buckets)
+    for k, v in encoder.state_dict().items():
+        if k == "encoder.embed_tokens.weight":
+            continue  # tied to shared
+        if k == "shared.weight":
+            name = "token_embd.weight"
+        elif k == "encoder.final_layer_norm.weight":
+            name = "enc.output_norm.weight"
+        else:
+            block, _, rest = k.removeprefix("encoder.block.").partition(".")
+            name = f"enc.blk.{block}.{_T5_TO_GGUF_BLOCK[rest.removesuffix('.weight')]}.weight"
+        data = v.detach().float().numpy().astype(np.float32)
+        if data.ndim == 2 and qtype == "Q8_0" and data.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif data.ndim == 2 and qtype != "F32":
+            writer.add_tensor(name, data.astype(np.float16))
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
