@@ -2211,3 +2211,113 @@ def test_a_comfyui_kontext_prompt_imports_onto_these_nodes():
     assert (by_type["text_encode"], "conditioning", ref, "conditioning") in links
     assert (scale, "image", by_type["vae_encode"], "image") in links
     assert (by_type["load_image"], "image", scale, "image") in links
+
+
+# -- GGUF T5 text encoders (city96's t5-v1_1-xxl-encoder-Q8_0.gguf and the like) ----------------
+
+#: The prompt embeddings' and picture's largest difference from the .safetensors T5, per
+#: storage type. Measured on the tiny T5 (embeddings up to 3.6): F32 0, F16 0.002,
+#: Q8_0 0.04 (about 1 % of the largest: Q8_0's 8 bits a weight, one scale per 32); the
+#: pictures F32 0, F16 under 1/255, Q8_0 below 0.03 (see the README).
+GGUF_T5_BOUNDS = {"F32": (0.0, 1 / 255), "F16": (0.005, 1 / 255), "Q8_0": (0.1, 0.05)}
+
+
+def _gguf_t5(parts, root, qtype: str) -> str:
+    name = f"t5-{qtype}.gguf"
+    path = root / "text_encoders" / name
+    if not path.exists():
+        fx.save_gguf_t5(parts["flux"]["text_encoder_2"], path, qtype)
+    return name
+
+
+def _t5_embeds(engine, clips: list[str], family: str):
+    wf = Workflow(installed_registry())
+    params = {f"clip_name{i + 1}": n for i, n in enumerate(clips)}
+    kind = "load_text_encoders_3" if len(clips) == 3 else "load_text_encoders"
+    c = wf.add_node(kind, params if len(clips) == 3 else {**params, "type": family}).id
+    t = wf.add_node("text_encode", {"text": PROMPT}).id
+    wf.connect(c, "clip", t, "clip")
+    (cond,) = _outputs(engine, wf, [t])[t]["conditioning"]
+    return cond.embeds
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0"])
+def test_a_gguf_t5_gives_the_safetensors_t5s_flux_prompt_and_picture(engine, parts, root, qtype):
+    pytest.importorskip("gguf")
+    name = _gguf_t5(parts, root, qtype)
+    embed_bound, image_bound = GGUF_T5_BOUNDS[qtype]
+    want = _t5_embeds(engine, ["clip_l.safetensors", "t5xxl.safetensors"], "flux")
+    got = _t5_embeds(engine, [name, "clip_l.safetensors"], "flux")  # any order
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= embed_bound
+    files = {"unet": "flux-orig.safetensors", "vae": "ae.safetensors", "family": "flux"}
+    default = files_image(engine, clips=["clip_l.safetensors", "t5xxl.safetensors"], **files,
+                          cfg=1.0)  # fmt: skip
+    gguf = files_image(engine, clips=["clip_l.safetensors", name], **files, cfg=1.0)
+    _close(gguf, default, bound=image_bound)
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0"])
+def test_a_gguf_t5_gives_the_safetensors_t5s_sd3_picture(engine, parts, root, qtype):
+    pytest.importorskip("gguf")
+    te = root / "text_encoders"
+    if not (te / "sd3-clip_g.safetensors").exists():  # SD3's CLIPs with their projections
+        fx.save(fx.clip_file_state(parts["sd3"]["text_encoder"]), te / "sd3-clip_l.safetensors")
+        fx.save(fx.clip_file_state(parts["sd3"]["text_encoder_2"]), te / "sd3-clip_g.safetensors")
+        fx.save(fx.ldm_vae(parts["sd3"]["vae"]), root / "vae" / "sd3-vae.safetensors")
+    name = _gguf_t5(parts, root, qtype)  # the tiny SD3's T5 is the tiny Flux's (same seed)
+    assert torch.equal(
+        parts["sd3"]["text_encoder_3"].shared.weight, parts["flux"]["text_encoder_2"].shared.weight
+    )
+    clips = ["sd3-clip_l.safetensors", "sd3-clip_g.safetensors"]
+    embed_bound, image_bound = GGUF_T5_BOUNDS[qtype]
+    want = _t5_embeds(engine, [*clips, "t5xxl.safetensors"], "sd3")
+    got = _t5_embeds(engine, [*clips, name], "sd3")
+    assert float((got - want).abs().max()) <= embed_bound
+    files = {"unet": "sd3-orig.safetensors", "vae": "sd3-vae.safetensors", "family": "sd3"}
+    default = files_image(engine, clips=[*clips, "t5xxl.safetensors"], **files, cfg=5.0)
+    gguf = files_image(engine, clips=[*clips, name], **files, cfg=5.0)
+    _close(gguf, default, bound=image_bound)
+
+
+def test_a_q8_gguf_t5_keeps_its_linear_layers_quantised(parts, root):
+    pytest.importorskip("gguf")
+    from nodes import dit
+
+    def load(name: str):
+        path = root / "text_encoders" / name
+        source = dit.inspect_text_encoder(path, name, ("id",))
+        return source, dit.load_component(source, "text_encoder", torch.float32, "t5")
+
+    source, q8 = load(_gguf_t5(parts, root, "Q8_0"))
+    assert source.family == "t5" and source.configs["text_encoder"]["num_layers"] == 2
+    quantised = {k for k, p in q8.named_parameters() if hasattr(p, "quant_type")}
+    assert "encoder.block.0.layer.0.SelfAttention.q.weight" in quantised
+    assert "encoder.block.1.layer.1.DenseReluDense.wo.weight" in quantised
+    _, f32 = load(_gguf_t5(parts, root, "F32"))
+
+    def nbytes(m):
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+
+    # The quantised layers hold 34 bytes per 32 weights (F32: 128); the embedding is float.
+    layers = [k for k in quantised if k.startswith("encoder.")]
+    q8_layers = sum(q8.get_parameter(k).numel() for k in layers)
+    f32_layers = sum(f32.get_parameter(k).numel() * 4 for k in layers)
+    assert q8_layers * 128 == f32_layers * 34
+    assert nbytes(q8) < nbytes(f32)
+
+
+def test_a_gguf_that_is_no_t5_encoder_is_a_clear_error_naming_the_file(engine, parts, root):
+    pytest.importorskip("gguf")
+    te = root / "text_encoders"
+    fx.save_gguf(fx.to_original(parts["flux"]["transformer"], "flux"), te / "flux-q8.gguf")
+    (te / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    for name, words in [
+        ("flux-q8.gguf", ("a Flux.1 transformer", "T5")),
+        ("broken.gguf", ("not a readable GGUF file",)),
+    ]:
+        wf = Workflow(installed_registry())
+        params = {"clip_name1": "clip_l.safetensors", "clip_name2": name, "type": "flux"}
+        n = wf.add_node("load_text_encoders", params).id
+        msg = engine.run(wf, targets=[n]).errors[n]
+        assert f"'{name}'" in msg and all(w in msg for w in words), msg
