@@ -93,11 +93,13 @@ TYPE_INPUT = InputSpec(
     description=(
         "Loads two text encoder files from the text_encoders folder (also clip) as one CLIP: "
         "Flux takes CLIP-L and T5-XXL, SD3 CLIP-L and CLIP-G. Which file is which is read "
-        "from the files."
+        "from the files. T5-XXL may be a GGUF file (e.g. t5-v1_1-xxl-encoder-Q8_0.gguf)."
     ),
     inputs=[
         _encoder_input("clip_name1", "e.g. clip_l.safetensors"),
-        _encoder_input("clip_name2", "e.g. t5xxl_fp16.safetensors (Flux) or clip_g (SD3)"),
+        _encoder_input(
+            "clip_name2", "e.g. t5xxl_fp16.safetensors or a T5 .gguf (Flux), clip_g (SD3)"
+        ),
         TYPE_INPUT,
     ],
     outputs=[OutputSpec("clip", T.CLIP, tooltip="The text encoders, for Text Encode.")],
@@ -117,7 +119,9 @@ def load_text_encoders(ctx, clip_name1: str, clip_name2: str, type: str = "flux"
     inputs=[
         _encoder_input("clip_name1", "e.g. clip_l.safetensors"),
         _encoder_input("clip_name2", "e.g. clip_g.safetensors"),
-        _encoder_input("clip_name3", "e.g. t5xxl_fp8_e4m3fn.safetensors"),
+        _encoder_input(
+            "clip_name3", "e.g. t5xxl_fp8_e4m3fn.safetensors or t5-v1_1-xxl-encoder-Q8_0.gguf"
+        ),
     ],
     outputs=[OutputSpec("clip", T.CLIP, tooltip="The text encoders, for Text Encode.")],
 )

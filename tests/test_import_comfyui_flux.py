@@ -447,13 +447,13 @@ def test_the_imported_gguf_flux_workflow_runs_on_the_gguf_file(engine):
     assert np.array_equal(got, want)
 
 
-def test_a_gguf_text_encoder_is_a_clear_error_naming_the_file(engine):
+def test_a_damaged_gguf_text_encoder_is_a_clear_error_naming_the_file(engine):
     wf = _imported(clip_loader="DualCLIPLoaderGGUF")
-    wf.get_node("11").params["clip_name1"] = "t5xxl-Q8_0.gguf"
+    wf.get_node("11").params["clip_name1"] = "t5xxl-Q8_0.gguf"  # "GGUF" and zeros
     result = engine.run(wf)
     assert not result.ok
     message = result.errors["11"]
-    assert "'t5xxl-Q8_0.gguf'" in message and "GGUF text encoders" in message, message
+    assert "'t5xxl-Q8_0.gguf'" in message and "not a readable GGUF file" in message, message
 
 
 # -- ComfyUI's Flux Fill inpainting: InpaintModelConditioning, DifferentialDiffusion -------------

@@ -561,7 +561,7 @@ NODE_MAPS: dict[str, NodeMap] = {
         fixed={"compare": "above"},
     ),
     # city96's ComfyUI-GGUF loaders (an extension, common on 8-16 GB cards): Studio reads
-    # GGUF transformers itself; text encoders as .safetensors (a .gguf one is a clear error).
+    # GGUF transformers and GGUF T5 encoders itself (CLIP as .safetensors).
     "UnetLoaderGGUF": NodeMap(
         "load_diffusion_model", "Unet Loader (GGUF)", ("unet_name",), outputs=("model",)
     ),
