@@ -27,10 +27,14 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
+import os
+import pickle
 import sys
 import threading
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,6 +373,9 @@ class Deferral:
     users: tuple[str, ...]
     functions: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
+    #: A lazy package the users take the names from (``from transformers import X``),
+    #: which keeps what its module gave it: the stand-ins are taken back from it.
+    via: str | None = None
 
 
 _DETECTION_LOSSES = tuple(
@@ -476,6 +483,7 @@ DEFERRALS = (
         "transformers.models.auto.image_processing_auto",
         ("diffusers.loaders.single_file_utils",),
         classes=("AutoImageProcessor",),
+        via="transformers",
     ),
     # modeling_utils -> loss.loss_utils (the table of losses, read by every model's
     # __init__) -> the object-detection losses, whose Hungarian matching calls scipy.optimize
@@ -743,20 +751,97 @@ def _flush_deferred(module: types.ModuleType) -> None:
 
 
 def _forget_later(deferral: Deferral) -> None:
-    """Drop the stand-ins a lazy package (transformers' top level) kept for what a user
-    asked it for, so the next to ask gets the real ones."""
-    parts = deferral.module.split(".")
-    for i in range(1, len(parts)):
-        package = sys.modules.get(".".join(parts[:i]))
-        if package is None:
-            continue
-        for key, value in list(vars(package).items()):
-            mark = _later_mark(value)
-            if mark is not None and mark[0] == deferral.module:
-                delattr(package, key)
+    """Take back from ``deferral.via`` the stand-ins it kept for what a user asked it for,
+    so the next to ask gets the real ones."""
+    package = sys.modules.get(deferral.via) if deferral.via else None
+    if package is None:
+        return
+    for key, value in list(vars(package).items()):
+        mark = _later_mark(value)
+        if mark is not None and mark[0] == deferral.module:
+            delattr(package, key)
 
 
-_HOOKED = {*_USERS, *_DEFERRED, *_IDLE, *(owner for owner, _ in FILLED_ON_READ)}
+# -- scans kept on disk ------------------------------------------------------------------------
+
+
+def _cached_scan(name: str, key: Any, scan: Callable[[], Any]) -> Any:
+    """``scan()``, kept in Studio's cache folder with ``key`` (what the result depends on)
+    and read from there while ``key`` is the same. Any trouble with the file: a scan."""
+    from studio.fsutil import atomic_write_bytes
+    from studio.paths import cache_dir
+
+    path = cache_dir() / "imports" / f"{name}.pickle"
+    try:
+        saved_key, value = pickle.loads(path.read_bytes())
+        if saved_key == key:
+            return value
+    except Exception:  # none yet, unreadable, from another Python: scan again
+        pass
+    value = scan()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        pass
+    return value
+
+
+def _mtimes(folder: str) -> tuple[Any, ...]:
+    """``folder``'s modification time and its subfolders': a package installed, upgraded
+    or removed there changes them."""
+    try:
+        entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir())
+        return (folder, os.stat(folder).st_mtime_ns, *entries)
+    except OSError:
+        return (folder, None)
+
+
+def packages_distributions() -> dict[str, list[str]]:
+    """``importlib.metadata.packages_distributions()`` (which reads the file list of every
+    installed distribution: diffusers asks for it as it is imported), kept on disk while
+    ``sys.path`` and its folders are the same."""
+    key = (sys.version, tuple(_mtimes(p) for p in sys.path if os.path.isdir(p or ".")))
+    return _cached_scan("packages_distributions", key, _real_packages_distributions)
+
+
+_real_packages_distributions = importlib.metadata.packages_distributions
+
+
+def _cached_define_import_structure(define: Any) -> Any:
+    """transformers' ``define_import_structure``, which reads every model folder to build
+    the import table of ``import transformers`` (about half a second); for that folder,
+    kept on disk while its subfolders are the same."""
+
+    @functools.wraps(define)
+    def wrapper(module_path: Any, prefix: str | None = None) -> Any:
+        folder = Path(module_path)
+        if prefix != "models" or folder.name != "models":
+            return define(module_path, prefix)
+        key = (str(folder), prefix, _mtimes(str(folder)))
+        return _cached_scan("transformers_models", key, lambda: define(module_path, prefix))
+
+    return wrapper
+
+
+def _patch_scans(module: types.ModuleType) -> None:
+    """After transformers' import helpers run: their scans read from disk (diffusers'
+    ``import_utils`` runs with :func:`packages_distributions` in importlib's place)."""
+    if module.__name__ == "transformers.utils.import_utils":
+        module.define_import_structure = _cached_define_import_structure(
+            module.define_import_structure
+        )
+        module._package_distribution_mapping = functools.cache(packages_distributions)
+
+
+_SCANNED = {"diffusers.utils.import_utils", "transformers.utils.import_utils"}
+_HOOKED = {
+    *_USERS,
+    *_DEFERRED,
+    *_IDLE,
+    *_SCANNED,
+    *(owner for owner, _ in FILLED_ON_READ),
+}
 
 
 class _DeferImports(importlib.abc.MetaPathFinder):
@@ -783,14 +868,20 @@ class _DeferImports(importlib.abc.MetaPathFinder):
 
         def exec_module(module: types.ModuleType) -> None:
             made = _put_module_stand_ins(fullname) if user else []
+            scanning = fullname == "diffusers.utils.import_utils"
+            if scanning:
+                importlib.metadata.packages_distributions = packages_distributions
             try:
                 real_exec(module)
             finally:
+                if scanning:
+                    importlib.metadata.packages_distributions = _real_packages_distributions
                 _remove_module_stand_ins(made)
                 for deferral in _USERS.get(fullname, ()):
                     _forget_later(deferral)
             if deferred:
                 _flush_deferred(module)
+            _patch_scans(module)
             for (owner, cls), modules in FILLED_ON_READ.items():
                 if owner == fullname:
                     registry = getattr(module, cls)

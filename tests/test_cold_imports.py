@@ -257,3 +257,34 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
         "styles True True",
         "auto transformers.models.auto.image_processing_auto True",
     ], proc.stdout
+
+
+def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tmp_path):
+    """diffusers reads the file list of every installed distribution as it is imported,
+    transformers every model folder (together about a second); Studio keeps both results
+    in its cache folder (written when scanned), and a cache file it cannot use is a scan
+    again."""
+    code = """
+        from nodes.sdload import preload
+
+        preload()
+        import diffusers, transformers
+        from transformers.utils import import_utils
+        print(diffusers.utils.is_transformers_available(), import_utils._package_distribution_mapping().get("PIL"))
+        print(transformers.models.bert.BertModel.__name__, transformers.AutoConfig.__name__)
+        """
+    cache = tmp_path / "data" / "cache" / "imports"
+    names = ["packages_distributions.pickle", "transformers_models.pickle"]
+
+    def run() -> dict[str, int]:
+        proc = _python(code, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["True ['pillow']", "BertModel AutoConfig"]
+        return {name: (cache / name).stat().st_mtime_ns for name in names}
+
+    scanned = run()
+    assert run() == scanned  # read, not written again
+    (cache / names[0]).write_bytes(b"not a pickle")
+    again = run()
+    assert again[names[0]] != scanned[names[0]] and again[names[1]] == scanned[names[1]]
+    assert (cache / names[0]).read_bytes() != b"not a pickle"
