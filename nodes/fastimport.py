@@ -20,6 +20,33 @@ Any other use of the stand-in imports the real dynamo (tests/test_cold_imports.p
 of their modules imports that module alone; asking the package for anything else runs its
 real ``__init__`` first, so code that wants the whole family (a pipeline, a node pack)
 still gets it. Nothing here imports torch or diffusers.
+
+Other modules the libraries import for every model but use only for features a plain run
+never touches (:data:`DEFERRALS`): transformers' distributed helpers import
+``torch.distributed.tensor`` and its tensor-parallel styles (with torch.fx's symbolic
+shapes and sympy), its flex attention and masks ``torch.nn.attention.flex_attention``
+(sympy again), its object-detection losses ``scipy.optimize`` and image transforms
+(torchvision); diffusers' schedulers import ``scipy.stats`` / ``scipy.integrate``, its LoRA
+helpers peft, its single-file loader transformers' image processors. While one of those
+*users* runs, :class:`_ModuleStandIn` stands in for the module: the names the user takes
+are :func:`_call_later` functions (imported on the first call) or :func:`_class_later`
+classes (nothing is an instance of one before its module is imported; calling one or
+asking it for an attribute imports it); anyone else who asks, or a name not listed,
+imports the real module. The stand-in leaves ``sys.modules`` as soon as the user has run,
+so the libraries' later imports get the real module, and once that is imported
+:func:`_flush_deferred` puts its own objects in the users' place. Two helpers diffusers
+calls around every forward, and transformers' ``is_dtensor``, only look for instances
+of a deferred module's classes: they return at once while it is not imported
+(:data:`IDLE_UNTIL_IMPORTED`); transformers' registry of parallel styles imports the
+modules that fill it when first read (:data:`FILLED_ON_READ`).
+
+diffusers reads the file list of every installed distribution
+(``importlib.metadata.packages_distributions``) as it is imported, and ``import
+transformers`` reads every model folder to build its import table: together about a
+second. :func:`packages_distributions` and transformers' ``define_import_structure`` keep
+their results in Studio's cache folder (``studio.paths.cache_dir()``), read back while the
+folders they depend on (``sys.path``'s, the model folders) have the same modification
+times; a file that cannot be used is a scan again.
 """
 
 from __future__ import annotations
