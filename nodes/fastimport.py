@@ -27,7 +27,8 @@ never touches (:data:`DEFERRALS`): transformers' distributed helpers import
 shapes and sympy), its flex attention and masks ``torch.nn.attention.flex_attention``
 (sympy again), its object-detection losses ``scipy.optimize`` and image transforms
 (torchvision); diffusers' schedulers import ``scipy.stats`` / ``scipy.integrate``, its LoRA
-helpers peft, its single-file loader transformers' image processors. While one of those
+helpers peft, its single-file loader transformers' image processors, its downloads from a
+URL requests. While one of those
 *users* runs, :class:`_ModuleStandIn` stands in for the module: the names the user takes
 are :func:`_call_later` functions (imported on the first call) or :func:`_class_later`
 classes (nothing is an instance of one before its module is imported; calling one or
@@ -546,6 +547,16 @@ DEFERRALS = (
         ),
     ),
     Deferral("scipy.integrate", ("diffusers.schedulers.scheduling_lms_discrete",)),
+    # diffusers downloads an image or a checkpoint's original config from a URL with
+    # requests (the hub client itself uses httpx).
+    Deferral(
+        "requests",
+        (
+            "diffusers.loaders.single_file_utils",
+            "diffusers.utils.loading_utils",
+            "diffusers.utils.remote_utils",
+        ),
+    ),
     # diffusers' LoRA helpers (every UNet and transformer derives from PeftAdapterMixin)
     # check modules against peft's BaseTunerLayer; peft is imported when a LoRA is loaded.
     Deferral(

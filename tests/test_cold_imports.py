@@ -166,9 +166,11 @@ def test_a_cold_run_never_imports_torch_dynamo_and_compile_still_works(tmp_path)
 
 #: What a txt2img run does without (nodes/fastimport.py's DEFERRALS): torch's tensor
 #: parallelism and flex attention (they import sympy), scipy (beta sigmas, LMS
-#: integration, object-detection losses), peft (LoRA), transformers' parallel styles.
+#: integration, object-detection losses), peft (LoRA), transformers' parallel styles,
+#: requests (diffusers' downloads from a URL).
 DEFERRED = (
     "peft",
+    "requests",
     "scipy.integrate",
     "scipy.optimize",
     "scipy.stats",
@@ -241,6 +243,9 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
         from diffusers.loaders import single_file_utils
         auto = transformers.AutoImageProcessor
         print("auto", auto.__module__, single_file_utils.AutoImageProcessor is auto)
+        import requests
+        from diffusers.utils import loading_utils
+        print("requests", loading_utils.requests is requests, single_file_utils.requests is requests)
         """,
         tmp_path,
     )
@@ -256,6 +261,7 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
         "real True True True True",
         "styles True True",
         "auto transformers.models.auto.image_processing_auto True",
+        "requests True True",
     ], proc.stdout
 
 
