@@ -39,7 +39,10 @@ so the libraries' later imports get the real module, and once that is imported
 calls around every forward, and transformers' ``is_dtensor``, only look for instances
 of a deferred module's classes: they return at once while it is not imported
 (:data:`IDLE_UNTIL_IMPORTED`); transformers' registry of parallel styles imports the
-modules that fill it when first read (:data:`FILLED_ON_READ`).
+modules that fill it when first read (:data:`FILLED_ON_READ`). Still imported by a run:
+torchvision (transformers' image utilities build tables of its interpolation modes as they
+are imported) and torch.fx's symbolic shapes with sympy (torch's meta-device kernels
+import them on first use, and transformers builds every model on the meta device).
 
 diffusers reads the file list of every installed distribution
 (``importlib.metadata.packages_distributions``) as it is imported, and ``import
