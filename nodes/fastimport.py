@@ -20,6 +20,37 @@ Any other use of the stand-in imports the real dynamo (tests/test_cold_imports.p
 of their modules imports that module alone; asking the package for anything else runs its
 real ``__init__`` first, so code that wants the whole family (a pipeline, a node pack)
 still gets it. Nothing here imports torch or diffusers.
+
+Other modules the libraries import for every model but use only for features a plain run
+never touches (:data:`DEFERRALS`): transformers' distributed helpers import
+``torch.distributed.tensor`` and its tensor-parallel styles (with torch.fx's symbolic
+shapes and sympy), its flex attention and masks ``torch.nn.attention.flex_attention``
+(sympy again), its object-detection losses ``scipy.optimize`` and image transforms
+(torchvision); diffusers' schedulers import ``scipy.stats`` / ``scipy.integrate``, its LoRA
+helpers peft, its single-file loader transformers' image processors, its downloads from a
+URL requests. While one of those
+*users* runs, :class:`_ModuleStandIn` stands in for the module: the names the user takes
+are :func:`_call_later` functions (imported on the first call) or :func:`_class_later`
+classes (nothing is an instance of one before its module is imported; calling one or
+asking it for an attribute imports it); anyone else who asks, or a name not listed,
+imports the real module. The stand-in leaves ``sys.modules`` as soon as the user has run,
+so the libraries' later imports get the real module, and once that is imported
+:func:`_flush_deferred` puts its own objects in the users' place. Two helpers diffusers
+calls around every forward, and transformers' ``is_dtensor``, only look for instances
+of a deferred module's classes: they return at once while it is not imported
+(:data:`IDLE_UNTIL_IMPORTED`); transformers' registry of parallel styles imports the
+modules that fill it when first read (:data:`FILLED_ON_READ`). Still imported by a run:
+torchvision (transformers' image utilities build tables of its interpolation modes as they
+are imported) and torch.fx's symbolic shapes with sympy (torch's meta-device kernels
+import them on first use, and transformers builds every model on the meta device).
+
+diffusers reads the file list of every installed distribution
+(``importlib.metadata.packages_distributions``) as it is imported, and ``import
+transformers`` reads every model folder to build its import table: together about a
+second. :func:`packages_distributions` and transformers' ``define_import_structure`` keep
+their results in Studio's cache folder (``studio.paths.cache_dir()``), read back while the
+folders they depend on (``sys.path``'s, the model folders) have the same modification
+times; a file that cannot be used is a scan again.
 """
 
 from __future__ import annotations
@@ -27,10 +58,15 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
+import os
+import pickle
 import sys
 import threading
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +121,7 @@ def install() -> None:
             return
         _installed = True
         sys.meta_path.insert(0, _defer_dynamo)
+        sys.meta_path.insert(0, _defer_imports)
         for name in LAZY_PACKAGES:
             top = name.split(".")[0]
             root = _package_root(top)
@@ -196,7 +233,7 @@ def _call_later(module: str, name: str) -> Any:
     is imported anyway, :func:`_flush` puts the real one in its place)."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+        return getattr(_import_real(module), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     setattr(call, _MARK_CALL, (module, name))
@@ -345,6 +382,560 @@ class _DeferDynamo(importlib.abc.MetaPathFinder):
 
 
 _defer_dynamo = _DeferDynamo()
+
+
+# -- modules imported for names used only later ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """``users`` import ``module`` when they are imported, but use it only later: in
+    functions no run calls (the object-detection losses transformers imports for every
+    model, scipy.stats for a scheduler's beta sigmas), or to check ``isinstance`` against its
+    classes (no object is an instance of a class whose module is not imported yet).
+
+    While one of ``users`` runs, :class:`_ModuleStandIn` stands in for ``module``:
+    ``functions`` are :func:`_call_later` functions, ``classes`` :func:`_class_later`
+    classes, and any other name imports the real module (then taken from it). Once the real
+    module is imported, :func:`_flush_deferred` puts its own objects in the users' globals.
+    """
+
+    module: str
+    users: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    #: A lazy package the users take the names from (``from transformers import X``),
+    #: which keeps what its module gave it: the stand-ins are taken back from it.
+    via: str | None = None
+
+
+_DETECTION_LOSSES = tuple(
+    f"transformers.loss.loss_{name}"
+    for name in (
+        "d_fine",
+        "deformable_detr",
+        "deimv2",
+        "for_object_detection",
+        "grounding_dino",
+        "lw_detr",
+        "rf_detr",
+        "rt_detr",
+    )
+)
+
+#: transformers' helpers for sharded loading, data parallelism and distributed
+#: checkpoints: they use torch.distributed's tensors, placements and collectives in
+#: functions (and annotations) only.
+_TRANSFORMERS_DISTRIBUTED = tuple(
+    f"transformers.distributed.{name}"
+    for name in ("checkpoint", "fsdp", "parallel_utils", "sharding_utils")
+)
+
+#: What a run does without.
+DEFERRALS = (
+    # transformers' modeling_utils (every model) imports its distributed helpers
+    # (_TRANSFORMERS_DISTRIBUTED); torch.distributed.tensor imports torch.fx's symbolic
+    # shapes and sympy.
+    Deferral(
+        "torch.distributed.tensor",
+        _TRANSFORMERS_DISTRIBUTED,
+        functions=("distribute_tensor",),
+        classes=("DTensor", "Partial", "Replicate", "Shard"),
+    ),
+    Deferral(
+        "torch.distributed.tensor._utils",
+        _TRANSFORMERS_DISTRIBUTED,
+        functions=("compute_local_shape_and_global_offset",),
+    ),
+    Deferral(
+        "torch.distributed.tensor.placement_types",
+        _TRANSFORMERS_DISTRIBUTED,
+        classes=("Shard", "_StridedShard"),
+    ),
+    Deferral(
+        "torch.distributed._functional_collectives",
+        _TRANSFORMERS_DISTRIBUTED,
+        functions=("all_to_all_single_autograd", "wait_tensor"),
+    ),
+    Deferral(
+        "torch.distributed.checkpoint.hf_storage",
+        _TRANSFORMERS_DISTRIBUTED,
+        classes=("HuggingFaceStorageReader", "HuggingFaceStorageWriter"),
+    ),
+    Deferral(
+        "torch.distributed._composable.fsdp",
+        _TRANSFORMERS_DISTRIBUTED,
+        functions=("fully_shard",),
+    ),
+    Deferral(
+        "torch.distributed.fsdp",
+        _TRANSFORMERS_DISTRIBUTED,
+        classes=("CPUOffloadPolicy", "MixedPrecisionPolicy"),
+    ),
+    # Its tensor- and expert-parallel styles are built (placements and all) as these two
+    # modules are imported: they are imported when a model is parallelized, or something
+    # reads the registry of styles (_fill_parallel_styles_on_read).
+    Deferral(
+        "transformers.distributed.tensor_parallel",
+        (
+            "transformers.distributed.mixin",
+            "transformers.generation.utils",
+            "transformers.modeling_utils",
+        ),
+        functions=(
+            "apply_tensor_parallelism",
+            "gather_state_dict_for_save",
+            "get_kv_heads_per_rank",
+            "verify_tp_plan",
+        ),
+    ),
+    Deferral(
+        "transformers.distributed.expert_parallel",
+        ("transformers.distributed.mixin",),
+        functions=("apply_expert_parallelism",),
+    ),
+    # torch's flex attention imports torch.fx's symbolic shapes and sympy; transformers
+    # registers its flex attention function (called only if a model is set to use it) and
+    # its masks check for and build flex BlockMasks (only for such a model).
+    Deferral(
+        "transformers.integrations.flex_attention",
+        ("transformers.modeling_utils",),
+        functions=("flex_attention_forward",),
+    ),
+    Deferral(
+        "torch.nn.attention.flex_attention",
+        ("transformers.masking_utils",),
+        functions=("create_block_mask",),
+        classes=("BlockMask",),
+    ),
+    # diffusers' single-file loading takes transformers' AutoImageProcessor (for the safety
+    # checker of a full SD pipeline): image processors import torchvision.
+    Deferral(
+        "transformers.models.auto.image_processing_auto",
+        ("diffusers.loaders.single_file_utils",),
+        classes=("AutoImageProcessor",),
+        via="transformers",
+    ),
+    # modeling_utils -> loss.loss_utils (the table of losses, read by every model's
+    # __init__) -> the object-detection losses, whose Hungarian matching calls scipy.optimize
+    # and whose boxes come from image_transforms (which imports torchvision).
+    Deferral("scipy.optimize", _DETECTION_LOSSES, functions=("linear_sum_assignment",)),
+    Deferral(
+        "transformers.image_transforms",
+        _DETECTION_LOSSES,
+        functions=("center_to_corners_format",),
+    ),
+    # diffusers' schedulers `import scipy.stats` for beta sigmas (use_beta_sigmas), taken
+    # as `scipy.stats` (scipy imports its submodules on first attribute access).
+    Deferral(
+        "scipy.stats",
+        tuple(
+            f"diffusers.schedulers.scheduling_{name}"
+            for name in (
+                "deis_multistep",
+                "dpmsolver_multistep",
+                "dpmsolver_multistep_inverse",
+                "dpmsolver_sde",
+                "dpmsolver_singlestep",
+                "euler_discrete",
+                "flow_match_euler_discrete",
+                "flow_match_lcm",
+                "heun_discrete",
+                "k_dpm_2_ancestral_discrete",
+                "k_dpm_2_discrete",
+                "lms_discrete",
+                "sasolver",
+                "unipc_multistep",
+            )
+        ),
+    ),
+    Deferral("scipy.integrate", ("diffusers.schedulers.scheduling_lms_discrete",)),
+    # diffusers downloads an image or a checkpoint's original config from a URL with
+    # requests (the hub client itself uses httpx).
+    Deferral(
+        "requests",
+        (
+            "diffusers.loaders.single_file_utils",
+            "diffusers.utils.loading_utils",
+            "diffusers.utils.remote_utils",
+        ),
+    ),
+    # diffusers' LoRA helpers (every UNet and transformer derives from PeftAdapterMixin)
+    # check modules against peft's BaseTunerLayer; peft is imported when a LoRA is loaded.
+    Deferral(
+        "peft.tuners.tuners_utils",
+        ("diffusers.loaders.lora_base",),
+        classes=("BaseTunerLayer",),
+    ),
+)
+
+#: Functions (module, name) that import a module when called, only to look for instances
+#: of its classes: while it is not imported there are none, and they return at once (the
+#: value: that module, what they return then). diffusers calls these two around every UNet or transformer forward.
+IDLE_UNTIL_IMPORTED: dict[tuple[str, str], tuple[str, Any]] = {
+    ("diffusers.utils.peft_utils", "scale_lora_layers"): ("peft.tuners.tuners_utils", None),
+    ("diffusers.utils.peft_utils", "unscale_lora_layers"): ("peft.tuners.tuners_utils", None),
+    # transformers asks it of every weight it loads.
+    ("transformers.distributed.utils", "is_dtensor"): ("torch.distributed.tensor", False),
+}
+
+_DEFERRED = {d.module: d for d in DEFERRALS}
+_USERS: dict[str, list[Deferral]] = {}
+for _deferral in DEFERRALS:
+    for _user in _deferral.users:
+        _USERS.setdefault(_user, []).append(_deferral)
+_IDLE: dict[str, list[tuple[str, str, Any]]] = {}
+for (_user, _name), (_module, _result) in IDLE_UNTIL_IMPORTED.items():
+    _IDLE.setdefault(_user, []).append((_name, _module, _result))
+
+
+def _idle_until_imported(fn: Any, module: str, result: Any) -> Any:
+    """``fn``, or ``result`` at once while ``module`` is not imported (see
+    :data:`IDLE_UNTIL_IMPORTED`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _real_module(module) is None:
+            return result
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+#: What marks a class :func:`_class_later` made: (module, name).
+_MARK_CLASS = "_studio_class_later"
+
+
+def _real_module(name: str) -> Any:
+    """``sys.modules[name]`` when it is the real module, fully imported; else None."""
+    module = sys.modules.get(name)
+    if module is None or isinstance(module, _ModuleStandIn):
+        return None
+    if getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
+def _import_real(name: str) -> Any:
+    """The real module ``name``, imported (no stand-in left in the way)."""
+    _remove_module_stand_ins()
+    return importlib.import_module(name)
+
+
+#: Registries (module, class) whose ``_global_mapping`` the deferred modules fill as they
+#: are imported: the first read of it imports them.
+FILLED_ON_READ = {
+    ("transformers.distributed.parallel_utils", "ParallelInterface"): (
+        "transformers.distributed.tensor_parallel",
+        "transformers.distributed.expert_parallel",
+    ),
+}
+
+
+class _FilledOnRead(dict):  # type: ignore[type-arg]
+    """A registry's mapping that imports the modules that fill it when first read."""
+
+    def __init__(self, data: dict[str, Any], modules: tuple[str, ...]) -> None:
+        super().__init__(data)
+        self._studio_modules = modules
+
+    def _studio_fill(self) -> None:
+        modules, self._studio_modules = self._studio_modules, ()
+        for name in modules:
+            _import_real(name)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._studio_fill()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self._studio_fill()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Any:
+        self._studio_fill()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._studio_fill()
+        return super().__len__()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._studio_fill()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        self._studio_fill()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._studio_fill()
+        return super().values()
+
+    def items(self) -> Any:
+        self._studio_fill()
+        return super().items()
+
+    def copy(self) -> dict[str, Any]:
+        self._studio_fill()
+        return dict(self)
+
+
+class _ClassLater(type):
+    """The metaclass of :func:`_class_later`'s classes."""
+
+    def _studio_real(cls) -> Any:
+        module, name = type.__getattribute__(cls, _MARK_CLASS)
+        return getattr(_import_real(module), name)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        module, name = type.__getattribute__(cls, _MARK_CLASS)
+        real = _real_module(module)
+        return real is not None and isinstance(obj, getattr(real, name))
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        module, name = type.__getattribute__(cls, _MARK_CLASS)
+        real = _real_module(module)
+        return real is not None and issubclass(sub, getattr(real, name))
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return cls._studio_real()(*args, **kwargs)
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls._studio_real(), name)
+
+
+def _class_later(module: str, name: str) -> Any:
+    """A class standing for ``module.name``: nothing is an instance (or subclass) of it
+    until ``module`` is imported, then what is one of the real class; calling it or asking
+    it for an attribute imports ``module``."""
+    return _ClassLater(name, (), {_MARK_CLASS: (module, name), "__module__": __name__})
+
+
+def _importing_module() -> str | None:
+    """The module whose top level is running (innermost on the stack), if any."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            return frame.f_globals.get("__name__")
+        frame = frame.f_back
+    return None
+
+
+class _ModuleStandIn(types.ModuleType):
+    """What a module of :data:`DEFERRALS` is in ``sys.modules`` while one of its users runs.
+
+    It hands :func:`_call_later` functions and :func:`_class_later` classes to the users'
+    top level only; for any other name, or anyone else (a module the user imports, a
+    function called later), it imports the real module and answers from it: a lazy module.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        real = _real_module(self.__name__)
+        if real is not None:
+            return getattr(real, name)
+        deferral = _DEFERRED[self.__name__]
+        if sys.modules.get(self.__name__) is self and _importing_module() in deferral.users:
+            if name in deferral.functions:
+                return _call_later(self.__name__, name)
+            if name in deferral.classes:
+                return _class_later(self.__name__, name)
+        return getattr(_import_real(self.__name__), name)
+
+
+def _put_module_stand_ins(user: str) -> list[str]:
+    """Stand-ins in ``sys.modules`` for what ``user`` defers, unless imported (then none)."""
+    made = []
+    with _lock:
+        for deferral in _USERS.get(user, ()):
+            if deferral.module not in sys.modules:
+                sys.modules[deferral.module] = _ModuleStandIn(deferral.module)
+                made.append(deferral.module)
+    return made
+
+
+def _remove_module_stand_ins(names: Any = None) -> None:
+    with _lock:
+        for name in _DEFERRED if names is None else names:
+            if isinstance(sys.modules.get(name), _ModuleStandIn):
+                del sys.modules[name]
+
+
+def _later_mark(value: Any) -> tuple[str, str] | None:
+    """(module, name) of a :func:`_call_later` function or :func:`_class_later` class."""
+    if isinstance(value, _ClassLater):
+        return type.__getattribute__(value, _MARK_CLASS)
+    if isinstance(value, types.FunctionType):
+        return getattr(value, _MARK_CALL, None)
+    return None
+
+
+def _flush_deferred(module: types.ModuleType) -> None:
+    """Put ``module`` and its own functions and classes in its users' globals, in place of
+    its stand-in, :func:`_call_later`'s functions and :func:`_class_later`'s classes."""
+    name = module.__name__
+    for user in _DEFERRED[name].users:
+        user_module = sys.modules.get(user)
+        if user_module is None:
+            continue
+        for key, value in list(vars(user_module).items()):
+            if isinstance(value, _ModuleStandIn) and value.__name__ == name:
+                setattr(user_module, key, module)
+                continue
+            mark = _later_mark(value)
+            if mark is not None and mark[0] == name and hasattr(module, mark[1]):
+                setattr(user_module, key, getattr(module, mark[1]))
+
+
+def _forget_later(deferral: Deferral) -> None:
+    """Take back from ``deferral.via`` the stand-ins it kept for what a user asked it for,
+    so the next to ask gets the real ones."""
+    package = sys.modules.get(deferral.via) if deferral.via else None
+    if package is None:
+        return
+    for key, value in list(vars(package).items()):
+        mark = _later_mark(value)
+        if mark is not None and mark[0] == deferral.module:
+            delattr(package, key)
+
+
+# -- scans kept on disk ------------------------------------------------------------------------
+
+
+def _cached_scan(name: str, key: Any, scan: Callable[[], Any]) -> Any:
+    """``scan()``, kept in Studio's cache folder with ``key`` (what the result depends on)
+    and read from there while ``key`` is the same. Any trouble with the file: a scan."""
+    from studio.fsutil import atomic_write_bytes
+    from studio.paths import cache_dir
+
+    path = cache_dir() / "imports" / f"{name}.pickle"
+    try:
+        saved_key, value = pickle.loads(path.read_bytes())
+        if saved_key == key:
+            return value
+    except Exception:  # none yet, unreadable, from another Python: scan again
+        pass
+    value = scan()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        pass
+    return value
+
+
+def _mtimes(folder: str) -> tuple[Any, ...]:
+    """``folder``'s modification time and its subfolders': a package installed, upgraded
+    or removed there changes them."""
+    try:
+        entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir())
+        return (folder, os.stat(folder).st_mtime_ns, *entries)
+    except OSError:
+        return (folder, None)
+
+
+def packages_distributions() -> dict[str, list[str]]:
+    """``importlib.metadata.packages_distributions()`` (which reads the file list of every
+    installed distribution: diffusers asks for it as it is imported), kept on disk while
+    ``sys.path`` and its folders are the same."""
+    key = (sys.version, tuple(_mtimes(p) for p in sys.path if os.path.isdir(p or ".")))
+    return _cached_scan("packages_distributions", key, _real_packages_distributions)
+
+
+_real_packages_distributions = importlib.metadata.packages_distributions
+
+
+def _cached_define_import_structure(define: Any) -> Any:
+    """transformers' ``define_import_structure``, which reads every model folder to build
+    the import table of ``import transformers`` (about half a second); for that folder,
+    kept on disk while its subfolders are the same."""
+
+    @functools.wraps(define)
+    def wrapper(module_path: Any, prefix: str | None = None) -> Any:
+        folder = Path(module_path)
+        if prefix != "models" or folder.name != "models":
+            return define(module_path, prefix)
+        key = (str(folder), prefix, _mtimes(str(folder)))
+        return _cached_scan("transformers_models", key, lambda: define(module_path, prefix))
+
+    return wrapper
+
+
+def _patch_scans(module: types.ModuleType) -> None:
+    """After transformers' import helpers run: their scans read from disk (diffusers'
+    ``import_utils`` runs with :func:`packages_distributions` in importlib's place)."""
+    if module.__name__ == "transformers.utils.import_utils":
+        module.define_import_structure = _cached_define_import_structure(
+            module.define_import_structure
+        )
+        module._package_distribution_mapping = functools.cache(packages_distributions)
+
+
+_SCANNED = {"diffusers.utils.import_utils", "transformers.utils.import_utils"}
+_HOOKED = {
+    *_USERS,
+    *_DEFERRED,
+    *_IDLE,
+    *_SCANNED,
+    *(owner for owner, _ in FILLED_ON_READ),
+}
+
+
+class _DeferImports(importlib.abc.MetaPathFinder):
+    """An import hook for the modules of :data:`DEFERRALS` and their users only.
+
+    - A user runs with :class:`_ModuleStandIn` in ``sys.modules`` for what it defers
+      (unless that is imported), removed as soon as it has run, so any other import of
+      those modules, then or later, gets the real ones.
+    - A deferred module: once the real one has run, :func:`_flush_deferred`.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _HOOKED:
+            return None
+        # A module both hooks handle (transformers' modeling_utils) runs under both.
+        spec = _defer_dynamo.find_spec(fullname, path, target)
+        if spec is None:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real_exec = spec.loader.exec_module
+        deferred = fullname in _DEFERRED
+        user = fullname in _USERS
+
+        def exec_module(module: types.ModuleType) -> None:
+            made = _put_module_stand_ins(fullname) if user else []
+            scanning = fullname == "diffusers.utils.import_utils"
+            if scanning:
+                importlib.metadata.packages_distributions = packages_distributions
+            try:
+                real_exec(module)
+            finally:
+                if scanning:
+                    importlib.metadata.packages_distributions = _real_packages_distributions
+                _remove_module_stand_ins(made)
+                for deferral in _USERS.get(fullname, ()):
+                    _forget_later(deferral)
+            if deferred:
+                _flush_deferred(module)
+            _patch_scans(module)
+            for (owner, cls), modules in FILLED_ON_READ.items():
+                if owner == fullname:
+                    registry = getattr(module, cls)
+                    registry._global_mapping = _FilledOnRead(registry._global_mapping, modules)
+            for name, needs, result in _IDLE.get(fullname, ()):
+                fn = getattr(module, name)
+                setattr(module, name, _idle_until_imported(fn, needs, result))
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_defer_imports = _DeferImports()
 
 
 def diffusers_class(name: str) -> Any:

@@ -7,6 +7,7 @@ recovery       ``data_dir()/recovery``
 models         ``data_dir()/models`` (a setting may point elsewhere; ComfyUI's subfolders)
 outputs        the user's Pictures folder ``/Studio`` (a setting may point elsewhere)
 logs           ``log_dir()/studio.log``, rotated
+caches         ``cache_dir()`` (what can be computed again: the libraries' import scans)
 =============  ==========================================================================
 
 The environment variables ``STUDIO_CONFIG_DIR``, ``STUDIO_DATA_DIR`` and ``STUDIO_LOG_DIR``
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from platformdirs import user_log_dir, user_pictures_dir
+from platformdirs import user_cache_dir, user_log_dir, user_pictures_dir
 
 from studio.settings import APP_NAME, MODEL_FOLDERS, config_dir, data_dir
 
@@ -47,6 +48,13 @@ def log_dir() -> Path:
     if os.environ.get("STUDIO_DATA_DIR"):
         return data_dir() / "logs"
     return Path(user_log_dir(APP_NAME, appauthor=False))
+
+
+def cache_dir() -> Path:
+    """What Studio can compute again (deleting it only costs time)."""
+    if os.environ.get("STUDIO_DATA_DIR"):
+        return data_dir() / "cache"
+    return Path(user_cache_dir(APP_NAME, appauthor=False))
 
 
 def log_file() -> Path:

@@ -162,3 +162,135 @@ def test_a_cold_run_never_imports_torch_dynamo_and_compile_still_works(tmp_path)
         "helper torch._dynamo._trace_wrapped_higher_order_op",
         "compiled [2.0, 2.0]",
     ], proc.stdout
+
+
+#: What a txt2img run does without (nodes/fastimport.py's DEFERRALS): torch's tensor
+#: parallelism and flex attention (they import sympy), scipy (beta sigmas, LMS
+#: integration, object-detection losses), peft (LoRA), transformers' parallel styles,
+#: requests (diffusers' downloads from a URL).
+DEFERRED = (
+    "peft",
+    "requests",
+    "scipy.integrate",
+    "scipy.optimize",
+    "scipy.stats",
+    "torch.distributed.fsdp",
+    "torch.distributed.tensor",
+    "torch.nn.attention.flex_attention",
+    "transformers.distributed.tensor_parallel",
+    "transformers.integrations.flex_attention",
+)
+
+
+def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(tmp_path):
+    """Each deferred module is imported the moment something uses it, and the libraries'
+    modules that took names from it then hold its own objects."""
+    txt2img = ROOT / "resources" / "workflows" / "txt2img.json"
+    proc = _python(
+        f"""
+        import contextlib, io, sys
+        from pathlib import Path
+        from studio.cli import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["run", {str(txt2img)!r}, "--out", {str(tmp_path / "out")!r}])
+        print(code, sorted(p.name for p in Path({str(tmp_path / "out")!r}).glob("*.png")))
+        print("imported", [m for m in {DEFERRED!r} if m in sys.modules])
+        stand_ins = [m for m, v in sys.modules.items() if type(v).__name__ == "_ModuleStandIn"]
+        print("stand-ins", stand_ins)
+
+        import numpy as np
+        import torch
+        from diffusers.loaders import lora_base
+        from diffusers.utils.peft_utils import scale_lora_layers
+        from transformers.distributed import sharding_utils
+        from transformers.distributed.utils import is_dtensor
+
+        # Nothing is an instance of what is not imported; the LoRA scaling around every
+        # forward is a no-op without peft.
+        print("before", isinstance(torch.nn.Linear(1, 1), lora_base.BaseTunerLayer),
+              is_dtensor(torch.ones(1)), scale_lora_layers(torch.nn.Linear(1, 1), 0.5))
+
+        # Beta sigmas (scipy.stats), LMS coefficients (scipy.integrate).
+        from diffusers import EulerDiscreteScheduler, LMSDiscreteScheduler
+        euler = EulerDiscreteScheduler(use_beta_sigmas=True)
+        euler.set_timesteps(4)
+        lms = LMSDiscreteScheduler()
+        lms.set_timesteps(4)
+        print("schedulers", len(euler.sigmas), round(float(lms.get_lms_coefficient(2, 1, 0)), 3))
+
+        # The object-detection losses' Hungarian matching (scipy.optimize).
+        import scipy.optimize
+        from transformers.loss import loss_for_object_detection as od
+        rows, cols = od.linear_sum_assignment(np.array([[1.0, 0.0], [0.0, 1.0]]))  # least cost: swap
+        print("matching", cols.tolist(), od.linear_sum_assignment is scipy.optimize.linear_sum_assignment)
+
+        # peft, DTensor, flex attention, parallel styles: the real ones.
+        import peft.tuners.tuners_utils
+        import torch.distributed.tensor
+        import torch.nn.attention.flex_attention as flex
+        import transformers.integrations.flex_attention
+        import transformers.masking_utils
+        import transformers.modeling_utils
+        from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES
+        print("real", lora_base.BaseTunerLayer is peft.tuners.tuners_utils.BaseTunerLayer,
+              sharding_utils.DTensor is torch.distributed.tensor.DTensor,
+              transformers.masking_utils.BlockMask is flex.BlockMask,
+              transformers.modeling_utils.flex_attention_forward
+              is transformers.integrations.flex_attention.flex_attention_forward)
+        print("styles", "colwise" in ALL_PARALLEL_STYLES, "grouped_gemm" in ALL_PARALLEL_STYLES)
+        import transformers
+        from diffusers.loaders import single_file_utils
+        auto = transformers.AutoImageProcessor
+        print("auto", auto.__module__, single_file_utils.AutoImageProcessor is auto)
+        import requests
+        from diffusers.utils import loading_utils
+        print("requests", loading_utils.requests is requests, single_file_utils.requests is requests)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "0 ['txt2img_00001.png']", proc.stdout
+    assert lines[1] == "imported []", proc.stdout
+    assert lines[2] == "stand-ins []", proc.stdout
+    assert lines[3:] == [
+        "before False False None",
+        "schedulers 5 -8.244",
+        "matching [1, 0] True",
+        "real True True True True",
+        "styles True True",
+        "auto transformers.models.auto.image_processing_auto True",
+        "requests True True",
+    ], proc.stdout
+
+
+def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tmp_path):
+    """diffusers reads the file list of every installed distribution as it is imported,
+    transformers every model folder (together about a second); Studio keeps both results
+    in its cache folder (written when scanned), and a cache file it cannot use is a scan
+    again."""
+    code = """
+        from nodes.sdload import preload
+
+        preload()
+        import diffusers, transformers
+        from transformers.utils import import_utils
+        print(diffusers.utils.is_transformers_available(), import_utils._package_distribution_mapping().get("PIL"))
+        print(transformers.models.bert.BertModel.__name__, transformers.AutoConfig.__name__)
+        """
+    cache = tmp_path / "data" / "cache" / "imports"
+    names = ["packages_distributions.pickle", "transformers_models.pickle"]
+
+    def run() -> dict[str, int]:
+        proc = _python(code, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["True ['pillow']", "BertModel AutoConfig"]
+        return {name: (cache / name).stat().st_mtime_ns for name in names}
+
+    scanned = run()
+    assert run() == scanned  # read, not written again
+    (cache / names[0]).write_bytes(b"not a pickle")
+    again = run()
+    assert again[names[0]] != scanned[names[0]] and again[names[1]] == scanned[names[1]]
+    assert (cache / names[0]).read_bytes() != b"not a pickle"
