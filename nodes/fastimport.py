@@ -60,8 +60,8 @@ import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import json
 import os
-import pickle
 import sys
 import threading
 import types
@@ -806,24 +806,55 @@ def _forget_later(deferral: Deferral) -> None:
 # -- scans kept on disk ------------------------------------------------------------------------
 
 
+def _to_json(value: Any) -> Any:
+    """``value`` (dicts, sets, frozensets, tuples of str and numbers) as plain JSON, tagged
+    so that :func:`_from_json` gives it back as it was."""
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {"dict": {k: _to_json(v) for k, v in value.items()}}
+        return {"pairs": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if isinstance(value, frozenset | set):
+        kind = "frozenset" if isinstance(value, frozenset) else "set"
+        return {kind: [_to_json(v) for v in sorted(value, key=repr)]}
+    if isinstance(value, tuple | list):
+        return {"tuple" if isinstance(value, tuple) else "list": [_to_json(v) for v in value]}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"cannot keep a {type(value).__name__} in the import cache")
+
+
+def _from_json(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    ((kind, inner),) = value.items()
+    if kind == "dict":
+        return {k: _from_json(v) for k, v in inner.items()}
+    if kind == "pairs":
+        return {_from_json(k): _from_json(v) for k, v in inner}
+    items = [_from_json(v) for v in inner]
+    return {"frozenset": frozenset, "set": set, "tuple": tuple, "list": list}[kind](items)
+
+
 def _cached_scan(name: str, key: Any, scan: Callable[[], Any]) -> Any:
     """``scan()``, kept in Studio's cache folder with ``key`` (what the result depends on)
-    and read from there while ``key`` is the same. Any trouble with the file: a scan."""
+    and read from there while ``key`` is the same. The file is JSON (reading it runs no
+    code); any trouble with it: a scan."""
     from studio.fsutil import atomic_write_bytes
     from studio.paths import cache_dir
 
-    path = cache_dir() / "imports" / f"{name}.pickle"
+    path = cache_dir() / "imports" / f"{name}.json"
     try:
-        saved_key, value = pickle.loads(path.read_bytes())
-        if saved_key == key:
-            return value
+        saved = json.loads(path.read_bytes())
+        if saved["key"] == _to_json(key):
+            return _from_json(saved["value"])
     except Exception:  # none yet, unreadable, from another Python: scan again
         pass
     value = scan()
     try:
+        data = json.dumps({"key": _to_json(key), "value": _to_json(value)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL))
-    except OSError:
+        atomic_write_bytes(path, data.encode("utf-8"))
+    except (OSError, TypeError):
         pass
     return value
 

@@ -280,7 +280,7 @@ def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tm
         print(transformers.models.bert.BertModel.__name__, transformers.AutoConfig.__name__)
         """
     cache = tmp_path / "data" / "cache" / "imports"
-    names = ["packages_distributions.pickle", "transformers_models.pickle"]
+    names = ["packages_distributions.json", "transformers_models.json"]
 
     def run() -> dict[str, int]:
         proc = _python(code, tmp_path)
@@ -290,7 +290,7 @@ def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tm
 
     scanned = run()
     assert run() == scanned  # read, not written again
-    (cache / names[0]).write_bytes(b"not a pickle")
+    (cache / names[0]).write_bytes(b"not JSON")
     again = run()
     assert again[names[0]] != scanned[names[0]] and again[names[1]] == scanned[names[1]]
-    assert (cache / names[0]).read_bytes() != b"not a pickle"
+    assert (cache / names[0]).read_bytes() != b"not JSON"
