@@ -53,6 +53,21 @@ SD3_AIO_PREFIXES = {
     "text_encoder_3": "text_encoders.t5xxl.transformer.",
     "vae": "first_stage_model.",
 }
+#: The Flux.1 all-in-one layout (Comfy-Org's flux1-dev-fp8 / flux1-schnell-fp8; ComfyUI's
+#: Flux model reads its VAE under "vae." and its text encoders under "text_encoders.").
+FLUX_AIO_PREFIXES = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.t5xxl.transformer.",
+    "vae": "vae.",
+}
+AIO_PREFIXES = {"sd3": SD3_AIO_PREFIXES, "flux": FLUX_AIO_PREFIXES}
+#: Tensors of ComfyUI's "scaled fp8" files (each weight times its scale): not read here.
+SCALED_FP8_KEYS = ("scaled_fp8", ".scale_weight")
+#: What each all-in-one component is, in the words of the loaders' file names.
+AIO_PART_NAMES = {
+    "sd3": {"vae": "VAE", "text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G"},
+    "flux": {"vae": "VAE", "text_encoder": "CLIP-L", "text_encoder_2": "T5-XXL"},
+}
 CLIP_TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
 T5_SHARED_KEY = "shared.weight"
 T5_BLOCK_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
@@ -87,7 +102,8 @@ FLOW_SCHEDULES = {
 @dataclass(frozen=True)
 class Sniffed:
     """What a weights file looks like: ``kind`` is ``sd3`` / ``flux`` (a transformer),
-    ``sd3_all_in_one``, ``clip``, ``t5``, ``vae`` or ``other``; ``prefix`` is where its
+    ``sd3_all_in_one`` / ``flux_all_in_one`` (a transformer beside its text encoders and
+    VAE), ``clip``, ``t5``, ``vae`` or ``other``; ``prefix`` is where its (transformer's)
     tensors start."""
 
     kind: str
@@ -113,6 +129,8 @@ def sniff(shapes: dict[str, tuple[int, ...]]) -> Sniffed:
         return Sniffed("sd3", p, "a Stable Diffusion 3.x transformer")
     p = _prefix_of(shapes, "double_blocks.0.img_attn.qkv.weight")
     if p is not None:
+        if any(k.startswith(tuple(FLUX_AIO_PREFIXES.values())) for k in shapes):
+            return Sniffed("flux_all_in_one", p, "a Flux.1 all-in-one checkpoint")
         return Sniffed("flux", p, "a Flux.1 transformer")
     if any(k.startswith("transformer_blocks.0.") for k in shapes) and any(
         k.startswith("single_transformer_blocks.") for k in shapes
@@ -321,6 +339,15 @@ def scheduler_config(family: str) -> dict[str, Any]:
     return json.loads(path.read_text("utf-8"))
 
 
+def family_scheduler_config(family: str, transformer: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler config of a single file's transformer: Flux.1 schnell (no guidance
+    embedding) samples without a shift, as its own scheduler config says."""
+    sched = scheduler_config(family)
+    if family == "flux" and not transformer.get("guidance_embeds", True):
+        sched.update(use_dynamic_shifting=False, shift=1.0)
+    return sched
+
+
 # -- sources: where each component's weights are ---------------------------------------------
 
 #: Weight dtype choices of Load Diffusion Model.
@@ -406,8 +433,8 @@ def inspect_diffusion_model(
     weights = None if gguf else _weights(path, label)
     shapes = gguf_shapes(path, label) if weights is None else weights.shapes
     found = sniff(shapes)
-    if found.kind == "sd3_all_in_one":
-        found = Sniffed("sd3", found.prefix, found.what)
+    if found.kind.endswith("_all_in_one"):  # its transformer alone
+        found = Sniffed(found.kind.removesuffix("_all_in_one"), found.prefix, found.what)
     if found.kind not in DIT_FAMILIES:
         raise NodeError(
             f"{label}: not a Flux.1 or Stable Diffusion 3.x transformer - it looks like "
@@ -421,9 +448,7 @@ def inspect_diffusion_model(
         raise NodeError(f"{label}: diffusers-layout transformer files: use the diffusers folder")
     family = found.kind
     cfg = (flux_config if family == "flux" else sd3_config)(shapes, found.prefix, label)
-    sched = scheduler_config(family)
-    if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
-        sched.update(use_dynamic_shifting=False, shift=1.0)
+    sched = family_scheduler_config(family, cfg)
     # A file may say how it samples and which VAE it was trained with (studio-tiny-flux's
     # export: its shift, and a VAE of another scale than Flux's); the VAE's config only sets
     # the latent size (ModelHandle.vae_downscale): the VAE itself comes from Load VAE.
@@ -456,31 +481,70 @@ def _own_configs(weights: Any, label: str) -> dict[str, Any]:
 
 
 def inspect_all_in_one(
-    path: Path, name: str, identity: tuple[Any, ...], shapes: dict[str, Any], prefix: str
+    path: Path,
+    name: str,
+    identity: tuple[Any, ...],
+    shapes: dict[str, Any],
+    prefix: str,
+    family: str = "sd3",
 ) -> WeightsSource:
-    """An SD3.5 all-in-one checkpoint: transformer, CLIP-L, CLIP-G, maybe T5, VAE."""
+    """An all-in-one checkpoint: an SD3.5 file (transformer, CLIP-L, CLIP-G, maybe T5,
+    VAE) or a Flux.1 file (transformer, CLIP-L, T5-XXL, VAE)."""
     label = f"checkpoint {name!r}"
+    transformer = (flux_config if family == "flux" else sd3_config)(shapes, prefix, label)
     configs: dict[str, dict[str, Any]] = {
-        "transformer": sd3_config(shapes, prefix, label),
-        "scheduler": scheduler_config("sd3"),
+        "transformer": transformer,
+        "scheduler": family_scheduler_config(family, transformer),
     }
     prefixes = {"transformer": prefix}
-    for comp, p in SD3_AIO_PREFIXES.items():
+    for comp, p in AIO_PREFIXES[family].items():
         if comp == "vae":
             if (p + "decoder.conv_in.weight") in shapes:
-                configs["vae"], prefixes["vae"] = vae_config(shapes, p, "sd3"), p
-        elif comp == "text_encoder_3":
-            if (p + T5_BLOCK_KEY) in shapes:
-                configs[comp], prefixes[comp] = t5_config(shapes, p), p
+                configs["vae"], prefixes["vae"] = vae_config(shapes, p, family), p
+        elif (p + T5_BLOCK_KEY) in shapes:
+            configs[comp], prefixes[comp] = t5_config(shapes, p), p
         elif (p + CLIP_TOKEN_KEY) in shapes:
             configs[comp], prefixes[comp] = clip_config(shapes, p), p
-    missing = [c for c in ("vae", "text_encoder", "text_encoder_2") if c not in configs]
+            if (p + "text_projection.weight") not in shapes:
+                configs[comp]["architectures"] = ["CLIPTextModel"]
+    names = AIO_PART_NAMES[family]
+    missing = [names[c] for c in names if c not in configs]
     if missing:
-        raise NodeError(f"{label}: an SD3 checkpoint without its {', '.join(missing)}")
+        raise NodeError(
+            f"{label}: a {FAMILY_TITLES[family]} checkpoint without its {', '.join(missing)}: "
+            "load its transformer with Load Diffusion Model, beside Load Text Encoders and "
+            "Load VAE"
+        )
+    if _stored_in_fp8(path, shapes, prefix, label):
+        # As ComfyUI keeps an fp8 checkpoint's transformer: 8-bit weights, each layer
+        # computed in the device's type (the same numbers as widening them all at once).
+        configs["load"] = {"quant": "fp8_e4m3fn"}
     return WeightsSource(
-        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family="sd3",
+        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family=family,
         configs=configs, prefixes=prefixes, name=name,
     )  # fmt: skip
+
+
+def _stored_in_fp8(path: Path, shapes: dict[str, Any], prefix: str, label: str) -> bool:
+    """Whether every weight matrix of the transformer under ``prefix`` is stored as fp8
+    (e4m3fn), read from the file's header."""
+    from safetensors import safe_open
+
+    from nodes.sdload import SAFE_SUFFIXES
+
+    if any(k.endswith(SCALED_FP8_KEYS) for k in shapes):
+        raise NodeError(
+            f"{label}: its weights are 'scaled fp8' (ComfyUI's fp8_scaled format), which "
+            "Studio cannot read yet; use an fp16 / bf16 or plain fp8 file"
+        )
+    keys = [k for k, v in shapes.items() if k.startswith(prefix) and len(v) == 2]
+    if not keys or path.suffix.lower() not in SAFE_SUFFIXES:
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return all(f.get_slice(k).get_dtype() == "F8_E4M3" for k in keys)
+    except Exception as exc:
+        raise NodeError(f"{label}: could not read its tensors ({exc})") from None
 
 
 def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> WeightsSource:
@@ -780,7 +844,8 @@ _GGUF_LOCK = threading.Lock()
 
 def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple | None:
     """Load Checkpoint's MODEL, CLIP, VAE when ``path`` is an SD3 / Flux checkpoint (a
-    diffusers folder of their pipelines, or an SD3.5 all-in-one file); None otherwise."""
+    diffusers folder of their pipelines, or an SD3.5 / Flux.1 all-in-one file); None
+    otherwise."""
     label = f"checkpoint {name!r}"
     if path.is_dir():
         index_path = path / "model_index.json"
@@ -797,8 +862,11 @@ def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple |
         )
     shapes = _weights(path, label).shapes
     found = sniff(shapes)
-    if found.kind == "sd3_all_in_one":
-        return checkpoint_handles(inspect_all_in_one(path, name, identity, shapes, found.prefix))
+    if found.kind.endswith("_all_in_one"):
+        family = found.kind.removesuffix("_all_in_one")
+        return checkpoint_handles(
+            inspect_all_in_one(path, name, identity, shapes, found.prefix, family)
+        )
     if found.kind in DIT_FAMILIES:
         raise NodeError(
             f"{label}: {found.what} without its text encoders and VAE: put it in the "

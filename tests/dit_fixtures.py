@@ -1,7 +1,7 @@
 """Tiny seeded SD3 and Flux components built in code (as diffusers' own pipeline tests do),
 and writers of the single-file layouts artists have: transformer files in the original
-release layout (and under ``model.diffusion_model.``), SD3.5 all-in-one files, separate
-CLIP / T5 files.
+release layout (and under ``model.diffusion_model.``), SD3.5 and Flux.1 all-in-one files,
+separate CLIP / T5 files.
 
 The original layout is written by inverting diffusers' own converters: each original tensor
 is filled with its element indices, converted, and the converted tensors say where each
@@ -255,6 +255,34 @@ def sd3_all_in_one(parts: dict[str, Any], path: Path) -> Path:
         for k, v in t5_file_state(parts["text_encoder_3"]).items():
             state[f"text_encoders.t5xxl.transformer.{k}"] = v
     return save(state, path)
+
+
+def flux_all_in_one(parts: dict[str, Any], path: Path, fp8: bool = False) -> Path:
+    """A Flux.1 all-in-one file as Comfy-Org ships flux1-dev-fp8 / flux1-schnell-fp8: the
+    original-layout transformer under ``model.diffusion_model.`` (every tensor fp8 with
+    ``fp8``), the LDM-layout VAE under ``vae.``, CLIP-L and T5-XXL under ``text_encoders.``."""
+    transformer = to_original(parts["transformer"], "flux")
+    if fp8:
+        transformer = {k: v.to(torch.float8_e4m3fn) for k, v in transformer.items()}
+    state = {f"model.diffusion_model.{k}": v for k, v in transformer.items()}
+    state.update({f"vae.{k}": v for k, v in ldm_vae(parts["vae"]).items()})
+    for k, v in clip_file_state(parts["text_encoder"]).items():
+        state[f"text_encoders.clip_l.transformer.{k}"] = v
+    for k, v in t5_file_state(parts["text_encoder_2"]).items():
+        state[f"text_encoders.t5xxl.transformer.{k}"] = v
+    return save(state, path)
+
+
+def fp8_rounded(transformer: Any) -> Any:
+    """A copy of a transformer whose every weight is its fp8 (e4m3fn) rounding."""
+    import copy
+
+    out = copy.deepcopy(transformer)
+    with torch.no_grad():
+        for v in out.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.to(torch.float8_e4m3fn).to(v.dtype))
+    return out
 
 
 def save_gguf(state: dict[str, torch.Tensor], path: Path, arch: str = "flux") -> Path:

@@ -25,7 +25,10 @@ SEED, STEPS = 7, 3
 def parts():
     sd3 = fx.tiny_sd3()
     no_t5 = {**sd3, "text_encoder_3": None, "tokenizer_3": None}
-    return {"sd3": sd3, "sd3-no-t5": no_t5, "flux": fx.tiny_flux()}
+    return {
+        "sd3": sd3, "sd3-no-t5": no_t5, "flux": fx.tiny_flux(),
+        "flux-schnell": fx.tiny_flux(guidance=False),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,10 @@ def root(tmp_path_factory, parts):
     fx.sd3_pipeline(parts["sd3-no-t5"]).save_pretrained(str(ck / "tiny-sd3-no-t5"))
     fx.flux_pipeline(parts["flux"]).save_pretrained(str(ck / "tiny-flux"))
     fx.sd3_all_in_one(parts["sd3"], ck / "tiny-sd35-aio.safetensors")
+    fx.flux_all_in_one(parts["flux"], ck / "tiny-flux-aio.safetensors")
+    fx.flux_all_in_one(parts["flux"], ck / "tiny-flux-aio-fp8.safetensors", fp8=True)
+    fx.flux_all_in_one(parts["flux-schnell"], ck / "tiny-flux-schnell-aio.safetensors")
+    (dm / "flux-aio.safetensors").hardlink_to(ck / "tiny-flux-aio.safetensors")
     flux_orig = fx.to_original(parts["flux"]["transformer"], "flux")
     fx.save(flux_orig, dm / "flux-orig.safetensors")
     fx.save(flux_orig, dm / "flux-comfy.safetensors", prefix="model.diffusion_model.")
@@ -244,6 +251,66 @@ def test_sd35_all_in_one_file_equals_its_folder(engine):
     _close(single, folder)
 
 
+def test_a_flux_all_in_one_file_equals_its_folder_and_its_transformer_loads_alone(engine):
+    folder = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
+    single = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=3.5)
+    _close(single, folder)
+    # Load Diffusion Model on the same file: its transformer, beside separate files.
+    alone = files_image(
+        engine, "flux-aio.safetensors", ["clip_l.safetensors", "t5xxl.safetensors"],
+        "ae.safetensors", family="flux", cfg=1.0, guidance=3.5,
+    )  # fmt: skip
+    _close(alone, folder)
+
+
+def test_an_fp8_flux_all_in_one_file_keeps_fp8_weights_and_equals_their_rounding(
+    engine, parts, root
+):
+    from nodes import dit
+    from nodes.sdload import WeightsFile
+
+    path = root / "checkpoints" / "tiny-flux-aio-fp8.safetensors"
+    shapes = WeightsFile(path, "a").shapes
+    found = dit.sniff(shapes)
+    source = dit.inspect_all_in_one(path, "a", ("id",), shapes, found.prefix, "flux")
+    net = dit.load_component(source, "transformer", torch.float32, "t")
+    stored = [p.dtype for p in net.parameters()]
+    assert stored.count(torch.float8_e4m3fn) > len(stored) // 2  # kept in 8 bits
+    got = checkpoint_image(engine, "tiny-flux-aio-fp8.safetensors", cfg=1.0, guidance=2.5)
+    rounded = {**parts["flux"], "transformer": fx.fp8_rounded(parts["flux"]["transformer"])}
+    want = _pipe_image(fx.flux_pipeline(rounded), "euler", guidance_scale=2.5)
+    _close(got, want)
+    full = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=2.5)
+    assert np.abs(got - full).max() > 0  # the fp8 weights really are the ones used
+
+
+def test_a_flux_schnell_all_in_one_file_equals_the_schnell_pipeline(engine, parts):
+    # schnell has no guidance embedding and samples without a shift (its scheduler config).
+    got = checkpoint_image(engine, "tiny-flux-schnell-aio.safetensors", cfg=1.0)
+    schnell = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    want = _pipe_image(fx.flux_pipeline(parts["flux-schnell"], schnell), "euler")
+    _close(got, want)
+    assert got.std() > 0.01
+
+
+def test_a_flux_all_in_one_file_missing_a_part_or_scaled_is_a_clear_error(engine, parts, root):
+    from safetensors.torch import load_file
+
+    ck = root / "checkpoints"
+    state = load_file(str(ck / "tiny-flux-aio.safetensors"))
+    no_t5 = {k: v for k, v in state.items() if not k.startswith("text_encoders.t5xxl.")}
+    fx.save(no_t5, ck / "flux-no-t5.safetensors")
+    fx.save({**state, "scaled_fp8": torch.zeros(0)}, ck / "flux-scaled.safetensors")
+    for name, words in [
+        ("flux-no-t5.safetensors", ["Flux.1 checkpoint without its T5-XXL", "Load Text Encoders"]),
+        ("flux-scaled.safetensors", ["scaled fp8"]),
+    ]:
+        wf = Workflow(installed_registry())
+        n = wf.add_node("load_checkpoint", {"ckpt_name": name}).id
+        msg = engine.run(wf, targets=[n]).errors[n]
+        assert name in msg and all(w in msg for w in words), msg
+
+
 @pytest.mark.parametrize("unet", ["flux-orig.safetensors", "flux-comfy.safetensors"])
 def test_flux_files_in_both_key_layouts_equal_the_folder(engine, unet):
     folder = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
@@ -313,6 +380,11 @@ def test_family_is_read_from_tensors_not_the_file_name(root):
     assert dit.sniff(te).kind == "t5"
     aio = WeightsFile(root / "checkpoints" / "tiny-sd35-aio.safetensors", "a").shapes
     assert dit.sniff(aio).kind == "sd3_all_in_one"
+    for name in ("tiny-flux-aio.safetensors", "tiny-flux-aio-fp8.safetensors"):
+        aio = WeightsFile(root / "checkpoints" / name, "a").shapes
+        assert dit.sniff(aio) == dit.Sniffed(
+            "flux_all_in_one", "model.diffusion_model.", "a Flux.1 all-in-one checkpoint"
+        )
 
 
 def test_a_sampler_that_does_not_apply_is_a_clear_error(engine):
@@ -442,6 +514,27 @@ def test_a_comfyui_flux_prompt_imports_onto_these_nodes():
     loader = next(n for n in result.workflow.nodes if n.type == "load_diffusion_model")
     assert loader.params["weight_dtype"] == "fp8_e4m3fn"
     assert any("fp8_e4m3fn_fast" in line for line in result.report)
+
+
+def test_a_comfyui_flux_checkpoint_prompt_imports_and_validates():
+    # ComfyUI's Flux example: flux1-dev-fp8 all-in-one through CheckpointLoaderSimple.
+    from comfyui_files import txt2img_api
+
+    from studio.engine.validate import plan_workflow
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = txt2img_api(cfg=1.0)
+    prompt["4"]["inputs"]["ckpt_name"] = "flux1-dev-fp8.safetensors"
+    prompt["35"] = {
+        "class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["6", 0]},
+    }  # fmt: skip
+    prompt["3"]["inputs"]["positive"] = ["35", 0]
+    result = import_comfyui(prompt, installed_registry(), source="flux_dev_checkpoint.json")
+    wf = result.workflow
+    loader = next(n for n in wf.nodes if n.type == "load_checkpoint")
+    assert loader.params["ckpt_name"] == "flux1-dev-fp8.safetensors"
+    assert "flux_guidance" in {n.type for n in wf.nodes}
+    assert plan_workflow(wf, wf.registry).problems == []
 
 
 # -- Sampler (Advanced) and inpainting with DiTs ------------------------------------------------
