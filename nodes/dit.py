@@ -1406,7 +1406,7 @@ def sample(
             net, pos, neg, guided, batch, h, w, device, dtype
         )
         controls = _controls(
-            ctx, pos, neg, family, guided, batch,
+            ctx, net, pos, neg, family, guided, batch,
             (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
         )  # fmt: skip
 
@@ -1533,7 +1533,7 @@ def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
 
 
 def _controls(
-    ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
+    ctx: Any, net: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
     size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
 ) -> _Sd3Controls | _FluxControls | None:  # fmt: skip
     """Apply ControlNet's entries on the prompts: SD3 / Flux ControlNets for a model of their
@@ -1562,8 +1562,13 @@ def _controls(
                 f"ControlNet {e.net.name!r} is a {e.net.family_title()} ControlNet and needs "
                 "the model's VAE: use Apply ControlNet with its vae input connected"
             )
-    cls = _FluxControls if family == "flux" else _Sd3Controls
-    return cls(ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype)
+    if family == "flux":
+        return _FluxControls(
+            ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype
+        )
+    return _Sd3Controls(
+        ctx, net, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype
+    )
 
 
 def _keep(e: Any, step: int, total: int) -> float:
@@ -1666,19 +1671,28 @@ def _add(a: list | None, b: Any) -> list | None:
 class _Sd3Controls:
     """The SD3 ControlNets of a run: each control image encoded once by the VAE (its mean:
     the pipeline draws a sample from torch's global generator), then per step the summed
-    block residuals the transformer adds."""
+    block residuals the transformer adds. A ControlNet without a patch embedding of its own
+    (Stability's SD3.5 ones) is given the latent patched by the model's, as the pipeline
+    lends it the transformer's."""
 
     def __init__(
-        self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
+        self, ctx: Any, net: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
         guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
         device: torch.device, dtype: torch.dtype,
     ) -> None:  # fmt: skip
         from nodes.controlnet import get_module as controlnet_module
 
+        self.patch_embed = net.pos_embed
         self.items: list[tuple[Any, Any, torch.Tensor, torch.Tensor | None, dict]] = []
         for e in entries:
             module = controlnet_module(ctx, e.net)
             cfg = module.config
+            if module.inner_dim != net.inner_dim:
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} is {module.inner_dim} wide, but the model is "
+                    f"{net.inner_dim} wide: it was made for another Stable Diffusion 3.x model "
+                    "(Stability's SD3.5 ControlNets are for SD3.5 Large)"
+                )
             if cfg.get("extra_conditioning_channels", 0):
                 raise NodeError(
                     f"ControlNet {e.net.name!r} takes {cfg.extra_conditioning_channels} extra "
@@ -1710,10 +1724,15 @@ class _Sd3Controls:
 
     def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> Any:
         out = None
+        patched = None
         for e, module, latent, gate, kwargs in self.items:
             keep = _keep(e, step, total)
+            hidden = x
+            if module.pos_embed is None:
+                patched = self.patch_embed(x) if patched is None else patched
+                hidden = patched
             blocks = module(
-                hidden_states=x, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
+                hidden_states=hidden, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
                 conditioning_scale=e.strength * keep, return_dict=False, **kwargs,
             )[0]  # fmt: skip
             if gate is not None:

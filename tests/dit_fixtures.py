@@ -97,6 +97,72 @@ def tiny_sd3(with_t5: bool = True) -> dict[str, Any]:
     return parts
 
 
+def tiny_sd35_large() -> dict[str, Any]:
+    """tiny_sd3 with SD3.5 Large's kind of transformer: 64-wide attention heads (one), qk
+    RMS norm, no second attention; what Stability's SD3.5 ControlNets are made for."""
+    from diffusers import SD3Transformer2DModel
+
+    parts = tiny_sd3()
+    torch.manual_seed(6)
+    parts["transformer"] = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
+        num_attention_heads=1, joint_attention_dim=96, caption_projection_dim=64,
+        pooled_projection_dim=80, out_channels=16, pos_embed_max_size=16, qk_norm="rms_norm",
+    ).eval()  # fmt: skip
+    return parts
+
+
+def sd35_official_controlnet(transformer: Any, seed: int = 8) -> Any:
+    """An SD3ControlNetModel configured as diffusers' conversion script builds Stability's
+    SD3.5 ControlNets (no prompt stream, the model's patch embedding, the real pooled
+    prompt), with random non-zero input and output layers so that it acts."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    cfg = transformer.config
+    net = SD3ControlNetModel(
+        patch_size=cfg.patch_size, in_channels=cfg.in_channels, num_layers=2,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=None, caption_projection_dim=transformer.inner_dim,
+        pooled_projection_dim=cfg.pooled_projection_dim, out_channels=cfg.out_channels,
+        pos_embed_max_size=None, pos_embed_type=None, use_pos_embed=False,
+        force_zeros_for_pooled_projection=False,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in (*net.controlnet_blocks.parameters(), *net.pos_embed_input.parameters()):
+            p.normal_(0, 0.3)
+    return net.eval()
+
+
+#: SD3ControlNetModel's block layer names in Stability's SD3.5 ControlNet files (the
+#: mapping of diffusers' scripts/convert_sd3_controlnet_to_diffusers.py, read backwards).
+SD35_CONTROLNET_NAMES = {
+    "attn.to_out.0.": "attn.proj.",
+    "ff.net.0.proj.": "mlp.fc1.",
+    "ff.net.2.": "mlp.fc2.",
+    "norm1.linear.": "adaLN_modulation.1.",
+}
+
+
+def sd35_controlnet_original(net: Any) -> dict[str, torch.Tensor]:
+    """A diffusers SD3.5 ControlNet's weights in Stability's own file layout: q, k and v
+    of each block fused into attn.qkv, the other block layers under their names."""
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for k in list(state):
+        if not k.startswith("transformer_blocks.") or ".attn.to_q." not in k:
+            continue
+        kind = k.rsplit(".", 1)[1]
+        head = k.split(".attn.")[0]
+        fused = [state.pop(f"{head}.attn.{n}.{kind}") for n in ("to_q", "to_k", "to_v")]
+        out[f"{head}.attn.qkv.{kind}"] = torch.cat(fused)
+    for k, v in state.items():
+        for new, old in SD35_CONTROLNET_NAMES.items():
+            k = k.replace(f".{new}", f".{old}")
+        out[k] = v
+    return out
+
+
 def tiny_flux(guidance: bool = True) -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 

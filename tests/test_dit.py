@@ -853,6 +853,85 @@ def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
     assert moved.abs().max() > 1e-2  # the ControlNet did steer
 
 
+def _controlled_by(wf, ids, control_net: str, image, **params) -> str:
+    """Apply ControlNet (with the checkpoint's VAE) on both prompts of ``ids``."""
+    load = wf.add_node("load_controlnet", {"control_net_name": control_net}).id
+    img = wf.add_node("load_image", {"image": str(image)}).id
+    apply = wf.add_node("apply_controlnet", params).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        (ids["ckpt"], "vae", apply, "vae"),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    return load
+
+
+def test_an_official_sd35_controlnet_file_equals_the_sd3_controlnet_pipeline(
+    engine, root, photo_and_mask, monkeypatch
+):
+    """Stability's own SD3.5 ControlNet layout (canny / depth / blur for SD3.5 Large: fused
+    q, k, v, no prompt stream, the model's patch embedding, the real pooled prompt) read
+    from its tensor names equals StableDiffusion3ControlNetPipeline with the diffusers
+    model its conversion script makes (the VAE's mean in both, as above)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from PIL import Image
+
+    large = fx.tiny_sd35_large()
+    fx.sd3_pipeline(large).save_pretrained(str(root / "checkpoints" / "tiny-sd35-large"))
+    cn = fx.sd35_official_controlnet(large["transformer"])
+    (root / "controlnet").mkdir(exist_ok=True)
+    fx.save(fx.sd35_controlnet_original(cn), root / "controlnet" / "sd35-large-canny.safetensors")
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[12:40, 20:52] = 255
+    Image.fromarray(arr).save(root / "edges-large.png")
+
+    wf = Workflow(installed_registry())
+    ids = {"ckpt": wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd35-large"}).id}
+    ids["pos"] = wf.add_node("text_encode", {"text": PROMPT}).id
+    ids["neg"] = wf.add_node("text_encode", {"text": NEGATIVE}).id
+    for n in (ids["pos"], ids["neg"]):
+        wf.connect(ids["ckpt"], "clip", n, "clip")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    load = _controlled_by(
+        wf, ids, "sd35-large-canny.safetensors", root / "edges-large.png",
+        strength=0.7, end_percent=0.8,
+    )  # fmt: skip
+    controlled = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain, load])
+    handle = out[load]["control_net"]
+    assert handle.family == "sd3" and handle.config["use_pos_embed"] is False
+    assert handle.config["joint_attention_dim"] is None
+    got = out[dec]["image"].numpy()
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**large, controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=5.0,
+        control_image=Image.open(root / "edges-large.png").convert("RGB"),
+        controlnet_conditioning_scale=0.7, control_guidance_end=0.8,
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+    # On a model of another width (SD3 Medium's kind): a clear error, not a shape mismatch.
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    _controlled_by(wf, ids, "sd35-large-canny.safetensors", root / "edges-large.png")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    msg = engine.run(wf, targets=[s]).errors[s]
+    assert "sd35-large-canny.safetensors" in msg and "SD3.5 Large" in msg, msg
+
+
 def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine, parts, root):
     """An SD3 ControlNet folder loads as SD3; on a UNet model, or without a VAE, the error
     names the ControlNet and both families."""
