@@ -326,21 +326,24 @@ def sd3_all_in_one(parts: dict[str, Any], path: Path) -> Path:
 def flux_all_in_one(parts: dict[str, Any], path: Path, fp8: bool = False) -> Path:
     """A Flux.1 all-in-one file as Comfy-Org ships flux1-dev-fp8 / flux1-schnell-fp8: the
     original-layout transformer under ``model.diffusion_model.`` (every tensor fp8 with
-    ``fp8``), the LDM-layout VAE under ``vae.``, CLIP-L and T5-XXL under ``text_encoders.``."""
+    ``fp8``, and T5's too, as in flux1-dev-fp8), the LDM-layout VAE under ``vae.``, CLIP-L
+    and T5-XXL under ``text_encoders.``."""
     transformer = to_original(parts["transformer"], "flux")
+    t5 = t5_file_state(parts["text_encoder_2"])
     if fp8:
         transformer = {k: v.to(torch.float8_e4m3fn) for k, v in transformer.items()}
+        t5 = {k: v.to(torch.float8_e4m3fn) for k, v in t5.items()}
     state = {f"model.diffusion_model.{k}": v for k, v in transformer.items()}
     state.update({f"vae.{k}": v for k, v in ldm_vae(parts["vae"]).items()})
     for k, v in clip_file_state(parts["text_encoder"]).items():
         state[f"text_encoders.clip_l.transformer.{k}"] = v
-    for k, v in t5_file_state(parts["text_encoder_2"]).items():
+    for k, v in t5.items():
         state[f"text_encoders.t5xxl.transformer.{k}"] = v
     return save(state, path)
 
 
 def fp8_rounded(transformer: Any) -> Any:
-    """A copy of a transformer whose every weight is its fp8 (e4m3fn) rounding."""
+    """A copy of a model (transformer, T5) whose every weight is its fp8 (e4m3fn) rounding."""
     import copy
 
     out = copy.deepcopy(transformer)

@@ -273,11 +273,16 @@ def test_an_fp8_flux_all_in_one_file_keeps_fp8_weights_and_equals_their_rounding
     shapes = WeightsFile(path, "a").shapes
     found = dit.sniff(shapes)
     source = dit.inspect_all_in_one(path, "a", ("id",), shapes, found.prefix, "flux")
-    net = dit.load_component(source, "transformer", torch.float32, "t")
-    stored = [p.dtype for p in net.parameters()]
-    assert stored.count(torch.float8_e4m3fn) > len(stored) // 2  # kept in 8 bits
+    for component in ("transformer", "text_encoder_2"):  # the transformer and T5
+        net = dit.load_component(source, component, torch.float32, "t")
+        stored = [p.dtype for p in net.parameters()]
+        assert stored.count(torch.float8_e4m3fn) > len(stored) // 2, component  # 8 bits
     got = checkpoint_image(engine, "tiny-flux-aio-fp8.safetensors", cfg=1.0, guidance=2.5)
-    rounded = {**parts["flux"], "transformer": fx.fp8_rounded(parts["flux"]["transformer"])}
+    rounded = {
+        **parts["flux"],
+        "transformer": fx.fp8_rounded(parts["flux"]["transformer"]),
+        "text_encoder_2": fx.fp8_rounded(parts["flux"]["text_encoder_2"]),
+    }
     want = _pipe_image(fx.flux_pipeline(rounded), "euler", guidance_scale=2.5)
     _close(got, want)
     full = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=2.5)
