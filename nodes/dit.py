@@ -732,25 +732,34 @@ def _keep_fp8(module: Any, component: str, quant: str, state: dict[str, Any], dt
     """Sets layer-wise casting on the (empty) module where its weights are to stay in fp8,
     each layer cast to ``dtype`` while it computes (diffusers' layer-wise casting; norms
     and embeddings stay in ``dtype``); the names of the weights kept in fp8."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    fp8 = torch.float8_e4m3fn
     if quant == "fp8_e4m3fn" and component == "transformer":
-        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        if _matrices_in_fp8(state):
+            # Stored in fp8 already (flux1-dev-fp8): every layer stays so, the modulations
+            # too (diffusers keeps them wide when it narrows them itself); no rounding added.
+            apply_layerwise_casting(
+                module, storage_dtype=fp8, compute_dtype=dtype, skip_modules_pattern=("pos_embed",)
+            )
+        else:
+            module.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=dtype)
     elif type(module).__name__ == "T5EncoderModel" and _matrices_in_fp8(state):
         # A T5 stored in fp8 (t5xxl_fp8_e4m3fn, the one in flux1-dev-fp8) stays so: the same
         # numbers as widening it, in 60% of the memory. Its feed-forward out projections
-        # stay wide: T5 casts their input to their weights' dtype.
-        from diffusers.hooks import apply_layerwise_casting
-
+        # and its embedding stay wide: T5 casts the out projections' input to their dtype,
+        # and takes its own dtype from its first weight, the embedding.
         apply_layerwise_casting(
-            module, storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype,
-            skip_modules_pattern=("norm", r"\.wo$"),
+            module, storage_dtype=fp8, compute_dtype=dtype,
+            skip_modules_pattern=("norm", r"\.wo$", "shared", "embed_tokens"),
         )  # fmt: skip
     else:
         return set()
-    return {n for n, p in module.named_parameters() if p.dtype == torch.float8_e4m3fn}
+    return {n for n, p in module.named_parameters() if p.dtype == fp8}
 
 
 def _matrices_in_fp8(state: dict[str, Any]) -> bool:
-    """Whether a text encoder's layer matrices (2-D weights) are all stored as fp8 e4m3fn."""
+    """Whether a model's layer matrices (2-D weights) are all stored as fp8 e4m3fn."""
     mats = [v for v in state.values() if v.ndim == 2 and v.is_floating_point()]
     return bool(mats) and all(v.dtype == torch.float8_e4m3fn for v in mats)
 
