@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,8 +527,8 @@ def inspect_all_in_one(
 
 
 def _stored_in_fp8(path: Path, shapes: dict[str, Any], prefix: str, label: str) -> bool:
-    """Whether every weight matrix of the transformer under ``prefix`` is stored as fp8
-    (e4m3fn), read from the file's header."""
+    """Whether the weight matrices of the transformer under ``prefix`` are stored as fp8
+    (e4m3fn), most of them (a file may keep a few layers wide), read from its header."""
     from safetensors import safe_open
 
     from nodes.sdload import SAFE_SUFFIXES
@@ -542,9 +543,10 @@ def _stored_in_fp8(path: Path, shapes: dict[str, Any], prefix: str, label: str) 
         return False
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return all(f.get_slice(k).get_dtype() == "F8_E4M3" for k in keys)
+            fp8 = sum(f.get_slice(k).get_dtype() == "F8_E4M3" for k in keys)
     except Exception as exc:
         raise NodeError(f"{label}: could not read its tensors ({exc})") from None
+    return 2 * fp8 > len(keys)
 
 
 def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> WeightsSource:
@@ -736,11 +738,14 @@ def _keep_fp8(module: Any, component: str, quant: str, state: dict[str, Any], dt
 
     fp8 = torch.float8_e4m3fn
     if quant == "fp8_e4m3fn" and component == "transformer":
-        if _matrices_in_fp8(state):
-            # Stored in fp8 already (flux1-dev-fp8): every layer stays so, the modulations
-            # too (diffusers keeps them wide when it narrows them itself); no rounding added.
+        wide = _wide_matrices(state)
+        if _mostly_fp8(len(wide), state):
+            # Stored in fp8 already (flux1-dev-fp8): the layers stored so stay so, the
+            # modulations too (diffusers keeps them wide when it narrows them itself), and
+            # those stored wide stay wide: no rounding added.
+            skip = ("pos_embed", *(f"^{re.escape(m)}$" for m in wide))
             apply_layerwise_casting(
-                module, storage_dtype=fp8, compute_dtype=dtype, skip_modules_pattern=("pos_embed",)
+                module, storage_dtype=fp8, compute_dtype=dtype, skip_modules_pattern=skip
             )
         else:
             module.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=dtype)
@@ -756,6 +761,21 @@ def _keep_fp8(module: Any, component: str, quant: str, state: dict[str, Any], dt
     else:
         return set()
     return {n for n, p in module.named_parameters() if p.dtype == fp8}
+
+
+def _wide_matrices(state: dict[str, Any]) -> set[str]:
+    """The layers (module names) whose weight matrix is stored wider than fp8."""
+    return {
+        k.removesuffix(".weight")
+        for k, v in state.items()
+        if v.ndim == 2 and v.is_floating_point() and v.dtype != torch.float8_e4m3fn
+    }
+
+
+def _mostly_fp8(wide: int, state: dict[str, Any]) -> bool:
+    """Whether most of a model's weight matrices are stored in fp8 (``wide`` are not)."""
+    matrices = sum(1 for v in state.values() if v.ndim == 2 and v.is_floating_point())
+    return 2 * wide < matrices
 
 
 def _matrices_in_fp8(state: dict[str, Any]) -> bool:

@@ -288,6 +288,21 @@ def test_an_fp8_flux_all_in_one_file_keeps_fp8_weights_and_equals_their_rounding
     full = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=2.5)
     assert np.abs(got - full).max() > 0  # the fp8 weights really are the ones used
 
+    # A file keeping a layer wide (the last one): that layer stays wide, as stored.
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    wide = load_file(str(root / "checkpoints" / "tiny-flux-aio.safetensors"))
+    for k in ("final_layer.linear.weight", "final_layer.linear.bias"):
+        state[f"model.diffusion_model.{k}"] = wide[f"model.diffusion_model.{k}"]
+    mixed = fx.save(state, root / "checkpoints" / "flux-aio-mixed.safetensors")
+    source = dit.inspect_all_in_one(mixed, "m", ("m",), WeightsFile(mixed, "m").shapes,
+                                    found.prefix, "flux")  # fmt: skip
+    net = dit.load_component(source, "transformer", torch.float32, "t")
+    want = parts["flux"]["transformer"].proj_out.weight
+    assert net.proj_out.weight.dtype == torch.float32 and torch.equal(net.proj_out.weight, want)
+    assert net.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+
 
 def test_a_flux_schnell_all_in_one_file_equals_the_schnell_pipeline(engine, parts):
     # schnell has no guidance embedding and samples without a shift (its scheduler config).
