@@ -168,6 +168,8 @@ def _single_file_config(path: Path) -> dict[str, Any]:
     if not any(k.startswith(("control_model.", "controlnet_")) or "zero_convs" in k for k in keys):
         raise NodeError(f"{path.name}: not a ControlNet (no ControlNet layers inside)")
     if "pos_embed_input.proj.weight" in keys:
+        if SD35_OFFICIAL_KEY in keys:
+            return _sd35_official_config(path, keys)
         return _sd3_config(path, keys)
     if any(k.startswith("double_blocks.") for k in keys):
         raise NodeError(
@@ -229,8 +231,8 @@ def controlnet_config_from_unet(unet: dict[str, Any]) -> dict[str, Any]:
     title="Load ControlNet",
     category="loaders",
     description=(
-        "Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1, SDXL, and "
-        "SD3 and Flux in the diffusers layout)."
+        "Loads a ControlNet (a diffusers folder or a single .safetensors file; SD1, SDXL, "
+        "SD3 and Flux in the diffusers layout, and Stability's own SD3.5 ControlNets)."
     ),
     inputs=[
         InputSpec(
@@ -314,15 +316,96 @@ def _load_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
         )
 
 
+#: A tensor only Stability's own SD3.5 ControlNet layout has (fused q, k, v).
+SD35_OFFICIAL_KEY = "transformer_blocks.0.attn.qkv.weight"
+#: Every released SD3 / SD3.5 model has 64-wide attention heads; the official ControlNets
+#: have no per-head norm to read the width from.
+SD3_HEAD_DIM = 64
+
+
+def _sd35_official_config(path: Path, keys: list[str]) -> dict[str, Any]:
+    """SD3ControlNetModel's config for Stability's own SD3.5 ControlNets (canny, depth, blur
+    for SD3.5 Large), as diffusers' conversion script builds it: plain transformer blocks
+    without a prompt stream (no context embedder), the model's own patch embedding in
+    place of one of its own, and the real pooled prompt (not zeros)."""
+    from safetensors import safe_open
+
+    if any(".attn.ln_q." in k or ".attn2." in k or k.startswith("context_embedder") for k in keys):
+        raise NodeError(
+            f"{path.name}: an SD3.5 ControlNet in Stability's layout with layers Studio does "
+            "not know (per-head norms, a second attention or a prompt embedder)"
+        )
+    with safe_open(str(path), "pt") as f:
+
+        def shape(key: str) -> tuple[int, ...]:
+            if key not in keys:
+                raise NodeError(f"{path.name}: the SD3.5 ControlNet lacks {key!r} (damaged?)")
+            return tuple(f.get_slice(key).get_shape())
+
+        hidden, cond_ch, patch, _ = shape("pos_embed_input.proj.weight")
+        pooled = shape("time_text_embed.text_embedder.linear_1.weight")
+    if hidden % SD3_HEAD_DIM:
+        raise NodeError(
+            f"{path.name}: an SD3.5 ControlNet {hidden} wide, not a whole number of "
+            f"{SD3_HEAD_DIM}-wide attention heads"
+        )
+    return {
+        "_class_name": SD3_CLASS,
+        "patch_size": patch,
+        "in_channels": cond_ch,
+        "num_layers": _count_blocks(keys, "transformer_blocks."),
+        "attention_head_dim": SD3_HEAD_DIM,
+        "num_attention_heads": hidden // SD3_HEAD_DIM,
+        "joint_attention_dim": None,
+        "caption_projection_dim": hidden,
+        "pooled_projection_dim": pooled[1],
+        "out_channels": cond_ch,
+        "pos_embed_max_size": None,
+        "pos_embed_type": None,
+        "use_pos_embed": False,
+        "force_zeros_for_pooled_projection": False,
+    }
+
+
+def _count_blocks(keys: list[str], prefix: str) -> int:
+    found = {int(k.split(".")[1]) for k in keys if k.startswith(prefix)}
+    return max(found) + 1 if found else 0
+
+
+def sd35_official_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
+    """Stability's SD3.5 ControlNet tensors under SD3ControlNetModel's names (the mapping of
+    diffusers' scripts/convert_sd3_controlnet_to_diffusers.py): each block's fused q, k, v
+    split in three, its out projection, MLP and modulation renamed; the rest as it is."""
+    renames = {
+        "attn.proj.": "attn.to_out.0.",
+        "mlp.fc1.": "ff.net.0.proj.",
+        "mlp.fc2.": "ff.net.2.",
+        "adaLN_modulation.1.": "norm1.linear.",
+    }
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if not key.startswith("transformer_blocks."):
+            out[key] = value
+            continue
+        block, rest = key.split(".", 2)[1:]
+        head = f"transformer_blocks.{block}."
+        if rest.startswith("attn.qkv."):
+            kind = rest.rsplit(".", 1)[1]
+            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0), strict=True):
+                out[f"{head}attn.{name}.{kind}"] = part
+            continue
+        for old, new in renames.items():
+            if rest.startswith(old):
+                rest = new + rest[len(old) :]
+                break
+        out[head + rest] = value
+    return out
+
+
 def _sd3_config(path: Path, keys: list[str]) -> dict[str, Any]:
     """SD3ControlNetModel's config read off a diffusers-layout file's tensor shapes."""
     from safetensors import safe_open
 
-    if any(k.startswith("transformer_blocks.0.adaLN_modulation") for k in keys):
-        raise NodeError(
-            f"{path.name}: an SD3.5 ControlNet in Stability's own layout; Studio reads SD3 "
-            "ControlNets in the diffusers layout (SD3ControlNetModel) only, for now"
-        )
     with safe_open(str(path), "pt") as f:
 
         def shape(key: str) -> tuple[int, ...] | None:
@@ -419,6 +502,8 @@ def _load_dit_single_file(handle: ControlNetHandle, dtype: Any) -> Any:
     with init_empty_weights():
         model = cls.from_config({k: v for k, v in handle.config.items() if k != "_class_name"})
     state = {k: v.to(dtype) for k, v in load_file(handle.path).items()}
+    if SD35_OFFICIAL_KEY in state:
+        state = sd35_official_to_diffusers(state)
     _assign(model, state, f"ControlNet {handle.name!r}")
     return model
 

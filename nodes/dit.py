@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,21 @@ SD3_AIO_PREFIXES = {
     "text_encoder_2": "text_encoders.clip_g.transformer.",
     "text_encoder_3": "text_encoders.t5xxl.transformer.",
     "vae": "first_stage_model.",
+}
+#: The Flux.1 all-in-one layout (Comfy-Org's flux1-dev-fp8 / flux1-schnell-fp8; ComfyUI's
+#: Flux model reads its VAE under "vae." and its text encoders under "text_encoders.").
+FLUX_AIO_PREFIXES = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.t5xxl.transformer.",
+    "vae": "vae.",
+}
+AIO_PREFIXES = {"sd3": SD3_AIO_PREFIXES, "flux": FLUX_AIO_PREFIXES}
+#: Tensors of ComfyUI's "scaled fp8" files (each weight times its scale): not read here.
+SCALED_FP8_KEYS = ("scaled_fp8", ".scale_weight")
+#: What each all-in-one component is, in the words of the loaders' file names.
+AIO_PART_NAMES = {
+    "sd3": {"vae": "VAE", "text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G"},
+    "flux": {"vae": "VAE", "text_encoder": "CLIP-L", "text_encoder_2": "T5-XXL"},
 }
 CLIP_TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
 T5_SHARED_KEY = "shared.weight"
@@ -92,7 +108,8 @@ FLOW_SCHEDULES = {
 @dataclass(frozen=True)
 class Sniffed:
     """What a weights file looks like: ``kind`` is ``sd3`` / ``flux`` (a transformer),
-    ``sd3_all_in_one``, ``clip``, ``t5``, ``vae`` or ``other``; ``prefix`` is where its
+    ``sd3_all_in_one`` / ``flux_all_in_one`` (a transformer beside its text encoders and
+    VAE), ``clip``, ``t5``, ``vae`` or ``other``; ``prefix`` is where its (transformer's)
     tensors start."""
 
     kind: str
@@ -118,6 +135,8 @@ def sniff(shapes: dict[str, tuple[int, ...]]) -> Sniffed:
         return Sniffed("sd3", p, "a Stable Diffusion 3.x transformer")
     p = _prefix_of(shapes, "double_blocks.0.img_attn.qkv.weight")
     if p is not None:
+        if any(k.startswith(tuple(FLUX_AIO_PREFIXES.values())) for k in shapes):
+            return Sniffed("flux_all_in_one", p, "a Flux.1 all-in-one checkpoint")
         return Sniffed("flux", p, "a Flux.1 transformer")
     if any(k.startswith("transformer_blocks.0.") for k in shapes) and any(
         k.startswith("single_transformer_blocks.") for k in shapes
@@ -361,6 +380,15 @@ def scheduler_config(family: str) -> dict[str, Any]:
     return json.loads(path.read_text("utf-8"))
 
 
+def family_scheduler_config(family: str, transformer: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler config of a single file's transformer: Flux.1 schnell (no guidance
+    embedding) samples without a shift, as its own scheduler config says."""
+    sched = scheduler_config(family)
+    if family == "flux" and not transformer.get("guidance_embeds", True):
+        sched.update(use_dynamic_shifting=False, shift=1.0)
+    return sched
+
+
 # -- sources: where each component's weights are ---------------------------------------------
 
 #: Weight dtype choices of Load Diffusion Model.
@@ -538,8 +566,8 @@ def inspect_diffusion_model(
     weights = None if gguf else _weights(path, label)
     shapes = gguf_shapes(path, label) if weights is None else weights.shapes
     found = sniff(shapes)
-    if found.kind == "sd3_all_in_one":
-        found = Sniffed("sd3", found.prefix, found.what)
+    if found.kind.endswith("_all_in_one"):  # its transformer alone
+        found = Sniffed(found.kind.removesuffix("_all_in_one"), found.prefix, found.what)
     if found.kind not in DIT_FAMILIES:
         raise NodeError(
             f"{label}: not a Flux.1 or Stable Diffusion 3.x transformer - it looks like "
@@ -555,9 +583,7 @@ def inspect_diffusion_model(
     cfg = (flux_config if family == "flux" else sd3_config)(shapes, found.prefix, label)
     if family == "flux":
         check_flux_channels(cfg, label)
-    sched = scheduler_config(family)
-    if family == "flux" and not cfg["guidance_embeds"]:  # schnell: no shift
-        sched.update(use_dynamic_shifting=False, shift=1.0)
+    sched = family_scheduler_config(family, cfg)
     # A file may say how it samples and which VAE it was trained with (studio-tiny-flux's
     # export: its shift, and a VAE of another scale than Flux's); the VAE's config only sets
     # the latent size (ModelHandle.vae_downscale): the VAE itself comes from Load VAE.
@@ -590,31 +616,71 @@ def _own_configs(weights: Any, label: str) -> dict[str, Any]:
 
 
 def inspect_all_in_one(
-    path: Path, name: str, identity: tuple[Any, ...], shapes: dict[str, Any], prefix: str
+    path: Path,
+    name: str,
+    identity: tuple[Any, ...],
+    shapes: dict[str, Any],
+    prefix: str,
+    family: str = "sd3",
 ) -> WeightsSource:
-    """An SD3.5 all-in-one checkpoint: transformer, CLIP-L, CLIP-G, maybe T5, VAE."""
+    """An all-in-one checkpoint: an SD3.5 file (transformer, CLIP-L, CLIP-G, maybe T5,
+    VAE) or a Flux.1 file (transformer, CLIP-L, T5-XXL, VAE)."""
     label = f"checkpoint {name!r}"
+    transformer = (flux_config if family == "flux" else sd3_config)(shapes, prefix, label)
     configs: dict[str, dict[str, Any]] = {
-        "transformer": sd3_config(shapes, prefix, label),
-        "scheduler": scheduler_config("sd3"),
+        "transformer": transformer,
+        "scheduler": family_scheduler_config(family, transformer),
     }
     prefixes = {"transformer": prefix}
-    for comp, p in SD3_AIO_PREFIXES.items():
+    for comp, p in AIO_PREFIXES[family].items():
         if comp == "vae":
             if (p + "decoder.conv_in.weight") in shapes:
-                configs["vae"], prefixes["vae"] = vae_config(shapes, p, "sd3"), p
-        elif comp == "text_encoder_3":
-            if (p + T5_BLOCK_KEY) in shapes:
-                configs[comp], prefixes[comp] = t5_config(shapes, p), p
+                configs["vae"], prefixes["vae"] = vae_config(shapes, p, family), p
+        elif (p + T5_BLOCK_KEY) in shapes:
+            configs[comp], prefixes[comp] = t5_config(shapes, p), p
         elif (p + CLIP_TOKEN_KEY) in shapes:
             configs[comp], prefixes[comp] = clip_config(shapes, p), p
-    missing = [c for c in ("vae", "text_encoder", "text_encoder_2") if c not in configs]
+            if (p + "text_projection.weight") not in shapes:
+                configs[comp]["architectures"] = ["CLIPTextModel"]
+    names = AIO_PART_NAMES[family]
+    missing = [names[c] for c in names if c not in configs]
     if missing:
-        raise NodeError(f"{label}: an SD3 checkpoint without its {', '.join(missing)}")
+        raise NodeError(
+            f"{label}: a {FAMILY_TITLES[family]} checkpoint without its {', '.join(missing)}: "
+            "load its transformer with Load Diffusion Model, beside Load Text Encoders and "
+            "Load VAE"
+        )
+    if _stored_in_fp8(path, shapes, prefix, label):
+        # As ComfyUI keeps an fp8 checkpoint's transformer: 8-bit weights, each layer
+        # computed in the device's type (the same numbers as widening them all at once).
+        configs["load"] = {"quant": "fp8_e4m3fn"}
     return WeightsSource(
-        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family="sd3",
+        path=str(path), identity=identity, layout=LAYOUT_SINGLE_FILE, family=family,
         configs=configs, prefixes=prefixes, name=name,
     )  # fmt: skip
+
+
+def _stored_in_fp8(path: Path, shapes: dict[str, Any], prefix: str, label: str) -> bool:
+    """Whether the weight matrices of the transformer under ``prefix`` are stored as fp8
+    (e4m3fn), most of them (a file may keep a few layers wide), read from its header."""
+    from safetensors import safe_open
+
+    from nodes.sdload import SAFE_SUFFIXES
+
+    if any(k.endswith(SCALED_FP8_KEYS) for k in shapes):
+        raise NodeError(
+            f"{label}: its weights are 'scaled fp8' (ComfyUI's fp8_scaled format), which "
+            "Studio cannot read yet; use an fp16 / bf16 or plain fp8 file"
+        )
+    keys = [k for k, v in shapes.items() if k.startswith(prefix) and len(v) == 2]
+    if not keys or path.suffix.lower() not in SAFE_SUFFIXES:
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            fp8 = sum(f.get_slice(k).get_dtype() == "F8_E4M3" for k in keys)
+    except Exception as exc:
+        raise NodeError(f"{label}: could not read its tensors ({exc})") from None
+    return 2 * fp8 > len(keys)
 
 
 def inspect_text_encoder(path: Path, name: str, identity: tuple[Any, ...]) -> WeightsSource:
@@ -816,13 +882,69 @@ def load_component(source: WeightsSource, component: str, dtype: Any, label: str
         from nodes.sdload import _fit_clip_keys
 
         state = _fit_clip_keys(module, state)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    fp8 = _keep_fp8(module, component, quant, state, dtype)
+    # Weights kept in fp8 go there straight from the file: no copy of them all in the wide
+    # type first (flux1-dev-fp8's transformer: 12 GB instead of 24 GB more in bf16).
+    state = {
+        k: (v.to(torch.float8_e4m3fn if k in fp8 else dtype) if v.is_floating_point() else v)
+        for k, v in state.items()
+    }
     _assign_state(module, state, label)
-    if quant == "fp8_e4m3fn" and component == "transformer":
-        # Weights stored as fp8, each layer cast to the device dtype while it computes
-        # (diffusers' layer-wise casting; norms and embeddings stay in the device dtype).
-        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     return module
+
+
+def _keep_fp8(module: Any, component: str, quant: str, state: dict[str, Any], dtype: Any) -> set:
+    """Sets layer-wise casting on the (empty) module where its weights are to stay in fp8,
+    each layer cast to ``dtype`` while it computes (diffusers' layer-wise casting; norms
+    and embeddings stay in ``dtype``); the names of the weights kept in fp8."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    fp8 = torch.float8_e4m3fn
+    if quant == "fp8_e4m3fn" and component == "transformer":
+        wide = _wide_matrices(state)
+        if _mostly_fp8(len(wide), state):
+            # Stored in fp8 already (flux1-dev-fp8): the layers stored so stay so, the
+            # modulations too (diffusers keeps them wide when it narrows them itself), and
+            # those stored wide stay wide: no rounding added.
+            skip = ("pos_embed", *(f"^{re.escape(m)}$" for m in wide))
+            apply_layerwise_casting(
+                module, storage_dtype=fp8, compute_dtype=dtype, skip_modules_pattern=skip
+            )
+        else:
+            module.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=dtype)
+    elif type(module).__name__ == "T5EncoderModel" and _matrices_in_fp8(state):
+        # A T5 stored in fp8 (t5xxl_fp8_e4m3fn, the one in flux1-dev-fp8) stays so: the same
+        # numbers as widening it, in 60% of the memory. Its feed-forward out projections
+        # and its embedding stay wide: T5 casts the out projections' input to their dtype,
+        # and takes its own dtype from its first weight, the embedding.
+        apply_layerwise_casting(
+            module, storage_dtype=fp8, compute_dtype=dtype,
+            skip_modules_pattern=("norm", r"\.wo$", "shared", "embed_tokens"),
+        )  # fmt: skip
+    else:
+        return set()
+    return {n for n, p in module.named_parameters() if p.dtype == fp8}
+
+
+def _wide_matrices(state: dict[str, Any]) -> set[str]:
+    """The layers (module names) whose weight matrix is stored wider than fp8."""
+    return {
+        k.removesuffix(".weight")
+        for k, v in state.items()
+        if v.ndim == 2 and v.is_floating_point() and v.dtype != torch.float8_e4m3fn
+    }
+
+
+def _mostly_fp8(wide: int, state: dict[str, Any]) -> bool:
+    """Whether most of a model's weight matrices are stored in fp8 (``wide`` are not)."""
+    matrices = sum(1 for v in state.values() if v.ndim == 2 and v.is_floating_point())
+    return 2 * wide < matrices
+
+
+def _matrices_in_fp8(state: dict[str, Any]) -> bool:
+    """Whether a model's layer matrices (2-D weights) are all stored as fp8 e4m3fn."""
+    mats = [v for v in state.values() if v.ndim == 2 and v.is_floating_point()]
+    return bool(mats) and all(v.dtype == torch.float8_e4m3fn for v in mats)
 
 
 def _build(cls: Any, component: str, config: dict[str, Any]) -> Any:
@@ -1026,7 +1148,8 @@ def _gguf_t5_ff_classes() -> dict[type, type]:
 
 def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple | None:
     """Load Checkpoint's MODEL, CLIP, VAE when ``path`` is an SD3 / Flux checkpoint (a
-    diffusers folder of their pipelines, or an SD3.5 all-in-one file); None otherwise."""
+    diffusers folder of their pipelines, or an SD3.5 / Flux.1 all-in-one file); None
+    otherwise."""
     label = f"checkpoint {name!r}"
     if path.is_dir():
         index_path = path / "model_index.json"
@@ -1043,8 +1166,11 @@ def open_checkpoint(path: Path, name: str, identity: tuple[Any, ...]) -> tuple |
         )
     shapes = _weights(path, label).shapes
     found = sniff(shapes)
-    if found.kind == "sd3_all_in_one":
-        return checkpoint_handles(inspect_all_in_one(path, name, identity, shapes, found.prefix))
+    if found.kind.endswith("_all_in_one"):
+        family = found.kind.removesuffix("_all_in_one")
+        return checkpoint_handles(
+            inspect_all_in_one(path, name, identity, shapes, found.prefix, family)
+        )
     if found.kind in DIT_FAMILIES:
         raise NodeError(
             f"{label}: {found.what} without its text encoders and VAE: put it in the "
@@ -1455,7 +1581,7 @@ class _Regions:
         # to it, as ComfyUI fits a control image to the latent it is given.
         pixels = (hh * self.factor, ww * self.factor)
         controls = _controls(
-            self.ctx, c, c, self.family, False, batch, pixels, inputs, device, dtype,
+            self.ctx, self.net, c, c, self.family, False, batch, pixels, inputs, device, dtype,
             fit=cells is not None,
         )  # fmt: skip
         return cells, weight, inputs, controls
@@ -1646,7 +1772,7 @@ def sample(
             net, pos, neg, guided, batch, h, w, device, dtype
         )
         controls = _controls(
-            ctx, pos, neg, family, guided, batch,
+            ctx, net, pos, neg, family, guided, batch,
             (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
         )  # fmt: skip
     fill_packed = pack(fill_in) if fill_in is not None else None
@@ -1820,7 +1946,7 @@ def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
 
 
 def _controls(
-    ctx: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
+    ctx: Any, net: Any, pos: Cond, neg: Cond, family: str, guided: bool, batch: int,
     size: tuple[int, int], inputs: dict[str, Any], device: torch.device, dtype: torch.dtype,
     fit: bool = False,
 ) -> _Sd3Controls | _FluxControls | None:  # fmt: skip
@@ -1851,9 +1977,14 @@ def _controls(
                 f"ControlNet {e.net.name!r} is a {e.net.family_title()} ControlNet and needs "
                 "the model's VAE: use Apply ControlNet with its vae input connected"
             )
-    cls = _FluxControls if family == "flux" else _Sd3Controls
-    return cls(
-        ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype, fit
+    if family == "flux":
+        return _FluxControls(
+            ctx, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype,
+            fit,
+        )  # fmt: skip
+    return _Sd3Controls(
+        ctx, net, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype,
+        fit,
     )
 
 
@@ -1957,19 +2088,28 @@ def _add(a: list | None, b: Any) -> list | None:
 class _Sd3Controls:
     """The SD3 ControlNets of a run: each control image encoded once by the VAE (its mean:
     the pipeline draws a sample from torch's global generator), then per step the summed
-    block residuals the transformer adds."""
+    block residuals the transformer adds. A ControlNet without a patch embedding of its own
+    (Stability's SD3.5 ones) is given the latent patched by the model's, as the pipeline
+    lends it the transformer's."""
 
     def __init__(
-        self, ctx: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
+        self, ctx: Any, net: Any, entries: list[Any], neg_entries: tuple, pos_entries: tuple,
         guided: bool, batch: int, size: tuple[int, int], inputs: dict[str, Any],
         device: torch.device, dtype: torch.dtype, fit: bool = False,
     ) -> None:  # fmt: skip
         from nodes.controlnet import get_module as controlnet_module
 
+        self.patch_embed = net.pos_embed
         self.items: list[tuple[Any, Any, torch.Tensor, torch.Tensor | None, dict]] = []
         for e in entries:
             module = controlnet_module(ctx, e.net)
             cfg = module.config
+            if module.inner_dim != net.inner_dim:
+                raise NodeError(
+                    f"ControlNet {e.net.name!r} is {module.inner_dim} wide, but the model is "
+                    f"{net.inner_dim} wide: it was made for another Stable Diffusion 3.x model "
+                    "(Stability's SD3.5 ControlNets are for SD3.5 Large)"
+                )
             if cfg.get("extra_conditioning_channels", 0):
                 raise NodeError(
                     f"ControlNet {e.net.name!r} takes {cfg.extra_conditioning_channels} extra "
@@ -2003,10 +2143,15 @@ class _Sd3Controls:
 
     def residuals(self, x: torch.Tensor, t: torch.Tensor, step: int, total: int) -> Any:
         out = None
+        patched = None
         for e, module, latent, gate, kwargs in self.items:
             keep = _keep(e, step, total)
+            hidden = x
+            if module.pos_embed is None:
+                patched = self.patch_embed(x) if patched is None else patched
+                hidden = patched
             blocks = module(
-                hidden_states=x, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
+                hidden_states=hidden, timestep=t.expand(x.shape[0]), controlnet_cond=latent,
                 conditioning_scale=e.strength * keep, return_dict=False, **kwargs,
             )[0]  # fmt: skip
             if gate is not None:

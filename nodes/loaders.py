@@ -15,7 +15,8 @@ from studio.graph.types import ValueType as T
     category="loaders",
     description=(
         "Loads a Stable Diffusion checkpoint (SD 1.x, 2.x, SDXL): a single .safetensors file "
-        "or a diffusers folder. Gives the denoising model, the text encoder and the VAE."
+        "or a diffusers folder; also SD3.5 and Flux.1 diffusers folders and all-in-one files "
+        "(such as flux1-dev-fp8). Gives the denoising model, the text encoder(s) and the VAE."
     ),
     inputs=[
         InputSpec(

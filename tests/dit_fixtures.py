@@ -1,7 +1,7 @@
 """Tiny seeded SD3 and Flux components built in code (as diffusers' own pipeline tests do),
 and writers of the single-file layouts artists have: transformer files in the original
-release layout (and under ``model.diffusion_model.``), SD3.5 all-in-one files, separate
-CLIP / T5 files.
+release layout (and under ``model.diffusion_model.``), SD3.5 and Flux.1 all-in-one files,
+separate CLIP / T5 files.
 
 The original layout is written by inverting diffusers' own converters: each original tensor
 is filled with its element indices, converted, and the converted tensors say where each
@@ -95,6 +95,72 @@ def tiny_sd3(with_t5: bool = True) -> dict[str, Any]:
         "tokenizer_3": t5_tokenizer() if with_t5 else None,
     }
     return parts
+
+
+def tiny_sd35_large() -> dict[str, Any]:
+    """tiny_sd3 with SD3.5 Large's kind of transformer: 64-wide attention heads (one), qk
+    RMS norm, no second attention; what Stability's SD3.5 ControlNets are made for."""
+    from diffusers import SD3Transformer2DModel
+
+    parts = tiny_sd3()
+    torch.manual_seed(6)
+    parts["transformer"] = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
+        num_attention_heads=1, joint_attention_dim=96, caption_projection_dim=64,
+        pooled_projection_dim=80, out_channels=16, pos_embed_max_size=16, qk_norm="rms_norm",
+    ).eval()  # fmt: skip
+    return parts
+
+
+def sd35_official_controlnet(transformer: Any, seed: int = 8) -> Any:
+    """An SD3ControlNetModel configured as diffusers' conversion script builds Stability's
+    SD3.5 ControlNets (no prompt stream, the model's patch embedding, the real pooled
+    prompt), with random non-zero input and output layers so that it acts."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    cfg = transformer.config
+    net = SD3ControlNetModel(
+        patch_size=cfg.patch_size, in_channels=cfg.in_channels, num_layers=2,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=None, caption_projection_dim=transformer.inner_dim,
+        pooled_projection_dim=cfg.pooled_projection_dim, out_channels=cfg.out_channels,
+        pos_embed_max_size=None, pos_embed_type=None, use_pos_embed=False,
+        force_zeros_for_pooled_projection=False,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in (*net.controlnet_blocks.parameters(), *net.pos_embed_input.parameters()):
+            p.normal_(0, 0.3)
+    return net.eval()
+
+
+#: SD3ControlNetModel's block layer names in Stability's SD3.5 ControlNet files (the
+#: mapping of diffusers' scripts/convert_sd3_controlnet_to_diffusers.py, read backwards).
+SD35_CONTROLNET_NAMES = {
+    "attn.to_out.0.": "attn.proj.",
+    "ff.net.0.proj.": "mlp.fc1.",
+    "ff.net.2.": "mlp.fc2.",
+    "norm1.linear.": "adaLN_modulation.1.",
+}
+
+
+def sd35_controlnet_original(net: Any) -> dict[str, torch.Tensor]:
+    """A diffusers SD3.5 ControlNet's weights in Stability's own file layout: q, k and v
+    of each block fused into attn.qkv, the other block layers under their names."""
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for k in list(state):
+        if not k.startswith("transformer_blocks.") or ".attn.to_q." not in k:
+            continue
+        kind = k.rsplit(".", 1)[1]
+        head = k.split(".attn.")[0]
+        fused = [state.pop(f"{head}.attn.{n}.{kind}") for n in ("to_q", "to_k", "to_v")]
+        out[f"{head}.attn.qkv.{kind}"] = torch.cat(fused)
+    for k, v in state.items():
+        for new, old in SD35_CONTROLNET_NAMES.items():
+            k = k.replace(f".{new}", f".{old}")
+        out[k] = v
+    return out
 
 
 def tiny_flux(guidance: bool = True) -> dict[str, Any]:
@@ -271,6 +337,37 @@ def sd3_all_in_one(parts: dict[str, Any], path: Path) -> Path:
         for k, v in t5_file_state(parts["text_encoder_3"]).items():
             state[f"text_encoders.t5xxl.transformer.{k}"] = v
     return save(state, path)
+
+
+def flux_all_in_one(parts: dict[str, Any], path: Path, fp8: bool = False) -> Path:
+    """A Flux.1 all-in-one file as Comfy-Org ships flux1-dev-fp8 / flux1-schnell-fp8: the
+    original-layout transformer under ``model.diffusion_model.`` (every tensor fp8 with
+    ``fp8``, and T5's too, as in flux1-dev-fp8), the LDM-layout VAE under ``vae.``, CLIP-L
+    and T5-XXL under ``text_encoders.``."""
+    transformer = to_original(parts["transformer"], "flux")
+    t5 = t5_file_state(parts["text_encoder_2"])
+    if fp8:
+        transformer = {k: v.to(torch.float8_e4m3fn) for k, v in transformer.items()}
+        t5 = {k: v.to(torch.float8_e4m3fn) for k, v in t5.items()}
+    state = {f"model.diffusion_model.{k}": v for k, v in transformer.items()}
+    state.update({f"vae.{k}": v for k, v in ldm_vae(parts["vae"]).items()})
+    for k, v in clip_file_state(parts["text_encoder"]).items():
+        state[f"text_encoders.clip_l.transformer.{k}"] = v
+    for k, v in t5.items():
+        state[f"text_encoders.t5xxl.transformer.{k}"] = v
+    return save(state, path)
+
+
+def fp8_rounded(transformer: Any) -> Any:
+    """A copy of a model (transformer, T5) whose every weight is its fp8 (e4m3fn) rounding."""
+    import copy
+
+    out = copy.deepcopy(transformer)
+    with torch.no_grad():
+        for v in out.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.to(torch.float8_e4m3fn).to(v.dtype))
+    return out
 
 
 def save_gguf(state: dict[str, torch.Tensor], path: Path, arch: str = "flux") -> Path:

@@ -25,7 +25,10 @@ SEED, STEPS = 7, 3
 def parts():
     sd3 = fx.tiny_sd3()
     no_t5 = {**sd3, "text_encoder_3": None, "tokenizer_3": None}
-    return {"sd3": sd3, "sd3-no-t5": no_t5, "flux": fx.tiny_flux()}
+    return {
+        "sd3": sd3, "sd3-no-t5": no_t5, "flux": fx.tiny_flux(),
+        "flux-schnell": fx.tiny_flux(guidance=False),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,10 @@ def root(tmp_path_factory, parts):
     fx.sd3_pipeline(parts["sd3-no-t5"]).save_pretrained(str(ck / "tiny-sd3-no-t5"))
     fx.flux_pipeline(parts["flux"]).save_pretrained(str(ck / "tiny-flux"))
     fx.sd3_all_in_one(parts["sd3"], ck / "tiny-sd35-aio.safetensors")
+    fx.flux_all_in_one(parts["flux"], ck / "tiny-flux-aio.safetensors")
+    fx.flux_all_in_one(parts["flux"], ck / "tiny-flux-aio-fp8.safetensors", fp8=True)
+    fx.flux_all_in_one(parts["flux-schnell"], ck / "tiny-flux-schnell-aio.safetensors")
+    (dm / "flux-aio.safetensors").hardlink_to(ck / "tiny-flux-aio.safetensors")
     flux_orig = fx.to_original(parts["flux"]["transformer"], "flux")
     fx.save(flux_orig, dm / "flux-orig.safetensors")
     fx.save(flux_orig, dm / "flux-comfy.safetensors", prefix="model.diffusion_model.")
@@ -264,6 +271,86 @@ def test_sd35_all_in_one_file_equals_its_folder(engine):
     _close(single, folder)
 
 
+def test_a_flux_all_in_one_file_equals_its_folder_and_its_transformer_loads_alone(engine):
+    folder = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
+    single = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=3.5)
+    _close(single, folder)
+    # Load Diffusion Model on the same file: its transformer, beside separate files.
+    alone = files_image(
+        engine, "flux-aio.safetensors", ["clip_l.safetensors", "t5xxl.safetensors"],
+        "ae.safetensors", family="flux", cfg=1.0, guidance=3.5,
+    )  # fmt: skip
+    _close(alone, folder)
+
+
+def test_an_fp8_flux_all_in_one_file_keeps_fp8_weights_and_equals_their_rounding(
+    engine, parts, root
+):
+    from nodes import dit
+    from nodes.sdload import WeightsFile
+
+    path = root / "checkpoints" / "tiny-flux-aio-fp8.safetensors"
+    shapes = WeightsFile(path, "a").shapes
+    found = dit.sniff(shapes)
+    source = dit.inspect_all_in_one(path, "a", ("id",), shapes, found.prefix, "flux")
+    for component in ("transformer", "text_encoder_2"):  # the transformer and T5
+        net = dit.load_component(source, component, torch.float32, "t")
+        stored = [p.dtype for p in net.parameters()]
+        assert stored.count(torch.float8_e4m3fn) > len(stored) // 2, component  # 8 bits
+    got = checkpoint_image(engine, "tiny-flux-aio-fp8.safetensors", cfg=1.0, guidance=2.5)
+    rounded = {
+        **parts["flux"],
+        "transformer": fx.fp8_rounded(parts["flux"]["transformer"]),
+        "text_encoder_2": fx.fp8_rounded(parts["flux"]["text_encoder_2"]),
+    }
+    want = _pipe_image(fx.flux_pipeline(rounded), "euler", guidance_scale=2.5)
+    _close(got, want)
+    full = checkpoint_image(engine, "tiny-flux-aio.safetensors", cfg=1.0, guidance=2.5)
+    assert np.abs(got - full).max() > 0  # the fp8 weights really are the ones used
+
+    # A file keeping a layer wide (the last one): that layer stays wide, as stored.
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    wide = load_file(str(root / "checkpoints" / "tiny-flux-aio.safetensors"))
+    for k in ("final_layer.linear.weight", "final_layer.linear.bias"):
+        state[f"model.diffusion_model.{k}"] = wide[f"model.diffusion_model.{k}"]
+    mixed = fx.save(state, root / "checkpoints" / "flux-aio-mixed.safetensors")
+    source = dit.inspect_all_in_one(mixed, "m", ("m",), WeightsFile(mixed, "m").shapes,
+                                    found.prefix, "flux")  # fmt: skip
+    net = dit.load_component(source, "transformer", torch.float32, "t")
+    want = parts["flux"]["transformer"].proj_out.weight
+    assert net.proj_out.weight.dtype == torch.float32 and torch.equal(net.proj_out.weight, want)
+    assert net.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+
+
+def test_a_flux_schnell_all_in_one_file_equals_the_schnell_pipeline(engine, parts):
+    # schnell has no guidance embedding and samples without a shift (its scheduler config).
+    got = checkpoint_image(engine, "tiny-flux-schnell-aio.safetensors", cfg=1.0)
+    schnell = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    want = _pipe_image(fx.flux_pipeline(parts["flux-schnell"], schnell), "euler")
+    _close(got, want)
+    assert got.std() > 0.01
+
+
+def test_a_flux_all_in_one_file_missing_a_part_or_scaled_is_a_clear_error(engine, parts, root):
+    from safetensors.torch import load_file
+
+    ck = root / "checkpoints"
+    state = load_file(str(ck / "tiny-flux-aio.safetensors"))
+    no_t5 = {k: v for k, v in state.items() if not k.startswith("text_encoders.t5xxl.")}
+    fx.save(no_t5, ck / "flux-no-t5.safetensors")
+    fx.save({**state, "scaled_fp8": torch.zeros(0)}, ck / "flux-scaled.safetensors")
+    for name, words in [
+        ("flux-no-t5.safetensors", ["Flux.1 checkpoint without its T5-XXL", "Load Text Encoders"]),
+        ("flux-scaled.safetensors", ["scaled fp8"]),
+    ]:
+        wf = Workflow(installed_registry())
+        n = wf.add_node("load_checkpoint", {"ckpt_name": name}).id
+        msg = engine.run(wf, targets=[n]).errors[n]
+        assert name in msg and all(w in msg for w in words), msg
+
+
 @pytest.mark.parametrize("unet", ["flux-orig.safetensors", "flux-comfy.safetensors"])
 def test_flux_files_in_both_key_layouts_equal_the_folder(engine, unet):
     folder = checkpoint_image(engine, "tiny-flux", cfg=1.0, guidance=3.5)
@@ -333,6 +420,11 @@ def test_family_is_read_from_tensors_not_the_file_name(root):
     assert dit.sniff(te).kind == "t5"
     aio = WeightsFile(root / "checkpoints" / "tiny-sd35-aio.safetensors", "a").shapes
     assert dit.sniff(aio).kind == "sd3_all_in_one"
+    for name in ("tiny-flux-aio.safetensors", "tiny-flux-aio-fp8.safetensors"):
+        aio = WeightsFile(root / "checkpoints" / name, "a").shapes
+        assert dit.sniff(aio) == dit.Sniffed(
+            "flux_all_in_one", "model.diffusion_model.", "a Flux.1 all-in-one checkpoint"
+        )
 
 
 def test_a_sampler_that_does_not_apply_is_a_clear_error(engine):
@@ -462,6 +554,27 @@ def test_a_comfyui_flux_prompt_imports_onto_these_nodes():
     loader = next(n for n in result.workflow.nodes if n.type == "load_diffusion_model")
     assert loader.params["weight_dtype"] == "fp8_e4m3fn"
     assert any("fp8_e4m3fn_fast" in line for line in result.report)
+
+
+def test_a_comfyui_flux_checkpoint_prompt_imports_and_validates():
+    # ComfyUI's Flux example: flux1-dev-fp8 all-in-one through CheckpointLoaderSimple.
+    from comfyui_files import txt2img_api
+
+    from studio.engine.validate import plan_workflow
+    from studio.graph.importers.comfyui import import_comfyui
+
+    prompt = txt2img_api(cfg=1.0)
+    prompt["4"]["inputs"]["ckpt_name"] = "flux1-dev-fp8.safetensors"
+    prompt["35"] = {
+        "class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["6", 0]},
+    }  # fmt: skip
+    prompt["3"]["inputs"]["positive"] = ["35", 0]
+    result = import_comfyui(prompt, installed_registry(), source="flux_dev_checkpoint.json")
+    wf = result.workflow
+    loader = next(n for n in wf.nodes if n.type == "load_checkpoint")
+    assert loader.params["ckpt_name"] == "flux1-dev-fp8.safetensors"
+    assert "flux_guidance" in {n.type for n in wf.nodes}
+    assert plan_workflow(wf, wf.registry).problems == []
 
 
 # -- Sampler (Advanced) and inpainting with DiTs ------------------------------------------------
@@ -778,6 +891,85 @@ def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
     _close(got, want)
     moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
     assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+
+def _controlled_by(wf, ids, control_net: str, image, **params) -> str:
+    """Apply ControlNet (with the checkpoint's VAE) on both prompts of ``ids``."""
+    load = wf.add_node("load_controlnet", {"control_net_name": control_net}).id
+    img = wf.add_node("load_image", {"image": str(image)}).id
+    apply = wf.add_node("apply_controlnet", params).id
+    for a, b, c, d in [
+        (ids["pos"], "conditioning", apply, "positive"),
+        (ids["neg"], "conditioning", apply, "negative"),
+        (load, "control_net", apply, "control_net"),
+        (img, "image", apply, "image"),
+        (ids["ckpt"], "vae", apply, "vae"),
+    ]:
+        wf.connect(a, b, c, d)
+    ids["pos"], ids["neg"] = (apply, "positive"), (apply, "negative")
+    return load
+
+
+def test_an_official_sd35_controlnet_file_equals_the_sd3_controlnet_pipeline(
+    engine, root, photo_and_mask, monkeypatch
+):
+    """Stability's own SD3.5 ControlNet layout (canny / depth / blur for SD3.5 Large: fused
+    q, k, v, no prompt stream, the model's patch embedding, the real pooled prompt) read
+    from its tensor names equals StableDiffusion3ControlNetPipeline with the diffusers
+    model its conversion script makes (the VAE's mean in both, as above)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from PIL import Image
+
+    large = fx.tiny_sd35_large()
+    fx.sd3_pipeline(large).save_pretrained(str(root / "checkpoints" / "tiny-sd35-large"))
+    cn = fx.sd35_official_controlnet(large["transformer"])
+    (root / "controlnet").mkdir(exist_ok=True)
+    fx.save(fx.sd35_controlnet_original(cn), root / "controlnet" / "sd35-large-canny.safetensors")
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[12:40, 20:52] = 255
+    Image.fromarray(arr).save(root / "edges-large.png")
+
+    wf = Workflow(installed_registry())
+    ids = {"ckpt": wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd35-large"}).id}
+    ids["pos"] = wf.add_node("text_encode", {"text": PROMPT}).id
+    ids["neg"] = wf.add_node("text_encode", {"text": NEGATIVE}).id
+    for n in (ids["pos"], ids["neg"]):
+        wf.connect(ids["ckpt"], "clip", n, "clip")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    plain = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    load = _controlled_by(
+        wf, ids, "sd35-large-canny.safetensors", root / "edges-large.png",
+        strength=0.7, end_percent=0.8,
+    )  # fmt: skip
+    controlled = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    dec = _decode(wf, ids, controlled)
+    out = _outputs(engine, wf, [dec, plain, load])
+    handle = out[load]["control_net"]
+    assert handle.family == "sd3" and handle.config["use_pos_embed"] is False
+    assert handle.config["joint_attention_dim"] is None
+    got = out[dec]["image"].numpy()
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(**large, controlnet=cn)
+    want = _pipe_image(
+        pipe, "euler", negative_prompt=NEGATIVE, guidance_scale=5.0,
+        control_image=Image.open(root / "edges-large.png").convert("RGB"),
+        controlnet_conditioning_scale=0.7, control_guidance_end=0.8,
+    )  # fmt: skip
+    _close(got, want)
+    moved = out[controlled]["latent"]["samples"] - out[plain]["latent"]["samples"]
+    assert moved.abs().max() > 1e-2  # the ControlNet did steer
+
+    # On a model of another width (SD3 Medium's kind): a clear error, not a shape mismatch.
+    wf = Workflow(installed_registry())
+    ids = _prompts(wf, "sd3")
+    _controlled_by(wf, ids, "sd35-large-canny.safetensors", root / "edges-large.png")
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    s = _sampler_node(wf, ids, "sd3", (lat, "latent"))
+    msg = engine.run(wf, targets=[s]).errors[s]
+    assert "sd35-large-canny.safetensors" in msg and "SD3.5 Large" in msg, msg
 
 
 def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine, parts, root):
