@@ -1985,7 +1985,7 @@ def _controls(
     return _Sd3Controls(
         ctx, net, ordered, neg_entries, pos_entries, guided, batch, size, inputs, device, dtype,
         fit,
-    )
+    )  # fmt: skip
 
 
 def _keep(e: Any, step: int, total: int) -> float:
