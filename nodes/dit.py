@@ -592,6 +592,10 @@ def inspect_diffusion_model(
         sched.update(own["scheduler"])
     extra = {"vae": dict(own["vae"])} if isinstance(own.get("vae"), dict) else {}
     quant = "gguf" if gguf else weight_dtype
+    if quant == "default" and _stored_in_fp8(path, shapes, found.prefix, label):
+        # As ComfyUI's "default": a file stored in fp8 (flux1-dev-fp8) stays in 8 bits,
+        # each layer computed in the device's type (the same numbers as widening it).
+        quant = "fp8_e4m3fn"
     return WeightsSource(
         path=str(path), identity=(*identity, quant), layout=LAYOUT_SINGLE_FILE, family=family,
         configs={"transformer": cfg, "scheduler": sched, "load": {"quant": quant}, **extra},

@@ -41,7 +41,8 @@ TEXT_ENCODER_TYPES = ("flux", "sd3")
             choices=WEIGHT_DTYPES,
             default="default",
             tooltip=(
-                "default: the device's float type. fp8_e4m3fn: weights kept in 8 bits (half "
+                "default: as the file stores them (a file stored in fp8 stays in 8 bits), "
+                "else the device's float type. fp8_e4m3fn: weights kept in 8 bits (half "
                 "the memory of fp16), each layer computed in the device's type. GGUF files "
                 "keep their own quantisation whatever is chosen here."
             ),

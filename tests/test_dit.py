@@ -324,6 +324,24 @@ def test_an_fp8_flux_all_in_one_file_keeps_fp8_weights_and_equals_their_rounding
     assert net.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
 
 
+def test_load_diffusion_model_keeps_a_file_stored_in_fp8_in_fp8_by_default(engine, parts, root):
+    """As ComfyUI's UNETLoader "default": an fp8 file's transformer is not widened (an
+    artist's flux1-dev-fp8 stays at half the memory), and gives the fp8 rounding's picture."""
+    from nodes import dit
+
+    path = root / "checkpoints" / "tiny-flux-aio-fp8.safetensors"
+    source = dit.inspect_diffusion_model(path, "a", ("id",), "default")
+    net = dit.load_component(source, "transformer", torch.float32, "t")
+    stored = [p.dtype for p in net.parameters()]
+    assert stored.count(torch.float8_e4m3fn) > len(stored) // 2
+    wide = root / "checkpoints" / "tiny-flux-aio.safetensors"
+    net = dit.load_component(
+        dit.inspect_diffusion_model(wide, "b", ("id2",), "default"), "transformer",
+        torch.float32, "t",
+    )  # fmt: skip
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
 def test_a_flux_schnell_all_in_one_file_equals_the_schnell_pipeline(engine, parts):
     # schnell has no guidance embedding and samples without a shift (its scheduler config).
     got = checkpoint_image(engine, "tiny-flux-schnell-aio.safetensors", cfg=1.0)
