@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 MODEL = "studio-tiny"
+#: The cfg of the default txt2img workflow on studio-tiny (resources/workflows/make_workflows.py
+#: TXT2IMG_CFG): seeds vary the layout nearly as the training data does, adherence kept.
+TXT2IMG_CFG = 2.0
 
 
 def txt2img_workflow(
@@ -63,8 +66,8 @@ class StudioTxt2Img:
     checkpoint loads once; an unchanged prompt is served from the cache).
     ``gen.batch(caption, seed, n)`` draws ``n`` images in one run (one noise draw for the
     batch, as diffusers does). ``guidance_start``: no guidance for that first fraction of the
-    sampling (studio.recipes.guide_from; the default workflows' setting is
-    :data:`DEFAULT_GUIDANCE_START`)."""
+    sampling (studio.recipes.guide_from; studio-tiny-flow's default workflow has
+    ``training.flow_models.DEFAULT_GUIDANCE_START``)."""
 
     model: str = MODEL
     steps: int = 20
