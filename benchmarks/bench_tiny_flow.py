@@ -15,8 +15,10 @@ speed. Prints JSON.
 - ``variety``: 8 seeds of each of ``--variety-prompts`` held-out captions: the mean pairwise
   pixel difference (0-255) and the spread of centroid and radius, against the training
   data's 8 renders of the same captions.
-- ``variety``: studio-tiny-flow through Studio's graph (8 steps, cfg 3), studio-tiny
-  through it at 20 steps, cfg 3 (its default) and 7.
+- ``variety``: studio-tiny-flow through Studio's graph (8 steps, cfg 3, with its default
+  workflow's guidance interval ``flow_models.DEFAULT_GUIDANCE_START`` and without),
+  studio-tiny through it at 20 steps, cfg 3 and 7. ``benchmarks/bench_variety.py`` sweeps
+  cfg, samplers, shift and the guidance interval.
 - ``speed``: warm txt2img, 64x64, one image, a new seed each run, median of 7 interleaved rounds: through
   Studio's graph studio-tiny-flow at 8 and 4 steps (and at 8 without the Sampler's cut of
   the 256 identical zero rows standing for T5, nodes/dit_context.py) and studio-tiny at 20
@@ -158,12 +160,19 @@ def main() -> None:
             # Through Studio's graph, 8 seeds one image at a time (what an artist gets).
             from training.studio_run import StudioTxt2Img
 
-            flow = StudioTxt2Img(
-                model=folder.name, steps=F.DEFAULT_STEPS, cfg=F.DEFAULT_CFG, engine=engine
-            )
-            var[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = mean_of(
-                [cleanliness.seed_variety([flow(p, s) for s in range(8)]) for p in prompts]
-            )
+            # The default workflow's guidance interval, and guided from the first step.
+            for start in (F.DEFAULT_GUIDANCE_START, 0.0):
+                flow = StudioTxt2Img(
+                    model=folder.name,
+                    steps=F.DEFAULT_STEPS,
+                    cfg=F.DEFAULT_CFG,
+                    guidance_start=start,
+                    engine=engine,
+                )
+                key = f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"
+                var[key + (f", guided from {start:g}" if start else "")] = mean_of(
+                    [cleanliness.seed_variety([flow(p, s) for s in range(8)]) for p in prompts]
+                )
         for cfg in (3.0, 7.0) if "tiny" in models else ():
             var[f"studio-tiny 20 steps cfg {cfg:g}"] = mean_of(
                 [

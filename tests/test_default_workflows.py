@@ -122,7 +122,8 @@ def test_txt2img_is_the_default_size_and_sampler(engine, fresh_settings):
     (latent,) = [n for n in wf.nodes if n.type == "empty_latent"]
     (sampler,) = [n for n in wf.nodes if n.type == "sampler"]
     assert (latent.params["width"], latent.params["height"]) == (64, 64)
-    assert sampler.params["steps"] == 20 and sampler.params["cfg"] == 3.0
+    # cfg 2: seeds vary the layout nearly as the training data does (training/README.md)
+    assert sampler.params["steps"] == 20 and sampler.params["cfg"] == 2.0
     assert (sampler.params["sampler"], sampler.params["scheduler"]) == ("euler", "normal")
 
 

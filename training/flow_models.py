@@ -35,6 +35,11 @@ FOLDER = Path(__file__).resolve().parent.parent / "resources/models/checkpoints/
 #: Sampling defaults (what the tests and benchmark use, and what its workflow should set).
 DEFAULT_STEPS = 8
 DEFAULT_CFG = 3.0
+#: The guidance interval (studio.recipes.guide_from): no guidance for the first 40 % of the
+#: sampling (the first 4 of 8 steps at shift 3), so that seeds vary the shape's place and size
+#: more (training/README.md, "Seed variety"); adherence stays. Through Studio's graph only:
+#: StableDiffusion3Pipeline guides every step.
+DEFAULT_GUIDANCE_START = 0.4
 
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "sample_size": LATENT_SIZE,
