@@ -229,8 +229,16 @@ def main() -> None:
                 StudioTxt2Img(model=folder.name, steps=n, cfg=F.DEFAULT_CFG, engine=engine)
                 for n in (F.DEFAULT_STEPS, 4)
             )
+            default = StudioTxt2Img(
+                model=folder.name, steps=F.DEFAULT_STEPS, cfg=F.DEFAULT_CFG, engine=engine,
+                guidance_start=F.DEFAULT_GUIDANCE_START,
+            )  # fmt: skip
             fns |= {
                 f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps": lambda s: flow8(
+                    PROMPT, next(fresh)
+                ),
+                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, guided from "
+                f"{F.DEFAULT_GUIDANCE_START:.0%} (the default workflow)": lambda s: default(
                     PROMPT, next(fresh)
                 ),
                 "studio-tiny-flow graph 4 steps": lambda s: flow4(PROMPT, next(fresh)),

@@ -1596,18 +1596,31 @@ class _Regions:
         """The guided prediction for the unpacked latent ``x`` ``[b, c, h, w]`` at ``step``
         of ``total`` (the ControlNets' start / end window)."""
         at = (step, total)
-        cond = self._side(self._active(self.pos, self.pos_conds, t), x, t, at)
+        pos_items, pos_conds = self._active(self.pos, self.pos_conds, t)
+        cond = self._side(pos_items, x, t, at)
         if not self.guided:
             return cond
-        uncond = self._side(self._active(self.neg, self.neg_conds, t), x, t, at)
+        neg_items, neg_conds = self._active(self.neg, self.neg_conds, t)
+        if _same_prompts(pos_conds, neg_conds):
+            # The negative side is the positive one at this step (a guidance interval: the
+            # positive prompt stands in as the negative before guidance starts): cfg gives
+            # the positive prediction, so it is not predicted twice.
+            return cond
+        uncond = self._side(neg_items, x, t, at)
         return uncond + self.cfg * (cond - uncond)
 
-    def _active(self, items: list[tuple], conds: list[Cond], t: torch.Tensor) -> list[tuple]:
-        """The prompts acting at this step (Conditioning Set Timestep Range)."""
+    def _active(
+        self, items: list[tuple], conds: list[Cond], t: torch.Tensor
+    ) -> tuple[list[tuple], list[Cond]]:
+        """The prompts acting at this step (Conditioning Set Timestep Range), and their
+        conditionings."""
         if self.sigma_at is None:
-            return items
+            return items, conds
         sigma = float(t.flatten()[0]) / self.train_steps  # the timestep is sigma * train steps
-        return [it for it, c in zip(items, conds, strict=True) if _acts_at(c, sigma, self.sigma_at)]
+        pairs = [
+            (it, c) for it, c in zip(items, conds, strict=True) if _acts_at(c, sigma, self.sigma_at)
+        ]
+        return [it for it, _ in pairs], [c for _, c in pairs]
 
     def _one(
         self, x: torch.Tensor, t: torch.Tensor, inputs: dict, controls: Any, at: tuple[int, int],
@@ -1655,6 +1668,21 @@ class _Regions:
             outs.append(full)
             weights.append(placed)
         return _mean(outs, tuple(weights))
+
+
+def _same_prompts(a: list[Cond], b: list[Cond]) -> bool:
+    """Whether two sides' acting prompts are the same ones (the same tensors, areas, masks
+    and ControlNets; their timestep ranges aside), so they predict the same."""
+    if not a or len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.embeds is not y.embeds or x.pooled is not y.pooled or x.size != y.size:
+            return False
+        ex = {k: v for k, v in x.extra.items() if k != "timestep_range"}
+        ey = {k: v for k, v in y.extra.items() if k != "timestep_range"}
+        if ex.keys() != ey.keys() or any(ex[k] is not ey[k] for k in ex):
+            return False
+    return True
 
 
 def _latent_for(
