@@ -613,15 +613,7 @@ def _fold_clip_set_last_layer(g: _Graph, report: list[str]) -> None:
                 continue
             for enc in encodes:
                 enc.studio_params["clip_skip"] = -int(layer)
-        for other in g.nodes.values():
-            for name, (s, _slot) in list(other.links.items()):
-                if s == cn.id:
-                    if src is None:
-                        del other.links[name]
-                    else:
-                        other.links[name] = src
-                    g.reroutes.pop((other.id, name), None)
-        del g.nodes[cn.id]
+        _remove_node(g, cn.id, src)
         shown = ", ".join(_label(e) for e in encodes) or "no node"
         report.append(
             f"{_label(cn)} (stop at layer {layer}) became the clip skip {-int(layer)} of {shown}"
@@ -630,22 +622,27 @@ def _fold_clip_set_last_layer(g: _Graph, report: list[str]) -> None:
         )
 
 
+def _remove_node(g: _Graph, node_id: str, src: tuple[str, int] | None) -> None:
+    """Take a node out of the graph: what its outputs fed takes ``src`` instead (or is left
+    unconnected when None)."""
+    for other in g.nodes.values():
+        for name, (s, _slot) in list(other.links.items()):
+            if s == node_id:
+                if src is None:
+                    del other.links[name]
+                else:
+                    other.links[name] = src
+                g.reroutes.pop((other.id, name), None)
+    del g.nodes[node_id]
+
+
 def _drop_pass_through(g: _Graph, report: list[str]) -> None:
     """Model patches Studio does without (:data:`PASS_THROUGH`) go; what their MODEL fed
     now takes the model they were given."""
     for cn in [c for c in g.nodes.values() if c.class_type in PASS_THROUGH]:
         if cn.mode == 2:
             continue
-        src = cn.links.get("model")
-        for other in g.nodes.values():
-            for name, (s, _slot) in list(other.links.items()):
-                if s == cn.id:
-                    if src is None:
-                        del other.links[name]
-                    else:
-                        other.links[name] = src
-                    g.reroutes.pop((other.id, name), None)
-        del g.nodes[cn.id]
+        _remove_node(g, cn.id, cn.links.get("model"))
         for key in [k for k in g.reroutes if k[0] == cn.id]:
             del g.reroutes[key]
         report.append(
