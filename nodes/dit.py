@@ -63,8 +63,12 @@ FLUX_AIO_PREFIXES = {
     "vae": "vae.",
 }
 AIO_PREFIXES = {"sd3": SD3_AIO_PREFIXES, "flux": FLUX_AIO_PREFIXES}
-#: Tensors of ComfyUI's "scaled fp8" files (each weight times its scale): not read here.
-SCALED_FP8_KEYS = ("scaled_fp8", ".scale_weight")
+#: ComfyUI's "scaled fp8" files (t5xxl_fp8_e4m3fn_scaled, sd3.5_large_fp8_scaled, ...): a
+#: marker tensor ``scaled_fp8`` under the component's prefix (its dtype names the fp8 format),
+#: and beside each fp8 layer weight ``X.weight`` its ``X.scale_weight`` (float32, one value per
+#: tensor) and maybe ``X.scale_input``. The weight is ``X.weight`` times ``X.scale_weight``.
+SCALED_FP8_MARKER = "scaled_fp8"
+SCALE_WEIGHT, SCALE_INPUT = ".scale_weight", ".scale_input"
 #: What each all-in-one component is, in the words of the loaders' file names.
 AIO_PART_NAMES = {
     "sd3": {"vae": "VAE", "text_encoder": "CLIP-L", "text_encoder_2": "CLIP-G"},
@@ -671,11 +675,8 @@ def _stored_in_fp8(path: Path, shapes: dict[str, Any], prefix: str, label: str) 
 
     from nodes.sdload import SAFE_SUFFIXES
 
-    if any(k.endswith(SCALED_FP8_KEYS) for k in shapes):
-        raise NodeError(
-            f"{label}: its weights are 'scaled fp8' (ComfyUI's fp8_scaled format), which "
-            "Studio cannot read yet; use an fp16 / bf16 or plain fp8 file"
-        )
+    if _scaled_fp8(shapes, prefix):
+        return False  # widened at load, each weight times its scale (_dequantise_scaled_fp8)
     keys = [k for k, v in shapes.items() if k.startswith(prefix) and len(v) == 2]
     if not keys or path.suffix.lower() not in SAFE_SUFFIXES:
         return False
@@ -880,7 +881,7 @@ def load_component(source: WeightsSource, component: str, dtype: Any, label: str
         if component == "transformer":
             return _load_gguf_transformer(source, dtype, label)
         return _load_gguf_t5(source, component, dtype, label)
-    state = _single_file_state(source, component, label)
+    state = _single_file_state(source, component, label, dtype)
     module = _build(cls, component, config)
     if cls.__name__.startswith("CLIP"):
         from nodes.sdload import _fit_clip_keys
@@ -966,7 +967,49 @@ def _build(cls: Any, component: str, config: dict[str, Any]) -> Any:
         return cls(CLIPTextConfig(**config))
 
 
-def _single_file_state(source: WeightsSource, component: str, label: str) -> dict[str, Any]:
+def _scaled_fp8(shapes: dict[str, Any], prefix: str) -> bool:
+    """Whether the component under ``prefix`` is stored as ComfyUI's "scaled fp8"."""
+    return (prefix + SCALED_FP8_MARKER) in shapes or any(
+        k.startswith(prefix) and k.endswith(SCALE_WEIGHT) for k in shapes
+    )
+
+
+def _dequantise_scaled_fp8(raw: dict[str, Any], dtype: Any, label: str) -> dict[str, Any]:
+    """A component's tensors with each scaled fp8 weight ``X.weight`` widened to ``dtype``
+    times its ``X.scale_weight`` (computed in float32), the scale, ``X.scale_input`` and
+    the ``scaled_fp8`` marker dropped; a state without them is returned as it is.
+
+    This is what ComfyUI computes for these files unless it multiplies in fp8 on a GPU that
+    can (``scaled_fp8_ops``: the weight cast to the compute type, times the scale); the
+    input scale is only used by that fp8 matrix multiply (``torch._scaled_mm``), so it is
+    not used here. The weights take the memory of ``dtype`` (fp16 / bf16), not of fp8."""
+    scales = {k.removesuffix(SCALE_WEIGHT): v for k, v in raw.items() if k.endswith(SCALE_WEIGHT)}
+    marker = [k for k in raw if k == SCALED_FP8_MARKER or k.endswith("." + SCALED_FP8_MARKER)]
+    if not scales and not marker:
+        return raw
+    out = {}
+    for k, v in raw.items():
+        if k in marker or k.endswith((SCALE_WEIGHT, SCALE_INPUT)):
+            continue
+        scale = scales.get(k.removesuffix(".weight")) if k.endswith(".weight") else None
+        if scale is not None:
+            try:
+                wide = v.to(torch.float32) * scale.to(torch.float32)
+            except RuntimeError:
+                wide = None
+            if wide is None or wide.shape != v.shape:
+                raise NodeError(
+                    f"the {label}: the scale of {k!r} (shape {tuple(scale.shape)}) does not "
+                    f"fit its weight {tuple(v.shape)}"
+                )
+            v = wide.to(dtype)
+        out[k] = v
+    return out
+
+
+def _single_file_state(
+    source: WeightsSource, component: str, label: str, dtype: Any = None
+) -> dict[str, Any]:
     from diffusers.loaders import single_file_utils as sfu
 
     weights = _weights(Path(source.path), label)
@@ -974,6 +1017,7 @@ def _single_file_state(source: WeightsSource, component: str, label: str) -> dic
     raw = weights.with_prefix(prefix) if prefix else weights.get(list(weights.shapes))
     if not raw:
         raise NodeError(f"the file holds no weights for the {label} (keys {prefix}*)")
+    raw = _dequantise_scaled_fp8(raw, dtype or torch.float32, label)
     if component == "transformer":
         # The converters strip "model.diffusion_model." themselves; other prefixes go here.
         raw = {k[len(prefix) :]: v for k, v in raw.items()}
