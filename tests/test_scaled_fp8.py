@@ -152,3 +152,27 @@ def test_a_scale_that_does_not_fit_its_weight_is_a_clear_error(engine, root):
     wf.connect(c, "clip", n, "clip")
     msg = " ".join(engine.run(wf, targets=[n]).errors.values())
     assert "scale" in msg and key.removesuffix(".scale_weight") in msg, msg
+
+
+def test_weight_dtype_fp8_narrows_a_scaled_file_after_its_scales(root):
+    # Load Diffusion Model's fp8_e4m3fn on a scaled file: the dequantised weights (scale
+    # applied) rounded to fp8 again, as for an fp16 file: near the dequantised ones.
+    from nodes import dit
+
+    path = root / "diffusion_models" / "flux_fp8_scaled.safetensors"
+    net = dit.load_component(
+        dit.inspect_diffusion_model(path, "f", ("f",), "fp8_e4m3fn"), "transformer",
+        torch.float32, "t",
+    )  # fmt: skip
+    deq = dit.load_component(
+        dit.inspect_diffusion_model(
+            root / "diffusion_models" / "flux_dequantised.safetensors", "d", ("d",), "default"
+        ),
+        "transformer", torch.float32, "t",
+    )  # fmt: skip
+    got, want = (
+        net.transformer_blocks[0].attn.to_q.weight,
+        deq.transformer_blocks[0].attn.to_q.weight,
+    )
+    assert got.dtype == torch.float8_e4m3fn
+    assert torch.equal(got.float(), want.to(torch.float8_e4m3fn).float())
