@@ -544,8 +544,10 @@ def _gguf_value(reader: Any, key: str) -> Any:
 
 
 def _gguf_t5_config(reader: Any, shapes: dict[str, Any], label: str) -> dict[str, Any]:
-    """T5's config from the GGUF's metadata, each value not given there read from the
-    tensors' shapes (as for a .safetensors T5)."""
+    """T5's config from the tensors' shapes (as for a .safetensors T5), and from the GGUF's
+    metadata what shapes cannot say (the norms' epsilon). Sizes the metadata states must
+    agree with the tensors: a file saying 10^9 layers over 24 is an error, not a model
+    built to its word."""
     try:
         cfg = t5_config(shapes, "")
     except KeyError as exc:
@@ -553,9 +555,16 @@ def _gguf_t5_config(reader: Any, shapes: dict[str, Any], label: str) -> dict[str
     arch = _gguf_value(reader, "general.architecture") or "t5"
     for key, name in GGUF_T5_CONFIG.items():
         value = _gguf_value(reader, f"{arch}.{key}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            # (GGUF stores the epsilon as float32: 1e-6 reads 9.99999997e-07)
-            cfg[name] = float(f"{value:.6g}") if name == "layer_norm_epsilon" else int(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            continue
+        if name == "layer_norm_epsilon":
+            if value < 1:  # (GGUF stores it as float32: 1e-6 reads 9.99999997e-07)
+                cfg[name] = float(f"{value:.6g}")
+        elif int(value) != cfg[name]:
+            raise NodeError(
+                f"{label}: its metadata says {arch}.{key} = {value}, but its tensors have "
+                f"{cfg[name]}: the file is damaged or not a T5 encoder"
+            )
     return cfg
 
 

@@ -406,11 +406,14 @@ _T5_TO_GGUF_BLOCK = {
 }
 
 
-def save_gguf_t5(encoder: Any, path: Path, qtype: str = "Q8_0") -> Path:
+def save_gguf_t5(
+    encoder: Any, path: Path, qtype: str = "Q8_0", block_count: int | None = None
+) -> Path:
     """A T5 encoder as llama.cpp's T5 converter writes it (city96's t5-v1_1-xxl-encoder
     GGUFs): llama.cpp tensor names, ``t5encoder.*`` metadata; 2-D weights in ``qtype``
     (F32, F16 or Q8_0: those whose rows are a multiple of 32 long, as llama.cpp's quantiser
-    keeps the others F16), norms F32."""
+    keeps the others F16), norms F32. ``block_count``: what the metadata claims instead of
+    the real layer count (a hostile file)."""
     import gguf
     import numpy as np
 
@@ -419,7 +422,7 @@ def save_gguf_t5(encoder: Any, path: Path, qtype: str = "Q8_0") -> Path:
     writer.add_context_length(512)
     writer.add_embedding_length(cfg.d_model)
     writer.add_feed_forward_length(cfg.d_ff)
-    writer.add_block_count(cfg.num_layers)
+    writer.add_block_count(cfg.num_layers if block_count is None else block_count)
     writer.add_head_count(cfg.num_heads)
     writer.add_key_length(cfg.d_kv)
     writer.add_value_length(cfg.d_kv)

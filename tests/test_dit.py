@@ -2523,9 +2523,12 @@ def test_a_gguf_that_is_no_t5_encoder_is_a_clear_error_naming_the_file(engine, p
     te = root / "text_encoders"
     fx.save_gguf(fx.to_original(parts["flux"]["transformer"], "flux"), te / "flux-q8.gguf")
     (te / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    # metadata claiming a billion layers over the file's two: refused, not built
+    fx.save_gguf_t5(parts["flux"]["text_encoder_2"], te / "liar.gguf", "F16", block_count=10**9)
     for name, words in [
         ("flux-q8.gguf", ("a Flux.1 transformer", "T5")),
         ("broken.gguf", ("not a readable GGUF file",)),
+        ("liar.gguf", ("block_count = 1000000000", "tensors have 2")),
     ]:
         wf = Workflow(installed_registry())
         params = {"clip_name1": "clip_l.safetensors", "clip_name2": name, "type": "flux"}
