@@ -428,19 +428,13 @@ TXT2IMG_FLUX = Family(
 )
 
 
-def txt2img_flux() -> Workflow:
-    b = Builder("txt2img_flux")
-    b.note(
-        "Flux.1 dev from separate files, as ComfyUI keeps them: the transformer in "
-        "diffusion_models (fp8 halves its memory; .gguf files work too), CLIP-L and T5-XXL in "
-        "text_encoders, the 16-channel VAE in vae. Flux dev takes its guidance from Flux "
-        "Guidance and runs with cfg 1 (no negative prompt)."
-    )
+def flux_files(b: Builder, unet_name: str) -> None:
+    """The Flux.1 files artists have: the transformer (fp8), CLIP-L + T5, the VAE."""
     b.add(
         "checkpoint",
         "load_diffusion_model",
         0,
-        {"unet_name": FLUX_MODEL, "weight_dtype": "fp8_e4m3fn"},
+        {"unet_name": unet_name, "weight_dtype": "fp8_e4m3fn"},
     )
     b.add(
         "clip",
@@ -449,6 +443,17 @@ def txt2img_flux() -> Workflow:
         {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5, "type": "flux"},
     )
     b.add("vae", "load_vae", 0, {"vae_name": FLUX_VAE, "latent_scale": "flux"})
+
+
+def txt2img_flux() -> Workflow:
+    b = Builder("txt2img_flux")
+    b.note(
+        "Flux.1 dev from separate files, as ComfyUI keeps them: the transformer in "
+        "diffusion_models (fp8 halves its memory; .gguf files work too), CLIP-L and T5-XXL in "
+        "text_encoders, the 16-channel VAE in vae. Flux dev takes its guidance from Flux "
+        "Guidance and runs with cfg 1 (no negative prompt)."
+    )
+    flux_files(b, FLUX_MODEL)
     b.add("prompt", "text_encode", 1, {"text": "a red fox reading a book"}, title="Prompt")
     b.add("negative", "text_encode", 1, {"text": ""}, title="Negative prompt (unused at cfg 1)")
     b.link("clip", "clip", "prompt", "clip")
@@ -477,19 +482,7 @@ def inpaint_flux_fill() -> Workflow:
         "the model the picture and the mask painted on it (right-click the picture, Paint "
         "mask); Fill takes guidance 30 and cfg 1. Composite keeps the unmasked pixels."
     )
-    b.add(
-        "checkpoint",
-        "load_diffusion_model",
-        0,
-        {"unet_name": FLUX_FILL_MODEL, "weight_dtype": "fp8_e4m3fn"},
-    )
-    b.add(
-        "clip",
-        "load_text_encoders",
-        0,
-        {"clip_name1": FLUX_CLIP_L, "clip_name2": FLUX_T5, "type": "flux"},
-    )
-    b.add("vae", "load_vae", 0, {"vae_name": FLUX_VAE, "latent_scale": "flux"})
+    flux_files(b, FLUX_FILL_MODEL)
     b.add(
         "image",
         "load_image",
