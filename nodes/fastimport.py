@@ -39,10 +39,15 @@ so the libraries' later imports get the real module, and once that is imported
 calls around every forward, and transformers' ``is_dtensor``, only look for instances
 of a deferred module's classes: they return at once while it is not imported
 (:data:`IDLE_UNTIL_IMPORTED`); transformers' registry of parallel styles imports the
-modules that fill it when first read (:data:`FILLED_ON_READ`). Still imported by a run:
-torchvision (transformers' image utilities build tables of its interpolation modes as they
-are imported) and torch.fx's symbolic shapes with sympy (torch's meta-device kernels
-import them on first use, and transformers builds every model on the meta device).
+modules that fill it when first read (:data:`FILLED_ON_READ`).
+
+torch's meta-device kernels (transformers and diffusers build every model on the meta
+device) and ``torch._check`` import torch.fx's symbolic shapes, and with it sympy, on every
+call, for checks that on plain numbers need none of it: :class:`_SymbolicShapesStandIn`
+answers those until something needs the real module (``torch.compile``, any other name).
+Still imported by a run: torchvision (transformers builds its model classes' docstrings as
+they are imported, from its processor registry, which imports its image utilities, which
+build tables of torchvision's interpolation modes).
 
 diffusers reads the file list of every installed distribution
 (``importlib.metadata.packages_distributions``) as it is imported, and ``import
@@ -122,6 +127,9 @@ def install() -> None:
         _installed = True
         sys.meta_path.insert(0, _defer_dynamo)
         sys.meta_path.insert(0, _defer_imports)
+        if SYMBOLIC_SHAPES not in sys.modules:
+            sys.modules[SYMBOLIC_SHAPES] = _SymbolicShapesStandIn(SYMBOLIC_SHAPES)
+            _attach_symbolic_stand_in()
         for name in LAZY_PACKAGES:
             top = name.split(".")[0]
             root = _package_root(top)
@@ -384,6 +392,105 @@ class _DeferDynamo(importlib.abc.MetaPathFinder):
 _defer_dynamo = _DeferDynamo()
 
 
+# -- torch.fx's symbolic shapes, for plain numbers ---------------------------------------------
+
+SYMBOLIC_SHAPES = "torch.fx.experimental.symbolic_shapes"
+
+
+def _real_symbolic_shapes() -> Any:
+    """The real ``torch.fx.experimental.symbolic_shapes`` (imported now if need be: it imports
+    sympy; about half a second on a small CPU)."""
+    with _lock:
+        if isinstance(sys.modules.get(SYMBOLIC_SHAPES), _SymbolicShapesStandIn):
+            del sys.modules[SYMBOLIC_SHAPES]
+    return importlib.import_module(SYMBOLIC_SHAPES)
+
+
+def _guard_plain(name: str) -> Callable[..., Any]:
+    """``name`` (``guard_or_false``, ``expect_true``, ...), which for a plain ``bool`` (not a
+    ``SymBool``) returns it as it is; anything else goes to the real one."""
+
+    def guard(a: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(a) is bool:
+            return a
+        return getattr(_real_symbolic_shapes(), name)(a, *args, **kwargs)
+
+    guard.__name__ = guard.__qualname__ = name
+    return guard
+
+
+def _plain_ints(value: Any) -> bool:
+    if type(value) in (int, bool):
+        return True
+    return isinstance(value, tuple | list) and all(_plain_ints(v) for v in value)
+
+
+def _sym_eq(x: Any, y: Any) -> Any:
+    """``sym_eq`` (``==``, element by element for sequences) on plain ints as the real one
+    answers them; anything else goes to the real one."""
+    if not (_plain_ints(x) and _plain_ints(y)):
+        return _real_symbolic_shapes().sym_eq(x, y)
+    if isinstance(x, tuple | list) and isinstance(y, tuple | list):
+        if len(x) != len(y):
+            return False
+        return functools.reduce(lambda a, b: a & b, map(_sym_eq, x, y), True)
+    if isinstance(x, tuple | list) or isinstance(y, tuple | list):
+        return _real_symbolic_shapes().sym_eq(x, y)  # the real one's error
+    return x == y
+
+
+def _is_nested_int(s: Any) -> bool:
+    """``is_nested_int``: only a ``SymInt`` can be one."""
+    if type(s) in (int, float, bool):
+        return False
+    return _real_symbolic_shapes().is_nested_int(s)
+
+
+#: What the stand-in answers itself, for plain numbers only.
+_PLAIN_SYMBOLIC = {
+    "expect_true": _guard_plain("expect_true"),
+    "guard_or_false": _guard_plain("guard_or_false"),
+    "guard_or_true": _guard_plain("guard_or_true"),
+    "guard_size_oblivious": _guard_plain("guard_size_oblivious"),
+    "sym_eq": _sym_eq,
+    "is_nested_int": _is_nested_int,
+}
+
+
+class _SymbolicShapesStandIn(types.ModuleType):
+    """``torch.fx.experimental.symbolic_shapes`` until something needs the real one.
+
+    torch's Python kernels (its meta device, where transformers and diffusers build every
+    model, and ``torch._check``) import a few helpers from it on each call, for plain numbers
+    as much as for the symbolic ones of ``torch.compile``; importing it imports sympy. The
+    stand-in gives those helpers (:data:`_PLAIN_SYMBOLIC`), which answer a plain
+    ``bool``/``int`` exactly as the real ones do and hand anything else to the real module;
+    any other name imports the real module, which then replaces the stand-in for good.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        real = sys.modules.get(SYMBOLIC_SHAPES)
+        if real is not self and real is not None:
+            return getattr(real, name)
+        # Only to a function importing it as it runs (torch's kernels do, on every call);
+        # a module's top level keeps what it imports: it gets the real one.
+        if name in _PLAIN_SYMBOLIC and sys._getframe(1).f_code.co_name != "<module>":
+            return _PLAIN_SYMBOLIC[name]
+        return getattr(_real_symbolic_shapes(), name)
+
+
+def _attach_symbolic_stand_in() -> None:
+    """The stand-in as its package's attribute too (``torch.fx.experimental.symbolic_shapes.X``
+    works as once the real one is imported), once that package is imported."""
+    stand_in = sys.modules.get(SYMBOLIC_SHAPES)
+    package = sys.modules.get(SYMBOLIC_SHAPES.rpartition(".")[0])
+    attached = package is None or hasattr(package, "symbolic_shapes")
+    if isinstance(stand_in, _SymbolicShapesStandIn) and not attached:
+        package.symbolic_shapes = stand_in  # type: ignore[attr-defined]
+
+
 # -- modules imported for names used only later ---------------------------------------------
 
 
@@ -559,6 +666,20 @@ DEFERRALS = (
             "diffusers.utils.loading_utils",
             "diffusers.utils.remote_utils",
         ),
+    ),
+    # transformers' masks check for its continuous-batching (serving) cache, whose
+    # allocators import psutil.
+    Deferral(
+        "transformers.generation.continuous_batching.cache",
+        ("transformers.masking_utils",),
+        classes=("PagedAttentionCache",),
+    ),
+    # diffusers' utils offer loading a pipeline's own code from the hub (custom pipelines,
+    # which Studio never runs), with huggingface_hub's folder and HTTP helpers.
+    Deferral(
+        "diffusers.utils.dynamic_modules_utils",
+        ("diffusers.utils",),
+        functions=("get_class_from_dynamic_module",),
     ),
     # diffusers' LoRA helpers (every UNet and transformer derives from PeftAdapterMixin)
     # check modules against peft's BaseTunerLayer; peft is imported when a LoRA is loaded.
@@ -908,6 +1029,7 @@ def _patch_scans(module: types.ModuleType) -> None:
 
 _SCANNED = {"diffusers.utils.import_utils", "transformers.utils.import_utils"}
 _HOOKED = {
+    SYMBOLIC_SHAPES.rpartition(".")[0],
     *_USERS,
     *_DEFERRED,
     *_IDLE,
@@ -954,6 +1076,8 @@ class _DeferImports(importlib.abc.MetaPathFinder):
             if deferred:
                 _flush_deferred(module)
             _patch_scans(module)
+            if fullname == SYMBOLIC_SHAPES.rpartition(".")[0]:
+                _attach_symbolic_stand_in()
             for (owner, cls), modules in FILLED_ON_READ.items():
                 if owner == fullname:
                     registry = getattr(module, cls)

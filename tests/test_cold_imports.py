@@ -4,10 +4,13 @@ classes it uses, not their whole families."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "resources" / "workflows").glob("*.json"))
@@ -174,6 +177,7 @@ DEFERRED = (
     "scipy.integrate",
     "scipy.optimize",
     "scipy.stats",
+    "sympy",
     "torch.distributed.fsdp",
     "torch.distributed.tensor",
     "torch.nn.attention.flex_attention",
@@ -294,3 +298,74 @@ def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tm
     again = run()
     assert again[names[0]] != scanned[names[0]] and again[names[1]] == scanned[names[1]]
     assert (cache / names[0]).read_bytes() != b"not JSON"
+
+
+def test_a_cold_run_keeps_off_sympy_and_torch_compile_still_gets_the_real_symbolic_shapes(tmp_path):
+    """torch's meta-device kernels (where transformers builds every model) import torch.fx's
+    symbolic shapes, and with it sympy, for a few checks on plain numbers; a run answers those
+    from a stand-in. Shape-dynamic compiling, attribute paths and top-level imports still get
+    the real module."""
+    txt2img = ROOT / "resources" / "workflows" / "txt2img.json"
+    proc = _python(
+        f"""
+        import contextlib, io, sys
+        from studio.cli import main
+
+        name = "torch.fx.experimental.symbolic_shapes"
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["run", {str(txt2img)!r}, "--out", {str(tmp_path / "out")!r}])
+        print(code, "sympy" in sys.modules, type(sys.modules[name]).__name__)
+
+        import torch
+        import torch.fx.experimental.symbolic_shapes as ss  # the stand-in, for now
+
+        def plain():  # as torch's kernels ask, importing as they run
+            from torch.fx.experimental.symbolic_shapes import (
+                guard_or_false, guard_or_true, is_nested_int, sym_eq
+            )
+            return (guard_or_false(True), guard_or_true(False), sym_eq((1, 2), [1, 2]),
+                    sym_eq((1, 2), (1, 3)), is_nested_int(3))
+
+        print("plain", *plain(), "sympy" in sys.modules)
+        meta = torch.empty_like(torch.ones(2, 3, device="meta"), device="cpu")
+        torch._check(meta.shape[0] == 2)
+        print("meta", tuple(meta.shape), "sympy" in sys.modules)
+
+        double = torch.compile(lambda x: x * x.shape[0], backend="eager", dynamic=True)
+        print("compiled", double(torch.ones(2)).tolist(), double(torch.ones(3)).tolist())
+        real = sys.modules[name]
+        print("real", type(real).__name__, "sympy" in sys.modules,
+              torch.fx.experimental.symbolic_shapes is real, ss.ShapeEnv is real.ShapeEnv,
+              ss.guard_or_false is real.guard_or_false)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "0 False _SymbolicShapesStandIn",
+        "plain True False True False False False",
+        "meta (2, 3) False",
+        "compiled [2.0, 2.0] [3.0, 3.0, 3.0]",
+        "real module True True True True",
+    ], proc.stdout
+
+
+def test_the_symbolic_shapes_stand_in_answers_plain_numbers_as_the_real_module_does():
+    import torch.fx.experimental.symbolic_shapes as real
+
+    from nodes import fastimport
+
+    fast = fastimport._PLAIN_SYMBOLIC
+    for name in ("expect_true", "guard_or_false", "guard_or_true", "guard_size_oblivious"):
+        for value in (True, False):
+            assert fast[name](value) is getattr(real, name)(value)
+    pairs = [(1, 1), (1, 2), ((1, 2), [1, 2]), ((1, 2), (1,)), ([], ()), ((1, (2, 3)), (1, (2, 4)))]
+    for x, y in pairs:
+        assert fast["sym_eq"](x, y) == real.sym_eq(x, y)
+    for value in (0, 3, 2.5, True):
+        assert fast["is_nested_int"](value) is real.is_nested_int(value)
+    # What it does not answer itself, the real module does (errors included).
+    with pytest.raises(AssertionError) as real_error:
+        real.sym_eq((1,), 1)
+    with pytest.raises(AssertionError, match=re.escape(str(real_error.value))):
+        fast["sym_eq"]((1,), 1)
