@@ -61,6 +61,7 @@ times; a file that cannot be used is a scan again.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
@@ -956,14 +957,20 @@ def _from_json(value: Any) -> Any:
     return {"frozenset": frozenset, "set": set, "tuple": tuple, "list": list}[kind](items)
 
 
-def _cached_scan(name: str, key: Any, scan: Callable[[], Any]) -> Any:
+def _cached_scan(name: str, key: Any, scan: Callable[[], Any], where: Any = ()) -> Any:
     """``scan()``, kept in Studio's cache folder with ``key`` (what the result depends on)
     and read from there while ``key`` is the same. The file is JSON (reading it runs no
-    code); any trouble with it: a scan."""
+    code); any trouble with it: a scan. ``where`` (the folders scanned) picks the file, so
+    that processes with other folders (the app and the command line, two installs) keep
+    their own instead of scanning again in turn."""
     from studio.fsutil import atomic_write_bytes
     from studio.paths import cache_dir
 
-    path = cache_dir() / "imports" / f"{name}.json"
+    suffix = ""
+    if where:
+        digest = hashlib.sha256(json.dumps(_to_json(where)).encode("utf-8")).hexdigest()
+        suffix = "-" + digest[:12]
+    path = cache_dir() / "imports" / f"{name}{suffix}.json"
     try:
         saved = json.loads(path.read_bytes())
         if saved["key"] == _to_json(key):
@@ -980,22 +987,40 @@ def _cached_scan(name: str, key: Any, scan: Callable[[], Any]) -> Any:
     return value
 
 
-def _mtimes(folder: str) -> tuple[Any, ...]:
+def _mtimes(folder: str, suffixes: tuple[str, ...] = ()) -> tuple[Any, ...]:
     """``folder``'s modification time and its subfolders': a package installed, upgraded
-    or removed there changes them."""
+    or removed there changes them. With ``suffixes``: only the entries (folders or files)
+    whose names end with one of them, names and times (the folder's own time changes with
+    any file made there)."""
     try:
+        if suffixes:
+            entries = sorted(
+                (e.name, e.stat().st_mtime_ns)
+                for e in os.scandir(folder)
+                if e.name.endswith(suffixes)
+            )
+            return (folder, *entries)
         entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_dir())
         return (folder, os.stat(folder).st_mtime_ns, *entries)
     except OSError:
         return (folder, None)
 
 
+#: What ``packages_distributions`` reads in each ``sys.path`` entry (folders, or old-style
+#: ``.egg-info`` files).
+_DISTRIBUTION_FOLDERS = (".dist-info", ".egg-info")
+
+
 def packages_distributions() -> dict[str, list[str]]:
     """``importlib.metadata.packages_distributions()`` (which reads the file list of every
     installed distribution: diffusers asks for it as it is imported), kept on disk while
-    ``sys.path`` and its folders are the same."""
-    key = (sys.version, tuple(_mtimes(p) for p in sys.path if os.path.isdir(p or ".")))
-    return _cached_scan("packages_distributions", key, _real_packages_distributions)
+    ``sys.path``, its folders and their distributions' folders are the same (only those: a
+    run started in a busy folder does not scan again because a file there changed)."""
+    folders = [p for p in sys.path if os.path.isdir(p or ".")]
+    key = (sys.version, tuple(_mtimes(p, _DISTRIBUTION_FOLDERS) for p in folders))
+    return _cached_scan(
+        "packages_distributions", key, _real_packages_distributions, where=(sys.version, folders)
+    )
 
 
 _real_packages_distributions = importlib.metadata.packages_distributions
@@ -1012,7 +1037,9 @@ def _cached_define_import_structure(define: Any) -> Any:
         if prefix != "models" or folder.name != "models":
             return define(module_path, prefix)
         key = (str(folder), prefix, _mtimes(str(folder)))
-        return _cached_scan("transformers_models", key, lambda: define(module_path, prefix))
+        return _cached_scan(
+            "transformers_models", key, lambda: define(module_path, prefix), where=str(folder)
+        )
 
     return wrapper
 

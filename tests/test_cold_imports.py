@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "resources" / "workflows").glob("*.json"))
 
 
-def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _python(
+    code: str, tmp_path: Path, extra_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(str(p) for p in (ROOT, extra_path) if p),
         STUDIO_DATA_DIR=str(tmp_path / "data"),
         STUDIO_CONFIG_DIR=str(tmp_path / "config"),
         HF_HUB_OFFLINE="1",
@@ -273,7 +275,8 @@ def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tm
     """diffusers reads the file list of every installed distribution as it is imported,
     transformers every model folder (together about a second); Studio keeps both results
     in its cache folder (written when scanned), and a cache file it cannot use is a scan
-    again."""
+    again. Processes with other folders on ``sys.path`` (the app and the command line, two
+    checkouts) keep their own files: taking turns, neither scans again."""
     code = """
         from nodes.sdload import preload
 
@@ -284,16 +287,29 @@ def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tm
         print(transformers.models.bert.BertModel.__name__, transformers.AutoConfig.__name__)
         """
     cache = tmp_path / "data" / "cache" / "imports"
-    names = ["packages_distributions.json", "transformers_models.json"]
+    elsewhere = tmp_path / "elsewhere"  # another folder on sys.path
+    elsewhere.mkdir()
 
-    def run() -> dict[str, int]:
-        proc = _python(code, tmp_path)
+    def run(extra_path: Path | None = None) -> dict[str, int]:
+        proc = _python(code, tmp_path, extra_path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines() == ["True ['pillow']", "BertModel AutoConfig"]
-        return {name: (cache / name).stat().st_mtime_ns for name in names}
+        return {f.name: f.stat().st_mtime_ns for f in cache.glob("*.json")}
 
     scanned = run()
+    names = sorted(scanned)
+    assert [n.split("-")[0] for n in names] == ["packages_distributions", "transformers_models"]
     assert run() == scanned  # read, not written again
+    # Another sys.path: its own distributions file, the same models file.
+    other = run(elsewhere)
+    assert len(other) == 3 and all(other[n] == scanned[n] for n in names)
+    assert run() == other and run(elsewhere) == other  # taking turns: no scan
+    # A file in a folder on sys.path that is no distribution's: no scan either.
+    (elsewhere / "notes").mkdir()
+    assert run(elsewhere) == other
+    # A distribution installed there: that process scans again.
+    (elsewhere / "newpkg-1.0.dist-info").mkdir()
+    assert run(elsewhere) != other
     (cache / names[0]).write_bytes(b"not JSON")
     again = run()
     assert again[names[0]] != scanned[names[0]] and again[names[1]] == scanned[names[1]]
