@@ -321,9 +321,10 @@ def _from_text(
         ) from None
     except RecursionError:
         raise WorkflowFileError(path, "is not a workflow (nested too deeply)") from None
-    from studio.graph.importers.comfyui import import_comfyui, looks_like_comfyui
-
     is_studio = isinstance(data, dict) and data.get("format") == FORMAT_NAME
+    if not is_studio and not studio_only:
+        # The importers load only for a file that is not Studio's own (a run starts sooner).
+        from studio.graph.importers.comfyui import import_comfyui, looks_like_comfyui
     if not is_studio and not studio_only and looks_like_comfyui(data):
         problem = find_unsaveable(data)
         if problem is not None:
