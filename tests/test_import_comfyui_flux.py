@@ -181,11 +181,12 @@ def test_the_api_format_folds_the_same_chain(reg):
     assert "its denoised_output is the Sampler's latent" in report[0]
 
 
-def _with_split_sigmas(data):
-    """BasicScheduler -> SplitSigmas -> the sampler's sigmas (a two-stage setup)."""
+def _with_flipped_sigmas(data):
+    """BasicScheduler -> FlipSigmas -> the sampler's sigmas (sampling backwards: no Studio
+    schedule does that)."""
     data["nodes"].append(
-        ui_node(40, "SplitSigmas", [10], inputs=[("sigmas", "SIGMAS", 20)],
-                outputs=[("high_sigmas", "SIGMAS", [200]), ("low_sigmas", "SIGMAS", [])])
+        ui_node(40, "FlipSigmas", [], inputs=[("sigmas", "SIGMAS", 20)],
+                outputs=[("SIGMAS", "SIGMAS", [200])])
     )  # fmt: skip
     for lk in data["links"]:
         if lk[0] == 20:
@@ -195,22 +196,22 @@ def _with_split_sigmas(data):
 
 
 def test_a_chain_that_does_not_collapse_stays_placeholders_with_the_reason(reg):
-    _, report, placeholders = _import(_with_split_sigmas(flux_dev_ui()), reg)
+    _, report, placeholders = _import(_with_flipped_sigmas(flux_dev_ui()), reg)
     assert sorted(placeholders) == sorted(
         "comfyui." + t for t in (
-            "SamplerCustomAdvanced", "SplitSigmas", "RandomNoise", "BasicGuider",
+            "SamplerCustomAdvanced", "FlipSigmas", "RandomNoise", "BasicGuider",
             "KSamplerSelect", "BasicScheduler",
         )
     )  # fmt: skip
     line = next(r for r in report if r.startswith("SamplerCustomAdvanced (13)"))
-    assert "its 'sigmas' comes from SplitSigmas (40), not from BasicScheduler" in line
+    assert "its 'sigmas' comes from FlipSigmas (40), not from a sampler or scheduler" in line
     assert line.endswith("kept as a placeholder")
     assert any(
         r.startswith("RandomNoise (25)") and "it feeds SamplerCustomAdvanced (13)" in r
         for r in report
     )
     assert any(
-        r.startswith("SplitSigmas (40)") and "computes its own schedule" in r for r in report
+        r.startswith("FlipSigmas (40)") and "computes its own schedule" in r for r in report
     )
 
 

@@ -227,6 +227,8 @@ def _union_note(kind: str) -> str:
 #: (Advanced) when it adds no noise).
 SAMPLER_CUSTOM_KSAMPLER = "studio:SamplerCustom>KSampler"
 SAMPLER_CUSTOM_ADVANCED = "studio:SamplerCustom>KSamplerAdvanced"
+#: A sampler fed one part of split sigmas (SplitSigmas): Sampler (Advanced)'s start and end.
+SAMPLER_CUSTOM_SPLIT = "studio:SamplerCustom>KSamplerAdvanced(split)"
 
 #: ComfyUI's custom-sampling nodes, with their widgets in ``widgets_values`` order: folded
 #: into one Sampler where the chain collapses (the importer's fold_custom_sampling).
@@ -239,6 +241,21 @@ CUSTOM_SAMPLING: dict[str, tuple[str, ...]] = {
     "CFGGuider": ("cfg",),
     "KSamplerSelect": ("sampler_name",),
     "BasicScheduler": ("scheduler", "steps", "denoise"),
+    # Samplers with their options: folded where the options are the KSampler's own.
+    "SamplerEulerAncestral": ("eta", "s_noise"),
+    "SamplerDPMPP_2S_Ancestral": ("eta", "s_noise"),
+    "SamplerDPMPP_SDE": ("eta", "s_noise", "r", "noise_device"),
+    "SamplerDPMPP_2M_SDE": ("solver_type", "eta", "s_noise", "noise_device"),
+    "SamplerDPMPP_3M_SDE": ("eta", "s_noise", "noise_device"),
+    "SamplerLMS": ("order",),
+    # Schedulers: folded where they equal one of the Sampler's schedules.
+    "KarrasScheduler": ("steps", "sigma_max", "sigma_min", "rho"),
+    "ExponentialScheduler": ("steps", "sigma_max", "sigma_min"),
+    "PolyexponentialScheduler": ("steps", "sigma_max", "sigma_min", "rho"),
+    "BetaSamplingScheduler": ("steps", "alpha", "beta"),
+    # Two passes over one schedule: Sampler (Advanced)'s start and end steps.
+    "SplitSigmas": ("step",),
+    "SplitSigmasDenoise": ("denoise",),
 }
 
 #: Prompt nodes with a text per encoder: Studio's Text Encode takes one text for all
@@ -604,6 +621,28 @@ NODE_MAPS: dict[str, NodeMap] = {
             **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
         },
     ),
+    SAMPLER_CUSTOM_SPLIT: NodeMap(
+        "sampler_advanced",
+        "SamplerCustomAdvanced",
+        (
+            "add_noise",
+            "seed",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "start_at_step",
+            "end_at_step",
+            "return_with_leftover_noise",
+        ),
+        params={"sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent", "latent"),
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
+        notes={
+            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+        },
+    ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
@@ -648,20 +687,14 @@ NOT_MAPPED: dict[str, str] = {
     "ImageBlur": "not in Studio yet",
     **dict.fromkeys(
         (
-            "SplitSigmas",
-            "SplitSigmasDenoise",
             "FlipSigmas",
-            "KarrasScheduler",
-            "ExponentialScheduler",
-            "PolyexponentialScheduler",
-            "BetaSamplingScheduler",
             "SDTurboScheduler",
         ),
         "its sigmas cannot fold into a Studio Sampler, which computes its own schedule from "
         "steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     ),
     **dict.fromkeys(
-        ("DualCFGGuider", "PerpNegGuider", "SamplerEulerAncestral", "SamplerDPMPP_2M_SDE"),
+        ("DualCFGGuider", "PerpNegGuider"),
         "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
     ),
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
