@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from comfyui_files import _ui_file, ui_node
 
-from studio.graph.importers.comfyui import import_comfyui
 from studio.graph.fileformat import load_workflow
+from studio.graph.importers.comfyui import import_comfyui
 from studio.library import installed_registry
 
 TEXT = "a large yellow triangle on a purple background, right"
