@@ -193,7 +193,8 @@ def test_canny_img2img_equals_flux_control_img2img_pipeline(engine, parts, root)
 
 
 @pytest.mark.parametrize(
-    "model", ["canny-orig.safetensors", "canny-comfy.safetensors", "tiny-flux-canny-aio.safetensors"]
+    "model",
+    ["canny-orig.safetensors", "canny-comfy.safetensors", "tiny-flux-canny-aio.safetensors"],
 )
 def test_canny_files_equal_the_folder(engine, root, model):
     """Load Diffusion Model on the transformer in both key layouts, and Load Checkpoint on an
@@ -256,3 +257,43 @@ def test_other_flux_widths_are_still_refused(engine, root):
     assert not result.ok
     text = " ".join(result.errors.values())
     assert "96 input channels" in text and "FLUX.1 Canny / Depth (128 in)" in text
+
+
+def _comfyui_canny_api(control: str) -> dict:
+    """BFL's / ComfyUI's FLUX.1 Canny [dev] example in the API format: the control image into
+    InstructPixToPixConditioning, whose prompts and latent feed the KSampler."""
+    return {
+        "31": {"class_type": "UNETLoader", "inputs": {"unet_name": "canny-comfy.safetensors", "weight_dtype": "default"}},
+        "34": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl.safetensors", "type": "flux"}},
+        "32": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "23": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["34", 0]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["34", 0]}},
+        "26": {"class_type": "FluxGuidance", "inputs": {"guidance": 30, "conditioning": ["23", 0]}},
+        "17": {"class_type": "LoadImage", "inputs": {"image": control}},
+        "35": {"class_type": "InstructPixToPixConditioning", "inputs": {"positive": ["26", 0], "negative": ["7", 0], "vae": ["32", 0], "pixels": ["17", 0]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": SEED, "steps": STEPS, "cfg": 1, "sampler_name": "euler", "scheduler": "normal", "denoise": 1, "model": ["31", 0], "positive": ["35", 0], "negative": ["35", 1], "latent_image": ["35", 2]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["32", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "canny"}},
+    }  # fmt: skip
+
+
+def test_a_comfyui_canny_workflow_imports_and_equals_the_pipeline(engine, parts, root):
+    """InstructPixToPixConditioning maps onto InstructPixToPix Conditioning with its three
+    outputs wired to the sampler; the imported workflow runs on the tiny files and gives
+    FluxControlPipeline's picture."""
+    from studio.graph.importers.comfyui import import_comfyui
+
+    result = import_comfyui(
+        _comfyui_canny_api(str(root / "edges.png")), installed_registry(), source="canny.json"
+    )
+    wf = result.workflow
+    assert [n.type for n in wf.nodes if n.type.startswith("comfyui.")] == []
+    assert wf.get_node("35").type == "instruct_pix2pix_conditioning"
+    links = {(lk.source, lk.output, lk.target, lk.input) for lk in wf.links}
+    assert {
+        ("26", "conditioning", "35", "positive"), ("7", "conditioning", "35", "negative"),
+        ("32", "vae", "35", "vae"), ("17", "image", "35", "pixels"),
+        ("35", "positive", "3", "positive"), ("35", "negative", "3", "negative"),
+        ("35", "latent", "3", "latent"),
+    } <= links  # fmt: skip
+    _close(_image(engine, wf, "8"), pipe_image(parts, root))
