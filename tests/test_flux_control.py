@@ -297,3 +297,34 @@ def test_a_comfyui_canny_workflow_imports_and_equals_the_pipeline(engine, parts,
         ("35", "latent", "3", "latent"),
     } <= links  # fmt: skip
     _close(_image(engine, wf, "8"), pipe_image(parts, root))
+
+
+def test_the_flux_canny_template_runs_on_the_files_it_names(engine, root):
+    """templates/flux_canny.json (Load Diffusion Model, Load Text Encoders, Load VAE, the
+    picture scaled and turned into Canny Edges, InstructPixToPix Conditioning, Flux Guidance
+    30) runs once its file names point at files that are there (the tiny ones here; the
+    picture scaled to 64 pixels, 2 steps)."""
+    from studio.graph.fileformat import load_workflow
+    from studio.modelfiles import RESOURCES
+
+    path = RESOURCES / "workflows" / "templates" / "flux_canny.json"
+    wf = load_workflow(path, installed_registry())
+    swaps = {
+        "load_diffusion_model": {"unet_name": "canny-orig.safetensors", "weight_dtype": "default"},
+        "load_text_encoders": {
+            "clip_name1": "clip_l.safetensors",
+            "clip_name2": "t5xxl.safetensors",
+        },
+        "load_vae": {"vae_name": "ae.safetensors"},
+        "scale_image": {"width": 64, "height": 64},
+        "canny": {"resolution": 64},
+        "sampler": {"steps": 2},
+    }
+    for node in wf.nodes:
+        for name, value in swaps.get(node.type, {}).items():
+            wf.set_param(node.id, name, value)
+    by_type = {n.type: n for n in wf.nodes}
+    assert by_type["flux_guidance"].params["guidance"] == 30.0
+    assert "save_image" in by_type
+    dec = by_type["vae_decode"].id
+    assert _image(engine, wf, dec).shape == (1, 64, 64, 3)
