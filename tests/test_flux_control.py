@@ -59,6 +59,18 @@ def root(tmp_path_factory, parts):
     Image.fromarray(other).save(root / "other-edges.png")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "photo.png")
+    # BFL's Canny / Depth LoRAs: the input layer's LoRA reads 128 channels (diffusers' layout
+    # and BFL's own)
+    (root / "loras").mkdir()
+    for name, layer in (
+        ("canny-lora-diffusers", "transformer.x_embedder"),
+        ("canny-lora-bfl", "img_in"),
+    ):
+        lora = {
+            f"{layer}.lora_A.weight": torch.randn(4, 128),
+            f"{layer}.lora_B.weight": torch.zeros(32, 4),
+        }
+        fx.save(lora, root / "loras" / f"{name}.safetensors")
     return root
 
 
@@ -328,3 +340,18 @@ def test_the_flux_canny_template_runs_on_the_files_it_names(engine, root):
     assert "save_image" in by_type
     dec = by_type["vae_decode"].id
     assert _image(engine, wf, dec).shape == (1, 64, 64, 3)
+
+
+@pytest.mark.parametrize("lora", ["canny-lora-diffusers", "canny-lora-bfl"])
+def test_a_flux_canny_lora_is_a_clear_error(engine, root, lora):
+    """FLUX.1 Canny / Depth as LoRAs (flux1-canny-dev-lora) would widen the shared Flux
+    transformer's input: refused, pointing at the full model."""
+    wf = Workflow(installed_registry())
+    c = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-flux"}).id
+    name = f"{lora}.safetensors"
+    params = {"lora_name": name, "strength_model": 1.0, "strength_clip": 1.0}
+    n = wf.add_node("load_lora", params).id
+    wf.connect(c, "model", n, "model")
+    wf.connect(c, "clip", n, "clip")
+    text = _errors(engine, wf, n)
+    assert "FLUX.1 Canny / Depth LoRA" in text and "InstructPixToPix Conditioning" in text
