@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+import diffusion_fixtures  # noqa: E402
 import dit_fixtures as fx  # noqa: E402
 
 from studio.graph.workflow import Workflow  # noqa: E402
@@ -45,6 +46,8 @@ def root(tmp_path_factory, parts):
     diffusers.FluxControlPipeline(**parts).save_pretrained(str(ck / "tiny-flux-canny"))
     fx.flux_all_in_one(parts, ck / "tiny-flux-canny-aio.safetensors")
     fx.flux_pipeline(fx.tiny_flux()).save_pretrained(str(ck / "tiny-flux"))
+    sd = diffusion_fixtures.sd1_pipeline(diffusion_fixtures.tiny_sd1())
+    diffusion_fixtures.save_folder(sd, ck / "tiny-sd1")
     orig = fx.to_original(parts["transformer"], "flux")
     fx.save(orig, dm / "canny-orig.safetensors")
     fx.save(orig, dm / "canny-comfy.safetensors", prefix="model.diffusion_model.")
@@ -239,6 +242,24 @@ def test_instruct_pix2pix_conditioning_on_plain_flux_is_a_clear_error(engine, ro
     text = _errors(engine, *control_graph(root, model="tiny-flux"))
     assert "InstructPixToPix Conditioning" in text and "Flux.1" in text
     assert "flux1-canny-dev" in text
+
+
+def test_instruct_pix2pix_conditioning_on_an_sd_unet_is_a_clear_error(engine, root):
+    text = _errors(engine, *control_graph(root, model="tiny-sd1", guidance=None))
+    assert "InstructPixToPix Conditioning" in text and "UNet" in text
+
+
+def test_a_whole_image_area_prompt_on_canny_gives_the_plain_picture(engine, root):
+    """Regional prompts feed each prompt's part of the latent its part of the control image:
+    an area covering the whole picture gives the plain prompt's picture."""
+    wf, dec = control_graph(root)
+    s = next(n for n in wf.nodes if n.type == "sampler")
+    ip2p = next(n for n in wf.nodes if n.type == "instruct_pix2pix_conditioning")
+    area = {"x": 0, "y": 0, "width": 64, "height": 64}
+    a = wf.add_node("conditioning_set_area", area).id
+    wf.connect(ip2p.id, "positive", a, "conditioning")
+    wf.connect(a, "conditioning", s.id, "positive")
+    _close(_image(engine, wf, dec), _image(engine, *control_graph(root)), bound=1e-4)
 
 
 def test_a_control_image_of_another_size_is_a_clear_error(engine, root):
