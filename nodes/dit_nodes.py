@@ -311,7 +311,7 @@ def reference_latent(ctx, conditioning: Any, latent: Any = None) -> list:
             T.IMAGE,
             tooltip=(
                 "The control image: canny edges (Canny) or a depth map (Depth), at the size "
-                "of the picture to make (cropped to multiples of 8 pixels)."
+                "of the picture to make (cut around its centre to multiples of 16 pixels)."
             ),
         ),
     ],
@@ -332,12 +332,21 @@ def instruct_pix2pix_conditioning(
 
     import torch
 
-    from nodes.latent import vae_encode
+    from nodes.latent import _check_vae, vae_encode
     from nodes.values import CONTROL_IMAGE_KEY, Cond
 
     for name, cond in (("positive", positive), ("negative", negative)):
         if not isinstance(cond, list) or not all(isinstance(c, Cond) for c in cond):
             raise NodeError(f"the {name} input is not conditioning")
+    _check_vae(vae)
+    # Flux works on 2x2 patches of latent cells: cut the image to whole patches around its
+    # centre (ComfyUI cuts to whole cells and pads the patches).
+    step = 2 * vae.downscale
+    h, w = pixels.shape[1] // step * step, pixels.shape[2] // step * step
+    if h == 0 or w == 0:
+        raise NodeError(f"the control image is smaller than {step} pixels")
+    top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
+    pixels = pixels[:, top : top + h, left : left + w]
     encoded = vae_encode.execute(ctx, image=pixels, vae=vae)
     image = {"mean": encoded["samples"], "std": encoded["posterior_std"]}
 

@@ -262,6 +262,16 @@ def test_a_whole_image_area_prompt_on_canny_gives_the_plain_picture(engine, root
     _close(_image(engine, wf, dec), _image(engine, *control_graph(root)), bound=1e-4)
 
 
+def test_a_control_image_off_the_patch_grid_is_cut_to_it(engine, root):
+    """An 88x72 control image gives an 80x64 picture: cut around its centre to whole 16-pixel
+    patches (Flux's 2x2 latent cells), so any picture size samples."""
+    from PIL import Image
+
+    Image.open(root / "photo.png").resize((88, 72)).save(root / "odd-size.png")
+    got = _image(engine, *control_graph(root, control="odd-size.png"))
+    assert got.shape == (1, 64, 80, 3)
+
+
 def test_a_control_image_of_another_size_is_a_clear_error(engine, root):
     """The Sampler's latent must be the control image's size (the node's latent output)."""
     wf, dec = control_graph(root)
