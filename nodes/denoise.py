@@ -18,7 +18,7 @@ from nodes import ksampling, lora
 from nodes.controlnet import ControlPlan
 from nodes.inpaint import unet_inpaint_inputs
 from nodes.sdload import get_module, with_oom_advice
-from nodes.values import SAMPLERS, SCHEDULERS, Cond, LatentRgb, ModelHandle
+from nodes.values import CONTROL_IMAGE_KEY, SAMPLERS, SCHEDULERS, Cond, LatentRgb, ModelHandle
 from studio.errors import NodeError
 
 #: Latent -> RGB projections for the live preview (no model; a 4x3 matrix giving -1..1),
@@ -220,6 +220,12 @@ def sample(
             sampler=sampler, scheduler=scheduler, denoise=denoise, window=window,
         )  # fmt: skip
     pos, neg = _prompts(positive, "positive"), _prompts(negative, "negative")
+    if any(CONTROL_IMAGE_KEY in c.extra for c in (*pos, *neg)):
+        raise NodeError(
+            "InstructPixToPix Conditioning gives the prompts a control image, which only "
+            "FLUX.1 Canny / Depth [dev] take; this model is a Stable Diffusion UNet "
+            f"({model.family}): remove InstructPixToPix Conditioning"
+        )
     unet = get_module(ctx, model.source, "unet")
     lora.activate(ctx, unet, "unet", model.patches, model.family)
     for name, conds in (("positive", pos), ("negative", neg)):

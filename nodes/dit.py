@@ -30,6 +30,7 @@ import torch
 
 from nodes import dit_context
 from nodes.values import (
+    CONTROL_IMAGE_KEY,
     LAYOUT_DIFFUSERS,
     LAYOUT_SINGLE_FILE,
     ClipHandle,
@@ -248,22 +249,23 @@ def is_flux_fill(config: Any) -> bool:
     return int(config["in_channels"]) == 2 * out + FILL_MASK_CHANNELS
 
 
+def is_flux_control(config: Any) -> bool:
+    """FLUX.1 Canny / Depth [dev] (structural conditioning): the transformer takes, per
+    packed token, the noisy latent and the control image's latent (64 + 64 = 128 for the
+    released models), as FluxControlPipeline concatenates them."""
+    return int(config["in_channels"]) == 2 * flux_out_channels(config)
+
+
 def check_flux_channels(config: Any, label: str) -> None:
-    """Refuse Flux transformers Studio cannot feed (FLUX.1 Depth / Canny take a control
-    image's latent as extra input channels) with what they are."""
+    """Refuse Flux transformers Studio cannot feed, saying which ones it knows."""
     in_ch, out = int(config["in_channels"]), flux_out_channels(config)
-    if in_ch == out or is_flux_fill(config):
+    if in_ch == out or is_flux_fill(config) or is_flux_control(config):
         return
-    if in_ch == 2 * out:
-        raise NodeError(
-            f"{label}: a Flux.1 transformer taking {in_ch} input channels for {out} output "
-            "channels: FLUX.1 Depth / Canny [dev] (structural conditioning), which Studio "
-            "does not run yet; Flux.1 [dev] / [schnell] and FLUX.1 Fill [dev] work"
-        )
     fill = 2 * out + FILL_MASK_CHANNELS
     raise NodeError(
         f"{label}: a Flux.1 transformer taking {in_ch} input channels for {out} output "
-        f"channels; Studio knows Flux.1 ({out} in) and FLUX.1 Fill ({fill} in)"
+        f"channels; Studio knows Flux.1 ({out} in), FLUX.1 Canny / Depth ({2 * out} in) "
+        f"and FLUX.1 Fill ({fill} in)"
     )
 
 
@@ -405,7 +407,7 @@ def pipeline_family(index: dict[str, Any]) -> str | None:
     name = str(index.get("_class_name", ""))
     if name.startswith("StableDiffusion3"):
         return "sd3"
-    if name.startswith("Flux"):  # FluxFillPipeline, FluxKontextPipeline: Flux transformers too
+    if name.startswith("Flux"):  # Fill, Kontext, Control (Canny / Depth): Flux transformers too
         return "flux"
     return None
 
@@ -644,6 +646,8 @@ def inspect_all_in_one(
     VAE) or a Flux.1 file (transformer, CLIP-L, T5-XXL, VAE)."""
     label = f"checkpoint {name!r}"
     transformer = (flux_config if family == "flux" else sd3_config)(shapes, prefix, label)
+    if family == "flux":
+        check_flux_channels(transformer, label)
     configs: dict[str, dict[str, Any]] = {
         "transformer": transformer,
         "scheduler": family_scheduler_config(family, transformer),
@@ -1802,6 +1806,8 @@ def sample(
     regional = _is_regional(positive, negative)
     pos, neg = positive[0], negative[0]
     fill = flux and is_flux_fill(model.source.configs["transformer"])
+    control = flux and is_flux_control(model.source.configs["transformer"])
+    control_image = control_image_of(positive, negative, family, control, fill)
     if fill and latent.get("inpaint") is None:
         raise NodeError(
             "this is FLUX.1 Fill, an inpainting model (its transformer takes the masked image "
@@ -1830,6 +1836,10 @@ def sample(
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(plan.begin)
     generator = torch.Generator("cpu").manual_seed(int(seed))
+    # FluxControlPipeline draws the control image's latent first, then the noise.
+    control_in = None
+    if control_image is not None:
+        control_in = control_inputs(control_image, samples.shape, generator, device, dtype)
     noise_mask = latent.get("noise_mask")
     init, noise, latents = _start(
         sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
@@ -1842,6 +1852,9 @@ def sample(
 
         mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
         mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
+    # The transformer's extra input channels, unpacked: FLUX.1 Fill's masked image and mask,
+    # or FLUX.1 Canny / Depth's control image latent.
+    extra_in = fill_in if fill_in is not None else control_in
     guided = cfg > 1.0
     call = _flux_call if flux else _sd3_call
     total = len(timesteps) + int(plan.finish is not None)
@@ -1850,7 +1863,7 @@ def sample(
         regions = _Regions(
             ctx, net, model, positive, negative, guided, cfg, batch, (h, w), device, dtype,
             sigma_at=lambda fraction: flow_sigma_at(sched, mu, fraction),
-            train_steps=sched.config.num_train_timesteps, fill=fill_in,
+            train_steps=sched.config.num_train_timesteps, fill=extra_in,
         )  # fmt: skip
     else:
         inputs = (_flux_inputs if flux else _sd3_inputs)(
@@ -1860,9 +1873,9 @@ def sample(
             ctx, net, pos, neg, family, guided, batch,
             (h * model.vae_downscale, w * model.vae_downscale), inputs, device, dtype,
         )  # fmt: skip
-    fill_packed = pack(fill_in) if fill_in is not None else None
+    extra_packed = pack(extra_in) if extra_in is not None else None
     _check_references(
-        positive, negative, family, regional or controls is not None or fill_in is not None
+        positive, negative, family, regional or controls is not None or extra_in is not None
     )
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
@@ -1870,9 +1883,9 @@ def sample(
             if flux:
                 return pack(regions(unpack(x, h, w), t, i, total))
             return regions(x, t, i, total)
-        # FLUX.1 Fill sees [latent, masked image's latent, mask] per token; ControlNets
-        # see the latent alone.
-        x_in = x if fill_packed is None else torch.cat([x, fill_packed], dim=2)
+        # FLUX.1 Fill sees [latent, masked image's latent, mask] per token, FLUX.1 Canny /
+        # Depth [latent, control image's latent]; ControlNets see the latent alone.
+        x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
         if controls is None:
             return call(net, x_in, t, inputs, cfg, guided)
         if flux:
@@ -1953,6 +1966,64 @@ def fill_inputs(
     if m.shape[0] != batch:
         m = m[:1].repeat(batch, 1, 1, 1)
     return torch.cat([masked, m], dim=1)
+
+
+def control_image_of(
+    positive: list[Cond], negative: list[Cond], family: str, control: bool, fill: bool
+) -> dict[str, torch.Tensor] | None:
+    """The control image (InstructPixToPix Conditioning's VAE-encoded latent distribution)
+    FLUX.1 Canny / Depth take: the first positive prompt's, for both sides as ComfyUI's node
+    gives both the same (FluxControlPipeline has no negative prompt). Any other model given
+    one is an error rather than a control image silently dropped."""
+    found = [c.extra[CONTROL_IMAGE_KEY] for c in positive if CONTROL_IMAGE_KEY in c.extra]
+    if control and not found:
+        raise NodeError(
+            "this is FLUX.1 Canny / Depth [dev] (structural conditioning: its transformer "
+            "takes a control image too): connect the prompts through InstructPixToPix "
+            "Conditioning, with the control image (canny edges or a depth map) on its pixels "
+            "and the VAE, and give the Sampler its latent output"
+        )
+    given = found or any(CONTROL_IMAGE_KEY in c.extra for c in negative)
+    if given and not control:
+        what = "FLUX.1 Fill [dev]" if fill else f"{FAMILY_TITLES[family]} ({family})"
+        raise NodeError(
+            "InstructPixToPix Conditioning gives the prompts a control image, which only "
+            f"FLUX.1 Canny / Depth [dev] take; this model is {what}: load "
+            "flux1-canny-dev / flux1-depth-dev with Load Diffusion Model, or remove "
+            "InstructPixToPix Conditioning"
+        )
+    return found[0] if found else None
+
+
+def control_inputs(
+    image: dict[str, torch.Tensor], shape: tuple[int, ...], generator: torch.Generator,
+    device: torch.device, dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """FLUX.1 Canny / Depth's extra input, unpacked ``[b, c, h, w]``: the control image's
+    latent drawn from its distribution (FluxControlPipeline's ``latent_dist.sample``)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    batch, channels, h, w = shape
+    mean, std = image["mean"], image["std"]
+    if tuple(mean.shape[1:]) != (channels, h, w):
+        c, ih, iw = mean.shape[1:]
+        raise NodeError(
+            f"InstructPixToPix Conditioning's control image is a latent of {iw}x{ih} cells "
+            f"and {c} channels, but the Sampler's latent is {w}x{h} cells and {channels} "
+            "channels: give the Sampler InstructPixToPix Conditioning's latent output (or an "
+            "Empty Latent of the control image's size), and encode with this model's VAE"
+        )
+    if mean.shape[0] not in (1, batch):
+        raise NodeError(
+            f"InstructPixToPix Conditioning holds {mean.shape[0]} control images but the "
+            f"latent {batch}: use one control image or as many as the latent's batch"
+        )
+    if mean.shape[0] != batch:
+        mean, std = mean.repeat(batch, 1, 1, 1), std.repeat(batch, 1, 1, 1)
+    mean, std = mean.to(device=device, dtype=dtype), std.to(device=device, dtype=dtype)
+    return mean + std * randn_tensor(
+        tuple(mean.shape), generator=generator, device=device, dtype=dtype
+    )
 
 
 @dataclass(frozen=True)
@@ -2461,6 +2532,6 @@ def _check_references(positive: list[Cond], negative: list[Cond], family: str, o
     if other:
         raise NodeError(
             "Reference Latent cannot yet be combined with ControlNets, areas, masks, timestep "
-            "ranges, several combined prompts or FLUX.1 Fill inpainting: use it on one plain "
-            "prompt"
+            "ranges, several combined prompts, FLUX.1 Fill inpainting or FLUX.1 Canny / Depth: "
+            "use it on one plain prompt"
         )

@@ -291,6 +291,77 @@ def reference_latent(ctx, conditioning: Any, latent: Any = None) -> list:
     ]
 
 
+@node(
+    "instruct_pix2pix_conditioning",
+    title="InstructPixToPix Conditioning",
+    category="conditioning",
+    description=(
+        "Gives FLUX.1 Canny [dev] and FLUX.1 Depth [dev] their control image (canny edges "
+        "or a depth map of the picture to follow): the image is VAE-encoded and attached to "
+        "both prompts, and the latent output is an empty latent of the image's size for the "
+        "Sampler. Use Flux Guidance (30 for Canny, 10 for Depth in BFL's examples). "
+        "ComfyUI's InstructPixToPixConditioning."
+    ),
+    inputs=[
+        InputSpec("positive", T.CONDITIONING),
+        InputSpec("negative", T.CONDITIONING),
+        InputSpec("vae", T.VAE, tooltip="The model's VAE (Flux's ae.safetensors)."),
+        InputSpec(
+            "pixels",
+            T.IMAGE,
+            tooltip=(
+                "The control image: canny edges (Canny) or a depth map (Depth), at the size "
+                "of the picture to make (cut around its centre to multiples of 16 pixels)."
+            ),
+        ),
+    ],
+    outputs=[
+        OutputSpec("positive", T.CONDITIONING, tooltip="The prompt with the control image."),
+        OutputSpec("negative", T.CONDITIONING, tooltip="The negative with the control image."),
+        OutputSpec(
+            "latent",
+            T.LATENT,
+            tooltip="An empty latent of the control image's size, for the Sampler.",
+        ),
+    ],
+)
+def instruct_pix2pix_conditioning(
+    ctx, positive: Any, negative: Any, vae: Any, pixels: Any
+) -> tuple[list, list, dict]:
+    import dataclasses
+
+    import torch
+
+    from nodes.latent import _check_vae, vae_encode
+    from nodes.values import CONTROL_IMAGE_KEY, Cond
+
+    for name, cond in (("positive", positive), ("negative", negative)):
+        if not isinstance(cond, list) or not all(isinstance(c, Cond) for c in cond):
+            raise NodeError(f"the {name} input is not conditioning")
+    _check_vae(vae)
+    # Flux works on 2x2 patches of latent cells: cut the image to whole patches around its
+    # centre (ComfyUI cuts to whole cells and pads the patches).
+    step = 2 * vae.downscale
+    h, w = pixels.shape[1] // step * step, pixels.shape[2] // step * step
+    if h == 0 or w == 0:
+        raise NodeError(f"the control image is smaller than {step} pixels")
+    top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
+    pixels = pixels[:, top : top + h, left : left + w]
+    encoded = vae_encode.execute(ctx, image=pixels, vae=vae)
+    image = {"mean": encoded["samples"], "std": encoded["posterior_std"]}
+
+    def attach(cond: list) -> list:
+        return [dataclasses.replace(c, extra={**c.extra, CONTROL_IMAGE_KEY: image}) for c in cond]
+
+    mean = image["mean"]
+    f = vae.downscale
+    latent = {
+        "samples": torch.zeros_like(mean),
+        "pixel_size": (mean.shape[-2] * f, mean.shape[-1] * f),
+    }
+    return attach(positive), attach(negative), latent
+
+
 #: The (width, height) FLUX.1 Kontext was trained on (diffusers' PREFERRED_KONTEXT_RESOLUTIONS).
 KONTEXT_RESOLUTIONS = (
     (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248),

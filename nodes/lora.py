@@ -81,6 +81,13 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
         raw = _read_file(patch)
         if family == "sd3" and any(k.startswith(_KOHYA_PREFIXES) for k in raw):
             raw = kohya_sd3_to_diffusers(raw, patch.name)
+        if family == "flux" and _is_flux_control_lora(raw):
+            raise NodeError(
+                f"{patch.name}: a FLUX.1 Canny / Depth LoRA (it widens the transformer's input "
+                "to take a control image), which Studio does not run: load the full "
+                "flux1-canny-dev / flux1-depth-dev model with Load Diffusion Model and give "
+                "the prompts InstructPixToPix Conditioning"
+            )
         if family in _DIT_PARTS and raw and all(k.startswith(_DIT_MODULES) for k in raw):
             # the diffusers layout without its "transformer." prefix (some trainers write
             # that): the pipeline's loader would skip every layer
@@ -111,6 +118,23 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
         return _LoraState(dict(state), alphas, metadata, _cross_attention_dim(state))
 
     return ctx.models.get(key, load, nbytes=lambda s: _tensor_bytes(s.state_dict))
+
+
+#: The packed input width of FLUX.1 Canny / Depth (latent + control image's latent); a
+#: Flux LoRA whose input layer reads this many channels is BFL's Canny / Depth LoRA.
+_FLUX_CONTROL_INPUT = 128
+_FLUX_INPUT_LAYERS = ("x_embedder", "img_in")
+
+
+def _is_flux_control_lora(raw: dict[str, Any]) -> bool:
+    """Whether a Flux LoRA's input layer reads the latent and a control image."""
+    for key, tensor in raw.items():
+        down = ".lora_A." in key or ".lora_down." in key
+        if not down or not any(n in key for n in _FLUX_INPUT_LAYERS):
+            continue
+        if hasattr(tensor, "shape") and int(tensor.shape[-1]) == _FLUX_CONTROL_INPUT:
+            return True
+    return False
 
 
 #: Where a DiT LoRA's layers go, once in diffusers' layout: without any, it would do nothing.

@@ -180,6 +180,12 @@ class VaeHandle:
         return HANDLE_NBYTES
 
 
+#: Where InstructPixToPix Conditioning puts the control image on a prompt (``Cond.extra``):
+#: the VAE-encoded image's latent distribution ``{"mean", "std"}``, scaled as latents are,
+#: for FLUX.1 Canny / Depth [dev].
+CONTROL_IMAGE_KEY = "control_image_latent"
+
+
 @dataclass(frozen=True)
 class Cond:
     """One entry of a CONDITIONING list: a prompt's embeddings.

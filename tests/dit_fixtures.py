@@ -203,6 +203,22 @@ def tiny_flux_fill() -> dict[str, Any]:
     return parts
 
 
+def tiny_flux_control() -> dict[str, Any]:
+    """Tiny FLUX.1 Canny / Depth [dev] parts: the tiny Flux's, its transformer taking the
+    packed noisy latent (64) and the packed control image's latent (64): 128 in, 64 out, as
+    the released models."""
+    from diffusers import FluxTransformer2DModel
+
+    parts = tiny_flux()
+    torch.manual_seed(0)
+    parts["transformer"] = FluxTransformer2DModel(
+        patch_size=1, in_channels=128, out_channels=64, num_layers=1, num_single_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=96,
+        pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=flux_rope_axes(16),
+    ).eval()  # fmt: skip
+    return parts
+
+
 def sd3_pipeline(parts: dict[str, Any], scheduler: Any = None) -> Any:
     from diffusers import StableDiffusion3Pipeline
 

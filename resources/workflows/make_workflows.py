@@ -514,6 +514,49 @@ def inpaint_flux_fill() -> Workflow:
     return b.wf
 
 
+FLUX_CANNY_MODEL = "flux1-canny-dev.safetensors"
+
+
+def flux_canny() -> Workflow:
+    b = Builder("flux_canny")
+    b.note(
+        "FLUX.1 Canny [dev] draws what the prompt says along the edges of the picture "
+        "(scaled to 1024 pixels, Canny Edges). InstructPixToPix Conditioning gives the model "
+        "the edge map and the Sampler an empty latent of its size; Canny takes guidance 30 "
+        "and cfg 1. For FLUX.1 Depth [dev] load flux1-depth-dev.safetensors, put a depth map "
+        "(Depth (MiDaS), Depth (Zoe)) in place of Canny Edges and set guidance 10."
+    )
+    flux_files(b, FLUX_CANNY_MODEL)
+    b.add("image", "load_image", 0, {"image": EXAMPLE_IMAGE}, title="Load Image (to follow)")
+    b.add("scale", "scale_image", 1, {"mode": "size", "width": 1024, "height": 1024})
+    b.link("image", "image", "scale", "image")
+    b.add("edges", "canny", 1, {"low_threshold": 100, "high_threshold": 200, "resolution": 1024})
+    b.link("scale", "image", "edges", "image")
+    b.add("prompt", "text_encode", 1, {"text": "a glass sculpture of a ball"}, title="Prompt")
+    b.add("negative", "text_encode", 1, {"text": ""}, title="Negative prompt (unused at cfg 1)")
+    b.link("clip", "clip", "prompt", "clip")
+    b.link("clip", "clip", "negative", "clip")
+    b.add("guidance", "flux_guidance", 2, {"guidance": 30.0})
+    b.link("prompt", "conditioning", "guidance", "conditioning")
+    b.add("control", "instruct_pix2pix_conditioning", 2)
+    b.link("guidance", "conditioning", "control", "positive")
+    b.link("negative", "conditioning", "control", "negative")
+    b.link("vae", "vae", "control", "vae")
+    b.link("edges", "image", "control", "pixels")
+    params = {**sampler_params(seed=0, steps=28, cfg=1.0), "scheduler": "normal"}
+    b.add("sampler", "sampler", 3, params)
+    b.link("checkpoint", "model", "sampler", "model")
+    b.link("control", "positive", "sampler", "positive")
+    b.link("control", "negative", "sampler", "negative")
+    b.link("control", "latent", "sampler", "latent")
+    b.add("decode", "vae_decode", 4)
+    b.link("sampler", "latent", "decode", "latent")
+    b.link("vae", "vae", "decode", "vae")
+    b.add("save", "save_image", 5, {"filename_prefix": "flux_canny"})
+    b.link("decode", "image", "save", "images")
+    return b.wf
+
+
 WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img": functools.partial(txt2img, TXT2IMG),
     "img2img": img2img,
@@ -524,6 +567,7 @@ WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img_sd3": functools.partial(txt2img, TXT2IMG_SD3),
     "txt2img_flux": txt2img_flux,
     "inpaint_flux_fill": inpaint_flux_fill,
+    "flux_canny": flux_canny,
 }
 
 
@@ -565,7 +609,7 @@ def png_bytes(image: Any) -> bytes:
 #: Workflows wired for model files artists bring (Flux.1's are not on this machine and no
 #: tiny Flux model ships): they live in templates/, apart from the default workflows, which
 #: all run offline on the embedded models.
-NEEDS_OWN_FILES = frozenset({"txt2img_flux", "inpaint_flux_fill"})
+NEEDS_OWN_FILES = frozenset({"txt2img_flux", "inpaint_flux_fill", "flux_canny"})
 
 
 #: Default workflows on an embedded model that is trained on a GPU and may not be there yet

@@ -428,6 +428,11 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("noise_mask",),
         outputs=("positive", "negative", "latent"),
     ),
+    "InstructPixToPixConditioning": NodeMap(
+        "instruct_pix2pix_conditioning",
+        "InstructPixToPixConditioning",
+        outputs=("positive", "negative", "latent"),
+    ),
     "SetLatentNoiseMask": NodeMap(
         "set_latent_noise_mask",
         "Set Latent Noise Mask",
