@@ -21,6 +21,9 @@ PATCH_KEY = "embeddings.patch_embedding.weight"
 #: SigLIP so400m (the encoder FLUX.1 Redux was trained with) has 72-wide heads; the other
 #: SigLIP / CLIP towers 64-wide ones. The head count is not in the shapes.
 HEADS_BY_WIDTH = {1152: 16}
+#: (patch size, patches a side) -> input side where it is not their product: SigLIP
+#: so400m-patch14-384 takes 384 px, whose last 6 the stride-14 patches leave out.
+IMAGE_SIZES = {(14, 27): 384}
 
 
 def file_shapes(path: Path, label: str) -> dict[str, tuple[int, ...]]:
@@ -81,7 +84,7 @@ def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_channels": channels,
-        "image_size": side * patch,
+        "image_size": IMAGE_SIZES.get((patch, side), side * patch),
         "patch_size": patch,
         "hidden_act": "gelu_pytorch_tanh",
         "layer_norm_eps": 1e-6,

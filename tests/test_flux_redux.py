@@ -337,3 +337,26 @@ def test_an_older_comfyui_ui_file_without_the_newer_widgets_imports():
     assert nodes["apply_style_model"].params.get("strength", 1.0) == 1.0
     assert nodes["clip_vision_encode"].params.get("crop", "center") == "center"
     assert [(k.output, k.input) for k in wf.links] == [("style_model", "style_model")]
+
+
+def test_the_released_files_shapes_give_their_models():
+    """ComfyUI's sigclip_vision_patch14_384.safetensors (SigLIP so400m, 384 px) and
+    flux1-redux-dev.safetensors, by their tensor shapes alone."""
+    from nodes.redux import redux_widths, siglip_config
+
+    p = "vision_model."
+    shapes = {
+        f"{p}embeddings.patch_embedding.weight": (1152, 3, 14, 14),
+        f"{p}embeddings.position_embedding.weight": (729, 1152),
+        f"{p}post_layernorm.weight": (1152,),
+        f"{p}head.probe": (1, 1, 1152),
+        **{f"{p}encoder.layers.{i}.mlp.fc1.weight": (4304, 1152) for i in range(27)},
+    }
+    cfg = siglip_config(shapes, "sigclip_vision_patch14_384.safetensors")
+    assert cfg == {
+        "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+        "num_attention_heads": 16, "num_channels": 3, "image_size": 384, "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": False,
+    }  # fmt: skip
+    redux = {"redux_up.weight": (12288, 1152), "redux_down.weight": (4096, 12288)}
+    assert redux_widths(redux, "flux1-redux-dev.safetensors") == (1152, 4096)
