@@ -311,6 +311,15 @@ def test_a_comfyui_redux_workflow_imports_onto_these_nodes():
     assert ("5", "clip_vision_output", "7", "clip_vision_output") in links
     assert ("6", "style_model", "7", "style_model") in links
     assert ("2", "conditioning", "7", "conditioning") in links
+    # and back: the prompt ComfyUI queues
+    from studio.graph.importers.comfyui_export import export_comfyui_api
+
+    back = export_comfyui_api(wf)
+    assert {back[i]["class_type"] for i in ("3", "5", "6", "7")} == {
+        "CLIPVisionLoader", "CLIPVisionEncode", "StyleModelLoader", "StyleModelApply",
+    }  # fmt: skip
+    assert back["7"]["inputs"]["strength"] == 0.7 and back["5"]["inputs"]["crop"] == "none"
+    assert back["7"]["inputs"]["clip_vision_output"] == ["5", 0]
 
 
 def test_an_older_comfyui_ui_file_without_the_newer_widgets_imports():
