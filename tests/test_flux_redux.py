@@ -84,9 +84,14 @@ def root(tmp_path_factory, parts):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("redux-models")
-    for d in ("checkpoints", "clip_vision", "style_models"):
+    for d in ("checkpoints", "clip_vision", "style_models", "diffusion_models", "text_encoders", "vae"):  # fmt: skip
         (root / d).mkdir()
-    fx.flux_pipeline(parts["flux"]).save_pretrained(str(root / "checkpoints" / "tiny-flux"))
+    flux = parts["flux"]
+    fx.flux_pipeline(flux).save_pretrained(str(root / "checkpoints" / "tiny-flux"))
+    fx.save(fx.to_original(flux["transformer"], "flux"), root / "diffusion_models" / "flux.safetensors")  # fmt: skip
+    fx.save(fx.clip_file_state(flux["text_encoder"]), root / "text_encoders" / "clip_l.safetensors")
+    fx.save(fx.t5_file_state(flux["text_encoder_2"]), root / "text_encoders" / "t5xxl.safetensors")
+    fx.save(fx.ldm_vae(flux["vae"]), root / "vae" / "ae.safetensors")
     fx.save(comfy_keys(parts["siglip"]), root / "clip_vision" / "sigclip_tiny.safetensors")
     fx.save(parts["redux"].state_dict(), root / "style_models" / "redux_tiny.safetensors")
     y, x = np.mgrid[0:64, 0:64]
@@ -369,3 +374,33 @@ def test_the_released_files_shapes_give_their_models():
     }  # fmt: skip
     redux = {"redux_up.weight": (12288, 1152), "redux_down.weight": (4096, 12288)}
     assert redux_widths(redux, "flux1-redux-dev.safetensors") == (1152, 4096)
+
+
+def test_the_flux_redux_template_runs_on_the_files_it_names(engine):
+    """templates/variation_flux_redux.json (Flux dev's files, SigLIP, Redux, the example
+    picture as reference) runs once its file names point at files that are there (the tiny
+    ones here), 64x64, 2 steps."""
+    from studio.graph.fileformat import load_workflow
+    from studio.modelfiles import RESOURCES
+
+    path = RESOURCES / "workflows" / "templates" / "variation_flux_redux.json"
+    wf = load_workflow(path, installed_registry())
+    swaps = {
+        "load_diffusion_model": {"unet_name": "flux.safetensors", "weight_dtype": "default"},
+        "load_text_encoders": {
+            "clip_name1": "clip_l.safetensors",
+            "clip_name2": "t5xxl.safetensors",
+        },
+        "load_vae": {"vae_name": "ae.safetensors"},
+        "load_clip_vision": {"clip_name": "sigclip_tiny.safetensors"},
+        "load_style_model": {"style_model_name": "redux_tiny.safetensors"},
+        "empty_latent": {"width": 64, "height": 64},
+        "sampler": {"steps": 2},
+    }
+    for node in wf.nodes:
+        for name, value in swaps.get(node.type, {}).items():
+            wf.set_param(node.id, name, value)
+    by_type = {n.type: n for n in wf.nodes}
+    assert {"apply_style_model", "clip_vision_encode", "save_image"} <= set(by_type)
+    result = engine.run(wf, targets=[by_type["vae_decode"].id])
+    assert result.ok, result.errors
