@@ -22,7 +22,10 @@ NEGATIVE = "blurry"
 SEED, STEPS, GUIDANCE = 7, 3, 2.5
 #: The tiny SigLIP's input side (4x4 patches of 8 pixels) and width.
 SIDE, WIDTH = 32, 128
-#: The largest difference from the diffusers pipelines measured on these tiny models.
+#: The picture and mask of the FLUX.1 Fill test.
+INPAINT = ("photo.png", "mask.png")
+#: The largest pixel difference allowed from the diffusers pipelines; measured on these tiny
+#: models: 0.0002/255 (Flux, either reference), 0.0003/255 (with FLUX.1 Fill).
 BOUND = 1 / 255
 
 
@@ -49,11 +52,16 @@ def listening_flux() -> dict:
     barely follows its context (a reference changes its picture by about 1/255), this one
     enough to see (8/255), as a trained Flux does."""
     parts = fx.tiny_flux()
+    louder(parts["transformer"])
+    return parts
+
+
+def louder(transformer):
     with torch.no_grad():
-        for name, p in parts["transformer"].named_parameters():
+        for name, p in transformer.named_parameters():
             if "blocks" in name and any(s in name for s in ("to_out", "to_add_out", "proj_out")):
                 p.mul_(10.0)
-    return parts
+    return transformer
 
 
 def comfy_keys(vision) -> dict:
@@ -98,6 +106,9 @@ def root(tmp_path_factory, parts):
     smooth = np.stack([x * 4, y * 4, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
     Image.fromarray(smooth[:SIDE, :SIDE]).save(root / "ref.png")
     Image.fromarray(smooth[::-1, :, ::-1].copy()).save(root / "ref64.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / INPAINT[0])
+    Image.fromarray(np.where(x < 32, 255, 0).astype(np.uint8)).save(root / INPAINT[1])
     return root
 
 
@@ -111,10 +122,10 @@ def engine(root, tmp_path_factory):
     return Engine(installed_registry(), settings=settings)
 
 
-def redux_graph(root, ref="ref.png", strength=1.0, ckpt="tiny-flux", vision="sigclip_tiny.safetensors", crop="center"):  # fmt: skip
+def redux_graph(root, ref="ref.png", strength=1.0, ckpt="tiny-flux", vision="sigclip_tiny.safetensors", crop="center", inpaint=False):  # fmt: skip
     """Load Checkpoint -> Text Encode -> Flux Guidance -> Apply Style Model (Load Style
     Model, CLIP Vision Encode of Load Image through Load CLIP Vision) -> Sampler -> VAE
-    Decode."""
+    Decode. ``inpaint``: the Sampler's latent from VAE Encode for Inpaint (photo, mask)."""
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
     ck = add("load_checkpoint", {"ckpt_name": ckpt}).id
@@ -133,7 +144,16 @@ def redux_graph(root, ref="ref.png", strength=1.0, ckpt="tiny-flux", vision="sig
     c(g, "conditioning", ap, "conditioning")
     c(sm, "style_model", ap, "style_model")
     c(enc, "clip_vision_output", ap, "clip_vision_output")
-    lat = add("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
+    if inpaint:
+        photo, mask_img = (add("load_image", {"image": str(root / n)}).id for n in INPAINT)
+        mask = add("mask_from_image", {"channel": "red"}).id
+        c(mask_img, "image", mask, "image")
+        lat = add("vae_encode_inpaint", {"grow_mask_by": 0}).id
+        c(photo, "image", lat, "pixels")
+        c(ck, "vae", lat, "vae")
+        c(mask, "mask", lat, "mask")
+    else:
+        lat = add("empty_latent", {"width": 64, "height": 64, "batch_size": 1}).id
     params = {"seed": SEED, "steps": STEPS, "cfg": 1.0, "sampler": "euler"}
     s = add("sampler", {**params, "scheduler": "normal", "denoise": 1.0}).id
     c(ck, "model", s, "model")
@@ -160,9 +180,10 @@ def _errors(engine, wf, dec) -> str:
     return text
 
 
-def pipe_image(parts, root, ref="ref.png") -> np.ndarray:
+def pipe_image(parts, root, ref="ref.png", fill=None) -> np.ndarray:
     """FluxPriorReduxPipeline (with the text encoders: the prompt's T5 tokens, then the
-    reference's Redux tokens) -> FluxPipeline."""
+    reference's Redux tokens) -> FluxPipeline (``fill``: FluxFillPipeline of these parts,
+    on the photo and mask)."""
     from PIL import Image
 
     flux = parts["flux"]
@@ -174,10 +195,14 @@ def pipe_image(parts, root, ref="ref.png") -> np.ndarray:
     )  # fmt: skip
     with torch.no_grad():
         prior_out = prior(Image.open(root / ref).convert("RGB"), prompt=PROMPT)
-    pipe = fx.flux_pipeline(flux)
+    pipe = fx.flux_pipeline(flux) if fill is None else diffusers.FluxFillPipeline(**fill)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    if fill is not None:
+        photo, mask = (Image.open(root / f) for f in INPAINT)
+        kw = {"image": photo.convert("RGB"), "mask_image": mask.convert("L")}
     return pipe(
         prompt_embeds=prior_out.prompt_embeds, pooled_prompt_embeds=prior_out.pooled_prompt_embeds,
+        **(kw if fill is not None else {}),
         height=64, width=64, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
         generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
     ).images  # fmt: skip
@@ -201,6 +226,18 @@ def test_redux_graph_equals_prior_redux_then_flux_pipeline(engine, parts, root):
         generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
     ).images  # fmt: skip
     assert _diff(got, no_ref) > 4 / 255
+
+
+def test_redux_on_flux_fill_equals_the_fill_pipeline_given_the_prior(engine, parts, root):
+    """Redux + FLUX.1 Fill (inpainting that follows a reference, a common ComfyUI pairing):
+    VAE Encode for Inpaint's latent and the Redux prompt equal FluxFillPipeline given
+    FluxPriorReduxPipeline's embeddings."""
+    fill = {**parts["flux"], "transformer": louder(fx.tiny_flux_fill()["transformer"])}
+    folder = root / "checkpoints" / "tiny-flux-fill"
+    if not folder.exists():
+        diffusers.FluxFillPipeline(**fill).save_pretrained(str(folder))
+    got = _image(engine, *redux_graph(root, ckpt="tiny-flux-fill", inpaint=True))
+    assert _diff(got, pipe_image(parts, root, fill=fill)) <= BOUND
 
 
 def test_the_strength_scales_the_reference(engine, root):
