@@ -171,7 +171,7 @@ def load_style_model(ctx, style_model_name: str) -> StyleModelHandle:
             default=1.0,
             min=0.0,
             max=10.0,
-            step=0.01,
+            step=0.001,
             tooltip="How much the reference counts: its tokens are multiplied by this.",
         ),
         InputSpec(
