@@ -16,6 +16,7 @@ BUILTIN_MODULES: list[str] = [
     "inpaint",
     "loaders",
     "dit_nodes",
+    "redux_nodes",
     "conditioning",
     "latent",
     "sampling",

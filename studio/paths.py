@@ -38,6 +38,10 @@ MODEL_FOLDER_NOTES: dict[str, str] = {
     "normal), as the controlnet_aux / ComfyUI annotator folders lay them out.",
     "embeddings": "Textual-inversion embeddings (.safetensors, .pt), used as "
     "embedding:NAME in a prompt.",
+    "clip_vision": "Image encoders for reference images: SigLIP (sigclip_vision_patch14_384"
+    ".safetensors, for FLUX.1 Redux).",
+    "style_models": "Style models that turn an encoded reference image into prompt tokens: "
+    "FLUX.1 Redux (flux1-redux-dev.safetensors).",
 }
 
 

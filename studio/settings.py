@@ -28,6 +28,8 @@ MODEL_FOLDERS = (
     "embeddings",
     "diffusion_models",
     "text_encoders",
+    "clip_vision",
+    "style_models",
 )
 
 #: The settings-file format written by ``Settings.save`` (its ``settings_version`` key).

@@ -557,6 +557,46 @@ def flux_canny() -> Workflow:
     return b.wf
 
 
+FLUX_REDUX_MODEL = "flux1-redux-dev.safetensors"
+SIGLIP_MODEL = "sigclip_vision_patch14_384.safetensors"
+
+
+def variation_flux_redux() -> Workflow:
+    b = Builder("variation_flux_redux")
+    b.note(
+        "FLUX.1 Redux [dev] makes variations of a reference picture: CLIP Vision Encode "
+        "(SigLIP, in clip_vision) encodes it, Apply Style Model (Redux, in style_models) "
+        "adds it to the Flux dev prompt. The prompt can steer it; lower the strength to let "
+        "the prompt count more."
+    )
+    flux_files(b, FLUX_MODEL)
+    b.add("vision", "load_clip_vision", 0, {"clip_name": SIGLIP_MODEL})
+    b.add("style", "load_style_model", 0, {"style_model_name": FLUX_REDUX_MODEL})
+    b.add("image", "load_image", 1, {"image": EXAMPLE_IMAGE}, title="Load Image (reference)")
+    b.add("prompt", "text_encode", 1, {"text": "a painting"}, title="Prompt")
+    b.add("negative", "text_encode", 1, {"text": ""}, title="Negative prompt (unused at cfg 1)")
+    b.link("clip", "clip", "prompt", "clip")
+    b.link("clip", "clip", "negative", "clip")
+    b.add("encode", "clip_vision_encode", 2, {"crop": "center"})
+    b.link("vision", "clip_vision", "encode", "clip_vision")
+    b.link("image", "image", "encode", "image")
+    b.add("guided", "flux_guidance", 2, {"guidance": 3.5})
+    b.link("prompt", "conditioning", "guided", "conditioning")
+    b.add("positive", "apply_style_model", 2, {"strength": 1.0, "strength_type": "multiply"})
+    b.link("guided", "conditioning", "positive", "conditioning")
+    b.link("style", "style_model", "positive", "style_model")
+    b.link("encode", "clip_vision_output", "positive", "clip_vision_output")
+    b.add("latent", "empty_latent", 2, {"width": 1024, "height": 1024, "batch_size": 1})
+    params = {**sampler_params(seed=0, steps=20, cfg=1.0), "scheduler": "simple"}
+    sample(b, "sampler", 3, "latent", params)
+    b.add("decode", "vae_decode", 4)
+    b.link("sampler", "latent", "decode", "latent")
+    b.link("vae", "vae", "decode", "vae")
+    b.add("save", "save_image", 5, {"filename_prefix": "variation_flux_redux"})
+    b.link("decode", "image", "save", "images")
+    return b.wf
+
+
 WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img": functools.partial(txt2img, TXT2IMG),
     "img2img": img2img,
@@ -568,6 +608,7 @@ WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "txt2img_flux": txt2img_flux,
     "inpaint_flux_fill": inpaint_flux_fill,
     "flux_canny": flux_canny,
+    "variation_flux_redux": variation_flux_redux,
 }
 
 
@@ -609,7 +650,9 @@ def png_bytes(image: Any) -> bytes:
 #: Workflows wired for model files artists bring (Flux.1's are not on this machine and no
 #: tiny Flux model ships): they live in templates/, apart from the default workflows, which
 #: all run offline on the embedded models.
-NEEDS_OWN_FILES = frozenset({"txt2img_flux", "inpaint_flux_fill", "flux_canny"})
+NEEDS_OWN_FILES = frozenset(
+    {"txt2img_flux", "inpaint_flux_fill", "flux_canny", "variation_flux_redux"}
+)
 
 
 #: Default workflows on an embedded model that is trained on a GPU and may not be there yet

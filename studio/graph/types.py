@@ -15,6 +15,9 @@ class ValueType(StrEnum):
     MASK = "MASK"
     CONTROL_NET = "CONTROL_NET"
     UPSCALE_MODEL = "UPSCALE_MODEL"
+    CLIP_VISION = "CLIP_VISION"
+    CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+    STYLE_MODEL = "STYLE_MODEL"
     INT = "INT"
     FLOAT = "FLOAT"
     STRING = "STRING"
@@ -39,6 +42,9 @@ TYPE_COLORS: dict[ValueType, str] = {
     ValueType.MASK: "#81c784",
     ValueType.CONTROL_NET: "#4db6ac",
     ValueType.UPSCALE_MODEL: "#9575cd",
+    ValueType.CLIP_VISION: "#a1887f",
+    ValueType.CLIP_VISION_OUTPUT: "#8d6e63",
+    ValueType.STYLE_MODEL: "#7986cb",
     ValueType.INT: "#aed581",
     ValueType.FLOAT: "#aed581",
     ValueType.STRING: "#e0e0e0",

@@ -373,6 +373,7 @@ class _Reader:
         seeds = [w for w in nm.widgets if w in SEED_WIDGETS]
         full = len(nm.widgets) + len(seeds)
         allowed = {full, full + nm.trailing} | ({len(nm.widgets)} if seeds else set())
+        allowed |= set(nm.older)
         if len(wv) not in allowed:
             expected = " or ".join(str(n) for n in sorted(allowed))
             raise self.fail(
@@ -381,7 +382,8 @@ class _Reader:
             )
         with_controls = bool(seeds) and len(wv) >= full
         i = 0
-        for name in nm.widgets:
+        # An older file's fewer widgets are the leading ones; the rest keep their defaults.
+        for name in nm.widgets[: len(wv)] if len(wv) < len(nm.widgets) else nm.widgets:
             cn.values[name] = wv[i]
             i += 1
             if name in SEED_WIDGETS and with_controls:

@@ -163,6 +163,9 @@ class NodeMap:
     export_free: tuple[str, ...] = ()
     #: Studio param -> values ComfyUI does not have (an export refuses them).
     comfy_lacks: dict[str, frozenset[Any]] = field(default_factory=dict)
+    #: Widget counts of older ComfyUI versions of the type: their values are the leading
+    #: widgets, the others keep Studio's defaults (which are what those versions did).
+    older: tuple[int, ...] = ()
 
     def studio_input(self, comfy_name: str) -> str:
         """The Studio input or param a ComfyUI input or widget name is."""
@@ -657,6 +660,28 @@ NODE_MAPS: dict[str, NodeMap] = {
     "ReferenceLatent": NodeMap("reference_latent", "ReferenceLatent", outputs=("conditioning",)),
     "FluxKontextImageScale": NodeMap(
         "flux_kontext_image_scale", "FluxKontextImageScale", outputs=("image",)
+    ),
+    # FLUX.1 Redux: nodes/redux_nodes.py. Older files have no crop / strength widgets
+    # (ComfyUI then cropped at the centre and applied at strength 1, Studio's defaults).
+    "CLIPVisionLoader": NodeMap(
+        "load_clip_vision", "Load CLIP Vision", ("clip_name",), outputs=("clip_vision",)
+    ),
+    "CLIPVisionEncode": NodeMap(
+        "clip_vision_encode",
+        "CLIP Vision Encode",
+        ("crop",),
+        outputs=("clip_vision_output",),
+        older=(0,),
+    ),
+    "StyleModelLoader": NodeMap(
+        "load_style_model", "Load Style Model", ("style_model_name",), outputs=("style_model",)
+    ),
+    "StyleModelApply": NodeMap(
+        "apply_style_model",
+        "Apply Style Model",
+        ("strength", "strength_type"),
+        outputs=("conditioning",),
+        older=(0,),
     ),
 }
 
