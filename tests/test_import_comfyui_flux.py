@@ -210,9 +210,7 @@ def test_a_chain_that_does_not_collapse_stays_placeholders_with_the_reason(reg):
         r.startswith("RandomNoise (25)") and "it feeds SamplerCustomAdvanced (13)" in r
         for r in report
     )
-    assert any(
-        r.startswith("FlipSigmas (40)") and "computes its own schedule" in r for r in report
-    )
+    assert any(r.startswith("FlipSigmas (40)") and "computes its own schedule" in r for r in report)
 
 
 def test_a_scheduler_on_another_model_or_disable_noise_below_full_denoise_stays(reg):
