@@ -63,14 +63,32 @@ def _check_vae(vae: Any) -> None:
     "vae_encode",
     title="VAE Encode",
     category="latent",
-    description="Turns an image into a latent, to change it with a Sampler (img2img).",
+    description=(
+        "Turns an image into a latent, to change it with a Sampler (img2img). Tiled mode "
+        "encodes big images in pieces to save memory."
+    ),
     inputs=[
         InputSpec("image", T.IMAGE),
         InputSpec("vae", T.VAE),
+        InputSpec(
+            "tiled",
+            T.BOOLEAN,
+            default=False,
+            tooltip="Encode in overlapping tiles (large images, little memory).",
+        ),
+        InputSpec(
+            "tile_size",
+            T.INT,
+            default=512,
+            min=128,
+            max=4096,
+            step=64,
+            tooltip="Tile size in pixels (tiled mode).",
+        ),
     ],
     outputs=[OutputSpec("latent", T.LATENT)],
 )
-def vae_encode(ctx, image: Any, vae: Any) -> dict:
+def vae_encode(ctx, image: Any, vae: Any, tiled: bool = False, tile_size: int = 512) -> dict:
     import torch
 
     from nodes import sdload
@@ -87,7 +105,19 @@ def vae_encode(ctx, image: Any, vae: Any) -> dict:
 
     def encode() -> Any:
         with torch.no_grad():
-            return model.encode(x).latent_dist
+            if not tiled or max(x.shape[-2:]) <= tile_size:
+                return model.encode(x).latent_dist
+            # diffusers' own tiling (AutoencoderKL.enable_tiling), at this tile size
+            if not hasattr(model, "use_tiling"):
+                raise NodeError(f"this VAE ({type(model).__name__}) has no tiled mode")
+            saved = (model.use_tiling, model.tile_sample_min_size, model.tile_latent_min_size)
+            model.use_tiling = True
+            model.tile_sample_min_size = tile_size
+            model.tile_latent_min_size = max(tile_size // vae.downscale, 1)
+            try:
+                return model.encode(x).latent_dist
+            finally:
+                (model.use_tiling, model.tile_sample_min_size, model.tile_latent_min_size) = saved
 
     dist = sdload.with_oom_advice(encode, "encoding the image")
     # The mean is the latent; its spread lets the Sampler draw the same sample as

@@ -93,7 +93,11 @@ def threshold_mask(ctx, mask, threshold: float, compare: str = "at or above"):
     "grow_mask",
     title="Grow Mask",
     category="mask",
-    description="Grows (positive) or shrinks (negative) the masked area by a number of pixels.",
+    description=(
+        "Grows (positive) or shrinks (negative) the masked area by a number of pixels. "
+        "Tapered corners grow it one pixel at a time through a cross, as ComfyUI's GrowMask, "
+        "so corners become diagonal."
+    ),
     inputs=[
         MASK_IN,
         InputSpec(
@@ -104,15 +108,26 @@ def threshold_mask(ctx, mask, threshold: float, compare: str = "at or above"):
             max=512,
             tooltip="Pixels to grow by; negative values shrink the mask.",
         ),
+        InputSpec(
+            "tapered_corners",
+            T.BOOLEAN,
+            default=False,
+            tooltip=(
+                "Off: grow by a square (corners stay square). On: by a cross per pixel "
+                "(corners cut diagonally, ComfyUI's default)."
+            ),
+        ),
     ],
     outputs=[MASK_OUT],
 )
-def grow_mask(ctx, mask, pixels: int):
+def grow_mask(ctx, mask, pixels: int, tapered_corners: bool = False):
     import torch.nn.functional as F
 
     if pixels == 0:
         return mask
     m = _as_batch(mask).unsqueeze(1)
+    if tapered_corners:
+        return _grow_by_crosses(m, pixels).squeeze(1)
     r = abs(pixels)
     k = 2 * r + 1
     if pixels > 0:
@@ -120,6 +135,23 @@ def grow_mask(ctx, mask, pixels: int):
     else:
         out = -F.max_pool2d(-m, k, stride=1, padding=r)
     return out.squeeze(1)
+
+
+def _grow_by_crosses(m: Any, pixels: int) -> Any:
+    """``|pixels|`` steps of a 3x3 cross-shaped max (grow) or min (shrink) of [B, 1, H, W],
+    edges replicated: scipy's grey dilation / erosion with a cross footprint, as ComfyUI."""
+    import torch
+    import torch.nn.functional as F
+
+    pick = torch.maximum if pixels > 0 else torch.minimum
+    h, w = m.shape[-2:]
+    for _ in range(abs(pixels)):
+        p = F.pad(m, (1, 1, 1, 1), mode="replicate")
+        m = pick(
+            pick(pick(m, p[..., :h, 1 : w + 1]), p[..., 2:, 1 : w + 1]),
+            pick(p[..., 1 : h + 1, :w], p[..., 1 : h + 1, 2:]),
+        )
+    return m
 
 
 @node(
@@ -137,6 +169,53 @@ def feather_mask(ctx, mask, radius: int):
     if radius == 0:
         return mask
     return gaussian_blur(_as_batch(mask).unsqueeze(1), radius).squeeze(1).clamp(0.0, 1.0)
+
+
+@node(
+    "feather_mask_edges",
+    title="Feather Mask (Edges)",
+    category="mask",
+    description=(
+        "Fades the mask towards each side of the image over its own number of pixels (a "
+        "linear ramp per side), as ComfyUI's FeatherMask."
+    ),
+    inputs=[
+        MASK_IN,
+        *(
+            InputSpec(
+                side,
+                T.INT,
+                default=0,
+                min=0,
+                max=16384,
+                tooltip=f"Pixels over which the mask fades to its {side} edge (0: none).",
+            )
+            for side in ("left", "top", "right", "bottom")
+        ),
+    ],
+    outputs=[MASK_OUT],
+)
+def feather_mask_edges(ctx, mask, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0):
+    import torch
+
+    out = _as_batch(mask).clone()
+    h, w = out.shape[-2:]
+    left, right, top, bottom = min(left, w), min(right, w), min(top, h), min(bottom, h)
+
+    def ramp(size: int, n: int, far: bool) -> Any:
+        rates = torch.ones(size, dtype=out.dtype)
+        for i in range(n):
+            # ComfyUI's far side indexes -i: its first step (i = 0) lands on the near
+            # edge (index 0), and the far edge's last pixel gets 2 / n, not 1 / n.
+            rates[-i if far else i] = (i + 1.0) / n
+        return rates
+
+    # One side after the other, as ComfyUI multiplies them (the same float rounding).
+    out *= ramp(w, left, False)
+    out *= ramp(w, right, True)
+    out *= ramp(h, top, False).unsqueeze(-1)
+    out *= ramp(h, bottom, True).unsqueeze(-1)
+    return out
 
 
 def gaussian_blur(x: Any, radius: int) -> Any:
@@ -372,3 +451,73 @@ def composite_masked(ctx, original, changed, mask):
     # torch.where keeps unmasked pixels bit-exact (no 0 * x + 1 * y rounding).
     blended = o * (1.0 - m) + c * m
     return torch.where(m > 0, blended, o)
+
+
+@node(
+    "image_composite_masked",
+    title="Image Composite Masked",
+    category="mask",
+    description=(
+        "Pastes the source image onto the destination with its top-left corner at x, y, "
+        "through an optional mask (stretched to the source's size); what falls outside the "
+        "destination is cut off. As ComfyUI's ImageCompositeMasked."
+    ),
+    inputs=[
+        InputSpec("destination", T.IMAGE, tooltip="The image pasted onto."),
+        InputSpec("source", T.IMAGE, tooltip="The image pasted."),
+        InputSpec("x", T.INT, default=0, min=0, max=16384, tooltip="Left edge of the paste."),
+        InputSpec("y", T.INT, default=0, min=0, max=16384, tooltip="Top edge of the paste."),
+        InputSpec(
+            "resize_source",
+            T.BOOLEAN,
+            default=False,
+            tooltip="Stretch the source (bilinear) to the destination's size first.",
+        ),
+        InputSpec(
+            "mask",
+            T.MASK,
+            optional=True,
+            tooltip="Where the source shows (1) over the destination; none: everywhere.",
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def image_composite_masked(
+    ctx, destination, source, x: int = 0, y: int = 0, resize_source: bool = False, mask=None
+):
+    import torch
+    import torch.nn.functional as F
+
+    if destination.shape[-1] < source.shape[-1]:
+        source = source[..., : destination.shape[-1]]
+    elif destination.shape[-1] > source.shape[-1]:
+        # an RGBA destination under an RGB source: the source becomes opaque
+        source = F.pad(source, (0, 1), value=1.0)
+    dest = destination.movedim(-1, 1).clone()
+    src = source.movedim(-1, 1).to(dest.device)
+    if resize_source:
+        src = F.interpolate(src, size=dest.shape[-2:], mode="bilinear")
+    src = _repeat_to_batch(src, dest.shape[0])
+    sh, sw = src.shape[-2:]
+    x = max(-sw, min(x, dest.shape[-1]))
+    y = max(-sh, min(y, dest.shape[-2]))
+    if mask is None:
+        m = torch.ones_like(src)
+    else:
+        m = mask.to(dest.device).reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+        m = _repeat_to_batch(F.interpolate(m, size=(sh, sw), mode="bilinear"), src.shape[0])
+    vw, vh = dest.shape[-1] - x + min(0, x), dest.shape[-2] - y + min(0, y)
+    m = m[:, :, :vh, :vw]
+    region = dest[:, :, y : y + sh, x : x + sw]
+    dest[:, :, y : y + sh, x : x + sw] = m * src[:, :, :vh, :vw] + (1.0 - m) * region
+    return dest.movedim(1, -1)
+
+
+def _repeat_to_batch(t: Any, batch: int) -> Any:
+    """``t`` cut to, or repeated (whole) up to, ``batch`` items along its first axis."""
+    if t.shape[0] > batch:
+        return t[:batch]
+    if t.shape[0] < batch:
+        reps = -(-batch // t.shape[0])
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch]
+    return t

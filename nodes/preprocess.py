@@ -177,6 +177,35 @@ def canny(ctx, image, low_threshold: int, high_threshold: int, resolution: int):
     )
 
 
+def _unit_threshold(name: str, default: float, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.FLOAT, default=default, min=0.01, max=0.99, step=0.01, tooltip=tooltip)
+
+
+@node(
+    "canny_kornia",
+    title="Canny Edges (ComfyUI)",
+    category="preprocess",
+    description=(
+        "Edge map for a canny ControlNet by kornia's Canny detector, thresholds from 0 to 1: "
+        "ComfyUI's Canny node (its ControlNet examples), at the image's own size."
+    ),
+    inputs=[
+        IMAGE_IN,
+        _unit_threshold("low_threshold", 0.4, "Gradients below this are never edges."),
+        _unit_threshold("high_threshold", 0.8, "Gradients above this are always edges."),
+    ],
+    outputs=IMAGE_OUT,
+)
+def canny_kornia(ctx, image, low_threshold: float = 0.4, high_threshold: float = 0.8):
+    from kornia.filters import canny as kornia_canny
+
+    if low_threshold > high_threshold:
+        raise NodeError(f"low_threshold {low_threshold} is above high_threshold {high_threshold}")
+    x = image[..., :3].movedim(-1, 1)
+    edges = kornia_canny(x, low_threshold, high_threshold)[1]
+    return edges.repeat(1, 3, 1, 1).movedim(1, -1).contiguous()
+
+
 @node(
     "lineart_standard",
     title="Lineart (standard)",

@@ -84,10 +84,10 @@ class _Exporter:
         if ct is None:
             self.problems.append(f"{self._label(n)}: {n.type!r} has no ComfyUI counterpart")
             return "", None
-        if n.type == "vae_decode":
+        if n.type in ("vae_decode", "vae_encode"):
             spec = self.wf.spec_of(n)
             if spec is not None and param_value(n, spec, "tiled"):
-                ct = "VAEDecodeTiled"
+                ct += "Tiled"
         if n.type == "scale_image":
             spec = self.wf.spec_of(n)
             if spec is not None and param_value(n, spec, "mode") == "factor":

@@ -305,7 +305,11 @@ NODE_MAPS: dict[str, NodeMap] = {
         export_free=("tile_size",),  # unused when not tiled (tiled exports as VAEDecodeTiled)
     ),
     "VAEEncode": NodeMap(
-        "vae_encode", "VAE Encode", inputs={"pixels": "image"}, outputs=("latent",)
+        "vae_encode",
+        "VAE Encode",
+        inputs={"pixels": "image"},
+        outputs=("latent",),
+        export_free=("tile_size",),  # unused when not tiled (tiled exports as VAEEncodeTiled)
     ),
     "SaveImage": NodeMap("save_image", "Save Image", ("filename_prefix",)),
     "PreviewImage": NodeMap("preview_image", "Preview Image"),
@@ -568,6 +572,47 @@ NODE_MAPS: dict[str, NodeMap] = {
         "overlap (ComfyUI's three blended passes), so pixels at tile seams may differ "
         "slightly; temporal size and overlap concern video VAEs only",
     ),
+    "VAEEncodeTiled": NodeMap(
+        "vae_encode",
+        "VAE Encode (Tiled)",
+        ("tile_size", "overlap"),
+        inputs={"pixels": "image"},
+        outputs=("latent",),
+        fixed={"tiled": True},
+        unsupported={
+            "overlap": (64, ""),
+            "temporal_size": (64, ""),
+            "temporal_overlap": (8, ""),
+        },
+        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
+        always="became VAE Encode in tiled mode with its tile size; the tiles' overlap "
+        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
+        "overlap (ComfyUI's blended passes), so latents at tile seams may differ slightly; "
+        "temporal size and overlap concern video VAEs only",
+    ),
+    "Canny": NodeMap(
+        "canny_kornia", "Canny", ("low_threshold", "high_threshold"), outputs=("image",)
+    ),
+    "ImageBlur": NodeMap("image_blur", "Image Blur", ("blur_radius", "sigma"), outputs=("image",)),
+    "GrowMask": NodeMap(
+        "grow_mask",
+        "GrowMask",
+        ("expand", "tapered_corners"),
+        params={"expand": "pixels"},
+        outputs=("mask",),
+    ),
+    "FeatherMask": NodeMap(
+        "feather_mask_edges",
+        "FeatherMask",
+        ("left", "top", "right", "bottom"),
+        outputs=("mask",),
+    ),
+    "ImageCompositeMasked": NodeMap(
+        "image_composite_masked",
+        "ImageCompositeMasked",
+        ("x", "y", "resize_source"),
+        outputs=("image",),
+    ),
     # Two Studio nodes (the importer's load_image_mask): Load Image -> Mask from Image for a
     # colour channel; Load Image's mask output alone for alpha (1 - alpha, as ComfyUI).
     LOAD_IMAGE_MASK: NodeMap(
@@ -709,12 +754,7 @@ NOT_MAPPED: dict[str, str] = {
     "or three",
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "VAEEncodeTiled": "Studio's VAE Encode has no tiled mode",
-    "GrowMask": "its tapered corners differ from Studio's Grow Mask",
-    "FeatherMask": "feathers each side by its own amount; Studio's Feather Mask blurs by a radius",
-    "ImageCompositeMasked": "pastes at x, y with optional resizing; Studio's Composite does not",
-    "Canny": "thresholds from 0 to 1; Studio's Canny Edges takes 0 to 255 (OpenCV's)",
-    "ImageBlur": "not in Studio yet",
+    "ImageSharpen": "not in Studio yet",
     **dict.fromkeys(
         (
             "FlipSigmas",
