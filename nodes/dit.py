@@ -1899,14 +1899,17 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
+    step_mask = _step_masks(mask, sched, plan, mu, flux, model.differential_diffusion)
+
     def run() -> torch.Tensor:
-        x, x_init, x_noise, m = packed(latents), packed(init), packed(noise), packed(mask)
+        x, x_init, x_noise = packed(latents), packed(init), packed(noise)
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
                 pred = predict(x, t, i)
                 x = sched.step(pred, t, x, return_dict=False)[0]
-                if m is not None:
+                if mask is not None:
+                    m = packed(step_mask(t))
                     x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
@@ -1917,7 +1920,8 @@ def sample(
                 t = sched.timesteps[plan.finish]
                 sigma = sched.sigmas.to(device=x.device, dtype=x.dtype)[plan.finish]
                 x = x - sigma * predict(x, t, len(timesteps))
-                if m is not None:
+                if mask is not None:
+                    m = packed(step_mask(t))
                     x = (1 - m) * x_init + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(total, total, preview_image(shown, family, model.latent_rgb))
@@ -1928,6 +1932,33 @@ def sample(
     if noise_mask is not None:
         out["noise_mask"] = noise_mask
     return out
+
+
+def _step_masks(
+    mask: torch.Tensor | None, sched: Any, plan: _Plan, mu: float | None, flux: bool,
+    differential: float | None,
+) -> Any:  # fmt: skip
+    """The noise mask a step at timestep ``t`` blends with: the latent's, or with Differential
+    Diffusion (``differential``: its strength) the soft mask thresholded at ``t``, as ComfyUI
+    does, over the run's span of timesteps: from its first to where it stops (0 at the end of
+    the schedule), but not below the model's smallest (ComfyUI's Flux has 10,000 training
+    steps, SD3 1,000)."""
+    if mask is None or differential is None or plan.begin >= len(sched.timesteps):
+        return lambda t: mask
+    from nodes.inpaint import differential_mask
+
+    n = float(sched.config.num_train_timesteps)
+    start = float(sched.timesteps[plan.begin])
+    end = 0.0
+    if plan.finish is None and plan.end < len(sched.timesteps):
+        end = float(sched.timesteps[plan.end])  # Sampler (Advanced) leaving noise
+    end = max(end, n * flow_sigma_at(sched, mu, 1e-4 if flux else 1e-3))
+    soft = mask.float()
+
+    def at(t: torch.Tensor) -> torch.Tensor:
+        return differential_mask(soft, float(t), start, end, differential).to(mask.dtype)
+
+    return at
 
 
 def fill_inputs(
