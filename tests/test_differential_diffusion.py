@@ -49,9 +49,10 @@ def engine(root, tmp_path_factory):
     return Engine(installed_registry(), settings=settings)
 
 
-def picture(engine, root, ckpt, mask, *, strength=None, scheduler="comfy_normal", steps=STEPS):
-    """Photo -> VAE Encode -> Set Latent Noise Mask -> Sampler (through Differential
-    Diffusion when ``strength`` is given) -> VAE Decode, as float pixels."""
+def picture(engine, root, ckpt, mask, *, strength=None, scheduler="comfy_normal", window=None):
+    """Photo -> VAE Encode -> Set Latent Noise Mask -> Sampler (Sampler (Advanced) with the
+    ``window``'s params) through Differential Diffusion when ``strength`` is given -> VAE
+    Decode, as float pixels."""
     flux = ckpt == "tiny-flux"
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
@@ -63,8 +64,12 @@ def picture(engine, root, ckpt, mask, *, strength=None, scheduler="comfy_normal"
     m = add("mask_from_image", {"channel": "red"}).id
     enc = add("vae_encode").id
     noise_mask = add("set_latent_noise_mask").id
-    params = {"seed": SEED, "steps": steps, "cfg": 1.0 if flux else 4.0, "sampler": "euler"}
-    s = add("sampler", {**params, "scheduler": scheduler, "denoise": 1.0}).id
+    params = {"seed": SEED, "steps": STEPS, "cfg": 1.0 if flux else 4.0, "sampler": "euler"}
+    params["scheduler"] = scheduler
+    if window is None:
+        s = add("sampler", {**params, "denoise": 1.0}).id
+    else:
+        s = add("sampler_advanced", {**params, "add_noise": True, **window}).id
     dec = add("vae_decode").id
     out = add("preview_image").id
     for side in (pos, neg):
@@ -104,13 +109,18 @@ def comfy_mask(soft: torch.Tensor, current: float, start: float, end: float, str
     return strength * binary + (1 - strength) * soft if strength < 1 else binary
 
 
-def test_the_unet_sampler_equals_comfyuis_loop(engine, root, monkeypatch):
+LEFTOVER = {"start_at_step": 1, "end_at_step": 3, "return_with_leftover_noise": True}
+
+
+@pytest.mark.parametrize("window", [None, LEFTOVER])
+def test_the_unet_sampler_equals_comfyuis_loop(engine, root, monkeypatch, window):
     """studio-tiny, ComfyUI's normal schedule and euler: the picture with the node equals a run
-    of the full-mask graph whose model calls do ComfyUI's Differential Diffusion here."""
+    of the full-mask graph whose model calls do ComfyUI's Differential Diffusion here; in
+    Sampler (Advanced), over the steps it runs."""
     from nodes import ksampling
 
     strength = 0.7
-    got = picture(engine, root, "studio-tiny", "soft.png", strength=strength)
+    got = picture(engine, root, "studio-tiny", "soft.png", strength=strength, window=window)
     real_run = ksampling.run
 
     def reference_run(ctx, ks, x, predict, keep, on_step, differential=None):
@@ -136,10 +146,11 @@ def test_the_unet_sampler_equals_comfyuis_loop(engine, root, monkeypatch):
         return real_run(ctx, ks, x, model_call, keep, on_step)
 
     monkeypatch.setattr(ksampling, "run", reference_run)
-    want = picture(engine, root, "studio-tiny", "full.png")
+    want = picture(engine, root, "studio-tiny", "full.png", window=window)
     monkeypatch.undo()
     assert np.abs(got - want).max() <= 1 / 255
-    assert np.abs(got - picture(engine, root, "studio-tiny", "soft.png")).max() > 4 / 255
+    plain = picture(engine, root, "studio-tiny", "soft.png", window=window)
+    assert np.abs(got - plain).max() > 4 / 255
 
 
 def test_the_flux_sampler_equals_comfyuis_loop(engine, root, monkeypatch):
@@ -203,3 +214,17 @@ def test_a_hard_mask_gives_the_same_picture_and_strength_0_is_no_node(
     full = picture(engine, root, ckpt, "soft.png", strength=1.0, scheduler=scheduler)
     assert np.abs(half - soft).max() > 2 / 255
     assert np.abs(full - half).max() > 2 / 255
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny", "tiny-flux"])
+def test_sampler_advanced_stopping_early_keeps_a_hard_mask(engine, root, ckpt):
+    """Sampler (Advanced) ending before the schedule's end without leftover noise (its last
+    call gives the clean latent): a hard mask as without the node, a soft one differs."""
+    window = {"start_at_step": 0, "end_at_step": 3, "return_with_leftover_noise": False}
+    kw = {"scheduler": "normal", "window": window}
+    hard = picture(engine, root, ckpt, "hard.png", **kw)
+    assert np.array_equal(hard, picture(engine, root, ckpt, "hard.png", strength=1.0, **kw))
+    soft = picture(engine, root, ckpt, "soft.png", **kw)
+    assert (
+        np.abs(soft - picture(engine, root, ckpt, "soft.png", strength=1.0, **kw)).max() > 2 / 255
+    )
