@@ -277,9 +277,11 @@ def sample(
     inpaint_inputs = unet_inpaint_inputs(
         latent, unet, generator, batch, do_cfg and single, device, dtype
     )
-    mask = latent.get("noise_mask") if inpaint_inputs is None else None
-    if mask is not None:
-        mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
+    mask = soft = None
+    if inpaint_inputs is None and latent.get("noise_mask") is not None:
+        # Differential Diffusion thresholds the mask in float32, as ComfyUI keeps it
+        soft = _latent_mask(latent["noise_mask"], start.latents).to(device=device)
+        mask = soft.to(dtype)
 
     def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
         # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
@@ -329,12 +331,13 @@ def sample(
             negative_areas=neg_areas,
         )
     if isinstance(sched, ksampling.KSchedule):
-        return _comfy_run(ctx, model, sched, start, predict, mask, latent)
+        differential = model.differential_diffusion is not None
+        return _comfy_run(ctx, model, sched, start, predict, soft if differential else mask, latent)
     step_kwargs = _step_kwargs(sched, generator)
     after = None
     if window is not None and window.leftover_noise and window.end < steps:
         after = sched.timesteps[window.end * sched.order]
-    step_mask = _step_masks(mask, timesteps, after, model.differential_diffusion)
+    step_mask = _step_masks(mask, soft, timesteps, after, model.differential_diffusion)
     result, last = with_oom_advice(
         lambda: _run_steps(
             ctx, model, sched, timesteps, start, predict, step_mask, step_kwargs, dtype, after
@@ -826,18 +829,19 @@ def _run_steps(
 
 def _step_masks(
     mask: torch.Tensor | None,
+    soft: torch.Tensor | None,
     timesteps: torch.Tensor,
     after: torch.Tensor | None,
     differential: float | None,
 ) -> Callable[[int], torch.Tensor | None]:
-    """The noise mask each step blends with: the latent's, or with Differential Diffusion
-    (``differential``: its strength) the soft mask thresholded at the step's timestep, the
-    schedule's span running from its first timestep to the one it stops at (0 at the end)."""
-    if mask is None or differential is None or len(timesteps) == 0:
+    """The noise mask each step blends with: the latent's (``mask``), or with Differential
+    Diffusion (``differential``: its strength) the float32 ``soft`` mask thresholded at the
+    step's timestep, the schedule's span running from its first timestep to the one it stops
+    at (0 at the end)."""
+    if mask is None or soft is None or differential is None or len(timesteps) == 0:
         return lambda i: mask
     start = float(timesteps[0])
     end = float(after) if after is not None else 0.0
-    soft = mask.float()
 
     def at(i: int) -> torch.Tensor:
         m = differential_mask(soft, float(timesteps[i]), start, end, differential)

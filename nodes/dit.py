@@ -1844,14 +1844,16 @@ def sample(
     init, noise, latents = _start(
         sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
     )
-    mask = fill_in = None
+    mask = soft = fill_in = None
     if fill:  # the model repaints by itself: no blending (FluxFillPipeline's loop)
         fill_in = fill_inputs(latent["inpaint"], init, generator, device, dtype)
     elif noise_mask is not None:
         from nodes.denoise import _latent_mask
 
-        mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
-        mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
+        # the pipelines' 16-channel latent mask; in float32 for Differential Diffusion's
+        # thresholds, as ComfyUI keeps it
+        soft = _latent_mask(noise_mask, init).to(device=device).repeat(1, channels, 1, 1)
+        mask = soft.to(dtype)
     # The transformer's extra input channels, unpacked: FLUX.1 Fill's masked image and mask,
     # or FLUX.1 Canny / Depth's control image latent.
     extra_in = fill_in if fill_in is not None else control_in
@@ -1899,7 +1901,7 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
-    step_mask = _step_masks(mask, sched, plan, mu, flux, model.differential_diffusion)
+    step_mask = _step_masks(mask, soft, sched, plan, mu, flux, model.differential_diffusion)
 
     def run() -> torch.Tensor:
         x, x_init, x_noise = packed(latents), packed(init), packed(noise)
@@ -1935,15 +1937,15 @@ def sample(
 
 
 def _step_masks(
-    mask: torch.Tensor | None, sched: Any, plan: _Plan, mu: float | None, flux: bool,
-    differential: float | None,
+    mask: torch.Tensor | None, soft: torch.Tensor | None, sched: Any, plan: _Plan,
+    mu: float | None, flux: bool, differential: float | None,
 ) -> Any:  # fmt: skip
-    """The noise mask a step at timestep ``t`` blends with: the latent's, or with Differential
-    Diffusion (``differential``: its strength) the soft mask thresholded at ``t``, as ComfyUI
-    does, over the run's span of timesteps: from its first to where it stops (0 at the end of
-    the schedule), but not below the model's smallest (ComfyUI's Flux has 10,000 training
-    steps, SD3 1,000)."""
-    if mask is None or differential is None or plan.begin >= len(sched.timesteps):
+    """The noise mask a step at timestep ``t`` blends with: the latent's (``mask``), or with
+    Differential Diffusion (``differential``: its strength) the float32 ``soft`` mask
+    thresholded at ``t``, as ComfyUI does, over the run's span of timesteps: from its first
+    to where it stops (0 at the end of the schedule), but not below the model's smallest
+    (ComfyUI's Flux has 10,000 training steps, SD3 1,000)."""
+    if mask is None or soft is None or differential is None or plan.begin >= len(sched.timesteps):
         return lambda t: mask
     from nodes.inpaint import differential_mask
 
@@ -1953,7 +1955,6 @@ def _step_masks(
     if plan.finish is None and plan.end < len(sched.timesteps):
         end = float(sched.timesteps[plan.end])  # Sampler (Advanced) leaving noise
     end = max(end, n * flow_sigma_at(sched, mu, 1e-4 if flux else 1e-3))
-    soft = mask.float()
 
     def at(t: torch.Tensor) -> torch.Tensor:
         return differential_mask(soft, float(t), start, end, differential).to(mask.dtype)
