@@ -9,6 +9,7 @@ pipeline number for number. Imported lazily (imports torch and diffusers).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from nodes import ksampling, lora
 from nodes.controlnet import ControlPlan
-from nodes.inpaint import unet_inpaint_inputs
+from nodes.inpaint import differential_mask, unet_inpaint_inputs
 from nodes.sdload import get_module, with_oom_advice
 from nodes.values import CONTROL_IMAGE_KEY, SAMPLERS, SCHEDULERS, Cond, LatentRgb, ModelHandle
 from studio.errors import NodeError
@@ -276,9 +277,11 @@ def sample(
     inpaint_inputs = unet_inpaint_inputs(
         latent, unet, generator, batch, do_cfg and single, device, dtype
     )
-    mask = latent.get("noise_mask") if inpaint_inputs is None else None
-    if mask is not None:
-        mask = _latent_mask(mask, start.latents).to(device=device, dtype=dtype)
+    mask = soft = None
+    if inpaint_inputs is None and latent.get("noise_mask") is not None:
+        # Differential Diffusion thresholds the mask in float32, as ComfyUI keeps it
+        soft = _latent_mask(latent["noise_mask"], start.latents).to(device=device)
+        mask = soft.to(dtype)
 
     def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
         # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
@@ -328,19 +331,21 @@ def sample(
             negative_areas=neg_areas,
         )
     if isinstance(sched, ksampling.KSchedule):
-        return _comfy_run(ctx, model, sched, start, predict, mask, latent)
+        differential = model.differential_diffusion is not None
+        return _comfy_run(ctx, model, sched, start, predict, soft if differential else mask, latent)
     step_kwargs = _step_kwargs(sched, generator)
     after = None
     if window is not None and window.leftover_noise and window.end < steps:
         after = sched.timesteps[window.end * sched.order]
+    step_mask = _step_masks(mask, soft, timesteps, after, model.differential_diffusion)
     result, last = with_oom_advice(
         lambda: _run_steps(
-            ctx, model, sched, timesteps, start, predict, mask, step_kwargs, dtype, after
+            ctx, model, sched, timesteps, start, predict, step_mask, step_kwargs, dtype, after
         ),
         "sampling",
     )
     if window is not None and not window.leftover_noise and window.end < steps:
-        result = _finish_early(last, start, mask, sampler)
+        result = _finish_early(last, start, step_mask(len(timesteps) - 1), sampler)
     out_latent: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
@@ -407,7 +412,7 @@ def _comfy_run(
 
     def steps() -> torch.Tensor:
         with small_conv_backend(x, x.device):
-            return ksampling.run(ctx, ks, x, predict, keep, on_step)
+            return ksampling.run(ctx, ks, x, predict, keep, on_step, model.differential_diffusion)
 
     result = with_oom_advice(steps, "sampling")
     out: dict[str, Any] = {"samples": result.detach().float().cpu()}
@@ -797,7 +802,7 @@ def _run_steps(
     timesteps: torch.Tensor,
     start: _Start,
     predict: _NoisePrediction,
-    mask: torch.Tensor | None,
+    step_mask: Callable[[int], torch.Tensor | None],
     step_kwargs: dict[str, Any],
     dtype: torch.dtype,
     after: torch.Tensor | None = None,
@@ -815,10 +820,34 @@ def _run_steps(
             pred = predict(latents, i, t)
             out = sched.step(pred, t, latents, **step_kwargs, return_dict=True)
             latents = out.prev_sample.to(dtype)
+            mask = step_mask(i)
             if mask is not None:
                 latents = _keep_unmasked(sched, start, timesteps, i, mask, latents, after)
             ctx.progress(i + 1, total, previews.next(_shown(out, latents)))
     return latents, out
+
+
+def _step_masks(
+    mask: torch.Tensor | None,
+    soft: torch.Tensor | None,
+    timesteps: torch.Tensor,
+    after: torch.Tensor | None,
+    differential: float | None,
+) -> Callable[[int], torch.Tensor | None]:
+    """The noise mask each step blends with: the latent's (``mask``), or with Differential
+    Diffusion (``differential``: its strength) the float32 ``soft`` mask thresholded at the
+    step's timestep, the schedule's span running from its first timestep to the one it stops
+    at (0 at the end)."""
+    if mask is None or soft is None or differential is None or len(timesteps) == 0:
+        return lambda i: mask
+    start = float(timesteps[0])
+    end = float(after) if after is not None else 0.0
+
+    def at(i: int) -> torch.Tensor:
+        m = differential_mask(soft, float(timesteps[i]), start, end, differential)
+        return m.to(mask.dtype)
+
+    return at
 
 
 class _Previews:

@@ -1844,14 +1844,16 @@ def sample(
     init, noise, latents = _start(
         sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
     )
-    mask = fill_in = None
+    mask = soft = fill_in = None
     if fill:  # the model repaints by itself: no blending (FluxFillPipeline's loop)
         fill_in = fill_inputs(latent["inpaint"], init, generator, device, dtype)
     elif noise_mask is not None:
         from nodes.denoise import _latent_mask
 
-        mask = _latent_mask(noise_mask, init).to(device=device, dtype=dtype)
-        mask = mask.repeat(1, channels, 1, 1)  # the pipelines' 16-channel latent mask
+        # the pipelines' 16-channel latent mask; in float32 for Differential Diffusion's
+        # thresholds, as ComfyUI keeps it
+        soft = _latent_mask(noise_mask, init).to(device=device).repeat(1, channels, 1, 1)
+        mask = soft.to(dtype)
     # The transformer's extra input channels, unpacked: FLUX.1 Fill's masked image and mask,
     # or FLUX.1 Canny / Depth's control image latent.
     extra_in = fill_in if fill_in is not None else control_in
@@ -1899,14 +1901,17 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
+    step_mask = _step_masks(mask, soft, sched, plan, mu, flux, model.differential_diffusion)
+
     def run() -> torch.Tensor:
-        x, x_init, x_noise, m = packed(latents), packed(init), packed(noise), packed(mask)
+        x, x_init, x_noise = packed(latents), packed(init), packed(noise)
         with torch.no_grad():
             for i, t in enumerate(timesteps):
                 ctx.check_interrupt()
                 pred = predict(x, t, i)
                 x = sched.step(pred, t, x, return_dict=False)[0]
-                if m is not None:
+                if mask is not None:
+                    m = packed(step_mask(t))
                     x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
@@ -1917,7 +1922,8 @@ def sample(
                 t = sched.timesteps[plan.finish]
                 sigma = sched.sigmas.to(device=x.device, dtype=x.dtype)[plan.finish]
                 x = x - sigma * predict(x, t, len(timesteps))
-                if m is not None:
+                if mask is not None:
+                    m = packed(step_mask(t))
                     x = (1 - m) * x_init + m * x
                 shown = unpack(x, h, w) if flux else x
                 ctx.progress(total, total, preview_image(shown, family, model.latent_rgb))
@@ -1928,6 +1934,32 @@ def sample(
     if noise_mask is not None:
         out["noise_mask"] = noise_mask
     return out
+
+
+def _step_masks(
+    mask: torch.Tensor | None, soft: torch.Tensor | None, sched: Any, plan: _Plan,
+    mu: float | None, flux: bool, differential: float | None,
+) -> Any:  # fmt: skip
+    """The noise mask a step at timestep ``t`` blends with: the latent's (``mask``), or with
+    Differential Diffusion (``differential``: its strength) the float32 ``soft`` mask
+    thresholded at ``t``, as ComfyUI does, over the run's span of timesteps: from its first
+    to where it stops (0 at the end of the schedule), but not below the model's smallest
+    (ComfyUI's Flux has 10,000 training steps, SD3 1,000)."""
+    if mask is None or soft is None or differential is None or plan.begin >= len(sched.timesteps):
+        return lambda t: mask
+    from nodes.inpaint import differential_mask
+
+    n = float(sched.config.num_train_timesteps)
+    start = float(sched.timesteps[plan.begin])
+    end = 0.0
+    if plan.finish is None and plan.end < len(sched.timesteps):
+        end = float(sched.timesteps[plan.end])  # Sampler (Advanced) leaving noise
+    end = max(end, n * flow_sigma_at(sched, mu, 1e-4 if flux else 1e-3))
+
+    def at(t: torch.Tensor) -> torch.Tensor:
+        return differential_mask(soft, float(t), start, end, differential).to(mask.dtype)
+
+    return at
 
 
 def fill_inputs(

@@ -338,6 +338,7 @@ def run(
     predict: Any,
     keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     on_step: Any,
+    differential: float | None = None,
 ) -> torch.Tensor:
     """The steps of ``ks`` from the starting latent ``x``, by its sampler (nodes/ksamplers).
 
@@ -345,7 +346,8 @@ def run(
     the nearest training timestep, its output turned into the denoised latent. ``keep``:
     (mask, input latent, noise): as ComfyUI's inpainting wrapper, outside the mask each model
     call sees the input latent noised to that call's sigma, and its prediction there is the
-    input latent itself."""
+    input latent itself. ``differential``: Differential Diffusion's strength, which makes each
+    call's mask the soft mask thresholded at that call's place in the schedule."""
     from nodes import ksamplers
 
     total = len(ks.sigmas) - 1
@@ -359,6 +361,8 @@ def run(
         sigma = torch.as_tensor(sigma, device=x_in.device, dtype=torch.float32)
         if keep is not None:
             mask, init, drawn = keep
+            if differential is not None:
+                mask = differential_mask(mask, sigma, differential)
             x_in = x_in * mask + (init + drawn * sigma) * (1 - mask)
         ks.sigma = sigma
         t = ks.ms.timestep(sigma.cpu().reshape(1))[0].float()
@@ -367,6 +371,15 @@ def run(
         if keep is not None:
             den = den * mask + init * (1 - mask)
         return den
+
+    def differential_mask(mask: torch.Tensor, sigma: torch.Tensor, strength: float) -> torch.Tensor:
+        # ComfyUI's DifferentialDiffusion: the schedule's span in the model's timesteps, from
+        # its first sigma to its last (the model's smallest where that is below)
+        from nodes.inpaint import differential_mask as thresholded
+
+        end = torch.maximum(ks.sigmas[-1].cpu(), ks.ms.sigma_min)
+        ts = ks.ms.timestep(torch.stack([sigma.cpu().reshape(()), ks.sigmas[0].cpu(), end]))
+        return thresholded(mask, float(ts[0]), float(ts[1]), float(ts[2]), strength)
 
     def callback(i: int, den: torch.Tensor) -> None:
         on_step(i, total, den)

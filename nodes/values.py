@@ -105,6 +105,8 @@ class ModelHandle:
     patches: tuple[tuple[Any, float], ...] = ()
     #: The live preview's latent -> RGB factors; None: the family's fixed SD factors.
     latent_rgb: LatentRgb | None = field(default=None, compare=False, hash=False)
+    #: Differential Diffusion's strength (the node of that name); None: off.
+    differential_diffusion: float | None = None
 
     @property
     def unet_config(self) -> dict[str, Any]:

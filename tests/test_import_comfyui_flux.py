@@ -10,7 +10,9 @@ import copy
 import pytest
 from comfyui_files import _ui_file, flux_dev_ui, sd35_ui, ui_node
 
+from studio.errors import WorkflowFileError
 from studio.graph.importers.comfyui import import_comfyui
+from studio.graph.importers.comfyui_export import export_comfyui_api
 from studio.graph.workflow import Workflow
 from studio.library import installed_registry
 
@@ -478,6 +480,26 @@ def _fill_api() -> dict:
     }  # fmt: skip
 
 
+def test_differential_diffusions_strength_imports_and_its_0_becomes_1(reg):
+    """ComfyUI's strength 0 skips the mix, giving the 0/1 mask as its 1 does: imported as 1
+    (reported); other strengths as they are."""
+    for strength, want in ((0.4, 0.4), (0, 1.0)):
+        api = _fill_api()
+        api["39"]["inputs"]["strength"] = strength
+        wf, report, placeholders = _import(api, reg)
+        assert placeholders == []
+        assert wf.get_node("39").params["strength"] == want
+        noted = [r for r in report if "DifferentialDiffusion (39)" in r]
+        assert bool(noted) == (strength == 0), report
+        # and it exports back (1 as 1, not as ComfyUI's 0 that acts as it)
+        back = export_comfyui_api(wf)
+        assert back["39"]["class_type"] == "DifferentialDiffusion"
+        assert back["39"]["inputs"] == {"strength": want, "model": ["31", 0]}
+    wf.get_node("39").params["strength"] = 0.0  # Studio's off: ComfyUI has no such value
+    with pytest.raises(WorkflowFileError, match=r"strength 0\.0"):
+        export_comfyui_api(wf)
+
+
 def test_a_comfyui_flux_fill_workflow_imports_with_every_node_mapped(reg):
     wf, report, placeholders = _import(_fill_api(), reg)
     assert placeholders == []
@@ -489,11 +511,11 @@ def test_a_comfyui_flux_fill_workflow_imports_with_every_node_mapped(reg):
     assert ("38", "latent", "3", "latent") in links
     assert ("26", "conditioning", "38", "positive") in links
     assert ("17", "mask", "38", "mask") in links
-    # Differential Diffusion goes: the sampler takes the loader's model, and the report says why
-    assert "39" not in {n.id for n in wf.nodes}
-    assert ("31", "model", "3", "model") in links
-    line = next(r for r in report if "DifferentialDiffusion (39)" in r)
-    assert "removed" in line and "hard mask" in line
+    # Differential Diffusion maps (a file of before its strength widget: strength 1)
+    node = wf.get_node("39")
+    assert node.type == "differential_diffusion" and node.params["strength"] == 1.0
+    assert {("31", "model", "39", "model"), ("39", "model", "3", "model")} <= links
+    assert not [r for r in report if "DifferentialDiffusion (39)" in r]
     from studio.engine.validate import plan_workflow
 
     assert [str(p) for p in plan_workflow(wf, wf.registry).problems] == []

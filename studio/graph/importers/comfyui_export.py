@@ -211,8 +211,8 @@ class _Exporter:
 
 
 #: ComfyUI values that map onto a Studio value another ComfyUI value also maps onto:
-#: an export writes the plain one.
-_LOSSY = frozenset({"dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu"})
+#: an export writes the plain one (Differential Diffusion's strength 0 acts as ComfyUI's 1).
+_LOSSY = frozenset({"dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", 0.0})
 
 
 def _hashable(value: Any) -> bool:

@@ -718,6 +718,18 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("clip_vision_output",),
         older=(0,),
     ),
+    "DifferentialDiffusion": NodeMap(
+        "differential_diffusion",
+        "Differential Diffusion",
+        ("strength",),
+        outputs=("model",),
+        # ComfyUI skips the mix at strength 0 (its `if strength and strength < 1`), so its 0
+        # is its 1; Studio's 0 is off
+        values={"strength": {0.0: 1.0}},
+        notes={("strength", 0.0): "strength 0 acts as 1 in ComfyUI; imported as 1"},
+        comfy_lacks={"strength": frozenset({0.0})},
+        older=(0,),
+    ),
     "StyleModelLoader": NodeMap(
         "load_style_model", "Load Style Model", ("style_model_name",), outputs=("style_model",)
     ),
@@ -740,12 +752,8 @@ EXPORT_TYPES["primitive_string"] = "PrimitiveStringMultiline"
 CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: Model patches removed on import (their MODEL output is their MODEL input), with the
-#: report line's reason.
-PASS_THROUGH: dict[str, str] = {
-    "DifferentialDiffusion": "Studio's inpainting keeps a hard mask (0 or 1 per pixel), on "
-    "which Differential Diffusion changes nothing; a soft mask's gradual edge is not "
-    "reproduced",
-}
+#: report line's reason. None at present (Differential Diffusion, the last, now maps).
+PASS_THROUGH: dict[str, str] = {}
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
