@@ -274,6 +274,21 @@ EXTENSION_TYPES = frozenset({"UnetLoaderGGUF", "DualCLIPLoaderGGUF", "TripleCLIP
 #: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
 LOAD_IMAGE_MASK = "LoadImageMask"
 
+
+def _folded_sampler(studio: str, widgets: tuple[str, ...]) -> NodeMap:
+    """What a folded custom-sampling chain maps as (its values under KSampler's names)."""
+    return NodeMap(
+        studio,
+        "SamplerCustomAdvanced",
+        widgets,
+        params={"sampler_name": "sampler"},
+        inputs={"latent_image": "latent"},
+        outputs=("latent", "latent"),
+        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
+        notes={("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
+    )
+
+
 NODE_MAPS: dict[str, NodeMap] = {
     "CheckpointLoaderSimple": NodeMap(
         "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
@@ -650,33 +665,15 @@ NODE_MAPS: dict[str, NodeMap] = {
     ),
     # What the custom-sampling chain becomes (the importer's fold_custom_sampling): never
     # in a file under these names, so no export picks them.
-    SAMPLER_CUSTOM_KSAMPLER: NodeMap(
-        "sampler",
-        "SamplerCustomAdvanced",
-        ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"),
-        params={"sampler_name": "sampler"},
-        inputs={"latent_image": "latent"},
-        outputs=("latent", "latent"),  # output, denoised_output: equal at the last sigma 0
-        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
-        notes={
-            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
-        },
+    # output and denoised_output: equal where the schedule ends at noise level 0
+    SAMPLER_CUSTOM_KSAMPLER: _folded_sampler(
+        "sampler", ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")
     ),
-    SAMPLER_CUSTOM_ADVANCED: NodeMap(
-        "sampler_advanced",
-        "SamplerCustomAdvanced",
-        ("add_noise", "seed", "steps", "cfg", "sampler_name", "scheduler"),
-        params={"sampler_name": "sampler"},
-        inputs={"latent_image": "latent"},
-        outputs=("latent", "latent"),
-        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
-        notes={
-            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
-        },
+    SAMPLER_CUSTOM_ADVANCED: _folded_sampler(
+        "sampler_advanced", ("add_noise", "seed", "steps", "cfg", "sampler_name", "scheduler")
     ),
-    SAMPLER_CUSTOM_SPLIT: NodeMap(
+    SAMPLER_CUSTOM_SPLIT: _folded_sampler(
         "sampler_advanced",
-        "SamplerCustomAdvanced",
         (
             "add_noise",
             "seed",
@@ -688,13 +685,6 @@ NODE_MAPS: dict[str, NodeMap] = {
             "end_at_step",
             "return_with_leftover_noise",
         ),
-        params={"sampler_name": "sampler"},
-        inputs={"latent_image": "latent"},
-        outputs=("latent", "latent"),
-        values={"sampler_name": _GPU_SAMPLERS, "scheduler": COMFY_SCHEDULES},
-        notes={
-            **{("sampler_name", k): _GPU_NOTE.format(k, v) for k, v in _GPU_SAMPLERS.items()},
-        },
     ),
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
