@@ -69,6 +69,8 @@ def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
         raise NodeError(
             f"{label}: not a SigLIP vision model (its tensors are not SigLIP's)"
         ) from None
+    if min(width, channels, patch, positions, inner) < 1:
+        raise NodeError(f"{label}: not a SigLIP vision model (a tensor of size 0)")
     side = math.isqrt(positions)
     if side * side != positions:
         raise NodeError(f"{label}: {positions} position embeddings is not a square of patches")
@@ -186,7 +188,7 @@ def redux_widths(shapes: dict[str, Any], label: str) -> tuple[int, int]:
             f"{label}: not a style model Studio knows (FLUX.1 Redux has redux_up / "
             "redux_down tensors)"
         ) from None
-    if len(up) != 2 or len(down) != 2 or down[1] != up[0]:
+    if len(up) != 2 or len(down) != 2 or down[1] != up[0] or min(*up, *down) < 1:
         raise NodeError(f"{label}: its redux_up and redux_down tensors do not fit together")
     return int(up[1]), int(down[0])
 

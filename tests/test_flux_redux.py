@@ -413,6 +413,27 @@ def test_the_released_files_shapes_give_their_models():
     assert redux_widths(redux, "flux1-redux-dev.safetensors") == (1152, 4096)
 
 
+def test_files_with_empty_tensors_are_clear_errors_naming_the_file():
+    """A hostile or broken header (a patch of size 0) is refused before a model is built
+    (it was a ZeroDivisionError naming nothing)."""
+    from nodes.redux import redux_widths, siglip_config
+    from studio.errors import NodeError
+
+    p = "vision_model."
+    shapes = {
+        f"{p}embeddings.patch_embedding.weight": (8, 3, 0, 0),
+        f"{p}embeddings.position_embedding.weight": (4, 8),
+        f"{p}post_layernorm.weight": (8,),
+        f"{p}encoder.layers.0.mlp.fc1.weight": (16, 8),
+    }
+    with pytest.raises(NodeError, match=r"bad\.safetensors: not a SigLIP vision model"):
+        siglip_config(shapes, "bad.safetensors")
+    with pytest.raises(NodeError, match=r"bad-redux\.safetensors: its redux_up and redux_down"):
+        redux_widths(
+            {"redux_up.weight": (0, 8), "redux_down.weight": (4, 0)}, "bad-redux.safetensors"
+        )
+
+
 def test_the_flux_redux_template_runs_on_the_files_it_names(engine):
     """templates/variation_flux_redux.json (Flux dev's files, SigLIP, Redux, the example
     picture as reference) runs once its file names point at files that are there (the tiny
