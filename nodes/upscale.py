@@ -330,3 +330,93 @@ def latent_upscale(ctx, latent: dict, scale_by: float, method: str):
         m = mask if mask.dim() == 4 else mask.reshape(-1, 1, *mask.shape[-2:])
         out["noise_mask"] = F.interpolate(m.float(), size=size, mode="bilinear")
     return out
+
+
+# -- Scale Image to Total Pixels (ComfyUI's ImageScaleToTotalPixels) ---------------------------
+
+#: ComfyUI's image scaling methods (comfy.utils.common_upscale, bislerp aside), its order.
+COMFY_IMAGE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+
+
+def total_pixels_size(w: int, h: int, megapixels: float, steps: int) -> tuple[int, int]:
+    """ComfyUI's ImageScaleToTotalPixels size: the factor that gives ``megapixels`` x 1024^2
+    pixels, each side rounded (Python's round) to a multiple of ``steps``."""
+    import math
+
+    scale_by = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+    return round(w * scale_by / steps) * steps, round(h * scale_by / steps) * steps
+
+
+def comfy_resize(image: Any, size: tuple[int, int], method: str) -> Any:
+    """ComfyUI's common_upscale (crop disabled) of [B, H, W, C] to (width, height): torch's
+    interpolate without antialiasing, or lanczos through 8-bit PIL images. Not clamped (its
+    bicubic may overshoot 0..1, as ComfyUI's does)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    tw, th = size
+    if method != "lanczos":
+        return F.interpolate(image.movedim(-1, 1), size=(th, tw), mode=method).movedim(1, -1)
+    from PIL import Image
+
+    frames = []
+    for frame in image.detach().cpu().float().numpy():
+        pixels = np.clip(255.0 * frame, 0, 255).astype(np.uint8)
+        if pixels.shape[-1] in (3, 4):
+            chans = [pixels]
+        else:  # one or two channels: PIL has no such mode, so each on its own
+            chans = [pixels[..., k] for k in range(pixels.shape[-1])]
+        out = [
+            np.asarray(Image.fromarray(p).resize((tw, th), resample=Image.Resampling.LANCZOS))
+            for p in chans
+        ]
+        arr = out[0] if len(out) == 1 else np.stack(out, -1)
+        frames.append(arr.astype(np.float32) / 255.0)
+    return torch.from_numpy(np.stack(frames)).to(image.device, image.dtype)
+
+
+@node(
+    "scale_image_total_pixels",
+    title="Scale Image to Total Pixels",
+    category="upscale",
+    description=(
+        "Resizes an image, keeping its aspect, to about a number of megapixels (x 1024 x 1024 "
+        "pixels), each side a multiple of the resolution steps: ComfyUI's "
+        "ImageScaleToTotalPixels, with its methods (no antialiasing; lanczos on 8-bit)."
+    ),
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec("upscale_method", T.CHOICE, default="nearest-exact", choices=COMFY_IMAGE_METHODS),
+        InputSpec(
+            "megapixels",
+            T.FLOAT,
+            default=1.0,
+            min=0.01,
+            max=16.0,
+            step=0.01,
+            tooltip="Target size in megapixels of 1024 x 1024 pixels (1.0: 1024 x 1024).",
+        ),
+        InputSpec(
+            "resolution_steps",
+            T.INT,
+            default=1,
+            min=1,
+            max=256,
+            tooltip="Each side a multiple of this (16 or 64 suit the models; 1: any size).",
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def scale_image_total_pixels(
+    ctx, image: Any, upscale_method: str, megapixels: float, resolution_steps: int = 1
+) -> Any:
+    h, w = image.shape[1], image.shape[2]
+    size = total_pixels_size(w, h, megapixels, resolution_steps)
+    if min(size) < 1:
+        raise NodeError(
+            f"megapixels {megapixels} with resolution_steps {resolution_steps} gives a "
+            f"{size[0]}x{size[1]} image from this {w}x{h} one: raise megapixels or lower "
+            "resolution_steps"
+        )
+    return comfy_resize(image, size, upscale_method)

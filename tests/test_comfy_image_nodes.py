@@ -84,6 +84,101 @@ def test_image_blur_larger_than_the_image_is_a_clear_error():
         image_blur.execute(None, torch.rand(1, 8, 30, 3), 8, 1.0)
 
 
+# -- ImageSharpen --------------------------------------------------------------------------------
+
+
+def comfy_sharpen(image: np.ndarray, radius: int, sigma: float, alpha: float) -> np.ndarray:
+    """ComfyUI's ImageSharpen: ImageBlur's Gaussian times -10 alpha, its centre raised so the
+    kernel sums to 1, on the image mirrored at its edges, clamped to 0..1."""
+    size = 2 * radius + 1
+    ax = np.linspace(-1.0, 1.0, size)
+    d2 = ax[:, None] ** 2 + ax[None, :] ** 2
+    k = np.exp(-d2 / (2.0 * sigma * sigma))
+    k = k / k.sum() * -(alpha * 10)
+    k[radius, radius] += 1.0 - k.sum()
+    p = np.pad(image, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    h, w = image.shape[1:3]
+    out = np.zeros_like(image, dtype=np.float64)
+    for i in range(size):
+        for j in range(size):
+            out += k[i, j] * p[:, i : i + h, j : j + w, :]
+    return np.clip(out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("radius", "sigma", "alpha"), [(1, 1.0, 1.0), (3, 0.5, 0.3), (5, 2.5, 2.0), (2, 1.0, 0.0)]
+)
+def test_image_sharpen_is_comfyuis_kernel_mirrored_and_clamped(radius, sigma, alpha):
+    from nodes.image import image_sharpen
+
+    img = torch.rand(2, 20, 17, 3, generator=_rng(radius)) * 0.6 + 0.2
+    out = image_sharpen.execute(None, img, radius, sigma, alpha)
+    want = comfy_sharpen(img.double().numpy(), radius, sigma, alpha)
+    assert out.shape == img.shape and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
+    if alpha == 0.0:
+        np.testing.assert_allclose(out.numpy(), img.numpy(), atol=1e-6)  # unchanged
+    else:  # sharper: more contrast between neighbours, some values clamped at 0 or 1
+        assert out.diff(dim=2).abs().mean() > img.diff(dim=2).abs().mean()
+        assert alpha < 1.5 or ((out == 0) | (out == 1)).any()
+
+
+def test_image_sharpen_larger_than_the_image_is_a_clear_error():
+    from nodes.image import image_sharpen
+
+    with pytest.raises(NodeError, match="sharpen_radius 9 needs an image larger than 9 pixels"):
+        image_sharpen.execute(None, torch.rand(1, 30, 9, 3), 9, 1.0, 1.0)
+
+
+# -- ImageScaleToTotalPixels ---------------------------------------------------------------------
+
+
+def comfy_total_pixels(image: torch.Tensor, method: str, megapixels: float, steps: int):
+    """ComfyUI's ImageScaleToTotalPixels: sqrt(megapixels * 1024^2 / (w * h)), each side
+    rounded to a multiple of resolution_steps, then common_upscale: interpolate without
+    antialias, or lanczos on 8-bit PIL images."""
+    from PIL import Image
+
+    samples = image.movedim(-1, 1)
+    scale_by = math.sqrt(megapixels * 1024 * 1024 / (samples.shape[3] * samples.shape[2]))
+    width = round(samples.shape[3] * scale_by / steps) * steps
+    height = round(samples.shape[2] * scale_by / steps) * steps
+    if method != "lanczos":
+        out = torch.nn.functional.interpolate(samples, size=(height, width), mode=method)
+        return out.movedim(1, -1)
+    frames = []
+    for im in samples:
+        pil = Image.fromarray(np.clip(255.0 * im.movedim(0, -1).numpy(), 0, 255).astype(np.uint8))
+        pil = pil.resize((width, height), resample=Image.Resampling.LANCZOS)
+        frames.append(torch.from_numpy(np.array(pil).astype(np.float32) / 255.0))
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize("method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"])
+@pytest.mark.parametrize(("megapixels", "steps"), [(0.01, 1), (0.003, 8), (0.0217, 16)])
+def test_scale_to_total_pixels_is_comfyuis_size_and_resampling(method, megapixels, steps):
+    from nodes.upscale import scale_image_total_pixels
+
+    img = torch.rand(2, 45, 70, 3, generator=_rng(steps))
+    out = scale_image_total_pixels.execute(None, img, method, megapixels, steps)
+    want = comfy_total_pixels(img, method, megapixels, steps)
+    assert out.shape == want.shape
+    assert out.shape[1] % steps == 0 and out.shape[2] % steps == 0
+    assert torch.equal(out, want)
+
+
+def test_scale_to_total_pixels_sizes_and_errors():
+    from nodes.upscale import scale_image_total_pixels, total_pixels_size
+
+    assert total_pixels_size(1920, 1080, 1.0, 1) == (1365, 768)
+    assert total_pixels_size(1920, 1080, 1.0, 64) == (1344, 768)
+    assert total_pixels_size(512, 512, 1.0, 1) == (1024, 1024)
+    out = scale_image_total_pixels.execute(None, torch.rand(1, 30, 40, 3), "bilinear", 0.01, 1)
+    assert out.shape == (1, 89, 118, 3)  # 10486 pixels wanted, 10502 given
+    with pytest.raises(NodeError, match=r"megapixels 0\.01 with resolution_steps 256 gives a 0x0"):
+        scale_image_total_pixels.execute(None, torch.rand(1, 30, 40, 3), "bilinear", 0.01, 256)
+
+
 # -- GrowMask ------------------------------------------------------------------------------------
 
 

@@ -609,6 +609,16 @@ NODE_MAPS: dict[str, NodeMap] = {
         "canny_kornia", "Canny", ("low_threshold", "high_threshold"), outputs=("image",)
     ),
     "ImageBlur": NodeMap("image_blur", "Image Blur", ("blur_radius", "sigma"), outputs=("image",)),
+    "ImageSharpen": NodeMap(
+        "image_sharpen", "Image Sharpen", ("sharpen_radius", "sigma", "alpha"), outputs=("image",)
+    ),
+    "ImageScaleToTotalPixels": NodeMap(
+        "scale_image_total_pixels",
+        "ImageScaleToTotalPixels",
+        ("upscale_method", "megapixels", "resolution_steps"),
+        outputs=("image",),
+        older=(2,),  # before resolution_steps: any size, as its default 1
+    ),
     "GrowMask": NodeMap(
         "grow_mask",
         "GrowMask",
@@ -752,7 +762,7 @@ NOT_MAPPED: dict[str, str] = {
     "or three",
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "ImageSharpen": "not in Studio yet",
+    "ImageQuantize": "not in Studio yet",
     **dict.fromkeys(
         (
             "FlipSigmas",
