@@ -1,7 +1,7 @@
 """Nodes for ComfyUI core types Studio lacked: Latent Upscale to a size (LatentUpscale), Load
 LoRA (Model Only) (LoraLoaderModelOnly), Apply ControlNet (One Prompt) (the old
 ControlNetApply), Conditioning Set Timestep Range (ConditioningSetTimestepRange) and
-Conditioning Set Area (ConditioningSetArea).
+Conditioning Set Area (ConditioningSetArea, and ConditioningSetAreaPercentage).
 
 Each computes what ComfyUI's node computes, written from its published code (nodes.py,
 comfy/utils.py common_upscale, comfy/samplers.py); the tests check them on studio-tiny.
@@ -233,9 +233,68 @@ def conditioning_set_area(ctx, conditioning, width, height, x, y, strength: floa
 
     area = (int(height), int(width), int(y), int(x))  # ComfyUI's order, in pixels here
     return [
-        replace(c, extra={**c.extra, "area": area, "strength": float(strength)})
+        replace(
+            c,
+            extra={
+                **{k: v for k, v in c.extra.items() if k != "area_fraction"},
+                "area": area,
+                "strength": float(strength),
+            },
+        )
         for c in conditioning
     ]
+
+
+def _fraction(name: str, default: float, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.FLOAT, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+
+@node(
+    "conditioning_set_area_percentage",
+    title="Conditioning Set Area (Percentage)",
+    category="conditioning",
+    description=(
+        "Conditioning Set Area with the rectangle as fractions of the image (0.5: half), "
+        "whatever its size: each side rounded to latent cells when sampled (at least one), "
+        "as ComfyUI's ConditioningSetAreaPercentage."
+    ),
+    inputs=[
+        InputSpec("conditioning", T.CONDITIONING),
+        _fraction("width", 1.0, "The rectangle's width as a fraction of the image's."),
+        _fraction("height", 1.0, "The rectangle's height as a fraction of the image's."),
+        _fraction("x", 0.0, "Its left edge as a fraction of the image's width."),
+        _fraction("y", 0.0, "Its top edge as a fraction of the image's height."),
+        InputSpec("strength", T.FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_set_area_percentage(ctx, conditioning, width, height, x, y, strength) -> list:
+    from dataclasses import replace
+
+    fraction = (float(height), float(width), float(y), float(x))  # ComfyUI's order
+    out = []
+    for c in conditioning:
+        extra = {k: v for k, v in c.extra.items() if k != "area"}
+        out.append(
+            replace(c, extra={**extra, "area_fraction": fraction, "strength": float(strength)})
+        )
+    return out
+
+
+def fraction_area(c: Any, size: tuple[int, ...], factor: int) -> Any:
+    """A Conditioning Set Area (Percentage) prompt as an area prompt in pixels on a latent of
+    ``size``: ComfyUI's resolve_areas_and_cond_masks, each side max(1, round(fraction x
+    cells)), each corner coordinate round(fraction x cells)."""
+    from dataclasses import replace
+
+    fraction = c.extra.get("area_fraction")
+    if fraction is None:
+        return c
+    h, w, y, x = fraction
+    lh, lw = size[-2], size[-1]
+    cells = (max(1, round(h * lh)), max(1, round(w * lw)), round(y * lh), round(x * lw))
+    extra = {k: v for k, v in c.extra.items() if k != "area_fraction"}
+    return replace(c, extra={**extra, "area": tuple(v * factor for v in cells)})
 
 
 def area_cells(area: tuple[int, int, int, int], size: tuple[int, ...], factor: int):
@@ -307,12 +366,14 @@ def mask_bounds_cells(mask: Any, size: tuple[int, ...]) -> tuple[int, int, int, 
 
 def with_mask_bounds(conds: list, size: tuple[int, ...], factor: int) -> list:
     """Each prompt whose Conditioning Set Mask asked for 'mask bounds' becomes an area prompt
-    on that box (in pixels, as Conditioning Set Area keeps it), still weighted by its mask.
-    Done before the negative side is matched to the areas, as ComfyUI does."""
+    on that box (in pixels, as Conditioning Set Area keeps it), still weighted by its mask;
+    a Conditioning Set Area (Percentage) prompt one on its fractions of the latent. Done
+    before the negative side is matched to the areas, as ComfyUI does."""
     from dataclasses import replace
 
     out = []
     for c in conds:
+        c = fraction_area(c, size, factor)  # ComfyUI resolves these first
         if c.extra.get("mask_bounds") and c.extra.get("mask") is not None:
             cells = mask_bounds_cells(c.extra["mask"][0], size)
             c = replace(c, extra={**c.extra, "area": tuple(v * factor for v in cells)})

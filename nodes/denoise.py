@@ -245,7 +245,7 @@ def sample(
     do_cfg = cfg > 1.0 and unet.config.time_cond_proj_dim is None
     masked = any(c.extra.get("mask") is not None for c in (*pos, *neg))
     ranged = any("timestep_range" in c.extra for c in (*pos, *neg))
-    if any(c.extra.get("mask_bounds") for c in (*pos, *neg)):
+    if any(c.extra.get("mask_bounds") or "area_fraction" in c.extra for c in (*pos, *neg)):
         from nodes.comfycore import with_mask_bounds
 
         size = tuple(samples.shape[-2:])

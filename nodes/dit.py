@@ -1529,7 +1529,7 @@ def _is_regional(pos: list[Cond], neg: list[Cond]) -> bool:
     timestep range."""
     if len(pos) > 1 or len(neg) > 1:
         return True
-    keys = ("area", "mask", "timestep_range")
+    keys = ("area", "area_fraction", "mask", "timestep_range")
     return any(c.extra.get(k) is not None for c in (*pos, *neg) for k in keys)
 
 

@@ -454,3 +454,144 @@ def test_ui_files_name_the_widgets_in_comfyuis_order():
         "6": {"x": 10, "y": 20, "resize_source": True},
         "8": {"tiled": True, "tile_size": 256},
     }
+
+
+# -- ConditioningSetAreaPercentage ---------------------------------------------------------------
+
+
+def comfy_percentage_cells(fractions, dims):
+    """ComfyUI's resolve_areas_and_cond_masks for ("percentage", h, w, y, x): the sides
+    max(1, round(f * cells)), the corner round(f * cells), on the latent's (h, w) cells."""
+    a = fractions
+    sides = tuple(max(1, round(a[d] * dims[d])) for d in range(2))
+    corner = tuple(round(a[d + 2] * dims[d]) for d in range(2))
+    return sides + corner
+
+
+@pytest.mark.parametrize(
+    ("w", "h", "x", "y"),
+    [(0.5, 1.0, 0.5, 0.0), (0.33, 0.27, 0.15, 0.61), (0.01, 0.0, 0.99, 1.0), (1.0, 1.0, 0, 0)],
+)
+def test_area_percentage_becomes_comfyuis_cells_on_the_latent(w, h, x, y):
+    from nodes.comfycore import conditioning_set_area_percentage, with_mask_bounds
+    from nodes.values import Cond
+
+    (c,) = conditioning_set_area_percentage.execute(None, [Cond(embeds="p")], w, h, x, y, 0.7)
+    for dims, factor in (((8, 8), 8), ((13, 21), 8), ((128, 96), 16)):
+        (r,) = with_mask_bounds([c], dims, factor)
+        cells = comfy_percentage_cells((h, w, y, x), dims)
+        assert r.extra["area"] == tuple(v * factor for v in cells)
+        assert r.extra["strength"] == 0.7 and "area_fraction" not in r.extra
+    # a pixel area after it replaces it, and it replaces a pixel area before it
+    from nodes.comfycore import conditioning_set_area
+
+    (p,) = conditioning_set_area.execute(None, [c], 16, 16, 8, 8, 1.0)
+    assert p.extra["area"] == (16, 16, 8, 8) and "area_fraction" not in p.extra
+    (q,) = conditioning_set_area_percentage.execute(None, [p], w, h, x, y, 1.0)
+    assert "area" not in q.extra and q.extra["area_fraction"] == (h, w, y, x)
+
+
+def test_a_percentage_area_samples_as_the_same_pixel_area(tmp_path):
+    from test_comfy_core_nodes import base, image
+
+    from studio.engine import Engine
+
+    engine = Engine(installed_registry())
+
+    def with_area(node, params):
+        wf, ids = base()
+        other = wf.add_node("text_encode", {"text": "a large yellow square on a black background"})
+        wf.connect(ids["ckpt"], "clip", other.id, "clip")
+        area = wf.add_node(node, params).id
+        wf.connect(other.id, "conditioning", area, "conditioning")
+        comb = wf.add_node("conditioning_combine").id
+        wf.connect(ids["pos"], "conditioning", comb, "conditioning_1")
+        wf.connect(area, "conditioning", comb, "conditioning_2")
+        wf.connect(comb, "conditioning", ids["sampler"], "positive")
+        return image(engine, wf, ids)
+
+    pixels = with_area(
+        "conditioning_set_area", {"width": 32, "height": 64, "x": 32, "y": 0, "strength": 1.0}
+    )
+    fraction = {"width": 0.5, "height": 1.0, "x": 0.5, "y": 0.0, "strength": 1.0}
+    assert np.array_equal(with_area("conditioning_set_area_percentage", fraction), pixels)
+
+
+# -- importing the three --------------------------------------------------------------------------
+
+
+def test_sharpen_total_pixels_and_percentage_area_import_without_placeholders_and_export_back():
+    api = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {
+            "class_type": "ImageScaleToTotalPixels",
+            "inputs": {
+                "upscale_method": "lanczos",
+                "megapixels": 1.5,
+                "resolution_steps": 64,
+                "image": ["1", 0],
+            },
+        },
+        "3": {
+            "class_type": "ImageSharpen",
+            "inputs": {"sharpen_radius": 2, "sigma": 0.8, "alpha": 0.4, "image": ["2", 0]},
+        },
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["5", 1]}},
+        "7": {
+            "class_type": "ConditioningSetAreaPercentage",
+            "inputs": {
+                "width": 0.5,
+                "height": 0.25,
+                "x": 0.5,
+                "y": 0.75,
+                "strength": 0.8,
+                "conditioning": ["6", 0],
+            },
+        },
+    }
+    result = import_comfyui(api, installed_registry(), source="api.json")
+    wf = result.workflow
+    assert not [n.type for n in wf.nodes if n.type.startswith("comfyui.")]
+    assert not result.report
+    got = {n.id: (n.type, n.params) for n in wf.nodes if n.id in "237"}
+    assert got == {
+        "2": (
+            "scale_image_total_pixels",
+            {"upscale_method": "lanczos", "megapixels": 1.5, "resolution_steps": 64},
+        ),
+        "3": ("image_sharpen", {"sharpen_radius": 2, "sigma": 0.8, "alpha": 0.4}),
+        "7": (
+            "conditioning_set_area_percentage",
+            {"width": 0.5, "height": 0.25, "x": 0.5, "y": 0.75, "strength": 0.8},
+        ),
+    }
+    back = export_comfyui_api(wf)
+    for nid in "237":
+        assert back[nid]["class_type"] == api[nid]["class_type"]
+        assert back[nid]["inputs"] == api[nid]["inputs"], nid
+
+
+def test_ui_files_of_the_three_and_older_total_pixels_without_resolution_steps():
+    from comfyui_files import ui_node
+
+    img = [("IMAGE", "IMAGE", [])]
+    cond = [("CONDITIONING", "CONDITIONING", [])]
+    ui = {
+        "nodes": [
+            ui_node(2, "ImageScaleToTotalPixels", ["bicubic", 0.5, 16], outputs=img),
+            ui_node(3, "ImageScaleToTotalPixels", ["area", 2.0], outputs=img),  # older ComfyUI
+            ui_node(4, "ImageSharpen", [3, 1.5, 0.25], outputs=img),
+            ui_node(5, "ConditioningSetAreaPercentage", [0.4, 0.6, 0.1, 0.2, 1.5], outputs=cond),
+        ],
+        "links": [],
+        "version": 0.4,
+    }
+    wf = import_comfyui(ui, installed_registry(), source="ui.json").workflow
+    assert {n.id: n.params for n in wf.nodes} == {
+        "2": {"upscale_method": "bicubic", "megapixels": 0.5, "resolution_steps": 16},
+        "3": {"upscale_method": "area", "megapixels": 2.0, "resolution_steps": 1},
+        "4": {"sharpen_radius": 3, "sigma": 1.5, "alpha": 0.25},
+        "5": {"width": 0.4, "height": 0.6, "x": 0.1, "y": 0.2, "strength": 1.5},
+    }

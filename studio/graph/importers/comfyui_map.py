@@ -549,6 +549,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("width", "height", "x", "y", "strength"),
         outputs=("conditioning",),
     ),
+    "ConditioningSetAreaPercentage": NodeMap(
+        "conditioning_set_area_percentage",
+        "Conditioning (Set Area with Percentage)",
+        ("width", "height", "x", "y", "strength"),
+        outputs=("conditioning",),
+    ),
     "ConditioningSetTimestepRange": NodeMap(
         "conditioning_set_timestep_range",
         "ConditioningSetTimestepRange",
