@@ -164,6 +164,8 @@ def test_a_split_that_leaves_a_part_without_steps_or_whose_prediction_is_used_st
         assert {"13", "14", "25"} <= set(placeholders)
         reason = placeholders["13"].params.get("reason") or str(placeholders["13"].extra)
         assert f"splits 8 steps at {at}, which leaves one part without steps" in reason
+    _, _, placeholders = _import(split_ui(split=("SplitSigmasDenoise", [1.5])), reg)
+    assert "its denoise 1.5 is not between 0 and 1" in str(placeholders["13"].extra)
     _, _, placeholders = _import(split_ui(use_denoised=True), reg)
     assert "13" in placeholders and "14" not in placeholders
     assert "denoised_output (the prediction at the split)" in str(placeholders["13"].extra)

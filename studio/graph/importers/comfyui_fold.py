@@ -370,6 +370,8 @@ def _split(
         fraction = split.values.get("denoise", 1.0)
         if not isinstance(fraction, int | float) or isinstance(fraction, bool):
             return f"{_label(split)}: its denoise {fraction!r} is not a number"
+        if not 0.0 <= fraction <= 1.0:  # NaN too
+            return f"{_label(split)}: its denoise {fraction!r} is not between 0 and 1"
         at = steps - round(steps * fraction)
     if not 0 < at < steps:
         return f"{_label(split)} splits {steps} steps at {at}, which leaves one part without steps"
