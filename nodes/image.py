@@ -578,24 +578,30 @@ def pad_for_outpaint(
     outputs=[OutputSpec("image", T.IMAGE)],
 )
 def image_blur(ctx, image: Any, blur_radius: int = 1, sigma: float = 1.0) -> Any:
+    if blur_radius == 0:
+        return image
+    kernel = blur_kernel(2 * blur_radius + 1, sigma)
+    return _mirrored_filter(image, kernel, blur_radius, "blur_radius").contiguous()
+
+
+def _mirrored_filter(image: Any, kernel: Any, r: int, param: str) -> Any:
+    """``image`` (b, h, w, c) convolved per channel with ``kernel`` (2r + 1 square), its
+    edges mirrored, as ComfyUI's blur and sharpen do; a radius the image cannot mirror is a
+    clear error naming ``param``."""
     import torch.nn.functional as F
 
-    r = blur_radius
-    if r == 0:
-        return image
     if r >= min(image.shape[1], image.shape[2]):
         raise NodeError(
-            f"blur_radius {r} needs an image larger than {r} pixels on each side "
+            f"{param} {r} needs an image larger than {r} pixels on each side "
             f"(this one is {image.shape[2]}x{image.shape[1]})"
         )
-    size = 2 * r + 1
     channels = image.shape[-1]
-    kernel = blur_kernel(size, sigma).repeat(channels, 1, 1).unsqueeze(1).to(image)
+    kernel = kernel.repeat(channels, 1, 1).unsqueeze(1).to(image)
     x = F.pad(image.movedim(-1, 1), (r, r, r, r), mode="reflect")
     # Zero-padded again and cut back, as ComfyUI does: the same convolution, so the same
     # float rounding (the cut removes every zero-padded pixel).
-    x = F.conv2d(x, kernel, padding=size // 2, groups=channels)[:, :, r:-r, r:-r]
-    return x.movedim(1, -1).contiguous()
+    x = F.conv2d(x, kernel, padding=r, groups=channels)[:, :, r:-r, r:-r]
+    return x.movedim(1, -1)
 
 
 def blur_kernel(size: int, sigma: float) -> Any:
@@ -653,22 +659,11 @@ def image_sharpen(
     ctx, image: Any, sharpen_radius: int = 1, sigma: float = 1.0, alpha: float = 1.0
 ) -> Any:
     import torch
-    import torch.nn.functional as F
 
     r = sharpen_radius
     if r == 0:
         return image
-    if r >= min(image.shape[1], image.shape[2]):
-        raise NodeError(
-            f"sharpen_radius {r} needs an image larger than {r} pixels on each side "
-            f"(this one is {image.shape[2]}x{image.shape[1]})"
-        )
-    size = 2 * r + 1
-    channels = image.shape[-1]
     # ComfyUI's kernel: the Gaussian times -10 alpha, its centre raised so the sum is 1.
-    kernel = blur_kernel(size, sigma) * -(alpha * 10)
+    kernel = blur_kernel(2 * r + 1, sigma) * -(alpha * 10)
     kernel[r, r] = kernel[r, r] - kernel.sum() + 1.0
-    kernel = kernel.repeat(channels, 1, 1).unsqueeze(1).to(image)
-    x = F.pad(image.movedim(-1, 1), (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, kernel, padding=r, groups=channels)[:, :, r:-r, r:-r]
-    return torch.clamp(x.movedim(1, -1), 0, 1).contiguous()
+    return torch.clamp(_mirrored_filter(image, kernel, r, "sharpen_radius"), 0, 1).contiguous()
