@@ -275,6 +275,37 @@ EXTENSION_TYPES = frozenset({"UnetLoaderGGUF", "DualCLIPLoaderGGUF", "TripleCLIP
 LOAD_IMAGE_MASK = "LoadImageMask"
 
 
+def _tiled_vae(
+    studio: str,
+    title: str,
+    feed: tuple[str, str],
+    output: str,
+    verb: str,
+    what: str,
+    passes: str,
+) -> NodeMap:
+    """VAEDecodeTiled / VAEEncodeTiled: Studio's VAE node in tiled mode with the tile size
+    (``feed``: ComfyUI's input and Studio's; ``what`` differs at the seams)."""
+    return NodeMap(
+        studio,
+        title,
+        ("tile_size", "overlap"),
+        inputs={feed[0]: feed[1]},
+        outputs=(output,),
+        fixed={"tiled": True},
+        unsupported={
+            "overlap": (64, ""),
+            "temporal_size": (64, ""),
+            "temporal_overlap": (8, ""),
+        },
+        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
+        always=f"became VAE {verb} in tiled mode with its tile size; the tiles' overlap "
+        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
+        f"overlap ({passes}), so {what} at tile seams may differ slightly; temporal size "
+        "and overlap concern video VAEs only",
+    )
+
+
 def _folded_sampler(studio: str, widgets: tuple[str, ...]) -> NodeMap:
     """What a folded custom-sampling chain maps as (its values under KSampler's names)."""
     return NodeMap(
@@ -575,41 +606,23 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         latent_size=("width", "height"),
     ),
-    "VAEDecodeTiled": NodeMap(
+    "VAEDecodeTiled": _tiled_vae(
         "vae_decode",
         "VAE Decode (Tiled)",
-        ("tile_size", "overlap"),
-        inputs={"samples": "latent"},
-        outputs=("image",),
-        fixed={"tiled": True},
-        unsupported={
-            "overlap": (64, ""),
-            "temporal_size": (64, ""),
-            "temporal_overlap": (8, ""),
-        },
-        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
-        always="became VAE Decode in tiled mode with its tile size; the tiles' overlap "
-        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
-        "overlap (ComfyUI's three blended passes), so pixels at tile seams may differ "
-        "slightly; temporal size and overlap concern video VAEs only",
+        ("samples", "latent"),
+        "image",
+        "Decode",
+        "pixels",
+        "ComfyUI's three blended passes",
     ),
-    "VAEEncodeTiled": NodeMap(
+    "VAEEncodeTiled": _tiled_vae(
         "vae_encode",
         "VAE Encode (Tiled)",
-        ("tile_size", "overlap"),
-        inputs={"pixels": "image"},
-        outputs=("latent",),
-        fixed={"tiled": True},
-        unsupported={
-            "overlap": (64, ""),
-            "temporal_size": (64, ""),
-            "temporal_overlap": (8, ""),
-        },
-        trailing=2,  # newer ComfyUI's temporal_size and temporal_overlap (video VAEs)
-        always="became VAE Encode in tiled mode with its tile size; the tiles' overlap "
-        "(a quarter of a tile, blended once, diffusers') is Studio's own, not the file's "
-        "overlap (ComfyUI's blended passes), so latents at tile seams may differ slightly; "
-        "temporal size and overlap concern video VAEs only",
+        ("pixels", "image"),
+        "latent",
+        "Encode",
+        "latents",
+        "ComfyUI's blended passes",
     ),
     "Canny": NodeMap(
         "canny_kornia", "Canny", ("low_threshold", "high_threshold"), outputs=("image",)
