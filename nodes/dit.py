@@ -856,14 +856,13 @@ def text_encoders_handle(sources: list[WeightsSource], family: str, label: str) 
 
 
 def _component_class(component: str, config: dict[str, Any]) -> Any:
+    from nodes.fastimport import diffusers_class, install
+
+    install()  # the classes' own modules, not their families'
     if component == "transformer":
-        import diffusers
-
-        return getattr(diffusers, config.get("_class_name") or "SD3Transformer2DModel")
+        return diffusers_class(config.get("_class_name") or "SD3Transformer2DModel")
     if component == "vae":
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL
+        return diffusers_class("AutoencoderKL")
     import transformers
 
     arch = (config.get("architectures") or ["CLIPTextModel"])[0]
@@ -886,9 +885,9 @@ def load_component(source: WeightsSource, component: str, dtype: Any, label: str
                 source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
             )
         else:
-            module = cls.from_pretrained(
-                str(Path(source.path) / component), torch_dtype=dtype, local_files_only=True
-            )
+            from nodes.sdload import text_encoder_from_pretrained
+
+            module = text_encoder_from_pretrained(cls, str(Path(source.path) / component), dtype)
         return module
     if quant == "gguf":
         if component == "transformer":

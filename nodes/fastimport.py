@@ -45,9 +45,12 @@ torch's meta-device kernels (transformers and diffusers build every model on the
 device) and ``torch._check`` import torch.fx's symbolic shapes, and with it sympy, on every
 call, for checks that on plain numbers need none of it: :class:`_SymbolicShapesStandIn`
 answers those until something needs the real module (``torch.compile``, any other name).
-Still imported by a run: torchvision (transformers builds its model classes' docstrings as
-they are imported, from its processor registry, which imports its image utilities, which
-build tables of torchvision's interpolation modes).
+transformers fills its model classes' docstrings as they are defined, from its registries
+of processors, whose modules import its image utilities, which build tables of
+torchvision's interpolation modes: while those registries are not imported, the
+placeholders they would fill stay as they are (:func:`_docstrings_without_processors`,
+transformers' own behaviour when one cannot be imported), so a run does not import
+torchvision.
 
 diffusers reads the file list of every installed distribution
 (``importlib.metadata.packages_distributions``) as it is imported, and ``import
@@ -85,6 +88,7 @@ LAZY_PACKAGES = (
     "diffusers.models.controlnets",
     "diffusers.hooks",
     "transformers.models",
+    "controlnet_aux",
 )
 
 _lock = threading.RLock()
@@ -174,6 +178,7 @@ DYNAMO_USERS = (
     "torchvision.ops.roi_align",
     "torchvision.tv_tensors",
     "transformers.masking_utils",
+    "transformers.generation.continuous_batching.cache",
 )
 DYNAMO = "torch._dynamo"
 #: What marks a function :func:`disable_later` wrapped: (fn, recursive, reason).
@@ -515,6 +520,9 @@ class Deferral:
     #: A lazy package the users take the names from (``from transformers import X``),
     #: which keeps what its module gave it: the stand-ins are taken back from it.
     via: str | None = None
+    #: Names the module only passes on from a module that is always imported (``name``,
+    #: ``"module.attribute"``): the users get that very object.
+    passed_on: tuple[tuple[str, str], ...] = ()
 
 
 _DETECTION_LOSSES = tuple(
@@ -681,6 +689,19 @@ DEFERRALS = (
         "diffusers.utils.dynamic_modules_utils",
         ("diffusers.utils",),
         functions=("get_class_from_dynamic_module",),
+    ),
+    # transformers' model modules take typing's Unpack (for their keyword annotations) from
+    # its processor utilities, which import its image utilities and torchvision.
+    Deferral(
+        "transformers.processing_utils",
+        (
+            "transformers.modeling_layers",
+            *(
+                f"transformers.models.{family}.modeling_{family}"
+                for family in ("clip", "siglip", "t5")
+            ),
+        ),
+        passed_on=(("Unpack", "typing.Unpack"),),
     ),
     # diffusers' LoRA helpers (every UNet and transformer derives from PeftAdapterMixin)
     # check modules against peft's BaseTunerLayer; peft is imported when a LoRA is loaded.
@@ -866,6 +887,10 @@ class _ModuleStandIn(types.ModuleType):
                 return _call_later(self.__name__, name)
             if name in deferral.classes:
                 return _class_later(self.__name__, name)
+            for passed, origin in deferral.passed_on:
+                if name == passed:
+                    module, _, attribute = origin.rpartition(".")
+                    return getattr(importlib.import_module(module), attribute)
         return getattr(_import_real(self.__name__), name)
 
 
@@ -1044,17 +1069,56 @@ def _cached_define_import_structure(define: Any) -> Any:
     return wrapper
 
 
+#: transformers' registries of processors, by the module of ``transformers.models.auto``
+#: that holds each: importing them imports its image utilities (and torchvision).
+PROCESSOR_REGISTRIES = (
+    "image_processing_auto",
+    "video_processing_auto",
+    "feature_extraction_auto",
+    "processing_auto",
+)
+
+
+def _docstrings_without_processors(get_placeholders: Any, module: types.ModuleType) -> Any:
+    """transformers' ``get_placeholders_dict``, which fills a model class's docstring as the
+    class is defined (``{image_processor_class}``, ``{processor_class}``, ...) from its
+    registries: for a registry of processors not imported yet, the placeholder stays as it
+    is, as transformers leaves it when a registry cannot be imported. Only the docstrings
+    of a Studio process differ; the classes and what they do are the same."""
+
+    @functools.wraps(get_placeholders)
+    def wrapper(placeholders: Any, model_name: str) -> Any:
+        table = getattr(module, "PLACEHOLDER_TO_AUTO_MODULE", {})
+        skipped = {
+            p
+            for p in placeholders
+            if p in table
+            and table[p][0] in PROCESSOR_REGISTRIES
+            and _real_module(f"transformers.models.auto.{table[p][0]}") is None
+        }
+        found = get_placeholders(set(placeholders) - skipped, model_name)
+        return {**found, **{p: p for p in skipped}}
+
+    return wrapper
+
+
 def _patch_scans(module: types.ModuleType) -> None:
     """After transformers' import helpers run: their scans read from disk (diffusers'
-    ``import_utils`` runs with :func:`packages_distributions` in importlib's place)."""
+    ``import_utils`` runs with :func:`packages_distributions` in importlib's place), and
+    its docstrings are filled without importing its processors."""
     if module.__name__ == "transformers.utils.import_utils":
         module.define_import_structure = _cached_define_import_structure(
             module.define_import_structure
         )
         module._package_distribution_mapping = functools.cache(packages_distributions)
+    elif module.__name__ == AUTO_DOCSTRING:
+        module.get_placeholders_dict = _docstrings_without_processors(
+            module.get_placeholders_dict, module
+        )
 
 
-_SCANNED = {"diffusers.utils.import_utils", "transformers.utils.import_utils"}
+AUTO_DOCSTRING = "transformers.utils.auto_docstring"
+_SCANNED = {"diffusers.utils.import_utils", "transformers.utils.import_utils", AUTO_DOCSTRING}
 _HOOKED = {
     SYMBOLIC_SHAPES.rpartition(".")[0],
     *_USERS,

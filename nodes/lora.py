@@ -51,25 +51,22 @@ class _LoraState:
     cross_attention_dim: int | None
 
 
-def _pipeline_class(family: str) -> Any:
+def _lora_loader(family: str) -> Any:
+    """diffusers' LoRA loader of ``family``'s pipeline (its ``lora_state_dict`` reads the
+    kohya, diffusers and other layouts), without importing the pipeline itself."""
     from nodes.fastimport import install
 
     install()
-    if family == "flux":  # diffusers reads Flux LoRAs in the kohya, diffusers and other layouts
-        from diffusers import FluxPipeline
+    from diffusers.loaders import lora_pipeline
 
-        return FluxPipeline
-    if family == "sd3":
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
-    if family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline
+    return getattr(
+        lora_pipeline,
+        {
+            "flux": "FluxLoraLoaderMixin",
+            "sd3": "SD3LoraLoaderMixin",
+            "sdxl": "StableDiffusionXLLoraLoaderMixin",
+        }.get(family, "StableDiffusionLoraLoaderMixin"),
+    )
 
 
 def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
@@ -77,7 +74,7 @@ def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
     key = ("lora", patch.identity, family if family in ("sdxl", "sd3", "flux") else "sd")
 
     def load() -> _LoraState:
-        pipe_cls = _pipeline_class(family)
+        pipe_cls = _lora_loader(family)
         raw = _read_file(patch)
         if family == "sd3" and any(k.startswith(_KOHYA_PREFIXES) for k in raw):
             raw = kohya_sd3_to_diffusers(raw, patch.name)
@@ -385,7 +382,7 @@ def _adapters_of(module: Any) -> set[str]:
 
 def _inject(ctx: Any, module: Any, component: str, patch: LoraPatch, family: str) -> None:
     state = read_lora(ctx, patch, family)
-    pipe_cls = _pipeline_class(family)
+    pipe_cls = _lora_loader(family)
     sd = dict(state.state_dict)
     try:
         with warnings.catch_warnings():

@@ -161,9 +161,7 @@ def _detector_nbytes(detector: Any) -> int:
     outputs=IMAGE_OUT,
 )
 def canny(ctx, image, low_threshold: int, high_threshold: int, resolution: int):
-    from controlnet_aux.canny import CannyDetector
-
-    detector = CannyDetector()
+    detector = aux_class("canny", "CannyDetector")()
     return run_detector(
         image,
         lambda im: detector(
@@ -235,9 +233,7 @@ def canny_kornia(ctx, image, low_threshold: float = 0.4, high_threshold: float =
     outputs=IMAGE_OUT,
 )
 def lineart_standard(ctx, image, sigma: float, threshold: int, resolution: int):
-    from controlnet_aux.lineart_standard import LineartStandardDetector
-
-    detector = LineartStandardDetector()
+    detector = aux_class("lineart_standard", "LineartStandardDetector")()
     return run_detector(
         image,
         lambda im: detector(
@@ -272,9 +268,8 @@ def lineart_standard(ctx, image, sigma: float, threshold: int, resolution: int):
 )
 def content_shuffle(ctx, image, seed: int, resolution: int):
     import numpy as np
-    from controlnet_aux.shuffle import ContentShuffleDetector
 
-    detector = ContentShuffleDetector()
+    detector = aux_class("shuffle", "ContentShuffleDetector")()
     # controlnet-aux draws from numpy's global generator: seed it, and put it back after.
     with _numpy_rng_lock:
         state = np.random.get_state()
@@ -313,6 +308,16 @@ class Annotator:
         return f"{self.summary} Weights: {', '.join(self.files)}."
 
 
+def aux_class(module: str, name: str) -> Any:
+    """``controlnet_aux.<module>.<name>``, importing that detector's module alone (the
+    package's ``__init__`` imports every detector, with timm's model zoo and torch's
+    compiler: seconds before a Canny edge is drawn)."""
+    from nodes.fastimport import install
+
+    install()
+    return getattr(importlib.import_module(f"controlnet_aux.{module}"), name)
+
+
 def from_pretrained(
     module: str, detector: str, filename: str | None = None
 ) -> Callable[[str], Any]:
@@ -320,7 +325,7 @@ def from_pretrained(
     when it runs (node modules do not import torch at load time)."""
 
     def build(folder: str) -> Any:
-        cls = getattr(importlib.import_module(f"controlnet_aux.{module}"), detector)
+        cls = aux_class(module, detector)
         return cls.from_pretrained(folder, **({"filename": filename} if filename else {}))
 
     return build

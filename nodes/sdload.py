@@ -696,18 +696,22 @@ def _load_diffusers_component(source: WeightsSource, component: str, dtype: Any)
     if "vae_folder" in source.prefixes:
         return cls.from_pretrained(source.path, torch_dtype=dtype, local_files_only=True)
     if component.startswith("text_encoder"):
-        # transformers builds the model on the meta device, where torch's random init of
-        # an embedding (about to be overwritten by the file's weights anyway) imports
-        # torch._dynamo: seconds of a cold run. Its own no_init_weights skips that init.
-        from transformers.initialization import no_init_weights
-
-        with no_init_weights():
-            return cls.from_pretrained(
-                source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
-            )
+        return text_encoder_from_pretrained(cls, source.path, dtype, subfolder=component)
     return cls.from_pretrained(
         source.path, subfolder=component, torch_dtype=dtype, local_files_only=True
     )
+
+
+def text_encoder_from_pretrained(cls: Any, folder: Any, dtype: Any, **kwargs: Any) -> Any:
+    """A transformers text encoder from its folder, without its random init.
+
+    transformers builds the model on the meta device, where torch's random init of an
+    embedding (about to be overwritten by the file's weights anyway) imports torch._dynamo:
+    seconds of a cold run. Its own ``no_init_weights`` skips that init."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, **kwargs)
 
 
 def _load_single_file_component(

@@ -172,7 +172,8 @@ def test_a_cold_run_never_imports_torch_dynamo_and_compile_still_works(tmp_path)
 #: What a txt2img run does without (nodes/fastimport.py's DEFERRALS): torch's tensor
 #: parallelism and flex attention (they import sympy), scipy (beta sigmas, LMS
 #: integration, object-detection losses), peft (LoRA), transformers' parallel styles,
-#: requests (diffusers' downloads from a URL).
+#: requests (diffusers' downloads from a URL), transformers' processors (their image
+#: utilities import torchvision).
 DEFERRED = (
     "peft",
     "requests",
@@ -183,8 +184,11 @@ DEFERRED = (
     "torch.distributed.fsdp",
     "torch.distributed.tensor",
     "torch.nn.attention.flex_attention",
+    "torchvision",
     "transformers.distributed.tensor_parallel",
+    "transformers.image_utils",
     "transformers.integrations.flex_attention",
+    "transformers.processing_utils",
 )
 
 
@@ -252,6 +256,12 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
         import requests
         from diffusers.utils import loading_utils
         print("requests", loading_utils.requests is requests, single_file_utils.requests is requests)
+        # The model modules took typing's Unpack; the processors are all there.
+        import typing
+        from transformers.models.clip import modeling_clip
+        from transformers import CLIPImageProcessor, processing_utils
+        print("unpack", modeling_clip.Unpack is typing.Unpack is processing_utils.Unpack,
+              CLIPImageProcessor.__name__, "torchvision" in sys.modules)
         """,
         tmp_path,
     )
@@ -268,7 +278,45 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
         "styles True True",
         "auto transformers.models.auto.image_processing_auto True",
         "requests True True",
+        "unpack True CLIPImageProcessor True",
     ], proc.stdout
+
+
+def test_the_other_default_workflows_stay_off_the_compiler_and_other_model_families(tmp_path):
+    """SD3, ControlNet (with its Canny annotator), LoRA, img2img and inpaint runs import
+    their own classes: not torch.compile's front end, not diffusers' pipelines, not every
+    annotator of controlnet-aux (with timm's model zoo), not every diffusion transformer."""
+    names = ["txt2img_sd3", "controlnet", "lora", "img2img", "inpaint"]
+    proc = _python(
+        f"""
+        import contextlib, io, sys
+        from pathlib import Path
+        from studio.cli import main
+
+        root = Path({str(ROOT / "resources" / "workflows")!r})
+        out = Path({str(tmp_path / "out")!r})
+        codes = []
+        with contextlib.redirect_stdout(io.StringIO()):
+            for name in {names!r}:
+                codes.append(main(["run", str(root / (name + ".json")), "--out", str(out)]))
+        print(codes, len(list(out.glob("*.png"))) >= {len(names)})
+        print("loaded", sorted(m for m in sys.modules if m.startswith((
+            "torch._dynamo.",  # a helper module counts only with the package
+            "diffusers.pipelines.stable_diffusion.",
+            "diffusers.models.transformers.transformer_flux",
+            "diffusers.models.transformers.auraflow",
+            "controlnet_aux.midas",
+            "timm",
+            "torchvision",
+        )) and m != "torch._dynamo._trace_wrapped_higher_order_op"))
+        print("dynamo", "torch._dynamo" in sys.modules)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{[0] * len(names)} True", proc.stdout
+    assert lines[1:] == ["loaded []", "dynamo False"], proc.stdout
 
 
 def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tmp_path):
