@@ -130,8 +130,12 @@ def test_a_prompt_switched_halfway(engine):
 
     wf, ids = base()
     first_only = image(engine, wf, ids)
-    # the second prompt acting in no step leaves the first prompt's image
-    assert np.array_equal(combined([(0.0, 1.0), (1.0, 1.0)]), first_only)
+    # the second prompt acting in no step leaves the first prompt's image (computed one
+    # prompt a model call instead of both sides in one batch: CPU kernels may round the two
+    # batch sizes differently in the last bit, so allow a level where that shows)
+    alone = combined([(0.0, 1.0), (1.0, 1.0)])
+    assert np.abs(alone - first_only).max() <= 1
+    assert (alone != first_only).mean() < 0.01
     halfway = combined([(0.0, 0.5), (0.5, 1.0)])
     assert np.abs(halfway - first_only).mean() > 2
 
