@@ -597,6 +597,8 @@ DEFERRALS = (
             "transformers.distributed.mixin",
             "transformers.generation.utils",
             "transformers.modeling_utils",
+            # peft imports it to learn whether transformers has DTensor parallelism
+            "peft.import_utils",
         ),
         functions=(
             "apply_tensor_parallelism",
@@ -721,6 +723,29 @@ IDLE_UNTIL_IMPORTED: dict[tuple[str, str], tuple[str, Any]] = {
     # transformers asks it of every weight it loads.
     ("transformers.distributed.utils", "is_dtensor"): ("torch.distributed.tensor", False),
 }
+
+#: Module flags (module, name) that say whether an instance check against a deferred
+#: module's classes is worth making (the value: that module): false while it is not
+#: imported, as nothing can be an instance then; its own value after. peft checks every
+#: layer it wraps for a torch.distributed DTensor (``torch.distributed.tensor.DTensor``,
+#: which would import torch's distributed tensors, torch.fx's symbolic shapes and sympy).
+FALSE_UNTIL_IMPORTED: dict[tuple[str, str], str] = {
+    ("peft.tuners.tuners_utils", "_torch_supports_distributed"): "torch.distributed.tensor",
+}
+
+
+class _FalseUntilImported:
+    """A flag's value once ``module`` is imported, false before (:data:`FALSE_UNTIL_IMPORTED`)."""
+
+    def __init__(self, value: Any, module: str) -> None:
+        self.value, self.module = value, module
+
+    def __bool__(self) -> bool:
+        return bool(self.value) and _real_module(self.module) is not None
+
+    def __repr__(self) -> str:
+        return f"<{self.value!r} once {self.module} is imported>"
+
 
 _DEFERRED = {d.module: d for d in DEFERRALS}
 _USERS: dict[str, list[Deferral]] = {}
@@ -1126,6 +1151,7 @@ _HOOKED = {
     *_IDLE,
     *_SCANNED,
     *(owner for owner, _ in FILLED_ON_READ),
+    *(owner for owner, _ in FALSE_UNTIL_IMPORTED),
 }
 
 
@@ -1176,6 +1202,9 @@ class _DeferImports(importlib.abc.MetaPathFinder):
             for name, needs, result in _IDLE.get(fullname, ()):
                 fn = getattr(module, name)
                 setattr(module, name, _idle_until_imported(fn, needs, result))
+            for (owner, name), needs in FALSE_UNTIL_IMPORTED.items():
+                if owner == fullname and hasattr(module, name):
+                    setattr(module, name, _FalseUntilImported(getattr(module, name), needs))
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

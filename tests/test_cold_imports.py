@@ -285,7 +285,8 @@ def test_a_cold_run_defers_what_it_never_uses_and_using_it_gets_the_real_thing(t
 def test_the_other_default_workflows_stay_off_the_compiler_and_other_model_families(tmp_path):
     """SD3, ControlNet (with its Canny annotator), LoRA, img2img and inpaint runs import
     their own classes: not torch.compile's front end, not diffusers' pipelines, not every
-    annotator of controlnet-aux (with timm's model zoo), not every diffusion transformer."""
+    annotator of controlnet-aux (with timm's model zoo), not every diffusion transformer,
+    not torch's distributed tensors (peft's import of transformers' tensor parallelism)."""
     names = ["txt2img_sd3", "controlnet", "lora", "img2img", "inpaint"]
     proc = _python(
         f"""
@@ -308,15 +309,22 @@ def test_the_other_default_workflows_stay_off_the_compiler_and_other_model_famil
             "controlnet_aux.midas",
             "timm",
             "torchvision",
+            "torch.distributed.tensor",  # peft's check for sharded weights (with sympy)
+            "sympy",
         )) and m != "torch._dynamo._trace_wrapped_higher_order_op"))
         print("dynamo", "torch._dynamo" in sys.modules)
+        # peft looks for DTensors only once torch's distributed tensors are imported
+        from peft.tuners import tuners_utils
+        before = bool(tuners_utils._torch_supports_distributed)
+        import torch.distributed.tensor
+        print("dtensor check", before, bool(tuners_utils._torch_supports_distributed))
         """,
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"{[0] * len(names)} True", proc.stdout
-    assert lines[1:] == ["loaded []", "dynamo False"], proc.stdout
+    assert lines[1:] == ["loaded []", "dynamo False", "dtensor check False True"], proc.stdout
 
 
 def test_the_libraries_import_scans_are_kept_on_disk_and_redone_when_unusable(tmp_path):
