@@ -668,6 +668,15 @@ DEFERRALS = (
         ),
     ),
     Deferral("scipy.integrate", ("diffusers.schedulers.scheduling_lms_discrete",)),
+    # spandrel's registry imports every architecture's model code to read an upscaler's
+    # file; two of them (LaMa, an inpainter; RestoreFormer, a face restorer) take
+    # torchvision's image functions, called only when such a model runs.
+    Deferral(
+        "torchvision.transforms.functional",
+        ("spandrel.architectures.LaMa.__arch.LaMa", "spandrel.architectures.RestoreFormer"),
+        functions=("normalize", "rotate"),
+        classes=("InterpolationMode",),
+    ),
     # diffusers downloads an image or a checkpoint's original config from a URL with
     # requests (the hub client itself uses httpx).
     Deferral(

@@ -441,3 +441,38 @@ def test_the_symbolic_shapes_stand_in_answers_plain_numbers_as_the_real_module_d
         real.sym_eq((1,), 1)
     with pytest.raises(AssertionError, match=re.escape(str(real_error.value))):
         fast["sym_eq"]((1,), 1)
+
+
+def test_an_upscaler_run_keeps_off_torchvision_and_the_architectures_that_use_it_still_work(
+    tmp_path,
+):
+    """spandrel imports every architecture's code to read an upscaler; the two that take
+    torchvision's image functions (LaMa, RestoreFormer) get them when one of them runs."""
+    hires = ROOT / "resources" / "workflows" / "hires_upscale.json"
+    proc = _python(
+        f"""
+        import contextlib, io, sys
+        from pathlib import Path
+        from studio.cli import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["run", {str(hires)!r}, "--out", {str(tmp_path / "out")!r}])
+        print(code, len(list(Path({str(tmp_path / "out")!r}).glob("*.png"))))
+        print("torchvision", "torchvision" in sys.modules, "spandrel" in sys.modules)
+
+        import importlib
+        import torch
+        lama = importlib.import_module("spandrel.architectures.LaMa.__arch.LaMa")
+        restore = importlib.import_module("spandrel.architectures.RestoreFormer")
+        x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        turned = lama.rotate(x, 90.0, lama.InterpolationMode.BILINEAR, fill=0)
+        import torchvision.transforms.functional as tvf
+        print("rotate", torch.equal(turned, torch.rot90(x, 1, (2, 3))),
+              lama.rotate is tvf.rotate, lama.InterpolationMode is tvf.InterpolationMode,
+              restore.tv_normalize is tvf.normalize)
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == ["0 1", "torchvision False True", "rotate True True True True"], proc.stdout
