@@ -4,7 +4,8 @@
         [--settings "flow cfg=3;flow cfg=2 interval=0.3;tiny cfg=3 sampler=euler_ancestral"]
 
 A setting is a model (``flow``: studio-tiny-flow, ``tiny``: studio-tiny) and ``key=value``
-pairs: ``steps`` (default 8 / 20), ``cfg``, ``sampler``, ``scheduler``, ``shift`` (a Model
+pairs: ``checkpoint`` (another folder of that model's kind, by name), ``steps`` (default
+8 / 20), ``cfg``, ``sampler``, ``scheduler``, ``shift`` (a Model
 Sampling SD3 node on studio-tiny-flow) and ``interval`` (the guidance interval: no
 guidance for that first fraction of the sampling: ``studio.recipes.guide_from``, the negative
 prompt being the positive one there, by Conditioning Set Timestep Range on both, combined).
@@ -43,7 +44,7 @@ def parse(text: str) -> dict:
         k, v = p.split("=")
         if k not in out:
             raise SystemExit(f"unknown key {k!r} in {text!r}")
-        out[k] = v if k in ("sampler", "scheduler") else float(v)
+        out[k] = v if k in ("sampler", "scheduler", "checkpoint") else float(v)
     out["steps"] = int(out["steps"])
     return out
 

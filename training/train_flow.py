@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -193,8 +194,8 @@ class FlowTrainer:
                 "weight_decay": a.weight_decay,
                 "ema_decay": a.ema_decay,
                 "caption_dropout": a.caption_dropout,
-                "logit_mean": 0.0,
-                "logit_std": 1.0,
+                "logit_mean": a.logit_mean,
+                "logit_std": a.logit_std,
                 "shift": F.SHIFT,
                 "decay_from": a.decay_from,
                 "init_text_from": "studio-tiny" if a.init_text else None,
@@ -240,6 +241,9 @@ class FlowTrainer:
             te1 = F.make_text_encoder(self.tokenizer, models["text"])
             te2 = F.make_text_encoder(self.tokenizer, models["text_2"])
             tr = F.make_transformer(models["transformer"])
+            from nodes import dit_context
+
+            dit_context.prepare(tr)  # takes the cut context in training (see train)
         if self.hp("init_text_from"):
             # studio-tiny's trained text encoder (same tokenizer, same width) as a head start
             w = load_tensors(TINY / "text_encoder" / "model.safetensors")
@@ -403,12 +407,15 @@ class FlowTrainer:
                         ctx, pooled = F.encode_text_flux((self.te1, self.te2), ids, ids5)
                         pred = F.flux_forward(self.tr, xt, sigma, ctx, pooled)
                     else:
-                        ctx, pooled = F.encode_text((self.te1, self.te2), ids)
+                        # T5's 256 zero rows as one row of logit weight ln 256: the same
+                        # loss and gradients (nodes/dit_context.py), 142 tokens, not 397
+                        ctx, pooled = F.encode_text((self.te1, self.te2), ids, t5_tokens=1)
                         pred = self.tr(
                             hidden_states=xt,
                             timestep=sigma * 1000,
                             encoder_hidden_states=ctx,
                             pooled_projections=pooled,
+                            joint_attention_kwargs={"context_bias": math.log(F.T5_TOKENS)},
                             return_dict=False,
                         )[0]
                 loss = ((pred.float() - target) ** 2).mean()
@@ -506,6 +513,8 @@ class FlowTrainer:
         }
         self.state["history"].append(rec)
         log("eval " + json.dumps(rec))
+        if a.export_every_eval:  # a sweep's checkpoints, to be measured apart
+            self.export(te1, te2, tr, name=f"{self.name}-{self.state['step']}")
         best = self.state.get("best")
         if best is None or rates["mean"] >= best["mean"]:
             self.state["best"] = rec
@@ -771,6 +780,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument(
+        "--logit-mean",
+        type=float,
+        default=0.0,
+        help="mean of the logit-normal noise-level draw, before the shift (above 0: more "
+        "training at high noise, where the layout is decided)",
+    )
+    p.add_argument("--logit-std", type=float, default=1.0, help="its standard deviation")
+    p.add_argument(
         "--decay-from",
         type=float,
         default=0.7,
@@ -810,6 +827,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-steps", type=int, default=8)
     p.add_argument("--eval-cfg", type=float, default=F.DEFAULT_CFG)
     p.add_argument("--no-final-eval", action="store_true")
+    p.add_argument(
+        "--export-every-eval",
+        action="store_true",
+        help="also export each evaluation's model as <name>-<step> in --out",
+    )
     p.add_argument(
         "--bf16", action="store_true", help="bf16 autocast on the CPU too (always on CUDA)"
     )
