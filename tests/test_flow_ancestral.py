@@ -1,0 +1,119 @@
+"""euler_ancestral on flow-matching models (SD3: the embedded studio-tiny-flow; Flux: a tiny
+one built in code), as ComfyUI runs it on them (``sample_euler_ancestral_RF``): each step's
+latent is checked against that formula written out here, from the model's own prediction
+at the step and ComfyUI's default noise (a generator seeded with seed + 1 on the CPU, one
+draw of the unpacked latent's shape per step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import dit_fixtures as fx  # noqa: E402
+
+from nodes import dit  # noqa: E402
+from studio.engine import Engine  # noqa: E402
+from studio.graph import Workflow  # noqa: E402
+from studio.library import installed_registry  # noqa: E402
+from studio.settings import Settings  # noqa: E402
+
+SEED, STEPS = 11, 4
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anc-models")
+    fx.flux_pipeline(fx.tiny_flux()).save_pretrained(str(root / "checkpoints" / "tiny-flux"))
+    tmp = tmp_path_factory.mktemp("anc-run")
+    settings = Settings(models_root=str(root), output_dir=str(tmp / "o"), input_dir=str(tmp / "i"))
+    return Engine(installed_registry(), settings=settings)
+
+
+def run(engine, ckpt: str, sampler: str, seed: int = SEED, cfg: float = 1.0):
+    """txt2img at 64x64: (the Sampler's latent, the picture as float pixels)."""
+    wf = Workflow(installed_registry())
+    add, c = wf.add_node, wf.connect
+    ck = add("load_checkpoint", {"ckpt_name": ckpt}).id
+    pos = add("text_encode", {"text": "a large red circle on a blue background"}).id
+    neg = add("text_encode", {"text": ""}).id
+    lat = add("empty_latent", {"width": 64, "height": 64}).id
+    params = {"seed": seed, "steps": STEPS, "cfg": cfg, "sampler": sampler}
+    s = add("sampler", {**params, "scheduler": "normal", "denoise": 1.0}).id
+    dec = add("vae_decode").id
+    for side in (pos, neg):
+        c(ck, "clip", side, "clip")
+    c(ck, "model", s, "model")
+    c(pos, "conditioning", s, "positive")
+    c(neg, "conditioning", s, "negative")
+    c(lat, "latent", s, "latent")
+    c(s, "latent", dec, "latent")
+    c(ck, "vae", dec, "vae")
+    result = engine.run(wf, targets=[s, dec])
+    assert result.ok, result.errors
+    return result.outputs[s]["latent"]["samples"], result.outputs[dec]["image"].numpy()
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_euler_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+    flux = ckpt == "tiny-flux"
+    name = "_flux_call" if flux else "_sd3_call"
+    original = getattr(dit, name)
+    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+
+    def recording(net, x, t, inputs, cfg, guided):
+        pred = original(net, x, t, inputs, cfg, guided)
+        calls.append((x.detach().clone().float(), float(t), pred.detach().clone().float()))
+        return pred
+
+    monkeypatch.setattr(dit, name, recording)
+    samples, picture = run(engine, ckpt, "euler_ancestral", cfg=2.0)
+    monkeypatch.undo()
+    assert len(calls) == STEPS
+    # ComfyUI's default noise: seed + 1 on the CPU, the unpacked latent's shape
+    generator = torch.Generator("cpu").manual_seed(SEED + 1)
+    shape = tuple(samples.shape)
+    sigmas = [t / 1000 for _, t, _ in calls] + [0.0]
+    x = calls[0][0]
+    for i, (x_in, _, v) in enumerate(calls):
+        assert torch.allclose(x_in, x, atol=2e-5), f"step {i}"
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = x - s * v
+        if s_next == 0:
+            x = denoised
+            continue
+        down = s_next * (1 + (s_next / s - 1) * 1.0)  # eta 1
+        renoise = (s_next**2 - down**2 * (1 - s_next) ** 2 / (1 - down) ** 2) ** 0.5
+        x = down / s * x + (1 - down / s) * denoised
+        noise = torch.randn(shape, generator=generator)
+        x = (1 - s_next) / (1 - down) * x + (dit.pack(noise) if flux else noise) * renoise
+    got = dit.pack(samples) if flux else samples
+    assert torch.allclose(got.float(), x, atol=2e-5)
+    assert np.isfinite(picture).all()
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_euler_ancestral_on_a_flow_model_is_seeded_and_differs_from_euler(engine, ckpt):
+    a = run(engine, ckpt, "euler_ancestral")[1]
+    assert np.array_equal(a, run(engine, ckpt, "euler_ancestral")[1])
+    assert np.abs(a - run(engine, ckpt, "euler_ancestral", seed=SEED + 1)[1]).max() > 4 / 255
+    assert np.abs(a - run(engine, ckpt, "euler")[1]).max() > 4 / 255
+
+
+def test_a_sampler_that_does_not_apply_to_flow_models_names_the_ones_that_do(engine):
+    wf = Workflow(installed_registry())
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-flux"}).id
+    pos = wf.add_node("text_encode", {"text": "x"}).id
+    lat = wf.add_node("empty_latent", {"width": 64, "height": 64}).id
+    s = wf.add_node("sampler", {"steps": 2, "cfg": 1.0, "sampler": "lms"}).id
+    wf.connect(ck, "clip", pos, "clip")
+    wf.connect(ck, "model", s, "model")
+    wf.connect(pos, "conditioning", s, "positive")
+    wf.connect(pos, "conditioning", s, "negative")
+    wf.connect(lat, "latent", s, "latent")
+    result = engine.run(wf, targets=[s])
+    assert not result.ok
+    text = str(result.errors)
+    assert "lms" in text and "euler_ancestral" in text
