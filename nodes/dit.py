@@ -94,9 +94,16 @@ VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 
 #: The LoRA prefix (the pipelines' component name) of each text encoder role.
 LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+#: ComfyUI's ODE samplers (nodes/ksamplers.py) run on flow models as ComfyUI runs them:
+#: each solves dx/dsigma = (x - denoised) / sigma, which with ``denoised = x - sigma v`` is
+#: the flow's own ODE (dx/dsigma = v). Only dpm_2: on studio-tiny-flow at 8 steps it lands
+#: nearer a 60-step Euler picture than Euler at 8 steps does; lms and uni_pc (written in
+#: variance-exploding / -preserving coordinates) diverge there, so they stay errors.
+K_FLOW_SAMPLERS = ("dpm_2",)
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
-#: dpmpp_2m) and ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`).
-FLOW_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m")
+#: dpmpp_2m), ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`) and
+#: :data:`K_FLOW_SAMPLERS`.
+FLOW_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", *K_FLOW_SAMPLERS)
 #: Schedules: normal = the model's own (the pipeline's), simple = ComfyUI's (evenly spaced
 #: in time, then shifted), and the sigma conversions diffusers' flow schedulers offer.
 FLOW_SCHEDULES = {
@@ -1443,7 +1450,7 @@ def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> 
         anc = _ancestral_class().from_config(base, **FLOW_SCHEDULES[schedule])
         return anc, anc
     euler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base, **FLOW_SCHEDULES[schedule])
-    if sampler == "euler":
+    if sampler == "euler" or sampler in K_FLOW_SAMPLERS:  # the latter: its sigmas only
         return euler, euler
     if sampler == "heun":
         return diffusers.FlowMatchHeunDiscreteScheduler.from_config(base), euler
@@ -1510,17 +1517,26 @@ def _set_timesteps(
     ``mu``; SD3 lets the scheduler space them; DPM++ computes its own flow sigmas."""
     import numpy as np
 
+    from nodes.ksamplers import DISCARD_PENULTIMATE
+
+    # ComfyUI's KSampler gives dpm_2 and uni_pc one sigma more and drops the next-to-last
+    drop = sampler in K_FLOW_SAMPLERS and sampler in DISCARD_PENULTIMATE
+    n = steps + 1 if drop else steps
     sigmas = None
     if family == "flux" or schedule == "simple":
-        sigmas = np.linspace(1.0, 1 / steps, steps)
+        sigmas = np.linspace(1.0, 1 / n, n)
     kwargs: dict[str, Any] = {}
     if mu is not None:
         kwargs["mu"] = mu
     if sampler == "dpmpp_2m":
         sched.set_timesteps(steps, device=device, **kwargs)
         return
-    if sampler in ("euler", "euler_ancestral"):
-        sched.set_timesteps(steps, device=device, sigmas=sigmas, **kwargs)
+    if sampler in ("euler", "euler_ancestral") or sampler in K_FLOW_SAMPLERS:
+        sched.set_timesteps(n, device=device, sigmas=sigmas, **kwargs)
+        if drop:
+            sched.sigmas = torch.cat([sched.sigmas[:-2], sched.sigmas[-1:]])
+            sched.timesteps = sched.sigmas[:-1] * sched.config.num_train_timesteps
+            sched.num_inference_steps = steps
         return
     if schedule == "normal" and family == "sd3" and mu is None:
         sched.set_timesteps(steps, device=device)  # what StableDiffusion3Pipeline does
@@ -1954,7 +1970,44 @@ def sample(
 
     step_mask = _step_masks(mask, soft, sched, plan, mu, flux, model.differential_diffusion)
 
+    def run_k() -> torch.Tensor:
+        """ComfyUI's sampler over the run's sigmas, the model as a denoiser
+        (``x - sigma v``); a noise mask blends the model's input and output as ComfyUI's
+        KSampler does (the input latent noised to the call's level outside the mask)."""
+        from nodes import ksamplers
+
+        sig = sched.sigmas[plan.begin : plan.end + 1].to(device=device, dtype=torch.float32)
+        if plan.finish is not None:  # stopping early without leftover noise: down to 0
+            sig = torch.cat([sig, sig.new_zeros(1)])
+        x_init, x_noise = packed(init), packed(noise)
+        n_train = sched.config.num_train_timesteps
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor, i: int) -> torch.Tensor:
+            ctx.check_interrupt()
+            t = sigma * n_train
+            m = packed(step_mask(t)) if mask is not None else None
+            if m is not None:
+                x = x * m + (sigma * x_noise + (1 - sigma) * x_init) * (1 - m)
+            den = x.float() - sigma * predict(x.to(dtype), t, i).float()
+            if m is not None:
+                den = den * m + x_init * (1 - m)
+            return den
+
+        def shown(i: int, den: torch.Tensor) -> None:
+            img = unpack(den.to(dtype), h, w) if flux else den.to(dtype)
+            ctx.progress(i + 1, total, preview_image(img, family, model.latent_rgb))
+
+        x = packed(latents).float()
+        with torch.no_grad():
+            x = ksamplers.SAMPLERS[sampler](
+                denoise, x, sig, ksamplers.noise_sampler(sampler, x, sig, seed), shown
+            )
+        x = x.to(dtype)
+        return unpack(x, h, w) if flux else x
+
     def run() -> torch.Tensor:
+        if sampler in K_FLOW_SAMPLERS:
+            return run_k()
         x, x_init, x_noise = packed(latents), packed(init), packed(noise)
         with torch.no_grad():
             for i, t in enumerate(timesteps):

@@ -1,8 +1,13 @@
-"""euler_ancestral on flow-matching models (SD3: the embedded studio-tiny-flow; Flux: a tiny
-one built in code), as ComfyUI runs it on them (``sample_euler_ancestral_RF``): each step's
+"""ComfyUI's samplers on flow-matching models (SD3: the embedded studio-tiny-flow; Flux: a
+tiny one built in code), beside diffusers' euler, heun and dpmpp_2m.
+
+euler_ancestral runs as ComfyUI runs it on them (``sample_euler_ancestral_RF``): each step's
 latent is checked against that formula written out here, from the model's own prediction
 at the step and ComfyUI's default noise (a generator seeded with seed + 1 on the CPU, one
-draw of the unpacked latent's shape per step)."""
+draw of the unpacked latent's shape per step). dpm_2 runs through ComfyUI's own sampler
+(nodes/ksamplers.py) with the model as a denoiser: the same path with ComfyUI's Euler gives
+diffusers' Euler picture, and dpm_2 gets ComfyUI's sigmas (one more step, the next-to-last
+dropped)."""
 
 from __future__ import annotations
 
@@ -32,16 +37,23 @@ def engine(tmp_path_factory):
     return Engine(installed_registry(), settings=settings)
 
 
-def run(engine, ckpt: str, sampler: str, seed: int = SEED, cfg: float = 1.0):
-    """txt2img at 64x64: (the Sampler's latent, the picture as float pixels)."""
+def run(
+    engine, ckpt: str, sampler: str, seed: int = SEED, cfg: float = 1.0, steps: int = STEPS,
+    window: dict | None = None,
+):  # fmt: skip
+    """txt2img at 64x64 (Sampler (Advanced) with a ``window``): (the Sampler's latent, the
+    picture as float pixels)."""
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
     ck = add("load_checkpoint", {"ckpt_name": ckpt}).id
     pos = add("text_encode", {"text": "a large red circle on a blue background"}).id
     neg = add("text_encode", {"text": ""}).id
     lat = add("empty_latent", {"width": 64, "height": 64}).id
-    params = {"seed": seed, "steps": STEPS, "cfg": cfg, "sampler": sampler}
-    s = add("sampler", {**params, "scheduler": "normal", "denoise": 1.0}).id
+    params = {"seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": "normal"}
+    if window is None:
+        s = add("sampler", {**params, "denoise": 1.0}).id
+    else:
+        s = add("sampler_advanced", {**params, "add_noise": True, **window}).id
     dec = add("vae_decode").id
     for side in (pos, neg):
         c(ck, "clip", side, "clip")
@@ -117,3 +129,59 @@ def test_a_sampler_that_does_not_apply_to_flow_models_names_the_ones_that_do(eng
     assert not result.ok
     text = str(result.errors)
     assert "lms" in text and "euler_ancestral" in text
+
+
+def fresh(engine) -> Engine:
+    """An engine with the same models root and no cached results."""
+    return Engine(installed_registry(), settings=engine.settings)
+
+
+def recording(monkeypatch, name: str) -> list[torch.Tensor]:
+    """The sigmas each run of ComfyUI's sampler ``name`` gets."""
+    from nodes import ksamplers
+
+    seen: list[torch.Tensor] = []
+    real = ksamplers.SAMPLERS[name]
+
+    def record(model, x, sigmas, noise, callback):
+        seen.append(sigmas.detach().clone())
+        return real(model, x, sigmas, noise, callback)
+
+    monkeypatch.setitem(ksamplers.SAMPLERS, name, record)
+    return seen
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+@pytest.mark.parametrize("window", [None, {"start_at_step": 0, "end_at_step": 3}])
+def test_comfyuis_sampler_path_with_its_euler_draws_diffusers_euler_picture(
+    engine, ckpt, window, monkeypatch
+):
+    """The path dpm_2 takes (ComfyUI's sampler, the model as a denoiser x - sigma v), run
+    with ComfyUI's Euler, equals diffusers' Euler: also stopping early without leftover
+    noise (Sampler (Advanced) ending at step 3 of 4)."""
+    want_latent, want = run(fresh(engine), ckpt, "euler", cfg=2.0, window=window)
+    monkeypatch.setattr(dit, "K_FLOW_SAMPLERS", ("euler",))
+    seen = recording(monkeypatch, "euler")
+    got_latent, got = run(fresh(engine), ckpt, "euler", cfg=2.0, window=window)
+    assert len(seen) == 1  # it took ComfyUI's sampler
+    assert len(seen[0]) == (STEPS + 1 if window is None else 4)  # 3 steps, then down to 0
+    assert float(seen[0][-1]) == 0.0
+    assert torch.allclose(got_latent, want_latent, atol=2e-5)
+    assert np.abs(got - want).max() <= 1 / 255
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_dpm_2_on_a_flow_model_takes_comfyuis_sigmas_and_converges(engine, ckpt, monkeypatch):
+    """dpm_2 at 8 steps: ComfyUI's sigmas (the 9-step schedule without its next-to-last)
+    and a picture nearer the 60-step Euler picture than Euler's at 8 steps."""
+    seen = recording(monkeypatch, "dpm_2")
+    _, picture = run(fresh(engine), ckpt, "dpm_2", cfg=2.0, steps=8)
+    monkeypatch.setattr(dit, "K_FLOW_SAMPLERS", ("dpm_2", "euler"))
+    nine = recording(monkeypatch, "euler")
+    run(fresh(engine), ckpt, "euler", cfg=2.0, steps=9)
+    monkeypatch.undo()
+    assert len(seen) == 1 and len(nine) == 1
+    assert torch.allclose(seen[0], torch.cat([nine[0][:-2], nine[0][-1:]]))
+    _, fine = run(engine, ckpt, "euler", cfg=2.0, steps=60)
+    _, coarse = run(engine, ckpt, "euler", cfg=2.0, steps=8)
+    assert np.abs(picture - fine).mean() < np.abs(coarse - fine).mean()
