@@ -99,7 +99,7 @@ LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 #: the flow's own ODE (dx/dsigma = v). Only dpm_2: on studio-tiny-flow at 8 steps it lands
 #: nearer a 60-step Euler picture than Euler at 8 steps does; lms and uni_pc (written in
 #: variance-exploding / -preserving coordinates) diverge there, so they stay errors.
-K_FLOW_SAMPLERS = ("dpm_2",)
+K_FLOW_SAMPLERS = ("dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2")
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
 #: dpmpp_2m), ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`) and
 #: :data:`K_FLOW_SAMPLERS`.

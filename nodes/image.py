@@ -49,6 +49,7 @@ A1111_SAMPLER_NAMES = {
     "deis": "DEIS",
     "uni_pc": "UniPC",
     "lcm": "LCM",
+    "ipndm": "iPNDM",
 }
 
 

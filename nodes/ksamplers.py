@@ -10,7 +10,8 @@ comfy/k_diffusion/sampling.py and comfy/extra_samplers/uni_pc.py implement:
 * DPM-Solver-2 (Lu et al. 2022), with its midpoint taken in log sigma, and its ancestral
   form (each step goes down to sigma_down, then adds fresh noise of size sigma_up);
 * linear multistep (LMS, order 4): Adams-Bashforth on the ODE in sigma, the coefficients
-  being the integrals of the Lagrange basis polynomials over each step;
+  being the integrals of the Lagrange basis polynomials over each step; iPNDM (Zhang & Chen
+  2023): Adams-Bashforth with the fixed weights of evenly spaced steps;
 * DPM-Solver++ (Lu et al. 2022b) in the half-log-SNR time t = -log sigma: 2S ancestral,
   2M, the stochastic single-step "SDE" variant, and the 2M / 3M SDE multistep ones;
 * UniPC (Zhao et al. 2023), the B(h) = h (bh1) and B(h) = e^h - 1 (bh2) variants, in
@@ -235,6 +236,35 @@ def lms(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, ord
         n = min(i + 1, order)
         coeffs = [lms_coefficient(ts, i, j, n) for j in range(n)]
         x = x + sum(c * d for c, d in zip(coeffs, reversed(slopes), strict=True))
+    return x
+
+
+#: iPNDM's Adams-Bashforth weights of the current slope and the past ones, per order.
+IPNDM_WEIGHTS = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def ipndm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, order: int = 4):
+    """iPNDM (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
+    Integrator", ComfyUI's ``ipndm``): Adams-Bashforth in sigma with the fixed weights of
+    evenly spaced steps, up to ``order`` slopes (fewer at the start); the last step, to
+    sigma 0, lands on the clean prediction."""
+    slopes: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = model(x, s, i)
+        callback(i, den)
+        slopes.insert(0, _slope(x, s, den))
+        del slopes[order:]
+        if s1 == 0:
+            x = den
+            continue
+        weights = IPNDM_WEIGHTS[len(slopes)]
+        x = x + (s1 - s) * sum(w * d for w, d in zip(weights, slopes, strict=True))
     return x
 
 
@@ -565,6 +595,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "uni_pc": uni_pc,
     "uni_pc_bh2": uni_pc_bh2,
     "lcm": lcm,
+    "ipndm": ipndm,
 }
 
 

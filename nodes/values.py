@@ -252,6 +252,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     # ComfyUI's samplers that diffusers lacks: only with the comfy_* schedules
     "dpmpp_2s_ancestral": ("", {}),
     "uni_pc_bh2": ("", {}),
+    "ipndm": ("", {}),
 }
 
 #: Scheduler (sigma schedule) names -> config values; ``normal`` keeps the
@@ -301,5 +302,6 @@ COMFY_SAMPLERS = (
     "uni_pc",
     "uni_pc_bh2",
     "lcm",
+    "ipndm",
 )
 SCHEDULERS.update({name: {"comfy": base} for name, base in COMFY_SCHEDULES.items()})

@@ -33,7 +33,7 @@ SD15 = {
 }
 MS = ksampling.ModelSampling(SD15)
 MU, VAR = 0.7, 0.25
-ODE = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ddim", "uni_pc", "uni_pc_bh2")
+ODE = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ddim", "uni_pc", "uni_pc_bh2", "ipndm")
 STOCHASTIC = (
     "euler_ancestral",
     "dpm_2_ancestral",
@@ -128,6 +128,29 @@ def test_a_dpm_2_step_uses_the_log_midpoint():
     x2 = 2.5 + d * (mid - s)
     d2 = (x2 - den(x2, mid)) / mid
     assert float(got) == pytest.approx(2.5 + d2 * (s1 - s), rel=1e-6)
+
+
+def test_ipndm_steps_are_adams_bashforth_with_fixed_weights():
+    """iPNDM's fourth step: the current slope and three past ones weighted 55, -59, 37, -9
+    (over 24) times the step, whatever the spacing; the first steps use fewer."""
+    sigmas = torch.tensor([8.0, 5.0, 3.0, 2.0, 1.0, 0.5])
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def model(x, sigma, i):
+        den = gaussian(x, sigma)
+        seen.append((x, (x - den) / sigma))
+        return den
+
+    x = start(4, sigmas[0], (1, 4, 8, 8))
+    out = ksamplers.ipndm(model, x, sigmas, None, lambda i, d: None)
+    d = [slope for _, slope in seen]
+    xs = [x for x, _ in seen] + [out]
+    assert torch.allclose(xs[1], xs[0] + (sigmas[1] - sigmas[0]) * d[0])
+    assert torch.allclose(xs[2], xs[1] + (sigmas[2] - sigmas[1]) * (3 * d[1] - d[0]) / 2)
+    four = (55 * d[3] - 59 * d[2] + 37 * d[1] - 9 * d[0]) / 24
+    assert torch.allclose(xs[4], xs[3] + (sigmas[4] - sigmas[3]) * four)
+    five = (55 * d[4] - 59 * d[3] + 37 * d[2] - 9 * d[1]) / 24  # the oldest slope dropped
+    assert torch.allclose(xs[5], xs[4] + (sigmas[5] - sigmas[4]) * five, atol=1e-6)
 
 
 def test_lms_coefficients_are_the_adams_bashforth_integrals():

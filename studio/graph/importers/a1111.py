@@ -64,6 +64,8 @@ SAMPLERS: dict[str, SamplerMapping] = {
     # ComfyUI's DPM++ 2S a in Studio: with a ComfyUI schedule only (map_sampler picks it)
     "dpm++ 2s a": SamplerMapping("dpmpp_2s_ancestral", automatic="karras"),
     "uni pc bh2": SamplerMapping("uni_pc_bh2"),
+    # ComfyUI's iPNDM (reForge's "iPNDM"): with a ComfyUI schedule only, as DPM++ 2S a
+    "ipndm": SamplerMapping("ipndm"),
     "dpm++ 2m": SamplerMapping("dpmpp_2m", automatic="karras"),
     "dpm++ sde": SamplerMapping("dpmpp_sde", automatic="karras"),
     "dpm++ 2m sde": SamplerMapping("dpmpp_2m_sde", automatic="exponential"),

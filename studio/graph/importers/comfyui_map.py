@@ -55,10 +55,11 @@ COMFY_EXACT_SAMPLERS = (
     "uni_pc",
     "uni_pc_bh2",
     "lcm",
+    "ipndm",
 )
 #: ComfyUI samplers Studio has only as ComfyUI's (no diffusers scheduler): they need a
 #: ``comfy_*`` schedule.
-COMFY_ONLY_SAMPLERS = frozenset({"dpmpp_2s_ancestral", "uni_pc_bh2"})
+COMFY_ONLY_SAMPLERS = frozenset({"dpmpp_2s_ancestral", "uni_pc_bh2", "ipndm"})
 #: With another sampler, the Studio (diffusers) schedule nearest to ComfyUI's.
 SCHEDULE_FALLBACK = {
     "comfy_normal": "normal",
