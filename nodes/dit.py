@@ -94,12 +94,15 @@ VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 
 #: The LoRA prefix (the pipelines' component name) of each text encoder role.
 LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
-#: ComfyUI's ODE samplers (nodes/ksamplers.py) run on flow models as ComfyUI runs them:
-#: each solves dx/dsigma = (x - denoised) / sigma, which with ``denoised = x - sigma v`` is
-#: the flow's own ODE (dx/dsigma = v). Only dpm_2: on studio-tiny-flow at 8 steps it lands
-#: nearer a 60-step Euler picture than Euler at 8 steps does; lms and uni_pc (written in
-#: variance-exploding / -preserving coordinates) diverge there, so they stay errors.
-K_FLOW_SAMPLERS = ("dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2")
+#: ComfyUI's samplers (nodes/ksamplers.py) run on flow models as ComfyUI runs them, the
+#: model as a denoiser ``x - sigma v``: the ODE ones solve dx/dsigma = (x - denoised) /
+#: sigma, the flow's own ODE (dx/dsigma = v); dpmpp_2s_ancestral takes ComfyUI's flow form
+#: (:data:`K_FLOW_FORMS`). On studio-tiny-flow dpm_2 lands nearer a 60-step Euler picture at
+#: 8 steps than Euler does; the multistep ones (lms, ipndm, uni_pc) diverge below ~20-30
+#: steps there, as the same formulas do in ComfyUI (README).
+K_FLOW_SAMPLERS = ("dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2", "dpmpp_2s_ancestral")
+#: Where ComfyUI runs a sampler's flow-model form instead (its ``*_RF`` functions).
+K_FLOW_FORMS = {"dpmpp_2s_ancestral": "dpmpp_2s_ancestral_rf"}
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
 #: dpmpp_2m), ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`) and
 #: :data:`K_FLOW_SAMPLERS`.
@@ -1998,10 +2001,15 @@ def sample(
             ctx.progress(i + 1, total, preview_image(img, family, model.latent_rgb))
 
         x = packed(latents).float()
+        # ComfyUI's noise for the ancestral ones, drawn in the unpacked latent's shape
+        draw = ksamplers.noise_sampler(
+            sampler, torch.empty(samples.shape, device=device), sig, seed
+        )
+        steps_of = ksamplers.SAMPLERS[sampler]
+        if sampler in K_FLOW_FORMS:
+            steps_of = getattr(ksamplers, K_FLOW_FORMS[sampler])
         with torch.no_grad():
-            x = ksamplers.SAMPLERS[sampler](
-                denoise, x, sig, ksamplers.noise_sampler(sampler, x, sig, seed), shown
-            )
+            x = steps_of(denoise, x, sig, (lambda a, b: pack(draw(a, b))) if flux else draw, shown)
         x = x.to(dtype)
         return unpack(x, h, w) if flux else x
 

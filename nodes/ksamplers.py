@@ -290,6 +290,35 @@ def dpmpp_2s_ancestral(model: Denoiser, x, sigmas, noise: NoiseSampler, callback
     return x
 
 
+def dpmpp_2s_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+    """ComfyUI's dpmpp_2s_ancestral on a flow-matching model (its
+    ``sample_dpmpp_2s_ancestral_RF``, eta 1): a DPM-Solver++(2S) step down to
+    ``s' = s_next^2 / s`` with its midpoint in the flow's log-SNR ``log((1 - s) / s)`` (0.9999
+    from the top of the schedule), then the picture shrunk by ``(1 - s_next) / (1 - s')`` and
+    fresh noise added back up to ``s_next``; the last step lands on the clean prediction."""
+
+    def log_snr(s: torch.Tensor) -> torch.Tensor:
+        return ((1 - s) / s).log()
+
+    for i in range(len(sigmas) - 1):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = model(x, s, i)
+        callback(i, den)
+        if s1 == 0:
+            x = den
+            continue
+        down = s1 * s1 / s
+        if float(s) == 1.0:
+            mid = torch.full_like(s, 0.9999)
+        else:
+            mid = 1 / (((log_snr(s) + log_snr(down)) / 2).exp() + 1)
+        u = mid / s * x + (1 - mid / s) * den
+        x = down / s * x + (1 - down / s) * model(u, mid, i)
+        renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
+        x = (1 - s1) / (1 - down) * x + noise(s, s1) * renoise
+    return x
+
+
 def dpmpp_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
     """Stochastic DPM-Solver++ (single step, r = 1/2): an ancestral first-order step to the
     midpoint in -log sigma, a model call there, then an ancestral step to the end using the

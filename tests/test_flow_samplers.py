@@ -11,6 +11,8 @@ dropped)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -175,8 +177,8 @@ def test_comfyuis_sampler_path_with_its_euler_draws_diffusers_euler_picture(
 K_STEPS = {"dpm_2": 8, "lms": 30, "ipndm": 30, "uni_pc": 30, "uni_pc_bh2": 30}
 
 
-def test_every_comfy_ode_sampler_on_flow_models_is_measured():
-    assert set(K_STEPS) == set(dit.K_FLOW_SAMPLERS)
+def test_every_comfy_sampler_on_flow_models_is_measured():
+    assert set(K_STEPS) | {"dpmpp_2s_ancestral"} == set(dit.K_FLOW_SAMPLERS)
 
 
 @pytest.mark.parametrize("name", sorted(K_STEPS))
@@ -200,3 +202,50 @@ def test_comfyuis_ode_samplers_on_a_flow_model_take_its_sigmas_and_converge(
     _, fine = run(engine, ckpt, "euler", cfg=2.0, steps=60)
     _, coarse = run(engine, ckpt, "euler", cfg=2.0, steps=8)
     assert np.abs(picture - fine).mean() < np.abs(coarse - fine).mean()
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_dpmpp_2s_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+    """ComfyUI's ``sample_dpmpp_2s_ancestral_RF`` written out: per step a call at the
+    step's level, a call at the midpoint of the flow's log-SNR on the way down to
+    s_next^2 / s (0.9999 from the top), then fresh noise back up to s_next."""
+    flux = ckpt == "tiny-flux"
+    name = "_flux_call" if flux else "_sd3_call"
+    original = getattr(dit, name)
+    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+
+    def recording(net, x, t, inputs, cfg, guided):
+        pred = original(net, x, t, inputs, cfg, guided)
+        calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
+        return pred
+
+    monkeypatch.setattr(dit, name, recording)
+    samples, _ = run(fresh(engine), ckpt, "dpmpp_2s_ancestral", cfg=2.0)
+    monkeypatch.undo()
+    assert len(calls) == 2 * STEPS - 1
+    generator = torch.Generator("cpu").manual_seed(SEED + 1)
+    sigmas = [calls[2 * i][1] for i in range(STEPS)] + [0.0]
+    x = calls[0][0]
+
+    def snr(s):
+        return math.log((1 - s) / s)
+
+    for i in range(STEPS):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        x_in, _, v = calls[2 * i]
+        assert torch.allclose(x_in, x, atol=5e-5), f"step {i}"
+        den = x - s * v
+        if s1 == 0:
+            x = den
+            continue
+        down = s1 * s1 / s
+        mid = 0.9999 if s == 1.0 else 1 / (math.exp((snr(s) + snr(down)) / 2) + 1)
+        u, t_mid, v_mid = calls[2 * i + 1]
+        assert abs(t_mid - mid) < 1e-5
+        assert torch.allclose(u, mid / s * x + (1 - mid / s) * den, atol=5e-5)
+        x = down / s * x + (1 - down / s) * (u - mid * v_mid)
+        renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
+        noise = torch.randn(tuple(samples.shape), generator=generator)
+        x = (1 - s1) / (1 - down) * x + (dit.pack(noise) if flux else noise) * renoise
+    got = dit.pack(samples) if flux else samples
+    assert torch.allclose(got.float(), x, atol=5e-5)
