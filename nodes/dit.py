@@ -96,13 +96,18 @@ VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 #: ComfyUI's samplers (nodes/ksamplers.py) run on flow models as ComfyUI runs them, the
 #: model as a denoiser ``x - sigma v``: the ODE ones solve dx/dsigma = (x - denoised) /
-#: sigma, the flow's own ODE (dx/dsigma = v); dpmpp_2s_ancestral takes ComfyUI's flow form
+#: sigma, the flow's own ODE (dx/dsigma = v); the ancestral ones take ComfyUI's flow forms
 #: (:data:`K_FLOW_FORMS`). On studio-tiny-flow dpm_2 lands nearer a 60-step Euler picture at
 #: 8 steps than Euler does; the multistep ones (lms, ipndm, uni_pc) diverge below ~20-30
 #: steps there, as the same formulas do in ComfyUI (README).
-K_FLOW_SAMPLERS = ("dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2", "dpmpp_2s_ancestral")
+K_FLOW_SAMPLERS = (
+    "dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+)  # fmt: skip
 #: Where ComfyUI runs a sampler's flow-model form instead (its ``*_RF`` functions).
-K_FLOW_FORMS = {"dpmpp_2s_ancestral": "dpmpp_2s_ancestral_rf"}
+K_FLOW_FORMS = {
+    "dpm_2_ancestral": "dpm_2_ancestral_rf",
+    "dpmpp_2s_ancestral": "dpmpp_2s_ancestral_rf",
+}
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
 #: dpmpp_2m), ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`) and
 #: :data:`K_FLOW_SAMPLERS`.

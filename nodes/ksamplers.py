@@ -290,12 +290,39 @@ def dpmpp_2s_ancestral(model: Denoiser, x, sigmas, noise: NoiseSampler, callback
     return x
 
 
+def _renoise(x, s, s1, down, noise: NoiseSampler):
+    """ComfyUI's flow-model ancestral step after the descent to ``down``: the picture shrunk
+    by ``(1 - s1) / (1 - down)`` and fresh noise added back up to noise level ``s1``."""
+    renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
+    return (1 - s1) / (1 - down) * x + noise(s, s1) * renoise
+
+
+def dpm_2_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+    """ComfyUI's dpm_2_ancestral on a flow-matching model (``sample_dpm_2_ancestral_RF``, eta
+    1): DPM-Solver-2 (midpoint in log sigma) down to ``s' = s_next^2 / s``, then
+    :func:`_renoise`; the last step is Euler to 0."""
+    for i in range(len(sigmas) - 1):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = model(x, s, i)
+        down = s1 * s1 / s
+        callback(i, den)
+        d = _slope(x, s, den)
+        if down == 0:
+            x = x + d * (down - s)
+            continue
+        mid = s.log().lerp(down.log(), 0.5).exp()
+        x2 = x + d * (mid - s)
+        x = x + _slope(x2, mid, model(x2, mid, i)) * (down - s)
+        x = _renoise(x, s, s1, down, noise)
+    return x
+
+
 def dpmpp_2s_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
     """ComfyUI's dpmpp_2s_ancestral on a flow-matching model (its
     ``sample_dpmpp_2s_ancestral_RF``, eta 1): a DPM-Solver++(2S) step down to
     ``s' = s_next^2 / s`` with its midpoint in the flow's log-SNR ``log((1 - s) / s)`` (0.9999
-    from the top of the schedule), then the picture shrunk by ``(1 - s_next) / (1 - s')`` and
-    fresh noise added back up to ``s_next``; the last step lands on the clean prediction."""
+    from the top of the schedule), then :func:`_renoise`; the last step lands on the clean
+    prediction."""
 
     def log_snr(s: torch.Tensor) -> torch.Tensor:
         return ((1 - s) / s).log()
@@ -314,8 +341,7 @@ def dpmpp_2s_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callb
             mid = 1 / (((log_snr(s) + log_snr(down)) / 2).exp() + 1)
         u = mid / s * x + (1 - mid / s) * den
         x = down / s * x + (1 - down / s) * model(u, mid, i)
-        renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
-        x = (1 - s1) / (1 - down) * x + noise(s, s1) * renoise
+        x = _renoise(x, s, s1, down, noise)
     return x
 
 

@@ -178,7 +178,7 @@ K_STEPS = {"dpm_2": 8, "lms": 30, "ipndm": 30, "uni_pc": 30, "uni_pc_bh2": 30}
 
 
 def test_every_comfy_sampler_on_flow_models_is_measured():
-    assert set(K_STEPS) | {"dpmpp_2s_ancestral"} == set(dit.K_FLOW_SAMPLERS)
+    assert set(K_STEPS) | {"dpm_2_ancestral", "dpmpp_2s_ancestral"} == set(dit.K_FLOW_SAMPLERS)
 
 
 @pytest.mark.parametrize("name", sorted(K_STEPS))
@@ -244,6 +244,47 @@ def test_dpmpp_2s_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, mo
         assert abs(t_mid - mid) < 1e-5
         assert torch.allclose(u, mid / s * x + (1 - mid / s) * den, atol=5e-5)
         x = down / s * x + (1 - down / s) * (u - mid * v_mid)
+        renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
+        noise = torch.randn(tuple(samples.shape), generator=generator)
+        x = (1 - s1) / (1 - down) * x + (dit.pack(noise) if flux else noise) * renoise
+    got = dit.pack(samples) if flux else samples
+    assert torch.allclose(got.float(), x, atol=5e-5)
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_dpm_2_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+    """ComfyUI's ``sample_dpm_2_ancestral_RF`` written out: DPM-Solver-2 with its midpoint
+    in log sigma on the way down to s_next^2 / s, then fresh noise back up to s_next."""
+    flux = ckpt == "tiny-flux"
+    name = "_flux_call" if flux else "_sd3_call"
+    original = getattr(dit, name)
+    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+
+    def recording(net, x, t, inputs, cfg, guided):
+        pred = original(net, x, t, inputs, cfg, guided)
+        calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
+        return pred
+
+    monkeypatch.setattr(dit, name, recording)
+    samples, _ = run(fresh(engine), ckpt, "dpm_2_ancestral", cfg=2.0)
+    monkeypatch.undo()
+    assert len(calls) == 2 * STEPS - 1
+    generator = torch.Generator("cpu").manual_seed(SEED + 1)
+    sigmas = [calls[2 * i][1] for i in range(STEPS)] + [0.0]
+    x = calls[0][0]
+    for i in range(STEPS):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        x_in, _, v = calls[2 * i]
+        assert torch.allclose(x_in, x, atol=5e-5), f"step {i}"
+        if s1 == 0:
+            x = x - s * v  # Euler to 0: the clean prediction
+            continue
+        down = s1 * s1 / s
+        mid = math.exp((math.log(s) + math.log(down)) / 2)
+        x2, t_mid, v_mid = calls[2 * i + 1]
+        assert abs(t_mid - mid) < 1e-5
+        assert torch.allclose(x2, x + v * (mid - s), atol=5e-5)
+        x = x + v_mid * (down - s)
         renoise = (s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2) ** 0.5
         noise = torch.randn(tuple(samples.shape), generator=generator)
         x = (1 - s1) / (1 - down) * x + (dit.pack(noise) if flux else noise) * renoise
