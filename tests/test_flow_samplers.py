@@ -11,6 +11,7 @@ dropped)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -70,26 +71,41 @@ def run(
     return result.outputs[s]["latent"]["samples"], result.outputs[dec]["image"].numpy()
 
 
-@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
-def test_euler_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
-    flux = ckpt == "tiny-flux"
-    name = "_flux_call" if flux else "_sd3_call"
+def fresh(engine) -> Engine:
+    """An engine with the same models root and no cached results."""
+    return Engine(installed_registry(), settings=engine.settings)
+
+
+@contextlib.contextmanager
+def model_calls(ckpt: str):
+    """Each transformer call of the run inside: (its input latent, its noise level, the
+    guided prediction)."""
+    name = "_flux_call" if ckpt == "tiny-flux" else "_sd3_call"
     original = getattr(dit, name)
     calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
 
     def recording(net, x, t, inputs, cfg, guided):
         pred = original(net, x, t, inputs, cfg, guided)
-        calls.append((x.detach().clone().float(), float(t), pred.detach().clone().float()))
+        calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
         return pred
 
-    monkeypatch.setattr(dit, name, recording)
-    samples, picture = run(engine, ckpt, "euler_ancestral", cfg=2.0)
-    monkeypatch.undo()
+    setattr(dit, name, recording)
+    try:
+        yield calls
+    finally:
+        setattr(dit, name, original)
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_euler_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt):
+    flux = ckpt == "tiny-flux"
+    with model_calls(ckpt) as calls:
+        samples, picture = run(fresh(engine), ckpt, "euler_ancestral", cfg=2.0)
     assert len(calls) == STEPS
     # ComfyUI's default noise: seed + 1 on the CPU, the unpacked latent's shape
     generator = torch.Generator("cpu").manual_seed(SEED + 1)
     shape = tuple(samples.shape)
-    sigmas = [t / 1000 for _, t, _ in calls] + [0.0]
+    sigmas = [s for _, s, _ in calls] + [0.0]
     x = calls[0][0]
     for i, (x_in, _, v) in enumerate(calls):
         assert torch.allclose(x_in, x, atol=2e-5), f"step {i}"
@@ -131,11 +147,6 @@ def test_a_sampler_that_does_not_apply_to_flow_models_names_the_ones_that_do(eng
     assert not result.ok
     text = str(result.errors)
     assert "dpmpp_sde" in text and "euler_ancestral" in text and "ipndm" in text
-
-
-def fresh(engine) -> Engine:
-    """An engine with the same models root and no cached results."""
-    return Engine(installed_registry(), settings=engine.settings)
 
 
 def recording(monkeypatch, name: str) -> list[torch.Tensor]:
@@ -205,23 +216,13 @@ def test_comfyuis_ode_samplers_on_a_flow_model_take_its_sigmas_and_converge(
 
 
 @pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
-def test_dpmpp_2s_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+def test_dpmpp_2s_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt):
     """ComfyUI's ``sample_dpmpp_2s_ancestral_RF`` written out: per step a call at the
     step's level, a call at the midpoint of the flow's log-SNR on the way down to
     s_next^2 / s (0.9999 from the top), then fresh noise back up to s_next."""
     flux = ckpt == "tiny-flux"
-    name = "_flux_call" if flux else "_sd3_call"
-    original = getattr(dit, name)
-    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
-
-    def recording(net, x, t, inputs, cfg, guided):
-        pred = original(net, x, t, inputs, cfg, guided)
-        calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
-        return pred
-
-    monkeypatch.setattr(dit, name, recording)
-    samples, _ = run(fresh(engine), ckpt, "dpmpp_2s_ancestral", cfg=2.0)
-    monkeypatch.undo()
+    with model_calls(ckpt) as calls:
+        samples, _ = run(fresh(engine), ckpt, "dpmpp_2s_ancestral", cfg=2.0)
     assert len(calls) == 2 * STEPS - 1
     generator = torch.Generator("cpu").manual_seed(SEED + 1)
     sigmas = [calls[2 * i][1] for i in range(STEPS)] + [0.0]
@@ -252,22 +253,12 @@ def test_dpmpp_2s_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, mo
 
 
 @pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
-def test_dpm_2_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+def test_dpm_2_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt):
     """ComfyUI's ``sample_dpm_2_ancestral_RF`` written out: DPM-Solver-2 with its midpoint
     in log sigma on the way down to s_next^2 / s, then fresh noise back up to s_next."""
     flux = ckpt == "tiny-flux"
-    name = "_flux_call" if flux else "_sd3_call"
-    original = getattr(dit, name)
-    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
-
-    def recording(net, x, t, inputs, cfg, guided):
-        pred = original(net, x, t, inputs, cfg, guided)
-        calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
-        return pred
-
-    monkeypatch.setattr(dit, name, recording)
-    samples, _ = run(fresh(engine), ckpt, "dpm_2_ancestral", cfg=2.0)
-    monkeypatch.undo()
+    with model_calls(ckpt) as calls:
+        samples, _ = run(fresh(engine), ckpt, "dpm_2_ancestral", cfg=2.0)
     assert len(calls) == 2 * STEPS - 1
     generator = torch.Generator("cpu").manual_seed(SEED + 1)
     sigmas = [calls[2 * i][1] for i in range(STEPS)] + [0.0]
