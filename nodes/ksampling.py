@@ -208,6 +208,13 @@ def linear_quadratic(ms: ModelSampling, steps: int, threshold: float = 0.025) ->
     return torch.tensor([1.0 - x for x in levels], dtype=torch.float32) * float(ms.sigma_max)
 
 
+def sd_turbo(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """ComfyUI's SDTurboScheduler at denoise 1: the sigmas of timesteps 999, 899, ..., 99
+    (at most 10 steps), then 0."""
+    timesteps = torch.arange(10, 0, -1, dtype=torch.float32)[:steps] * 100 - 1
+    return torch.cat([ms.sigma(timesteps), torch.zeros(1)]).to(torch.float32)
+
+
 _SCHEDULES = {
     "normal": normal,
     "karras": karras,
@@ -218,6 +225,7 @@ _SCHEDULES = {
     "kl_optimal": kl_optimal,
     "beta": beta,
     "linear_quadratic": linear_quadratic,
+    "sd_turbo": sd_turbo,
 }
 
 

@@ -282,6 +282,8 @@ COMFY_SCHEDULES: dict[str, str] = {
     "comfy_kl_optimal": "kl_optimal",
     "comfy_beta": "beta",
     "comfy_linear_quadratic": "linear_quadratic",
+    # ComfyUI's SDTurboScheduler node (not a KSampler choice there): SD Turbo's timesteps
+    "comfy_sd_turbo": "sd_turbo",
 }
 #: The samplers the ComfyUI schedules run with (ComfyUI's k-diffusion steps, written in
 #: nodes/ksamplers.py; a test keeps the two lists equal).

@@ -309,3 +309,12 @@ def test_comfy_linear_quadratic_is_a_line_then_a_parabola(steps):
         assert np.polyval(coef, lin) == pytest.approx(0.025, abs=1e-5)
         assert np.polyval(coef, steps) == pytest.approx(1.0, abs=1e-5)
         assert np.abs(np.polyval(coef, i.numpy()) - level[lin:].numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10, 12])
+def test_comfy_sd_turbo_takes_sd_turbos_ten_timesteps(steps):
+    """ComfyUI's SDTurboScheduler at denoise 1: the sigmas of timesteps 999, 899, ..., 99
+    (no more than those ten), then 0."""
+    got = ksampling.schedule_sigmas(MS, "comfy_sd_turbo", steps).double().numpy()
+    want = [*[SIG[t] for t in range(999, 0, -100)][:steps], 0.0]
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -38,7 +38,8 @@ def split_ui(
     a scheduler node; with ``split``, two SamplerCustomAdvanced over its high and low
     sigmas (the second adding ``second_noise``), else one."""
     sched_type, sched_widgets = scheduler or ("BasicScheduler", ["normal", steps, 1.0])
-    model_links = [1, 2] if sched_type in ("BasicScheduler", "BetaSamplingScheduler") else [1]
+    with_model = ("BasicScheduler", "BetaSamplingScheduler", "SDTurboScheduler")
+    model_links = [1, 2] if sched_type in with_model else [1]
     sched_inputs = [("model", "MODEL", 2)] if 2 in model_links else []
     first_out = [30] if split else [7]
     nodes = [
@@ -211,6 +212,7 @@ def test_scheduler_nodes_equal_to_a_sampler_schedule_fold_and_others_stay(reg):
         ("ExponentialScheduler", (8, *sd)): "comfy_exponential",
         ("PolyexponentialScheduler", (8, *sd, 1.0)): "comfy_exponential",
         ("BetaSamplingScheduler", (8, 0.6, 0.6)): "comfy_beta",
+        ("SDTurboScheduler", (8, 1.0)): "comfy_sd_turbo",
     }
     for (ctype, widgets), name in cases.items():
         wf, report, placeholders = _import(
@@ -219,12 +221,14 @@ def test_scheduler_nodes_equal_to_a_sampler_schedule_fold_and_others_stay(reg):
         assert placeholders == {}, ctype
         p = wf.get_node("13").params
         assert (p["scheduler"], p["steps"]) == (name, 8)
-        model_less = ctype != "BetaSamplingScheduler"
+        model_less = ctype not in ("BetaSamplingScheduler", "SDTurboScheduler")
         assert any("takes from the model" in line for line in report) == model_less
     for scheduler, says in (
         (("KarrasScheduler", [8, 10.0, 0.0291675, 7.0]), "its sigma_max 10.0 is not"),
         (("PolyexponentialScheduler", [8, *sd, 2.0]), "its rho 2.0 is not 1.0"),
         (("BetaSamplingScheduler", [8, 0.5, 0.6]), "its alpha 0.5 is not 0.6"),
+        # SD Turbo below denoise 1 starts further down its ten timesteps: no Sampler denoise
+        (("SDTurboScheduler", [2, 0.5]), "its denoise 0.5 is not 1.0"),
     ):
         _, _, placeholders = _import(split_ui(split=None, scheduler=scheduler), reg)
         assert {"13", "24"} <= set(placeholders)

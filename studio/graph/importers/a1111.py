@@ -126,6 +126,7 @@ SCHEDULES: dict[str, SamplerMapping] = {
             "kl optimal",
             "beta",
             "linear quadratic",
+            "sd turbo",
         )
     },
 }

@@ -48,6 +48,9 @@ SCHEDULER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
     # rho 1: the exponential schedule itself
     "PolyexponentialScheduler": ("exponential", {**_SD_SIGMAS, "rho": 1.0}),
     "BetaSamplingScheduler": ("beta", {"alpha": 0.6, "beta": 0.6}),
+    # SD Turbo's timesteps 999, 899, ...; below denoise 1 it starts further down the same
+    # ten timesteps, which no Sampler denoise reproduces
+    "SDTurboScheduler": ("sd_turbo", {"denoise": 1.0}),
 }
 _SPLITS = ("SplitSigmas", "SplitSigmasDenoise")
 #: Samplers ComfyUI's KSampler (and so Studio's Sampler) runs on one more step with the

@@ -34,6 +34,8 @@ COMFY_SCHEDULES = {
         "kl_optimal",
         "beta",
         "linear_quadratic",
+        # not a KSampler choice in ComfyUI: what its SDTurboScheduler node folds into
+        "sd_turbo",
     )
 }
 #: The samplers the ``comfy_*`` schedules run with (nodes.values.COMFY_SAMPLERS; a test
@@ -71,6 +73,7 @@ SCHEDULE_FALLBACK = {
     "comfy_kl_optimal": "normal",
     "comfy_beta": "beta",
     "comfy_linear_quadratic": "normal",
+    "comfy_sd_turbo": "normal",
 }
 #: Studio node types whose (sampler, scheduler) params are checked against the above.
 SAMPLER_TYPES = frozenset({"sampler", "sampler_advanced"})
@@ -257,6 +260,7 @@ CUSTOM_SAMPLING: dict[str, tuple[str, ...]] = {
     "ExponentialScheduler": ("steps", "sigma_max", "sigma_min"),
     "PolyexponentialScheduler": ("steps", "sigma_max", "sigma_min", "rho"),
     "BetaSamplingScheduler": ("steps", "alpha", "beta"),
+    "SDTurboScheduler": ("steps", "denoise"),
     # Two passes over one schedule: Sampler (Advanced)'s start and end steps.
     "SplitSigmas": ("step",),
     "SplitSigmasDenoise": ("denoise",),
@@ -783,14 +787,8 @@ NOT_MAPPED: dict[str, str] = {
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
     "ImageQuantize": "not in Studio yet",
-    **dict.fromkeys(
-        (
-            "FlipSigmas",
-            "SDTurboScheduler",
-        ),
-        "its sigmas cannot fold into a Studio Sampler, which computes its own schedule from "
-        "steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
-    ),
+    "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
+    "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     **dict.fromkeys(
         ("DualCFGGuider", "PerpNegGuider"),
         "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
