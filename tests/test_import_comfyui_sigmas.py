@@ -287,3 +287,34 @@ def test_the_split_two_pass_workflow_draws_the_one_pass_picture(reg, engine):
     # The second pass adding noise of its own (RandomNoise) shows: the test can fail.
     noisy, _, _ = _import(split_ui(seed=11, steps=8, cfg=7.0, second_noise="RandomNoise"), reg)
     assert float(np.abs(_picture(engine, noisy) - want).max()) > 10
+
+
+def test_the_sd_turbo_chain_folds_and_draws_the_prompt(reg, engine):
+    """ComfyUI's SD Turbo example (KSamplerSelect euler_ancestral, SDTurboScheduler) folds
+    into one Sampler on comfy_sd_turbo and draws what the prompt says: its background is
+    the 20-step picture's background. All ten of SD Turbo's timesteps: studio-tiny is not
+    distilled, so fewer (a last jump from timestep 699 to the clean picture at 4) blur it."""
+    import numpy as np
+
+    from studio.modelfiles import RESOURCES
+
+    data = split_ui(
+        split=None,
+        seed=5,
+        cfg=3.0,
+        sampler=("KSamplerSelect", ["euler_ancestral"]),
+        scheduler=("SDTurboScheduler", [10, 1.0]),
+    )
+    turbo, _, placeholders = _import(data, reg)
+    assert placeholders == {}
+    assert turbo.get_node("13").params["scheduler"] == "comfy_sd_turbo"
+    got = _picture(engine, turbo)
+    own = load_workflow(RESOURCES / "workflows" / "txt2img.json", reg)
+    for n in own.nodes:
+        if n.type == "sampler":
+            n.params.update(seed=5, steps=20, cfg=3.0, sampler="euler", scheduler="comfy_normal")
+    own.find_node("Prompt").params["text"] = TEXT
+    want = _picture(engine, own)
+    corner = (slice(0, 8), slice(0, 8))  # the shape is on the right
+    assert float(np.abs(got[corner].mean((0, 1)) - want[corner].mean((0, 1))).max()) < 30
+    assert got.std() > 10
