@@ -668,3 +668,80 @@ def image_sharpen(
     kernel = blur_kernel(2 * r + 1, sigma) * -(alpha * 10)
     kernel[r, r] = kernel[r, r] - kernel.sum() + 1.0
     return torch.clamp(_mirrored_filter(image, kernel, r, "sharpen_radius"), 0, 1).contiguous()
+
+
+#: ImageQuantize's dithers: none, Floyd-Steinberg error diffusion, ordered Bayer patterns.
+QUANTIZE_DITHERS = ("none", "floyd-steinberg", "bayer-2", "bayer-4", "bayer-8", "bayer-16")
+
+
+def bayer_offsets(order: int) -> Any:
+    """ComfyUI's normalized Bayer matrix for an ``order`` x ``order`` pattern: threshold
+    offsets in (-0.5, 0.5), built from the 1 x 1 zero matrix by its recursion (float32)."""
+    import numpy as np
+
+    m = np.zeros((1, 1), np.float32)
+    for n in range(1, int(math.log2(order)) + 1):
+        q = 4**n
+        m = q * m
+        m = np.block([[m - 1.5, m + 0.5], [m + 1.5, m - 0.5]]) / q
+    return m
+
+
+@node(
+    "image_quantize",
+    title="Quantize Image",
+    category="image",
+    description=(
+        "Reduces the image to at most `colors` colours (Pillow's palette of the image), with "
+        "no dithering, Floyd-Steinberg error diffusion or an ordered Bayer pattern: "
+        "ComfyUI's ImageQuantize."
+    ),
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec(
+            "colors",
+            T.INT,
+            default=256,
+            min=1,
+            max=256,
+            tooltip="The most colours the picture keeps.",
+        ),
+        InputSpec(
+            "dither",
+            T.CHOICE,
+            default="none",
+            choices=QUANTIZE_DITHERS,
+            tooltip="How the in-between shades are drawn: not at all, by spreading the error "
+            "to neighbours (floyd-steinberg), or by a regular pattern of that size (bayer-N).",
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def image_quantize(ctx, image: Any, colors: int = 256, dither: str = "none") -> Any:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if image.shape[-1] != 3:
+        raise NodeError(f"Quantize Image takes an RGB image, not {image.shape[-1]} channels")
+    out = torch.zeros_like(image)
+    for b in range(image.shape[0]):
+        # ComfyUI's 8 bits: truncated, not rounded
+        pixels = (image[b] * 255).to(torch.uint8).cpu().numpy()
+        im = Image.fromarray(pixels)
+        palette = im.quantize(colors=colors)  # a palette of the image itself
+        if dither.startswith("bayer-"):
+            order = int(dither.split("-")[1])
+            spread = 2 * 256 / (len(palette.getpalette()) // 3)
+            offsets = torch.from_numpy(spread * bayer_offsets(order) + 0.5)
+            h, w = pixels.shape[:2]
+            tiled = offsets.tile(math.ceil(h / order), math.ceil(w / order))[:h, :w, None]
+            shifted = (torch.from_numpy(pixels.astype(np.float32)) + tiled).clamp(0, 255)
+            im = Image.fromarray(shifted.to(torch.uint8).numpy())
+            picked = im.quantize(palette=palette, dither=Image.Dither.NONE)
+        else:
+            how = Image.Dither.FLOYDSTEINBERG if dither == "floyd-steinberg" else Image.Dither.NONE
+            picked = im.quantize(palette=palette, dither=how)
+        rgb = np.asarray(picked.convert("RGB"), dtype=np.float32) / 255
+        out[b] = torch.from_numpy(rgb).to(out.dtype)
+    return out

@@ -633,6 +633,9 @@ NODE_MAPS: dict[str, NodeMap] = {
         "canny_kornia", "Canny", ("low_threshold", "high_threshold"), outputs=("image",)
     ),
     "ImageBlur": NodeMap("image_blur", "Image Blur", ("blur_radius", "sigma"), outputs=("image",)),
+    "ImageQuantize": NodeMap(
+        "image_quantize", "Quantize Image", ("colors", "dither"), outputs=("image",)
+    ),
     "ImageSharpen": NodeMap(
         "image_sharpen", "Image Sharpen", ("sharpen_radius", "sigma", "alpha"), outputs=("image",)
     ),
@@ -786,7 +789,7 @@ NOT_MAPPED: dict[str, str] = {
     "or three",
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "ImageQuantize": "not in Studio yet",
+    "LatentFromBatch": "not in Studio yet",
     "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
     "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     **dict.fromkeys(
