@@ -101,17 +101,18 @@ LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 #: 8 steps than Euler does; the multistep ones (lms, ipndm, uni_pc) diverge below ~20-30
 #: steps there, as the same formulas do in ComfyUI (README).
 K_FLOW_SAMPLERS = (
-    "dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+    "dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2",
+    "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral",
 )  # fmt: skip
 #: Where ComfyUI runs a sampler's flow-model form instead (its ``*_RF`` functions).
 K_FLOW_FORMS = {
+    "euler_ancestral": "euler_ancestral_rf",
     "dpm_2_ancestral": "dpm_2_ancestral_rf",
     "dpmpp_2s_ancestral": "dpmpp_2s_ancestral_rf",
 }
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
-#: dpmpp_2m), ComfyUI's euler_ancestral for flow models (:func:`_ancestral_class`) and
-#: :data:`K_FLOW_SAMPLERS`.
-FLOW_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", *K_FLOW_SAMPLERS)
+#: dpmpp_2m) and :data:`K_FLOW_SAMPLERS`.
+FLOW_SAMPLERS = ("euler", "heun", "dpmpp_2m", *K_FLOW_SAMPLERS)
 #: Schedules: normal = the model's own (the pipeline's), simple = ComfyUI's (evenly spaced
 #: in time, then shifted), and the sigma conversions diffusers' flow schedulers offer.
 FLOW_SCHEDULES = {
@@ -1454,9 +1455,6 @@ def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> 
             f"{', '.join(FLOW_SCHEDULES)} (or ComfyUI's {', '.join(FLOW_COMFY_SCHEDULES)})"
         )
     base = {k: v for k, v in config.items() if not k.startswith("_")}
-    if sampler == "euler_ancestral":
-        anc = _ancestral_class().from_config(base, **FLOW_SCHEDULES[schedule])
-        return anc, anc
     euler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(base, **FLOW_SCHEDULES[schedule])
     if sampler == "euler" or sampler in K_FLOW_SAMPLERS:  # the latter: its sigmas only
         return euler, euler
@@ -1473,48 +1471,6 @@ def make_flow_scheduler(config: dict[str, Any], sampler: str, schedule: str) -> 
         **FLOW_SCHEDULES[schedule],
     )
     return dpm, euler
-
-
-_ANCESTRAL: Any = None
-
-
-def _ancestral_class() -> Any:
-    """diffusers' ``FlowMatchEulerDiscreteScheduler`` whose step is ComfyUI's euler_ancestral
-    on a flow model (``sample_euler_ancestral_RF``, eta 1, s_noise 1): from ``x`` at ``s``
-    with the model's clean guess ``d = x - s v``, an Euler step down to ``s' = s_next^2 / s``,
-    then the picture shrunk by ``(1 - s_next) / (1 - s')`` and fresh noise added so the noise
-    level is ``s_next`` again. The last step (to 0) takes the clean guess. Set
-    :attr:`noise_sampler` (ComfyUI's default noise, nodes/ksamplers.py) before sampling."""
-    global _ANCESTRAL
-    if _ANCESTRAL is None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        class FlowEulerAncestral(FlowMatchEulerDiscreteScheduler):
-            noise_sampler: Any = None
-
-            def step(self, model_output, timestep, sample, *args, return_dict=True, **kwargs):
-                if self.step_index is None:
-                    self._init_step_index(timestep)
-                sigma = self.sigmas[self.step_index].float()
-                sigma_next = self.sigmas[self.step_index + 1].float()
-                x = sample.float()
-                denoised = x - sigma * model_output.float()
-                if float(sigma_next) == 0.0:
-                    prev = denoised
-                else:
-                    sigma_down = sigma_next * sigma_next / sigma  # eta 1
-                    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-                    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-                    ratio = sigma_down / sigma
-                    prev = ratio * x + (1 - ratio) * denoised
-                    drawn = self.noise_sampler(sigma, sigma_next).float()
-                    prev = alpha_next / alpha_down * prev + drawn * renoise
-                self._step_index += 1
-                prev = prev.to(sample.dtype)
-                return (prev,) if not return_dict else {"prev_sample": prev}
-
-        _ANCESTRAL = FlowEulerAncestral
-    return _ANCESTRAL
 
 
 def _set_timesteps(
@@ -1539,7 +1495,7 @@ def _set_timesteps(
     if sampler == "dpmpp_2m":
         sched.set_timesteps(steps, device=device, **kwargs)
         return
-    if sampler in ("euler", "euler_ancestral") or sampler in K_FLOW_SAMPLERS:
+    if sampler == "euler" or sampler in K_FLOW_SAMPLERS:
         sched.set_timesteps(n, device=device, sigmas=sigmas, **kwargs)
         if drop:
             sched.sigmas = torch.cat([sched.sigmas[:-2], sched.sigmas[-1:]])
@@ -1913,12 +1869,6 @@ def sample(
     init, noise, latents = _start(
         sched, samples, latent, plan, noise_mask is not None, generator, device, dtype
     )
-    if sampler == "euler_ancestral":
-        from nodes.ksamplers import default_noise
-
-        # ComfyUI's noise for its steps, drawn in the unpacked latent's shape
-        draw = default_noise(torch.empty(samples.shape, device=device, dtype=torch.float32), seed)
-        sched.noise_sampler = (lambda s, s2: pack(draw(s, s2))) if flux else draw
     mask = soft = fill_in = None
     if fill:  # the model repaints by itself: no blending (FluxFillPipeline's loop)
         fill_in = fill_inputs(latent["inpaint"], init, generator, device, dtype)

@@ -297,6 +297,22 @@ def _renoise(x, s, s1, down, noise: NoiseSampler):
     return (1 - s1) / (1 - down) * x + noise(s, s1) * renoise
 
 
+def euler_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+    """ComfyUI's euler_ancestral on a flow-matching model (``sample_euler_ancestral_RF``, eta
+    1): an Euler step down to ``s' = s_next^2 / s`` (towards the clean prediction), then
+    :func:`_renoise`; the last step lands on the clean prediction."""
+    for i in range(len(sigmas) - 1):
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = model(x, s, i)
+        callback(i, den)
+        if s1 == 0:
+            x = den
+            continue
+        down = s1 * s1 / s
+        x = _renoise(down / s * x + (1 - down / s) * den, s, s1, down, noise)
+    return x
+
+
 def dpm_2_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
     """ComfyUI's dpm_2_ancestral on a flow-matching model (``sample_dpm_2_ancestral_RF``, eta
     1): DPM-Solver-2 (midpoint in log sigma) down to ``s' = s_next^2 / s``, then
