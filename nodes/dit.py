@@ -95,21 +95,19 @@ VAE_FACTORS = {"flux": (0.3611, 0.1159), "sd3": (1.5305, 0.0609)}
 #: The LoRA prefix (the pipelines' component name) of each text encoder role.
 LORA_PREFIXES = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 #: ComfyUI's samplers (nodes/ksamplers.py) run on flow models as ComfyUI runs them, the
-#: model as a denoiser ``x - sigma v``: the ODE ones solve dx/dsigma = (x - denoised) /
-#: sigma, the flow's own ODE (dx/dsigma = v); the ancestral ones take ComfyUI's flow forms
-#: (:data:`K_FLOW_FORMS`). On studio-tiny-flow dpm_2 lands nearer a 60-step Euler picture at
-#: 8 steps than Euler does; the multistep ones (lms, ipndm, uni_pc) diverge below ~20-30
-#: steps there, as the same formulas do in ComfyUI (README).
+#: model as a denoiser ``x - sigma v`` (``ksamplers.flow_form``): the ODE ones solve
+#: dx/dsigma = (x - denoised) / sigma, the flow's own ODE (dx/dsigma = v); the ancestral
+#: ones take ComfyUI's flow forms (its ``*_RF`` functions); the SDE ones and lcm work in the
+#: flow's log-SNR log((1 - sigma) / sigma) and signal scale 1 - sigma; ddim is ComfyUI's
+#: (Euler steps). On studio-tiny-flow
+#: dpm_2 lands nearer a 60-step Euler picture at 8 steps than Euler does; the multistep
+#: ones (lms, ipndm, uni_pc) diverge below ~20-30 steps there, as the same formulas do in
+#: ComfyUI (README).
 K_FLOW_SAMPLERS = (
     "dpm_2", "lms", "ipndm", "uni_pc", "uni_pc_bh2",
     "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+    "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "ddim",
 )  # fmt: skip
-#: Where ComfyUI runs a sampler's flow-model form instead (its ``*_RF`` functions).
-K_FLOW_FORMS = {
-    "euler_ancestral": "euler_ancestral_rf",
-    "dpm_2_ancestral": "dpm_2_ancestral_rf",
-    "dpmpp_2s_ancestral": "dpmpp_2s_ancestral_rf",
-}
 #: Samplers that apply to flow-matching models: diffusers' flow schedulers (euler, heun,
 #: dpmpp_2m) and :data:`K_FLOW_SAMPLERS`.
 FLOW_SAMPLERS = ("euler", "heun", "dpmpp_2m", *K_FLOW_SAMPLERS)
@@ -1956,13 +1954,14 @@ def sample(
             ctx.progress(i + 1, total, preview_image(img, family, model.latent_rgb))
 
         x = packed(latents).float()
-        # ComfyUI's noise for the ancestral ones, drawn in the unpacked latent's shape
+        # ComfyUI's noise (default or Brownian), drawn in the unpacked latent's shape
         draw = ksamplers.noise_sampler(
             sampler, torch.empty(samples.shape, device=device), sig, seed
         )
-        steps_of = ksamplers.SAMPLERS[sampler]
-        if sampler in K_FLOW_FORMS:
-            steps_of = getattr(ksamplers, K_FLOW_FORMS[sampler])
+        if sampler in ksamplers.SNR_OFFSET and float(sig[0]) >= 1:
+            sig = sig.clone()
+            sig[0] = _sigma_at(sched, mu, 1 - 1e-4)  # the log-SNR is infinite at 1
+        steps_of = ksamplers.flow_form(sampler)
         with torch.no_grad():
             x = steps_of(denoise, x, sig, (lambda a, b: pack(draw(a, b))) if flux else draw, shown)
         x = x.to(dtype)
@@ -2191,6 +2190,15 @@ def _start(
         return init, noise, noise
     sigma = sched.sigmas.to(device=device, dtype=dtype)[plan.begin]
     return init, noise, sigma * noise + (1.0 - sigma) * init
+
+
+def _sigma_at(sched: Any, mu: float | None, t: float) -> float:
+    """The noise level at time ``t`` of the run's schedule (its shift, or Flux's ``mu``):
+    ComfyUI's ``percent_to_sigma(1 - t)`` for the same model."""
+    if sched.config.get("use_dynamic_shifting") and mu is not None:
+        return float(sched.time_shift(mu, 1.0, t))
+    shift = float(sched.config.get("shift", 1.0))
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ BrownianTreeNoiseSampler. Imported lazily (imports torch).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -361,34 +362,50 @@ def dpmpp_2s_ancestral_rf(model: Denoiser, x, sigmas, noise: NoiseSampler, callb
     return x
 
 
-def dpmpp_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+def _snr(flow: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]:
+    """The half log signal-to-noise ratio lambda = log(alpha / sigma) of a noise level, its
+    inverse, and the signal scale alpha: -log sigma and 1 on the UNets' x = x0 + sigma n;
+    log((1 - sigma) / sigma) and 1 - sigma on a flow model's x = (1 - sigma) x0 + sigma n
+    (ComfyUI's ``sigma_to_half_log_snr`` for its CONST models)."""
+    if flow:
+        return (lambda s: s.logit().neg()), (lambda lam: lam.neg().sigmoid()), (lambda s: 1 - s)
+    return _lam, _sig, (lambda s: 1.0)
+
+
+def dpmpp_sde(
+    model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, flow: bool = False
+):
     """Stochastic DPM-Solver++ (single step, r = 1/2): an ancestral first-order step to the
-    midpoint in -log sigma, a model call there, then an ancestral step to the end using the
-    midpoint-corrected prediction; the noise is the Brownian tree's over each interval."""
+    midpoint in lambda, a model call there, then an ancestral step to the end using the
+    midpoint-corrected prediction; the noise is the Brownian tree's over each interval.
+    ``flow``: on a flow-matching model (lambda and alpha of :func:`_snr`), as ComfyUI's
+    ``sample_dpmpp_sde`` takes its CONST models."""
     r = 0.5
+    lam, sig, alpha = _snr(flow)
     for i in range(len(sigmas) - 1):
         s, s1 = sigmas[i], sigmas[i + 1]
         den = model(x, s, i)
         callback(i, den)
         if s1 == 0:
-            x = x + _slope(x, s, den) * (s1 - s)
+            x = den
             continue
-        t, t_next = _lam(s), _lam(s1)
-        h = t_next - t
-        t_mid = t + h * r
+        t, t_next = lam(s), lam(s1)
+        t_mid = t + (t_next - t) * r
+        s_mid = sig(t_mid)
         fac = 1 / (2 * r)
-        # first stage: to the midpoint
+        a, a_mid, a_next = alpha(s), alpha(s_mid), alpha(s1)
+        # first stage: to the midpoint (the ancestral split taken on e^-lambda)
         down, up = ancestral_split(_sig(t), _sig(t_mid))
-        t_down = _lam(down)
-        x2 = (_sig(t_down) / _sig(t)) * x - (t - t_down).expm1() * den
-        x2 = x2 + noise(_sig(t), _sig(t_mid)) * up
-        den2 = model(x2, _sig(t_mid), i)
+        h = _lam(down) - t
+        x2 = (a_mid / a) * (-h).exp() * x - a_mid * (-h).expm1() * den
+        x2 = x2 + a_mid * noise(s, s_mid) * up
+        den2 = model(x2, s_mid, i)
         # second stage: the whole step with the corrected prediction
         down, up = ancestral_split(_sig(t), _sig(t_next))
-        t_down = _lam(down)
+        h = _lam(down) - t
         corrected = (1 - fac) * den + fac * den2
-        x = (_sig(t_down) / _sig(t)) * x - (t - t_down).expm1() * corrected
-        x = x + noise(_sig(t), _sig(t_next)) * up
+        x = (a_next / a) * (-h).exp() * x - a_next * (-h).expm1() * corrected
+        x = x + a_next * noise(s, s1) * up
     return x
 
 
@@ -412,10 +429,15 @@ def dpmpp_2m(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback
     return x
 
 
-def dpmpp_2m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+def dpmpp_2m_sde(
+    model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, flow: bool = False
+):
     """DPM-Solver++(2M) SDE, midpoint form, eta 1: the deterministic part decays with
-    e^(-2h), the second-order term is half the difference of the last two predictions
-    scaled by 1/r, and the noise is sigma_next sqrt(1 - e^(-2h)) Brownian increments."""
+    sigma_next / sigma e^-h, the prediction's weight alpha_next (1 - e^(-2h)), the
+    second-order term half the difference of the last two predictions scaled by 1/r, and
+    the noise sigma_next sqrt(1 - e^(-2h)) Brownian increments (h, alpha: :func:`_snr`;
+    ``flow`` as in :func:`dpmpp_sde`)."""
+    lam, _, alpha = _snr(flow)
     old, h_last = None, None
     for i in range(len(sigmas) - 1):
         s, s1 = sigmas[i], sigmas[i + 1]
@@ -425,20 +447,24 @@ def dpmpp_2m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Call
         if s1 == 0:
             x = den
         else:
-            h = _lam(s1) - _lam(s)
-            eta_h = h  # eta 1
-            x = s1 / s * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * den
+            h = lam(s1) - lam(s)
+            keep = (-2 * h).expm1().neg()  # eta 1: h (eta + 1)
+            a = alpha(s1)
+            x = s1 / s * (-h).exp() * x + a * keep * den
             if old is not None:
-                r = h_last / h
-                x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (den - old)
-            x = x + noise(s, s1) * s1 * (-2 * eta_h).expm1().neg().sqrt()
+                x = x + 0.5 * a * keep * (h / h_last) * (den - old)
+            x = x + noise(s, s1) * s1 * keep.sqrt()
         old, h_last = den, h
     return x
 
 
-def dpmpp_3m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+def dpmpp_3m_sde(
+    model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, flow: bool = False
+):
     """DPM-Solver++(3M) SDE, eta 1: the predictions of the last three steps give first and
-    second divided differences, weighted by phi_2 and phi_3 of h (eta + 1)."""
+    second divided differences, weighted by alpha_next phi_2 and phi_3 of h (eta + 1) (h,
+    alpha: :func:`_snr`; ``flow`` as in :func:`dpmpp_sde`)."""
+    lam, _, alpha = _snr(flow)
     d_1 = d_2 = None
     h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
@@ -449,9 +475,10 @@ def dpmpp_3m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Call
         if s1 == 0:
             x = den
         else:
-            h = _lam(s1) - _lam(s)
+            h = lam(s1) - lam(s)
             h_eta = h * 2  # eta 1
-            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * den
+            a = alpha(s1)
+            x = s1 / s * (-h).exp() * x + a * (-h_eta).expm1().neg() * den
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (den - d_1) / r0
@@ -460,11 +487,11 @@ def dpmpp_3m_sde(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Call
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 phi_3 = phi_2 / h_eta - 0.5
-                x = x + phi_2 * d1 - phi_3 * d2
+                x = x + a * phi_2 * d1 - a * phi_3 * d2
             elif h_1 is not None:
                 d = (den - d_1) / (h_1 / h)
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
-                x = x + phi_2 * d
+                x = x + a * phi_2 * d
             x = x + noise(s, s1) * s1 * (-2 * h).expm1().neg().sqrt()
         d_1, d_2 = den, d_1
         h_1, h_2 = h, h_1
@@ -492,17 +519,28 @@ def ddpm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
     return x
 
 
-def lcm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback):
+def lcm(model: Denoiser, x, sigmas, noise: NoiseSampler, callback: Callback, flow: bool = False):
     """Latent consistency sampling: each step jumps to the clean prediction and noises it
-    afresh to the next sigma."""
+    afresh to the next sigma (``flow``: as a flow model mixes them, (1 - s) x0 + s n)."""
     for i in range(len(sigmas) - 1):
         s1 = sigmas[i + 1]
         den = model(x, sigmas[i], i)
         callback(i, den)
         x = den
         if s1 > 0:
-            x = noise(sigmas[i], s1) * s1 + x
+            fresh = noise(sigmas[i], s1) * s1
+            x = fresh + (1 - s1) * x if flow else fresh + x
     return x
+
+
+def flow_form(name: str) -> Callable[..., torch.Tensor]:
+    """Sampler ``name`` as ComfyUI runs it on a flow-matching model: its ``*_RF`` function
+    where it has one, the SDE ones and lcm on the flow's lambda and alpha."""
+    if name in RF_FORMS:
+        return RF_FORMS[name]
+    if name in FLOW_AWARE:
+        return functools.partial(SAMPLERS[name], flow=True)
+    return SAMPLERS[name]
 
 
 # -- UniPC ------------------------------------------------------------------------------------
@@ -681,3 +719,16 @@ def noise_sampler(name: str, x: torch.Tensor, sigmas: torch.Tensor, seed: int) -
         raise AssertionError(f"sampler {name!r} draws no noise")
 
     return none
+
+
+#: ComfyUI's own flow-model forms (``sample_*_RF``), which it runs on flow models instead.
+RF_FORMS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler_ancestral": euler_ancestral_rf,
+    "dpm_2_ancestral": dpm_2_ancestral_rf,
+    "dpmpp_2s_ancestral": dpmpp_2s_ancestral_rf,
+}
+#: Samplers written for both kinds of model (their ``flow`` argument).
+FLOW_AWARE = frozenset({"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"})
+#: Samplers whose first noise level must sit below 1 on a flow model (their log-SNR is
+#: infinite at 1): ComfyUI moves it to the level 0.01 % of the way into the schedule.
+SNR_OFFSET = frozenset({"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"})

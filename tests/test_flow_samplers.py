@@ -12,6 +12,7 @@ dropped)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import numpy as np
@@ -124,11 +125,22 @@ def test_euler_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt):
     assert np.isfinite(picture).all()
 
 
+#: ComfyUI's stochastic samplers on flow models.
+STOCHASTIC = (
+    "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+    "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", STOCHASTIC)
 @pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
-def test_euler_ancestral_on_a_flow_model_is_seeded_and_differs_from_euler(engine, ckpt):
-    a = run(engine, ckpt, "euler_ancestral")[1]
-    assert np.array_equal(a, run(engine, ckpt, "euler_ancestral")[1])
-    assert np.abs(a - run(engine, ckpt, "euler_ancestral", seed=SEED + 1)[1]).max() > 4 / 255
+def test_stochastic_samplers_on_a_flow_model_are_seeded_and_differ_from_euler(
+    engine, ckpt, sampler
+):
+    a = run(engine, ckpt, sampler)[1]
+    assert np.isfinite(a).all()
+    assert np.array_equal(a, run(fresh(engine), ckpt, sampler)[1])
+    assert np.abs(a - run(engine, ckpt, sampler, seed=SEED + 1)[1]).max() > 4 / 255
     assert np.abs(a - run(engine, ckpt, "euler")[1]).max() > 4 / 255
 
 
@@ -137,7 +149,7 @@ def test_a_sampler_that_does_not_apply_to_flow_models_names_the_ones_that_do(eng
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-flux"}).id
     pos = wf.add_node("text_encode", {"text": "x"}).id
     lat = wf.add_node("empty_latent", {"width": 64, "height": 64}).id
-    s = wf.add_node("sampler", {"steps": 2, "cfg": 1.0, "sampler": "dpmpp_sde"}).id
+    s = wf.add_node("sampler", {"steps": 2, "cfg": 1.0, "sampler": "ddpm"}).id
     wf.connect(ck, "clip", pos, "clip")
     wf.connect(ck, "model", s, "model")
     wf.connect(pos, "conditioning", s, "positive")
@@ -146,7 +158,7 @@ def test_a_sampler_that_does_not_apply_to_flow_models_names_the_ones_that_do(eng
     result = engine.run(wf, targets=[s])
     assert not result.ok
     text = str(result.errors)
-    assert "dpmpp_sde" in text and "euler_ancestral" in text and "ipndm" in text
+    assert "ddpm" in text and "dpmpp_2m_sde" in text and "ipndm" in text
 
 
 def recording(monkeypatch, name: str) -> list[torch.Tensor]:
@@ -189,8 +201,14 @@ K_STEPS = {"dpm_2": 8, "lms": 30, "ipndm": 30, "uni_pc": 30, "uni_pc_bh2": 30}
 
 
 def test_every_comfy_sampler_on_flow_models_is_measured():
-    ancestral = {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral"}
-    assert set(K_STEPS) | ancestral == set(dit.K_FLOW_SAMPLERS)
+    assert set(K_STEPS) | set(STOCHASTIC) | {"ddim"} == set(dit.K_FLOW_SAMPLERS)
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_ddim_on_a_flow_model_is_comfyuis_euler(engine, ckpt):
+    _, ddim = run(fresh(engine), ckpt, "ddim", cfg=2.0)
+    _, euler = run(engine, ckpt, "euler", cfg=2.0)
+    assert np.abs(ddim - euler).max() <= 1 / 255
 
 
 @pytest.mark.parametrize("name", sorted(K_STEPS))
@@ -284,7 +302,7 @@ def test_dpm_2_ancestral_steps_as_comfyui_steps_a_flow_model(engine, ckpt):
     assert torch.allclose(got.float(), x, atol=5e-5)
 
 
-@pytest.mark.parametrize("sampler", ["dpm_2", "dpmpp_2s_ancestral"])
+@pytest.mark.parametrize("sampler", ["dpm_2", "dpmpp_2s_ancestral", "dpmpp_2m_sde"])
 def test_comfyuis_samplers_on_a_flow_model_keep_the_input_outside_a_noise_mask(
     engine, tmp_path, sampler
 ):
@@ -328,3 +346,83 @@ def test_comfyuis_samplers_on_a_flow_model_keep_the_input_outside_a_noise_mask(
     kept, repainted = (..., slice(9, None)), (..., slice(0, 7))  # latent columns off the edge
     assert torch.allclose(got[kept], euler[kept], atol=1e-5)
     assert float((got[repainted] - euler[repainted]).abs().mean()) > 0.02
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_dpmpp_2m_sde_steps_as_comfyui_steps_a_flow_model(engine, ckpt, monkeypatch):
+    """ComfyUI's ``sample_dpmpp_2m_sde`` on a CONST model written out: the first level moved
+    0.01 % into the schedule (the log-SNR log((1 - s) / s) is infinite at 1), the
+    exponential-integrator step in that log-SNR with the signal scale 1 - s_next, and the
+    Brownian tree over [smallest nonzero sigma, 1] seeded with the seed, in the unpacked
+    latent's shape."""
+    torchsde = pytest.importorskip("torchsde")
+    from nodes import ksamplers
+
+    flux = ckpt == "tiny-flux"
+    trees: list[torch.Tensor] = []
+    real = ksamplers.noise_sampler
+
+    def noting(name, x, sigmas, seed):
+        trees.append(sigmas.detach().clone())
+        return real(name, x, sigmas, seed)
+
+    monkeypatch.setattr(ksamplers, "noise_sampler", noting)
+    with model_calls(ckpt) as calls:
+        samples, _ = run(fresh(engine), ckpt, "dpmpp_2m_sde", cfg=2.0)
+    assert len(calls) == STEPS and len(trees) == 1
+    schedule = trees[0]
+    assert float(schedule[0]) == 1.0
+    first = calls[0][1]
+    assert 0.999 < first < 1.0
+    if not flux:  # SD3's shift 3 at time 0.9999
+        assert first == pytest.approx(3 * 0.9999 / (1 + 2 * 0.9999), abs=1e-6)
+    sigmas = [first, *(float(v) for v in schedule[1:])]
+    shape = tuple(samples.shape)
+    low = schedule[schedule > 0].min()
+    tree = torchsde.BrownianTree(low, torch.zeros(shape), schedule.max(), entropy=SEED)
+
+    def lam(s):
+        return math.log((1 - s) / s)
+
+    x, old, h_last = calls[0][0], None, None
+    for i, (x_in, _, v) in enumerate(calls):
+        assert torch.allclose(x_in, x, atol=5e-5), f"step {i}"
+        s, s1 = sigmas[i], sigmas[i + 1]
+        den = x - s * v
+        if s1 == 0:
+            x = den
+            continue
+        h = lam(s1) - lam(s)
+        keep = 1 - math.exp(-2 * h)
+        new = s1 / s * math.exp(-h) * x + (1 - s1) * keep * den
+        if old is not None:
+            new = new + 0.5 * (1 - s1) * keep * (h / h_last) * (den - old)
+        a, b = torch.tensor(s1, dtype=torch.float32), torch.tensor(s, dtype=torch.float32)
+        w = -tree(a, b) / (b - a).sqrt()  # going down in sigma: the increment reversed
+        x = new + (dit.pack(w) if flux else w) * s1 * math.sqrt(keep)
+        old, h_last = den, h
+    got = dit.pack(samples) if flux else samples
+    assert torch.allclose(got.float(), x, atol=5e-5)
+
+
+@pytest.mark.parametrize("ckpt", ["studio-tiny-flow", "tiny-flux"])
+def test_dpmpp_sde_and_lcm_step_as_comfyui_on_a_flow_model(engine, ckpt):
+    """dpmpp_sde: two calls a step (its last one call), the first below 1 as for 2M SDE;
+    lcm: each step's input is the last clean prediction noised to the step's level as the
+    flow mixes them, (1 - s) x0 + s n, with ComfyUI's default noise."""
+    with model_calls(ckpt) as calls:
+        run(fresh(engine), ckpt, "dpmpp_sde", cfg=2.0)
+    assert len(calls) == 2 * STEPS - 1
+    assert 0.999 < calls[0][1] < 1.0
+    flux = ckpt == "tiny-flux"
+    with model_calls(ckpt) as calls:
+        samples, _ = run(fresh(engine), ckpt, "lcm", cfg=2.0)
+    assert len(calls) == STEPS and calls[0][1] == 1.0
+    generator = torch.Generator("cpu").manual_seed(SEED + 1)
+    for (x, s, v), (x_next, s1, _) in itertools.pairwise(calls):
+        n = torch.randn(tuple(samples.shape), generator=generator)
+        den = x - s * v
+        assert torch.allclose(x_next, (1 - s1) * den + s1 * (dit.pack(n) if flux else n), atol=5e-5)
+    x, s, v = calls[-1]
+    got = dit.pack(samples) if flux else samples
+    assert torch.allclose(got.float(), x - s * v, atol=5e-5)
