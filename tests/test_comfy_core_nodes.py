@@ -255,3 +255,69 @@ def test_an_area_prompt_changes_its_part_of_the_image(engine):
     assert np.abs(with_area(0.0) - plain).mean() < 1  # no weight: the whole prompt alone
     changed = np.abs(with_area(1.0) - plain).mean(axis=(0, 2))
     assert changed[32:].mean() > 2 * changed[:32].mean()  # the right half changes most
+
+
+def test_the_deprecated_checkpoint_loader_with_a_config_imports_as_load_checkpoint():
+    """CheckpointLoader (a .yaml config beside the checkpoint): Studio reads the family from
+    the tensors, so the file becomes the same graph as with CheckpointLoaderSimple, and the
+    report says the config is not read."""
+    reg = installed_registry()
+
+    def api(loader: dict) -> dict:
+        return {
+            "1": loader,
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["1", 1]}},
+            "3": {
+                "class_type": "EmptyLatentImage",
+                "inputs": {"width": 64, "height": 64, "batch_size": 1},
+            },
+            "4": {
+                "class_type": "KSampler",
+                "inputs": {
+                    "seed": 1,
+                    "steps": 4,
+                    "cfg": 3.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "denoise": 1.0,
+                    "model": ["1", 0],
+                    "positive": ["2", 0],
+                    "negative": ["2", 0],
+                    "latent_image": ["3", 0],
+                },
+            },
+            "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        }
+
+    simple = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "studio-tiny"}}
+    old = {
+        "class_type": "CheckpointLoader",
+        "inputs": {"config_name": "v1-inference.yaml", "ckpt_name": "studio-tiny"},
+    }
+    want = import_comfyui(api(simple), reg, source="simple.json")
+    got = import_comfyui(api(old), reg, source="old.json")
+    assert not [n for n in got.workflow.nodes if n.type.startswith("comfyui.")]
+    loader = got.workflow.get_node("1")
+    assert loader.type == "load_checkpoint"
+    assert loader.params == want.workflow.get_node("1").params
+
+    def wiring(wf):
+        return sorted((k.source, k.output, k.target, k.input) for k in wf.links)
+
+    assert wiring(got.workflow) == wiring(want.workflow)
+    assert any("config file is not read" in line for line in got.report)
+    # the UI-format file of the same graph (widgets in ComfyUI's order) reads the same
+    ui = {
+        "nodes": [
+            {
+                "id": 1, "type": "CheckpointLoader", "pos": [0, 0],
+                "widgets_values": ["v1-inference.yaml", "studio-tiny"],
+                "outputs": [{"name": "MODEL"}, {"name": "CLIP"}, {"name": "VAE"}],
+            }
+        ],
+        "links": [],
+    }  # fmt: skip
+    assert import_comfyui(ui, reg, source="ui.json").workflow.get_node("1").params == (
+        loader.params
+    )
+    assert export_comfyui_api(got.workflow)["1"]["class_type"] == "CheckpointLoaderSimple"

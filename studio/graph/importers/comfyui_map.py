@@ -329,6 +329,17 @@ NODE_MAPS: dict[str, NodeMap] = {
     "CheckpointLoaderSimple": NodeMap(
         "load_checkpoint", "Load Checkpoint", ("ckpt_name",), outputs=("model", "clip", "vae")
     ),
+    # the deprecated loader with a model config (.yaml): Studio reads the family from the
+    # file's tensors, so the config is not needed
+    "CheckpointLoader": NodeMap(
+        "load_checkpoint",
+        "Load Checkpoint With Config (DEPRECATED)",
+        ("config_name", "ckpt_name"),
+        outputs=("model", "clip", "vae"),
+        unsupported={"config_name": ("", "")},
+        always="became Load Checkpoint: its config file is not read, Studio takes the "
+        "model's family and settings from the checkpoint's own tensors",
+    ),
     "CLIPTextEncode": NodeMap(
         "text_encode", "CLIP Text Encode (Prompt)", ("text",), outputs=("conditioning",)
     ),
@@ -784,7 +795,6 @@ PASS_THROUGH: dict[str, str] = {}
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
-    "CheckpointLoader": "loads with a config file; Studio reads the model family from the file",
     "CLIPLoader": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
