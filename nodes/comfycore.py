@@ -526,3 +526,94 @@ def crop_image(ctx, image: Any, width: int, height: int, x: int, y: int) -> Any:
     x = min(int(x), image.shape[2] - 1)
     y = min(int(y), image.shape[1] - 1)
     return image[:, y : y + int(height), x : x + int(width), :]
+
+
+# -- latent batches ---------------------------------------------------------------------------
+
+
+def _rows(value: Any, start: int, length: int, batch: int) -> Any:
+    """Rows ``start .. start + length`` of a per-sample tensor of a ``batch``-sized latent
+    (a mask of fewer rows repeated to the batch first, as ComfyUI does); one row for all of
+    them stays as it is."""
+    import math
+
+    if value is None or value.shape[0] == 1:
+        return value
+    if value.shape[0] < batch:
+        reps = (math.ceil(batch / value.shape[0]), *([1] * (value.ndim - 1)))
+        value = value.repeat(reps)[:batch]
+    return value[start : start + length].clone()
+
+
+@node(
+    "latent_from_batch",
+    title="Latent From Batch",
+    category="latent",
+    description=(
+        "Picks latents out of a batch (ComfyUI's Latent From Batch): from batch index, this "
+        "many. A Sampler gives them the noise they had in the batch, so picking image 3 of a "
+        "batch of 4 and sampling it again draws image 3."
+    ),
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec(
+            "batch_index",
+            T.INT,
+            default=0,
+            min=0,
+            max=63,
+            tooltip="The first latent to take (0: the first of the batch).",
+        ),
+        InputSpec("length", T.INT, default=1, min=1, max=64, tooltip="How many to take."),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def latent_from_batch(ctx, latent: dict, batch_index: int, length: int) -> dict:
+    samples = latent["samples"]
+    batch = samples.shape[0]
+    # ComfyUI clamps both to the batch
+    start = min(batch - 1, int(batch_index))
+    length = min(batch - start, int(length))
+    out = dict(latent)
+    out["samples"] = samples[start : start + length].clone()
+    for key in ("noise_mask", "posterior_std"):
+        if latent.get(key) is not None:
+            out[key] = _rows(latent[key], start, length, batch)
+    known = latent.get("batch_index")
+    if known is not None and len(known) == batch:
+        out["batch_index"] = list(known[start : start + length])
+    else:
+        out["batch_index"] = list(range(start, start + length))
+    return out
+
+
+@node(
+    "repeat_latent_batch",
+    title="Repeat Latent Batch",
+    category="latent",
+    description=(
+        "Repeats a latent batch this many times (ComfyUI's Repeat Latent Batch): an image "
+        "encoded once and sampled in several variations, each with its own noise."
+    ),
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec("amount", T.INT, default=1, min=1, max=64, tooltip="Copies of the batch."),
+    ],
+    outputs=[OutputSpec("latent", T.LATENT)],
+)
+def repeat_latent_batch(ctx, latent: dict, amount: int) -> dict:
+    samples = latent["samples"]
+    amount = int(amount)
+    out = dict(latent)
+    out["samples"] = samples.repeat((amount, *([1] * (samples.ndim - 1))))
+    for key in ("noise_mask", "posterior_std"):
+        value = latent.get(key)
+        if value is not None and value.shape[0] > 1:
+            whole = _rows(value, 0, samples.shape[0], samples.shape[0])
+            out[key] = whole.repeat((amount, *([1] * (whole.ndim - 1))))
+    known = latent.get("batch_index")
+    if known:
+        # each copy's indices follow the last one's (ComfyUI's offset), so each draws anew
+        offset = max(known) - min(known) + 1
+        out["batch_index"] = list(known) + [x + i * offset for i in range(1, amount) for x in known]
+    return out

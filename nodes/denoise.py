@@ -261,7 +261,7 @@ def sample(
     generator = torch.Generator("cpu").manual_seed(int(seed))
     if isinstance(sched, ksampling.KSchedule):
         timesteps = sched.timesteps
-        start = _comfy_start(sched, samples, window, device)
+        start = _comfy_start(sched, samples, window, device, latent.get("batch_index"))
     elif window is None:
         timesteps = _timesteps(sched, steps, denoise, device)
         start = _start_latents(
@@ -349,6 +349,8 @@ def sample(
     out_latent: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if mask is not None:
         out_latent["noise_mask"] = latent["noise_mask"]
+    if latent.get("batch_index") is not None:
+        out_latent["batch_index"] = latent["batch_index"]
     return out_latent
 
 
@@ -381,7 +383,11 @@ def _comfy_schedule(
 
 
 def _comfy_start(
-    ks: ksampling.KSchedule, samples: torch.Tensor, window: StepWindow | None, device: Any
+    ks: ksampling.KSchedule,
+    samples: torch.Tensor,
+    window: StepWindow | None,
+    device: Any,
+    batch_index: list[int] | None = None,
 ) -> _Start:
     """ComfyUI's start: its noise (none with add_noise off) at the first sigma, added to the
     input latent (an Empty Latent is zeros), all in float32."""
@@ -389,7 +395,7 @@ def _comfy_start(
     if window is not None and not window.add_noise:
         drawn = torch.zeros_like(init)
     else:
-        drawn = ksampling.noise(tuple(init.shape), ks.seed).to(device)
+        drawn = ksampling.noise(tuple(init.shape), ks.seed, batch_index).to(device)
     return _Start(init, drawn, ksampling.noise_scaling(ks.ms, ks.sigmas[0].to(device), drawn, init))
 
 
@@ -418,6 +424,8 @@ def _comfy_run(
     out: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if mask is not None:
         out["noise_mask"] = latent["noise_mask"]
+    if latent.get("batch_index") is not None:
+        out["batch_index"] = latent["batch_index"]
     return out
 
 
@@ -575,8 +583,9 @@ def _start_latents(
     from diffusers.utils.torch_utils import randn_tensor
 
     init = samples.to(device=device, dtype=dtype)
+    picked = latent.get("batch_index")
     if from_noise:
-        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        noise = batch_randn(init.shape, generator, device, dtype, picked)
         return _Start(init, noise, noise * sched.init_noise_sigma)
     std = latent.get("posterior_std")
     # VAE Encode's sample, drawn first as the pipeline does. A node that resized the
@@ -585,9 +594,30 @@ def _start_latents(
         init = init + std.to(device=device, dtype=dtype) * randn_tensor(
             init.shape, generator=generator, device=device, dtype=dtype
         )
-    noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+    noise = batch_randn(init.shape, generator, device, dtype, picked)
     batch = samples.shape[0]
     return _Start(init, noise, sched.add_noise(init, noise, timesteps[:1].repeat(batch)))
+
+
+def batch_randn(
+    shape: Any,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_index: list[int] | None = None,
+) -> torch.Tensor:
+    """The pipelines' noise for a latent batch. With a ``batch_index`` (latents picked from
+    a batch by Latent From Batch): the batch's noise drawn up to the largest index, each
+    latent taking the row of its index, so it gets the noise it had in its batch."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = tuple(shape)
+    if not batch_index or len(batch_index) != shape[0]:
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    whole = randn_tensor(
+        (max(batch_index) + 1, *shape[1:]), generator=generator, device=device, dtype=dtype
+    )
+    return whole[list(batch_index)]
 
 
 @dataclass(frozen=True)

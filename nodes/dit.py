@@ -1999,6 +1999,8 @@ def sample(
     out: dict[str, Any] = {"samples": result.detach().float().cpu()}
     if noise_mask is not None:
         out["noise_mask"] = noise_mask
+    if latent.get("batch_index") is not None:
+        out["batch_index"] = latent["batch_index"]
     return out
 
 
@@ -2177,6 +2179,8 @@ def _start(
     (``sigma * noise + (1 - sigma) * input``), or pure noise from the top of the schedule."""
     from diffusers.utils.torch_utils import randn_tensor
 
+    from nodes.denoise import batch_randn
+
     init = samples.to(device=device, dtype=dtype)
     if not plan.add_noise:  # Sampler (Advanced), add_noise off: the input carries its noise
         return init, torch.zeros_like(init), init
@@ -2185,7 +2189,7 @@ def _start(
         init = init + std.to(device=device, dtype=dtype) * randn_tensor(
             tuple(init.shape), generator=generator, device=device, dtype=dtype
         )
-    noise = randn_tensor(tuple(init.shape), generator=generator, device=device, dtype=dtype)
+    noise = batch_randn(init.shape, generator, device, dtype, latent.get("batch_index"))
     if plan.fresh:
         return init, noise, noise
     sigma = sched.sigmas.to(device=device, dtype=dtype)[plan.begin]

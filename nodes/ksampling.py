@@ -276,10 +276,20 @@ def ksampler_sigmas(
     return sigmas
 
 
-def noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """ComfyUI's first noise (prepare_noise): float32 on the CPU from ``manual_seed(seed)``."""
+def noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
+    """ComfyUI's first noise (prepare_noise): float32 on the CPU from ``manual_seed(seed)``.
+    With a ``batch_index`` (latents picked from a batch by Latent From Batch): one sample's
+    noise drawn after another up to the largest index, each latent taking the one drawn at
+    its index, so it gets the noise it had in its batch."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+    if not batch_index or len(batch_index) != shape[0]:
+        return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+    one = (1, *shape[1:])
+    drawn = [
+        torch.randn(one, generator=generator, dtype=torch.float32, device="cpu")
+        for _ in range(max(batch_index) + 1)
+    ]
+    return torch.cat([drawn[i] for i in batch_index])
 
 
 def is_max_denoise(ms: ModelSampling, sigma: torch.Tensor) -> bool:

@@ -732,13 +732,17 @@ def test_the_app_opens_a_dropped_comfyui_png_and_exports_comfyui_api(
 def test_core_types_studio_lacks_say_why_and_gpu_samplers_are_reported(reg):
     data = txt2img_api()
     data["3"]["inputs"]["sampler_name"] = "dpmpp_2m_sde_gpu"
-    data["20"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["5", 0]}}
+    data["20"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["5", 0], "filename_prefix": "latents/x"},
+    }
     result = import_comfyui(data, reg, source="x.json")
     wf = result.workflow
     assert wf.get_node("3").params["sampler"] == "dpmpp_2m_sde"
     assert any("'dpmpp_2m_sde_gpu' became 'dpmpp_2m_sde'" in r for r in result.report)
     assert any(
-        "'LatentFromBatch' is a ComfyUI node Studio does not map: not in Studio yet" in p
+        "'SaveLatent' is a ComfyUI node Studio does not map: Studio neither writes nor reads "
+        "ComfyUI's .latent files yet" in p
         for p in problems_of(wf)
     )
     del data["20"]

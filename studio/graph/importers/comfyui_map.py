@@ -570,6 +570,20 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("left", "top", "right", "bottom", "feathering"),
         outputs=("image", "mask"),
     ),
+    "LatentFromBatch": NodeMap(
+        "latent_from_batch",
+        "Latent From Batch",
+        ("batch_index", "length"),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "RepeatLatentBatch": NodeMap(
+        "repeat_latent_batch",
+        "Repeat Latent Batch",
+        ("amount",),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
     "LatentUpscale": NodeMap(
         "latent_upscale_to",
         "Upscale Latent",
@@ -799,7 +813,10 @@ NOT_MAPPED: dict[str, str] = {
     "or three",
     "CLIPLoaderGGUF": "loads one text encoder on its own; Studio's Load Text Encoders takes two "
     "or three",
-    "LatentFromBatch": "not in Studio yet",
+    **dict.fromkeys(
+        ("SaveLatent", "LoadLatent"),
+        "Studio neither writes nor reads ComfyUI's .latent files yet",
+    ),
     "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
     "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     **dict.fromkeys(
