@@ -17,6 +17,7 @@ shapes, so no hub is asked. Imported lazily (imports torch, diffusers, transform
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -1689,6 +1690,13 @@ class _Regions:
         uncond = self._side(neg_items, x, t, at)
         return uncond + self.cfg * (cond - uncond)
 
+    def positive(
+        self, x: torch.Tensor, t: torch.Tensor, step: int = 0, total: int = 1
+    ) -> torch.Tensor:
+        """The positive side's prediction alone (Skip Layer Guidance's)."""
+        pos_items, _ = self._active(self.pos, self.pos_conds, t)
+        return self._side(pos_items, x, t, (step, total))
+
     def _active(
         self, items: list[tuple], conds: list[Cond], t: torch.Tensor
     ) -> tuple[list[tuple], list[Cond]]:
@@ -1924,6 +1932,32 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
+    if model.skip_layer_guidance is not None:
+        slg = model.skip_layer_guidance
+        if controls is not None:
+            raise NodeError(
+                "Skip Layer Guidance does not work with a ControlNet yet: remove one of them"
+            )
+        pos_inputs = None
+        if regions is None and not flux:
+            pos_inputs = _sd3_inputs(net, pos, neg, False, batch, h, w, device, dtype)
+
+        def positive(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            """The positive prompt's own prediction (no guidance)."""
+            if regions is not None:
+                if flux:
+                    return pack(regions.positive(unpack(x, h, w), t, i, total))
+                return regions.positive(x, t, i, total)
+            if flux:
+                x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
+                return _flux_call(net, x_in, t, inputs, 1.0, False)
+            return _sd3_call(net, x, t, pos_inputs, 1.0, False)
+
+        predict = _skip_layer_guidance(
+            predict, positive, slg, net, guided, sched.config.num_train_timesteps,
+            (flow_sigma_at(sched, mu, 1 - slg.end), flow_sigma_at(sched, mu, 1 - slg.start)),
+        )  # fmt: skip
+
     step_mask = _step_masks(mask, soft, sched, plan, mu, flux, model.differential_diffusion)
 
     def run_k() -> torch.Tensor:
@@ -1960,7 +1994,7 @@ def sample(
         )
         if sampler in ksamplers.SNR_OFFSET and float(sig[0]) >= 1:
             sig = sig.clone()
-            sig[0] = _sigma_at(sched, mu, 1 - 1e-4)  # the log-SNR is infinite at 1
+            sig[0] = flow_sigma_at(sched, mu, 1 - 1e-4)  # the log-SNR is infinite at 1
         steps_of = ksamplers.flow_form(sampler)
         with torch.no_grad():
             x = steps_of(denoise, x, sig, (lambda a, b: pack(draw(a, b))) if flux else draw, shown)
@@ -2196,13 +2230,66 @@ def _start(
     return init, noise, sigma * noise + (1.0 - sigma) * init
 
 
-def _sigma_at(sched: Any, mu: float | None, t: float) -> float:
-    """The noise level at time ``t`` of the run's schedule (its shift, or Flux's ``mu``):
-    ComfyUI's ``percent_to_sigma(1 - t)`` for the same model."""
-    if sched.config.get("use_dynamic_shifting") and mu is not None:
-        return float(sched.time_shift(mu, 1.0, t))
-    shift = float(sched.config.get("shift", 1.0))
-    return shift * t / (1 + (shift - 1) * t)
+@contextlib.contextmanager
+def _skipping(net: Any, double: tuple[int, ...], single: tuple[int, ...]) -> Any:
+    """Inside: the transformer's blocks ``double`` (SD3's joint / Flux's double-stream) and
+    ``single`` (Flux's single-stream) pass their inputs through unchanged, as ComfyUI's
+    skip patch and diffusers' ``skip_layers`` leave them."""
+
+    def skip(hidden_states: Any, encoder_hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+        return encoder_hidden_states, hidden_states  # the blocks' own return order
+
+    blocks = [net.transformer_blocks[i] for i in double]
+    blocks += [net.single_transformer_blocks[i] for i in single]
+    saved = [(b, b.__dict__.get("forward")) for b in blocks]
+    try:
+        for b in blocks:
+            b.forward = skip
+        yield
+    finally:
+        for b, old in saved:
+            if old is None:
+                del b.__dict__["forward"]
+            else:
+                b.forward = old
+
+
+def _skip_layer_guidance(
+    predict: Any, positive: Any, slg: Any, net: Any, guided: bool, train_steps: int,
+    window: tuple[float, float],
+) -> Any:  # fmt: skip
+    """``predict`` with Skip Layer Guidance (ComfyUI's post-CFG step): at noise levels in
+    ``window`` (low, high) the guided prediction moves by ``scale`` (positive prediction -
+    the positive prediction with the blocks skipped); with ``rescale``, the result (as a
+    clean-latent prediction) is scaled towards the positive prediction's spread."""
+    for name, wanted, blocks in (
+        ("double_layers", slg.double, net.transformer_blocks),
+        ("single_layers", slg.single, getattr(net, "single_transformer_blocks", ())),
+    ):
+        if wanted and max(wanted) >= len(blocks):
+            raise NodeError(
+                f"Skip Layer Guidance: {name} has block {max(wanted)}, but this model has "
+                f"{len(blocks)} such blocks (0-{len(blocks) - 1})"
+            )
+    low, high = window
+
+    def guided_prediction(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        pred = predict(x, t, i)
+        sigma = float(t.flatten()[0]) / train_steps
+        if not low <= sigma <= high:
+            return pred
+        cond = positive(x, t, i) if guided else pred
+        with _skipping(net, slg.double, slg.single):
+            skipped = positive(x, t, i)
+        if not slg.rescale:
+            return pred + (cond - skipped) * slg.scale
+        # ComfyUI works on clean-latent predictions: x - sigma v
+        den, c_den = x - sigma * pred, x - sigma * cond
+        out = den + (c_den - (x - sigma * skipped)) * slg.scale
+        factor = slg.rescale * (c_den.std() / out.std()) + (1 - slg.rescale)
+        return (x - out * factor) / sigma
+
+    return guided_prediction
 
 
 def _noised(sched: Any, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -233,6 +233,105 @@ def model_sampling_flux(ctx, model: Any, max_shift: float = 1.15, base_shift: fl
     return dataclasses.replace(m, scheduler_config=cfg)
 
 
+def _layer_list(text: str, name: str) -> tuple[int, ...]:
+    """Block numbers written as ComfyUI takes them: the integers in the text ("7, 8, 9")."""
+    import re
+
+    if re.search(r"[^\d\s,;]", text or ""):
+        raise NodeError(f"{name} {text!r}: write block numbers separated by commas, like 7, 8, 9")
+    return tuple(sorted({int(v) for v in re.findall(r"\d+", text or "")}))
+
+
+@node(
+    "skip_layer_guidance",
+    title="Skip Layer Guidance",
+    category="sampling",
+    description=(
+        "Sharper structure and anatomy on SD3.5 and Flux (ComfyUI's SkipLayerGuidanceDiT / "
+        "SD3; SD3.5 Medium's recommended 7, 8, 9 at 3): for part of the sampling the Sampler "
+        "also predicts the prompt with some transformer blocks skipped and steers away from "
+        "that prediction."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec(
+            "double_layers",
+            T.STRING,
+            default="7, 8, 9",
+            tooltip="Joint (SD3) / double-stream (Flux) blocks to skip, counted from 0.",
+        ),
+        InputSpec(
+            "single_layers",
+            T.STRING,
+            default="",
+            tooltip="Flux's single-stream blocks to skip (SD3 has none: ignored there).",
+        ),
+        InputSpec(
+            "scale",
+            T.FLOAT,
+            default=3.0,
+            min=0.0,
+            max=10.0,
+            step=0.1,
+            tooltip="How far to steer away from the skipped prediction (0: off).",
+        ),
+        InputSpec(
+            "start_percent",
+            T.FLOAT,
+            default=0.01,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            tooltip="Where in the model's time it starts (0: the noisiest end).",
+        ),
+        InputSpec(
+            "end_percent",
+            T.FLOAT,
+            default=0.15,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            tooltip="Where in the model's time it ends.",
+        ),
+        InputSpec(
+            "rescaling_scale",
+            T.FLOAT,
+            default=0.0,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="Pulls the result's spread towards the prompt's own prediction (0: off).",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def skip_layer_guidance(
+    ctx, model: Any, double_layers: str = "7, 8, 9", single_layers: str = "",
+    scale: float = 3.0, start_percent: float = 0.01, end_percent: float = 0.15,
+    rescaling_scale: float = 0.0,
+) -> Any:  # fmt: skip
+    import dataclasses
+
+    from nodes.values import ModelHandle, SkipLayerGuidance
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family not in ("sd3", "flux"):
+        raise NodeError(
+            f"Skip Layer Guidance works on diffusion transformers (SD3, Flux); this model is "
+            f"{model.family}"
+        )
+    double = _layer_list(double_layers, "double_layers")
+    single = _layer_list(single_layers, "single_layers") if model.family == "flux" else ()
+    if not (double or single) or scale <= 0:
+        return model  # ComfyUI's node leaves the model as it is
+    slg = SkipLayerGuidance(
+        double, single, float(scale), float(start_percent), float(end_percent),
+        float(rescaling_scale),
+    )  # fmt: skip
+    return dataclasses.replace(model, skip_layer_guidance=slg)
+
+
 @node(
     "reference_latent",
     title="Reference Latent",

@@ -94,6 +94,23 @@ class WeightsSource:
 
 
 @dataclass(frozen=True)
+class SkipLayerGuidance:
+    """Skip Layer Guidance on a diffusion transformer (ComfyUI's SkipLayerGuidanceDiT /
+    SD3): between the noise levels of ``start`` and ``end`` (fractions of the model's
+    time), the guided prediction moves by ``scale`` times the positive prompt's prediction
+    minus the same prediction with these blocks skipped."""
+
+    double: tuple[int, ...]
+    single: tuple[int, ...]
+    scale: float
+    start: float
+    end: float
+    #: ComfyUI's rescaling_scale: 0 off; else the result's spread pulled towards the
+    #: positive prediction's.
+    rescale: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelHandle:
     """MODEL: the denoising UNet of a checkpoint, with its sampling configuration."""
 
@@ -107,6 +124,8 @@ class ModelHandle:
     latent_rgb: LatentRgb | None = field(default=None, compare=False, hash=False)
     #: Differential Diffusion's strength (the node of that name); None: off.
     differential_diffusion: float | None = None
+    #: Skip Layer Guidance (the node of that name; diffusion transformers); None: off.
+    skip_layer_guidance: SkipLayerGuidance | None = None
 
     @property
     def unet_config(self) -> dict[str, Any]:

@@ -570,6 +570,27 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("left", "top", "right", "bottom", "feathering"),
         outputs=("image", "mask"),
     ),
+    "SkipLayerGuidanceDiT": NodeMap(
+        "skip_layer_guidance",
+        "SkipLayerGuidanceDiT",
+        (
+            "double_layers",
+            "single_layers",
+            "scale",
+            "start_percent",
+            "end_percent",
+            "rescaling_scale",
+        ),
+        outputs=("model",),
+    ),
+    "SkipLayerGuidanceSD3": NodeMap(
+        "skip_layer_guidance",
+        "SkipLayerGuidanceSD3",
+        ("layers", "scale", "start_percent", "end_percent"),
+        params={"layers": "double_layers"},
+        outputs=("model",),
+        fixed={"single_layers": "", "rescaling_scale": 0.0},
+    ),
     "LatentFromBatch": NodeMap(
         "latent_from_batch",
         "Latent From Batch",
