@@ -237,9 +237,11 @@ def _layer_list(text: str, name: str) -> tuple[int, ...]:
     """Block numbers written as ComfyUI takes them: the integers in the text ("7, 8, 9")."""
     import re
 
-    if re.search(r"[^\d\s,;]", text or ""):
-        raise NodeError(f"{name} {text!r}: write block numbers separated by commas, like 7, 8, 9")
-    return tuple(sorted({int(v) for v in re.findall(r"\d+", text or "")}))
+    numbers = re.findall(r"\d+", text or "")
+    if re.search(r"[^\d\s,;]", text or "") or any(len(v) > 4 for v in numbers):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise NodeError(f"{name} {shown!r}: write block numbers separated by commas, like 7, 8, 9")
+    return tuple(sorted({int(v) for v in numbers}))
 
 
 @node(

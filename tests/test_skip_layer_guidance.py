@@ -191,6 +191,7 @@ def test_outside_its_window_skip_layer_guidance_adds_no_call(engine):
     [
         ({"double_layers": "5"}, "double_layers has block 5, but this model has 2"),
         ({"double_layers": "seven"}, "double_layers 'seven': write block numbers"),
+        ({"double_layers": "1" * 5000}, "double_layers '1111"),
     ],
 )
 def test_bad_layers_are_clear_errors(engine, params, message):
