@@ -1609,6 +1609,7 @@ class _Regions:
         from nodes.comfycore import with_mask_bounds, with_same_areas
 
         self.fill = fill  # FLUX.1 Fill's unpacked extra input (cut with the latent)
+        self.last_cond: torch.Tensor | None = None  # the last call's positive prediction
 
         self.ctx, self.family = ctx, model.family
         self.net, self.flux, self.cfg, self.guided = net, model.family == "flux", cfg, guided
@@ -1679,6 +1680,7 @@ class _Regions:
         at = (step, total)
         pos_items, pos_conds = self._active(self.pos, self.pos_conds, t)
         cond = self._side(pos_items, x, t, at)
+        self.last_cond = cond
         if not self.guided:
             return cond
         neg_items, neg_conds = self._active(self.neg, self.neg_conds, t)
@@ -1911,6 +1913,8 @@ def sample(
         positive, negative, family, regional or controls is not None or extra_in is not None
     )
 
+    kept: dict[str, torch.Tensor] = {}  # the positive prompt's own last prediction
+
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if regions is not None:
             if flux:
@@ -1920,7 +1924,7 @@ def sample(
         # Depth [latent, control image's latent]; ControlNets see the latent alone.
         x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
         if controls is None:
-            return call(net, x_in, t, inputs, cfg, guided)
+            return call(net, x_in, t, inputs, cfg, guided, keep=kept)
         if flux:
             extra = controls.residuals(x, t, i, total)
             sides = {k: v and {**v, **extra[k]} for k, v in inputs.items()}
@@ -1953,8 +1957,15 @@ def sample(
                 return _flux_call(net, x_in, t, inputs, 1.0, False)
             return _sd3_call(net, x, t, pos_inputs, 1.0, False)
 
+        def last_cond() -> torch.Tensor | None:
+            """The positive prediction the guided call just made (not predicted again)."""
+            if regions is None:
+                return kept.pop("cond", None)
+            cond, regions.last_cond = regions.last_cond, None
+            return pack(cond) if flux and cond is not None else cond
+
         predict = _skip_layer_guidance(
-            predict, positive, slg, net, guided, sched.config.num_train_timesteps,
+            predict, positive, last_cond, slg, net, guided, sched.config.num_train_timesteps,
             (flow_sigma_at(sched, mu, 1 - slg.end), flow_sigma_at(sched, mu, 1 - slg.start)),
         )  # fmt: skip
 
@@ -2255,13 +2266,15 @@ def _skipping(net: Any, double: tuple[int, ...], single: tuple[int, ...]) -> Any
 
 
 def _skip_layer_guidance(
-    predict: Any, positive: Any, slg: Any, net: Any, guided: bool, train_steps: int,
-    window: tuple[float, float],
+    predict: Any, positive: Any, last_cond: Any, slg: Any, net: Any, guided: bool,
+    train_steps: int, window: tuple[float, float],
 ) -> Any:  # fmt: skip
     """``predict`` with Skip Layer Guidance (ComfyUI's post-CFG step): at noise levels in
     ``window`` (low, high) the guided prediction moves by ``scale`` (positive prediction -
     the positive prediction with the blocks skipped); with ``rescale``, the result (as a
-    clean-latent prediction) is scaled towards the positive prediction's spread."""
+    clean-latent prediction) is scaled towards the positive prediction's spread. The
+    positive prediction is the one the guided call made (``last_cond``), else made anew by
+    ``positive``: one extra transformer call a step, as in ComfyUI."""
     for name, wanted, blocks in (
         ("double_layers", slg.double, net.transformer_blocks),
         ("single_layers", slg.single, getattr(net, "single_transformer_blocks", ())),
@@ -2274,11 +2287,13 @@ def _skip_layer_guidance(
     low, high = window
 
     def guided_prediction(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        last_cond()  # none left over from an earlier call
         pred = predict(x, t, i)
+        made = last_cond()
         sigma = float(t.flatten()[0]) / train_steps
         if not low <= sigma <= high:
             return pred
-        cond = positive(x, t, i) if guided else pred
+        cond = pred if not guided else made if made is not None else positive(x, t, i)
         with _skipping(net, slg.double, slg.single):
             skipped = positive(x, t, i)
         if not slg.rescale:
@@ -2613,7 +2628,12 @@ def _sd3_inputs(
     }
 
 
-def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+def _sd3_call(
+    net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool,
+    keep: dict | None = None,
+):  # fmt: skip
+    """The transformer's (guided) prediction; ``keep``: also the positive prompt's own
+    prediction, under ``"cond"``."""
     model_in = torch.cat([x] * 2) if guided else x
     args = {k: v for k, v in inputs.items() if k not in ("context_bias", "whole_context")}
     if "context_bias" in inputs:
@@ -2624,6 +2644,8 @@ def _sd3_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: flo
     if guided:
         uncond, cond = pred.chunk(2)
         pred = uncond + cfg * (cond - uncond)
+    if keep is not None:
+        keep["cond"] = cond if guided else pred
     return pred
 
 
@@ -2664,7 +2686,12 @@ def _flux_inputs(
     return {"pos": with_refs(pos), "neg": with_refs(neg) if guided else None}
 
 
-def _flux_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool):
+def _flux_call(
+    net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: float, guided: bool,
+    keep: dict | None = None,
+):  # fmt: skip
+    """The transformer's (guided) prediction; ``keep``: also the positive prompt's own
+    prediction, under ``"cond"``."""
     timestep = t.expand(x.shape[0]).to(x.dtype) / 1000
 
     def run(side: dict[str, Any]) -> torch.Tensor:
@@ -2675,6 +2702,8 @@ def _flux_call(net: Any, x: torch.Tensor, t: torch.Tensor, inputs: dict, cfg: fl
         return out[:, : x.shape[1]]  # the reference tokens' outputs are dropped
 
     pred = run(inputs["pos"])
+    if keep is not None:
+        keep["cond"] = pred
     if guided:
         uncond = run(inputs["neg"])
         pred = uncond + cfg * (pred - uncond)

@@ -169,7 +169,7 @@ def test_the_flux_sampler_equals_comfyuis_loop(engine, root, monkeypatch):
         seen.update(init=init, noise=noise, sigmas=[])
         return init, noise, latents
 
-    def model_call(net, x, t, inputs, cfg, guided):
+    def model_call(net, x, t, inputs, cfg, guided, keep=None):
         h, w = seen["init"].shape[-2:]
         soft = dit.pack(soft_latent_mask(root, (h, w)).expand_as(seen["init"]).to(x.dtype))
         init, noise = dit.pack(seen["init"]), dit.pack(seen["noise"])

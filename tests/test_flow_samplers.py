@@ -85,8 +85,8 @@ def model_calls(ckpt: str):
     original = getattr(dit, name)
     calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
 
-    def recording(net, x, t, inputs, cfg, guided):
-        pred = original(net, x, t, inputs, cfg, guided)
+    def recording(net, x, t, inputs, cfg, guided, keep=None):
+        pred = original(net, x, t, inputs, cfg, guided, keep)
         calls.append((x.detach().clone().float(), float(t) / 1000, pred.detach().clone().float()))
         return pred
 
