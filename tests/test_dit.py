@@ -447,7 +447,7 @@ def test_family_is_read_from_tensors_not_the_file_name(root):
 def test_a_sampler_that_does_not_apply_is_a_clear_error(engine):
     wf = Workflow(installed_registry())
     c = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd3"}).id
-    dec = _sampling(wf, (c, "model"), (c, "clip"), (c, "vae"), cfg=2.0, sampler="ddim")
+    dec = _sampling(wf, (c, "model"), (c, "clip"), (c, "vae"), cfg=2.0, sampler="ddpm")
     result = engine.run(wf)
     assert not result.ok
     assert any("does not apply to flow-matching" in m for m in result.errors.values()), dec

@@ -29,7 +29,7 @@ from studio.modelfiles import RESOURCES  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 
 WORKFLOWS = RESOURCES / "workflows"
-NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale")
+NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
 #: Mean difference (0-255 scale) between the CPU's fp32 picture and the GPU's fp32 one. The
 #: sampler's noise is drawn on the CPU in both, so only rounding is left (measured on an H200:
 #: 0.01-0.04). Half precision drifts further over 20 steps (6-14/255 measured): there the
@@ -154,3 +154,25 @@ def test_the_sampler_preview_and_progress_work_on_cuda(tmp_path):
     assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
     # The previews arrive without stalling the GPU: a step or so late, but they arrive.
     assert sum(e.preview is not None for e in steps) >= 2
+
+
+def flow_picture(tmp: Path, device: str, sampler: str):
+    """The default SD3 workflow (studio-tiny-flow) with ``sampler`` and Skip Layer Guidance
+    (blocks 2 and 3, the first half of the model's time), in fp32 on ``device``."""
+    engine = _engine(tmp / device, device=device, precision="fp32")
+    wf = load_workflow(WORKFLOWS / "txt2img_sd3.json", engine.registry)
+    s = next(n.id for n in wf.nodes if n.type == "sampler")
+    ck = next(n.id for n in wf.nodes if n.type == "load_checkpoint")
+    wf.set_param(s, "sampler", sampler)
+    slg = wf.add_node("skip_layer_guidance", {"double_layers": "2, 3", "end_percent": 0.5}).id
+    wf.connect(ck, "model", slg, "model")
+    wf.connect(slg, "model", s, "model")
+    return _picture(engine.run(wf))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_sde"])
+def test_flow_samplers_with_skip_layer_guidance_on_cuda_are_the_cpu_picture(sampler, tmp_path):
+    # dpmpp_2m_sde's Brownian noise is drawn on the CPU, as ComfyUI's: the same picture
+    diff = abs(flow_picture(tmp_path, "cuda", sampler) - flow_picture(tmp_path, "cpu", sampler))
+    _record(f"txt2img_sd3.{sampler}.skip_layer_guidance.mean_abs_diff_vs_cpu", diff.mean())
+    assert diff.mean() < SAME_FP32_PICTURE
