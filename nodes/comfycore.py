@@ -617,3 +617,46 @@ def repeat_latent_batch(ctx, latent: dict, amount: int) -> dict:
         offset = max(known) - min(known) + 1
         out["batch_index"] = list(known) + [x + i * offset for i in range(1, amount) for x in known]
     return out
+
+
+@node(
+    "image_from_batch",
+    title="Image From Batch",
+    category="image",
+    description=(
+        "Picks images out of a batch (ComfyUI's ImageFromBatch): from batch index, this many; "
+        "for example the one image of four to upscale."
+    ),
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec(
+            "batch_index",
+            T.INT,
+            default=0,
+            min=0,
+            max=4095,
+            tooltip="The first image to take (0: the first of the batch).",
+        ),
+        InputSpec("length", T.INT, default=1, min=1, max=4096, tooltip="How many to take."),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def image_from_batch(ctx, image: Any, batch_index: int, length: int) -> Any:
+    batch = image.shape[0]
+    start = min(batch - 1, int(batch_index))  # clamped to the batch, as ComfyUI does
+    return image[start : start + min(batch - start, int(length))].clone()
+
+
+@node(
+    "repeat_image_batch",
+    title="Repeat Image Batch",
+    category="image",
+    description="Repeats an image batch this many times (ComfyUI's RepeatImageBatch).",
+    inputs=[
+        InputSpec("image", T.IMAGE),
+        InputSpec("amount", T.INT, default=1, min=1, max=4096, tooltip="Copies of the batch."),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def repeat_image_batch(ctx, image: Any, amount: int) -> Any:
+    return image.repeat((int(amount), 1, 1, 1))

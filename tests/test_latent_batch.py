@@ -1,4 +1,5 @@
-"""Latent From Batch and Repeat Latent Batch (ComfyUI's LatentFromBatch, RepeatLatentBatch).
+"""Latent From Batch and Repeat Latent Batch (ComfyUI's LatentFromBatch, RepeatLatentBatch),
+and their image counterparts (ImageFromBatch, RepeatImageBatch).
 
 What an artist does with them: make a batch, like one image of it, pick it out and sample it
 again (a finer pass, another sampler): the picked latent must draw that same image, so it
@@ -14,7 +15,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nodes import ksampling  # noqa: E402
-from nodes.comfycore import latent_from_batch, repeat_latent_batch  # noqa: E402
+from nodes.comfycore import (  # noqa: E402
+    image_from_batch,
+    latent_from_batch,
+    repeat_image_batch,
+    repeat_latent_batch,
+)
 from studio.engine import Engine  # noqa: E402
 from studio.graph.importers.comfyui import import_comfyui  # noqa: E402
 from studio.graph.importers.comfyui_export import export_comfyui_api  # noqa: E402
@@ -123,3 +129,24 @@ def test_the_batch_nodes_import_from_comfyui_and_export_back():
     back = export_comfyui_api(wf)
     assert back["2"] == {**api["2"], **{k: back["2"][k] for k in back["2"] if k == "_meta"}}
     assert back["3"]["inputs"] == api["3"]["inputs"]
+
+
+def test_image_from_batch_and_repeat_image_batch_as_comfyui():
+    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 8, 8, 3).clone()
+    got = image_from_batch.execute(None, images, batch_index=1, length=2)
+    assert got[:, 0, 0, 0].tolist() == [1.0, 2.0]
+    got = image_from_batch.execute(None, images, batch_index=99, length=9)  # clamped
+    assert got[:, 0, 0, 0].tolist() == [3.0]
+    got = repeat_image_batch.execute(None, images[:2], amount=3)
+    assert got.shape == (6, 8, 8, 3) and got[:, 0, 0, 0].tolist() == [0.0, 1.0] * 3
+    api = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 2, "length": 1}},
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 4}},
+    }  # fmt: skip
+    wf = import_comfyui(api, installed_registry(), source="images.json").workflow
+    assert wf.get_node("2").type == "image_from_batch"
+    assert wf.get_node("2").params == {"batch_index": 2, "length": 1}
+    assert wf.get_node("3").type == "repeat_image_batch"
+    back = export_comfyui_api(wf)
+    assert back["2"]["inputs"] == api["2"]["inputs"] and back["3"]["inputs"] == api["3"]["inputs"]

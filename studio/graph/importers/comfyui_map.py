@@ -591,6 +591,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         fixed={"single_layers": "", "rescaling_scale": 0.0},
     ),
+    "ImageFromBatch": NodeMap(
+        "image_from_batch", "Image From Batch", ("batch_index", "length"), outputs=("image",)
+    ),
+    "RepeatImageBatch": NodeMap(
+        "repeat_image_batch", "Repeat Image Batch", ("amount",), outputs=("image",)
+    ),
     "LatentFromBatch": NodeMap(
         "latent_from_batch",
         "Latent From Batch",
