@@ -660,3 +660,57 @@ def image_from_batch(ctx, image: Any, batch_index: int, length: int) -> Any:
 )
 def repeat_image_batch(ctx, image: Any, amount: int) -> Any:
     return image.repeat((int(amount), 1, 1, 1))
+
+
+@node(
+    "image_batch",
+    title="Image Batch",
+    category="image",
+    description=(
+        "Joins two images into one batch (ComfyUI's Image Batch): the second is scaled to "
+        "the first's size, its middle cut to the first's aspect."
+    ),
+    inputs=[InputSpec("image1", T.IMAGE), InputSpec("image2", T.IMAGE)],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def image_batch(ctx, image1: Any, image2: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    if image1.shape[1:] != image2.shape[1:]:
+        if image1.shape[-1] != image2.shape[-1]:
+            raise NodeError(
+                f"image2 has {image2.shape[-1]} channels, image1 {image1.shape[-1]}: "
+                "they cannot share a batch"
+            )
+        h, w = image1.shape[1], image1.shape[2]
+        x = center_crop(image2.movedim(-1, 1), w, h)
+        image2 = F.interpolate(x, size=(h, w), mode="bilinear").movedim(1, -1)
+    return torch.cat((image1, image2.to(image1.dtype)), dim=0)
+
+
+@node(
+    "empty_image",
+    title="Empty Image",
+    category="image",
+    description="An image of one colour (ComfyUI's EmptyImage): a canvas to composite on.",
+    inputs=[
+        InputSpec("width", T.INT, default=512, min=1, max=16384),
+        InputSpec("height", T.INT, default=512, min=1, max=16384),
+        InputSpec("batch_size", T.INT, default=1, min=1, max=64),
+        InputSpec(
+            "color",
+            T.INT,
+            default=0,
+            min=0,
+            max=0xFFFFFF,
+            tooltip="The colour as one number, 0xRRGGBB (0: black, 16777215: white).",
+        ),
+    ],
+    outputs=[OutputSpec("image", T.IMAGE)],
+)
+def empty_image(ctx, width: int, height: int, batch_size: int, color: int) -> Any:
+    import torch
+
+    rgb = [((int(color) >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]
+    return torch.tensor(rgb, dtype=torch.float32).expand(batch_size, height, width, 3).clone()

@@ -16,6 +16,8 @@ torch = pytest.importorskip("torch")
 
 from nodes import ksampling  # noqa: E402
 from nodes.comfycore import (  # noqa: E402
+    empty_image,
+    image_batch,
     image_from_batch,
     latent_from_batch,
     repeat_image_batch,
@@ -150,3 +152,32 @@ def test_image_from_batch_and_repeat_image_batch_as_comfyui():
     assert wf.get_node("3").type == "repeat_image_batch"
     back = export_comfyui_api(wf)
     assert back["2"]["inputs"] == api["2"]["inputs"] and back["3"]["inputs"] == api["3"]["inputs"]
+
+
+def test_image_batch_scales_the_second_image_as_comfyui_and_empty_image_has_its_colour():
+    import torch.nn.functional as F
+
+    red = empty_image.execute(None, 8, 4, 2, 0xFF0000)
+    assert red.shape == (2, 4, 8, 3)
+    assert red[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    teal = empty_image.execute(None, 8, 4, 1, 0x008080)
+    assert teal[0, 0, 0].tolist() == pytest.approx([0.0, 128 / 255, 128 / 255])
+    same = image_batch.execute(None, red, red[:1])
+    assert same.shape == (3, 4, 8, 3)
+    # another size: scaled to the first's, its middle cut to the first's aspect (2:1)
+    tall = torch.rand(1, 16, 16, 3)
+    got = image_batch.execute(None, red, tall)
+    want = F.interpolate(tall.movedim(-1, 1)[..., 4:12, :], size=(4, 8), mode="bilinear")
+    assert got.shape == (3, 4, 8, 3)
+    assert torch.allclose(got[2], want.movedim(1, -1)[0])
+    api = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+    }  # fmt: skip
+    wf = import_comfyui(api, installed_registry(), source="images.json").workflow
+    assert wf.get_node("1").type == "empty_image" and wf.get_node("1").params["color"] == 255
+    assert wf.get_node("3").type == "image_batch"
+    back = export_comfyui_api(wf)
+    assert back["1"]["inputs"] == api["1"]["inputs"]
+    assert back["3"]["inputs"] == api["3"]["inputs"]

@@ -591,6 +591,10 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         fixed={"single_layers": "", "rescaling_scale": 0.0},
     ),
+    "ImageBatch": NodeMap("image_batch", "Batch Images", outputs=("image",)),
+    "EmptyImage": NodeMap(
+        "empty_image", "EmptyImage", ("width", "height", "batch_size", "color"), outputs=("image",)
+    ),
     "ImageFromBatch": NodeMap(
         "image_from_batch", "Image From Batch", ("batch_index", "length"), outputs=("image",)
     ),
