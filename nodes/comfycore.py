@@ -545,6 +545,28 @@ def _rows(value: Any, start: int, length: int, batch: int) -> Any:
     return value[start : start + length].clone()
 
 
+def _pick_inputs(name: str, kind: T, most: int) -> list[InputSpec]:
+    """The inputs of a node that picks ``name``s out of a batch (ComfyUI's limits)."""
+    return [
+        InputSpec(name, kind),
+        InputSpec(
+            "batch_index",
+            T.INT,
+            default=0,
+            min=0,
+            max=most - 1,
+            tooltip=f"The first {name} to take (0: the first of the batch).",
+        ),
+        InputSpec("length", T.INT, default=1, min=1, max=most, tooltip="How many to take."),
+    ]
+
+
+def _clamped(batch: int, batch_index: int, length: int) -> tuple[int, int]:
+    """The first row and the count a pick takes, both clamped to the batch as ComfyUI's."""
+    start = min(batch - 1, int(batch_index))
+    return start, min(batch - start, int(length))
+
+
 @node(
     "latent_from_batch",
     title="Latent From Batch",
@@ -554,26 +576,13 @@ def _rows(value: Any, start: int, length: int, batch: int) -> Any:
         "many. A Sampler gives them the noise they had in the batch, so picking image 3 of a "
         "batch of 4 and sampling it again draws image 3."
     ),
-    inputs=[
-        InputSpec("latent", T.LATENT),
-        InputSpec(
-            "batch_index",
-            T.INT,
-            default=0,
-            min=0,
-            max=63,
-            tooltip="The first latent to take (0: the first of the batch).",
-        ),
-        InputSpec("length", T.INT, default=1, min=1, max=64, tooltip="How many to take."),
-    ],
+    inputs=_pick_inputs("latent", T.LATENT, 64),
     outputs=[OutputSpec("latent", T.LATENT)],
 )
 def latent_from_batch(ctx, latent: dict, batch_index: int, length: int) -> dict:
     samples = latent["samples"]
     batch = samples.shape[0]
-    # ComfyUI clamps both to the batch
-    start = min(batch - 1, int(batch_index))
-    length = min(batch - start, int(length))
+    start, length = _clamped(batch, batch_index, length)
     out = dict(latent)
     out["samples"] = samples[start : start + length].clone()
     for key in ("noise_mask", "posterior_std"):
@@ -627,24 +636,12 @@ def repeat_latent_batch(ctx, latent: dict, amount: int) -> dict:
         "Picks images out of a batch (ComfyUI's ImageFromBatch): from batch index, this many; "
         "for example the one image of four to upscale."
     ),
-    inputs=[
-        InputSpec("image", T.IMAGE),
-        InputSpec(
-            "batch_index",
-            T.INT,
-            default=0,
-            min=0,
-            max=4095,
-            tooltip="The first image to take (0: the first of the batch).",
-        ),
-        InputSpec("length", T.INT, default=1, min=1, max=4096, tooltip="How many to take."),
-    ],
+    inputs=_pick_inputs("image", T.IMAGE, 4096),
     outputs=[OutputSpec("image", T.IMAGE)],
 )
 def image_from_batch(ctx, image: Any, batch_index: int, length: int) -> Any:
-    batch = image.shape[0]
-    start = min(batch - 1, int(batch_index))  # clamped to the batch, as ComfyUI does
-    return image[start : start + min(batch - start, int(length))].clone()
+    start, length = _clamped(image.shape[0], batch_index, length)
+    return image[start : start + length].clone()
 
 
 @node(

@@ -300,14 +300,7 @@ def test_ddim_is_euler_but_inpaints_with_its_own_noise():
 
 #: The stochastic samplers with a flow-model form (ComfyUI's ``*_RF`` ones, and the SDE ones
 #: in the flow's log-SNR).
-FLOW_STOCHASTIC = (
-    "euler_ancestral",
-    "dpm_2_ancestral",
-    "dpmpp_2s_ancestral",
-    "dpmpp_sde",
-    "dpmpp_2m_sde",
-    "dpmpp_3m_sde",
-)
+FLOW_STOCHASTIC = tuple(n for n in STOCHASTIC if n != "ddpm")
 
 
 def flow_gaussian(x: torch.Tensor, sigma: torch.Tensor, i: int = 0) -> torch.Tensor:
