@@ -711,3 +711,62 @@ def empty_image(ctx, width: int, height: int, batch_size: int, color: int) -> An
 
     rgb = [((int(color) >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]
     return torch.tensor(rgb, dtype=torch.float32).expand(batch_size, height, width, 3).clone()
+
+
+# -- model sampling -----------------------------------------------------------------------------
+
+#: ComfyUI's ModelSamplingDiscrete choices Studio runs -> the prediction type they mean.
+DISCRETE_SAMPLING = {"eps": "epsilon", "v_prediction": "v_prediction"}
+
+
+@node(
+    "model_sampling_discrete",
+    title="Model Sampling Discrete",
+    category="sampling",
+    description=(
+        "Sets what a Stable Diffusion model (1.x, 2.x, SDXL) predicts, for files that do not "
+        "say it (ComfyUI's ModelSamplingDiscrete): eps or v_prediction, and zsnr, the zero "
+        "terminal SNR schedule v-prediction models trained with it need."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec(
+            "sampling",
+            T.CHOICE,
+            default="eps",
+            choices=tuple(DISCRETE_SAMPLING),
+            tooltip="eps: the noise (most models); v_prediction: SD 2.x 768-v, v-pred SDXL.",
+        ),
+        InputSpec(
+            "zsnr",
+            T.BOOLEAN,
+            default=False,
+            tooltip="Zero terminal SNR: the last step starts from pure noise (v-pred models "
+            "trained so).",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def model_sampling_discrete(ctx, model: Any, sampling: str = "eps", zsnr: bool = False) -> Any:
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family in ("sd3", "flux"):
+        raise NodeError(
+            f"Model Sampling Discrete is for Stable Diffusion 1.x, 2.x and SDXL; this is a "
+            f"{model.family} model: use Model Sampling {'SD3' if model.family == 'sd3' else 'Flux'}"
+        )
+    if sampling not in DISCRETE_SAMPLING:
+        raise NodeError(
+            f"sampling {sampling!r} is not one Studio runs; choose {', '.join(DISCRETE_SAMPLING)}"
+        )
+    prediction = DISCRETE_SAMPLING[sampling]
+    config = {
+        **model.scheduler_config,
+        "prediction_type": prediction,
+        "rescale_betas_zero_snr": bool(zsnr),
+    }
+    return dataclasses.replace(model, scheduler_config=config, prediction_type=prediction)

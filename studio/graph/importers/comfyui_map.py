@@ -591,6 +591,9 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         fixed={"single_layers": "", "rescaling_scale": 0.0},
     ),
+    "ModelSamplingDiscrete": NodeMap(
+        "model_sampling_discrete", "ModelSamplingDiscrete", ("sampling", "zsnr"), outputs=("model",)
+    ),
     "ImageBatch": NodeMap("image_batch", "Batch Images", outputs=("image",)),
     "EmptyImage": NodeMap(
         "empty_image", "EmptyImage", ("width", "height", "batch_size", "color"), outputs=("image",)
