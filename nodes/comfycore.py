@@ -770,3 +770,40 @@ def model_sampling_discrete(ctx, model: Any, sampling: str = "eps", zsnr: bool =
         "rescale_betas_zero_snr": bool(zsnr),
     }
     return dataclasses.replace(model, scheduler_config=config, prediction_type=prediction)
+
+
+@node(
+    "rescale_cfg",
+    title="Rescale CFG",
+    category="sampling",
+    description=(
+        "Keeps high cfg from burning colours (ComfyUI's RescaleCFG, for v-prediction models "
+        "above all): the guided prediction is scaled back to the spread of the prompt's own, "
+        "by this much (0.7 is the paper's)."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec(
+            "multiplier",
+            T.FLOAT,
+            default=0.7,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="0: plain cfg; 1: fully rescaled.",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def rescale_cfg(ctx, model: Any, multiplier: float = 0.7) -> Any:
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family in ("sd3", "flux"):
+        raise NodeError(
+            f"Rescale CFG is for Stable Diffusion 1.x, 2.x and SDXL; this is a {model.family} model"
+        )
+    return dataclasses.replace(model, rescale_cfg=float(multiplier))

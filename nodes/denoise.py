@@ -283,6 +283,14 @@ def sample(
         soft = _latent_mask(latent["noise_mask"], start.latents).to(device=device)
         mask = soft.to(dtype)
 
+    guide = None
+    if model.rescale_cfg is not None and do_cfg:
+        config = model.scheduler_config
+        kind = config.get("prediction_type", model.prediction_type)
+        guide = RescaledGuidance(
+            model.rescale_cfg, kind == "v_prediction", sched, ksampling.ModelSampling(config, kind)
+        )
+
     def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
         # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
         # (its size conditioning comes from the prompt, not from the area)
@@ -306,8 +314,9 @@ def sample(
             top, left, h, w = area[0]
             extra_inputs = tuple(t[..., top : top + h, left : left + w] for t in extra_inputs)
         return _NoisePrediction(
-            unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps)
-        )
+            unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps),
+            guide=guide if guided else None,
+        )  # fmt: skip
 
     if single:
         predict: Any = prediction(pos[0], neg[0], do_cfg)
@@ -329,6 +338,7 @@ def sample(
             negative_conds=tuple(neg),
             positive_areas=pos_areas,
             negative_areas=neg_areas,
+            guide=guide,
         )
     if isinstance(sched, ksampling.KSchedule):
         differential = model.differential_diffusion is not None
@@ -633,6 +643,8 @@ class _NoisePrediction:
     control: ControlPlan
     inpaint_inputs: tuple[torch.Tensor, torch.Tensor] | None
     total: int
+    #: How negative and positive combine (Rescale CFG's); None: plain cfg.
+    guide: Any = None
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         text = self.text
@@ -658,8 +670,47 @@ class _NoisePrediction:
         )[0]
         if self.do_cfg:
             uncond, cond = pred.chunk(2)
+            if self.guide is not None:
+                return self.guide(uncond, cond, self.cfg, latents, t)
             pred = uncond + self.cfg * (cond - uncond)
         return pred
+
+
+class RescaledGuidance:
+    """ComfyUI's RescaleCFG: the guided prediction, taken as a v-prediction (whatever the
+    model predicts), scaled to the spread (standard deviation per image) of the positive
+    one, and mixed with the plain guided one by ``multiplier`` (Lin et al. 2023, "Common
+    Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4)."""
+
+    def __init__(self, multiplier: float, v_prediction: bool, sched: Any, ms: Any) -> None:
+        self.multiplier, self.v_prediction = float(multiplier), v_prediction
+        self.sched, self.ms = sched, ms
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The step's noise level (k-diffusion's sigma): the ComfyUI schedule's own, an
+        Euler-type scheduler's current one, or the timestep's from the training schedule."""
+        if isinstance(self.sched, ksampling.KSchedule):
+            return self.sched.sigma.float()
+        sigmas, index = getattr(self.sched, "sigmas", None), getattr(self.sched, "step_index", None)
+        if sigmas is not None and index is not None and float(sigmas.max()) > 1.0:
+            return sigmas[index].float()
+        return self.ms.sigma(torch.as_tensor(t).reshape(1).float().cpu())[0]
+
+    def __call__(self, uncond, cond, cfg: float, latents: torch.Tensor, t: torch.Tensor):
+        sigma = self._sigma(t).to(latents.device)
+        alpha = (1 + sigma * sigma) ** -0.5
+        s_vp = sigma * alpha
+        x = self.sched.scale_model_input(latents, t).to(cond.dtype)  # the UNet's input
+
+        def as_v(out):  # the model's output as a v-prediction at this step
+            return out if self.v_prediction else (out - s_vp * x) / alpha
+
+        v_u, v_c = as_v(uncond), as_v(cond)
+        v_cfg = v_u + cfg * (v_c - v_u)
+        dims = tuple(range(1, v_cfg.ndim))
+        rescaled = v_cfg * (v_c.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True))
+        v = self.multiplier * rescaled + (1 - self.multiplier) * v_cfg
+        return v if self.v_prediction else alpha * v + s_vp * x
 
 
 @dataclass(frozen=True)
@@ -681,6 +732,8 @@ class _AveragedPrediction:
     #: cells and its feathered weight [batch, 1, height, width].
     positive_areas: tuple[Any, ...] = ()
     negative_areas: tuple[Any, ...] = ()
+    #: How negative and positive combine (Rescale CFG's); None: plain cfg.
+    guide: Any = None
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         cond = self._side(
@@ -703,6 +756,8 @@ class _AveragedPrediction:
             i,
             t,
         )
+        if self.guide is not None:
+            return self.guide(uncond, cond, self.cfg, latents, t)
         return uncond + self.cfg * (cond - uncond)
 
     @staticmethod

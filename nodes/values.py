@@ -126,6 +126,8 @@ class ModelHandle:
     differential_diffusion: float | None = None
     #: Skip Layer Guidance (the node of that name; diffusion transformers); None: off.
     skip_layer_guidance: SkipLayerGuidance | None = None
+    #: Rescale CFG's multiplier (the node of that name; SD models); None: off.
+    rescale_cfg: float | None = None
 
     @property
     def unet_config(self) -> dict[str, Any]:

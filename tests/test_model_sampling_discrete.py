@@ -91,3 +91,93 @@ def test_comfyuis_node_imports_and_exports():
     assert wf.get_node("2").type == "model_sampling_discrete"
     assert wf.get_node("2").params == {"sampling": "v_prediction", "zsnr": True}
     assert export_comfyui_api(wf)["2"]["inputs"] == api["2"]["inputs"]
+
+
+# -- Rescale CFG (ComfyUI's RescaleCFG) -----------------------------------------------------------
+
+
+def patched(engine, ckpt: str, patches: list[tuple[str, dict]], **kw) -> np.ndarray:
+    """txt2img with model patch nodes chained between the checkpoint and the Sampler."""
+    wf, ids = fx.txt2img(
+        ckpt, prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS,
+        **{"cfg": CFG, "scheduler": "normal", **kw},
+    )  # fmt: skip
+    source = (ids["ckpt"], "model")
+    for kind, params in patches:
+        node = wf.add_node(kind, params).id
+        wf.connect(*source, node, "model")
+        source = (node, "model")
+    wf.connect(*source, ids["sampler"], "model")
+    result = engine.run(wf, targets=[ids["decode"]])
+    assert result.ok, result.errors
+    return result.outputs[ids["decode"]]["image"].numpy()
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_rescale_cfg_on_a_v_prediction_model_equals_the_pipelines_guidance_rescale(
+    engine, models_root, sampler
+):
+    """On a v-prediction model ComfyUI's RescaleCFG is the pipelines' ``guidance_rescale``
+    (both rescale the v-prediction's spread per image)."""
+    vpred = ("model_sampling_discrete", {"sampling": "v_prediction", "zsnr": False})
+    got = patched(
+        engine, "tiny-sd1", [vpred, ("rescale_cfg", {"multiplier": 0.7})], sampler=sampler
+    )
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(models_root / "checkpoints" / "tiny-sd1"), safety_checker=None
+    )
+    cls = diffusers.EulerDiscreteScheduler if sampler == "euler" else diffusers.DDIMScheduler
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    want = pipe(
+        PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=STEPS,
+        guidance_scale=CFG, guidance_rescale=0.7,
+        generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
+    ).images  # fmt: skip
+    assert np.abs(got - want).max() <= 1e-4
+    assert np.abs(got - patched(engine, "tiny-sd1", [vpred], sampler=sampler)).max() > 2 / 255
+
+
+@pytest.mark.parametrize("scheduler", ["normal", "comfy_normal"])
+def test_rescale_cfg_on_an_eps_model_works_in_v_space(engine, scheduler):
+    """Multiplier 0 is plain cfg; at cfg 1 there is nothing to rescale; at cfg 6 the
+    picture changes (the eps prediction is rescaled as the v-prediction it implies)."""
+    plain = patched(engine, "tiny-sd1", [], scheduler=scheduler)
+    zero = patched(engine, "tiny-sd1", [("rescale_cfg", {"multiplier": 0.0})], scheduler=scheduler)
+    assert np.abs(zero - plain).max() <= 1e-5
+    rescaled = patched(
+        engine, "tiny-sd1", [("rescale_cfg", {"multiplier": 1.0})], scheduler=scheduler
+    )
+    assert np.abs(rescaled - plain).max() > 1e-3  # 100x the identity's bound (random weights)
+    one = patched(engine, "tiny-sd1", [], scheduler=scheduler, cfg=1.0)
+    one_rescaled = patched(
+        engine, "tiny-sd1", [("rescale_cfg", {"multiplier": 1.0})], scheduler=scheduler, cfg=1.0
+    )
+    assert np.abs(one_rescaled - one).max() <= 1e-5
+
+
+def test_rescale_cfgs_v_space_is_comfyuis():
+    """The eps -> v -> eps round trip at a step: ComfyUI's formula (its sampler_cfg_function
+    on x - denoised) written out, against RescaledGuidance on the UNet's eps outputs."""
+    from nodes import ksampling
+    from nodes.denoise import RescaledGuidance
+
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    ms = ksampling.ModelSampling({**config, "num_train_timesteps": 1000})
+    sched = ksampling.KSchedule(ms, "euler", torch.tensor([2.5, 0.0]), seed=0)  # at sigma 2.5
+    gen = torch.Generator().manual_seed(0)
+    x_orig = torch.randn(2, 4, 8, 8, generator=gen) * 2.7  # k-diffusion's x at sigma 2.5
+    e_u, e_c = torch.randn(2, 2, 4, 8, 8, generator=gen)
+    sigma, cfg, m = 2.5, 5.0, 0.7
+    guide = RescaledGuidance(m, False, sched, None)
+    got = guide(e_u, e_c, cfg, x_orig, torch.tensor(0))
+    # ComfyUI: cond / uncond are x - denoised = sigma * eps; its formula returns the same
+    cond, uncond = sigma * e_c, sigma * e_u
+    x = x_orig / (sigma * sigma + 1.0)
+    v_c = ((x - (x_orig - cond)) * (sigma**2 + 1.0) ** 0.5) / sigma
+    v_u = ((x - (x_orig - uncond)) * (sigma**2 + 1.0) ** 0.5) / sigma
+    v_cfg = v_u + cfg * (v_c - v_u)
+    ro_pos = torch.std(v_c, dim=(1, 2, 3), keepdim=True)
+    ro_cfg = torch.std(v_cfg, dim=(1, 2, 3), keepdim=True)
+    v_final = m * v_cfg * (ro_pos / ro_cfg) + (1.0 - m) * v_cfg
+    noise = x_orig - (x - v_final * sigma / (sigma * sigma + 1.0) ** 0.5)
+    assert torch.allclose(got, noise / sigma, atol=1e-5)  # as eps: noise / sigma
