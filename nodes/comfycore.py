@@ -807,3 +807,25 @@ def rescale_cfg(ctx, model: Any, multiplier: float = 0.7) -> Any:
             f"Rescale CFG is for Stable Diffusion 1.x, 2.x and SDXL; this is a {model.family} model"
         )
     return dataclasses.replace(model, rescale_cfg=float(multiplier))
+
+
+@node(
+    "cfg_zero_star",
+    title="CFG-Zero*",
+    category="sampling",
+    description=(
+        "Guidance that corrects its negative side (ComfyUI's CFGZeroStar; Fan et al. 2025): "
+        "the negative prediction is scaled by how much of it the positive one holds, so "
+        "early steps go less astray. Any model: SD, SDXL, SD3, Flux (with cfg above 1)."
+    ),
+    inputs=[InputSpec("model", T.MODEL)],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def cfg_zero_star(ctx, model: Any) -> Any:
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    return dataclasses.replace(model, cfg_zero_star=True)

@@ -284,12 +284,13 @@ def sample(
         mask = soft.to(dtype)
 
     guide = None
-    if model.rescale_cfg is not None and do_cfg:
+    if (model.rescale_cfg is not None or model.cfg_zero_star) and do_cfg:
         config = model.scheduler_config
         kind = config.get("prediction_type", model.prediction_type)
-        guide = RescaledGuidance(
-            model.rescale_cfg, kind == "v_prediction", sched, ksampling.ModelSampling(config, kind)
-        )
+        guide = CfgGuidance(
+            model.rescale_cfg, model.cfg_zero_star, kind == "v_prediction", sched,
+            ksampling.ModelSampling(config, kind),
+        )  # fmt: skip
 
     def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
         # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
@@ -676,14 +677,35 @@ class _NoisePrediction:
         return pred
 
 
-class RescaledGuidance:
-    """ComfyUI's RescaleCFG: the guided prediction, taken as a v-prediction (whatever the
-    model predicts), scaled to the spread (standard deviation per image) of the positive
-    one, and mixed with the plain guided one by ``multiplier`` (Lin et al. 2023, "Common
-    Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4)."""
+def zero_star_scale(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """CFG-Zero*'s optimal scale of the negative prediction (Fan et al. 2025), per image:
+    <positive, negative> / |negative|^2, as ComfyUI computes it (``optimized_scale``)."""
+    p, n = positive.reshape(positive.shape[0], -1), negative.reshape(negative.shape[0], -1)
+    scale = (p * n).sum(dim=1, keepdim=True) / ((n * n).sum(dim=1, keepdim=True) + 1e-8)
+    return scale.reshape([positive.shape[0]] + [1] * (positive.ndim - 1))
 
-    def __init__(self, multiplier: float, v_prediction: bool, sched: Any, ms: Any) -> None:
-        self.multiplier, self.v_prediction = float(multiplier), v_prediction
+
+def zero_star(x: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor,
+              cfg: float) -> torch.Tensor:  # fmt: skip
+    """ComfyUI's CFGZeroStar on clean-latent predictions at the sampler's input ``x``:
+    ``guided`` (the cfg result) moved as if the negative prediction had been scaled by
+    :func:`zero_star_scale` of the two predictions' noise parts."""
+    alpha = zero_star_scale(x - cond, x - uncond)
+    return guided + uncond * (alpha - 1.0) + cfg * uncond * (1.0 - alpha)
+
+
+class CfgGuidance:
+    """How a step's negative and positive predictions combine on an SD model, when a node
+    changed it from plain cfg: ComfyUI's RescaleCFG (``rescale``: the guided prediction,
+    taken as a v-prediction whatever the model predicts, scaled to the spread (standard
+    deviation per image) of the positive one and mixed with the plain one by that much;
+    Lin et al. 2023, section 3.4), then CFG-Zero* (``zero_star``: on the clean-latent
+    predictions at k-diffusion's input, as ComfyUI's post-cfg step)."""
+
+    def __init__(
+        self, rescale: float | None, zero_star: bool, v_prediction: bool, sched: Any, ms: Any
+    ) -> None:
+        self.rescale, self.zero_star, self.v_prediction = rescale, zero_star, v_prediction
         self.sched, self.ms = sched, ms
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
@@ -705,12 +727,25 @@ class RescaledGuidance:
         def as_v(out):  # the model's output as a v-prediction at this step
             return out if self.v_prediction else (out - s_vp * x) / alpha
 
-        v_u, v_c = as_v(uncond), as_v(cond)
-        v_cfg = v_u + cfg * (v_c - v_u)
-        dims = tuple(range(1, v_cfg.ndim))
-        rescaled = v_cfg * (v_c.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True))
-        v = self.multiplier * rescaled + (1 - self.multiplier) * v_cfg
-        return v if self.v_prediction else alpha * v + s_vp * x
+        def from_v(v):
+            return v if self.v_prediction else alpha * v + s_vp * x
+
+        guided = uncond + cfg * (cond - uncond)
+        if self.rescale is not None:
+            v_u, v_c = as_v(uncond), as_v(cond)
+            v_cfg = v_u + cfg * (v_c - v_u)
+            dims = tuple(range(1, v_cfg.ndim))
+            ratio = v_c.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True)
+            guided = from_v(self.rescale * v_cfg * ratio + (1 - self.rescale) * v_cfg)
+        if self.zero_star:
+            x_in = x / alpha  # k-diffusion's input: x0 + sigma * noise
+
+            def den(out):  # the clean-latent prediction
+                return alpha * x - s_vp * as_v(out)
+
+            moved = zero_star(x_in, den(uncond), den(cond), den(guided), cfg)
+            guided = from_v((alpha * x - moved) / s_vp)
+        return guided
 
 
 @dataclass(frozen=True)

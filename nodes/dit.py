@@ -1610,6 +1610,7 @@ class _Regions:
 
         self.fill = fill  # FLUX.1 Fill's unpacked extra input (cut with the latent)
         self.last_cond: torch.Tensor | None = None  # the last call's positive prediction
+        self.last_uncond: torch.Tensor | None = None  # and its negative one (when guided)
 
         self.ctx, self.family = ctx, model.family
         self.net, self.flux, self.cfg, self.guided = net, model.family == "flux", cfg, guided
@@ -1680,7 +1681,7 @@ class _Regions:
         at = (step, total)
         pos_items, pos_conds = self._active(self.pos, self.pos_conds, t)
         cond = self._side(pos_items, x, t, at)
-        self.last_cond = cond
+        self.last_cond, self.last_uncond = cond, None
         if not self.guided:
             return cond
         neg_items, neg_conds = self._active(self.neg, self.neg_conds, t)
@@ -1690,6 +1691,7 @@ class _Regions:
             # the positive prediction, so it is not predicted twice.
             return cond
         uncond = self._side(neg_items, x, t, at)
+        self.last_uncond = uncond
         return uncond + self.cfg * (cond - uncond)
 
     def positive(
@@ -1936,6 +1938,13 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
+    if model.cfg_zero_star and guided:
+        if controls is not None:
+            raise NodeError("CFG-Zero* does not work with a ControlNet yet: remove one of them")
+        predict = _zero_star_prediction(
+            predict, _last_parts(kept, regions, flux), cfg, sched.config.num_train_timesteps
+        )
+
     if model.skip_layer_guidance is not None:
         slg = model.skip_layer_guidance
         if controls is not None:
@@ -1957,12 +1966,11 @@ def sample(
                 return _flux_call(net, x_in, t, inputs, 1.0, False)
             return _sd3_call(net, x, t, pos_inputs, 1.0, False)
 
+        parts = _last_parts(kept, regions, flux)
+
         def last_cond() -> torch.Tensor | None:
             """The positive prediction the guided call just made (not predicted again)."""
-            if regions is None:
-                return kept.pop("cond", None)
-            cond, regions.last_cond = regions.last_cond, None
-            return pack(cond) if flux and cond is not None else cond
+            return parts()[0]
 
         predict = _skip_layer_guidance(
             predict, positive, last_cond, slg, net, guided, sched.config.num_train_timesteps,
@@ -2239,6 +2247,45 @@ def _start(
         return init, noise, noise
     sigma = sched.sigmas.to(device=device, dtype=dtype)[plan.begin]
     return init, noise, sigma * noise + (1.0 - sigma) * init
+
+
+def _last_parts(kept: dict, regions: Any, flux: bool) -> Any:
+    """A function giving (and forgetting) the positive and negative predictions of the
+    guided call just made: the plain path's ``kept``, the regional path's last ones."""
+
+    def parts(forget: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if regions is None:
+            cond, uncond = kept.get("cond"), kept.get("uncond")
+            if forget:
+                kept.clear()
+            return cond, uncond
+        cond, uncond = regions.last_cond, regions.last_uncond
+        if forget:
+            regions.last_cond = regions.last_uncond = None
+        if flux:
+            cond, uncond = (pack(v) if v is not None else None for v in (cond, uncond))
+        return cond, uncond
+
+    return parts
+
+
+def _zero_star_prediction(predict: Any, parts: Any, cfg: float, train_steps: int) -> Any:
+    """``predict`` with ComfyUI's CFGZeroStar after guidance, on the clean-latent
+    predictions ``x - sigma v``; a step whose negative side was not predicted (a guidance
+    interval's unguided steps) is left as it is."""
+    from nodes.denoise import zero_star
+
+    def moved(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        parts()  # none left over from an earlier call
+        pred = predict(x, t, i)
+        cond, uncond = parts(forget=False)  # Skip Layer Guidance may take them next
+        if cond is None or uncond is None:
+            return pred
+        sigma = float(t.flatten()[0]) / train_steps
+        den = zero_star(x, x - sigma * uncond, x - sigma * cond, x - sigma * pred, cfg)
+        return (x - den) / sigma
+
+    return moved
 
 
 @contextlib.contextmanager
@@ -2646,6 +2693,7 @@ def _sd3_call(
         pred = uncond + cfg * (cond - uncond)
     if keep is not None:
         keep["cond"] = cond if guided else pred
+        keep["uncond"] = uncond if guided else None
     return pred
 
 
@@ -2703,9 +2751,11 @@ def _flux_call(
 
     pred = run(inputs["pos"])
     if keep is not None:
-        keep["cond"] = pred
+        keep["cond"], keep["uncond"] = pred, None
     if guided:
         uncond = run(inputs["neg"])
+        if keep is not None:
+            keep["uncond"] = uncond
         pred = uncond + cfg * (pred - uncond)
     return pred
 

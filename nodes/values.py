@@ -128,6 +128,9 @@ class ModelHandle:
     skip_layer_guidance: SkipLayerGuidance | None = None
     #: Rescale CFG's multiplier (the node of that name; SD models); None: off.
     rescale_cfg: float | None = None
+    #: CFG-Zero* (the node CFGZeroStar): the negative prediction scaled by its optimal
+    #: factor before guidance.
+    cfg_zero_star: bool = False
 
     @property
     def unet_config(self) -> dict[str, Any]:

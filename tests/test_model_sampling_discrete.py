@@ -159,7 +159,7 @@ def test_rescale_cfgs_v_space_is_comfyuis():
     """The eps -> v -> eps round trip at a step: ComfyUI's formula (its sampler_cfg_function
     on x - denoised) written out, against RescaledGuidance on the UNet's eps outputs."""
     from nodes import ksampling
-    from nodes.denoise import RescaledGuidance
+    from nodes.denoise import CfgGuidance
 
     config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
     ms = ksampling.ModelSampling({**config, "num_train_timesteps": 1000})
@@ -168,7 +168,7 @@ def test_rescale_cfgs_v_space_is_comfyuis():
     x_orig = torch.randn(2, 4, 8, 8, generator=gen) * 2.7  # k-diffusion's x at sigma 2.5
     e_u, e_c = torch.randn(2, 2, 4, 8, 8, generator=gen)
     sigma, cfg, m = 2.5, 5.0, 0.7
-    guide = RescaledGuidance(m, False, sched, None)
+    guide = CfgGuidance(m, False, False, sched, None)
     got = guide(e_u, e_c, cfg, x_orig, torch.tensor(0))
     # ComfyUI: cond / uncond are x - denoised = sigma * eps; its formula returns the same
     cond, uncond = sigma * e_c, sigma * e_u
@@ -181,3 +181,21 @@ def test_rescale_cfgs_v_space_is_comfyuis():
     v_final = m * v_cfg * (ro_pos / ro_cfg) + (1.0 - m) * v_cfg
     noise = x_orig - (x - v_final * sigma / (sigma * sigma + 1.0) ** 0.5)
     assert torch.allclose(got, noise / sigma, atol=1e-5)  # as eps: noise / sigma
+
+
+@pytest.mark.parametrize("scheduler", ["normal", "comfy_normal", "karras"])
+def test_cfg_zero_star_runs_on_an_sd_model_on_every_path(engine, scheduler):
+    """CFG-Zero* (tests/test_cfg_zero_star.py checks its formula) on the diffusers path,
+    ComfyUI's, and with Rescale CFG before it: each changes the picture."""
+    sampler = "dpmpp_2m" if scheduler == "karras" else "euler"
+    plain = patched(engine, "tiny-sd1", [], scheduler=scheduler, sampler=sampler)
+    star = patched(
+        engine, "tiny-sd1", [("cfg_zero_star", {})], scheduler=scheduler, sampler=sampler
+    )
+    assert np.isfinite(star).all()
+    assert np.abs(star - plain).max() > 1e-3
+    both = patched(
+        engine, "tiny-sd1", [("rescale_cfg", {"multiplier": 0.7}), ("cfg_zero_star", {})],
+        scheduler=scheduler, sampler=sampler,
+    )  # fmt: skip
+    assert np.abs(both - star).max() > 1e-4

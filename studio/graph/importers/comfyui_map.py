@@ -591,6 +591,7 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         fixed={"single_layers": "", "rescaling_scale": 0.0},
     ),
+    "CFGZeroStar": NodeMap("cfg_zero_star", "CFGZeroStar", outputs=("model",)),
     "RescaleCFG": NodeMap("rescale_cfg", "RescaleCFG", ("multiplier",), outputs=("model",)),
     "ModelSamplingDiscrete": NodeMap(
         "model_sampling_discrete", "ModelSamplingDiscrete", ("sampling", "zsnr"), outputs=("model",)
