@@ -1915,7 +1915,7 @@ def sample(
         positive, negative, family, regional or controls is not None or extra_in is not None
     )
 
-    kept: dict[str, torch.Tensor] = {}  # the positive prompt's own last prediction
+    kept: dict[str, torch.Tensor | None] = {}  # the guided call's own two predictions
 
     def predict(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         if regions is not None:
