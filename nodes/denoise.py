@@ -644,7 +644,7 @@ class _NoisePrediction:
     control: ControlPlan
     inpaint_inputs: tuple[torch.Tensor, torch.Tensor] | None
     total: int
-    #: How negative and positive combine (Rescale CFG's); None: plain cfg.
+    #: How negative and positive combine (Rescale CFG, CFG-Zero*: CfgGuidance); None: plain cfg.
     guide: Any = None
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
@@ -767,7 +767,7 @@ class _AveragedPrediction:
     #: cells and its feathered weight [batch, 1, height, width].
     positive_areas: tuple[Any, ...] = ()
     negative_areas: tuple[Any, ...] = ()
-    #: How negative and positive combine (Rescale CFG's); None: plain cfg.
+    #: How negative and positive combine (Rescale CFG, CFG-Zero*: CfgGuidance); None: plain cfg.
     guide: Any = None
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
