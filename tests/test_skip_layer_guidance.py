@@ -252,3 +252,41 @@ def test_skip_layer_guidance_on_the_regional_path_equals_the_plain_one(engine):
     result = fresh(engine).run(wf, targets=[dec])
     assert result.ok, result.errors
     assert float(np.abs(result.outputs[dec]["image"].numpy() - want).max()) <= 1 / 255
+
+
+def test_a_comfyui_sd35_workflow_with_skip_layer_guidance_runs_as_the_hand_built_graph(engine):
+    """ComfyUI's SD3.5 Medium layout (CheckpointLoaderSimple, SkipLayerGuidanceSD3 on its
+    MODEL, KSampler, EmptySD3LatentImage), imported and run on the tiny SD3: the hand-built
+    Studio graph's picture."""
+    api = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd3"}},
+        "11": {
+            "class_type": "SkipLayerGuidanceSD3",
+            "inputs": {
+                "layers": "1", "scale": 2.8, "start_percent": 0.05, "end_percent": 1.0,
+                "model": ["4", 0],
+            },
+        },
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
+        "5": {
+            "class_type": "EmptySD3LatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": SEED, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+                "scheduler": "normal", "denoise": 1.0, "model": ["11", 0],
+                "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0],
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    }  # fmt: skip
+    result = import_comfyui(api, installed_registry(), source="sd35_medium_slg.json")
+    assert not [n for n in result.workflow.nodes if n.type.startswith("comfyui.")]
+    run = fresh(engine).run(result.workflow, targets=["8"])
+    assert run.ok, run.errors
+    want = picture(fresh(engine), "tiny-sd3", slg_params(end_percent=1.0), steps=4)
+    got = run.outputs["8"]["image"].numpy()
+    assert float(np.abs(got - want).max()) <= 1 / 255
