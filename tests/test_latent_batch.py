@@ -19,6 +19,8 @@ from nodes.comfycore import (  # noqa: E402
     empty_image,
     image_batch,
     image_from_batch,
+    latent_batch,
+    latent_blend,
     latent_from_batch,
     repeat_image_batch,
     repeat_latent_batch,
@@ -181,3 +183,38 @@ def test_image_batch_scales_the_second_image_as_comfyui_and_empty_image_has_its_
     back = export_comfyui_api(wf)
     assert back["1"]["inputs"] == api["1"]["inputs"]
     assert back["3"]["inputs"] == api["3"]["inputs"]
+
+
+def test_latent_batch_and_latent_blend_as_comfyui():
+    import torch.nn.functional as F
+
+    a, b = latent(2), latent(3)
+    joined = latent_batch.execute(None, a, b)
+    assert joined["samples"][:, 0, 0, 0].tolist() == [0.0, 1.0, 0.0, 1.0, 2.0]
+    assert joined["batch_index"] == [0, 1, 0, 1, 2]  # ComfyUI's: each batch's own indices
+    picked = latent_from_batch.execute(None, latent(4), 3, 1)
+    assert latent_batch.execute(None, picked, a)["batch_index"] == [3, 0, 1]
+    wide = {"samples": torch.rand(1, 4, 8, 16)}
+    fitted = latent_batch.execute(None, latent(1), wide)["samples"][1:]
+    want = F.interpolate(wide["samples"][..., 4:12], size=(8, 8), mode="bilinear")
+    assert torch.allclose(fitted, want)
+    with pytest.raises(Exception, match="channels"):
+        latent_batch.execute(None, a, {"samples": torch.zeros(1, 16, 8, 8)})
+    mixed = latent_blend.execute(None, latent(2), {"samples": torch.full((2, 4, 8, 8), 10.0)}, 0.25)
+    assert mixed["samples"][:, 0, 0, 0].tolist() == pytest.approx([7.5, 7.75])
+    with pytest.raises(Exception, match="latent1 holds 2 latents and latent2 3"):
+        latent_blend.execute(None, latent(2), latent(3), 0.5)
+    api = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "2": {"class_type": "LatentBatch", "inputs": {"samples1": ["1", 0], "samples2": ["1", 0]}},
+        "3": {
+            "class_type": "LatentBlend",
+            "inputs": {"samples1": ["2", 0], "samples2": ["1", 0], "blend_factor": 0.3},
+        },
+    }  # fmt: skip
+    wf = import_comfyui(api, installed_registry(), source="latents.json").workflow
+    assert wf.get_node("2").type == "latent_batch"
+    assert wf.get_node("3").type == "latent_blend"
+    assert wf.get_node("3").params == {"blend_factor": 0.3}
+    back = export_comfyui_api(wf)
+    assert back["2"]["inputs"] == api["2"]["inputs"] and back["3"]["inputs"] == api["3"]["inputs"]

@@ -606,6 +606,20 @@ NODE_MAPS: dict[str, NodeMap] = {
     "RepeatImageBatch": NodeMap(
         "repeat_image_batch", "Repeat Image Batch", ("amount",), outputs=("image",)
     ),
+    "LatentBatch": NodeMap(
+        "latent_batch",
+        "Latent Batch",
+        inputs={"samples1": "latent1", "samples2": "latent2"},
+        outputs=("latent",),
+    ),
+    "LatentBlend": NodeMap(
+        "latent_blend",
+        "Latent Blend",
+        ("blend_factor",),
+        inputs={"samples1": "latent1", "samples2": "latent2"},
+        outputs=("latent",),
+        unsupported={"blend_mode": ("normal", "")},
+    ),
     "LatentFromBatch": NodeMap(
         "latent_from_batch",
         "Latent From Batch",
