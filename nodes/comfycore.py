@@ -910,3 +910,46 @@ def latent_blend(ctx, latent1: dict, latent2: dict, blend_factor: float) -> dict
     out["samples"] = s1 * f + _fitted(s2, s1, "bicubic").to(s1.dtype) * (1 - f)
     out.pop("posterior_std", None)
     return out
+
+
+@node(
+    "perp_neg",
+    title="Perp-Neg",
+    category="sampling",
+    description=(
+        "Negative prompts that remove only what they name (ComfyUI's PerpNeg; Armandpour et "
+        "al. 2023): guidance starts from the empty prompt's prediction, and of the negative "
+        "direction only the part perpendicular to the positive one is taken away. One more "
+        "model call a step."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        InputSpec(
+            "empty_conditioning",
+            T.CONDITIONING,
+            tooltip="The empty prompt (a Text Encode of nothing) with the same CLIP.",
+        ),
+        InputSpec(
+            "neg_scale",
+            T.FLOAT,
+            default=1.0,
+            min=0.0,
+            max=100.0,
+            step=0.01,
+            tooltip="How much of the negative's perpendicular part to take away (0: none).",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def perp_neg(ctx, model: Any, empty_conditioning: Any, neg_scale: float = 1.0) -> Any:
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if not isinstance(empty_conditioning, list) or len(empty_conditioning) != 1:
+        raise NodeError(
+            "empty_conditioning must be one prompt (a Text Encode of nothing), not a combination"
+        )
+    return dataclasses.replace(model, perp_neg=(empty_conditioning, float(neg_scale)))

@@ -284,7 +284,8 @@ def sample(
         mask = soft.to(dtype)
 
     guide = None
-    if (model.rescale_cfg is not None or model.cfg_zero_star) and do_cfg:
+    changed = model.rescale_cfg is not None or model.cfg_zero_star or model.perp_neg
+    if changed and do_cfg:
         config = model.scheduler_config
         kind = config.get("prediction_type", model.prediction_type)
         guide = CfgGuidance(
@@ -319,6 +320,11 @@ def sample(
             guide=guide if guided else None,
         )  # fmt: skip
 
+    if guide is not None and model.perp_neg is not None:
+        if model.rescale_cfg is not None:
+            raise NodeError("Perp-Neg and Rescale CFG each replace cfg: use one of them")
+        empty, neg_scale = model.perp_neg
+        guide.perp = (prediction(empty[0], empty[0], False), neg_scale)
     if single:
         predict: Any = prediction(pos[0], neg[0], do_cfg)
     else:
@@ -672,9 +678,21 @@ class _NoisePrediction:
         if self.do_cfg:
             uncond, cond = pred.chunk(2)
             if self.guide is not None:
-                return self.guide(uncond, cond, self.cfg, latents, t)
+                return self.guide(uncond, cond, self.cfg, latents, t, i)
             pred = uncond + self.cfg * (cond - uncond)
         return pred
+
+
+def perp_neg(
+    pos: torch.Tensor, neg: torch.Tensor, empty: torch.Tensor, cfg: float, neg_scale: float
+) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al. 2023) as ComfyUI computes it: guidance from the empty
+    prompt's prediction towards the positive one, minus ``neg_scale`` times the part of the
+    negative direction perpendicular to the positive one (one projection over the whole
+    batch). Any affine form of the predictions (noise, v, clean latent) gives the same."""
+    p, n = pos - empty, neg - empty
+    perp = n - (torch.mul(n, p).sum() / (torch.norm(p) ** 2)) * p
+    return empty + cfg * (p - perp * neg_scale)
 
 
 def zero_star_scale(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -703,10 +721,13 @@ class CfgGuidance:
     predictions at k-diffusion's input, as ComfyUI's post-cfg step)."""
 
     def __init__(
-        self, rescale: float | None, zero_star: bool, v_prediction: bool, sched: Any, ms: Any
-    ) -> None:
+        self, rescale: float | None, zero_star: bool, v_prediction: bool, sched: Any, ms: Any,
+        perp: tuple[Any, float] | None = None,
+    ) -> None:  # fmt: skip
         self.rescale, self.zero_star, self.v_prediction = rescale, zero_star, v_prediction
         self.sched, self.ms = sched, ms
+        #: Perp-Neg: (the empty prompt's prediction, its negative scale)
+        self.perp = perp
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
         """The step's noise level (k-diffusion's sigma): the ComfyUI schedule's own, an
@@ -718,7 +739,7 @@ class CfgGuidance:
             return sigmas[index].float()
         return self.ms.sigma(torch.as_tensor(t).reshape(1).float().cpu())[0]
 
-    def __call__(self, uncond, cond, cfg: float, latents: torch.Tensor, t: torch.Tensor):
+    def __call__(self, uncond, cond, cfg: float, latents: torch.Tensor, t: torch.Tensor, i: int):
         sigma = self._sigma(t).to(latents.device)
         alpha = (1 + sigma * sigma) ** -0.5
         s_vp = sigma * alpha
@@ -731,7 +752,10 @@ class CfgGuidance:
             return v if self.v_prediction else alpha * v + s_vp * x
 
         guided = uncond + cfg * (cond - uncond)
-        if self.rescale is not None:
+        if self.perp is not None:
+            empty, neg_scale = self.perp
+            guided = perp_neg(cond, uncond, empty(latents, i, t), cfg, neg_scale)
+        elif self.rescale is not None:
             v_u, v_c = as_v(uncond), as_v(cond)
             v_cfg = v_u + cfg * (v_c - v_u)
             dims = tuple(range(1, v_cfg.ndim))
@@ -792,7 +816,7 @@ class _AveragedPrediction:
             t,
         )
         if self.guide is not None:
-            return self.guide(uncond, cond, self.cfg, latents, t)
+            return self.guide(uncond, cond, self.cfg, latents, t, i)
         return uncond + self.cfg * (cond - uncond)
 
     @staticmethod

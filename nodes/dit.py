@@ -1938,6 +1938,23 @@ def sample(
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
+    if model.perp_neg is not None and guided:
+        if controls is not None:
+            raise NodeError("Perp-Neg does not work with a ControlNet yet: remove one of them")
+        empty = _prompt_list(model.perp_neg[0], "empty_conditioning", family)[0]
+        make = _flux_inputs if flux else _sd3_inputs
+        empty_inputs = make(net, empty, empty, False, batch, h, w, device, dtype)
+
+        def empty_prediction(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            if flux:
+                x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
+                return _flux_call(net, x_in, t, empty_inputs, 1.0, False)
+            return _sd3_call(net, x, t, empty_inputs, 1.0, False)
+
+        predict = _perp_neg_prediction(
+            predict, _last_parts(kept, regions, flux), empty_prediction, cfg, model.perp_neg[1]
+        )
+
     if model.cfg_zero_star and guided:
         if controls is not None:
             raise NodeError("CFG-Zero* does not work with a ControlNet yet: remove one of them")
@@ -2267,6 +2284,23 @@ def _last_parts(kept: dict, regions: Any, flux: bool) -> Any:
         return cond, uncond
 
     return parts
+
+
+def _perp_neg_prediction(predict: Any, parts: Any, empty: Any, cfg: float, neg_scale: float) -> Any:
+    """``predict`` with Perp-Neg in place of cfg (ComfyUI's PerpNeg): the positive and
+    negative predictions the guided call made, and the empty prompt's (one more call); a
+    step whose negative side was not predicted is left as it is."""
+    from nodes.denoise import perp_neg
+
+    def guided(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        parts()  # none left over from an earlier call
+        pred = predict(x, t, i)
+        cond, uncond = parts(forget=False)  # CFG-Zero* / Skip Layer Guidance may take them
+        if cond is None or uncond is None:
+            return pred
+        return perp_neg(cond, uncond, empty(x, t, i), cfg, neg_scale)
+
+    return guided
 
 
 def _zero_star_prediction(predict: Any, parts: Any, cfg: float, train_steps: int) -> Any:

@@ -131,6 +131,9 @@ class ModelHandle:
     #: CFG-Zero* (the node CFGZeroStar): the negative prediction scaled by its optimal
     #: factor before guidance.
     cfg_zero_star: bool = False
+    #: Perp-Neg (the node of that name): the empty prompt's conditioning and the negative
+    #: scale; None: off.
+    perp_neg: tuple[Any, float] | None = field(default=None, compare=False, hash=False)
 
     @property
     def unet_config(self) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_on_an_sd_model_it_is_comfyuis_formula_on_the_denoised_predictions(v_pre
     x_orig = torch.randn(2, 4, 8, 8, generator=gen) * 2.7  # k-diffusion's x at sigma 2.5
     out_u, out_c = torch.randn(2, 2, 4, 8, 8, generator=gen)
     guide = CfgGuidance(None, True, v_prediction, sched, None)
-    got = guide(out_u, out_c, cfg, x_orig, torch.tensor(0))
+    got = guide(out_u, out_c, cfg, x_orig, torch.tensor(0), 0)
 
     def denoised(out):  # ComfyUI's EPS / V_PREDICTION calculate_denoised
         if v_prediction:

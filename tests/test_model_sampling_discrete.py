@@ -169,7 +169,7 @@ def test_rescale_cfgs_v_space_is_comfyuis():
     e_u, e_c = torch.randn(2, 2, 4, 8, 8, generator=gen)
     sigma, cfg, m = 2.5, 5.0, 0.7
     guide = CfgGuidance(m, False, False, sched, None)
-    got = guide(e_u, e_c, cfg, x_orig, torch.tensor(0))
+    got = guide(e_u, e_c, cfg, x_orig, torch.tensor(0), 0)
     # ComfyUI: cond / uncond are x - denoised = sigma * eps; its formula returns the same
     cond, uncond = sigma * e_c, sigma * e_u
     x = x_orig / (sigma * sigma + 1.0)

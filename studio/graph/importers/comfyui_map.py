@@ -591,6 +591,9 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("model",),
         fixed={"single_layers": "", "rescaling_scale": 0.0},
     ),
+    "PerpNeg": NodeMap(
+        "perp_neg", "Perp-Neg (DEPRECATED by PerpNegGuider)", ("neg_scale",), outputs=("model",)
+    ),
     "CFGZeroStar": NodeMap("cfg_zero_star", "CFGZeroStar", outputs=("model",)),
     "RescaleCFG": NodeMap("rescale_cfg", "RescaleCFG", ("multiplier",), outputs=("model",)),
     "ModelSamplingDiscrete": NodeMap(
@@ -869,10 +872,9 @@ NOT_MAPPED: dict[str, str] = {
     ),
     "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
     "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
-    **dict.fromkeys(
-        ("DualCFGGuider", "PerpNegGuider"),
-        "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
-    ),
+    "DualCFGGuider": "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
+    "PerpNegGuider": "custom sampling with Perp-Neg is not folded into a Sampler yet; "
+    "ComfyUI's PerpNeg model node does the same and maps to Studio's Perp-Neg",
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }
