@@ -10,6 +10,7 @@ diffusers weight goes (the converters only split, join and reorder).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -467,3 +468,24 @@ def save_gguf_t5(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@contextlib.contextmanager
+def flux_calls() -> Any:
+    """Every Flux transformer call the Sampler makes inside (``nodes.dit._flux_call``), as
+    (net, x, t, inputs, guided, prediction)."""
+    from nodes import dit
+
+    original = dit._flux_call
+    calls: list[tuple] = []
+
+    def recording(net, x, t, inputs, cfg, guided, keep=None):
+        pred = original(net, x, t, inputs, cfg, guided, keep)
+        calls.append((net, x.detach().clone(), t.detach().clone(), inputs, guided, pred.clone()))
+        return pred
+
+    dit._flux_call = recording
+    try:
+        yield calls
+    finally:
+        dit._flux_call = original

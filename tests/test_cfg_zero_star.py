@@ -8,8 +8,6 @@ through the Sampler (every transformer call recorded)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -78,23 +76,6 @@ def engine(tmp_path_factory):
     return Engine(installed_registry(), settings=settings)
 
 
-@contextlib.contextmanager
-def flux_calls():
-    original = dit._flux_call
-    calls: list[tuple] = []
-
-    def recording(net, x, t, inputs, cfg, guided, keep=None):
-        pred = original(net, x, t, inputs, cfg, guided, keep)
-        calls.append((net, x.detach().clone(), t.detach().clone(), inputs, pred.clone()))
-        return pred
-
-    dit._flux_call = recording
-    try:
-        yield calls
-    finally:
-        dit._flux_call = original
-
-
 def flux_graph(patches: list[tuple[str, dict]], cfg: float = 4.0, steps: int = 3):
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
@@ -119,7 +100,7 @@ def flux_graph(patches: list[tuple[str, dict]], cfg: float = 4.0, steps: int = 3
 
 def test_on_flux_each_step_follows_comfyuis_formula(engine):
     steps, cfg = 3, 4.0
-    with flux_calls() as calls:
+    with fx.flux_calls() as calls:
         wf, s = flux_graph([("cfg_zero_star", {})], cfg, steps)
         result = Engine(installed_registry(), settings=engine.settings).run(wf, targets=[s])
     assert result.ok, result.errors
@@ -127,7 +108,7 @@ def test_on_flux_each_step_follows_comfyuis_formula(engine):
     final = dit.pack(result.outputs[s]["latent"]["samples"])
     xs = [c[1] for c in calls] + [final]
     sigmas = [float(c[2]) / 1000 for c in calls] + [0.0]
-    for i, (net, x, t, inputs, _) in enumerate(calls):
+    for i, (net, x, t, inputs, _, _) in enumerate(calls):
         with torch.no_grad():
             v_c = dit._flux_call(net, x, t, inputs, 1.0, False)
             v_u = dit._flux_call(net, x, t, {"pos": inputs["neg"]}, 1.0, False)
@@ -139,7 +120,7 @@ def test_on_flux_each_step_follows_comfyuis_formula(engine):
 
 def test_zero_star_and_skip_layer_guidance_together_add_one_call_a_step(engine):
     slg = {"double_layers": "0", "single_layers": "", "start_percent": 0.0, "end_percent": 1.0}
-    with flux_calls() as calls:
+    with fx.flux_calls() as calls:
         wf, s = flux_graph([("cfg_zero_star", {}), ("skip_layer_guidance", slg)])
         result = Engine(installed_registry(), settings=engine.settings).run(wf, targets=[s])
     assert result.ok, result.errors

@@ -10,7 +10,6 @@ block removed, and each Euler step moves by the guided prediction plus scale tim
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -119,24 +118,6 @@ def test_sd3_graph_with_skip_layer_guidance_equals_the_pipelines(engine, parts):
     assert float(np.abs(later - got).max()) > 2 / 255
 
 
-@contextlib.contextmanager
-def flux_calls():
-    """Every ``_flux_call`` of the run inside: (net, x, t, inputs, guided, prediction)."""
-    original = dit._flux_call
-    calls: list[tuple] = []
-
-    def recording(net, x, t, inputs, cfg, guided, keep=None):
-        pred = original(net, x, t, inputs, cfg, guided, keep)
-        calls.append((net, x.detach().clone(), t.detach().clone(), inputs, guided, pred.clone()))
-        return pred
-
-    dit._flux_call = recording
-    try:
-        yield calls
-    finally:
-        dit._flux_call = original
-
-
 @pytest.mark.parametrize("rescale", [0.0, 1.0])
 def test_flux_skip_layer_guidance_steps_away_from_the_skipped_prediction(engine, rescale):
     scale = 2.0
@@ -144,7 +125,7 @@ def test_flux_skip_layer_guidance_steps_away_from_the_skipped_prediction(engine,
         double_layers="0", single_layers="0", scale=scale, start_percent=0.0,
         end_percent=1.0, rescaling_scale=rescale,
     )  # fmt: skip
-    with flux_calls() as calls:
+    with fx.flux_calls() as calls:
         wf, s, _ = graph("tiny-flux", params)
         result = fresh(engine).run(wf, targets=[s])
     assert result.ok, result.errors
@@ -179,7 +160,7 @@ def test_flux_skip_layer_guidance_steps_away_from_the_skipped_prediction(engine,
 def test_outside_its_window_skip_layer_guidance_adds_no_call(engine):
     # 3 steps on tiny-flux (64 image tokens, its resolution shift): only the first step's
     # noise level (1.0) is at or above end 0.3's
-    with flux_calls() as calls:
+    with fx.flux_calls() as calls:
         wf, s, _ = graph(
             "tiny-flux", slg_params(double_layers="0", start_percent=0.0, end_percent=0.3)
         )
