@@ -194,3 +194,62 @@ def test_flux_family_trains_exports_and_studio_draws_what_flux_pipeline_draws(tm
     assert result.ok, result.errors
     from_file = to_uint8(result.outputs[ids["decode"]]["image"])[0]
     assert np.abs(from_file.astype(int) - got.astype(int)).max() <= 1
+
+
+def test_flux_warm_start_is_the_sd3_model_where_their_inputs_agree():
+    """``flow_models.flux_from_sd3``: a Flux transformer started from an SD3 one computes the
+    SD3 model's velocity when what differs between the two (SD3's position table, Flux's
+    rotary positions, the text stream) is taken away: the same context, no positions."""
+    import torch
+
+    from training import flow_models as F
+
+    torch.manual_seed(0)
+    sd3 = F.make_transformer(
+        {**F.TRANSFORMER_CONFIG, "num_layers": 2, "joint_attention_dim": 64,
+         "pooled_projection_dim": 64}
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in sd3.parameters():  # diffusers zero-initialises the gates and outputs
+            p.normal_(std=0.05)
+        sd3.pos_embed.pos_embed.zero_()
+    flux = F.make_flux_transformer(
+        {**F.FLUX_TRANSFORMER_CONFIG, "num_layers": 2, "num_single_layers": 1}
+    )
+    counts = F.flux_from_sd3(flux, sd3)
+    assert counts["fresh"] > 0  # the single block and the text stream's own parts
+    x, sigma = torch.randn(2, 4, 16, 16), torch.tensor([0.3, 0.8])
+    ctx, pooled = torch.randn(2, 7, 64), torch.randn(2, 64)
+    with torch.no_grad():
+        want = sd3(
+            hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=ctx,
+            pooled_projections=pooled, return_dict=False,
+        )[0]  # fmt: skip
+        img_ids, txt_ids = F.flux_ids(16, 16, 7, "cpu", torch.float32)
+        got = flux(
+            hidden_states=F.flux_pack(x), timestep=sigma, encoder_hidden_states=ctx,
+            pooled_projections=pooled, txt_ids=txt_ids, img_ids=img_ids * 0, guidance=None,
+            return_dict=False,
+        )[0]  # fmt: skip
+    got = F.flux_unpack(got, 16, 16)
+    assert want.abs().mean() > 0.1
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_flux_distilled_from_the_shipped_flow_model_starts_near_it(tmp_path):
+    """``--teacher`` with ``--warm-start``: the flux run starts from studio-tiny-flow's
+    blocks and CLIP and learns the teacher's predictions; its first loss (against the
+    teacher) is far below a fresh model's, and it resumes like any run."""
+    teacher = str(train_flow.F.FOLDER)
+    common = ["--family", "flux", "--teacher", teacher, "--num-single-layers", "1",
+              "--no-final-eval", "--log-every", "1"]  # fmt: skip
+    losses = {}
+    for name, extra in (("warm", ["--warm-start", "--num-layers", "6"]), ("fresh", [])):
+        ckpt = run(tmp_path, name, *common, *extra, "--max-steps", "1")
+        state = json.loads((ckpt / "state.json").read_text())
+        assert state["hparams"]["teacher"] == teacher and state["hparams"]["distill"] == 1.0
+        assert state["hparams"]["warm_start"] is (name == "warm")
+        losses[name] = state["loss"]
+    assert losses["warm"] < 0.5 * losses["fresh"]
+    ckpt = run(tmp_path, "warm", *common, "--resume", "--max-steps", "2")
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2

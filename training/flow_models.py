@@ -293,3 +293,69 @@ def load_flux_pipeline(folder=FLUX_FOLDER):
     pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def flux_from_sd3(flux, sd3, clip_l_projection=None) -> dict[str, int]:
+    """Start a tiny Flux transformer from a trained tiny SD3 one (studio-tiny-flow), in place.
+
+    Flux's double-stream blocks are SD3's joint blocks under the same diffusers names (two
+    streams, joint attention, adaLN-Zero modulation, RMS q/k norms), so block ``i`` takes joint
+    block ``i`` where the shapes agree. What differs:
+
+    - SD3's last joint block does not update the context (``context_pre_only``): its
+      context norm gives (scale, shift) only; Flux's takes them and its context gates are
+      zeroed, so that block leaves the context as SD3's did;
+    - SD3 patchifies with a convolution and adds a fixed position table; Flux packs the same
+      2x2 patches (channel, row, column order, the convolution's) and places them by rotary
+      embedding: the patch weights are copied, the position table's mean goes into the bias,
+      and positions are learnt again;
+    - SD3 unpatchifies (row, column, channel); Flux unpacks (channel, row, column): the output
+      rows are permuted;
+    - the pooled vector: Flux's is CLIP-L's alone, SD3's is CLIP-L's (its projection
+      ``clip_l_projection``, if any, folded in here) beside CLIP-G's: CLIP-L's columns;
+    - Flux's context is T5's (learnt from scratch, as its ``context_embedder``), and its
+      single-stream blocks start as identities (``proj_out`` zero), so the start is SD3's
+      model on a new text stream.
+
+    Returns the counts of tensors copied and started anew."""
+    import torch
+
+    src = sd3.state_dict()
+    dst = flux.state_dict()
+    copied = fresh = 0
+    new: dict[str, torch.Tensor] = {}
+    n = flux.config.num_layers
+    if n != sd3.config.num_layers:
+        raise ValueError(f"the Flux model needs {sd3.config.num_layers} double blocks, not {n}")
+    last = f"transformer_blocks.{n - 1}."
+    for k, v in dst.items():
+        s = src.get(k)
+        if s is not None and s.shape == v.shape:
+            new[k] = s.clone()
+            copied += 1
+        elif k in (last + "norm1_context.linear.weight", last + "norm1_context.linear.bias"):
+            d = v.shape[0] // 6  # shift, scale, gate (attention), shift, scale, gate (mlp)
+            t = torch.zeros_like(v)
+            t[:d], t[d : 2 * d] = src[k][d : 2 * d], src[k][:d]  # SD3's order: scale, shift
+            new[k] = t
+            copied += 1
+        elif k.startswith("single_transformer_blocks.") and ".proj_out." in k:
+            new[k] = torch.zeros_like(v)
+            fresh += 1
+        else:
+            fresh += 1
+    c = flux.config.in_channels // 4
+    conv = src["pos_embed.proj.weight"]  # dim x C x 2 x 2: (channel, row, column) flattened
+    new["x_embedder.weight"] = conv.reshape(conv.shape[0], -1).clone()
+    new["x_embedder.bias"] = src["pos_embed.proj.bias"] + src["pos_embed.pos_embed"][0].mean(0)
+    rows = torch.arange(4 * c).reshape(2, 2, c).permute(2, 0, 1).reshape(-1)  # Flux -> SD3
+    new["proj_out.weight"] = src["proj_out.weight"][rows].clone()
+    new["proj_out.bias"] = src["proj_out.bias"][rows].clone()
+    w = src["time_text_embed.text_embedder.linear_1.weight"]
+    p = flux.config.pooled_projection_dim
+    w_l = w[:, :p] if clip_l_projection is None else w[:, :p] @ clip_l_projection
+    new["time_text_embed.text_embedder.linear_1.weight"] = w_l.clone()
+    copied += 5
+    fresh -= 5
+    flux.load_state_dict({**dst, **new})
+    return {"copied": copied, "fresh": fresh}

@@ -199,6 +199,9 @@ class FlowTrainer:
                 "shift": F.SHIFT,
                 "decay_from": a.decay_from,
                 "init_text_from": "studio-tiny" if a.init_text else None,
+                "teacher": a.teacher,
+                "distill": a.distill if a.teacher else 0.0,
+                "warm_start": bool(a.teacher and a.warm_start),
                 "models": models,
             },
             "seconds": 0.0,
@@ -266,6 +269,36 @@ class FlowTrainer:
         )
         for m in (te1, te2, tr, vae):
             m.to(self.device)
+        self.teacher = None
+        if self.hp("teacher"):
+            self.teacher = self.load_teacher(Path(self.hp("teacher")))
+
+    def load_teacher(self, folder: Path):
+        """A trained studio-tiny-flow (SD3) folder, frozen: its predictions are the flux
+        model's distillation target (``--teacher``)."""
+        from nodes import dit_context
+
+        if not self.flux:
+            raise SystemExit("--teacher is for --family flux (an SD3 teacher for a Flux student)")
+        pipe = F.load_pipeline(folder if folder.is_absolute() else REPO / folder)
+        t = (pipe.text_encoder, pipe.text_encoder_2, pipe.transformer)
+        dit_context.prepare(t[2])  # T5's zero rows as one weighted row, as in its training
+        for m in t:
+            m.eval().requires_grad_(False).to(self.device)
+        return t
+
+    def warm_start(self) -> None:
+        """The flux model's double blocks, output and CLIP from the teacher
+        (``flow_models.flux_from_sd3``): a fresh run's start with ``--warm-start``."""
+        te1, _, tr = self.teacher
+        proj = te1.text_projection.weight.detach().cpu()
+        counts = F.flux_from_sd3(self.tr, tr.cpu(), proj)
+        tr.to(self.device)
+        body = getattr(te1, "text_model", te1).state_dict()
+        getattr(self.te1, "text_model", self.te1).load_state_dict(body)
+        log(
+            f"warm start from the teacher: {counts['copied']} tensors copied, {counts['fresh']} new"
+        )
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -304,6 +337,9 @@ class FlowTrainer:
             ema = [p.detach().clone().float() for p in params]
             self.state["hparams"]["init_from"] = str(a.init_from)
             log(f"initialised from {a.init_from}")
+        elif self.hp("warm_start"):
+            self.warm_start()
+            ema = [p.detach().clone().float() for p in params]
         log(
             f"params: transformer {F.n_params(self.tr)} text {F.n_params(self.te1)} "
             f"+ {F.n_params(self.te2)} "
@@ -402,6 +438,8 @@ class FlowTrainer:
                 s = sigma[:, None, None, None]
                 xt = (1 - s) * x0 + s * noise
                 target = noise - x0
+                if self.teacher is not None:  # the teacher's prediction for the same input
+                    target = torch.lerp(target, self.teach(xt, sigma, ids), self.hp("distill"))
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda or a.bf16):
                     if self.flux:
                         ctx, pooled = F.encode_text_flux((self.te1, self.te2), ids, ids5)
@@ -435,6 +473,7 @@ class FlowTrainer:
                     mean = float(torch.stack(losses).mean())
                     log(f"step {step} loss {mean:.4f} lr {lr:.2e} {sps:.2f} steps/s")
                     self.state["steps_per_second"] = round(sps, 3)
+                    self.state["loss"] = round(mean, 5)
                     losses, n_log, t_last = [], step, time.time()
                 if a.eval_every and step % a.eval_every == 0:
                     self.state["seconds"] += time.time() - t_last
@@ -447,6 +486,26 @@ class FlowTrainer:
         finally:
             self.state["seconds"] += time.time() - t_last
             del it, loader
+
+    def teach(self, xt: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The SD3 teacher's velocity for ``xt`` at ``sigma`` and CLIP ids ``ids`` (its
+        conditional prediction; dropped captions are ``""``, as it was trained)."""
+        te1, te2, tr = self.teacher
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, self.bf16):
+            ctx, pooled = F.encode_text((te1, te2), ids, t5_tokens=1)
+            out = tr(
+                hidden_states=xt,
+                timestep=sigma * 1000,
+                encoder_hidden_states=ctx,
+                pooled_projections=pooled,
+                joint_attention_kwargs={"context_bias": math.log(F.T5_TOKENS)},
+                return_dict=False,
+            )[0]
+        return out.float()
+
+    @property
+    def bf16(self) -> bool:
+        return self.device.type == "cuda" or self.args.bf16
 
     # --- checkpoint ----------------------------------------------------------------------
 
@@ -795,6 +854,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "decays linearly to a tenth (1: never)",
     )
     p.add_argument("--no-init-text", dest="init_text", action="store_false")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="flux: a trained studio-tiny-flow (SD3) folder whose predictions are the target "
+        "(distillation; relative to the repository or absolute)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=1.0,
+        help="with --teacher: the target's share from the teacher (the rest: the data's)",
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="with --teacher: start the double blocks, output and CLIP from the teacher's "
+        "(--num-layers must be the teacher's joint blocks)",
+    )
     p.add_argument("--init-from", default=None, help=f"start from an exported {NAME} folder")
     p.add_argument(
         "--num-layers",
