@@ -1930,58 +1930,63 @@ def sample(
         if flux:
             extra = controls.residuals(x, t, i, total)
             sides = {k: v and {**v, **extra[k]} for k, v in inputs.items()}
-            return call(net, x_in, t, sides, cfg, guided)
+            return call(net, x_in, t, sides, cfg, guided, keep=kept)
         model_in = torch.cat([x] * 2) if guided else x
         blocks = controls.residuals(model_in, t, i, total)
-        return call(net, x, t, {**inputs, "block_controlnet_hidden_states": blocks}, cfg, guided)
+        args = {**inputs, "block_controlnet_hidden_states": blocks}
+        return call(net, x, t, args, cfg, guided, keep=kept)
+
+    def alone(c: Cond) -> Any:
+        """The prediction for prompt ``c`` alone (no guidance), with the ControlNets applied
+        on it, as ComfyUI predicts one conditioning: Perp-Neg's empty prompt, Skip Layer
+        Guidance's skipped positive. A Flux ControlNet reads the positive prompt, as it does
+        for the negative pass (FluxControlNetPipeline's true CFG); an SD3 one the prompt's
+        own, as for the negative (StableDiffusion3ControlNetPipeline)."""
+        make = _flux_inputs if flux else _sd3_inputs
+        ins = make(net, c, c, False, batch, h, w, device, dtype)
+        reads = make(net, pos, pos, False, batch, h, w, device, dtype) if flux else ins
+        size = (h * model.vae_downscale, w * model.vae_downscale)
+        own = _controls(ctx, net, c, c, family, False, batch, size, reads, device, dtype)
+
+        def prediction(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            if flux:
+                x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
+                args = ins
+                if own is not None:
+                    args = {"pos": {**ins["pos"], **own.residuals(x, t, i, total)["pos"]}}
+                return _flux_call(net, x_in, t, args, 1.0, False)
+            args = ins
+            if own is not None:
+                args = {**ins, "block_controlnet_hidden_states": own.residuals(x, t, i, total)}
+            return _sd3_call(net, x, t, args, 1.0, False)
+
+        return prediction
 
     def packed(x: torch.Tensor | None) -> torch.Tensor | None:
         return pack(x) if flux and x is not None else x
 
     if model.perp_neg is not None and guided:
-        if controls is not None:
-            raise NodeError("Perp-Neg does not work with a ControlNet yet: remove one of them")
         empty = _prompt_list(model.perp_neg[0], "empty_conditioning", family)[0]
-        make = _flux_inputs if flux else _sd3_inputs
-        empty_inputs = make(net, empty, empty, False, batch, h, w, device, dtype)
-
-        def empty_prediction(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            if flux:
-                x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
-                return _flux_call(net, x_in, t, empty_inputs, 1.0, False)
-            return _sd3_call(net, x, t, empty_inputs, 1.0, False)
-
         predict = _perp_neg_prediction(
-            predict, _last_parts(kept, regions, flux), empty_prediction, cfg, model.perp_neg[1]
+            predict, _last_parts(kept, regions, flux), alone(empty), cfg, model.perp_neg[1]
         )
 
     if model.cfg_zero_star and guided:
-        if controls is not None:
-            raise NodeError("CFG-Zero* does not work with a ControlNet yet: remove one of them")
         predict = _zero_star_prediction(
             predict, _last_parts(kept, regions, flux), cfg, sched.config.num_train_timesteps
         )
 
     if model.skip_layer_guidance is not None:
         slg = model.skip_layer_guidance
-        if controls is not None:
-            raise NodeError(
-                "Skip Layer Guidance does not work with a ControlNet yet: remove one of them"
-            )
-        pos_inputs = None
-        if regions is None and not flux:
-            pos_inputs = _sd3_inputs(net, pos, neg, False, batch, h, w, device, dtype)
+        positive_alone = alone(pos) if regions is None else None
 
         def positive(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             """The positive prompt's own prediction (no guidance)."""
-            if regions is not None:
-                if flux:
-                    return pack(regions.positive(unpack(x, h, w), t, i, total))
-                return regions.positive(x, t, i, total)
+            if regions is None:
+                return positive_alone(x, t, i)
             if flux:
-                x_in = x if extra_packed is None else torch.cat([x, extra_packed], dim=2)
-                return _flux_call(net, x_in, t, inputs, 1.0, False)
-            return _sd3_call(net, x, t, pos_inputs, 1.0, False)
+                return pack(regions.positive(unpack(x, h, w), t, i, total))
+            return regions.positive(x, t, i, total)
 
         parts = _last_parts(kept, regions, flux)
 

@@ -470,13 +470,46 @@ def save_gguf_t5(
     return path
 
 
+def sd3_controlnet(transformer):
+    """An SD3 ControlNet (the diffusers layout InstantX's use) built from the tiny
+    transformer, with non-zero output and input layers so it acts."""
+    import diffusers
+
+    torch.manual_seed(4)
+    cn = diffusers.SD3ControlNetModel.from_transformer(
+        transformer, num_layers=1, num_extra_conditioning_channels=0
+    )
+    with torch.no_grad():
+        for p in (*cn.controlnet_blocks.parameters(), *cn.pos_embed_input.parameters()):
+            p.normal_(0, 0.3)
+    return cn.eval()
+
+
+def flux_controlnet(transformer, seed: int):
+    """A Flux ControlNet in the diffusers layout (InstantX's, Shakker-Labs') built from the
+    tiny transformer, with non-zero output and input layers so it acts."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    cfg = transformer.config
+    cn = diffusers.FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=1,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+    )  # fmt: skip
+    with torch.no_grad():
+        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.controlnet_x_embedder):
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+    return cn.eval()
+
+
 @contextlib.contextmanager
-def flux_calls() -> Any:
-    """Every Flux transformer call the Sampler makes inside (``nodes.dit._flux_call``), as
-    (net, x, t, inputs, guided, prediction)."""
+def transformer_calls(name: str) -> Any:
+    """Every transformer call the Sampler makes inside through ``nodes.dit.<name>``
+    (``_flux_call`` or ``_sd3_call``), as (net, x, t, inputs, guided, prediction)."""
     from nodes import dit
 
-    original = dit._flux_call
+    original = getattr(dit, name)
     calls: list[tuple] = []
 
     def recording(net, x, t, inputs, cfg, guided, keep=None):
@@ -484,8 +517,18 @@ def flux_calls() -> Any:
         calls.append((net, x.detach().clone(), t.detach().clone(), inputs, guided, pred.clone()))
         return pred
 
-    dit._flux_call = recording
+    setattr(dit, name, recording)
     try:
         yield calls
     finally:
-        dit._flux_call = original
+        setattr(dit, name, original)
+
+
+def flux_calls() -> Any:
+    """Every Flux transformer call the Sampler makes inside (``nodes.dit._flux_call``)."""
+    return transformer_calls("_flux_call")
+
+
+def sd3_calls() -> Any:
+    """Every SD3 transformer call the Sampler makes inside (``nodes.dit._sd3_call``)."""
+    return transformer_calls("_sd3_call")

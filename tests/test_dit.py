@@ -840,19 +840,6 @@ def test_a_unet_controlnet_on_a_dit_prompt_is_an_error_naming_both_families(
     assert "Traceback" not in msg
 
 
-def tiny_sd3_controlnet(transformer):
-    """An SD3 ControlNet (the diffusers layout InstantX's use) built from the tiny
-    transformer, with non-zero output and input layers so it acts."""
-    torch.manual_seed(4)
-    cn = diffusers.SD3ControlNetModel.from_transformer(
-        transformer, num_layers=1, num_extra_conditioning_channels=0
-    )
-    with torch.no_grad():
-        for p in (*cn.controlnet_blocks.parameters(), *cn.pos_embed_input.parameters()):
-            p.normal_(0, 0.3)
-    return cn.eval()
-
-
 def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
     engine, parts, root, photo_and_mask, monkeypatch
 ):
@@ -863,7 +850,7 @@ def test_an_sd3_controlnet_file_equals_the_sd3_controlnet_pipeline(
     from PIL import Image
     from safetensors.torch import save_file
 
-    cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
+    cn = fx.sd3_controlnet(parts["sd3"]["transformer"])
     (root / "controlnet").mkdir(exist_ok=True)
     save_file(
         {k: v.contiguous() for k, v in cn.state_dict().items()},
@@ -994,7 +981,7 @@ def test_sd3_controlnet_folder_loads_and_wrong_pairings_are_clear_errors(engine,
     names the ControlNet and both families."""
     import diffusion_fixtures as sdfx
 
-    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+    fx.sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
         root / "controlnet" / "sd3-depth"
     )
     sdfx.save_folder(sdfx.sd1_pipeline(sdfx.tiny_sd1()), root / "checkpoints" / "tiny-sd1")
@@ -1088,22 +1075,6 @@ def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
     assert not any("vae" in line for line in result.report)
 
 
-def tiny_flux_controlnet(transformer, seed: int):
-    """A Flux ControlNet in the diffusers layout (InstantX's, Shakker-Labs') built from the
-    tiny transformer, with non-zero output and input layers so it acts."""
-    torch.manual_seed(seed)
-    cfg = transformer.config
-    cn = diffusers.FluxControlNetModel.from_transformer(
-        transformer, num_layers=1, num_single_layers=1,
-        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
-    )  # fmt: skip
-    with torch.no_grad():
-        for m in (cn.controlnet_blocks, cn.controlnet_single_blocks, cn.controlnet_x_embedder):
-            for p in m.parameters():
-                p.normal_(0, 0.3)
-    return cn.eval()
-
-
 def _apply(
     wf, ids, load_name: str, image: str, with_vae: bool = True, union_type=None, **params
 ) -> str:
@@ -1134,7 +1105,7 @@ def flux_controlnets(parts, root):
     from safetensors.torch import save_file
 
     tf = parts["flux"]["transformer"]
-    a, b = tiny_flux_controlnet(tf, 5), tiny_flux_controlnet(tf, 6)
+    a, b = fx.flux_controlnet(tf, 5), fx.flux_controlnet(tf, 6)
     (root / "controlnet").mkdir(exist_ok=True)
     save_file(
         {k: v.contiguous() for k, v in a.state_dict().items()},
@@ -1373,7 +1344,7 @@ def sd3_edges(parts, root):
     """An SD3 ControlNet folder and a control image."""
     from PIL import Image
 
-    cn = tiny_sd3_controlnet(parts["sd3"]["transformer"])
+    cn = fx.sd3_controlnet(parts["sd3"]["transformer"])
     cn.save_pretrained(root / "controlnet" / "sd3-img2img")
     arr = np.zeros((64, 64, 3), np.uint8)
     arr[16:48, 8:28] = 255
@@ -1519,7 +1490,7 @@ def test_flux_controlnet_wrong_pairings_and_other_layouts_are_clear_errors(
     from safetensors.torch import save_file
 
     _, _, (edges, _) = flux_controlnets
-    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+    fx.sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
         root / "controlnet" / "sd3-depth"
     )
     for family, name, with_vae, words in [
@@ -1818,7 +1789,7 @@ def test_a_lora_with_no_layers_for_the_dit_is_a_clear_error(engine, root):
 def tiny_flux_union_controlnet(transformer, seed: int, modes: int = 7):
     """A Flux union ControlNet (InstantX's / Shakker-Labs' Union: a mode embedding whose
     token goes before the prompt's)."""
-    base = tiny_flux_controlnet(transformer, seed)
+    base = fx.flux_controlnet(transformer, seed)
     cn = diffusers.FluxControlNetModel.from_config(base.config, num_mode=modes)
     cn.load_state_dict(base.state_dict(), strict=False)
     assert cn.union
@@ -2042,7 +2013,7 @@ def region_controlnets(parts, root, flux_controlnets):
     cuts away)."""
     from PIL import Image
 
-    tiny_sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
+    fx.sd3_controlnet(parts["sd3"]["transformer"]).save_pretrained(
         root / "controlnet" / "sd3-regions"
     )
     _, _, (edges, _) = flux_controlnets
