@@ -144,3 +144,65 @@ def test_comfyuis_perp_neg_node_imports_and_exports():
     assert node.type == "perp_neg" and node.params == {"neg_scale": 1.5}
     assert wf.link_into("3", "empty_conditioning").source == "2"
     assert export_comfyui_api(wf)["3"]["inputs"] == api["3"]["inputs"]
+
+
+def perp_neg_api(guider: bool, neg_scale: float = 1.5) -> dict:
+    """ComfyUI txt2img on tiny-sd1 with Perp-Neg: PerpNegGuider in a custom-sampling chain,
+    or the PerpNeg model node into a KSampler (the same guidance)."""
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["1", 1]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+                                                           "batch_size": 1}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+    }  # fmt: skip
+    sides = {"positive": ["4", 0], "negative": ["5", 0]}
+    if guider:
+        api.update({
+            "10": {"class_type": "PerpNegGuider", "inputs": {
+                "cfg": 5.0, "neg_scale": neg_scale, "model": ["1", 0], **sides,
+                "empty_conditioning": ["2", 0]}},
+            "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 4}},
+            "12": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "13": {"class_type": "BasicScheduler", "inputs": {
+                "scheduler": "normal", "steps": 4, "denoise": 1.0, "model": ["1", 0]}},
+            "7": {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["11", 0], "guider": ["10", 0], "sampler": ["12", 0],
+                "sigmas": ["13", 0], "latent_image": ["6", 0]}},
+        })  # fmt: skip
+    else:
+        api.update({
+            "3": {"class_type": "PerpNeg", "inputs": {
+                "neg_scale": neg_scale, "model": ["1", 0], "empty_conditioning": ["2", 0]}},
+            "7": {"class_type": "KSampler", "inputs": {
+                "seed": 4, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+                "scheduler": "normal", "denoise": 1.0, "model": ["3", 0], **sides,
+                "latent_image": ["6", 0]}},
+        })  # fmt: skip
+    return api
+
+
+def test_comfyuis_perp_neg_guider_folds_into_a_sampler_and_draws_the_perp_neg_picture(engine):
+    """PerpNegGuider (which deprecates the PerpNeg node) folds with its chain into one Sampler
+    after a Perp-Neg model node: the picture of the PerpNeg node's workflow."""
+    result = import_comfyui(perp_neg_api(True), installed_registry(), source="guider.json")
+    wf = result.workflow
+    assert not [n for n in wf.nodes if n.type.startswith("comfyui.")], result.report
+    sampler = wf.get_node("7")
+    perp = wf.get_node(wf.link_into("7", "model").source)
+    assert perp.type == "perp_neg" and perp.params == {"neg_scale": 1.5}
+    assert wf.link_into(perp.id, "empty_conditioning").source == "2"
+    assert sampler.params["cfg"] == 5.0 and sampler.params["seed"] == 4
+    assert any("PerpNegGuider" in line and "Perp-Neg" in line for line in result.report)
+
+    def draw(api: dict) -> np.ndarray:
+        wf = import_comfyui(api, installed_registry(), source="perp.json").workflow
+        out = engine.run(wf, targets=["8"])
+        assert out.ok, out.errors
+        return out.outputs["8"]["image"].numpy()
+
+    got = draw(perp_neg_api(True))
+    assert np.abs(got - draw(perp_neg_api(False))).max() <= 1e-5
+    assert np.abs(got - draw(perp_neg_api(True, neg_scale=0.0))).max() > 1e-3

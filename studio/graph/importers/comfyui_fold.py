@@ -20,7 +20,7 @@ from studio.graph.importers.comfyui_map import (
 )
 
 _CHAIN = (
-    "RandomNoise or DisableNoise, BasicGuider or CFGGuider, a sampler (KSamplerSelect, or "
+    "RandomNoise or DisableNoise, BasicGuider, CFGGuider or PerpNegGuider, a sampler (KSamplerSelect, or "
     "a sampler node at the KSampler's options) and a scheduler (BasicScheduler, or one "
     "equal to a Sampler schedule), maybe split by SplitSigmas, into SamplerCustomAdvanced "
     "(or the sampler and scheduler into SamplerCustom)"
@@ -65,7 +65,7 @@ NOT_A_CHAIN = (
 _SCHEDULERS = ("BasicScheduler", *SCHEDULER_NODES)
 _SOURCES = {
     "noise": ("RandomNoise", "DisableNoise"),
-    "guider": ("BasicGuider", "CFGGuider"),
+    "guider": ("BasicGuider", "CFGGuider", "PerpNegGuider"),
     "sampler": ("KSamplerSelect", *SAMPLER_NODES),
     "sigmas": (*_SCHEDULERS, *_SPLITS),
 }
@@ -214,13 +214,22 @@ def _plan(g: Any, cn: Any) -> _Fold | str:
         if add_noise:
             _take(values, links, controls, noise, ("noise_seed",))
         model = guider.links.get("model")
-        if guider.class_type == "CFGGuider":
+        if guider.class_type in ("CFGGuider", "PerpNegGuider"):
             for side in ("positive", "negative"):
                 if side not in guider.links:
                     return f"{_label(guider)}: its {side!r} input is not connected"
                 links[side] = guider.links[side]
             _take(values, links, controls, guider, ("cfg",))
-        else:
+        if guider.class_type == "PerpNegGuider" and model is not None:
+            if "empty_conditioning" not in guider.links:
+                return f"{_label(guider)}: its 'empty_conditioning' input is not connected"
+            perp = _perp_neg(g, guider)
+            lines.append(
+                f"PerpNegGuider: its Perp-Neg became a Perp-Neg model node (node {perp}) "
+                "before the Sampler, the same guidance"
+            )
+            model = (perp, 0)
+        elif guider.class_type == "BasicGuider":
             if "conditioning" not in guider.links:
                 return f"{_label(guider)}: its 'conditioning' input is not connected"
             links["positive"] = guider.links["conditioning"]
@@ -409,7 +418,7 @@ def _split(
 
 
 #: Nodes that change a model's weights but not its sampling (its sigmas and shift).
-_SAME_SAMPLING = ("LoraLoader", "LoraLoaderModelOnly")
+_SAME_SAMPLING = ("LoraLoader", "LoraLoaderModelOnly", "PerpNeg")
 
 
 def _sampling_source(g: Any, link: tuple[str, int] | None) -> tuple[str, int] | None:
@@ -423,6 +432,33 @@ def _sampling_source(g: Any, link: tuple[str, int] | None) -> tuple[str, int] | 
             break
         link = node.links.get("model")
     return link
+
+
+def _perp_neg(g: Any, guider: Any) -> str:
+    """A PerpNeg model node (ComfyUI's own, deprecated by PerpNegGuider: the same formula in
+    place of cfg) on the guider's model, with its empty prompt and neg_scale."""
+    nid = f"{guider.id}_perpneg"
+    if nid not in g.nodes:
+        values, links, controls = {}, {}, {}
+        _take(values, links, controls, guider, ("neg_scale",))
+        g.nodes[nid] = dataclasses.replace(
+            guider,
+            id=nid,
+            class_type="PerpNeg",
+            values=values,
+            links={
+                **links,
+                "model": guider.links["model"],
+                "empty_conditioning": guider.links["empty_conditioning"],
+            },
+            controls=controls,
+            studio_params={},
+            title="",
+            widgets_values=None,
+            ui_inputs=[],
+            ui_outputs=[],
+        )
+    return nid
 
 
 def _zero_out(g: Any, guider: Any) -> str:

@@ -246,6 +246,7 @@ CUSTOM_SAMPLING: dict[str, tuple[str, ...]] = {
     "DisableNoise": (),
     "BasicGuider": (),
     "CFGGuider": ("cfg",),
+    "PerpNegGuider": ("cfg", "neg_scale"),
     "KSamplerSelect": ("sampler_name",),
     "BasicScheduler": ("scheduler", "steps", "denoise"),
     # Samplers with their options: folded where the options are the KSampler's own.
@@ -873,8 +874,6 @@ NOT_MAPPED: dict[str, str] = {
     "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
     "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     "DualCFGGuider": "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
-    "PerpNegGuider": "custom sampling with Perp-Neg is not folded into a Sampler yet; "
-    "ComfyUI's PerpNeg model node does the same and maps to Studio's Perp-Neg",
     CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
     "become their clip skip",
 }
