@@ -430,8 +430,10 @@ def _comfy_run(
     if mask is not None:  # blended inside each model call, as ComfyUI's inpainting wrapper
         keep = (mask.float(), start.init, start.noise)
 
+    previews = _Previews(x.device, model)
+
     def on_step(i: int, total: int, den: torch.Tensor) -> None:
-        ctx.progress(i + 1, total, preview_image(den, model.family, model.latent_rgb))
+        ctx.progress(i + 1, total, previews.next(den))
 
     def steps() -> torch.Tensor:
         with small_conv_backend(x, x.device):
@@ -1000,7 +1002,9 @@ class _Previews:
     On the CPU each step's preview is made at once. On a GPU, reading the latents back at
     every step would stall the queue of kernels the next step launches (measured on an H200:
     the graph 6 % behind diffusers' pipeline, which shows no preview); so the latent is
-    copied out without blocking and shown once the copy has landed, a step or so late.
+    copied out without blocking and shown once the copy has landed, a step or so late. All
+    three sampling paths use it: the diffusers schedulers', ComfyUI's (k-diffusion) and the
+    transformers' (nodes/dit.py).
     """
 
     def __init__(self, device: torch.device, model: Any):

@@ -1831,7 +1831,7 @@ def sample(
     is put back, noised to the next step's level. ``window``: Sampler (Advanced)'s steps
     start..end, its add_noise and leftover noise (ComfyUI's KSamplerAdvanced)."""
     from nodes import lora
-    from nodes.denoise import preview_image
+    from nodes.denoise import _Previews
     from nodes.sdload import get_module, with_oom_advice
 
     family = model.family
@@ -2000,6 +2000,8 @@ def sample(
         )  # fmt: skip
 
     step_mask = _step_masks(mask, soft, sched, plan, mu, flux, model.differential_diffusion)
+    # each step's live preview, without making a GPU wait for it (denoise._Previews)
+    previews = _Previews(latents.device, model)
 
     def run_k() -> torch.Tensor:
         """ComfyUI's sampler over the run's sigmas, the model as a denoiser
@@ -2026,7 +2028,7 @@ def sample(
 
         def shown(i: int, den: torch.Tensor) -> None:
             img = unpack(den.to(dtype), h, w) if flux else den.to(dtype)
-            ctx.progress(i + 1, total, preview_image(img, family, model.latent_rgb))
+            ctx.progress(i + 1, total, previews.next(img))
 
         x = packed(latents).float()
         # ComfyUI's noise (default or Brownian), drawn in the unpacked latent's shape
@@ -2055,7 +2057,7 @@ def sample(
                     m = packed(step_mask(t))
                     x = (1 - m) * _noised(sched, x_init, x_noise) + m * x
                 shown = unpack(x, h, w) if flux else x
-                ctx.progress(i + 1, total, preview_image(shown, family, model.latent_rgb))
+                ctx.progress(i + 1, total, previews.next(shown))
             if plan.finish is not None:
                 # Stopping early without leftover noise: the model's clean prediction at the
                 # last step's level, ComfyUI's final step to noise level 0.
@@ -2067,7 +2069,7 @@ def sample(
                     m = packed(step_mask(t))
                     x = (1 - m) * x_init + m * x
                 shown = unpack(x, h, w) if flux else x
-                ctx.progress(total, total, preview_image(shown, family, model.latent_rgb))
+                ctx.progress(total, total, previews.next(shown))
         return unpack(x, h, w) if flux else x
 
     result = with_oom_advice(run, "sampling")

@@ -30,6 +30,8 @@ from studio.settings import Settings  # noqa: E402
 
 WORKFLOWS = RESOURCES / "workflows"
 NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
+if (WORKFLOWS / "txt2img_flux.json").is_file():  # on the embedded studio-tiny-flux
+    NAMES += ("txt2img_flux",)
 #: Mean difference (0-255 scale) between the CPU's fp32 picture and the GPU's fp32 one. The
 #: sampler's noise is drawn on the CPU in both, so only rounding is left (measured on an H200:
 #: 0.01-0.04). Half precision drifts further over 20 steps (6-14/255 measured): there the
@@ -141,12 +143,20 @@ def test_a_vram_budget_smaller_than_the_model_gives_the_same_picture(tmp_path):
     assert peak_tight < peak_free  # the other models were moved off to keep within the budget
 
 
-def test_the_sampler_preview_and_progress_work_on_cuda(tmp_path):
+@pytest.mark.parametrize(
+    "checkpoint, sampler",
+    [("studio-tiny", "euler"), ("studio-tiny", "dpmpp_2m"), ("studio-tiny-flow", "euler"),
+     ("studio-tiny-flow", "dpmpp_2m")],
+)  # fmt: skip
+def test_the_sampler_preview_and_progress_work_on_cuda(checkpoint, sampler, tmp_path):
+    """On each sampling path (diffusers' schedulers, ComfyUI's, the transformers')."""
     from studio import recipes
     from studio.engine.events import EventKind
 
     engine = _engine(tmp_path, device="cuda")
-    wf, ids = recipes.txt2img(engine.registry, "studio-tiny", "a red circle", steps=6)
+    wf, ids = recipes.txt2img(
+        engine.registry, checkpoint, "a red circle", steps=6, cfg=3.0, sampler=sampler
+    )
     events = []
     result = engine.run(wf, on_event=events.append)
     assert result.ok, result.errors
