@@ -1,7 +1,11 @@
-"""studio-tiny-flow beside studio-tiny: adherence by step count, clean pictures, seed variety,
-speed. Prints JSON.
+"""studio-tiny-flow (and studio-tiny-flux) beside studio-tiny: adherence by step count, clean
+pictures, seed variety, speed. Prints JSON.
 
     python benchmarks/bench_tiny_flow.py [--threads 2] [--count 60] [--parts curve,clean,variety,speed]
+        [--models flow,flux,tiny]
+
+studio-tiny-flux (``--models flux``; its folder ``--flux-folder``) is measured as
+studio-tiny-flow is, through ``FluxPipeline`` (true cfg against ``""``) and Studio's graph.
 
 - ``curve``: adherence (training.evaluate's pixel reading) on ``--count`` held-out captions,
   one image each, at 2, 4, 8 and 20 steps: studio-tiny-flow through diffusers'
@@ -49,16 +53,29 @@ PROMPT = "a large red circle on a blue background, left"
 
 
 def flow_images(pipe, captions, steps, cfg, seed=0):
+    """A flow model's pictures through its pipeline: StableDiffusion3Pipeline's cfg, or
+    FluxPipeline's true cfg against the empty prompt (the tiny Flux has no guidance input)."""
     import torch
 
     out = []
     for i in range(0, len(captions), 30):
+        batch = list(captions[i : i + 30])
+        if type(pipe).__name__ == "FluxPipeline":
+            kw = {
+                "negative_prompt": [""] * len(batch),
+                "true_cfg_scale": cfg,
+                "height": 64,
+                "width": 64,
+                "max_sequence_length": pipe.tokenizer_2.model_max_length,
+            }
+        else:
+            kw = {"guidance_scale": cfg}
         imgs = pipe(
-            list(captions[i : i + 30]),
+            batch,
             num_inference_steps=steps,
-            guidance_scale=cfg,
             generator=torch.Generator().manual_seed(seed + i),
             output_type="np",
+            **kw,
         ).images
         out += list((imgs * 255).round().astype(np.uint8))
     return out
@@ -84,7 +101,10 @@ def main() -> None:
     ap.add_argument("--variety-prompts", type=int, default=6)
     ap.add_argument("--parts", default="curve,clean,variety,speed")
     ap.add_argument("--folder", default=None, help="a studio-tiny-flow folder (default: shipped)")
-    ap.add_argument("--models", default="flow,tiny", help="flow, tiny or both")
+    ap.add_argument(
+        "--flux-folder", default=None, help="a studio-tiny-flux folder (default: shipped)"
+    )
+    ap.add_argument("--models", default="flow,tiny", help="any of flow, flux, tiny")
     args = ap.parse_args()
     import torch
 
@@ -95,32 +115,44 @@ def main() -> None:
     from training import flow_models as F
     from training.data import eval_scenes
 
-    folder = Path(args.folder) if args.folder else F.FOLDER
     parts = set(args.parts.split(","))
     models = set(args.models.split(","))
-    pipe = F.load_pipeline(folder) if "flow" in models else None
+    # the flow-matching models measured: name -> (folder, pipeline, default guidance start)
+    flows: dict = {}
+    if "flow" in models:
+        folder = Path(args.folder) if args.folder else F.FOLDER
+        flows["studio-tiny-flow"] = (folder, F.load_pipeline(folder), F.DEFAULT_GUIDANCE_START)
+    if "flux" in models:
+        folder = Path(args.flux_folder) if args.flux_folder else F.FLUX_FOLDER
+        flows["studio-tiny-flux"] = (folder, F.load_flux_pipeline(folder), F.DEFAULT_GUIDANCE_START)
     engine = Engine(installed_registry())
     caps = [s.caption for s in eval_scenes(args.count)]
     report: dict = {
-        "folder": str(folder),
+        "folders": {name: str(f[0]) for name, f in flows.items()},
         "threads": args.threads,
         "captions": len(caps),
         "flow_cfg": F.DEFAULT_CFG,
         "flow_steps": F.DEFAULT_STEPS,
     }
-    meta = folder / "studio_tiny_flow.json"
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        report["trained"] = {"step": info.get("step"), "seconds": info.get("seconds")}
+    for name, (folder, _, _) in flows.items():
+        meta = folder / "studio_tiny_flow.json"
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            report.setdefault("trained", {})[name] = {
+                "step": info.get("step"),
+                "seconds": info.get("seconds"),
+            }
     drawn: dict = {}
     if "curve" in parts:
-        curve: dict = {"studio-tiny-flow": {}}
-        for steps in STEPS if pipe else ():
-            t = time.perf_counter()
-            imgs = flow_images(pipe, caps, steps, F.DEFAULT_CFG)
-            drawn[("flow", steps)] = imgs
-            curve["studio-tiny-flow"][steps] = rates(caps, imgs)
-            curve["studio-tiny-flow"][steps]["seconds"] = round(time.perf_counter() - t, 1)
+        curve: dict = {}
+        for name, (_, pipe, _) in flows.items():
+            curve[name] = {}
+            for steps in STEPS:
+                t = time.perf_counter()
+                imgs = flow_images(pipe, caps, steps, F.DEFAULT_CFG)
+                drawn[(name, steps)] = imgs
+                curve[name][steps] = rates(caps, imgs)
+                curve[name][steps]["seconds"] = round(time.perf_counter() - t, 1)
         for cfg in TINY_CFGS if "tiny" in models else ():
             key = f"studio-tiny cfg {cfg:g}"
             curve[key] = {}
@@ -134,13 +166,13 @@ def main() -> None:
         print(json.dumps({"curve": curve}), file=sys.stderr, flush=True)
     if "clean" in parts:
         clean = {}
-        if pipe:
-            imgs = drawn.get(("flow", F.DEFAULT_STEPS)) or flow_images(
+        for name, (_, pipe, _) in flows.items():
+            imgs = drawn.get((name, F.DEFAULT_STEPS)) or flow_images(
                 pipe, caps, F.DEFAULT_STEPS, F.DEFAULT_CFG
             )
             fig = cleanliness.clean_figures(caps, imgs)
             fig["adherence"] = rates(caps, imgs)
-            clean[f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = fig
+            clean[f"{name} {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"] = fig
         for cfg in (7.0, 5.0, 3.0) if "tiny" in models else ():
             imgs = drawn.get((cfg, 20)) or tiny_images(engine, caps, 20, cfg)
             fig = cleanliness.clean_figures(caps, imgs)
@@ -156,12 +188,12 @@ def main() -> None:
             return {k: round(float(np.mean([d[k] for d in dicts])), 4) for k in dicts[0]}
 
         var["data"] = mean_of([cleanliness.data_variety(p) for p in prompts])
-        if "flow" in models:
-            # Through Studio's graph, 8 seeds one image at a time (what an artist gets).
-            from training.studio_run import StudioTxt2Img
+        from training.studio_run import StudioTxt2Img
 
-            # The default workflow's guidance interval, and guided from the first step.
-            for start in (F.DEFAULT_GUIDANCE_START, 0.0):
+        for name, (folder, _, default_start) in flows.items():
+            # Through Studio's graph, 8 seeds one image at a time (what an artist gets): the
+            # default workflow's guidance interval, and guided from the first step.
+            for start in (default_start, 0.0):
                 flow = StudioTxt2Img(
                     model=folder.name,
                     steps=F.DEFAULT_STEPS,
@@ -169,7 +201,7 @@ def main() -> None:
                     guidance_start=start,
                     engine=engine,
                 )
-                key = f"studio-tiny-flow {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"
+                key = f"{name} {F.DEFAULT_STEPS} steps cfg {F.DEFAULT_CFG:g}"
                 var[key + (f", guided from {start:g}" if start else "")] = mean_of(
                     [cleanliness.seed_variety([flow(p, s) for s in range(8)]) for p in prompts]
                 )
@@ -224,32 +256,30 @@ def main() -> None:
         # Fresh seeds for every timed run: the engine's cache would serve a repeated one.
         fresh = iter(range(1000, 10**6))
         fns: dict = {}
-        if "flow" in models:
+        for name, (folder, _, default_start) in flows.items():
+            n = F.DEFAULT_STEPS
             flow8, flow4 = (
-                StudioTxt2Img(model=folder.name, steps=n, cfg=F.DEFAULT_CFG, engine=engine)
-                for n in (F.DEFAULT_STEPS, 4)
+                StudioTxt2Img(model=folder.name, steps=k, cfg=F.DEFAULT_CFG, engine=engine)
+                for k in (n, 4)
             )
             default = StudioTxt2Img(
-                model=folder.name, steps=F.DEFAULT_STEPS, cfg=F.DEFAULT_CFG, engine=engine,
-                guidance_start=F.DEFAULT_GUIDANCE_START,
+                model=folder.name, steps=n, cfg=F.DEFAULT_CFG, engine=engine,
+                guidance_start=default_start,
             )  # fmt: skip
             fns |= {
-                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps": lambda s: flow8(
-                    PROMPT, next(fresh)
-                ),
-                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, guided from "
-                f"{F.DEFAULT_GUIDANCE_START:.0%} (the default workflow)": lambda s: default(
-                    PROMPT, next(fresh)
-                ),
-                "studio-tiny-flow graph 4 steps": lambda s: flow4(PROMPT, next(fresh)),
-                f"studio-tiny-flow graph {F.DEFAULT_STEPS} steps, context not cut": uncut(
-                    lambda s: flow8(PROMPT, next(fresh))
-                ),
+                f"{name} graph {n} steps": lambda s, g=flow8: g(PROMPT, next(fresh)),
+                f"{name} graph {n} steps, guided from {default_start:.0%} (the default "
+                "workflow)": lambda s, g=default: g(PROMPT, next(fresh)),
+                f"{name} graph 4 steps": lambda s, g=flow4: g(PROMPT, next(fresh)),
             }
+            if name == "studio-tiny-flow":  # SD3 without T5: the zero rows' cut
+                fns[f"{name} graph {n} steps, context not cut"] = uncut(
+                    lambda s, g=flow8: g(PROMPT, next(fresh))
+                )
         fns["studio-tiny graph 20 steps cfg 3"] = lambda s: tiny(PROMPT, next(fresh))
-        if pipe:
-            fns[f"studio-tiny-flow pipeline {F.DEFAULT_STEPS} steps"] = lambda s: flow_images(
-                pipe, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s
+        for name, (_, pipe, _) in flows.items():
+            fns[f"{name} pipeline {F.DEFAULT_STEPS} steps"] = lambda s, p=pipe: flow_images(
+                p, [PROMPT], F.DEFAULT_STEPS, F.DEFAULT_CFG, s
             )
         fns["studio-tiny pipeline 20 steps cfg 3"] = lambda s: sd(
             PROMPT,
@@ -259,7 +289,11 @@ def main() -> None:
             output_type="np",
         )
         speed |= medians(fns)
-        if "flow" in models:
+        if "studio-tiny-flow" in flows:
+            folder = flows["studio-tiny-flow"][0]
+            flow8 = StudioTxt2Img(
+                model=folder.name, steps=F.DEFAULT_STEPS, cfg=F.DEFAULT_CFG, engine=engine
+            )
             # The cut changes no picture: the graph's images with and without it.
             cut = [flow8(c, 500 + i) for i, c in enumerate(caps[:10])]
             # A new engine: flow8's cache would serve the same pictures.
