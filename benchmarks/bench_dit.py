@@ -77,8 +77,11 @@ def compare(family: str, folder: Path, pipe, *, device: str, steps: int, size: i
         return time.perf_counter() - t
 
     graph(0), pipeline(0)  # warm: loading, first calls
-    g = sorted(graph(i + 1) for i in range(runs))[runs // 2]
-    p = sorted(pipeline(i + 1) for i in range(runs))[runs // 2]
+    # interleaved, one of each per round, so that a shared machine's changing load falls on
+    # both alike; medians
+    times = [(graph(i + 1), pipeline(i + 1)) for i in range(runs)]
+    g = sorted(t[0] for t in times)[runs // 2]
+    p = sorted(t[1] for t in times)[runs // 2]
     return {"graph_s": round(g, 4), "pipeline_s": round(p, 4), "ratio": round(g / p, 3)}
 
 
@@ -213,7 +216,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=0, help="real-size depth override")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.real_size and args.device != "cuda":
