@@ -280,7 +280,11 @@ class FlowTrainer:
 
         if not self.flux:
             raise SystemExit("--teacher is for --family flux (an SD3 teacher for a Flux student)")
-        pipe = F.load_pipeline(folder if folder.is_absolute() else REPO / folder)
+        folder = folder if folder.is_absolute() else REPO / folder
+        index = folder / "model_index.json"
+        if not index.is_file() or "StableDiffusion3Pipeline" not in index.read_text():
+            raise SystemExit(f"--teacher {folder}: not a studio-tiny-flow (SD3) folder")
+        pipe = F.load_pipeline(folder)
         t = (pipe.text_encoder, pipe.text_encoder_2, pipe.transformer)
         dit_context.prepare(t[2])  # T5's zero rows as one weighted row, as in its training
         for m in t:
@@ -292,7 +296,10 @@ class FlowTrainer:
         (``flow_models.flux_from_sd3``): a fresh run's start with ``--warm-start``."""
         te1, _, tr = self.teacher
         proj = te1.text_projection.weight.detach().cpu()
-        counts = F.flux_from_sd3(self.tr, tr.cpu(), proj)
+        try:
+            counts = F.flux_from_sd3(self.tr, tr.cpu(), proj)
+        except ValueError as exc:
+            raise SystemExit(f"--warm-start: {exc} (give --num-layers to match)") from None
         tr.to(self.device)
         body = getattr(te1, "text_model", te1).state_dict()
         getattr(self.te1, "text_model", self.te1).load_state_dict(body)
