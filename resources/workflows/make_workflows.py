@@ -409,10 +409,10 @@ TXT2IMG_SD3 = Family(
 )
 
 
-#: The embedded Flux-layout sibling (FluxTransformer2DModel, CLIP + a tiny T5), trained on a
-#: GPU by ``benchmarks/gpu_train_flux.sh`` (training/train_flow.py --family flux) into
-#: resources/models/checkpoints/studio-tiny-flux. While it is not there, txt2img_flux.json is
-#: only the template for Flux files artists bring.
+#: The embedded Flux-layout sibling (FluxTransformer2DModel, CLIP + a tiny T5), distilled from
+#: studio-tiny-flow by training/train_flow.py --family flux --teacher (training/README.md) into
+#: resources/models/checkpoints/studio-tiny-flux. Were it not there, txt2img_flux.json would
+#: only be the template for Flux files artists bring.
 FLUX_CHECKPOINT = "studio-tiny-flux"
 TINY_FLUX_PRESENT = (ROOT / "resources" / "models" / "checkpoints" / FLUX_CHECKPOINT).is_dir()
 
@@ -423,8 +423,10 @@ TXT2IMG_FLUX = Family(
     FLOW_CFG,
     "Text to image with a transformer in the Flux.1 layout (studio-tiny-flux: double- and "
     "single-stream blocks, CLIP and T5 text encoders). It has no guidance input (like Flux "
-    "schnell), so it runs with true CFG against the negative prompt (cfg 3). Load Checkpoint "
-    "also opens Flux diffusers folders; the template txt2img_flux loads Flux.1 dev's files.",
+    "schnell), so it runs with true CFG against the negative prompt (cfg 3), acting from 40 % "
+    "of the sampling on, as txt2img_sd3's. Load Checkpoint also opens Flux diffusers folders; "
+    "the template txt2img_flux loads Flux.1 dev's files.",
+    FLOW_GUIDANCE_START,
 )
 
 
