@@ -1051,7 +1051,10 @@ def test_img2img_equals_the_img2img_pipeline(engine, parts, photo_and_mask, fami
     _close(got, want)
 
 
-def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
+@pytest.mark.parametrize("apply_type", ["ControlNetApplyAdvanced", "ControlNetApplySD3"])
+def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link(apply_type):
+    """ControlNetApplySD3 ("Apply Controlnet with VAE", ComfyUI's SD3.5 ControlNet examples)
+    is ControlNetApplyAdvanced with its vae."""
     from studio.graph.importers.comfyui import import_comfyui
 
     prompt = {
@@ -1061,7 +1064,7 @@ def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
         "3": {"class_type": "ControlNetLoader",
               "inputs": {"control_net_name": "sd3_canny.safetensors"}},
         "4": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
-        "5": {"class_type": "ControlNetApplyAdvanced",
+        "5": {"class_type": apply_type,
               "inputs": {"positive": ["2", 0], "negative": ["2", 0], "control_net": ["3", 0],
                          "image": ["4", 0], "vae": ["1", 2], "strength": 0.7,
                          "start_percent": 0.0, "end_percent": 1.0}},
@@ -1072,7 +1075,8 @@ def test_a_comfyui_sd3_controlnet_prompt_keeps_the_vae_link():
     ckpt = next(n for n in wf.nodes if n.type == "load_checkpoint")
     links = {lk.input: (lk.source, lk.output) for lk in wf.links_into(apply.id)}
     assert links["vae"] == (ckpt.id, "vae")
-    assert not any("vae" in line for line in result.report)
+    assert apply.params == {"strength": 0.7, "start_percent": 0.0, "end_percent": 1.0}
+    assert not any("vae" in line or "not map" in line for line in result.report)
 
 
 def _apply(

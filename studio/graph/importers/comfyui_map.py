@@ -443,6 +443,14 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("strength", "start_percent", "end_percent"),
         outputs=("positive", "negative"),
     ),
+    # "Apply Controlnet with VAE", SD3.5's ControlNet examples (deprecated since for
+    # ControlNetApplyAdvanced, whose vae input it always had)
+    "ControlNetApplySD3": NodeMap(
+        "apply_controlnet",
+        "Apply Controlnet with VAE",
+        ("strength", "start_percent", "end_percent"),
+        outputs=("positive", "negative"),
+    ),
     "UpscaleModelLoader": NodeMap(
         "load_upscale_model", "Load Upscale Model", ("model_name",), outputs=("upscale_model",)
     ),
