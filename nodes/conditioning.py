@@ -85,6 +85,83 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
     ]
 
 
+def _sdxl_fingerprint(params: dict[str, Any], ctx: Any) -> str:
+    from nodes import embeddings
+
+    text = f"{params.get('text_g', '')} {params.get('text_l', '')}"
+    return embeddings.fingerprint(text, ctx.model_files, ctx.files, ctx.check_interrupt)
+
+
+def _size(name: str, default: int, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.INT, default=default, min=0, max=16384, step=8, tooltip=tooltip)
+
+
+@node(
+    "text_encode_sdxl",
+    title="Text Encode (SDXL)",
+    category="conditioning",
+    description=(
+        "An SDXL prompt with a text for each of its encoders (CLIP-G and CLIP-L) and SDXL's "
+        "size conditioning: the size the model is told the picture was, its crop and the "
+        "size it should look like (ComfyUI's CLIPTextEncodeSDXL). Text Encode takes them "
+        "from the picture being made (original = target = its size, no crop)."
+    ),
+    inputs=[
+        InputSpec("clip", T.CLIP, tooltip="The text encoders of an SDXL checkpoint."),
+        InputSpec("text_g", T.STRING, default="", multiline=True,
+                  tooltip="The prompt for CLIP-G (the larger encoder; its pooled vector too)."),
+        InputSpec("text_l", T.STRING, default="", multiline=True,
+                  tooltip="The prompt for CLIP-L (often the same text)."),
+        _size("width", 1024, "The original width the model is told of (SDXL was trained "
+              "with each picture's size before cropping)."),
+        _size("height", 1024, "The original height the model is told of."),
+        _size("crop_w", 0, "The crop's left edge, in pixels (0: not cropped)."),
+        _size("crop_h", 0, "The crop's top edge, in pixels."),
+        _size("target_width", 1024, "The width the picture should look made for."),
+        _size("target_height", 1024, "The height the picture should look made for."),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+    fingerprint=_sdxl_fingerprint,
+)  # fmt: skip
+def text_encode_sdxl(
+    ctx, clip: Any, text_g: str = "", text_l: str = "", width: int = 1024, height: int = 1024,
+    crop_w: int = 0, crop_h: int = 0, target_width: int = 1024, target_height: int = 1024,
+) -> list:  # fmt: skip
+    from nodes import embeddings, lora, prompts, sdload
+    from nodes.values import ClipHandle, Cond
+    from studio.errors import NodeError
+
+    for t in (text_g, text_l):
+        prompts.check_prompt_length(t)
+    if not isinstance(clip, ClipHandle):
+        raise NodeError(f"the clip input is not a text encoder (got {type(clip).__name__})")
+    if clip.parts or not clip.is_sdxl:
+        raise NodeError(
+            "Text Encode (SDXL) is for SDXL checkpoints (two CLIP encoders); this clip is "
+            f"{clip.family or 'another family'}'s: use Text Encode"
+        )
+    encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
+    for name, encoder in zip(clip.encoders, encoders, strict=True):
+        lora.activate(ctx, encoder, name, clip.patches, clip.family)
+    tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
+    vectors = embeddings.vectors_for(ctx, f"{text_g} {text_l}", encoders, tokenizers)
+    embeds, pooled = sdload.with_oom_advice(
+        lambda: prompts.encode_prompt(
+            encoders, tokenizers, [text_l, text_g], 1, ctx.check_interrupt, vectors
+        ),  # the encoders are CLIP-L then CLIP-G, as in the pipeline
+        "encoding the prompt",
+    )
+    return [
+        Cond(
+            embeds=embeds.float().cpu(),
+            pooled=pooled.float().cpu() if pooled is not None else None,
+            family=clip.family,
+            text=text_g,
+            size=(height, width, crop_h, crop_w, target_height, target_width),
+        )
+    ]
+
+
 # -- Combining prompts (ComfyUI's ConditioningZeroOut / Combine / Concat / Average) -----------
 
 

@@ -14,7 +14,7 @@ own 77-token sequence (start, 75 tokens, end or padding) and concatenated.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from studio.errors import NodeError
@@ -236,13 +236,15 @@ def encode_chunk(
 def encode_prompt(
     encoders: list[Any],
     tokenizers: list[Any],
-    text: str,
+    text: str | Sequence[str],
     clip_skip: int,
     check_interrupt: Callable[[], None] = lambda: None,
     embeddings: list[dict[str, Any]] | None = None,
 ) -> tuple[Any, Any]:
     """Embeddings [1, 77 * chunks, width] and pooled output (SDXL) of a prompt.
 
+    ``text``: one prompt for every encoder, or one per encoder (SDXL's CLIP-L and CLIP-G
+    texts, ComfyUI's CLIPTextEncodeSDXL; the shorter is padded with empty chunks).
     ``embeddings``: per encoder, textual inversion vectors by name (``embedding:name`` in
     the text; names not given are read as words).
 
@@ -251,11 +253,14 @@ def encode_prompt(
     """
     import torch
 
-    check_prompt_length(text)
+    texts = [text] * len(encoders) if isinstance(text, str) else list(text)
+    for t in texts:
+        check_prompt_length(t)
     sdxl = len(encoders) == 2
     vectors = embeddings or [{} for _ in tokenizers]
     tokenized = [
-        tokenize_with_embeddings(t, text, v) for t, v in zip(tokenizers, vectors, strict=True)
+        tokenize_with_embeddings(t, words, v)
+        for t, words, v in zip(tokenizers, texts, vectors, strict=True)
     ]
     n_chunks = max(len(c) for c, _, _ in tokenized)
     if n_chunks > MAX_PROMPT_CHUNKS:

@@ -344,6 +344,21 @@ NODE_MAPS: dict[str, NodeMap] = {
     "CLIPTextEncode": NodeMap(
         "text_encode", "CLIP Text Encode (Prompt)", ("text",), outputs=("conditioning",)
     ),
+    "CLIPTextEncodeSDXL": NodeMap(
+        "text_encode_sdxl",
+        "CLIPTextEncodeSDXL",
+        (
+            "width",
+            "height",
+            "crop_w",
+            "crop_h",
+            "target_width",
+            "target_height",
+            "text_g",
+            "text_l",
+        ),
+        outputs=("conditioning",),
+    ),
     "EmptyLatentImage": NodeMap(
         "empty_latent", "Empty Latent Image", ("width", "height", "batch_size"), outputs=("latent",)
     ),
