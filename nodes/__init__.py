@@ -22,4 +22,5 @@ BUILTIN_MODULES: list[str] = [
     "sampling",
     "image",
     "comfycore",
+    "comfyops",
 ]

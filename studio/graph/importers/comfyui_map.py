@@ -741,6 +741,42 @@ NODE_MAPS: dict[str, NodeMap] = {
     "ImageSharpen": NodeMap(
         "image_sharpen", "Image Sharpen", ("sharpen_radius", "sigma", "alpha"), outputs=("image",)
     ),
+    # nodes/comfyops.py: ComfyUI's small image, mask and latent operations
+    "MaskToImage": NodeMap("mask_to_image", "Convert Mask to Image", outputs=("image",)),
+    "ImageColorToMask": NodeMap(
+        "image_color_to_mask", "ImageColorToMask", ("color",), outputs=("mask",)
+    ),
+    "CropMask": NodeMap("crop_mask", "CropMask", ("x", "y", "width", "height"), outputs=("mask",)),
+    "MaskComposite": NodeMap(
+        "mask_composite", "MaskComposite", ("x", "y", "operation"), outputs=("mask",)
+    ),
+    "ImageBlend": NodeMap(
+        "image_blend", "Image Blend", ("blend_factor", "blend_mode"), outputs=("image",)
+    ),
+    "ImageFlip": NodeMap("image_flip", "Image Flip", ("flip_method",), outputs=("image",)),
+    "ImageRotate": NodeMap("image_rotate", "Image Rotate", ("rotation",), outputs=("image",)),
+    "LatentFlip": NodeMap(
+        "latent_flip",
+        "Flip Latent",
+        ("flip_method",),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "LatentRotate": NodeMap(
+        "latent_rotate",
+        "Rotate Latent",
+        ("rotation",),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "LatentAdd": NodeMap("latent_add", "LatentAdd", outputs=("latent",)),
+    "LatentSubtract": NodeMap("latent_subtract", "LatentSubtract", outputs=("latent",)),
+    "LatentMultiply": NodeMap(
+        "latent_multiply", "LatentMultiply", ("multiplier",), outputs=("latent",)
+    ),
+    "LatentInterpolate": NodeMap(
+        "latent_interpolate", "LatentInterpolate", ("ratio",), outputs=("latent",)
+    ),
     "ImageScaleToTotalPixels": NodeMap(
         "scale_image_total_pixels",
         "ImageScaleToTotalPixels",
