@@ -115,8 +115,12 @@ def test_image_blend_scales_the_second_image_to_the_first():
 
 def test_flips_and_rotations_are_comfyuis():
     image = rand(1, 4, 6, 3)
-    assert torch.equal(ops.image_flip.execute(None, image, ops.FLIPS[0]), torch.flip(image, dims=[1]))
-    assert torch.equal(ops.image_flip.execute(None, image, ops.FLIPS[1]), torch.flip(image, dims=[2]))
+    assert torch.equal(
+        ops.image_flip.execute(None, image, ops.FLIPS[0]), torch.flip(image, dims=[1])
+    )
+    assert torch.equal(
+        ops.image_flip.execute(None, image, ops.FLIPS[1]), torch.flip(image, dims=[2])
+    )
     turned = ops.image_rotate.execute(None, image, "90 degrees")
     assert turned.shape == (1, 6, 4, 3)
     assert torch.equal(turned, torch.rot90(image, k=1, dims=[2, 1]))
@@ -156,7 +160,9 @@ def test_latent_arithmetic_is_comfyuis():
     assert torch.allclose(got, comfy_interpolate(s1, s2, 0.3), atol=1e-6)
     assert torch.allclose(ops.latent_interpolate.execute(None, a, b, 1.0)["samples"], s1, atol=1e-6)
     # a batch: each latent of it interpolated on its own
-    batch = ops.latent_interpolate.execute(None, {"samples": torch.cat([s1, s2])}, b, 0.3)["samples"]
+    batch = ops.latent_interpolate.execute(None, {"samples": torch.cat([s1, s2])}, b, 0.3)[
+        "samples"
+    ]
     assert torch.allclose(batch[:1], got, atol=1e-6)
     # a second latent of another size is scaled to the first's; another family is refused
     small = {"samples": rand(1, 4, 4, 4)}
