@@ -485,7 +485,6 @@ def composite_masked(ctx, original, changed, mask):
 def image_composite_masked(
     ctx, destination, source, x: int = 0, y: int = 0, resize_source: bool = False, mask=None
 ):
-    import torch
     import torch.nn.functional as F
 
     if destination.shape[-1] < source.shape[-1]:
@@ -494,23 +493,38 @@ def image_composite_masked(
         # an RGBA destination under an RGB source: the source becomes opaque
         source = F.pad(source, (0, 1), value=1.0)
     dest = destination.movedim(-1, 1).clone()
-    src = source.movedim(-1, 1).to(dest.device)
+    dest = composite_bchw(dest, source.movedim(-1, 1), x, y, mask, 1, resize_source)
+    return dest.movedim(1, -1)
+
+
+def composite_bchw(
+    dest: Any, src: Any, x: int, y: int, mask: Any, multiplier: int, resize_source: bool
+) -> Any:
+    """ComfyUI's ``composite`` on [B, C, H, W] tensors, in place on ``dest`` (returned):
+    ``src`` pasted with its top-left corner at x, y (pixels; ``multiplier`` pixels a cell,
+    8 for latents) through ``mask`` stretched to the source's size; what falls outside
+    ``dest`` is cut off."""
+    import torch
+    import torch.nn.functional as F
+
+    src = src.to(dest.device)
     if resize_source:
         src = F.interpolate(src, size=dest.shape[-2:], mode="bilinear")
     src = _repeat_to_batch(src, dest.shape[0])
     sh, sw = src.shape[-2:]
-    x = max(-sw, min(x, dest.shape[-1]))
-    y = max(-sh, min(y, dest.shape[-2]))
+    x = max(-sw * multiplier, min(int(x), dest.shape[-1] * multiplier))
+    y = max(-sh * multiplier, min(int(y), dest.shape[-2] * multiplier))
+    left, top = x // multiplier, y // multiplier
     if mask is None:
         m = torch.ones_like(src)
     else:
         m = mask.to(dest.device).reshape(-1, 1, mask.shape[-2], mask.shape[-1])
         m = _repeat_to_batch(F.interpolate(m, size=(sh, sw), mode="bilinear"), src.shape[0])
-    vw, vh = dest.shape[-1] - x + min(0, x), dest.shape[-2] - y + min(0, y)
+    vw, vh = dest.shape[-1] - left + min(0, x), dest.shape[-2] - top + min(0, y)
     m = m[:, :, :vh, :vw]
-    region = dest[:, :, y : y + sh, x : x + sw]
-    dest[:, :, y : y + sh, x : x + sw] = m * src[:, :, :vh, :vw] + (1.0 - m) * region
-    return dest.movedim(1, -1)
+    region = dest[:, :, top : top + sh, left : left + sw]
+    dest[:, :, top : top + sh, left : left + sw] = m * src[:, :, :vh, :vw] + (1.0 - m) * region
+    return dest
 
 
 def _repeat_to_batch(t: Any, batch: int) -> Any:

@@ -210,3 +210,42 @@ def test_they_import_from_comfyui_and_export_back():
     exported = export_comfyui_api(wf)
     for nid in ("3", "4", "5", "6", "7", "8", "10", "11", "14", "15"):
         assert exported[nid]["inputs"] == API[nid]["inputs"], nid
+
+
+def comfy_composite(destination, source, x, y, mask=None, multiplier=8, resize_source=False):
+    if resize_source:
+        source = torch.nn.functional.interpolate(
+            source, size=(destination.shape[-2], destination.shape[-1]), mode="bilinear"
+        )
+    x = max(-source.shape[-1] * multiplier, min(x, destination.shape[-1] * multiplier))
+    y = max(-source.shape[-2] * multiplier, min(y, destination.shape[-2] * multiplier))
+    left, top = (x // multiplier, y // multiplier)
+    right, bottom = (left + source.shape[-1], top + source.shape[-2])
+    if mask is None:
+        mask = torch.ones_like(source)
+    else:
+        mask = torch.nn.functional.interpolate(
+            mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
+            size=(source.shape[-2], source.shape[-1]), mode="bilinear",
+        )  # fmt: skip
+    visible_width = destination.shape[-1] - left + min(0, x)
+    visible_height = destination.shape[-2] - top + min(0, y)
+    mask = mask[:, :, :visible_height, :visible_width]
+    inverse_mask = torch.ones_like(mask) - mask
+    source_portion = mask * source[:, :, :visible_height, :visible_width]
+    destination_portion = inverse_mask * destination[:, :, top:bottom, left:right]
+    destination[:, :, top:bottom, left:right] = source_portion + destination_portion
+    return destination
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("resize", [False, True])
+def test_latent_composite_masked_is_comfyuis(masked, resize):
+    dest, src = rand(1, 4, 12, 12), rand(1, 4, 6, 9)
+    mask = rand(1, 48, 72) if masked else None
+    got = ops.latent_composite_masked.execute(
+        None, {"samples": dest}, {"samples": src}, 40, 16, resize, mask
+    )["samples"]
+    want = comfy_composite(dest.clone(), src, 40, 16, mask, 8, resize)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.equal(got, dest)

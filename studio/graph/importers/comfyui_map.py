@@ -769,6 +769,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         inputs={"samples": "latent"},
         outputs=("latent",),
     ),
+    "LatentCompositeMasked": NodeMap(
+        "latent_composite_masked",
+        "LatentCompositeMasked",
+        ("x", "y", "resize_source"),
+        outputs=("latent",),
+    ),
     "LatentAdd": NodeMap("latent_add", "LatentAdd", outputs=("latent",)),
     "LatentSubtract": NodeMap("latent_subtract", "LatentSubtract", outputs=("latent",)),
     "LatentMultiply": NodeMap(
