@@ -285,7 +285,7 @@ def sample(
 
     guide = None
     changed = model.rescale_cfg is not None or model.cfg_zero_star or model.perp_neg
-    if changed and do_cfg:
+    if (changed and do_cfg) or model.pag:
         config = model.scheduler_config
         kind = config.get("prediction_type", model.prediction_type)
         guide = CfgGuidance(
@@ -293,7 +293,9 @@ def sample(
             ksampling.ModelSampling(config, kind),
         )  # fmt: skip
 
-    def prediction(p: Cond, n: Cond, guided: bool, area: Any = None) -> _NoisePrediction:
+    def prediction(
+        p: Cond, n: Cond, guided: bool, area: Any = None, guided_by: Any = None
+    ) -> _NoisePrediction:
         # SDXL's pooled text and size ids stay the whole image's on an area, as ComfyUI's
         # (its size conditioning comes from the prompt, not from the area)
         text = _text_conditioning(unet, model, p, n, samples, cfg, guided, device, dtype)
@@ -317,7 +319,7 @@ def sample(
             extra_inputs = tuple(t[..., top : top + h, left : left + w] for t in extra_inputs)
         return _NoisePrediction(
             unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps),
-            guide=guide if guided else None,
+            guide=guided_by,
         )  # fmt: skip
 
     if guide is not None and model.perp_neg is not None:
@@ -325,8 +327,15 @@ def sample(
             raise NodeError("Perp-Neg and Rescale CFG each replace cfg: use one of them")
         empty, neg_scale = model.perp_neg
         guide.perp = (prediction(empty[0], empty[0], False), neg_scale)
+    if guide is not None and model.pag:
+        if not single:
+            raise NodeError(
+                "Perturbed-Attention Guidance works on one prompt for now, not on combined, "
+                "area, mask or timestep-range prompts: remove one of them"
+            )
+        guide.pag = (_perturbed(unet, prediction(pos[0], pos[0], False)), model.pag)
     if single:
-        predict: Any = prediction(pos[0], neg[0], do_cfg)
+        predict: Any = prediction(pos[0], neg[0], do_cfg, guided_by=guide)
     else:
         size = tuple(samples.shape[-2:])
         pos_areas = tuple(_area(c, size, model, batch, device, dtype) for c in pos)
@@ -682,7 +691,61 @@ class _NoisePrediction:
             if self.guide is not None:
                 return self.guide(uncond, cond, self.cfg, latents, t, i)
             pred = uncond + self.cfg * (cond - uncond)
+        elif self.guide is not None:  # no cfg: only Perturbed-Attention Guidance applies
+            return self.guide.perturbed_guidance(pred, pred, latents, t, i)
         return pred
+
+
+class _ValueOnlyAttention:
+    """A self-attention processor that returns its value path (the attention map an
+    identity): Perturbed-Attention Guidance's perturbation, as diffusers'
+    PAGIdentitySelfAttnProcessor2_0 computes it for its perturbed half and ComfyUI's patch
+    (attention returning v)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, kwargs.get("temb"))
+        ndim = hidden_states.ndim
+        if ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = attn.to_out[1](attn.to_out[0](attn.to_v(hidden_states)))
+        if ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def _perturbed(unet: Any, predict: Any) -> Any:
+    """``predict`` with the self-attention of the UNet's middle block perturbed (every
+    ``attn1`` there: ComfyUI's ``"middle", 0`` patch, diffusers' ``pag_applied_layers``
+    ``["mid"]``)."""
+    layers = [
+        m
+        for name, m in unet.mid_block.named_modules()
+        if name.endswith("attn1") and hasattr(m, "set_processor")
+    ]
+    if not layers:
+        raise NodeError(
+            "Perturbed-Attention Guidance: this UNet's middle block has no self-attention "
+            "to perturb"
+        )
+
+    def perturbed(latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+        saved = [m.processor for m in layers]
+        try:
+            for m in layers:
+                m.processor = _ValueOnlyAttention()
+            return predict(latents, i, t)
+        finally:
+            for m, processor in zip(layers, saved, strict=True):
+                m.processor = processor
+
+    return perturbed
 
 
 def perp_neg(
@@ -730,6 +793,17 @@ class CfgGuidance:
         self.sched, self.ms = sched, ms
         #: Perp-Neg: (the empty prompt's prediction, its negative scale)
         self.perp = perp
+        #: Perturbed-Attention Guidance: (the positive prompt's perturbed prediction, scale)
+        self.pag: tuple[Any, float] | None = None
+
+    def perturbed_guidance(self, guided, cond, latents: torch.Tensor, t: torch.Tensor, i: int):
+        """``guided`` moved by scale x (positive - perturbed prediction): ComfyUI's PAG
+        post-cfg step (on clean-latent predictions; the same in the model's own output,
+        which is affine in them at one step)."""
+        if self.pag is None or not self.pag[1]:
+            return guided
+        perturbed, scale = self.pag
+        return guided + scale * (cond - perturbed(latents, i, t))
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
         """The step's noise level (k-diffusion's sigma): the ComfyUI schedule's own, an
@@ -771,7 +845,7 @@ class CfgGuidance:
 
             moved = zero_star(x_in, den(uncond), den(cond), den(guided), cfg)
             guided = from_v((alpha * x - moved) / s_vp)
-        return guided
+        return self.perturbed_guidance(guided, cond, latents, t, i)
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,8 @@ class ModelHandle:
     #: Perp-Neg (the node of that name): the empty prompt's conditioning and the negative
     #: scale; None: off.
     perp_neg: tuple[Any, float] | None = field(default=None, compare=False, hash=False)
+    #: Perturbed-Attention Guidance's scale (the node of that name; SD models); None: off.
+    pag: float | None = None
 
     @property
     def unet_config(self) -> dict[str, Any]:

@@ -742,6 +742,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         "image_sharpen", "Image Sharpen", ("sharpen_radius", "sigma", "alpha"), outputs=("image",)
     ),
     # nodes/comfyops.py: ComfyUI's small image, mask and latent operations
+    "PerturbedAttentionGuidance": NodeMap(
+        "perturbed_attention_guidance",
+        "PerturbedAttentionGuidance",
+        ("scale",),
+        outputs=("model",),
+    ),
     "MaskToImage": NodeMap("mask_to_image", "Convert Mask to Image", outputs=("image",)),
     "ImageColorToMask": NodeMap(
         "image_color_to_mask", "ImageColorToMask", ("color",), outputs=("mask",)
