@@ -991,3 +991,46 @@ def perturbed_attention_guidance(ctx, model: Any, scale: float = 3.0) -> Any:
             f"UNet's middle block); on this {model.family} model use Skip Layer Guidance"
         )
     return dataclasses.replace(model, pag=float(scale))
+
+
+def _freeu_input(name: str, default: float, tooltip: str) -> InputSpec:
+    return InputSpec(name, T.FLOAT, default=default, min=0.0, max=10.0, step=0.01, tooltip=tooltip)
+
+
+@node(
+    "freeu",
+    title="FreeU",
+    category="sampling",
+    description=(
+        "Re-weights the UNet's decoder features (FreeU, Si et al. 2023; ComfyUI's FreeU and "
+        "FreeU_V2): the backbone's amplified, the skip connections' low frequencies damped, "
+        "at the two deepest output stages. No extra model call. SD 1.x, 2.x and SDXL."
+    ),
+    inputs=[
+        InputSpec("model", T.MODEL),
+        _freeu_input("b1", 1.3, "The deepest stage's backbone factor (v1: 1.1 is common)."),
+        _freeu_input("b2", 1.4, "The next stage's backbone factor (v1: 1.2)."),
+        _freeu_input("s1", 0.9, "The deepest stage's skip low-frequency factor."),
+        _freeu_input("s2", 0.2, "The next stage's skip low-frequency factor."),
+        InputSpec(
+            "version",
+            T.CHOICE,
+            default="v2",
+            choices=("v2", "v1"),
+            tooltip="v2 scales the backbone by its own mean (ComfyUI's FreeU_V2); v1 plainly.",
+        ),
+    ],
+    outputs=[OutputSpec("model", T.MODEL)],
+)
+def freeu(ctx, model: Any, b1: float, b2: float, s1: float, s2: float, version: str = "v2") -> Any:
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family in ("sd3", "flux"):
+        raise NodeError(
+            f"FreeU is for Stable Diffusion 1.x, 2.x and SDXL UNets; this is a {model.family} model"
+        )
+    return dataclasses.replace(model, freeu=(float(b1), float(b2), float(s1), float(s2), version))

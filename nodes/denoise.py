@@ -8,6 +8,7 @@ pipeline number for number. Imported lazily (imports torch and diffusers).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,6 +221,20 @@ def sample(
             ctx, model, positive, negative, latent, seed=seed, steps=steps, cfg=cfg,
             sampler=sampler, scheduler=scheduler, denoise=denoise, window=window,
         )  # fmt: skip
+    args = (ctx, model, positive, negative, latent)
+    kw = dict(seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler,
+              denoise=denoise, window=window)  # fmt: skip
+    if model.freeu is None:
+        return _sample_unet(*args, **kw)
+    with freeu_patch(get_module(ctx, model.source, "unet"), model.freeu):
+        return _sample_unet(*args, **kw)
+
+
+def _sample_unet(
+    ctx: Any, model: ModelHandle, positive: list[Cond], negative: list[Cond],
+    latent: dict[str, Any], *, seed: int, steps: int, cfg: float, sampler: str,
+    scheduler: str, denoise: float, window: StepWindow | None,
+) -> dict[str, Any]:  # fmt: skip
     pos, neg = _prompts(positive, "positive"), _prompts(negative, "negative")
     if any(CONTROL_IMAGE_KEY in c.extra for c in (*pos, *neg)):
         raise NodeError(
@@ -1157,3 +1172,65 @@ def _latent_mask(mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     if m.shape[0] != latents.shape[0]:
         m = m[:1].expand(latents.shape[0], -1, -1, -1)
     return m
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """FreeU's filter (ComfyUI's ``Fourier_filter``): the centred low frequencies of ``x``
+    (a box of ``threshold`` either side) scaled by ``scale``."""
+    device = x.device
+    work = x.float() if device.type != "mps" else x.float().cpu()  # no MPS FFT
+    freq = torch.fft.fftshift(torch.fft.fftn(work, dim=(-2, -1)), dim=(-2, -1))
+    b, c, h, w = freq.shape
+    mask = torch.ones((b, c, h, w), device=work.device)
+    crow, ccol = h // 2, w // 2
+    mask[..., crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(device=device, dtype=x.dtype)
+
+
+def freeu_step(h: torch.Tensor, hsp: torch.Tensor, table: dict, v2: bool) -> tuple:
+    """ComfyUI's FreeU / FreeU_V2 output-block patch on the backbone features ``h`` and the
+    skip features ``hsp`` an output block joins: ``table`` maps h's channel count to (b, s)
+    (model channels x 4: b1, s1; x 2: b2, s2); other blocks are left alone. ``h`` is
+    changed in place, as by the patch."""
+    scale = table.get(int(h.shape[1]))
+    if scale is None:
+        return h, hsp
+    half = h.shape[1] // 2
+    if v2:  # the backbone scaled by its own (min-max normalised) channel mean
+        mean = h.mean(1).unsqueeze(1)
+        b = mean.shape[0]
+        hi = torch.max(mean.view(b, -1), dim=-1, keepdim=True)[0].unsqueeze(2).unsqueeze(3)
+        lo = torch.min(mean.view(b, -1), dim=-1, keepdim=True)[0].unsqueeze(2).unsqueeze(3)
+        mean = (mean - lo) / (hi - lo)
+        h[:, :half] = h[:, :half] * ((scale[0] - 1) * mean + 1)
+    else:
+        h[:, :half] = h[:, :half] * scale[0]
+    return h, fourier_filter(hsp, threshold=1, scale=scale[1])
+
+
+@contextlib.contextmanager
+def freeu_patch(unet: Any, freeu: tuple[float, float, float, float, str]) -> Any:
+    """Inside: ``unet`` runs with FreeU as ComfyUI's FreeU / FreeU_V2 nodes patch it
+    (``freeu``: b1, b2, s1, s2, version). diffusers' up blocks call their FreeU function
+    between each resnet's inputs; ComfyUI chooses (b, s) by the backbone's channel count,
+    diffusers by the block, so its function is swapped for ComfyUI's choice while inside
+    (the blocks' own values are set to 1 only to switch the path on)."""
+    from diffusers.models.unets import unet_2d_blocks
+
+    b1, b2, s1, s2, version = freeu
+    channels = int(unet.config.block_out_channels[0])
+    table = {channels * 4: (b1, s1), channels * 2: (b2, s2)}
+    v2 = version == "v2"
+
+    def apply(resolution_idx: int, hidden_states, res_hidden_states, **_: Any):
+        return freeu_step(hidden_states, res_hidden_states, table, v2)
+
+    original = unet_2d_blocks.apply_freeu
+    unet.enable_freeu(s1=1.0, s2=1.0, b1=1.0, b2=1.0)
+    unet_2d_blocks.apply_freeu = apply
+    try:
+        yield
+    finally:
+        unet_2d_blocks.apply_freeu = original
+        unet.disable_freeu()

@@ -136,6 +136,9 @@ class ModelHandle:
     perp_neg: tuple[Any, float] | None = field(default=None, compare=False, hash=False)
     #: Perturbed-Attention Guidance's scale (the node of that name; SD models); None: off.
     pag: float | None = None
+    #: FreeU (the FreeU / FreeU V2 nodes; SD models): b1, b2, s1, s2 and "v1" or "v2";
+    #: None: off.
+    freeu: tuple[float, float, float, float, str] | None = None
 
     @property
     def unet_config(self) -> dict[str, Any]:

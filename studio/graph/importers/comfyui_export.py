@@ -88,6 +88,12 @@ class _Exporter:
             spec = self.wf.spec_of(n)
             if spec is not None and param_value(n, spec, "tiled"):
                 ct += "Tiled"
+        if n.type == "freeu":
+            spec = self.wf.spec_of(n)
+            if spec is not None and param_value(n, spec, "version") == "v1":
+                ct = "FreeU"
+            else:
+                ct = "FreeU_V2"
         if n.type == "scale_image":
             spec = self.wf.spec_of(n)
             if spec is not None and param_value(n, spec, "mode") == "factor":

@@ -742,6 +742,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         "image_sharpen", "Image Sharpen", ("sharpen_radius", "sigma", "alpha"), outputs=("image",)
     ),
     # nodes/comfyops.py: ComfyUI's small image, mask and latent operations
+    "FreeU": NodeMap(
+        "freeu", "FreeU", ("b1", "b2", "s1", "s2"), outputs=("model",), fixed={"version": "v1"}
+    ),
+    "FreeU_V2": NodeMap(
+        "freeu", "FreeU_V2", ("b1", "b2", "s1", "s2"), outputs=("model",), fixed={"version": "v2"}
+    ),
     "PerturbedAttentionGuidance": NodeMap(
         "perturbed_attention_guidance",
         "PerturbedAttentionGuidance",
