@@ -411,3 +411,95 @@ def latent_composite_masked(
         )
     out = composite_bchw(dest.clone(), src.to(dest.dtype), x, y, mask, 8, resize_source)
     return _latent_like(destination, out)
+
+
+@node(
+    "split_image_with_alpha",
+    title="Split Image With Alpha",
+    category="image",
+    description=(
+        "An RGBA image as its RGB image and a mask of where it is transparent (ComfyUI's "
+        "SplitImageWithAlpha: the mask is 1 - alpha; an RGB image gives an empty mask)."
+    ),
+    inputs=[InputSpec("image", T.IMAGE)],
+    outputs=[IMAGE_OUT, MASK_OUT],
+)
+def split_image_with_alpha(ctx, image: Any) -> dict:
+    import torch
+
+    alpha = image[..., 3] if image.shape[-1] > 3 else torch.ones_like(image[..., 0])
+    return {"image": image[..., :3].clone(), "mask": 1.0 - alpha}
+
+
+@node(
+    "join_image_with_alpha",
+    title="Join Image With Alpha",
+    category="image",
+    description=(
+        "An RGB image with a mask as its transparency (ComfyUI's JoinImageWithAlpha: alpha "
+        "is 1 - the mask, stretched to the image's size)."
+    ),
+    inputs=[InputSpec("image", T.IMAGE), InputSpec("alpha", T.MASK)],
+    outputs=[IMAGE_OUT],
+)
+def join_image_with_alpha(ctx, image: Any, alpha: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    m = _mask3(alpha).to(image.device)
+    m = F.interpolate(m.unsqueeze(1), size=image.shape[1:3], mode="bilinear").squeeze(1)
+    n = min(image.shape[0], m.shape[0])
+    return torch.cat([image[:n, ..., :3], (1.0 - m[:n]).unsqueeze(-1)], dim=-1)
+
+
+@node(
+    "latent_crop",
+    title="Latent Crop",
+    category="latent",
+    description=(
+        "A rectangle of the latent, in pixels (ComfyUI's LatentCrop: multiples of 8, the "
+        "corner kept at least 64 pixels inside)."
+    ),
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec("width", T.INT, default=512, min=64, max=16384, step=8),
+        InputSpec("height", T.INT, default=512, min=64, max=16384, step=8),
+        InputSpec("x", T.INT, default=0, min=0, max=16384, step=8),
+        InputSpec("y", T.INT, default=0, min=0, max=16384, step=8),
+    ],
+    outputs=[LATENT_OUT],
+)
+def latent_crop(ctx, latent: dict, width: int, height: int, x: int, y: int) -> dict:
+    s = latent["samples"]
+    x, y = min(int(x) // 8, s.shape[3] - 8), min(int(y) // 8, s.shape[2] - 8)
+    x, y = max(x, 0), max(y, 0)
+    out = _latent_like(latent, s[:, :, y : y + int(height) // 8, x : x + int(width) // 8])
+    out.pop("noise_mask", None)
+    return out
+
+
+SEED_BEHAVIORS = ("random", "fixed")
+
+
+@node(
+    "latent_batch_seed_behavior",
+    title="Latent Batch Seed Behavior",
+    category="latent",
+    description=(
+        "How a batch's latents get their noise (ComfyUI's LatentBatchSeedBehavior): random, "
+        "each its own; fixed, all the first's (the same picture for the same prompt)."
+    ),
+    inputs=[
+        InputSpec("latent", T.LATENT),
+        InputSpec("seed_behavior", T.CHOICE, default="fixed", choices=SEED_BEHAVIORS),
+    ],
+    outputs=[LATENT_OUT],
+)
+def latent_batch_seed_behavior(ctx, latent: dict, seed_behavior: str) -> dict:
+    out = dict(latent)
+    if seed_behavior == "random":
+        out.pop("batch_index", None)
+    else:
+        first = next(iter(out.get("batch_index") or [0]))
+        out["batch_index"] = [first] * latent["samples"].shape[0]
+    return out

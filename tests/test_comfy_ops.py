@@ -249,3 +249,65 @@ def test_latent_composite_masked_is_comfyuis(masked, resize):
     want = comfy_composite(dest.clone(), src, 40, 16, mask, 8, resize)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.equal(got, dest)
+
+
+def test_alpha_splits_and_joins_back():
+    rgba = rand(2, 6, 5, 4)
+    out = ops.split_image_with_alpha.execute(None, rgba)
+    assert torch.equal(out["image"], rgba[..., :3])
+    assert torch.allclose(out["mask"], 1.0 - rgba[..., 3])
+    joined = ops.join_image_with_alpha.execute(None, out["image"], out["mask"])
+    assert torch.allclose(joined, rgba, atol=1e-6)
+    rgb = ops.split_image_with_alpha.execute(None, rgba[..., :3])
+    assert torch.equal(rgb["mask"], torch.zeros(2, 6, 5))  # opaque: nothing masked
+    # a mask of another size is stretched to the image (ComfyUI's resize_mask)
+    small = rand(1, 3, 3)
+    got = ops.join_image_with_alpha.execute(None, rgba[:1, ..., :3], small)
+    want = torch.nn.functional.interpolate(small[:, None], size=(6, 5), mode="bilinear")[:, 0]
+    assert torch.allclose(got[..., 3], 1.0 - want, atol=1e-6)
+
+
+def comfy_latent_crop(samples, width, height, x, y):
+    x, y = x // 8, y // 8
+    if x > (samples.shape[3] - 8):
+        x = samples.shape[3] - 8
+    if y > (samples.shape[2] - 8):
+        y = samples.shape[2] - 8
+    return samples[:, :, y : y + height // 8, x : x + width // 8]
+
+
+@pytest.mark.parametrize("box", [(64, 64, 16, 24), (128, 96, 200, 0), (512, 512, 0, 0)])
+def test_latent_crop_is_comfyuis(box):
+    s = rand(1, 4, 20, 24)
+    got = ops.latent_crop.execute(None, {"samples": s}, *box)["samples"]
+    assert torch.equal(got, comfy_latent_crop(s, *box))
+
+
+def test_a_fixed_seed_behaviour_draws_one_picture_for_the_whole_batch(tmp_path):
+    """Through the Sampler on studio-tiny: fixed gives each latent of the batch the first's
+    noise (the same picture three times), random each its own."""
+    import numpy as np
+
+    from studio import recipes
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    settings = Settings(output_dir=str(tmp_path / "o"), input_dir=str(tmp_path / "i"))
+    engine = Engine(installed_registry(), settings=settings)
+    pictures = {}
+    for behavior in ops.SEED_BEHAVIORS:
+        wf, ids = recipes.txt2img(
+            engine.registry, "studio-tiny", "a red circle on a blue background", steps=4,
+            cfg=3.0, batch_size=3,
+        )  # fmt: skip
+        link = wf.link_into(ids["sampler"], "latent")
+        node = wf.add_node("latent_batch_seed_behavior", {"seed_behavior": behavior}).id
+        wf.connect(link.source, link.output, node, "latent")
+        wf.connect(node, "latent", ids["sampler"], "latent")
+        result = engine.run(wf)
+        assert result.ok, result.errors
+        pictures[behavior] = result.outputs[ids["decode"]]["image"].numpy()
+    fixed, random = pictures["fixed"], pictures["random"]
+    # (the same up to batched arithmetic, far under a level of 255)
+    assert np.abs(fixed[1] - fixed[0]).max() <= 1e-4 and np.abs(fixed[2] - fixed[0]).max() <= 1e-4
+    assert np.abs(random[1] - random[0]).max() > 1e-2

@@ -787,6 +787,26 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("x", "y", "resize_source"),
         outputs=("latent",),
     ),
+    "SplitImageWithAlpha": NodeMap(
+        "split_image_with_alpha", "Split Image with Alpha", outputs=("image", "mask")
+    ),
+    "JoinImageWithAlpha": NodeMap(
+        "join_image_with_alpha", "Join Image with Alpha", outputs=("image",)
+    ),
+    "LatentCrop": NodeMap(
+        "latent_crop",
+        "Crop Latent",
+        ("width", "height", "x", "y"),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
+    "LatentBatchSeedBehavior": NodeMap(
+        "latent_batch_seed_behavior",
+        "LatentBatchSeedBehavior",
+        ("seed_behavior",),
+        inputs={"samples": "latent"},
+        outputs=("latent",),
+    ),
     "LatentAdd": NodeMap("latent_add", "LatentAdd", outputs=("latent",)),
     "LatentSubtract": NodeMap("latent_subtract", "LatentSubtract", outputs=("latent",)),
     "LatentMultiply": NodeMap(
