@@ -245,6 +245,26 @@ def conditioning_set_area(ctx, conditioning, width, height, x, y, strength: floa
     ]
 
 
+@node(
+    "conditioning_set_area_strength",
+    title="Conditioning Set Area Strength",
+    category="conditioning",
+    description=(
+        "A prompt's weight against the prompts it is combined with (ComfyUI's "
+        "ConditioningSetAreaStrength): over its area, its mask, or the whole picture."
+    ),
+    inputs=[
+        InputSpec("conditioning", T.CONDITIONING),
+        InputSpec("strength", T.FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    ],
+    outputs=[OutputSpec("conditioning", T.CONDITIONING)],
+)
+def conditioning_set_area_strength(ctx, conditioning, strength: float) -> list:
+    from dataclasses import replace
+
+    return [replace(c, extra={**c.extra, "strength": float(strength)}) for c in conditioning]
+
+
 def _fraction(name: str, default: float, tooltip: str) -> InputSpec:
     return InputSpec(name, T.FLOAT, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
 

@@ -979,10 +979,15 @@ def _prompt_weight(
     c: Cond, size: tuple[int, ...], batch: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor | None:
     """A masked prompt's weight per latent cell, ``[batch, 1, h, w]``: its mask resized to the
-    latent (bilinear, as ComfyUI) times its strength; None for an unmasked prompt."""
+    latent (bilinear, as ComfyUI) times its strength; None for an unmasked prompt. A prompt
+    given a strength (Conditioning Set Area Strength) without an area has it everywhere, times
+    its mask's (an area's strength is the area's: ``_area``)."""
     entry = c.extra.get("mask")
+    extra = 1.0 if "area" in c.extra else float(c.extra.get("strength", 1.0))
     if entry is None:
-        return None
+        if extra == 1.0:
+            return None
+        return torch.full((batch, 1, *size), extra, device=device, dtype=dtype)
     from nodes.comfycore import latent_mask
 
     mask, strength = entry
@@ -994,7 +999,7 @@ def _prompt_weight(
         )
     m = latent_mask(m, size)
     m = m.expand(batch, -1, -1) if m.shape[0] == 1 else m
-    return (m[:, None] * float(strength)).to(device=device, dtype=dtype)
+    return (m[:, None] * float(strength) * extra).to(device=device, dtype=dtype)
 
 
 #: Samplers whose diffusers step gives no clean-latent prediction, so they cannot end early

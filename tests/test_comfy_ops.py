@@ -311,3 +311,47 @@ def test_a_fixed_seed_behaviour_draws_one_picture_for_the_whole_batch(tmp_path):
     # (the same up to batched arithmetic, far under a level of 255)
     assert np.abs(fixed[1] - fixed[0]).max() <= 1e-4 and np.abs(fixed[2] - fixed[0]).max() <= 1e-4
     assert np.abs(random[1] - random[0]).max() > 1e-2
+
+
+def test_area_strength_weighs_a_prompt_against_those_it_is_combined_with(tmp_path):
+    """ComfyUI's ConditioningSetAreaStrength on whole-picture prompts: predictions averaged by
+    strength. Strength 0 leaves the other prompt alone; the same strength on both changes
+    nothing; an uneven one moves the picture."""
+    import numpy as np
+
+    from studio import recipes
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    settings = Settings(output_dir=str(tmp_path / "o"), input_dir=str(tmp_path / "i"))
+    engine = Engine(installed_registry(), settings=settings)
+    texts = ("a red circle on a blue background", "a yellow square on a green background")
+
+    def picture(strengths: tuple[float | None, ...]) -> np.ndarray:
+        wf, ids = recipes.txt2img(engine.registry, "studio-tiny", texts[0], steps=4, cfg=3.0)
+        ck = next(n.id for n in wf.nodes if n.type == "load_checkpoint")
+        sides = []
+        for text, strength in zip(texts, strengths, strict=False):
+            node = wf.add_node("text_encode", {"text": text}).id
+            wf.connect(ck, "clip", node, "clip")
+            out = (node, "conditioning")
+            if strength is not None:
+                s = wf.add_node("conditioning_set_area_strength", {"strength": strength}).id
+                wf.connect(*out, s, "conditioning")
+                out = (s, "conditioning")
+            sides.append(out)
+        if len(sides) == 2:
+            combine = wf.add_node("conditioning_combine").id
+            wf.connect(*sides[0], combine, "conditioning_1")
+            wf.connect(*sides[1], combine, "conditioning_2")
+            sides = [(combine, "conditioning")]
+        wf.connect(*sides[0], ids["sampler"], "positive")
+        result = engine.run(wf)
+        assert result.ok, result.errors
+        return result.outputs[ids["decode"]]["image"].numpy()
+
+    alone = picture((None,))
+    assert np.abs(picture((None, 0.0)) - alone).max() <= 1e-4
+    both = picture((None, None))
+    assert np.abs(picture((2.0, 2.0)) - both).max() <= 1e-5
+    assert np.abs(picture((3.0, None)) - both).max() > 1e-2

@@ -754,6 +754,12 @@ NODE_MAPS: dict[str, NodeMap] = {
         ("scale",),
         outputs=("model",),
     ),
+    "ConditioningSetAreaStrength": NodeMap(
+        "conditioning_set_area_strength",
+        "ConditioningSetAreaStrength",
+        ("strength",),
+        outputs=("conditioning",),
+    ),
     "MaskToImage": NodeMap("mask_to_image", "Convert Mask to Image", outputs=("image",)),
     "ImageColorToMask": NodeMap(
         "image_color_to_mask", "ImageColorToMask", ("color",), outputs=("mask",)
