@@ -792,6 +792,23 @@ def model_sampling_discrete(ctx, model: Any, sampling: str = "eps", zsnr: bool =
     return dataclasses.replace(model, scheduler_config=config, prediction_type=prediction)
 
 
+def _patched_unet(model: Any, title: str, hint: str = "", **changes: Any) -> Any:
+    """``model`` with a UNet model-patch node's ``changes``; refused (naming ``title``) on
+    anything but a model, and on SD3 / Flux (``hint``: what to use there)."""
+    import dataclasses
+
+    from nodes.values import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
+    if model.family in ("sd3", "flux"):
+        raise NodeError(
+            f"{title} is for Stable Diffusion 1.x, 2.x and SDXL; this is a {model.family} "
+            f"model{hint}"
+        )
+    return dataclasses.replace(model, **changes)
+
+
 @node(
     "rescale_cfg",
     title="Rescale CFG",
@@ -816,17 +833,7 @@ def model_sampling_discrete(ctx, model: Any, sampling: str = "eps", zsnr: bool =
     outputs=[OutputSpec("model", T.MODEL)],
 )
 def rescale_cfg(ctx, model: Any, multiplier: float = 0.7) -> Any:
-    import dataclasses
-
-    from nodes.values import ModelHandle
-
-    if not isinstance(model, ModelHandle):
-        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
-    if model.family in ("sd3", "flux"):
-        raise NodeError(
-            f"Rescale CFG is for Stable Diffusion 1.x, 2.x and SDXL; this is a {model.family} model"
-        )
-    return dataclasses.replace(model, rescale_cfg=float(multiplier))
+    return _patched_unet(model, "Rescale CFG", rescale_cfg=float(multiplier))
 
 
 @node(
@@ -999,18 +1006,8 @@ def perp_neg(ctx, model: Any, empty_conditioning: Any, neg_scale: float = 1.0) -
     outputs=[OutputSpec("model", T.MODEL)],
 )
 def perturbed_attention_guidance(ctx, model: Any, scale: float = 3.0) -> Any:
-    import dataclasses
-
-    from nodes.values import ModelHandle
-
-    if not isinstance(model, ModelHandle):
-        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
-    if model.family in ("sd3", "flux"):
-        raise NodeError(
-            "Perturbed-Attention Guidance is for Stable Diffusion 1.x, 2.x and SDXL (their "
-            f"UNet's middle block); on this {model.family} model use Skip Layer Guidance"
-        )
-    return dataclasses.replace(model, pag=float(scale))
+    hint = " (it has no UNet middle block): use Skip Layer Guidance"
+    return _patched_unet(model, "Perturbed-Attention Guidance", hint, pag=float(scale))
 
 
 def _freeu_input(name: str, default: float, tooltip: str) -> InputSpec:
@@ -1043,14 +1040,5 @@ def _freeu_input(name: str, default: float, tooltip: str) -> InputSpec:
     outputs=[OutputSpec("model", T.MODEL)],
 )
 def freeu(ctx, model: Any, b1: float, b2: float, s1: float, s2: float, version: str = "v2") -> Any:
-    import dataclasses
-
-    from nodes.values import ModelHandle
-
-    if not isinstance(model, ModelHandle):
-        raise NodeError(f"the model input is not a model (got {type(model).__name__})")
-    if model.family in ("sd3", "flux"):
-        raise NodeError(
-            f"FreeU is for Stable Diffusion 1.x, 2.x and SDXL UNets; this is a {model.family} model"
-        )
-    return dataclasses.replace(model, freeu=(float(b1), float(b2), float(s1), float(s2), version))
+    values = (float(b1), float(b2), float(s1), float(s2), version)
+    return _patched_unet(model, "FreeU", freeu=values)

@@ -51,7 +51,7 @@ def _text_encode_fingerprint(params: dict[str, Any], ctx: Any) -> str:
     fingerprint=_text_encode_fingerprint,
 )
 def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
-    from nodes import embeddings, lora, prompts, sdload
+    from nodes import prompts
     from nodes.values import ClipHandle, Cond
 
     prompts.check_prompt_length(text)  # before anything loads: a pasted megabyte fails at once
@@ -63,26 +63,35 @@ def text_encode(ctx, clip: Any, text: str, clip_skip: int = 1) -> list:
         from nodes import dit
 
         return dit.encode(ctx, clip, text)
-    encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
-    for name, encoder in zip(clip.encoders, encoders, strict=True):
-        lora.activate(ctx, encoder, name, clip.patches, clip.family)
-    tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
-    vectors = embeddings.vectors_for(ctx, text, encoders, tokenizers)
-    embeds, pooled = sdload.with_oom_advice(
-        lambda: prompts.encode_prompt(
-            encoders, tokenizers, text, clip_skip, ctx.check_interrupt, vectors
-        ),
-        "encoding the prompt",
-    )
+    embeds, pooled = _encode(ctx, clip, text, text, clip_skip)
     return [
         Cond(
-            embeds=embeds.float().cpu(),
-            pooled=pooled.float().cpu() if pooled is not None else None,
+            embeds=embeds,
+            pooled=pooled,
             family=clip.family,
             text=text,
             extra={"clip_skip": clip_skip} if clip_skip != 1 else {},
         )
     ]
+
+
+def _encode(ctx: Any, clip: Any, texts: Any, words: str, clip_skip: int) -> tuple[Any, Any]:
+    """An SD / SDXL CLIP's encoding of ``texts`` (one text, or one per encoder) with its
+    LoRAs on and the embeddings ``words`` name: (embeds, pooled or None), float32 on the CPU."""
+    from nodes import embeddings, lora, prompts, sdload
+
+    encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
+    for name, encoder in zip(clip.encoders, encoders, strict=True):
+        lora.activate(ctx, encoder, name, clip.patches, clip.family)
+    tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
+    vectors = embeddings.vectors_for(ctx, words, encoders, tokenizers)
+    embeds, pooled = sdload.with_oom_advice(
+        lambda: prompts.encode_prompt(
+            encoders, tokenizers, texts, clip_skip, ctx.check_interrupt, vectors
+        ),
+        "encoding the prompt",
+    )
+    return embeds.float().cpu(), pooled.float().cpu() if pooled is not None else None
 
 
 def _sdxl_fingerprint(params: dict[str, Any], ctx: Any) -> str:
@@ -127,7 +136,7 @@ def text_encode_sdxl(
     ctx, clip: Any, text_g: str = "", text_l: str = "", width: int = 1024, height: int = 1024,
     crop_w: int = 0, crop_h: int = 0, target_width: int = 1024, target_height: int = 1024,
 ) -> list:  # fmt: skip
-    from nodes import embeddings, lora, prompts, sdload
+    from nodes import prompts
     from nodes.values import ClipHandle, Cond
     from studio.errors import NodeError
 
@@ -140,21 +149,12 @@ def text_encode_sdxl(
             "Text Encode (SDXL) is for SDXL checkpoints (two CLIP encoders); this clip is "
             f"{clip.family or 'another family'}'s: use Text Encode"
         )
-    encoders = [sdload.get_module(ctx, clip.source, name) for name in clip.encoders]
-    for name, encoder in zip(clip.encoders, encoders, strict=True):
-        lora.activate(ctx, encoder, name, clip.patches, clip.family)
-    tokenizers = [sdload.get_tokenizer(ctx, folder, pad) for folder, pad in clip.tokenizers]
-    vectors = embeddings.vectors_for(ctx, f"{text_g} {text_l}", encoders, tokenizers)
-    embeds, pooled = sdload.with_oom_advice(
-        lambda: prompts.encode_prompt(
-            encoders, tokenizers, [text_l, text_g], 1, ctx.check_interrupt, vectors
-        ),  # the encoders are CLIP-L then CLIP-G, as in the pipeline
-        "encoding the prompt",
-    )
+    # the encoders are CLIP-L then CLIP-G, as in the pipeline
+    embeds, pooled = _encode(ctx, clip, [text_l, text_g], f"{text_g} {text_l}", 1)
     return [
         Cond(
-            embeds=embeds.float().cpu(),
-            pooled=pooled.float().cpu() if pooled is not None else None,
+            embeds=embeds,
+            pooled=pooled,
             family=clip.family,
             text=text_g,
             size=(height, width, crop_h, crop_w, target_height, target_width),

@@ -128,6 +128,23 @@ def encode_text(text_encoders, ids, t5_tokens: int = T5_TOKENS):
     return torch.cat([clip, zeros], dim=1), torch.cat(pooled, dim=-1)
 
 
+def sd3_forward(transformer, xt, sigma, ctx, pooled):
+    """The velocity an SD3 transformer (prepared by ``nodes.dit_context.prepare``) predicts
+    for latents ``xt`` at noise levels ``sigma`` (B, 0..1), ``ctx`` from :func:`encode_text`
+    with ``t5_tokens=1``: T5's zero rows as that one row with attention logit ln 256, the
+    same loss and gradients as the 256 rows (nodes/dit_context.py)."""
+    import math
+
+    return transformer(
+        hidden_states=xt,
+        timestep=sigma * 1000,
+        encoder_hidden_states=ctx,
+        pooled_projections=pooled,
+        joint_attention_kwargs={"context_bias": math.log(T5_TOKENS)},
+        return_dict=False,
+    )[0]
+
+
 def load_pipeline(folder=FOLDER):
     """``StableDiffusion3Pipeline`` of an exported folder, offline (T5 passed as absent)."""
     from diffusers import StableDiffusion3Pipeline

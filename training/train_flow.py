@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import tarfile
@@ -455,14 +454,7 @@ class FlowTrainer:
                         # T5's 256 zero rows as one row of logit weight ln 256: the same
                         # loss and gradients (nodes/dit_context.py), 142 tokens, not 397
                         ctx, pooled = F.encode_text((self.te1, self.te2), ids, t5_tokens=1)
-                        pred = self.tr(
-                            hidden_states=xt,
-                            timestep=sigma * 1000,
-                            encoder_hidden_states=ctx,
-                            pooled_projections=pooled,
-                            joint_attention_kwargs={"context_bias": math.log(F.T5_TOKENS)},
-                            return_dict=False,
-                        )[0]
+                        pred = F.sd3_forward(self.tr, xt, sigma, ctx, pooled)
                 loss = ((pred.float() - target) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -500,14 +492,7 @@ class FlowTrainer:
         te1, te2, tr = self.teacher
         with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, self.bf16):
             ctx, pooled = F.encode_text((te1, te2), ids, t5_tokens=1)
-            out = tr(
-                hidden_states=xt,
-                timestep=sigma * 1000,
-                encoder_hidden_states=ctx,
-                pooled_projections=pooled,
-                joint_attention_kwargs={"context_bias": math.log(F.T5_TOKENS)},
-                return_dict=False,
-            )[0]
+            out = F.sd3_forward(tr, xt, sigma, ctx, pooled)
         return out.float()
 
     @property

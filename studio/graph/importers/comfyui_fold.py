@@ -437,42 +437,37 @@ def _sampling_source(g: Any, link: tuple[str, int] | None) -> tuple[str, int] | 
 def _perp_neg(g: Any, guider: Any) -> str:
     """A PerpNeg model node (ComfyUI's own, deprecated by PerpNegGuider: the same formula in
     place of cfg) on the guider's model, with its empty prompt and neg_scale."""
-    nid = f"{guider.id}_perpneg"
-    if nid not in g.nodes:
-        values, links, controls = {}, {}, {}
-        _take(values, links, controls, guider, ("neg_scale",))
-        g.nodes[nid] = dataclasses.replace(
-            guider,
-            id=nid,
-            class_type="PerpNeg",
-            values=values,
-            links={
-                **links,
-                "model": guider.links["model"],
-                "empty_conditioning": guider.links["empty_conditioning"],
-            },
-            controls=controls,
-            studio_params={},
-            title="",
-            widgets_values=None,
-            ui_inputs=[],
-            ui_outputs=[],
-        )
-    return nid
+    values: dict[str, Any] = {}
+    links: dict[str, tuple[str, int]] = {}
+    controls: dict[str, Any] = {}
+    _take(values, links, controls, guider, ("neg_scale",))
+    links |= {
+        "model": guider.links["model"],
+        "empty_conditioning": guider.links["empty_conditioning"],
+    }
+    return _added(g, guider, "perpneg", "PerpNeg", values, links, controls)
 
 
 def _zero_out(g: Any, guider: Any) -> str:
     """A Conditioning Zero Out of the guider's prompt, in the guider's place: the negative
     a Studio Sampler needs (ignored at cfg 1, a plain empty prompt at a higher cfg)."""
-    nid = f"{guider.id}_negative"
+    links = {"conditioning": guider.links["conditioning"]}
+    return _added(g, guider, "negative", "ConditioningZeroOut", {}, links, {})
+
+
+def _added(
+    g: Any, guider: Any, suffix: str, class_type: str, values: dict, links: dict, controls: dict
+) -> str:
+    """A node the fold adds in the guider's place (id ``<guider id>_<suffix>``), once."""
+    nid = f"{guider.id}_{suffix}"
     if nid not in g.nodes:
         g.nodes[nid] = dataclasses.replace(
             guider,
             id=nid,
-            class_type="ConditioningZeroOut",
-            values={},
-            links={"conditioning": guider.links["conditioning"]},
-            controls={},
+            class_type=class_type,
+            values=values,
+            links=links,
+            controls=controls,
             studio_params={},
             title="",
             widgets_values=None,
