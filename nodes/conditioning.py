@@ -43,7 +43,8 @@ def _text_encode_fingerprint(params: dict[str, Any], ctx: Any) -> str:
             max=12,
             tooltip=(
                 "Use the text encoder's n-th layer from the end: 1 = the usual, 2 = the "
-                "penultimate (what many anime models expect). Same meaning as A1111's Clip skip."
+                "penultimate (what many anime models expect). Same meaning as A1111's Clip "
+                "skip. SDXL's own layer is the penultimate: 1 and 2 both use it."
             ),
         ),
     ],
@@ -128,6 +129,9 @@ def _size(name: str, default: int, tooltip: str) -> InputSpec:
         _size("crop_h", 0, "The crop's top edge, in pixels."),
         _size("target_width", 1024, "The width the picture should look made for."),
         _size("target_height", 1024, "The height the picture should look made for."),
+        InputSpec("clip_skip", T.INT, default=1, min=1, max=12,
+                  tooltip="1 and 2: SDXL's own layer, the penultimate; n > 2: the n-th layer "
+                  "from the end (ComfyUI's CLIP Set Last Layer -n)."),
     ],
     outputs=[OutputSpec("conditioning", T.CONDITIONING)],
     fingerprint=_sdxl_fingerprint,
@@ -135,6 +139,7 @@ def _size(name: str, default: int, tooltip: str) -> InputSpec:
 def text_encode_sdxl(
     ctx, clip: Any, text_g: str = "", text_l: str = "", width: int = 1024, height: int = 1024,
     crop_w: int = 0, crop_h: int = 0, target_width: int = 1024, target_height: int = 1024,
+    clip_skip: int = 1,
 ) -> list:  # fmt: skip
     from nodes import prompts
     from nodes.values import ClipHandle, Cond
@@ -150,7 +155,7 @@ def text_encode_sdxl(
             f"{clip.family or 'another family'}'s: use Text Encode"
         )
     # the encoders are CLIP-L then CLIP-G, as in the pipeline
-    embeds, pooled = _encode(ctx, clip, [text_l, text_g], f"{text_g} {text_l}", 1)
+    embeds, pooled = _encode(ctx, clip, [text_l, text_g], f"{text_g} {text_l}", clip_skip)
     return [
         Cond(
             embeds=embeds,
@@ -158,6 +163,7 @@ def text_encode_sdxl(
             family=clip.family,
             text=text_g,
             size=(height, width, crop_h, crop_w, target_height, target_width),
+            extra={"clip_skip": clip_skip} if clip_skip != 1 else {},
         )
     ]
 

@@ -201,8 +201,11 @@ def encode_chunk(
 
     SD1/SD2 (as StableDiffusionPipeline): the last layer, or with ``clip_skip`` n > 1
     the n-th layer from the end through the final layer norm. SDXL (as
-    StableDiffusionXLPipeline): the penultimate layer, or n layers further back,
-    without the final norm; the pooled output is the projected text embedding.
+    StableDiffusionXLPipeline): its own layer, the penultimate, for n = 1 and 2, the n-th
+    from the end for n > 2, without the final norm: ComfyUI's CLIP Set Last Layer -n and
+    A1111's Clip skip n on SDXL (the "clip skip 2" SDXL models ask for is SDXL's own
+    layer; diffusers' ``clip_skip`` counts from the penultimate, n - 2). The pooled output
+    is the projected text embedding.
     """
     import torch
 
@@ -225,8 +228,14 @@ def encode_chunk(
         if hook is not None:
             hook.remove()
     pooled = out[0] if out[0].ndim == 2 else None
+    back = max(clip_skip, 2) if sdxl else clip_skip
+    if back > len(out.hidden_states) - 1:
+        raise NodeError(
+            f"the clip_skip param is {clip_skip}, but the text encoder has only "
+            f"{len(out.hidden_states) - 1} layers"
+        )
     if sdxl:
-        return out.hidden_states[-(clip_skip + 1)], pooled
+        return out.hidden_states[-back], pooled
     if clip_skip <= 1:
         return out[0], pooled
     text_model = getattr(encoder, "text_model", encoder)

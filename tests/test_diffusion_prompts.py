@@ -88,6 +88,35 @@ def test_plain_prompt_equals_sdxl_pipeline_embeddings(engine, models_root):
     assert torch.equal(cond.pooled, want_pooled)
 
 
+def test_sdxl_clip_skip_2_is_its_own_layer_and_3_goes_one_further_back(engine, models_root):
+    """SDXL models that ask for "clip skip 2" get SDXL's own (penultimate) layer, as in
+    A1111 and ComfyUI (CLIP Set Last Layer -2); 3 is diffusers' clip_skip=1."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(models_root / "checkpoints" / "tiny-sdxl"))
+    own = _encode(engine, "tiny-sdxl", PROMPT, 1)
+    assert torch.equal(_encode(engine, "tiny-sdxl", PROMPT, 2).embeds, own.embeds)
+    want, _, want_pooled, _ = pipe.encode_prompt(
+        PROMPT, device="cpu", do_classifier_free_guidance=False, clip_skip=1
+    )
+    three = _encode(engine, "tiny-sdxl", PROMPT, 3)
+    assert torch.equal(three.embeds, want)
+    assert torch.equal(three.pooled, want_pooled)
+    assert not torch.allclose(three.embeds, own.embeds)
+
+
+def test_a_clip_skip_past_the_encoders_layers_names_the_param(engine):
+    wf = Workflow(installed_registry())
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
+    enc = wf.add_node("text_encode", {"text": PROMPT, "clip_skip": 12}).id
+    wf.connect(ck, "clip", enc, "clip")
+    result = engine.run(wf, targets=[enc])
+    assert not result.ok
+    message = str(result.errors)
+    assert "clip_skip param is 12" in message and "only 3 layers" in message
+    assert "Traceback" not in message
+
+
 def test_clip_skip_changes_the_embeddings(engine):
     a = _encode(engine, "tiny-sd1", PROMPT, 1).embeds
     b = _encode(engine, "tiny-sd1", PROMPT, 2).embeds

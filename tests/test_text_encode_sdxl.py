@@ -131,7 +131,7 @@ def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_
     result = import_comfyui(api, installed_registry(), source="sdxl.json")
     wf = result.workflow
     node = wf.get_node("2")
-    assert node.type == "text_encode_sdxl" and node.params == values
+    assert node.type == "text_encode_sdxl" and node.params == {**values, "clip_skip": 1}
     assert not [n for n in wf.nodes if n.type.startswith("comfyui.")], result.report
     assert export_comfyui_api(wf)["2"]["inputs"] == api["2"]["inputs"]
     run = engine.run(wf, targets=["6"])
@@ -141,3 +141,38 @@ def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_
                             **sizes(2048, 1536, (16, 8), (1024, 768))},
                    scheduler=scheduler)  # fmt: skip
     assert np.abs(run.outputs["6"]["image"].numpy() - want).max() <= 1e-5
+
+
+def test_clip_set_last_layer_before_clip_text_encode_sdxl_is_its_clip_skip(engine):
+    """CLIP Set Last Layer -3 feeding CLIPTextEncodeSDXL becomes its clip skip 3 (SDXL's own
+    layer is -2), draws the picture of Text Encode (SDXL) at clip skip 3, and exports back."""
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl"}},
+        "9": {"class_type": "CLIPSetLastLayer",
+              "inputs": {"stop_at_clip_layer": -3, "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": {
+            **sizes(64, 64, (0, 0), (64, 64)), "text_g": TEXT_G, "text_l": TEXT_L,
+            "clip": ["9", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
+                                                           "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0, "model": ["1", 0], "positive": ["2", 0],
+            "negative": ["3", 0], "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+    }  # fmt: skip
+    result = import_comfyui(api, installed_registry(), source="sdxl.json")
+    wf = result.workflow
+    assert not wf.has_node("9") and wf.get_node("2").params["clip_skip"] == 3
+    assert any("clip skip 3" in line for line in result.report)
+    exported = export_comfyui_api(wf)
+    csl = exported["2"]["inputs"]["clip"][0]
+    assert exported[csl]["inputs"] == {"stop_at_clip_layer": -3, "clip": ["1", 1]}
+    run = engine.run(wf, targets=["6"])
+    assert run.ok, run.errors
+    scheduler = wf.get_node("5").params["scheduler"]
+    params = {"text_g": TEXT_G, "text_l": TEXT_L, **sizes(64, 64, (0, 0), (64, 64))}
+    want = picture(engine, {**params, "clip_skip": 3}, scheduler=scheduler)
+    assert np.abs(run.outputs["6"]["image"].numpy() - want).max() <= 1e-5
+    assert np.abs(picture(engine, params, scheduler=scheduler) - want).max() > 1e-3

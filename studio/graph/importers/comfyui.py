@@ -665,7 +665,7 @@ def _clip_consumers(g: _Graph, start: str) -> list[_CNode] | None:
             for name, (s, sl) in cn.links.items():
                 if (s, sl) != (nid, slot):
                     continue
-                if cn.class_type == "CLIPTextEncode" and name == "clip":
+                if cn.class_type in ("CLIPTextEncode", "CLIPTextEncodeSDXL") and name == "clip":
                     encodes.append(cn)
                 elif cn.class_type == "LoraLoader" and name == "clip":
                     if cn.id not in seen:

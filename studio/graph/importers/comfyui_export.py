@@ -116,7 +116,7 @@ class _Exporter:
                 inputs[name] = src
             else:
                 inputs.pop(name, None)
-        if n.type == "text_encode":
+        if n.type in ("text_encode", "text_encode_sdxl"):
             self._clip_skip(n, inputs)
         title = n.title or (nm.comfy_title if nm else ct)
         self.prompt[n.id] = {"class_type": ct, "inputs": inputs, "_meta": {"title": title}}

@@ -977,6 +977,6 @@ NOT_MAPPED: dict[str, str] = {
     "FlipSigmas": "its sigmas cannot fold into a Studio Sampler, which computes its own "
     "schedule from steps and scheduler (two passes: Sampler (Advanced)'s start and end steps)",
     "DualCFGGuider": "a custom-sampling guider or sampler Studio's Sampler has no counterpart for",
-    CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode and Load LoRA, so it cannot "
-    "become their clip skip",
+    CLIP_SET_LAST_LAYER: "it feeds nodes other than Text Encode, Text Encode (SDXL) and Load "
+    "LoRA, so it cannot become their clip skip",
 }
