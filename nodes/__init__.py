@@ -23,4 +23,5 @@ BUILTIN_MODULES: list[str] = [
     "image",
     "comfycore",
     "comfyops",
+    "merge",
 ]

@@ -640,6 +640,10 @@ def load_component(source: WeightsSource, component: str, dtype: Any) -> Any:
     """Build one component (``unet``, ``vae``, ``text_encoder``, ``text_encoder_2``) on CPU."""
     label = f"{component} of {source.name or source.path!r}"
     try:
+        if source.merge is not None:
+            from nodes import merge
+
+            return merge.load_merged(source, component, dtype)
         if source.family in DIT_SOURCE_FAMILIES:
             from nodes import dit
 
@@ -864,6 +868,22 @@ def tokenizer_from_file(path: Path, pad: str | None = None) -> Any:
     if not isinstance(entry, dict):
         raise NodeError(f"{label}: the file carries no tokenizer ('{TOKENIZER_KEY}' metadata)")
     return tokenizer_from_entry(entry, pad, label)
+
+
+def tokenizer_entry(tok: Any) -> dict[str, Any]:
+    """A CLIPTokenizer as a ``tokenizer`` metadata entry (what :func:`tokenizer_from_entry`
+    reads): its vocab and merges and special tokens."""
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return {
+        "vocab": dict(sorted(model["vocab"].items(), key=lambda kv: kv[1])),
+        "merges": merges,
+        "bos_token": str(tok.bos_token),
+        "eos_token": str(tok.eos_token),
+        "pad_token": str(tok.pad_token),
+        "unk_token": str(tok.unk_token),
+        "model_max_length": int(tok.model_max_length),
+    }
 
 
 def tokenizer_from_entry(entry: dict[str, Any], pad: str | None, label: str) -> Any:

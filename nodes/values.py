@@ -87,6 +87,9 @@ class WeightsSource:
     name: str = ""
     #: The model's own latent -> RGB preview factors, when its files carry them.
     latent_rgb: LatentRgb | None = field(default=None, compare=False, hash=False)
+    #: A merge of two sources (``nodes.merge``): (operation, first, second, params,
+    #: merged components); its ``identity`` names all of them.
+    merge: tuple[Any, ...] | None = field(default=None, compare=False, hash=False)
 
     def key(self, component: str, dtype: Any, device: str) -> tuple[Any, ...]:
         """The model-manager key of one component of these weights."""

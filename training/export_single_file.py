@@ -57,18 +57,9 @@ def tokenizer_entry(folder: Path) -> dict[str, Any]:
     """The folder's tokenizer as vocab and merges (what ``sdload.tokenizer_from_entry`` reads)."""
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-    model = json.loads(tok.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return {
-        "vocab": dict(sorted(model["vocab"].items(), key=lambda kv: kv[1])),
-        "merges": merges,
-        "bos_token": str(tok.bos_token),
-        "eos_token": str(tok.eos_token),
-        "pad_token": str(tok.pad_token),
-        "unk_token": str(tok.unk_token),
-        "model_max_length": int(tok.model_max_length),
-    }
+    from nodes.sdload import tokenizer_entry as entry
+
+    return entry(CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True))
 
 
 def ldm_state(folder: Path, configs: dict[str, dict[str, Any]], dtype: Any) -> dict[str, Any]:

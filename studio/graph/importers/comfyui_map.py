@@ -949,6 +949,21 @@ NODE_MAPS: dict[str, NodeMap] = {
         outputs=("conditioning",),
         older=(0,),
     ),
+    # Model merging: nodes/merge.py.
+    "ModelMergeSimple": NodeMap("merge_models", "ModelMergeSimple", ("ratio",), outputs=("model",)),
+    "ModelMergeBlocks": NodeMap(
+        "merge_models_blocks", "ModelMergeBlocks", ("input", "middle", "out"), outputs=("model",)
+    ),
+    "ModelMergeSubtract": NodeMap(
+        "merge_models_subtract", "ModelMergeSubtract", ("multiplier",), outputs=("model",)
+    ),
+    "ModelMergeAdd": NodeMap("merge_models_add", "ModelMergeAdd", (), outputs=("model",)),
+    "CLIPMergeSimple": NodeMap("merge_clips", "CLIPMergeSimple", ("ratio",), outputs=("clip",)),
+    "CLIPMergeSubtract": NodeMap(
+        "merge_clips_subtract", "CLIPMergeSubtract", ("multiplier",), outputs=("clip",)
+    ),
+    "CLIPMergeAdd": NodeMap("merge_clips_add", "CLIPMergeAdd", (), outputs=("clip",)),
+    "CheckpointSave": NodeMap("save_checkpoint", "Save Checkpoint", ("filename_prefix",)),
 }
 
 #: The ComfyUI type each Studio type exports as (Scale Image picks by its mode).
