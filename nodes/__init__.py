@@ -23,5 +23,6 @@ BUILTIN_MODULES: list[str] = [
     "image",
     "comfycore",
     "comfyops",
+    "comfyimage",
     "merge",
 ]

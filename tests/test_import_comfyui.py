@@ -343,6 +343,21 @@ def test_clip_set_last_layer_becomes_the_text_encodes_clip_skip(reg):
     assert out[csl]["inputs"] == {"stop_at_clip_layer": -2, "clip": ["4", 1]}
 
 
+def test_torch_compile_model_is_taken_out_and_its_model_flows_past(reg):
+    data = txt2img_api()
+    data["10"] = {
+        "class_type": "TorchCompileModel",
+        "inputs": {"model": ["4", 0], "backend": "inductor"},
+    }
+    data["3"]["inputs"]["model"] = ["10", 0]
+    result = import_comfyui(data, reg, source="x.json")
+    wf = result.workflow
+    assert not wf.has_node("10")
+    assert wf.link_into("3", "model").source == "4"
+    assert any("TorchCompileModel (10) was removed" in line for line in result.report)
+    assert not problems_of(wf)
+
+
 # -- PNGs ---------------------------------------------------------------------------------------
 
 

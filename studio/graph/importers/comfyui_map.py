@@ -964,6 +964,38 @@ NODE_MAPS: dict[str, NodeMap] = {
     ),
     "CLIPMergeAdd": NodeMap("merge_clips_add", "CLIPMergeAdd", (), outputs=("clip",)),
     "CheckpointSave": NodeMap("save_checkpoint", "Save Checkpoint", ("filename_prefix",)),
+    # Image helpers: nodes/comfyimage.py.
+    "ImageStitch": NodeMap(
+        "image_stitch",
+        "Image Stitch",
+        ("direction", "match_image_size", "spacing_width", "spacing_color"),
+        outputs=("image",),
+    ),
+    "ResizeAndPadImage": NodeMap(
+        "resize_and_pad_image",
+        "ResizeAndPadImage",
+        ("target_width", "target_height", "padding_color", "interpolation"),
+        outputs=("image",),
+    ),
+    "ImageScaleToMaxDimension": NodeMap(
+        "scale_image_max_dimension",
+        "ImageScaleToMaxDimension",
+        ("upscale_method", "largest_size"),
+        outputs=("image",),
+    ),
+    "ImageAddNoise": NodeMap(
+        "image_add_noise", "ImageAddNoise", ("seed", "strength"), outputs=("image",)
+    ),
+    "GetImageSize": NodeMap(
+        "get_image_size", "Get Image Size", (), outputs=("width", "height", "batch_size")
+    ),
+    "MaskPreview": NodeMap("preview_mask", "MaskPreview"),
+    "StringConcatenate": NodeMap(
+        "string_concatenate",
+        "Concatenate",
+        ("string_a", "string_b", "delimiter"),
+        outputs=("string",),
+    ),
 }
 
 #: The ComfyUI type each Studio type exports as (Scale Image picks by its mode).
@@ -976,8 +1008,11 @@ EXPORT_TYPES["primitive_string"] = "PrimitiveStringMultiline"
 CLIP_SET_LAST_LAYER = "CLIPSetLastLayer"
 
 #: Model patches removed on import (their MODEL output is their MODEL input), with the
-#: report line's reason. None at present (Differential Diffusion, the last, now maps).
-PASS_THROUGH: dict[str, str] = {}
+#: report line's reason.
+PASS_THROUGH: dict[str, str] = {
+    "TorchCompileModel": "it compiles the model for speed and leaves the picture as it is; "
+    "Studio runs the model uncompiled",
+}
 
 #: ComfyUI core node types Studio does not map, with why (docs/importing.md lists them).
 NOT_MAPPED: dict[str, str] = {
