@@ -69,15 +69,40 @@ def inside_folder(folder: Path | str, name: str | Path) -> Path:
     return joined
 
 
-def resolve_image_path(name: str, input_folder: Path | str) -> Path:
+#: ComfyUI's folder annotations after an image name (``ComfyUI_00001_.png [output]``).
+_ANNOTATION = re.compile(r"(.+?) \[(input|output|temp)\]")
+
+
+def split_annotation(name: str) -> tuple[str, str | None]:
+    """``name`` without ComfyUI's folder annotation, and the folder it names (``input``,
+    ``output``, ``temp``) or None."""
+    m = _ANNOTATION.fullmatch(name)
+    return (m.group(1), m.group(2)) if m else (name, None)
+
+
+def resolve_image_path(
+    name: str, input_folder: Path | str, output_folder: Path | str | None = None
+) -> Path:
     """Where Load Image finds ``name``: a path as it is; a relative name in the input
     folder (``settings.input_path``), else among the example images shipped in
     ``resources/images`` (as the embedded models are found beside the user's). A name
-    found nowhere gives its place in the input folder. A relative name that leads out
-    of its folder raises NodeError."""
+    found nowhere gives its place in the input folder. ComfyUI's ``name [output]`` is a
+    name in ``output_folder`` (``settings.output_path``; Load Image From Outputs),
+    ``name [input]`` one in the input folder. A relative name that leads out of its
+    folder raises NodeError."""
+    name, folder = split_annotation(name)
+    if folder == "temp":
+        raise NodeError(
+            f"image {name!r} is in ComfyUI's temp folder (previews it does not keep): save "
+            "it and load it from the output or input folder"
+        )
     p = Path(name).expanduser()
     if p.is_absolute():
         return p
+    if folder == "output":
+        if output_folder is None:
+            raise NodeError(f"image {name!r} names the output folder, which is not known here")
+        return inside_folder(output_folder, p)
     user = inside_folder(input_folder, p)
     if user.is_file():
         return user
@@ -85,15 +110,19 @@ def resolve_image_path(name: str, input_folder: Path | str) -> Path:
     return example if example.is_file() else user
 
 
-def checked_image_file(name: str, input_folder: Path | str) -> Path:
+def checked_image_file(
+    name: str, input_folder: Path | str, output_folder: Path | str | None = None
+) -> Path:
     """The image file Load Image reads for ``name``, once it is known to be a regular file
     of a sane size: what both its fingerprint and its run read, so neither ever opens a
     device, a pipe or a file outside the folder a relative name is relative to."""
     if not name:
         raise NodeError("no image chosen")
-    p = resolve_image_path(name, input_folder)
+    p = resolve_image_path(name, input_folder, output_folder)
     if not p.exists():
-        where = "" if Path(name).expanduser().is_absolute() else f" (nor in {EMBEDDED_IMAGES})"
+        plain, folder = split_annotation(name)
+        absolute = Path(plain).expanduser().is_absolute()
+        where = "" if absolute or folder == "output" else f" (nor in {EMBEDDED_IMAGES})"
         raise NodeError(f"image file not found: {p}{where}")
     try:
         regular_file(p, what="image file", max_bytes=MAX_IMAGE_FILE_BYTES)
@@ -103,13 +132,14 @@ def checked_image_file(name: str, input_folder: Path | str) -> Path:
 
 
 def image_path(ctx_settings: Any, name: str) -> Path:
-    return checked_image_file(name, ctx_settings.input_path)
+    output = getattr(ctx_settings, "output_path", None)
+    return checked_image_file(name, ctx_settings.input_path, output)
 
 
 def _image_fingerprint(params: dict[str, Any], ctx: Any) -> str:
     # The same file the node will read, so a user image that appears with an example's
     # name re-runs the node.
-    path = checked_image_file(params.get("image", ""), ctx.settings.input_path)
+    path = image_path(ctx.settings, params.get("image", ""))
     return ctx.files.of(path, ctx.check_interrupt)
 
 

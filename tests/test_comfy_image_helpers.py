@@ -140,3 +140,39 @@ def test_a_comfyui_file_with_the_helpers_imports_runs_and_exports(tmp_path):
     assert shown.size == (50, 16)
     green = np.asarray(shown)[..., 1]
     assert green[:, :32].max() == 0 and green[:, 34:].min() == 255  # red, then green
+
+
+def test_comfyuis_output_annotation_loads_from_the_output_folder(tmp_path):
+    """Load Image From Outputs (and Load Image given "name [output]") reads the output
+    folder; "[temp]" says why it cannot; a name leading out of the folder is refused."""
+    from PIL import Image
+
+    from nodes.image import checked_image_file
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    out, inp = tmp_path / "out", tmp_path / "in"
+    (out / "sub").mkdir(parents=True)
+    inp.mkdir()
+    Image.new("RGB", (12, 7), (0, 255, 0)).save(out / "sub" / "ComfyUI_00001_.png")
+    Image.new("RGB", (5, 5), (255, 0, 0)).save(inp / "ComfyUI_00001_.png")
+    name = "sub/ComfyUI_00001_.png [output]"
+    assert checked_image_file(name, inp, out) == out / "sub" / "ComfyUI_00001_.png"
+    assert checked_image_file("ComfyUI_00001_.png [input]", inp, out) == inp / "ComfyUI_00001_.png"
+    with pytest.raises(NodeError, match="ComfyUI's temp folder"):
+        checked_image_file("ComfyUI_temp_x.png [temp]", inp, out)
+    with pytest.raises(NodeError, match="leads out of the folder"):
+        checked_image_file("../in/ComfyUI_00001_.png [output]", inp, out)
+
+    api = {
+        "1": {"class_type": "LoadImageOutput", "inputs": {"image": name}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    wf = import_comfyui(api, installed_registry(), source="api.json").workflow
+    assert wf.get_node("1").type == "load_image"
+    assert export_comfyui_api(wf)["1"]["inputs"]["image"] == name
+    settings = Settings(models_root=str(tmp_path), output_dir=str(out), input_dir=str(inp))
+    result = Engine(installed_registry(), settings=settings).run(wf)
+    assert result.ok, result.errors
+    shown = result.node_images["2"][0]
+    assert shown.size == (12, 7) and shown.getpixel((3, 3)) == (0, 255, 0)

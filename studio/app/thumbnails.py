@@ -20,13 +20,14 @@ from studio.graph.workflow import Change, ChangeKind
 THUMB = 320
 
 
-def resolve_image_path(name: str, input_folder: Path) -> Path:
-    """Where Load Image finds ``name``: a path, a name in ``input_folder``, or an example
-    image shipped with Studio (the node's own rule, with its checks: a regular file of a
-    sane size, a relative name inside its folder). Raises StudioError otherwise."""
+def resolve_image_path(name: str, input_folder: Path, output_folder: Path | None = None) -> Path:
+    """Where Load Image finds ``name``: a path, a name in ``input_folder`` (or, with
+    ComfyUI's ``[output]`` after it, in ``output_folder``), or an example image shipped
+    with Studio (the node's own rule, with its checks: a regular file of a sane size, a
+    relative name inside its folder). Raises StudioError otherwise."""
     from nodes.image import checked_image_file
 
-    return checked_image_file(name, input_folder)
+    return checked_image_file(name, input_folder, output_folder)
 
 
 def read_image(path: Path, max_side: int | None = None) -> QImage:
@@ -122,7 +123,9 @@ class LoadImageThumbnails(QObject):
 
     def _load(self, node_id: str, key: tuple[str, str]) -> None:
         try:
-            img = thumbnail(resolve_image_path(key[0], self.controller.settings.input_path), key[1])
+            settings = self.controller.settings
+            path = resolve_image_path(key[0], settings.input_path, settings.output_path)
+            img = thumbnail(path, key[1])
         except Exception:  # a missing or broken file shows no picture; the run says why
             img = QImage()
         with contextlib.suppress(RuntimeError):  # the window closed meanwhile

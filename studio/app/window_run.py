@@ -169,7 +169,8 @@ class RunWindowMixin:
             self.show_error("Cannot paint a mask", "Choose an image for this node first.")
             return False
         try:
-            image = read_image(resolve_image_path(name, self.controller.settings.input_path))
+            settings = self.controller.settings
+            image = read_image(resolve_image_path(name, settings.input_path, settings.output_path))
         except StudioError as exc:
             self.show_error("Cannot paint a mask", str(exc))
             return False

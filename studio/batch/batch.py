@@ -226,7 +226,7 @@ class _Driver:
             try:
                 from nodes.image import checked_image_file
 
-                path = checked_image_file(name, self.settings.input_path)
+                path = checked_image_file(name, self.settings.input_path, self.settings.output_path)
                 inputs[name] = Path(path).read_bytes()
             except (StudioError, OSError) as exc:
                 title = exp.base.display_title(nid)

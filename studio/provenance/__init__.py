@@ -134,15 +134,19 @@ def recipe_of(wf: Any, node_id: str, model_files: Any, files: Any) -> Recipe:
 
 
 def _source_path(name: str, model_files: Any) -> Path | None:
+    from nodes.image import split_annotation
+
+    name, annotation = split_annotation(name)
     p = Path(name).expanduser()
     if p.is_absolute():
         return p if p.is_file() else None
     settings = getattr(model_files, "settings", None)
-    folder = getattr(settings, "input_path", None)
+    folder = getattr(settings, "output_path" if annotation == "output" else "input_path", None)
     from studio.modelfiles import RESOURCES
 
     # Where Load Image looks (nodes.image.resolve_image_path), never out of those folders.
-    for base in ([Path(folder)] if folder else []) + [RESOURCES / "images"]:
+    bases = [Path(folder)] if folder else []
+    for base in bases + ([RESOURCES / "images"] if annotation is None else []):
         candidate = base / p
         if candidate.resolve().is_relative_to(base.resolve()) and candidate.is_file():
             return candidate

@@ -394,6 +394,15 @@ NODE_MAPS: dict[str, NodeMap] = {
     "LoadImage": NodeMap(
         "load_image", "Load Image", ("image",), outputs=("image", "mask"), trailing=1
     ),
+    # ComfyUI's "Load Image (from Outputs)": its names carry " [output]", which Load Image
+    # reads from the output folder.
+    "LoadImageOutput": NodeMap(
+        "load_image",
+        "Load Image (from Outputs)",
+        ("image",),
+        outputs=("image", "mask"),
+        trailing=2,
+    ),
     "LoraLoader": NodeMap(
         "load_lora",
         "Load LoRA",
