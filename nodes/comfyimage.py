@@ -27,6 +27,8 @@ _COLOR_VALUES: dict[str, Any] = {
 MAX_DIMENSION_METHODS = ("area", "lanczos", "bilinear", "nearest-exact", "bicubic")
 PAD_METHODS = ("area", "bicubic", "nearest-exact", "bilinear", "lanczos")
 IMAGE_OUT = OutputSpec("image", T.IMAGE)
+#: The longest side a scaled picture may get (Scale Image's own limit).
+MAX_SIDE = 16384
 
 
 def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
@@ -108,10 +110,11 @@ def image_stitch(
         h1, w1 = a.shape[1:3]
         aspect = b.shape[2] / b.shape[1]
         size = (int(h1 * aspect), h1) if horizontal else (w1, int(w1 / aspect))
-        if min(size) < 1:
+        if min(size) < 1 or max(size) > MAX_SIDE:
             raise NodeError(
                 f"image2 ({b.shape[2]}x{b.shape[1]}) scaled to image1's "
-                f"{'height' if horizontal else 'width'} would be {size[0]}x{size[1]}"
+                f"{'height' if horizontal else 'width'} would be {size[0]}x{size[1]}; "
+                f"sides go from 1 to {MAX_SIDE}: turn match_image_size off"
             )
         b = comfy_resize(b, size, "lanczos")
     else:

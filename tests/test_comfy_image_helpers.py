@@ -67,6 +67,11 @@ def test_stitch_spacing_is_even_and_coloured_and_batches_and_alpha_line_up():
     assert torch.equal(run(ci.image_stitch, image1=a), a)  # no image2: image1 as it is
 
 
+def test_stitch_refuses_a_sliver_scaled_past_the_size_limit():
+    with pytest.raises(NodeError, match="would be 40000x20; sides go from 1 to 16384"):
+        run(ci.image_stitch, image1=picture(20, 4, 1), image2=picture(1, 2000, 2))
+
+
 def test_stitch_refuses_an_unknown_direction_by_name():
     with pytest.raises(NodeError, match="direction param 'sideways'"):
         run(ci.image_stitch, image1=picture(4, 4, 1), image2=picture(4, 4, 2),

@@ -19,7 +19,7 @@ from studio.graph.importers.comfyui import import_comfyui  # noqa: E402
 from studio.graph.importers.comfyui_export import export_comfyui_api  # noqa: E402
 from studio.library import installed_registry  # noqa: E402
 
-tiny_parts = fx.tiny_parts
+tiny_parts, models_root = fx.tiny_parts, fx.models_root
 
 PROMPT, NEGATIVE, SEED = "a red fox in the snow", "blurry", 5
 
@@ -376,3 +376,25 @@ def _loaded(engine, output: str):
     ck = wf.add_node("load_checkpoint", {"ckpt_name": "a"}).id
     result = engine.run(wf, targets=[ck])
     return result.outputs[ck][output]
+
+
+def test_an_sdxl_checkpoint_saved_reopens_with_its_picture(models_root, tmp_path):
+    """Two text encoders (CLIP-L and OpenCLIP-G) and SDXL's size embedding survive the LDM
+    layout."""
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sdxl").symlink_to(models_root / "checkpoints" / "tiny-sdxl")
+    settings = Settings(models_root=str(root), output_dir=str(tmp_path / "out"))
+    engine = Engine(installed_registry(), settings=settings)
+    wf = Workflow(installed_registry())
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "tiny-sdxl"}).id
+    save = wf.add_node("save_checkpoint", {"filename_prefix": "xl"}).id
+    for out in ("model", "clip", "vae"):
+        wf.connect(ck, out, save, out)
+    path = _saved(engine, wf)
+    (root / "checkpoints" / "xl.safetensors").symlink_to(path)
+    pictures = [_checkpoint(engine, name) for name in ("tiny-sdxl", "xl.safetensors")]
+    assert np.abs(pictures[0] - pictures[1]).max() <= 2e-2
