@@ -72,49 +72,52 @@ def _lora_loader(family: str) -> Any:
 def read_lora(ctx: Any, patch: LoraPatch, family: str) -> _LoraState:
     """The LoRA in diffusers' layout, read once per file version and family."""
     key = ("lora", patch.identity, family if family in ("sdxl", "sd3", "flux") else "sd")
+    return ctx.models.get(
+        key, lambda: _read_state(patch, family), nbytes=lambda s: _tensor_bytes(s.state_dict)
+    )
 
-    def load() -> _LoraState:
-        pipe_cls = _lora_loader(family)
-        raw = _read_file(patch)
-        if family == "sd3" and any(k.startswith(_KOHYA_PREFIXES) for k in raw):
-            raw = kohya_sd3_to_diffusers(raw, patch.name)
-        if family == "flux" and _is_flux_control_lora(raw):
-            raise NodeError(
-                f"{patch.name}: a FLUX.1 Canny / Depth LoRA (it widens the transformer's input "
-                "to take a control image), which Studio does not run: load the full "
-                "flux1-canny-dev / flux1-depth-dev model with Load Diffusion Model and give "
-                "the prompts InstructPixToPix Conditioning"
-            )
-        if family in _DIT_PARTS and raw and all(k.startswith(_DIT_MODULES) for k in raw):
-            # the diffusers layout without its "transformer." prefix (some trainers write
-            # that): the pipeline's loader would skip every layer
-            raw = {f"transformer.{k}": v for k, v in raw.items()}
-        try:
-            got = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
-            if len(got) == 2:  # SD3's: no network alphas
-                (state, metadata), alphas = got, None
-            else:
-                state, alphas, metadata = got
-        except Exception as exc:
-            if family in _DIT_TITLES:
-                why = str(exc).strip()
-                why = why if len(why) < 300 else why[:300] + "..."
-                raise NodeError(
-                    f"{patch.name}: not a {_DIT_TITLES[family]} LoRA Studio can read ({why}); "
-                    "is it made for another model family?"
-                ) from None
-            raise NodeError(f"{patch.name}: not a LoRA Studio can read ({exc})") from None
-        if not state or not all("lora" in k for k in state):
-            raise NodeError(f"{patch.name}: not a LoRA file (no LoRA layers inside)")
-        if family in _DIT_PARTS and not any(k.startswith(_DIT_PARTS[family]) for k in state):
-            raise NodeError(
-                f"{patch.name}: none of its layers ({next(iter(state))}, ...) belongs to a "
-                f"{_DIT_TITLES[family]} model; is it made for another model family or in a "
-                "layout Studio does not read?"
-            )
-        return _LoraState(dict(state), alphas, metadata, _cross_attention_dim(state))
 
-    return ctx.models.get(key, load, nbytes=lambda s: _tensor_bytes(s.state_dict))
+def _read_state(patch: LoraPatch, family: str) -> _LoraState:
+    """The LoRA file read into diffusers' layout for ``family`` (uncached)."""
+    pipe_cls = _lora_loader(family)
+    raw = _read_file(patch)
+    if family == "sd3" and any(k.startswith(_KOHYA_PREFIXES) for k in raw):
+        raw = kohya_sd3_to_diffusers(raw, patch.name)
+    if family == "flux" and _is_flux_control_lora(raw):
+        raise NodeError(
+            f"{patch.name}: a FLUX.1 Canny / Depth LoRA (it widens the transformer's input "
+            "to take a control image), which Studio does not run: load the full "
+            "flux1-canny-dev / flux1-depth-dev model with Load Diffusion Model and give "
+            "the prompts InstructPixToPix Conditioning"
+        )
+    if family in _DIT_PARTS and raw and all(k.startswith(_DIT_MODULES) for k in raw):
+        # the diffusers layout without its "transformer." prefix (some trainers write
+        # that): the pipeline's loader would skip every layer
+        raw = {f"transformer.{k}": v for k, v in raw.items()}
+    try:
+        got = pipe_cls.lora_state_dict(raw, return_lora_metadata=True)
+        if len(got) == 2:  # SD3's: no network alphas
+            (state, metadata), alphas = got, None
+        else:
+            state, alphas, metadata = got
+    except Exception as exc:
+        if family in _DIT_TITLES:
+            why = str(exc).strip()
+            why = why if len(why) < 300 else why[:300] + "..."
+            raise NodeError(
+                f"{patch.name}: not a {_DIT_TITLES[family]} LoRA Studio can read ({why}); "
+                "is it made for another model family?"
+            ) from None
+        raise NodeError(f"{patch.name}: not a LoRA Studio can read ({exc})") from None
+    if not state or not all("lora" in k for k in state):
+        raise NodeError(f"{patch.name}: not a LoRA file (no LoRA layers inside)")
+    if family in _DIT_PARTS and not any(k.startswith(_DIT_PARTS[family]) for k in state):
+        raise NodeError(
+            f"{patch.name}: none of its layers ({next(iter(state))}, ...) belongs to a "
+            f"{_DIT_TITLES[family]} model; is it made for another model family or in a "
+            "layout Studio does not read?"
+        )
+    return _LoraState(dict(state), alphas, metadata, _cross_attention_dim(state))
 
 
 #: The packed input width of FLUX.1 Canny / Depth (latent + control image's latent); a
@@ -381,7 +384,12 @@ def _adapters_of(module: Any) -> set[str]:
 
 
 def _inject(ctx: Any, module: Any, component: str, patch: LoraPatch, family: str) -> None:
-    state = read_lora(ctx, patch, family)
+    _inject_state(module, component, patch, family, read_lora(ctx, patch, family))
+
+
+def _inject_state(
+    module: Any, component: str, patch: LoraPatch, family: str, state: _LoraState
+) -> None:
     pipe_cls = _lora_loader(family)
     sd = dict(state.state_dict)
     try:
@@ -447,3 +455,32 @@ def _set_active(module: Any, component: str, active: dict[str, float]) -> None:
         return
     enable_lora_for_text_encoder(module)
     set_adapters_for_text_encoder(list(active), module, list(active.values()))
+
+
+def bake(module: Any, component: str, loras: tuple[tuple[Any, float], ...], family: str) -> None:
+    """Fold these LoRAs, at these strengths, into ``module``'s own weights (peft's merge:
+    weight + strength x the LoRA's delta) and take the LoRA layers out again: a plain module
+    computing what :func:`activate` makes the shared one compute. For a module of its own
+    (a merge's, a checkpoint being saved), never a shared one."""
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora, recurse_remove_peft_layers
+
+    active: dict[str, float] = {}
+    for patch, strength in loras:
+        if not isinstance(patch, LoraPatch) or not strength:
+            continue
+        if patch.adapter not in getattr(module, _INJECTED, set()):
+            _inject_state(module, component, patch, family, _read_state(patch, family))
+        if patch.adapter in _adapters_of(module):
+            active[patch.adapter] = active.get(patch.adapter, 0.0) + float(strength)
+    if active:
+        _set_active(module, component, active)
+        if component in ("unet", "transformer"):
+            module.fuse_lora(lora_scale=1.0, adapter_names=list(active))
+            module.unload_lora()
+        else:
+            fuse_text_encoder_lora(module, lora_scale=1.0, adapter_names=list(active))
+            recurse_remove_peft_layers(module)
+            if hasattr(module, "peft_config"):
+                del module.peft_config
+    if hasattr(module, _INJECTED):
+        delattr(module, _INJECTED)

@@ -11,8 +11,10 @@ UNet's 9-channel input against a 4-channel one), keep the first model's weights,
 ComfyUI keeps them; CLIP's ``position_ids`` and ``logit_scale`` stay the first's too.
 
 The merged MODEL samples with the first model's settings (its schedule, prediction type,
-model patches), as ComfyUI's merges do. LoRAs connect after a merge: a MODEL or CLIP
-that already carries one is refused with a message saying so.
+model patches), as ComfyUI's merges do. A MODEL or CLIP that carries LoRAs is merged with
+them folded into its weights (peft's merge, :func:`nodes.lora.bake`), as ComfyUI merges a
+patched model: ratio x (model1 + its LoRA) + (1 - ratio) x model2. Save Checkpoint folds
+them in the same way.
 """
 
 from __future__ import annotations
@@ -83,16 +85,45 @@ def coefficients(op: str, params: tuple[float, ...], key: str) -> tuple[float, f
     return ratio, 1.0 - ratio
 
 
+def baked(value: Any, family: str) -> Any:
+    """A MODEL or CLIP whose LoRAs are folded into a source of its own (operation ``lora``):
+    the same pictures, now as plain weights a merge or a saved checkpoint can take."""
+    if not value.patches:
+        return value
+    components = (
+        (model_component(family),) if hasattr(value, "unet_config") else tuple(value.encoders)
+    )
+    loras = tuple(value.patches)
+    params = (family, loras)
+    source = replace(
+        value.source,
+        identity=(
+            "lora",
+            family,
+            tuple((getattr(p, "identity", repr(p)), s) for p, s in loras),
+            components,
+            value.source.identity,
+        ),
+        name=f"{value.source.name or value.source.path} + LoRA",
+        merge=("lora", value.source, None, params, components),
+    )
+    return replace(value, source=source, patches=())
+
+
 def load_merged(source: Any, component: str, dtype: Any) -> Any:
     """``source``'s ``component``: its first model's, with the merge applied when the merge
     covers the component. Both inputs are read fresh (not the shared, cached modules)."""
     import torch
 
-    from nodes import sdload
+    from nodes import lora, sdload
 
     op, a, b, params, components = source.merge
     first = sdload.load_component(a, component, dtype)
     if component not in components:
+        return first
+    if op == "lora":
+        family, loras = params
+        lora.bake(first, component, loras, family)
         return first
     second = sdload.load_component(b, component, dtype)
     theirs = second.state_dict()
@@ -120,11 +151,10 @@ def load_merged(source: Any, component: str, dtype: Any) -> Any:
 
 
 def _plain(value: Any, label: str) -> None:
-    if value.patches:
-        raise NodeError(
-            f"the {label} input already has a LoRA; connect Load LoRA after the merge "
-            "(a LoRA on a merge input would be scaled by the merge)"
-        )
+    from nodes.lora import LoraPatch
+
+    if any(not isinstance(p, LoraPatch) for p, _ in value.patches):
+        raise NodeError(f"the {label} input carries a patch Studio cannot fold into weights")
     quant = value.source.configs.get("load", {}).get("quant", "default")
     if quant not in ("default", None):
         raise NodeError(
@@ -148,6 +178,7 @@ def _merge_models(
             f"{_title(model2.family)}: merge models of one family"
         )
     component = model_component(model1.family)
+    model1, model2 = baked(model1, model1.family), baked(model2, model2.family)
     source = merged_source(model1.source, model2.source, op, params, (component,))
     return replace(model1, source=source)
 
@@ -169,6 +200,7 @@ def _merge_clips(clip1: Any, clip2: Any, op: str, params: tuple[float, ...]) -> 
             f"clip1 is {_title(clip1.family)}'s and clip2 {_title(clip2.family)}'s: merge "
             "text encoders of one family"
         )
+    clip1, clip2 = baked(clip1, clip1.family), baked(clip2, clip2.family)
     source = merged_source(clip1.source, clip2.source, op, params, clip1.encoders)
     return replace(clip1, source=source)
 
@@ -205,7 +237,7 @@ _CLIP_OUT = [OutputSpec("clip", T.CLIP, tooltip="The merged text encoders.")]
     category="model merging",
     description=(
         "A weighted sum of two models' weights: ratio x model1 + (1 - ratio) x model2 "
-        "(ComfyUI's ModelMergeSimple). Connect Load LoRA after it."
+        "(ComfyUI's ModelMergeSimple). A model with LoRAs is merged with them folded in."
     ),
     inputs=[*_MODELS, _ratio("ratio", _RATIO_TIP)],
     outputs=_MODEL_OUT,
@@ -314,7 +346,7 @@ def merge_clips_add(ctx, clip1: Any, clip2: Any) -> Any:
         "Writes the model, its text encoders and VAE as one .safetensors checkpoint in the "
         "LDM layout other tools read (fp16), into the output folder (ComfyUI's "
         "CheckpointSave): move it to models/checkpoints to load it. SD 1.x and SDXL models "
-        "(and Studio's own); LoRAs are not baked in, so connect it before Load LoRA."
+        "(and Studio's own); LoRAs on the model and clip are folded into the weights."
     ),
     inputs=[
         InputSpec("model", T.MODEL, tooltip="The model to save (e.g. from Merge Models)."),
@@ -358,12 +390,11 @@ def save_checkpoint(
             f"the clip is {_title(clip.family)}'s and the model {_title(model.family)}: give "
             "Save Checkpoint the text encoders of the model's family"
         )
-    for value, name in ((model, "model"), (clip, "clip"), (vae, "vae")):
-        if value.patches:
-            raise NodeError(
-                f"the {name} input has a LoRA, which Save Checkpoint does not bake in: "
-                "connect it before Load LoRA"
-            )
+    if vae.patches:
+        raise NodeError("the vae input carries patches Save Checkpoint cannot write")
+    for value, name in ((model, "model"), (clip, "clip")):
+        _plain(value, name)
+    model, clip = baked(model, model.family), baked(clip, clip.family)
     folder, stem = _output_target(Path(ctx.settings.output_path), filename_prefix)
 
     def state(source: Any, component: str) -> dict[str, Any]:

@@ -202,3 +202,64 @@ def test_lora_for_another_family_is_a_clear_error(engine):
     result = engine.run(wf)
     message = result.errors[ids["lora0"]]
     assert "wide-text.safetensors" in message and "family" in message
+
+
+def test_a_lora_saved_into_a_checkpoint_draws_the_lora_picture(engine, models_root, tmp_path):
+    """Save Checkpoint folds the model's and clip's LoRAs into the weights (two LoRAs, two
+    strengths each): the file reopens with the LoRA picture, no Load LoRA needed."""
+    loras = [("peft-style.safetensors", 0.8, 0.6), ("kohya-style.safetensors", 0.5, 0.9)]
+    wf, ids = lora_graph(loras)
+    save = wf.add_node("save_checkpoint", {"filename_prefix": "baked"}).id
+    wf.connect(ids["lora1"], "model", save, "model")
+    wf.connect(ids["lora1"], "clip", save, "clip")
+    wf.connect(ids["ckpt"], "vae", save, "vae")
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    want = result.outputs[ids["decode"]]["image"].numpy()
+    (path,) = (tmp_path / "out").glob("baked_*.safetensors")
+    (models_root / "checkpoints" / "baked-loras.safetensors").symlink_to(path)
+    plain_wf, plain_ids = fx.txt2img(
+        "baked-loras.safetensors", prompt=PROMPT, negative=NEGATIVE, seed=SEED, steps=STEPS,
+        cfg=CFG,
+    )  # fmt: skip
+    run = engine.run(plain_wf)
+    assert run.ok, run.errors
+    got = run.outputs[plain_ids["decode"]]["image"].numpy()
+    plain, *_ = graph_image(engine, [])
+    assert np.abs(want - plain).max() > 5e-2  # the LoRAs show
+    assert np.abs(got - want).max() <= 2e-2  # the file is fp16
+
+
+def test_a_merge_folds_its_inputs_loras_in(engine):
+    """ComfyUI merges a patched model: ratio 1 of a LoRA'd model1 (and clip1) is that model
+    with its LoRA; ratio 0 is model2 (and clip2) alone."""
+
+    def picture(ratio: float):
+        wf, ids = fx.txt2img("tiny-sd1", prompt=PROMPT, negative=NEGATIVE, seed=SEED,
+                             steps=STEPS, cfg=CFG)  # fmt: skip
+        lora = wf.add_node(
+            "load_lora",
+            {"lora_name": "peft-style.safetensors", "strength_model": 0.8, "strength_clip": 0.6},
+        ).id
+        wf.connect(ids["ckpt"], "model", lora, "model")
+        wf.connect(ids["ckpt"], "clip", lora, "clip")
+        m = wf.add_node("merge_models", {"ratio": ratio}).id
+        c = wf.add_node("merge_clips", {"ratio": ratio}).id
+        for node, out, first, second in (
+            (m, "model", "model1", "model2"),
+            (c, "clip", "clip1", "clip2"),
+        ):
+            wf.connect(lora, out, node, first)
+            wf.connect(ids["ckpt"], out, node, second)
+        wf.connect(m, "model", ids["sampler"], "model")
+        wf.connect(c, "clip", ids["pos"], "clip")
+        wf.connect(c, "clip", ids["neg"], "clip")
+        result = engine.run(wf)
+        assert result.ok, result.errors
+        return result.outputs[ids["decode"]]["image"].numpy()  # fmt: skip
+
+    with_lora, *_ = graph_image(engine, [("peft-style.safetensors", 0.8, 0.6)])
+    without, *_ = graph_image(engine, [])
+    assert np.abs(with_lora - without).max() > 5e-2
+    assert np.abs(picture(1.0) - with_lora).max() <= 1e-4
+    assert np.abs(picture(0.0) - without).max() <= 1e-5

@@ -241,9 +241,7 @@ def _run_error(engine, wf, target) -> str:
     return message
 
 
-def test_merging_two_families_or_a_lora_carrying_model_is_a_clear_error(
-    engine, merge_root, tmp_path
-):
+def test_merging_two_families_or_a_non_model_is_a_clear_error(engine, merge_root, tmp_path):
     from studio.engine import Engine
     from studio.settings import Settings
 
@@ -263,19 +261,14 @@ def test_merging_two_families_or_a_lora_carrying_model_is_a_clear_error(
     message = _run_error(other, wf, m)
     assert "model1 is a custom UNet and model2 is SDXL: merge models of one family" in message
 
-    # a LoRA before the merge
-    from nodes.lora import LoraPatch
+    # not a model at all
     from nodes.merge import merge_models
 
     class Handle:
         pass
 
-    model = _loaded_model(engine)
-    carrying = model.with_patch(LoraPatch("style.safetensors", "/x", ("x",)), 1.0)
-    with pytest.raises(Exception, match="model2 input already has a LoRA; connect Load LoRA"):
-        merge_models.execute(None, model1=model, model2=carrying, ratio=0.5)
     with pytest.raises(Exception, match="model2 input is not a model"):
-        merge_models.execute(None, model1=model, model2=Handle(), ratio=0.5)
+        merge_models.execute(None, model1=_loaded_model(engine), model2=Handle(), ratio=0.5)
 
 
 def _loaded_model(engine):
@@ -360,14 +353,14 @@ def test_studio_tiny_saved_reopens_with_its_own_tokenizer(tmp_path):
     assert np.abs(pictures[0] - pictures[1]).max() <= 2e-2
 
 
-def test_save_checkpoint_refuses_a_lora_or_a_transformer(engine):
-    from nodes.lora import LoraPatch
+def test_save_checkpoint_refuses_a_transformer_and_names_it(engine):
+    from dataclasses import replace
+
     from nodes.merge import save_checkpoint
 
-    model = _loaded_model(engine)
-    carrying = model.with_patch(LoraPatch("style.safetensors", "/x", ("x",)), 1.0)
-    with pytest.raises(Exception, match="the model input has a LoRA, which Save Checkpoint"):
-        save_checkpoint.execute(None, model=carrying, clip=_loaded(engine, "clip"),
+    flux = replace(_loaded_model(engine), family="flux")
+    with pytest.raises(Exception, match=r"writes SD 1\.x and SDXL checkpoints; this model is Flux"):
+        save_checkpoint.execute(None, model=flux, clip=_loaded(engine, "clip"),
                                 vae=_loaded(engine, "vae"))  # fmt: skip
 
 
@@ -398,3 +391,56 @@ def test_an_sdxl_checkpoint_saved_reopens_with_its_picture(models_root, tmp_path
     (root / "checkpoints" / "xl.safetensors").symlink_to(path)
     pictures = [_checkpoint(engine, name) for name in ("tiny-sdxl", "xl.safetensors")]
     assert np.abs(pictures[0] - pictures[1]).max() <= 2e-2
+
+
+def test_flux_transformers_merge_as_their_hand_merged_file(tmp_path):
+    """Diffusion transformers merge like UNets: two Flux files in diffusion_models, merged
+    at 0.3, draw the picture of the file merged by hand."""
+    import dit_fixtures as dfx
+
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    parts = dfx.tiny_flux()
+    a = parts["transformer"]
+    b = copy.deepcopy(a)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3 * (p.std() if p.numel() > 1 else 1))
+    hand = copy.deepcopy(a)
+    with torch.no_grad():
+        for p, q in zip(hand.state_dict().values(), b.state_dict().values(), strict=True):
+            p.copy_(0.3 * p + 0.7 * q)
+    root = tmp_path / "models"
+    for d in ("diffusion_models", "text_encoders", "vae"):
+        (root / d).mkdir(parents=True)
+    for name, t in (("a", a), ("b", b), ("hand", hand)):
+        dfx.save(dfx.to_original(t, "flux"), root / "diffusion_models" / f"{name}.safetensors")
+    dfx.save(
+        dfx.clip_file_state(parts["text_encoder"]), root / "text_encoders" / "clip_l.safetensors"
+    )
+    dfx.save(dfx.t5_file_state(parts["text_encoder_2"]), root / "text_encoders" / "t5.safetensors")
+    dfx.save(dfx.ldm_vae(parts["vae"]), root / "vae" / "ae.safetensors")
+    settings = Settings(models_root=str(root), output_dir=str(tmp_path / "out"))
+    engine = Engine(installed_registry(), settings=settings)
+
+    def picture(*unets: str, ratio: float = 0.3) -> np.ndarray:
+        wf = Workflow(installed_registry())
+        loads = [wf.add_node("load_diffusion_model", {"unet_name": f"{u}.safetensors"}).id
+                 for u in unets]  # fmt: skip
+        model = (loads[0], "model")
+        if len(loads) == 2:
+            m = wf.add_node("merge_models", {"ratio": ratio}).id
+            wf.connect(loads[0], "model", m, "model1")
+            wf.connect(loads[1], "model", m, "model2")
+            model = (m, "model")
+        clip = wf.add_node("load_text_encoders", {"clip_name1": "clip_l.safetensors",
+                                                  "clip_name2": "t5.safetensors",
+                                                  "type": "flux"}).id  # fmt: skip
+        vae = wf.add_node("load_vae", {"vae_name": "ae.safetensors", "latent_scale": "flux"}).id
+        return _picture(engine, wf, model, (clip, "clip"), (vae, "vae"))
+
+    got = picture("a", "b")
+    assert np.abs(got - picture("hand")).max() <= 1e-5
+    assert np.abs(got - picture("a")).max() > 1e-3
