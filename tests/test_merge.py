@@ -101,13 +101,14 @@ def engine(merge_root, tmp_path):
     return Engine(installed_registry(), settings=settings)
 
 
-def _picture(engine, wf, model, clip, vae) -> np.ndarray:
+def _picture(engine, wf, model, clip, vae, sampler: dict | None = None) -> np.ndarray:
     """Sample from (node, output) model / clip / vae sources in ``wf``."""
     add, c = wf.add_node, wf.connect
     pos = add("text_encode", {"text": PROMPT}).id
     neg = add("text_encode", {"text": NEGATIVE}).id
     lat = add("empty_latent", {"width": 64, "height": 64}).id
-    s = add("sampler", {"seed": SEED, "steps": 3, "cfg": 6.0, "sampler": "euler"}).id
+    params = sampler or {"seed": SEED, "steps": 3, "cfg": 6.0, "sampler": "euler"}
+    s = add("sampler", params).id
     dec = add("vae_decode").id
     for node in (pos, neg):
         c(*clip, node, "clip")
@@ -210,27 +211,11 @@ def test_comfyui_merge_nodes_import_run_and_export(engine):
     assert out["11"]["inputs"] == api["11"]["inputs"]
     run = engine.run(wf, targets=["7"])
     assert run.ok, run.errors
-    # the same merge, hand-built, sampled with the KSampler's (ComfyUI's) schedule
     hand = Workflow(installed_registry())
     ck = hand.add_node("load_checkpoint", {"ckpt_name": "by-hand-simple"}).id
-    add, c = hand.add_node, hand.connect
-    pos, neg = add("text_encode", {"text": PROMPT}).id, add("text_encode", {"text": NEGATIVE}).id
-    params = dict(wf.get_node("6").params)
-    s = add("sampler", params).id
-    lat = add("empty_latent", {"width": 64, "height": 64}).id
-    dec = add("vae_decode").id
-    for node in (pos, neg):
-        c(ck, "clip", node, "clip")
-    c(ck, "model", s, "model")
-    c(pos, "conditioning", s, "positive")
-    c(neg, "conditioning", s, "negative")
-    c(lat, "latent", s, "latent")
-    c(s, "latent", dec, "latent")
-    c(ck, "vae", dec, "vae")
-    want = engine.run(hand, targets=[dec])
-    assert want.ok, want.errors
-    got = run.outputs["7"]["image"].numpy()
-    assert np.abs(got - want.outputs[dec]["image"].numpy()).max() <= 1e-5
+    sampler = dict(wf.get_node("6").params)  # the KSampler's: ComfyUI's schedule
+    want = _picture(engine, hand, (ck, "model"), (ck, "clip"), (ck, "vae"), sampler)
+    assert np.abs(run.outputs["7"]["image"].numpy() - want).max() <= 1e-5
 
 
 def _run_error(engine, wf, target) -> str:

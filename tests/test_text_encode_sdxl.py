@@ -113,12 +113,12 @@ def test_on_another_family_it_says_to_use_text_encode(engine):
     assert "Traceback" not in message
 
 
-def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_root):
-    values = {"width": 2048, "height": 1536, "crop_w": 16, "crop_h": 8, "target_width": 1024,
-              "target_height": 768, "text_g": TEXT_G, "text_l": TEXT_L}  # fmt: skip
-    api = {
+def sdxl_api(encode_inputs: dict) -> dict:
+    """A ComfyUI txt2img prompt on tiny-sdxl whose positive prompt is CLIPTextEncodeSDXL
+    (node "2") with these inputs."""
+    return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl"}},
-        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": {**values, "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": encode_inputs},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
                                                            "batch_size": 1}},
@@ -128,6 +128,12 @@ def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_
             "negative": ["3", 0], "latent_image": ["4", 0]}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
     }  # fmt: skip
+
+
+def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_root):
+    values = {"width": 2048, "height": 1536, "crop_w": 16, "crop_h": 8, "target_width": 1024,
+              "target_height": 768, "text_g": TEXT_G, "text_l": TEXT_L}  # fmt: skip
+    api = sdxl_api({**values, "clip": ["1", 1]})
     result = import_comfyui(api, installed_registry(), source="sdxl.json")
     wf = result.workflow
     node = wf.get_node("2")
@@ -146,22 +152,11 @@ def test_comfyuis_clip_text_encode_sdxl_imports_runs_and_exports(engine, models_
 def test_clip_set_last_layer_before_clip_text_encode_sdxl_is_its_clip_skip(engine):
     """CLIP Set Last Layer -3 feeding CLIPTextEncodeSDXL becomes its clip skip 3 (SDXL's own
     layer is -2), draws the picture of Text Encode (SDXL) at clip skip 3, and exports back."""
-    api = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl"}},
-        "9": {"class_type": "CLIPSetLastLayer",
-              "inputs": {"stop_at_clip_layer": -3, "clip": ["1", 1]}},
-        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": {
-            **sizes(64, 64, (0, 0), (64, 64)), "text_g": TEXT_G, "text_l": TEXT_L,
-            "clip": ["9", 0]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
-                                                           "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1.0, "model": ["1", 0], "positive": ["2", 0],
-            "negative": ["3", 0], "latent_image": ["4", 0]}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-    }  # fmt: skip
+    encode = {**sizes(64, 64, (0, 0), (64, 64)), "text_g": TEXT_G, "text_l": TEXT_L,
+              "clip": ["9", 0]}  # fmt: skip
+    api = sdxl_api(encode)
+    api["9"] = {"class_type": "CLIPSetLastLayer",
+                "inputs": {"stop_at_clip_layer": -3, "clip": ["1", 1]}}  # fmt: skip
     result = import_comfyui(api, installed_registry(), source="sdxl.json")
     wf = result.workflow
     assert not wf.has_node("9") and wf.get_node("2").params["clip_skip"] == 3
