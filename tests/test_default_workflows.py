@@ -19,7 +19,10 @@ from studio.modelfiles import RESOURCES, ModelFiles
 from studio.settings import Settings
 
 WORKFLOWS = RESOURCES / "workflows"
-NAMES = ("txt2img", "img2img", "inpaint", "controlnet", "lora", "hires_upscale", "txt2img_sd3")
+NAMES = (
+    "txt2img", "img2img", "inpaint", "controlnet", "lora", "merge_models", "hires_upscale",
+    "txt2img_sd3",
+)  # fmt: skip
 #: Once studio-tiny-flux is trained (on a GPU: benchmarks/gpu_train_flux.sh) and unpacked into
 #: resources/models/checkpoints, txt2img_flux is a default workflow on it too.
 if (RESOURCES / "models" / "checkpoints" / "studio-tiny-flux").is_dir():
@@ -177,6 +180,58 @@ def test_lora_changes_the_picture_and_strength_0_is_the_plain_model(engine, fres
     assert without.ok, without.errors
     a, b = pixels(with_lora.images[-1]), pixels(without.images[-1])
     assert abs(a - b).mean() > 3
+
+
+def test_merge_models_lies_between_its_two_models_and_its_saved_checkpoint_draws_it(
+    engine, fresh_settings, tmp_path
+):
+    import shutil
+
+    from studio.engine import Engine
+
+    wf = open_default("merge_models")
+    merge = next(n for n in wf.nodes if n.type == "merge_models")
+    result = engine.run(wf)
+    assert result.ok, result.errors
+    half = pixels(result.images[-1])
+    ends = []
+    for ratio in (1.0, 0.0):  # model1 (with the LoRA) alone, model2 alone
+        wf.set_param(merge.id, "ratio", ratio)
+        end = engine.run(wf)
+        assert end.ok, end.errors
+        ends.append(pixels(end.images[-1]))
+    assert abs(ends[0] - ends[1]).mean() > 3
+    assert 0 < abs(half - ends[0]).mean() < abs(ends[1] - ends[0]).mean()
+    assert 0 < abs(half - ends[1]).mean() < abs(ends[1] - ends[0]).mean()
+    # the saved merge, moved to the models folder, draws the merged picture by itself
+    saved = sorted((fresh_settings.output_path / "checkpoints").glob("*.safetensors"))
+    assert len(saved) == 3  # one a run: ratios 0.5, 1 and 0
+    saved = saved[0]
+    folder = tmp_path / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(saved, folder / "half-outline.safetensors")
+    settings = Settings(models_root=str(tmp_path / "models"), output_dir=str(tmp_path / "o"),
+                        device="cpu")  # fmt: skip
+    sampler = next(n for n in wf.nodes if n.type == "sampler")
+    wf2 = recipe_from(wf, sampler, "half-outline.safetensors")
+    plain = Engine(installed_registry(), settings=settings).run(wf2)
+    assert plain.ok, plain.errors
+    assert abs(pixels(plain.images[-1]) - half).mean() < 1.0
+
+
+def recipe_from(wf, sampler, ckpt):
+    """txt2img with the workflow's prompts and sampler params on checkpoint ``ckpt``."""
+    from studio import recipes
+
+    texts = [wf.get_node(wf.link_into(sampler.id, side).source).params["text"]
+             for side in ("positive", "negative")]  # fmt: skip
+    p = sampler.params
+    out, _ = recipes.txt2img(
+        installed_registry(), ckpt, texts[0], negative=texts[1], seed=p["seed"],
+        steps=p["steps"], cfg=p["cfg"], sampler=p["sampler"], scheduler=p["scheduler"],
+        width=64, height=64, output="preview_image",
+    )  # fmt: skip
+    return out
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -351,6 +351,35 @@ def lora() -> Workflow:
     return b.wf
 
 
+def merge_models() -> Workflow:
+    b = Builder("merge_models")
+    b.note(
+        "Merging: Merge Models mixes two models weight by weight, here studio-tiny with its "
+        "'outline' LoRA folded in (model1) and studio-tiny itself (model2), half of each: "
+        "shapes come out between filled and outlined. Move ratio towards 1 for more of "
+        "model1. Save Checkpoint writes the merge as one .safetensors under the output "
+        "folder's checkpoints/ (move it to models/checkpoints to load it)."
+    )
+    b.add("checkpoint", "load_checkpoint", 0, {"ckpt_name": CHECKPOINT})
+    b.add("lora", "load_lora", 1, {"lora_name": LORA, "strength_model": 1.0,
+                                   "strength_clip": 1.0})  # fmt: skip
+    b.link("checkpoint", "model", "lora", "model")
+    b.link("checkpoint", "clip", "lora", "clip")
+    b.add("merge", "merge_models", 2, {"ratio": 0.5})
+    b.link("lora", "model", "merge", "model1")
+    b.link("checkpoint", "model", "merge", "model2")
+    b.add("save_checkpoint", "save_checkpoint", 2,
+          {"filename_prefix": "checkpoints/studio-tiny-half-outline"})  # fmt: skip
+    b.link("merge", "model", "save_checkpoint", "model")
+    b.link("checkpoint", "clip", "save_checkpoint", "clip")
+    b.link("checkpoint", "vae", "save_checkpoint", "vae")
+    prompts(b, 3, "a large red circle on a blue background, left")
+    b.add("latent", "empty_latent", 3, {"width": SIZE, "height": SIZE, "batch_size": 1})
+    sample(b, "sampler", 4, "latent", sampler_params(seed=0), model="merge")
+    decode_and_save(b, 5, "sampler", "merge_models")
+    return b.wf
+
+
 def hires_upscale() -> Workflow:
     b = Builder("hires_upscale")
     b.note(
@@ -605,6 +634,7 @@ WORKFLOWS: dict[str, Callable[[], Workflow]] = {
     "inpaint": inpaint,
     "controlnet": controlnet,
     "lora": lora,
+    "merge_models": merge_models,
     "hires_upscale": hires_upscale,
     "txt2img_sd3": functools.partial(txt2img, TXT2IMG_SD3),
     "txt2img_flux": txt2img_flux,
