@@ -118,15 +118,18 @@ def load_merged(source: Any, component: str, dtype: Any) -> Any:
     from nodes import lora, sdload
 
     op, a, b, params, components = source.merge
-    first = sdload.load_component(a, component, dtype)
     if component not in components:
-        return first
+        return sdload.load_component(a, component, dtype)
     if op == "lora":
         family, loras = params
+        first = sdload.load_component(a, component, dtype)
         lora.bake(first, component, loras, family)
         return first
-    second = sdload.load_component(b, component, dtype)
-    theirs = second.state_dict()
+    # The second model first, kept as compactly as it is exact (an fp16 file's weights in
+    # fp16), so that loading the first, whose reading needs most memory, does not find a
+    # whole second module beside it.
+    theirs = _compact(sdload.load_component(b, component, dtype).state_dict())
+    first = sdload.load_component(a, component, dtype)
     merged = 0
     with torch.no_grad():
         for key, mine in first.state_dict().items():
@@ -141,13 +144,28 @@ def load_merged(source: Any, component: str, dtype: Any) -> Any:
             ca, cb = coefficients(op, params, key)
             mine.copy_((ca * mine.float() + cb * other.float()).to(mine.dtype))
             merged += 1
-    del second, theirs
+    del theirs
     if not merged:
         raise NodeError(
             f"{b.name or b.path} has no {component} weight of the shape {a.name or a.path}'s "
             "has: merge models of one architecture"
         )
     return first
+
+
+def _compact(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each float32 tensor that fp16 holds exactly stored in fp16 (what an
+    fp16 checkpoint's weights become when loaded for the CPU): half the memory, no change."""
+    import torch
+
+    out = {}
+    for key, t in state.items():
+        if t.dtype == torch.float32:
+            half = t.half()
+            if torch.equal(half.float(), t):
+                t = half
+        out[key] = t
+    return out
 
 
 def _plain(value: Any, label: str) -> None:
