@@ -168,6 +168,34 @@ def _compact(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Stability AI's model spec architecture of each family (what ComfyUI's CheckpointSave
+#: writes, and what model sites read to tell what a file is).
+_MODELSPEC_ARCHITECTURES = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sd2-v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+
+
+def _modelspec(family: str, title: str) -> dict[str, str]:
+    arch = _MODELSPEC_ARCHITECTURES.get(family)
+    if arch is None:
+        return {}
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": arch,
+        "modelspec.implementation": "sgm" if family == "sdxl" else "ldm",
+        "modelspec.title": title,
+    }
+
+
+def _workflow_json(ctx: Any) -> str:
+    from nodes.image import _workflow_json as workflow_json
+
+    return workflow_json(ctx) if getattr(ctx, "workflow", None) is not None else ""
+
+
 def _plain(value: Any, label: str) -> None:
     from nodes.lora import LoraPatch
 
@@ -445,7 +473,11 @@ def save_checkpoint(
             sdload.get_tokenizer(ctx, folder_or_file, pad)
         )
     text = json.dumps(meta, sort_keys=True, separators=(",", ":"), default=list)
-    data = save(ldm, metadata={sdload.SIDECAR_METADATA_KEY: text})
+    metadata = {sdload.SIDECAR_METADATA_KEY: text, **_modelspec(model.family, stem)}
+    workflow = _workflow_json(ctx)
+    if workflow:  # the file is its own recipe, as a saved image is
+        metadata["studio_workflow"] = workflow
+    data = save(ldm, metadata=metadata)
     target = write_numbered(folder, stem, ".safetensors", data)
     ctx.run_info.setdefault("saved", []).append(str(target))
     return {}

@@ -5,6 +5,7 @@ ComfyUI files with the merge nodes import, run and export, bad inputs are refuse
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,6 +305,48 @@ def test_a_saved_merge_loads_as_a_checkpoint_and_draws_the_same_picture(engine, 
     want = _checkpoint(engine, "by-hand-simple")
     assert np.abs(got - want).max() <= 2e-2  # the file is fp16
     assert np.abs(got - _checkpoint(engine, "a")).max() > 5e-2
+
+
+def test_a_saved_checkpoint_carries_its_workflow_and_model_spec(engine):
+    """Model sites read Stability's model spec to tell what a file is; the workflow makes
+    the file its own recipe, as a saved image is."""
+    import json
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    from nodes.merge import save_checkpoint
+    from studio.graph.fileformat import loads_workflow
+
+    wf = Workflow(installed_registry())
+    ck = wf.add_node("load_checkpoint", {"ckpt_name": "a"}).id
+    save = wf.add_node("save_checkpoint", {"filename_prefix": "spec"}).id
+    for out in ("model", "clip", "vae"):
+        wf.connect(ck, out, save, out)
+    with safe_open(_saved(engine, wf), "pt") as f:
+        meta = f.metadata()
+    saved = loads_workflow(meta["studio_workflow"], registry=installed_registry())
+    assert [n.type for n in saved.nodes] == ["load_checkpoint", "save_checkpoint"]
+    assert "modelspec.architecture" not in meta  # a custom UNet has no spec architecture
+    assert json.loads(meta["studio"])["family"] == "custom"
+
+    class Ctx:  # the node alone, as an SD 1.x model
+        workflow = None
+        settings = engine.settings
+        check_interrupt = staticmethod(lambda: None)
+
+        def __init__(self):
+            self.run_info: dict = {}
+
+    model = replace(_loaded_model(engine), family="sd1")
+    clip = replace(_loaded(engine, "clip"), family="sd1")
+    save_checkpoint.execute(Ctx(), model=model, clip=clip, vae=_loaded(engine, "vae"),
+                            filename_prefix="sd1")  # fmt: skip
+    (path,) = Path(engine.settings.output_path).glob("sd1_*.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1"
+    assert meta["modelspec.title"] == "sd1" and "studio_workflow" not in meta
 
 
 def test_studio_tiny_saved_reopens_with_its_own_tokenizer(tmp_path):
