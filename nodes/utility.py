@@ -40,3 +40,15 @@ def primitive_float(ctx, value: float) -> float:
 )
 def primitive_string(ctx, value: str) -> str:
     return value
+
+
+@node(
+    "primitive_boolean",
+    title="Boolean",
+    category="utility",
+    description="On or off, to feed into several nodes (a shared switch).",
+    inputs=[InputSpec("value", T.BOOLEAN, default=False, tooltip="On or off.")],
+    outputs=[OutputSpec("value", T.BOOLEAN)],
+)
+def primitive_boolean(ctx, value: bool) -> bool:
+    return bool(value)

@@ -181,3 +181,40 @@ def test_comfyuis_output_annotation_loads_from_the_output_folder(tmp_path):
     assert result.ok, result.errors
     shown = result.node_images["2"][0]
     assert shown.size == (12, 7) and shown.getpixel((3, 3)) == (0, 255, 0)
+
+
+def test_primitive_nodes_feed_the_helpers_params(tmp_path):
+    """ComfyUI's PrimitiveBoolean / PrimitiveInt / PrimitiveString feed widgets turned into
+    inputs: Image Stitch's match_image_size and spacing, String Concatenate's text."""
+    from studio.engine import Engine
+    from studio.settings import Settings
+
+    api = {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "EmptyImage",
+              "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 0}},
+        "10": {"class_type": "PrimitiveBoolean", "inputs": {"value": False}},
+        "11": {"class_type": "PrimitiveInt", "inputs": {"value": 6}},
+        "12": {"class_type": "PrimitiveString", "inputs": {"value": "oil painting"}},
+        "3": {"class_type": "ImageStitch", "inputs": {
+            "image1": ["1", 0], "image2": ["2", 0], "direction": "right",
+            "match_image_size": ["10", 0], "spacing_width": ["11", 0],
+            "spacing_color": "white"}},
+        "4": {"class_type": "GetImageSize", "inputs": {"image": ["3", 0]}},
+        "5": {"class_type": "StringConcatenate",
+              "inputs": {"string_a": "a cat", "string_b": ["12", 0], "delimiter": ", "}},
+    }  # fmt: skip
+    result = import_comfyui(api, installed_registry(), source="p.json")
+    wf = result.workflow
+    assert wf.get_node("10").type == "primitive_boolean", result.report
+    assert export_comfyui_api(wf)["10"] == {
+        "class_type": "PrimitiveBoolean", "inputs": {"value": False}, "_meta": {"title": "Boolean"}
+    }  # fmt: skip
+    run_result = Engine(installed_registry(), settings=Settings(models_root=str(tmp_path))).run(
+        wf, targets=["4", "5"]
+    )
+    assert run_result.ok, run_result.errors
+    size = run_result.outputs["4"]
+    assert (size["width"], size["height"]) == (16 + 6 + 4, 8)  # not matched: image2 as it is
+    assert run_result.outputs["5"]["string"] == "a cat, oil painting"

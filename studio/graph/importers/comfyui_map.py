@@ -917,6 +917,7 @@ NODE_MAPS: dict[str, NodeMap] = {
     "PrimitiveInt": NodeMap("primitive_int", "Int", ("value",), outputs=("value",), trailing=1),
     "PrimitiveFloat": NodeMap("primitive_float", "Float", ("value",), outputs=("value",)),
     "PrimitiveString": NodeMap("primitive_string", "String", ("value",), outputs=("value",)),
+    "PrimitiveBoolean": NodeMap("primitive_boolean", "Boolean", ("value",), outputs=("value",)),
     "PrimitiveStringMultiline": NodeMap(
         "primitive_string", "String (Multiline)", ("value",), outputs=("value",)
     ),
