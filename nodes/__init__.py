@@ -17,6 +17,7 @@ BUILTIN_MODULES: list[str] = [
     "loaders",
     "dit_nodes",
     "redux_nodes",
+    "ipadapter_nodes",
     "conditioning",
     "latent",
     "sampling",

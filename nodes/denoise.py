@@ -244,6 +244,20 @@ def _sample_unet(
         )
     unet = get_module(ctx, model.source, "unet")
     lora.activate(ctx, unet, "unet", model.patches, model.family)
+    from nodes.ipadapter import installed
+
+    with installed(ctx, unet, model.ip_adapters):
+        return _sample_loaded_unet(
+            ctx, model, unet, pos, neg, latent, seed=seed, steps=steps, cfg=cfg,
+            sampler=sampler, scheduler=scheduler, denoise=denoise, window=window,
+        )  # fmt: skip
+
+
+def _sample_loaded_unet(
+    ctx: Any, model: ModelHandle, unet: Any, pos: list[Cond], neg: list[Cond],
+    latent: dict[str, Any], *, seed: int, steps: int, cfg: float, sampler: str,
+    scheduler: str, denoise: float, window: StepWindow | None,
+) -> dict[str, Any]:  # fmt: skip
     for name, conds in (("positive", pos), ("negative", neg)):
         for c in conds:
             _check_cond(c, name, model, unet)
@@ -511,6 +525,11 @@ def _text_conditioning(
     added = None
     if unet.config.addition_embed_type == "text_time":
         added = _sdxl_added_cond(model, pos, neg, samples, do_cfg, device, dtype)
+    if model.ip_adapters:
+        from nodes.ipadapter import image_embeds
+
+        embeds_ip = image_embeds(model.ip_adapters, batch, do_cfg, device, dtype)
+        added = {**(added or {}), "image_embeds": embeds_ip}
     timestep_cond = None
     time_cond_dim = unet.config.time_cond_proj_dim
     if time_cond_dim is not None:

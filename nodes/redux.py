@@ -55,11 +55,6 @@ def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
             f"{label}: not a CLIP Vision model (no {PATCH_KEY}); put SigLIP "
             "(sigclip_vision_patch14_384.safetensors) in clip_vision"
         )
-    if f"{p}embeddings.class_embedding" in shapes or f"{p}pre_layrnorm.weight" in shapes:
-        raise NodeError(
-            f"{label}: a CLIP-ViT image encoder; Studio reads only SigLIP ones yet "
-            "(sigclip_vision_patch14_384.safetensors, for FLUX.1 Redux)"
-        )
     try:
         width, channels, patch, _ = shapes[f"{p}{PATCH_KEY}"]
         positions = shapes[f"{p}embeddings.position_embedding.weight"][0]
@@ -94,39 +89,112 @@ def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
     }
 
 
+#: CLIP-ViT towers' head counts by width (ViT-B/16, ViT-L/14, ViT-H/14, ViT-bigG/14: their
+#: heads are not 64 wide throughout, and the count is not in the shapes).
+CLIP_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16, 1664: 16}
+#: CLIP's image normalisation (OpenAI's, which the LAION towers keep).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def is_clip_vit(shapes: dict[str, Any]) -> bool:
+    """A CLIP-ViT tower (class embedding, pre-layernorm), not a SigLIP one."""
+    p = vision_prefix(shapes) or ""
+    return f"{p}embeddings.class_embedding" in shapes or f"{p}pre_layrnorm.weight" in shapes
+
+
+def clip_vit_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
+    """CLIPVisionConfig's values from a CLIP-ViT tower's tensor shapes (ComfyUI's
+    clip_vision files: ViT-H/14 and ViT-bigG/14 for IP-Adapter, OpenAI's ViT-L/14)."""
+    p = vision_prefix(shapes) or ""
+    try:
+        width, channels, patch, _ = shapes[f"{p}{PATCH_KEY}"]
+        positions = shapes[f"{p}embeddings.position_embedding.weight"][0]
+        inner = shapes[f"{p}encoder.layers.0.mlp.fc1.weight"][0]
+        projection = shapes["visual_projection.weight"][0]
+    except (KeyError, ValueError, IndexError):
+        raise NodeError(
+            f"{label}: not a CLIP-ViT image encoder with a projection (its tensors are not "
+            "CLIPVisionModelWithProjection's)"
+        ) from None
+    side = math.isqrt(positions - 1)
+    if min(width, channels, patch, inner, projection) < 1 or side * side != positions - 1:
+        raise NodeError(f"{label}: its position embeddings are not a square of patches")
+    layers = 0
+    while f"{p}encoder.layers.{layers}.mlp.fc1.weight" in shapes:
+        layers += 1
+    heads = CLIP_HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    if width % heads:
+        raise NodeError(f"{label}: a width of {width} does not split into attention heads")
+    return {
+        "hidden_size": width,
+        "intermediate_size": inner,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_channels": channels,
+        "image_size": side * patch,
+        "patch_size": patch,
+        "projection_dim": projection,
+        # OpenAI's ViT-L/14 (1024 wide) uses quick GELU, the LAION towers GELU
+        "hidden_act": "quick_gelu" if width == 1024 else "gelu",
+        "layer_norm_eps": 1e-5,
+    }
+
+
 def load_clip_vision(ctx: Any, name: str) -> ClipVisionHandle:
     path = Path(ctx.model_files.resolve("clip_vision", name))
-    config = siglip_config(file_shapes(path, path.name), path.name)
-    handle = ClipVisionHandle(
-        str(path), ctx.files.identity(path), config, image_size=config["image_size"]
-    )
-    _siglip(ctx, handle)  # a damaged file fails here, naming it
+    shapes = file_shapes(path, path.name)
+    if is_clip_vit(shapes):
+        config = clip_vit_config(shapes, path.name)
+        handle = ClipVisionHandle(
+            str(path), ctx.files.identity(path), config, image_size=config["image_size"],
+            mean=CLIP_MEAN, std=CLIP_STD, kind="clip",
+        )  # fmt: skip
+    else:
+        config = siglip_config(shapes, path.name)
+        handle = ClipVisionHandle(
+            str(path), ctx.files.identity(path), config, image_size=config["image_size"]
+        )
+    vision_model(ctx, handle)  # a damaged file fails here, naming it
     return handle
 
 
-def _siglip(ctx: Any, handle: ClipVisionHandle) -> Any:
+def vision_model(ctx: Any, handle: ClipVisionHandle) -> Any:
+    """The image encoder of ``handle`` on the compute device, shared through ``ctx.models``:
+    transformers' SiglipVisionModel, or CLIPVisionModelWithProjection for a CLIP-ViT."""
     dtype = ctx.dtype
     key = ("clip_vision", *handle.identity, str(dtype))
-    label = f"{Path(handle.path).name} (SigLIP)"
+    clip = handle.kind == "clip"
+    label = f"{Path(handle.path).name} ({'CLIP-ViT' if clip else 'SigLIP'})"
 
     def load() -> Any:
         from accelerate import init_empty_weights
-        from transformers import SiglipVisionConfig, SiglipVisionModel
 
         from nodes.sdload import _assign
         from nodes.weightfiles import read_state_dict
 
         raw = read_state_dict(Path(handle.path))
-        with init_empty_weights():
-            model = SiglipVisionModel(SiglipVisionConfig(**handle.config))
+        if clip:
+            from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+            with init_empty_weights():
+                model = CLIPVisionModelWithProjection(CLIPVisionConfig(**handle.config))
+        else:
+            from transformers import SiglipVisionConfig, SiglipVisionModel
+
+            with init_empty_weights():
+                model = SiglipVisionModel(SiglipVisionConfig(**handle.config))
         # The file's prefix (ComfyUI's: vision_model.) for the model's own (none in
-        # transformers 5).
+        # transformers 5's SigLIP).
         p, own = vision_prefix(raw) or "", vision_prefix(model.state_dict()) or ""
         state = {
             own + k[len(p) :]: v.to(dtype)
             for k, v in raw.items()
             if k.startswith(p) and not k[len(p) :].startswith("head.")
         }
+        if clip:
+            state["visual_projection.weight"] = raw["visual_projection.weight"].to(dtype)
+            state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
         _assign(model, state, label)
         return model.eval()
 
@@ -159,16 +227,26 @@ def encode_image(ctx: Any, handle: ClipVisionHandle, image: Any, crop: str) -> C
 
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or 0 in image.shape[:3]:
         raise NodeError("the image input is not an image (or is empty)")
-    model = _siglip(ctx, handle)
+    model = vision_model(ctx, handle)
     pixels = preprocess(image, handle.image_size, handle.mean, handle.std, crop)
     param = next(model.parameters())
 
-    def run() -> torch.Tensor:
+    def run() -> ClipVisionOutput:
         with torch.no_grad():
-            out = model(pixel_values=pixels.to(device=param.device, dtype=param.dtype))
-        return out.last_hidden_state.float().cpu()
+            out = model(
+                pixel_values=pixels.to(device=param.device, dtype=param.dtype),
+                output_hidden_states=handle.kind == "clip",
+            )
+        if handle.kind != "clip":
+            return ClipVisionOutput(out.last_hidden_state.float().cpu())
+        return ClipVisionOutput(
+            out.last_hidden_state.float().cpu(),
+            kind="clip",
+            image_embeds=out.image_embeds.float().cpu(),
+            penultimate_hidden_states=out.hidden_states[-2].float().cpu(),
+        )
 
-    return ClipVisionOutput(with_oom_advice(run, "encoding the reference image"))
+    return with_oom_advice(run, "encoding the reference image")
 
 
 # -- the style model ----------------------------------------------------------------------------
@@ -236,6 +314,11 @@ def apply_style(ctx: Any, conditioning: Any, style: Any, vision: Any, strength: 
         raise NodeError("the style_model input is not a style model: connect Load Style Model")
     if not isinstance(vision, ClipVisionOutput):
         raise NodeError("the clip_vision_output input is not one: connect CLIP Vision Encode")
+    if vision.kind != "siglip":
+        raise NodeError(
+            "FLUX.1 Redux reads a SigLIP encoder's image tokens; this CLIP Vision output is a "
+            "CLIP-ViT's (IP-Adapter's encoder): load sigclip_vision_patch14_384.safetensors"
+        )
     for c in conditioning:
         if c.family != "flux":
             family = FAMILY_TITLES.get(c.family, "Stable Diffusion 1.x / 2.x / XL")

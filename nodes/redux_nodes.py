@@ -30,6 +30,8 @@ class ClipVisionHandle:
     image_size: int = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    #: ``siglip`` (FLUX.1 Redux's) or ``clip`` (a CLIP-ViT with its projection: IP-Adapter's)
+    kind: str = "siglip"
 
     def __studio_nbytes__(self) -> int:
         return 256
@@ -42,6 +44,11 @@ class ClipVisionOutput:
 
     last_hidden_state: Any
     kind: str = "siglip"
+    #: A CLIP-ViT's projected image embedding [images, projection] and its penultimate
+    #: layer [images, tokens, width] (what IP-Adapter and IP-Adapter Plus read); None for
+    #: SigLIP.
+    image_embeds: Any = None
+    penultimate_hidden_states: Any = None
 
     def __studio_nbytes__(self) -> int:
         t = self.last_hidden_state

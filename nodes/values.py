@@ -142,6 +142,9 @@ class ModelHandle:
     #: FreeU (the FreeU / FreeU V2 nodes; SD models): b1, b2, s1, s2 and "v1" or "v2";
     #: None: off.
     freeu: tuple[float, float, float, float, str] | None = None
+    #: Apply IP-Adapter's adapters with their reference embeddings and weights
+    #: (``nodes.ipadapter_nodes.IPAdapterUse``; SD models), in the order applied.
+    ip_adapters: tuple[Any, ...] = field(default=(), compare=False, hash=False)
 
     @property
     def unet_config(self) -> dict[str, Any]:

@@ -39,9 +39,12 @@ MODEL_FOLDER_NOTES: dict[str, str] = {
     "embeddings": "Textual-inversion embeddings (.safetensors, .pt), used as "
     "embedding:NAME in a prompt.",
     "clip_vision": "Image encoders for reference images: SigLIP (sigclip_vision_patch14_384"
-    ".safetensors, for FLUX.1 Redux).",
+    ".safetensors, for FLUX.1 Redux) and CLIP-ViT (CLIP-ViT-H-14-laion2B-s32B-b79K"
+    ".safetensors, CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors, for IP-Adapter).",
     "style_models": "Style models that turn an encoded reference image into prompt tokens: "
     "FLUX.1 Redux (flux1-redux-dev.safetensors).",
+    "ipadapter": "IP-Adapters for SD 1.x / SDXL (ip-adapter_sd15.safetensors, "
+    "ip-adapter-plus_sd15.safetensors, ip-adapter_sdxl_vit-h.safetensors, ...).",
 }
 
 

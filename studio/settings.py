@@ -30,6 +30,7 @@ MODEL_FOLDERS = (
     "text_encoders",
     "clip_vision",
     "style_models",
+    "ipadapter",
 )
 
 #: The settings-file format written by ``Settings.save`` (its ``settings_version`` key).

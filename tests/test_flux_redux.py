@@ -68,7 +68,7 @@ def comfy_keys(vision) -> dict:
     """A vision tower's tensors under ``vision_model.``, as ComfyUI's clip_vision files
     (and the released SigLIP) hold them."""
     return {
-        k if k.startswith("vision_model.") else f"vision_model.{k}": v
+        k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": v
         for k, v in vision.state_dict().items()
     }
 
@@ -293,17 +293,18 @@ def test_redux_on_an_sd3_prompt_is_a_clear_error(root):
 
 
 def test_a_clip_vit_file_is_a_clear_error(engine, root):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    """A CLIP-ViT encoder (IP-Adapter's) loads, but Redux reads SigLIP tokens."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    vit = CLIPVisionModel(
-        CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=32, patch_size=8)
+    vit = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=64, intermediate_size=37, num_hidden_layers=1,
+                         num_attention_heads=1, image_size=32, patch_size=8, projection_dim=16)
     )  # fmt: skip
     fx.save(comfy_keys(vit), root / "clip_vision" / "clip_vit_tiny.safetensors")
     wf, dec = redux_graph(root, vision="clip_vit_tiny.safetensors")
     text = _errors(engine, wf, dec)
-    assert "clip_vit_tiny.safetensors" in text and "CLIP-ViT" in text and "SigLIP" in text
+    assert "FLUX.1 Redux reads a SigLIP encoder's image tokens" in text and "CLIP-ViT" in text
 
 
 def test_files_that_are_not_what_the_loaders_take_are_clear_errors(engine, root):

@@ -18,6 +18,7 @@ class ValueType(StrEnum):
     CLIP_VISION = "CLIP_VISION"
     CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
     STYLE_MODEL = "STYLE_MODEL"
+    IPADAPTER = "IPADAPTER"
     INT = "INT"
     FLOAT = "FLOAT"
     STRING = "STRING"
@@ -45,6 +46,7 @@ TYPE_COLORS: dict[ValueType, str] = {
     ValueType.CLIP_VISION: "#a1887f",
     ValueType.CLIP_VISION_OUTPUT: "#8d6e63",
     ValueType.STYLE_MODEL: "#7986cb",
+    ValueType.IPADAPTER: "#4fc3f7",
     ValueType.INT: "#aed581",
     ValueType.FLOAT: "#aed581",
     ValueType.STRING: "#e0e0e0",

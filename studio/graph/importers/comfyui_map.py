@@ -274,8 +274,17 @@ MULTI_TEXT_ENCODES: dict[str, tuple[str, ...]] = {
     "CLIPTextEncodeSD3": ("clip_l", "clip_g", "t5xxl", "empty_padding"),
 }
 
-#: Types from ComfyUI extensions that map (city96's ComfyUI-GGUF loaders).
-EXTENSION_TYPES = frozenset({"UnetLoaderGGUF", "DualCLIPLoaderGGUF", "TripleCLIPLoaderGGUF"})
+#: Types from ComfyUI extensions that map (city96's ComfyUI-GGUF loaders, cubiq's
+#: ComfyUI_IPAdapter_plus model loader and advanced apply node).
+EXTENSION_TYPES = frozenset(
+    {
+        "UnetLoaderGGUF",
+        "DualCLIPLoaderGGUF",
+        "TripleCLIPLoaderGGUF",
+        "IPAdapterModelLoader",
+        "IPAdapterAdvanced",
+    }
+)
 
 #: ComfyUI's Load Image (as Mask): imported as two Studio nodes.
 LOAD_IMAGE_MASK = "LoadImageMask"
@@ -875,6 +884,37 @@ NODE_MAPS: dict[str, NodeMap] = {
     ),
     # city96's ComfyUI-GGUF loaders (an extension, common on 8-16 GB cards): Studio reads
     # GGUF transformers and GGUF T5 encoders itself (CLIP as .safetensors).
+    # cubiq's ComfyUI_IPAdapter_plus (an extension; the usual way to IP-Adapter in ComfyUI).
+    "IPAdapterModelLoader": NodeMap(
+        "load_ipadapter", "IPAdapter Model Loader", ("ipadapter_file",), outputs=("ipadapter",)
+    ),
+    "IPAdapterAdvanced": NodeMap(
+        "apply_ipadapter",
+        "IPAdapter Advanced",
+        ("weight", "weight_type", "combine_embeds", "start_at", "end_at", "embeds_scaling"),
+        outputs=("model",),
+        unsupported={
+            "weight_type": (
+                "linear",
+                "its weight per block was dropped: Studio weighs all blocks alike (linear)",
+            ),
+            "combine_embeds": (
+                "concat",
+                "several reference pictures are used side by side (concat), not combined into one",
+            ),
+            "start_at": (0.0, "start_at was dropped: the adapter steers from the first step"),
+            "end_at": (1.0, "end_at was dropped: the adapter steers to the last step"),
+            "embeds_scaling": (
+                "V only",
+                "the weight scales the image attention's values only ('V only')",
+            ),
+        },
+        dropped_inputs={
+            "image_negative": "the negative reference picture was dropped (a black picture "
+            "or zeros is the negative)",
+            "attn_mask": "the attention mask was dropped: the reference steers the whole picture",
+        },
+    ),
     "UnetLoaderGGUF": NodeMap(
         "load_diffusion_model", "Unet Loader (GGUF)", ("unet_name",), outputs=("model",)
     ),
