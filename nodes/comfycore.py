@@ -193,9 +193,12 @@ def in_range(c: Any, t: float, train_steps: int = 1000) -> bool:
     """Whether a prompt acts at training timestep ``t`` (ComfyUI: sigma between the sigmas
     at ``start`` and ``end``, percent p being timestep (1 - p) * 999; 0 and 1 open)."""
     rng = c.extra.get("timestep_range")
-    if rng is None:
-        return True
-    start, end = rng
+    return True if rng is None else in_window(rng[0], rng[1], t, train_steps)
+
+
+def in_window(start: float, end: float, t: float, train_steps: int = 1000) -> bool:
+    """Whether training timestep ``t`` lies in the window from ``start`` to ``end``
+    (fractions of the denoising, ComfyUI's percents; 0 and 1 open)."""
     top = train_steps - 1
     if start > 0 and t > (1 - start) * top:
         return False

@@ -348,7 +348,7 @@ def _sample_loaded_unet(
             extra_inputs = tuple(t[..., top : top + h, left : left + w] for t in extra_inputs)
         return _NoisePrediction(
             unet, sched, text, cfg, guided, control, extra_inputs, total=len(timesteps),
-            guide=guided_by,
+            guide=guided_by, ip_adapters=model.ip_adapters,
         )  # fmt: skip
 
     if guide is not None and model.perp_neg is not None:
@@ -697,6 +697,8 @@ class _NoisePrediction:
     total: int
     #: How negative and positive combine (Rescale CFG, CFG-Zero*: CfgGuidance); None: plain cfg.
     guide: Any = None
+    #: Apply IP-Adapter's adapters (their processors are on the UNet for the run).
+    ip_adapters: tuple[Any, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         text = self.text
@@ -711,6 +713,10 @@ class _NoisePrediction:
             }
         if self.inpaint_inputs is not None:
             x = torch.cat([x, *self.inpaint_inputs], dim=1)
+        if self.ip_adapters:  # each adapter's weight, or 0 outside its window
+            from nodes.ipadapter import set_scales
+
+            set_scales(self.unet, self.ip_adapters, float(t))
         pred = self.unet(
             x,
             t,
@@ -903,6 +909,8 @@ class _AveragedPrediction:
     negative_areas: tuple[Any, ...] = ()
     #: How negative and positive combine (Rescale CFG, CFG-Zero*: CfgGuidance); None: plain cfg.
     guide: Any = None
+    #: Apply IP-Adapter's adapters (their processors are on the UNet for the run).
+    ip_adapters: tuple[Any, ...] = ()
 
     def __call__(self, latents: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         cond = self._side(

@@ -97,8 +97,9 @@ def load(ctx: Any, name: str) -> IPAdapterHandle:
 
 
 def apply(
-    ctx: Any, model: Any, adapter: IPAdapterHandle, vision: Any, image: Any, weight: float
-) -> Any:
+    ctx: Any, model: Any, adapter: IPAdapterHandle, vision: Any, image: Any, weight: float,
+    start: float = 0.0, end: float = 1.0,
+) -> Any:  # fmt: skip
     """``model`` with one more IP-Adapter: the reference embedded now, attention at run time."""
     from nodes import redux
     from nodes.redux_nodes import ClipVisionHandle
@@ -163,7 +164,7 @@ def apply(
         return embeds[None], negative[None]
 
     embeds, negative = with_oom_advice(run, "encoding the IP-Adapter's reference picture")
-    use = IPAdapterUse(adapter, embeds, negative, weight)
+    use = IPAdapterUse(adapter, embeds, negative, weight, start, end)
     return replace(model, ip_adapters=(*model.ip_adapters, use))
 
 
@@ -180,6 +181,18 @@ def image_embeds(
             e = torch.cat([use.negative.repeat(reps), e])
         out.append(e.to(device=device, dtype=dtype))
     return out
+
+
+def set_scales(unet: Any, uses: tuple[IPAdapterUse, ...], t: float) -> None:
+    """Each adapter's weight on the installed processors at training timestep ``t``: its
+    weight inside its start / end window, 0 outside (ComfyUI_IPAdapter_plus's sigma window,
+    in ComfyUI's percents)."""
+    from nodes.comfycore import in_window
+
+    scales = [u.weight if in_window(u.start, u.end, t) else 0.0 for u in uses]
+    for proc in unet.attn_processors.values():
+        if isinstance(getattr(proc, "scale", None), list):
+            proc.scale = list(scales)
 
 
 @contextlib.contextmanager

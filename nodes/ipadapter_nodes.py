@@ -46,6 +46,9 @@ class IPAdapterUse:
     embeds: Any
     negative: Any
     weight: float
+    #: The part of the sampling it steers (fractions, 0 = the noisiest step).
+    start: float = 0.0
+    end: float = 1.0
 
 
 @node(
@@ -100,14 +103,24 @@ def load_ipadapter(ctx, ipadapter_file: str) -> IPAdapterHandle:
             tooltip="How strongly the picture steers (0: not at all; 0.5-0.8 leaves the "
             "prompt more say).",
         ),
+        InputSpec("start_at", T.FLOAT, default=0.0, min=0.0, max=1.0, step=0.01,
+                  tooltip="Where in the sampling it starts steering (0: the noisiest step)."),
+        InputSpec("end_at", T.FLOAT, default=1.0, min=0.0, max=1.0, step=0.01,
+                  tooltip="Where it stops (1: the last step; 0.8 leaves the details to the "
+                  "prompt)."),
     ],
     outputs=[OutputSpec("model", T.MODEL)],
-)
+)  # fmt: skip
 def apply_ipadapter(
-    ctx, model: Any, ipadapter: Any, clip_vision: Any, image: Any, weight: float = 1.0
-) -> Any:
+    ctx, model: Any, ipadapter: Any, clip_vision: Any, image: Any, weight: float = 1.0,
+    start_at: float = 0.0, end_at: float = 1.0,
+) -> Any:  # fmt: skip
     from nodes import ipadapter as ip
 
     if not isinstance(ipadapter, IPAdapterHandle):
         raise NodeError("the ipadapter input is not an IP-Adapter: connect Load IP-Adapter")
-    return ip.apply(ctx, model, ipadapter, clip_vision, image, float(weight))
+    if start_at > end_at:
+        raise NodeError(f"start_at {start_at} is after end_at {end_at}: it would never steer")
+    return ip.apply(
+        ctx, model, ipadapter, clip_vision, image, float(weight), float(start_at), float(end_at)
+    )

@@ -46,6 +46,20 @@ def vision_prefix(shapes: dict[str, Any]) -> str | None:
     return None
 
 
+def _layers_and_heads(
+    shapes: dict[str, Any], p: str, width: int, heads_by_width: dict[int, int], label: str
+) -> tuple[int, int]:
+    """A vision tower's layer count (from its tensors) and head count (by its width: not
+    in the shapes; 64-wide heads where the table does not say)."""
+    layers = 0
+    while f"{p}encoder.layers.{layers}.mlp.fc1.weight" in shapes:
+        layers += 1
+    heads = heads_by_width.get(width, max(1, width // 64))
+    if width % heads:
+        raise NodeError(f"{label}: a width of {width} does not split into attention heads")
+    return layers, heads
+
+
 def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
     """SiglipVisionConfig's values from a SigLIP vision tower's tensor shapes; a CLIP-ViT
     file (class embedding, pre-layernorm) or anything else is a clear error."""
@@ -69,12 +83,7 @@ def siglip_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
     side = math.isqrt(positions)
     if side * side != positions:
         raise NodeError(f"{label}: {positions} position embeddings is not a square of patches")
-    layers = 0
-    while f"{p}encoder.layers.{layers}.mlp.fc1.weight" in shapes:
-        layers += 1
-    heads = HEADS_BY_WIDTH.get(width, max(1, width // 64))
-    if width % heads:
-        raise NodeError(f"{label}: a width of {width} does not split into attention heads")
+    layers, heads = _layers_and_heads(shapes, p, width, HEADS_BY_WIDTH, label)
     return {
         "hidden_size": width,
         "intermediate_size": inner,
@@ -120,12 +129,7 @@ def clip_vit_config(shapes: dict[str, Any], label: str) -> dict[str, Any]:
     side = math.isqrt(positions - 1)
     if min(width, channels, patch, inner, projection) < 1 or side * side != positions - 1:
         raise NodeError(f"{label}: its position embeddings are not a square of patches")
-    layers = 0
-    while f"{p}encoder.layers.{layers}.mlp.fc1.weight" in shapes:
-        layers += 1
-    heads = CLIP_HEADS_BY_WIDTH.get(width, max(1, width // 64))
-    if width % heads:
-        raise NodeError(f"{label}: a width of {width} does not split into attention heads")
+    layers, heads = _layers_and_heads(shapes, p, width, CLIP_HEADS_BY_WIDTH, label)
     return {
         "hidden_size": width,
         "intermediate_size": inner,

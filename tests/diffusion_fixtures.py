@@ -296,6 +296,29 @@ def txt2img(
     )
 
 
+def sampling_tail(
+    wf: Any, model: tuple[str, str], clip: tuple[str, str], vae: tuple[str, str], *,
+    prompt: str, negative: str, params: dict[str, Any], size: int = 64,
+) -> str:  # fmt: skip
+    """Text Encodes, an Empty Latent, a Sampler with ``params`` and a VAE Decode after the
+    (node, output) model / clip / vae sources in ``wf``; returns the decode's id."""
+    add, c = wf.add_node, wf.connect
+    pos = add("text_encode", {"text": prompt}).id
+    neg = add("text_encode", {"text": negative}).id
+    lat = add("empty_latent", {"width": size, "height": size}).id
+    s = add("sampler", params).id
+    dec = add("vae_decode").id
+    for node in (pos, neg):
+        c(*clip, node, "clip")
+    c(*model, s, "model")
+    c(pos, "conditioning", s, "positive")
+    c(neg, "conditioning", s, "negative")
+    c(lat, "latent", s, "latent")
+    c(s, "latent", dec, "latent")
+    c(*vae, dec, "vae")
+    return dec
+
+
 # -- pytest fixtures shared by the test_diffusion_* files (import them by name) ---------------
 
 import pytest  # noqa: E402

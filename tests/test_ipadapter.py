@@ -138,7 +138,7 @@ def engine(root, tmp_path_factory):
 
 
 def graph(root, weight=0.7, ref="ref.png", adapter="ip-adapter_tiny.safetensors",
-          vision="vit-tiny.safetensors"):  # fmt: skip
+          vision="vit-tiny.safetensors", window=(0.0, 1.0)):  # fmt: skip
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
     ck = add("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
@@ -147,24 +147,17 @@ def graph(root, weight=0.7, ref="ref.png", adapter="ip-adapter_tiny.safetensors"
         ip = add("load_ipadapter", {"ipadapter_file": adapter}).id
         cv = add("load_clip_vision", {"clip_name": vision}).id
         im = add("load_image", {"image": str(root / ref)}).id
-        ap = add("apply_ipadapter", {"weight": weight}).id
+        ap = add("apply_ipadapter", {"weight": weight, "start_at": window[0],
+                                     "end_at": window[1]}).id  # fmt: skip
         c(ck, "model", ap, "model")
         c(ip, "ipadapter", ap, "ipadapter")
         c(cv, "clip_vision", ap, "clip_vision")
         c(im, "image", ap, "image")
         model = (ap, "model")
-    pos, neg = add("text_encode", {"text": PROMPT}).id, add("text_encode", {"text": NEGATIVE}).id
-    lat = add("empty_latent", {"width": 64, "height": 64}).id
-    s = add("sampler", {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler": "euler"}).id
-    dec = add("vae_decode").id
-    for n in (pos, neg):
-        c(ck, "clip", n, "clip")
-    c(*model, s, "model")
-    c(pos, "conditioning", s, "positive")
-    c(neg, "conditioning", s, "negative")
-    c(lat, "latent", s, "latent")
-    c(s, "latent", dec, "latent")
-    c(ck, "vae", dec, "vae")
+    params = {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler": "euler"}
+    dec = fx.sampling_tail(
+        wf, model, (ck, "clip"), (ck, "vae"), prompt=PROMPT, negative=NEGATIVE, params=params
+    )
     return wf, dec
 
 
@@ -194,7 +187,7 @@ def reference_embeds(parts, root, ref="ref.png", hidden=False):
     return encoded(parts, image, hidden)
 
 
-def pipeline_picture(parts, root, kind="ip", weight=0.7):
+def pipeline_picture(parts, root, kind="ip", weight=0.7, window=(0.0, 1.0)):
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
         str(root / "checkpoints" / "tiny-sd1"), safety_checker=None
     )
@@ -208,10 +201,25 @@ def pipeline_picture(parts, root, kind="ip", weight=0.7):
         negative = encoded(parts, torch.zeros(1, SIDE, SIDE, 3), True)[None]
     else:
         negative = torch.zeros_like(embeds)
+    from nodes.comfycore import in_window
+
+    def scale_at(t) -> float:  # ComfyUI's percent window on the training timestep
+        return weight if in_window(window[0], window[1], float(t)) else 0.0
+
+    pipe.scheduler.set_timesteps(STEPS)
+    pipe.set_ip_adapter_scale(scale_at(pipe.scheduler.timesteps[0]))
+
+    def next_scale(p, i, t, kwargs):  # set before each step, as the Sampler does
+        timesteps = p.scheduler.timesteps
+        if i + 1 < len(timesteps):
+            p.set_ip_adapter_scale(scale_at(timesteps[i + 1]))
+        return kwargs
+
     return pipe(
         PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=STEPS,
         guidance_scale=CFG, generator=torch.Generator("cpu").manual_seed(SEED),
         ip_adapter_image_embeds=[torch.cat([negative, embeds])], output_type="np",
+        callback_on_step_end=next_scale,
     ).images  # fmt: skip
 
 
@@ -225,6 +233,18 @@ def test_the_graph_equals_the_pipeline_with_the_same_adapter(engine, parts, root
     assert np.abs(got - want).max() <= 1e-4
     plain = picture(engine, root, adapter=None)
     assert np.abs(got - plain).max() > 1e-2  # the reference shows
+
+
+def test_a_start_and_end_window_equals_the_pipeline_with_the_scale_set_per_step(
+    engine, parts, root
+):
+    """ComfyUI_IPAdapter_plus's start_at / end_at: the adapter steers only inside the
+    window (here the first step is left out, then the last)."""
+    for window in ((0.4, 1.0), (0.0, 0.6)):  # timesteps 667, 334, 1: percents .33, .67, 1
+        got = picture(engine, root, window=window)
+        want = pipeline_picture(parts, root, window=window)
+        assert np.abs(got - want).max() <= 1e-4
+        assert np.abs(got - picture(engine, root)).max() > 1e-3  # not the whole sampling
 
 
 def test_weight_zero_is_the_plain_model_and_another_picture_steers_elsewhere(engine, root):
@@ -338,7 +358,9 @@ def test_a_comfyui_ipadapter_plus_workflow_imports_runs_and_exports(engine, root
     result = import_comfyui(api, installed_registry(), source="ipadapter.json")
     wf = result.workflow
     assert not [n for n in wf.nodes if n.type.startswith("comfyui.")], result.report
-    assert wf.get_node("5").type == "apply_ipadapter" and wf.get_node("5").params == {"weight": 0.7}
+    node = wf.get_node("5")
+    assert node.type == "apply_ipadapter"
+    assert node.params == {"weight": 0.7, "start_at": 0.0, "end_at": 1.0}
     assert export_comfyui_api(wf)["5"]["inputs"] == api["5"]["inputs"]
     run = engine.run(wf, targets=["10"])
     assert run.ok, run.errors
@@ -350,7 +372,7 @@ def test_a_comfyui_ipadapter_plus_workflow_imports_runs_and_exports(engine, root
     assert want.ok, want.errors
     got = run.outputs["10"]["image"].numpy()
     assert np.abs(got - want.outputs[dec]["image"].numpy()).max() <= 1e-5
-    # a start_at Studio does not do is said
-    api["5"]["inputs"]["start_at"] = 0.3
+    # a weight type Studio does not do is said
+    api["5"]["inputs"]["weight_type"] = "ease in"
     report = import_comfyui(api, installed_registry(), source="ipadapter.json").report
-    assert any("start_at was dropped" in line for line in report)
+    assert any("its weight per block was dropped" in line for line in report)

@@ -104,21 +104,8 @@ def engine(merge_root, tmp_path):
 
 def _picture(engine, wf, model, clip, vae, sampler: dict | None = None) -> np.ndarray:
     """Sample from (node, output) model / clip / vae sources in ``wf``."""
-    add, c = wf.add_node, wf.connect
-    pos = add("text_encode", {"text": PROMPT}).id
-    neg = add("text_encode", {"text": NEGATIVE}).id
-    lat = add("empty_latent", {"width": 64, "height": 64}).id
     params = sampler or {"seed": SEED, "steps": 3, "cfg": 6.0, "sampler": "euler"}
-    s = add("sampler", params).id
-    dec = add("vae_decode").id
-    for node in (pos, neg):
-        c(*clip, node, "clip")
-    c(*model, s, "model")
-    c(pos, "conditioning", s, "positive")
-    c(neg, "conditioning", s, "negative")
-    c(lat, "latent", s, "latent")
-    c(s, "latent", dec, "latent")
-    c(*vae, dec, "vae")
+    dec = fx.sampling_tail(wf, model, clip, vae, prompt=PROMPT, negative=NEGATIVE, params=params)
     result = engine.run(wf, targets=[dec])
     assert result.ok, result.errors
     return result.outputs[dec]["image"].numpy()

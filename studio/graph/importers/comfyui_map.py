@@ -902,8 +902,6 @@ NODE_MAPS: dict[str, NodeMap] = {
                 "concat",
                 "several reference pictures are used side by side (concat), not combined into one",
             ),
-            "start_at": (0.0, "start_at was dropped: the adapter steers from the first step"),
-            "end_at": (1.0, "end_at was dropped: the adapter steers to the last step"),
             "embeds_scaling": (
                 "V only",
                 "the weight scales the image attention's values only ('V only')",
