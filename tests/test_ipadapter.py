@@ -101,9 +101,11 @@ def flat(state: dict) -> dict:
 @pytest.fixture(scope="module")
 def parts():
     sd1 = fx.tiny_sd1()
+    sdxl = fx.tiny_sdxl()
     return {
         "sd1": sd1, "vit": tiny_vit(), "ip": tiny_ipadapter(sd1["unet"]),
         "ip-plus": tiny_ipadapter_plus(sd1["unet"]),
+        "sdxl": sdxl, "ip-xl": tiny_ipadapter(sdxl["unet"], seed=8),
     }  # fmt: skip
 
 
@@ -120,6 +122,8 @@ def root(tmp_path_factory, parts):
     save_file(vit, str(root / "clip_vision" / "vit-tiny.safetensors"))
     save_file(flat(parts["ip"]), str(root / "ipadapter" / "ip-adapter_tiny.safetensors"))
     save_file(flat(parts["ip-plus"]), str(root / "ipadapter" / "ip-adapter-plus_tiny.safetensors"))
+    fx.save_folder(fx.sdxl_pipeline(parts["sdxl"]), root / "checkpoints" / "tiny-sdxl")
+    save_file(flat(parts["ip-xl"]), str(root / "ipadapter" / "ip-adapter_sdxl_tiny.safetensors"))
     y, x = np.mgrid[0:40, 0:48]
     picture = np.stack([x * 5, y * 6, (x + y) * 3], -1).clip(0, 255).astype(np.uint8)
     Image.fromarray(picture).save(root / "ref.png")
@@ -138,10 +142,10 @@ def engine(root, tmp_path_factory):
 
 
 def graph(root, weight=0.7, ref="ref.png", adapter="ip-adapter_tiny.safetensors",
-          vision="vit-tiny.safetensors", window=(0.0, 1.0)):  # fmt: skip
+          vision="vit-tiny.safetensors", window=(0.0, 1.0), ckpt="tiny-sd1"):  # fmt: skip
     wf = Workflow(installed_registry())
     add, c = wf.add_node, wf.connect
-    ck = add("load_checkpoint", {"ckpt_name": "tiny-sd1"}).id
+    ck = add("load_checkpoint", {"ckpt_name": ckpt}).id
     model = (ck, "model")
     if adapter:
         ip = add("load_ipadapter", {"ipadapter_file": adapter}).id
@@ -188,9 +192,14 @@ def reference_embeds(parts, root, ref="ref.png", hidden=False):
 
 
 def pipeline_picture(parts, root, kind="ip", weight=0.7, window=(0.0, 1.0)):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        str(root / "checkpoints" / "tiny-sd1"), safety_checker=None
-    )
+    if kind == "ip-xl":
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            str(root / "checkpoints" / "tiny-sdxl")
+        )
+    else:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            str(root / "checkpoints" / "tiny-sd1"), safety_checker=None
+        )
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.unet._load_ip_adapter_weights([parts[kind]])
@@ -224,14 +233,18 @@ def pipeline_picture(parts, root, kind="ip", weight=0.7, window=(0.0, 1.0)):
 
 
 @pytest.mark.parametrize(
-    ("kind", "name"),
-    [("ip", "ip-adapter_tiny.safetensors"), ("ip-plus", "ip-adapter-plus_tiny.safetensors")],
+    ("kind", "name", "ckpt"),
+    [
+        ("ip", "ip-adapter_tiny.safetensors", "tiny-sd1"),
+        ("ip-plus", "ip-adapter-plus_tiny.safetensors", "tiny-sd1"),
+        ("ip-xl", "ip-adapter_sdxl_tiny.safetensors", "tiny-sdxl"),  # beside SDXL's size ids
+    ],
 )
-def test_the_graph_equals_the_pipeline_with_the_same_adapter(engine, parts, root, kind, name):
-    got = picture(engine, root, adapter=name)
+def test_the_graph_equals_the_pipeline_with_the_same_adapter(engine, parts, root, kind, name, ckpt):
+    got = picture(engine, root, adapter=name, ckpt=ckpt)
     want = pipeline_picture(parts, root, kind)
     assert np.abs(got - want).max() <= 1e-4
-    plain = picture(engine, root, adapter=None)
+    plain = picture(engine, root, adapter=None, ckpt=ckpt)
     assert np.abs(got - plain).max() > 1e-2  # the reference shows
 
 
