@@ -189,6 +189,8 @@ def set_scales(unet: Any, uses: tuple[IPAdapterUse, ...], t: float) -> None:
     in ComfyUI's percents)."""
     from nodes.comfycore import in_window
 
+    if all(u.start <= 0 and u.end >= 1 for u in uses):
+        return  # no windows: the weights set when the adapters were installed hold
     scales = [u.weight if in_window(u.start, u.end, t) else 0.0 for u in uses]
     for proc in unet.attn_processors.values():
         if isinstance(getattr(proc, "scale", None), list):

@@ -444,9 +444,11 @@ def save_checkpoint(
     folder, stem = _output_target(Path(ctx.settings.output_path), filename_prefix)
 
     def state(source: Any, component: str) -> dict[str, Any]:
-        # a fresh copy: the shared module may hold LoRA layers of other runs
+        # a fresh copy (the shared module may hold LoRA layers of other runs), in the file's
+        # fp16 already: half the memory of fp32 for an SDXL-sized model; merges are still
+        # computed in float32, tensor by tensor
         ctx.check_interrupt()
-        return sdload.load_component(source, component, torch.float32).state_dict()
+        return sdload.load_component(source, component, torch.float16).state_dict()
 
     te = [state(clip.source, name) for name in clip.encoders]
     vae_config = {**vae.config, "scaling_factor": vae.scaling_factor}
